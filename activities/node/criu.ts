@@ -1,0 +1,105 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ApplicationFailure } from '@temporalio/activity';
+import { ErrorType } from '../../common/errors';
+import type { DumpResult } from '../../common/checkpoint';
+import { checkpointDir, type NodeContext } from './context';
+import { processAlive, requireProcess, writableFiles } from './process';
+import { lastLines, runTool } from './run-tool';
+
+export const IMAGES = 'images';
+export const WORKLOAD_FILES = 'workload-files';
+
+export async function criuVersion(ctx: NodeContext): Promise<string> {
+  const r = await runTool(ctx.criuBin, ['--version']);
+  return /Version:\s*(\S+)/.exec(r.stdout)?.[1] ?? r.stdout.trim();
+}
+
+function dirBytes(dir: string): number {
+  let total = 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    total += e.isDirectory() ? dirBytes(p) : fs.statSync(p).size;
+  }
+  return total;
+}
+
+/** CRIU's log says why a dump failed; ENOSPC deserves its own type since an operator fixes it differently. */
+function classify(log: string): string {
+  return /No space left on device|ENOSPC|\(28\)/.test(log) ? ErrorType.NoSpace : ErrorType.CriuDumpFailed;
+}
+
+/**
+ * criu dump of the process tree rooted at pid into <checkpoint>/images. On a clean failure CRIU resumes the
+ * tree itself; the workflow then restores CUDA. Not retried by the workflow: a second dump of a process in
+ * an unknown state proves nothing.
+ */
+export async function criuDump(ctx: NodeContext, input: { checkpointId: string; pid: number; leaveRunning: boolean }): Promise<DumpResult> {
+  requireProcess(input.pid);
+  const dir = checkpointDir(ctx, input.checkpointId);
+  const images = path.join(dir, IMAGES);
+  fs.rmSync(images, { recursive: true, force: true });
+  fs.mkdirSync(images, { recursive: true });
+  // Output files must exist with the same size at restore: copy them beside the images before the dump
+  // freezes the process, and again after, so the copy matches what CRIU recorded.
+  const files = writableFiles(input.pid);
+  const started = Date.now();
+  const log = path.join(dir, 'criu-dump.log');
+  const args = ['dump', '-t', String(input.pid), '-D', images, '-o', log, '-v4', '--file-locks'];
+  if (input.leaveRunning) args.push('--leave-running');
+  const r = await runTool(ctx.criuBin, args);
+  if (r.code !== 0) {
+    const tail = lastLines(log, 12);
+    const alive = processAlive(input.pid);
+    throw ApplicationFailure.create({
+      message: `criu dump of pid ${input.pid} failed (exit ${r.code ?? r.signal}); process ${alive ? 'still running' : 'gone'}:\n${tail}`,
+      type: classify(tail + r.stderr),
+      nonRetryable: true,
+      details: [{ processAlive: alive }],
+    });
+  }
+  copyWorkloadFiles(dir, files);
+  return { imageBytes: dirBytes(images), durationMs: Date.now() - started, processStopped: !input.leaveRunning };
+}
+
+function copyWorkloadFiles(dir: string, files: string[]): void {
+  const out = path.join(dir, WORKLOAD_FILES);
+  fs.mkdirSync(out, { recursive: true });
+  const index = files.map((f, i) => {
+    const artifact = `${WORKLOAD_FILES}/${i}-${path.basename(f)}`;
+    fs.copyFileSync(f, path.join(dir, artifact));
+    return { path: f, artifact };
+  });
+  fs.writeFileSync(path.join(out, 'index.json'), JSON.stringify(index));
+}
+
+export function workloadFileIndex(dir: string): { path: string; artifact: string }[] {
+  const p = path.join(dir, WORKLOAD_FILES, 'index.json');
+  return fs.existsSync(p) ? (JSON.parse(fs.readFileSync(p, 'utf8')) as { path: string; artifact: string }[]) : [];
+}
+
+/**
+ * criu restore from a verified checkpoint directory, detached. Output files the process had open are put
+ * back first at the size CRIU recorded. Returns the restored root pid.
+ */
+export async function criuRestore(ctx: NodeContext, input: { dir: string; files: { path: string; artifact: string }[] }): Promise<{ pid: number }> {
+  for (const f of input.files) {
+    fs.mkdirSync(path.dirname(f.path), { recursive: true });
+    fs.copyFileSync(path.join(input.dir, f.artifact), f.path);
+  }
+  const pidFile = path.join(input.dir, 'restored.pid');
+  fs.rmSync(pidFile, { force: true });
+  const log = path.join(input.dir, 'criu-restore.log');
+  const r = await runTool(ctx.criuBin, ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile]);
+  if (r.code !== 0) {
+    const tail = lastLines(log, 12);
+    // A pid already taken on this host can succeed elsewhere; anything else (kernel or image mismatch) will fail again.
+    const pidClash = /File exists|pid.*busy|Can't fork for \d+|EEXIST/i.test(tail);
+    throw ApplicationFailure.create({
+      message: `criu restore failed (exit ${r.code ?? r.signal}):\n${tail}`,
+      type: pidClash ? 'CriuPidConflict' : ErrorType.CriuRestoreFailed,
+      nonRetryable: true,
+    });
+  }
+  return { pid: Number(fs.readFileSync(pidFile, 'utf8').trim()) };
+}

@@ -1,0 +1,134 @@
+import * as fs from 'node:fs';
+import koffi from 'koffi';
+import { ApplicationFailure } from '@temporalio/activity';
+import { ErrorType } from '../../common/errors';
+import type { CudaStepResult } from '../../common/checkpoint';
+
+/**
+ * The CUDA driver's process checkpoint API (CUDA 12.8+ / driver 570+), called straight from libcuda.so.1.
+ * Every *Args struct is 64 bytes; only the lock's timeoutMs (offset 0) is set, the rest is reserved and zero.
+ */
+interface CudaApi {
+  cuInit(flags: number): number;
+  cuGetErrorString(code: number, out: [string | null]): number;
+  cuCheckpointProcessGetState(pid: number, out: Int32Array): number;
+  cuCheckpointProcessLock(pid: number, args: Buffer): number;
+  cuCheckpointProcessCheckpoint(pid: number, args: Buffer): number;
+  cuCheckpointProcessRestore(pid: number, args: Buffer): number;
+  cuCheckpointProcessUnlock(pid: number, args: Buffer): number;
+  cuDeviceGetCount(out: Int32Array): number;
+  cuDeviceGet(out: Int32Array, ordinal: number): number;
+  cuDeviceGetName(name: Buffer, len: number, dev: number): number;
+  cuDeviceTotalMem_v2(out: BigUint64Array, dev: number): number;
+}
+
+let api: CudaApi | null | undefined;
+let loadError = '';
+
+export function cudaApi(): CudaApi | null {
+  if (api !== undefined) return api;
+  try {
+    const lib = koffi.load('libcuda.so.1');
+    const f = <T>(sig: string): T => lib.func(sig) as T;
+    api = {
+      cuInit: f('int cuInit(unsigned int)'),
+      cuGetErrorString: f('int cuGetErrorString(int, _Out_ const char **)'),
+      cuCheckpointProcessGetState: f('int cuCheckpointProcessGetState(int, _Out_ int *)'),
+      cuCheckpointProcessLock: f('int cuCheckpointProcessLock(int, void *)'),
+      cuCheckpointProcessCheckpoint: f('int cuCheckpointProcessCheckpoint(int, void *)'),
+      cuCheckpointProcessRestore: f('int cuCheckpointProcessRestore(int, void *)'),
+      cuCheckpointProcessUnlock: f('int cuCheckpointProcessUnlock(int, void *)'),
+      cuDeviceGetCount: f('int cuDeviceGetCount(_Out_ int *)'),
+      cuDeviceGet: f('int cuDeviceGet(_Out_ int *, int)'),
+      cuDeviceGetName: f('int cuDeviceGetName(_Out_ uint8_t *, int, int)'),
+      cuDeviceTotalMem_v2: f('int cuDeviceTotalMem_v2(_Out_ uint64_t *, int)'),
+    };
+    const rc = api.cuInit(0);
+    if (rc !== 0) {
+      loadError = `cuInit returned ${rc}`;
+      api = null;
+    }
+  } catch (e) {
+    loadError = (e as Error).message;
+    api = null;
+  }
+  return api;
+}
+
+export const cudaUnavailableReason = (): string => loadError;
+
+/** Whether the process has the CUDA driver mapped, i.e. may hold a CUDA context. Readable without a driver. */
+export function holdsCuda(pid: number): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/maps`, 'utf8').includes('libcuda.so');
+  } catch {
+    return false;
+  }
+}
+
+function check(a: CudaApi, rc: number, what: string, pid: number): void {
+  if (rc === 0) return;
+  const msg: [string | null] = [null];
+  a.cuGetErrorString(rc, msg);
+  // 2 = CUDA_ERROR_OUT_OF_MEMORY: the restore can't fit here; other codes are treated as node-local failures.
+  throw ApplicationFailure.create({
+    message: `${what}(pid ${pid}) failed: CUresult ${rc} (${msg[0] ?? 'unknown'})`,
+    type: rc === 2 ? 'CudaOutOfMemory' : ErrorType.CudaError,
+    nonRetryable: true,
+    details: [{ cuResult: rc }],
+  });
+}
+
+export type CudaOp = 'lock' | 'checkpoint' | 'restore' | 'unlock';
+const STATE_NAMES = ['running', 'locked', 'checkpointed', 'failed'];
+
+/** One step of lock -> checkpoint -> (criu) -> restore -> unlock; skipped for a process without CUDA. */
+export function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepResult {
+  if (!holdsCuda(pid)) return { outcome: 'skipped', detail: `pid ${pid} holds no CUDA context` };
+  const a = cudaApi();
+  if (!a) {
+    throw ApplicationFailure.nonRetryable(`pid ${pid} uses CUDA but the driver API is unavailable here: ${loadError}`, ErrorType.CudaUnavailable);
+  }
+  const args = Buffer.alloc(64);
+  if (op === 'lock') args.writeUInt32LE(timeoutMs, 0);
+  const fn = {
+    lock: a.cuCheckpointProcessLock,
+    checkpoint: a.cuCheckpointProcessCheckpoint,
+    restore: a.cuCheckpointProcessRestore,
+    unlock: a.cuCheckpointProcessUnlock,
+  }[op];
+  check(a, fn(pid, args), `cuCheckpointProcess${op[0].toUpperCase()}${op.slice(1)}`, pid);
+  return { outcome: 'done', detail: `${op} ok; state now ${cudaState(pid)}` };
+}
+
+export function cudaState(pid: number): string {
+  const a = cudaApi();
+  if (!a || !holdsCuda(pid)) return 'none';
+  const out = new Int32Array(1);
+  const rc = a.cuCheckpointProcessGetState(pid, out);
+  return rc === 0 ? (STATE_NAMES[out[0]] ?? `state-${out[0]}`) : `error-${rc}`;
+}
+
+export interface GpuInfo {
+  index: number;
+  name: string;
+  totalVramBytes: number;
+}
+
+export function listGpus(): GpuInfo[] {
+  const a = cudaApi();
+  if (!a) return [];
+  const count = new Int32Array(1);
+  if (a.cuDeviceGetCount(count) !== 0) return [];
+  const gpus: GpuInfo[] = [];
+  for (let i = 0; i < count[0]; i++) {
+    const dev = new Int32Array(1);
+    if (a.cuDeviceGet(dev, i) !== 0) continue;
+    const name = Buffer.alloc(256);
+    a.cuDeviceGetName(name, 256, dev[0]);
+    const total = new BigUint64Array(1);
+    a.cuDeviceTotalMem_v2(total, dev[0]);
+    gpus.push({ index: i, name: name.toString('utf8').replace(/\0.*$/s, ''), totalVramBytes: Number(total[0]) });
+  }
+  return gpus;
+}

@@ -1,0 +1,105 @@
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { ApplicationFailure } from '@temporalio/activity';
+import { ErrorType } from '../../common/errors';
+import { type FileEntry, METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
+import { makeS3Client, partSizeFor } from '../s3-client';
+import { checkpointDir, type NodeContext, s3Prefix } from './context';
+import { heartbeat } from './run-tool';
+import { verifyLocal, writeFileAtomic } from './seal';
+
+async function getBytes(s3: S3Client, bucket: string, key: string, range?: string): Promise<Buffer> {
+  const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, Range: range }));
+  return Buffer.from(await r.Body!.transformToByteArray());
+}
+
+/** Parallel ranged download of one file, hashed on the way; the caller rejects it unless the hash matches. */
+async function downloadFile(s3: S3Client, bucket: string, key: string, dest: string, f: FileEntry, concurrency: number): Promise<string> {
+  fs.mkdirSync(path.dirname(dest), { recursive: true });
+  const part = partSizeFor(f.size);
+  const n = Math.max(1, Math.ceil(f.size / part));
+  const fh = await fs.promises.open(dest, 'w');
+  const hash = createHash('sha256');
+  const ready = new Map<number, Buffer>();
+  let next = 0;
+  let idx = 0;
+  try {
+    // Ranges are fetched concurrently but hashed in order, so verification costs no second read.
+    const worker = async (): Promise<void> => {
+      for (let i = idx++; i < n; i = idx++) {
+        const buf = f.size === 0 ? Buffer.alloc(0) : await getBytes(s3, bucket, key, `bytes=${i * part}-${Math.min(f.size, (i + 1) * part) - 1}`);
+        await fh.write(buf, 0, buf.length, i * part);
+        ready.set(i, buf);
+        while (ready.has(next)) {
+          hash.update(ready.get(next)!);
+          ready.delete(next++);
+        }
+        heartbeat();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, n) }, worker));
+  } finally {
+    await fh.close();
+  }
+  return hash.digest('hex');
+}
+
+export interface FetchResult {
+  dir: string;
+  bytes: number;
+  source: 's3' | 'nvme';
+  metadata: Metadata;
+}
+
+/**
+ * Makes a verified copy of a checkpoint in this node's data directory: the local copy if it verifies,
+ * else a download from S3 with every file checked against metadata.json. Never returns unverified bytes.
+ */
+export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: string; concurrency?: number }): Promise<FetchResult> {
+  const dir = checkpointDir(ctx, input.checkpointId);
+  const local = fs.existsSync(path.join(dir, METADATA_FILE));
+  if (local) {
+    try {
+      const metadata = await verifyLocal(dir);
+      return { dir, bytes: metadata.files.reduce((s, f) => s + f.size, 0), source: 'nvme', metadata };
+    } catch (e) {
+      ctx.logger.warn({ node: ctx.node, checkpoint: input.checkpointId, err: (e as Error).message }, 'local copy failed verification; using S3');
+    }
+  }
+  const s3 = makeS3Client(ctx.s3);
+  const prefix = s3Prefix(input.checkpointId);
+  try {
+    let raw: Buffer;
+    try {
+      raw = await getBytes(s3, ctx.s3.bucket, prefix + METADATA_FILE);
+    } catch (e) {
+      if ((e as Error).name === 'NoSuchKey') throw ApplicationFailure.nonRetryable(`checkpoint ${input.checkpointId}: no metadata.json in S3 or on this node`, ErrorType.CheckpointNotFound);
+      throw ApplicationFailure.retryable(`S3: ${(e as Error).message}`, ErrorType.S3Unavailable);
+    }
+    const parsed = MetadataSchema.safeParse(JSON.parse(raw.toString('utf8')));
+    if (!parsed.success) throw ApplicationFailure.nonRetryable(`metadata.json of ${input.checkpointId}: ${parsed.error.issues[0].message}`, ErrorType.MetadataInvalid);
+    const metadata = parsed.data;
+    const staging = `${dir}.fetch`;
+    fs.rmSync(staging, { recursive: true, force: true });
+    for (const f of metadata.files) {
+      let sum: string;
+      try {
+        sum = await downloadFile(s3, ctx.s3.bucket, prefix + f.path, path.join(staging, f.path), f, input.concurrency ?? 8);
+      } catch (e) {
+        throw ApplicationFailure.retryable(`S3 download of ${f.path}: ${(e as Error).message}`, ErrorType.S3Unavailable);
+      }
+      if (sum !== f.sha256) {
+        fs.rmSync(staging, { recursive: true, force: true });
+        throw ApplicationFailure.nonRetryable(`${input.checkpointId}/${f.path}: S3 copy has sha256 ${sum}, metadata.json says ${f.sha256}`, ErrorType.ChecksumMismatch);
+      }
+    }
+    writeFileAtomic(path.join(staging, METADATA_FILE), raw);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.renameSync(staging, dir);
+    return { dir, bytes: metadata.files.reduce((s, f) => s + f.size, 0), source: 's3', metadata };
+  } finally {
+    s3.destroy();
+  }
+}

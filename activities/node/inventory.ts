@@ -1,0 +1,43 @@
+import * as fs from 'node:fs';
+import type { NodeContext } from './context';
+import { criuVersion } from './criu';
+import { listGpus } from './cuda';
+import { gpuMemory } from './nvml';
+
+export interface GpuInventory {
+  index: number;
+  uuid: string;
+  model: string;
+  totalVramBytes: number;
+  freeVramBytes: number;
+}
+
+export interface NodeInventory {
+  node: string;
+  zone: string | null;
+  /** 'measured': read from the driver; 'declared': given with --declared-vram on a node without a GPU. */
+  vramSource: 'measured' | 'declared' | 'none';
+  gpus: GpuInventory[];
+  totalVramBytes: number;
+  freeVramBytes: number;
+  freeDiskBytes: number;
+  criuVersion: string;
+  reportedAt: string;
+}
+
+export async function readInventory(ctx: NodeContext, reservedVramBytes = 0): Promise<NodeInventory> {
+  const gpus: GpuInventory[] = listGpus().map((g) => {
+    const mem = gpuMemory(g.index);
+    return { index: g.index, uuid: mem?.uuid ?? `gpu-${g.index}`, model: g.name, totalVramBytes: g.totalVramBytes, freeVramBytes: mem?.freeBytes ?? g.totalVramBytes };
+  });
+  fs.mkdirSync(ctx.dataDir, { recursive: true });
+  const st = fs.statfsSync(ctx.dataDir);
+  const base = { node: ctx.node, zone: ctx.zone, freeDiskBytes: st.bavail * st.bsize, criuVersion: await criuVersion(ctx), reportedAt: new Date().toISOString() };
+  if (gpus.length > 0) {
+    return { ...base, vramSource: 'measured', gpus, totalVramBytes: gpus.reduce((s, g) => s + g.totalVramBytes, 0), freeVramBytes: gpus.reduce((s, g) => s + g.freeVramBytes, 0) };
+  }
+  if (ctx.declaredVramBytes !== null) {
+    return { ...base, vramSource: 'declared', gpus: [], totalVramBytes: ctx.declaredVramBytes, freeVramBytes: Math.max(0, ctx.declaredVramBytes - reservedVramBytes) };
+  }
+  return { ...base, vramSource: 'none', gpus: [], totalVramBytes: 0, freeVramBytes: 0 };
+}

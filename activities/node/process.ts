@@ -1,0 +1,95 @@
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ApplicationFailure } from '@temporalio/activity';
+import { ErrorType } from '../../common/errors';
+import { assertSafeId } from '../../common/ids';
+import { type NodeContext, workloadDir } from './context';
+
+export interface WorkloadSpec {
+  jobId: string;
+  command: string[];
+  env?: Record<string, string>;
+}
+
+export interface WorkloadInfo {
+  jobId: string;
+  pid: number;
+  logFile: string;
+}
+
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // A zombie still answers kill(0): it is not running.
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+export function requireProcess(pid: number): void {
+  if (!processAlive(pid)) throw ApplicationFailure.nonRetryable(`no such process: pid ${pid}`, ErrorType.NoSuchProcess);
+}
+
+/** The regular files a process writes to (its logs): they travel with the checkpoint so CRIU finds them on restore. */
+export function writableFiles(pid: number): string[] {
+  const out = new Set<string>();
+  const fdDir = `/proc/${pid}/fd`;
+  for (const fd of fs.readdirSync(fdDir)) {
+    let target: string;
+    let flags: number;
+    try {
+      target = fs.readlinkSync(path.join(fdDir, fd));
+      const info = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+      flags = parseInt(/flags:\s*([0-7]+)/.exec(info)?.[1] ?? '0', 8);
+    } catch {
+      continue;
+    }
+    // O_WRONLY=1, O_RDWR=2
+    if (target.startsWith('/') && (flags & 3) !== 0 && fs.existsSync(target) && fs.statSync(target).isFile()) out.add(target);
+  }
+  return [...out].sort();
+}
+
+/** Starts a workload detached (own session and process group) so that it outlives an agent crash. */
+export function startWorkload(ctx: NodeContext, spec: WorkloadSpec): WorkloadInfo {
+  assertSafeId('jobId', spec.jobId);
+  if (!Array.isArray(spec.command) || spec.command.length === 0) throw ApplicationFailure.nonRetryable('command: must not be empty', ErrorType.InvalidInput);
+  const dir = workloadDir(ctx, spec.jobId);
+  fs.mkdirSync(dir, { recursive: true });
+  const logFile = path.join(dir, 'output.log');
+  const fd = fs.openSync(logFile, 'a');
+  const child = spawn(spec.command[0], spec.command.slice(1), {
+    detached: true,
+    stdio: ['ignore', fd, fd],
+    cwd: dir,
+    env: { ...process.env, ...spec.env, KYBERNATE_JOB_ID: spec.jobId },
+  });
+  fs.closeSync(fd);
+  child.unref();
+  if (child.pid === undefined) throw ApplicationFailure.nonRetryable(`could not start ${spec.command[0]}`, ErrorType.InvalidInput);
+  fs.writeFileSync(path.join(dir, 'pid'), String(child.pid));
+  ctx.logger.info({ job: spec.jobId, node: ctx.node, pid: child.pid }, 'workload started');
+  return { jobId: spec.jobId, pid: child.pid, logFile };
+}
+
+/** SIGKILL; idempotent (a process already gone is success). */
+export async function killProcess(ctx: NodeContext, pid: number, reason: string): Promise<{ killed: boolean }> {
+  if (!processAlive(pid)) return { killed: false };
+  process.kill(pid, 'SIGKILL');
+  for (let i = 0; i < 100 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 50));
+  ctx.logger.warn({ node: ctx.node, pid, reason }, 'workload killed');
+  return { killed: true };
+}
+
+export function readWorkloadPid(ctx: NodeContext, jobId: string): number {
+  const file = path.join(workloadDir(ctx, assertSafeId('jobId', jobId)), 'pid');
+  if (!fs.existsSync(file)) throw ApplicationFailure.nonRetryable(`no workload '${jobId}' was started on node ${ctx.node}`, ErrorType.NoSuchProcess);
+  return Number(fs.readFileSync(file, 'utf8').trim());
+}

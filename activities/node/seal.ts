@@ -1,0 +1,110 @@
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ApplicationFailure } from '@temporalio/activity';
+import { ErrorType } from '../../common/errors';
+import type { SealResult } from '../../common/checkpoint';
+import { type FileEntry, type Metadata, METADATA_FILE, MetadataSchema } from '../../common/metadata';
+import { checkpointDir, type NodeContext } from './context';
+import { criuVersion, IMAGES, workloadFileIndex } from './criu';
+import { heartbeat } from './run-tool';
+
+export async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  const stream = fs.createReadStream(file, { highWaterMark: 4 << 20 });
+  let n = 0;
+  for await (const chunk of stream) {
+    h.update(chunk as Buffer);
+    if (++n % 64 === 0) heartbeat();
+  }
+  return h.digest('hex');
+}
+
+export function listFiles(dir: string, prefix = ''): string[] {
+  const out: string[] = [];
+  for (const e of fs.readdirSync(path.join(dir, prefix), { withFileTypes: true })) {
+    const rel = prefix ? `${prefix}/${e.name}` : e.name;
+    if (e.isDirectory()) out.push(...listFiles(dir, rel));
+    else if (e.isFile()) out.push(rel);
+  }
+  return out.sort();
+}
+
+/** Writes a file so that it is either absent or complete after a crash: temp name, fsync, rename, fsync dir. */
+export function writeFileAtomic(file: string, data: string | Buffer): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, typeof data === "string" ? Buffer.from(data) : data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  const dfd = fs.openSync(path.dirname(file), 'r');
+  try {
+    fs.fsyncSync(dfd);
+  } finally {
+    fs.closeSync(dfd);
+  }
+}
+
+/** Checksums every artifact (in parallel) and commits metadata.json last. Idempotent: re-sealing recomputes. */
+export async function sealCheckpoint(
+  ctx: NodeContext,
+  input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number },
+): Promise<SealResult> {
+  const dir = checkpointDir(ctx, input.checkpointId);
+  if (!fs.existsSync(path.join(dir, IMAGES))) throw ApplicationFailure.nonRetryable(`no CRIU images in ${dir}`, ErrorType.CheckpointNotFound);
+  const names = listFiles(dir).filter((f) => f !== METADATA_FILE && !f.endsWith('.log') && !f.includes('.tmp-'));
+  const files: FileEntry[] = await Promise.all(
+    names.map(async (p) => ({ path: p, size: fs.statSync(path.join(dir, p)).size, sha256: await sha256File(path.join(dir, p)) })),
+  );
+  const metadata: Metadata = MetadataSchema.parse({
+    format: 'kybernate.checkpoint/v1',
+    checkpointId: input.checkpointId,
+    jobId: input.jobId,
+    node: ctx.node,
+    pid: input.pid,
+    createdAt: new Date().toISOString(),
+    criuVersion: await criuVersion(ctx),
+    cuda: { checkpointed: input.cudaCheckpointed, vramBytes: input.vramBytes },
+    workloadFiles: workloadFileIndex(dir),
+    files,
+  });
+  const text = JSON.stringify(metadata, null, 2);
+  writeFileAtomic(path.join(dir, METADATA_FILE), text);
+  return {
+    files: files.length,
+    totalBytes: files.reduce((s, f) => s + f.size, 0),
+    metadataSha256: createHash('sha256').update(text).digest('hex'),
+  };
+}
+
+export function readMetadata(dir: string): Metadata {
+  const file = path.join(dir, METADATA_FILE);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw ApplicationFailure.nonRetryable(`${file}: ${(e as Error).message}`, ErrorType.MetadataInvalid);
+  }
+  const parsed = MetadataSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw ApplicationFailure.nonRetryable(`${file}: field '${issue.path.join('.')}' ${issue.message}`, ErrorType.MetadataInvalid);
+  }
+  return parsed.data;
+}
+
+/** Verifies every file of a local checkpoint against its metadata.json; never restore unverified bytes. */
+export async function verifyLocal(dir: string): Promise<Metadata> {
+  const md = readMetadata(dir);
+  for (const f of md.files) {
+    const p = path.join(dir, f.path);
+    if (!fs.existsSync(p)) throw ApplicationFailure.nonRetryable(`${f.path}: missing`, ErrorType.ChecksumMismatch);
+    const sum = await sha256File(p);
+    if (sum !== f.sha256) throw ApplicationFailure.nonRetryable(`${f.path}: sha256 ${sum} != ${f.sha256}`, ErrorType.ChecksumMismatch);
+  }
+  return md;
+}

@@ -1,0 +1,29 @@
+import { S3Client } from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { S3Config } from '../common/config';
+
+/**
+ * The SDK has no HTTP timeouts by default (a blackholed request hangs forever) and retries a lot; outage
+ * backoff belongs to Temporal's retry policy, so the SDK gets tight timeouts and a single retry.
+ */
+export function makeS3Client(cfg: S3Config, opts: { requestTimeoutMs?: number } = {}): S3Client {
+  return new S3Client({
+    endpoint: cfg.endpoint,
+    region: cfg.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey },
+    maxAttempts: 2,
+    requestHandler: new NodeHttpHandler({
+      connectionTimeout: 3000,
+      requestTimeout: opts.requestTimeoutMs ?? 30000,
+      httpAgent: { keepAlive: true, maxSockets: 32 },
+    }),
+  });
+}
+
+/** S3 allows 10,000 parts per upload: grow the part size with the file (an 80 GB image needs >= 8 MiB parts). */
+export function partSizeFor(fileSize: number, preferred = 16 << 20): number {
+  const min = Math.ceil(fileSize / 10000);
+  const mib = 1 << 20;
+  return Math.max(preferred, Math.ceil(min / mib) * mib);
+}

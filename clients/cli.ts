@@ -1,0 +1,147 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import { InvalidInputError, assertSafeId } from '../common/ids';
+import type { Tier } from '../common/checkpoint';
+import { down, status, up } from '../deploy/local/stack';
+import { startAgent, startControlWorker } from '../deploy/local/workers';
+import { runAgent } from '../workers/agent';
+import { loadConfig } from '../workers/config';
+import { runControlWorker } from '../workers/control';
+import { KybernateClient } from './api';
+import { formatBytes, parseBytes } from './bytes';
+
+const program = new Command();
+program.name('kybernate').description('Checkpoint and restore running GPU workloads, orchestrated by Temporal').showHelpAfterError();
+
+async function withClient<T>(fn: (k: KybernateClient) => Promise<T>): Promise<T> {
+  const k = await KybernateClient.connect(loadConfig());
+  try {
+    return await fn(k);
+  } finally {
+    await k.close();
+  }
+}
+
+program
+  .command('up')
+  .description('start the local stack (Temporal with UI, MinIO) and our workers: a control worker and one agent per node')
+  .option('--nodes <names>', 'comma-separated node agents to start', 'node-a,node-b')
+  .option('--declared-vram <size>', 'VRAM each node declares (no GPU here): reported as declared, never as measured', '16GiB')
+  .option('--no-workers', 'start only Temporal and MinIO')
+  .option('--toxiproxy', 'also start toxiproxy, for fault tests')
+  .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean }) => {
+    const nodes = o.nodes.split(',').filter(Boolean).map((n) => assertSafeId('nodes', n.trim()));
+    const declared = parseBytes('declared-vram', o.declaredVram);
+    const state = await up({ toxiproxy: o.toxiproxy });
+    if (o.workers) {
+      await startControlWorker(state);
+      for (const node of nodes) await startAgent(state, { node, declaredVramBytes: declared });
+    }
+    console.log(`Temporal UI: ${state.temporal.uiUrl}\nTemporal:    ${state.temporal.address}\nS3 (MinIO):  ${state.s3.endpoint} bucket ${state.s3.bucket}\nLogs:        ${state.home}/logs`);
+  });
+
+program.command('down').description('stop the local stack and every worker and agent it started').action(async () => {
+  await down();
+});
+
+program.command('status').description("each component's health and the Temporal UI URL").action(async () => {
+  const s = await status();
+  if (!s.state) {
+    console.log("no local stack is running (start one with 'kybernate up')");
+    process.exitCode = 1;
+    return;
+  }
+  for (const c of s.components) console.log(`${c.healthy ? 'healthy  ' : 'UNHEALTHY'} ${c.component.padEnd(16)} pid ${String(c.pid ?? '-').padEnd(8)} ${c.detail}`);
+  console.log(`Temporal UI: ${s.state.temporal.uiUrl}`);
+  if (s.components.some((c) => !c.healthy)) process.exitCode = 1;
+});
+
+program
+  .command('agent')
+  .description('run the node agent: a worker on queue node/<name> that runs only node activities')
+  .requiredOption('--node <name>', 'this node\'s name')
+  .option('--zone <zone>', 'failure zone')
+  .option('--data-dir <dir>', 'where checkpoints (the NVMe tier) and workload logs live')
+  .option('--declared-vram <size>', 'VRAM capacity to report on a node without a GPU (shown as declared)')
+  .action(async (o: { node: string; zone?: string; dataDir?: string; declaredVram?: string }) => {
+    await runAgent({ node: o.node, zone: o.zone, dataDir: o.dataDir, declaredVramBytes: o.declaredVram ? parseBytes('declared-vram', o.declaredVram) : undefined });
+  });
+
+program.command('worker').description('run the control-plane worker (all workflows, control activities)').action(runControlWorker);
+
+program
+  .command('checkpoint <job-or-pid>')
+  .description('checkpoint a workload: CUDA lock/checkpoint, CRIU dump, seal, upload to S3')
+  .requiredOption('--node <name>', 'node the workload runs on')
+  .option('--leave-running', 'let the workload run on after the dump')
+  .addOption(new Option('--reason <reason>', 'why').choices(['manual', 'preemption']).default('manual'))
+  .option('--id <checkpointId>', 'checkpoint id (default: <job>-<time>)')
+  .option('--no-wait', 'return once started')
+  .action(async (target: string, o: { node: string; leaveRunning?: boolean; reason: 'manual' | 'preemption'; id?: string; wait: boolean }) => {
+    await withClient(async (k) => {
+      const { workflowId, request } = await k.startCheckpoint({ target, node: o.node, leaveRunning: o.leaveRunning, reason: o.reason, checkpointId: o.id });
+      console.log(`checkpoint ${request.checkpointId} started: ${k.uiLink(workflowId) ?? workflowId}`);
+      if (!o.wait) return;
+      const r = await k.checkpointResult(request.checkpointId);
+      console.log(`${r.checkpointId}: ${r.phase}${r.tier ? ` (tier ${r.tier})` : ''}${r.failureReason ? ` — ${r.failureReason}` : ''}`);
+      if (r.phase === 'Failed') process.exitCode = 1;
+    });
+  });
+
+program
+  .command('run <job>')
+  .description('start a workload on a node through its agent (detached: it outlives the agent)')
+  .requiredOption('--node <name>', 'node to run on')
+  .argument('<command...>', 'command and arguments (after --)')
+  .action(async (job: string, command: string[], o: { node: string }) => {
+    await withClient(async (k) => {
+      const info = await k.runWorkload({ node: o.node, jobId: job, command });
+      console.log(`job ${info.jobId} running on ${o.node} as pid ${info.pid}; output ${info.logFile}`);
+    });
+  });
+
+program
+  .command('checkpoints')
+  .description('list checkpoints')
+  .option('--job <job>', 'only this job')
+  .addOption(new Option('--tier <tier>', 'only this tier').choices(['s3', 'nvme']))
+  .action(async (o: { job?: string; tier?: Tier }) => {
+    await withClient(async (k) => {
+      const rows = await k.listCheckpoints(o);
+      if (rows.length === 0) console.log('no checkpoints');
+      for (const r of rows) console.log(`${r.checkpointId.padEnd(36)} job ${r.jobId.padEnd(16)} node ${r.node.padEnd(10)} ${r.phase.padEnd(14)} tier ${r.tier || '-'}`);
+    });
+  });
+
+program
+  .command('describe <checkpoint>')
+  .description("a checkpoint's phase, tier and the history of its attempts")
+  .action(async (id: string) => {
+    await withClient(async (k) => {
+      const s = await k.describeCheckpoint(id);
+      console.log(JSON.stringify(s, null, 2));
+    });
+  });
+
+program
+  .command('nodes')
+  .description('registered nodes and their inventory')
+  .argument('<node...>')
+  .action(async (nodes: string[]) => {
+    await withClient(async (k) => {
+      for (const n of nodes) {
+        const r = await k.node(n);
+        const inv = r.inventory;
+        console.log(`${n}: last seen ${r.lastSeen ?? 'never'}; VRAM ${inv ? `${formatBytes(inv.freeVramBytes)} free of ${formatBytes(inv.totalVramBytes)} (${inv.vramSource})` : '-'}; disk ${inv ? formatBytes(inv.freeDiskBytes) : '-'} free; CRIU ${inv?.criuVersion ?? '-'}`);
+      }
+    });
+  });
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  if (e instanceof InvalidInputError) {
+    console.error(`error: ${e.message}`);
+    process.exit(2);
+  }
+  console.error(`error: ${(e as Error).message}`);
+  process.exit(1);
+});

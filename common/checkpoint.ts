@@ -1,0 +1,79 @@
+/** Pure types shared by the checkpoint workflow, its activities and clients. No I/O: safe in workflow code. */
+
+export type CheckpointPhase =
+  | 'Pending'
+  | 'Locking'
+  | 'DumpingVram'
+  | 'DumpingProcess'
+  | 'Sealing'
+  | 'Uploading'
+  | 'Durable'
+  | 'PendingUpload'
+  | 'Failed';
+
+export type Tier = 's3' | 'nvme';
+
+export type CheckpointReason = 'manual' | 'preemption';
+
+export interface CheckpointRequest {
+  checkpointId: string;
+  jobId: string;
+  node: string;
+  /** The process to checkpoint; without it, the workload the node's agent started for jobId. */
+  pid?: number;
+  /** Dump and let the process run on (a copy), instead of stopping it. */
+  leaveRunning: boolean;
+  reason: CheckpointReason;
+  /** Upload attempts before falling back to tier nvme; small in tests. */
+  uploadMaxAttempts?: number;
+}
+
+export interface CudaStepResult {
+  /** 'skipped' when the process holds no CUDA context. */
+  outcome: 'done' | 'skipped';
+  detail: string;
+}
+
+export interface DumpResult {
+  imageBytes: number;
+  durationMs: number;
+  processStopped: boolean;
+}
+
+export interface SealResult {
+  files: number;
+  totalBytes: number;
+  metadataSha256: string;
+}
+
+export interface UploadResult {
+  bucket: string;
+  prefix: string;
+  bytesSent: number;
+  partsSent: number;
+  /** Parts found already uploaded (from heartbeat details) and not sent again. */
+  partsResumed: number;
+}
+
+export interface AttemptRecord {
+  phase: CheckpointPhase;
+  outcome: 'ok' | 'failed' | 'compensated' | 'skipped';
+  detail: string;
+  /** Workflow time (deterministic), ISO 8601. */
+  at: string;
+}
+
+export interface CheckpointStatus {
+  checkpointId: string;
+  jobId: string;
+  node: string;
+  pid: number | null;
+  phase: CheckpointPhase;
+  tier: Tier | null;
+  failureReason: string | null;
+  history: AttemptRecord[];
+  upload: UploadResult | null;
+}
+
+/** What a workflow returns; identical to the final status. */
+export type CheckpointOutcome = CheckpointStatus;

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs whatever is missing for the README's commands: npm packages, the compiled code, and the cached
+# local stack binaries (Temporal CLI, MinIO, toxiproxy, CRIU 4.1, Temporal's Java test server).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+if [ ! -d node_modules/@temporalio/worker ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "[ensure] npm ci" >&2
+  npm ci --no-audit --no-fund >&2
+fi
+echo "[ensure] tsc" >&2
+npx tsc -p tsconfig.json
+bash deploy/local/provision.sh

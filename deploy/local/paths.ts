@@ -1,0 +1,35 @@
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import * as fs from 'node:fs';
+
+/** The repository root, whether this runs from TypeScript sources (jest) or from dist/. */
+function findRepoRoot(start: string): string {
+  for (let dir = start; ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, 'deploy', 'local', 'versions.env'))) return dir;
+    if (path.dirname(dir) === dir) throw new Error(`cannot find the kybernate repository above ${start}`);
+  }
+}
+export const REPO_ROOT = findRepoRoot(__dirname);
+export const CACHE_DIR = process.env.KYBERNATE_CACHE ?? path.join(os.homedir(), '.cache', 'kybernate');
+/** Runtime state of a local stack: its ports, pids, data and logs. */
+export const defaultStackHome = (): string => process.env.KYBERNATE_HOME ?? path.join(REPO_ROOT, '.kybernate');
+
+function readVersions(): Record<string, string> {
+  const text = fs.readFileSync(path.join(REPO_ROOT, 'deploy', 'local', 'versions.env'), 'utf8');
+  const out: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const m = /^([A-Z_]+)=(.*)$/.exec(line.trim());
+    if (m) out[m[1]] = m[2];
+  }
+  return out;
+}
+const v = readVersions();
+export const VERSIONS = v;
+export const BIN = {
+  temporal: path.join(CACHE_DIR, `temporal-${v.TEMPORAL_CLI_VERSION}`, 'temporal'),
+  minio: path.join(CACHE_DIR, `minio-${v.MINIO_VERSION}`, 'minio'),
+  toxiproxy: path.join(CACHE_DIR, `toxiproxy-${v.TOXIPROXY_VERSION}`, 'server'),
+  criu: path.join(CACHE_DIR, `criu-${v.CRIU_DEB_VERSION}`, 'criu'),
+  testServer: path.join(CACHE_DIR, `temporal-test-server-${v.TEST_SERVER_VERSION}`, 'temporal-test-server'),
+};

@@ -1,0 +1,321 @@
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { Connection } from '@temporalio/client';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
+import type { KybernateConfig } from '../../common/config';
+import { BIN, defaultStackHome, REPO_ROOT } from './paths';
+
+export type Component = 'temporal' | 'minio' | 'toxiproxy';
+
+export interface ProcessRecord {
+  component: string;
+  pid: number;
+  log: string;
+  command: string[];
+}
+
+/** Everything a client needs to reach a running local stack, persisted as <home>/stack.json. */
+export interface StackState {
+  home: string;
+  startedAt: string;
+  temporal: { address: string; uiUrl: string; namespace: string; dbFile: string };
+  s3: { endpoint: string; consoleUrl: string; region: string; accessKeyId: string; secretAccessKey: string; bucket: string; dataDir: string };
+  toxiproxy: { api: string } | null;
+  processes: ProcessRecord[];
+}
+
+export class ComponentFailedError extends Error {
+  constructor(readonly component: string, message: string, readonly logFile?: string) {
+    super(`${component} did not come up: ${message}${logFile ? ` (log: ${logFile})` : ''}`);
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (addr && typeof addr === 'object' ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+const stateFile = (home: string): string => path.join(home, 'stack.json');
+
+export function readStackState(home = defaultStackHome()): StackState | null {
+  try {
+    return JSON.parse(fs.readFileSync(stateFile(home), 'utf8')) as StackState;
+  } catch {
+    return null;
+  }
+}
+
+export function configFromStack(state: StackState): KybernateConfig {
+  return {
+    temporalAddress: state.temporal.address,
+    namespace: state.temporal.namespace,
+    uiUrl: state.temporal.uiUrl,
+    s3: { ...state.s3 },
+  };
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Starts a component in its own process group (so `down` can kill it and everything it forked) with its
+ * output in a log file.
+ */
+export function startProcess(component: string, command: string[], logFile: string, env: NodeJS.ProcessEnv = {}): ProcessRecord {
+  fs.mkdirSync(path.dirname(logFile), { recursive: true });
+  const fd = fs.openSync(logFile, 'a');
+  const child = spawn(command[0], command.slice(1), {
+    detached: true,
+    stdio: ['ignore', fd, fd],
+    env: { ...process.env, ...env },
+  });
+  fs.closeSync(fd);
+  child.unref();
+  if (child.pid === undefined) throw new ComponentFailedError(component, `could not spawn ${command[0]}`, logFile);
+  return { component, pid: child.pid, log: logFile, command };
+}
+
+export async function waitFor(component: string, rec: ProcessRecord | null, probe: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError = 'no answer yet';
+  while (Date.now() < deadline) {
+    if (rec && !isAlive(rec.pid)) {
+      const tail = fs.existsSync(rec.log) ? fs.readFileSync(rec.log, 'utf8').split('\n').slice(-15).join('\n') : '';
+      throw new ComponentFailedError(component, `process ${rec.pid} exited during start-up\n${tail}`, rec.log);
+    }
+    try {
+      if (await probe()) return;
+    } catch (e) {
+      lastError = (e as Error).message;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new ComponentFailedError(component, `no healthy answer within ${timeoutMs} ms (last: ${lastError})`, rec?.log);
+}
+
+async function httpOk(url: string): Promise<boolean> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+  return res.ok;
+}
+
+export async function temporalHealthy(address: string): Promise<boolean> {
+  const conn = await Connection.connect({ address, connectTimeout: 2000 });
+  try {
+    await conn.workflowService.getSystemInfo({});
+    return true;
+  } finally {
+    await conn.close();
+  }
+}
+
+/** Kills a process group: TERM, then KILL after a grace period. */
+export async function killGroup(pid: number, graceMs = 5000): Promise<void> {
+  const signal = (sig: NodeJS.Signals): void => {
+    try {
+      process.kill(-pid, sig);
+    } catch {
+      try {
+        process.kill(pid, sig);
+      } catch {
+        /* already gone */
+      }
+    }
+  };
+  if (!isAlive(pid)) return;
+  signal('SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (Date.now() < deadline && isAlive(pid)) await new Promise((r) => setTimeout(r, 100));
+  signal('SIGKILL');
+  while (isAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+}
+
+export interface UpOptions {
+  home?: string;
+  /** When set, a watchdog stops the stack as soon as this process dies (test runs, Ctrl-C). */
+  ownerPid?: number;
+  toxiproxy?: boolean;
+  log?: (msg: string) => void;
+}
+
+/** Starts Temporal, MinIO and toxiproxy in order; returns once each answers, or throws naming the one that did not. */
+export async function up(opts: UpOptions = {}): Promise<StackState> {
+  const home = opts.home ?? defaultStackHome();
+  const log = opts.log ?? ((m: string) => process.stderr.write(`[stack] ${m}\n`));
+  const existing = readStackState(home);
+  if (existing && existing.processes.every((p) => isAlive(p.pid))) {
+    log(`already running (state ${stateFile(home)})`);
+    return existing;
+  }
+  if (existing) await down({ home, log });
+  for (const [name, bin] of Object.entries({ temporal: BIN.temporal, minio: BIN.minio })) {
+    if (!fs.existsSync(bin)) throw new ComponentFailedError(name, `binary ${bin} is missing; run 'npm run provision'`);
+  }
+  fs.mkdirSync(path.join(home, 'logs'), { recursive: true });
+  const processes: ProcessRecord[] = [];
+  const persist = (state: StackState): void => {
+    fs.writeFileSync(stateFile(home) + '.tmp', JSON.stringify(state, null, 2));
+    fs.renameSync(stateFile(home) + '.tmp', stateFile(home));
+  };
+  const [tPort, uiPort, s3Port, consolePort, toxPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
+  const state: StackState = {
+    home,
+    startedAt: new Date().toISOString(),
+    temporal: { address: `127.0.0.1:${tPort}`, uiUrl: `http://127.0.0.1:${uiPort}`, namespace: 'default', dbFile: path.join(home, 'temporal.sqlite') },
+    s3: {
+      endpoint: `http://127.0.0.1:${s3Port}`,
+      consoleUrl: `http://127.0.0.1:${consolePort}`,
+      region: 'us-east-1',
+      accessKeyId: 'kybernate',
+      secretAccessKey: 'kybernate-local-secret',
+      bucket: 'kybernate-checkpoints',
+      dataDir: path.join(home, 'minio-data'),
+    },
+    toxiproxy: opts.toxiproxy ? { api: `http://127.0.0.1:${toxPort}` } : null,
+    processes,
+  };
+  try {
+    // Temporal first: workers and clients need it; MinIO after (nothing in Temporal depends on it).
+    const saArgs = ALL_SEARCH_ATTRIBUTES.flatMap((k) => ['--search-attribute', `${k.name}=Keyword`]);
+    const temporal = startProcess(
+      'temporal',
+      [BIN.temporal, 'server', 'start-dev', '--ip', '127.0.0.1', '--port', String(tPort), '--ui-port', String(uiPort),
+        '--db-filename', state.temporal.dbFile, '--log-level', 'warn', ...saArgs,
+        '--dynamic-config-value', 'matching.useNewMatcher=true', '--dynamic-config-value', 'matching.enableFairness=true'],
+      path.join(home, 'logs', 'temporal.log'),
+    );
+    processes.push(temporal);
+    persist(state);
+    const minio = startProcess(
+      'minio',
+      [BIN.minio, 'server', state.s3.dataDir, '--address', `127.0.0.1:${s3Port}`, '--console-address', `127.0.0.1:${consolePort}`, '--quiet'],
+      path.join(home, 'logs', 'minio.log'),
+      { MINIO_ROOT_USER: state.s3.accessKeyId, MINIO_ROOT_PASSWORD: state.s3.secretAccessKey, MINIO_BROWSER: 'on', MINIO_UPDATE: 'off' },
+    );
+    processes.push(minio);
+    persist(state);
+    if (opts.toxiproxy) {
+      if (!fs.existsSync(BIN.toxiproxy)) throw new ComponentFailedError('toxiproxy', `binary ${BIN.toxiproxy} is missing; run 'npm run provision'`);
+      const tox = startProcess('toxiproxy', [BIN.toxiproxy, '-host', '127.0.0.1', '-port', String(toxPort)], path.join(home, 'logs', 'toxiproxy.log'));
+      processes.push(tox);
+      persist(state);
+    }
+    if (opts.ownerPid) {
+      const wd = startProcess('watchdog', ['bash', path.join(REPO_ROOT, 'deploy', 'local', 'watchdog.sh'), String(opts.ownerPid), stateFile(home),
+        ...processes.map((p) => String(p.pid))], path.join(home, 'logs', 'watchdog.log'));
+      processes.push(wd);
+      persist(state);
+    }
+    await waitFor('temporal', temporal, () => temporalHealthy(state.temporal.address), 60000);
+    await waitFor('temporal-ui', temporal, () => httpOk(state.temporal.uiUrl), 30000);
+    log(`temporal up at ${state.temporal.address}, UI ${state.temporal.uiUrl}`);
+    await waitFor('minio', minio, () => httpOk(`${state.s3.endpoint}/minio/health/live`), 60000);
+    await createBucket(state);
+    log(`minio up at ${state.s3.endpoint}, bucket ${state.s3.bucket}`);
+    if (state.toxiproxy) {
+      const api = state.toxiproxy.api;
+      await waitFor('toxiproxy', processes.find((p) => p.component === 'toxiproxy') ?? null, () => httpOk(`${api}/version`), 30000);
+      log(`toxiproxy up at ${api}`);
+    }
+    persist(state);
+    return state;
+  } catch (e) {
+    await down({ home, log });
+    throw e;
+  }
+}
+
+async function createBucket(state: StackState): Promise<void> {
+  const s3 = new S3Client({
+    endpoint: state.s3.endpoint,
+    region: state.s3.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: state.s3.accessKeyId, secretAccessKey: state.s3.secretAccessKey },
+  });
+  try {
+    await waitFor('minio-bucket', null, async () => {
+      try {
+        await s3.send(new CreateBucketCommand({ Bucket: state.s3.bucket }));
+      } catch (e) {
+        const name = (e as Error).name;
+        if (name !== 'BucketAlreadyOwnedByYou' && name !== 'BucketAlreadyExists') throw e;
+      }
+      return true;
+    }, 30000);
+  } finally {
+    s3.destroy();
+  }
+}
+
+/** Stops every process recorded for the stack (workers started by the supervisor included) and forgets them. */
+export async function down(opts: { home?: string; log?: (msg: string) => void } = {}): Promise<void> {
+  const home = opts.home ?? defaultStackHome();
+  const log = opts.log ?? ((m: string) => process.stderr.write(`[stack] ${m}\n`));
+  const state = readStackState(home);
+  if (!state) return;
+  // Reverse start order: watchdog and workers first, Temporal last.
+  for (const p of [...state.processes].reverse()) {
+    await killGroup(p.pid);
+    log(`stopped ${p.component} (pid ${p.pid})`);
+  }
+  fs.rmSync(stateFile(home), { force: true });
+}
+
+export interface ComponentHealth {
+  component: string;
+  pid: number | null;
+  healthy: boolean;
+  detail: string;
+}
+
+export async function status(home = defaultStackHome()): Promise<{ state: StackState | null; components: ComponentHealth[] }> {
+  const state = readStackState(home);
+  if (!state) return { state: null, components: [] };
+  const pidOf = (c: string): number | null => state.processes.find((p) => p.component === c)?.pid ?? null;
+  const check = async (component: string, probe: () => Promise<boolean>, detail: string): Promise<ComponentHealth> => {
+    const pid = pidOf(component);
+    try {
+      const ok = (pid === null || isAlive(pid)) && (await probe());
+      return { component, pid, healthy: ok, detail };
+    } catch (e) {
+      return { component, pid, healthy: false, detail: `${detail}: ${(e as Error).message}` };
+    }
+  };
+  const components = [
+    await check('temporal', () => temporalHealthy(state.temporal.address), `frontend ${state.temporal.address}`),
+    await check('temporal', () => httpOk(state.temporal.uiUrl), `ui ${state.temporal.uiUrl}`),
+    await check('minio', () => httpOk(`${state.s3.endpoint}/minio/health/live`), `s3 ${state.s3.endpoint} bucket ${state.s3.bucket}`),
+  ];
+  if (state.toxiproxy) {
+    const api = state.toxiproxy.api;
+    components.push(await check('toxiproxy', () => httpOk(`${api}/version`), `api ${api}`));
+  }
+  for (const p of state.processes.filter((x) => !['temporal', 'minio', 'toxiproxy'].includes(x.component))) {
+    components.push({ component: p.component, pid: p.pid, healthy: isAlive(p.pid), detail: `log ${p.log}` });
+  }
+  return { state, components };
+}
+
+/** Records an extra process (a worker, an agent) so that `down` stops it with the stack. */
+export function registerProcess(rec: ProcessRecord, home = defaultStackHome()): void {
+  const state = readStackState(home);
+  if (!state) throw new Error(`no stack state in ${home}; run 'kybernate up' first`);
+  state.processes.push(rec);
+  fs.writeFileSync(stateFile(home) + '.tmp', JSON.stringify(state, null, 2));
+  fs.renameSync(stateFile(home) + '.tmp', stateFile(home));
+}

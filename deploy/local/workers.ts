@@ -1,0 +1,46 @@
+import * as path from 'node:path';
+import { Connection } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
+import { CONTROL_QUEUE, nodeQueue } from '../../common/queues';
+import { REPO_ROOT } from './paths';
+import { type ProcessRecord, registerProcess, type StackState, startProcess, waitFor } from './stack';
+
+const CLI = path.join(REPO_ROOT, 'dist', 'clients', 'cli.js');
+
+export async function hasPoller(address: string, namespace: string, taskQueue: string, kind: 'workflow' | 'activity'): Promise<boolean> {
+  const conn = await Connection.connect({ address, connectTimeout: 2000 });
+  try {
+    const r = await conn.workflowService.describeTaskQueue({
+      namespace,
+      taskQueue: { name: taskQueue, kind: temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
+      taskQueueType: kind === 'workflow' ? temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW : temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+    });
+    return (r.pollers ?? []).length > 0;
+  } finally {
+    await conn.close();
+  }
+}
+
+export interface AgentSpec {
+  node: string;
+  declaredVramBytes?: number;
+  zone?: string;
+}
+
+/** Starts an agent process (`kybernate agent`) with its log beside the stack's, and waits for it to poll. */
+export async function startAgent(state: StackState, spec: AgentSpec): Promise<ProcessRecord> {
+  const args = [process.execPath, CLI, 'agent', '--node', spec.node, '--data-dir', path.join(state.home, 'nodes', spec.node)];
+  if (spec.declaredVramBytes !== undefined) args.push('--declared-vram', String(spec.declaredVramBytes));
+  if (spec.zone) args.push('--zone', spec.zone);
+  const rec = startProcess(`agent:${spec.node}`, args, path.join(state.home, 'logs', `agent-${spec.node}.log`), { KYBERNATE_HOME: state.home });
+  registerProcess(rec, state.home);
+  await waitFor(`agent:${spec.node}`, rec, () => hasPoller(state.temporal.address, state.temporal.namespace, nodeQueue(spec.node), 'activity'), 60000);
+  return rec;
+}
+
+export async function startControlWorker(state: StackState): Promise<ProcessRecord> {
+  const rec = startProcess('control-worker', [process.execPath, CLI, 'worker'], path.join(state.home, 'logs', 'control-worker.log'), { KYBERNATE_HOME: state.home });
+  registerProcess(rec, state.home);
+  await waitFor('control-worker', rec, () => hasPoller(state.temporal.address, state.temporal.namespace, CONTROL_QUEUE, 'workflow'), 90000);
+  return rec;
+}

@@ -1,0 +1,68 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { createNodeActivities } from '../activities/node';
+import type { NodeContext } from '../activities/node/context';
+import { readInventory } from '../activities/node/inventory';
+import { assertSafeId } from '../common/ids';
+import { CONTROL_QUEUE, nodeQueue, nodeWorkflowId } from '../common/queues';
+import { defaultStackHome, BIN } from '../deploy/local/paths';
+import { loadConfig, makeLogger } from './config';
+
+export interface AgentOptions {
+  node: string;
+  zone?: string;
+  dataDir?: string;
+  declaredVramBytes?: number;
+  criuBin?: string;
+  reportEveryMs?: number;
+}
+
+/**
+ * The node agent: a Temporal worker on node/<name> running only node activities. Workloads it starts are
+ * detached, so killing the agent (even with -9) leaves them running.
+ */
+export async function runAgent(opts: AgentOptions): Promise<void> {
+  assertSafeId('node', opts.node);
+  const cfg = loadConfig();
+  const logger = makeLogger({ node: opts.node, component: 'agent' });
+  const dataDir = path.resolve(opts.dataDir ?? path.join(defaultStackHome(), 'nodes', opts.node));
+  fs.mkdirSync(dataDir, { recursive: true });
+  const ctx: NodeContext = {
+    node: opts.node,
+    zone: opts.zone ?? null,
+    dataDir,
+    criuBin: opts.criuBin ?? process.env.KYBERNATE_CRIU ?? BIN.criu,
+    declaredVramBytes: opts.declaredVramBytes ?? null,
+    s3: cfg.s3,
+    logger,
+  };
+  const connection = await NativeConnection.connect({ address: cfg.temporalAddress });
+  const worker = await Worker.create({
+    connection,
+    namespace: cfg.namespace,
+    taskQueue: nodeQueue(opts.node),
+    activities: createNodeActivities(ctx),
+    maxConcurrentActivityTaskExecutions: 16,
+  });
+  const clientConn = await Connection.connect({ address: cfg.temporalAddress });
+  const client = new Client({ connection: clientConn, namespace: cfg.namespace });
+  const report = async (): Promise<void> => {
+    const inv = await readInventory(ctx);
+    await client.workflow.signalWithStart('nodeRegistry', {
+      workflowId: nodeWorkflowId(opts.node), taskQueue: CONTROL_QUEUE, args: [{ node: opts.node }], signal: 'report', signalArgs: [inv],
+    });
+  };
+  await report();
+  const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
+  logger.info({ queue: nodeQueue(opts.node), dataDir, declaredVramBytes: ctx.declaredVramBytes }, 'agent ready');
+  try {
+    await worker.run();
+  } finally {
+    clearInterval(timer);
+    await clientConn.close();
+    await connection.close();
+  }
+}

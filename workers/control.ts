@@ -1,0 +1,33 @@
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { createControlActivities } from '../activities/control';
+import { CONTROL_QUEUE } from '../common/queues';
+import { loadConfig, makeLogger } from './config';
+
+/** The control-plane worker: every workflow, plus activities that need a Temporal client. */
+export async function createControlWorker(address: string, namespace: string): Promise<{ worker: Worker; close: () => Promise<void> }> {
+  const connection = await NativeConnection.connect({ address });
+  const clientConn = await Connection.connect({ address });
+  const client = new Client({ connection: clientConn, namespace });
+  const worker = await Worker.create({
+    connection,
+    namespace,
+    taskQueue: CONTROL_QUEUE,
+    workflowsPath: require.resolve('../workflows'),
+    activities: createControlActivities(client),
+  });
+  return { worker, close: async () => { await clientConn.close(); await connection.close(); } };
+}
+
+export async function runControlWorker(): Promise<void> {
+  const cfg = loadConfig();
+  const logger = makeLogger({ component: 'control-worker' });
+  const { worker, close } = await createControlWorker(cfg.temporalAddress, cfg.namespace);
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
+  logger.info({ queue: CONTROL_QUEUE }, 'control worker ready');
+  try {
+    await worker.run();
+  } finally {
+    await close();
+  }
+}

@@ -1,0 +1,5 @@
+// Everything the control worker's workflow bundle registers.
+export { checkpoint } from './checkpoint';
+export { promotion } from './promotion';
+export { nodeRegistry } from './node';
+export { runWorkload } from './workload';
