@@ -14,3 +14,10 @@ if [ -f "$state" ]; then
   done
   rm -f "$state"
 fi
+# Workloads are detached on purpose (they outlive agents); the stack's owner is gone, so they go too.
+home=$(dirname "$state")
+for f in "$home"/nodes/*/workloads/*/pid; do
+  [ -f "$f" ] || continue
+  pid=$(cat "$f"); job=$(basename "$(dirname "$f")")
+  tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "KYBERNATE_JOB_ID=$job" && kill -KILL "$pid" 2>/dev/null
+done
