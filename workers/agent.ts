@@ -34,6 +34,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     zone: opts.zone ?? null,
     dataDir,
     criuBin: opts.criuBin ?? process.env.KYBERNATE_CRIU ?? BIN.criu,
+    criuActionScript: process.env.KYBERNATE_CRIU_ACTION_SCRIPT ?? null,
     declaredVramBytes: opts.declaredVramBytes ?? null,
     s3: cfg.s3,
     logger,

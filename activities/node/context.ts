@@ -8,6 +8,8 @@ export interface NodeContext {
   zone: string | null;
   dataDir: string;
   criuBin: string;
+  /** CRIU --action-script, run at each dump/restore stage (network locking, site hooks, fault tests). */
+  criuActionScript: string | null;
   /** VRAM capacity given on the command line for a node without a GPU; reported as declared, never as measured. */
   declaredVramBytes: number | null;
   s3: S3Config;

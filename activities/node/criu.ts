@@ -47,6 +47,7 @@ export async function criuDump(ctx: NodeContext, input: { checkpointId: string; 
   const log = path.join(dir, 'criu-dump.log');
   const args = ['dump', '-t', String(input.pid), '-D', images, '-o', log, '-v4', '--file-locks'];
   if (input.leaveRunning) args.push('--leave-running');
+  if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
   const r = await runTool(ctx.criuBin, args);
   if (r.code !== 0) {
     const tail = lastLines(log, 12);

@@ -268,8 +268,10 @@ export async function down(opts: { home?: string; log?: (msg: string) => void } 
   const log = opts.log ?? ((m: string) => process.stderr.write(`[stack] ${m}\n`));
   const state = readStackState(home);
   if (!state) return;
-  // Reverse start order: watchdog and workers first, Temporal last.
-  for (const p of [...state.processes].reverse()) {
+  // Workers before the services they use, Temporal last; the watchdog after everything, so that a `down`
+  // cut short (a crashing test run) still leaves it to finish the job.
+  const order = [...state.processes].reverse().sort((a, b) => Number(a.component === 'watchdog') - Number(b.component === 'watchdog'));
+  for (const p of order) {
     await killGroup(p.pid);
     log(`stopped ${p.component} (pid ${p.pid})`);
   }

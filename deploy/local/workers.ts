@@ -25,14 +25,17 @@ export interface AgentSpec {
   node: string;
   declaredVramBytes?: number;
   zone?: string;
+  dataDir?: string;
+  /** Extra environment, e.g. KYBERNATE_S3_ENDPOINT pointing through toxiproxy. */
+  env?: Record<string, string>;
 }
 
 /** Starts an agent process (`kybernate agent`) with its log beside the stack's, and waits for it to poll. */
 export async function startAgent(state: StackState, spec: AgentSpec): Promise<ProcessRecord> {
-  const args = [process.execPath, CLI, 'agent', '--node', spec.node, '--data-dir', path.join(state.home, 'nodes', spec.node)];
+  const args = [process.execPath, CLI, 'agent', '--node', spec.node, '--data-dir', spec.dataDir ?? path.join(state.home, 'nodes', spec.node)];
   if (spec.declaredVramBytes !== undefined) args.push('--declared-vram', String(spec.declaredVramBytes));
   if (spec.zone) args.push('--zone', spec.zone);
-  const rec = startProcess(`agent:${spec.node}`, args, path.join(state.home, 'logs', `agent-${spec.node}.log`), { KYBERNATE_HOME: state.home });
+  const rec = startProcess(`agent:${spec.node}`, args, path.join(state.home, 'logs', `agent-${spec.node}.log`), { KYBERNATE_HOME: state.home, ...spec.env });
   registerProcess(rec, state.home);
   await waitFor(`agent:${spec.node}`, rec, () => hasPoller(state.temporal.address, state.temporal.namespace, nodeQueue(spec.node), 'activity'), 60000);
   return rec;

@@ -229,7 +229,7 @@ describe('checkpoint workflow', () => {
     let s3Up = false;
     const mock = node(calls, false, {
       upload: async () => {
-        calls.push(`upload by ${Context.current().info.workflowExecution.workflowId}`);
+        calls.push(`upload by ${Context.current().info.workflowExecution?.workflowId}`);
         if (!s3Up) throw ApplicationFailure.retryable('connect ECONNREFUSED 127.0.0.1:9000', 'S3Unavailable');
         return uploaded;
       },

@@ -1,0 +1,120 @@
+import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { criuDump, criuRestore, workloadFileIndex } from '../../activities/node/criu';
+import { makeS3Client } from '../../activities/s3-client';
+import { REPO_ROOT } from '../../deploy/local/paths';
+import { ComponentFailedError, configFromStack, down, readStackState, up } from '../../deploy/local/stack';
+import { Agent, alive, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
+
+const CLI = path.join(REPO_ROOT, 'dist', 'clients', 'cli.js');
+
+describe('the local stack', () => {
+  test('kybernate status reports every component healthy and the UI URL', () => {
+    const out = execFileSync(process.execPath, [CLI, 'status'], { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8' });
+    for (const c of ['temporal', 'minio', 'toxiproxy', 'control-worker']) expect(out).toMatch(new RegExp(`healthy +${c}`));
+    expect(out).not.toContain('UNHEALTHY');
+    expect(out).toContain(`Temporal UI: ${stack().temporal.uiUrl}`);
+  });
+
+  test('the Temporal Web UI answers', async () => {
+    const res = await fetch(stack().temporal.uiUrl);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain('<html');
+  });
+
+  test('a workflow runs through a real worker: the agent starts a real process', async () => {
+    const agent = await Agent.start({ node: 'smoke' });
+    const k = await client();
+    try {
+      const info = await k.runWorkload({ node: 'smoke', jobId: 'smoke-sleep', command: ['/bin/sleep', '300'] });
+      expect(alive(info.pid)).toBe(true);
+      // Detached: own session, so an agent crash does not take it along.
+      const stat = fs.readFileSync(`/proc/${info.pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      expect(Number(fields[3])).toBe(info.pid); // session id
+      agent.kill9();
+      await until('agent exit', () => !alive(agent.rec.pid), 10000);
+      expect(alive(info.pid)).toBe(true);
+      process.kill(info.pid, 'SIGKILL');
+    } finally {
+      await k.close();
+      await agent.stop();
+    }
+  });
+
+  test('an object is written to and read back from MinIO with @aws-sdk/client-s3', async () => {
+    const s3 = makeS3Client(configFromStack(stack()).s3);
+    try {
+      const body = `hello ${Date.now()}`;
+      await s3.send(new PutObjectCommand({ Bucket: stack().s3.bucket, Key: 'smoke/object.txt', Body: body }));
+      const got = await s3.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: 'smoke/object.txt' }));
+      expect(await got.Body!.transformToString()).toBe(body);
+    } finally {
+      s3.destroy();
+    }
+  });
+
+  test('CRIU dumps a real process holding a known pattern and restores it: pattern intact, still running', async () => {
+    const dataDir = fs.mkdtempSync(path.join(stack().home, 'criu-smoke-'));
+    const ctx = localNodeContext('criu-smoke', dataDir);
+    const log = path.join(dataDir, 'pattern.log');
+    const fd = fs.openSync(log, 'a');
+    const child = spawn(PYTHON, [PATTERN, '64', 'criu-smoke'], { detached: true, stdio: ['ignore', fd, fd] });
+    fs.closeSync(fd);
+    child.unref();
+    const pid = child.pid!;
+    try {
+      await until('pattern ticks', () => lastTick(log) >= 3, 20000);
+      const dump = await criuDump(ctx, { checkpointId: 'smoke', pid, leaveRunning: false });
+      expect(dump.imageBytes).toBeGreaterThan(64 << 20);
+      await until('dumped process gone', () => !alive(pid), 5000);
+      const before = lastTick(log);
+      const ckDir = path.join(dataDir, 'checkpoints', 'smoke');
+      const restored = await criuRestore(ctx, { dir: ckDir, files: workloadFileIndex(ckDir) });
+      expect(restored.pid).toBe(pid);
+      // SIGUSR1 makes it re-hash its 64 MiB: the pattern must have survived the round trip.
+      process.kill(pid, 'SIGUSR1');
+      const verify = await until('verification after restore', () => output(log).find((l) => l.startsWith('verify ')), 20000);
+      expect(verify).toContain('pattern_ok=True');
+      await until('ticks continue after the dumped counter', () => lastTick(log) >= before + 3, 20000);
+      expect(output(log).filter((l) => l === `tick ${before + 1}`)).toHaveLength(1);
+      expect(alive(pid)).toBe(true);
+    } finally {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  });
+
+  test('a component that cannot start fails fast, named, and nothing is left running', async () => {
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-broken-'));
+    // Temporal cannot open a database file that is a directory.
+    fs.mkdirSync(path.join(home, 'temporal.sqlite'));
+    const err = await up({ home, log: () => undefined }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ComponentFailedError);
+    expect((err as ComponentFailedError).component).toBe('temporal');
+    expect(readStackState(home)).toBeNull();
+    fs.rmSync(home, { recursive: true, force: true });
+  });
+
+  test('down stops every process; a dead owner takes its stack along (no orphans after Ctrl-C or a crash)', async () => {
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-owned-'));
+    const owner = spawn('/bin/sleep', ['600'], { stdio: 'ignore' });
+    const s = await up({ home, ownerPid: owner.pid, log: () => undefined });
+    const pids = s.processes.map((p) => p.pid);
+    expect(pids.every(alive)).toBe(true);
+    owner.kill('SIGKILL');
+    await until('watchdog stops the stack', () => pids.every((p) => !alive(p)), 20000);
+    expect(readStackState(home)).toBeNull();
+
+    const s2 = await up({ home, log: () => undefined });
+    await down({ home, log: () => undefined });
+    expect(s2.processes.map((p) => p.pid).some(alive)).toBe(false);
+    fs.rmSync(home, { recursive: true, force: true });
+  });
+});

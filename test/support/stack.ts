@@ -1,0 +1,89 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pino from 'pino';
+import { KybernateClient } from '../../clients/api';
+import type { NodeContext } from '../../activities/node/context';
+import { BIN, REPO_ROOT } from '../../deploy/local/paths';
+import { configFromStack, isAlive, killGroup, type ProcessRecord, readStackState, type StackState } from '../../deploy/local/stack';
+import { type AgentSpec, startAgent } from '../../deploy/local/workers';
+
+export function stack(): StackState {
+  const home = process.env.KYBERNATE_HOME;
+  const s = home ? readStackState(home) : null;
+  if (!s) throw new Error('no test stack: jest globalSetup did not run');
+  return s;
+}
+
+export const client = (): Promise<KybernateClient> => KybernateClient.connect(configFromStack(stack()));
+
+export const PATTERN = path.join(REPO_ROOT, 'deploy', 'workloads', 'pattern.py');
+export const PYTHON = '/usr/bin/python3';
+
+export class Agent {
+  constructor(readonly spec: AgentSpec, public rec: ProcessRecord) {}
+
+  static async start(spec: AgentSpec): Promise<Agent> {
+    return new Agent(spec, await startAgent(stack(), spec));
+  }
+
+  kill9(): void {
+    process.kill(this.rec.pid, 'SIGKILL');
+  }
+
+  async restart(): Promise<void> {
+    this.rec = await startAgent(stack(), this.spec);
+  }
+
+  async stop(): Promise<void> {
+    await killGroup(this.rec.pid, 3000);
+  }
+
+  get dataDir(): string {
+    return this.spec.dataDir ?? path.join(stack().home, 'nodes', this.spec.node);
+  }
+}
+
+/** Lines of a workload's output file. */
+export function output(logFile: string): string[] {
+  return fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean) : [];
+}
+
+export function lastTick(logFile: string): number {
+  const ticks = output(logFile).filter((l) => l.startsWith('tick ')).map((l) => Number(l.slice(5)));
+  return ticks.length ? ticks[ticks.length - 1] : -1;
+}
+
+export async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, timeoutMs = 60000, everyMs = 200): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    await sleep(everyMs);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
+}
+
+export function alive(pid: number): boolean {
+  if (!isAlive(pid)) return false;
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** A node context for calling node activities in-process (CRIU smoke test, verification of uploads). */
+export function localNodeContext(node: string, dataDir: string): NodeContext {
+  const s = stack();
+  return {
+    node, zone: null, dataDir, criuBin: BIN.criu, criuActionScript: null, declaredVramBytes: null,
+    s3: configFromStack(s).s3, logger: pino({ level: 'silent' }),
+  };
+}
