@@ -5,6 +5,7 @@ import {
   type CompletedPart,
   CreateMultipartUploadCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListPartsCommand,
   PutObjectCommand,
   type S3Client,
@@ -60,6 +61,17 @@ async function exists(s3: S3Client, bucket: string, key: string, f: FileEntry): 
   }
 }
 
+async function findUpload(s3: S3Client, bucket: string, key: string, partSize: number): Promise<{ uploadId: string; partSize: number } | undefined> {
+  const r = await s3.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: key }));
+  const newest = (r.Uploads ?? []).filter((u) => u.Key === key).sort((a, b) => (b.Initiated?.getTime() ?? 0) - (a.Initiated?.getTime() ?? 0))[0];
+  if (!newest?.UploadId) return undefined;
+  const parts = await s3.send(new ListPartsCommand({ Bucket: bucket, Key: key, UploadId: newest.UploadId }));
+  // Every part but the last has the upload's part size; a different size means another writer's upload.
+  const sizes = new Set((parts.Parts ?? []).slice(0, -1).map((p) => p.Size));
+  if (sizes.size > 1 || (sizes.size === 1 && !sizes.has(partSize))) return undefined;
+  return { uploadId: newest.UploadId, partSize };
+}
+
 async function readPart(fd: fs.promises.FileHandle, offset: number, length: number): Promise<Buffer> {
   const buf = Buffer.allocUnsafe(length);
   let got = 0;
@@ -80,7 +92,9 @@ interface Counters {
 async function uploadLarge(
   s3: S3Client, bucket: string, key: string, file: string, f: FileEntry, progress: UploadProgress, counters: Counters, concurrency: number,
 ): Promise<void> {
-  let mp = progress.multipart[f.path];
+  // Heartbeats are throttled, so the crash may have come before the upload id reached the server: then
+  // the upload still in progress for this key in S3 is the one to resume.
+  let mp = progress.multipart[f.path] ?? (await findUpload(s3, bucket, key, partSizeFor(f.size)));
   let have = new Map<number, CompletedPart>();
   if (mp) {
     // The server's list is the truth; heartbeat details only tell which upload to ask about.

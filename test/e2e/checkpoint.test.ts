@@ -1,0 +1,212 @@
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand } from '@aws-sdk/client-s3';
+import { WorkflowFailedError } from '@temporalio/client';
+import { fetchCheckpoint } from '../../activities/node/fetch';
+import { makeS3Client } from '../../activities/s3-client';
+import type { CheckpointStatus } from '../../clients/../common/checkpoint';
+import { KybernateClient } from '../../clients/api';
+import { InvalidInputError } from '../../common/ids';
+import { checkpointWorkflowId } from '../../common/queues';
+import { configFromStack } from '../../deploy/local/stack';
+import { recordHistory } from '../support/histories';
+import { Agent, alive, client, lastTick, localNodeContext, PATTERN, PYTHON, stack, until } from '../support/stack';
+import { Toxiproxy } from '../support/toxiproxy';
+
+let k: KybernateClient;
+const agents: Agent[] = [];
+const s3 = () => makeS3Client(configFromStack(stack()).s3);
+
+beforeAll(async () => {
+  k = await client();
+});
+afterAll(async () => {
+  for (const a of agents) await a.stop();
+  await k.close();
+});
+
+async function agent(node: string, extra: Partial<Agent['spec']> = {}): Promise<Agent> {
+  const a = await Agent.start({ node, declaredVramBytes: 8 << 30, ...extra });
+  agents.push(a);
+  return a;
+}
+
+async function workload(node: string, job: string, mib: number): Promise<{ pid: number; logFile: string }> {
+  const info = await k.runWorkload({ node, jobId: job, command: [PYTHON, PATTERN, String(mib), job] });
+  await until(`${job} ticking`, () => lastTick(info.logFile) >= 2, 30000);
+  return info;
+}
+
+async function s3Keys(prefix: string): Promise<string[]> {
+  const c = s3();
+  try {
+    const r = await c.send(new ListObjectsV2Command({ Bucket: stack().s3.bucket, Prefix: prefix }));
+    return (r.Contents ?? []).map((o) => o.Key!);
+  } finally {
+    c.destroy();
+  }
+}
+
+const status = (id: string): Promise<CheckpointStatus> => k.describeCheckpoint(id);
+
+/** Every file in S3 is downloaded again and checked against metadata.json by the restore path's own code. */
+async function verifyInS3(checkpointId: string): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(stack().home, 'verify-'));
+  const r = await fetchCheckpoint(localNodeContext('verifier', dir), { checkpointId });
+  expect(r.source).toBe('s3');
+  expect(r.metadata.files.length).toBeGreaterThan(3);
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+describe('checkpoint, end to end on the real stack', () => {
+  test('a running process is dumped, sealed and uploaded: Durable on s3, every object verifies', async () => {
+    await agent('e2e-a');
+    const w = await workload('e2e-a', 'happy', 128);
+    const { request } = await k.startCheckpoint({ target: 'happy', node: 'e2e-a', checkpointId: 'happy-1' });
+    const s = await k.checkpointResult(request.checkpointId);
+    expect(s.phase).toBe('Durable');
+    expect(s.tier).toBe('s3');
+    expect(s.history.find((h) => h.phase === 'DumpingVram')?.outcome).toBe('skipped');
+    expect(alive(w.pid)).toBe(false); // stopped by the dump (not --leave-running)
+    const keys = await s3Keys('checkpoints/happy-1/');
+    expect(keys).toContain('checkpoints/happy-1/metadata.json');
+    await verifyInS3('happy-1');
+    // The CLI lists and describes it.
+    const env = { ...process.env, KYBERNATE_HOME: stack().home };
+    const cli = path.resolve(__dirname, '../../dist/clients/cli.js');
+    await until('visibility', async () => (await k.listCheckpoints({ job: 'happy', tier: 's3' })).length === 1, 20000);
+    expect(execFileSync(process.execPath, [cli, 'checkpoints', '--job', 'happy'], { env, encoding: 'utf8' })).toMatch(/happy-1 .*Durable .*tier s3/);
+    expect(JSON.parse(execFileSync(process.execPath, [cli, 'describe', 'happy-1'], { env, encoding: 'utf8' })).phase).toBe('Durable');
+    await recordHistory('checkpoint-durable', k.client.workflow.getHandle(checkpointWorkflowId('happy-1')));
+  });
+
+  test('invalid input is rejected, naming the field, before any work starts', async () => {
+    await expect(k.startCheckpoint({ target: 'happy', node: 'no-such-node' })).rejects.toThrow(/node: unknown node 'no-such-node'/);
+    await expect(k.startCheckpoint({ target: '../etc', node: 'e2e-a' })).rejects.toThrow(InvalidInputError);
+    await expect(k.startCheckpoint({ target: 'job', node: 'a/b' })).rejects.toThrow(/node: must not contain a path separator/);
+    await expect(k.startCheckpoint({ target: 'job', node: 'e2e-a', checkpointId: 'x y' })).rejects.toThrow(/checkpointId:/);
+    // A pid that does not exist on the node: the workflow fails in Pending, before any lock or dump.
+    const { request } = await k.startCheckpoint({ target: '3999999', node: 'e2e-a', checkpointId: 'nopid-1' });
+    const err = await k.checkpointResult(request.checkpointId).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    expect(String((err as WorkflowFailedError).cause?.message)).toContain('no such process: pid 3999999');
+    expect(fs.existsSync(path.join(stack().home, 'nodes', 'e2e-a', 'checkpoints', 'nopid-1'))).toBe(false);
+    // The CLI exits 2 with the field named.
+    let out = '';
+    try {
+      execFileSync(process.execPath, [path.resolve(__dirname, '../../dist/clients/cli.js'), 'checkpoint', 'job', '--node', 'bad/node'], {
+        env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8', stdio: 'pipe',
+      });
+    } catch (e) {
+      out = String((e as { stderr: string }).stderr);
+      expect((e as { status: number }).status).toBe(2);
+    }
+    expect(out).toContain('error: node: must not contain a path separator');
+  });
+
+  test('a) agent killed with -9 during the CRIU dump: attempt Failed, workload killed once the agent is back, nothing left', async () => {
+    const home = stack().home;
+    const marker = path.join(home, 'criu-post-dump.marker');
+    const script = path.join(home, 'criu-hold.sh');
+    // A CRIU action script holds the dump open (process frozen, images written) long enough to kill the agent.
+    fs.writeFileSync(script, `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then touch ${marker}; sleep 25; fi\nexit 0\n`, { mode: 0o755 });
+    const a = await agent('e2e-crash', { env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
+    const w = await workload('e2e-crash', 'crash', 64);
+    const { request } = await k.startCheckpoint({ target: 'crash', node: 'e2e-crash', checkpointId: 'crash-1', leaveRunning: true, reason: 'preemption' });
+    await until('CRIU inside the dump', () => fs.existsSync(marker), 30000);
+    expect((await status('crash-1')).phase).toBe('DumpingProcess');
+    a.kill9();
+    // The heartbeat timeout notices; the kill waits on node/e2e-crash for the agent.
+    await until('attempt Failed', async () => (await status('crash-1')).phase === 'Failed', 40000, 500);
+    const failed = await status('crash-1');
+    expect(failed.failureReason).toMatch(/DumpingProcess: criuDump: HEARTBEAT timeout/);
+    expect(alive(w.pid)).toBe(true);
+    await a.restart();
+    await until('workload SIGKILLed by the returning agent', () => !alive(w.pid), 30000);
+    const s = await k.checkpointResult(request.checkpointId);
+    expect(s.phase).toBe('Failed');
+    expect(s.history.map((h) => h.detail)).toEqual(expect.arrayContaining([`workload pid ${w.pid} killed`, 'partial checkpoint directory deleted']));
+    expect(s.history.some((h) => h.detail.startsWith('requeue of job crash'))).toBe(true);
+    expect(fs.existsSync(path.join(a.dataDir, 'checkpoints', 'crash-1'))).toBe(false);
+    expect(await s3Keys('checkpoints/crash-1/')).toEqual([]);
+    await recordHistory('checkpoint-agent-killed', k.client.workflow.getHandle(checkpointWorkflowId('crash-1')));
+  }, 180000);
+
+  test('b) disk full during the dump: Failed with NoSpace, the workload runs on untouched', async () => {
+    const dataDir = path.join(stack().home, 'nodes', 'e2e-full');
+    const ckDir = path.join(dataDir, 'checkpoints');
+    fs.mkdirSync(ckDir, { recursive: true });
+    // A real ENOSPC: checkpoints go to a 16 MiB tmpfs, the workload's log stays on the normal disk.
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', ckDir]);
+    try {
+      await agent('e2e-full', { dataDir });
+      const w = await workload('e2e-full', 'full', 96);
+      const { request } = await k.startCheckpoint({ target: 'full', node: 'e2e-full', checkpointId: 'full-1' });
+      const s = await k.checkpointResult(request.checkpointId);
+      expect(s.phase).toBe('Failed');
+      expect(s.failureReason).toMatch(/DumpingProcess: criuDump: NoSpace/);
+      expect(alive(w.pid)).toBe(true);
+      const before = lastTick(w.logFile);
+      process.kill(w.pid, 'SIGUSR1');
+      await until('still ticking', () => lastTick(w.logFile) >= before + 3, 20000);
+      expect(fs.readFileSync(w.logFile, 'utf8')).toContain('pattern_ok=True');
+      expect(fs.readdirSync(ckDir)).toEqual([]);
+      await recordHistory('checkpoint-enospc', k.client.workflow.getHandle(checkpointWorkflowId('full-1')));
+    } finally {
+      for (const a of agents.filter((x) => x.spec.node === 'e2e-full')) await a.stop();
+      execFileSync('umount', ['-l', ckDir]);
+    }
+  }, 120000);
+
+  test('c) S3 cut by toxiproxy: PendingUpload on nvme, then Durable on s3 by the promotion loop once S3 is back', async () => {
+    const tox = new Toxiproxy(stack().toxiproxy!.api);
+    const listen = await tox.create('s3-cut', new URL(stack().s3.endpoint).host);
+    await agent('e2e-cut', { env: { KYBERNATE_S3_ENDPOINT: `http://${listen}` } });
+    await workload('e2e-cut', 'cut', 64);
+    await tox.setEnabled('s3-cut', false);
+    const { request } = await k.startCheckpoint({ target: 'cut', node: 'e2e-cut', checkpointId: 'cut-1', uploadMaxAttempts: 2 });
+    await until('PendingUpload', async () => (await status('cut-1')).phase === 'PendingUpload', 60000, 500);
+    expect((await status('cut-1')).tier).toBe('nvme');
+    await until('listed on tier nvme', async () => (await k.listCheckpoints({ tier: 'nvme', job: 'cut' })).length === 1, 20000);
+    expect(await s3Keys('checkpoints/cut-1/metadata.json')).toEqual([]);
+    await tox.setEnabled('s3-cut', true); // nobody acts after this
+    const s = await k.checkpointResult(request.checkpointId);
+    expect(s.phase).toBe('Durable');
+    expect(s.tier).toBe('s3');
+    expect(s.history.some((h) => h.detail.includes('promotion loop'))).toBe(true);
+    await verifyInS3('cut-1');
+    await recordHistory('checkpoint-s3-outage', k.client.workflow.getHandle(checkpointWorkflowId('cut-1')));
+    await tox.remove('s3-cut');
+  }, 180000);
+
+  test('d) an upload interrupted by an agent crash resumes where it stopped', async () => {
+    const tox = new Toxiproxy(stack().toxiproxy!.api);
+    const listen = await tox.create('s3-slow', new URL(stack().s3.endpoint).host);
+    await tox.bandwidth('s3-slow', 16384);
+    const a = await agent('e2e-resume', { env: { KYBERNATE_S3_ENDPOINT: `http://${listen}` } });
+    await workload('e2e-resume', 'resume', 256);
+    const { request } = await k.startCheckpoint({ target: 'resume', node: 'e2e-resume', checkpointId: 'resume-1' });
+    const c = s3();
+    const partsDone = async (): Promise<number> => {
+      // MinIO lists multipart uploads by exact key: the process's memory pages image.
+      const ups = await c.send(new ListMultipartUploadsCommand({ Bucket: stack().s3.bucket, Prefix: 'checkpoints/resume-1/images/pages-1.img' }));
+      let n = 0;
+      for (const u of ups.Uploads ?? []) n += ((await c.send(new ListPartsCommand({ Bucket: stack().s3.bucket, Key: u.Key, UploadId: u.UploadId }))).Parts ?? []).length;
+      return n;
+    };
+    const done = await until('some parts uploaded', async () => (await partsDone()) || null, 120000, 100);
+    a.kill9();
+    await tox.removeToxic('s3-slow', 'slow-upload');
+    await a.restart();
+    const s = await k.checkpointResult(request.checkpointId);
+    c.destroy();
+    expect(s.phase).toBe('Durable');
+    expect(done).toBeGreaterThan(0);
+    expect(s.upload!.partsResumed).toBeGreaterThanOrEqual(done);
+    expect(s.history.some((h) => h.phase === 'Uploading' && h.detail.includes(`${s.upload!.partsResumed} resumed`))).toBe(true);
+    await verifyInS3('resume-1');
+    await recordHistory('checkpoint-upload-resumed', k.client.workflow.getHandle(checkpointWorkflowId('resume-1')));
+    await tox.remove('s3-slow');
+  }, 240000);
+});

@@ -1,0 +1,18 @@
+import * as path from 'node:path';
+import { Worker } from '@temporalio/worker';
+import { loadHistories } from '../support/histories';
+
+/** Histories recorded from e2e runs on the real stack, replayed against today's workflow code. */
+describe('replay of recorded e2e histories', () => {
+  const histories = loadHistories();
+
+  test('histories from every e2e branch are committed', () => {
+    expect(histories.map((h) => h.workflowId)).toEqual(expect.arrayContaining([
+      'checkpoint-durable', 'checkpoint-agent-killed', 'checkpoint-enospc', 'checkpoint-s3-outage', 'checkpoint-upload-resumed',
+    ]));
+  });
+
+  test.each(histories.map((h) => [h.workflowId, h] as const))('%s replays deterministically', async (_name, h) => {
+    await Worker.runReplayHistory({ workflowsPath: path.resolve(__dirname, '../../workflows') }, h.history, h.workflowId);
+  });
+});
