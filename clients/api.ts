@@ -1,8 +1,9 @@
-import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import { Client, Connection, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import type { CheckpointRequest, CheckpointStatus, Tier } from '../common/checkpoint';
 import type { KybernateConfig } from '../common/config';
 import { assertPid, assertSafeId, InvalidInputError } from '../common/ids';
-import { checkpointWorkflowId, CONTROL_QUEUE, nodeWorkflowId } from '../common/queues';
+import { checkpointWorkflowId, CONTROL_QUEUE, nodeWorkflowId, restoreWorkflowId } from '../common/queues';
+import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import type { WorkloadInfo } from '../activities/node/process';
 import type { NodeRecord } from '../workflows/node';
@@ -48,6 +49,8 @@ export class KybernateClient {
   /** Validates everything that can be checked without touching the workload, then starts the workflow. */
   async startCheckpoint(input: {
     target: string; node: string; leaveRunning?: boolean; reason?: CheckpointRequest['reason']; checkpointId?: string; uploadMaxAttempts?: number;
+    /** VRAM the job needs when restored (a CPU-only process needs none). */
+    vramBytes?: number;
   }): Promise<{ workflowId: string; request: CheckpointRequest }> {
     const node = assertSafeId('node', input.node);
     const isPid = /^[0-9]+$/.test(input.target);
@@ -57,6 +60,7 @@ export class KybernateClient {
     await this.node(node);
     const request: CheckpointRequest = {
       checkpointId, jobId, node, pid, leaveRunning: input.leaveRunning ?? false, reason: input.reason ?? 'manual', uploadMaxAttempts: input.uploadMaxAttempts,
+      vramBytes: input.vramBytes,
     };
     const workflowId = checkpointWorkflowId(checkpointId);
     await this.client.workflow.start('checkpoint', {
@@ -91,6 +95,72 @@ export class KybernateClient {
       if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('checkpoint', `no checkpoint '${checkpointId}'`);
       throw e;
     }
+  }
+
+  /** Restores a checkpoint on a node chosen by free VRAM (or on the given node only). */
+  async startRestore(input: { checkpointId: string; node?: string; vramBytes?: number; placementDeadline?: string }): Promise<{ workflowId: string }> {
+    const checkpointId = assertSafeId('checkpoint', input.checkpointId);
+    if (input.node) await this.node(input.node);
+    if (input.placementDeadline !== undefined && !/^\d+(ms|s|m|h)$/.test(input.placementDeadline)) {
+      throw new InvalidInputError('placement-deadline', `expected e.g. 90s or 10m (got '${input.placementDeadline}')`);
+    }
+    await this.describeCheckpoint(checkpointId);
+    let n = 1;
+    for await (const _ of this.client.workflow.list({ query: `WorkflowType = 'restore' AND ${SA_CHECKPOINT.name} = '${checkpointId}'` })) n++;
+    for (;;) {
+      const workflowId = restoreWorkflowId(checkpointId, n);
+      try {
+        await this.client.workflow.start('restore', {
+          workflowId, taskQueue: CONTROL_QUEUE, args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline } satisfies RestoreRequest],
+          typedSearchAttributes: [{ key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Placing' }],
+          staticSummary: `restore ${checkpointId}`,
+        });
+        return { workflowId };
+      } catch (e) {
+        if (!(e instanceof WorkflowExecutionAlreadyStartedError)) throw e;
+        n++; // visibility lags behind a restore started a moment ago
+      }
+    }
+  }
+
+  async restoreResult(workflowId: string): Promise<RestoreStatus> {
+    return this.client.workflow.getHandle(workflowId).result() as Promise<RestoreStatus>;
+  }
+
+  async restoreStatus(workflowId: string): Promise<RestoreStatus> {
+    return this.client.workflow.getHandle(workflowId).query<RestoreStatus>('status');
+  }
+
+  /** Checkpoints a job on the node it runs on and restores it on another, as one workflow. */
+  /** The node a job runs on: the newest completed workflow that placed it there (start or restore). */
+  async jobNode(jobId: string): Promise<string> {
+    assertSafeId('job', jobId);
+    let newest: { node: string; at: number } | null = null;
+    const q = `${SA_JOB.name} = '${jobId}' AND (WorkflowType = 'runWorkload' OR WorkflowType = 'restore') AND ExecutionStatus = 'Completed'`;
+    for await (const wf of this.client.workflow.list({ query: q })) {
+      const node = wf.typedSearchAttributes.get(SA_NODE);
+      const at = (wf.closeTime ?? wf.startTime).getTime();
+      if (node && (!newest || at > newest.at)) newest = { node, at };
+    }
+    if (!newest) throw new InvalidInputError('job', `no node is known to run job '${jobId}'; pass --from`);
+    return newest.node;
+  }
+
+  async startMigration(input: { jobId: string; from?: string; to: string; vramBytes?: number; placementDeadline?: string }): Promise<{ workflowId: string; checkpointId: string }> {
+    const jobId = assertSafeId('job', input.jobId);
+    const from = input.from ? assertSafeId('from', input.from) : await this.jobNode(jobId);
+    const to = assertSafeId('to', input.to);
+    if (from === to) throw new InvalidInputError('to', `must differ from the node the job runs on (${from})`);
+    await this.node(from);
+    await this.node(to);
+    const checkpointId = `${jobId}-mig-${Date.now().toString(36)}`;
+    const workflowId = `migrate/${checkpointId}`;
+    await this.client.workflow.start('migrate', {
+      workflowId, taskQueue: CONTROL_QUEUE, args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline }],
+      typedSearchAttributes: [{ key: SA_JOB, value: jobId }, { key: SA_NODE, value: from }],
+      staticSummary: `migrate ${jobId} from ${from} to ${to}`,
+    });
+    return { workflowId, checkpointId };
   }
 
   async listCheckpoints(filter: { job?: string; tier?: Tier } = {}): Promise<CheckpointListEntry[]> {

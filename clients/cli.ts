@@ -76,10 +76,12 @@ program
   .option('--leave-running', 'let the workload run on after the dump')
   .addOption(new Option('--reason <reason>', 'why').choices(['manual', 'preemption']).default('manual'))
   .option('--id <checkpointId>', 'checkpoint id (default: <job>-<time>)')
+  .option('--vram <size>', 'VRAM the job needs when restored (default: none, a CPU-only process)')
   .option('--no-wait', 'return once started')
-  .action(async (target: string, o: { node: string; leaveRunning?: boolean; reason: 'manual' | 'preemption'; id?: string; wait: boolean }) => {
+  .action(async (target: string, o: { node: string; leaveRunning?: boolean; reason: 'manual' | 'preemption'; id?: string; vram?: string; wait: boolean }) => {
     await withClient(async (k) => {
-      const { workflowId, request } = await k.startCheckpoint({ target, node: o.node, leaveRunning: o.leaveRunning, reason: o.reason, checkpointId: o.id });
+      const vramBytes = o.vram ? parseBytes('vram', o.vram) : undefined;
+      const { workflowId, request } = await k.startCheckpoint({ target, node: o.node, leaveRunning: o.leaveRunning, reason: o.reason, checkpointId: o.id, vramBytes });
       console.log(`checkpoint ${request.checkpointId} started: ${k.uiLink(workflowId) ?? workflowId}`);
       if (!o.wait) return;
       const r = await k.checkpointResult(request.checkpointId);
@@ -120,6 +122,39 @@ program
     await withClient(async (k) => {
       const s = await k.describeCheckpoint(id);
       console.log(JSON.stringify(s, null, 2));
+    });
+  });
+
+program
+  .command('restore <checkpoint>')
+  .description('restore a checkpoint on a node with enough free VRAM (preferring one that holds a local copy)')
+  .option('--node <name>', 'restore on this node only')
+  .option('--placement-deadline <duration>', 'how long to wait for a node that fits, e.g. 90s or 10m', '10m')
+  .option('--no-wait', 'return once started')
+  .action(async (id: string, o: { node?: string; placementDeadline: string; wait: boolean }) => {
+    await withClient(async (k) => {
+      const { workflowId } = await k.startRestore({ checkpointId: id, node: o.node, placementDeadline: o.placementDeadline });
+      console.log(`restore of ${id} started: ${k.uiLink(workflowId) ?? workflowId}`);
+      if (!o.wait) return;
+      const r = await k.restoreResult(workflowId);
+      console.log(`${id}: ${r.phase} on ${r.node} as pid ${r.pid} (from ${r.source}); attempts: ${r.attempts.map((a) => `${a.node}:${a.outcome}`).join(', ')}`);
+    });
+  });
+
+program
+  .command('migrate <job>')
+  .description('checkpoint a job on its node and restore it on another, as one workflow')
+  .option('--from <node>', 'node the job runs on (default: where it was last started or restored)')
+  .requiredOption('--to <node>', 'node to move it to')
+  .option('--no-wait', 'return once started')
+  .action(async (job: string, o: { from?: string; to: string; wait: boolean }) => {
+    await withClient(async (k) => {
+      const { workflowId } = await k.startMigration({ jobId: job, from: o.from, to: o.to });
+      console.log(`migration of ${job} started: ${k.uiLink(workflowId) ?? workflowId}`);
+      if (!o.wait) return;
+      const r = (await k.client.workflow.getHandle(workflowId).result()) as { phase: string; failureReason: string | null };
+      console.log(`${job}: ${r.phase}${r.failureReason ? ` — ${r.failureReason}` : ''}`);
+      if (r.phase !== 'Migrated') process.exitCode = 1;
     });
   });
 

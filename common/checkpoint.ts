@@ -24,6 +24,8 @@ export interface CheckpointRequest {
   /** Dump and let the process run on (a copy), instead of stopping it. */
   leaveRunning: boolean;
   reason: CheckpointReason;
+  /** VRAM the workload needs on restore (declared by its job; 0 for a CPU-only process). */
+  vramBytes?: number;
   /** Upload attempts before falling back to tier nvme; small in tests. */
   uploadMaxAttempts?: number;
 }
@@ -68,6 +70,7 @@ export interface CheckpointStatus {
   jobId: string;
   node: string;
   pid: number | null;
+  vramBytes: number;
   phase: CheckpointPhase;
   tier: Tier | null;
   failureReason: string | null;

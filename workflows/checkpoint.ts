@@ -35,7 +35,7 @@ class StepFailed extends Error {
  */
 export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutcome> {
   const status: CheckpointStatus = {
-    checkpointId: req.checkpointId, jobId: req.jobId, node: req.node, pid: req.pid ?? null, phase: 'Pending', tier: null, failureReason: null, history: [], upload: null,
+    checkpointId: req.checkpointId, jobId: req.jobId, node: req.node, pid: req.pid ?? null, vramBytes: req.vramBytes ?? 0, phase: 'Pending', tier: null, failureReason: null, history: [], upload: null,
   };
   setHandler(statusQuery, () => status);
   let promoted: UploadResult | null = null;

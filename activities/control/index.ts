@@ -1,6 +1,14 @@
-import type { Client } from '@temporalio/client';
-import { promotionWorkflowId } from '../../common/queues';
-import { CONTROL_QUEUE } from '../../common/queues';
+import { ApplicationFailure } from '@temporalio/activity';
+import { type Client, WithStartWorkflowOperation, WorkflowNotFoundError } from '@temporalio/client';
+import type { CheckpointStatus } from '../../common/checkpoint';
+import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
+import type { Candidate, CheckpointInfo, Reservation } from '../../common/restore';
+import type { AlertRecord } from '../../workflows/alert';
+import type { NodeRecord } from '../../workflows/node';
+import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
+
+/** A node that has not reported for this long is not offered for placement. */
+export const NODE_STALE_MS = 2 * 60 * 1000;
 
 /** Activities that run on the control queue: anything that needs a Temporal client. */
 export function createControlActivities(client: Client) {
@@ -14,6 +22,56 @@ export function createControlActivities(client: Client) {
         signal: 'enqueue',
         signalArgs: [{ checkpointId: input.checkpointId }],
       });
+    },
+
+    /** A restorable checkpoint: sealed, and Durable on s3 or waiting on the nvme tier of its node. */
+    async checkpointInfo(input: { checkpointId: string }): Promise<CheckpointInfo> {
+      let s: CheckpointStatus;
+      try {
+        s = await client.workflow.getHandle(checkpointWorkflowId(input.checkpointId)).query<CheckpointStatus>('status');
+      } catch (e) {
+        if (e instanceof WorkflowNotFoundError) throw ApplicationFailure.nonRetryable(`no checkpoint '${input.checkpointId}'`, 'CheckpointNotFound');
+        throw e;
+      }
+      if (s.phase !== 'Durable' && s.phase !== 'PendingUpload') {
+        throw ApplicationFailure.nonRetryable(`checkpoint '${input.checkpointId}' is ${s.phase}, not restorable`, 'CheckpointNotFound');
+      }
+      return { checkpointId: s.checkpointId, jobId: s.jobId, node: s.node, tier: s.tier, vramBytes: s.vramBytes ?? 0 };
+    },
+
+    /** Healthy nodes (recent report) with the VRAM, preferred ones first, then by free VRAM. */
+    async placementCandidates(input: { bytes: number; exclude: string[]; prefer: string[]; only?: string }): Promise<Candidate[]> {
+      const out: Candidate[] = [];
+      for await (const wf of client.workflow.list({ query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'` })) {
+        const rec = await client.workflow.getHandle(wf.workflowId).query<NodeRecord>('status').catch(() => null);
+        const inv = rec?.inventory;
+        if (!rec || !inv || !rec.lastSeen) continue;
+        if (Date.now() - Date.parse(rec.lastSeen) > NODE_STALE_MS) continue;
+        if (input.exclude.includes(rec.node) || (input.only && rec.node !== input.only)) continue;
+        if (inv.freeVramBytes < input.bytes) continue;
+        out.push({ node: rec.node, freeVramBytes: inv.freeVramBytes, vramSource: inv.vramSource });
+      }
+      const rank = (n: string): number => (input.prefer.includes(n) ? input.prefer.indexOf(n) : input.prefer.length);
+      return out.sort((a, b) => rank(a.node) - rank(b.node) || b.freeVramBytes - a.freeVramBytes || a.node.localeCompare(b.node));
+    },
+
+    async reserve(input: { reservationId: string; bytes: number; candidates: Candidate[] }): Promise<Reservation | null> {
+      return client.workflow.executeUpdateWithStart(reserveUpdate, {
+        args: [input],
+        startWorkflowOperation: new WithStartWorkflowOperation('placement', {
+          workflowId: PLACEMENT_WORKFLOW_ID, taskQueue: CONTROL_QUEUE, args: [{}], workflowIdConflictPolicy: 'USE_EXISTING',
+        }),
+      });
+    },
+
+    async release(input: { reservationId: string }): Promise<void> {
+      await client.workflow.getHandle(PLACEMENT_WORKFLOW_ID).signal(releaseSignal, input);
+    },
+
+    async raiseAlert(record: AlertRecord): Promise<string> {
+      const workflowId = `alert/${record.kind}/${record.checkpointId}/${Date.now().toString(36)}`;
+      await client.workflow.start('alert', { workflowId, taskQueue: CONTROL_QUEUE, args: [record] });
+      return workflowId;
     },
   };
 }

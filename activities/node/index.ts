@@ -1,6 +1,8 @@
 import * as fs from 'node:fs';
 import type { CudaStepResult, DumpResult, SealResult, UploadResult } from '../../common/checkpoint';
-import { checkpointDir, type NodeContext } from './context';
+import * as path from 'node:path';
+import { ApplicationFailure } from '@temporalio/activity';
+import { checkpointDir, type NodeContext, workloadDir } from './context';
 import { criuDump, criuRestore, workloadFileIndex } from './criu';
 import { cudaState, cudaStep } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
@@ -9,6 +11,7 @@ import { killProcess, processAlive, readWorkloadPid, requireProcess, startWorklo
 import { sealCheckpoint } from './seal';
 import { deleteCheckpointDir, type LocalCheckpoint, listLocalCheckpoints } from './tier';
 import { uploadCheckpoint } from './upload';
+import { checkVram, recordVram } from './vram';
 
 /** Activities that run only on a node's own queue (node/<name>), bound to that node's context. */
 export function createNodeActivities(ctx: NodeContext) {
@@ -71,6 +74,34 @@ export function createNodeActivities(ctx: NodeContext) {
       } finally {
         fs.closeSync(fd);
       }
+    },
+    async checkVram(input: { bytes: number }): Promise<{ freeVramBytes: number }> {
+      return checkVram(ctx, input);
+    },
+    /** A restored workload becomes this node's: its pid file, and the VRAM it holds in the ledger. */
+    async adoptWorkload(input: { jobId: string; pid: number; vramBytes: number }): Promise<void> {
+      const dir = workloadDir(ctx, input.jobId);
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, 'pid'), String(input.pid));
+      recordVram(ctx, input.pid, input.vramBytes);
+    },
+    /** Alive, and making progress: CPU time or one of its output files grows within the window. */
+    async verifyProgress(input: { pid: number; checkpointId: string; windowMs?: number }): Promise<{ cpuTicks: number; bytesWritten: number }> {
+      const files = workloadFileIndex(checkpointDir(ctx, input.checkpointId)).map((f) => f.path);
+      const sample = (): { cpu: number; bytes: number } => {
+        requireProcess(input.pid);
+        const st = fs.readFileSync(`/proc/${input.pid}/stat`, 'utf8');
+        const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+        const bytes = files.reduce((s, p) => s + (fs.existsSync(p) ? fs.statSync(p).size : 0), 0);
+        return { cpu: Number(f[11]) + Number(f[12]), bytes };
+      };
+      const a = sample();
+      await new Promise((r) => setTimeout(r, input.windowMs ?? 2000));
+      const b = sample();
+      if (b.cpu <= a.cpu && b.bytes <= a.bytes) {
+        throw ApplicationFailure.nonRetryable(`pid ${input.pid} is alive but made no progress in ${input.windowMs ?? 2000} ms`, 'NoProgress');
+      }
+      return { cpuTicks: b.cpu - a.cpu, bytesWritten: b.bytes - a.bytes };
     },
     async listLocalCheckpoints(): Promise<LocalCheckpoint[]> {
       return listLocalCheckpoints(ctx);

@@ -3,6 +3,7 @@ import type { NodeContext } from './context';
 import { criuVersion } from './criu';
 import { listGpus } from './cuda';
 import { gpuMemory } from './nvml';
+import { ledgerBytes } from './vram';
 
 export interface GpuInventory {
   index: number;
@@ -25,7 +26,7 @@ export interface NodeInventory {
   reportedAt: string;
 }
 
-export async function readInventory(ctx: NodeContext, reservedVramBytes = 0): Promise<NodeInventory> {
+export async function readInventory(ctx: NodeContext, reservedVramBytes = ledgerBytes(ctx)): Promise<NodeInventory> {
   const gpus: GpuInventory[] = listGpus().map((g) => {
     const mem = gpuMemory(g.index);
     return { index: g.index, uuid: mem?.uuid ?? `gpu-${g.index}`, model: g.name, totalVramBytes: g.totalVramBytes, freeVramBytes: mem?.freeBytes ?? g.totalVramBytes };

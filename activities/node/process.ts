@@ -57,15 +57,19 @@ export function writableFiles(pid: number): string[] {
   return [...out].sort();
 }
 
-/** Starts a workload detached (own session and process group) so that it outlives an agent crash. */
-export function startWorkload(ctx: NodeContext, spec: WorkloadSpec): WorkloadInfo {
+/**
+ * Starts a workload detached so that it outlives an agent crash, as the init of its own PID namespace
+ * (and session leader inside it): CRIU then restores it into a fresh PID namespace, so a restore beside the
+ * still-running original on the same host never clashes over pids.
+ */
+export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promise<WorkloadInfo> {
   assertSafeId('jobId', spec.jobId);
   if (!Array.isArray(spec.command) || spec.command.length === 0) throw ApplicationFailure.nonRetryable('command: must not be empty', ErrorType.InvalidInput);
   const dir = workloadDir(ctx, spec.jobId);
   fs.mkdirSync(dir, { recursive: true });
   const logFile = path.join(dir, 'output.log');
   const fd = fs.openSync(logFile, 'a');
-  const child = spawn(spec.command[0], spec.command.slice(1), {
+  const child = spawn('unshare', ['--pid', '--fork', 'setsid', ...spec.command], {
     detached: true,
     stdio: ['ignore', fd, fd],
     cwd: dir,
@@ -74,9 +78,24 @@ export function startWorkload(ctx: NodeContext, spec: WorkloadSpec): WorkloadInf
   fs.closeSync(fd);
   child.unref();
   if (child.pid === undefined) throw ApplicationFailure.nonRetryable(`could not start ${spec.command[0]}`, ErrorType.InvalidInput);
-  fs.writeFileSync(path.join(dir, 'pid'), String(child.pid));
-  ctx.logger.info({ job: spec.jobId, node: ctx.node, pid: child.pid }, 'workload started');
-  return { jobId: spec.jobId, pid: child.pid, logFile };
+  const pid = await namespaceInit(child.pid);
+  fs.writeFileSync(path.join(dir, 'pid'), String(pid));
+  ctx.logger.info({ job: spec.jobId, node: ctx.node, pid }, 'workload started');
+  return { jobId: spec.jobId, pid, logFile };
+}
+
+/** The host pid of the process unshare forked into the new namespace (pid 1 there). */
+async function namespaceInit(unsharePid: number): Promise<number> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      const kids = fs.readFileSync(`/proc/${unsharePid}/task/${unsharePid}/children`, 'utf8').trim();
+      if (kids) return Number(kids.split(' ')[0]);
+    } catch {
+      throw ApplicationFailure.nonRetryable(`workload exited at once (unshare pid ${unsharePid})`, ErrorType.InvalidInput);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw ApplicationFailure.nonRetryable(`unshare pid ${unsharePid} forked no workload`, ErrorType.InvalidInput);
 }
 
 /** SIGKILL; idempotent (a process already gone is success). */

@@ -313,6 +313,15 @@ export async function status(home = defaultStackHome()): Promise<{ state: StackS
   return { state, components };
 }
 
+/** Forgets a process that was stopped on purpose, so that `status` does not report it as failed. */
+export function unregisterProcess(pid: number, home = defaultStackHome()): void {
+  const state = readStackState(home);
+  if (!state) return;
+  state.processes = state.processes.filter((p) => p.pid !== pid);
+  fs.writeFileSync(stateFile(home) + '.tmp', JSON.stringify(state, null, 2));
+  fs.renameSync(stateFile(home) + '.tmp', stateFile(home));
+}
+
 /** Records an extra process (a worker, an agent) so that `down` stops it with the stack. */
 export function registerProcess(rec: ProcessRecord, home = defaultStackHome()): void {
   const state = readStackState(home);

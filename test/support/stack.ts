@@ -5,7 +5,7 @@ import pino from 'pino';
 import { KybernateClient } from '../../clients/api';
 import type { NodeContext } from '../../activities/node/context';
 import { BIN, REPO_ROOT } from '../../deploy/local/paths';
-import { configFromStack, isAlive, killGroup, type ProcessRecord, readStackState, type StackState } from '../../deploy/local/stack';
+import { configFromStack, isAlive, killGroup, type ProcessRecord, readStackState, type StackState, unregisterProcess } from '../../deploy/local/stack';
 import { type AgentSpec, startAgent } from '../../deploy/local/workers';
 
 export function stack(): StackState {
@@ -32,11 +32,13 @@ export class Agent {
   }
 
   async restart(): Promise<void> {
+    unregisterProcess(this.rec.pid, stack().home);
     this.rec = await startAgent(stack(), this.spec);
   }
 
   async stop(): Promise<void> {
     await killGroup(this.rec.pid, 3000);
+    unregisterProcess(this.rec.pid, stack().home);
   }
 
   get dataDir(): string {

@@ -1,31 +1,26 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import { bundleWorkflowCode, type WorkflowBundleWithSourceMap, Worker } from '@temporalio/worker';
-import * as path from 'node:path';
-import type { NodeActivities } from '../../activities/node';
 import { createControlActivities } from '../../activities/control';
 import type { CheckpointRequest, CheckpointStatus, UploadResult } from '../../common/checkpoint';
-import { checkpointWorkflowId, CONTROL_QUEUE, nodeQueue, promotionWorkflowId } from '../../common/queues';
-import { timeSkippingEnv } from './env';
+import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
+import { Harness, type NodeMock } from './harness';
 
-type Mock = { [K in keyof NodeActivities]?: NodeActivities[K] };
+type Mock = NodeMock;
 
+let h: Harness;
 let env: TestWorkflowEnvironment;
-let bundle: WorkflowBundleWithSourceMap;
 
 beforeAll(async () => {
-  env = await timeSkippingEnv();
-  bundle = await bundleWorkflowCode({ workflowsPath: path.resolve(__dirname, '../../workflows'), logger: quiet });
+  h = await Harness.create();
+  env = h.env;
   // The first workflow task loads the bundle into a fresh VM; if time skipping jumps ahead meanwhile the
   // first test sees a spurious run timeout, so warm the worker up once before the tests proper.
   await run(node([], false), req()).catch(() => undefined);
 }, 120000);
 
-const quiet = { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
-
 afterAll(async () => {
-  await env?.teardown();
+  await h?.teardown();
 });
 
 const uploaded: UploadResult = { bucket: 'b', prefix: 'checkpoints/c/', bytesSent: 100, partsSent: 3, partsResumed: 0 };
@@ -70,15 +65,11 @@ const req = (over: Partial<CheckpointRequest> = {}): CheckpointRequest => ({
 });
 
 async function run(mock: Mock, request: CheckpointRequest, during?: () => Promise<void>): Promise<CheckpointStatus> {
-  const control = await Worker.create({
-    connection: env.nativeConnection, taskQueue: CONTROL_QUEUE, workflowBundle: bundle, activities: createControlActivities(env.client),
-  });
-  const agent = await Worker.create({ connection: env.nativeConnection, taskQueue: nodeQueue(request.node), activities: mock, shutdownGraceTime: '1s' });
-  return control.runUntil(agent.runUntil(async () => {
-    const h = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(request.checkpointId), taskQueue: CONTROL_QUEUE, args: [request] });
+  return h.with(createControlActivities(env.client), { [request.node]: mock }, async () => {
+    const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(request.checkpointId), taskQueue: CONTROL_QUEUE, args: [request] });
     if (during) await during();
-    return (await h.result()) as CheckpointStatus;
-  }));
+    return (await wf.result()) as CheckpointStatus;
+  });
 }
 
 describe('checkpoint workflow', () => {
@@ -191,9 +182,9 @@ describe('checkpoint workflow', () => {
 
     test('no agent polls the node: fails as unreachable without touching the workload', async () => {
       const calls: string[] = [];
-      const control = await Worker.create({ connection: env.nativeConnection, taskQueue: CONTROL_QUEUE, workflowBundle: bundle, activities: createControlActivities(env.client) });
       const r = req({ node: 'node-nobody' });
-      const err = await control.runUntil(env.client.workflow.execute('checkpoint', { workflowId: checkpointWorkflowId(r.checkpointId), taskQueue: CONTROL_QUEUE, args: [r] })).catch((e: unknown) => e);
+      const err = await h.with(createControlActivities(env.client), {}, () =>
+        env.client.workflow.execute('checkpoint', { workflowId: checkpointWorkflowId(r.checkpointId), taskQueue: CONTROL_QUEUE, args: [r] })).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(WorkflowFailedError);
       expect(String((err as WorkflowFailedError).cause?.message)).toContain('SCHEDULE_TO_START');
       expect(calls).toEqual([]);
@@ -236,16 +227,16 @@ describe('checkpoint workflow', () => {
     });
     const r = req({ uploadMaxAttempts: 3 });
     const s = await run(mock, r, async () => {
-      const h = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
+      const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
       for (let i = 0; i < 600; i++) {
-        const st = await h.query<CheckpointStatus>('status');
+        const st = await wf.query<CheckpointStatus>('status');
         if (st.phase === 'PendingUpload') {
           expect(st.tier).toBe('nvme');
           break;
         }
         await env.sleep('1s');
       }
-      expect((await h.query<CheckpointStatus>('status')).phase).toBe('PendingUpload');
+      expect((await wf.query<CheckpointStatus>('status')).phase).toBe('PendingUpload');
       // S3 comes back: no operator action, the loop's next retry succeeds.
       s3Up = true;
     });

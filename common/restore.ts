@@ -1,0 +1,58 @@
+/** Pure types of the restore and migration workflows. */
+
+export type RestorePhase = 'Placing' | 'Fetching' | 'RestoringProcess' | 'RestoringVram' | 'Unlocking' | 'Verifying' | 'Running' | 'Failed';
+
+export interface RestoreRequest {
+  checkpointId: string;
+  /** Restore only on this node. */
+  node?: string;
+  /** Try these nodes first (after a node holding a local copy). */
+  prefer?: string[];
+  /** Never place on these. */
+  exclude?: string[];
+  /** VRAM the workload needs; defaults to what its checkpoint recorded. */
+  vramBytes?: number;
+  /** How long to wait for a node that fits before failing, e.g. '10m'. */
+  placementDeadline?: string;
+}
+
+export interface RestoreAttempt {
+  node: string;
+  outcome: 'running' | 'failed';
+  phase: RestorePhase;
+  reason: string | null;
+  at: string;
+}
+
+export interface RestoreStatus {
+  checkpointId: string;
+  jobId: string | null;
+  phase: RestorePhase;
+  node: string | null;
+  pid: number | null;
+  vramBytes: number;
+  source: 's3' | 'nvme' | null;
+  attempts: RestoreAttempt[];
+  excluded: string[];
+  failureReason: string | null;
+}
+
+export interface Candidate {
+  node: string;
+  freeVramBytes: number;
+  vramSource: 'measured' | 'declared' | 'none';
+}
+
+export interface Reservation {
+  reservationId: string;
+  node: string;
+  bytes: number;
+}
+
+export interface CheckpointInfo {
+  checkpointId: string;
+  jobId: string;
+  node: string;
+  tier: 's3' | 'nvme' | null;
+  vramBytes: number;
+}

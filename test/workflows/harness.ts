@@ -1,0 +1,38 @@
+import * as path from 'node:path';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { bundleWorkflowCode, type WorkflowBundleWithSourceMap, Worker } from '@temporalio/worker';
+import type { NodeActivities } from '../../activities/node';
+import type { ControlActivities } from '../../activities/control';
+import { CONTROL_QUEUE, nodeQueue } from '../../common/queues';
+import { timeSkippingEnv } from './env';
+
+export type NodeMock = { [K in keyof NodeActivities]?: NodeActivities[K] };
+export type ControlMock = { [K in keyof ControlActivities]?: ControlActivities[K] };
+
+const quiet = { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
+
+/** A time-skipping test server, the real workflow bundle, and mocked activities per node. */
+export class Harness {
+  private constructor(readonly env: TestWorkflowEnvironment, private readonly bundle: WorkflowBundleWithSourceMap) {}
+
+  static async create(): Promise<Harness> {
+    const env = await timeSkippingEnv();
+    const bundle = await bundleWorkflowCode({ workflowsPath: path.resolve(__dirname, '../../workflows'), logger: quiet });
+    return new Harness(env, bundle);
+  }
+
+  /** Runs fn while a control worker (workflows + control activities) and one worker per mocked node poll. */
+  async with<T>(control: ControlMock, nodes: Record<string, NodeMock>, fn: () => Promise<T>): Promise<T> {
+    const workers = [
+      await Worker.create({ connection: this.env.nativeConnection, taskQueue: CONTROL_QUEUE, workflowBundle: this.bundle, activities: control }),
+      ...(await Promise.all(Object.entries(nodes).map(([node, acts]) =>
+        Worker.create({ connection: this.env.nativeConnection, taskQueue: nodeQueue(node), activities: acts, shutdownGraceTime: '1s' })))),
+    ];
+    const runAll = (i: number): Promise<T> => (i === workers.length ? fn() : workers[i].runUntil(() => runAll(i + 1)));
+    return runAll(0);
+  }
+
+  async teardown(): Promise<void> {
+    await this.env.teardown();
+  }
+}

@@ -1,0 +1,69 @@
+import { ApplicationFailure, defineQuery, executeChild, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import type { CheckpointStatus } from '../common/checkpoint';
+import { checkpointWorkflowId, CONTROL_QUEUE, restoreWorkflowId } from '../common/queues';
+import type { RestoreStatus } from '../common/restore';
+import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
+import { checkpoint } from './checkpoint';
+import { describeFailure } from './failures';
+import { restore } from './restore';
+
+export type MigratePhase = 'Checkpointing' | 'Restoring' | 'Compensating' | 'Migrated' | 'RestoredOnSource' | 'Failed';
+
+export interface MigrateStatus {
+  jobId: string;
+  from: string;
+  to: string;
+  phase: MigratePhase;
+  checkpointId: string;
+  checkpoint: CheckpointStatus | null;
+  restores: RestoreStatus[];
+  failureReason: string | null;
+}
+
+export const migrateStatusQuery = defineQuery<MigrateStatus>('status');
+
+/** Checkpoint on A, restore on B, as one workflow; if no node takes it, restore it on A again. */
+export async function migrate(input: { jobId: string; from: string; to: string; checkpointId: string; vramBytes?: number; placementDeadline?: string }): Promise<MigrateStatus> {
+  const status: MigrateStatus = { ...input, phase: 'Checkpointing', checkpoint: null, restores: [], failureReason: null };
+  setHandler(migrateStatusQuery, () => status);
+  const enter = (p: MigratePhase): void => {
+    status.phase = p;
+    upsertSearchAttributes([{ key: SA_PHASE, value: p }]);
+  };
+  upsertSearchAttributes([{ key: SA_JOB, value: input.jobId }, { key: SA_NODE, value: input.from }, { key: SA_PHASE, value: 'Checkpointing' }]);
+  status.checkpoint = await executeChild(checkpoint, {
+    workflowId: checkpointWorkflowId(input.checkpointId), taskQueue: CONTROL_QUEUE,
+    args: [{ checkpointId: input.checkpointId, jobId: input.jobId, node: input.from, leaveRunning: false, reason: 'manual', vramBytes: input.vramBytes }],
+  });
+  if (status.checkpoint.phase === 'Failed') {
+    status.failureReason = `checkpoint failed: ${status.checkpoint.failureReason}`;
+    enter('Failed');
+    return status; // the checkpoint workflow already resumed the workload on A
+  }
+  enter('Restoring');
+  const run = async (n: number, req: Parameters<typeof restore>[0]): Promise<RestoreStatus | string> => {
+    try {
+      const r = await executeChild(restore, { workflowId: restoreWorkflowId(input.checkpointId, n), taskQueue: CONTROL_QUEUE, args: [req] });
+      status.restores.push(r);
+      return r;
+    } catch (err) {
+      return describeFailure(err instanceof Error && err.cause ? err.cause : err);
+    }
+  };
+  const onB = await run(1, { checkpointId: input.checkpointId, prefer: [input.to], exclude: [input.from], placementDeadline: input.placementDeadline ?? '2m' });
+  if (typeof onB !== 'string') {
+    enter('Migrated');
+    return status;
+  }
+  // Nowhere else would take it: the source node still holds the checkpoint, so put the workload back there.
+  enter('Compensating');
+  const onA = await run(2, { checkpointId: input.checkpointId, node: input.from, placementDeadline: input.placementDeadline ?? '2m' });
+  if (typeof onA !== 'string') {
+    status.failureReason = `restore elsewhere failed (${onB}); restored on ${input.from}`;
+    enter('RestoredOnSource');
+    return status;
+  }
+  status.failureReason = `restore elsewhere failed (${onB}); restore on ${input.from} failed too (${onA})`;
+  enter('Failed');
+  throw ApplicationFailure.nonRetryable(status.failureReason, 'MigrationFailed');
+}
