@@ -63,8 +63,13 @@ program
   .option('--zone <zone>', 'failure zone')
   .option('--data-dir <dir>', 'where checkpoints (the NVMe tier) and workload logs live')
   .option('--declared-vram <size>', 'VRAM capacity to report on a node without a GPU (shown as declared)')
-  .action(async (o: { node: string; zone?: string; dataDir?: string; declaredVram?: string }) => {
-    await runAgent({ node: o.node, zone: o.zone, dataDir: o.dataDir, declaredVramBytes: o.declaredVram ? parseBytes('declared-vram', o.declaredVram) : undefined });
+  .option('--report-interval <seconds>', 'how often to report inventory to the node registry', '30')
+  .action(async (o: { node: string; zone?: string; dataDir?: string; declaredVram?: string; reportInterval: string }) => {
+    const every = Number(o.reportInterval);
+    if (!Number.isFinite(every) || every <= 0) throw new InvalidInputError('report-interval', `must be a positive number of seconds (got '${o.reportInterval}')`);
+    await runAgent({
+      node: o.node, zone: o.zone, dataDir: o.dataDir, declaredVramBytes: o.declaredVram ? parseBytes('declared-vram', o.declaredVram) : undefined, reportEveryMs: every * 1000,
+    });
   });
 
 program.command('worker').description('run the control-plane worker (all workflows, control activities)').action(runControlWorker);

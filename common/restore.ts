@@ -6,7 +6,7 @@ export interface RestoreRequest {
   checkpointId: string;
   /** Restore only on this node. */
   node?: string;
-  /** Try these nodes first (after a node holding a local copy). */
+  /** Try these nodes first, then the node holding a local copy, then the rest by free VRAM. */
   prefer?: string[];
   /** Never place on these. */
   exclude?: string[];

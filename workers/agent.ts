@@ -16,6 +16,7 @@ export interface AgentOptions {
   dataDir?: string;
   declaredVramBytes?: number;
   criuBin?: string;
+  /** How often inventory goes to the node's registry workflow. */
   reportEveryMs?: number;
 }
 

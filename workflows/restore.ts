@@ -50,7 +50,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
   let forceSource = false; // after a corrupt S3 copy: only the node holding the nvme copy will do
   for (let n = 1; ; n++) {
     enter('Placing');
-    const prefer = [info.node, ...(req.prefer ?? [])];
+    const prefer = [...(req.prefer ?? []), info.node];
     const only = forceSource ? info.node : req.node;
     const candidates = await control.placementCandidates.executeWithOptions({ summary: `nodes with ${status.vramBytes} bytes of VRAM free` },
       [{ bytes: status.vramBytes, exclude: status.excluded, prefer, only }]);
@@ -85,7 +85,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
       if (type === 'ChecksumMismatch') {
         // Away from the checkpoint's own node the bad bytes came from S3; that node still holds the nvme copy
         // (its fetch verifies the local copy first and only then falls back to S3).
-        if (!forceSource && info.node !== reservation.node) {
+        if (!forceSource && info.node !== reservation.node && !req.node) {
           forceSource = true;
           continue;
         }

@@ -56,7 +56,8 @@ export async function sealCheckpoint(
 ): Promise<SealResult> {
   const dir = checkpointDir(ctx, input.checkpointId);
   if (!fs.existsSync(path.join(dir, IMAGES))) throw ApplicationFailure.nonRetryable(`no CRIU images in ${dir}`, ErrorType.CheckpointNotFound);
-  const names = listFiles(dir).filter((f) => f !== METADATA_FILE && !f.endsWith('.log') && !f.includes('.tmp-'));
+  // CRIU's own logs (criu-dump.log, criu-restore.log) describe this node's run, not the workload.
+  const names = listFiles(dir).filter((f) => f !== METADATA_FILE && !/^criu-.*\.log$/.test(f) && f !== 'restored.pid' && !f.includes('.tmp-'));
   const files: FileEntry[] = await Promise.all(
     names.map(async (p) => ({ path: p, size: fs.statSync(path.join(dir, p)).size, sha256: await sha256File(path.join(dir, p)) })),
   );

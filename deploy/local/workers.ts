@@ -26,6 +26,7 @@ export interface AgentSpec {
   declaredVramBytes?: number;
   zone?: string;
   dataDir?: string;
+  reportIntervalSeconds?: number;
   /** Extra environment, e.g. KYBERNATE_S3_ENDPOINT pointing through toxiproxy. */
   env?: Record<string, string>;
 }
@@ -35,6 +36,7 @@ export async function startAgent(state: StackState, spec: AgentSpec): Promise<Pr
   const args = [process.execPath, CLI, 'agent', '--node', spec.node, '--data-dir', spec.dataDir ?? path.join(state.home, 'nodes', spec.node)];
   if (spec.declaredVramBytes !== undefined) args.push('--declared-vram', String(spec.declaredVramBytes));
   if (spec.zone) args.push('--zone', spec.zone);
+  if (spec.reportIntervalSeconds) args.push('--report-interval', String(spec.reportIntervalSeconds));
   const rec = startProcess(`agent:${spec.node}`, args, path.join(state.home, 'logs', `agent-${spec.node}.log`), { KYBERNATE_HOME: state.home, ...spec.env });
   registerProcess(rec, state.home);
   await waitFor(`agent:${spec.node}`, rec, () => hasPoller(state.temporal.address, state.temporal.namespace, nodeQueue(spec.node), 'activity'), 60000);

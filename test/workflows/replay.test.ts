@@ -9,6 +9,7 @@ describe('replay of recorded e2e histories', () => {
   test('histories from every e2e branch are committed', () => {
     expect(histories.map((h) => h.workflowId)).toEqual(expect.arrayContaining([
       'checkpoint-durable', 'checkpoint-agent-killed', 'checkpoint-enospc', 'checkpoint-s3-outage', 'checkpoint-upload-resumed',
+      'migrate', 'restore-oom-rescheduled', 'restore-corrupt-s3',
     ]));
   });
 

@@ -1,0 +1,151 @@
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { WorkflowFailedError } from '@temporalio/client';
+import { createControlActivities } from '../../activities/control';
+import { makeS3Client } from '../../activities/s3-client';
+import { KybernateClient } from '../../clients/api';
+import { configFromStack } from '../../deploy/local/stack';
+import { recordHistory } from '../support/histories';
+import { Agent, alive, client, lastTick, output, PATTERN, PYTHON, stack, until } from '../support/stack';
+
+const GiB = 1024 ** 3;
+let k: KybernateClient;
+const agents: Agent[] = [];
+
+beforeAll(async () => {
+  k = await client();
+  // r-small's inventory goes stale on purpose: it reports only at start, as an agent cut off from Temporal would.
+  agents.push(await Agent.start({ node: 'r-small', declaredVramBytes: 8 * GiB, reportIntervalSeconds: 3600 }));
+  agents.push(await Agent.start({ node: 'r-big', declaredVramBytes: 16 * GiB }));
+}, 120000);
+afterAll(async () => {
+  for (const a of agents) await a.stop();
+  await k.close();
+});
+
+async function workload(node: string, job: string, mib = 32): Promise<{ pid: number; logFile: string }> {
+  const info = await k.runWorkload({ node, jobId: job, command: [PYTHON, PATTERN, String(mib), job] });
+  await until(`${job} ticking`, () => lastTick(info.logFile) >= 2, 30000);
+  return info;
+}
+
+async function checkpointed(node: string, job: string, vramGiB: number, leaveRunning = false): Promise<{ id: string; pid: number; logFile: string; tick: number }> {
+  const w = await workload(node, job);
+  const { request } = await k.startCheckpoint({ target: job, node, checkpointId: `${job}-ck`, vramBytes: vramGiB * GiB, leaveRunning });
+  const s = await k.checkpointResult(request.checkpointId);
+  expect(s.phase).toBe('Durable');
+  return { id: request.checkpointId, pid: w.pid, logFile: w.logFile, tick: lastTick(w.logFile) };
+}
+
+/** The restored process carries on from its dumped counter and its memory pattern is intact. */
+async function provesState(pid: number, logFile: string, dumpedTick: number): Promise<void> {
+  await until('progress after restore', () => lastTick(logFile) > dumpedTick + 2, 20000);
+  process.kill(pid, 'SIGUSR1');
+  await until('pattern verified', () => output(logFile).some((l) => l.includes(`pid=1 pattern_ok=True`)), 20000);
+  expect(output(logFile).some((l) => l.includes('pattern_ok=False'))).toBe(false);
+}
+
+describe('restore, end to end on the real stack', () => {
+  test('migration with the CLI: checkpoint on r-small, restore on r-big; state and progress survive', async () => {
+    const w = await workload('r-small', 'mig');
+    const cli = path.resolve(__dirname, '../../dist/clients/cli.js');
+    const out = execFileSync(process.execPath, [cli, 'migrate', 'mig', '--to', 'r-big'], { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8' });
+    expect(out).toMatch(/mig: Migrated/);
+    expect(alive(w.pid)).toBe(false);
+    let workflowId = '';
+    for await (const wf of k.client.workflow.list({ query: `WorkflowType = 'migrate' AND KybernateJobId = 'mig'` })) workflowId = wf.workflowId;
+    const m = (await k.client.workflow.getHandle(workflowId).result()) as { restores: { node: string; pid: number }[]; checkpoint: { history: { phase: string; detail: string }[] } };
+    const r = m.restores[0];
+    expect(r.node).toBe('r-big');
+    expect(alive(r.pid)).toBe(true);
+    await provesState(r.pid, w.logFile, 0);
+    await recordHistory('migrate', k.client.workflow.getHandle(workflowId));
+    process.kill(r.pid, 'SIGKILL');
+  });
+
+  test('VRAM out of memory on the first node: cleaned up, excluded, restored on the second; both attempts in the history', async () => {
+    // X takes 6 of r-small's 8 GiB; r-small's last report still says 8 GiB free.
+    const x = await checkpointed('r-small', 'oom-x', 6);
+    const rx = await k.startRestore({ checkpointId: x.id });
+    const sx = await k.restoreResult(rx.workflowId);
+    expect(sx.node).toBe('r-small');
+    // Y also wants 6 GiB and has its local copy on r-small: placement tries r-small first.
+    const y = await checkpointed('r-small', 'oom-y', 6);
+    const ry = await k.startRestore({ checkpointId: y.id });
+    const sy = await k.restoreResult(ry.workflowId);
+    expect(sy.phase).toBe('Running');
+    expect(sy.node).toBe('r-big');
+    expect(sy.attempts.map((a) => `${a.node}:${a.outcome}:${a.phase}`)).toEqual(['r-small:failed:RestoringVram', 'r-big:running:Running']);
+    expect(sy.attempts[0].reason).toMatch(/CudaOutOfMemory: node r-small has 2147483648 bytes of VRAM free \(declared\), 6442450944 needed/);
+    await provesState(sy.pid!, y.logFile, y.tick);
+    await recordHistory('restore-oom-rescheduled', k.client.workflow.getHandle(ry.workflowId));
+    for (const p of [sx.pid!, sy.pid!]) process.kill(p, 'SIGKILL');
+  });
+
+  test('a corrupted object in S3: the verified nvme copy is used; with no good copy left, it fails as corrupt', async () => {
+    const c = await checkpointed('r-small', 'corrupt', 0);
+    const s3 = makeS3Client(configFromStack(stack()).s3);
+    const key = `checkpoints/${c.id}/images/pages-1.img`;
+    const orig = Buffer.from(await (await s3.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: key }))).Body!.transformToByteArray());
+    const bad = Buffer.from(orig);
+    bad[bad.length >> 1] ^= 0xff; // one flipped byte, same size
+    await s3.send(new PutObjectCommand({ Bucket: stack().s3.bucket, Key: key, Body: bad }));
+    s3.destroy();
+
+    const r1 = await k.client.workflow.execute('restore', {
+      workflowId: `restore/${c.id}/1`, taskQueue: 'kybernate-control', args: [{ checkpointId: c.id, prefer: ['r-big'] }],
+    }) as { phase: string; node: string; source: string; pid: number; attempts: { node: string; phase: string; reason: string }[] };
+    expect(r1.phase).toBe('Running');
+    expect(r1.node).toBe('r-small');
+    expect(r1.source).toBe('nvme');
+    expect(r1.attempts[0]).toMatchObject({ node: 'r-big', phase: 'Fetching' });
+    expect(r1.attempts[0].reason).toMatch(/ChecksumMismatch/);
+    expect(fs.existsSync(path.join(agents[1].dataDir, 'checkpoints', c.id))).toBe(false); // nothing unverified kept on r-big
+    await recordHistory('restore-corrupt-s3', k.client.workflow.getHandle(`restore/${c.id}/1`));
+    process.kill(r1.pid, 'SIGKILL');
+
+    // The nvme copy goes bad too: nothing verifiable is left.
+    const local = path.join(agents[0].dataDir, 'checkpoints', c.id, 'images', 'pages-1.img');
+    const fd = fs.openSync(local, 'r+');
+    fs.writeSync(fd, Buffer.from([0x42]), 0, 1, 4096);
+    fs.closeSync(fd);
+    const err = await k.client.workflow.execute('restore', {
+      workflowId: `restore/${c.id}/2`, taskQueue: 'kybernate-control', args: [{ checkpointId: c.id, prefer: ['r-big'] }],
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    expect(String((err as WorkflowFailedError).cause?.message)).toMatch(/is corrupt/);
+  });
+
+  test('a restore beside the still-running original on the same host: new PID namespace, no conflict', async () => {
+    const c = await checkpointed('r-small', 'beside', 0, true);
+    expect(alive(c.pid)).toBe(true);
+    const r = await k.startRestore({ checkpointId: c.id, node: 'r-small' });
+    const s = await k.restoreResult(r.workflowId);
+    expect(s.phase).toBe('Running');
+    expect(s.pid).not.toBe(c.pid);
+    expect(alive(c.pid) && alive(s.pid!)).toBe(true);
+    expect(fs.readFileSync(`/proc/${s.pid}/status`, 'utf8')).toMatch(/NSpid:\s+\d+\s+1\n/);
+    for (const p of [c.pid, s.pid!]) process.kill(p, 'SIGKILL');
+  });
+
+  test('two restores racing for the last free VRAM: only one gets the reservation', async () => {
+    const acts = createControlActivities(k.client);
+    const cand = [{ node: 'r-race', freeVramBytes: 8 * GiB, vramSource: 'declared' as const }];
+    const [a, b] = await Promise.all([
+      acts.reserve({ reservationId: 'race-1', bytes: 6 * GiB, candidates: cand }),
+      acts.reserve({ reservationId: 'race-2', bytes: 6 * GiB, candidates: cand }),
+    ]);
+    expect([a, b].filter(Boolean)).toHaveLength(1);
+    await acts.release({ reservationId: a ? 'race-1' : 'race-2' });
+    expect(await acts.reserve({ reservationId: 'race-3', bytes: 6 * GiB, candidates: cand })).toMatchObject({ node: 'r-race' });
+    await acts.release({ reservationId: 'race-3' });
+  });
+
+  test('restore CLI rejects bad input naming the field', async () => {
+    await expect(k.startRestore({ checkpointId: 'no-such-ck' })).rejects.toThrow(/checkpoint: no checkpoint 'no-such-ck'/);
+    await expect(k.startRestore({ checkpointId: 'x', node: 'nowhere' })).rejects.toThrow(/node: unknown node 'nowhere'/);
+    await expect(k.startRestore({ checkpointId: '../x' })).rejects.toThrow(/checkpoint: /);
+  });
+});
