@@ -96,10 +96,10 @@ export function createNodeActivities(ctx: NodeContext) {
         return { cpu: Number(f[11]) + Number(f[12]), bytes };
       };
       const a = sample();
-      await new Promise((r) => setTimeout(r, input.windowMs ?? 2000));
+      await new Promise((r) => setTimeout(r, input.windowMs ?? 1000));
       const b = sample();
       if (b.cpu <= a.cpu && b.bytes <= a.bytes) {
-        throw ApplicationFailure.nonRetryable(`pid ${input.pid} is alive but made no progress in ${input.windowMs ?? 2000} ms`, 'NoProgress');
+        throw ApplicationFailure.nonRetryable(`pid ${input.pid} is alive but made no progress in ${input.windowMs ?? 1000} ms`, 'NoProgress');
       }
       return { cpuTicks: b.cpu - a.cpu, bytesWritten: b.bytes - a.bytes };
     },

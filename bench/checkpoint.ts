@@ -1,0 +1,56 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Upload } from '@aws-sdk/lib-storage';
+import { makeS3Client } from '../activities/s3-client';
+import { listFiles } from '../activities/node/seal';
+import { BIN } from '../deploy/local/paths';
+import { configFromStack } from '../deploy/local/stack';
+import { benchStack, GiB, run, secs, startPattern, table, timed } from './harness';
+
+/**
+ * Request-to-Durable of the checkpoint workflow against a by-hand baseline of the same steps run one after
+ * the other (criu dump, sha256sum, upload with the SDK's lib-storage), on the same stack in the same run.
+ */
+async function main(): Promise<void> {
+  const sizes = (process.env.KYBERNATE_BENCH_GIB ?? '1,4').split(',').map(Number);
+  const { state, k, close } = await benchStack(['bench-a']);
+  const rows = [['process memory', 'workflow (request->Durable s3)', 'baseline (dump; sha256sum; upload)', '  dump', '  sha256sum', '  upload', 'ratio']];
+  try {
+    for (const gib of sizes) {
+      const mib = Math.round(gib * 1024);
+      // Baseline: the same kind of process, dumped, hashed and uploaded by hand.
+      const b = await startPattern(k, 'bench-a', `base-${gib}`, mib);
+      const dir = path.join(state.home, 'baseline', `g${gib}`);
+      fs.mkdirSync(dir, { recursive: true });
+      const [, dumpMs] = await timed(async () => run(BIN.criu, ['dump', '-t', String(b.pid), '-D', dir, '-o', 'dump.log']));
+      const files = listFiles(dir).filter((f) => f.endsWith('.img'));
+      const [, hashMs] = await timed(async () => run('sha256sum', files.map((f) => path.join(dir, f))));
+      const s3 = makeS3Client(configFromStack(state).s3);
+      const [, upMs] = await timed(async () => {
+        for (const f of files) {
+          await new Upload({ client: s3, params: { Bucket: state.s3.bucket, Key: `baseline/g${gib}/${f}`, Body: fs.createReadStream(path.join(dir, f)) }, partSize: 16 << 20, queueSize: 4 }).done();
+        }
+      });
+      s3.destroy();
+      const baseline = dumpMs + hashMs + upMs;
+
+      const w = await startPattern(k, 'bench-a', `wf-${gib}`, mib);
+      const [s, wfMs] = await timed(async () => {
+        const { request } = await k.startCheckpoint({ target: `wf-${gib}`, node: 'bench-a', checkpointId: `wf-${gib}-ck` });
+        return k.checkpointResult(request.checkpointId);
+      });
+      if (s.phase !== 'Durable') throw new Error(`checkpoint ended ${s.phase}: ${s.failureReason}`);
+      void w;
+      rows.push([`${gib} GiB`, secs(wfMs), secs(baseline), secs(dumpMs), secs(hashMs), secs(upMs), (wfMs / baseline).toFixed(2)]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  } finally {
+    await close();
+  }
+  table('checkpoint: request to Durable on S3 (MinIO on loopback), ratio = workflow / baseline; target <= 1.0', rows);
+}
+
+main().catch((e: unknown) => {
+  console.error(`bench failed: ${(e as Error).stack}`);
+  process.exit(1);
+});
