@@ -51,7 +51,12 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
   for (let n = 1; ; n++) {
     enter('Placing');
     const prefer = [...(req.prefer ?? []), info.node];
-    const only = forceSource ? info.node : req.node;
+    // A checkpoint still waiting for upload (tier nvme) exists only on its own node.
+    const pinned = forceSource || info.tier === 'nvme';
+    if (pinned && req.node && req.node !== info.node) {
+      fail(`checkpoint ${req.checkpointId} is only on ${info.node} (tier nvme, pending upload); it cannot be restored on ${req.node} yet`, 'CheckpointNotOnNode');
+    }
+    const only = pinned ? info.node : req.node;
     const candidates = await control.placementCandidates.executeWithOptions({ summary: `nodes with ${status.vramBytes} bytes of VRAM free` },
       [{ bytes: status.vramBytes, exclude: status.excluded, prefer, only }]);
     const reservationId = `${workflowInfo().workflowId}/${n}`;

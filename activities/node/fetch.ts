@@ -1,11 +1,13 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { type Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
-import { type FileEntry, METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
-import { makeS3Client, partSizeFor } from '../s3-client';
+import { METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
+import { makeS3Client } from '../s3-client';
 import { checkpointDir, type NodeContext, s3Prefix } from './context';
 import { heartbeat } from './run-tool';
 import { verifyLocal, writeFileAtomic } from './seal';
@@ -15,34 +17,23 @@ async function getBytes(s3: S3Client, bucket: string, key: string, range?: strin
   return Buffer.from(await r.Body!.transformToByteArray());
 }
 
-/** Parallel ranged download of one file, hashed on the way; the caller rejects it unless the hash matches. */
-async function downloadFile(s3: S3Client, bucket: string, key: string, dest: string, f: FileEntry, concurrency: number): Promise<string> {
+/**
+ * One streamed GET per file, hashed on the way to disk: verification costs no second read. (Ranged GETs in
+ * parallel were slower here: the object store and the hashing share the same few cores.)
+ */
+async function downloadFile(s3: S3Client, bucket: string, key: string, dest: string): Promise<string> {
   fs.mkdirSync(path.dirname(dest), { recursive: true });
-  const part = partSizeFor(f.size);
-  const n = Math.max(1, Math.ceil(f.size / part));
-  const fh = await fs.promises.open(dest, 'w');
   const hash = createHash('sha256');
-  const ready = new Map<number, Buffer>();
-  let next = 0;
-  let idx = 0;
-  try {
-    // Ranges are fetched concurrently but hashed in order, so verification costs no second read.
-    const worker = async (): Promise<void> => {
-      for (let i = idx++; i < n; i = idx++) {
-        const buf = f.size === 0 ? Buffer.alloc(0) : await getBytes(s3, bucket, key, `bytes=${i * part}-${Math.min(f.size, (i + 1) * part) - 1}`);
-        await fh.write(buf, 0, buf.length, i * part);
-        ready.set(i, buf);
-        while (ready.has(next)) {
-          hash.update(ready.get(next)!);
-          ready.delete(next++);
-        }
-        heartbeat();
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(concurrency, n) }, worker));
-  } finally {
-    await fh.close();
-  }
+  const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  let n = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      hash.update(chunk);
+      if (++n % 256 === 0) heartbeat();
+      done(null, chunk);
+    },
+  });
+  await pipeline(r.Body as Readable, tap, fs.createWriteStream(dest, { highWaterMark: 4 << 20 }));
   return hash.digest('hex');
 }
 
@@ -57,7 +48,7 @@ export interface FetchResult {
  * Makes a verified copy of a checkpoint in this node's data directory: the local copy if it verifies,
  * else a download from S3 with every file checked against metadata.json. Never returns unverified bytes.
  */
-export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: string; concurrency?: number }): Promise<FetchResult> {
+export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: string }): Promise<FetchResult> {
   const dir = checkpointDir(ctx, input.checkpointId);
   const local = fs.existsSync(path.join(dir, METADATA_FILE));
   if (local) {
@@ -86,7 +77,7 @@ export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: s
     for (const f of metadata.files) {
       let sum: string;
       try {
-        sum = await downloadFile(s3, ctx.s3.bucket, prefix + f.path, path.join(staging, f.path), f, input.concurrency ?? 8);
+        sum = await downloadFile(s3, ctx.s3.bucket, prefix + f.path, path.join(staging, f.path));
       } catch (e) {
         throw ApplicationFailure.retryable(`S3 download of ${f.path}: ${(e as Error).message}`, ErrorType.S3Unavailable);
       }

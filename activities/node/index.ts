@@ -85,8 +85,8 @@ export function createNodeActivities(ctx: NodeContext) {
       fs.writeFileSync(path.join(dir, 'pid'), String(input.pid));
       recordVram(ctx, input.pid, input.vramBytes);
     },
-    /** Alive, and making progress: CPU time or one of its output files grows within the window. */
-    async verifyProgress(input: { pid: number; checkpointId: string; windowMs?: number }): Promise<{ cpuTicks: number; bytesWritten: number }> {
+    /** Alive, and making progress: CPU time or one of its output files grows, checked every 100 ms up to the window. */
+    async verifyProgress(input: { pid: number; checkpointId: string; windowMs?: number }): Promise<{ cpuTicks: number; bytesWritten: number; afterMs: number }> {
       const files = workloadFileIndex(checkpointDir(ctx, input.checkpointId)).map((f) => f.path);
       const sample = (): { cpu: number; bytes: number } => {
         requireProcess(input.pid);
@@ -95,13 +95,14 @@ export function createNodeActivities(ctx: NodeContext) {
         const bytes = files.reduce((s, p) => s + (fs.existsSync(p) ? fs.statSync(p).size : 0), 0);
         return { cpu: Number(f[11]) + Number(f[12]), bytes };
       };
+      const window = input.windowMs ?? 3000;
       const a = sample();
-      await new Promise((r) => setTimeout(r, input.windowMs ?? 1000));
-      const b = sample();
-      if (b.cpu <= a.cpu && b.bytes <= a.bytes) {
-        throw ApplicationFailure.nonRetryable(`pid ${input.pid} is alive but made no progress in ${input.windowMs ?? 1000} ms`, 'NoProgress');
+      for (let waited = 100; waited <= window; waited += 100) {
+        await new Promise((r) => setTimeout(r, 100));
+        const b = sample();
+        if (b.cpu > a.cpu || b.bytes > a.bytes) return { cpuTicks: b.cpu - a.cpu, bytesWritten: b.bytes - a.bytes, afterMs: waited };
       }
-      return { cpuTicks: b.cpu - a.cpu, bytesWritten: b.bytes - a.bytes };
+      throw ApplicationFailure.nonRetryable(`pid ${input.pid} is alive but made no progress in ${window} ms`, 'NoProgress');
     },
     async listLocalCheckpoints(): Promise<LocalCheckpoint[]> {
       return listLocalCheckpoints(ctx);

@@ -47,6 +47,11 @@ export function freePort(): Promise<number> {
 
 const stateFile = (home: string): string => path.join(home, 'stack.json');
 
+function writeState(home: string, state: StackState): void {
+  fs.writeFileSync(stateFile(home) + '.tmp', JSON.stringify(state, null, 2));
+  fs.renameSync(stateFile(home) + '.tmp', stateFile(home));
+}
+
 export function readStackState(home = defaultStackHome()): StackState | null {
   try {
     return JSON.parse(fs.readFileSync(stateFile(home), 'utf8')) as StackState;
@@ -168,10 +173,7 @@ export async function up(opts: UpOptions = {}): Promise<StackState> {
   }
   fs.mkdirSync(path.join(home, 'logs'), { recursive: true });
   const processes: ProcessRecord[] = [];
-  const persist = (state: StackState): void => {
-    fs.writeFileSync(stateFile(home) + '.tmp', JSON.stringify(state, null, 2));
-    fs.renameSync(stateFile(home) + '.tmp', stateFile(home));
-  };
+  const persist = (state: StackState): void => writeState(home, state);
   const [tPort, uiPort, s3Port, consolePort, toxPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
   const state: StackState = {
     home,
@@ -343,8 +345,7 @@ export function unregisterProcess(pid: number, home = defaultStackHome()): void 
   const state = readStackState(home);
   if (!state) return;
   state.processes = state.processes.filter((p) => p.pid !== pid);
-  fs.writeFileSync(stateFile(home) + '.tmp', JSON.stringify(state, null, 2));
-  fs.renameSync(stateFile(home) + '.tmp', stateFile(home));
+  writeState(home, state);
 }
 
 /** Records an extra process (a worker, an agent) so that `down` stops it with the stack. */
@@ -352,6 +353,5 @@ export function registerProcess(rec: ProcessRecord, home = defaultStackHome()): 
   const state = readStackState(home);
   if (!state) throw new Error(`no stack state in ${home}; run 'kybernate up' first`);
   state.processes.push(rec);
-  fs.writeFileSync(stateFile(home) + '.tmp', JSON.stringify(state, null, 2));
-  fs.renameSync(stateFile(home) + '.tmp', stateFile(home));
+  writeState(home, state);
 }

@@ -61,7 +61,7 @@ function nodeMock(calls: string[], name: string, over: NodeMock = {}): NodeMock 
     checkVram: rec('checkVram', { freeVramBytes: 16 * GiB }),
     cudaRestore: rec('cudaRestore', { outcome: 'done' as const, detail: 'restored' }),
     cudaUnlock: rec('cudaUnlock', { outcome: 'done' as const, detail: 'unlocked' }),
-    verifyProgress: rec('verifyProgress', { cpuTicks: 3, bytesWritten: 10 }),
+    verifyProgress: rec('verifyProgress', { cpuTicks: 3, bytesWritten: 10, afterMs: 200 }),
     adoptWorkload: rec('adoptWorkload', undefined),
     killProcess: rec('killProcess', { killed: true }),
     ...over,
@@ -155,6 +155,16 @@ describe('restore workflow', () => {
     const err = await restoreOn({ 'node-a': 16 }, { 'node-a': { fetch: bad } }, { checkpointId: 'ck7' }, calls).catch((e: unknown) => e);
     expect(((err as WorkflowFailedError).cause as ApplicationFailure).type).toBe('ChecksumMismatch');
     expect(calls.some((c) => c.startsWith('criuRestore'))).toBe(false);
+  });
+
+  test('a checkpoint still on tier nvme is restored only on its own node', async () => {
+    const calls: string[] = [];
+    const nvme: ControlMock = { checkpointInfo: async ({ checkpointId }) => ({ checkpointId, jobId: 'job-1', node: 'node-a', tier: 'nvme', vramBytes: 0 }) };
+    const s = await restoreOn({ 'node-a': 16, 'node-b': 64 }, {}, { checkpointId: 'ck9', prefer: ['node-b'] }, calls, nvme);
+    expect(s.node).toBe('node-a');
+    expect(calls.filter((c) => c.endsWith('node-b'))).toEqual([]);
+    const err = await restoreOn({ 'node-a': 16, 'node-b': 64 }, {}, { checkpointId: 'ck10', node: 'node-b' }, [], nvme).catch((e: unknown) => e);
+    expect(((err as WorkflowFailedError).cause as ApplicationFailure).type).toBe('CheckpointNotOnNode');
   });
 
   test('no node fits: waits until the placement deadline, then fails with the reason', async () => {
