@@ -3,9 +3,11 @@
 # local stack binaries (Temporal CLI, MinIO, toxiproxy, CRIU 4.1, Temporal's Java test server).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# `npm install` rather than `npm ci`: it installs the locked versions too, but does not refuse a lock file
+# that lacks other platforms' optional packages (which a registry mirror may not list).
 if [ ! -d node_modules/@temporalio/worker ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "[ensure] npm ci" >&2
-  npm ci --no-audit --no-fund >&2
+  echo "[ensure] npm install" >&2
+  npm install --no-audit --no-fund >&2
 fi
 echo "[ensure] tsc" >&2
 npx tsc -p tsconfig.json
