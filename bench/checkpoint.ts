@@ -5,7 +5,7 @@ import { makeS3Client } from '../activities/s3-client';
 import { listFiles } from '../activities/node/seal';
 import { BIN } from '../deploy/local/paths';
 import { configFromStack } from '../deploy/local/stack';
-import { benchStack, GiB, run, secs, startPattern, table, timed } from './harness';
+import { benchStack, dropCaches, run, secs, startPattern, table, timed } from './harness';
 
 /**
  * Request-to-Durable of the checkpoint workflow against a by-hand baseline of the same steps run one after
@@ -20,6 +20,7 @@ async function main(): Promise<void> {
       const mib = Math.round(gib * 1024);
       // Baseline: the same kind of process, dumped, hashed and uploaded by hand.
       const b = await startPattern(k, 'bench-a', `base-${gib}`, mib);
+      dropCaches();
       const dir = path.join(state.home, 'baseline', `g${gib}`);
       fs.mkdirSync(dir, { recursive: true });
       const [, dumpMs] = await timed(async () => run(BIN.criu, ['dump', '-t', String(b.pid), '-D', dir, '-o', 'dump.log']));
@@ -35,6 +36,7 @@ async function main(): Promise<void> {
       const baseline = dumpMs + hashMs + upMs;
 
       const w = await startPattern(k, 'bench-a', `wf-${gib}`, mib);
+      dropCaches();
       const [s, wfMs] = await timed(async () => {
         const { request } = await k.startCheckpoint({ target: `wf-${gib}`, node: 'bench-a', checkpointId: `wf-${gib}-ck` });
         return k.checkpointResult(request.checkpointId);

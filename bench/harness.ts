@@ -70,7 +70,10 @@ export function table(title: string, rows: string[][]): void {
 
 export const secs = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
 
-/** Drops the page cache so that neither side reads the other's freshly written files from memory. */
+/**
+ * Flushes dirty pages and drops the page cache before each measured side, so that neither side pays for the
+ * other's write-back nor reads the other's files from memory.
+ */
 export function dropCaches(): void {
   try {
     execFileSync('sync');

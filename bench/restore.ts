@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream';
 import { makeS3Client } from '../activities/s3-client';
 import { BIN } from '../deploy/local/paths';
 import { configFromStack } from '../deploy/local/stack';
-import { activityTimes, benchStack, run, secs, startPattern, table, timed } from './harness';
+import { activityTimes, benchStack, dropCaches, run, secs, startPattern, table, timed } from './harness';
 
 /**
  * Request-to-Running of the restore workflow (on a node without a local copy: download, verify, CRIU
@@ -28,6 +28,7 @@ async function main(): Promise<void> {
       if (ck.phase !== 'Durable') throw new Error(`checkpoint ended ${ck.phase}`);
 
       // Baseline: fetch the same checkpoint's objects one after the other, then criu restore.
+      dropCaches();
       const dir = path.join(state.home, 'baseline-restore', `g${gib}`);
       const s3 = makeS3Client(configFromStack(state).s3);
       const prefix = `checkpoints/${ck.checkpointId}/`;
@@ -46,6 +47,7 @@ async function main(): Promise<void> {
       kill.push(Number(fs.readFileSync(pidFile, 'utf8')));
       const baseline = dlMs + rsMs;
 
+      dropCaches();
       const [[rs, wfId], wfMs] = await timed(async () => {
         const r = await k.startRestore({ checkpointId: ck.checkpointId, node: 'bench-b' });
         return [await k.restoreResult(r.workflowId), r.workflowId] as const;
