@@ -5,7 +5,7 @@ import { ErrorType } from '../../common/errors';
 import type { DumpResult } from '../../common/checkpoint';
 import { checkpointDir, type NodeContext } from './context';
 import { processAlive, requireProcess, writableFiles } from './process';
-import { lastLines, runTool } from './run-tool';
+import { errorLines, lastLines, runTool } from './run-tool';
 
 export const IMAGES = 'images';
 export const WORKLOAD_FILES = 'workload-files';
@@ -50,11 +50,11 @@ export async function criuDump(ctx: NodeContext, input: { checkpointId: string; 
   if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
   const r = await runTool(ctx.criuBin, args);
   if (r.code !== 0) {
-    const tail = lastLines(log, 12);
+    const errors = errorLines(log);
     const alive = processAlive(input.pid);
     throw ApplicationFailure.create({
-      message: `criu dump of pid ${input.pid} failed (exit ${r.code ?? r.signal}); process ${alive ? 'still running' : 'gone'}:\n${tail}`,
-      type: classify(tail + r.stderr),
+      message: `criu dump of pid ${input.pid} failed (exit ${r.code ?? r.signal}); process ${alive ? 'still running' : 'gone'}:\n${[...new Set(errors)].slice(0, 5).join('\n') || lastLines(log, 12)}`,
+      type: classify(errors.join('\n') + r.stderr),
       nonRetryable: true,
       details: [{ processAlive: alive }],
     });
@@ -93,7 +93,7 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
   const log = path.join(input.dir, 'criu-restore.log');
   const r = await runTool(ctx.criuBin, ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile]);
   if (r.code !== 0) {
-    const tail = lastLines(log, 12);
+    const tail = errorLines(log).slice(0, 8).join('\n') || lastLines(log, 12);
     // A pid already taken on this host can succeed elsewhere; anything else (kernel or image mismatch) will fail again.
     const pidClash = /File exists|pid.*busy|Can't fork for \d+|EEXIST/i.test(tail);
     throw ApplicationFailure.create({

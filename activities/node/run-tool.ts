@@ -54,3 +54,12 @@ export function lastLines(file: string, n: number): string {
     return '';
   }
 }
+
+/** CRIU's "Error (file:line): ..." lines: the reason sits among them, not necessarily at the log's end. */
+export function errorLines(file: string): string[] {
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.includes('Error ('));
+  } catch {
+    return [];
+  }
+}
