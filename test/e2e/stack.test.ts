@@ -7,6 +7,7 @@ import { criuDump, criuRestore, workloadFileIndex } from '../../activities/node/
 import { makeS3Client } from '../../activities/s3-client';
 import { REPO_ROOT } from '../../deploy/local/paths';
 import { ComponentFailedError, configFromStack, down, readStackState, up } from '../../deploy/local/stack';
+import { startAgent } from '../../deploy/local/workers';
 import { Agent, alive, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
 
 const CLI = path.join(REPO_ROOT, 'dist', 'clients', 'cli.js');
@@ -106,7 +107,9 @@ describe('the local stack', () => {
     const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-owned-'));
     const owner = spawn('/bin/sleep', ['600'], { stdio: 'ignore' });
     const s = await up({ home, ownerPid: owner.pid, log: () => undefined });
-    const pids = s.processes.map((p) => p.pid);
+    // An agent registered after the watchdog started must go too.
+    const agent = await startAgent(s, { node: 'owned' });
+    const pids = [...s.processes.map((p) => p.pid), agent.pid];
     expect(pids.every(alive)).toBe(true);
     owner.kill('SIGKILL');
     await until('watchdog stops the stack', () => pids.every((p) => !alive(p)), 20000);
