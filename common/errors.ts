@@ -11,5 +11,15 @@ export const ErrorType = {
   MetadataInvalid: 'MetadataInvalid',
   S3Unavailable: 'S3Unavailable',
   CheckpointNotFound: 'CheckpointNotFound',
+  /** Not enough free VRAM on the node for a CUDA restore: try another node. */
+  CudaOutOfMemory: 'CudaOutOfMemory',
+  /** The checkpoint's pids are taken on this host: try another node. */
+  CriuPidConflict: 'CriuPidConflict',
+  /** Restored and alive, but not making progress. */
+  NoProgress: 'NoProgress',
+  NoNodeFits: 'NoNodeFits',
+  CheckpointNotOnNode: 'CheckpointNotOnNode',
+  RestoreFailed: 'RestoreFailed',
+  MigrationFailed: 'MigrationFailed',
 } as const;
 export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];

@@ -133,7 +133,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       enter('Failed');
       await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: agent lost during ${failed.phase}`), [{ pid: pid, reason }]);
       record(failed.phase, 'compensated', `workload pid ${pid} killed`);
-      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId, onlyIfPartial: false }]);
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
       record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
       if (req.reason === 'preemption') await requeue(req, reason, record);
       return status;
@@ -158,7 +158,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${pid} (compensation)`), [{ pid: pid }]);
       record(failed.phase, 'compensated', 'CUDA unlocked');
     }
-    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId, onlyIfPartial: false }]);
+    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
     record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
     enter('Failed');
     return status;

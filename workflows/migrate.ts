@@ -6,6 +6,7 @@ import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 import { checkpoint } from './checkpoint';
 import { describeFailure } from './failures';
 import { restore } from './restore';
+import { ErrorType } from '../common/errors';
 
 export type MigratePhase = 'Checkpointing' | 'Restoring' | 'Compensating' | 'Migrated' | 'RestoredOnSource' | 'Failed';
 
@@ -65,5 +66,5 @@ export async function migrate(input: { jobId: string; from: string; to: string; 
   }
   status.failureReason = `restore elsewhere failed (${onB}); restore on ${input.from} failed too (${onA})`;
   enter('Failed');
-  throw ApplicationFailure.nonRetryable(status.failureReason, 'MigrationFailed');
+  throw ApplicationFailure.nonRetryable(status.failureReason, ErrorType.MigrationFailed);
 }

@@ -1,6 +1,7 @@
 import { ApplicationFailure, defineQuery, proxyActivities, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
+import { ErrorType } from '../common/errors';
 import { CONTROL_QUEUE, nodeQueue } from '../common/queues';
 import type { RestorePhase, RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
@@ -9,7 +10,7 @@ import { agentLost, describeFailure, failureType } from './failures';
 export const restoreStatusQuery = defineQuery<RestoreStatus>('status');
 
 /** Failures that say "not on this node" rather than "not at all". */
-const TRY_ELSEWHERE = new Set(['CudaOutOfMemory', 'CriuPidConflict', 'NoProgress', 'NoSuchProcess', 'S3Unavailable']);
+const TRY_ELSEWHERE = new Set<string>([ErrorType.CudaOutOfMemory, ErrorType.CriuPidConflict, ErrorType.NoProgress, ErrorType.NoSuchProcess, ErrorType.S3Unavailable]);
 
 class AttemptFailed extends Error {
   constructor(readonly phase: RestorePhase, override readonly cause: unknown, readonly pid: number | null) {
@@ -41,7 +42,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
 
   upsertSearchAttributes([{ key: SA_CHECKPOINT, value: req.checkpointId }, { key: SA_PHASE, value: 'Placing' }]);
   const info = await control.checkpointInfo.executeWithOptions({ summary: `look up checkpoint ${req.checkpointId}` }, [{ checkpointId: req.checkpointId }])
-    .catch((err: unknown) => fail(describeFailure(err), failureType(err) ?? 'CheckpointNotFound'));
+    .catch((err: unknown) => fail(describeFailure(err), failureType(err) ?? ErrorType.CheckpointNotFound));
   status.jobId = info.jobId;
   status.vramBytes = req.vramBytes ?? info.vramBytes;
   upsertSearchAttributes([{ key: SA_JOB, value: info.jobId }]);
@@ -54,7 +55,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
     // A checkpoint still waiting for upload (tier nvme) exists only on its own node.
     const pinned = forceSource || info.tier === 'nvme';
     if (pinned && req.node && req.node !== info.node) {
-      fail(`checkpoint ${req.checkpointId} is only on ${info.node} (tier nvme, pending upload); it cannot be restored on ${req.node} yet`, 'CheckpointNotOnNode');
+      fail(`checkpoint ${req.checkpointId} is only on ${info.node} (tier nvme, pending upload); it cannot be restored on ${req.node} yet`, ErrorType.CheckpointNotOnNode);
     }
     const only = pinned ? info.node : req.node;
     const candidates = await control.placementCandidates.executeWithOptions({ summary: `nodes with ${status.vramBytes} bytes of VRAM free` },
@@ -65,7 +66,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
     if (!reservation) {
       if (Date.now() >= deadlineMs) {
         fail(`no node fits: ${status.vramBytes} bytes of VRAM needed${only ? ` on ${only}` : ''}; excluded: ${status.excluded.join(', ') || 'none'}; waited ${req.placementDeadline ?? '10m'}`,
-          'NoNodeFits');
+          ErrorType.NoNodeFits);
       }
       await sleep('10s');
       n--;
@@ -87,24 +88,24 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
         // Half-restored (CRIU done, CUDA not, or no progress): it must not run on.
         await node.killProcess.executeWithOptions({ summary: `kill half-restored pid ${failed.pid}` }, [{ pid: failed.pid, reason: failed.message }]);
       }
-      if (type === 'ChecksumMismatch') {
+      if (type === ErrorType.ChecksumMismatch) {
         // Away from the checkpoint's own node the bad bytes came from S3; that node still holds the nvme copy
         // (its fetch verifies the local copy first and only then falls back to S3).
         if (!forceSource && info.node !== reservation.node && !req.node) {
           forceSource = true;
           continue;
         }
-        fail(`checkpoint ${req.checkpointId} is corrupt: ${failed.message}`, 'ChecksumMismatch');
+        fail(`checkpoint ${req.checkpointId} is corrupt: ${failed.message}`, ErrorType.ChecksumMismatch);
       }
-      if (type === 'CriuRestoreFailed' || type === 'MetadataInvalid' || type === 'CheckpointNotFound') {
+      if (type === ErrorType.CriuRestoreFailed || type === ErrorType.MetadataInvalid || type === ErrorType.CheckpointNotFound) {
         const alertId = await control.raiseAlert.executeWithOptions({ summary: 'raise alert' }, [{
           kind: type, checkpointId: req.checkpointId, node: reservation.node, message: failed.message, raisedAt: new Date().toISOString(),
         }]);
         fail(`${failed.message} (alert ${alertId})`, type);
       }
-      if (!(type && TRY_ELSEWHERE.has(type)) && !agentLost(failed.cause)) fail(failed.message, type ?? 'RestoreFailed');
+      if (!(type && TRY_ELSEWHERE.has(type)) && !agentLost(failed.cause)) fail(failed.message, type ?? ErrorType.RestoreFailed);
       status.excluded.push(reservation.node);
-      if (forceSource) fail(`the only node holding a verified copy (${info.node}) cannot take it: ${failed.message}`, type ?? 'RestoreFailed');
+      if (forceSource) fail(`the only node holding a verified copy (${info.node}) cannot take it: ${failed.message}`, type ?? ErrorType.RestoreFailed);
     } finally {
       await control.release.executeWithOptions({ summary: 'release VRAM reservation' }, [{ reservationId }]);
     }
@@ -124,7 +125,7 @@ async function attempt(req: RestoreRequest, status: RestoreStatus, nodeName: str
     }
   };
   const fetched = await step('Fetching', null, () =>
-    node.fetch.executeWithOptions({ summary: `fetch and verify ${req.checkpointId} on ${nodeName}`, retry: { maximumAttempts: 3, nonRetryableErrorTypes: ['ChecksumMismatch', 'CheckpointNotFound', 'MetadataInvalid'] } },
+    node.fetch.executeWithOptions({ summary: `fetch and verify ${req.checkpointId} on ${nodeName}`, retry: { maximumAttempts: 3, nonRetryableErrorTypes: [ErrorType.ChecksumMismatch, ErrorType.CheckpointNotFound, ErrorType.MetadataInvalid] } },
       [{ checkpointId: req.checkpointId }]));
   status.source = fetched.source;
   const { pid } = await step('RestoringProcess', null, () =>

@@ -98,7 +98,7 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
     const pidClash = /File exists|pid.*busy|Can't fork for \d+|EEXIST/i.test(tail);
     throw ApplicationFailure.create({
       message: `criu restore failed (exit ${r.code ?? r.signal}):\n${tail}`,
-      type: pidClash ? 'CriuPidConflict' : ErrorType.CriuRestoreFailed,
+      type: pidClash ? ErrorType.CriuPidConflict : ErrorType.CriuRestoreFailed,
       nonRetryable: true,
     });
   }

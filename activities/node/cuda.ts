@@ -73,7 +73,7 @@ function check(a: CudaApi, rc: number, what: string, pid: number): void {
   // 2 = CUDA_ERROR_OUT_OF_MEMORY: the restore can't fit here; other codes are treated as node-local failures.
   throw ApplicationFailure.create({
     message: `${what}(pid ${pid}) failed: CUresult ${rc} (${msg[0] ?? 'unknown'})`,
-    type: rc === 2 ? 'CudaOutOfMemory' : ErrorType.CudaError,
+    type: rc === 2 ? ErrorType.CudaOutOfMemory : ErrorType.CudaError,
     nonRetryable: true,
     details: [{ cuResult: rc }],
   });

@@ -12,6 +12,7 @@ import { sealCheckpoint } from './seal';
 import { deleteCheckpointDir, type LocalCheckpoint, listLocalCheckpoints } from './tier';
 import { uploadCheckpoint } from './upload';
 import { checkVram, recordVram } from './vram';
+import { ErrorType } from '../../common/errors';
 
 /** Activities that run only on a node's own queue (node/<name>), bound to that node's context. */
 export function createNodeActivities(ctx: NodeContext) {
@@ -102,12 +103,12 @@ export function createNodeActivities(ctx: NodeContext) {
         const b = sample();
         if (b.cpu > a.cpu || b.bytes > a.bytes) return { cpuTicks: b.cpu - a.cpu, bytesWritten: b.bytes - a.bytes, afterMs: waited };
       }
-      throw ApplicationFailure.nonRetryable(`pid ${input.pid} is alive but made no progress in ${window} ms`, 'NoProgress');
+      throw ApplicationFailure.nonRetryable(`pid ${input.pid} is alive but made no progress in ${window} ms`, ErrorType.NoProgress);
     },
     async listLocalCheckpoints(): Promise<LocalCheckpoint[]> {
       return listLocalCheckpoints(ctx);
     },
-    async deleteCheckpointDir(input: { checkpointId: string; onlyIfPartial: boolean }): Promise<{ deleted: boolean }> {
+    async deleteCheckpointDir(input: { checkpointId: string }): Promise<{ deleted: boolean }> {
       return deleteCheckpointDir(ctx, input);
     },
     async killProcess(input: { pid: number; reason: string }): Promise<{ killed: boolean }> {

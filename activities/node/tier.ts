@@ -31,15 +31,13 @@ export function listLocalCheckpoints(ctx: NodeContext): LocalCheckpoint[] {
   return out;
 }
 
-/** Deletes a partial checkpoint (no metadata.json). A committed one is kept unless force is set. */
-export function deleteCheckpointDir(ctx: NodeContext, input: { checkpointId: string; onlyIfPartial: boolean }): { deleted: boolean } {
+/**
+ * Deletes what a failed attempt left on this node, metadata.json included: an attempt that ended Failed must
+ * leave no checkpoint that looks valid.
+ */
+export function deleteCheckpointDir(ctx: NodeContext, input: { checkpointId: string }): { deleted: boolean } {
   const dir = checkpointDir(ctx, input.checkpointId);
   if (!fs.existsSync(dir)) return { deleted: false };
-  if (input.onlyIfPartial && fs.existsSync(path.join(dir, METADATA_FILE))) {
-    // A metadata.json from this attempt is not trustworthy if the attempt failed before upload finished
-    // sealing; the workflow passes onlyIfPartial=false in that case.
-    return { deleted: false };
-  }
   fs.rmSync(dir, { recursive: true, force: true });
   fs.rmSync(`${dir}.fetch`, { recursive: true, force: true });
   return { deleted: true };

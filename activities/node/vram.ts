@@ -4,6 +4,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import type { NodeContext } from './context';
 import { readInventory } from './inventory';
 import { processAlive } from './process';
+import { ErrorType } from '../../common/errors';
 
 /**
  * VRAM promised to workloads restored on this node, by pid. On a GPU node the driver's free figure already
@@ -38,7 +39,7 @@ export async function checkVram(ctx: NodeContext, input: { bytes: number }): Pro
   if (input.bytes > 0 && inv.freeVramBytes < input.bytes) {
     throw ApplicationFailure.create({
       message: `node ${ctx.node} has ${inv.freeVramBytes} bytes of VRAM free (${inv.vramSource}), ${input.bytes} needed`,
-      type: 'CudaOutOfMemory',
+      type: ErrorType.CudaOutOfMemory,
       nonRetryable: true,
       details: [{ freeVramBytes: inv.freeVramBytes, neededBytes: input.bytes }],
     });

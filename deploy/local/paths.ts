@@ -25,7 +25,6 @@ function readVersions(): Record<string, string> {
   return out;
 }
 const v = readVersions();
-export const VERSIONS = v;
 export const BIN = {
   temporal: path.join(CACHE_DIR, `temporal-${v.TEMPORAL_CLI_VERSION}`, 'temporal'),
   minio: path.join(CACHE_DIR, `minio-${v.MINIO_VERSION}`, 'minio'),
