@@ -127,11 +127,6 @@ export class KybernateClient {
     return this.client.workflow.getHandle(workflowId).result() as Promise<RestoreStatus>;
   }
 
-  async restoreStatus(workflowId: string): Promise<RestoreStatus> {
-    return this.client.workflow.getHandle(workflowId).query<RestoreStatus>('status');
-  }
-
-  /** Checkpoints a job on the node it runs on and restores it on another, as one workflow. */
   /** The node a job runs on: the newest completed workflow that placed it there (start or restore). */
   async jobNode(jobId: string): Promise<string> {
     assertSafeId('job', jobId);
@@ -146,6 +141,7 @@ export class KybernateClient {
     return newest.node;
   }
 
+  /** Checkpoints a job on the node it runs on and restores it on another, as one workflow. */
   async startMigration(input: { jobId: string; from?: string; to: string; vramBytes?: number; placementDeadline?: string }): Promise<{ workflowId: string; checkpointId: string }> {
     const jobId = assertSafeId('job', input.jobId);
     const from = input.from ? assertSafeId('from', input.from) : await this.jobNode(jobId);

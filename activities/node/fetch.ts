@@ -12,8 +12,8 @@ import { checkpointDir, type NodeContext, s3Prefix } from './context';
 import { heartbeat } from './run-tool';
 import { verifyLocal, writeFileAtomic } from './seal';
 
-async function getBytes(s3: S3Client, bucket: string, key: string, range?: string): Promise<Buffer> {
-  const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, Range: range }));
+async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buffer> {
+  const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
   return Buffer.from(await r.Body!.transformToByteArray());
 }
 

@@ -7,7 +7,7 @@ import { criuDump, criuRestore, workloadFileIndex } from './criu';
 import { cudaState, cudaStep } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
-import { killProcess, processAlive, readWorkloadPid, requireProcess, startWorkload, type WorkloadInfo, type WorkloadSpec } from './process';
+import { killProcess, processAlive, procStatFields, readWorkloadPid, requireProcess, startWorkload, type WorkloadInfo, type WorkloadSpec } from './process';
 import { sealCheckpoint } from './seal';
 import { deleteCheckpointDir, type LocalCheckpoint, listLocalCheckpoints } from './tier';
 import { uploadCheckpoint } from './upload';
@@ -91,8 +91,7 @@ export function createNodeActivities(ctx: NodeContext) {
       const files = workloadFileIndex(checkpointDir(ctx, input.checkpointId)).map((f) => f.path);
       const sample = (): { cpu: number; bytes: number } => {
         requireProcess(input.pid);
-        const st = fs.readFileSync(`/proc/${input.pid}/stat`, 'utf8');
-        const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+        const f = procStatFields(input.pid);
         const bytes = files.reduce((s, p) => s + (fs.existsSync(p) ? fs.statSync(p).size : 0), 0);
         return { cpu: Number(f[11]) + Number(f[12]), bytes };
       };

@@ -26,7 +26,8 @@ export interface NodeInventory {
   reportedAt: string;
 }
 
-export async function readInventory(ctx: NodeContext, reservedVramBytes = ledgerBytes(ctx)): Promise<NodeInventory> {
+/** Free VRAM on a node with declared capacity is what the ledger of restored workloads leaves of it. */
+export async function readInventory(ctx: NodeContext): Promise<NodeInventory> {
   const gpus: GpuInventory[] = listGpus().map((g) => {
     const mem = gpuMemory(g.index);
     return { index: g.index, uuid: mem?.uuid ?? `gpu-${g.index}`, model: g.name, totalVramBytes: g.totalVramBytes, freeVramBytes: mem?.freeBytes ?? g.totalVramBytes };
@@ -38,7 +39,7 @@ export async function readInventory(ctx: NodeContext, reservedVramBytes = ledger
     return { ...base, vramSource: 'measured', gpus, totalVramBytes: gpus.reduce((s, g) => s + g.totalVramBytes, 0), freeVramBytes: gpus.reduce((s, g) => s + g.freeVramBytes, 0) };
   }
   if (ctx.declaredVramBytes !== null) {
-    return { ...base, vramSource: 'declared', gpus: [], totalVramBytes: ctx.declaredVramBytes, freeVramBytes: Math.max(0, ctx.declaredVramBytes - reservedVramBytes) };
+    return { ...base, vramSource: 'declared', gpus: [], totalVramBytes: ctx.declaredVramBytes, freeVramBytes: Math.max(0, ctx.declaredVramBytes - ledgerBytes(ctx)) };
   }
   return { ...base, vramSource: 'none', gpus: [], totalVramBytes: 0, freeVramBytes: 0 };
 }

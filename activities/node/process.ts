@@ -18,6 +18,12 @@ export interface WorkloadInfo {
   logFile: string;
 }
 
+/** Fields of /proc/<pid>/stat after the command name: [0] is the state, [11] utime, [12] stime (man 5 proc). */
+export function procStatFields(pid: number): string[] {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -26,8 +32,7 @@ export function processAlive(pid: number): boolean {
   }
   // A zombie still answers kill(0): it is not running.
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+    return procStatFields(pid)[0] !== 'Z';
   } catch {
     return false;
   }

@@ -35,7 +35,7 @@ export const ledgerBytes = (ctx: NodeContext): number => Object.values(ledger(ct
  * so a node that no longer has the room says so here, while the CRIU image can still be restored elsewhere.
  */
 export async function checkVram(ctx: NodeContext, input: { bytes: number }): Promise<{ freeVramBytes: number }> {
-  const inv = await readInventory(ctx, ledgerBytes(ctx));
+  const inv = await readInventory(ctx);
   if (input.bytes > 0 && inv.freeVramBytes < input.bytes) {
     throw ApplicationFailure.create({
       message: `node ${ctx.node} has ${inv.freeVramBytes} bytes of VRAM free (${inv.vramSource}), ${input.bytes} needed`,

@@ -5,7 +5,8 @@ import pino from 'pino';
 import { KybernateClient } from '../../clients/api';
 import type { NodeContext } from '../../activities/node/context';
 import { BIN, REPO_ROOT } from '../../deploy/local/paths';
-import { configFromStack, isAlive, killGroup, type ProcessRecord, readStackState, type StackState, unregisterProcess } from '../../deploy/local/stack';
+import { processAlive } from '../../activities/node/process';
+import { configFromStack, killGroup, type ProcessRecord, readStackState, type StackState, unregisterProcess } from '../../deploy/local/stack';
 import { type AgentSpec, startAgent } from '../../deploy/local/workers';
 
 export function stack(): StackState {
@@ -71,15 +72,8 @@ export async function until<T>(what: string, fn: () => Promise<T | null | undefi
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
 }
 
-export function alive(pid: number): boolean {
-  if (!isAlive(pid)) return false;
-  try {
-    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
+/** Running (not gone, not a zombie): the agent's own check. */
+export const alive = processAlive;
 
 /** A node context for calling node activities in-process (CRIU smoke test, verification of uploads). */
 export function localNodeContext(node: string, dataDir: string): NodeContext {
