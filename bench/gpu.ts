@@ -4,7 +4,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { cudaApi, cudaStep, cudaUnavailableReason } from '../activities/node/cuda';
 import { BIN, REPO_ROOT } from '../deploy/local/paths';
 import type { CheckpointStatus } from '../common/checkpoint';
-import { benchStack, GiB, run, secs, table, timed } from './harness';
+import { listFiles } from '../activities/node/seal';
+import { benchStack, GiB, run, secs, table, timed, uploadBaseline } from './harness';
 import type { KybernateClient } from '../clients/api';
 
 const VICTIM = path.join(REPO_ROOT, 'deploy', 'workloads', 'torch_victim.py');
@@ -33,7 +34,7 @@ function phaseTimes(s: CheckpointStatus, startedAt: number): Record<string, numb
 /**
  * For 8 and 32 GiB of VRAM: time per phase, request-to-Durable and request-to-Running, and the ratio of the
  * end-to-end checkpoint time to the slowest single stage measured alone in the same run (CUDA checkpoint
- * alone, CRIU dump alone). Target: within 1.2x of the slowest stage.
+ * alone, CRIU dump alone, and the upload of that dump alone). Target: within 1.2x of the slowest stage.
  */
 async function main(): Promise<void> {
   if (!fs.existsSync('/dev/nvidiactl') || !cudaApi()) {
@@ -42,7 +43,7 @@ async function main(): Promise<void> {
   }
   const sizes = (process.env.KYBERNATE_BENCH_VRAM_GIB ?? '8,32').split(',').map(Number);
   const { state, k, close } = await benchStack(['gpu-0']);
-  const rows = [['VRAM', 'CUDA ckpt alone', 'CRIU dump alone', 'Locking', 'DumpingVram', 'DumpingProcess', 'Sealing', 'Uploading', 'request->Durable', 'request->Running', 'Durable / slowest stage']];
+  const rows = [['VRAM', 'CUDA ckpt alone', 'CRIU dump alone', 'upload alone', 'Locking', 'DumpingVram', 'DumpingProcess', 'Sealing', 'Uploading', 'request->Durable', 'request->Running', 'Durable / slowest stage']];
   try {
     for (const gib of sizes) {
       // Stages alone, on their own process: lock + checkpoint, then criu dump of the checkpointed process.
@@ -52,6 +53,8 @@ async function main(): Promise<void> {
       const dir = path.join(state.home, 'alone', `g${gib}`);
       fs.mkdirSync(dir, { recursive: true });
       const [, criuMs] = await timed(async () => run(BIN.criu, ['dump', '-t', String(a.pid), '-D', dir, '-o', 'dump.log']));
+      const files = listFiles(dir).filter((f) => f.endsWith('.img'));
+      const [, uploadMs] = await timed(async () => uploadBaseline(state, dir, files, `alone/g${gib}/`));
       fs.rmSync(dir, { recursive: true, force: true });
 
       await victim(k, `wf-${gib}`, gib);
@@ -66,8 +69,8 @@ async function main(): Promise<void> {
       const rs = await k.restoreResult(r.workflowId);
       const runningMs = Date.now() - t1;
       if (rs.pid) process.kill(rs.pid, 'SIGKILL');
-      const slowest = Math.max(cudaMs, criuMs);
-      rows.push([`${gib} GiB`, secs(cudaMs), secs(criuMs), secs(p.Locking ?? 0), secs(p.DumpingVram ?? 0), secs(p.DumpingProcess ?? 0), secs(p.Sealing ?? 0),
+      const slowest = Math.max(cudaMs, criuMs, uploadMs);
+      rows.push([`${gib} GiB`, secs(cudaMs), secs(criuMs), secs(uploadMs), secs(p.Locking ?? 0), secs(p.DumpingVram ?? 0), secs(p.DumpingProcess ?? 0), secs(p.Sealing ?? 0),
         secs(p.Uploading ?? 0), secs(durableMs), secs(runningMs), (durableMs / slowest).toFixed(2)]);
     }
   } finally {

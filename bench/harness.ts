@@ -3,6 +3,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Upload } from '@aws-sdk/lib-storage';
+import { makeS3Client } from '../activities/s3-client';
 import { KybernateClient } from '../clients/api';
 import { REPO_ROOT } from '../deploy/local/paths';
 import { configFromStack, down, type StackState, up } from '../deploy/local/stack';
@@ -100,4 +102,16 @@ export async function activityTimes(k: KybernateClient, workflowId: string): Pro
     }
   }
   return out.join(', ');
+}
+
+/** The by-hand upload: each file in turn with the SDK's lib-storage (16 MiB parts, 4 at a time). */
+export async function uploadBaseline(state: StackState, dir: string, files: string[], keyPrefix: string): Promise<void> {
+  const s3 = makeS3Client(configFromStack(state).s3);
+  try {
+    for (const f of files) {
+      await new Upload({ client: s3, params: { Bucket: state.s3.bucket, Key: keyPrefix + f, Body: fs.createReadStream(path.join(dir, f)) }, partSize: 16 << 20, queueSize: 4 }).done();
+    }
+  } finally {
+    s3.destroy();
+  }
 }

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { InvalidInputError, assertSafeId } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
@@ -63,12 +64,14 @@ program
   .option('--zone <zone>', 'failure zone')
   .option('--data-dir <dir>', 'where checkpoints (the NVMe tier) and workload logs live')
   .option('--declared-vram <size>', 'VRAM capacity to report on a node without a GPU (shown as declared)')
+  .option('--staging-dir <dir>', "memory (tmpfs) directory where dumps and fetches are staged when they fit, or 'none' (default: /dev/shm/kybernate/<node>)")
   .option('--report-interval <seconds>', 'how often to report inventory to the node registry', '30')
-  .action(async (o: { node: string; zone?: string; dataDir?: string; declaredVram?: string; reportInterval: string }) => {
+  .action(async (o: { node: string; zone?: string; dataDir?: string; declaredVram?: string; stagingDir?: string; reportInterval: string }) => {
     const every = Number(o.reportInterval);
     if (!Number.isFinite(every) || every <= 0) throw new InvalidInputError('report-interval', `must be a positive number of seconds (got '${o.reportInterval}')`);
     await runAgent({
       node: o.node, zone: o.zone, dataDir: o.dataDir, declaredVramBytes: o.declaredVram ? parseBytes('declared-vram', o.declaredVram) : undefined, reportEveryMs: every * 1000,
+      stagingDir: o.stagingDir === 'none' ? null : o.stagingDir ? path.resolve(o.stagingDir) : undefined,
     });
   });
 

@@ -11,7 +11,8 @@ export type CheckpointPhase =
   | 'PendingUpload'
   | 'Failed';
 
-export type Tier = 's3' | 'nvme';
+/** Where the checkpoint's only complete copy is: memory (staged, not yet durable), the node's disk, or S3. */
+export type Tier = 's3' | 'nvme' | 'memory';
 
 export type CheckpointReason = 'manual' | 'preemption';
 
@@ -40,6 +41,8 @@ export interface DumpResult {
   imageBytes: number;
   durationMs: number;
   processStopped: boolean;
+  /** Written to the node's memory (tmpfs), not its disk: the copy to disk is still to come. */
+  staged?: boolean;
 }
 
 export interface SealResult {

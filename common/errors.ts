@@ -7,6 +7,8 @@ export const ErrorType = {
   CriuDumpFailed: 'CriuDumpFailed',
   CriuRestoreFailed: 'CriuRestoreFailed',
   NoSpace: 'NoSpace',
+  /** The copy of a checkpoint staged in memory could not be written to the node's disk. */
+  PersistFailed: 'PersistFailed',
   ChecksumMismatch: 'ChecksumMismatch',
   MetadataInvalid: 'MetadataInvalid',
   S3Unavailable: 'S3Unavailable',

@@ -1,4 +1,5 @@
 /** Pure types of the restore and migration workflows. */
+import type { Tier } from './checkpoint';
 
 export type RestorePhase = 'Placing' | 'Fetching' | 'RestoringProcess' | 'RestoringVram' | 'Unlocking' | 'Verifying' | 'Running' | 'Failed';
 
@@ -53,6 +54,6 @@ export interface CheckpointInfo {
   checkpointId: string;
   jobId: string;
   node: string;
-  tier: 's3' | 'nvme' | null;
+  tier: Tier | null;
   vramBytes: number;
 }

@@ -16,6 +16,8 @@ export interface AgentOptions {
   dataDir?: string;
   declaredVramBytes?: number;
   criuBin?: string;
+  /** Memory (tmpfs) directory for staging dumps and fetches; null: never stage. Default: /dev/shm/kybernate/<node>. */
+  stagingDir?: string | null;
   /** How often inventory goes to the node's registry workflow. */
   reportEveryMs?: number;
 }
@@ -37,6 +39,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     criuBin: opts.criuBin ?? process.env.KYBERNATE_CRIU ?? BIN.criu,
     criuActionScript: process.env.KYBERNATE_CRIU_ACTION_SCRIPT ?? null,
     declaredVramBytes: opts.declaredVramBytes ?? null,
+    stagingDir: opts.stagingDir === undefined ? defaultStagingDir(opts.node) : opts.stagingDir,
     s3: cfg.s3,
     logger,
   };
@@ -59,7 +62,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   await report();
   const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
-  logger.info({ queue: nodeQueue(opts.node), dataDir, declaredVramBytes: ctx.declaredVramBytes }, 'agent ready');
+  logger.info({ queue: nodeQueue(opts.node), dataDir, stagingDir: ctx.stagingDir, declaredVramBytes: ctx.declaredVramBytes }, 'agent ready');
   try {
     await worker.run();
   } finally {
@@ -67,4 +70,9 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     await clientConn.close();
     await connection.close();
   }
+}
+
+/** /dev/shm is memory on every Linux we run on; without it, dumps and fetches go straight to disk. */
+function defaultStagingDir(node: string): string | null {
+  return fs.existsSync('/dev/shm') && fs.statSync('/dev/shm').isDirectory() ? path.join('/dev/shm', 'kybernate', node) : null;
 }

@@ -12,6 +12,7 @@ import {
 import type { NodeActivities } from '../activities/node';
 import type { AttemptRecord, CheckpointOutcome, CheckpointPhase, CheckpointRequest, CheckpointStatus, Tier, UploadResult } from '../common/checkpoint';
 import type { ControlActivities } from '../activities/control';
+import { ErrorType } from '../common/errors';
 import { CONTROL_QUEUE, nodeQueue, promotionWorkflowId } from '../common/queues';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
@@ -32,6 +33,7 @@ class StepFailed extends Error {
  * Locking -> DumpingVram -> DumpingProcess -> Sealing -> Uploading -> Durable{s3} | PendingUpload{nvme} -> Durable{s3}.
  * Any step that fails cleanly is compensated so the workload runs on; a step whose agent died leaves the
  * workload in an unknown state, so it is killed once the agent is back and the attempt fails.
+ * A dump staged in memory is uploaded and copied to disk at the same time (Uploading{memory} -> {nvme}).
  */
 export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutcome> {
   const status: CheckpointStatus = {
@@ -57,6 +59,11 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       nonRetryableErrorTypes: ['MetadataInvalid', 'CheckpointNotFound'] },
   });
 
+  // The copy to disk: a disk that is full will not empty itself by retrying.
+  const keeper = proxyActivities<NodeActivities>({
+    taskQueue: queue, startToCloseTimeout: '2h', heartbeatTimeout: '15s',
+    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 5, nonRetryableErrorTypes: [ErrorType.NoSpace, ErrorType.CheckpointNotFound] },
+  });
   const control = proxyActivities<ControlActivities>({ taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', retry: { maximumInterval: '30s' } });
 
   const record = (phase: CheckpointPhase, outcome: AttemptRecord['outcome'], detail: string): void => {
@@ -96,6 +103,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   let cudaCheckpointed = false;
   let dumped = false;
   let processStopped = false;
+  let staged = false;
   try {
     const lock = await run('Locking',
       () => step.cudaLock.executeWithOptions(summary(`CUDA lock pid ${pid} on ${req.node}`), [{ pid: pid }]), (r) => r.detail);
@@ -110,13 +118,14 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     }
     const dump = await run('DumpingProcess',
       () => step.criuDump.executeWithOptions(summary(`criu dump pid ${pid}${req.leaveRunning ? ' (leave running)' : ''}`),
-        [{ checkpointId: req.checkpointId, pid: pid, leaveRunning: req.leaveRunning }]),
-      (r) => `${r.imageBytes} bytes in ${r.durationMs} ms`);
+        [{ checkpointId: req.checkpointId, pid: pid, leaveRunning: req.leaveRunning, hostVramBytes: cudaCheckpointed ? req.vramBytes ?? 0 : 0 }]),
+      (r) => `${r.imageBytes} bytes in ${r.durationMs} ms${r.staged ? ' (staged in memory)' : ''}`);
     dumped = true;
     processStopped = dump.processStopped;
+    staged = dump.staged === true;
     await run('Sealing',
       () => step.seal.executeWithOptions(summary(`sha256 + commit metadata.json for ${req.checkpointId}`),
-        [{ checkpointId: req.checkpointId, jobId: req.jobId, pid: pid, cudaCheckpointed, vramBytes: 0 }]),
+        [{ checkpointId: req.checkpointId, jobId: req.jobId, pid: pid, cudaCheckpointed, vramBytes: req.vramBytes ?? 0 }]),
       (r) => `${r.files} files, ${r.totalBytes} bytes`);
     if (cudaLocked && !processStopped) {
       // Left running: hand the VRAM back and let it go on.
@@ -164,17 +173,48 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     return status;
   }
 
-  // Sealed: the checkpoint is valid on this node from here on, whatever S3 does.
-  enter('Uploading', 'nvme');
-  try {
-    status.upload = await uploader.upload.executeWithOptions(summary(`upload ${req.checkpointId} to S3 (artifacts, then metadata.json)`),
-      [{ checkpointId: req.checkpointId }]);
-    record('Uploading', 'ok', `${status.upload.partsSent} parts sent, ${status.upload.partsResumed} resumed`);
+  // Sealed: on disk, the checkpoint is valid on this node from here on, whatever S3 does. Staged in memory,
+  // it becomes so once copied to disk, which runs beside the upload; until then memory is its only copy.
+  enter('Uploading', staged ? 'memory' : 'nvme');
+  // Settled at once: while the copy to disk is awaited, a failed upload must not count as unhandled.
+  const uploading = uploader.upload.executeWithOptions(summary(`upload ${req.checkpointId} to S3 (artifacts, then metadata.json)`),
+    [{ checkpointId: req.checkpointId }]).then((r) => ({ result: r, error: null }), (err: unknown) => ({ result: null, error: describeFailure(err) }));
+  if (staged) {
+    const onDisk = await keeper.persist.executeWithOptions(summary(`copy ${req.checkpointId} from memory to this node's disk`), [{ checkpointId: req.checkpointId }])
+      .then((r) => {
+        enter('Uploading', 'nvme');
+        record('Uploading', 'ok', `copied to disk (tier nvme): ${r.bytes} bytes in ${r.durationMs} ms`);
+        return null;
+      }, (err: unknown) => {
+        record('Uploading', 'failed', `copy to disk: ${describeFailure(err)}`);
+        return describeFailure(err);
+      });
+    const up = await uploading;
+    if (onDisk !== null && up.error !== null) {
+      // Neither S3 nor the disk took it: the memory copy is all there is. Bring the workload back from it
+      // rather than lose both, then free the memory.
+      record('Uploading', 'failed', up.error);
+      status.failureReason = `Uploading: not durable anywhere: S3: ${up.error}; disk: ${onDisk}`;
+      if (processStopped) {
+        const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place from memory`),
+          [{ checkpointId: req.checkpointId }]).catch((err: unknown) => ({ error: describeFailure(err) }));
+        record('Uploading', 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`);
+      }
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+      record('Uploading', 'compensated', 'partial checkpoint deleted from memory and disk');
+      enter('Failed');
+      return status;
+    }
+    await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [{ checkpointId: req.checkpointId }]);
+  }
+  const up = await uploading;
+  if (up.result) {
+    status.upload = up.result;
+    record('Uploading', 'ok', `${up.result.partsSent} parts sent, ${up.result.partsResumed} resumed`);
     enter('Durable', 's3');
     return status;
-  } catch (err) {
-    record('Uploading', 'failed', describeFailure(err));
   }
+  record('Uploading', 'failed', up.error);
   // S3 is out of reach: durable on local NVMe, and the node's promotion loop uploads it when S3 is back.
   enter('PendingUpload', 'nvme');
   await control.enqueuePromotion.executeWithOptions(summary(`queue ${req.checkpointId} for upload by ${promotionWorkflowId(req.node)}`),

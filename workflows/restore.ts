@@ -1,4 +1,4 @@
-import { ApplicationFailure, defineQuery, proxyActivities, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, defineQuery, log, proxyActivities, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
 import { ErrorType } from '../common/errors';
@@ -128,18 +128,27 @@ async function attempt(req: RestoreRequest, status: RestoreStatus, nodeName: str
     node.fetch.executeWithOptions({ summary: `fetch and verify ${req.checkpointId} on ${nodeName}`, retry: { maximumAttempts: 3, nonRetryableErrorTypes: [ErrorType.ChecksumMismatch, ErrorType.CheckpointNotFound, ErrorType.MetadataInvalid] } },
       [{ checkpointId: req.checkpointId }]));
   status.source = fetched.source;
-  const { pid } = await step('RestoringProcess', null, () =>
-    node.criuRestore.executeWithOptions({ summary: `criu restore ${req.checkpointId} on ${nodeName}` }, [{ checkpointId: req.checkpointId }]));
-  await step('RestoringVram', pid, async () => {
-    await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}` }, [{ bytes: status.vramBytes }]);
-    return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}` }, [{ pid }]);
-  });
-  await step('Unlocking', pid, () => node.cudaUnlock.executeWithOptions({ summary: `CUDA unlock pid ${pid}` }, [{ pid }]));
-  await step('Verifying', pid, async () => {
-    await node.verifyProgress.executeWithOptions({ summary: `pid ${pid} alive and making progress` }, [{ pid, checkpointId: req.checkpointId }]);
-    await node.adoptWorkload.executeWithOptions({ summary: `adopt job ${status.jobId} as pid ${pid}` }, [{ jobId: status.jobId ?? req.checkpointId, pid, vramBytes: status.vramBytes }]);
-  });
-  return pid;
+  try {
+    const { pid } = await step('RestoringProcess', null, () =>
+      node.criuRestore.executeWithOptions({ summary: `criu restore ${req.checkpointId} on ${nodeName}` }, [{ checkpointId: req.checkpointId }]));
+    await step('RestoringVram', pid, async () => {
+      await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}` }, [{ bytes: status.vramBytes }]);
+      return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}` }, [{ pid }]);
+    });
+    await step('Unlocking', pid, () => node.cudaUnlock.executeWithOptions({ summary: `CUDA unlock pid ${pid}` }, [{ pid }]));
+    await step('Verifying', pid, async () => {
+      await node.verifyProgress.executeWithOptions({ summary: `pid ${pid} alive and making progress` }, [{ pid, checkpointId: req.checkpointId }]);
+      await node.adoptWorkload.executeWithOptions({ summary: `adopt job ${status.jobId} as pid ${pid}` }, [{ jobId: status.jobId ?? req.checkpointId, pid, vramBytes: status.vramBytes }]);
+    });
+    return pid;
+  } finally {
+    // Staged in memory for CRIU to read; once the process is back (or the attempt gave up) it is just memory held.
+    if (fetched.staged) {
+      const cleanup = proxyActivities<NodeActivities>({ taskQueue: nodeQueue(nodeName), scheduleToCloseTimeout: '10m', startToCloseTimeout: '1m', retry: { maximumInterval: '30s' } });
+      await cleanup.releaseStaging.executeWithOptions({ summary: `free the memory ${req.checkpointId} was fetched into` }, [{ checkpointId: req.checkpointId }])
+        .catch((err: unknown) => log.warn('staged copy not released', { checkpointId: req.checkpointId, node: nodeName, error: describeFailure(err) }));
+    }
+  }
 }
 
 function msOf(d: string): number {

@@ -3,8 +3,9 @@ import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { DumpResult } from '../../common/checkpoint';
-import { checkpointDir, type NodeContext } from './context';
-import { processAlive, requireProcess, writableFiles } from './process';
+import { checkpointDir, type NodeContext, stagedDir } from './context';
+import { stagingFits } from './staging';
+import { processAlive, requireProcess, treeRssBytes, writableFiles } from './process';
 import { errorLines, lastLines, runTool } from './run-tool';
 
 export const IMAGES = 'images';
@@ -30,20 +31,47 @@ function classify(log: string): string {
 }
 
 /**
- * criu dump of the process tree rooted at pid into <checkpoint>/images. On a clean failure CRIU resumes the
- * tree itself; the workflow then restores CUDA. Not retried by the workflow: a second dump of a process in
- * an unknown state proves nothing.
+ * criu dump of the process tree rooted at pid into <checkpoint>/images: staged in memory when the node has
+ * the memory for it (so the copy to disk can run beside the upload), else on disk. On a clean failure CRIU
+ * resumes the tree itself; the workflow then restores CUDA. Not retried by the workflow: a second dump of a
+ * process in an unknown state proves nothing. The one exception is here: a staged dump that ran out of
+ * memory, after which CRIU resumed the process, is taken again on disk.
  */
-export async function criuDump(ctx: NodeContext, input: { checkpointId: string; pid: number; leaveRunning: boolean }): Promise<DumpResult> {
+export async function criuDump(
+  ctx: NodeContext, input: { checkpointId: string; pid: number; leaveRunning: boolean; hostVramBytes?: number },
+): Promise<DumpResult> {
   requireProcess(input.pid);
-  const dir = checkpointDir(ctx, input.checkpointId);
-  const images = path.join(dir, IMAGES);
-  fs.rmSync(images, { recursive: true, force: true });
-  fs.mkdirSync(images, { recursive: true });
-  // Output files must exist with the same size at restore: copy them beside the images before the dump
-  // freezes the process, and again after, so the copy matches what CRIU recorded.
-  const files = writableFiles(input.pid);
+  const disk = checkpointDir(ctx, input.checkpointId);
+  const staged = stagedDir(ctx, input.checkpointId);
+  // Whatever an earlier attempt left, in either place, is stale.
+  for (const d of [disk, staged]) if (d) fs.rmSync(d, { recursive: true, force: true });
+  // After a CUDA checkpoint the VRAM's contents sit in the process's host memory; count them in case RSS does not.
+  const estimate = treeRssBytes(input.pid) + (input.hostVramBytes ?? 0);
+  const fit = stagingFits(ctx, estimate);
   const started = Date.now();
+  if (staged && fit.fits) {
+    try {
+      await dumpInto(ctx, staged, input);
+      return { imageBytes: dirBytes(path.join(staged, IMAGES)), durationMs: Date.now() - started, processStopped: !input.leaveRunning, staged: true };
+    } catch (e) {
+      const alive = processAlive(input.pid);
+      if (!(e instanceof ApplicationFailure && e.type === ErrorType.NoSpace && alive)) throw e;
+      fs.rmSync(staged, { recursive: true, force: true });
+      ctx.logger.warn({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, estimate }, 'staging memory ran out during the dump; dumping to disk');
+    }
+  } else {
+    ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, estimate, why: fit.why }, 'dumping to disk, not staging in memory');
+  }
+  await dumpInto(ctx, disk, input);
+  return { imageBytes: dirBytes(path.join(disk, IMAGES)), durationMs: Date.now() - started, processStopped: !input.leaveRunning, staged: false };
+}
+
+async function dumpInto(ctx: NodeContext, dir: string, input: { pid: number; leaveRunning: boolean }): Promise<void> {
+  const images = path.join(dir, IMAGES);
+  fs.mkdirSync(images, { recursive: true });
+  // Output files must exist with the same size at restore: copy them beside the images after the dump, so
+  // the copy matches what CRIU recorded.
+  const files = writableFiles(input.pid);
   const log = path.join(dir, 'criu-dump.log');
   const args = ['dump', '-t', String(input.pid), '-D', images, '-o', log, '-v4', '--file-locks'];
   if (input.leaveRunning) args.push('--leave-running');
@@ -53,14 +81,13 @@ export async function criuDump(ctx: NodeContext, input: { checkpointId: string; 
     const errors = errorLines(log);
     const alive = processAlive(input.pid);
     throw ApplicationFailure.create({
-      message: `criu dump of pid ${input.pid} failed (exit ${r.code ?? r.signal}); process ${alive ? 'still running' : 'gone'}:\n${[...new Set(errors)].slice(0, 5).join('\n') || lastLines(log, 12)}`,
+      message: `criu dump of pid ${input.pid} into ${dir} failed (exit ${r.code ?? r.signal}); process ${alive ? 'still running' : 'gone'}:\n${[...new Set(errors)].slice(0, 5).join('\n') || lastLines(log, 12)}`,
       type: classify(errors.join('\n') + r.stderr),
       nonRetryable: true,
       details: [{ processAlive: alive }],
     });
   }
   copyWorkloadFiles(dir, files);
-  return { imageBytes: dirBytes(images), durationMs: Date.now() - started, processStopped: !input.leaveRunning };
 }
 
 function copyWorkloadFiles(dir: string, files: string[]): void {

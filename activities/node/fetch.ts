@@ -8,7 +8,8 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
 import { makeS3Client } from '../s3-client';
-import { checkpointDir, type NodeContext, s3Prefix } from './context';
+import { checkpointDir, checkpointLocation, type NodeContext, s3Prefix, stagedDir } from './context';
+import { stagingFits } from './staging';
 import { heartbeat } from './run-tool';
 import { verifyLocal, writeFileAtomic } from './seal';
 
@@ -41,20 +42,23 @@ export interface FetchResult {
   dir: string;
   bytes: number;
   source: 's3' | 'nvme';
+  /** Downloaded into memory (tmpfs): CRIU reads it from there, and it is released after the restore. */
+  staged: boolean;
   metadata: Metadata;
 }
 
 /**
- * Makes a verified copy of a checkpoint in this node's data directory: the local copy if it verifies,
- * else a download from S3 with every file checked against metadata.json. Never returns unverified bytes.
+ * Makes a verified copy of a checkpoint on this node: the local copy if it verifies, else a download from S3
+ * with every file checked against metadata.json, into memory when it fits (CRIU then reads it at memory
+ * speed), else into the data directory. Never returns unverified bytes.
  */
 export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: string }): Promise<FetchResult> {
-  const dir = checkpointDir(ctx, input.checkpointId);
-  const local = fs.existsSync(path.join(dir, METADATA_FILE));
+  const localDir = checkpointLocation(ctx, input.checkpointId);
+  const local = fs.existsSync(path.join(localDir, METADATA_FILE));
   if (local) {
     try {
-      const metadata = await verifyLocal(dir);
-      return { dir, bytes: metadata.files.reduce((s, f) => s + f.size, 0), source: 'nvme', metadata };
+      const metadata = await verifyLocal(localDir);
+      return { dir: localDir, bytes: metadata.files.reduce((s, f) => s + f.size, 0), source: 'nvme', staged: localDir !== checkpointDir(ctx, input.checkpointId), metadata };
     } catch (e) {
       ctx.logger.warn({ node: ctx.node, checkpoint: input.checkpointId, err: (e as Error).message }, 'local copy failed verification; using S3');
     }
@@ -72,6 +76,9 @@ export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: s
     const parsed = MetadataSchema.safeParse(JSON.parse(raw.toString('utf8')));
     if (!parsed.success) throw ApplicationFailure.nonRetryable(`metadata.json of ${input.checkpointId}: ${parsed.error.issues[0].message}`, ErrorType.MetadataInvalid);
     const metadata = parsed.data;
+    const bytes = metadata.files.reduce((s, f) => s + f.size, 0);
+    const staged = stagingFits(ctx, bytes).fits;
+    const dir = staged ? stagedDir(ctx, input.checkpointId)! : checkpointDir(ctx, input.checkpointId);
     const staging = `${dir}.fetch`;
     fs.rmSync(staging, { recursive: true, force: true });
     for (const f of metadata.files) {
@@ -79,6 +86,8 @@ export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: s
       try {
         sum = await downloadFile(s3, ctx.s3.bucket, prefix + f.path, path.join(staging, f.path));
       } catch (e) {
+        // A retry starts over; a partial copy left in memory would hold it until then, or for good.
+        fs.rmSync(staging, { recursive: true, force: true });
         throw ApplicationFailure.retryable(`S3 download of ${f.path}: ${(e as Error).message}`, ErrorType.S3Unavailable);
       }
       if (sum !== f.sha256) {
@@ -89,7 +98,7 @@ export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: s
     writeFileAtomic(path.join(staging, METADATA_FILE), raw);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.renameSync(staging, dir);
-    return { dir, bytes: metadata.files.reduce((s, f) => s + f.size, 0), source: 's3', metadata };
+    return { dir, bytes, source: 's3', staged, metadata };
   } finally {
     s3.destroy();
   }

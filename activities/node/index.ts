@@ -2,13 +2,15 @@ import * as fs from 'node:fs';
 import type { CudaStepResult, DumpResult, SealResult, UploadResult } from '../../common/checkpoint';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
-import { checkpointDir, type NodeContext, workloadDir } from './context';
+import { checkpointLocation, type NodeContext, workloadDir } from './context';
 import { criuDump, criuRestore, workloadFileIndex } from './criu';
 import { cudaState, cudaStep } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
 import { killProcess, processAlive, procStatFields, readWorkloadPid, requireProcess, startWorkload, type WorkloadInfo, type WorkloadSpec } from './process';
+import { persistCheckpoint } from './persist';
 import { sealCheckpoint } from './seal';
+import { releaseStaging } from './staging';
 import { deleteCheckpointDir, type LocalCheckpoint, listLocalCheckpoints } from './tier';
 import { uploadCheckpoint } from './upload';
 import { checkVram, recordVram } from './vram';
@@ -45,7 +47,7 @@ export function createNodeActivities(ctx: NodeContext) {
     async cudaUnlock(input: { pid: number }): Promise<CudaStepResult> {
       return cudaStep('unlock', input.pid);
     },
-    async criuDump(input: { checkpointId: string; pid: number; leaveRunning: boolean }): Promise<DumpResult> {
+    async criuDump(input: { checkpointId: string; pid: number; leaveRunning: boolean; hostVramBytes?: number }): Promise<DumpResult> {
       return criuDump(ctx, input);
     },
     async seal(input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number }): Promise<SealResult> {
@@ -54,13 +56,20 @@ export function createNodeActivities(ctx: NodeContext) {
     async upload(input: { checkpointId: string }): Promise<UploadResult> {
       return uploadCheckpoint(ctx, input);
     },
+    /** A checkpoint staged in memory, copied to this node's disk (tier nvme) while the upload runs. */
+    async persist(input: { checkpointId: string }): Promise<{ bytes: number; durationMs: number }> {
+      return persistCheckpoint(ctx, input);
+    },
+    async releaseStaging(input: { checkpointId: string }): Promise<{ released: boolean }> {
+      return releaseStaging(ctx, input);
+    },
     async fetch(input: { checkpointId: string }): Promise<Omit<FetchResult, 'metadata'> & { jobId: string; vramBytes: number }> {
       const r = await fetchCheckpoint(ctx, input);
-      return { dir: r.dir, bytes: r.bytes, source: r.source, jobId: r.metadata.jobId, vramBytes: r.metadata.cuda.vramBytes };
+      return { dir: r.dir, bytes: r.bytes, source: r.source, staged: r.staged, jobId: r.metadata.jobId, vramBytes: r.metadata.cuda.vramBytes };
     },
     /** From this node's copy of the checkpoint (fetched and verified, or the images of a dump just taken). */
     async criuRestore(input: { checkpointId: string }): Promise<{ pid: number }> {
-      const dir = checkpointDir(ctx, input.checkpointId);
+      const dir = checkpointLocation(ctx, input.checkpointId);
       return criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
     },
     async readLog(input: { path: string; maxBytes?: number }): Promise<string> {
@@ -88,7 +97,7 @@ export function createNodeActivities(ctx: NodeContext) {
     },
     /** Alive, and making progress: CPU time or one of its output files grows, checked every 100 ms up to the window. */
     async verifyProgress(input: { pid: number; checkpointId: string; windowMs?: number }): Promise<{ cpuTicks: number; bytesWritten: number; afterMs: number }> {
-      const files = workloadFileIndex(checkpointDir(ctx, input.checkpointId)).map((f) => f.path);
+      const files = workloadFileIndex(checkpointLocation(ctx, input.checkpointId)).map((f) => f.path);
       const sample = (): { cpu: number; bytes: number } => {
         requireProcess(input.pid);
         const f = procStatFields(input.pid);

@@ -117,3 +117,23 @@ export function readWorkloadPid(ctx: NodeContext, jobId: string): number {
   if (!fs.existsSync(file)) throw ApplicationFailure.nonRetryable(`no workload '${jobId}' was started on node ${ctx.node}`, ErrorType.NoSuchProcess);
   return Number(fs.readFileSync(file, 'utf8').trim());
 }
+
+/** Resident memory of a process and its descendants: about what CRIU will write for them. */
+export function treeRssBytes(pid: number): number {
+  let total = 0;
+  const seen = new Set<number>();
+  const visit = (p: number): void => {
+    if (seen.has(p)) return;
+    seen.add(p);
+    try {
+      total += Number(/^VmRSS:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0) * 1024;
+      for (const t of fs.readdirSync(`/proc/${p}/task`)) {
+        for (const c of fs.readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(' ').filter(Boolean)) visit(Number(c));
+      }
+    } catch {
+      /* exited meanwhile */
+    }
+  };
+  visit(pid);
+  return total;
+}

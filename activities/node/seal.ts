@@ -5,7 +5,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { SealResult } from '../../common/checkpoint';
 import { type FileEntry, type Metadata, METADATA_FILE, MetadataSchema } from '../../common/metadata';
-import { checkpointDir, type NodeContext } from './context';
+import { checkpointLocation, type NodeContext } from './context';
 import { criuVersion, IMAGES, workloadFileIndex } from './criu';
 import { heartbeat } from './run-tool';
 
@@ -54,7 +54,7 @@ export async function sealCheckpoint(
   ctx: NodeContext,
   input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number },
 ): Promise<SealResult> {
-  const dir = checkpointDir(ctx, input.checkpointId);
+  const dir = checkpointLocation(ctx, input.checkpointId);
   if (!fs.existsSync(path.join(dir, IMAGES))) throw ApplicationFailure.nonRetryable(`no CRIU images in ${dir}`, ErrorType.CheckpointNotFound);
   // CRIU's own logs (criu-dump.log, criu-restore.log) describe this node's run, not the workload.
   const names = listFiles(dir).filter((f) => f !== METADATA_FILE && !/^criu-.*\.log$/.test(f) && f !== 'restored.pid' && !f.includes('.tmp-'));

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { METADATA_FILE } from '../../common/metadata';
 import { checkpointDir, type NodeContext } from './context';
+import { releaseStaging } from './staging';
 import { readMetadata } from './seal';
 
 export interface LocalCheckpoint {
@@ -37,8 +38,8 @@ export function listLocalCheckpoints(ctx: NodeContext): LocalCheckpoint[] {
  */
 export function deleteCheckpointDir(ctx: NodeContext, input: { checkpointId: string }): { deleted: boolean } {
   const dir = checkpointDir(ctx, input.checkpointId);
-  if (!fs.existsSync(dir)) return { deleted: false };
-  fs.rmSync(dir, { recursive: true, force: true });
-  fs.rmSync(`${dir}.fetch`, { recursive: true, force: true });
-  return { deleted: true };
+  const onDisk = [dir, `${dir}.fetch`, `${dir}.persist`].filter((d) => fs.existsSync(d));
+  for (const d of onDisk) fs.rmSync(d, { recursive: true, force: true });
+  const inMemory = releaseStaging(ctx, input).released;
+  return { deleted: onDisk.length > 0 || inMemory };
 }

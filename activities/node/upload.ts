@@ -16,7 +16,7 @@ import { ErrorType } from '../../common/errors';
 import type { UploadResult } from '../../common/checkpoint';
 import { type FileEntry, METADATA_FILE } from '../../common/metadata';
 import { makeS3Client, partSizeFor } from '../s3-client';
-import { checkpointDir, type NodeContext, s3Prefix } from './context';
+import { checkpointLocation, type NodeContext, s3Prefix } from './context';
 import { readMetadata } from './seal';
 
 /** Progress kept in heartbeat details, so a retry after an agent crash resumes instead of re-sending. */
@@ -150,7 +150,7 @@ async function uploadLarge(
  * object store holding metadata.json always holds every file it names.
  */
 export async function uploadCheckpoint(ctx: NodeContext, input: { checkpointId: string; concurrency?: number }): Promise<UploadResult> {
-  const dir = checkpointDir(ctx, input.checkpointId);
+  const dir = checkpointLocation(ctx, input.checkpointId);
   const md = readMetadata(dir);
   const bucket = ctx.s3.bucket;
   const prefix = s3Prefix(input.checkpointId);

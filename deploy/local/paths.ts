@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
@@ -12,6 +13,9 @@ function findRepoRoot(start: string): string {
 }
 export const REPO_ROOT = findRepoRoot(__dirname);
 export const CACHE_DIR = process.env.KYBERNATE_CACHE ?? path.join(os.homedir(), '.cache', 'kybernate');
+/** Memory (tmpfs) where a local stack's agents stage dumps and fetches; one per stack home, removed by `down`. */
+export const stagingRootFor = (home: string): string =>
+  path.join('/dev/shm', `kybernate-${createHash('sha256').update(path.resolve(home)).digest('hex').slice(0, 12)}`);
 /** Runtime state of a local stack: its ports, pids, data and logs. */
 export const defaultStackHome = (): string => process.env.KYBERNATE_HOME ?? path.join(REPO_ROOT, '.kybernate');
 

@@ -6,7 +6,7 @@ import { Connection } from '@temporalio/client';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import type { KybernateConfig } from '../../common/config';
-import { BIN, defaultStackHome, REPO_ROOT } from './paths';
+import { BIN, defaultStackHome, REPO_ROOT, stagingRootFor } from './paths';
 
 export type Component = 'temporal' | 'minio' | 'toxiproxy';
 
@@ -219,7 +219,7 @@ export async function up(opts: UpOptions = {}): Promise<StackState> {
     }
     if (opts.ownerPid) {
       const wd = startProcess('watchdog', ['bash', path.join(REPO_ROOT, 'deploy', 'local', 'watchdog.sh'), String(opts.ownerPid), stateFile(home),
-        ...processes.map((p) => String(p.pid))], path.join(home, 'logs', 'watchdog.log'));
+        ...processes.map((p) => String(p.pid))], path.join(home, 'logs', 'watchdog.log'), { KYBERNATE_STAGING_ROOT: stagingRootFor(home) });
       processes.push(wd);
       persist(state);
     }
@@ -279,6 +279,7 @@ export async function down(opts: { home?: string; log?: (msg: string) => void } 
   }
   fs.rmSync(stateFile(home), { force: true });
   killWorkloads(home, log);
+  fs.rmSync(stagingRootFor(home), { recursive: true, force: true });
 }
 
 /** Workloads outlive agents by design (they are detached); the stack that started them takes them along. */

@@ -20,3 +20,5 @@ for pid in $workloads; do kill -KILL "$pid" 2>/dev/null; done
 sleep 3
 for pid in $pids; do [ "$pid" = "$$" ] || kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null; done
 rm -f "$state"
+# Staged checkpoints are memory (tmpfs) that nothing else would free.
+[ -n "$KYBERNATE_STAGING_ROOT" ] && rm -rf "$KYBERNATE_STAGING_ROOT"

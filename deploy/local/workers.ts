@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { CONTROL_QUEUE, nodeQueue } from '../../common/queues';
-import { REPO_ROOT } from './paths';
+import { REPO_ROOT, stagingRootFor } from './paths';
 import { type ProcessRecord, registerProcess, type StackState, startProcess, waitFor } from './stack';
 
 const CLI = path.join(REPO_ROOT, 'dist', 'clients', 'cli.js');
@@ -27,6 +27,8 @@ export interface AgentSpec {
   zone?: string;
   dataDir?: string;
   reportIntervalSeconds?: number;
+  /** null: never stage in memory; default: a directory under the stack's staging root. */
+  stagingDir?: string | null;
   /** Extra environment, e.g. KYBERNATE_S3_ENDPOINT pointing through toxiproxy. */
   env?: Record<string, string>;
 }
@@ -36,6 +38,7 @@ export async function startAgent(state: StackState, spec: AgentSpec): Promise<Pr
   const args = [process.execPath, CLI, 'agent', '--node', spec.node, '--data-dir', spec.dataDir ?? path.join(state.home, 'nodes', spec.node)];
   if (spec.declaredVramBytes !== undefined) args.push('--declared-vram', String(spec.declaredVramBytes));
   if (spec.zone) args.push('--zone', spec.zone);
+  args.push('--staging-dir', spec.stagingDir === null ? 'none' : spec.stagingDir ?? path.join(stagingRootFor(state.home), spec.node));
   if (spec.reportIntervalSeconds) args.push('--report-interval', String(spec.reportIntervalSeconds));
   const rec = startProcess(`agent:${spec.node}`, args, path.join(state.home, 'logs', `agent-${spec.node}.log`), { KYBERNATE_HOME: state.home, ...spec.env });
   registerProcess(rec, state.home);

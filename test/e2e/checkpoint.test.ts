@@ -60,14 +60,19 @@ async function verifyInS3(checkpointId: string): Promise<void> {
 }
 
 describe('checkpoint, end to end on the real stack', () => {
-  test('a running process is dumped, sealed and uploaded: Durable on s3, every object verifies', async () => {
-    await agent('e2e-a');
+  test('a running process is dumped (staged in memory), sealed, uploaded and copied to disk: Durable on s3, every object verifies', async () => {
+    const a = await agent('e2e-a');
     const w = await workload('e2e-a', 'happy', 128);
     const { request } = await k.startCheckpoint({ target: 'happy', node: 'e2e-a', checkpointId: 'happy-1' });
     const s = await k.checkpointResult(request.checkpointId);
     expect(s.phase).toBe('Durable');
     expect(s.tier).toBe('s3');
     expect(s.history.find((h) => h.phase === 'DumpingVram')?.outcome).toBe('skipped');
+    expect(s.history.find((h) => h.phase === 'DumpingProcess')?.detail).toContain('staged in memory');
+    expect(s.history.some((h) => h.detail.startsWith('copied to disk (tier nvme)'))).toBe(true);
+    // The memory is freed; the node keeps a complete copy on disk.
+    expect(fs.existsSync(path.join(a.stagingDir!, 'happy-1'))).toBe(false);
+    expect(fs.existsSync(path.join(a.dataDir, 'checkpoints', 'happy-1', 'metadata.json'))).toBe(true);
     expect(alive(w.pid)).toBe(false); // stopped by the dump (not --leave-running)
     const keys = await s3Keys('checkpoints/happy-1/');
     expect(keys).toContain('checkpoints/happy-1/metadata.json');
@@ -129,6 +134,7 @@ describe('checkpoint, end to end on the real stack', () => {
     expect(s.history.map((h) => h.detail)).toEqual(expect.arrayContaining([`workload pid ${w.pid} killed`, 'partial checkpoint directory deleted']));
     expect(s.history.some((h) => h.detail.startsWith('requeue of job crash'))).toBe(true);
     expect(fs.existsSync(path.join(a.dataDir, 'checkpoints', 'crash-1'))).toBe(false);
+    expect(fs.existsSync(path.join(a.stagingDir!, 'crash-1'))).toBe(false);
     expect(await s3Keys('checkpoints/crash-1/')).toEqual([]);
     await recordHistory('checkpoint-agent-killed', k.client.workflow.getHandle(checkpointWorkflowId('crash-1')));
   }, 180000);
@@ -137,10 +143,11 @@ describe('checkpoint, end to end on the real stack', () => {
     const dataDir = path.join(stack().home, 'nodes', 'e2e-full');
     const ckDir = path.join(dataDir, 'checkpoints');
     fs.mkdirSync(ckDir, { recursive: true });
-    // A real ENOSPC: checkpoints go to a 16 MiB tmpfs, the workload's log stays on the normal disk.
+    // A real ENOSPC: checkpoints go to a 16 MiB tmpfs, the workload's log stays on the normal disk; nothing
+    // is staged in memory, so the dump itself hits the full disk.
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', ckDir]);
     try {
-      await agent('e2e-full', { dataDir });
+      await agent('e2e-full', { dataDir, stagingDir: null });
       const w = await workload('e2e-full', 'full', 96);
       const { request } = await k.startCheckpoint({ target: 'full', node: 'e2e-full', checkpointId: 'full-1' });
       const s = await k.checkpointResult(request.checkpointId);
@@ -155,6 +162,29 @@ describe('checkpoint, end to end on the real stack', () => {
       await recordHistory('checkpoint-enospc', k.client.workflow.getHandle(checkpointWorkflowId('full-1')));
     } finally {
       for (const a of agents.filter((x) => x.spec.node === 'e2e-full')) await a.stop();
+      execFileSync('umount', ['-l', ckDir]);
+    }
+  }, 120000);
+
+  test('b) staged in memory, disk full for the copy to disk: Durable on s3 all the same, no partial copy left, memory freed', async () => {
+    const dataDir = path.join(stack().home, 'nodes', 'e2e-full2');
+    const ckDir = path.join(dataDir, 'checkpoints');
+    fs.mkdirSync(ckDir, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', ckDir]);
+    try {
+      const a = await agent('e2e-full2', { dataDir });
+      await workload('e2e-full2', 'full2', 96);
+      const { request } = await k.startCheckpoint({ target: 'full2', node: 'e2e-full2', checkpointId: 'full2-1' });
+      const s = await k.checkpointResult(request.checkpointId);
+      expect(s.phase).toBe('Durable');
+      expect(s.tier).toBe('s3');
+      expect(s.history.find((h) => h.detail.startsWith('copy to disk:'))?.detail).toMatch(/NoSpace/);
+      expect(fs.readdirSync(ckDir)).toEqual([]);
+      expect(fs.existsSync(path.join(a.stagingDir!, 'full2-1'))).toBe(false);
+      await verifyInS3('full2-1');
+      await recordHistory('checkpoint-staged-disk-full', k.client.workflow.getHandle(checkpointWorkflowId('full2-1')));
+    } finally {
+      for (const a of agents.filter((x) => x.spec.node === 'e2e-full2')) await a.stop();
       execFileSync('umount', ['-l', ckDir]);
     }
   }, 120000);

@@ -65,6 +65,22 @@ describe('restore, end to end on the real stack', () => {
     process.kill(r.pid, 'SIGKILL');
   });
 
+  test('from S3 through memory: fetched into r-big\'s staging directory, restored, the memory freed; state survives', async () => {
+    const c = await checkpointed('r-small', 'staged', 0);
+    const r = await k.startRestore({ checkpointId: c.id, node: 'r-big' });
+    const s = await k.restoreResult(r.workflowId);
+    expect(s.phase).toBe('Running');
+    expect(s.source).toBe('s3');
+    const activities = ((await k.client.workflow.getHandle(r.workflowId).fetchHistory()).events ?? [])
+      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+    expect(activities.slice(-3)).toEqual(['adoptWorkload', 'releaseStaging', 'release']);
+    expect(fs.existsSync(path.join(agents[1].stagingDir!, c.id))).toBe(false);
+    expect(fs.existsSync(path.join(agents[1].dataDir, 'checkpoints', c.id))).toBe(false);
+    await provesState(s.pid!, c.logFile, c.tick);
+    await recordHistory('restore-staged', k.client.workflow.getHandle(r.workflowId));
+    process.kill(s.pid!, 'SIGKILL');
+  });
+
   test('VRAM out of memory on the first node: cleaned up, excluded, restored on the second; both attempts in the history', async () => {
     // X takes 6 of r-small's 8 GiB; r-small's last report still says 8 GiB free.
     const x = await checkpointed('r-small', 'oom-x', 6);

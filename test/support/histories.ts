@@ -17,9 +17,14 @@ export async function recordHistory(name: string, handle: WorkflowHandle): Promi
   fs.writeFileSync(path.join(HISTORY_DIR, `${name}.pb`), temporal.api.history.v1.History.encode(history).finish());
 }
 
+/**
+ * Every recorded history, those of earlier workflow versions (in subdirectories, e.g. before-staging/) too:
+ * workflows started before a deploy must still replay on the new code.
+ */
 export function loadHistories(): { workflowId: string; history: temporal.api.history.v1.IHistory }[] {
   if (!fs.existsSync(HISTORY_DIR)) return [];
-  return fs.readdirSync(HISTORY_DIR).filter((f) => f.endsWith('.pb')).sort().map((f) => ({
+  const files = fs.readdirSync(HISTORY_DIR, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.pb')).sort();
+  return files.map((f) => ({
     workflowId: f.replace(/\.pb$/, ''),
     history: temporal.api.history.v1.History.decode(fs.readFileSync(path.join(HISTORY_DIR, f))),
   }));

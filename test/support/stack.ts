@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
 import { KybernateClient } from '../../clients/api';
 import type { NodeContext } from '../../activities/node/context';
-import { BIN, REPO_ROOT } from '../../deploy/local/paths';
+import { BIN, REPO_ROOT, stagingRootFor } from '../../deploy/local/paths';
 import { processAlive } from '../../activities/node/process';
 import { configFromStack, killGroup, type ProcessRecord, readStackState, type StackState, unregisterProcess } from '../../deploy/local/stack';
 import { type AgentSpec, startAgent } from '../../deploy/local/workers';
@@ -45,6 +45,11 @@ export class Agent {
   get dataDir(): string {
     return this.spec.dataDir ?? path.join(stack().home, 'nodes', this.spec.node);
   }
+
+  /** Where this agent stages dumps and fetches in memory; null when it never does. */
+  get stagingDir(): string | null {
+    return this.spec.stagingDir === null ? null : this.spec.stagingDir ?? path.join(stagingRootFor(stack().home), this.spec.node);
+  }
 }
 
 /** Lines of a workload's output file. */
@@ -79,7 +84,7 @@ export const alive = processAlive;
 export function localNodeContext(node: string, dataDir: string): NodeContext {
   const s = stack();
   return {
-    node, zone: null, dataDir, criuBin: BIN.criu, criuActionScript: null, declaredVramBytes: null,
+    node, zone: null, dataDir, criuBin: BIN.criu, criuActionScript: null, declaredVramBytes: null, stagingDir: null,
     s3: configFromStack(s).s3, logger: pino({ level: 'silent' }),
   };
 }

@@ -49,9 +49,30 @@ function node(calls: string[], cuda: boolean, overrides: Mock = {}): Mock {
     criuRestore: rec('criuRestore', { pid: 4242 }),
     killProcess: rec('killProcess', { killed: true }),
     deleteCheckpointDir: rec('deleteCheckpointDir', { deleted: true }),
+    persist: rec('persist', { bytes: 1000, durationMs: 7 }),
+    releaseStaging: rec('releaseStaging', { released: true }),
   };
   return { ...base, ...overrides };
 }
+
+/** A node with the memory to stage the dump: its criuDump reports the images in memory. */
+function stagingNode(calls: string[], overrides: Mock = {}): Mock {
+  return node(calls, false, {
+    criuDump: async (i) => {
+      calls.push('criuDump');
+      return { imageBytes: 1000, durationMs: 5, processStopped: !i.leaveRunning, staged: true };
+    },
+    ...overrides,
+  });
+}
+
+/** An activity that records its start and end, so a test can see two of them overlap. */
+const slow = <T>(calls: string[], name: string, ms: number, value: T) => async (): Promise<T> => {
+  calls.push(`${name}:start`);
+  await Context.current().sleep(ms);
+  calls.push(`${name}:end`);
+  return value;
+};
 
 /** An activity on an agent that died: it never heartbeats again and never returns. */
 const hang = (calls: string[], name: string) => async (): Promise<never> => {
@@ -188,6 +209,88 @@ describe('checkpoint workflow', () => {
       expect(err).toBeInstanceOf(WorkflowFailedError);
       expect(String((err as WorkflowFailedError).cause?.message)).toContain('SCHEDULE_TO_START');
       expect(calls).toEqual([]);
+    });
+  });
+
+  describe('dump staged in memory: upload and copy to disk at the same time', () => {
+    test('both run at once; the tier goes memory -> nvme -> s3 and the memory is freed before Durable', async () => {
+      const calls: string[] = [];
+      const r = req();
+      const tiers: (string | null)[] = [];
+      const s = await run(stagingNode(calls, { upload: slow(calls, 'upload', 3000, uploaded), persist: slow(calls, 'persist', 1000, { bytes: 1000, durationMs: 1000 }) }), r, async () => {
+        const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
+        for (let i = 0; i < 100; i++) {
+          const st = await wf.query<CheckpointStatus>('status');
+          if (st.phase === 'Uploading' && tiers.at(-1) !== st.tier) tiers.push(st.tier);
+          if (st.phase === 'Durable') break;
+          await env.sleep('200ms');
+        }
+      });
+      expect(s.phase).toBe('Durable');
+      expect(s.tier).toBe('s3');
+      // Started together; the copy to disk finished while the upload was still running.
+      const after = calls.slice(calls.indexOf('seal') + 1);
+      expect(after.slice(0, 2).sort()).toEqual(['persist:start', 'upload:start']);
+      expect(after.slice(2)).toEqual(['persist:end', 'upload:end', 'releaseStaging']);
+      expect(tiers).toEqual(['memory', 'nvme']);
+      expect(s.history.map((h) => `${h.phase}:${h.outcome}`)).toEqual(['Locking:ok', 'DumpingVram:skipped', 'DumpingProcess:ok', 'Sealing:ok', 'Uploading:ok', 'Uploading:ok']);
+      expect(s.history[2].detail).toContain('staged in memory');
+    });
+
+    test('S3 down, copy to disk done: PendingUpload on nvme, memory freed, promoted later', async () => {
+      const calls: string[] = [];
+      let s3Up = false;
+      const r = req({ uploadMaxAttempts: 2 });
+      const s = await run(stagingNode(calls, {
+        upload: async () => {
+          calls.push('upload');
+          if (!s3Up) throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
+          return uploaded;
+        },
+      }), r, async () => {
+        const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
+        for (let i = 0; i < 600 && (await wf.query<CheckpointStatus>('status')).phase !== 'PendingUpload'; i++) await env.sleep('1s');
+        const st = await wf.query<CheckpointStatus>('status');
+        expect(st.phase).toBe('PendingUpload');
+        expect(st.tier).toBe('nvme');
+        expect(calls).toContain('releaseStaging');
+        s3Up = true;
+      });
+      expect(s.phase).toBe('Durable');
+      expect(calls.indexOf('releaseStaging')).toBeLessThan(calls.lastIndexOf('upload'));
+    });
+
+    test('disk full for the copy, S3 fine: Durable on s3 without a local copy, the failure recorded', async () => {
+      const calls: string[] = [];
+      const s = await run(stagingNode(calls, {
+        persist: async () => {
+          calls.push('persist');
+          throw ApplicationFailure.nonRetryable('ENOSPC: no space left on device', 'NoSpace');
+        },
+      }), req());
+      expect(s.phase).toBe('Durable');
+      expect(s.tier).toBe('s3');
+      expect(calls.filter((c) => c === 'persist')).toHaveLength(1); // a full disk is not retried
+      expect(s.history.some((h) => h.outcome === 'failed' && h.detail.startsWith('copy to disk:') && h.detail.includes('NoSpace'))).toBe(true);
+      expect(calls).toContain('releaseStaging');
+    });
+
+    test('neither S3 nor the disk takes it: the workload is restored in place from memory, then the memory freed; Failed', async () => {
+      const calls: string[] = [];
+      const s = await run(stagingNode(calls, {
+        upload: async () => {
+          calls.push('upload');
+          throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
+        },
+        persist: async () => {
+          calls.push('persist');
+          throw ApplicationFailure.nonRetryable('ENOSPC', 'NoSpace');
+        },
+      }), req({ uploadMaxAttempts: 2 }));
+      expect(s.phase).toBe('Failed');
+      expect(s.failureReason).toMatch(/not durable anywhere/);
+      expect(calls.slice(-2)).toEqual(['criuRestore', 'deleteCheckpointDir']);
+      expect(s.history.some((h) => h.outcome === 'compensated' && h.detail === 'restored in place as pid 4242')).toBe(true);
     });
   });
 

@@ -24,7 +24,9 @@ export class Harness {
   /** Runs fn while a control worker (workflows + control activities) and one worker per mocked node poll. */
   async with<T>(control: ControlMock, nodes: Record<string, NodeMock>, fn: () => Promise<T>): Promise<T> {
     const workers = [
-      await Worker.create({ connection: this.env.nativeConnection, taskQueue: CONTROL_QUEUE, workflowBundle: this.bundle, activities: control }),
+      // No sticky cache: long-lived workflows (a node's promotion loop) outlive the test that started them, and
+      // the test server never moves a task off a stopped worker's sticky queue to the next test's worker.
+      await Worker.create({ connection: this.env.nativeConnection, taskQueue: CONTROL_QUEUE, workflowBundle: this.bundle, activities: control, maxCachedWorkflows: 0 }),
       ...(await Promise.all(Object.entries(nodes).map(([node, acts]) =>
         Worker.create({ connection: this.env.nativeConnection, taskQueue: nodeQueue(node), activities: acts, shutdownGraceTime: '1s' })))),
     ];

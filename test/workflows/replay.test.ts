@@ -9,7 +9,8 @@ describe('replay of recorded e2e histories', () => {
   test('histories from every e2e branch are committed', () => {
     expect(histories.map((h) => h.workflowId)).toEqual(expect.arrayContaining([
       'checkpoint-durable', 'checkpoint-agent-killed', 'checkpoint-enospc', 'checkpoint-s3-outage', 'checkpoint-upload-resumed',
-      'migrate', 'restore-oom-rescheduled', 'restore-corrupt-s3',
+      'migrate', 'restore-oom-rescheduled', 'restore-corrupt-s3', 'checkpoint-staged-disk-full', 'restore-staged',
+      'before-staging/checkpoint-durable', 'before-staging/checkpoint-s3-outage', 'before-staging/restore-corrupt-s3',
     ]));
   });
 

@@ -55,7 +55,7 @@ function nodeMock(calls: string[], name: string, over: NodeMock = {}): NodeMock 
   return {
     fetch: async ({ checkpointId }) => {
       calls.push(`fetch ${name}`);
-      return { dir: `/data/${name}/checkpoints/${checkpointId}`, bytes: 100, source: name === 'node-a' ? 'nvme' as const : 's3' as const, jobId: 'job-1', vramBytes: 6 * GiB };
+      return { dir: `/data/${name}/checkpoints/${checkpointId}`, bytes: 100, source: name === 'node-a' ? 'nvme' as const : 's3' as const, staged: false, jobId: 'job-1', vramBytes: 6 * GiB };
     },
     criuRestore: rec('criuRestore', { pid: 777 }),
     checkVram: rec('checkVram', { freeVramBytes: 16 * GiB }),
@@ -64,6 +64,7 @@ function nodeMock(calls: string[], name: string, over: NodeMock = {}): NodeMock 
     verifyProgress: rec('verifyProgress', { cpuTicks: 3, bytesWritten: 10, afterMs: 200 }),
     adoptWorkload: rec('adoptWorkload', undefined),
     killProcess: rec('killProcess', { killed: true }),
+    releaseStaging: rec('releaseStaging', { released: true }),
     ...over,
   };
 }
@@ -89,6 +90,21 @@ describe('restore workflow', () => {
     expect(s.pid).toBe(777);
     expect(s.source).toBe('nvme');
     expect(calls).toEqual(['reserve node-a', 'fetch node-a', 'criuRestore node-a', 'checkVram node-a', 'cudaRestore node-a', 'cudaUnlock node-a', 'verifyProgress node-a', 'adoptWorkload node-a']);
+  });
+
+  test('fetched into memory: the staged copy is freed after Running, and after a failed attempt too', async () => {
+    const calls: string[] = [];
+    const staged = (name: string) => async ({ checkpointId }: { checkpointId: string }) => {
+      calls.push(`fetch ${name}`);
+      return { dir: `/dev/shm/${name}/${checkpointId}`, bytes: 100, source: 's3' as const, staged: true, jobId: 'job-1', vramBytes: 6 * GiB };
+    };
+    const s = await restoreOn({ 'node-a': 8, 'node-b': 16 }, {
+      'node-a': { fetch: staged('node-a'), checkVram: oom(calls, 'node-a') }, 'node-b': { fetch: staged('node-b') },
+    }, { checkpointId: 'ck-staged' }, calls);
+    expect(s.phase).toBe('Running');
+    expect(calls.filter((c) => c.startsWith('releaseStaging'))).toEqual(['releaseStaging node-a', 'releaseStaging node-b']);
+    expect(calls.at(-1)).toBe('releaseStaging node-b');
+    expect(calls.indexOf('adoptWorkload node-b')).toBeLessThan(calls.indexOf('releaseStaging node-b'));
   });
 
   test('only nodes with enough free VRAM are candidates', async () => {
