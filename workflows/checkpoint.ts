@@ -33,7 +33,8 @@ class StepFailed extends Error {
  * Locking -> DumpingVram -> DumpingProcess -> Sealing -> Uploading -> Durable{s3} | PendingUpload{nvme} -> Durable{s3}.
  * Any step that fails cleanly is compensated so the workload runs on; a step whose agent died leaves the
  * workload in an unknown state, so it is killed once the agent is back and the attempt fails.
- * A dump staged in memory is uploaded and copied to disk at the same time (Uploading{memory} -> {nvme}).
+ * A dump staged in memory is uploaded and copied to disk at the same time (Uploading{memory}); the copy is synced
+ * and becomes tier nvme only if S3 is out of reach.
  */
 export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutcome> {
   const status: CheckpointStatus = {
@@ -180,21 +181,43 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   const uploading = uploader.upload.executeWithOptions(summary(`upload ${req.checkpointId} to S3 (artifacts, then metadata.json)`),
     [{ checkpointId: req.checkpointId }]).then((r) => ({ result: r, error: null }), (err: unknown) => ({ result: null, error: describeFailure(err) }));
   if (staged) {
-    const onDisk = await keeper.persist.executeWithOptions(summary(`copy ${req.checkpointId} from memory to this node's disk`), [{ checkpointId: req.checkpointId }])
+    // The disk copy is a cache while S3 takes the checkpoint, so it is not synced (syncing competes with the
+    // upload for the disk); it is synced only if it has to stand in for S3.
+    const copying = keeper.persist.executeWithOptions(summary(`copy ${req.checkpointId} from memory to this node's disk`), [{ checkpointId: req.checkpointId, sync: false }])
       .then((r) => {
-        enter('Uploading', 'nvme');
-        record('Uploading', 'ok', `copied to disk (tier nvme): ${r.bytes} bytes in ${r.durationMs} ms`);
+        record('Uploading', 'ok', `copied to disk: ${r.bytes} bytes in ${r.durationMs} ms`);
         return null;
       }, (err: unknown) => {
         record('Uploading', 'failed', `copy to disk: ${describeFailure(err)}`);
         return describeFailure(err);
       });
     const up = await uploading;
-    if (onDisk !== null && up.error !== null) {
+    if (up.result) {
+      status.upload = up.result;
+      record('Uploading', 'ok', `${up.result.partsSent} parts sent, ${up.result.partsResumed} resumed`);
+      // Durable from here on; the workflow still waits for the cache copy so that it can free the memory.
+      enter('Durable', 's3');
+      await copying;
+      await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [{ checkpointId: req.checkpointId }]);
+      return status;
+    }
+    let copyFailure = await copying;
+    if (copyFailure === null) {
+      copyFailure = await keeper.persist.executeWithOptions(summary(`sync ${req.checkpointId} to disk: S3 is out of reach`), [{ checkpointId: req.checkpointId, sync: true }])
+        .then((r) => {
+          enter('Uploading', 'nvme');
+          record('Uploading', 'ok', `synced to disk (tier nvme) in ${r.durationMs} ms`);
+          return null;
+        }, (err: unknown) => {
+          record('Uploading', 'failed', `sync to disk: ${describeFailure(err)}`);
+          return describeFailure(err);
+        });
+    }
+    record('Uploading', 'failed', up.error);
+    if (copyFailure !== null) {
       // Neither S3 nor the disk took it: the memory copy is all there is. Bring the workload back from it
       // rather than lose both, then free the memory.
-      record('Uploading', 'failed', up.error);
-      status.failureReason = `Uploading: not durable anywhere: S3: ${up.error}; disk: ${onDisk}`;
+      status.failureReason = `Uploading: not durable anywhere: S3: ${up.error}; disk: ${copyFailure}`;
       if (processStopped) {
         const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place from memory`),
           [{ checkpointId: req.checkpointId }]).catch((err: unknown) => ({ error: describeFailure(err) }));
@@ -206,15 +229,16 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       return status;
     }
     await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [{ checkpointId: req.checkpointId }]);
+  } else {
+    const up = await uploading;
+    if (up.result) {
+      status.upload = up.result;
+      record('Uploading', 'ok', `${up.result.partsSent} parts sent, ${up.result.partsResumed} resumed`);
+      enter('Durable', 's3');
+      return status;
+    }
+    record('Uploading', 'failed', up.error);
   }
-  const up = await uploading;
-  if (up.result) {
-    status.upload = up.result;
-    record('Uploading', 'ok', `${up.result.partsSent} parts sent, ${up.result.partsResumed} resumed`);
-    enter('Durable', 's3');
-    return status;
-  }
-  record('Uploading', 'failed', up.error);
   // S3 is out of reach: durable on local NVMe, and the node's promotion loop uploads it when S3 is back.
   enter('PendingUpload', 'nvme');
   await control.enqueuePromotion.executeWithOptions(summary(`queue ${req.checkpointId} for upload by ${promotionWorkflowId(req.node)}`),

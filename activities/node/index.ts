@@ -56,8 +56,8 @@ export function createNodeActivities(ctx: NodeContext) {
     async upload(input: { checkpointId: string }): Promise<UploadResult> {
       return uploadCheckpoint(ctx, input);
     },
-    /** A checkpoint staged in memory, copied to this node's disk (tier nvme) while the upload runs. */
-    async persist(input: { checkpointId: string }): Promise<{ bytes: number; durationMs: number }> {
+    /** A checkpoint staged in memory, copied to this node's disk while the upload runs; synced when it must stand in for S3. */
+    async persist(input: { checkpointId: string; sync: boolean }): Promise<{ bytes: number; durationMs: number }> {
       return persistCheckpoint(ctx, input);
     },
     async releaseStaging(input: { checkpointId: string }): Promise<{ released: boolean }> {

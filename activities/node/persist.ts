@@ -2,12 +2,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
-import { METADATA_FILE } from '../../common/metadata';
+import { type Metadata, METADATA_FILE } from '../../common/metadata';
 import { checkpointDir, type NodeContext, stagedDir } from './context';
 import { heartbeat } from './run-tool';
 import { readMetadata, writeFileAtomic } from './seal';
 
-async function copyFile(from: string, to: string): Promise<void> {
+async function copyFile(from: string, to: string, sync: boolean): Promise<void> {
   fs.mkdirSync(path.dirname(to), { recursive: true });
   const src = await fs.promises.open(from, 'r');
   const dst = await fs.promises.open(to, 'w');
@@ -20,10 +20,19 @@ async function copyFile(from: string, to: string): Promise<void> {
       pos += bytesRead;
       heartbeat();
     }
-    await dst.sync();
+    if (sync) await dst.sync();
   } finally {
     await src.close();
     await dst.close();
+  }
+}
+
+async function syncFile(file: string): Promise<void> {
+  const fh = await fs.promises.open(file, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
 
@@ -37,31 +46,53 @@ function fsyncDir(dir: string): void {
 }
 
 /**
- * Copies a sealed checkpoint from memory to this node's disk (the nvme tier): every file synced,
- * metadata.json last, then one rename, so the disk holds either nothing or a complete checkpoint. The bytes
- * are not hashed again here: they were hashed in memory, and every restore verifies a local copy first.
- * Idempotent; a copy already on disk is success.
+ * Copies a sealed checkpoint from memory to this node's disk: metadata.json last, then one rename, so the
+ * disk holds either nothing or a complete checkpoint. With sync, every file and directory reaches the disk
+ * (the nvme tier, durable); without, the copy is a cache that a crash may tear, which the verification every
+ * restore runs on a local copy catches. The bytes are not hashed again here: they were hashed in memory.
+ * Idempotent; syncing a copy already on disk syncs it in place.
  */
-export async function persistCheckpoint(ctx: NodeContext, input: { checkpointId: string }): Promise<{ bytes: number; durationMs: number }> {
+export async function persistCheckpoint(ctx: NodeContext, input: { checkpointId: string; sync: boolean }): Promise<{ bytes: number; durationMs: number }> {
   const started = Date.now();
   const dest = checkpointDir(ctx, input.checkpointId);
   const staged = stagedDir(ctx, input.checkpointId);
-  if (!staged || !fs.existsSync(path.join(staged, METADATA_FILE))) {
-    if (fs.existsSync(path.join(dest, METADATA_FILE))) return { bytes: 0, durationMs: 0 };
-    throw ApplicationFailure.nonRetryable(`checkpoint ${input.checkpointId}: no sealed copy in memory or on disk`, ErrorType.CheckpointNotFound);
-  }
-  const md = readMetadata(staged);
-  const tmp = `${dest}.persist`;
-  fs.rmSync(tmp, { recursive: true, force: true });
+  const done = (md: Metadata): { bytes: number; durationMs: number } => ({ bytes: md.files.reduce((s, f) => s + f.size, 0), durationMs: Date.now() - started });
   try {
-    for (const f of md.files) await copyFile(path.join(staged, f.path), path.join(tmp, f.path));
-    for (const d of new Set(md.files.map((f) => path.dirname(path.join(tmp, f.path))))) fsyncDir(d);
-    writeFileAtomic(path.join(tmp, METADATA_FILE), fs.readFileSync(path.join(staged, METADATA_FILE)));
-    fs.rmSync(dest, { recursive: true, force: true });
-    fs.renameSync(tmp, dest);
-    fsyncDir(path.dirname(dest));
-  } catch (e) {
+    if (fs.existsSync(path.join(dest, METADATA_FILE))) {
+      const md = readMetadata(dest);
+      if (input.sync) {
+        for (const f of [...md.files.map((x) => x.path), METADATA_FILE]) await syncFile(path.join(dest, f));
+        for (const d of new Set(md.files.map((f) => path.dirname(path.join(dest, f.path))))) fsyncDir(d);
+        fsyncDir(dest);
+        fsyncDir(path.dirname(dest));
+      }
+      return done(md);
+    }
+    if (!staged || !fs.existsSync(path.join(staged, METADATA_FILE))) {
+      throw ApplicationFailure.nonRetryable(`checkpoint ${input.checkpointId}: no sealed copy in memory or on disk`, ErrorType.CheckpointNotFound);
+    }
+    const md = readMetadata(staged);
+    const tmp = `${dest}.persist`;
     fs.rmSync(tmp, { recursive: true, force: true });
+    try {
+      for (const f of md.files) await copyFile(path.join(staged, f.path), path.join(tmp, f.path), input.sync);
+      const mdText = fs.readFileSync(path.join(staged, METADATA_FILE));
+      if (input.sync) {
+        for (const d of new Set(md.files.map((f) => path.dirname(path.join(tmp, f.path))))) fsyncDir(d);
+        writeFileAtomic(path.join(tmp, METADATA_FILE), mdText);
+      } else {
+        fs.writeFileSync(path.join(tmp, METADATA_FILE), mdText);
+      }
+      fs.rmSync(dest, { recursive: true, force: true });
+      fs.renameSync(tmp, dest);
+      if (input.sync) fsyncDir(path.dirname(dest));
+    } catch (e) {
+      fs.rmSync(tmp, { recursive: true, force: true });
+      throw e;
+    }
+    return done(md);
+  } catch (e) {
+    if (e instanceof ApplicationFailure) throw e;
     const err = e as NodeJS.ErrnoException;
     throw ApplicationFailure.create({
       message: `copy of ${input.checkpointId} to ${dest}: ${err.message}`,
@@ -69,5 +100,4 @@ export async function persistCheckpoint(ctx: NodeContext, input: { checkpointId:
       nonRetryable: err.code === 'ENOSPC',
     });
   }
-  return { bytes: md.files.reduce((s, f) => s + f.size, 0), durationMs: Date.now() - started };
 }

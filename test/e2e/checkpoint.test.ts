@@ -69,7 +69,7 @@ describe('checkpoint, end to end on the real stack', () => {
     expect(s.tier).toBe('s3');
     expect(s.history.find((h) => h.phase === 'DumpingVram')?.outcome).toBe('skipped');
     expect(s.history.find((h) => h.phase === 'DumpingProcess')?.detail).toContain('staged in memory');
-    expect(s.history.some((h) => h.detail.startsWith('copied to disk (tier nvme)'))).toBe(true);
+    expect(s.history.some((h) => h.detail.startsWith('copied to disk:'))).toBe(true);
     // The memory is freed; the node keeps a complete copy on disk.
     expect(fs.existsSync(path.join(a.stagingDir!, 'happy-1'))).toBe(false);
     expect(fs.existsSync(path.join(a.dataDir, 'checkpoints', 'happy-1', 'metadata.json'))).toBe(true);
@@ -198,6 +198,7 @@ describe('checkpoint, end to end on the real stack', () => {
     const { request } = await k.startCheckpoint({ target: 'cut', node: 'e2e-cut', checkpointId: 'cut-1', uploadMaxAttempts: 2 });
     await until('PendingUpload', async () => (await status('cut-1')).phase === 'PendingUpload', 60000, 500);
     expect((await status('cut-1')).tier).toBe('nvme');
+    expect((await status('cut-1')).history.some((h) => h.detail.startsWith('synced to disk (tier nvme)'))).toBe(true);
     await until('listed on tier nvme', async () => (await k.listCheckpoints({ tier: 'nvme', job: 'cut' })).length === 1, 20000);
     expect(await s3Keys('checkpoints/cut-1/metadata.json')).toEqual([]);
     await tox.setEnabled('s3-cut', true); // nobody acts after this

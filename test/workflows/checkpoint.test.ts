@@ -49,7 +49,10 @@ function node(calls: string[], cuda: boolean, overrides: Mock = {}): Mock {
     criuRestore: rec('criuRestore', { pid: 4242 }),
     killProcess: rec('killProcess', { killed: true }),
     deleteCheckpointDir: rec('deleteCheckpointDir', { deleted: true }),
-    persist: rec('persist', { bytes: 1000, durationMs: 7 }),
+    persist: async (i) => {
+      calls.push(i.sync ? 'persist sync' : 'persist');
+      return { bytes: 1000, durationMs: 7 };
+    },
     releaseStaging: rec('releaseStaging', { released: true }),
   };
   return { ...base, ...overrides };
@@ -213,31 +216,31 @@ describe('checkpoint workflow', () => {
   });
 
   describe('dump staged in memory: upload and copy to disk at the same time', () => {
-    test('both run at once; the tier goes memory -> nvme -> s3 and the memory is freed before Durable', async () => {
+    test('both run at once; Durable as soon as S3 has it, while the (unsynced) copy to disk still runs; memory freed after it', async () => {
       const calls: string[] = [];
       const r = req();
-      const tiers: (string | null)[] = [];
-      const s = await run(stagingNode(calls, { upload: slow(calls, 'upload', 3000, uploaded), persist: slow(calls, 'persist', 1000, { bytes: 1000, durationMs: 1000 }) }), r, async () => {
+      const seen: string[] = [];
+      const s = await run(stagingNode(calls, { upload: slow(calls, 'upload', 1000, uploaded), persist: slow(calls, 'persist', 4000, { bytes: 1000, durationMs: 4000 }) }), r, async () => {
         const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
-        for (let i = 0; i < 100; i++) {
+        for (let i = 0; i < 100 && !calls.includes('releaseStaging'); i++) {
           const st = await wf.query<CheckpointStatus>('status');
-          if (st.phase === 'Uploading' && tiers.at(-1) !== st.tier) tiers.push(st.tier);
-          if (st.phase === 'Durable') break;
-          await env.sleep('200ms');
+          const now = `${st.phase}/${st.tier}${calls.includes('persist:end') ? '' : ' (copying)'}`;
+          if (seen.at(-1) !== now) seen.push(now);
+          await new Promise((res) => setTimeout(res, 100));
         }
       });
       expect(s.phase).toBe('Durable');
       expect(s.tier).toBe('s3');
-      // Started together; the copy to disk finished while the upload was still running.
+      expect(seen).toEqual(expect.arrayContaining(['Uploading/memory (copying)', 'Durable/s3 (copying)']));
       const after = calls.slice(calls.indexOf('seal') + 1);
       expect(after.slice(0, 2).sort()).toEqual(['persist:start', 'upload:start']);
-      expect(after.slice(2)).toEqual(['persist:end', 'upload:end', 'releaseStaging']);
-      expect(tiers).toEqual(['memory', 'nvme']);
+      expect(after.slice(2)).toEqual(['upload:end', 'persist:end', 'releaseStaging']);
       expect(s.history.map((h) => `${h.phase}:${h.outcome}`)).toEqual(['Locking:ok', 'DumpingVram:skipped', 'DumpingProcess:ok', 'Sealing:ok', 'Uploading:ok', 'Uploading:ok']);
       expect(s.history[2].detail).toContain('staged in memory');
+      expect(s.history[5].detail).toMatch(/^copied to disk/);
     });
 
-    test('S3 down, copy to disk done: PendingUpload on nvme, memory freed, promoted later', async () => {
+    test('S3 down, copy to disk done: the copy is synced, PendingUpload on nvme, memory freed, promoted later', async () => {
       const calls: string[] = [];
       let s3Up = false;
       const r = req({ uploadMaxAttempts: 2 });
@@ -253,7 +256,7 @@ describe('checkpoint workflow', () => {
         const st = await wf.query<CheckpointStatus>('status');
         expect(st.phase).toBe('PendingUpload');
         expect(st.tier).toBe('nvme');
-        expect(calls).toContain('releaseStaging');
+        expect(calls.filter((c) => c !== 'upload').slice(-3)).toEqual(['persist', 'persist sync', 'releaseStaging']);
         s3Up = true;
       });
       expect(s.phase).toBe('Durable');
@@ -270,7 +273,7 @@ describe('checkpoint workflow', () => {
       }), req());
       expect(s.phase).toBe('Durable');
       expect(s.tier).toBe('s3');
-      expect(calls.filter((c) => c === 'persist')).toHaveLength(1); // a full disk is not retried
+      expect(calls.filter((c) => c.startsWith('persist'))).toEqual(['persist']); // a full disk is not retried
       expect(s.history.some((h) => h.outcome === 'failed' && h.detail.startsWith('copy to disk:') && h.detail.includes('NoSpace'))).toBe(true);
       expect(calls).toContain('releaseStaging');
     });
