@@ -176,6 +176,11 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
 
   // Sealed: on disk, the checkpoint is valid on this node from here on, whatever S3 does. Staged in memory,
   // it becomes so once copied to disk, which runs beside the upload; until then memory is its only copy.
+  const durable = (r: UploadResult): void => {
+    status.upload = r;
+    record('Uploading', 'ok', `${r.partsSent} parts sent, ${r.partsResumed} resumed`);
+    enter('Durable', 's3');
+  };
   enter('Uploading', staged ? 'memory' : 'nvme');
   // Settled at once: while the copy to disk is awaited, a failed upload must not count as unhandled.
   const uploading = uploader.upload.executeWithOptions(summary(`upload ${req.checkpointId} to S3 (artifacts, then metadata.json)`),
@@ -193,10 +198,8 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       });
     const up = await uploading;
     if (up.result) {
-      status.upload = up.result;
-      record('Uploading', 'ok', `${up.result.partsSent} parts sent, ${up.result.partsResumed} resumed`);
       // Durable from here on; the workflow still waits for the cache copy so that it can free the memory.
-      enter('Durable', 's3');
+      durable(up.result);
       await copying;
       await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [{ checkpointId: req.checkpointId }]);
       return status;
@@ -232,9 +235,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   } else {
     const up = await uploading;
     if (up.result) {
-      status.upload = up.result;
-      record('Uploading', 'ok', `${up.result.partsSent} parts sent, ${up.result.partsResumed} resumed`);
-      enter('Durable', 's3');
+      durable(up.result);
       return status;
     }
     record('Uploading', 'failed', up.error);
