@@ -3,7 +3,8 @@ import * as path from 'node:path';
 import { listFiles } from '../activities/node/seal';
 import { BIN } from '../deploy/local/paths';
 import { checkpointWorkflowId } from '../common/queues';
-import { activityTimes, benchStack, dropCaches, durableAt, run, secs, startPattern, table, timed, uploadBaseline } from './harness';
+import { durableAt } from '../common/checkpoint';
+import { activityTimes, benchStack, dropCaches, run, secs, startPattern, table, timed, uploadBaseline } from './harness';
 
 /**
  * Request-to-Durable of the checkpoint workflow against a by-hand baseline of the same steps run one after
@@ -38,7 +39,7 @@ async function main(): Promise<void> {
         return k.checkpointResult(request.checkpointId);
       });
       if (s.phase !== 'Durable') throw new Error(`checkpoint ended ${s.phase}: ${s.failureReason}`);
-      const wfMs = durableAt(s) - t0;
+      const wfMs = (durableAt(s) ?? Date.now()) - t0;
       void w;
       breakdown.push(`${gib} GiB: ${await activityTimes(k, checkpointWorkflowId(`wf-${gib}-ck`))}; ${s.history.find((h) => h.phase === 'DumpingProcess')?.detail}`);
       rows.push([`${gib} GiB`, secs(wfMs), secs(doneMs), secs(baseline), secs(dumpMs), secs(hashMs), secs(upMs), (wfMs / baseline).toFixed(2), (wfMs / Math.max(dumpMs, upMs)).toFixed(2)]);

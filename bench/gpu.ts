@@ -3,9 +3,9 @@ import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cudaApi, cudaStep, cudaUnavailableReason } from '../activities/node/cuda';
 import { BIN, REPO_ROOT } from '../deploy/local/paths';
-import type { CheckpointStatus } from '../common/checkpoint';
 import { listFiles } from '../activities/node/seal';
-import { benchStack, durableAt, GiB, run, secs, table, timed, uploadBaseline } from './harness';
+import { type CheckpointStatus, durableAt } from '../common/checkpoint';
+import { benchStack, GiB, run, secs, table, timed, uploadBaseline } from './harness';
 import type { KybernateClient } from '../clients/api';
 
 const VICTIM = path.join(REPO_ROOT, 'deploy', 'workloads', 'torch_victim.py');
@@ -62,7 +62,7 @@ async function main(): Promise<void> {
       const { request } = await k.startCheckpoint({ target: `wf-${gib}`, node: 'gpu-0', checkpointId: `gpu-${gib}-ck`, vramBytes: Math.ceil(gib * 1.2 * GiB) });
       const ck = await k.checkpointResult(request.checkpointId);
       if (ck.phase !== 'Durable') throw new Error(`checkpoint ended ${ck.phase}: ${ck.failureReason}`);
-      const durableMs = durableAt(ck) - t0;
+      const durableMs = (durableAt(ck) ?? Date.now()) - t0;
       const p = phaseTimes(ck, t0);
       const t1 = Date.now();
       const r = await k.startRestore({ checkpointId: request.checkpointId, node: 'gpu-0' });

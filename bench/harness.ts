@@ -6,7 +6,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Upload } from '@aws-sdk/lib-storage';
 import { makeS3Client } from '../activities/s3-client';
 import { KybernateClient } from '../clients/api';
-import type { CheckpointStatus } from '../common/checkpoint';
 import { REPO_ROOT } from '../deploy/local/paths';
 import { configFromStack, down, type StackState, up } from '../deploy/local/stack';
 import { startAgent, startControlWorker } from '../deploy/local/workers';
@@ -115,15 +114,4 @@ export async function uploadBaseline(state: StackState, dir: string, files: stri
   } finally {
     s3.destroy();
   }
-}
-
-/**
- * When S3 acknowledged the whole checkpoint (the upload's record in the workflow's history): the moment it
- * became Durable. The workflow may finish later: after a staged dump it then waits for the copy to disk and
- * frees the memory.
- */
-export function durableAt(s: CheckpointStatus): number {
-  const rec = s.history.find((h) => h.phase === 'Uploading' && h.outcome === 'ok' && / parts sent, /.test(h.detail));
-  if (!rec) throw new Error(`${s.checkpointId}: no upload in its history (${s.phase})`);
-  return Date.parse(rec.at);
 }

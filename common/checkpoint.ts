@@ -83,3 +83,13 @@ export interface CheckpointStatus {
 
 /** What a workflow returns; identical to the final status. */
 export type CheckpointOutcome = CheckpointStatus;
+
+/**
+ * When S3 acknowledged the whole checkpoint (the upload's record in its history): the moment it became
+ * Durable. The workflow may finish later: after a staged dump it then waits for the copy to disk and frees
+ * the memory. Null when nothing was uploaded by the workflow itself.
+ */
+export function durableAt(s: CheckpointStatus): number | null {
+  const rec = s.history.find((h) => h.phase === 'Uploading' && h.outcome === 'ok' && / parts sent, /.test(h.detail));
+  return rec ? Date.parse(rec.at) : null;
+}
