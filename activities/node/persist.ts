@@ -5,7 +5,7 @@ import { ErrorType } from '../../common/errors';
 import { type Metadata, METADATA_FILE } from '../../common/metadata';
 import { checkpointDir, type NodeContext, stagedDir } from './context';
 import { heartbeat } from './run-tool';
-import { readMetadata, writeFileAtomic } from './seal';
+import { fsyncDir, readMetadata, writeFileAtomic } from './seal';
 
 async function copyFile(from: string, to: string, sync: boolean): Promise<void> {
   fs.mkdirSync(path.dirname(to), { recursive: true });
@@ -36,14 +36,8 @@ async function syncFile(file: string): Promise<void> {
   }
 }
 
-function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
+/** The directories under root that hold the checkpoint's files. */
+const fileDirs = (root: string, md: Metadata): Set<string> => new Set(md.files.map((f) => path.dirname(path.join(root, f.path))));
 
 /**
  * Copies a sealed checkpoint from memory to this node's disk: metadata.json last, then one rename, so the
@@ -62,7 +56,7 @@ export async function persistCheckpoint(ctx: NodeContext, input: { checkpointId:
       const md = readMetadata(dest);
       if (input.sync) {
         for (const f of [...md.files.map((x) => x.path), METADATA_FILE]) await syncFile(path.join(dest, f));
-        for (const d of new Set(md.files.map((f) => path.dirname(path.join(dest, f.path))))) fsyncDir(d);
+        for (const d of fileDirs(dest, md)) fsyncDir(d);
         fsyncDir(dest);
         fsyncDir(path.dirname(dest));
       }
@@ -78,7 +72,7 @@ export async function persistCheckpoint(ctx: NodeContext, input: { checkpointId:
       for (const f of md.files) await copyFile(path.join(staged, f.path), path.join(tmp, f.path), input.sync);
       const mdText = fs.readFileSync(path.join(staged, METADATA_FILE));
       if (input.sync) {
-        for (const d of new Set(md.files.map((f) => path.dirname(path.join(tmp, f.path))))) fsyncDir(d);
+        for (const d of fileDirs(tmp, md)) fsyncDir(d);
         writeFileAtomic(path.join(tmp, METADATA_FILE), mdText);
       } else {
         fs.writeFileSync(path.join(tmp, METADATA_FILE), mdText);

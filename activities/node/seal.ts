@@ -41,11 +41,16 @@ export function writeFileAtomic(file: string, data: string | Buffer): void {
     fs.closeSync(fd);
   }
   fs.renameSync(tmp, file);
-  const dfd = fs.openSync(path.dirname(file), 'r');
+  fsyncDir(path.dirname(file));
+}
+
+/** A rename or a new file is durable only once its directory is synced. */
+export function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
   try {
-    fs.fsyncSync(dfd);
+    fs.fsyncSync(fd);
   } finally {
-    fs.closeSync(dfd);
+    fs.closeSync(fd);
   }
 }
 
