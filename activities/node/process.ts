@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
+import type { ProcessIdentity } from '../../common/journal';
 import { assertSafeId } from '../../common/ids';
 import { type NodeContext, workloadDir } from './context';
 
@@ -36,6 +37,21 @@ export function processAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** pid and start time (/proc/<pid>/stat field 22); null when the process is gone or a zombie. */
+export function processIdentity(pid: number): ProcessIdentity | null {
+  try {
+    const f = procStatFields(pid);
+    return f[0] === 'Z' ? null : { pid, startTime: Number(f[19]) };
+  } catch {
+    return null;
+  }
+}
+
+/** The very process named, not another that took its pid since. */
+export function isSameProcess(id: ProcessIdentity): boolean {
+  return processIdentity(id.pid)?.startTime === id.startTime;
 }
 
 export function requireProcess(pid: number): void {
@@ -103,9 +119,16 @@ async function namespaceInit(unsharePid: number): Promise<number> {
   throw ApplicationFailure.nonRetryable(`unshare pid ${unsharePid} forked no workload`, ErrorType.InvalidInput);
 }
 
-/** SIGKILL; idempotent (a process already gone is success). */
-export async function killProcess(ctx: NodeContext, pid: number, reason: string): Promise<{ killed: boolean }> {
+/**
+ * SIGKILL; idempotent (a process already gone is success). With a start time it kills only that very process:
+ * a kill queued while the agent was away must not hit another process that took the pid since.
+ */
+export async function killProcess(ctx: NodeContext, pid: number, reason: string, startTime?: number): Promise<{ killed: boolean }> {
   if (!processAlive(pid)) return { killed: false };
+  if (startTime !== undefined && !isSameProcess({ pid, startTime })) {
+    ctx.logger.warn({ node: ctx.node, pid, startTime, reason }, 'not killed: the pid now names another process');
+    return { killed: false };
+  }
   process.kill(pid, 'SIGKILL');
   for (let i = 0; i < 100 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 50));
   ctx.logger.warn({ node: ctx.node, pid, reason }, 'workload killed');
