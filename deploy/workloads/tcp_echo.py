@@ -8,11 +8,15 @@ the listening socket, the process's memory and (when restored on the same host w
 already established connection all survived.
 
 Single-threaded with select(), so the process tree is one task with a listening and some established sockets.
+Once a second it prints `alive n=<count>`: the restore's Verifying step wants CPU time or output within a few
+seconds, and a server that only waits in select() for requests shows neither (an idle server would be judged
+stuck and killed).
 """
 import os
 import select
 import socket
 import sys
+import time
 
 port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
@@ -26,8 +30,12 @@ print(f"listening port={server.getsockname()[1]} pid={os.getpid()}", flush=True)
 
 count = 0
 buffers = {}
+last_alive = time.monotonic()
 while True:
-    readable, _, _ = select.select([server, *buffers], [], [])
+    readable, _, _ = select.select([server, *buffers], [], [], 1.0)
+    if time.monotonic() - last_alive >= 1.0:
+        last_alive = time.monotonic()
+        print(f"alive n={count}", flush=True)
     for s in readable:
         if s is server:
             conn, _ = server.accept()
