@@ -1,8 +1,12 @@
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { criuDump, criuRestore, workloadFileIndex } from '../../activities/node/criu';
+import { startWorkload } from '../../activities/node/process';
+import { errorLines } from '../../activities/node/run-tool';
 import { KybernateClient } from '../../clients/api';
-import { REPO_ROOT } from '../../deploy/local/paths';
-import { Agent, alive, client, output, PYTHON, until } from '../support/stack';
+import { BIN, REPO_ROOT } from '../../deploy/local/paths';
+import { Agent, alive, client, localNodeContext, output, PYTHON, stack, until } from '../support/stack';
 
 const TCP_ECHO = path.join(REPO_ROOT, 'deploy', 'workloads', 'tcp_echo.py');
 let k: KybernateClient;
@@ -112,4 +116,42 @@ describe('workloads with network sockets, end to end on the real stack', () => {
     expect(await fresh.ask('new')).toBe('n=6 new');
     expect(output(w.logFile)).toContain('served n=6');
   }, 300000);
+
+  test('restored where a connection\'s local address does not exist: CRIU cannot bind it back, so it is restored closed and the server runs on', async () => {
+    const dataDir = fs.mkdtempSync(path.join(stack().home, 'sockets-foreign-'));
+    const ctx = localNodeContext('sk-foreign', dataDir);
+    // Another host, as far as addresses go: a network namespace whose loopback has 127.0.0.1 only, so the
+    // connection's local address 127.0.0.5 is not there. The real CRIU restores into it.
+    const foreignCriu = path.join(dataDir, 'criu-elsewhere');
+    fs.writeFileSync(foreignCriu, `#!/bin/sh
+exec unshare --net sh -c 'ip link set lo up && ip addr del 127.0.0.1/8 dev lo && ip addr add 127.0.0.1/32 dev lo && exec "$0" "$@"' "${BIN.criu}" "$@"
+`, { mode: 0o755 });
+    const w = await startWorkload(ctx, { jobId: 'foreign', command: [PYTHON, TCP_ECHO, '0', '0.0.0.0'] });
+    pids.push(w.pid);
+    const port = Number(await until('the server listening', () => /^listening port=(\d+)/.exec(output(w.logFile)[0] ?? '')?.[1], 30000));
+    const c = await new Promise<net.Socket>((resolve, reject) => {
+      const sock = net.connect({ host: '127.0.0.5', port }, () => resolve(sock)).once('error', reject);
+    });
+    try {
+      c.write('one\n');
+      await until('the first answer', () => output(w.logFile).includes('served n=1'), 30000);
+      // Left running, so the dump's network lock is lifted again on this host; the original then goes before
+      // the restore, as after a migration.
+      await criuDump(ctx, { checkpointId: 'foreign', pid: w.pid, leaveRunning: true });
+      process.kill(w.pid, 'SIGKILL');
+      await until('the original gone', () => !alive(w.pid), 10000);
+      const dir = path.join(dataDir, 'checkpoints', 'foreign');
+      const r = await criuRestore({ ...ctx, criuBin: foreignCriu }, { dir, files: workloadFileIndex(dir) });
+      pids.push(r.pid);
+      expect(errorLines(path.join(dir, 'criu-restore.log')).join('\n')).toMatch(/Can't bind inet socket back: Cannot assign requested address/);
+      expect(fs.existsSync(path.join(dir, 'criu-restore-tcp-close.log'))).toBe(true);
+      expect(alive(r.pid)).toBe(true);
+      expect(fs.readlinkSync(`/proc/${r.pid}/ns/net`)).not.toBe(fs.readlinkSync('/proc/self/ns/net'));
+      // Its memory came back with it: the count it reports carries on from the request served before the dump.
+      const lines = output(w.logFile).length;
+      await until('the restored server reporting', () => output(w.logFile).slice(lines).includes('alive n=1'), 10000);
+    } finally {
+      c.destroy();
+    }
+  }, 120000);
 });
