@@ -48,7 +48,7 @@ debian_mirror() {
   rm -rf "$empty"
   base=$(printf '%s\n' "$uris" | sed -nE \
     "s#^'(.+)/dists/(buster|bullseye|bookworm|trixie|forky|duke|sid|oldoldstable|oldstable|stable|testing|unstable)/(In)?Release'.*#\1#p" \
-    | head -n1)
+    | awk 'NR == 1')
   [ -n "$base" ] || die "criu: no Debian archive in this machine's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/); add one, or set KYBERNATE_DEBIAN_MIRROR to a Debian archive URI"
   printf '%s\n' "$base"
 }
@@ -134,27 +134,27 @@ criu_socket_check() {
   unshare --pid --fork setsid python3 "$here/../workloads/tcp_echo.py" 0 >>"$work/server.log" 2>&1 &
   ushare=$!
   for i in $(seq 100); do
-    init=$(cat "/proc/$ushare/task/$ushare/children" 2>/dev/null | awk '{print $1}')
+    init=$(awk '{print $1}' "/proc/$ushare/task/$ushare/children" 2>/dev/null || true)
     port=$(sed -nE 's/^listening port=([0-9]+).*/\1/p' "$work/server.log")
     [ -n "$init" ] && [ -n "$port" ] && break
     sleep 0.1
   done
   [ -n "$init" ] && [ -n "$port" ] || socket_check_fail "the test server did not start: $(cat "$work/server.log")"
   exec {fd}<>"/dev/tcp/127.0.0.1/$port" || socket_check_fail "cannot connect to the test server on port $port"
-  printf 'before\n' >&"$fd"; read -r -t 10 reply <&"$fd" || true
+  printf 'before\n' >&"$fd" || true; read -r -t 10 reply <&"$fd" || true
   [ "$reply" = "n=1 before" ] || socket_check_fail "the test server answered '$reply' before the dump"
   # Flags as in activities/node/criu.ts.
-  "$criu" dump -t "$init" -D "$work/images" -o dump.log -v4 --tcp-established --network-lock nftables >/dev/null 2>&1 \
+  "$criu" dump -t "$init" -D "$work/images" -o dump.log -v4 --tcp-established --network-lock nftables --skip-in-flight >/dev/null 2>&1 \
     || socket_check_fail "dump failed"
   init=""
   "$criu" restore -D "$work/images" -o restore.log -v4 -d --tcp-established --pidfile "$work/restored.pid" >/dev/null 2>&1 \
     || socket_check_fail "restore failed"
   restored=$(cat "$work/restored.pid")
-  reply=""; printf 'after\n' >&"$fd"; read -r -t 10 reply <&"$fd" || true
+  reply=""; printf 'after\n' >&"$fd" || true; read -r -t 10 reply <&"$fd" || true
   [ "$reply" = "n=2 after" ] || socket_check_fail "the connection established before the dump answered '$reply' after the restore (--tcp-established)"
   exec {fd}>&-; fd=""
   exec {fd}<>"/dev/tcp/127.0.0.1/$port" || socket_check_fail "the restored listening socket refuses connections on port $port"
-  reply=""; printf 'new\n' >&"$fd"; read -r -t 10 reply <&"$fd" || true
+  reply=""; printf 'new\n' >&"$fd" || true; read -r -t 10 reply <&"$fd" || true
   [ "$reply" = "n=3 new" ] || socket_check_fail "a new connection after the restore got '$reply'"
   socket_check_cleanup
   rm -rf "$work"
