@@ -18,7 +18,7 @@ export const WORKLOAD_FILES = 'workload-files';
  * restored. Our workloads share the host's network namespace, so CRIU locks per connection; its default
  * method runs the iptables binaries, which nodes need not have, while nftables goes through libnftables, a
  * library CRIU already links (the restore reads the method from the images). Connections still in a listen
- * queue (not yet accepted) are dropped rather than failing the dump: their clients see a reset and retry.
+ * queue (not yet accepted) are dropped rather than failing the dump: their clients lose them and reconnect.
  * Unix sockets connected outside the process tree are not dumped (no --ext-unix-sk): their peer cannot be
  * brought back, so the dump fails cleanly and the workload resumes.
  */
@@ -142,7 +142,7 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
   let r = await restore(log, CRIU_RESTORE_SOCKET_FLAGS);
   // A failed restore leaves nothing behind (CRIU kills what it had restored), so trying again is safe.
   if (r.code !== 0 && LOCAL_ADDRESS_GONE.test(errorLines(log).join('\n'))) {
-    ctx.logger.warn({ node: ctx.node, dir: input.dir }, 'an established TCP connection\'s local address is not on this node: restoring its connections closed');
+    ctx.logger.warn({ node: ctx.node, dir: input.dir, log }, 'an established TCP connection\'s local address is not on this node: restoring its connections closed');
     log = path.join(input.dir, 'criu-restore-tcp-close.log');
     r = await restore(log, CRIU_RESTORE_SOCKET_FALLBACK_FLAGS);
   }
