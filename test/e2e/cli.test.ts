@@ -61,6 +61,26 @@ describe('the CLI tells the truth', () => {
     expect(c.status).toBe(1);
   });
 
+  test('a checkpoint that ends Failed prints its failure reason and exits 1; the workload runs on', async () => {
+    // An established TCP connection: CRIU refuses to dump it without --tcp-established, a clean step failure.
+    const script = [
+      'import socket, time',
+      "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)",
+      'c = socket.create_connection(l.getsockname()); s, _ = l.accept()',
+      'n = 0',
+      'while True:',
+      "    n += 1; print(f'tick {n}', flush=True); time.sleep(0.2)",
+    ].join('\n');
+    const w = await k.runWorkload({ node: NODE, jobId: 'cli-tcp', command: [PYTHON, '-c', script] });
+    await until('cli-tcp ticking', () => lastTick(w.logFile) >= 2, 30000);
+    const r = cli(['checkpoint', 'cli-tcp', '--node', NODE, '--id', 'cli-tcp-1', '--leave-running']);
+    expect(r.stdout).toMatch(/^cli-tcp-1: Failed — DumpingProcess: criuDump: CriuDumpFailed: /m);
+    expect(r.status).toBe(1);
+    const before = lastTick(w.logFile);
+    await until('cli-tcp still ticking', () => lastTick(w.logFile) > before + 2, 20000);
+    process.kill(w.pid, 'SIGKILL');
+  });
+
   test('sizes and durations out of bounds exit 2 naming the field, and nothing is started', async () => {
     const v1 = cli(['checkpoint', 'cli-job', '--node', NODE, '--id', 'cli-vram1', '--vram', '1e30']);
     expect(v1.stderr).toMatch(/^error: vram: expected a size .*got '1e30'/m);
