@@ -210,7 +210,7 @@ export class KybernateClient {
     assertBytes('vramBytes', input.vramBytes);
     await this.node(from);
     await this.node(to);
-    const checkpointId = `${jobId}-mig-${Date.now().toString(36)}`;
+    const checkpointId = assertSafeId('checkpointId', `${jobId}-mig-${Date.now().toString(36)}`);
     const workflowId = `migrate/${checkpointId}`;
     await this.client.workflow.start('migrate', {
       workflowId, taskQueue: CONTROL_QUEUE, args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline }],
