@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
 import { KybernateClient } from '../../clients/api';
@@ -62,23 +63,33 @@ describe('the CLI tells the truth', () => {
   });
 
   test('a checkpoint that ends Failed prints its failure reason and exits 1; the workload runs on', async () => {
-    // An established TCP connection: CRIU refuses to dump it without --tcp-established, a clean step failure.
-    const script = [
-      'import socket, time',
-      "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)",
-      'c = socket.create_connection(l.getsockname()); s, _ = l.accept()',
-      'n = 0',
-      'while True:',
-      "    n += 1; print(f'tick {n}', flush=True); time.sleep(0.2)",
-    ].join('\n');
-    const w = await k.runWorkload({ node: NODE, jobId: 'cli-tcp', command: [PYTHON, '-c', script] });
-    await until('cli-tcp ticking', () => lastTick(w.logFile) >= 2, 30000);
-    const r = cli(['checkpoint', 'cli-tcp', '--node', NODE, '--id', 'cli-tcp-1', '--leave-running']);
-    expect(r.stdout).toMatch(/^cli-tcp-1: Failed — DumpingProcess: criuDump: CriuDumpFailed: /m);
-    expect(r.status).toBe(1);
-    const before = lastTick(w.logFile);
-    await until('cli-tcp still ticking', () => lastTick(w.logFile) > before + 2, 20000);
-    process.kill(w.pid, 'SIGKILL');
+    // A Unix socket connected to a peer outside the workload's process tree (this test): CRIU cannot bring that
+    // peer back, refuses to dump it (no --ext-unix-sk), and the step fails cleanly.
+    const sockPath = path.join(stack().home, 'cli-peer.sock');
+    const peers: net.Socket[] = [];
+    const server = net.createServer((c) => void peers.push(c));
+    await new Promise<void>((resolve) => server.listen(sockPath, resolve));
+    try {
+      const script = [
+        'import socket, sys, time',
+        's = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])',
+        'n = 0',
+        'while True:',
+        "    n += 1; print(f'tick {n}', flush=True); time.sleep(0.2)",
+      ].join('\n');
+      const w = await k.runWorkload({ node: NODE, jobId: 'cli-unix', command: [PYTHON, '-c', script, sockPath] });
+      await until('cli-unix ticking', () => lastTick(w.logFile) >= 2, 30000);
+      expect(peers.length).toBe(1);
+      const r = cli(['checkpoint', 'cli-unix', '--node', NODE, '--id', 'cli-unix-1', '--leave-running']);
+      expect(r.stdout).toMatch(/^cli-unix-1: Failed — DumpingProcess: criuDump: CriuDumpFailed: /m);
+      expect(r.status).toBe(1);
+      const before = lastTick(w.logFile);
+      await until('cli-unix still ticking', () => lastTick(w.logFile) > before + 2, 20000);
+      process.kill(w.pid, 'SIGKILL');
+    } finally {
+      for (const c of peers) c.destroy();
+      server.close();
+    }
   });
 
   test('sizes and durations out of bounds exit 2 naming the field, and nothing is started', async () => {
