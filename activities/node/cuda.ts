@@ -83,8 +83,8 @@ function check(a: CudaApi, rc: number, what: string, pid: number): void {
 export type CudaOp = 'lock' | 'checkpoint' | 'restore' | 'unlock';
 const STATE_NAMES = ['running', 'locked', 'checkpointed', 'failed'];
 
-/** The state each step leaves a process in: a process already there (a retried step, a half-done tree) is left alone. */
-const TARGET_STATE: Record<CudaOp, string> = { lock: 'locked', checkpoint: 'checkpointed', restore: 'locked', unlock: 'running' };
+/** Driver states in which a step has already happened to a process: it is left alone (a retried step, a half-done tree). */
+const DONE_IN: Record<CudaOp, string[]> = { lock: ['locked', 'checkpointed'], checkpoint: ['checkpointed'], restore: ['locked'], unlock: ['running'] };
 
 /**
  * One step of lock -> checkpoint -> (criu) -> restore -> unlock, applied to every process of the tree rooted at
@@ -110,7 +110,7 @@ export function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepRe
   const done: string[] = [];
   for (const p of pids) {
     const before = cudaState(p);
-    if (before === TARGET_STATE[op]) {
+    if (DONE_IN[op].includes(before)) {
       done.push(`pid ${p}: already ${before}`);
       continue;
     }
