@@ -160,3 +160,24 @@ export function resolveExecutable(command: string, cwd: string, pathVar: string,
   }
   throw startFailure(`cannot run '${command}': ${tried.length ? tried.join('; ') : `not found in PATH (${pathVar})`}`);
 }
+
+const CAP_SYS_RESOURCE = 24;
+
+/** Whether this process has a capability in its effective set (/proc/self/status CapEff). */
+export function hasCapability(bit: number): boolean {
+  try {
+    const hex = /^CapEff:\s*([0-9a-f]+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1];
+    return hex !== undefined && ((BigInt(`0x${hex}`) >> BigInt(bit)) & 1n) === 1n;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Why a workload run as another user cannot be checkpointed on this node, or null when it can: CRIU reads the
+ * process's rlimits with prlimit(), which the kernel allows on another user's process only with
+ * CAP_SYS_RESOURCE (some containers drop it even for root).
+ */
+export function otherUserCheckpointBlocker(): string | null {
+  return hasCapability(CAP_SYS_RESOURCE) ? null : 'the agent lacks CAP_SYS_RESOURCE, which CRIU needs to read the rlimits of another user\'s process';
+}

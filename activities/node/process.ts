@@ -5,7 +5,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { ProcessIdentity } from '../../common/journal';
 import { type NodeContext, safeId, workloadDir } from './context';
-import { checkCwd, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
+import { checkCwd, otherUserCheckpointBlocker, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
 import { readPidFile, writePidFile } from './pid-file';
 import { heartbeat } from './run-tool';
 
@@ -215,6 +215,8 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
     if (!id) throw failed('exited right after it started', pid);
     writePidFile(path.join(dir, 'pid'), id);
     ctx.logger.info({ job: jobId, node: ctx.node, pid, cwd: workDir, uid: runAs?.uid, exe }, 'workload started');
+    const blocker = runAs ? otherUserCheckpointBlocker() : null;
+    if (blocker) ctx.logger.warn({ job: jobId, node: ctx.node, pid, uid: runAs?.uid }, `this workload cannot be checkpointed on this node: ${blocker}`);
     return { jobId, pid, logFile, startTime: id.startTime };
   } finally {
     starting.delete(jobId);
