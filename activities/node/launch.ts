@@ -13,12 +13,13 @@ import { ErrorType } from '../../common/errors';
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /**
- * The only variables a workload inherits from the agent: how to find programs, where its home is, its locale
- * and time zone, and which GPUs the node gives it. Nothing else: the agent's environment holds the S3 secret
- * key and Temporal's address, and a workload's environment is written into every CRIU image of it, which goes
- * to S3. TERM is not passed: a workload runs detached with its output in a file, not on a terminal.
+ * The only variables a workload inherits from the agent: how to find programs and libraries (the CUDA driver
+ * may live outside the default library path), its locale and time zone, and which GPUs the node gives it.
+ * Nothing else: the agent's environment holds the S3 secret key and Temporal's address, and a workload's
+ * environment is written into every CRIU image of it, which goes to S3. TERM is not passed: a workload runs
+ * detached with its output in a file, not on a terminal. HOME is set apart (workloadEnv).
  */
-export const INHERITED_ENV = ['PATH', 'LANG', 'LC_ALL', 'TZ', 'CUDA_VISIBLE_DEVICES'] as const;
+export const INHERITED_ENV = ['PATH', 'LD_LIBRARY_PATH', 'LANG', 'LC_ALL', 'TZ', 'CUDA_VISIBLE_DEVICES'] as const;
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 

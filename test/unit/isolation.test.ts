@@ -78,14 +78,14 @@ describe('ids are validated where they become paths and S3 keys', () => {
 
 describe('the workload environment', () => {
   const parent = {
-    PATH: '/opt/bin:/usr/bin', HOME: '/root', LANG: 'C.UTF-8', TERM: 'xterm', TZ: 'UTC',
+    PATH: '/opt/bin:/usr/bin', HOME: '/root', LANG: 'C.UTF-8', TERM: 'xterm', TZ: 'UTC', LD_LIBRARY_PATH: '/usr/local/nvidia/lib64',
     KYBERNATE_S3_SECRET_ACCESS_KEY: 'secret-value', KYBERNATE_S3_ACCESS_KEY_ID: 'key-id', AWS_SECRET_ACCESS_KEY: 'aws-secret',
     AWS_PROFILE: 'prod', KYBERNATE_TEMPORAL_ADDRESS: 'temporal:7233', KYBERNATE_HOME: '/x', SSH_AUTH_SOCK: '/tmp/agent',
   };
 
   test('holds only the documented minimum, the job\'s variables and KYBERNATE_JOB_ID', () => {
     const env = workloadEnv({ jobId: 'j1', jobEnv: { MY_VAR: 'v', AWS_REGION: 'given-by-the-job' }, parent, home: '/home/u' });
-    expect(env).toEqual({ PATH: '/opt/bin:/usr/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/home/u', MY_VAR: 'v', AWS_REGION: 'given-by-the-job', KYBERNATE_JOB_ID: 'j1' });
+    expect(env).toEqual({ PATH: '/opt/bin:/usr/bin', LD_LIBRARY_PATH: '/usr/local/nvidia/lib64', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/home/u', MY_VAR: 'v', AWS_REGION: 'given-by-the-job', KYBERNATE_JOB_ID: 'j1' });
     expect(Object.values(env)).not.toContain('secret-value');
     expect(Object.values(env)).not.toContain('aws-secret');
   });
