@@ -95,6 +95,19 @@ export class KybernateClient {
     });
   }
 
+  /** Stops a job on a node: SIGTERM, then SIGKILL after graceMs (default 30 s). */
+  async stopWorkload(input: { node: string; jobId: string; graceMs?: number; reason?: string }): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
+    const node = assertSafeId('node', input.node);
+    const jobId = assertSafeId('job', input.jobId);
+    if (input.graceMs !== undefined && (!Number.isInteger(input.graceMs) || input.graceMs < 0 || input.graceMs > 3600000)) {
+      throw new InvalidInputError('graceMs', `must be a whole number of milliseconds from 0 to 3600000 (got ${input.graceMs})`);
+    }
+    await this.node(node);
+    return this.client.workflow.execute('stopWorkload', {
+      workflowId: `stop/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, jobId, graceMs: input.graceMs, reason: input.reason }],
+    });
+  }
+
   async checkpointResult(checkpointId: string): Promise<CheckpointStatus> {
     return this.client.workflow.getHandle(checkpointWorkflowId(assertSafeId('checkpoint', checkpointId))).result() as Promise<CheckpointStatus>;
   }

@@ -3,14 +3,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ListObjectsV2Command, GetObjectCommand } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/common';
-import { createNodeActivities } from '../../activities/node';
 import { otherUserCheckpointBlocker } from '../../activities/node/launch';
 import { processTree } from '../../activities/node/process';
 import { makeS3Client } from '../../activities/s3-client';
 import type { KybernateClient } from '../../clients/api';
 import { REPO_ROOT } from '../../deploy/local/paths';
 import { configFromStack } from '../../deploy/local/stack';
-import { Agent, alive, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
+import { Agent, alive, client, lastTick, output, PATTERN, PYTHON, stack, until } from '../support/stack';
 
 const NODE = 'iso-a';
 const CLI = path.join(REPO_ROOT, 'dist', 'clients', 'cli.js');
@@ -197,26 +196,24 @@ describe('workload isolation, end to end on the real stack', () => {
       "print('ready', flush=True)",
       'while True: time.sleep(0.1)',
     ].join('\n')];
-    const node = createNodeActivities(localNodeContext(NODE, agent.dataDir));
-
     const polite = await k.runWorkload({ node: NODE, jobId: 'polite', command: script('on_term') });
     const stubborn = await k.runWorkload({ node: NODE, jobId: 'stubborn', command: script('signal.SIG_IGN') });
     try {
       for (const w of [polite, stubborn]) await until(`${w.jobId} ready`, () => output(w.logFile).includes('ready'), 30000);
 
-      const p = await node.stopWorkload({ jobId: 'polite', graceMs: 20000 });
+      const p = await k.stopWorkload({ node: NODE, jobId: 'polite', graceMs: 20000 });
       expect(p).toMatchObject({ stopped: true, signal: 'SIGTERM' });
       expect(p.afterMs).toBeLessThan(20000);
       expect(output(polite.logFile)).toContain('got-term');
       expect(jobProcesses('polite')).toEqual([]);
 
-      const s = await node.stopWorkload({ jobId: 'stubborn', graceMs: 3000 });
+      const s = await k.stopWorkload({ node: NODE, jobId: 'stubborn', graceMs: 3000 });
       expect(s).toMatchObject({ stopped: true, signal: 'SIGKILL' });
       expect(s.afterMs).toBeGreaterThanOrEqual(3000);
       expect(jobProcesses('stubborn')).toEqual([]);
 
       // Idempotent: stopping a stopped job does nothing.
-      expect(await node.stopWorkload({ jobId: 'polite', graceMs: 1000 })).toEqual({ stopped: false, signal: null, afterMs: 0 });
+      expect(await k.stopWorkload({ node: NODE, jobId: 'polite', graceMs: 1000 })).toEqual({ stopped: false, signal: null, afterMs: 0 });
     } finally {
       for (const w of [polite, stubborn]) killTree(w.pid);
     }
