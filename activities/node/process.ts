@@ -151,8 +151,8 @@ const starting = new Set<string>();
  * pids. The namespace's pid 1 is a small init (tini) that forwards signals to the workload and reaps
  * zombies: the kernel drops signals without a handler sent to a namespace's init, so a workload that was
  * itself pid 1 could not be stopped with SIGTERM. Privileges are dropped (--user) after the namespace exists,
- * since creating it needs root, and in the init's child, so nothing the job runs keeps root. Everything that can be checked is checked before the spawn; after it, the
- * workload must still be up a moment later.
+ * since creating it needs root, and in the init's child, so nothing the job runs keeps root. Everything that
+ * can be checked is checked before the spawn; after it, the workload must still be up a moment later.
  */
 export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promise<WorkloadInfo> {
   const jobId = safeId('jobId', spec.jobId);
@@ -199,7 +199,13 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
     child.on('error', (e) => (exited = `could not be spawned: ${e.message}`));
     const failed = (why: string, pid?: number): ApplicationFailure => {
       // Nothing is left running after a failed start.
-      for (const p of [pid, child.pid]) if (p !== undefined && processAlive(p)) process.kill(p, 'SIGKILL');
+      for (const p of [pid, child.pid]) {
+        try {
+          if (p !== undefined && processAlive(p)) process.kill(p, 'SIGKILL');
+        } catch {
+          /* gone meanwhile */
+        }
+      }
       const out = readFrom(logFile, logStart).trim();
       return ApplicationFailure.nonRetryable(`${spec.command[0]} (${exe}) ${why}${out ? `; its output:\n${out}` : ''}`, ErrorType.StartFailure);
     };
