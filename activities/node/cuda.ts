@@ -126,6 +126,16 @@ export function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepRe
   return { outcome: 'done', detail: done.join('; ') };
 }
 
+/**
+ * The CUDA state of a workload, whose CUDA processes are children of its init: the one state all of them are
+ * in ('none' when no process of the tree holds CUDA), else each pid with its own ('12:locked,13:running').
+ */
+export function cudaTreeState(root: number): string {
+  const states = processTree(root).filter(holdsCuda).map((p) => ({ p, s: cudaState(p) }));
+  if (states.length === 0) return 'none';
+  return states.every((x) => x.s === states[0].s) ? states[0].s : states.map((x) => `${x.p}:${x.s}`).join(',');
+}
+
 export function cudaState(pid: number): string {
   const a = cudaApi();
   if (!a || !holdsCuda(pid)) return 'none';

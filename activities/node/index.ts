@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { checkpointLocation, type NodeContext, workloadDir } from './context';
 import { criuDump, criuRestore, workloadFileIndex } from './criu';
-import { cudaState, cudaStep } from './cuda';
+import { cudaStep, cudaTreeState } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
 import {
@@ -36,7 +36,7 @@ export function createNodeActivities(ctx: NodeContext) {
       return { pid };
     },
     async inspectProcess(input: { pid: number }): Promise<{ alive: boolean; cuda: string }> {
-      return { alive: processAlive(input.pid), cuda: cudaState(input.pid) };
+      return { alive: processAlive(input.pid), cuda: cudaTreeState(input.pid) };
     },
     async cudaLock(input: { pid: number }): Promise<CudaStepResult> {
       requireProcess(input.pid);
