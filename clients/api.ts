@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import { Client, Connection, QueryNotRegisteredError, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import type { CheckpointRequest, CheckpointStatus, Tier } from '../common/checkpoint';
 import type { KybernateConfig } from '../common/config';
@@ -6,7 +7,7 @@ import { assertPid, assertSafeId, InvalidInputError } from '../common/ids';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeWorkflowId, restoreWorkflowId } from '../common/queues';
 import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
-import type { WorkloadInfo } from '../activities/node/process';
+import type { WorkloadInfo, WorkloadSpec } from '../activities/node/process';
 import type { NodeRecord } from '../workflows/node';
 import { parseDuration } from './durations';
 import { UnavailableError } from './errors';
@@ -101,13 +102,37 @@ export class KybernateClient {
     return { workflowId, request };
   }
 
-  async runWorkload(input: { node: string; jobId: string; command: string[] }): Promise<WorkloadInfo> {
+  /**
+   * Starts a workload on a node. cwd (absolute) is where it runs and what a relative command resolves against,
+   * as in a shell; user runs it as that numeric uid (and gid) instead of the agent's user.
+   */
+  async runWorkload(input: {
+    node: string; jobId: string; command: string[]; cwd?: string; user?: { uid: number; gid?: number }; env?: Record<string, string>;
+  }): Promise<WorkloadInfo> {
     const node = assertSafeId('node', input.node);
     const jobId = assertSafeId('job', input.jobId);
     if (input.command.length === 0) throw new InvalidInputError('command', 'is required');
+    if (input.cwd !== undefined && !path.isAbsolute(input.cwd)) throw new InvalidInputError('cwd', `must be an absolute path (got '${input.cwd}')`);
     await this.node(node);
+    const spec: WorkloadSpec = { jobId, command: input.command };
+    if (input.cwd !== undefined) spec.cwd = input.cwd;
+    if (input.user !== undefined) spec.user = input.user;
+    if (input.env !== undefined) spec.env = input.env;
     return this.client.workflow.execute('runWorkload', {
-      workflowId: `workload/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, spec: { jobId, command: input.command } }],
+      workflowId: `workload/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, spec }],
+    });
+  }
+
+  /** Stops a job on a node: SIGTERM, then SIGKILL after graceMs (default 30 s). */
+  async stopWorkload(input: { node: string; jobId: string; graceMs?: number; reason?: string }): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
+    const node = assertSafeId('node', input.node);
+    const jobId = assertSafeId('job', input.jobId);
+    if (input.graceMs !== undefined && (!Number.isInteger(input.graceMs) || input.graceMs < 0 || input.graceMs > 3600000)) {
+      throw new InvalidInputError('graceMs', `must be a whole number of milliseconds from 0 to 3600000 (got ${input.graceMs})`);
+    }
+    await this.node(node);
+    return this.client.workflow.execute('stopWorkload', {
+      workflowId: `stop/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, jobId, graceMs: input.graceMs, reason: input.reason }],
     });
   }
 

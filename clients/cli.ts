@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import * as path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
-import { assertPid, assertSafeId, printable, printableJson } from '../common/ids';
+import { assertPid, assertSafeId, InvalidInputError, printable, printableJson } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
 import { down, status, up } from '../deploy/local/stack';
 import { startAgent, startControlWorker } from '../deploy/local/workers';
@@ -113,17 +113,32 @@ program
 
 program
   .command('run <job>')
-  .description('start a workload on a node through its agent (detached: it outlives the agent)')
+  .description('start a workload on a node through its agent (detached: it outlives the agent); it runs in this directory')
   .requiredOption('--node <name>', 'node to run on')
+  .option('--user <uid[:gid]>', 'run as this numeric user (and group; default: the user\'s primary group on the node)')
   .argument('<command...>', 'command and arguments (after --)')
-  .action(async (job: string, command: string[], o: { node: string }) => {
+  .action(async (job: string, command: string[], o: { node: string; user?: string }) => {
     assertSafeId('job', job);
     assertSafeId('node', o.node);
+    const user = o.user === undefined ? undefined : parseUser(o.user);
     await withClient(async (k) => {
-      const info = await k.runWorkload({ node: o.node, jobId: job, command });
+      const info = await k.runWorkload({ node: o.node, jobId: job, command, cwd: process.cwd(), user });
       console.log(printable(`job ${info.jobId} running on ${o.node} as pid ${info.pid}; output ${info.logFile}`));
     });
   });
+
+/** --user 65534 or 65534:65534: numeric only, so that it means the same on every node. */
+function parseUser(text: string): { uid: number; gid?: number } {
+  const m = /^([0-9]{1,10})(?::([0-9]{1,10}))?$/.exec(text);
+  if (!m) throw new InvalidInputError('user', `must be a numeric uid or uid:gid (got '${text}')`);
+  const uid = Number(m[1]);
+  const gid = m[2] === undefined ? undefined : Number(m[2]);
+  for (const [f, v] of [['user', uid], ['user', gid]] as const) {
+    if (v !== undefined && v > 4294967294) throw new InvalidInputError(f, `id ${v} is out of range`);
+  }
+  if (uid === 0) throw new InvalidInputError('user', "must not be 0: leave --user out to run as the agent's user");
+  return gid === undefined ? { uid } : { uid, gid };
+}
 
 program
   .command('checkpoints')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds or downloads every binary the local stack needs into a cache keyed by version.
 # Idempotent: a component whose versioned directory already holds a working binary is skipped.
-# Usage: provision.sh [temporal|minio|toxiproxy|criu ...]   (no argument: all)
+# Usage: provision.sh [temporal|minio|toxiproxy|criu|tini|test-server ...]   (no argument: all)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -162,6 +162,27 @@ criu_socket_check() {
   log "criu socket round trip: a listening and an established TCP socket dumped, restored and answering (kernel $kernel)"
 }
 
+# tini runs as pid 1 of each workload's PID namespace: it forwards SIGTERM to the workload (the kernel drops
+# signals without a handler sent to a namespace's init) and reaps zombies. The static build, so that a restore
+# on another host needs no matching libc.
+tini_install() {
+  local dir="$CACHE/tini-$TINI_DEB_VERSION"
+  if [ -x "$dir/tini" ] && "$dir/tini" --version >/dev/null 2>&1; then log "tini $TINI_DEB_VERSION: cached at $dir/tini"; return; fi
+  need apt-get "apt fetches tini's package from this machine's apt sources"
+  need dpkg-deb "dpkg-deb unpacks tini's package"
+  local tmp="$dir.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp/deb" "$tmp/root"
+  log "tini $TINI_DEB_VERSION: downloading from this machine's apt sources"
+  (cd "$tmp/deb" && apt-get -q -o APT::Sandbox::User=root download "tini=$TINI_DEB_VERSION" >/dev/null 2>&1) \
+    || { rm -rf "$tmp"; die "tini: apt-get download tini=$TINI_DEB_VERSION failed (run apt-get update, or pin the version apt-cache policy tini offers in versions.env)"; }
+  dpkg-deb -x "$tmp"/deb/tini_*.deb "$tmp/root"
+  cp "$tmp/root/usr/bin/tini-static" "$tmp/tini"
+  rm -rf "$tmp/deb" "$tmp/root"
+  "$tmp/tini" --version >/dev/null 2>&1 || { rm -rf "$tmp"; die "tini: unpacked binary does not start"; }
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  log "tini $TINI_DEB_VERSION: installed at $dir/tini"
+}
+
 test_server_install() {
   local dir="$CACHE/temporal-test-server-$TEST_SERVER_VERSION"
   if [ -x "$dir/temporal-test-server" ] && [ -n "$(ls "$dir"/lib/*.jar 2>/dev/null)" ]; then
@@ -186,14 +207,15 @@ WRAP
   log "temporal-test-server $TEST_SERVER_VERSION: installed at $dir"
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(temporal minio toxiproxy criu test-server)
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(temporal minio toxiproxy criu tini test-server)
 for c in "${want[@]}"; do
   case "$c" in
     temporal)  go_tool temporal github.com/temporalio/cli/cmd/temporal "$TEMPORAL_CLI_VERSION" temporal ;;
     minio)     go_tool minio github.com/minio/minio "$MINIO_VERSION" minio ;;
     toxiproxy) go_tool toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server "$TOXIPROXY_VERSION" server ;;
     criu)      criu_install ;;
+    tini)      tini_install ;;
     test-server) test_server_install ;;
-    *) die "unknown component '$c' (known: temporal minio toxiproxy criu test-server)" ;;
+    *) die "unknown component '$c' (known: temporal minio toxiproxy criu tini test-server)" ;;
   esac
 done

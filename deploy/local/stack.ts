@@ -6,6 +6,7 @@ import { Connection } from '@temporalio/client';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import type { KybernateConfig } from '../../common/config';
+import { readPidFile } from '../../activities/node/pid-file';
 import { BIN, defaultStackHome, REPO_ROOT, stagingRootFor } from './paths';
 
 export type Component = 'temporal' | 'minio' | 'toxiproxy';
@@ -290,9 +291,8 @@ export function killWorkloads(home: string, log: (msg: string) => void = () => u
     const wl = path.join(nodes, node, 'workloads');
     if (!fs.existsSync(wl)) continue;
     for (const job of fs.readdirSync(wl)) {
-      const pidFile = path.join(wl, job, 'pid');
-      if (!fs.existsSync(pidFile)) continue;
-      const pid = Number(fs.readFileSync(pidFile, 'utf8'));
+      const pid = readPidFile(path.join(wl, job, 'pid'))?.pid;
+      if (pid === undefined) continue;
       try {
         // Only a process that is still this job's (pids get reused).
         if (fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${job}`)) {

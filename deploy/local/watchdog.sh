@@ -11,7 +11,9 @@ pids="$*"
 workloads=""
 for f in "$home"/nodes/*/workloads/*/pid; do
   [ -f "$f" ] || continue
-  pid=$(cat "$f"); job=$(basename "$(dirname "$f")")
+  # A plain number, or JSON {"pid":N,"startTime":T}: the first number is the pid either way.
+  pid=$(grep -o '[0-9]\+' "$f" | head -n1); job=$(basename "$(dirname "$f")")
+  [ -n "$pid" ] || continue
   # Only a process that is still this job's (pids get reused).
   tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "KYBERNATE_JOB_ID=$job" && workloads="$workloads $pid"
 done
