@@ -68,7 +68,9 @@ export class KybernateClient {
     const workflowId = checkpointWorkflowId(checkpointId);
     // Ids are never reused: S3 remembers checkpoints whose workflow history has expired, and the workflow id
     // is refused while Temporal still has one, open or closed.
-    if (await readS3Checkpoint(this.config.s3, checkpointId)) {
+    // Best effort: S3 out of reach must not stop a checkpoint (it then goes to tier nvme); the upload itself
+    // refuses to overwrite another checkpoint's metadata.json, and the node one it holds.
+    if (await readS3Checkpoint(this.config.s3, checkpointId).catch(() => null)) {
       throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists in S3; checkpoint ids are never reused`);
     }
     await this.client.workflow.start('checkpoint', {

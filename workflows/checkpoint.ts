@@ -20,7 +20,7 @@ import { agentLost, agentUnreachable, describeFailure, failureType } from './fai
 export const statusQuery = defineQuery<CheckpointStatus>('status');
 /** Sent by the node's promotion loop once a checkpoint left on tier nvme reaches S3. */
 export const promotedSignal = defineSignal<[UploadResult]>('promoted');
-/** Sent by the promotion loop when the nvme copy can never be uploaded: it no longer matches its seal. */
+/** Sent by the promotion loop when the nvme copy can never be uploaded: it no longer matches its seal, or S3 holds another checkpoint under its id. */
 export const unpromotableSignal = defineSignal<[{ reason: string; type: string | null }]>('unpromotable');
 
 /** Upload failures that mean the local copy itself is bad: no retry, no tier nvme, no re-seal. */
@@ -65,7 +65,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   const uploader = proxyActivities<NodeActivities>({
     taskQueue: queue, startToCloseTimeout: '2h', heartbeatTimeout: '15s',
     retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: req.uploadMaxAttempts ?? DEFAULT_UPLOAD_ATTEMPTS,
-      nonRetryableErrorTypes: ['MetadataInvalid', 'CheckpointNotFound', ErrorType.ChecksumMismatch, ErrorType.S3Rejected] },
+      nonRetryableErrorTypes: ['MetadataInvalid', 'CheckpointNotFound', ErrorType.ChecksumMismatch, ErrorType.S3Rejected, ErrorType.CheckpointExists] },
   });
 
   // The copy to disk: a disk that is full will not empty itself by retrying.
@@ -231,6 +231,28 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     if (processStopped && req.reason === 'preemption') await requeue(req, status.failureReason, record);
     return status;
   };
+  /**
+   * S3 holds another checkpoint under this id (its history gone, so the id passed the client's checks):
+   * nothing was overwritten. Our images are good but cannot be this id in S3: a workload the dump stopped
+   * is restored in place from them, as after any clean failure, and they are kept if that fails.
+   */
+  const taken = async (error: string): Promise<CheckpointStatus> => {
+    status.failureReason = `Uploading: ${error}`;
+    record('Uploading', 'failed', status.failureReason);
+    let keep = false;
+    if (processStopped) {
+      const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place`), [{ checkpointId: req.checkpointId }])
+        .catch((err: unknown) => ({ error: describeFailure(err) }));
+      keep = !('pid' in r);
+      record('Uploading', keep ? 'failed' : 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}; images kept`);
+    }
+    if (!keep) {
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete ${req.checkpointId} (id taken in S3)`), [{ checkpointId: req.checkpointId }]);
+      record('Uploading', 'compensated', 'local copy deleted');
+    }
+    enter('Failed');
+    return status;
+  };
   if (staged) {
     // The disk copy is a cache while S3 takes the checkpoint, so it is not synced (syncing competes with the
     // upload for the disk); it is synced only if it has to stand in for S3.
@@ -246,6 +268,10 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     if (up.type && CORRUPT.has(up.type)) {
       await copying; // a copy of the same bad bytes: it goes with the rest
       return corrupt(up.error!);
+    }
+    if (up.type === ErrorType.CheckpointExists) {
+      await copying;
+      return taken(up.error!);
     }
     if (up.result) {
       // Durable from here on; the workflow still waits for the cache copy so that it can free the memory.
@@ -289,6 +315,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       return status;
     }
     if (up.type && CORRUPT.has(up.type)) return corrupt(up.error!);
+    if (up.type === ErrorType.CheckpointExists) return taken(up.error!);
     record('Uploading', 'failed', up.error);
   }
   // S3 is out of reach, or refuses this key (S3Rejected: recorded above, fixed by an operator): durable on
@@ -301,6 +328,11 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     const u: { reason: string; type: string | null } = unpromotable;
     status.failureReason = `PendingUpload: ${u.reason}`;
     record('PendingUpload', 'failed', status.failureReason);
+    if (u.type === ErrorType.CheckpointExists) {
+      // Another checkpoint holds this id in S3: ours stays on this node's disk, intact, for an operator.
+      enter('Failed');
+      return status;
+    }
     if (processStopped) {
       status.workloadLost = `pid ${pid} was stopped by the dump and the node's copy, its only one, no longer matches its seal`;
       record('PendingUpload', 'failed', `workload lost: ${status.workloadLost}`);

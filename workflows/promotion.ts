@@ -49,7 +49,7 @@ export async function promotion(input: { node: string; pending?: string[]; defer
   const node = proxyActivities<NodeActivities>({
     taskQueue: nodeQueue(input.node), startToCloseTimeout: '2h', heartbeatTimeout: '15s',
     retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '1m',
-      nonRetryableErrorTypes: ['MetadataInvalid', 'CheckpointNotFound', ErrorType.S3Rejected, ErrorType.ChecksumMismatch] },
+      nonRetryableErrorTypes: ['MetadataInvalid', 'CheckpointNotFound', ErrorType.S3Rejected, ErrorType.ChecksumMismatch, ErrorType.CheckpointExists] },
   });
   for (;;) {
     // Refused checkpoints whose time has come go to the back of the queue.
@@ -84,7 +84,7 @@ export async function promotion(input: { node: string; pending?: string[]; defer
           // Not a refusal: it will not get better by waiting, so it leaves the loop.
           const i = deferred.findIndex((d) => d.checkpointId === checkpointId);
           if (i >= 0) deferred.splice(i, 1);
-          if (type === ErrorType.ChecksumMismatch || type === ErrorType.MetadataInvalid) {
+          if (type === ErrorType.ChecksumMismatch || type === ErrorType.MetadataInvalid || type === ErrorType.CheckpointExists) {
             await getExternalWorkflowHandle(checkpointWorkflowId(checkpointId)).signal(unpromotableSignal, { reason: describeFailure(err), type }).catch(() => undefined);
           }
         }

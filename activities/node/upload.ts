@@ -6,6 +6,7 @@ import {
   CompleteMultipartUploadCommand,
   type CompletedPart,
   CreateMultipartUploadCommand,
+  GetObjectCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListPartsCommand,
@@ -184,6 +185,24 @@ async function uploadLarge(
 }
 
 /**
+ * Ids are never reused: a metadata.json already in S3 under this id that is not ours belongs to an earlier
+ * checkpoint, whose objects must not be overwritten. Ours (same bytes) is a retry after the last PUT.
+ */
+async function refuseOtherCheckpoint(s3: S3Client, bucket: string, key: string, mdSha: string, checkpointId: string): Promise<void> {
+  let theirs: Buffer;
+  try {
+    const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+    theirs = Buffer.from(await r.Body!.transformToByteArray());
+  } catch (e) {
+    if ((e as Error).name === 'NoSuchKey' || (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return;
+    throw e;
+  }
+  if (sha256Hex(theirs) !== mdSha) {
+    throw ApplicationFailure.nonRetryable(`checkpoint '${checkpointId}' exists in S3 (another metadata.json); checkpoint ids are never reused: nothing uploaded`, ErrorType.CheckpointExists);
+  }
+}
+
+/**
  * Uploads a sealed checkpoint: artifacts first, metadata.json last, so an object store holding metadata.json
  * always holds every file it names. Every byte sent is tied to its sealed SHA-256: small files carry it as
  * their S3 checksum (S3 refuses a body that differs), large files are hashed whole as they stream and their
@@ -212,6 +231,7 @@ export async function uploadCheckpoint(ctx: NodeContext, input: { checkpointId: 
   const concurrency = input.concurrency ?? 8;
   const log = { node: ctx.node, checkpoint: input.checkpointId, job: md.jobId };
   try {
+    await refuseOtherCheckpoint(s3, bucket, prefix + METADATA_FILE, mdSha, input.checkpointId);
     const small = md.files.filter((f) => f.size <= partSizeFor(f.size));
     const large = md.files.filter((f) => f.size > partSizeFor(f.size));
     const pending = small.filter((f) => !progress.done.includes(f.path));

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
-import { WorkflowFailedError } from '@temporalio/client';
+import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
 import { makeS3Client } from '../../activities/s3-client';
 import { KybernateClient } from '../../clients/api';
 import type { CheckpointStatus } from '../../common/checkpoint';
@@ -77,12 +77,13 @@ async function deleteHistory(workflowId: string): Promise<void> {
   await k.client.workflowService.deleteWorkflowExecution({ namespace: k.config.namespace, workflowExecution: { workflowId } });
   await until(`history of ${workflowId} gone`, async () => {
     try {
-      await k.client.workflow.getHandle(workflowId).describe();
-      return false;
+      const d = await k.client.workflow.getHandle(workflowId).describe();
+      throw new Error(`still there: ${d.status.name}`);
     } catch (e) {
-      return (e as Error).name === 'WorkflowNotFoundError';
+      if (e instanceof WorkflowNotFoundError) return true;
+      throw e;
     }
-  }, 30000, 500);
+  }, 120000, 500);
 }
 
 describe('integrity, end to end on the real stack', () => {

@@ -35,9 +35,9 @@ beforeAll(() => {
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
 /** A sealed checkpoint on a node: files, then metadata.json naming their sizes and SHA-256 (what seal writes). */
-function sealed(): { ctx: NodeContext; id: string; dir: string; metadataSha256: string; large: Buffer } {
-  const id = `integrity-${Date.now().toString(36)}-${n++}`;
-  const ctx = localNodeContext('integrity-node', path.join(root, id));
+function sealed(reuse?: string): { ctx: NodeContext; id: string; dir: string; metadataSha256: string; large: Buffer } {
+  const id = reuse ?? `integrity-${Date.now().toString(36)}-${n++}`;
+  const ctx = localNodeContext('integrity-node', path.join(root, `${id}-${n++}`));
   const dir = path.join(ctx.dataDir, 'checkpoints', id);
   const large = randomBytes(LARGE);
   const files: Record<string, Buffer> = { 'images/pages-1.img': large, 'images/core-1.img': randomBytes(4096), 'images/inventory.img': randomBytes(100) };
@@ -194,6 +194,18 @@ describe('upload: the bytes in S3 are the bytes sealed', () => {
       expect(await keys(c.id)).not.toContain(METADATA_FILE);
       expect(await inProgress(c.id, 'images/pages-1.img')).toBe(0);
     });
+  });
+
+  test('another checkpoint under the same id in S3 (its history gone): CheckpointExists, nothing overwritten; our own retry goes through', async () => {
+    const first = sealed();
+    await uploadCheckpoint(first.ctx, { checkpointId: first.id, metadataSha256: first.metadataSha256 });
+    const second = sealed(first.id); // other bytes, same id, another node
+    const e = await failure(uploadCheckpoint(second.ctx, { checkpointId: second.id, metadataSha256: second.metadataSha256 }));
+    expect(e.type).toBe(ErrorType.CheckpointExists);
+    expect(sha(await object(first.id, 'images/pages-1.img'))).toBe(sha(first.large));
+    expect(sha(await object(first.id, METADATA_FILE))).toBe(first.metadataSha256);
+    const again = await uploadCheckpoint(first.ctx, { checkpointId: first.id, metadataSha256: first.metadataSha256 });
+    expect(again.partsSent).toBeGreaterThan(0);
   });
 
   test.each([

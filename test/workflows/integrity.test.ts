@@ -160,6 +160,19 @@ describe('checkpoint ids are never reused', () => {
     expect(calls).not.toContain('deleteCheckpointDir');
     expect(s.history.some((x) => x.outcome === 'skipped' && x.detail.includes('left alone'))).toBe(true);
   });
+
+  test('S3 holds another checkpoint under this id (the upload refuses): the stopped workload is restored in place, our copy deleted, Failed', async () => {
+    const calls: string[] = [];
+    const s = await run(node(calls, {
+      upload: async () => {
+        calls.push('upload');
+        throw ApplicationFailure.nonRetryable("checkpoint 'x' exists in S3 (another metadata.json)", 'CheckpointExists');
+      },
+    }), req());
+    expect(s.phase).toBe('Failed');
+    expect(calls.slice(-3)).toEqual(['upload', 'criuRestore', 'deleteCheckpointDir']);
+    expect(s.history.some((x) => x.detail === 'restored in place as pid 4242')).toBe(true);
+  });
 });
 
 describe('S3 refuses the upload for good (S3Rejected)', () => {
