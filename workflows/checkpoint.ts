@@ -322,7 +322,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   // local NVMe, and the node's promotion loop uploads it when S3 takes it again.
   enter('PendingUpload', 'nvme');
   await control.enqueuePromotion.executeWithOptions(summary(`queue ${req.checkpointId} for upload by ${promotionWorkflowId(req.node)}`),
-    [{ node: req.node, checkpointId: req.checkpointId }]);
+    [{ node: req.node, checkpointId: req.checkpointId, metadataSha256: status.metadataSha256 }]);
   await condition(() => promoted !== null || unpromotable !== null);
   if (promoted === null && unpromotable !== null) {
     const u: { reason: string; type: string | null } = unpromotable;

@@ -24,7 +24,8 @@ export interface PromotionStatus {
   lastError: string | null;
 }
 
-export const enqueueSignal = defineSignal<[{ checkpointId: string }]>('enqueue');
+/** metadataSha256: recorded at seal; the upload refuses a local metadata.json that differs from it. */
+export const enqueueSignal = defineSignal<[{ checkpointId: string; metadataSha256?: string | null }]>('enqueue');
 export const promotionStatusQuery = defineQuery<PromotionStatus>('status');
 
 /** Backoff of a refused checkpoint: 1 minute, doubling, at most an hour. */
@@ -37,12 +38,16 @@ export const REJECTED_BACKOFF_MS = { initial: 60_000, max: 3_600_000 };
  * later checkpoints are still promoted; one whose local copy no longer matches its seal can never be
  * promoted, and its checkpoint workflow is told so.
  */
-export async function promotion(input: { node: string; pending?: string[]; deferred?: DeferredPromotion[]; idleTimeout?: Duration }): Promise<void> {
+export async function promotion(input: {
+  node: string; pending?: string[]; deferred?: DeferredPromotion[]; metadataSha256?: Record<string, string>; idleTimeout?: Duration;
+}): Promise<void> {
   const pending: string[] = [...(input.pending ?? [])];
+  const sealedAs: Record<string, string> = { ...(input.metadataSha256 ?? {}) };
   const deferred: DeferredPromotion[] = [...(input.deferred ?? [])];
   const promoted: string[] = [];
   let lastError: string | null = null;
-  setHandler(enqueueSignal, ({ checkpointId }) => {
+  setHandler(enqueueSignal, ({ checkpointId, metadataSha256 }) => {
+    if (metadataSha256) sealedAs[checkpointId] = metadataSha256;
     if (!pending.includes(checkpointId) && !deferred.some((d) => d.checkpointId === checkpointId)) pending.push(checkpointId);
   });
   setHandler(promotionStatusQuery, () => ({ node: input.node, pending, promoted, deferred, lastError }));
@@ -67,7 +72,7 @@ export async function promotion(input: { node: string; pending?: string[]; defer
     const checkpointId = pending[0];
     let result: UploadResult | null = null;
     try {
-      result = await node.upload.executeWithOptions({ summary: `promote ${checkpointId} from nvme to S3` }, [{ checkpointId }]);
+      result = await node.upload.executeWithOptions({ summary: `promote ${checkpointId} from nvme to S3` }, [{ checkpointId, metadataSha256: sealedAs[checkpointId] ?? null }]);
     } catch (err) {
       // Only a checkpoint that cannot be uploaded now gets here: refused by S3, corrupt, or gone.
       lastError = `${checkpointId}: ${describeFailure(err)}`;
@@ -91,12 +96,13 @@ export async function promotion(input: { node: string; pending?: string[]; defer
       }
     }
     pending.shift();
+    if (result || !deferred.some((d) => d.checkpointId === checkpointId)) delete sealedAs[checkpointId];
     if (result) {
       promoted.push(checkpointId);
       const i = deferred.findIndex((d) => d.checkpointId === checkpointId);
       if (i >= 0) deferred.splice(i, 1);
       await getExternalWorkflowHandle(checkpointWorkflowId(checkpointId)).signal(promotedSignal, result).catch(() => undefined);
     }
-    if (workflowInfo().continueAsNewSuggested) await continueAsNew<typeof promotion>({ ...input, pending, deferred });
+    if (workflowInfo().continueAsNewSuggested) await continueAsNew<typeof promotion>({ ...input, pending, deferred, metadataSha256: sealedAs });
   }
 }

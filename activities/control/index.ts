@@ -20,13 +20,13 @@ export const NODE_STALE_MS = 2 * 60 * 1000;
 export function createControlActivities(client: Client, s3?: S3Config) {
   return {
     /** Adds a checkpoint to its node's promotion loop, starting the loop if none runs. */
-    async enqueuePromotion(input: { node: string; checkpointId: string }): Promise<void> {
+    async enqueuePromotion(input: { node: string; checkpointId: string; metadataSha256?: string | null }): Promise<void> {
       await client.workflow.signalWithStart('promotion', {
         workflowId: promotionWorkflowId(input.node),
         taskQueue: CONTROL_QUEUE,
         args: [{ node: input.node }],
         signal: 'enqueue',
-        signalArgs: [{ checkpointId: input.checkpointId }],
+        signalArgs: [{ checkpointId: input.checkpointId, metadataSha256: input.metadataSha256 ?? null }],
       });
     },
 

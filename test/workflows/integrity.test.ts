@@ -1,4 +1,5 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
+import { WorkflowFailedError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { createControlActivities } from '../../activities/control';
 import type { CheckpointRequest, CheckpointStatus, UploadResult } from '../../common/checkpoint';
@@ -145,7 +146,9 @@ describe('checkpoint ids are never reused', () => {
       },
     }), req({ checkpointId: 'taken-1' })).catch((e: unknown) => e);
     expect(calls).toEqual(['resolveTarget taken-1']);
-    expect(String((s as Error).cause ?? s)).toMatch(/CheckpointExists|exists on node-a/);
+    expect(s).toBeInstanceOf(WorkflowFailedError);
+    expect(((s as WorkflowFailedError).cause as ApplicationFailure).type).toBe('CheckpointExists');
+    expect((s as WorkflowFailedError).cause?.message).toMatch(/^Pending: .*exists on node-a/);
   });
 
   test('the dump itself finds one (a race past the first check): the workload resumes, the directory is left alone', async () => {
@@ -176,13 +179,15 @@ describe('checkpoint ids are never reused', () => {
 });
 
 describe('S3 refuses the upload for good (S3Rejected)', () => {
-  test('no retries by the checkpoint workflow: PendingUpload on nvme with the S3 error recorded, handed to the promotion loop', async () => {
+  test('no retries by the checkpoint workflow: PendingUpload on nvme with the S3 error recorded, handed to the promotion loop (with the seal\'s metadata.json SHA-256)', async () => {
     const calls: string[] = [];
+    const given: unknown[] = [];
     let rejecting = true;
     const r = req({ uploadMaxAttempts: 5 });
     const s = await run(node(calls, {
-      upload: async () => {
+      upload: async (i) => {
         calls.push(`upload by ${Context.current().info.workflowExecution?.workflowId}`);
+        given.push(i.metadataSha256);
         if (rejecting) throw ApplicationFailure.nonRetryable('upload of checkpoint: S3 refused: NoSuchBucket: The specified bucket does not exist', 'S3Rejected');
         return uploaded;
       },
@@ -201,6 +206,7 @@ describe('S3 refuses the upload for good (S3Rejected)', () => {
     expect(s.phase).toBe('Durable');
     expect(calls.filter((c) => c.endsWith(checkpointWorkflowId(r.checkpointId)))).toHaveLength(1);
     expect(calls.at(-1)).toBe(`upload by ${promotionWorkflowId('node-a')}`);
+    expect(given.at(-1)).toBe(MD_SHA); // the loop's upload checks the local metadata.json against the seal too
   });
 });
 
