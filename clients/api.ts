@@ -27,6 +27,7 @@ function assertBytes(field: string, n: number | undefined): number | undefined {
   if (problem) throw new InvalidInputError(field, problem);
   return n;
 }
+import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
 
 export interface CheckpointListEntry {
   checkpointId: string;
@@ -36,6 +37,8 @@ export interface CheckpointListEntry {
   tier: string;
   workflowStatus: string;
   startedAt: string;
+  /** Known from its workflow, or only from metadata.json in S3 (its workflow history is gone). */
+  source: 'temporal' | 's3';
 }
 
 /** Typed access to Kybernate's workflows; the CLI and tests are built on it. */
@@ -92,12 +95,24 @@ export class KybernateClient {
       vramBytes: input.vramBytes,
     };
     const workflowId = checkpointWorkflowId(checkpointId);
+    // Ids are never reused: S3 remembers checkpoints whose workflow history has expired, and the workflow id
+    // is refused while Temporal still has one, open or closed.
+    // Best effort: S3 out of reach must not stop a checkpoint (it then goes to tier nvme); the upload itself
+    // refuses to overwrite another checkpoint's metadata.json, and the node one it holds.
+    if (await readS3Checkpoint(this.config.s3, checkpointId).catch(() => null)) {
+      throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists in S3; checkpoint ids are never reused`);
+    }
     await this.client.workflow.start('checkpoint', {
-      workflowId, taskQueue: CONTROL_QUEUE, args: [request],
+      workflowId, taskQueue: CONTROL_QUEUE, args: [request], workflowIdReusePolicy: 'REJECT_DUPLICATE',
       typedSearchAttributes: [
         { key: SA_JOB, value: jobId }, { key: SA_NODE, value: node }, { key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Pending' },
       ],
       staticSummary: `checkpoint ${jobId} on ${node}`,
+    }).catch((e: unknown) => {
+      if (e instanceof WorkflowExecutionAlreadyStartedError) {
+        throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists (workflow ${workflowId}); checkpoint ids are never reused`);
+      }
+      throw e;
     });
     return { workflowId, request };
   }
@@ -149,7 +164,12 @@ export class KybernateClient {
     try {
       return await this.queryStatus<CheckpointStatus>(workflowId);
     } catch (e) {
-      if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('checkpoint', `no checkpoint '${checkpointId}'`);
+      if (e instanceof WorkflowNotFoundError) {
+        // Temporal no longer has its history (retention): S3's metadata.json is the catalogue.
+        const found = await readS3Checkpoint(this.config.s3, checkpointId);
+        if (!found) throw new InvalidInputError('checkpoint', `no checkpoint '${checkpointId}'`);
+        return statusFromS3(found);
+      }
       if (e instanceof UnavailableError && e.component === 'control worker') return this.withinTemporal(() => checkpointFromRecord(this.client, this.config.s3, checkpointId, e.message));
       if (e instanceof QueryNotRegisteredError) {
         // Failed before it set up its status (an invalid request): its record says why.
@@ -245,6 +265,16 @@ export class KybernateClient {
     return { workflowId, checkpointId };
   }
 
+  private async hasWorkflow(workflowId: string): Promise<boolean> {
+    try {
+      await this.client.workflow.getHandle(workflowId).describe();
+      return true;
+    } catch (e) {
+      if (e instanceof WorkflowNotFoundError) return false;
+      throw e;
+    }
+  }
+
   async listCheckpoints(filter: { job?: string; tier?: Tier } = {}): Promise<CheckpointListEntry[]> {
     const q = [`WorkflowType = 'checkpoint'`];
     if (filter.job) q.push(`${SA_JOB.name} = '${assertSafeId('job', filter.job)}'`);
@@ -253,6 +283,7 @@ export class KybernateClient {
       q.push(`${SA_TIER.name} = '${filter.tier}'`);
     }
     const out: CheckpointListEntry[] = [];
+    const seen = new Set<string>();
     for await (const wf of this.client.workflow.list({ query: q.join(' AND ') })) {
       const sa = wf.typedSearchAttributes;
       out.push({
@@ -263,8 +294,32 @@ export class KybernateClient {
         tier: sa.get(SA_TIER) ?? '',
         workflowStatus: wf.status.name,
         startedAt: wf.startTime.toISOString(),
+        source: 'temporal',
+      });
+      seen.add(out[out.length - 1].checkpointId);
+    }
+    // S3 is the catalogue's source of truth: checkpoints whose workflow history has expired are listed from
+    // their metadata.json (Durable on s3 by definition: metadata.json is uploaded last).
+    if (filter.tier === 'nvme') return out;
+    for (const id of await listS3CheckpointIds(this.config.s3)) {
+      if (seen.has(id) || (await this.hasWorkflow(checkpointWorkflowId(id)))) continue; // filtered out above, or visibility lagging
+      const found = await readS3Checkpoint(this.config.s3, id);
+      if (!found || (filter.job && found.metadata.jobId !== filter.job)) continue;
+      out.push({
+        checkpointId: id, jobId: found.metadata.jobId, node: found.metadata.node, phase: 'Durable', tier: 's3',
+        workflowStatus: 'NO_HISTORY', startedAt: found.metadata.createdAt, source: 's3',
       });
     }
     return out;
   }
+}
+
+/** A checkpoint known only from S3: Durable there (metadata.json is committed last), its history gone. */
+function statusFromS3(found: S3Checkpoint): CheckpointStatus {
+  const md = found.metadata;
+  return {
+    checkpointId: md.checkpointId, jobId: md.jobId, node: md.node, pid: md.pid, vramBytes: md.cuda.vramBytes, phase: 'Durable', tier: 's3',
+    failureReason: null, upload: null, metadataSha256: null, workloadLost: null,
+    history: [{ phase: 'Durable', outcome: 'ok', detail: 'from metadata.json in S3: the checkpoint workflow\'s history is no longer in Temporal', at: md.createdAt }],
+  };
 }

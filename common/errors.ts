@@ -13,9 +13,17 @@ export const ErrorType = {
   NoSpace: 'NoSpace',
   /** The copy of a checkpoint staged in memory could not be written to the node's disk. */
   PersistFailed: 'PersistFailed',
+  /** Bytes differ from their sealed SHA-256 (a local copy changed after sealing, or a corrupt S3 object). */
   ChecksumMismatch: 'ChecksumMismatch',
   MetadataInvalid: 'MetadataInvalid',
   S3Unavailable: 'S3Unavailable',
+  /**
+   * S3 answered and refused for good (AccessDenied, NoSuchBucket, InvalidAccessKeyId, SignatureDoesNotMatch):
+   * retrying at once cannot help; an operator fixes the credentials, policy or bucket.
+   */
+  S3Rejected: 'S3Rejected',
+  /** A checkpoint with this id exists already (workflow, S3 or node): ids are never reused. */
+  CheckpointExists: 'CheckpointExists',
   CheckpointNotFound: 'CheckpointNotFound',
   /** Not enough free VRAM on the node for a CUDA restore: try another node. */
   CudaOutOfMemory: 'CudaOutOfMemory',

@@ -56,4 +56,8 @@ export interface CheckpointInfo {
   node: string;
   tier: Tier | null;
   vramBytes: number;
+  /** metadata.json's SHA-256 recorded at seal; null when its workflow history is gone and only S3 knows the checkpoint. */
+  metadataSha256?: string | null;
+  /** Where this answer came from: the checkpoint workflow, or S3's metadata.json after the history expired. */
+  source?: 'workflow' | 's3';
 }

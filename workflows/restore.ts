@@ -79,7 +79,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
     }
     status.node = reservation.node;
     try {
-      const pid = await attempt(req, status, reservation.node, enter);
+      const pid = await attempt(req, status, reservation.node, enter, info.metadataSha256 ?? null);
       status.attempts.push({ node: reservation.node, outcome: 'running', phase: 'Running', reason: null, at: new Date().toISOString() });
       status.pid = pid;
       enter('Running');
@@ -117,7 +117,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
   }
 }
 
-async function attempt(req: RestoreRequest, status: RestoreStatus, nodeName: string, enter: (p: RestorePhase) => void): Promise<number> {
+async function attempt(req: RestoreRequest, status: RestoreStatus, nodeName: string, enter: (p: RestorePhase) => void, metadataSha256: string | null): Promise<number> {
   const node = proxyActivities<NodeActivities>({
     taskQueue: nodeQueue(nodeName), scheduleToStartTimeout: '1m', startToCloseTimeout: '1h', heartbeatTimeout: '15s', retry: { maximumAttempts: 1 },
   });
@@ -131,7 +131,7 @@ async function attempt(req: RestoreRequest, status: RestoreStatus, nodeName: str
   };
   const fetched = await step('Fetching', null, () =>
     node.fetch.executeWithOptions({ summary: `fetch and verify ${req.checkpointId} on ${nodeName}`, retry: { maximumAttempts: 3, nonRetryableErrorTypes: [ErrorType.ChecksumMismatch, ErrorType.CheckpointNotFound, ErrorType.MetadataInvalid] } },
-      [{ checkpointId: req.checkpointId }]));
+      [{ checkpointId: req.checkpointId, metadataSha256 }]));
   status.source = fetched.source;
   try {
     const { pid } = await step('RestoringProcess', null, () =>

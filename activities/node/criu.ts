@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { DumpResult } from '../../common/checkpoint';
+import { METADATA_FILE } from '../../common/metadata';
 import { checkpointDir, type NodeContext, stagedDir } from './context';
 import { stagingFits } from './staging';
 import { processAlive, requireProcess, treeRssBytes, writableFiles } from './process';
@@ -44,6 +45,18 @@ function dirBytes(dir: string): number {
   return total;
 }
 
+/**
+ * Checkpoint ids are never reused: a committed checkpoint (metadata.json on disk or in memory) under this id
+ * is refused, never overwritten. A directory without metadata.json is a partial dump and may be cleared.
+ */
+export function refuseExistingCheckpoint(ctx: NodeContext, checkpointId: string): void {
+  for (const d of [checkpointDir(ctx, checkpointId), stagedDir(ctx, checkpointId)]) {
+    if (d && fs.existsSync(path.join(d, METADATA_FILE))) {
+      throw ApplicationFailure.nonRetryable(`checkpoint '${checkpointId}' exists on ${ctx.node} (${d}); checkpoint ids are never reused`, ErrorType.CheckpointExists);
+    }
+  }
+}
+
 /** CRIU's log says why a dump failed; ENOSPC deserves its own type since an operator fixes it differently. */
 function classify(log: string): string {
   return /No space left on device|ENOSPC|\(28\)/.test(log) ? ErrorType.NoSpace : ErrorType.CriuDumpFailed;
@@ -60,9 +73,10 @@ export async function criuDump(
   ctx: NodeContext, input: { checkpointId: string; pid: number; leaveRunning: boolean; hostVramBytes?: number },
 ): Promise<DumpResult> {
   requireProcess(input.pid);
+  refuseExistingCheckpoint(ctx, input.checkpointId);
   const disk = checkpointDir(ctx, input.checkpointId);
   const staged = stagedDir(ctx, input.checkpointId);
-  // Whatever an earlier attempt left, in either place, is stale.
+  // Whatever an earlier attempt left, in either place, is stale: a partial dump (no metadata.json), never a checkpoint.
   for (const d of [disk, staged]) if (d) fs.rmSync(d, { recursive: true, force: true });
   // After a CUDA checkpoint the VRAM's contents sit in the process's host memory; count them in case RSS does not.
   const estimate = treeRssBytes(input.pid) + (input.hostVramBytes ?? 0);

@@ -3,7 +3,8 @@ import type { CudaStepResult, DumpResult, SealResult, UploadResult } from '../..
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { checkpointLocation, type NodeContext, workloadDir } from './context';
-import { criuDump, criuRestore, workloadFileIndex } from './criu';
+import { criuDump, criuRestore, refuseExistingCheckpoint, workloadFileIndex } from './criu';
+import { setAsideCorrupt } from './corrupt';
 import { cudaStep, cudaTreeState } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
@@ -30,7 +31,9 @@ export function createNodeActivities(ctx: NodeContext) {
       return startWorkload(ctx, spec);
     },
     /** Which process a checkpoint request means: a pid, or the pid of a workload this agent started. */
-    async resolveTarget(input: { pid?: number; jobId: string }): Promise<{ pid: number }> {
+    async resolveTarget(input: { pid?: number; jobId: string; checkpointId?: string }): Promise<{ pid: number }> {
+      // Checked before the process: an id in use is refused before anything is touched.
+      if (input.checkpointId) refuseExistingCheckpoint(ctx, input.checkpointId);
       const pid = input.pid ?? readWorkloadPid(ctx, input.jobId);
       requireProcess(pid);
       return { pid };
@@ -57,7 +60,8 @@ export function createNodeActivities(ctx: NodeContext) {
     async seal(input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number }): Promise<SealResult> {
       return sealCheckpoint(ctx, input);
     },
-    async upload(input: { checkpointId: string }): Promise<UploadResult> {
+    /** metadataSha256: recorded at seal; the upload refuses a metadata.json that differs from it. */
+    async upload(input: { checkpointId: string; metadataSha256?: string | null }): Promise<UploadResult> {
       return uploadCheckpoint(ctx, input);
     },
     /** A checkpoint staged in memory, copied to this node's disk while the upload runs; synced when it must stand in for S3. */
@@ -67,7 +71,8 @@ export function createNodeActivities(ctx: NodeContext) {
     async releaseStaging(input: { checkpointId: string }): Promise<{ released: boolean }> {
       return releaseStaging(ctx, input);
     },
-    async fetch(input: { checkpointId: string }): Promise<Omit<FetchResult, 'metadata'> & { jobId: string; vramBytes: number }> {
+    /** metadataSha256: recorded at seal; a metadata.json (local or in S3) that differs is ChecksumMismatch. */
+    async fetch(input: { checkpointId: string; metadataSha256?: string | null }): Promise<Omit<FetchResult, 'metadata'> & { jobId: string; vramBytes: number }> {
       const r = await fetchCheckpoint(ctx, input);
       return { dir: r.dir, bytes: r.bytes, source: r.source, staged: r.staged, jobId: r.metadata.jobId, vramBytes: r.metadata.cuda.vramBytes };
     },
@@ -110,6 +115,10 @@ export function createNodeActivities(ctx: NodeContext) {
     },
     async listLocalCheckpoints(): Promise<LocalCheckpoint[]> {
       return listLocalCheckpoints(ctx);
+    },
+    /** A copy that no longer matches its seal: out of the node's checkpoints, kept for an operator. */
+    async setAsideCorrupt(input: { checkpointId: string; reason: string }): Promise<{ movedTo: string | null }> {
+      return setAsideCorrupt(ctx, input);
     },
     async deleteCheckpointDir(input: { checkpointId: string }): Promise<{ deleted: boolean }> {
       return deleteCheckpointDir(ctx, input);

@@ -88,29 +88,50 @@ export async function sealCheckpoint(
   return {
     files: files.length,
     totalBytes: files.reduce((s, f) => s + f.size, 0),
-    metadataSha256: createHash('sha256').update(text).digest('hex'),
+    metadataSha256: sha256Hex(text),
   };
 }
 
 export function readMetadata(dir: string): Metadata {
   const file = path.join(dir, METADATA_FILE);
-  let raw: unknown;
+  let raw: Buffer;
   try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+    raw = fs.readFileSync(file);
   } catch (e) {
     throw ApplicationFailure.nonRetryable(`${file}: ${(e as Error).message}`, ErrorType.MetadataInvalid);
   }
-  const parsed = MetadataSchema.safeParse(raw);
+  return parseMetadata(raw, file);
+}
+
+/** metadata.json's bytes, checked field by field; `where` names it in the error. */
+export function parseMetadata(raw: Buffer, where: string): Metadata {
+  let json: unknown;
+  try {
+    json = JSON.parse(raw.toString('utf8'));
+  } catch (e) {
+    throw ApplicationFailure.nonRetryable(`${where}: ${(e as Error).message}`, ErrorType.MetadataInvalid);
+  }
+  const parsed = MetadataSchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    throw ApplicationFailure.nonRetryable(`${file}: field '${issue.path.join('.')}' ${issue.message}`, ErrorType.MetadataInvalid);
+    throw ApplicationFailure.nonRetryable(`${where}: field '${issue.path.join('.')}' ${issue.message}`, ErrorType.MetadataInvalid);
   }
   return parsed.data;
 }
 
-/** Verifies every file of a local checkpoint against its metadata.json; never restore unverified bytes. */
-export async function verifyLocal(dir: string): Promise<Metadata> {
-  const md = readMetadata(dir);
+export const sha256Hex = (data: string | Buffer): string => createHash('sha256').update(data).digest('hex');
+
+/**
+ * Verifies every file of a local checkpoint against its metadata.json, and metadata.json itself against the
+ * SHA-256 recorded at seal when the caller knows it; never restore unverified bytes.
+ */
+export async function verifyLocal(dir: string, metadataSha256?: string | null): Promise<Metadata> {
+  const file = path.join(dir, METADATA_FILE);
+  const raw = fs.readFileSync(file);
+  if (metadataSha256 && sha256Hex(raw) !== metadataSha256) {
+    throw ApplicationFailure.nonRetryable(`${METADATA_FILE}: sha256 ${sha256Hex(raw)} != ${metadataSha256} recorded at seal`, ErrorType.ChecksumMismatch);
+  }
+  const md = parseMetadata(raw, file);
   for (const f of md.files) {
     const p = path.join(dir, f.path);
     if (!fs.existsSync(p)) throw ApplicationFailure.nonRetryable(`${f.path}: missing`, ErrorType.ChecksumMismatch);
