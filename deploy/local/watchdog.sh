@@ -3,11 +3,15 @@
 # Usage: watchdog.sh OWNER_PID STATE_FILE PID...   Runs in its own process group.
 owner=$1; state=$2; shift 2
 home=$(dirname "$state")
-while kill -0 "$owner" 2>/dev/null; do sleep 1; done
-# Collect everything first: the state file lists workers and agents registered after the watchdog started,
-# and the workloads are found through their pid files; either may vanish while we wait for TERM to work.
+# The state file is the truth while the stack runs: a component restarted since has a new pid, and an agent
+# started by hand registers there. The pids given on the command line count only until it is first read.
 pids="$*"
-[ -f "$state" ] && pids="$pids $(grep -o '"pid": [0-9]*' "$state" | grep -o '[0-9]*')"
+state_pids() { grep -o '"pid": [0-9]*' "$state" 2>/dev/null | grep -o '[0-9]*' | tr '\n' ' '; }
+while kill -0 "$owner" 2>/dev/null; do
+  p=$(state_pids); [ -n "$p" ] && pids="$p"
+  sleep 1
+done
+p=$(state_pids); [ -n "$p" ] && pids="$p"
 workloads=""
 for f in "$home"/nodes/*/workloads/*/pid; do
   [ -f "$f" ] || continue

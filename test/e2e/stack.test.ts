@@ -6,9 +6,15 @@ import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { criuDump, criuRestore, workloadFileIndex } from '../../activities/node/criu';
 import { makeS3Client } from '../../activities/s3-client';
 import { REPO_ROOT } from '../../deploy/local/paths';
-import { ComponentFailedError, configFromStack, down, readStackState, up } from '../../deploy/local/stack';
-import { startAgent } from '../../deploy/local/workers';
+import { Client, Connection } from '@temporalio/client';
+import type { NodeInventory } from '../../activities/node/inventory';
+import { CONTROL_QUEUE, nodeWorkflowId } from '../../common/queues';
+import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
+import { ComponentFailedError, configFromStack, down, readStackState, restartComponent, up } from '../../deploy/local/stack';
+import { hasPoller, startAgent } from '../../deploy/local/workers';
+import type { NodeRecord } from '../../workflows/node';
 import { Agent, alive, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
+import { Toxiproxy } from '../support/toxiproxy';
 
 const CLI = path.join(REPO_ROOT, 'dist', 'clients', 'cli.js');
 
@@ -109,7 +115,11 @@ describe('the local stack', () => {
     const s = await up({ home, ownerPid: owner.pid, log: () => undefined });
     // An agent registered after the watchdog started must go too.
     const agent = await startAgent(s, { node: 'owned' });
-    const pids = [...s.processes.map((p) => p.pid), agent.pid];
+    // And a component restarted since: the watchdog follows the state file, not the pids it was started with.
+    const temporal = await restartComponent(home, 'temporal');
+    const pids = readStackState(home)!.processes.map((p) => p.pid);
+    expect(pids).toEqual(expect.arrayContaining([agent.pid, temporal.pid]));
+    expect(pids).not.toContain(s.processes.find((p) => p.component === 'temporal')!.pid);
     expect(pids.every(alive)).toBe(true);
     owner.kill('SIGKILL');
     await until('watchdog stops the stack', () => pids.every((p) => !alive(p)), 20000);
@@ -119,5 +129,90 @@ describe('the local stack', () => {
     await down({ home, log: () => undefined });
     expect(s2.processes.map((p) => p.pid).some(alive)).toBe(false);
     fs.rmSync(home, { recursive: true, force: true });
+  });
+
+  describe('restartComponent: one service crashes and comes back on its port with its data', () => {
+    const pidOf = (component: string): number => stack().processes.find((p) => p.component === component)!.pid;
+    const inventory = (zone: string): NodeInventory => ({
+      node: 'restart-probe', zone, vramSource: 'none', gpus: [], totalVramBytes: 0, freeVramBytes: 0, freeDiskBytes: 0, criuVersion: 'n/a', reportedAt: new Date().toISOString(),
+    });
+    async function withTemporal<T>(fn: (c: Client) => Promise<T>): Promise<T> {
+      const connection = await Connection.connect({ address: stack().temporal.address });
+      try {
+        return await fn(new Client({ connection, namespace: stack().temporal.namespace }));
+      } finally {
+        await connection.close();
+      }
+    }
+
+    test('Temporal SIGKILLed and restarted: a workflow started before is still there, and the control worker carries on with it', async () => {
+      const wfId = nodeWorkflowId('restart-probe');
+      await withTemporal(async (c) => {
+        await c.workflow.signalWithStart('nodeRegistry', { workflowId: wfId, taskQueue: CONTROL_QUEUE, args: [{ node: 'restart-probe' }], signal: 'report', signalArgs: [inventory('before-restart')] });
+        await until('the report is in', async () => (await c.workflow.getHandle(wfId).query<NodeRecord>('status')).inventory?.zone === 'before-restart', 30000);
+      });
+      const before = stack();
+      const oldPid = pidOf('temporal');
+      const rec = await restartComponent(before.home, 'temporal');
+      expect(alive(oldPid)).toBe(false);
+      expect(rec.pid).not.toBe(oldPid);
+      expect(pidOf('temporal')).toBe(rec.pid);
+      expect(stack().temporal).toEqual(before.temporal);
+      await withTemporal(async (c) => {
+        const h = c.workflow.getHandle(wfId);
+        const d = await h.describe();
+        expect(d.status.name).toBe('RUNNING');
+        expect(d.searchAttributes.KybernateNode).toEqual(['restart-probe']);
+        // Our search attributes are still registered (the UI filters by them).
+        const sa = await c.connection.operatorService.listSearchAttributes({ namespace: stack().temporal.namespace });
+        for (const k of ALL_SEARCH_ATTRIBUTES) expect(Object.keys(sa.customAttributes ?? {})).toContain(k.name);
+        // The control worker reconnected on its own: it answers for the workflow and takes a new signal.
+        await until('control worker polls again', () => hasPoller(stack().temporal.address, stack().temporal.namespace, CONTROL_QUEUE, 'workflow'), 60000);
+        expect((await h.query<NodeRecord>('status')).inventory?.zone).toBe('before-restart');
+        await h.signal('report', inventory('after-restart'));
+        await until('the report after the restart is in', async () => (await h.query<NodeRecord>('status')).inventory?.zone === 'after-restart', 60000);
+        await h.terminate('restart test done');
+      });
+    });
+
+    test('MinIO SIGTERMed, down a while, restarted: an object written before is read back', async () => {
+      const key = `restart/${Date.now()}.txt`;
+      const s3Before = makeS3Client(configFromStack(stack()).s3);
+      try {
+        await s3Before.send(new PutObjectCommand({ Bucket: stack().s3.bucket, Key: key, Body: 'before the restart' }));
+      } finally {
+        s3Before.destroy();
+      }
+      const oldPid = pidOf('minio');
+      const rec = await restartComponent(stack().home, 'minio', { signal: 'SIGTERM', downMs: 1000 });
+      expect(alive(oldPid)).toBe(false);
+      expect(pidOf('minio')).toBe(rec.pid);
+      const s3 = makeS3Client(configFromStack(stack()).s3);
+      try {
+        const got = await s3.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: key }));
+        expect(await got.Body!.transformToString()).toBe('before the restart');
+      } finally {
+        s3.destroy();
+      }
+    });
+
+    test('toxiproxy restarted: its proxies come back on the same listen address, cut or not', async () => {
+      const tox = new Toxiproxy(stack().toxiproxy!.api);
+      const upstream = new URL(stack().s3.endpoint).host;
+      const listen = await tox.create('restart-probe', upstream);
+      await tox.setEnabled('restart-probe', false);
+      try {
+        await restartComponent(stack().home, 'toxiproxy');
+        const res = await fetch(`${stack().toxiproxy!.api}/proxies/restart-probe`);
+        expect(res.status).toBe(200);
+        const p = (await res.json()) as { listen: string; upstream: string; enabled: boolean };
+        expect(p).toMatchObject({ listen, upstream, enabled: false });
+        await tox.setEnabled('restart-probe', true);
+        const health = await fetch(`http://${listen}/minio/health/live`);
+        expect(health.status).toBe(200);
+      } finally {
+        await tox.remove('restart-probe');
+      }
+    });
   });
 });
