@@ -3,7 +3,9 @@ import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { InvalidInputError, assertSafeId } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
-import { down, status, up } from '../deploy/local/stack';
+import { down, parseStackComponent, restartComponent, startComponent, status, stopComponent, up } from '../deploy/local/stack';
+import { defaultStackHome } from '../deploy/local/paths';
+import { setFault } from '../deploy/local/faults';
 import { startAgent, startControlWorker } from '../deploy/local/workers';
 import { runAgent } from '../workers/agent';
 import { loadConfig } from '../workers/config';
@@ -29,11 +31,13 @@ program
   .option('--nodes <names>', 'comma-separated node agents to start', 'node-a,node-b')
   .option('--declared-vram <size>', 'VRAM each node declares (no GPU here): reported as declared, never as measured', '16GiB')
   .option('--no-workers', 'start only Temporal and MinIO')
-  .option('--toxiproxy', 'also start toxiproxy, for fault tests')
-  .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean }) => {
+  .option('--toxiproxy', "also start toxiproxy, and route the workers' S3 through its proxy 's3' (see 'kybernate fault')")
+  .option('--proxy-temporal', "with --toxiproxy: route the workers' Temporal connection through the proxy 'temporal' too")
+  .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean; proxyTemporal?: boolean }) => {
     const nodes = o.nodes.split(',').filter(Boolean).map((n) => assertSafeId('nodes', n.trim()));
     const declared = parseBytes('declared-vram', o.declaredVram);
-    const state = await up({ toxiproxy: o.toxiproxy });
+    if (o.proxyTemporal && !o.toxiproxy) throw new InvalidInputError('proxy-temporal', 'needs --toxiproxy');
+    const state = await up({ toxiproxy: o.toxiproxy, proxies: o.toxiproxy ? (o.proxyTemporal ? ['s3', 'temporal'] : ['s3']) : [] });
     if (o.workers) {
       await startControlWorker(state);
       for (const node of nodes) await startAgent(state, { node, declaredVramBytes: declared });
@@ -44,6 +48,39 @@ program
 program.command('down').description('stop the local stack and every worker and agent it started').action(async () => {
   await down();
 });
+
+program
+  .command('restart <component>')
+  .description('stop one component and start it again, the rest of the stack untouched: temporal, minio, toxiproxy (same port, same data), worker, agent:<node>')
+  .addOption(new Option('--signal <signal>', 'how to stop it: SIGKILL (a crash) or SIGTERM (a clean shutdown)').choices(['SIGKILL', 'SIGTERM']).default('SIGTERM'))
+  .option('--down <ms>', 'stay down this long before starting again (an outage)', '0')
+  .option('--stop-only', 'stop it and leave it stopped (start it again with --start-only)')
+  .option('--start-only', 'start a stopped component again')
+  .action(async (name: string, o: { signal: 'SIGKILL' | 'SIGTERM'; down: string; stopOnly?: boolean; startOnly?: boolean }) => {
+    let component;
+    try {
+      component = parseStackComponent(name);
+    } catch (e) {
+      throw new InvalidInputError('component', (e as Error).message.replace(/^component: /, ''));
+    }
+    const downMs = Number(o.down);
+    if (!Number.isInteger(downMs) || downMs < 0) throw new InvalidInputError('down', `must be a whole number of milliseconds (got '${o.down}')`);
+    const home = defaultStackHome();
+    if (o.stopOnly) {
+      const rec = await stopComponent(home, component, { signal: o.signal });
+      console.log(`${component} stopped (was pid ${rec.pid}); 'kybernate restart ${name} --start-only' starts it again`);
+      return;
+    }
+    const rec = o.startOnly ? await startComponent(home, component) : await restartComponent(home, component, { signal: o.signal, downMs });
+    console.log(`${component} running as pid ${rec.pid}; log ${rec.log}`);
+  });
+
+program
+  .command('fault <link> <action> [value]')
+  .description("cut, restore or slow a link that 'up --toxiproxy' routed through a proxy: s3 or temporal; down | up | latency <ms> | bandwidth <KB/s> | reset")
+  .action(async (link: string, action: string, value: string | undefined) => {
+    console.log(await setFault(defaultStackHome(), link, action, value));
+  });
 
 program.command('status').description("each component's health and the Temporal UI URL").action(async () => {
   const s = await status();

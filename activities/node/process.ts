@@ -6,6 +6,7 @@ import { ErrorType } from '../../common/errors';
 import type { ProcessIdentity } from '../../common/journal';
 import { assertSafeId } from '../../common/ids';
 import { type NodeContext, workloadDir } from './context';
+import { registerWorkloadProcess } from './process-registry';
 
 export interface WorkloadSpec {
   jobId: string;
@@ -101,6 +102,7 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
   if (child.pid === undefined) throw ApplicationFailure.nonRetryable(`could not start ${spec.command[0]}`, ErrorType.InvalidInput);
   const pid = await namespaceInit(child.pid);
   fs.writeFileSync(path.join(dir, 'pid'), String(pid));
+  registerWorkloadProcess(ctx, pid, 'started', spec.jobId);
   ctx.logger.info({ job: spec.jobId, node: ctx.node, pid }, 'workload started');
   return { jobId: spec.jobId, pid, logFile };
 }

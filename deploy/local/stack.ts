@@ -8,6 +8,7 @@ import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import type { KybernateConfig } from '../../common/config';
 import { processIdentity } from '../../activities/node/process';
 import { BIN, defaultStackHome, REPO_ROOT, stagingRootFor } from './paths';
+import { killWorkloads } from './workloads';
 
 export type Component = 'temporal' | 'minio' | 'toxiproxy';
 
@@ -380,31 +381,10 @@ export async function down(opts: { home?: string; log?: (msg: string) => void } 
     log(`stopped ${p.component} (pid ${p.pid})`);
   }
   fs.rmSync(stateFile(home), { force: true });
-  killWorkloads(home, log);
-  fs.rmSync(stagingRootFor(home), { recursive: true, force: true });
-}
-
-/** Workloads outlive agents by design (they are detached); the stack that started them takes them along. */
-export function killWorkloads(home: string, log: (msg: string) => void = () => undefined): void {
-  const nodes = path.join(home, 'nodes');
-  if (!fs.existsSync(nodes)) return;
-  for (const node of fs.readdirSync(nodes)) {
-    const wl = path.join(nodes, node, 'workloads');
-    if (!fs.existsSync(wl)) continue;
-    for (const job of fs.readdirSync(wl)) {
-      const pidFile = path.join(wl, job, 'pid');
-      if (!fs.existsSync(pidFile)) continue;
-      const pid = Number(fs.readFileSync(pidFile, 'utf8'));
-      try {
-        // Only a process that is still this job's (pids get reused).
-        if (fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${job}`)) {
-          process.kill(pid, 'SIGKILL');
-          log(`stopped workload ${job} on ${node} (pid ${pid})`);
-        }
-      } catch {
-        /* gone */
-      }
-    }
+  try {
+    await killWorkloads(home, log);
+  } finally {
+    fs.rmSync(stagingRootFor(home), { recursive: true, force: true });
   }
 }
 
@@ -469,3 +449,4 @@ export function registerProcess(rec: ProcessRecord, home = defaultStackHome()): 
 }
 
 export { parseStackComponent, restartComponent, type StackComponent, startComponent, stopComponent, type StopOptions } from './components';
+export { findWorkloadProcesses, killWorkloads, noteNodeDir } from './workloads';

@@ -1,17 +1,22 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { criuDump, criuRestore, workloadFileIndex } from '../../activities/node/criu';
+import { startWorkload } from '../../activities/node/process';
 import { makeS3Client } from '../../activities/s3-client';
 import { REPO_ROOT } from '../../deploy/local/paths';
 import { Client, Connection } from '@temporalio/client';
 import type { NodeInventory } from '../../activities/node/inventory';
 import { CONTROL_QUEUE, nodeWorkflowId } from '../../common/queues';
+import type { ChildProcess } from 'node:child_process';
 import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
-import { ComponentFailedError, configFromStack, down, readStackState, restartComponent, up } from '../../deploy/local/stack';
-import { hasPoller, startAgent } from '../../deploy/local/workers';
+import { KybernateClient } from '../../clients/api';
+import { nodeQueue } from '../../common/queues';
+import { ComponentFailedError, configFromStack, down, findWorkloadProcesses, readStackState, restartComponent, type StackState, up } from '../../deploy/local/stack';
+import { hasPoller, startAgent, startControlWorker } from '../../deploy/local/workers';
+import { loadConfig } from '../../workers/config';
 import type { NodeRecord } from '../../workflows/node';
 import { Agent, alive, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
 import { Toxiproxy } from '../support/toxiproxy';
@@ -120,9 +125,24 @@ describe('the local stack', () => {
     const pids = readStackState(home)!.processes.map((p) => p.pid);
     expect(pids).toEqual(expect.arrayContaining([agent.pid, temporal.pid]));
     expect(pids).not.toContain(s.processes.find((p) => p.component === 'temporal')!.pid);
+    // A workload of that node that exec'd away from its environment, with a child: the watchdog finds both.
+    const wl = await startWorkload(localNodeContext('owned', path.join(home, 'nodes', 'owned')), {
+      jobId: 'orphan', command: ['/bin/sh', '-c', 'sleep 1003 & exec env -i /bin/sleep 1004'],
+    });
+    await until('exec\'d', () => fs.readFileSync(`/proc/${wl.pid}/cmdline`, 'utf8').startsWith('/bin/sleep\x001004'), 10000);
+    const ns = fs.readlinkSync(`/proc/${wl.pid}/ns/pid`);
+    const inNs = (): number[] => fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number).filter((p) => {
+      try {
+        return fs.readlinkSync(`/proc/${p}/ns/pid`) === ns && alive(p);
+      } catch {
+        return false;
+      }
+    });
+    await until('its child runs', () => inNs().length === 2, 10000);
     expect(pids.every(alive)).toBe(true);
     owner.kill('SIGKILL');
     await until('watchdog stops the stack', () => pids.every((p) => !alive(p)), 20000);
+    await until('and the workload with its child', () => inNs().length === 0, 10000);
     expect(readStackState(home)).toBeNull();
 
     const s2 = await up({ home, log: () => undefined });
@@ -214,5 +234,144 @@ describe('the local stack', () => {
         await tox.remove('restart-probe');
       }
     });
+  });
+
+  /**
+   * A stack of its own (its `down` must not take the shared one along): S3 and Temporal routed through
+   * toxiproxy, a control worker and an agent started by the supervisor, more started "by hand".
+   */
+  describe('a stack of its own: faults through named proxies, hand-started workers, down', () => {
+    let home: string;
+    let own: StackState;
+    let k: KybernateClient;
+    const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-hand-data-'));
+    const byHand: ChildProcess[] = [];
+    const cli = (...args: string[]): string => execFileSync(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: home }, encoding: 'utf8' });
+    /** `status` exits 1 when anything is unhealthy; its report is what counts here. */
+    const statusOut = (): string => spawnSync(process.execPath, [CLI, 'status'], { env: { ...process.env, KYBERNATE_HOME: home }, encoding: 'utf8' }).stdout;
+    const rec = (component: string) => readStackState(home)?.processes.find((p) => p.component === component);
+    /** As if typed in another terminal: its own process group, the stack found through KYBERNATE_HOME. */
+    const handStart = (...args: string[]): ChildProcess => {
+      const fd = fs.openSync(path.join(outside, `${args[0]}-${byHand.length}.log`), 'a');
+      const c = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: home }, stdio: ['ignore', fd, fd], detached: true });
+      fs.closeSync(fd);
+      byHand.push(c);
+      return c;
+    };
+    const nsOf = (pid: number): string | null => {
+      try {
+        return fs.readlinkSync(`/proc/${pid}/ns/pid`);
+      } catch {
+        return null;
+      }
+    };
+    const inNamespace = (ns: string): number[] => fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n) && nsOf(Number(n)) === ns).map(Number).filter(alive);
+
+    beforeAll(async () => {
+      home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-own-'));
+      own = await up({ home, proxies: ['s3', 'temporal'], log: () => undefined });
+      await startControlWorker(own);
+      await startAgent(own, { node: 'own-a', declaredVramBytes: 8 << 30 });
+      k = await KybernateClient.connect(configFromStack(own));
+    }, 240000);
+    afterAll(async () => {
+      await k?.close();
+      await down({ home, log: () => undefined });
+      for (const c of byHand) if (c.pid && alive(c.pid)) process.kill(c.pid, 'SIGKILL');
+      fs.rmSync(home, { recursive: true, force: true });
+      fs.rmSync(outside, { recursive: true, force: true });
+    });
+
+    test('up with proxies: workers reach S3 and Temporal through proxies named s3 and temporal; `kybernate fault s3 down|up` cuts the agent off S3 and back', async () => {
+      const proxies = (await (await fetch(`${own.toxiproxy!.api}/proxies`)).json()) as Record<string, { listen: string; upstream: string }>;
+      expect(proxies.s3.upstream).toBe(new URL(own.s3.endpoint).host);
+      expect(proxies.temporal.upstream).toBe(own.temporal.address);
+      expect(own.toxiproxy!.routes).toEqual({ s3: `http://${proxies.s3.listen}`, temporal: proxies.temporal.listen });
+      const cfg = loadConfig({ KYBERNATE_HOME: home });
+      expect(cfg.s3.endpoint).toBe(own.toxiproxy!.routes!.s3);
+      expect(cfg.temporalAddress).toBe(own.toxiproxy!.routes!.temporal);
+      expect(cli('status')).toMatch(/healthy +toxiproxy .*proxy s3: workers reach s3 via/);
+
+      const info = await k.runWorkload({ node: 'own-a', jobId: 'cut', command: [PYTHON, PATTERN, '16', 'cut'] });
+      await until('cut ticking', () => lastTick(info.logFile) >= 2, 30000);
+      expect(cli('fault', 's3', 'down')).toContain('s3 cut');
+      expect(statusOut()).toMatch(/UNHEALTHY toxiproxy .*proxy 's3' is cut/);
+      // The direct endpoint still answers: only the proxied link, the one the agent uses, is cut.
+      expect((await fetch(`${own.s3.endpoint}/minio/health/live`)).status).toBe(200);
+      await expect(fetch(`${own.toxiproxy!.routes!.s3}/minio/health/live`, { signal: AbortSignal.timeout(3000) })).rejects.toThrow();
+      await k.startCheckpoint({ target: 'cut', node: 'own-a', checkpointId: 'own-cut-1', uploadMaxAttempts: 2 });
+      await until('PendingUpload on nvme', async () => (await k.describeCheckpoint('own-cut-1')).phase === 'PendingUpload', 90000, 500);
+      expect((await k.describeCheckpoint('own-cut-1')).tier).toBe('nvme');
+      expect(cli('fault', 's3', 'up')).toContain('s3 restored');
+      const done = await k.checkpointResult('own-cut-1');
+      expect(done).toMatchObject({ phase: 'Durable', tier: 's3' });
+
+      cli('fault', 's3', 'latency', '400');
+      const t0 = Date.now();
+      expect((await fetch(`${own.toxiproxy!.routes!.s3}/minio/health/live`)).status).toBe(200);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
+      cli('fault', 's3', 'reset');
+      const p = (await (await fetch(`${own.toxiproxy!.api}/proxies/s3`)).json()) as { enabled: boolean; toxics: unknown[] };
+      expect(p).toMatchObject({ enabled: true, toxics: [] });
+      expect(() => cli('fault', 'minio', 'down')).toThrow(/link: 'minio' is not routed/);
+    }, 240000);
+
+    test('an agent and a worker started by hand join the stack (status, restart), and a clean exit leaves it', async () => {
+      handStart('agent', '--node', 'hand', '--data-dir', path.join(outside, 'hand'), '--declared-vram', '8GiB');
+      const agent = await until('hand agent registered', () => rec('agent:hand'), 60000);
+      expect(agent.handStarted).toBe(true);
+      await until('hand agent polls', () => hasPoller(own.temporal.address, own.temporal.namespace, nodeQueue('hand'), 'activity', agent.pid), 60000);
+      expect(cli('status')).toMatch(new RegExp(`healthy +agent:hand +pid ${agent.pid} +started by hand`));
+
+      const worker = handStart('worker');
+      await until('hand worker registered', () => readStackState(home)?.processes.some((p) => p.pid === worker.pid), 60000);
+      process.kill(worker.pid!, 'SIGTERM');
+      await until('hand worker exits', () => !alive(worker.pid!), 30000);
+      expect(readStackState(home)!.processes.some((p) => p.pid === worker.pid)).toBe(false);
+
+      // restart: the supervised control worker, then the hand-started agent (now detached, logging under home).
+      const oldWorker = rec('control-worker')!.pid;
+      expect(cli('restart', 'worker')).toMatch(/control-worker running as pid \d+/);
+      const newWorker = rec('control-worker')!.pid;
+      expect(newWorker).not.toBe(oldWorker);
+      expect(alive(oldWorker)).toBe(false);
+      expect(await hasPoller(own.temporal.address, own.temporal.namespace, CONTROL_QUEUE, 'workflow', newWorker)).toBe(true);
+      cli('restart', 'agent:hand', '--signal', 'SIGKILL');
+      const again = rec('agent:hand')!;
+      expect(again.pid).not.toBe(agent.pid);
+      expect(alive(agent.pid)).toBe(false);
+      expect(await hasPoller(own.temporal.address, own.temporal.namespace, nodeQueue('hand'), 'activity', again.pid)).toBe(true);
+      expect(() => cli('restart', 'postgres')).toThrow(/component: 'postgres' is none of/);
+    }, 240000);
+
+    test('down stops every workload: one that exec\'d another program with another environment, its child, and a restored one; /proc keeps none', async () => {
+      // On the hand-started agent, whose data directory is outside the stack's home.
+      const chameleon = await k.runWorkload({
+        node: 'hand', jobId: 'chameleon',
+        command: ['/bin/sh', '-c', 'sleep 1001 & exec env -i PATH=/bin:/usr/bin python3 -c "import os; os.execv(\'/bin/sleep\', [\'renamed\', \'1002\'])"'],
+      });
+      await until('exec\'d', () => fs.readFileSync(`/proc/${chameleon.pid}/cmdline`, 'utf8').startsWith('renamed'), 10000);
+      expect(fs.readFileSync(`/proc/${chameleon.pid}/environ`, 'utf8')).not.toContain('KYBERNATE_JOB_ID');
+      const chameleonNs = nsOf(chameleon.pid)!;
+      expect(inNamespace(chameleonNs).length).toBe(2);
+
+      // The checkpoint of the first test (its process was dumped and is gone), restored: a new pid in a new namespace.
+      const { workflowId } = await k.startRestore({ checkpointId: 'own-cut-1', node: 'own-a' });
+      const restored = await k.restoreResult(workflowId);
+      expect(restored.phase).toBe('Running');
+      expect(alive(restored.pid!)).toBe(true);
+      const restoredNs = nsOf(restored.pid!)!;
+      const found = findWorkloadProcesses(home).map((p) => p.pid);
+      expect(found).toEqual(expect.arrayContaining([...inNamespace(chameleonNs), restored.pid!]));
+
+      const agents = readStackState(home)!.processes.map((p) => p.pid);
+      await down({ home, log: () => undefined });
+      expect(alive(chameleon.pid)).toBe(false);
+      expect(alive(restored.pid!)).toBe(false);
+      expect(inNamespace(chameleonNs)).toEqual([]);
+      expect(inNamespace(restoredNs)).toEqual([]);
+      expect(agents.filter(alive)).toEqual([]);
+      expect(readStackState(home)).toBeNull();
+    }, 240000);
   });
 });
