@@ -3,9 +3,9 @@ import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { InvalidInputError, assertSafeId } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
-import { down, parseStackComponent, restartComponent, startComponent, status, stopComponent, up } from '../deploy/local/stack';
+import { down, parseDownMs, parseStackComponent, restartComponent, startComponent, status, stopComponent, up } from '../deploy/local/stack';
 import { defaultStackHome } from '../deploy/local/paths';
-import { setFault } from '../deploy/local/faults';
+import { proxiedLinks, setFault } from '../deploy/local/faults';
 import { startAgent, startControlWorker } from '../deploy/local/workers';
 import { runAgent } from '../workers/agent';
 import { loadConfig } from '../workers/config';
@@ -36,8 +36,7 @@ program
   .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean; proxyTemporal?: boolean }) => {
     const nodes = o.nodes.split(',').filter(Boolean).map((n) => assertSafeId('nodes', n.trim()));
     const declared = parseBytes('declared-vram', o.declaredVram);
-    if (o.proxyTemporal && !o.toxiproxy) throw new InvalidInputError('proxy-temporal', 'needs --toxiproxy');
-    const state = await up({ toxiproxy: o.toxiproxy, proxies: o.toxiproxy ? (o.proxyTemporal ? ['s3', 'temporal'] : ['s3']) : [] });
+    const state = await up({ toxiproxy: o.toxiproxy, proxies: proxiedLinks(o) });
     if (o.workers) {
       await startControlWorker(state);
       for (const node of nodes) await startAgent(state, { node, declaredVramBytes: declared });
@@ -57,14 +56,8 @@ program
   .option('--stop-only', 'stop it and leave it stopped (start it again with --start-only)')
   .option('--start-only', 'start a stopped component again')
   .action(async (name: string, o: { signal: 'SIGKILL' | 'SIGTERM'; down: string; stopOnly?: boolean; startOnly?: boolean }) => {
-    let component;
-    try {
-      component = parseStackComponent(name);
-    } catch (e) {
-      throw new InvalidInputError('component', (e as Error).message.replace(/^component: /, ''));
-    }
-    const downMs = Number(o.down);
-    if (!Number.isInteger(downMs) || downMs < 0) throw new InvalidInputError('down', `must be a whole number of milliseconds (got '${o.down}')`);
+    const component = parseStackComponent(name);
+    const downMs = parseDownMs(o.down);
     const home = defaultStackHome();
     if (o.stopOnly) {
       const rec = await stopComponent(home, component, { signal: o.signal });

@@ -4,6 +4,7 @@ import {
   type Component, ComponentFailedError, createBucket, httpOk, isAlive, type ProcessRecord, type ProxyConfig, readStackState, recordAlive,
   type StackState, startProcess, temporalHealthy, updateState, waitFor,
 } from './stack';
+import { InvalidInputError } from '../../common/ids';
 import { waitForWorker } from './workers';
 
 /** What `restart` can take: a service, the control worker, or a node's agent. */
@@ -12,7 +13,14 @@ export type StackComponent = Component | 'control-worker' | `agent:${string}`;
 export function parseStackComponent(name: string): StackComponent {
   if (name === 'worker') return 'control-worker';
   if (['temporal', 'minio', 'toxiproxy', 'control-worker'].includes(name) || /^agent:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) return name as StackComponent;
-  throw new Error(`component: '${name}' is none of temporal, minio, toxiproxy, worker, agent:<node>`);
+  throw new InvalidInputError('component', `'${name}' is none of temporal, minio, toxiproxy, worker, agent:<node>`);
+}
+
+/** `restart --down <ms>`: how long the component stays down. */
+export function parseDownMs(value: string): number {
+  const ms = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(ms)) throw new InvalidInputError('down', `must be a whole number of milliseconds (got '${value}')`);
+  return ms;
 }
 const isService = (c: StackComponent): c is Component => c === 'temporal' || c === 'minio' || c === 'toxiproxy';
 

@@ -1,5 +1,11 @@
 import { InvalidInputError } from '../../common/ids';
-import { readStackState } from './stack';
+import { type ProxiedLink, readStackState } from './stack';
+
+/** The links `up --toxiproxy [--proxy-temporal]` routes through proxies. */
+export function proxiedLinks(o: { toxiproxy?: boolean; proxyTemporal?: boolean }): ProxiedLink[] {
+  if (o.proxyTemporal && !o.toxiproxy) throw new InvalidInputError('proxy-temporal', 'needs --toxiproxy');
+  return o.toxiproxy ? (o.proxyTemporal ? ['s3', 'temporal'] : ['s3']) : [];
+}
 
 /**
  * One toxiproxy call per fault on a link that `up --toxiproxy` routed workers through (proxy `s3`, and

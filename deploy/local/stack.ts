@@ -448,5 +448,5 @@ export function registerProcess(rec: ProcessRecord, home = defaultStackHome()): 
   if (!state) throw new Error(`no stack state in ${home}; run 'kybernate up' first`);
 }
 
-export { parseStackComponent, restartComponent, type StackComponent, startComponent, stopComponent, type StopOptions } from './components';
+export { parseDownMs, parseStackComponent, restartComponent, type StackComponent, startComponent, stopComponent, type StopOptions } from './components';
 export { findWorkloadProcesses, killWorkloads, noteNodeDir } from './workloads';
