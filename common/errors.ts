@@ -2,6 +2,10 @@
 export const ErrorType = {
   InvalidInput: 'InvalidInput',
   NoSuchProcess: 'NoSuchProcess',
+  /** A workload could not be started (no such program, not executable, exited at once); nothing is left running. */
+  StartFailure: 'StartFailure',
+  /** A workload with this job id is already running on the node: a second one would be untracked. */
+  JobAlreadyRunning: 'JobAlreadyRunning',
   CudaUnavailable: 'CudaUnavailable',
   CudaError: 'CudaError',
   CriuDumpFailed: 'CriuDumpFailed',

@@ -17,6 +17,8 @@ export interface AgentOptions {
   dataDir?: string;
   declaredVramBytes?: number;
   criuBin?: string;
+  /** The init run as pid 1 of each workload's PID namespace; null: none. Default: $KYBERNATE_INIT ('none' for none), else the provisioned tini. */
+  initBin?: string | null;
   /** Memory (tmpfs) directory for staging dumps and fetches; null: never stage. Default: /dev/shm/kybernate/<node>. */
   stagingDir?: string | null;
   /** How often inventory goes to the node's registry workflow. */
@@ -38,6 +40,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     zone: opts.zone ?? null,
     dataDir,
     criuBin: opts.criuBin ?? process.env.KYBERNATE_CRIU ?? BIN.criu,
+    initBin: initBin(opts.initBin),
     criuActionScript: process.env.KYBERNATE_CRIU_ACTION_SCRIPT ?? null,
     declaredVramBytes: opts.declaredVramBytes ?? null,
     stagingDir: opts.stagingDir === undefined ? defaultStagingDir(opts.node) : opts.stagingDir,
@@ -73,6 +76,21 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     await clientConn.close();
     await connection.close();
   }
+}
+
+/**
+ * Refuses to start an agent whose init is missing: its workloads could not be stopped with SIGTERM, and the
+ * first `run` would fail anyway.
+ */
+function initBin(given: string | null | undefined): string | null {
+  const bin = given !== undefined ? given : process.env.KYBERNATE_INIT === 'none' ? null : process.env.KYBERNATE_INIT ?? BIN.tini;
+  if (bin === null) return null;
+  try {
+    fs.accessSync(bin, fs.constants.X_OK);
+  } catch {
+    throw new Error(`init ${bin} is missing or not executable: run deploy/local/provision.sh tini, or set KYBERNATE_INIT to an init (or 'none')`);
+  }
+  return path.resolve(bin);
 }
 
 /** /dev/shm is memory on every Linux we run on; without it, dumps and fetches go straight to disk. */

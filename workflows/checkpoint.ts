@@ -13,6 +13,7 @@ import type { NodeActivities } from '../activities/node';
 import type { AttemptRecord, CheckpointOutcome, CheckpointPhase, CheckpointRequest, CheckpointStatus, Tier, UploadResult } from '../common/checkpoint';
 import type { ControlActivities } from '../activities/control';
 import { ErrorType } from '../common/errors';
+import { CheckpointRequestSchema, inputProblem } from '../common/inputs';
 import { CONTROL_QUEUE, nodeQueue, promotionWorkflowId } from '../common/queues';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
@@ -37,6 +38,9 @@ class StepFailed extends Error {
  * and becomes tier nvme only if S3 is out of reach.
  */
 export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutcome> {
+  // A crafted request fails here, in one line naming the field, before any activity touches the workload.
+  const invalid = inputProblem(CheckpointRequestSchema, req);
+  if (invalid) throw ApplicationFailure.nonRetryable(`invalid checkpoint request: ${invalid}`, ErrorType.InvalidInput);
   const status: CheckpointStatus = {
     checkpointId: req.checkpointId, jobId: req.jobId, node: req.node, pid: req.pid ?? null, vramBytes: req.vramBytes ?? 0, phase: 'Pending', tier: null, failureReason: null, history: [], upload: null,
   };

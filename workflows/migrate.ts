@@ -7,6 +7,7 @@ import { checkpoint } from './checkpoint';
 import { describeFailure } from './failures';
 import { restore } from './restore';
 import { ErrorType } from '../common/errors';
+import { inputProblem, MigrateInputSchema } from '../common/inputs';
 
 export type MigratePhase = 'Checkpointing' | 'Restoring' | 'Compensating' | 'Migrated' | 'RestoredOnSource' | 'Failed';
 
@@ -25,6 +26,8 @@ export const migrateStatusQuery = defineQuery<MigrateStatus>('status');
 
 /** Checkpoint on A, restore on B, as one workflow; if no node takes it, restore it on A again. */
 export async function migrate(input: { jobId: string; from: string; to: string; checkpointId: string; vramBytes?: number; placementDeadline?: string }): Promise<MigrateStatus> {
+  const invalid = inputProblem(MigrateInputSchema, input);
+  if (invalid) throw ApplicationFailure.nonRetryable(`invalid migration request: ${invalid}`, ErrorType.InvalidInput);
   const status: MigrateStatus = { ...input, phase: 'Checkpointing', checkpoint: null, restores: [], failureReason: null };
   setHandler(migrateStatusQuery, () => status);
   const enter = (p: MigratePhase): void => {

@@ -1,7 +1,9 @@
 import { ApplicationFailure, defineQuery, log, proxyActivities, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
+import { durationMs } from '../common/bounds';
 import { ErrorType } from '../common/errors';
+import { inputProblem, RestoreRequestSchema } from '../common/inputs';
 import { CONTROL_QUEUE, nodeQueue } from '../common/queues';
 import type { RestorePhase, RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
@@ -24,6 +26,9 @@ class AttemptFailed extends Error {
  * dead agent) is excluded and the restore placed again; a corrupt or incompatible checkpoint fails for good.
  */
 export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
+  // A crafted request (VRAM no node can hold, a deadline of years) fails here, in one line naming the field.
+  const invalid = inputProblem(RestoreRequestSchema, req);
+  if (invalid) throw ApplicationFailure.nonRetryable(`invalid restore request: ${invalid}`, ErrorType.InvalidInput);
   const status: RestoreStatus = {
     checkpointId: req.checkpointId, jobId: null, phase: 'Placing', node: null, pid: null, vramBytes: 0, source: null,
     attempts: [], excluded: [...(req.exclude ?? [])], failureReason: null,
@@ -152,7 +157,7 @@ async function attempt(req: RestoreRequest, status: RestoreStatus, nodeName: str
 }
 
 function msOf(d: string): number {
-  const m = /^(\d+)(ms|s|m|h)$/.exec(d);
-  if (!m) throw ApplicationFailure.nonRetryable(`placementDeadline: expected e.g. '90s' or '10m' (got '${d}')`, 'InvalidInput');
-  return Number(m[1]) * { ms: 1, s: 1000, m: 60000, h: 3600000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+  const ms = durationMs(d);
+  if (ms === null) throw ApplicationFailure.nonRetryable(`placementDeadline: expected e.g. '90s' or '10m' (got '${d}')`, 'InvalidInput');
+  return ms;
 }

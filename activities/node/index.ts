@@ -4,10 +4,14 @@ import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { checkpointLocation, type NodeContext, workloadDir } from './context';
 import { criuDump, criuRestore, workloadFileIndex } from './criu';
-import { cudaState, cudaStep } from './cuda';
+import { cudaStep, cudaTreeState } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
-import { killProcess, processAlive, procStatFields, readWorkloadPid, requireProcess, startWorkload, type WorkloadInfo, type WorkloadSpec } from './process';
+import {
+  DEFAULT_STOP_GRACE_MS, killProcess, processAlive, processIdentity, readWorkloadPid, requireProcess, runningWorkload, startWorkload, stopProcess,
+  treeCpuTicks, type WorkloadInfo, type WorkloadSpec,
+} from './process';
+import { writePidFile } from './pid-file';
 import { persistCheckpoint } from './persist';
 import { sealCheckpoint } from './seal';
 import { releaseStaging } from './staging';
@@ -32,7 +36,7 @@ export function createNodeActivities(ctx: NodeContext) {
       return { pid };
     },
     async inspectProcess(input: { pid: number }): Promise<{ alive: boolean; cuda: string }> {
-      return { alive: processAlive(input.pid), cuda: cudaState(input.pid) };
+      return { alive: processAlive(input.pid), cuda: cudaTreeState(input.pid) };
     },
     async cudaLock(input: { pid: number }): Promise<CudaStepResult> {
       requireProcess(input.pid);
@@ -72,19 +76,6 @@ export function createNodeActivities(ctx: NodeContext) {
       const dir = checkpointLocation(ctx, input.checkpointId);
       return criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
     },
-    async readLog(input: { path: string; maxBytes?: number }): Promise<string> {
-      const max = input.maxBytes ?? 64 * 1024;
-      const st = fs.statSync(input.path);
-      const fd = fs.openSync(input.path, 'r');
-      try {
-        const len = Math.min(max, st.size);
-        const buf = Buffer.alloc(len);
-        fs.readSync(fd, buf, 0, len, st.size - len);
-        return buf.toString('utf8');
-      } finally {
-        fs.closeSync(fd);
-      }
-    },
     async checkVram(input: { bytes: number }): Promise<{ freeVramBytes: number }> {
       return checkVram(ctx, input);
     },
@@ -92,17 +83,21 @@ export function createNodeActivities(ctx: NodeContext) {
     async adoptWorkload(input: { jobId: string; pid: number; vramBytes: number }): Promise<void> {
       const dir = workloadDir(ctx, input.jobId);
       fs.mkdirSync(dir, { recursive: true });
-      fs.writeFileSync(path.join(dir, 'pid'), String(input.pid));
+      const id = processIdentity(input.pid);
+      if (!id) throw ApplicationFailure.nonRetryable(`restored pid ${input.pid} of job ${input.jobId} is not running`, ErrorType.NoSuchProcess);
+      writePidFile(path.join(dir, 'pid'), id);
       recordVram(ctx, input.pid, input.vramBytes);
     },
-    /** Alive, and making progress: CPU time or one of its output files grows, checked every 100 ms up to the window. */
+    /**
+     * Alive, and making progress: the CPU time of its tree (the workload runs under an init that uses none) or
+     * one of its output files grows, checked every 100 ms up to the window.
+     */
     async verifyProgress(input: { pid: number; checkpointId: string; windowMs?: number }): Promise<{ cpuTicks: number; bytesWritten: number; afterMs: number }> {
       const files = workloadFileIndex(checkpointLocation(ctx, input.checkpointId)).map((f) => f.path);
       const sample = (): { cpu: number; bytes: number } => {
         requireProcess(input.pid);
-        const f = procStatFields(input.pid);
         const bytes = files.reduce((s, p) => s + (fs.existsSync(p) ? fs.statSync(p).size : 0), 0);
-        return { cpu: Number(f[11]) + Number(f[12]), bytes };
+        return { cpu: treeCpuTicks(input.pid), bytes };
       };
       const window = input.windowMs ?? 3000;
       const a = sample();
@@ -121,6 +116,17 @@ export function createNodeActivities(ctx: NodeContext) {
     },
     async killProcess(input: { pid: number; reason: string }): Promise<{ killed: boolean }> {
       return killProcess(ctx, input.pid, input.reason);
+    },
+    /**
+     * Stops a job this agent started or adopted: SIGTERM, then SIGKILL after the grace period (default 30 s).
+     * Not for compensations: a process in an unknown state is killed at once (killProcess).
+     */
+    async stopWorkload(input: { jobId: string; graceMs?: number; reason?: string }): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
+      const graceMs = input.graceMs ?? DEFAULT_STOP_GRACE_MS;
+      if (!Number.isFinite(graceMs) || graceMs < 0) throw ApplicationFailure.nonRetryable(`graceMs: must be a non-negative number (got ${graceMs})`, ErrorType.InvalidInput, { field: 'graceMs' });
+      const running = runningWorkload(ctx, input.jobId);
+      if (!running) return { stopped: false, signal: null, afterMs: 0 };
+      return stopProcess(ctx, running.pid, input.reason ?? 'stop requested', graceMs, running.startTime);
     },
   };
 }

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { SealResult } from '../../common/checkpoint';
+import { inputProblem } from '../../common/inputs';
 import { type FileEntry, type Metadata, METADATA_FILE, MetadataSchema } from '../../common/metadata';
 import { checkpointLocation, type NodeContext } from './context';
 import { criuVersion, IMAGES, workloadFileIndex } from './criu';
@@ -66,7 +67,7 @@ export async function sealCheckpoint(
   const files: FileEntry[] = await Promise.all(
     names.map(async (p) => ({ path: p, size: fs.statSync(path.join(dir, p)).size, sha256: await sha256File(path.join(dir, p)) })),
   );
-  const metadata: Metadata = MetadataSchema.parse({
+  const doc = {
     format: 'kybernate.checkpoint/v1',
     checkpointId: input.checkpointId,
     jobId: input.jobId,
@@ -77,7 +78,11 @@ export async function sealCheckpoint(
     cuda: { checkpointed: input.cudaCheckpointed, vramBytes: input.vramBytes },
     workloadFiles: workloadFileIndex(dir),
     files,
-  });
+  };
+  // One line naming the field (e.g. cuda.vramBytes out of bounds), not a multi-line ZodError dump.
+  const invalid = inputProblem(MetadataSchema, doc);
+  if (invalid) throw ApplicationFailure.nonRetryable(`metadata.json of ${input.checkpointId} would be invalid: ${invalid}`, ErrorType.InvalidInput);
+  const metadata: Metadata = MetadataSchema.parse(doc);
   const text = JSON.stringify(metadata, null, 2);
   writeFileAtomic(path.join(dir, METADATA_FILE), text);
   return {

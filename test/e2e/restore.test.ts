@@ -43,7 +43,8 @@ async function checkpointed(node: string, job: string, vramGiB: number, leaveRun
 async function provesState(pid: number, logFile: string, dumpedTick: number): Promise<void> {
   await until('progress after restore', () => lastTick(logFile) > dumpedTick + 2, 20000);
   process.kill(pid, 'SIGUSR1');
-  await until('pattern verified', () => output(logFile).some((l) => l.includes(`pid=1 pattern_ok=True`)), 20000);
+  // pid 2 of its namespace: tini is pid 1 and forwards the SIGUSR1 to it.
+  await until('pattern verified', () => output(logFile).some((l) => l.includes(`pid=2 pattern_ok=True`)), 20000);
   expect(output(logFile).some((l) => l.includes('pattern_ok=False'))).toBe(false);
 }
 
