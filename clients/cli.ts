@@ -44,8 +44,14 @@ program
     const declared = parseBytes('declared-vram', o.declaredVram);
     const state = await up({ toxiproxy: o.toxiproxy, proxies: proxiedLinks(o) });
     if (o.workers) {
-      await startControlWorker(state);
-      for (const node of nodes) await startAgent(state, { node, declaredVramBytes: declared });
+      // On a stack that was already up: what runs is left alone, what died is started again as it was.
+      const known = (c: string): boolean => state.processes.some((p) => p.component === c);
+      if (known('control-worker')) await startComponent(state.home, 'control-worker');
+      else await startControlWorker(state);
+      for (const node of nodes) {
+        if (known(`agent:${node}`)) await startComponent(state.home, `agent:${node}`);
+        else await startAgent(state, { node, declaredVramBytes: declared });
+      }
     }
     console.log(`Temporal UI: ${state.temporal.uiUrl}\nTemporal:    ${state.temporal.address}\nS3 (MinIO):  ${state.s3.endpoint} bucket ${state.s3.bucket}\nLogs:        ${state.home}/logs`);
   });

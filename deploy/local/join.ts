@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { processIdentity } from '../../activities/node/process';
 import { defaultStackHome } from './paths';
-import { type ProcessRecord, readStackState, updateState } from './stack';
+import { type ProcessRecord, readStackState, recordAlive, updateState } from './stack';
 import { noteNodeDir } from './workloads';
 
 /**
@@ -29,6 +29,8 @@ export function joinLocalStack(component: string, temporalAddress: string, opts:
       log: path.join(home, 'logs', `${component.replace(':', '-')}.log`),
       command: [process.execPath, ...process.argv.slice(1)], env, cwd: process.cwd(), handStarted: true,
     };
+    // A dead predecessor (a hand-started agent killed with -9 never unregistered) is replaced, not listed twice.
+    s.processes = s.processes.filter((p) => p.component !== component || recordAlive(p));
     s.processes.push(rec);
     added = true;
   });

@@ -8,6 +8,7 @@ import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import type { KybernateConfig } from '../../common/config';
 import { processIdentity } from '../../activities/node/process';
 import { BIN, defaultStackHome, REPO_ROOT, stagingRootFor } from './paths';
+import { startComponent } from './components';
 import { killWorkloads } from './workloads';
 
 export type Component = 'temporal' | 'minio' | 'toxiproxy';
@@ -245,11 +246,20 @@ export async function up(opts: UpOptions = {}): Promise<StackState> {
   const home = opts.home ?? defaultStackHome();
   const log = opts.log ?? ((m: string) => process.stderr.write(`[stack] ${m}\n`));
   const existing = readStackState(home);
-  if (existing && existing.processes.every((p) => recordAlive(p))) {
-    log(`already running (state ${stateFile(home)})`);
-    return existing;
+  if (existing) {
+    // A stack that is there keeps its ports, data and workloads: a service that died (a crash, a reboot of
+    // one process) is started again in place, never the whole stack torn down and its workloads with it.
+    for (const c of ['temporal', 'minio', 'toxiproxy'] as const) {
+      const rec = existing.processes.find((p) => p.component === c);
+      if (rec && !recordAlive(rec)) {
+        log(`${c} (pid ${rec.pid}) is not running: starting it again on its port with its data`);
+        await startComponent(home, c);
+      }
+    }
+    if ((opts.toxiproxy || opts.proxies?.length) && !existing.toxiproxy) log("this stack runs without toxiproxy: 'down' first to add it");
+    log(`running (state ${stateFile(home)})`);
+    return readStackState(home) ?? existing;
   }
-  if (existing) await down({ home, log });
   for (const [name, bin] of Object.entries({ temporal: BIN.temporal, minio: BIN.minio })) {
     if (!fs.existsSync(bin)) throw new ComponentFailedError(name, `binary ${bin} is missing; run 'npm run provision'`);
   }
@@ -443,6 +453,8 @@ export function unregisterProcess(pid: number, home = defaultStackHome()): void 
 /** Records an extra process (a worker, an agent) so that `down` stops it with the stack. */
 export function registerProcess(rec: ProcessRecord, home = defaultStackHome()): void {
   const state = updateState(home, (s) => {
+    // A dead predecessor of the same component (crashed, or stopped by stopComponent) is replaced, not listed twice.
+    s.processes = s.processes.filter((p) => p.component !== rec.component || recordAlive(p));
     s.processes.push(rec);
   });
   if (!state) throw new Error(`no stack state in ${home}; run 'kybernate up' first`);

@@ -14,7 +14,7 @@ import type { ChildProcess } from 'node:child_process';
 import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import { KybernateClient } from '../../clients/api';
 import { nodeQueue } from '../../common/queues';
-import { ComponentFailedError, configFromStack, down, findWorkloadProcesses, readStackState, restartComponent, type StackState, up } from '../../deploy/local/stack';
+import { ComponentFailedError, configFromStack, down, findWorkloadProcesses, readStackState, restartComponent, type StackState, stopComponent, up } from '../../deploy/local/stack';
 import { hasPoller, startAgent, startControlWorker } from '../../deploy/local/workers';
 import { loadConfig } from '../../workers/config';
 import type { NodeRecord } from '../../workflows/node';
@@ -158,6 +158,31 @@ describe('the local stack', () => {
     await down({ home, log: () => undefined });
     expect(s2.processes.map((p) => p.pid).some(alive)).toBe(false);
     fs.rmSync(home, { recursive: true, force: true });
+  });
+
+  test('up on a stack whose Temporal died starts only Temporal again, on its port with its data; the rest runs on', async () => {
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-again-'));
+    try {
+      const s = await up({ home, log: () => undefined });
+      const minio = s.processes.find((p) => p.component === 'minio')!.pid;
+      const conn = await Connection.connect({ address: s.temporal.address });
+      await new Client({ connection: conn, namespace: s.temporal.namespace }).workflow.start('nobodyRunsThis', { workflowId: 'survivor', taskQueue: 'nobody-polls' });
+      await conn.close();
+      await stopComponent(home, 'temporal');
+      const again = await up({ home, log: () => undefined });
+      expect(again.temporal.address).toBe(s.temporal.address);
+      expect(again.processes.find((p) => p.component === 'minio')!.pid).toBe(minio);
+      expect(alive(again.processes.find((p) => p.component === 'temporal')!.pid)).toBe(true);
+      const conn2 = await Connection.connect({ address: again.temporal.address });
+      try {
+        expect((await new Client({ connection: conn2, namespace: s.temporal.namespace }).workflow.getHandle('survivor').describe()).status.name).toBe('RUNNING');
+      } finally {
+        await conn2.close();
+      }
+    } finally {
+      await down({ home, log: () => undefined });
+      fs.rmSync(home, { recursive: true, force: true });
+    }
   });
 
   describe('restartComponent: one service crashes and comes back on its port with its data', () => {
