@@ -126,38 +126,44 @@ describe('the local stack', () => {
   test('down stops every process; a dead owner takes its stack along (no orphans after Ctrl-C or a crash)', async () => {
     const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-owned-'));
     const owner = spawn('/bin/sleep', ['600'], { stdio: 'ignore' });
-    const s = await up({ home, ownerPid: owner.pid, log: () => undefined });
-    // An agent registered after the watchdog started must go too.
-    const agent = await startAgent(s, { node: 'owned' });
-    // And a component restarted since: the watchdog follows the state file, not the pids it was started with.
-    const temporal = await restartComponent(home, 'temporal');
-    const pids = readStackState(home)!.processes.map((p) => p.pid);
-    expect(pids).toEqual(expect.arrayContaining([agent.pid, temporal.pid]));
-    expect(pids).not.toContain(s.processes.find((p) => p.component === 'temporal')!.pid);
-    // A workload of that node that exec'd away from its environment, with a child: the watchdog finds both.
-    const wl = await startWorkload(localNodeContext('owned', path.join(home, 'nodes', 'owned')), {
-      jobId: 'orphan', command: ['/bin/sh', '-c', 'sleep 1003 & exec env -i /bin/sleep 1004'],
-    });
-    // wl.pid is the namespace's pid 1 (an init such as tini, or the workload itself without one).
-    const ns = fs.readlinkSync(`/proc/${wl.pid}/ns/pid`);
-    const inNs = (): number[] => fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number).filter((p) => {
-      try {
-        return fs.readlinkSync(`/proc/${p}/ns/pid`) === ns && alive(p);
-      } catch {
-        return false;
-      }
-    });
-    await until('exec\'d, with its child', () => ['/bin/sleep\x001004', 'sleep\x001003'].every((c) => inNs().some((p) => cmdline(p).startsWith(c))), 10000);
-    expect(pids.every(alive)).toBe(true);
-    owner.kill('SIGKILL');
-    await until('watchdog stops the stack', () => pids.every((p) => !alive(p)), 20000);
-    await until('and the workload with its child', () => inNs().length === 0, 10000);
-    expect(readStackState(home)).toBeNull();
+    try {
+      const s = await up({ home, ownerPid: owner.pid, log: () => undefined });
+      // An agent registered after the watchdog started must go too.
+      const agent = await startAgent(s, { node: 'owned' });
+      // And a component restarted since: the watchdog follows the state file, not the pids it was started with.
+      const temporal = await restartComponent(home, 'temporal');
+      const pids = readStackState(home)!.processes.map((p) => p.pid);
+      expect(pids).toEqual(expect.arrayContaining([agent.pid, temporal.pid]));
+      expect(pids).not.toContain(s.processes.find((p) => p.component === 'temporal')!.pid);
+      // A workload of that node that exec'd away from its environment, with a child: the watchdog finds both.
+      const wl = await startWorkload(localNodeContext('owned', path.join(home, 'nodes', 'owned')), {
+        jobId: 'orphan', command: ['/bin/sh', '-c', 'sleep 1003 & exec env -i /bin/sleep 1004'],
+      });
+      // wl.pid is the namespace's pid 1 (an init such as tini, or the workload itself without one).
+      const ns = fs.readlinkSync(`/proc/${wl.pid}/ns/pid`);
+      const inNs = (): number[] => fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number).filter((p) => {
+        try {
+          return fs.readlinkSync(`/proc/${p}/ns/pid`) === ns && alive(p);
+        } catch {
+          return false;
+        }
+      });
+      await until('exec\'d, with its child', () => ['/bin/sleep\x001004', 'sleep\x001003'].every((c) => inNs().some((p) => cmdline(p).startsWith(c))), 10000);
+      expect(pids.every(alive)).toBe(true);
+      owner.kill('SIGKILL');
+      await until('watchdog stops the stack', () => pids.every((p) => !alive(p)), 20000);
+      await until('and the workload with its child', () => inNs().length === 0, 10000);
+      expect(readStackState(home)).toBeNull();
 
-    const s2 = await up({ home, log: () => undefined });
-    await down({ home, log: () => undefined });
-    expect(s2.processes.map((p) => p.pid).some(alive)).toBe(false);
-    fs.rmSync(home, { recursive: true, force: true });
+      const s2 = await up({ home, log: () => undefined });
+      await down({ home, log: () => undefined });
+      expect(s2.processes.map((p) => p.pid).some(alive)).toBe(false);
+    } finally {
+      // A failure above must not leave the stack (its watchdog stops it once the owner is gone) nor keep jest alive.
+      owner.kill('SIGKILL');
+      await until('the watchdog is done', () => readStackState(home) === null, 30000).catch(() => down({ home, log: () => undefined }));
+      fs.rmSync(home, { recursive: true, force: true });
+    }
   });
 
   test('up on a stack whose Temporal died starts only Temporal again, on its port with its data; the rest runs on', async () => {
@@ -278,7 +284,8 @@ describe('the local stack', () => {
     let home: string;
     let own: StackState;
     let k: KybernateClient;
-    const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-hand-data-'));
+    /** A data directory outside the stack's home, for the agent started by hand. */
+    let outside: string;
     const byHand: ChildProcess[] = [];
     const cli = (...args: string[]): string => execFileSync(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: home }, encoding: 'utf8' });
     /** `status` exits 1 when anything is unhealthy; its report is what counts here. */
@@ -303,6 +310,7 @@ describe('the local stack', () => {
 
     beforeAll(async () => {
       home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-own-'));
+      outside = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-hand-data-'));
       own = await up({ home, proxies: ['s3', 'temporal'], log: () => undefined });
       await startControlWorker(own);
       await startAgent(own, { node: 'own-a', declaredVramBytes: 8 << 30 });
@@ -310,10 +318,10 @@ describe('the local stack', () => {
     }, 240000);
     afterAll(async () => {
       await k?.close();
-      await down({ home, log: () => undefined });
+      if (home) await down({ home, log: () => undefined });
       for (const c of byHand) if (c.pid && alive(c.pid)) process.kill(c.pid, 'SIGKILL');
-      fs.rmSync(home, { recursive: true, force: true });
-      fs.rmSync(outside, { recursive: true, force: true });
+      if (home) fs.rmSync(home, { recursive: true, force: true });
+      if (outside) fs.rmSync(outside, { recursive: true, force: true });
     });
 
     test('up with proxies: workers reach S3 and Temporal through proxies named s3 and temporal; `kybernate fault s3 down|up` cuts the agent off S3 and back', async () => {
