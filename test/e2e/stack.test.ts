@@ -386,6 +386,23 @@ describe('the local stack', () => {
       expect(() => cli('restart', 'postgres')).toThrow(/component: 'postgres' is none of/);
     }, 240000);
 
+    test('kybernate up on the running stack leaves what runs alone and starts a crashed agent again as it was', async () => {
+      const before = readStackState(home)!;
+      const worker = rec('control-worker')!.pid;
+      const agentA = rec('agent:own-a')!;
+      process.kill(agentA.pid, 'SIGKILL');
+      await until('agent gone', () => !alive(agentA.pid), 10000);
+      cli('up', '--nodes', 'own-a');
+      const after = readStackState(home)!;
+      expect(after.temporal).toEqual(before.temporal);
+      expect(rec('control-worker')!.pid).toBe(worker);
+      const again = rec('agent:own-a')!;
+      expect(again.pid).not.toBe(agentA.pid);
+      expect(again.command).toEqual(agentA.command);
+      expect(after.processes.filter((p) => p.component === 'agent:own-a')).toHaveLength(1);
+      expect(await hasPoller(own.temporal.address, own.temporal.namespace, nodeQueue('own-a'), 'activity', again.pid)).toBe(true);
+    }, 120000);
+
     test('down stops every workload: one that exec\'d another program with another environment, its child, and a restored one; /proc keeps none', async () => {
       // On the hand-started agent, whose data directory is outside the stack's home.
       const chameleon = await k.runWorkload({
