@@ -356,6 +356,21 @@ describe('the local stack', () => {
       const p = (await (await fetch(`${own.toxiproxy!.api}/proxies/s3`)).json()) as { enabled: boolean; toxics: unknown[] };
       expect(p).toMatchObject({ enabled: true, toxics: [] });
       expect(() => cli('fault', 'minio', 'down')).toThrow(/link: 'minio' is not routed/);
+
+      // The Temporal link: cut for whoever goes through the proxy, the server itself answers on.
+      const reach = async (address: string): Promise<boolean> => {
+        try {
+          await (await Connection.connect({ address, connectTimeout: 2000 })).close();
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      expect(cli('fault', 'temporal', 'down')).toContain('temporal cut');
+      expect(await reach(own.toxiproxy!.routes!.temporal!)).toBe(false);
+      expect(await reach(own.temporal.address)).toBe(true);
+      cli('fault', 'temporal', 'up');
+      expect(await reach(own.toxiproxy!.routes!.temporal!)).toBe(true);
     }, 240000);
 
     test('an agent and a worker started by hand join the stack (status, restart), and a clean exit leaves it', async () => {
