@@ -3,7 +3,9 @@ import * as path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { assertPid, assertSafeId, InvalidInputError, printable, printableJson } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
-import { down, status, up } from '../deploy/local/stack';
+import { down, parseDownMs, parseStackComponent, restartComponent, startComponent, status, stopComponent, up } from '../deploy/local/stack';
+import { defaultStackHome } from '../deploy/local/paths';
+import { proxiedLinks, setFault } from '../deploy/local/faults';
 import { startAgent, startControlWorker } from '../deploy/local/workers';
 import { runAgent } from '../workers/agent';
 import { loadConfig } from '../workers/config';
@@ -35,14 +37,21 @@ program
   .option('--nodes <names>', 'comma-separated node agents to start', 'node-a,node-b')
   .option('--declared-vram <size>', 'VRAM each node declares (no GPU here): reported as declared, never as measured', '16GiB')
   .option('--no-workers', 'start only Temporal and MinIO')
-  .option('--toxiproxy', 'also start toxiproxy, for fault tests')
-  .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean }) => {
+  .option('--toxiproxy', "also start toxiproxy, and route the workers' S3 through its proxy 's3' (see 'kybernate fault')")
+  .option('--proxy-temporal', "with --toxiproxy: route the workers' Temporal connection through the proxy 'temporal' too")
+  .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean; proxyTemporal?: boolean }) => {
     const nodes = o.nodes.split(',').filter(Boolean).map((n) => assertSafeId('nodes', n.trim()));
     const declared = parseBytes('declared-vram', o.declaredVram);
-    const state = await up({ toxiproxy: o.toxiproxy });
+    const state = await up({ toxiproxy: o.toxiproxy, proxies: proxiedLinks(o) });
     if (o.workers) {
-      await startControlWorker(state);
-      for (const node of nodes) await startAgent(state, { node, declaredVramBytes: declared });
+      // On a stack that was already up: what runs is left alone, what died is started again as it was.
+      const known = (c: string): boolean => state.processes.some((p) => p.component === c);
+      if (known('control-worker')) await startComponent(state.home, 'control-worker');
+      else await startControlWorker(state);
+      for (const node of nodes) {
+        if (known(`agent:${node}`)) await startComponent(state.home, `agent:${node}`);
+        else await startAgent(state, { node, declaredVramBytes: declared });
+      }
     }
     console.log(`Temporal UI: ${state.temporal.uiUrl}\nTemporal:    ${state.temporal.address}\nS3 (MinIO):  ${state.s3.endpoint} bucket ${state.s3.bucket}\nLogs:        ${state.home}/logs`);
   });
@@ -50,6 +59,33 @@ program
 program.command('down').description('stop the local stack and every worker and agent it started').action(async () => {
   await down();
 });
+
+program
+  .command('restart <component>')
+  .description('stop one component and start it again, the rest of the stack untouched: temporal, minio, toxiproxy (same port, same data), worker, agent:<node>')
+  .addOption(new Option('--signal <signal>', 'how to stop it: SIGKILL (a crash) or SIGTERM (a clean shutdown)').choices(['SIGKILL', 'SIGTERM']).default('SIGTERM'))
+  .option('--down <ms>', 'stay down this long before starting again (an outage)', '0')
+  .option('--stop-only', 'stop it and leave it stopped (start it again with --start-only)')
+  .option('--start-only', 'start a stopped component again')
+  .action(async (name: string, o: { signal: 'SIGKILL' | 'SIGTERM'; down: string; stopOnly?: boolean; startOnly?: boolean }) => {
+    const component = parseStackComponent(name);
+    const downMs = parseDownMs(o.down);
+    const home = defaultStackHome();
+    if (o.stopOnly) {
+      const rec = await stopComponent(home, component, { signal: o.signal });
+      console.log(`${component} stopped (was pid ${rec.pid}); 'kybernate restart ${name} --start-only' starts it again`);
+      return;
+    }
+    const rec = o.startOnly ? await startComponent(home, component) : await restartComponent(home, component, { signal: o.signal, downMs });
+    console.log(`${component} running as pid ${rec.pid}; log ${rec.log}`);
+  });
+
+program
+  .command('fault <link> <action> [value]')
+  .description("cut, restore or slow a link that 'up --toxiproxy' routed through a proxy: s3 or temporal; down | up | latency <ms> | bandwidth <KB/s> | reset")
+  .action(async (link: string, action: string, value: string | undefined) => {
+    console.log(await setFault(defaultStackHome(), link, action, value));
+  });
 
 program.command('status').description("each component's health and the Temporal UI URL").action(async () => {
   const s = await status();

@@ -7,6 +7,7 @@ import type { NodeContext } from '../activities/node/context';
 import { readInventory } from '../activities/node/inventory';
 import { assertSafeId } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue, nodeWorkflowId } from '../common/queues';
+import { joinLocalStack } from '../deploy/local/join';
 import { defaultStackHome, BIN } from '../deploy/local/paths';
 import { loadConfig, makeLogger } from './config';
 
@@ -65,10 +66,12 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   await report();
   const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
+  const leaveStack = joinLocalStack(`agent:${opts.node}`, cfg.temporalAddress, { dataDir });
   logger.info({ queue: nodeQueue(opts.node), dataDir, stagingDir: ctx.stagingDir, declaredVramBytes: ctx.declaredVramBytes }, 'agent ready');
   try {
     await worker.run();
   } finally {
+    leaveStack();
     clearInterval(timer);
     await clientConn.close();
     await connection.close();

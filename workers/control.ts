@@ -3,6 +3,7 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import { createControlActivities } from '../activities/control';
 import type { S3Config } from '../common/config';
 import { CONTROL_QUEUE } from '../common/queues';
+import { joinLocalStack } from '../deploy/local/join';
 import { loadConfig, makeLogger } from './config';
 
 /** The control-plane worker: every workflow, plus activities that need a Temporal client. */
@@ -25,10 +26,12 @@ export async function runControlWorker(): Promise<void> {
   const logger = makeLogger({ component: 'control-worker' });
   const { worker, close } = await createControlWorker(cfg.temporalAddress, cfg.namespace, cfg.s3);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
+  const leaveStack = joinLocalStack('control-worker', cfg.temporalAddress);
   logger.info({ queue: CONTROL_QUEUE }, 'control worker ready');
   try {
     await worker.run();
   } finally {
+    leaveStack();
     await close();
   }
 }

@@ -8,6 +8,7 @@ import { checkpointDir, type NodeContext, stagedDir } from './context';
 import { stagingFits } from './staging';
 import { processAlive, requireProcess, treeRssBytes, writableFiles } from './process';
 import { errorLines, lastLines, runTool } from './run-tool';
+import { registerWorkloadProcess } from './process-registry';
 
 export const IMAGES = 'images';
 export const WORKLOAD_FILES = 'workload-files';
@@ -170,5 +171,7 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
       nonRetryable: true,
     });
   }
-  return { pid: Number(fs.readFileSync(pidFile, 'utf8').trim()) };
+  const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
+  registerWorkloadProcess(ctx, pid, 'restored', input.dir);
+  return { pid };
 }

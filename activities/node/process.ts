@@ -7,6 +7,7 @@ import type { ProcessIdentity } from '../../common/journal';
 import { type NodeContext, safeId, workloadDir } from './context';
 import { checkCwd, otherUserCheckpointBlocker, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
 import { readPidFile, writePidFile } from './pid-file';
+import { registerWorkloadProcess } from './process-registry';
 import { heartbeat } from './run-tool';
 
 export interface WorkloadSpec {
@@ -220,6 +221,7 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
     const id = processIdentity(pid);
     if (!id) throw failed('exited right after it started', pid);
     writePidFile(path.join(dir, 'pid'), id);
+    registerWorkloadProcess(ctx, pid, 'started', jobId);
     ctx.logger.info({ job: jobId, node: ctx.node, pid, cwd: workDir, uid: runAs?.uid, exe }, 'workload started');
     const blocker = runAs ? otherUserCheckpointBlocker() : null;
     if (blocker) ctx.logger.warn({ job: jobId, node: ctx.node, pid, uid: runAs?.uid }, `this workload cannot be checkpointed on this node: ${blocker}`);
