@@ -3,9 +3,11 @@ import type { CheckpointRequest, CheckpointStatus, Tier } from '../common/checkp
 import type { KybernateConfig } from '../common/config';
 import { assertPid, assertSafeId, InvalidInputError } from '../common/ids';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeWorkflowId, restoreWorkflowId } from '../common/queues';
+import { parseReadiness, type Readiness } from '../common/readiness';
 import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import type { WorkloadInfo } from '../activities/node/process';
+import type { MigrateRequest } from '../workflows/migrate';
 import type { NodeRecord } from '../workflows/node';
 
 export interface CheckpointListEntry {
@@ -98,8 +100,9 @@ export class KybernateClient {
   }
 
   /** Restores a checkpoint on a node chosen by free VRAM (or on the given node only). */
-  async startRestore(input: { checkpointId: string; node?: string; vramBytes?: number; placementDeadline?: string }): Promise<{ workflowId: string }> {
+  async startRestore(input: { checkpointId: string; node?: string; vramBytes?: number; placementDeadline?: string; readiness?: Readiness }): Promise<{ workflowId: string }> {
     const checkpointId = assertSafeId('checkpoint', input.checkpointId);
+    const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
     if (input.node) await this.node(input.node);
     if (input.placementDeadline !== undefined && !/^\d+(ms|s|m|h)$/.test(input.placementDeadline)) {
       throw new InvalidInputError('placement-deadline', `expected e.g. 90s or 10m (got '${input.placementDeadline}')`);
@@ -111,7 +114,8 @@ export class KybernateClient {
       const workflowId = restoreWorkflowId(checkpointId, n);
       try {
         await this.client.workflow.start('restore', {
-          workflowId, taskQueue: CONTROL_QUEUE, args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline } satisfies RestoreRequest],
+          workflowId, taskQueue: CONTROL_QUEUE,
+          args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies RestoreRequest],
           typedSearchAttributes: [{ key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Placing' }],
           staticSummary: `restore ${checkpointId}`,
         });
@@ -142,8 +146,9 @@ export class KybernateClient {
   }
 
   /** Checkpoints a job on the node it runs on and restores it on another, as one workflow. */
-  async startMigration(input: { jobId: string; from?: string; to: string; vramBytes?: number; placementDeadline?: string }): Promise<{ workflowId: string; checkpointId: string }> {
+  async startMigration(input: { jobId: string; from?: string; to: string; vramBytes?: number; placementDeadline?: string; readiness?: Readiness }): Promise<{ workflowId: string; checkpointId: string }> {
     const jobId = assertSafeId('job', input.jobId);
+    const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
     const from = input.from ? assertSafeId('from', input.from) : await this.jobNode(jobId);
     const to = assertSafeId('to', input.to);
     if (from === to) throw new InvalidInputError('to', `must differ from the node the job runs on (${from})`);
@@ -152,7 +157,8 @@ export class KybernateClient {
     const checkpointId = `${jobId}-mig-${Date.now().toString(36)}`;
     const workflowId = `migrate/${checkpointId}`;
     await this.client.workflow.start('migrate', {
-      workflowId, taskQueue: CONTROL_QUEUE, args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline }],
+      workflowId, taskQueue: CONTROL_QUEUE,
+      args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies MigrateRequest],
       typedSearchAttributes: [{ key: SA_JOB, value: jobId }, { key: SA_NODE, value: from }],
       staticSummary: `migrate ${jobId} from ${from} to ${to}`,
     });

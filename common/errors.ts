@@ -17,9 +17,20 @@ export const ErrorType = {
   CudaOutOfMemory: 'CudaOutOfMemory',
   /** The checkpoint's pids are taken on this host: try another node. */
   CriuPidConflict: 'CriuPidConflict',
-  /** Restored and alive, but not making progress. */
+  /** Restored and alive, but not making progress (verifyProgress, kept for workflows started before verifyRunning). */
   NoProgress: 'NoProgress',
+  /** Restored, but stopped, a zombie, or its CUDA state is not running: try another node. */
+  NotRunning: 'NotRunning',
+  /** Restored and running, but its declared readiness probe did not pass: try another node. */
+  NotReady: 'NotReady',
   NoNodeFits: 'NoNodeFits',
+  /** The node's agent was lost mid-step and the node reports that nothing of the step remains: try another node. */
+  AgentLost: 'AgentLost',
+  /**
+   * The agent was lost mid-restore and never answered what became of the restored process: the restore stops
+   * rather than place a second copy beside one that may run.
+   */
+  RestoreOutcomeUnknown: 'RestoreOutcomeUnknown',
   CheckpointNotOnNode: 'CheckpointNotOnNode',
   RestoreFailed: 'RestoreFailed',
   MigrationFailed: 'MigrationFailed',

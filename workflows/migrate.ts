@@ -1,6 +1,7 @@
 import { ApplicationFailure, defineQuery, executeChild, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
 import type { CheckpointStatus } from '../common/checkpoint';
 import { checkpointWorkflowId, CONTROL_QUEUE, restoreWorkflowId } from '../common/queues';
+import type { Readiness } from '../common/readiness';
 import type { RestoreStatus } from '../common/restore';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 import { checkpoint } from './checkpoint';
@@ -23,9 +24,24 @@ export interface MigrateStatus {
 
 export const migrateStatusQuery = defineQuery<MigrateStatus>('status');
 
-/** Checkpoint on A, restore on B, as one workflow; if no node takes it, restore it on A again. */
-export async function migrate(input: { jobId: string; from: string; to: string; checkpointId: string; vramBytes?: number; placementDeadline?: string }): Promise<MigrateStatus> {
-  const status: MigrateStatus = { ...input, phase: 'Checkpointing', checkpoint: null, restores: [], failureReason: null };
+export interface MigrateRequest {
+  jobId: string;
+  from: string;
+  to: string;
+  checkpointId: string;
+  vramBytes?: number;
+  placementDeadline?: string;
+  /** Passed to each restore: the workload counts as Running on a node only once this probe passes. */
+  readiness?: Readiness;
+}
+
+/**
+ * Checkpoint on A, restore on B, as one workflow; if no node takes it, restore it on A again. A restore that
+ * reached Running never fails afterwards (see restore's release), so A is restored only when B has no copy.
+ */
+export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
+  const { readiness, ...rest } = input;
+  const status: MigrateStatus = { ...rest, phase: 'Checkpointing', checkpoint: null, restores: [], failureReason: null };
   setHandler(migrateStatusQuery, () => status);
   const enter = (p: MigratePhase): void => {
     status.phase = p;
@@ -51,14 +67,14 @@ export async function migrate(input: { jobId: string; from: string; to: string; 
       return describeFailure(err instanceof Error && err.cause ? err.cause : err);
     }
   };
-  const onB = await run(1, { checkpointId: input.checkpointId, prefer: [input.to], exclude: [input.from], placementDeadline: input.placementDeadline ?? '2m' });
+  const onB = await run(1, { checkpointId: input.checkpointId, prefer: [input.to], exclude: [input.from], placementDeadline: input.placementDeadline ?? '2m', ...(readiness ? { readiness } : {}) });
   if (typeof onB !== 'string') {
     enter('Migrated');
     return status;
   }
   // Nowhere else would take it: the source node still holds the checkpoint, so put the workload back there.
   enter('Compensating');
-  const onA = await run(2, { checkpointId: input.checkpointId, node: input.from, placementDeadline: input.placementDeadline ?? '2m' });
+  const onA = await run(2, { checkpointId: input.checkpointId, node: input.from, placementDeadline: input.placementDeadline ?? '2m', ...(readiness ? { readiness } : {}) });
   if (typeof onA !== 'string') {
     status.failureReason = `restore elsewhere failed (${onB}); restored on ${input.from}`;
     enter('RestoredOnSource');
