@@ -118,7 +118,9 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
   const pidFile = path.join(input.dir, 'restored.pid');
   fs.rmSync(pidFile, { force: true });
   const log = path.join(input.dir, 'criu-restore.log');
-  const r = await runTool(ctx.criuBin, ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile]);
+  const args = ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile];
+  if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
+  const r = await runTool(ctx.criuBin, args);
   if (r.code !== 0) {
     const tail = errorLines(log).slice(0, 8).join('\n') || lastLines(log, 12);
     // A pid already taken on this host can succeed elsewhere; anything else (kernel or image mismatch) will fail again.

@@ -212,6 +212,36 @@ describe('restore, end to end on the real stack', () => {
     process.kill(pid, 'SIGKILL');
   });
 
+  test('the agent killed -9 while CRIU restores, CRIU finishing without it: the restore carries on with that copy, exactly one runs', async () => {
+    const home = stack().home;
+    const marker = path.join(home, 'criu-post-restore.marker');
+    const script = path.join(home, 'criu-hold-restore.sh');
+    // A CRIU action script holds the restore (tasks created, not yet resumed) long enough to kill the agent.
+    fs.writeFileSync(script, `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-restore ]; then touch ${marker}; sleep 8; fi\nexit 0\n`, { mode: 0o755 });
+    const a = await Agent.start({ node: 'r-crash', declaredVramBytes: 8 * GiB, env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
+    agents.push(a);
+    const c = await checkpointed('r-small', 'agent-kill', 0);
+    const r = await k.startRestore({ checkpointId: c.id, node: 'r-crash' });
+    await until('CRIU inside the restore', () => fs.existsSync(marker), 60000);
+    a.kill9();
+    // CRIU goes on without the agent and resumes the workload; the agent comes back before the heartbeat timeout.
+    await until('the restored copy runs', () => runningCopies('agent-kill').length === 1, 30000);
+    await a.restart();
+    const s = await k.restoreResult(r.workflowId);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('r-crash');
+    expect(s.attempts.map((x) => `${x.node}:${x.outcome}`)).toEqual(['r-crash:running']);
+    expect(s.recoveries).toHaveLength(1);
+    expect(s.recoveries?.[0]).toMatch(/r-crash: agent lost during RestoringProcess \(criuRestore: HEARTBEAT timeout\); CRIU restored pid \d+/);
+    expect(runningCopies('agent-kill')).toEqual([s.pid]);
+    const acts = ((await k.client.workflow.getHandle(r.workflowId).fetchHistory()).events ?? [])
+      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+    expect(acts).toContain('inspectRestore');
+    await provesState(s.pid!, c.logFile, c.tick);
+    await recordHistory('restore-agent-killed', k.client.workflow.getHandle(r.workflowId));
+    process.kill(s.pid!, 'SIGKILL');
+  }, 180000);
+
   test('the control worker killed mid-restore and started again: the restore completes with exactly one copy running', async () => {
     const c = await checkpointed('r-small', 'ctl-kill', 0);
     const r = await k.startRestore({ checkpointId: c.id, node: 'r-big' });
