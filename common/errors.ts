@@ -15,6 +15,11 @@ export const ErrorType = {
   CheckpointNotFound: 'CheckpointNotFound',
   /** Not enough free VRAM on the node for a CUDA restore: try another node. */
   CudaOutOfMemory: 'CudaOutOfMemory',
+  /**
+   * CRIU was killed mid-restore (the agent shut down and cancelled the step): nothing is known about the
+   * checkpoint, and a process it resumed may run; the restore asks the node, as after a lost agent.
+   */
+  CriuInterrupted: 'CriuInterrupted',
   /** The checkpoint's pids are taken on this host: try another node. */
   CriuPidConflict: 'CriuPidConflict',
   /** Restored and alive, but not making progress (verifyProgress, kept for workflows started before verifyRunning). */

@@ -246,7 +246,8 @@ async function attempt(
         if (!cur.proc) throw new AttemptFailed('Verifying', ApplicationFailure.nonRetryable('no restored process', ErrorType.RestoreFailed), null);
         return cur.proc;
       } catch (e) {
-        if (!(e instanceof AttemptFailed) || !(agentLost(e.cause) || agentUnreachable(e.cause)) || !patched(PATCH_INSPECT_AFTER_AGENT_LOST)) throw e;
+        const unknown = e instanceof AttemptFailed && (agentLost(e.cause) || agentUnreachable(e.cause) || failureType(e.cause) === ErrorType.CriuInterrupted);
+        if (!(e instanceof AttemptFailed) || !unknown || !patched(PATCH_INSPECT_AFTER_AGENT_LOST)) throw e;
         // Lost sight of the agent mid-restore: CRIU may have finished (or may still finish) on this node. Find out
         // before anything else, however long the agent is away; never place a second copy while this is unknown.
         const lost = e.phase as Stage;
@@ -259,7 +260,7 @@ async function attempt(
           });
         if (!seen.running || !seen.process) {
           // Nothing of this attempt runs there: CRIU never ran, failed (its own error then decides), or its process is gone.
-          const cause = seen.failure ? ApplicationFailure.nonRetryable(seen.failure.message, seen.failure.type)
+          const cause = seen.failure && seen.failure.type !== ErrorType.CriuInterrupted ? ApplicationFailure.nonRetryable(seen.failure.message, seen.failure.type)
             : ApplicationFailure.nonRetryable(`${describeFailure(e.cause)}; ${nodeName} reports nothing of this attempt running (CRIU ${seen.criu})`, ErrorType.AgentLost);
           throw new AttemptFailed(lost, cause, null);
         }

@@ -121,6 +121,11 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
   const args = ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile];
   if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
   const r = await runTool(ctx.criuBin, args);
+  if (r.code === null) {
+    // Killed by a signal (the agent shutting down cancels the activity, and runTool kills CRIU): says nothing
+    // about the checkpoint, and tasks resumed just before may run on. The workflow asks the node what remains.
+    throw ApplicationFailure.nonRetryable(`criu restore killed by ${r.signal} (agent shut down or activity cancelled)`, ErrorType.CriuInterrupted);
+  }
   if (r.code !== 0) {
     const tail = errorLines(log).slice(0, 8).join('\n') || lastLines(log, 12);
     // A pid already taken on this host can succeed elsewhere; anything else (kernel or image mismatch) will fail again.

@@ -8,7 +8,7 @@ import type { RestoreInspection } from '../../common/restore';
 import { checkpointLocation, type NodeContext } from './context';
 import { criuRestore, IMAGES, workloadFileIndex } from './criu';
 import { cudaState } from './cuda';
-import { journaled, journalOutcome } from './journal';
+import { journaled, journalOutcome, readJournal } from './journal';
 import { isSameProcess, processIdentity, procStatFields } from './process';
 import { heartbeat } from './run-tool';
 
@@ -62,8 +62,8 @@ function startedAtMs(startTime: number): number {
  * What became of a restore attempt whose agent the workflow lost sight of. Waits (heartbeating) while the
  * journal says the step still runs in a live agent, or a CRIU restore of this checkpoint still runs, so the
  * answer is final: CRIU never ran, failed, or created a process, which then either runs (by identity) or not.
- * Without a 'done' record (the agent died mid-step), CRIU's pid file names the process; it counts only if it
- * started after the step did, so a pid reused since is never taken for it.
+ * Without a 'done' record (the agent died mid-step, or CRIU was killed), CRIU's pid file names the process; it
+ * counts only if it started after the step did, so a pid reused since is never taken for it.
  */
 export async function inspectRestore(
   ctx: NodeContext, input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number },
@@ -82,12 +82,14 @@ export async function inspectRestore(
     proc = { pid: input.pid, startTime: input.startTime };
   } else if (outcome.state === 'done' && typeof outcome.data?.pid === 'number' && typeof outcome.data.startTime === 'number') {
     proc = { pid: outcome.data.pid, startTime: outcome.data.startTime };
-  } else if (outcome.state === 'interrupted' && outcome.at) {
+  } else if (outcome.state === 'interrupted' || outcome.state === 'failed') {
+    // Cut off (agent died) or killed (CriuInterrupted): CRIU may have resumed the process before it stopped.
+    const started = [...readJournal(ctx, 'restore', input.attemptId)].reverse().find((e) => e.step === CRIU_RESTORE_STEP && e.state === 'started');
     const pidFile = path.join(dir, 'restored.pid');
     const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8').trim()) : NaN;
-    const id = Number.isInteger(pid) && pid > 1 ? processIdentity(pid) : null;
+    const id = started && Number.isInteger(pid) && pid > 1 ? processIdentity(pid) : null;
     // Start times have a resolution of one tick (10 ms): a second of slack, never more.
-    if (id && startedAtMs(id.startTime) >= Date.parse(outcome.at) - 1000) proc = id;
+    if (id && started && startedAtMs(id.startTime) >= Date.parse(started.at) - 1000) proc = id;
   }
   const running = proc !== null && isSameProcess(proc);
   let state: string | null = null;

@@ -200,10 +200,26 @@ describe('inspectRestore: what became of a restore whose agent was lost', () => 
   });
 
   test('failed: the journal\'s error is reported', async () => {
+    fs.rmSync(path.join(ckDir, 'restored.pid'), { force: true }); // as criuRestore does before CRIU runs; a failed CRIU writes none
     appendJournal(ctx, 'restore', 'ck1.r1.a5', { step: CRIU_RESTORE_STEP, state: 'started', data: { dir: ckDir } });
     appendJournal(ctx, 'restore', 'ck1.r1.a5', { step: CRIU_RESTORE_STEP, state: 'failed', data: { type: 'CriuPidConflict', message: 'pid busy' } });
     expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a5' })).toMatchObject({
       criu: 'failed', failure: { type: 'CriuPidConflict', message: 'pid busy' }, process: null, running: false,
+    });
+  });
+
+  test('CRIU killed after it resumed the process (CriuInterrupted): the pid file still names it', async () => {
+    const c = idle();
+    const id = processIdentity(c.pid!)!;
+    fs.writeFileSync(path.join(ckDir, 'restored.pid'), String(id.pid));
+    const file = path.join(dataDir, 'journal', 'restore', 'ck1.r1.a6.jsonl');
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.appendFileSync(file, [
+      { step: CRIU_RESTORE_STEP, state: 'started', at: new Date(Date.now() - 60000).toISOString(), agentPid: process.pid, data: { dir: ckDir } },
+      { step: CRIU_RESTORE_STEP, state: 'failed', at: new Date().toISOString(), agentPid: process.pid, data: { type: 'CriuInterrupted', message: 'killed by SIGKILL' } },
+    ].map((e) => JSON.stringify(e)).join('\n') + '\n');
+    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a6' })).toMatchObject({
+      criu: 'failed', failure: { type: 'CriuInterrupted' }, process: id, running: true,
     });
   });
 

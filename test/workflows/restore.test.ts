@@ -286,6 +286,20 @@ describe('restore: agent lost mid-restore', () => {
     expect(s.excluded).toEqual(['node-a']);
   });
 
+  test('CRIU killed mid-restore by an agent shutting down: the node is asked, and the copy CRIU had resumed is carried on', async () => {
+    const calls: string[] = [];
+    const s = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
+      'node-a': {
+        criuRestore: async () => { calls.push('criuRestore node-a'); throw ApplicationFailure.nonRetryable('criu restore killed by SIGKILL', 'CriuInterrupted'); },
+        inspectRestore: async () => { calls.push('inspectRestore node-a'); return inspection({ criu: 'failed', failure: { type: 'CriuInterrupted', message: 'killed' } }); },
+      },
+    }, { checkpointId: 'lost7' }, calls);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('node-a');
+    expect(calls.slice(2, 5)).toEqual(['criuRestore node-a', 'inspectRestore node-a', 'checkVram node-a']);
+    expect(calls.filter((c) => c.startsWith('alert'))).toEqual([]);
+  });
+
   test('the journal says CRIU failed deterministically: its own error decides (alert, no other node)', async () => {
     const calls: string[] = [];
     const err = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
