@@ -5,7 +5,7 @@ import type { Readiness } from '../common/readiness';
 import type { RestoreStatus } from '../common/restore';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 import { checkpoint } from './checkpoint';
-import { describeFailure } from './failures';
+import { describeFailure, failureType } from './failures';
 import { restore } from './restore';
 import { ErrorType } from '../common/errors';
 
@@ -58,19 +58,28 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
     return status; // the checkpoint workflow already resumed the workload on A
   }
   enter('Restoring');
+  let failedType: string | null = null;
   const run = async (n: number, req: Parameters<typeof restore>[0]): Promise<RestoreStatus | string> => {
     try {
       const r = await executeChild(restore, { workflowId: restoreWorkflowId(input.checkpointId, n), taskQueue: CONTROL_QUEUE, args: [req] });
       status.restores.push(r);
       return r;
     } catch (err) {
-      return describeFailure(err instanceof Error && err.cause ? err.cause : err);
+      const cause = err instanceof Error && err.cause ? err.cause : err;
+      failedType = failureType(cause);
+      return describeFailure(cause);
     }
   };
   const onB = await run(1, { checkpointId: input.checkpointId, prefer: [input.to], exclude: [input.from], placementDeadline: input.placementDeadline ?? '2m', ...(readiness ? { readiness } : {}) });
   if (typeof onB !== 'string') {
     enter('Migrated');
     return status;
+  }
+  if (failedType === ErrorType.RestoreOutcomeUnknown) {
+    // A copy may run where that restore lost its agent: restoring on A as well could make two.
+    status.failureReason = `restore elsewhere failed (${onB}); not restored on ${input.from}, since a copy may run where the agent was lost`;
+    enter('Failed');
+    throw ApplicationFailure.nonRetryable(status.failureReason, ErrorType.MigrationFailed);
   }
   // Nowhere else would take it: the source node still holds the checkpoint, so put the workload back there.
   enter('Compensating');

@@ -482,4 +482,18 @@ describe('migration workflow', () => {
     expect(s.restores[0].releaseFailures).toHaveLength(1);
     expect(calls).not.toContain('criuRestore node-a');
   });
+
+  test('the agent on B lost mid-restore and never answering: the migration fails, and does not restore on A beside a copy that may run on B', async () => {
+    const calls: string[] = [];
+    const err = await migrate({
+      criuRestore: hang(calls, 'criuRestore node-b'),
+      inspectRestore: async () => { calls.push('inspectRestore node-b'); throw ApplicationFailure.nonRetryable('gave up', 'Unreachable'); },
+    }, calls).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('MigrationFailed');
+    expect(cause.message).toMatch(/lost during RestoringProcess and never said what became of the restore.*; not restored on node-a, since a copy may run/s);
+    expect(calls).toContain('inspectRestore node-b');
+    expect(calls).not.toContain('criuRestore node-a');
+  });
 });
