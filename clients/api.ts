@@ -5,10 +5,13 @@ import type { KybernateConfig } from '../common/config';
 import { bytesProblem } from '../common/bounds';
 import { assertPid, assertSafeId, InvalidInputError } from '../common/ids';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeWorkflowId, restoreWorkflowId } from '../common/queues';
+import { parseReadiness, type Readiness } from '../common/readiness';
 import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import type { WorkloadInfo, WorkloadSpec } from '../activities/node/process';
+import type { MigrateRequest } from '../workflows/migrate';
 import type { NodeRecord } from '../workflows/node';
+import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
 import { parseDuration } from './durations';
 import { UnavailableError } from './errors';
 import { type CheckpointRecord, checkpointFromRecord, RECORD_TIMEOUT_MS } from './record';
@@ -27,7 +30,6 @@ function assertBytes(field: string, n: number | undefined): number | undefined {
   if (problem) throw new InvalidInputError(field, problem);
   return n;
 }
-import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
 
 export interface CheckpointListEntry {
   checkpointId: string;
@@ -202,11 +204,12 @@ export class KybernateClient {
   }
 
   /** Restores a checkpoint on a node chosen by free VRAM (or on the given node only). */
-  async startRestore(input: { checkpointId: string; node?: string; vramBytes?: number; placementDeadline?: string }): Promise<{ workflowId: string }> {
+  async startRestore(input: { checkpointId: string; node?: string; vramBytes?: number; placementDeadline?: string; readiness?: Readiness }): Promise<{ workflowId: string }> {
     const checkpointId = assertSafeId('checkpoint', input.checkpointId);
     if (input.node) assertSafeId('node', input.node);
     if (input.placementDeadline !== undefined) parseDuration('placement-deadline', input.placementDeadline);
     assertBytes('vramBytes', input.vramBytes);
+    const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
     if (input.node) await this.node(input.node);
     await this.describeCheckpoint(checkpointId);
     let n = 1;
@@ -215,7 +218,8 @@ export class KybernateClient {
       const workflowId = restoreWorkflowId(checkpointId, n);
       try {
         await this.client.workflow.start('restore', {
-          workflowId, taskQueue: CONTROL_QUEUE, args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline } satisfies RestoreRequest],
+          workflowId, taskQueue: CONTROL_QUEUE,
+          args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies RestoreRequest],
           typedSearchAttributes: [{ key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Placing' }],
           staticSummary: `restore ${checkpointId}`,
         });
@@ -246,8 +250,9 @@ export class KybernateClient {
   }
 
   /** Checkpoints a job on the node it runs on and restores it on another, as one workflow. */
-  async startMigration(input: { jobId: string; from?: string; to: string; vramBytes?: number; placementDeadline?: string }): Promise<{ workflowId: string; checkpointId: string }> {
+  async startMigration(input: { jobId: string; from?: string; to: string; vramBytes?: number; placementDeadline?: string; readiness?: Readiness }): Promise<{ workflowId: string; checkpointId: string }> {
     const jobId = assertSafeId('job', input.jobId);
+    const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
     const from = input.from ? assertSafeId('from', input.from) : await this.jobNode(jobId);
     const to = assertSafeId('to', input.to);
     if (from === to) throw new InvalidInputError('to', `must differ from the node the job runs on (${from})`);
@@ -258,7 +263,8 @@ export class KybernateClient {
     const checkpointId = assertSafeId('checkpointId', `${jobId}-mig-${Date.now().toString(36)}`);
     const workflowId = `migrate/${checkpointId}`;
     await this.client.workflow.start('migrate', {
-      workflowId, taskQueue: CONTROL_QUEUE, args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline }],
+      workflowId, taskQueue: CONTROL_QUEUE,
+      args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies MigrateRequest],
       typedSearchAttributes: [{ key: SA_JOB, value: jobId }, { key: SA_NODE, value: from }],
       staticSummary: `migrate ${jobId} from ${from} to ${to}`,
     });

@@ -6,6 +6,7 @@ import type { Tier } from '../common/checkpoint';
 import { down, parseDownMs, parseStackComponent, restartComponent, startComponent, status, stopComponent, up } from '../deploy/local/stack';
 import { defaultStackHome } from '../deploy/local/paths';
 import { proxiedLinks, setFault } from '../deploy/local/faults';
+import type { Readiness } from '../common/readiness';
 import { startAgent, startControlWorker } from '../deploy/local/workers';
 import { runAgent } from '../workers/agent';
 import { loadConfig } from '../workers/config';
@@ -202,18 +203,36 @@ program
     });
   });
 
+interface ReadyFlags {
+  readyTcp?: string;
+  readyExec?: string;
+}
+
+/** --ready-tcp / --ready-exec as a readiness probe (validated by the client, which names the field). */
+function readinessFlags(o: ReadyFlags): Readiness | undefined {
+  if (o.readyTcp !== undefined && o.readyExec !== undefined) throw new InvalidInputError('ready-tcp', 'give --ready-tcp or --ready-exec, not both');
+  if (o.readyTcp !== undefined) {
+    if (!/^\d+$/.test(o.readyTcp) || Number(o.readyTcp) < 1 || Number(o.readyTcp) > 65535) throw new InvalidInputError('ready-tcp', `expected a port number 1-65535 (got '${o.readyTcp}')`);
+    return { tcpSocket: { port: Number(o.readyTcp) } };
+  }
+  if (o.readyExec !== undefined) return { exec: { command: ['/bin/sh', '-c', o.readyExec] } };
+  return undefined;
+}
+
 program
   .command('restore <checkpoint>')
   .description('restore a checkpoint on a node with enough free VRAM (preferring one that holds a local copy)')
   .option('--node <name>', 'restore on this node only')
   .option('--placement-deadline <duration>', 'how long to wait for a node that fits, e.g. 90s or 10m', '10m')
+  .option('--ready-tcp <port>', 'Running only once a TCP connect to 127.0.0.1:<port> succeeds')
+  .option('--ready-exec <command>', "Running only once '<command>' (run by sh -c on the node) exits 0")
   .option('--no-wait', 'return once started')
-  .action(async (id: string, o: { node?: string; placementDeadline: string; wait: boolean }) => {
+  .action(async (id: string, o: { node?: string; placementDeadline: string; wait: boolean } & ReadyFlags) => {
     assertSafeId('checkpoint', id);
     if (o.node !== undefined) assertSafeId('node', o.node);
     parseDuration('placement-deadline', o.placementDeadline);
     await withClient(async (k) => {
-      const { workflowId } = await k.startRestore({ checkpointId: id, node: o.node, placementDeadline: o.placementDeadline });
+      const { workflowId } = await k.startRestore({ checkpointId: id, node: o.node, placementDeadline: o.placementDeadline, readiness: readinessFlags(o) });
       console.log(`restore of ${id} started: ${k.uiLink(workflowId) ?? workflowId}`);
       if (!o.wait) return;
       const r = await k.restoreResult(workflowId);
@@ -226,13 +245,15 @@ program
   .description('checkpoint a job on its node and restore it on another, as one workflow')
   .option('--from <node>', 'node the job runs on (default: where it was last started or restored)')
   .requiredOption('--to <node>', 'node to move it to')
+  .option('--ready-tcp <port>', 'restored only once a TCP connect to 127.0.0.1:<port> succeeds')
+  .option('--ready-exec <command>', "restored only once '<command>' (run by sh -c on the node) exits 0")
   .option('--no-wait', 'return once started')
-  .action(async (job: string, o: { from?: string; to: string; wait: boolean }) => {
+  .action(async (job: string, o: { from?: string; to: string; wait: boolean } & ReadyFlags) => {
     assertSafeId('job', job);
     if (o.from !== undefined) assertSafeId('from', o.from);
     assertSafeId('to', o.to);
     await withClient(async (k) => {
-      const { workflowId } = await k.startMigration({ jobId: job, from: o.from, to: o.to });
+      const { workflowId } = await k.startMigration({ jobId: job, from: o.from, to: o.to, readiness: readinessFlags(o) });
       console.log(`migration of ${job} started: ${k.uiLink(workflowId) ?? workflowId}`);
       if (!o.wait) return;
       const r = (await k.client.workflow.getHandle(workflowId).result()) as { phase: string; failureReason: string | null };

@@ -27,11 +27,27 @@ export const ErrorType = {
   CheckpointNotFound: 'CheckpointNotFound',
   /** Not enough free VRAM on the node for a CUDA restore: try another node. */
   CudaOutOfMemory: 'CudaOutOfMemory',
+  /**
+   * CRIU was killed mid-restore (the agent shut down and cancelled the step): nothing is known about the
+   * checkpoint, and a process it resumed may run; the restore asks the node, as after a lost agent.
+   */
+  CriuInterrupted: 'CriuInterrupted',
   /** The checkpoint's pids are taken on this host: try another node. */
   CriuPidConflict: 'CriuPidConflict',
-  /** Restored and alive, but not making progress. */
+  /** Restored and alive, but not making progress (verifyProgress, kept for workflows started before verifyRunning). */
   NoProgress: 'NoProgress',
+  /** Restored, but stopped, a zombie, or its CUDA state is not running: try another node. */
+  NotRunning: 'NotRunning',
+  /** Restored and running, but its declared readiness probe did not pass: try another node. */
+  NotReady: 'NotReady',
   NoNodeFits: 'NoNodeFits',
+  /** The node's agent was lost mid-step and the node reports that nothing of the step remains: try another node. */
+  AgentLost: 'AgentLost',
+  /**
+   * The agent was lost mid-restore and never answered what became of the restored process: the restore stops
+   * rather than place a second copy beside one that may run.
+   */
+  RestoreOutcomeUnknown: 'RestoreOutcomeUnknown',
   CheckpointNotOnNode: 'CheckpointNotOnNode',
   RestoreFailed: 'RestoreFailed',
   MigrationFailed: 'MigrationFailed',

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { bytesProblem, durationProblem } from './bounds';
 import { printable, SAFE_ID } from './ids';
+import { ReadinessSchema } from './readiness';
 
 /**
  * Schemas of the workflows' inputs. The client validates the same things first (with friendlier messages);
@@ -36,6 +37,7 @@ export const RestoreRequestSchema = z.object({
   exclude: z.array(id).optional(),
   vramBytes: bytes.optional(),
   placementDeadline: duration.optional(),
+  readiness: ReadinessSchema.optional(),
 });
 
 export const MigrateInputSchema = z.object({
@@ -45,6 +47,7 @@ export const MigrateInputSchema = z.object({
   checkpointId: id,
   vramBytes: bytes.optional(),
   placementDeadline: duration.optional(),
+  readiness: ReadinessSchema.optional(),
 });
 
 /**

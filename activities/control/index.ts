@@ -84,8 +84,13 @@ export function createControlActivities(client: Client, s3?: S3Config) {
       });
     },
 
+    /** Idempotent; with no placement workflow running no reservation is held, so there is nothing to release. */
     async release(input: { reservationId: string }): Promise<void> {
-      await client.workflow.getHandle(PLACEMENT_WORKFLOW_ID).signal(releaseSignal, input);
+      try {
+        await client.workflow.getHandle(PLACEMENT_WORKFLOW_ID).signal(releaseSignal, input);
+      } catch (e) {
+        if (!(e instanceof WorkflowNotFoundError)) throw e;
+      }
     },
 
     async raiseAlert(record: AlertRecord): Promise<string> {

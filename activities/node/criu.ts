@@ -151,10 +151,18 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
   }
   const pidFile = path.join(input.dir, 'restored.pid');
   fs.rmSync(pidFile, { force: true });
-  const restore = (log: string, sockets: string[]) =>
-    runTool(ctx.criuBin, ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile, ...sockets]);
+  const restore = (log: string, sockets: string[]) => {
+    const args = ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile, ...sockets];
+    if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
+    return runTool(ctx.criuBin, args);
+  };
   let log = path.join(input.dir, 'criu-restore.log');
   let r = await restore(log, CRIU_RESTORE_SOCKET_FLAGS);
+  if (r.code === null) {
+    // Killed by a signal (the agent shutting down cancels the activity, and runTool kills CRIU): says nothing
+    // about the checkpoint, and tasks resumed just before may run on. The workflow asks the node what remains.
+    throw ApplicationFailure.nonRetryable(`criu restore killed by ${r.signal} (agent shut down or activity cancelled)`, ErrorType.CriuInterrupted);
+  }
   // A failed restore leaves nothing behind (CRIU kills what it had restored), so trying again is safe.
   if (r.code !== 0 && LOCAL_ADDRESS_GONE.test(errorLines(log).join('\n'))) {
     ctx.logger.warn({ node: ctx.node, dir: input.dir, log }, 'an established TCP connection\'s local address is not on this node: restoring its connections closed');

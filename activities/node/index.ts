@@ -3,7 +3,7 @@ import type { CudaStepResult, DumpResult, SealResult, UploadResult } from '../..
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { checkpointLocation, type NodeContext, workloadDir } from './context';
-import { criuDump, criuRestore, refuseExistingCheckpoint, workloadFileIndex } from './criu';
+import { criuDump, refuseExistingCheckpoint, workloadFileIndex } from './criu';
 import { setAsideCorrupt } from './corrupt';
 import { cudaStep, cudaTreeState } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
@@ -15,10 +15,13 @@ import {
 import { writePidFile } from './pid-file';
 import { persistCheckpoint } from './persist';
 import { sealCheckpoint } from './seal';
+import { inspectRestore, restoreProcess } from './restore-attempt';
 import { releaseStaging } from './staging';
 import { deleteCheckpointDir, type LocalCheckpoint, listLocalCheckpoints } from './tier';
 import { uploadCheckpoint } from './upload';
+import { verifyRunning, type VerifyRunningInput, type VerifyRunningResult } from './verify';
 import { checkVram, recordVram } from './vram';
+import type { RestoreInspection } from '../../common/restore';
 import { ErrorType } from '../../common/errors';
 
 /** Activities that run only on a node's own queue (node/<name>), bound to that node's context. */
@@ -76,10 +79,16 @@ export function createNodeActivities(ctx: NodeContext) {
       const r = await fetchCheckpoint(ctx, input);
       return { dir: r.dir, bytes: r.bytes, source: r.source, staged: r.staged, jobId: r.metadata.jobId, vramBytes: r.metadata.cuda.vramBytes };
     },
-    /** From this node's copy of the checkpoint (fetched and verified, or the images of a dump just taken). */
-    async criuRestore(input: { checkpointId: string }): Promise<{ pid: number }> {
-      const dir = checkpointLocation(ctx, input.checkpointId);
-      return criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
+    /**
+     * From this node's copy of the checkpoint (fetched and verified, or the images of a dump just taken); the
+     * restored process by pid and start time. A restore attempt passes its attemptId: the step is then journaled.
+     */
+    async criuRestore(input: { checkpointId: string; attemptId?: string }): Promise<{ pid: number; startTime: number }> {
+      return restoreProcess(ctx, input);
+    },
+    /** After the workflow lost the agent mid-restore: what CRIU really did, and whether its process runs. */
+    async inspectRestore(input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number }): Promise<RestoreInspection> {
+      return inspectRestore(ctx, input);
     },
     async checkVram(input: { bytes: number }): Promise<{ freeVramBytes: number }> {
       return checkVram(ctx, input);
@@ -93,9 +102,14 @@ export function createNodeActivities(ctx: NodeContext) {
       writePidFile(path.join(dir, 'pid'), id);
       recordVram(ctx, input.pid, input.vramBytes);
     },
+    /** Running (by identity, not stopped, CUDA running or absent) and, when declared, ready by its probe. */
+    async verifyRunning(input: VerifyRunningInput): Promise<VerifyRunningResult> {
+      return verifyRunning(ctx, input);
+    },
     /**
      * Alive, and making progress: the CPU time of its tree (the workload runs under an init that uses none) or
      * one of its output files grows, checked every 100 ms up to the window.
+     * Kept registered for restores started before verifyRunning (their histories call it); it fails idle workloads.
      */
     async verifyProgress(input: { pid: number; checkpointId: string; windowMs?: number }): Promise<{ cpuTicks: number; bytesWritten: number; afterMs: number }> {
       const files = workloadFileIndex(checkpointLocation(ctx, input.checkpointId)).map((f) => f.path);
@@ -123,8 +137,9 @@ export function createNodeActivities(ctx: NodeContext) {
     async deleteCheckpointDir(input: { checkpointId: string }): Promise<{ deleted: boolean }> {
       return deleteCheckpointDir(ctx, input);
     },
-    async killProcess(input: { pid: number; reason: string }): Promise<{ killed: boolean }> {
-      return killProcess(ctx, input.pid, input.reason);
+    /** With a start time, only that very process is killed (a kill that waited for the agent must not hit a reused pid). */
+    async killProcess(input: { pid: number; reason: string; startTime?: number }): Promise<{ killed: boolean }> {
+      return killProcess(ctx, input.pid, input.reason, input.startTime);
     },
     /**
      * Stops a job this agent started or adopted: SIGTERM, then SIGKILL after the grace period (default 30 s).

@@ -46,7 +46,7 @@ function node(calls: string[], cuda: boolean, overrides: Mock = {}): Mock {
     },
     seal: rec('seal', { files: 3, totalBytes: 1000, metadataSha256: 'x' }),
     upload: rec('upload', uploaded),
-    criuRestore: rec('criuRestore', { pid: 4242 }),
+    criuRestore: rec('criuRestore', { pid: 4242, startTime: 1 }),
     killProcess: rec('killProcess', { killed: true }),
     deleteCheckpointDir: rec('deleteCheckpointDir', { deleted: true }),
     persist: async (i) => {

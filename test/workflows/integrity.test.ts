@@ -41,7 +41,7 @@ function node(calls: string[], overrides: NodeMock = {}): NodeMock {
     },
     seal: rec('seal', { files: 3, totalBytes: 1000, metadataSha256: MD_SHA }),
     upload: rec('upload', uploaded),
-    criuRestore: rec('criuRestore', { pid: 4242 }),
+    criuRestore: rec('criuRestore', { pid: 4242, startTime: 1 }),
     killProcess: rec('killProcess', { killed: true }),
     deleteCheckpointDir: rec('deleteCheckpointDir', { deleted: true }),
     setAsideCorrupt: rec('setAsideCorrupt', { movedTo: '/data/corrupt/x' }),
@@ -272,7 +272,7 @@ describe('restore: metadata.json checked against its seal', () => {
         given.push(i.metadataSha256);
         return { dir: '/d', bytes: 1, source: 's3' as const, staged: false, jobId: 'job-1', vramBytes: 0 };
       },
-      criuRestore: async () => ({ pid: 77 }),
+      criuRestore: async () => ({ pid: 77, startTime: 1 }),
       checkVram: async () => ({ freeVramBytes: 8 * GiB }),
       cudaRestore: async () => ({ outcome: 'done' as const, detail: '' }),
       cudaUnlock: async () => ({ outcome: 'done' as const, detail: '' }),
