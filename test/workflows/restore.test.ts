@@ -427,7 +427,7 @@ describe('restore: verifying means running (and ready when a probe is declared),
     const err = await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'ready3', readiness: { tcpSocket: { port: 0 } } }, calls).catch((e: unknown) => e);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('InvalidInput');
-    expect(cause.message).toMatch(/^readiness\.tcpSocket\.port: /);
+    expect(cause.message).toMatch(/^invalid restore request: readiness\.tcpSocket\.port: /);
     expect(calls).toEqual([]);
   });
 });
