@@ -170,9 +170,10 @@ describe('workload isolation, end to end on the real stack', () => {
     }
   });
 
-  test('kybernate run of a missing program exits non-zero and reports no pid', () => {
+  test('kybernate run of a missing program exits 1 with the reason and reports no pid', () => {
     let status = 0;
     let stdout = '';
+    let stderr = '';
     try {
       execFileSync(process.execPath, [CLI, 'run', 'cli-missing', '--node', NODE, '--', 'deploy/workloads/no-such.py'], {
         cwd: REPO_ROOT, env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8', stdio: 'pipe',
@@ -180,8 +181,10 @@ describe('workload isolation, end to end on the real stack', () => {
     } catch (e) {
       status = (e as { status: number }).status;
       stdout = String((e as { stdout: string }).stdout);
+      stderr = String((e as { stderr: string }).stderr);
     }
-    expect(status).not.toBe(0);
+    expect(status).toBe(1);
+    expect(stderr).toMatch(/StartFailure: .*no-such\.py/);
     expect(stdout).not.toMatch(/running .* as pid/);
     expect(jobProcesses('cli-missing')).toEqual([]);
   });
