@@ -132,3 +132,13 @@ export function listGpus(): GpuInfo[] {
   }
   return gpus;
 }
+
+/** The driver states in which each step has already happened: a step re-run after a lost agent must not fail on its own success. */
+const ALREADY: Record<CudaOp, string[]> = { lock: ['locked', 'checkpointed'], checkpoint: ['checkpointed'], restore: ['locked'], unlock: ['running'] };
+
+/** cudaStep, but a step the process's driver state shows already done (by an earlier try) reports so instead of failing. */
+export function cudaStepOnce(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepResult {
+  const state = holdsCuda(pid) ? cudaState(pid) : 'none';
+  if (ALREADY[op].includes(state)) return { outcome: 'done', detail: `${op} already done (state ${state})` };
+  return cudaStep(op, pid, timeoutMs);
+}
