@@ -237,8 +237,14 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       } else {
         record(failed.phase, 'failed', `workload pid ${pid} is gone${proc?.pidReused ? ' (its pid now names another process)' : ''} and no complete dump holds it`);
       }
-      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
-      record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
+      if (failed.verdict === 'gone' && failed.found?.images.inventory) {
+        // CRIU finished its images (then stopped the process) but the dump was cut off before it was recorded
+        // done: all that is left of the workload, so it is kept for an operator, not deleted.
+        record(failed.phase, 'failed', `partial checkpoint kept (${failed.found.images.location}): CRIU's images are all that is left of the workload`);
+      } else {
+        await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+        record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
+      }
       if (req.reason === 'preemption') await requeue(req, reason, record);
       return status;
     }

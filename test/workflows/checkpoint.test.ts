@@ -286,6 +286,40 @@ describe('checkpoint workflow', () => {
       expect(s.history.some((x) => x.detail.includes('requeue'))).toBe(true);
     });
 
+    test('a dump cut off after CRIU wrote its images and stopped the process: nothing to kill, the images kept as all that is left; requeued', async () => {
+      const calls: string[] = [];
+      const s = await run(node(calls, false, {
+        criuDump: hang(calls, 'criuDump'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          const seen = inspection({ criuDump: { state: 'interrupted' } }, { state: 'gone', sameIdentity: false });
+          return { ...seen, images: { location: 'disk', inventory: true, complete: false } };
+        },
+      }), req({ reason: 'preemption' }));
+      expect(s.phase).toBe('Failed');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint']);
+      expect(s.history.map((x) => x.detail)).toEqual(expect.arrayContaining([
+        'workload pid 4242 is gone and no complete dump holds it', "partial checkpoint kept (disk): CRIU's images are all that is left of the workload",
+      ]));
+      expect(s.history.some((x) => x.detail.includes('requeue'))).toBe(true);
+    });
+
+    test('a dump cut off while the orphaned CRIU still traces the process: waited for, not judged; once it lets go, the clean compensation', async () => {
+      const calls: string[] = [];
+      let asks = 0;
+      const s = await run(node(calls, false, {
+        criuDump: hang(calls, 'criuDump'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          return ++asks < 3
+            ? inspection({ criuDump: { state: 'interrupted' } }, { state: 'stopped', procState: 't', tracerPid: 999 })
+            : inspection({ criuDump: { state: 'interrupted' } }, { state: 'running', procState: 'S', tracerPid: null });
+        },
+      }), req({ leaveRunning: true }));
+      expect(s.phase).toBe('Failed');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'inspectCheckpoint', 'inspectCheckpoint', 'deleteCheckpointDir']);
+    });
+
     test('a dump cut off but the process runs again (CRIU let go of it): the usual clean compensation, no kill', async () => {
       const calls: string[] = [];
       const s = await run(node(calls, true, {
