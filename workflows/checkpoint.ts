@@ -140,8 +140,10 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
         const lostSight = agentLost(err) || (agentUnreachable(err) && phase !== 'Locking');
         if (name === undefined || !lostSight || !patched(PATCH_RECOVER)) throw new StepFailed(phase, err);
         record(phase, 'failed', `${describeFailure(err)}: asking ${req.node} what happened`);
+        log.warn('checkpoint step out of sight; asking the node', { checkpointId: req.checkpointId, job: req.jobId, node: req.node, phase, step: name, cause: describeFailure(err) });
         const seen = await settle(name);
         const o = seen.steps[name];
+        log.info('the node answered', { checkpointId: req.checkpointId, job: req.jobId, node: req.node, step: name, state: o.state, process: seen.process.state, imagesComplete: seen.images.complete });
         if (o.state === 'done' && (name !== 'criuDump' || seen.images.complete)) {
           const r = o.data as unknown as T;
           record(phase, 'ok', `${detail(r)} (finished on the node while out of sight)`);
