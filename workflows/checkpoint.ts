@@ -157,6 +157,21 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
           record(phase, 'skipped', `${name} ${o.state === 'never' ? 'never ran' : 'was cut off'} on ${req.node}: running it again`);
           continue;
         }
+        if (name === 'criuDump' && o.state === 'interrupted' && seen.process.state === 'gone' && seen.images.inventory && Array.isArray(o.data?.files)) {
+          // CRIU finished the images and stopped the process, but the agent was lost before it copied the output
+          // files beside them: the process is gone, so they are as CRIU recorded them. Finish the dump instead
+          // of losing the workload.
+          const finished = await undo.finishDump.executeWithOptions(summary(`finish the dump of ${req.checkpointId}: copy the output files beside CRIU's images`),
+            [{ checkpointId: req.checkpointId, process: identity }]).catch((e: unknown) => {
+            record(phase, 'failed', `finishing the dump: ${describeFailure(e)}`);
+            return null;
+          });
+          if (finished) {
+            const r = finished as unknown as T;
+            record(phase, 'ok', `${detail(r)} (CRIU finished the images while the agent was lost; output files copied now)`);
+            return r;
+          }
+        }
         if (name === 'criuDump' && o.state !== 'never') {
           // Cut off mid-dump, no complete image: the process itself says what the dump left.
           const verdict: Verdict = seen.process.state === 'running' ? 'clean' : seen.process.state === 'stopped' ? 'unknown' : 'gone';

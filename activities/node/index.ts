@@ -2,8 +2,8 @@ import * as fs from 'node:fs';
 import type { CheckpointInspection, CheckpointStep, CudaStepResult, DumpResult, ProcessRef, SealResult, UploadResult } from '../../common/checkpoint';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
-import { checkpointLocation, type NodeContext, workloadDir } from './context';
-import { criuDump, criuRestore, workloadFileIndex } from './criu';
+import { checkpointDir, checkpointLocation, type NodeContext, stagedDir, workloadDir } from './context';
+import { criuDump, criuRestore, finishCutDump, workloadFileIndex } from './criu';
 import { type CudaOp, cudaState, cudaStepOnce } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
@@ -11,6 +11,7 @@ import { inspectCheckpoint } from './inspect';
 import { journaled, journalOutcome } from './journal';
 import {
   isSameProcess, killProcess, processAlive, processIdentity, procStatFields, readWorkloadPid, requireProcess, startWorkload, type WorkloadInfo, type WorkloadSpec,
+  writableFiles,
 } from './process';
 import { persistCheckpoint } from './persist';
 import { sealCheckpoint } from './seal';
@@ -82,7 +83,32 @@ export function createNodeActivities(ctx: NodeContext) {
       if (before.state !== 'never') {
         throw ApplicationFailure.nonRetryable(`checkpoint ${input.checkpointId}: a dump was already ${before.state} at ${before.at}; not taken again`, ErrorType.StepAlreadyStarted);
       }
-      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', () => criuDump(ctx, input), whole, { pid: input.pid, leaveRunning: input.leaveRunning });
+      // The output files the dump will copy, recorded up front: if the agent is lost after CRIU finished, a
+      // later agent can complete the dump with them (finishDump).
+      let files: string[] | undefined;
+      try {
+        files = writableFiles(input.pid);
+      } catch {
+        files = undefined; // gone already: criuDump says so
+      }
+      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', () => criuDump(ctx, input), whole, { pid: input.pid, leaveRunning: input.leaveRunning, files });
+    },
+    /**
+     * A dump cut off after CRIU wrote its complete images and stopped the process (now gone), before the agent
+     * copied its output files: copies them now and records the dump done. Refused in any other state.
+     */
+    async finishDump(input: { checkpointId: string; process: ProcessRef }): Promise<DumpResult> {
+      const before = journalOutcome(ctx, 'checkpoint', input.checkpointId, 'criuDump');
+      if (before.state === 'done') return before.data as unknown as DumpResult;
+      const seen = inspectCheckpoint(ctx, input);
+      const files = before.data?.files;
+      if (before.state !== 'interrupted' || seen.process.state !== 'gone' || !seen.images.inventory || !Array.isArray(files)) {
+        throw ApplicationFailure.nonRetryable(
+          `checkpoint ${input.checkpointId}: dump ${before.state}, process ${seen.process.state}, images ${seen.images.inventory ? 'with' : 'without'} inventory.img${Array.isArray(files) ? '' : ', no recorded file list'}: cannot be finished`,
+          ErrorType.CriuDumpFailed);
+      }
+      const dir = seen.images.location === 'memory' ? stagedDir(ctx, input.checkpointId)! : checkpointDir(ctx, input.checkpointId);
+      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', async () => finishCutDump(dir, files.map(String), seen.images.location === 'memory'), whole, { finishing: true, files });
     },
     /** Idempotent (re-sealing recomputes every checksum), so the workflow runs it again after a lost agent. */
     async seal(input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number }): Promise<SealResult> {

@@ -142,6 +142,36 @@ describe('checkpoint, end to end on the real stack', () => {
     await recordHistory('checkpoint-agent-killed', k.client.workflow.getHandle(checkpointWorkflowId('crash-1')));
   }, 180000);
 
+  test('a) agent killed with -9 while CRIU holds a stopping dump: CRIU finishes and stops the workload, the returning agent finishes the dump, Durable, every object verifies', async () => {
+    const home = stack().home;
+    const marker = path.join(home, 'criu-post-dump-stop.marker');
+    const script = path.join(home, 'criu-hold-stop.sh');
+    fs.writeFileSync(script, `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then touch ${marker}; sleep 15; fi\nexit 0\n`, { mode: 0o755 });
+    const a = await agent('e2e-crash-stop', { env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
+    const w = await workload('e2e-crash-stop', 'crashstop', 64);
+    const { request } = await k.startCheckpoint({ target: 'crashstop', node: 'e2e-crash-stop', checkpointId: 'crashstop-1' });
+    await until('CRIU inside the dump', () => fs.existsSync(marker), 30000);
+    a.kill9();
+    await until('asking the node', async () => (await status('crashstop-1')).history.some((h) => h.detail.includes('asking e2e-crash-stop')), 40000, 500);
+    await a.restart();
+    const s = await k.checkpointResult(request.checkpointId);
+    expect(s.phase).toBe('Durable');
+    expect(s.history.find((h) => h.phase === 'DumpingProcess' && h.outcome === 'ok')?.detail).toMatch(/CRIU finished the images while the agent was lost; output files copied now/);
+    expect(alive(w.pid)).toBe(false); // stopped by the dump it asked for, and held in the checkpoint
+    expect(s.history.some((h) => h.detail.includes('killed'))).toBe(false);
+    await verifyInS3('crashstop-1');
+    // And it is the workload: restored (here, by the same agent), it ticks on from where it was dumped.
+    const dumpedTick = lastTick(w.logFile);
+    const r = await k.startRestore({ checkpointId: 'crashstop-1', node: 'e2e-crash-stop' });
+    const rs = await k.restoreResult(r.workflowId);
+    expect(rs.phase).toBe('Running');
+    await until('ticking after the restore', () => lastTick(w.logFile) > dumpedTick + 2, 30000);
+    process.kill(rs.pid!, 'SIGUSR1');
+    await until('memory pattern verified', () => fs.readFileSync(w.logFile, 'utf8').includes('pid=1 pattern_ok=True'), 20000);
+    expect(fs.readFileSync(w.logFile, 'utf8')).not.toContain('pattern_ok=False');
+    process.kill(rs.pid!, 'SIGKILL');
+  }, 300000);
+
   test('a) agent killed with -9 during Sealing: sealed again once the agent is back, Durable, the workload never killed', async () => {
     const a = await agent('e2e-seal');
     // A large file the workload holds open for writing travels with the checkpoint, so hashing it keeps Sealing

@@ -141,6 +141,36 @@ describe('journaled checkpoint activities', () => {
     await expect(acts.criuDump({ checkpointId: 'c-done', pid: p.pid, leaveRunning: false })).resolves.toEqual(await dump());
   });
 
+  test('a dump cut off after CRIU finished (inventory.img there) and stopped the process: finishDump copies the recorded output files and records it done', async () => {
+    const p = sleeper();
+    const out = path.join(root, 'out.log');
+    fs.writeFileSync(out, 'tick 1\ntick 2\n');
+    const dir = path.join(ctx.dataDir, 'checkpoints', 'c-finish');
+    images(dir, true);
+    fs.mkdirSync(path.dirname(journalFile(ctx, 'checkpoint', 'c-finish')), { recursive: true });
+    fs.appendFileSync(journalFile(ctx, 'checkpoint', 'c-finish'),
+      JSON.stringify({ step: 'criuDump', state: 'started', at: new Date().toISOString(), agentPid: 4194000, data: { pid: p.pid, files: [out] } }) + '\n');
+    // Still alive: not finished, whatever the images say.
+    await expect(acts.finishDump({ checkpointId: 'c-finish', process: p })).rejects.toThrow(/process running/);
+    const exited = new Promise((r) => p.child.once('exit', r));
+    p.child.kill('SIGKILL');
+    await exited;
+    const r = await acts.finishDump({ checkpointId: 'c-finish', process: p });
+    expect(r).toEqual({ imageBytes: 4099, durationMs: 0, processStopped: true, staged: false });
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'workload-files', 'index.json'), 'utf8'))).toEqual([{ path: out, artifact: 'workload-files/0-out.log' }]);
+    expect(fs.readFileSync(path.join(dir, 'workload-files', '0-out.log'), 'utf8')).toBe('tick 1\ntick 2\n');
+    expect(inspectCheckpoint(ctx, { checkpointId: 'c-finish', process: p }).images.complete).toBe(true);
+  });
+
+  test('finishDump refuses images without inventory.img', async () => {
+    const dir = path.join(ctx.dataDir, 'checkpoints', 'c-nofinish');
+    images(dir, false);
+    fs.mkdirSync(path.dirname(journalFile(ctx, 'checkpoint', 'c-nofinish')), { recursive: true });
+    fs.appendFileSync(journalFile(ctx, 'checkpoint', 'c-nofinish'),
+      JSON.stringify({ step: 'criuDump', state: 'started', at: new Date().toISOString(), agentPid: 4194000, data: { pid: 4194001, files: [] } }) + '\n');
+    await expect(acts.finishDump({ checkpointId: 'c-nofinish', process: { pid: 4194001 } })).rejects.toThrow(/without inventory.img/);
+  });
+
   test('a restore in place the journal saw finish, whose process lives, is reported, not run again', async () => {
     const p = sleeper();
     appendJournal(ctx, 'checkpoint', 'c-rip', { step: 'criuRestoreInPlace', state: 'done', data: { pid: p.pid, startTime: p.startTime } });

@@ -286,7 +286,7 @@ describe('checkpoint workflow', () => {
       expect(s.history.some((x) => x.detail.includes('requeue'))).toBe(true);
     });
 
-    test('a dump cut off after CRIU wrote its images and stopped the process: nothing to kill, the images kept as all that is left; requeued', async () => {
+    test('a dump cut off after CRIU wrote its images and stopped the process, with no recorded file list to finish it: nothing to kill, the images kept as all that is left; requeued', async () => {
       const calls: string[] = [];
       const s = await run(node(calls, false, {
         criuDump: hang(calls, 'criuDump'),
@@ -302,6 +302,28 @@ describe('checkpoint workflow', () => {
         'workload pid 4242 is gone and no complete dump holds it', "partial checkpoint kept (disk): CRIU's images are all that is left of the workload",
       ]));
       expect(s.history.some((x) => x.detail.includes('requeue'))).toBe(true);
+    });
+
+    test('a dump cut off after CRIU finished its images and stopped the process: the returning agent finishes the dump, sealed, Durable', async () => {
+      const calls: string[] = [];
+      const s = await run(node(calls, false, {
+        criuDump: hang(calls, 'criuDump'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          const seen = inspection({ criuDump: { state: 'interrupted', data: { pid: 4242, leaveRunning: false, files: ['/w/output.log'] } } }, { state: 'gone', sameIdentity: false });
+          return { ...seen, images: { location: 'memory', inventory: true, complete: false } };
+        },
+        finishDump: async (i) => {
+          calls.push(`finishDump ${i.process.pid}/${i.process.startTime}`);
+          return { imageBytes: 2000, durationMs: 0, processStopped: true, staged: true };
+        },
+      }), req());
+      expect(s.phase).toBe('Durable');
+      expect(calls.slice(0, 6)).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'finishDump 4242/777', 'seal']);
+      expect(calls.slice(6, 8).sort()).toEqual(['persist', 'upload']); // side by side: staged in memory
+      expect(calls.slice(8)).toEqual(['releaseStaging']);
+      expect(s.history.find((x) => x.phase === 'DumpingProcess' && x.outcome === 'ok')?.detail)
+        .toBe('2000 bytes in 0 ms (staged in memory) (CRIU finished the images while the agent was lost; output files copied now)');
     });
 
     test('a dump cut off while the orphaned CRIU still traces the process: waited for, not judged; once it lets go, the clean compensation', async () => {
