@@ -27,3 +27,17 @@ export function partSizeFor(fileSize: number, preferred = 16 << 20): number {
   const mib = 1 << 20;
   return Math.max(preferred, Math.ceil(min / mib) * mib);
 }
+
+/** S3 error codes that no retry can fix: the key, its policy or the bucket is wrong. */
+const REJECTED = new Set(['AccessDenied', 'NoSuchBucket', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AllAccessDisabled', 'AccountProblem', 'InvalidBucketName']);
+/** S3 refused a body whose checksum differs from the one we sent (ours is the sealed SHA-256). */
+const DIGEST = new Set(['BadDigest', 'InvalidDigest', 'XAmzContentSHA256Mismatch', 'XAmzContentChecksumMismatch', 'InvalidChecksum']);
+
+/** What kind of S3 failure an SDK error is: refused for good, a checksum refused, or (anything else) try again later. */
+export function s3ErrorKind(e: unknown): 'rejected' | 'checksum' | 'unavailable' {
+  const err = e as { name?: string; Code?: string; $metadata?: { httpStatusCode?: number } };
+  const code = err.Code ?? err.name ?? '';
+  if (DIGEST.has(code)) return 'checksum';
+  if (REJECTED.has(code) || err.$metadata?.httpStatusCode === 403) return 'rejected';
+  return 'unavailable';
+}

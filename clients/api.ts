@@ -1,12 +1,35 @@
-import { Client, Connection, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
+import * as path from 'node:path';
+import { Client, Connection, QueryNotRegisteredError, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import type { CheckpointRequest, CheckpointStatus, Tier } from '../common/checkpoint';
 import type { KybernateConfig } from '../common/config';
+import { bytesProblem } from '../common/bounds';
 import { assertPid, assertSafeId, InvalidInputError } from '../common/ids';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeWorkflowId, restoreWorkflowId } from '../common/queues';
+import { parseReadiness, type Readiness } from '../common/readiness';
 import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
-import type { WorkloadInfo } from '../activities/node/process';
+import type { WorkloadInfo, WorkloadSpec } from '../activities/node/process';
+import type { MigrateRequest } from '../workflows/migrate';
 import type { NodeRecord } from '../workflows/node';
+import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
+import { parseDuration } from './durations';
+import { UnavailableError } from './errors';
+import { type CheckpointRecord, checkpointFromRecord, RECORD_TIMEOUT_MS } from './record';
+
+/**
+ * How long a workflow may take to answer a query. Queries are answered by the control worker: with no worker
+ * the call would block, so past this the CLI says the worker is not answering (or falls back to the record).
+ */
+export const QUERY_TIMEOUT_MS = 10000;
+/** How long to wait for Temporal's frontend when connecting. */
+export const CONNECT_TIMEOUT_MS = 5000;
+
+/** A byte count given to the API (not parsed from text): whole, from 0 to the VRAM bound. */
+function assertBytes(field: string, n: number | undefined): number | undefined {
+  const problem = n === undefined ? null : bytesProblem(n);
+  if (problem) throw new InvalidInputError(field, problem);
+  return n;
+}
 
 export interface CheckpointListEntry {
   checkpointId: string;
@@ -16,6 +39,8 @@ export interface CheckpointListEntry {
   tier: string;
   workflowStatus: string;
   startedAt: string;
+  /** Known from its workflow, or only from metadata.json in S3 (its workflow history is gone). */
+  source: 'temporal' | 's3';
 }
 
 /** Typed access to Kybernate's workflows; the CLI and tests are built on it. */
@@ -23,7 +48,12 @@ export class KybernateClient {
   private constructor(readonly client: Client, private readonly connection: Connection, readonly config: KybernateConfig) {}
 
   static async connect(config: KybernateConfig): Promise<KybernateClient> {
-    const connection = await Connection.connect({ address: config.temporalAddress });
+    let connection: Connection;
+    try {
+      connection = await Connection.connect({ address: config.temporalAddress, connectTimeout: CONNECT_TIMEOUT_MS });
+    } catch (e) {
+      throw new UnavailableError('Temporal', config.temporalAddress, (e as Error).message);
+    }
     return new KybernateClient(new Client({ connection, namespace: config.namespace }), connection, config);
   }
 
@@ -39,7 +69,7 @@ export class KybernateClient {
   async node(node: string): Promise<NodeRecord> {
     assertSafeId('node', node);
     try {
-      return await this.client.workflow.getHandle(nodeWorkflowId(node)).query<NodeRecord>('status');
+      return await this.queryStatus<NodeRecord>(nodeWorkflowId(node));
     } catch (e) {
       if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('node', `unknown node '${node}': no agent has registered it`);
       throw e;
@@ -57,29 +87,69 @@ export class KybernateClient {
     const pid = isPid ? assertPid('pid', input.target) : undefined;
     const jobId = isPid ? `pid-${pid}` : assertSafeId('job', input.target);
     const checkpointId = assertSafeId('checkpointId', input.checkpointId ?? `${jobId}-${Date.now().toString(36)}`);
+    assertBytes('vramBytes', input.vramBytes);
+    if (input.uploadMaxAttempts !== undefined && !(Number.isInteger(input.uploadMaxAttempts) && input.uploadMaxAttempts >= 1 && input.uploadMaxAttempts <= 1000)) {
+      throw new InvalidInputError('uploadMaxAttempts', `must be a whole number from 1 to 1000 (got ${input.uploadMaxAttempts})`);
+    }
     await this.node(node);
     const request: CheckpointRequest = {
       checkpointId, jobId, node, pid, leaveRunning: input.leaveRunning ?? false, reason: input.reason ?? 'manual', uploadMaxAttempts: input.uploadMaxAttempts,
       vramBytes: input.vramBytes,
     };
     const workflowId = checkpointWorkflowId(checkpointId);
+    // Ids are never reused: S3 remembers checkpoints whose workflow history has expired, and the workflow id
+    // is refused while Temporal still has one, open or closed.
+    // Best effort: S3 out of reach must not stop a checkpoint (it then goes to tier nvme); the upload itself
+    // refuses to overwrite another checkpoint's metadata.json, and the node one it holds.
+    if (await readS3Checkpoint(this.config.s3, checkpointId).catch(() => null)) {
+      throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists in S3; checkpoint ids are never reused`);
+    }
     await this.client.workflow.start('checkpoint', {
-      workflowId, taskQueue: CONTROL_QUEUE, args: [request],
+      workflowId, taskQueue: CONTROL_QUEUE, args: [request], workflowIdReusePolicy: 'REJECT_DUPLICATE',
       typedSearchAttributes: [
         { key: SA_JOB, value: jobId }, { key: SA_NODE, value: node }, { key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Pending' },
       ],
       staticSummary: `checkpoint ${jobId} on ${node}`,
+    }).catch((e: unknown) => {
+      if (e instanceof WorkflowExecutionAlreadyStartedError) {
+        throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists (workflow ${workflowId}); checkpoint ids are never reused`);
+      }
+      throw e;
     });
     return { workflowId, request };
   }
 
-  async runWorkload(input: { node: string; jobId: string; command: string[] }): Promise<WorkloadInfo> {
+  /**
+   * Starts a workload on a node. cwd (absolute) is where it runs and what a relative command resolves against,
+   * as in a shell; user runs it as that numeric uid (and gid) instead of the agent's user.
+   */
+  async runWorkload(input: {
+    node: string; jobId: string; command: string[]; cwd?: string; user?: { uid: number; gid?: number }; env?: Record<string, string>;
+  }): Promise<WorkloadInfo> {
     const node = assertSafeId('node', input.node);
     const jobId = assertSafeId('job', input.jobId);
     if (input.command.length === 0) throw new InvalidInputError('command', 'is required');
+    if (input.cwd !== undefined && !path.isAbsolute(input.cwd)) throw new InvalidInputError('cwd', `must be an absolute path (got '${input.cwd}')`);
     await this.node(node);
+    const spec: WorkloadSpec = { jobId, command: input.command };
+    if (input.cwd !== undefined) spec.cwd = input.cwd;
+    if (input.user !== undefined) spec.user = input.user;
+    if (input.env !== undefined) spec.env = input.env;
     return this.client.workflow.execute('runWorkload', {
-      workflowId: `workload/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, spec: { jobId, command: input.command } }],
+      workflowId: `workload/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, spec }],
+    });
+  }
+
+  /** Stops a job on a node: SIGTERM, then SIGKILL after graceMs (default 30 s). */
+  async stopWorkload(input: { node: string; jobId: string; graceMs?: number; reason?: string }): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
+    const node = assertSafeId('node', input.node);
+    const jobId = assertSafeId('job', input.jobId);
+    if (input.graceMs !== undefined && (!Number.isInteger(input.graceMs) || input.graceMs < 0 || input.graceMs > 3600000)) {
+      throw new InvalidInputError('graceMs', `must be a whole number of milliseconds from 0 to 3600000 (got ${input.graceMs})`);
+    }
+    await this.node(node);
+    return this.client.workflow.execute('stopWorkload', {
+      workflowId: `stop/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, jobId, graceMs: input.graceMs, reason: input.reason }],
     });
   }
 
@@ -87,23 +157,60 @@ export class KybernateClient {
     return this.client.workflow.getHandle(checkpointWorkflowId(assertSafeId('checkpoint', checkpointId))).result() as Promise<CheckpointStatus>;
   }
 
-  async describeCheckpoint(checkpointId: string): Promise<CheckpointStatus> {
-    const h = this.client.workflow.getHandle(checkpointWorkflowId(assertSafeId('checkpoint', checkpointId)));
+  /**
+   * The checkpoint workflow's live status; when the control worker does not answer, what Temporal's record
+   * and S3 hold (see checkpointFromRecord), marked answeredBy 'temporal-record'.
+   */
+  async describeCheckpoint(checkpointId: string): Promise<CheckpointStatus | CheckpointRecord> {
+    const workflowId = checkpointWorkflowId(assertSafeId('checkpoint', checkpointId));
     try {
-      return await h.query<CheckpointStatus>('status');
+      return await this.queryStatus<CheckpointStatus>(workflowId);
     } catch (e) {
-      if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('checkpoint', `no checkpoint '${checkpointId}'`);
+      if (e instanceof WorkflowNotFoundError) {
+        // Temporal no longer has its history (retention): S3's metadata.json is the catalogue.
+        const found = await readS3Checkpoint(this.config.s3, checkpointId);
+        if (!found) throw new InvalidInputError('checkpoint', `no checkpoint '${checkpointId}'`);
+        return statusFromS3(found);
+      }
+      if (e instanceof UnavailableError && e.component === 'control worker') return this.withinTemporal(() => checkpointFromRecord(this.client, this.config.s3, checkpointId, e.message));
+      if (e instanceof QueryNotRegisteredError) {
+        // Failed before it set up its status (an invalid request): its record says why.
+        return this.withinTemporal(() => checkpointFromRecord(this.client, this.config.s3, checkpointId, 'the workflow has no status to report'));
+      }
+      throw e;
+    }
+  }
+
+  /** A workflow's `status` query, bounded: a workflow whose worker is down would leave the call blocked. */
+  private async queryStatus<T>(workflowId: string): Promise<T> {
+    try {
+      return await this.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => this.client.workflow.getHandle(workflowId).query<T>('status'));
+    } catch (e) {
+      if (!(e instanceof ServiceError)) throw e;
+      // Temporal answers record look-ups itself: if it does, the query went unanswered for want of a worker.
+      await this.withinTemporal(() => this.client.workflow.getHandle(workflowId).describe());
+      throw new UnavailableError('control worker', `task queue ${CONTROL_QUEUE}`, `no answer to a query of ${workflowId} within ${QUERY_TIMEOUT_MS / 1000}s (is 'kybernate worker' running?)`);
+    }
+  }
+
+  /** A look-up in Temporal's own record (describe, history, visibility), bounded; a frontend that does not answer is named. */
+  async withinTemporal<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await this.client.withDeadline(Date.now() + RECORD_TIMEOUT_MS * 3, fn);
+    } catch (e) {
+      if (e instanceof ServiceError) throw new UnavailableError('Temporal', this.config.temporalAddress, e.message);
       throw e;
     }
   }
 
   /** Restores a checkpoint on a node chosen by free VRAM (or on the given node only). */
-  async startRestore(input: { checkpointId: string; node?: string; vramBytes?: number; placementDeadline?: string }): Promise<{ workflowId: string }> {
+  async startRestore(input: { checkpointId: string; node?: string; vramBytes?: number; placementDeadline?: string; readiness?: Readiness }): Promise<{ workflowId: string }> {
     const checkpointId = assertSafeId('checkpoint', input.checkpointId);
+    if (input.node) assertSafeId('node', input.node);
+    if (input.placementDeadline !== undefined) parseDuration('placement-deadline', input.placementDeadline);
+    assertBytes('vramBytes', input.vramBytes);
+    const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
     if (input.node) await this.node(input.node);
-    if (input.placementDeadline !== undefined && !/^\d+(ms|s|m|h)$/.test(input.placementDeadline)) {
-      throw new InvalidInputError('placement-deadline', `expected e.g. 90s or 10m (got '${input.placementDeadline}')`);
-    }
     await this.describeCheckpoint(checkpointId);
     let n = 1;
     for await (const _ of this.client.workflow.list({ query: `WorkflowType = 'restore' AND ${SA_CHECKPOINT.name} = '${checkpointId}'` })) n++;
@@ -111,7 +218,8 @@ export class KybernateClient {
       const workflowId = restoreWorkflowId(checkpointId, n);
       try {
         await this.client.workflow.start('restore', {
-          workflowId, taskQueue: CONTROL_QUEUE, args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline } satisfies RestoreRequest],
+          workflowId, taskQueue: CONTROL_QUEUE,
+          args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies RestoreRequest],
           typedSearchAttributes: [{ key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Placing' }],
           staticSummary: `restore ${checkpointId}`,
         });
@@ -142,21 +250,35 @@ export class KybernateClient {
   }
 
   /** Checkpoints a job on the node it runs on and restores it on another, as one workflow. */
-  async startMigration(input: { jobId: string; from?: string; to: string; vramBytes?: number; placementDeadline?: string }): Promise<{ workflowId: string; checkpointId: string }> {
+  async startMigration(input: { jobId: string; from?: string; to: string; vramBytes?: number; placementDeadline?: string; readiness?: Readiness }): Promise<{ workflowId: string; checkpointId: string }> {
     const jobId = assertSafeId('job', input.jobId);
+    const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
     const from = input.from ? assertSafeId('from', input.from) : await this.jobNode(jobId);
     const to = assertSafeId('to', input.to);
     if (from === to) throw new InvalidInputError('to', `must differ from the node the job runs on (${from})`);
+    if (input.placementDeadline !== undefined) parseDuration('placement-deadline', input.placementDeadline);
+    assertBytes('vramBytes', input.vramBytes);
     await this.node(from);
     await this.node(to);
-    const checkpointId = `${jobId}-mig-${Date.now().toString(36)}`;
+    const checkpointId = assertSafeId('checkpointId', `${jobId}-mig-${Date.now().toString(36)}`);
     const workflowId = `migrate/${checkpointId}`;
     await this.client.workflow.start('migrate', {
-      workflowId, taskQueue: CONTROL_QUEUE, args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline }],
+      workflowId, taskQueue: CONTROL_QUEUE,
+      args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies MigrateRequest],
       typedSearchAttributes: [{ key: SA_JOB, value: jobId }, { key: SA_NODE, value: from }],
       staticSummary: `migrate ${jobId} from ${from} to ${to}`,
     });
     return { workflowId, checkpointId };
+  }
+
+  private async hasWorkflow(workflowId: string): Promise<boolean> {
+    try {
+      await this.client.workflow.getHandle(workflowId).describe();
+      return true;
+    } catch (e) {
+      if (e instanceof WorkflowNotFoundError) return false;
+      throw e;
+    }
   }
 
   async listCheckpoints(filter: { job?: string; tier?: Tier } = {}): Promise<CheckpointListEntry[]> {
@@ -167,6 +289,7 @@ export class KybernateClient {
       q.push(`${SA_TIER.name} = '${filter.tier}'`);
     }
     const out: CheckpointListEntry[] = [];
+    const seen = new Set<string>();
     for await (const wf of this.client.workflow.list({ query: q.join(' AND ') })) {
       const sa = wf.typedSearchAttributes;
       out.push({
@@ -177,8 +300,32 @@ export class KybernateClient {
         tier: sa.get(SA_TIER) ?? '',
         workflowStatus: wf.status.name,
         startedAt: wf.startTime.toISOString(),
+        source: 'temporal',
+      });
+      seen.add(out[out.length - 1].checkpointId);
+    }
+    // S3 is the catalogue's source of truth: checkpoints whose workflow history has expired are listed from
+    // their metadata.json (Durable on s3 by definition: metadata.json is uploaded last).
+    if (filter.tier === 'nvme') return out;
+    for (const id of await listS3CheckpointIds(this.config.s3)) {
+      if (seen.has(id) || (await this.hasWorkflow(checkpointWorkflowId(id)))) continue; // filtered out above, or visibility lagging
+      const found = await readS3Checkpoint(this.config.s3, id);
+      if (!found || (filter.job && found.metadata.jobId !== filter.job)) continue;
+      out.push({
+        checkpointId: id, jobId: found.metadata.jobId, node: found.metadata.node, phase: 'Durable', tier: 's3',
+        workflowStatus: 'NO_HISTORY', startedAt: found.metadata.createdAt, source: 's3',
       });
     }
     return out;
   }
+}
+
+/** A checkpoint known only from S3: Durable there (metadata.json is committed last), its history gone. */
+function statusFromS3(found: S3Checkpoint): CheckpointStatus {
+  const md = found.metadata;
+  return {
+    checkpointId: md.checkpointId, jobId: md.jobId, node: md.node, pid: md.pid, vramBytes: md.cuda.vramBytes, phase: 'Durable', tier: 's3',
+    failureReason: null, upload: null, metadataSha256: null, workloadLost: null,
+    history: [{ phase: 'Durable', outcome: 'ok', detail: 'from metadata.json in S3: the checkpoint workflow\'s history is no longer in Temporal', at: md.createdAt }],
+  };
 }

@@ -135,6 +135,16 @@ export interface CheckpointStatus {
   failureReason: string | null;
   history: AttemptRecord[];
   upload: UploadResult | null;
+  /**
+   * SHA-256 of metadata.json as committed at seal: every restore checks the metadata.json it reads against it,
+   * so a replaced metadata.json (naming other bytes) is refused. Absent in workflows started before it existed.
+   */
+  metadataSha256?: string | null;
+  /**
+   * The workload is gone and no checkpoint of this attempt can bring it back, and why (e.g. the dump stopped
+   * it and the images turned out corrupt). Null while the workload runs or is restorable.
+   */
+  workloadLost?: string | null;
 }
 
 /** What a workflow returns; identical to the final status. */

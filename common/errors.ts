@@ -2,6 +2,10 @@
 export const ErrorType = {
   InvalidInput: 'InvalidInput',
   NoSuchProcess: 'NoSuchProcess',
+  /** A workload could not be started (no such program, not executable, exited at once); nothing is left running. */
+  StartFailure: 'StartFailure',
+  /** A workload with this job id is already running on the node: a second one would be untracked. */
+  JobAlreadyRunning: 'JobAlreadyRunning',
   CudaUnavailable: 'CudaUnavailable',
   CudaError: 'CudaError',
   CriuDumpFailed: 'CriuDumpFailed',
@@ -14,17 +18,41 @@ export const ErrorType = {
   NoSpace: 'NoSpace',
   /** The copy of a checkpoint staged in memory could not be written to the node's disk. */
   PersistFailed: 'PersistFailed',
+  /** Bytes differ from their sealed SHA-256 (a local copy changed after sealing, or a corrupt S3 object). */
   ChecksumMismatch: 'ChecksumMismatch',
   MetadataInvalid: 'MetadataInvalid',
   S3Unavailable: 'S3Unavailable',
+  /**
+   * S3 answered and refused for good (AccessDenied, NoSuchBucket, InvalidAccessKeyId, SignatureDoesNotMatch):
+   * retrying at once cannot help; an operator fixes the credentials, policy or bucket.
+   */
+  S3Rejected: 'S3Rejected',
+  /** A checkpoint with this id exists already (workflow, S3 or node): ids are never reused. */
+  CheckpointExists: 'CheckpointExists',
   CheckpointNotFound: 'CheckpointNotFound',
   /** Not enough free VRAM on the node for a CUDA restore: try another node. */
   CudaOutOfMemory: 'CudaOutOfMemory',
+  /**
+   * CRIU was killed mid-restore (the agent shut down and cancelled the step): nothing is known about the
+   * checkpoint, and a process it resumed may run; the restore asks the node, as after a lost agent.
+   */
+  CriuInterrupted: 'CriuInterrupted',
   /** The checkpoint's pids are taken on this host: try another node. */
   CriuPidConflict: 'CriuPidConflict',
-  /** Restored and alive, but not making progress. */
+  /** Restored and alive, but not making progress (verifyProgress, kept for workflows started before verifyRunning). */
   NoProgress: 'NoProgress',
+  /** Restored, but stopped, a zombie, or its CUDA state is not running: try another node. */
+  NotRunning: 'NotRunning',
+  /** Restored and running, but its declared readiness probe did not pass: try another node. */
+  NotReady: 'NotReady',
   NoNodeFits: 'NoNodeFits',
+  /** The node's agent was lost mid-step and the node reports that nothing of the step remains: try another node. */
+  AgentLost: 'AgentLost',
+  /**
+   * The agent was lost mid-restore and never answered what became of the restored process: the restore stops
+   * rather than place a second copy beside one that may run.
+   */
+  RestoreOutcomeUnknown: 'RestoreOutcomeUnknown',
   CheckpointNotOnNode: 'CheckpointNotOnNode',
   RestoreFailed: 'RestoreFailed',
   MigrationFailed: 'MigrationFailed',

@@ -1,5 +1,7 @@
 /** Pure types of the restore and migration workflows. */
 import type { Tier } from './checkpoint';
+import type { ProcessIdentity, StepOutcome } from './journal';
+import type { Readiness } from './readiness';
 
 export type RestorePhase = 'Placing' | 'Fetching' | 'RestoringProcess' | 'RestoringVram' | 'Unlocking' | 'Verifying' | 'Running' | 'Failed';
 
@@ -15,6 +17,8 @@ export interface RestoreRequest {
   vramBytes?: number;
   /** How long to wait for a node that fits before failing, e.g. '10m'. */
   placementDeadline?: string;
+  /** Running only once this probe passes (besides the process running and its CUDA state); see common/readiness. */
+  readiness?: Readiness;
 }
 
 export interface RestoreAttempt {
@@ -36,6 +40,13 @@ export interface RestoreStatus {
   attempts: RestoreAttempt[];
   excluded: string[];
   failureReason: string | null;
+  /**
+   * VRAM reservations that could not be released (the placement workflow unreachable for days): recorded,
+   * never a reason to fail a restore that runs. Absent in restores started before this was kept.
+   */
+  releaseFailures?: string[];
+  /** Attempts carried on after the agent was lost mid-restore, from what the node really did. */
+  recoveries?: string[];
 }
 
 export interface Candidate {
@@ -56,4 +67,36 @@ export interface CheckpointInfo {
   node: string;
   tier: Tier | null;
   vramBytes: number;
+  /** metadata.json's SHA-256 recorded at seal; null when its workflow history is gone and only S3 knows the checkpoint. */
+  metadataSha256?: string | null;
+  /** Where this answer came from: the checkpoint workflow, or S3's metadata.json after the history expired. */
+  source?: 'workflow' | 's3';
+}
+
+/**
+ * What a node found out about one restore attempt after the workflow lost sight of its agent: CRIU's outcome
+ * from the node's journal, and whether the restored process (by pid and start time) runs.
+ */
+export interface RestoreInspection {
+  criu: StepOutcome['state'];
+  /** When the journal recorded a failed CRIU restore: its error type and message. */
+  failure: { type: string; message: string } | null;
+  /** The restored process, if CRIU got as far as creating it. */
+  process: ProcessIdentity | null;
+  /** That very process runs (not gone, not a zombie, not another process that took the pid since). */
+  running: boolean;
+  /** The process's state letter from /proc (R, S, D, T, t, Z...), null when not running. */
+  state: string | null;
+  /** Its CUDA checkpoint state ('running', 'locked', 'checkpointed', 'failed', 'none' without a CUDA context). */
+  cuda: string;
+}
+
+/**
+ * A name for one placement attempt of one restore workflow, safe as a file name (it names the node's journal):
+ * readable from the workflow id `restore/<checkpointId>/<n>` where that fits, else from the run id.
+ */
+export function restoreAttemptId(workflowId: string, runId: string, attempt: number): string {
+  const m = /^restore\/([A-Za-z0-9][A-Za-z0-9._-]*)\/(\d+)$/.exec(workflowId);
+  const readable = m ? `${m[1]}.r${m[2]}.a${attempt}` : '';
+  return readable && readable.length <= 128 && !readable.includes('..') ? readable : `run-${runId}.a${attempt}`;
 }

@@ -7,6 +7,7 @@ import type { NodeContext } from '../activities/node/context';
 import { readInventory } from '../activities/node/inventory';
 import { assertSafeId } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue, nodeWorkflowId } from '../common/queues';
+import { joinLocalStack } from '../deploy/local/join';
 import { defaultStackHome, BIN } from '../deploy/local/paths';
 import { loadConfig, makeLogger } from './config';
 
@@ -16,6 +17,8 @@ export interface AgentOptions {
   dataDir?: string;
   declaredVramBytes?: number;
   criuBin?: string;
+  /** The init run as pid 1 of each workload's PID namespace; null: none. Default: $KYBERNATE_INIT ('none' for none), else the provisioned tini. */
+  initBin?: string | null;
   /** Memory (tmpfs) directory for staging dumps and fetches; null: never stage. Default: /dev/shm/kybernate/<node>. */
   stagingDir?: string | null;
   /** How often inventory goes to the node's registry workflow. */
@@ -37,6 +40,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     zone: opts.zone ?? null,
     dataDir,
     criuBin: opts.criuBin ?? process.env.KYBERNATE_CRIU ?? BIN.criu,
+    initBin: initBin(opts.initBin),
     criuActionScript: process.env.KYBERNATE_CRIU_ACTION_SCRIPT ?? null,
     declaredVramBytes: opts.declaredVramBytes ?? null,
     stagingDir: opts.stagingDir === undefined ? defaultStagingDir(opts.node) : opts.stagingDir,
@@ -62,14 +66,31 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   await report();
   const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
+  const leaveStack = joinLocalStack(`agent:${opts.node}`, cfg.temporalAddress, { dataDir });
   logger.info({ queue: nodeQueue(opts.node), dataDir, stagingDir: ctx.stagingDir, declaredVramBytes: ctx.declaredVramBytes }, 'agent ready');
   try {
     await worker.run();
   } finally {
+    leaveStack();
     clearInterval(timer);
     await clientConn.close();
     await connection.close();
   }
+}
+
+/**
+ * Refuses to start an agent whose init is missing: its workloads could not be stopped with SIGTERM, and the
+ * first `run` would fail anyway.
+ */
+function initBin(given: string | null | undefined): string | null {
+  const bin = given !== undefined ? given : process.env.KYBERNATE_INIT === 'none' ? null : process.env.KYBERNATE_INIT ?? BIN.tini;
+  if (bin === null) return null;
+  try {
+    fs.accessSync(bin, fs.constants.X_OK);
+  } catch {
+    throw new Error(`init ${bin} is missing or not executable: run deploy/local/provision.sh tini, or set KYBERNATE_INIT to an init (or 'none')`);
+  }
+  return path.resolve(bin);
 }
 
 /** /dev/shm is memory on every Linux we run on; without it, dumps and fetches go straight to disk. */

@@ -8,7 +8,8 @@ import { configFromStack, readStackState } from '../deploy/local/stack';
  */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): KybernateConfig {
   const local = readStackState(env.KYBERNATE_HOME);
-  const fromStack = local ? configFromStack(local) : null;
+  // Through the proxies `up --toxiproxy` routed S3 (and Temporal) through, so that a fault cut there reaches us.
+  const fromStack = local ? configFromStack(local, true) : null;
   const temporalAddress = env.KYBERNATE_TEMPORAL_ADDRESS ?? fromStack?.temporalAddress;
   const endpoint = env.KYBERNATE_S3_ENDPOINT ?? fromStack?.s3.endpoint;
   if (!temporalAddress) throw new Error("KYBERNATE_TEMPORAL_ADDRESS is not set and no local stack is running (start one with 'kybernate up')");

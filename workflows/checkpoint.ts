@@ -17,6 +17,7 @@ import type {
 } from '../common/checkpoint';
 import type { ControlActivities } from '../activities/control';
 import { ErrorType } from '../common/errors';
+import { CheckpointRequestSchema, inputProblem } from '../common/inputs';
 import { CONTROL_QUEUE, nodeQueue, promotionWorkflowId } from '../common/queues';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
@@ -24,6 +25,11 @@ import { agentLost, agentUnreachable, describeFailure, failureType } from './fai
 export const statusQuery = defineQuery<CheckpointStatus>('status');
 /** Sent by the node's promotion loop once a checkpoint left on tier nvme reaches S3. */
 export const promotedSignal = defineSignal<[UploadResult]>('promoted');
+/** Sent by the promotion loop when the nvme copy can never be uploaded: it no longer matches its seal, or S3 holds another checkpoint under its id. */
+export const unpromotableSignal = defineSignal<[{ reason: string; type: string | null }]>('unpromotable');
+
+/** Upload failures that mean the local copy itself is bad: no retry, no tier nvme, no re-seal. */
+const CORRUPT: ReadonlySet<string> = new Set([ErrorType.ChecksumMismatch, ErrorType.MetadataInvalid]);
 
 export const DEFAULT_UPLOAD_ATTEMPTS = 8;
 
@@ -62,12 +68,18 @@ class StepFailed extends Error {
  * and becomes tier nvme only if S3 is out of reach.
  */
 export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutcome> {
+  // A crafted request fails here, in one line naming the field, before any activity touches the workload.
+  const invalid = inputProblem(CheckpointRequestSchema, req);
+  if (invalid) throw ApplicationFailure.nonRetryable(`invalid checkpoint request: ${invalid}`, ErrorType.InvalidInput);
   const status: CheckpointStatus = {
     checkpointId: req.checkpointId, jobId: req.jobId, node: req.node, pid: req.pid ?? null, vramBytes: req.vramBytes ?? 0, phase: 'Pending', tier: null, failureReason: null, history: [], upload: null,
+    metadataSha256: null, workloadLost: null,
   };
   setHandler(statusQuery, () => status);
   let promoted: UploadResult | null = null;
   setHandler(promotedSignal, (r) => void (promoted = r));
+  let unpromotable: { reason: string; type: string | null } | null = null;
+  setHandler(unpromotableSignal, (r) => void (unpromotable = r));
 
   const queue = nodeQueue(req.node);
   // One attempt each: a dump retried after a crash would act on a process in an unknown state.
@@ -82,7 +94,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   const uploader = proxyActivities<NodeActivities>({
     taskQueue: queue, startToCloseTimeout: '2h', heartbeatTimeout: '15s',
     retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: req.uploadMaxAttempts ?? DEFAULT_UPLOAD_ATTEMPTS,
-      nonRetryableErrorTypes: ['MetadataInvalid', 'CheckpointNotFound'] },
+      nonRetryableErrorTypes: ['MetadataInvalid', 'CheckpointNotFound', ErrorType.ChecksumMismatch, ErrorType.S3Rejected, ErrorType.CheckpointExists] },
   });
 
   // The copy to disk: a disk that is full will not empty itself by retrying.
@@ -184,7 +196,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
 
   // Pending: resolve and check the target first, so a bad pid or job fails before anything is touched.
   const target = await step.resolveTarget.executeWithOptions(summary(`find ${req.pid ? `pid ${req.pid}` : `workload of job ${req.jobId}`} on ${req.node}`),
-    [{ pid: req.pid, jobId: req.jobId }]).catch((err: unknown) => {
+    [{ pid: req.pid, jobId: req.jobId, checkpointId: req.checkpointId }]).catch((err: unknown) => {
     status.failureReason = `Pending: ${describeFailure(err)}`;
     record('Pending', 'failed', status.failureReason);
     enter('Failed');
@@ -228,10 +240,11 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     dumped = true;
     processStopped = dump.processStopped;
     staged = dump.staged === true;
-    await run('Sealing',
+    const sealed = await run('Sealing',
       () => step.seal.executeWithOptions(summary(`sha256 + commit metadata.json for ${req.checkpointId}`),
         [{ checkpointId: req.checkpointId, jobId: req.jobId, pid: pid, cudaCheckpointed, vramBytes: req.vramBytes ?? 0 }]),
       (r) => `${r.files} files, ${r.totalBytes} bytes`, 'seal');
+    status.metadataSha256 = sealed.metadataSha256;
     if (cudaLocked && !processStopped) {
       // Left running: hand the VRAM back and let it go on.
       await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${pid} (leave running)`), [{ pid: pid, checkpointId: req.checkpointId }]);
@@ -316,6 +329,9 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     }
     if (onlyCopyNeeded && patched(PATCH_COMPENSATE_APART)) {
       record(failed.phase, 'failed', `checkpoint directory kept: the workload is stopped and its dump is its only copy`);
+    } else if (failureType(failed.cause) === ErrorType.CheckpointExists) {
+      // The directory holds an earlier checkpoint under this id: it is that one's, never ours to delete.
+      record(failed.phase, 'skipped', 'checkpoint directory left alone: it holds an existing checkpoint');
     } else {
       await compensate('delete partial', async () => {
         await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
@@ -336,7 +352,61 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   enter('Uploading', staged ? 'memory' : 'nvme');
   // Settled at once: while the copy to disk is awaited, a failed upload must not count as unhandled.
   const uploading = uploader.upload.executeWithOptions(summary(`upload ${req.checkpointId} to S3 (artifacts, then metadata.json)`),
-    [{ checkpointId: req.checkpointId }]).then((r) => ({ result: r, error: null }), (err: unknown) => ({ result: null, error: describeFailure(err) }));
+    [{ checkpointId: req.checkpointId, metadataSha256: status.metadataSha256 }])
+    .then((r) => ({ result: r, error: null, type: null }), (err: unknown) => ({ result: null, error: describeFailure(err), type: failureType(err) }));
+  /**
+   * A copy that no longer matches its seal leaves the node's checkpoints: deleted while the workload runs on,
+   * set aside for an operator (never restored from) when it is all that is left of a stopped workload.
+   */
+  const dropCorrupt = async (phase: CheckpointPhase, reason: string): Promise<void> => {
+    if (processStopped) {
+      const r = await undo.setAsideCorrupt.executeWithOptions(summary(`set corrupt ${req.checkpointId} aside`), [{ checkpointId: req.checkpointId, reason }]);
+      record(phase, 'compensated', `corrupt checkpoint set aside for an operator${r.movedTo ? ` at ${r.movedTo}` : ''}`);
+    } else {
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete corrupt ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+      record(phase, 'compensated', 'corrupt checkpoint deleted from this node');
+    }
+  };
+  /**
+   * The upload found the local copy changed after sealing: it is no checkpoint, neither in S3 (metadata.json
+   * was never sent) nor on this node. It is not sealed again: that would call bytes changed after the dump
+   * good. A workload the dump stopped cannot be restored from these images (unverified bytes are never
+   * restored), so it is recorded as lost, with why.
+   */
+  const corrupt = async (error: string): Promise<CheckpointStatus> => {
+    status.failureReason = `Uploading: the local copy no longer matches its seal: ${error}`;
+    record('Uploading', 'failed', status.failureReason);
+    if (processStopped) {
+      status.workloadLost = `pid ${pid} was stopped by the dump and its only images changed after sealing; nothing verified is left to restore it from`;
+      record('Uploading', 'failed', `workload lost: ${status.workloadLost}`);
+    }
+    await dropCorrupt('Uploading', status.failureReason);
+    enter('Failed');
+    if (processStopped && req.reason === 'preemption') await requeue(req, status.failureReason, record);
+    return status;
+  };
+  /**
+   * S3 holds another checkpoint under this id (its history gone, so the id passed the client's checks):
+   * nothing was overwritten. Our images are good but cannot be this id in S3: a workload the dump stopped
+   * is restored in place from them, as after any clean failure, and they are kept if that fails.
+   */
+  const taken = async (error: string): Promise<CheckpointStatus> => {
+    status.failureReason = `Uploading: ${error}`;
+    record('Uploading', 'failed', status.failureReason);
+    let keep = false;
+    if (processStopped) {
+      const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place`), [{ checkpointId: req.checkpointId }])
+        .catch((err: unknown) => ({ error: describeFailure(err) }));
+      keep = !('pid' in r);
+      record('Uploading', keep ? 'failed' : 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}; images kept`);
+    }
+    if (!keep) {
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete ${req.checkpointId} (id taken in S3)`), [{ checkpointId: req.checkpointId }]);
+      record('Uploading', 'compensated', 'local copy deleted');
+    }
+    enter('Failed');
+    return status;
+  };
   if (staged) {
     // The disk copy is a cache while S3 takes the checkpoint, so it is not synced (syncing competes with the
     // upload for the disk); it is synced only if it has to stand in for S3.
@@ -349,6 +419,14 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
         return describeFailure(err);
       });
     const up = await uploading;
+    if (up.type && CORRUPT.has(up.type)) {
+      await copying; // a copy of the same bad bytes: it goes with the rest
+      return corrupt(up.error!);
+    }
+    if (up.type === ErrorType.CheckpointExists) {
+      await copying;
+      return taken(up.error!);
+    }
     if (up.result) {
       // Durable from here on; the workflow still waits for the cache copy so that it can free the memory.
       durable(up.result);
@@ -396,13 +474,33 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       durable(up.result);
       return status;
     }
+    if (up.type && CORRUPT.has(up.type)) return corrupt(up.error!);
+    if (up.type === ErrorType.CheckpointExists) return taken(up.error!);
     record('Uploading', 'failed', up.error);
   }
-  // S3 is out of reach: durable on local NVMe, and the node's promotion loop uploads it when S3 is back.
+  // S3 is out of reach, or refuses this key (S3Rejected: recorded above, fixed by an operator): durable on
+  // local NVMe, and the node's promotion loop uploads it when S3 takes it again.
   enter('PendingUpload', 'nvme');
   await control.enqueuePromotion.executeWithOptions(summary(`queue ${req.checkpointId} for upload by ${promotionWorkflowId(req.node)}`),
-    [{ node: req.node, checkpointId: req.checkpointId }]);
-  await condition(() => promoted !== null);
+    [{ node: req.node, checkpointId: req.checkpointId, metadataSha256: status.metadataSha256 }]);
+  await condition(() => promoted !== null || unpromotable !== null);
+  if (promoted === null && unpromotable !== null) {
+    const u: { reason: string; type: string | null } = unpromotable;
+    status.failureReason = `PendingUpload: ${u.reason}`;
+    record('PendingUpload', 'failed', status.failureReason);
+    if (u.type === ErrorType.CheckpointExists) {
+      // Another checkpoint holds this id in S3: ours stays on this node's disk, intact, for an operator.
+      enter('Failed');
+      return status;
+    }
+    if (processStopped) {
+      status.workloadLost = `pid ${pid} was stopped by the dump and the node's copy, its only one, no longer matches its seal`;
+      record('PendingUpload', 'failed', `workload lost: ${status.workloadLost}`);
+    }
+    await dropCorrupt('PendingUpload', status.failureReason);
+    enter('Failed');
+    return status;
+  }
   status.upload = promoted;
   record('Uploading', 'ok', `promoted to S3 by the node's promotion loop`);
   enter('Durable', 's3');

@@ -2,7 +2,7 @@
 export { checkpoint } from './checkpoint';
 export { promotion } from './promotion';
 export { nodeRegistry } from './node';
-export { runWorkload } from './workload';
+export { runWorkload, stopWorkload } from './workload';
 export { restore } from './restore';
 export { migrate } from './migrate';
 export { placement } from './placement';

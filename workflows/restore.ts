@@ -1,29 +1,69 @@
-import { ApplicationFailure, defineQuery, log, proxyActivities, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, defineQuery, log, patched, proxyActivities, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
+import { durationMs } from '../common/bounds';
 import { ErrorType } from '../common/errors';
+import { inputProblem, RestoreRequestSchema } from '../common/inputs';
+import { InvalidInputError } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue } from '../common/queues';
-import type { RestorePhase, RestoreRequest, RestoreStatus } from '../common/restore';
+import { parseReadiness, type Readiness } from '../common/readiness';
+import { type RestorePhase, type RestoreRequest, type RestoreStatus, restoreAttemptId } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
-import { agentLost, describeFailure, failureType } from './failures';
+import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
 
 export const restoreStatusQuery = defineQuery<RestoreStatus>('status');
 
+/**
+ * patched() ids: each guards a change in the commands a restore issues, so that restores started before it
+ * replay on this code. Verifying calls verifyRunning instead of verifyProgress; a lost agent mid-restore is
+ * asked what happened (inspectRestore) before anything else; a failed release of the VRAM reservation is
+ * retried for long and then recorded, never failing the restore.
+ */
+export const PATCH_VERIFY_RUNNING = 'restore-verify-running';
+export const PATCH_INSPECT_AFTER_AGENT_LOST = 'restore-inspect-after-agent-lost';
+export const PATCH_RELEASE_NEVER_FAILS = 'restore-release-never-fails';
+
 /** Failures that say "not on this node" rather than "not at all". */
-const TRY_ELSEWHERE = new Set<string>([ErrorType.CudaOutOfMemory, ErrorType.CriuPidConflict, ErrorType.NoProgress, ErrorType.NoSuchProcess, ErrorType.S3Unavailable]);
+const TRY_ELSEWHERE = new Set<string>([
+  ErrorType.AgentLost, ErrorType.CudaOutOfMemory, ErrorType.CriuPidConflict, ErrorType.NoProgress, ErrorType.NotRunning, ErrorType.NotReady, ErrorType.NoSuchProcess, ErrorType.S3Unavailable,
+]);
+
+/** How often one attempt carries on after losing its agent before it gives the node up (killing its copy). */
+const MAX_RECOVERIES = 3;
+
+/** The restored process; startTime is absent in results recorded before criuRestore reported it. */
+interface Restored {
+  pid: number;
+  startTime?: number;
+}
 
 class AttemptFailed extends Error {
-  constructor(readonly phase: RestorePhase, override readonly cause: unknown, readonly pid: number | null) {
+  constructor(readonly phase: RestorePhase, override readonly cause: unknown, readonly proc: Restored | null) {
     super(describeFailure(cause));
   }
 }
 
 /**
+ * Node work that must happen whatever the agent does (inspect after a loss, kill a copy): it waits for the
+ * agent to come back, for days if need be, retrying with a capped backoff.
+ */
+const patientNode = (nodeName: string) => proxyActivities<NodeActivities>({
+  taskQueue: nodeQueue(nodeName), scheduleToCloseTimeout: '7d', startToCloseTimeout: '10m', heartbeatTimeout: '30s',
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
+});
+
+/**
  * Placing -> Fetching -> RestoringProcess -> RestoringVram -> Unlocking -> Verifying -> Running.
- * Running only after both CRIU and CUDA succeeded. A node that cannot hold the workload (VRAM, pid clash,
- * dead agent) is excluded and the restore placed again; a corrupt or incompatible checkpoint fails for good.
+ * Running only after CRIU and CUDA succeeded and the process runs (and passes its readiness probe, if one is
+ * declared). A node that cannot hold the workload (VRAM, pid clash, not ready, an agent lost before CRIU made
+ * anything) is excluded and the restore placed again; a corrupt or incompatible checkpoint fails for good.
+ * An agent lost from RestoringProcess on is first asked what CRIU really did: the restore carries on from there,
+ * or kills that copy by identity, before it places anywhere else.
  */
 export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
+  // A crafted request (VRAM no node can hold, a deadline of years) fails here, in one line naming the field.
+  const invalid = inputProblem(RestoreRequestSchema, req);
+  if (invalid) throw ApplicationFailure.nonRetryable(`invalid restore request: ${invalid}`, ErrorType.InvalidInput);
   const status: RestoreStatus = {
     checkpointId: req.checkpointId, jobId: null, phase: 'Placing', node: null, pid: null, vramBytes: 0, source: null,
     attempts: [], excluded: [...(req.exclude ?? [])], failureReason: null,
@@ -34,11 +74,23 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
     upsertSearchAttributes([{ key: SA_PHASE, value: phase }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
   };
   const control = proxyActivities<ControlActivities>({ taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', retry: { maximumInterval: '10s', maximumAttempts: 10 } });
+  const releaser = proxyActivities<ControlActivities>({
+    taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', scheduleToCloseTimeout: '7d', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5m' },
+  });
   const fail = (reason: string, type: string): never => {
     status.failureReason = reason;
     enter('Failed');
     throw ApplicationFailure.nonRetryable(reason, type);
   };
+
+  let readiness: Readiness | undefined;
+  if (req.readiness !== undefined) {
+    try {
+      readiness = parseReadiness(req.readiness);
+    } catch (e) {
+      fail(e instanceof InvalidInputError ? e.message : String(e), ErrorType.InvalidInput);
+    }
+  }
 
   upsertSearchAttributes([{ key: SA_CHECKPOINT, value: req.checkpointId }, { key: SA_PHASE, value: 'Placing' }]);
   const info = await control.checkpointInfo.executeWithOptions({ summary: `look up checkpoint ${req.checkpointId}` }, [{ checkpointId: req.checkpointId }])
@@ -73,20 +125,23 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
       continue;
     }
     status.node = reservation.node;
+    const attemptId = restoreAttemptId(workflowInfo().workflowId, workflowInfo().runId, n);
     try {
-      const pid = await attempt(req, status, reservation.node, enter);
+      const proc = await attempt(req, status, reservation.node, attemptId, readiness, enter, info.metadataSha256 ?? null);
       status.attempts.push({ node: reservation.node, outcome: 'running', phase: 'Running', reason: null, at: new Date().toISOString() });
-      status.pid = pid;
+      status.pid = proc.pid;
       enter('Running');
       return status;
     } catch (e) {
       const failed = e instanceof AttemptFailed ? e : new AttemptFailed(status.phase, e, null);
       const type = failureType(failed.cause);
       status.attempts.push({ node: reservation.node, outcome: 'failed', phase: failed.phase, reason: failed.message, at: new Date().toISOString() });
-      const node = proxyActivities<NodeActivities>({ taskQueue: nodeQueue(reservation.node), scheduleToCloseTimeout: '1h', startToCloseTimeout: '1m', retry: { maximumInterval: '30s' } });
-      if (failed.pid !== null) {
-        // Half-restored (CRIU done, CUDA not, or no progress): it must not run on.
-        await node.killProcess.executeWithOptions({ summary: `kill half-restored pid ${failed.pid}` }, [{ pid: failed.pid, reason: failed.message }]);
+      if (failed.proc !== null) {
+        // Half-restored (CRIU done, CUDA not, not ready): it must not run on. By identity: the kill may wait
+        // for the agent, and by then the pid may name another process.
+        const { pid, startTime } = failed.proc;
+        await patientNode(reservation.node).killProcess.executeWithOptions({ summary: `kill half-restored pid ${pid}` },
+          [{ pid, reason: failed.message, ...(startTime !== undefined ? { startTime } : {}) }]);
       }
       if (type === ErrorType.ChecksumMismatch) {
         // Away from the checkpoint's own node the bad bytes came from S3; that node still holds the nvme copy
@@ -107,40 +162,124 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
       status.excluded.push(reservation.node);
       if (forceSource) fail(`the only node holding a verified copy (${info.node}) cannot take it: ${failed.message}`, type ?? ErrorType.RestoreFailed);
     } finally {
-      await control.release.executeWithOptions({ summary: 'release VRAM reservation' }, [{ reservationId }]);
+      if (patched(PATCH_RELEASE_NEVER_FAILS)) {
+        // After Running the restore has done its job: a reservation that cannot be released now is retried for
+        // long, and recorded if even that fails, but never turns a running workload into a failed restore
+        // (a migration would then restore it a second time).
+        await releaser.release.executeWithOptions({ summary: 'release VRAM reservation' }, [{ reservationId }]).catch((err: unknown) => {
+          const why = `reservation ${reservationId} not released: ${describeFailure(err)}`;
+          (status.releaseFailures ??= []).push(why);
+          log.warn(why, { checkpointId: req.checkpointId, node: reservation.node });
+        });
+      } else {
+        await control.release.executeWithOptions({ summary: 'release VRAM reservation' }, [{ reservationId }]);
+      }
     }
   }
 }
 
-async function attempt(req: RestoreRequest, status: RestoreStatus, nodeName: string, enter: (p: RestorePhase) => void): Promise<number> {
+type Stage = 'RestoringProcess' | 'RestoringVram' | 'Unlocking' | 'Verifying';
+const PIPELINE: readonly Stage[] = ['RestoringProcess', 'RestoringVram', 'Unlocking', 'Verifying'];
+
+/**
+ * Where to carry on with a process CRIU restored while the agent was out of sight, from its CUDA state; null:
+ * a state nothing can carry on from (the copy is killed). Without a CUDA context the lost step is run again
+ * (its CUDA calls are skipped then).
+ */
+function resumeAt(cuda: string, lost: Stage): Stage | null {
+  switch (cuda) {
+    case 'checkpointed': return 'RestoringVram';
+    case 'locked': return 'Unlocking';
+    case 'running': return 'Verifying';
+    case 'none': return lost === 'RestoringProcess' ? 'RestoringVram' : lost;
+    default: return null;
+  }
+}
+
+async function attempt(
+  req: RestoreRequest, status: RestoreStatus, nodeName: string, attemptId: string, readiness: Readiness | undefined, enter: (p: RestorePhase) => void, metadataSha256: string | null,
+): Promise<Restored> {
   const node = proxyActivities<NodeActivities>({
     taskQueue: nodeQueue(nodeName), scheduleToStartTimeout: '1m', startToCloseTimeout: '1h', heartbeatTimeout: '15s', retry: { maximumAttempts: 1 },
   });
-  const step = async <T>(phase: RestorePhase, pid: number | null, fn: () => Promise<T>): Promise<T> => {
+  const step = async <T>(phase: RestorePhase, proc: Restored | null, fn: () => Promise<T>): Promise<T> => {
     enter(phase);
     try {
       return await fn();
     } catch (err) {
-      throw new AttemptFailed(phase, err, pid);
+      throw new AttemptFailed(phase, err, proc);
     }
   };
   const fetched = await step('Fetching', null, () =>
     node.fetch.executeWithOptions({ summary: `fetch and verify ${req.checkpointId} on ${nodeName}`, retry: { maximumAttempts: 3, nonRetryableErrorTypes: [ErrorType.ChecksumMismatch, ErrorType.CheckpointNotFound, ErrorType.MetadataInvalid] } },
-      [{ checkpointId: req.checkpointId }]));
+      [{ checkpointId: req.checkpointId, metadataSha256 }]));
   status.source = fetched.source;
   try {
-    const { pid } = await step('RestoringProcess', null, () =>
-      node.criuRestore.executeWithOptions({ summary: `criu restore ${req.checkpointId} on ${nodeName}` }, [{ checkpointId: req.checkpointId }]));
-    await step('RestoringVram', pid, async () => {
-      await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}` }, [{ bytes: status.vramBytes }]);
-      return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}` }, [{ pid }]);
-    });
-    await step('Unlocking', pid, () => node.cudaUnlock.executeWithOptions({ summary: `CUDA unlock pid ${pid}` }, [{ pid }]));
-    await step('Verifying', pid, async () => {
-      await node.verifyProgress.executeWithOptions({ summary: `pid ${pid} alive and making progress` }, [{ pid, checkpointId: req.checkpointId }]);
-      await node.adoptWorkload.executeWithOptions({ summary: `adopt job ${status.jobId} as pid ${pid}` }, [{ jobId: status.jobId ?? req.checkpointId, pid, vramBytes: status.vramBytes }]);
-    });
-    return pid;
+    const cur: { proc: Restored | null } = { proc: null };
+    const run = async (stage: Stage): Promise<void> => {
+      const proc = cur.proc;
+      if (stage === 'RestoringProcess') {
+        cur.proc = await step(stage, null, () =>
+          node.criuRestore.executeWithOptions({ summary: `criu restore ${req.checkpointId} on ${nodeName}` }, [{ checkpointId: req.checkpointId, attemptId }]));
+        return;
+      }
+      if (!proc) throw new AttemptFailed(stage, ApplicationFailure.nonRetryable(`${stage} without a restored process`, ErrorType.RestoreFailed), null);
+      const { pid } = proc;
+      if (stage === 'RestoringVram') {
+        await step(stage, proc, async () => {
+          await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}` }, [{ bytes: status.vramBytes }]);
+          return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}` }, [{ pid }]);
+        });
+      } else if (stage === 'Unlocking') {
+        await step(stage, proc, () => node.cudaUnlock.executeWithOptions({ summary: `CUDA unlock pid ${pid}` }, [{ pid }]));
+      } else {
+        await step(stage, proc, async () => {
+          if (patched(PATCH_VERIFY_RUNNING)) {
+            await node.verifyRunning.executeWithOptions({ summary: `pid ${pid} running${readiness ? ' and ready' : ''}` },
+              [{ pid, ...(proc.startTime !== undefined ? { startTime: proc.startTime } : {}), ...(readiness ? { readiness } : {}) }]);
+          } else {
+            await node.verifyProgress.executeWithOptions({ summary: `pid ${pid} alive and making progress` }, [{ pid, checkpointId: req.checkpointId }]);
+          }
+          await node.adoptWorkload.executeWithOptions({ summary: `adopt job ${status.jobId} as pid ${pid}` }, [{ jobId: status.jobId ?? req.checkpointId, pid, vramBytes: status.vramBytes }]);
+        });
+      }
+    };
+    let at = 0;
+    for (let recoveries = 0; ;) {
+      try {
+        for (; at < PIPELINE.length; at++) await run(PIPELINE[at]);
+        if (!cur.proc) throw new AttemptFailed('Verifying', ApplicationFailure.nonRetryable('no restored process', ErrorType.RestoreFailed), null);
+        return cur.proc;
+      } catch (e) {
+        const unknown = e instanceof AttemptFailed && (agentLost(e.cause) || agentUnreachable(e.cause) || failureType(e.cause) === ErrorType.CriuInterrupted);
+        if (!(e instanceof AttemptFailed) || !unknown || !patched(PATCH_INSPECT_AFTER_AGENT_LOST)) throw e;
+        // Lost sight of the agent mid-restore: CRIU may have finished (or may still finish) on this node. Find out
+        // before anything else, however long the agent is away; never place a second copy while this is unknown.
+        const lost = e.phase as Stage;
+        const seen = await patientNode(nodeName).inspectRestore.executeWithOptions({ summary: `what became of restore attempt ${attemptId} on ${nodeName}` },
+          [{ checkpointId: req.checkpointId, attemptId, ...(cur.proc?.startTime !== undefined ? { pid: cur.proc.pid, startTime: cur.proc.startTime } : {}) }])
+          .catch((err: unknown) => {
+            throw new AttemptFailed(lost, ApplicationFailure.nonRetryable(
+              `the agent of ${nodeName} was lost during ${lost} and never said what became of the restore (${describeFailure(err)}); not placed elsewhere, a copy may run there`,
+              ErrorType.RestoreOutcomeUnknown), null);
+          });
+        if (!seen.running || !seen.process) {
+          // Nothing of this attempt runs there: CRIU never ran, failed (its own error then decides), or its process is gone.
+          const cause = seen.failure && seen.failure.type !== ErrorType.CriuInterrupted ? ApplicationFailure.nonRetryable(seen.failure.message, seen.failure.type)
+            : ApplicationFailure.nonRetryable(`${describeFailure(e.cause)}; ${nodeName} reports nothing of this attempt running (CRIU ${seen.criu})`, ErrorType.AgentLost);
+          throw new AttemptFailed(lost, cause, null);
+        }
+        cur.proc = seen.process;
+        const next = resumeAt(seen.cuda, lost);
+        if (next === null || ++recoveries > MAX_RECOVERIES) {
+          const why = next === null ? `CUDA state ${seen.cuda} after the agent was lost` : `agent lost ${recoveries} times during this attempt`;
+          throw new AttemptFailed(lost, ApplicationFailure.nonRetryable(`pid ${seen.process.pid} on ${nodeName}: ${why}`, ErrorType.NotRunning), seen.process);
+        }
+        (status.recoveries ??= []).push(`${nodeName}: agent lost during ${lost} (${describeFailure(e.cause)}); CRIU restored pid ${seen.process.pid}, CUDA ${seen.cuda}: carried on at ${next}`);
+        log.warn('restore carried on after the agent was lost', { checkpointId: req.checkpointId, node: nodeName, attemptId, pid: seen.process.pid, lost, next });
+        at = PIPELINE.indexOf(next);
+      }
+    }
   } finally {
     // Staged in memory for CRIU to read; once the process is back (or the attempt gave up) it is just memory held.
     if (fetched.staged) {
@@ -152,7 +291,7 @@ async function attempt(req: RestoreRequest, status: RestoreStatus, nodeName: str
 }
 
 function msOf(d: string): number {
-  const m = /^(\d+)(ms|s|m|h)$/.exec(d);
-  if (!m) throw ApplicationFailure.nonRetryable(`placementDeadline: expected e.g. '90s' or '10m' (got '${d}')`, 'InvalidInput');
-  return Number(m[1]) * { ms: 1, s: 1000, m: 60000, h: 3600000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+  const ms = durationMs(d);
+  if (ms === null) throw ApplicationFailure.nonRetryable(`placementDeadline: expected e.g. '90s' or '10m' (got '${d}')`, 'InvalidInput');
+  return ms;
 }

@@ -1,6 +1,9 @@
 import { ApplicationFailure } from '@temporalio/activity';
 import { type Client, WithStartWorkflowOperation, WorkflowNotFoundError } from '@temporalio/client';
 import type { CheckpointStatus } from '../../common/checkpoint';
+import type { S3Config } from '../../common/config';
+import { ErrorType } from '../../common/errors';
+import { readS3Checkpoint } from '../catalogue';
 import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
 import type { Candidate, CheckpointInfo, Reservation } from '../../common/restore';
 import type { AlertRecord } from '../../workflows/alert';
@@ -10,33 +13,50 @@ import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workf
 /** A node that has not reported for this long is not offered for placement. */
 export const NODE_STALE_MS = 2 * 60 * 1000;
 
-/** Activities that run on the control queue: anything that needs a Temporal client. */
-export function createControlActivities(client: Client) {
+/**
+ * Activities that run on the control queue: anything that needs a Temporal client. With s3, look-ups of a
+ * checkpoint whose workflow history is gone (retention) fall back to its metadata.json in S3.
+ */
+export function createControlActivities(client: Client, s3?: S3Config) {
   return {
     /** Adds a checkpoint to its node's promotion loop, starting the loop if none runs. */
-    async enqueuePromotion(input: { node: string; checkpointId: string }): Promise<void> {
+    async enqueuePromotion(input: { node: string; checkpointId: string; metadataSha256?: string | null }): Promise<void> {
       await client.workflow.signalWithStart('promotion', {
         workflowId: promotionWorkflowId(input.node),
         taskQueue: CONTROL_QUEUE,
         args: [{ node: input.node }],
         signal: 'enqueue',
-        signalArgs: [{ checkpointId: input.checkpointId }],
+        signalArgs: [{ checkpointId: input.checkpointId, metadataSha256: input.metadataSha256 ?? null }],
       });
     },
 
-    /** A restorable checkpoint: sealed, and Durable on s3 or waiting on the nvme tier of its node. */
+    /**
+     * A restorable checkpoint: sealed, and Durable on s3 or waiting on the nvme tier of its node. Its workflow
+     * knows best; once Temporal has dropped that history, S3's metadata.json (committed last by the upload) is
+     * the record, though without the metadata.json SHA-256 recorded at seal, which lived in the workflow.
+     */
     async checkpointInfo(input: { checkpointId: string }): Promise<CheckpointInfo> {
       let s: CheckpointStatus;
       try {
         s = await client.workflow.getHandle(checkpointWorkflowId(input.checkpointId)).query<CheckpointStatus>('status');
       } catch (e) {
-        if (e instanceof WorkflowNotFoundError) throw ApplicationFailure.nonRetryable(`no checkpoint '${input.checkpointId}'`, 'CheckpointNotFound');
-        throw e;
+        if (!(e instanceof WorkflowNotFoundError)) throw e;
+        let found: Awaited<ReturnType<typeof readS3Checkpoint>> = null;
+        if (s3) {
+          try {
+            found = await readS3Checkpoint(s3, input.checkpointId);
+          } catch (err) {
+            throw ApplicationFailure.retryable(`S3 look-up of checkpoint '${input.checkpointId}': ${(err as Error).message}`, ErrorType.S3Unavailable);
+          }
+        }
+        if (!found) throw ApplicationFailure.nonRetryable(`no checkpoint '${input.checkpointId}' (no workflow, no metadata.json in S3)`, 'CheckpointNotFound');
+        const md = found.metadata;
+        return { checkpointId: input.checkpointId, jobId: md.jobId, node: md.node, tier: 's3', vramBytes: md.cuda.vramBytes, metadataSha256: null, source: 's3' };
       }
       if (s.phase !== 'Durable' && s.phase !== 'PendingUpload') {
         throw ApplicationFailure.nonRetryable(`checkpoint '${input.checkpointId}' is ${s.phase}, not restorable`, 'CheckpointNotFound');
       }
-      return { checkpointId: s.checkpointId, jobId: s.jobId, node: s.node, tier: s.tier, vramBytes: s.vramBytes ?? 0 };
+      return { checkpointId: s.checkpointId, jobId: s.jobId, node: s.node, tier: s.tier, vramBytes: s.vramBytes ?? 0, metadataSha256: s.metadataSha256 ?? null, source: 'workflow' };
     },
 
     /** Healthy nodes (recent report) with the VRAM, preferred ones first, then by free VRAM. */
@@ -64,8 +84,13 @@ export function createControlActivities(client: Client) {
       });
     },
 
+    /** Idempotent; with no placement workflow running no reservation is held, so there is nothing to release. */
     async release(input: { reservationId: string }): Promise<void> {
-      await client.workflow.getHandle(PLACEMENT_WORKFLOW_ID).signal(releaseSignal, input);
+      try {
+        await client.workflow.getHandle(PLACEMENT_WORKFLOW_ID).signal(releaseSignal, input);
+      } catch (e) {
+        if (!(e instanceof WorkflowNotFoundError)) throw e;
+      }
     },
 
     async raiseAlert(record: AlertRecord): Promise<string> {

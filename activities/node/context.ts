@@ -1,7 +1,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ApplicationFailure } from '@temporalio/activity';
 import type { Logger } from 'pino';
 import type { S3Config } from '../../common/config';
+import { ErrorType } from '../../common/errors';
+import { assertSafeId, InvalidInputError } from '../../common/ids';
 
 /** What every node activity knows about the node it runs on; built once by the agent. */
 export interface NodeContext {
@@ -9,6 +12,11 @@ export interface NodeContext {
   zone: string | null;
   dataDir: string;
   criuBin: string;
+  /**
+   * The init (tini) that runs as pid 1 of each workload's PID namespace, forwarding signals to the workload and
+   * reaping zombies; null: the workload itself is pid 1 there and ignores SIGTERM unless it handles it.
+   */
+  initBin: string | null;
   /** CRIU --action-script, run at each dump/restore stage (network locking, site hooks, fault tests). */
   criuActionScript: string | null;
   /** VRAM capacity given on the command line for a node without a GPU; reported as declared, never as measured. */
@@ -22,12 +30,29 @@ export interface NodeContext {
   logger: Logger;
 }
 
-export const checkpointDir = (ctx: NodeContext, checkpointId: string): string => path.join(ctx.dataDir, 'checkpoints', checkpointId);
-export const workloadDir = (ctx: NodeContext, jobId: string): string => path.join(ctx.dataDir, 'workloads', jobId);
-export const s3Prefix = (checkpointId: string): string => `checkpoints/${checkpointId}/`;
+/**
+ * An id that is about to become part of a path or an S3 key. Checked here, where it is used, and not only by
+ * the CLI: a workflow input written by anyone who can reach Temporal must not name a directory outside the
+ * data dir ('../..', '/etc') nor a key outside the checkpoint's prefix. Non-retryable: the same input fails again.
+ */
+export function safeId(field: string, value: unknown): string {
+  try {
+    return assertSafeId(field, value);
+  } catch (e) {
+    if (e instanceof InvalidInputError) throw ApplicationFailure.nonRetryable(e.message, ErrorType.InvalidInput, { field });
+    throw e;
+  }
+}
 
-export const stagedDir = (ctx: NodeContext, checkpointId: string): string | null =>
-  ctx.stagingDir ? path.join(ctx.stagingDir, checkpointId) : null;
+export const checkpointDir = (ctx: NodeContext, checkpointId: string): string =>
+  path.join(ctx.dataDir, 'checkpoints', safeId('checkpointId', checkpointId));
+export const workloadDir = (ctx: NodeContext, jobId: string): string => path.join(ctx.dataDir, 'workloads', safeId('jobId', jobId));
+export const s3Prefix = (checkpointId: string): string => `checkpoints/${safeId('checkpointId', checkpointId)}/`;
+
+export const stagedDir = (ctx: NodeContext, checkpointId: string): string | null => {
+  const id = safeId('checkpointId', checkpointId);
+  return ctx.stagingDir ? path.join(ctx.stagingDir, id) : null;
+};
 
 /**
  * Where this node's copy of a checkpoint lives now: staged in memory while it is being dumped, sealed and

@@ -3,13 +3,34 @@ import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { DumpResult } from '../../common/checkpoint';
+import { METADATA_FILE } from '../../common/metadata';
 import { checkpointDir, type NodeContext, stagedDir } from './context';
 import { stagingFits } from './staging';
 import { processAlive, requireProcess, treeRssBytes, writableFiles } from './process';
 import { errorLines, lastLines, runTool } from './run-tool';
+import { registerWorkloadProcess } from './process-registry';
 
 export const IMAGES = 'images';
 export const WORKLOAD_FILES = 'workload-files';
+
+/**
+ * Network sockets. Listening and UDP sockets need no flag. Established TCP connections are dumped with their
+ * state (--tcp-established) and, while the process is frozen and after it is gone, locked: the peer's packets
+ * are dropped, not answered with a reset, so the peer retransmits and the connection carries on once it is
+ * restored. Our workloads share the host's network namespace, so CRIU locks per connection; its default
+ * method runs the iptables binaries, which nodes need not have, while nftables goes through libnftables, a
+ * library CRIU already links (the restore reads the method from the images). Connections still in a listen
+ * queue (not yet accepted) are dropped rather than failing the dump: their clients lose them and reconnect.
+ * Unix sockets connected outside the process tree are not dumped (no --ext-unix-sk): their peer cannot be
+ * brought back, so the dump fails cleanly and the workload resumes.
+ */
+export const CRIU_DUMP_SOCKET_FLAGS = ['--tcp-established', '--network-lock', 'nftables', '--skip-in-flight'];
+/** Established connections come back established where their local address exists (the same host) ... */
+export const CRIU_RESTORE_SOCKET_FLAGS = ['--tcp-established'];
+/** ... and elsewhere closed, so the workload sees a dropped connection instead of failing to restore. */
+export const CRIU_RESTORE_SOCKET_FALLBACK_FLAGS = ['--tcp-close'];
+/** soccr's words when an established connection's local address does not exist on this node. */
+const LOCAL_ADDRESS_GONE = /Can't bind inet socket back: Cannot assign requested address/;
 
 export async function criuVersion(ctx: NodeContext): Promise<string> {
   const r = await runTool(ctx.criuBin, ['--version']);
@@ -23,6 +44,18 @@ function dirBytes(dir: string): number {
     total += e.isDirectory() ? dirBytes(p) : fs.statSync(p).size;
   }
   return total;
+}
+
+/**
+ * Checkpoint ids are never reused: a committed checkpoint (metadata.json on disk or in memory) under this id
+ * is refused, never overwritten. A directory without metadata.json is a partial dump and may be cleared.
+ */
+export function refuseExistingCheckpoint(ctx: NodeContext, checkpointId: string): void {
+  for (const d of [checkpointDir(ctx, checkpointId), stagedDir(ctx, checkpointId)]) {
+    if (d && fs.existsSync(path.join(d, METADATA_FILE))) {
+      throw ApplicationFailure.nonRetryable(`checkpoint '${checkpointId}' exists on ${ctx.node} (${d}); checkpoint ids are never reused`, ErrorType.CheckpointExists);
+    }
+  }
 }
 
 /** CRIU's log says why a dump failed; ENOSPC deserves its own type since an operator fixes it differently. */
@@ -41,9 +74,10 @@ export async function criuDump(
   ctx: NodeContext, input: { checkpointId: string; pid: number; leaveRunning: boolean; hostVramBytes?: number },
 ): Promise<DumpResult> {
   requireProcess(input.pid);
+  refuseExistingCheckpoint(ctx, input.checkpointId);
   const disk = checkpointDir(ctx, input.checkpointId);
   const staged = stagedDir(ctx, input.checkpointId);
-  // Whatever an earlier attempt left, in either place, is stale.
+  // Whatever an earlier attempt left, in either place, is stale: a partial dump (no metadata.json), never a checkpoint.
   for (const d of [disk, staged]) if (d) fs.rmSync(d, { recursive: true, force: true });
   // After a CUDA checkpoint the VRAM's contents sit in the process's host memory; count them in case RSS does not.
   const estimate = treeRssBytes(input.pid) + (input.hostVramBytes ?? 0);
@@ -73,7 +107,7 @@ async function dumpInto(ctx: NodeContext, dir: string, input: { pid: number; lea
   // the copy matches what CRIU recorded.
   const files = writableFiles(input.pid);
   const log = path.join(dir, 'criu-dump.log');
-  const args = ['dump', '-t', String(input.pid), '-D', images, '-o', log, '-v4', '--file-locks'];
+  const args = ['dump', '-t', String(input.pid), '-D', images, '-o', log, '-v4', '--file-locks', ...CRIU_DUMP_SOCKET_FLAGS];
   if (input.leaveRunning) args.push('--leave-running');
   if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
   const r = await runTool(ctx.criuBin, args);
@@ -131,8 +165,24 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
   }
   const pidFile = path.join(input.dir, 'restored.pid');
   fs.rmSync(pidFile, { force: true });
-  const log = path.join(input.dir, 'criu-restore.log');
-  const r = await runTool(ctx.criuBin, ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile]);
+  const restore = (log: string, sockets: string[]) => {
+    const args = ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile, ...sockets];
+    if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
+    return runTool(ctx.criuBin, args);
+  };
+  let log = path.join(input.dir, 'criu-restore.log');
+  let r = await restore(log, CRIU_RESTORE_SOCKET_FLAGS);
+  if (r.code === null) {
+    // Killed by a signal (the agent shutting down cancels the activity, and runTool kills CRIU): says nothing
+    // about the checkpoint, and tasks resumed just before may run on. The workflow asks the node what remains.
+    throw ApplicationFailure.nonRetryable(`criu restore killed by ${r.signal} (agent shut down or activity cancelled)`, ErrorType.CriuInterrupted);
+  }
+  // A failed restore leaves nothing behind (CRIU kills what it had restored), so trying again is safe.
+  if (r.code !== 0 && LOCAL_ADDRESS_GONE.test(errorLines(log).join('\n'))) {
+    ctx.logger.warn({ node: ctx.node, dir: input.dir, log }, 'an established TCP connection\'s local address is not on this node: restoring its connections closed');
+    log = path.join(input.dir, 'criu-restore-tcp-close.log');
+    r = await restore(log, CRIU_RESTORE_SOCKET_FALLBACK_FLAGS);
+  }
   if (r.code !== 0) {
     const tail = errorLines(log).slice(0, 8).join('\n') || lastLines(log, 12);
     // A pid already taken on this host can succeed elsewhere; anything else (kernel or image mismatch) will fail again.
@@ -143,5 +193,7 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
       nonRetryable: true,
     });
   }
-  return { pid: Number(fs.readFileSync(pidFile, 'utf8').trim()) };
+  const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
+  registerWorkloadProcess(ctx, pid, 'restored', input.dir);
+  return { pid };
 }

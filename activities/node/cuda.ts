@@ -3,6 +3,7 @@ import koffi from 'koffi';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { CudaStepResult } from '../../common/checkpoint';
+import { processTree } from './process';
 
 /**
  * The CUDA driver's process checkpoint API (CUDA 12.8+ / driver 570+), called straight from libcuda.so.1.
@@ -82,12 +83,21 @@ function check(a: CudaApi, rc: number, what: string, pid: number): void {
 export type CudaOp = 'lock' | 'checkpoint' | 'restore' | 'unlock';
 const STATE_NAMES = ['running', 'locked', 'checkpointed', 'failed'];
 
-/** One step of lock -> checkpoint -> (criu) -> restore -> unlock; skipped for a process without CUDA. */
+/** Driver states in which a step has already happened to a process: it is left alone (a retried step, a half-done tree). */
+const DONE_IN: Record<CudaOp, string[]> = { lock: ['locked', 'checkpointed'], checkpoint: ['checkpointed'], restore: ['locked'], unlock: ['running'] };
+
+/**
+ * One step of lock -> checkpoint -> (criu) -> restore -> unlock, applied to every process of the tree rooted at
+ * pid that holds CUDA: a workload runs under an init (the tree's root), so the CUDA context is in a child, and
+ * a job may have several processes on the GPU. Skipped only when no process of the tree holds CUDA. The
+ * detail names each pid and what was done to it.
+ */
 export function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepResult {
-  if (!holdsCuda(pid)) return { outcome: 'skipped', detail: `pid ${pid} holds no CUDA context` };
+  const pids = processTree(pid).filter(holdsCuda);
+  if (pids.length === 0) return { outcome: 'skipped', detail: `no process in the tree of pid ${pid} holds a CUDA context` };
   const a = cudaApi();
   if (!a) {
-    throw ApplicationFailure.nonRetryable(`pid ${pid} uses CUDA but the driver API is unavailable here: ${loadError}`, ErrorType.CudaUnavailable);
+    throw ApplicationFailure.nonRetryable(`pids ${pids.join(', ')} use CUDA but the driver API is unavailable here: ${loadError}`, ErrorType.CudaUnavailable);
   }
   const args = Buffer.alloc(64);
   if (op === 'lock') args.writeUInt32LE(timeoutMs, 0);
@@ -97,8 +107,33 @@ export function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepRe
     restore: a.cuCheckpointProcessRestore,
     unlock: a.cuCheckpointProcessUnlock,
   }[op];
-  check(a, fn(pid, args), `cuCheckpointProcess${op[0].toUpperCase()}${op.slice(1)}`, pid);
-  return { outcome: 'done', detail: `${op} ok; state now ${cudaState(pid)}` };
+  const done: string[] = [];
+  for (const p of pids) {
+    const before = cudaState(p);
+    if (DONE_IN[op].includes(before)) {
+      done.push(`pid ${p}: already ${before}`);
+      continue;
+    }
+    try {
+      check(a, fn(p, args), `cuCheckpointProcess${op[0].toUpperCase()}${op.slice(1)}`, p);
+    } catch (e) {
+      // The workflow's compensation walks the tree again; say which processes this step already changed.
+      if (e instanceof ApplicationFailure && done.length > 0) e.message += ` (already done: ${done.join('; ')})`;
+      throw e;
+    }
+    done.push(`pid ${p}: ${op} ok, state now ${cudaState(p)}`);
+  }
+  return { outcome: 'done', detail: done.join('; ') };
+}
+
+/**
+ * The CUDA state of a workload, whose CUDA processes are children of its init: the one state all of them are
+ * in ('none' when no process of the tree holds CUDA), else each pid with its own ('12:locked,13:running').
+ */
+export function cudaTreeState(root: number): string {
+  const states = processTree(root).filter(holdsCuda).map((p) => ({ p, s: cudaState(p) }));
+  if (states.length === 0) return 'none';
+  return states.every((x) => x.s === states[0].s) ? states[0].s : states.map((x) => `${x.p}:${x.s}`).join(',');
 }
 
 export function cudaState(pid: number): string {
@@ -131,14 +166,4 @@ export function listGpus(): GpuInfo[] {
     gpus.push({ index: i, name: name.toString('utf8').replace(/\0.*$/s, ''), totalVramBytes: Number(total[0]) });
   }
   return gpus;
-}
-
-/** The driver states in which each step has already happened: a step re-run after a lost agent must not fail on its own success. */
-const ALREADY: Record<CudaOp, string[]> = { lock: ['locked', 'checkpointed'], checkpoint: ['checkpointed'], restore: ['locked'], unlock: ['running'] };
-
-/** cudaStep, but a step the process's driver state shows already done (by an earlier try) reports so instead of failing. */
-export function cudaStepOnce(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepResult {
-  const state = holdsCuda(pid) ? cudaState(pid) : 'none';
-  if (ALREADY[op].includes(state)) return { outcome: 'done', detail: `${op} already done (state ${state})` };
-  return cudaStep(op, pid, timeoutMs);
 }

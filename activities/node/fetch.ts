@@ -6,12 +6,13 @@ import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
-import { METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
+import { METADATA_FILE, type Metadata } from '../../common/metadata';
 import { makeS3Client } from '../s3-client';
 import { checkpointDir, checkpointLocation, type NodeContext, s3Prefix, stagedDir } from './context';
+import { setAsideCorrupt } from './corrupt';
 import { stagingFits } from './staging';
 import { heartbeat } from './run-tool';
-import { verifyLocal, writeFileAtomic } from './seal';
+import { parseMetadata, sha256Hex, verifyLocal, writeFileAtomic } from './seal';
 
 async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buffer> {
   const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
@@ -50,17 +51,28 @@ export interface FetchResult {
 /**
  * Makes a verified copy of a checkpoint on this node: the local copy if it verifies, else a download from S3
  * with every file checked against metadata.json, into memory when it fits (CRIU then reads it at memory
- * speed), else into the data directory. Never returns unverified bytes.
+ * speed), else into the data directory. metadata.json itself is checked against the SHA-256 recorded at seal
+ * when the caller has it, so a replaced metadata.json (naming other bytes) is refused too. A local copy that
+ * fails verification is set aside (activities/node/corrupt.ts) before the download, so it cannot fail the next restore again. Never
+ * returns unverified bytes.
  */
-export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: string }): Promise<FetchResult> {
+export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: string; metadataSha256?: string | null }): Promise<FetchResult> {
   const localDir = checkpointLocation(ctx, input.checkpointId);
   const local = fs.existsSync(path.join(localDir, METADATA_FILE));
+  const log = { node: ctx.node, checkpoint: input.checkpointId };
   if (local) {
     try {
-      const metadata = await verifyLocal(localDir);
+      const metadata = await verifyLocal(localDir, input.metadataSha256);
       return { dir: localDir, bytes: metadata.files.reduce((s, f) => s + f.size, 0), source: 'nvme', staged: localDir !== checkpointDir(ctx, input.checkpointId), metadata };
     } catch (e) {
-      ctx.logger.warn({ node: ctx.node, checkpoint: input.checkpointId, err: (e as Error).message }, 'local copy failed verification; using S3');
+      const type = e instanceof ApplicationFailure ? e.type : null;
+      if (type === ErrorType.ChecksumMismatch || type === ErrorType.MetadataInvalid) {
+        // Corrupt for good (bytes do not match their seal): left in place it would fail the next restore again.
+        const { movedTo } = setAsideCorrupt(ctx, { checkpointId: input.checkpointId, reason: `failed verification before a restore: ${(e as Error).message}` });
+        ctx.logger.warn({ ...log, err: (e as Error).message, movedTo }, 'local copy failed verification: set aside; fetching from S3');
+      } else {
+        ctx.logger.warn({ ...log, err: (e as Error).message }, 'local copy could not be verified; using S3');
+      }
     }
   }
   const s3 = makeS3Client(ctx.s3);
@@ -73,9 +85,11 @@ export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: s
       if ((e as Error).name === 'NoSuchKey') throw ApplicationFailure.nonRetryable(`checkpoint ${input.checkpointId}: no metadata.json in S3 or on this node`, ErrorType.CheckpointNotFound);
       throw ApplicationFailure.retryable(`S3: ${(e as Error).message}`, ErrorType.S3Unavailable);
     }
-    const parsed = MetadataSchema.safeParse(JSON.parse(raw.toString('utf8')));
-    if (!parsed.success) throw ApplicationFailure.nonRetryable(`metadata.json of ${input.checkpointId}: ${parsed.error.issues[0].message}`, ErrorType.MetadataInvalid);
-    const metadata = parsed.data;
+    if (input.metadataSha256 && sha256Hex(raw) !== input.metadataSha256) {
+      throw ApplicationFailure.nonRetryable(
+        `${input.checkpointId}/${METADATA_FILE}: S3 copy has sha256 ${sha256Hex(raw)}, sealed as ${input.metadataSha256}: replaced after the checkpoint`, ErrorType.ChecksumMismatch);
+    }
+    const metadata = parseMetadata(raw, `metadata.json of ${input.checkpointId} in S3`);
     const bytes = metadata.files.reduce((s, f) => s + f.size, 0);
     const staged = stagingFits(ctx, bytes).fits;
     const dir = staged ? stagedDir(ctx, input.checkpointId)! : checkpointDir(ctx, input.checkpointId);

@@ -3,22 +3,27 @@ import type { CheckpointInspection, CheckpointStep, CudaStepResult, DumpResult, 
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { checkpointDir, checkpointLocation, type NodeContext, stagedDir, workloadDir } from './context';
-import { criuDump, criuRestore, finishCutDump, workloadFileIndex } from './criu';
-import { type CudaOp, cudaState, cudaStepOnce } from './cuda';
+import { criuDump, finishCutDump, refuseExistingCheckpoint, workloadFileIndex } from './criu';
+import { setAsideCorrupt } from './corrupt';
+import { type CudaOp, cudaStep, cudaTreeState } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
 import { inspectCheckpoint } from './inspect';
 import { journaled, journalOutcome } from './journal';
 import {
-  isSameProcess, killProcess, processAlive, processIdentity, procStatFields, readWorkloadPid, requireProcess, startWorkload, type WorkloadInfo, type WorkloadSpec,
-  writableFiles,
+  DEFAULT_STOP_GRACE_MS, isSameProcess, killProcess, processAlive, processIdentity, readWorkloadPid, requireProcess, runningWorkload, startWorkload, stopProcess,
+  treeCpuTicks, type WorkloadInfo, type WorkloadSpec, writableFiles,
 } from './process';
+import { writePidFile } from './pid-file';
 import { persistCheckpoint } from './persist';
 import { sealCheckpoint } from './seal';
+import { inspectRestore, restoreProcess } from './restore-attempt';
 import { releaseStaging } from './staging';
 import { deleteCheckpointDir, type LocalCheckpoint, listLocalCheckpoints } from './tier';
 import { uploadCheckpoint } from './upload';
+import { verifyRunning, type VerifyRunningInput, type VerifyRunningResult } from './verify';
 import { checkVram, recordVram } from './vram';
+import type { RestoreInspection } from '../../common/restore';
 import { ErrorType } from '../../common/errors';
 
 /** A step's result as the journal keeps it: whole (they are small), so a workflow that lost the reply can read it back. */
@@ -35,7 +40,7 @@ export function createNodeActivities(ctx: NodeContext) {
   const cuda = (op: CudaOp, name: CheckpointStep, input: CudaInput): Promise<CudaStepResult> =>
     step(input.checkpointId, name, async () => {
       if (op === 'lock') requireProcess(input.pid);
-      return cudaStepOnce(op, input.pid);
+      return cudaStep(op, input.pid);
     });
   return {
     async inventory(): Promise<NodeInventory> {
@@ -48,7 +53,9 @@ export function createNodeActivities(ctx: NodeContext) {
      * Which process a checkpoint request means: a pid, or the pid of a workload this agent started. With its
      * start time, so that every later kill names this very process, never one that took its pid since.
      */
-    async resolveTarget(input: { pid?: number; jobId: string }): Promise<ProcessRef> {
+    async resolveTarget(input: { pid?: number; jobId: string; checkpointId?: string }): Promise<ProcessRef> {
+      // Checked before the process: an id in use is refused before anything is touched.
+      if (input.checkpointId) refuseExistingCheckpoint(ctx, input.checkpointId);
       const pid = input.pid ?? readWorkloadPid(ctx, input.jobId);
       requireProcess(pid);
       const id = processIdentity(pid);
@@ -56,7 +63,7 @@ export function createNodeActivities(ctx: NodeContext) {
       return id;
     },
     async inspectProcess(input: { pid: number }): Promise<{ alive: boolean; cuda: string }> {
-      return { alive: processAlive(input.pid), cuda: cudaState(input.pid) };
+      return { alive: processAlive(input.pid), cuda: cudaTreeState(input.pid) };
     },
     async cudaLock(input: CudaInput): Promise<CudaStepResult> {
       return cuda('lock', 'cudaLock', input);
@@ -114,7 +121,8 @@ export function createNodeActivities(ctx: NodeContext) {
     async seal(input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number }): Promise<SealResult> {
       return journaled(ctx, 'checkpoint', input.checkpointId, 'seal', () => sealCheckpoint(ctx, input), whole);
     },
-    async upload(input: { checkpointId: string }): Promise<UploadResult> {
+    /** metadataSha256: recorded at seal; the upload refuses a metadata.json that differs from it. */
+    async upload(input: { checkpointId: string; metadataSha256?: string | null }): Promise<UploadResult> {
       return journaled(ctx, 'checkpoint', input.checkpointId, 'upload', () => uploadCheckpoint(ctx, input), whole);
     },
     /** A checkpoint staged in memory, copied to this node's disk while the upload runs; synced when it must stand in for S3. */
@@ -128,48 +136,36 @@ export function createNodeActivities(ctx: NodeContext) {
     async releaseStaging(input: { checkpointId: string }): Promise<{ released: boolean }> {
       return releaseStaging(ctx, input);
     },
-    async fetch(input: { checkpointId: string }): Promise<Omit<FetchResult, 'metadata'> & { jobId: string; vramBytes: number }> {
+    /** metadataSha256: recorded at seal; a metadata.json (local or in S3) that differs is ChecksumMismatch. */
+    async fetch(input: { checkpointId: string; metadataSha256?: string | null }): Promise<Omit<FetchResult, 'metadata'> & { jobId: string; vramBytes: number }> {
       const r = await fetchCheckpoint(ctx, input);
       return { dir: r.dir, bytes: r.bytes, source: r.source, staged: r.staged, jobId: r.metadata.jobId, vramBytes: r.metadata.cuda.vramBytes };
     },
     /**
-     * From this node's copy of the checkpoint (fetched and verified, or the images of a dump just taken).
-     * inPlace: a checkpoint's compensation, bringing the workload back from its own dump; journaled, and never
-     * run twice: a restore the journal saw finish, or whose process is alive, is reported, not repeated.
+     * From this node's copy of the checkpoint (fetched and verified, or the images of a dump just taken); the
+     * restored process by pid and start time. A restore attempt passes its attemptId: the step is then journaled.
+     * inPlace: a checkpoint's compensation, bringing the workload back from its own dump; journaled under the
+     * checkpoint, and never run twice: a restore the journal saw finish, or whose process is alive, is reported.
      */
-    async criuRestore(input: { checkpointId: string; inPlace?: boolean }): Promise<{ pid: number }> {
+    async criuRestore(input: { checkpointId: string; attemptId?: string; inPlace?: boolean }): Promise<{ pid: number; startTime: number }> {
+      if (!input.inPlace) return restoreProcess(ctx, input);
       const dir = checkpointLocation(ctx, input.checkpointId);
-      if (!input.inPlace) return criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
       const before = journalOutcome(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace');
-      const earlier = before.state === 'done' ? (before.data as { pid: number; startTime?: number }) : null;
-      if (earlier && (earlier.startTime === undefined ? processAlive(earlier.pid) : isSameProcess({ pid: earlier.pid, startTime: earlier.startTime }))) {
-        return { pid: earlier.pid };
-      }
+      const earlier = before.state === 'done' ? (before.data as { pid: number; startTime: number }) : null;
+      if (earlier && isSameProcess(earlier)) return { pid: earlier.pid, startTime: earlier.startTime };
       if (before.state === 'running' || before.state === 'interrupted') {
         // An earlier try, cut off or still at work: the restored tree may be up already (CRIU wrote its pid file).
         const pidFile = path.join(dir, 'restored.pid');
-        const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8').trim()) : 0;
-        if (pid > 1 && processAlive(pid)) return { pid };
+        const id = fs.existsSync(pidFile) ? processIdentity(Number(fs.readFileSync(pidFile, 'utf8').trim())) : null;
+        if (id && id.pid > 1) return id;
         // Never two restores of one workload at once: the workflow's retry asks again later.
         if (before.state === 'running') throw ApplicationFailure.retryable(`checkpoint ${input.checkpointId}: a restore in place is still running`, ErrorType.StepAlreadyStarted);
       }
-      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace', async () => {
-        const r = await criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
-        return { pid: r.pid, startTime: processIdentity(r.pid)?.startTime };
-      }, whole).then((r) => ({ pid: r.pid }));
+      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace', () => restoreProcess(ctx, { checkpointId: input.checkpointId }), whole);
     },
-    async readLog(input: { path: string; maxBytes?: number }): Promise<string> {
-      const max = input.maxBytes ?? 64 * 1024;
-      const st = fs.statSync(input.path);
-      const fd = fs.openSync(input.path, 'r');
-      try {
-        const len = Math.min(max, st.size);
-        const buf = Buffer.alloc(len);
-        fs.readSync(fd, buf, 0, len, st.size - len);
-        return buf.toString('utf8');
-      } finally {
-        fs.closeSync(fd);
-      }
+    /** After the workflow lost the agent mid-restore: what CRIU really did, and whether its process runs. */
+    async inspectRestore(input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number }): Promise<RestoreInspection> {
+      return inspectRestore(ctx, input);
     },
     async checkVram(input: { bytes: number }): Promise<{ freeVramBytes: number }> {
       return checkVram(ctx, input);
@@ -178,17 +174,26 @@ export function createNodeActivities(ctx: NodeContext) {
     async adoptWorkload(input: { jobId: string; pid: number; vramBytes: number }): Promise<void> {
       const dir = workloadDir(ctx, input.jobId);
       fs.mkdirSync(dir, { recursive: true });
-      fs.writeFileSync(path.join(dir, 'pid'), String(input.pid));
+      const id = processIdentity(input.pid);
+      if (!id) throw ApplicationFailure.nonRetryable(`restored pid ${input.pid} of job ${input.jobId} is not running`, ErrorType.NoSuchProcess);
+      writePidFile(path.join(dir, 'pid'), id);
       recordVram(ctx, input.pid, input.vramBytes);
     },
-    /** Alive, and making progress: CPU time or one of its output files grows, checked every 100 ms up to the window. */
+    /** Running (by identity, not stopped, CUDA running or absent) and, when declared, ready by its probe. */
+    async verifyRunning(input: VerifyRunningInput): Promise<VerifyRunningResult> {
+      return verifyRunning(ctx, input);
+    },
+    /**
+     * Alive, and making progress: the CPU time of its tree (the workload runs under an init that uses none) or
+     * one of its output files grows, checked every 100 ms up to the window.
+     * Kept registered for restores started before verifyRunning (their histories call it); it fails idle workloads.
+     */
     async verifyProgress(input: { pid: number; checkpointId: string; windowMs?: number }): Promise<{ cpuTicks: number; bytesWritten: number; afterMs: number }> {
       const files = workloadFileIndex(checkpointLocation(ctx, input.checkpointId)).map((f) => f.path);
       const sample = (): { cpu: number; bytes: number } => {
         requireProcess(input.pid);
-        const f = procStatFields(input.pid);
         const bytes = files.reduce((s, p) => s + (fs.existsSync(p) ? fs.statSync(p).size : 0), 0);
-        return { cpu: Number(f[11]) + Number(f[12]), bytes };
+        return { cpu: treeCpuTicks(input.pid), bytes };
       };
       const window = input.windowMs ?? 3000;
       const a = sample();
@@ -202,12 +207,27 @@ export function createNodeActivities(ctx: NodeContext) {
     async listLocalCheckpoints(): Promise<LocalCheckpoint[]> {
       return listLocalCheckpoints(ctx);
     },
+    /** A copy that no longer matches its seal: out of the node's checkpoints, kept for an operator. */
+    async setAsideCorrupt(input: { checkpointId: string; reason: string }): Promise<{ movedTo: string | null }> {
+      return setAsideCorrupt(ctx, input);
+    },
     async deleteCheckpointDir(input: { checkpointId: string }): Promise<{ deleted: boolean }> {
       return deleteCheckpointDir(ctx, input);
     },
-    /** With startTime, only that very process is killed (a kill queued while the agent was away must not hit a reused pid). */
+    /** With a start time, only that very process is killed (a kill that waited for the agent must not hit a reused pid). */
     async killProcess(input: { pid: number; reason: string; startTime?: number }): Promise<{ killed: boolean }> {
       return killProcess(ctx, input.pid, input.reason, input.startTime);
+    },
+    /**
+     * Stops a job this agent started or adopted: SIGTERM, then SIGKILL after the grace period (default 30 s).
+     * Not for compensations: a process in an unknown state is killed at once (killProcess).
+     */
+    async stopWorkload(input: { jobId: string; graceMs?: number; reason?: string }): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
+      const graceMs = input.graceMs ?? DEFAULT_STOP_GRACE_MS;
+      if (!Number.isFinite(graceMs) || graceMs < 0) throw ApplicationFailure.nonRetryable(`graceMs: must be a non-negative number (got ${graceMs})`, ErrorType.InvalidInput, { field: 'graceMs' });
+      const running = runningWorkload(ctx, input.jobId);
+      if (!running) return { stopped: false, signal: null, afterMs: 0 };
+      return stopProcess(ctx, running.pid, input.reason ?? 'stop requested', graceMs, running.startTime);
     },
   };
 }

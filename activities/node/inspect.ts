@@ -6,7 +6,7 @@ import type { StepOutcome } from '../../common/journal';
 import { METADATA_FILE } from '../../common/metadata';
 import { checkpointDir, type NodeContext, stagedDir } from './context';
 import { IMAGES } from './criu';
-import { cudaState } from './cuda';
+import { cudaTreeState } from './cuda';
 import { journalOutcome } from './journal';
 import { processIdentity, procStatFields } from './process';
 import { readMetadata } from './seal';
@@ -38,7 +38,7 @@ function inspectProcess(ref: ProcessRef): CheckpointInspection['process'] {
     pidReused: false,
     procState: letter,
     tracerPid: tracerPid(ref.pid),
-    cuda: cudaState(ref.pid),
+    cuda: cudaTreeState(ref.pid),
   };
 }
 

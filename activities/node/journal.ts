@@ -1,8 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { assertSafeId } from '../../common/ids';
 import { type JournalEntry, type JournalKind, type StepOutcome, stepOutcome } from '../../common/journal';
-import type { NodeContext } from './context';
+import { type NodeContext, safeId } from './context';
 import { processAlive } from './process';
 
 /**
@@ -11,7 +10,7 @@ import { processAlive } from './process';
  * memory is gone after a reboot, and the journal must then say so.
  */
 export const journalFile = (ctx: NodeContext, kind: JournalKind, id: string): string =>
-  path.join(ctx.dataDir, 'journal', kind, `${assertSafeId(`${kind}Id`, id)}.jsonl`);
+  path.join(ctx.dataDir, 'journal', kind, `${safeId(`${kind}Id`, id)}.jsonl`);
 
 export function appendJournal(ctx: NodeContext, kind: JournalKind, id: string, entry: Omit<JournalEntry, 'at' | 'agentPid'>): void {
   const file = journalFile(ctx, kind, id);

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { SealResult } from '../../common/checkpoint';
+import { inputProblem } from '../../common/inputs';
 import { type FileEntry, type Metadata, METADATA_FILE, MetadataSchema } from '../../common/metadata';
 import { checkpointLocation, type NodeContext } from './context';
 import { criuVersion, IMAGES, workloadFileIndex } from './criu';
@@ -66,7 +67,7 @@ export async function sealCheckpoint(
   const files: FileEntry[] = await Promise.all(
     names.map(async (p) => ({ path: p, size: fs.statSync(path.join(dir, p)).size, sha256: await sha256File(path.join(dir, p)) })),
   );
-  const metadata: Metadata = MetadataSchema.parse({
+  const doc = {
     format: 'kybernate.checkpoint/v1',
     checkpointId: input.checkpointId,
     jobId: input.jobId,
@@ -77,35 +78,60 @@ export async function sealCheckpoint(
     cuda: { checkpointed: input.cudaCheckpointed, vramBytes: input.vramBytes },
     workloadFiles: workloadFileIndex(dir),
     files,
-  });
+  };
+  // One line naming the field (e.g. cuda.vramBytes out of bounds), not a multi-line ZodError dump.
+  const invalid = inputProblem(MetadataSchema, doc);
+  if (invalid) throw ApplicationFailure.nonRetryable(`metadata.json of ${input.checkpointId} would be invalid: ${invalid}`, ErrorType.InvalidInput);
+  const metadata: Metadata = MetadataSchema.parse(doc);
   const text = JSON.stringify(metadata, null, 2);
   writeFileAtomic(path.join(dir, METADATA_FILE), text);
   return {
     files: files.length,
     totalBytes: files.reduce((s, f) => s + f.size, 0),
-    metadataSha256: createHash('sha256').update(text).digest('hex'),
+    metadataSha256: sha256Hex(text),
   };
 }
 
 export function readMetadata(dir: string): Metadata {
   const file = path.join(dir, METADATA_FILE);
-  let raw: unknown;
+  let raw: Buffer;
   try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+    raw = fs.readFileSync(file);
   } catch (e) {
     throw ApplicationFailure.nonRetryable(`${file}: ${(e as Error).message}`, ErrorType.MetadataInvalid);
   }
-  const parsed = MetadataSchema.safeParse(raw);
+  return parseMetadata(raw, file);
+}
+
+/** metadata.json's bytes, checked field by field; `where` names it in the error. */
+export function parseMetadata(raw: Buffer, where: string): Metadata {
+  let json: unknown;
+  try {
+    json = JSON.parse(raw.toString('utf8'));
+  } catch (e) {
+    throw ApplicationFailure.nonRetryable(`${where}: ${(e as Error).message}`, ErrorType.MetadataInvalid);
+  }
+  const parsed = MetadataSchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    throw ApplicationFailure.nonRetryable(`${file}: field '${issue.path.join('.')}' ${issue.message}`, ErrorType.MetadataInvalid);
+    throw ApplicationFailure.nonRetryable(`${where}: field '${issue.path.join('.')}' ${issue.message}`, ErrorType.MetadataInvalid);
   }
   return parsed.data;
 }
 
-/** Verifies every file of a local checkpoint against its metadata.json; never restore unverified bytes. */
-export async function verifyLocal(dir: string): Promise<Metadata> {
-  const md = readMetadata(dir);
+export const sha256Hex = (data: string | Buffer): string => createHash('sha256').update(data).digest('hex');
+
+/**
+ * Verifies every file of a local checkpoint against its metadata.json, and metadata.json itself against the
+ * SHA-256 recorded at seal when the caller knows it; never restore unverified bytes.
+ */
+export async function verifyLocal(dir: string, metadataSha256?: string | null): Promise<Metadata> {
+  const file = path.join(dir, METADATA_FILE);
+  const raw = fs.readFileSync(file);
+  if (metadataSha256 && sha256Hex(raw) !== metadataSha256) {
+    throw ApplicationFailure.nonRetryable(`${METADATA_FILE}: sha256 ${sha256Hex(raw)} != ${metadataSha256} recorded at seal`, ErrorType.ChecksumMismatch);
+  }
+  const md = parseMetadata(raw, file);
   for (const f of md.files) {
     const p = path.join(dir, f.path);
     if (!fs.existsSync(p)) throw ApplicationFailure.nonRetryable(`${f.path}: missing`, ErrorType.ChecksumMismatch);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the device machine, after every part was received: unpacks Node, node_modules, the compiled code and the
-# cached stack (Temporal, MinIO, toxiproxy, CRIU 4.1.1), then runs the GPU end-to-end test and benchmark
+# cached stack (Temporal, MinIO, toxiproxy, CRIU 4.2.1), then runs the GPU end-to-end test and benchmark
 # against the real stack there. Writes logs to $OUT when set.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."

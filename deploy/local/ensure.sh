@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs whatever is missing for the README's commands: npm packages, the compiled code, and the cached
-# local stack binaries (Temporal CLI, MinIO, toxiproxy, CRIU 4.1, Temporal's Java test server).
+# local stack binaries (Temporal CLI, MinIO, toxiproxy, CRIU 4.2, Temporal's Java test server).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # `npm install` rather than `npm ci`: it installs the locked versions too, but does not refuse a lock file

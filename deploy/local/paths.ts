@@ -34,5 +34,6 @@ export const BIN = {
   minio: path.join(CACHE_DIR, `minio-${v.MINIO_VERSION}`, 'minio'),
   toxiproxy: path.join(CACHE_DIR, `toxiproxy-${v.TOXIPROXY_VERSION}`, 'server'),
   criu: path.join(CACHE_DIR, `criu-${v.CRIU_DEB_VERSION}`, 'criu'),
+  tini: path.join(CACHE_DIR, `tini-${v.TINI_DEB_VERSION}`, 'tini'),
   testServer: path.join(CACHE_DIR, `temporal-test-server-${v.TEST_SERVER_VERSION}`, 'temporal-test-server'),
 };

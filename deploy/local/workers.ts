@@ -7,7 +7,11 @@ import { type ProcessRecord, registerProcess, type StackState, startProcess, wai
 
 const CLI = path.join(REPO_ROOT, 'dist', 'clients', 'cli.js');
 
-export async function hasPoller(address: string, namespace: string, taskQueue: string, kind: 'workflow' | 'activity'): Promise<boolean> {
+/**
+ * Someone polls the queue; with fromPid, that very process (a worker's default identity is <pid>@<host>):
+ * the server remembers a dead poller for a while, so a restarted worker must be told from its predecessor.
+ */
+export async function hasPoller(address: string, namespace: string, taskQueue: string, kind: 'workflow' | 'activity', fromPid?: number): Promise<boolean> {
   const conn = await Connection.connect({ address, connectTimeout: 2000 });
   try {
     const r = await conn.workflowService.describeTaskQueue({
@@ -15,7 +19,8 @@ export async function hasPoller(address: string, namespace: string, taskQueue: s
       taskQueue: { name: taskQueue, kind: temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
       taskQueueType: kind === 'workflow' ? temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW : temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
     });
-    return (r.pollers ?? []).length > 0;
+    const pollers = r.pollers ?? [];
+    return fromPid === undefined ? pollers.length > 0 : pollers.some((p) => (p.identity ?? '').startsWith(`${fromPid}@`));
   } finally {
     await conn.close();
   }
@@ -42,13 +47,25 @@ export async function startAgent(state: StackState, spec: AgentSpec): Promise<Pr
   if (spec.reportIntervalSeconds) args.push('--report-interval', String(spec.reportIntervalSeconds));
   const rec = startProcess(`agent:${spec.node}`, args, path.join(state.home, 'logs', `agent-${spec.node}.log`), { KYBERNATE_HOME: state.home, ...spec.env });
   registerProcess(rec, state.home);
-  await waitFor(`agent:${spec.node}`, rec, () => hasPoller(state.temporal.address, state.temporal.namespace, nodeQueue(spec.node), 'activity'), 60000);
+  await waitForWorker(state, rec);
   return rec;
 }
 
 export async function startControlWorker(state: StackState): Promise<ProcessRecord> {
   const rec = startProcess('control-worker', [process.execPath, CLI, 'worker'], path.join(state.home, 'logs', 'control-worker.log'), { KYBERNATE_HOME: state.home });
   registerProcess(rec, state.home);
-  await waitFor('control-worker', rec, () => hasPoller(state.temporal.address, state.temporal.namespace, CONTROL_QUEUE, 'workflow'), 90000);
+  await waitForWorker(state, rec);
   return rec;
+}
+
+/** Until the worker (control-worker) or agent (agent:<node>) of this record polls its queue itself. */
+export async function waitForWorker(state: StackState, rec: ProcessRecord): Promise<void> {
+  const { address, namespace } = state.temporal;
+  if (rec.component === 'control-worker') {
+    await waitFor('control-worker', rec, () => hasPoller(address, namespace, CONTROL_QUEUE, 'workflow', rec.pid), 90000);
+  } else if (rec.component.startsWith('agent:')) {
+    await waitFor(rec.component, rec, () => hasPoller(address, namespace, nodeQueue(rec.component.slice('agent:'.length)), 'activity', rec.pid), 60000);
+  } else {
+    throw new Error(`'${rec.component}' is not a worker or an agent`);
+  }
 }

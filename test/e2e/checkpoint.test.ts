@@ -282,8 +282,9 @@ describe('checkpoint, end to end on the real stack', () => {
     const { request } = await k.startCheckpoint({ target: 'resume', node: 'e2e-resume', checkpointId: 'resume-1' });
     const c = s3();
     const partsDone = async (): Promise<number> => {
-      // MinIO lists multipart uploads by exact key: the process's memory pages image.
-      const ups = await c.send(new ListMultipartUploadsCommand({ Bucket: stack().s3.bucket, Prefix: 'checkpoints/resume-1/images/pages-1.img' }));
+      // MinIO lists multipart uploads by exact key: the workload's memory pages image (pages-1.img is its
+      // init's, tini's, a few KiB: CRIU numbers them in dump order, root first).
+      const ups = await c.send(new ListMultipartUploadsCommand({ Bucket: stack().s3.bucket, Prefix: 'checkpoints/resume-1/images/pages-2.img' }));
       let n = 0;
       for (const u of ups.Uploads ?? []) n += ((await c.send(new ListPartsCommand({ Bucket: stack().s3.bucket, Key: u.Key, UploadId: u.UploadId }))).Parts ?? []).length;
       return n;

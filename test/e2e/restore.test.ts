@@ -6,7 +6,10 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { createControlActivities } from '../../activities/control';
 import { makeS3Client } from '../../activities/s3-client';
 import { KybernateClient } from '../../clients/api';
-import { configFromStack } from '../../deploy/local/stack';
+import { REPO_ROOT } from '../../deploy/local/paths';
+import { configFromStack, unregisterProcess } from '../../deploy/local/stack';
+import { startControlWorker } from '../../deploy/local/workers';
+import { procStatFields } from '../../activities/node/process';
 import { recordHistory } from '../support/histories';
 import { Agent, alive, client, lastTick, output, PATTERN, PYTHON, stack, until } from '../support/stack';
 
@@ -43,7 +46,8 @@ async function checkpointed(node: string, job: string, vramGiB: number, leaveRun
 async function provesState(pid: number, logFile: string, dumpedTick: number): Promise<void> {
   await until('progress after restore', () => lastTick(logFile) > dumpedTick + 2, 20000);
   process.kill(pid, 'SIGUSR1');
-  await until('pattern verified', () => output(logFile).some((l) => l.includes(`pid=1 pattern_ok=True`)), 20000);
+  // pid 2 of its namespace: tini is pid 1 and forwards the SIGUSR1 to it.
+  await until('pattern verified', () => output(logFile).some((l) => l.includes(`pid=2 pattern_ok=True`)), 20000);
   expect(output(logFile).some((l) => l.includes('pattern_ok=False'))).toBe(false);
 }
 
@@ -164,4 +168,119 @@ describe('restore, end to end on the real stack', () => {
     await expect(k.startRestore({ checkpointId: 'x', node: 'nowhere' })).rejects.toThrow(/node: unknown node 'nowhere'/);
     await expect(k.startRestore({ checkpointId: '../x' })).rejects.toThrow(/checkpoint: /);
   });
+
+  test('an idle workload (no CPU while it waits): Running without a probe, and with --ready-exec once its probe passes', async () => {
+    const w = await k.runWorkload({ node: 'r-small', jobId: 'idle', command: [PYTHON, IDLE_PIPE] });
+    const token = (await until('waiting', () => output(w.logFile).map((l) => /^waiting .*token=(\w+)/.exec(l)?.[1]).find(Boolean), 30000))!;
+    const { request } = await k.startCheckpoint({ target: 'idle', node: 'r-small', checkpointId: 'idle-ck', leaveRunning: false });
+    const c = await k.checkpointResult(request.checkpointId);
+    expect(`${c.phase} ${c.failureReason ?? ''}`).toBe('Durable ');
+    expect(alive(w.pid)).toBe(false);
+    const idleFor2s = (pid: number): Promise<boolean> => {
+      const cpu = (): number => { const f = procStatFields(pid); return Number(f[11]) + Number(f[12]); };
+      const before = cpu();
+      return new Promise((res) => setTimeout(() => res(cpu() === before), 2000));
+    };
+
+    // No probe: idle, yet Running (verifyProgress failed exactly this as NoProgress).
+    const r1 = await k.startRestore({ checkpointId: 'idle-ck', node: 'r-big' });
+    const s1 = await k.restoreResult(r1.workflowId);
+    expect(s1.phase).toBe('Running');
+    expect(await idleFor2s(s1.pid!)).toBe(true);
+    process.kill(s1.pid!, 'SIGKILL');
+
+    // With --ready-exec: the probe runs on the node (it leaves a mark) before the restore says Running.
+    const mark = path.join(stack().home, 'idle-probe-ran');
+    const cli = path.resolve(__dirname, '../../dist/clients/cli.js');
+    const out = execFileSync(process.execPath, [cli, 'restore', 'idle-ck', '--node', 'r-big', '--ready-exec', `test -d /proc/$KYBERNATE_PID && touch ${mark}`],
+      { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8' });
+    expect(out).toMatch(/idle-ck: Running on r-big as pid (\d+)/);
+    const pid = Number(/as pid (\d+)/.exec(out)![1]);
+    expect(fs.existsSync(mark)).toBe(true);
+    expect(await idleFor2s(pid)).toBe(true);
+    // Its memory came back: the token it drew before the checkpoint.
+    process.kill(pid, 'SIGUSR1');
+    await until('token printed', () => output(w.logFile).includes(`token=${token}`), 20000);
+    let workflowId = '';
+    for await (const wf of k.client.workflow.list({ query: `WorkflowType = 'restore' AND KybernateCheckpointId = 'idle-ck'` })) {
+      if (wf.workflowId !== r1.workflowId) workflowId = wf.workflowId;
+    }
+    const acts = ((await k.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [])
+      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+    expect(acts).toContain('verifyRunning');
+    expect(acts).not.toContain('verifyProgress');
+    await recordHistory('restore-idle-ready', k.client.workflow.getHandle(workflowId));
+    process.kill(pid, 'SIGKILL');
+  });
+
+  test('the agent killed -9 while CRIU restores, CRIU finishing without it: the restore carries on with that copy, exactly one runs', async () => {
+    const home = stack().home;
+    const marker = path.join(home, 'criu-post-restore.marker');
+    const script = path.join(home, 'criu-hold-restore.sh');
+    // A CRIU action script holds the restore (tasks created, not yet resumed) long enough to kill the agent.
+    fs.writeFileSync(script, `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-restore ]; then touch ${marker}; sleep 8; fi\nexit 0\n`, { mode: 0o755 });
+    const a = await Agent.start({ node: 'r-crash', declaredVramBytes: 8 * GiB, env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
+    agents.push(a);
+    const c = await checkpointed('r-small', 'agent-kill', 0);
+    const r = await k.startRestore({ checkpointId: c.id, node: 'r-crash' });
+    await until('CRIU inside the restore', () => fs.existsSync(marker), 60000);
+    a.kill9();
+    // CRIU goes on without the agent and resumes the workload; the agent comes back before the heartbeat timeout.
+    await until('the restored copy runs', () => runningCopies('agent-kill').length === 1, 30000);
+    await a.restart();
+    const s = await k.restoreResult(r.workflowId);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('r-crash');
+    expect(s.attempts.map((x) => `${x.node}:${x.outcome}`)).toEqual(['r-crash:running']);
+    expect(s.recoveries).toHaveLength(1);
+    expect(s.recoveries?.[0]).toMatch(/r-crash: agent lost during RestoringProcess \(criuRestore: HEARTBEAT timeout\); CRIU restored pid \d+/);
+    expect(runningCopies('agent-kill')).toEqual([s.pid]);
+    const acts = ((await k.client.workflow.getHandle(r.workflowId).fetchHistory()).events ?? [])
+      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+    expect(acts).toContain('inspectRestore');
+    await provesState(s.pid!, c.logFile, c.tick);
+    await recordHistory('restore-agent-killed', k.client.workflow.getHandle(r.workflowId));
+    process.kill(s.pid!, 'SIGKILL');
+  }, 180000);
+
+  test('the control worker killed mid-restore and started again: the restore completes with exactly one copy running', async () => {
+    const c = await checkpointed('r-small', 'ctl-kill', 0);
+    const r = await k.startRestore({ checkpointId: c.id, node: 'r-big' });
+    const handle = k.client.workflow.getHandle(r.workflowId);
+    const scheduled = async (name: string): Promise<boolean> => ((await handle.fetchHistory()).events ?? [])
+      .some((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === name);
+    await until('restore reached CRIU', () => scheduled('criuRestore'), 60000, 50);
+    const worker = stack().processes.find((p) => p.component === 'control-worker');
+    expect(worker).toBeDefined();
+    process.kill(worker!.pid, 'SIGKILL');
+    unregisterProcess(worker!.pid, stack().home);
+    await new Promise((res) => setTimeout(res, 3000)); // the agent finishes CRIU and more with no worker to report to
+    await startControlWorker(stack()); // registered in the stack, so the run's teardown stops it
+    const s = await k.restoreResult(r.workflowId);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('r-big');
+    expect(s.attempts.map((a) => `${a.node}:${a.outcome}`)).toEqual(['r-big:running']);
+    const copies = runningCopies('ctl-kill');
+    expect(copies).toEqual([s.pid]);
+    await provesState(s.pid!, c.logFile, c.tick);
+    process.kill(s.pid!, 'SIGKILL');
+  });
 });
+
+const IDLE_PIPE = path.join(REPO_ROOT, 'deploy', 'workloads', 'idle_pipe.py');
+
+/** Host pids of live processes running the pattern workload of this job (the seed is the job name). */
+function runningCopies(job: string): number[] {
+  const out: number[] = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const argv = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
+      // argv[0] python: the workload itself, not the unshare that started the original
+      if (argv[0] === PYTHON && argv.includes(PATTERN) && argv.includes(job) && alive(Number(e))) out.push(Number(e));
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return out;
+}

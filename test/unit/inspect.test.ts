@@ -175,7 +175,7 @@ describe('journaled checkpoint activities', () => {
     const p = sleeper();
     appendJournal(ctx, 'checkpoint', 'c-rip', { step: 'criuRestoreInPlace', state: 'done', data: { pid: p.pid, startTime: p.startTime } });
     // criuBin does not exist: a second CRIU restore would fail, so success means it was not run.
-    await expect(acts.criuRestore({ checkpointId: 'c-rip', inPlace: true })).resolves.toEqual({ pid: p.pid });
+    await expect(acts.criuRestore({ checkpointId: 'c-rip', inPlace: true })).resolves.toEqual({ pid: p.pid, startTime: p.startTime });
   });
 
   test('killProcess with a start time spares a process that took the pid', async () => {

@@ -50,7 +50,7 @@ function node(calls: string[], cuda: boolean, overrides: Mock = {}): Mock {
     },
     seal: rec('seal', { files: 3, totalBytes: 1000, metadataSha256: 'x' }),
     upload: rec('upload', uploaded),
-    criuRestore: rec('criuRestore', { pid: 4242 }),
+    criuRestore: rec('criuRestore', { pid: 4242, startTime: 1 }),
     killProcess: rec('killProcess', { killed: true }),
     deleteCheckpointDir: rec('deleteCheckpointDir', { deleted: true }),
     persist: async (i) => {
@@ -443,7 +443,7 @@ describe('checkpoint workflow', () => {
         },
         criuRestore: async (i) => {
           calls.push(`criuRestore${i.inPlace ? ' in place' : ''}`);
-          return { pid: 5151 };
+          return { pid: 5151, startTime: 9 };
         },
         cudaRestore: async (i) => {
           calls.push('cudaRestore');

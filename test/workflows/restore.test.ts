@@ -1,8 +1,9 @@
-import { ApplicationFailure } from '@temporalio/activity';
+import { ApplicationFailure, Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
 import type { CheckpointStatus } from '../../common/checkpoint';
-import { CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
-import type { Candidate, Reservation, RestoreRequest, RestoreStatus } from '../../common/restore';
+import { Worker } from '@temporalio/worker';
+import { CONTROL_QUEUE, nodeQueue, restoreWorkflowId } from '../../common/queues';
+import type { Candidate, Reservation, RestoreInspection, RestoreRequest, RestoreStatus } from '../../common/restore';
 import type { MigrateStatus } from '../../workflows/migrate';
 import { type ControlMock, Harness, type NodeMock } from './harness';
 
@@ -57,11 +58,11 @@ function nodeMock(calls: string[], name: string, over: NodeMock = {}): NodeMock 
       calls.push(`fetch ${name}`);
       return { dir: `/data/${name}/checkpoints/${checkpointId}`, bytes: 100, source: name === 'node-a' ? 'nvme' as const : 's3' as const, staged: false, jobId: 'job-1', vramBytes: 6 * GiB };
     },
-    criuRestore: rec('criuRestore', { pid: 777 }),
+    criuRestore: rec('criuRestore', { pid: 777, startTime: 5000 }),
     checkVram: rec('checkVram', { freeVramBytes: 16 * GiB }),
     cudaRestore: rec('cudaRestore', { outcome: 'done' as const, detail: 'restored' }),
     cudaUnlock: rec('cudaUnlock', { outcome: 'done' as const, detail: 'unlocked' }),
-    verifyProgress: rec('verifyProgress', { cpuTicks: 3, bytesWritten: 10, afterMs: 200 }),
+    verifyRunning: rec('verifyRunning', { state: 'S', cuda: 'none', probes: 0, afterMs: 1000, detail: 'no readiness probe declared' }),
     adoptWorkload: rec('adoptWorkload', undefined),
     killProcess: rec('killProcess', { killed: true }),
     releaseStaging: rec('releaseStaging', { released: true }),
@@ -89,7 +90,7 @@ describe('restore workflow', () => {
     expect(s.node).toBe('node-a');
     expect(s.pid).toBe(777);
     expect(s.source).toBe('nvme');
-    expect(calls).toEqual(['reserve node-a', 'fetch node-a', 'criuRestore node-a', 'checkVram node-a', 'cudaRestore node-a', 'cudaUnlock node-a', 'verifyProgress node-a', 'adoptWorkload node-a']);
+    expect(calls).toEqual(['reserve node-a', 'fetch node-a', 'criuRestore node-a', 'checkVram node-a', 'cudaRestore node-a', 'cudaUnlock node-a', 'verifyRunning node-a', 'adoptWorkload node-a']);
   });
 
   test('fetched into memory: the staged copy is freed after Running, and after a failed attempt too', async () => {
@@ -133,7 +134,7 @@ describe('restore workflow', () => {
     }, { checkpointId: 'ck4' }, calls).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect(calls).toContain('killProcess node-a');
-    expect(calls).not.toContain('verifyProgress node-a');
+    expect(calls).not.toContain('verifyRunning node-a');
   });
 
   test('deterministic CRIU failure: non-retryable, alert raised, no other node tried', async () => {
@@ -195,6 +196,242 @@ describe('restore workflow', () => {
   });
 });
 
+/** An activity on an agent that died: it never heartbeats again and never returns. */
+const hang = (calls: string[], what: string) => async (): Promise<never> => {
+  calls.push(what);
+  await Context.current().sleep(600000);
+  throw new Error('unreachable');
+};
+
+/** What the node reports after the loss: by default CRIU restored pid 778 (start time 9), which runs, without CUDA. */
+const inspection = (over: Partial<RestoreInspection> = {}): RestoreInspection => ({
+  criu: 'interrupted', failure: null, process: { pid: 778, startTime: 9 }, running: true, state: 'S', cuda: 'none', ...over,
+});
+
+describe('restore: agent lost mid-restore', () => {
+  test('lost during RestoringProcess and CRIU had finished: carries on with that process on the same node, nothing placed elsewhere', async () => {
+    const calls: string[] = [];
+    const seen: unknown[] = [];
+    const s = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
+      'node-a': {
+        criuRestore: hang(calls, 'criuRestore node-a'),
+        inspectRestore: async (i) => { calls.push('inspectRestore node-a'); seen.push(i); return inspection(); },
+        verifyRunning: async (i) => { calls.push('verifyRunning node-a'); seen.push(i); return { state: 'S', cuda: 'none', probes: 0, afterMs: 1, detail: '' }; },
+      },
+    }, { checkpointId: 'lost1' }, calls);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('node-a');
+    expect(s.pid).toBe(778);
+    expect(calls).toEqual(['reserve node-a', 'fetch node-a', 'criuRestore node-a', 'inspectRestore node-a',
+      'checkVram node-a', 'cudaRestore node-a', 'cudaUnlock node-a', 'verifyRunning node-a', 'adoptWorkload node-a']);
+    expect(seen[0]).toEqual({ checkpointId: 'lost1', attemptId: `lost1.r${seq}.a1` });
+    expect(seen[1]).toEqual({ pid: 778, startTime: 9 });
+    expect(s.recoveries).toHaveLength(1);
+    expect(s.recoveries?.[0]).toMatch(/agent lost during RestoringProcess .*HEARTBEAT.*pid 778.*carried on at RestoringVram/);
+  });
+
+  test('lost during RestoringVram with the VRAM still checkpointed: the CUDA restore is done again on that process', async () => {
+    const calls: string[] = [];
+    let cudaCalls = 0;
+    const s = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
+      'node-a': {
+        cudaRestore: async () => {
+          if (++cudaCalls === 1) return hang(calls, 'cudaRestore node-a (agent dies)')();
+          calls.push('cudaRestore node-a');
+          return { outcome: 'done' as const, detail: 'restored' };
+        },
+        inspectRestore: async (i) => {
+          calls.push(`inspectRestore node-a ${i.pid}/${i.startTime}`);
+          return inspection({ process: { pid: 777, startTime: 5000 }, criu: 'done', cuda: 'checkpointed' });
+        },
+      },
+    }, { checkpointId: 'lost2' }, calls);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('node-a');
+    expect(calls).toEqual(['reserve node-a', 'fetch node-a', 'criuRestore node-a', 'checkVram node-a', 'cudaRestore node-a (agent dies)',
+      'inspectRestore node-a 777/5000', 'checkVram node-a', 'cudaRestore node-a', 'cudaUnlock node-a', 'verifyRunning node-a', 'adoptWorkload node-a']);
+  });
+
+  test('CRIU had finished but the process cannot carry on (CUDA state failed): killed by identity before the restore is placed elsewhere', async () => {
+    const calls: string[] = [];
+    const s = await restoreOn({ 'node-a': 16, 'node-b': 8 }, {
+      'node-a': {
+        criuRestore: hang(calls, 'criuRestore node-a'),
+        inspectRestore: async () => { calls.push('inspectRestore node-a'); return inspection({ cuda: 'failed' }); },
+        killProcess: async (i) => { calls.push(`killProcess node-a ${i.pid}/${i.startTime}`); return { killed: true }; },
+      },
+    }, { checkpointId: 'lost3' }, calls);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('node-b');
+    expect(calls.indexOf('killProcess node-a 778/9')).toBeGreaterThan(calls.indexOf('inspectRestore node-a'));
+    expect(calls.indexOf('killProcess node-a 778/9')).toBeLessThan(calls.indexOf('reserve node-b'));
+    expect(s.attempts[0]).toMatchObject({ node: 'node-a', outcome: 'failed', phase: 'RestoringProcess' });
+    expect(s.attempts[0].reason).toMatch(/pid 778 on node-a: CUDA state failed after the agent was lost/);
+    expect(s.excluded).toEqual(['node-a']);
+  });
+
+  test('CRIU created nothing that runs: placed elsewhere only after the node said so, nothing to kill', async () => {
+    const calls: string[] = [];
+    const s = await restoreOn({ 'node-a': 16, 'node-b': 8 }, {
+      'node-a': {
+        criuRestore: hang(calls, 'criuRestore node-a'),
+        inspectRestore: async () => { calls.push('inspectRestore node-a'); return inspection({ process: null, running: false, state: null }); },
+      },
+    }, { checkpointId: 'lost4' }, calls);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('node-b');
+    expect(calls.indexOf('inspectRestore node-a')).toBeLessThan(calls.indexOf('reserve node-b'));
+    expect(calls.some((c) => c.startsWith('killProcess'))).toBe(false);
+    expect(s.attempts[0].reason).toMatch(/criuRestore: HEARTBEAT timeout; node-a reports nothing of this attempt running \(CRIU interrupted\)/);
+    expect(s.excluded).toEqual(['node-a']);
+  });
+
+  test('CRIU killed mid-restore by an agent shutting down: the node is asked, and the copy CRIU had resumed is carried on', async () => {
+    const calls: string[] = [];
+    const s = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
+      'node-a': {
+        criuRestore: async () => { calls.push('criuRestore node-a'); throw ApplicationFailure.nonRetryable('criu restore killed by SIGKILL', 'CriuInterrupted'); },
+        inspectRestore: async () => { calls.push('inspectRestore node-a'); return inspection({ criu: 'failed', failure: { type: 'CriuInterrupted', message: 'killed' } }); },
+      },
+    }, { checkpointId: 'lost7' }, calls);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('node-a');
+    expect(calls.slice(2, 5)).toEqual(['criuRestore node-a', 'inspectRestore node-a', 'checkVram node-a']);
+    expect(calls.filter((c) => c.startsWith('alert'))).toEqual([]);
+  });
+
+  test('the journal says CRIU failed deterministically: its own error decides (alert, no other node)', async () => {
+    const calls: string[] = [];
+    const err = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
+      'node-a': {
+        criuRestore: hang(calls, 'criuRestore node-a'),
+        inspectRestore: async () => inspection({ criu: 'failed', process: null, running: false, state: null,
+          failure: { type: 'CriuRestoreFailed', message: 'criu restore failed: Unsupported image version' } }),
+      },
+    }, { checkpointId: 'lost5' }, calls).catch((e: unknown) => e);
+    expect(((err as WorkflowFailedError).cause as ApplicationFailure).type).toBe('CriuRestoreFailed');
+    expect(calls).toContain('alert CriuRestoreFailed node-a');
+    expect(calls.filter((c) => c.startsWith('reserve'))).toEqual(['reserve node-a']);
+  });
+
+  test('the agent stays away: the restore waits for it (up to 7 days), and never places a second copy meanwhile', async () => {
+    const calls: string[] = [];
+    const free = { 'node-a': 16, 'node-b': 16 };
+    const answered = inspection({ cuda: 'running' });
+    /** node-a's agent: a worker on node/node-a that polls only while `during` runs. */
+    const agentA = async (acts: NodeMock, during: () => Promise<void>): Promise<void> => {
+      const w = await Worker.create({ connection: h.env.nativeConnection, taskQueue: nodeQueue('node-a'), activities: acts, shutdownGraceTime: '1s' });
+      await w.runUntil(during);
+    };
+    await h.with(control(calls, free), { 'node-b': nodeMock(calls, 'node-b') }, async () => {
+      const wf = await h.env.client.workflow.start('restore', { workflowId: restoreWorkflowId('lost6', ++seq), taskQueue: CONTROL_QUEUE, args: [{ checkpointId: 'lost6' }] });
+      // The agent dies while CRIU runs: its activity stops heartbeating and times out. (This agent knows no
+      // inspectRestore (nodeMock has none): a question that reaches it fails and is asked again later.)
+      await agentA(nodeMock(calls, 'node-a', { criuRestore: hang(calls, 'criuRestore node-a') }), async () => {
+        const timedOut = async (): Promise<boolean> => ((await wf.fetchHistory()).events ?? []).some((e) => e.activityTaskTimedOutEventAttributes);
+        while (!(await timedOut())) await h.env.sleep('1s');
+      });
+      // Nobody polls node/node-a now. The test server does not skip time while a task is queued, so the agent is
+      // away for 20 real seconds here; how long the restore would wait is in the question it queued: 7 days,
+      // with no schedule-to-start timeout of its own.
+      await new Promise((r) => setTimeout(r, 20000));
+      const asked = ((await wf.fetchHistory()).events ?? []).map((e) => e.activityTaskScheduledEventAttributes)
+        .filter((a) => a?.activityType?.name === 'inspectRestore');
+      expect(asked.length).toBeGreaterThan(0);
+      expect(Number(asked[0]?.scheduleToCloseTimeout?.seconds)).toBe(7 * 24 * 3600);
+      expect(Number(asked[0]?.scheduleToStartTimeout?.seconds ?? 7 * 24 * 3600)).toBe(7 * 24 * 3600);
+      const during = await wf.query<RestoreStatus>('status');
+      expect(during.phase).toBe('RestoringProcess');
+      expect(during.node).toBe('node-a');
+      expect(calls.filter((c) => c.endsWith('node-b'))).toEqual([]);
+      // The agent is back: asked, it reports CRIU's process running, and the restore carries on with it.
+      await agentA(nodeMock(calls, 'node-a', { inspectRestore: async () => { calls.push('inspectRestore node-a'); return answered; } }), async () => {
+        const s = (await wf.result()) as RestoreStatus;
+        expect(s.phase).toBe('Running');
+        expect(s.node).toBe('node-a');
+        expect(s.pid).toBe(778);
+      });
+    });
+    expect(calls.filter((c) => c.endsWith('node-b'))).toEqual([]);
+    // CUDA already running: straight to Verifying.
+    expect(calls.slice(-3)).toEqual(['inspectRestore node-a', 'verifyRunning node-a', 'adoptWorkload node-a']);
+  });
+});
+
+describe('restore: VRAM reservation release', () => {
+  test('a release that fails after Running: still Running, the failure recorded', async () => {
+    const calls: string[] = [];
+    const s = await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'rel1' }, calls, {
+      release: async () => { calls.push('release'); throw ApplicationFailure.nonRetryable('placement workflow unreachable', 'Unavailable'); },
+    });
+    expect(s.phase).toBe('Running');
+    expect(calls.at(-1)).toBe('release');
+    expect(s.releaseFailures).toHaveLength(1);
+    expect(s.releaseFailures?.[0]).toMatch(/reservation restore\/rel1\/\d+\/1 not released: .*placement workflow unreachable/);
+  });
+
+  test('a release that fails for a while is retried until it goes through, without failing the restore', async () => {
+    const calls: string[] = [];
+    const s = await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'rel2' }, calls, {
+      release: async () => {
+        calls.push('release');
+        if (calls.filter((c) => c === 'release').length <= 12) throw new Error('control plane busy');
+      },
+    });
+    expect(s.phase).toBe('Running');
+    expect(calls.filter((c) => c === 'release')).toHaveLength(13); // more than the 10 tries of the other control calls
+    expect(s.releaseFailures).toBeUndefined();
+  });
+});
+
+describe('restore: verifying means running (and ready when a probe is declared), not busy', () => {
+  const ready = { tcpSocket: { port: 6379 }, periodSeconds: 1, failureThreshold: 3 };
+
+  test('no probe declared: verifyRunning is asked only whether that very process runs', async () => {
+    const seen: unknown[] = [];
+    const s = await restoreOn({ 'node-a': 16 }, {
+      'node-a': { verifyRunning: async (i) => { seen.push(i); return { state: 'S', cuda: 'none', probes: 0, afterMs: 1000, detail: 'idle' }; } },
+    }, { checkpointId: 'idle1' });
+    expect(s.phase).toBe('Running');
+    expect(seen).toEqual([{ pid: 777, startTime: 5000 }]);
+  });
+
+  test('probe passing: Running, the probe handed to the node', async () => {
+    const seen: unknown[] = [];
+    const s = await restoreOn({ 'node-a': 16 }, {
+      'node-a': { verifyRunning: async (i) => { seen.push(i); return { state: 'S', cuda: 'none', probes: 2, afterMs: 1000, detail: 'connected' }; } },
+    }, { checkpointId: 'ready1', readiness: ready });
+    expect(s.phase).toBe('Running');
+    expect(seen).toEqual([{ pid: 777, startTime: 5000, readiness: ready }]);
+  });
+
+  test('probe failing: the attempt fails, the process is killed by identity, the restore lands elsewhere', async () => {
+    const calls: string[] = [];
+    const s = await restoreOn({ 'node-a': 16, 'node-b': 8 }, {
+      'node-a': {
+        verifyRunning: async () => { calls.push('verifyRunning node-a'); throw ApplicationFailure.nonRetryable('readiness probe (tcp 127.0.0.1:6379) failed 3 times in a row', 'NotReady'); },
+        killProcess: async (i) => { calls.push(`killProcess node-a ${i.pid}/${i.startTime}`); return { killed: true }; },
+      },
+    }, { checkpointId: 'ready2', readiness: ready }, calls);
+    expect(s.phase).toBe('Running');
+    expect(s.node).toBe('node-b');
+    expect(s.attempts.map((a) => `${a.node}:${a.outcome}:${a.phase}`)).toEqual(['node-a:failed:Verifying', 'node-b:running:Running']);
+    expect(s.attempts[0].reason).toMatch(/NotReady/);
+    expect(calls.indexOf('killProcess node-a 777/5000')).toBeGreaterThan(calls.indexOf('verifyRunning node-a'));
+    expect(calls.indexOf('killProcess node-a 777/5000')).toBeLessThan(calls.indexOf('reserve node-b'));
+    expect(calls).not.toContain('adoptWorkload node-a');
+  });
+
+  test('a malformed probe fails the restore naming the field, before anything is placed', async () => {
+    const calls: string[] = [];
+    const err = await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'ready3', readiness: { tcpSocket: { port: 0 } } }, calls).catch((e: unknown) => e);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('InvalidInput');
+    expect(cause.message).toMatch(/^readiness\.tcpSocket\.port: /);
+    expect(calls).toEqual([]);
+  });
+});
+
 describe('migration workflow', () => {
   const ckptNode = (calls: string[]): NodeMock => ({
     resolveTarget: async () => ({ pid: 4242 }),
@@ -210,9 +447,9 @@ describe('migration workflow', () => {
     },
   });
 
-  async function migrate(overB: NodeMock, calls: string[]): Promise<MigrateStatus> {
+  async function migrate(overB: NodeMock, calls: string[], ctl: ControlMock = {}): Promise<MigrateStatus> {
     const nodes = { 'node-a': { ...nodeMock(calls, 'node-a'), ...ckptNode(calls) }, 'node-b': nodeMock(calls, 'node-b', overB) };
-    return h.with(control(calls, { 'node-a': 16, 'node-b': 16 }, ctlFromCheckpoint()), nodes, () =>
+    return h.with(control(calls, { 'node-a': 16, 'node-b': 16 }, { ...ctlFromCheckpoint(), ...ctl }), nodes, () =>
       h.env.client.workflow.execute('migrate', {
         workflowId: `migrate/m-${++seq}`, taskQueue: CONTROL_QUEUE, args: [{ jobId: 'job-1', from: 'node-a', to: 'node-b', checkpointId: `m-${seq}`, placementDeadline: '1m' }],
       }));
@@ -234,5 +471,29 @@ describe('migration workflow', () => {
     expect(s.failureReason).toMatch(/no node fits/);
     expect(s.restores.at(-1)?.node).toBe('node-a');
     expect(calls.indexOf('killProcess node-b')).toBeLessThan(calls.indexOf('criuRestore node-a'));
+  });
+
+  test('releasing the reservation on B fails after B runs it: Migrated, never restored a second time on A', async () => {
+    const calls: string[] = [];
+    const s = await migrate({}, calls, { release: async () => { calls.push('release'); throw ApplicationFailure.nonRetryable('placement workflow unreachable', 'Unavailable'); } });
+    expect(s.phase).toBe('Migrated');
+    expect(s.restores).toHaveLength(1);
+    expect(s.restores[0]).toMatchObject({ node: 'node-b', phase: 'Running' });
+    expect(s.restores[0].releaseFailures).toHaveLength(1);
+    expect(calls).not.toContain('criuRestore node-a');
+  });
+
+  test('the agent on B lost mid-restore and never answering: the migration fails, and does not restore on A beside a copy that may run on B', async () => {
+    const calls: string[] = [];
+    const err = await migrate({
+      criuRestore: hang(calls, 'criuRestore node-b'),
+      inspectRestore: async () => { calls.push('inspectRestore node-b'); throw ApplicationFailure.nonRetryable('gave up', 'Unreachable'); },
+    }, calls).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('MigrationFailed');
+    expect(cause.message).toMatch(/lost during RestoringProcess and never said what became of the restore.*; not restored on node-a, since a copy may run/s);
+    expect(calls).toContain('inspectRestore node-b');
+    expect(calls).not.toContain('criuRestore node-a');
   });
 });

@@ -1,0 +1,77 @@
+import { ServiceError, WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import {
+  ActivityFailure, ApplicationFailure, CancelledFailure, ChildWorkflowFailure, ServerFailure, TerminatedFailure, TimeoutFailure,
+} from '@temporalio/common';
+import { CommanderError } from 'commander';
+import { InvalidInputError, printable } from '../common/ids';
+
+/** Exit codes of the CLI (documented in README's CLI section). */
+export const EXIT_OK = 0;
+/** The operation ran and failed (a workflow failed, a checkpoint ended Failed, a component is down). */
+export const EXIT_FAILURE = 1;
+/** The command line was wrong (unknown option, missing argument, a value out of bounds): nothing was started. */
+export const EXIT_USAGE = 2;
+
+/** A component the command needs did not answer in time: says which, and where. */
+export class UnavailableError extends Error {
+  constructor(readonly component: string, where: string, detail: string) {
+    super(`${component} is not answering (${where}): ${detail}`);
+    this.name = 'UnavailableError';
+  }
+}
+
+/** One link of a Temporal failure chain, as an operator reads it. */
+function link(e: Error): string {
+  if (e instanceof ActivityFailure) return `activity ${e.activityType} failed`;
+  if (e instanceof ChildWorkflowFailure) return `child workflow ${e.execution?.workflowId ?? e.workflowType} failed`;
+  if (e instanceof ApplicationFailure) return `${e.type ?? 'Error'}: ${e.message}`;
+  if (e instanceof TimeoutFailure) return `${e.timeoutType} timeout`;
+  if (e instanceof TerminatedFailure) return `terminated${e.message && e.message !== 'Terminated' ? `: ${e.message}` : ''}`;
+  if (e instanceof CancelledFailure) return `cancelled${e.message && e.message !== 'Cancelled' ? `: ${e.message}` : ''}`;
+  if (e instanceof ServerFailure) return `Temporal server: ${e.message}`;
+  return e.message;
+}
+
+/**
+ * The whole cause chain of a failure on one line: `workflow failed: activity checkpointInfo failed:
+ * CheckpointNotFound: checkpoint 'x' is Failed, not restorable`, never just "Workflow execution failed".
+ */
+export function describeFailureChain(e: unknown): string {
+  const parts: string[] = [];
+  let cur: unknown = e;
+  for (let depth = 0; cur instanceof Error && depth < 10; depth++) {
+    parts.push(cur instanceof WorkflowFailedError ? 'workflow failed' : link(cur));
+    cur = cur.cause;
+  }
+  if (parts.length === 0) parts.push(String(e));
+  return parts.join(': ');
+}
+
+/** A gRPC error from Temporal, with its status name when it has one (UNAVAILABLE, DEADLINE_EXCEEDED...). */
+function serviceDetail(e: ServiceError): string {
+  const c = e.cause as { code?: number; details?: string; message?: string } | undefined;
+  const names: Record<number, string> = { 4: 'DEADLINE_EXCEEDED', 9: 'FAILED_PRECONDITION', 14: 'UNAVAILABLE' };
+  const code = c?.code !== undefined ? names[c.code] ?? `gRPC status ${c.code}` : null;
+  return `${e.message}${code ? ` (${code}${c?.details ? `: ${c.details}` : ''})` : c?.message ? ` (${c.message})` : ''}`;
+}
+
+/** What the CLI prints after `error: ` (printable: control characters escaped), and the exit code. */
+export function describeError(e: unknown): { message: string; exitCode: number } {
+  if (e instanceof CommanderError) return { message: e.message.replace(/^error: /, ''), exitCode: e.exitCode === 0 ? EXIT_OK : EXIT_USAGE };
+  if (e instanceof InvalidInputError) return { message: e.message, exitCode: EXIT_USAGE };
+  if (e instanceof WorkflowFailedError || e instanceof ChildWorkflowFailure || e instanceof ActivityFailure) {
+    return { message: printable(describeFailureChain(e)), exitCode: EXIT_FAILURE };
+  }
+  if (e instanceof WorkflowNotFoundError) return { message: printable(e.message), exitCode: EXIT_FAILURE };
+  if (e instanceof ServiceError) return { message: printable(`Temporal: ${serviceDetail(e)}`), exitCode: EXIT_FAILURE };
+  return { message: printable(e instanceof Error ? e.message : String(e)), exitCode: EXIT_FAILURE };
+}
+
+/**
+ * Commander's error output with control characters escaped: its messages quote the offending argument. The
+ * line break it puts before a "(Did you mean ...?)" suggestion and the final one are its own and are kept.
+ */
+export function printableCommanderOutput(text: string): string {
+  const body = text.endsWith('\n') ? text.slice(0, -1) : text;
+  return `${printable(body).replace(/\\n\(Did you mean /g, '\n(Did you mean ')}${body === text ? '' : '\n'}`;
+}

@@ -1,0 +1,242 @@
+import { spawnSync } from 'node:child_process';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import { KybernateClient } from '../../clients/api';
+import type { CheckpointRecord } from '../../clients/record';
+import { freePort, killGroup, unregisterProcess } from '../../deploy/local/stack';
+import { startControlWorker } from '../../deploy/local/workers';
+import { checkpointWorkflowId, CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
+import { Agent, client, lastTick, PATTERN, PYTHON, stack, until } from '../support/stack';
+
+/** The CLI, run as an operator runs it, against the test stack. */
+const CLI = path.resolve(__dirname, '../../dist/clients/cli.js');
+
+interface CliResult { status: number | null; stdout: string; stderr: string; ms: number }
+
+function cli(args: string[], env: Record<string, string> = {}, timeoutMs = 90000): CliResult {
+  const t0 = Date.now();
+  const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: stack().home, ...env }, encoding: 'utf8', timeout: timeoutMs });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - t0 };
+}
+
+/** No raw control character (ESC, CR, C1, a newline other than line ends) reaches the terminal. */
+const RAW_CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
+
+let k: KybernateClient;
+let agent: Agent;
+const NODE = 'cli-a';
+const FAILED = 'cli-failed';
+const DURABLE = 'cli-durable';
+
+async function workflowExists(workflowId: string): Promise<boolean> {
+  return k.client.workflow.getHandle(workflowId).describe().then(() => true, (e: unknown) => {
+    if (e instanceof WorkflowNotFoundError) return false;
+    throw e;
+  });
+}
+
+beforeAll(async () => {
+  k = await client();
+  agent = await Agent.start({ node: NODE, declaredVramBytes: 8 << 30 });
+  // A checkpoint that Failed in Pending: the pid does not exist on the node.
+  const { request } = await k.startCheckpoint({ target: '3999999', node: NODE, checkpointId: FAILED });
+  await expect(k.checkpointResult(request.checkpointId)).rejects.toThrow(WorkflowFailedError);
+}, 180000);
+afterAll(async () => {
+  await agent.stop();
+  await k.close();
+});
+
+describe('the CLI tells the truth', () => {
+  test('a failed workflow prints its real cause and exits 1: restore of a Failed checkpoint, checkpoint of a missing pid', () => {
+    const r = cli(['restore', FAILED]);
+    expect(r.stderr).toContain(`checkpoint '${FAILED}' is Failed, not restorable`);
+    expect(r.stderr).toContain('CheckpointNotFound');
+    expect(r.stderr).not.toContain('Workflow execution failed');
+    expect(r.status).toBe(1);
+
+    const c = cli(['checkpoint', '3999998', '--node', NODE, '--id', 'cli-nopid']);
+    expect(c.stdout).toContain('checkpoint cli-nopid started');
+    expect(c.stderr).toMatch(/^error: workflow failed: .*no such process: pid 3999998/m);
+    expect(c.status).toBe(1);
+  });
+
+  test('a checkpoint that ends Failed prints its failure reason and exits 1; the workload runs on', async () => {
+    // A Unix socket connected to a peer outside the workload's process tree (this test): CRIU cannot bring that
+    // peer back, refuses to dump it (no --ext-unix-sk), and the step fails cleanly.
+    const sockPath = path.join(stack().home, 'cli-peer.sock');
+    const peers: net.Socket[] = [];
+    const server = net.createServer((c) => void peers.push(c));
+    await new Promise<void>((resolve) => server.listen(sockPath, resolve));
+    try {
+      const script = [
+        'import socket, sys, time',
+        's = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])',
+        'n = 0',
+        'while True:',
+        "    n += 1; print(f'tick {n}', flush=True); time.sleep(0.2)",
+      ].join('\n');
+      const w = await k.runWorkload({ node: NODE, jobId: 'cli-unix', command: [PYTHON, '-c', script, sockPath] });
+      await until('cli-unix ticking', () => lastTick(w.logFile) >= 2, 30000);
+      expect(peers.length).toBe(1);
+      const r = cli(['checkpoint', 'cli-unix', '--node', NODE, '--id', 'cli-unix-1', '--leave-running']);
+      expect(r.stdout).toMatch(/^cli-unix-1: Failed — DumpingProcess: criuDump: CriuDumpFailed: /m);
+      expect(r.status).toBe(1);
+      const before = lastTick(w.logFile);
+      await until('cli-unix still ticking', () => lastTick(w.logFile) > before + 2, 20000);
+      process.kill(w.pid, 'SIGKILL');
+    } finally {
+      for (const c of peers) c.destroy();
+      server.close();
+    }
+  });
+
+  test('sizes and durations out of bounds exit 2 naming the field, and nothing is started', async () => {
+    const v1 = cli(['checkpoint', 'cli-job', '--node', NODE, '--id', 'cli-vram1', '--vram', '1e30']);
+    expect(v1.stderr).toMatch(/^error: vram: expected a size .*got '1e30'/m);
+    expect(v1.status).toBe(2);
+    const v2 = cli(['checkpoint', 'cli-job', '--node', NODE, '--id', 'cli-vram2', '--vram', '1000TiB']);
+    expect(v2.stderr).toMatch(/^error: vram: must be at most 17592186044416 bytes \(16 TiB\)/m);
+    expect(v2.status).toBe(2);
+    const d = cli(['restore', 'cli-ddl', '--placement-deadline', '1e21h']);
+    expect(d.stderr).toMatch(/^error: placement-deadline: expected a duration/m);
+    expect(d.status).toBe(2);
+    const d2 = cli(['restore', 'cli-ddl', '--placement-deadline', '30d']);
+    expect(d2.stderr).toMatch(/^error: placement-deadline: must be from 1s to 7d/m);
+    expect(d2.status).toBe(2);
+    const ri = cli(['agent', '--node', 'cli-never', '--report-interval', '0']);
+    expect(ri.stderr).toMatch(/^error: report-interval: must be from 1s to 7d/m);
+    expect(ri.status).toBe(2);
+    const dv = cli(['agent', '--node', 'cli-never', '--declared-vram', '1000TiB']);
+    expect(dv.stderr).toMatch(/^error: declared-vram: must be at most/m);
+    expect(dv.status).toBe(2);
+    expect(await workflowExists(checkpointWorkflowId('cli-vram1'))).toBe(false);
+    expect(await workflowExists(checkpointWorkflowId('cli-vram2'))).toBe(false);
+    expect(await workflowExists(restoreWorkflowId('cli-ddl', 1))).toBe(false);
+    expect(await workflowExists('node/cli-never')).toBe(false);
+  });
+
+  test('a crafted workflow input fails at once in one line naming the field, before any activity', async () => {
+    const h = await k.client.workflow.start('checkpoint', {
+      workflowId: checkpointWorkflowId('cli-crafted'), taskQueue: CONTROL_QUEUE,
+      args: [{ checkpointId: 'cli-crafted', jobId: 'cli-job', node: NODE, leaveRunning: false, reason: 'manual', vramBytes: 1e30 }],
+    });
+    const err = await h.result().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    expect((err as WorkflowFailedError).cause?.message).toMatch(/^invalid checkpoint request: vramBytes: must be at most 17592186044416 bytes \(16 TiB\) \(got 1e\+30\)$/);
+    const events = (await h.fetchHistory()).events ?? [];
+    expect(events.some((e) => e.activityTaskScheduledEventAttributes)).toBe(false);
+    // describe shows the same line for it, from the workflow's record.
+    const r = cli(['describe', 'cli-crafted']);
+    expect(r.status).toBe(0);
+    const rec = JSON.parse(r.stdout) as CheckpointRecord;
+    expect(rec.phase).toBe('Failed');
+    expect(rec.failureReason).toMatch(/^workflow failed: InvalidInput: invalid checkpoint request: vramBytes: must be at most/);
+    const r2 = cli(['restore', 'cli-x', '--placement-deadline', '2m', '--node', 'bad/node']);
+    expect(r2.stderr).toMatch(/^error: node: must not contain a path separator/m);
+    expect(r2.status).toBe(2);
+  });
+
+  test("usage errors exit 2, commander's own included; help exits 0", () => {
+    const unknown = cli(['checkpoints', '--bogus']);
+    expect(unknown.stderr).toContain("error: unknown option '--bogus'");
+    expect(unknown.status).toBe(2);
+    const missingArg = cli(['restore']);
+    expect(missingArg.stderr).toContain("error: missing required argument 'checkpoint'");
+    expect(missingArg.status).toBe(2);
+    const missingOpt = cli(['checkpoint', 'job']);
+    expect(missingOpt.stderr).toContain("error: required option '--node <name>' not specified");
+    expect(missingOpt.status).toBe(2);
+    const choice = cli(['checkpoints', '--tier', 'tape']);
+    expect(choice.stderr).toContain("argument 'tape' is invalid");
+    expect(choice.status).toBe(2);
+    const command = cli(['frobnicate']);
+    expect(command.stderr).toContain("error: unknown command 'frobnicate'");
+    expect(command.status).toBe(2);
+    const help = cli(['restore', '--help']);
+    expect(help.stdout).toContain('--placement-deadline');
+    expect(help.status).toBe(0);
+  });
+
+  test('control characters in echoed input are escaped, in our messages and commander\'s', () => {
+    const evil = 'x\u001b[31m\nerror: forged\u009b2J';
+    for (const r of [cli(['describe', evil]), cli(['checkpoint', evil, '--node', NODE]), cli(['checkpoints', `--${evil}`]), cli(['restore', 'c', '--placement-deadline', evil])]) {
+      expect(r.status).toBe(2);
+      expect(r.stderr).toContain('x\\x1b[31m\\nerror: forged\\x9b2J');
+      expect(r.stderr).not.toMatch(RAW_CONTROL);
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('error: forged'))).toEqual([]);
+    }
+  });
+
+  test('Temporal unreachable: the CLI fails within seconds naming it', async () => {
+    const port = await freePort();
+    const r = cli(['checkpoints'], { KYBERNATE_TEMPORAL_ADDRESS: `127.0.0.1:${port}` }, 30000);
+    expect(r.stderr).toContain(`error: Temporal is not answering (127.0.0.1:${port})`);
+    expect(r.status).toBe(1);
+    expect(r.ms).toBeLessThan(20000);
+  });
+
+  test('with the control worker down, describe and checkpoints answer from Temporal and S3, and what needs the worker fails fast naming it', async () => {
+    // A Durable checkpoint, to be described from its history later.
+    const info = await k.runWorkload({ node: NODE, jobId: 'cli-job', command: [PYTHON, PATTERN, '16', 'cli-job'] });
+    await until('cli-job ticking', () => lastTick(info.logFile) >= 2, 30000);
+    const { request } = await k.startCheckpoint({ target: 'cli-job', node: NODE, checkpointId: DURABLE });
+    expect((await k.checkpointResult(request.checkpointId)).phase).toBe('Durable');
+    await until('visibility', async () => (await k.listCheckpoints({ job: 'cli-job' })).some((c) => c.phase === 'Durable'), 20000);
+
+    const s = stack();
+    const worker = s.processes.find((p) => p.component === 'control-worker');
+    expect(worker).toBeDefined();
+    await killGroup(worker!.pid, 5000);
+    unregisterProcess(worker!.pid, s.home);
+    try {
+      const list = cli(['checkpoints', '--job', 'cli-job'], {}, 60000);
+      expect(list.stdout).toMatch(new RegExp(`${DURABLE} .*Durable .*tier s3`));
+      expect(list.status).toBe(0);
+      expect(list.ms).toBeLessThan(20000);
+
+      const durable = cli(['describe', DURABLE], {}, 60000);
+      expect(durable.status).toBe(0);
+      expect(durable.ms).toBeLessThan(40000);
+      const d = JSON.parse(durable.stdout) as CheckpointRecord;
+      expect(d.answeredBy).toBe('temporal-record');
+      expect(d.note).toContain('control worker is not answering');
+      expect(d.phase).toBe('Durable');
+      expect(d.tier).toBe('s3');
+      expect(d.history.some((h) => h.phase === 'Uploading' && h.outcome === 'ok')).toBe(true); // the full status, from history
+      expect(d.s3MetadataJson).toBe('present');
+
+      const failed = cli(['describe', FAILED], {}, 60000);
+      expect(failed.status).toBe(0);
+      const f = JSON.parse(failed.stdout) as CheckpointRecord;
+      expect(f.workflowStatus).toBe('FAILED');
+      expect(f.phase).toBe('Failed');
+      expect(f.failureReason).toContain('no such process: pid 3999999');
+      expect(f.s3MetadataJson).toBe('absent');
+
+      // S3 out of reach as well: still an answer, saying so.
+      const port = await freePort();
+      const noS3 = cli(['describe', DURABLE], { KYBERNATE_S3_ENDPOINT: `http://127.0.0.1:${port}` }, 60000);
+      expect(noS3.status).toBe(0);
+      expect((JSON.parse(noS3.stdout) as CheckpointRecord).s3MetadataJson).toMatch(new RegExp(`^unreachable \\(http://127.0.0.1:${port}\\)`));
+
+      // A node's inventory lives in its registry workflow: only the worker can answer, so say it is down.
+      const nodes = cli(['nodes', NODE], {}, 60000);
+      expect(nodes.stderr).toMatch(/^error: control worker is not answering \(task queue kybernate-control\): no answer to a query of node\/cli-a within 10s/m);
+      expect(nodes.status).toBe(1);
+      expect(nodes.ms).toBeLessThan(40000);
+    } finally {
+      await startControlWorker(stack());
+    }
+    // Back: the live answer again (the first queries may still go unanswered while the new worker warms up and
+    // the server gives up on the dead worker's sticky queue).
+    const live = await until('a live answer from the restarted worker', () => {
+      const r = cli(['describe', DURABLE]);
+      const body = r.status === 0 ? (JSON.parse(r.stdout) as Partial<CheckpointRecord>) : null;
+      return body && body.answeredBy === undefined ? body : null;
+    }, 90000, 1000);
+    expect(live.phase).toBe('Durable');
+    expect(live.history?.length).toBeGreaterThan(0);
+  });
+});
