@@ -9,7 +9,7 @@ import type { CheckpointStatus } from '../../clients/../common/checkpoint';
 import { KybernateClient } from '../../clients/api';
 import { InvalidInputError } from '../../common/ids';
 import { checkpointWorkflowId } from '../../common/queues';
-import { configFromStack } from '../../deploy/local/stack';
+import { configFromStack, restartComponent } from '../../deploy/local/stack';
 import { recordHistory } from '../support/histories';
 import { Agent, alive, client, lastTick, localNodeContext, PATTERN, PYTHON, stack, until } from '../support/stack';
 import { Toxiproxy } from '../support/toxiproxy';
@@ -200,6 +200,60 @@ describe('checkpoint, end to end on the real stack', () => {
     await verifyInS3('seal-1');
     fs.rmSync(big, { force: true });
   }, 300000);
+
+  describe('Temporal SIGKILLed and down 15 s, then restarted with its own database: the workload and the checkpoint survive', () => {
+    /** A journal line on the node marks the moment: the step has started there. */
+    const started = (a: Agent, id: string, step: string) => (): boolean => {
+      const f = path.join(a.dataDir, 'journal', 'checkpoint', `${id}.jsonl`);
+      return fs.existsSync(f) && fs.readFileSync(f, 'utf8').includes(`"step":"${step}","state":"started"`);
+    };
+
+    async function outage(node: string, id: string, step: string, opts: { holdCriu?: boolean; bigFileMiB?: number }): Promise<CheckpointStatus> {
+      const home = stack().home;
+      const env: Record<string, string> = {};
+      if (opts.holdCriu) {
+        // CRIU holds the dump open long enough for Temporal to go down in the middle of it.
+        const script = path.join(home, `criu-hold-${node}.sh`);
+        fs.writeFileSync(script, '#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then sleep 10; fi\nexit 0\n', { mode: 0o755 });
+        env.KYBERNATE_CRIU_ACTION_SCRIPT = script;
+      }
+      const a = await agent(node, { env });
+      let command = [PYTHON, PATTERN, '64', node];
+      if (opts.bigFileMiB) {
+        // A large output file travels with the checkpoint: Sealing and Uploading last long enough to hit.
+        const big = path.join(home, `${node}-big.bin`);
+        fs.writeFileSync(big, '');
+        fs.truncateSync(big, opts.bigFileMiB << 20);
+        command = ['/bin/sh', '-c', `exec 3>>${big}; exec ${PYTHON} ${PATTERN} 64 ${node}`];
+      }
+      const info = await k.runWorkload({ node, jobId: node, command });
+      await until(`${node} ticking`, () => lastTick(info.logFile) >= 2, 60000);
+      const { request } = await k.startCheckpoint({ target: node, node, checkpointId: id, leaveRunning: true });
+      await until(`${step} started on the node`, started(a, id, step), 120000, 20);
+      await restartComponent(home, 'temporal', { downMs: 15000 });
+      const s = await k.checkpointResult(request.checkpointId);
+      expect(s.phase).toBe('Durable');
+      expect(s.tier).toBe('s3');
+      expect(s.history.some((h) => h.detail.includes('killed'))).toBe(false);
+      expect(alive(info.pid)).toBe(true); // left running, never killed
+      const before = lastTick(info.logFile);
+      await until('still ticking', () => lastTick(info.logFile) >= before + 3, 20000);
+      await verifyInS3(id);
+      return s;
+    }
+
+    test('during DumpingProcess', async () => {
+      await outage('e2e-tdump', 'tdump-1', 'criuDump', { holdCriu: true });
+    }, 300000);
+
+    test('during Sealing', async () => {
+      await outage('e2e-tseal', 'tseal-1', 'seal', { bigFileMiB: 1536 });
+    }, 300000);
+
+    test('during Uploading', async () => {
+      await outage('e2e-tup', 'tup-1', 'upload', { bigFileMiB: 1024 });
+    }, 300000);
+  });
 
   test('b) disk full during the dump: Failed with NoSpace, the workload runs on untouched', async () => {
     const dataDir = path.join(stack().home, 'nodes', 'e2e-full');
