@@ -1,5 +1,7 @@
 /** Pure types shared by the checkpoint workflow, its activities and clients. No I/O: safe in workflow code. */
 
+import type { StepOutcome } from './journal';
+
 export type CheckpointPhase =
   | 'Pending'
   | 'Locking'
@@ -49,6 +51,60 @@ export interface SealResult {
   files: number;
   totalBytes: number;
   metadataSha256: string;
+}
+
+/**
+ * The node steps of a checkpoint, each journaled under its checkpoint id (journal kind 'checkpoint'):
+ * the forward steps, then the compensations. criuRestoreInPlace: the workload brought back from its own images.
+ */
+export const CHECKPOINT_STEPS = ['cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'upload', 'persist', 'cudaRestore', 'cudaUnlock', 'criuRestoreInPlace'] as const;
+export type CheckpointStep = (typeof CHECKPOINT_STEPS)[number];
+
+/** A process named by pid, and by start time where known (resolveTarget returns both; old inputs have only the pid). */
+export interface ProcessRef {
+  pid: number;
+  startTime?: number;
+}
+
+/**
+ * What a node really holds for a checkpoint after the workflow lost sight of its agent (a timeout): the
+ * journal's last word on every step, the state of the checkpointed process, and the bytes on the node.
+ */
+export interface CheckpointInspection {
+  checkpointId: string;
+  steps: Record<CheckpointStep, StepOutcome>;
+  process: {
+    /**
+     * gone: no process with this pid and start time (exited, killed, or the pid now names another process);
+     * stopped: state T or t (frozen by CRIU, a tracer or SIGSTOP); running: anything else.
+     */
+    state: 'gone' | 'running' | 'stopped';
+    /** The process still holds the pid and start time it was resolved with (false when gone). */
+    sameIdentity: boolean;
+    /** The pid is alive but names another process: never kill it. */
+    pidReused: boolean;
+    /** /proc/<pid>/stat state letter, null when gone. */
+    procState: string | null;
+    /** Non-null while something ptraces the process: a CRIU still at work on it. */
+    tracerPid: number | null;
+    /** CUDA driver state ('running', 'locked', 'checkpointed', 'none' without CUDA or driver...). */
+    cuda: string;
+  };
+  images: {
+    /** Where the dump is: staged in memory, on the node's disk, or nowhere. */
+    location: 'memory' | 'disk' | null;
+    /** CRIU writes inventory.img last: without it the images are certainly incomplete. */
+    inventory: boolean;
+    /** The dump step's 'done' record is there and so is inventory.img: a dump the workload can be restored from. */
+    complete: boolean;
+  };
+  metadata: {
+    /** metadata.json exists (it is written last and atomically by the seal). */
+    committed: boolean;
+    /** ...parses, names this checkpoint and every file it lists exists with its size. */
+    valid: boolean;
+    error: string | null;
+  };
 }
 
 export interface UploadResult {

@@ -10,6 +10,11 @@ export const ErrorType = {
   CudaError: 'CudaError',
   CriuDumpFailed: 'CriuDumpFailed',
   CriuRestoreFailed: 'CriuRestoreFailed',
+  /**
+   * A step of a checkpoint already has a journal record: a dump is never silently taken again of a process
+   * whose state after the first try is unknown.
+   */
+  StepAlreadyStarted: 'StepAlreadyStarted',
   NoSpace: 'NoSpace',
   /** The copy of a checkpoint staged in memory could not be written to the node's disk. */
   PersistFailed: 'PersistFailed',

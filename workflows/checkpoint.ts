@@ -5,12 +5,16 @@ import {
   defineSignal,
   getExternalWorkflowHandle,
   log,
+  patched,
   proxyActivities,
   setHandler,
+  sleep,
   upsertSearchAttributes,
 } from '@temporalio/workflow';
 import type { NodeActivities } from '../activities/node';
-import type { AttemptRecord, CheckpointOutcome, CheckpointPhase, CheckpointRequest, CheckpointStatus, Tier, UploadResult } from '../common/checkpoint';
+import type {
+  AttemptRecord, CheckpointInspection, CheckpointOutcome, CheckpointPhase, CheckpointRequest, CheckpointStatus, CheckpointStep, CudaStepResult, ProcessRef, Tier, UploadResult,
+} from '../common/checkpoint';
 import type { ControlActivities } from '../activities/control';
 import { ErrorType } from '../common/errors';
 import { CheckpointRequestSchema, inputProblem } from '../common/inputs';
@@ -29,16 +33,37 @@ const CORRUPT: ReadonlySet<string> = new Set([ErrorType.ChecksumMismatch, ErrorT
 
 export const DEFAULT_UPLOAD_ATTEMPTS = 8;
 
+/**
+ * patched() ids. RECOVER: a timeout of a node step is answered by asking the node (inspectCheckpoint), not by
+ * killing the workload. COMPENSATE_APART: a failed compensation no longer stops the ones after it, and a
+ * complete dump whose in-place restore failed is kept (the workload's only copy) instead of deleted.
+ */
+export const PATCH_RECOVER = 'checkpoint-inspect-after-timeout';
+export const PATCH_COMPENSATE_APART = 'checkpoint-compensations-apart';
+
+/** A step the node keeps running after the workflow lost sight of it is waited for this long (its own start-to-close). */
+const RUNNING_STEP_PATIENCE_MS = 2 * 60 * 60 * 1000;
+/** A step cut off again and again (an agent that dies on it every time) is taken as failed after so many re-runs. */
+const MAX_RERUNS = 5;
+
+/**
+ * How a failed step leaves the workload. clean: running, or restorable from its complete dump; unknown:
+ * frozen by a CRIU that is gone with no complete image (the only case for a kill); gone: the process no
+ * longer exists and no complete dump holds it.
+ */
+type Verdict = 'clean' | 'unknown' | 'gone';
+
 class StepFailed extends Error {
-  constructor(readonly phase: CheckpointPhase, override readonly cause: unknown) {
+  constructor(readonly phase: CheckpointPhase, override readonly cause: unknown, readonly verdict: Verdict | null = null, readonly found: CheckpointInspection | null = null) {
     super(describeFailure(cause));
   }
 }
 
 /**
  * Locking -> DumpingVram -> DumpingProcess -> Sealing -> Uploading -> Durable{s3} | PendingUpload{nvme} -> Durable{s3}.
- * Any step that fails cleanly is compensated so the workload runs on; a step whose agent died leaves the
- * workload in an unknown state, so it is killed once the agent is back and the attempt fails.
+ * Any step that fails cleanly is compensated so the workload runs on. A step that times out is "unknown":
+ * the node is asked (inspectCheckpoint, waiting for its agent) and the workflow goes on from what really
+ * happened; only a process frozen by a dump that was cut off with no complete image is killed, by identity.
  * A dump staged in memory is uploaded and copied to disk at the same time (Uploading{memory}); the copy is synced
  * and becomes tier nvme only if S3 is out of reach.
  */
@@ -78,6 +103,12 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 5, nonRetryableErrorTypes: [ErrorType.NoSpace, ErrorType.CheckpointNotFound] },
   });
   const control = proxyActivities<ControlActivities>({ taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', retry: { maximumInterval: '30s' } });
+  // After a timeout: what really happened on the node. The question must be answered before anything is
+  // compensated, so it waits for the agent however long it is away, and retries forever with a capped backoff.
+  const ask = proxyActivities<NodeActivities>({
+    taskQueue: queue, scheduleToCloseTimeout: '3650d', startToCloseTimeout: '1m',
+    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
+  });
 
   const record = (phase: CheckpointPhase, outcome: AttemptRecord['outcome'], detail: string): void => {
     status.history.push({ phase, outcome, detail, at: new Date().toISOString() });
@@ -91,14 +122,75 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     { key: SA_JOB, value: req.jobId }, { key: SA_NODE, value: req.node }, { key: SA_CHECKPOINT, value: req.checkpointId }, { key: SA_PHASE, value: 'Pending' },
   ]);
 
-  const run = async <T>(phase: CheckpointPhase, fn: () => Promise<T>, detail: (r: T) => string): Promise<T> => {
+  /** Asks the node until the step is no longer in progress there (a CRIU still tracing the process counts as in progress). */
+  const settle = async (name: CheckpointStep): Promise<CheckpointInspection> => {
+    const since = Date.now();
+    for (let wait = 5; ; wait = Math.min(wait * 2, 60)) {
+      const seen = await ask.inspectCheckpoint.executeWithOptions(summary(`ask ${req.node} what became of ${name} of ${req.checkpointId}`),
+        [{ checkpointId: req.checkpointId, process: identity }]);
+      const o = seen.steps[name];
+      const busy = o.state === 'running' || (name === 'criuDump' && o.state === 'interrupted' && seen.process.tracerPid !== null);
+      if (!busy || Date.now() - since > RUNNING_STEP_PATIENCE_MS) return seen;
+      await sleep(`${wait}s`);
+    }
+  };
+
+  /**
+   * One node step. A timeout (the agent, Temporal or the network away) is not taken as a failure: the node
+   * is asked what happened and the workflow goes on from there: a step that finished there is used, one that
+   * never ran or an idempotent one that was cut off is run again, a failure is compensated as usual, and an
+   * interrupted dump is judged by what became of the process.
+   */
+  const run = async <T>(phase: CheckpointPhase, fn: () => Promise<T>, detail: (r: T) => string, name?: CheckpointStep): Promise<T> => {
     enter(phase);
-    try {
-      const r = await fn();
-      record(phase, 'ok', detail(r));
-      return r;
-    } catch (err) {
-      throw new StepFailed(phase, err);
+    for (let rerun = 0; ; rerun++) {
+      try {
+        const r = await fn();
+        record(phase, 'ok', detail(r));
+        return r;
+      } catch (err) {
+        const lostSight = agentLost(err) || (agentUnreachable(err) && phase !== 'Locking');
+        if (name === undefined || !lostSight || !patched(PATCH_RECOVER)) throw new StepFailed(phase, err);
+        record(phase, 'failed', `${describeFailure(err)}: asking ${req.node} what happened`);
+        log.warn('checkpoint step out of sight; asking the node', { checkpointId: req.checkpointId, job: req.jobId, node: req.node, phase, step: name, cause: describeFailure(err) });
+        const seen = await settle(name);
+        const o = seen.steps[name];
+        log.info('the node answered', { checkpointId: req.checkpointId, job: req.jobId, node: req.node, step: name, state: o.state, process: seen.process.state, imagesComplete: seen.images.complete });
+        if (o.state === 'done' && (name !== 'criuDump' || seen.images.complete)) {
+          const r = o.data as unknown as T;
+          record(phase, 'ok', `${detail(r)} (finished on the node while out of sight)`);
+          return r;
+        }
+        if (o.state === 'failed') {
+          throw new StepFailed(phase, ApplicationFailure.nonRetryable(`${name}: ${String(o.data?.message)}`, String(o.data?.type ?? 'Error')), 'clean', seen);
+        }
+        const again = o.state === 'never' || (o.state === 'interrupted' && name === 'seal');
+        if (again && rerun < MAX_RERUNS) {
+          record(phase, 'skipped', `${name} ${o.state === 'never' ? 'never ran' : 'was cut off'} on ${req.node}: running it again`);
+          continue;
+        }
+        if (name === 'criuDump' && o.state === 'interrupted' && seen.process.state === 'gone' && seen.images.inventory && Array.isArray(o.data?.files)) {
+          // CRIU finished the images and stopped the process, but the agent was lost before it copied the output
+          // files beside them: the process is gone, so they are as CRIU recorded them. Finish the dump instead
+          // of losing the workload.
+          const finished = await undo.finishDump.executeWithOptions(summary(`finish the dump of ${req.checkpointId}: copy the output files beside CRIU's images`),
+            [{ checkpointId: req.checkpointId, process: identity }]).catch((e: unknown) => {
+            record(phase, 'failed', `finishing the dump: ${describeFailure(e)}`);
+            return null;
+          });
+          if (finished) {
+            const r = finished as unknown as T;
+            record(phase, 'ok', `${detail(r)} (CRIU finished the images while the agent was lost; output files copied now)`);
+            return r;
+          }
+        }
+        if (name === 'criuDump' && o.state !== 'never') {
+          // Cut off mid-dump, no complete image: the process itself says what the dump left.
+          const verdict: Verdict = seen.process.state === 'running' ? 'clean' : seen.process.state === 'stopped' ? 'unknown' : 'gone';
+          throw new StepFailed(phase, err, verdict, seen);
+        }
+        throw new StepFailed(phase, err, 'clean', seen);
+      }
     }
   };
 
@@ -111,6 +203,8 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     throw ApplicationFailure.nonRetryable(status.failureReason, failureType(err) ?? 'InvalidInput');
   });
   const pid = target.pid;
+  // Workflows resolved by an older agent have no start time: their kills go by pid alone.
+  const identity: ProcessRef = target.startTime === undefined ? { pid } : { pid, startTime: target.startTime };
   status.pid = pid;
   let cudaLocked = false;
   let cudaCheckpointed = false;
@@ -118,12 +212,22 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   let processStopped = false;
   let staged = false;
   try {
+    // A lock or VRAM checkpoint cut off on the node is undone as if it had happened: the undo steps check the
+    // driver state first and report a step already undone.
+    const cutOff = (err: unknown, name: CheckpointStep): boolean => err instanceof StepFailed && err.found?.steps[name].state === 'interrupted';
     const lock = await run('Locking',
-      () => step.cudaLock.executeWithOptions(summary(`CUDA lock pid ${pid} on ${req.node}`), [{ pid: pid }]), (r) => r.detail);
+      () => step.cudaLock.executeWithOptions(summary(`CUDA lock pid ${pid} on ${req.node}`), [{ pid: pid, checkpointId: req.checkpointId }]), (r) => r.detail, 'cudaLock')
+      .catch((err: unknown) => {
+        cudaLocked = cutOff(err, 'cudaLock');
+        throw err;
+      });
     cudaLocked = lock.outcome === 'done';
     if (cudaLocked) {
-      await run('DumpingVram', () => step.cudaCheckpoint.executeWithOptions(summary(`CUDA checkpoint (VRAM to host) pid ${pid}`), [{ pid: pid }]),
-        (r) => r.detail);
+      await run('DumpingVram', () => step.cudaCheckpoint.executeWithOptions(summary(`CUDA checkpoint (VRAM to host) pid ${pid}`), [{ pid: pid, checkpointId: req.checkpointId }]),
+        (r) => r.detail, 'cudaCheckpoint').catch((err: unknown) => {
+        cudaCheckpointed = cutOff(err, 'cudaCheckpoint');
+        throw err;
+      });
       cudaCheckpointed = true;
     } else {
       enter('DumpingVram');
@@ -132,29 +236,52 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     const dump = await run('DumpingProcess',
       () => step.criuDump.executeWithOptions(summary(`criu dump pid ${pid}${req.leaveRunning ? ' (leave running)' : ''}`),
         [{ checkpointId: req.checkpointId, pid: pid, leaveRunning: req.leaveRunning, hostVramBytes: cudaCheckpointed ? req.vramBytes ?? 0 : 0 }]),
-      (r) => `${r.imageBytes} bytes in ${r.durationMs} ms${r.staged ? ' (staged in memory)' : ''}`);
+      (r) => `${r.imageBytes} bytes in ${r.durationMs} ms${r.staged ? ' (staged in memory)' : ''}`, 'criuDump');
     dumped = true;
     processStopped = dump.processStopped;
     staged = dump.staged === true;
     const sealed = await run('Sealing',
       () => step.seal.executeWithOptions(summary(`sha256 + commit metadata.json for ${req.checkpointId}`),
         [{ checkpointId: req.checkpointId, jobId: req.jobId, pid: pid, cudaCheckpointed, vramBytes: req.vramBytes ?? 0 }]),
-      (r) => `${r.files} files, ${r.totalBytes} bytes`);
+      (r) => `${r.files} files, ${r.totalBytes} bytes`, 'seal');
     status.metadataSha256 = sealed.metadataSha256;
     if (cudaLocked && !processStopped) {
       // Left running: hand the VRAM back and let it go on.
-      await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${pid} (leave running)`), [{ pid: pid }]);
-      await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${pid}`), [{ pid: pid }]);
+      await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${pid} (leave running)`), [{ pid: pid, checkpointId: req.checkpointId }]);
+      await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${pid}`), [{ pid: pid, checkpointId: req.checkpointId }]);
     }
   } catch (e) {
     const failed = e instanceof StepFailed ? e : new StepFailed(status.phase, e);
     const reason = `${failed.phase}: ${failed.message}`;
     status.failureReason = reason;
     record(failed.phase, 'failed', reason);
-    if (agentLost(failed.cause) || (agentUnreachable(failed.cause) && failed.phase !== 'Locking')) {
-      // The workload may be frozen, half-dumped or CUDA-locked: its state is unknown, so it must not run on.
+    if (failed.verdict === 'unknown' || failed.verdict === 'gone') {
+      // Asked, and the answer leaves no clean way back: a dump cut off with no complete image.
       enter('Failed');
-      await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: agent lost during ${failed.phase}`), [{ pid: pid, reason }]);
+      const proc = failed.found?.process;
+      if (failed.verdict === 'unknown') {
+        // Frozen by a CRIU that is gone: it must not run on half-dumped. Killed by identity, never a reused pid.
+        const k = await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: frozen by a dump cut off in ${failed.phase}`),
+          [{ pid: pid, reason, startTime: identity.startTime }]);
+        record(failed.phase, 'compensated', k.killed ? `workload pid ${pid} killed` : `workload pid ${pid} not killed: gone, or the pid names another process`);
+      } else {
+        record(failed.phase, 'failed', `workload pid ${pid} is gone${proc?.pidReused ? ' (its pid now names another process)' : ''} and no complete dump holds it`);
+      }
+      if (failed.verdict === 'gone' && failed.found?.images.inventory) {
+        // CRIU finished its images (then stopped the process) but the dump was cut off before it was recorded
+        // done: all that is left of the workload, so it is kept for an operator, not deleted.
+        record(failed.phase, 'failed', `partial checkpoint kept (${failed.found.images.location}): CRIU's images are all that is left of the workload`);
+      } else {
+        await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+        record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
+      }
+      if (req.reason === 'preemption') await requeue(req, reason, record);
+      return status;
+    }
+    if (failed.verdict === null && (agentLost(failed.cause) || (agentUnreachable(failed.cause) && failed.phase !== 'Locking'))) {
+      // Histories from before PATCH_RECOVER: a lost agent meant a workload of unknown state.
+      enter('Failed');
+      await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: agent lost during ${failed.phase}`), [{ pid: pid, reason, startTime: identity.startTime }]);
       record(failed.phase, 'compensated', `workload pid ${pid} killed`);
       await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
       record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
@@ -166,27 +293,50 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       record(failed.phase, 'compensated', 'agent never picked up the first step; workload untouched');
       return status;
     }
-    // Clean failure: undo in reverse so the workload runs on with its VRAM, as if never checkpointed.
+    // Clean failure: undo in reverse so the workload runs on with its VRAM, as if never checkpointed. Each
+    // undo runs even if the one before failed (its failure recorded), and acts on the process as it is now:
+    // after a restore in place that is a new pid.
+    const compensate = async (what: string, fn: () => Promise<[AttemptRecord['outcome'], string]>): Promise<boolean> => {
+      try {
+        const [outcome, detail] = await fn();
+        record(failed.phase, outcome, detail);
+        return outcome !== 'failed';
+      } catch (err) {
+        if (!patched(PATCH_COMPENSATE_APART)) throw err;
+        record(failed.phase, 'failed', `${what} failed: ${describeFailure(err)}`);
+        return false;
+      }
+    };
+    const cudaUndo = (r: CudaStepResult, what: string): [AttemptRecord['outcome'], string] =>
+      [r.outcome === 'done' ? 'compensated' : 'skipped', `${what}: ${r.detail}`];
+    let current = pid;
+    let onlyCopyNeeded = false;
     if (dumped && processStopped) {
       // CRIU already stopped the process; its images are complete, so bring it back from them on this node.
       const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place`),
-        [{ checkpointId: req.checkpointId }]).catch((err: unknown) => ({ error: describeFailure(err) }));
+        [{ checkpointId: req.checkpointId, inPlace: true }]).catch((err: unknown) => ({ error: describeFailure(err) }));
       record(failed.phase, 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`);
+      if ('pid' in r) current = r.pid;
+      else onlyCopyNeeded = true;
     }
     if (cudaCheckpointed) {
-      await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${pid} (compensation)`), [{ pid: pid }]);
-      record(failed.phase, 'compensated', 'CUDA state restored');
+      await compensate('CUDA restore', async () => cudaUndo(await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${current} (compensation)`),
+        [{ pid: current, checkpointId: req.checkpointId }]), `CUDA restore of pid ${current}`));
     }
     if (cudaLocked) {
-      await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${pid} (compensation)`), [{ pid: pid }]);
-      record(failed.phase, 'compensated', 'CUDA unlocked');
+      await compensate('CUDA unlock', async () => cudaUndo(await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${current} (compensation)`),
+        [{ pid: current, checkpointId: req.checkpointId }]), `CUDA unlock of pid ${current}`));
     }
-    if (failureType(failed.cause) === ErrorType.CheckpointExists) {
+    if (onlyCopyNeeded && patched(PATCH_COMPENSATE_APART)) {
+      record(failed.phase, 'failed', `checkpoint directory kept: the workload is stopped and its dump is its only copy`);
+    } else if (failureType(failed.cause) === ErrorType.CheckpointExists) {
       // The directory holds an earlier checkpoint under this id: it is that one's, never ours to delete.
       record(failed.phase, 'skipped', 'checkpoint directory left alone: it holds an existing checkpoint');
     } else {
-      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
-      record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
+      await compensate('delete partial', async () => {
+        await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+        return ['compensated', 'partial checkpoint directory deleted'];
+      });
     }
     enter('Failed');
     return status;
@@ -303,8 +453,14 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       status.failureReason = `Uploading: not durable anywhere: S3: ${up.error}; disk: ${copyFailure}`;
       if (processStopped) {
         const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place from memory`),
-          [{ checkpointId: req.checkpointId }]).catch((err: unknown) => ({ error: describeFailure(err) }));
+          [{ checkpointId: req.checkpointId, inPlace: true }]).catch((err: unknown) => ({ error: describeFailure(err) }));
         record('Uploading', 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`);
+        if (!('pid' in r) && patched(PATCH_COMPENSATE_APART)) {
+          // The memory copy is the workload's only one: kept for an operator rather than deleted.
+          record('Uploading', 'failed', 'checkpoint kept in memory: the workload is stopped and this is its only copy');
+          enter('Failed');
+          return status;
+        }
       }
       await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
       record('Uploading', 'compensated', 'partial checkpoint deleted from memory and disk');

@@ -124,6 +124,20 @@ async function dumpInto(ctx: NodeContext, dir: string, input: { pid: number; lea
   copyWorkloadFiles(dir, files);
 }
 
+/**
+ * Completes a dump whose agent was lost after CRIU wrote its images and stopped the process, but before the
+ * output files were copied beside them: the process is gone, so those files are as CRIU recorded them. dir
+ * holds the images (inventory.img, written last, present); files is the list the dump recorded when it started.
+ */
+export function finishCutDump(dir: string, files: string[], staged: boolean): DumpResult {
+  if (!fs.existsSync(path.join(dir, IMAGES, 'inventory.img'))) {
+    throw ApplicationFailure.nonRetryable(`no complete CRIU images in ${dir} (inventory.img missing)`, ErrorType.CriuDumpFailed);
+  }
+  fs.rmSync(path.join(dir, WORKLOAD_FILES), { recursive: true, force: true });
+  copyWorkloadFiles(dir, files);
+  return { imageBytes: dirBytes(path.join(dir, IMAGES)), durationMs: 0, processStopped: true, staged };
+}
+
 function copyWorkloadFiles(dir: string, files: string[]): void {
   const out = path.join(dir, WORKLOAD_FILES);
   fs.mkdirSync(out, { recursive: true });

@@ -1,16 +1,18 @@
 import * as fs from 'node:fs';
-import type { CudaStepResult, DumpResult, SealResult, UploadResult } from '../../common/checkpoint';
+import type { CheckpointInspection, CheckpointStep, CudaStepResult, DumpResult, ProcessRef, SealResult, UploadResult } from '../../common/checkpoint';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
-import { checkpointLocation, type NodeContext, workloadDir } from './context';
-import { criuDump, refuseExistingCheckpoint, workloadFileIndex } from './criu';
+import { checkpointDir, checkpointLocation, type NodeContext, stagedDir, workloadDir } from './context';
+import { criuDump, finishCutDump, refuseExistingCheckpoint, workloadFileIndex } from './criu';
 import { setAsideCorrupt } from './corrupt';
-import { cudaStep, cudaTreeState } from './cuda';
+import { type CudaOp, cudaStep, cudaTreeState } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
+import { inspectCheckpoint } from './inspect';
+import { journaled, journalOutcome } from './journal';
 import {
-  DEFAULT_STOP_GRACE_MS, killProcess, processAlive, processIdentity, readWorkloadPid, requireProcess, runningWorkload, startWorkload, stopProcess,
-  treeCpuTicks, type WorkloadInfo, type WorkloadSpec,
+  DEFAULT_STOP_GRACE_MS, isSameProcess, killProcess, processAlive, processIdentity, readWorkloadPid, requireProcess, runningWorkload, startWorkload, stopProcess,
+  treeCpuTicks, type WorkloadInfo, type WorkloadSpec, writableFiles,
 } from './process';
 import { writePidFile } from './pid-file';
 import { persistCheckpoint } from './persist';
@@ -24,8 +26,22 @@ import { checkVram, recordVram } from './vram';
 import type { RestoreInspection } from '../../common/restore';
 import { ErrorType } from '../../common/errors';
 
+/** A step's result as the journal keeps it: whole (they are small), so a workflow that lost the reply can read it back. */
+const whole = <T extends object>(r: T): Record<string, unknown> => ({ ...(r as Record<string, unknown>) });
+
+/** The CUDA steps take an optional checkpointId (inputs of older workflows lack it): with it, the step is journaled. */
+type CudaInput = { pid: number; checkpointId?: string };
+
 /** Activities that run only on a node's own queue (node/<name>), bound to that node's context. */
 export function createNodeActivities(ctx: NodeContext) {
+  /** Journals a checkpoint step when the workflow named its checkpoint; older inputs run unjournaled. */
+  const step = <T extends object>(checkpointId: string | undefined, name: CheckpointStep, fn: () => Promise<T>): Promise<T> =>
+    checkpointId === undefined ? fn() : journaled(ctx, 'checkpoint', checkpointId, name, fn, whole);
+  const cuda = (op: CudaOp, name: CheckpointStep, input: CudaInput): Promise<CudaStepResult> =>
+    step(input.checkpointId, name, async () => {
+      if (op === 'lock') requireProcess(input.pid);
+      return cudaStep(op, input.pid);
+    });
   return {
     async inventory(): Promise<NodeInventory> {
       return readInventory(ctx);
@@ -33,43 +49,89 @@ export function createNodeActivities(ctx: NodeContext) {
     async startWorkload(spec: WorkloadSpec): Promise<WorkloadInfo> {
       return startWorkload(ctx, spec);
     },
-    /** Which process a checkpoint request means: a pid, or the pid of a workload this agent started. */
-    async resolveTarget(input: { pid?: number; jobId: string; checkpointId?: string }): Promise<{ pid: number }> {
+    /**
+     * Which process a checkpoint request means: a pid, or the pid of a workload this agent started. With its
+     * start time, so that every later kill names this very process, never one that took its pid since.
+     */
+    async resolveTarget(input: { pid?: number; jobId: string; checkpointId?: string }): Promise<ProcessRef> {
       // Checked before the process: an id in use is refused before anything is touched.
       if (input.checkpointId) refuseExistingCheckpoint(ctx, input.checkpointId);
       const pid = input.pid ?? readWorkloadPid(ctx, input.jobId);
       requireProcess(pid);
-      return { pid };
+      const id = processIdentity(pid);
+      if (!id) throw ApplicationFailure.nonRetryable(`no such process: pid ${pid}`, ErrorType.NoSuchProcess);
+      return id;
     },
     async inspectProcess(input: { pid: number }): Promise<{ alive: boolean; cuda: string }> {
       return { alive: processAlive(input.pid), cuda: cudaTreeState(input.pid) };
     },
-    async cudaLock(input: { pid: number }): Promise<CudaStepResult> {
-      requireProcess(input.pid);
-      return cudaStep('lock', input.pid);
+    async cudaLock(input: CudaInput): Promise<CudaStepResult> {
+      return cuda('lock', 'cudaLock', input);
     },
-    async cudaCheckpoint(input: { pid: number }): Promise<CudaStepResult> {
-      return cudaStep('checkpoint', input.pid);
+    async cudaCheckpoint(input: CudaInput): Promise<CudaStepResult> {
+      return cuda('checkpoint', 'cudaCheckpoint', input);
     },
-    async cudaRestore(input: { pid: number }): Promise<CudaStepResult> {
-      return cudaStep('restore', input.pid);
+    async cudaRestore(input: CudaInput): Promise<CudaStepResult> {
+      return cuda('restore', 'cudaRestore', input);
     },
-    async cudaUnlock(input: { pid: number }): Promise<CudaStepResult> {
-      return cudaStep('unlock', input.pid);
+    async cudaUnlock(input: CudaInput): Promise<CudaStepResult> {
+      return cuda('unlock', 'cudaUnlock', input);
     },
+    /**
+     * Taken once per checkpoint id: a dump the journal already knows of is never run again on a process whose
+     * state after that try is unknown. A finished one is reported again (its images still there); anything
+     * else is refused, and the workflow decides from inspectCheckpoint.
+     */
     async criuDump(input: { checkpointId: string; pid: number; leaveRunning: boolean; hostVramBytes?: number }): Promise<DumpResult> {
-      return criuDump(ctx, input);
+      const before = journalOutcome(ctx, 'checkpoint', input.checkpointId, 'criuDump');
+      if (before.state === 'done' && inspectCheckpoint(ctx, { checkpointId: input.checkpointId, process: { pid: input.pid } }).images.complete) {
+        return before.data as unknown as DumpResult;
+      }
+      if (before.state !== 'never') {
+        throw ApplicationFailure.nonRetryable(`checkpoint ${input.checkpointId}: a dump was already ${before.state} at ${before.at}; not taken again`, ErrorType.StepAlreadyStarted);
+      }
+      // The output files the dump will copy, recorded up front: if the agent is lost after CRIU finished, a
+      // later agent can complete the dump with them (finishDump).
+      let files: string[] | undefined;
+      try {
+        files = writableFiles(input.pid);
+      } catch {
+        files = undefined; // gone already: criuDump says so
+      }
+      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', () => criuDump(ctx, input), whole, { pid: input.pid, leaveRunning: input.leaveRunning, files });
     },
+    /**
+     * A dump cut off after CRIU wrote its complete images and stopped the process (now gone), before the agent
+     * copied its output files: copies them now and records the dump done. Refused in any other state.
+     */
+    async finishDump(input: { checkpointId: string; process: ProcessRef }): Promise<DumpResult> {
+      const before = journalOutcome(ctx, 'checkpoint', input.checkpointId, 'criuDump');
+      if (before.state === 'done') return before.data as unknown as DumpResult;
+      const seen = inspectCheckpoint(ctx, input);
+      const files = before.data?.files;
+      if (before.state !== 'interrupted' || seen.process.state !== 'gone' || !seen.images.inventory || !Array.isArray(files)) {
+        throw ApplicationFailure.nonRetryable(
+          `checkpoint ${input.checkpointId}: dump ${before.state}, process ${seen.process.state}, images ${seen.images.inventory ? 'with' : 'without'} inventory.img${Array.isArray(files) ? '' : ', no recorded file list'}: cannot be finished`,
+          ErrorType.CriuDumpFailed);
+      }
+      const dir = seen.images.location === 'memory' ? stagedDir(ctx, input.checkpointId)! : checkpointDir(ctx, input.checkpointId);
+      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', async () => finishCutDump(dir, files.map(String), seen.images.location === 'memory'), whole, { finishing: true, files });
+    },
+    /** Idempotent (re-sealing recomputes every checksum), so the workflow runs it again after a lost agent. */
     async seal(input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number }): Promise<SealResult> {
-      return sealCheckpoint(ctx, input);
+      return journaled(ctx, 'checkpoint', input.checkpointId, 'seal', () => sealCheckpoint(ctx, input), whole);
     },
     /** metadataSha256: recorded at seal; the upload refuses a metadata.json that differs from it. */
     async upload(input: { checkpointId: string; metadataSha256?: string | null }): Promise<UploadResult> {
-      return uploadCheckpoint(ctx, input);
+      return journaled(ctx, 'checkpoint', input.checkpointId, 'upload', () => uploadCheckpoint(ctx, input), whole);
     },
     /** A checkpoint staged in memory, copied to this node's disk while the upload runs; synced when it must stand in for S3. */
     async persist(input: { checkpointId: string; sync: boolean }): Promise<{ bytes: number; durationMs: number }> {
-      return persistCheckpoint(ctx, input);
+      return journaled(ctx, 'checkpoint', input.checkpointId, 'persist', () => persistCheckpoint(ctx, input), whole, { sync: input.sync });
+    },
+    /** What really happened to a checkpoint on this node: asked by a workflow after a timeout, before it compensates. */
+    async inspectCheckpoint(input: { checkpointId: string; process: ProcessRef }): Promise<CheckpointInspection> {
+      return inspectCheckpoint(ctx, input);
     },
     async releaseStaging(input: { checkpointId: string }): Promise<{ released: boolean }> {
       return releaseStaging(ctx, input);
@@ -82,9 +144,24 @@ export function createNodeActivities(ctx: NodeContext) {
     /**
      * From this node's copy of the checkpoint (fetched and verified, or the images of a dump just taken); the
      * restored process by pid and start time. A restore attempt passes its attemptId: the step is then journaled.
+     * inPlace: a checkpoint's compensation, bringing the workload back from its own dump; journaled under the
+     * checkpoint, and never run twice: a restore the journal saw finish, or whose process is alive, is reported.
      */
-    async criuRestore(input: { checkpointId: string; attemptId?: string }): Promise<{ pid: number; startTime: number }> {
-      return restoreProcess(ctx, input);
+    async criuRestore(input: { checkpointId: string; attemptId?: string; inPlace?: boolean }): Promise<{ pid: number; startTime: number }> {
+      if (!input.inPlace) return restoreProcess(ctx, input);
+      const dir = checkpointLocation(ctx, input.checkpointId);
+      const before = journalOutcome(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace');
+      const earlier = before.state === 'done' ? (before.data as { pid: number; startTime: number }) : null;
+      if (earlier && isSameProcess(earlier)) return { pid: earlier.pid, startTime: earlier.startTime };
+      if (before.state === 'running' || before.state === 'interrupted') {
+        // An earlier try, cut off or still at work: the restored tree may be up already (CRIU wrote its pid file).
+        const pidFile = path.join(dir, 'restored.pid');
+        const id = fs.existsSync(pidFile) ? processIdentity(Number(fs.readFileSync(pidFile, 'utf8').trim())) : null;
+        if (id && id.pid > 1) return id;
+        // Never two restores of one workload at once: the workflow's retry asks again later.
+        if (before.state === 'running') throw ApplicationFailure.retryable(`checkpoint ${input.checkpointId}: a restore in place is still running`, ErrorType.StepAlreadyStarted);
+      }
+      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace', () => restoreProcess(ctx, { checkpointId: input.checkpointId }), whole);
     },
     /** After the workflow lost the agent mid-restore: what CRIU really did, and whether its process runs. */
     async inspectRestore(input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number }): Promise<RestoreInspection> {

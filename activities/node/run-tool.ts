@@ -22,7 +22,12 @@ export async function runTool(bin: string, args: string[], opts: { heartbeatMs?:
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const beat = setInterval(() => ctx?.heartbeat(opts.details?.()), opts.heartbeatMs ?? 1000);
-    const onCancel = ctx?.cancelled.catch(() => child.kill('SIGKILL'));
+    // Killed only when the workflow asked for it. An activity the server timed out (heartbeats lost while
+    // Temporal or the network was away) runs on: the node journal records how it ended and the workflow reads
+    // that, whereas a CRIU killed mid-dump would leave the process in a state nobody knows.
+    const onCancel = ctx?.cancelled.catch(() => {
+      if (ctx.cancellationDetails?.cancelRequested !== false) child.kill('SIGKILL');
+    });
     void onCancel;
     child.on('error', (e) => {
       clearInterval(beat);

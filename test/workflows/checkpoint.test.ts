@@ -1,9 +1,13 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Worker } from '@temporalio/worker';
 import { createControlActivities } from '../../activities/control';
-import type { CheckpointRequest, CheckpointStatus, UploadResult } from '../../common/checkpoint';
-import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
+import {
+  CHECKPOINT_STEPS, type CheckpointInspection, type CheckpointRequest, type CheckpointStatus, type CheckpointStep, type DumpResult, type UploadResult,
+} from '../../common/checkpoint';
+import type { StepOutcome } from '../../common/journal';
+import { checkpointWorkflowId, CONTROL_QUEUE, nodeQueue, promotionWorkflowId } from '../../common/queues';
 import { Harness, type NodeMock } from './harness';
 
 type Mock = NodeMock;
@@ -34,7 +38,7 @@ function node(calls: string[], cuda: boolean, overrides: Mock = {}): Mock {
   const base: Mock = {
     resolveTarget: async (i) => {
       calls.push('resolveTarget');
-      return { pid: i.pid ?? 4242 };
+      return { pid: i.pid ?? 4242, startTime: 777 };
     },
     cudaLock: rec('cudaLock', cuda ? { outcome: 'done' as const, detail: 'locked' } : { outcome: 'skipped' as const, detail: 'no CUDA context' }),
     cudaCheckpoint: rec('cudaCheckpoint', { outcome: 'done' as const, detail: 'checkpointed' }),
@@ -83,6 +87,22 @@ const hang = (calls: string[], name: string) => async (): Promise<never> => {
   await Context.current().sleep(600000);
   throw new Error('unreachable');
 };
+
+/** What a dump that finished on the node reports (the journal keeps the whole result). */
+const dumped: DumpResult = { imageBytes: 1000, durationMs: 5, processStopped: true };
+
+type StepRecord = Pick<StepOutcome, 'state'> & Partial<StepOutcome>;
+
+/** What inspectCheckpoint answers: every step 'never' unless given, the process as given, images complete or not. */
+function inspection(steps: Partial<Record<CheckpointStep, StepRecord>>, proc: Partial<CheckpointInspection['process']> = {}, complete = false): CheckpointInspection {
+  return {
+    checkpointId: 'x',
+    steps: Object.fromEntries(CHECKPOINT_STEPS.map((st) => [st, { step: st, at: null, ...(steps[st] ?? { state: 'never' }) }])) as Record<CheckpointStep, StepOutcome>,
+    process: { state: 'running', sameIdentity: true, pidReused: false, procState: 'S', tracerPid: null, cuda: 'none', ...proc },
+    images: { location: complete ? 'memory' : null, inventory: complete, complete },
+    metadata: { committed: false, valid: false, error: null },
+  };
+}
 
 const req = (over: Partial<CheckpointRequest> = {}): CheckpointRequest => ({
   checkpointId: `ck-${Math.random().toString(36).slice(2, 8)}`, jobId: 'job-1', node: 'node-a', pid: 4242, leaveRunning: false, reason: 'manual', ...over,
@@ -181,28 +201,204 @@ describe('checkpoint workflow', () => {
     });
   });
 
-  describe('a) agent lost mid-step: workload killed once the agent is back, attempt Failed, partial deleted', () => {
-    test.each([
-      ['DumpingVram', 'cudaCheckpoint'],
-      ['DumpingProcess', 'criuDump'],
-      ['Sealing', 'seal'],
-    ] as const)('lost during %s', async (phase, activity) => {
+  describe('a) a step times out: the node is asked what happened, and the workflow goes on from there', () => {
+    test('heartbeat timeout in Sealing, the node reports the dump done and the seal cut off: sealed again, Durable, the workload never killed', async () => {
       const calls: string[] = [];
-      const s = await run(node(calls, true, { [activity]: hang(calls, activity) }), req());
-      expect(s.phase).toBe('Failed');
-      expect(s.failureReason).toContain(phase);
-      expect(s.failureReason).toContain('HEARTBEAT');
-      expect(calls.slice(-2)).toEqual(['killProcess', 'deleteCheckpointDir']);
-      expect(calls).not.toContain('cudaRestore');
+      let seals = 0;
+      const asked: unknown[] = [];
+      const s = await run(node(calls, false, {
+        seal: async () => {
+          calls.push('seal');
+          if (++seals === 1) await Context.current().sleep(600000); // the agent dies here: no heartbeat, no reply
+          return { files: 3, totalBytes: 1000, metadataSha256: 'x' };
+        },
+        inspectCheckpoint: async (i) => {
+          calls.push('inspectCheckpoint');
+          asked.push(i.process);
+          return inspection({ criuDump: { state: 'done', data: { ...dumped } }, seal: { state: 'interrupted' } }, { state: 'gone', sameIdentity: false }, true);
+        },
+      }), req());
+      expect(s.phase).toBe('Durable');
+      expect(s.tier).toBe('s3');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'seal', 'inspectCheckpoint', 'seal', 'upload']);
+      expect(asked).toEqual([{ pid: 4242, startTime: 777 }]);
+      expect(s.history.map((x) => `${x.phase}:${x.outcome}`)).toEqual([
+        'Locking:ok', 'DumpingVram:skipped', 'DumpingProcess:ok', 'Sealing:failed', 'Sealing:skipped', 'Sealing:ok', 'Uploading:ok',
+      ]);
+      expect(s.history[3].detail).toMatch(/seal: HEARTBEAT timeout: asking node-a/);
+      expect(s.history[4].detail).toBe('seal was cut off on node-a: running it again');
     });
 
-    test('a preempted job is requeued after the kill', async () => {
+    test('timeout in Sealing, the seal finished on the node meanwhile: its result is used, nothing runs twice', async () => {
       const calls: string[] = [];
-      const s = await run(node(calls, false, { criuDump: hang(calls, 'criuDump') }), req({ reason: 'preemption' }));
-      expect(s.phase).toBe('Failed');
-      // No job workflow exists in this test: the requeue attempt is recorded with its outcome.
-      expect(s.history.some((h) => h.detail.includes('requeue'))).toBe(true);
+      const s = await run(node(calls, false, {
+        seal: hang(calls, 'seal'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          return inspection({ criuDump: { state: 'done', data: { ...dumped } }, seal: { state: 'done', data: { files: 9, totalBytes: 4096, metadataSha256: 'y' } } }, { state: 'gone' }, true);
+        },
+      }), req());
+      expect(s.phase).toBe('Durable');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'seal', 'inspectCheckpoint', 'upload']);
+      expect(s.history.find((x) => x.phase === 'Sealing' && x.outcome === 'ok')?.detail).toBe('9 files, 4096 bytes (finished on the node while out of sight)');
     });
+
+    test('heartbeat timeout in DumpingProcess while the dump still runs on the node: waited for, then its result used', async () => {
+      const calls: string[] = [];
+      let asks = 0;
+      const s = await run(node(calls, false, {
+        criuDump: hang(calls, 'criuDump'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          return ++asks < 3
+            ? inspection({ criuDump: { state: 'running' } }, { state: 'stopped', procState: 't', tracerPid: 999 })
+            : inspection({ criuDump: { state: 'done', data: { ...dumped } } }, { state: 'gone', sameIdentity: false }, true);
+        },
+      }), req());
+      expect(s.phase).toBe('Durable');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'inspectCheckpoint', 'inspectCheckpoint', 'seal', 'upload']);
+      expect(s.history.find((x) => x.phase === 'DumpingProcess' && x.outcome === 'ok')?.detail).toBe('1000 bytes in 5 ms (finished on the node while out of sight)');
+      expect(calls).not.toContain('killProcess');
+    });
+
+    test('a dump cut off, the process frozen by a CRIU that is gone, no complete image: the only kill, by identity; partial deleted; preempted job requeued', async () => {
+      const calls: string[] = [];
+      const kills: unknown[] = [];
+      const s = await run(node(calls, true, {
+        criuDump: hang(calls, 'criuDump'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          return inspection({ cudaLock: { state: 'done' }, cudaCheckpoint: { state: 'done' }, criuDump: { state: 'interrupted' } }, { state: 'stopped', procState: 'T', tracerPid: null });
+        },
+        killProcess: async (i) => {
+          calls.push('killProcess');
+          kills.push(i);
+          return { killed: true };
+        },
+      }), req({ reason: 'preemption' }));
+      expect(s.phase).toBe('Failed');
+      expect(s.failureReason).toMatch(/^DumpingProcess: criuDump: HEARTBEAT timeout/);
+      expect(calls.slice(-3)).toEqual(['inspectCheckpoint', 'killProcess', 'deleteCheckpointDir']);
+      expect(kills).toEqual([expect.objectContaining({ pid: 4242, startTime: 777 })]);
+      expect(calls).not.toContain('cudaRestore');
+      expect(s.history.map((x) => x.detail)).toEqual(expect.arrayContaining(['workload pid 4242 killed', 'partial checkpoint directory deleted']));
+      // No job workflow exists in this test: the requeue attempt is recorded with its outcome.
+      expect(s.history.some((x) => x.detail.includes('requeue'))).toBe(true);
+    });
+
+    test('a dump cut off after CRIU wrote its images and stopped the process, with no recorded file list to finish it: nothing to kill, the images kept as all that is left; requeued', async () => {
+      const calls: string[] = [];
+      const s = await run(node(calls, false, {
+        criuDump: hang(calls, 'criuDump'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          const seen = inspection({ criuDump: { state: 'interrupted' } }, { state: 'gone', sameIdentity: false });
+          return { ...seen, images: { location: 'disk', inventory: true, complete: false } };
+        },
+      }), req({ reason: 'preemption' }));
+      expect(s.phase).toBe('Failed');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint']);
+      expect(s.history.map((x) => x.detail)).toEqual(expect.arrayContaining([
+        'workload pid 4242 is gone and no complete dump holds it', "partial checkpoint kept (disk): CRIU's images are all that is left of the workload",
+      ]));
+      expect(s.history.some((x) => x.detail.includes('requeue'))).toBe(true);
+    });
+
+    test('a dump cut off after CRIU finished its images and stopped the process: the returning agent finishes the dump, sealed, Durable', async () => {
+      const calls: string[] = [];
+      const s = await run(node(calls, false, {
+        criuDump: hang(calls, 'criuDump'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          const seen = inspection({ criuDump: { state: 'interrupted', data: { pid: 4242, leaveRunning: false, files: ['/w/output.log'] } } }, { state: 'gone', sameIdentity: false });
+          return { ...seen, images: { location: 'memory', inventory: true, complete: false } };
+        },
+        finishDump: async (i) => {
+          calls.push(`finishDump ${i.process.pid}/${i.process.startTime}`);
+          return { imageBytes: 2000, durationMs: 0, processStopped: true, staged: true };
+        },
+      }), req());
+      expect(s.phase).toBe('Durable');
+      expect(calls.slice(0, 6)).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'finishDump 4242/777', 'seal']);
+      expect(calls.slice(6, 8).sort()).toEqual(['persist', 'upload']); // side by side: staged in memory
+      expect(calls.slice(8)).toEqual(['releaseStaging']);
+      expect(s.history.find((x) => x.phase === 'DumpingProcess' && x.outcome === 'ok')?.detail)
+        .toBe('2000 bytes in 0 ms (staged in memory) (CRIU finished the images while the agent was lost; output files copied now)');
+    });
+
+    test('a dump cut off while the orphaned CRIU still traces the process: waited for, not judged; once it lets go, the clean compensation', async () => {
+      const calls: string[] = [];
+      let asks = 0;
+      const s = await run(node(calls, false, {
+        criuDump: hang(calls, 'criuDump'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          return ++asks < 3
+            ? inspection({ criuDump: { state: 'interrupted' } }, { state: 'stopped', procState: 't', tracerPid: 999 })
+            : inspection({ criuDump: { state: 'interrupted' } }, { state: 'running', procState: 'S', tracerPid: null });
+        },
+      }), req({ leaveRunning: true }));
+      expect(s.phase).toBe('Failed');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'inspectCheckpoint', 'inspectCheckpoint', 'deleteCheckpointDir']);
+    });
+
+    test('a dump cut off but the process runs again (CRIU let go of it): the usual clean compensation, no kill', async () => {
+      const calls: string[] = [];
+      const s = await run(node(calls, true, {
+        criuDump: hang(calls, 'criuDump'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          return inspection({ criuDump: { state: 'interrupted' } }, { state: 'running', procState: 'S', cuda: 'checkpointed' });
+        },
+      }), req());
+      expect(s.phase).toBe('Failed');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'inspectCheckpoint', 'cudaRestore', 'cudaUnlock', 'deleteCheckpointDir']);
+    });
+
+    test('CUDA checkpoint cut off: undone as if it had happened (the undo steps check the driver state)', async () => {
+      const calls: string[] = [];
+      const s = await run(node(calls, true, {
+        cudaCheckpoint: hang(calls, 'cudaCheckpoint'),
+        inspectCheckpoint: async () => {
+          calls.push('inspectCheckpoint');
+          return inspection({ cudaLock: { state: 'done' }, cudaCheckpoint: { state: 'interrupted' } }, { state: 'running', cuda: 'locked' });
+        },
+      }), req());
+      expect(s.phase).toBe('Failed');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'inspectCheckpoint', 'cudaRestore', 'cudaUnlock', 'deleteCheckpointDir']);
+    });
+
+    test('the agent away longer than any step timeout: the workflow waits for it, nothing is killed; back, it goes on to Durable', async () => {
+      const calls: string[] = [];
+      const r = req();
+      const nodeWorker = (acts: Mock): Promise<Worker> =>
+        Worker.create({ connection: env.nativeConnection, taskQueue: nodeQueue(r.node), activities: acts, shutdownGraceTime: '1s' });
+      const s = await h.with(createControlActivities(env.client), {}, async () => {
+        const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(r.checkpointId), taskQueue: CONTROL_QUEUE, args: [r] });
+        const asking = async (): Promise<boolean> => (await wf.query<CheckpointStatus>('status')).history.some((x) => x.detail.includes('asking'));
+        // The agent dies in the dump and stays away: nobody polls node/node-a.
+        await (await nodeWorker(node(calls, false, { criuDump: hang(calls, 'criuDump') }))).runUntil(async () => {
+          for (let i = 0; i < 300 && !(await asking()); i++) await env.sleep('2s');
+        });
+        expect(await asking()).toBe(true);
+        // Longer than a step's schedule-to-start (1 min). The test server does not skip time while a task
+        // waits for a poller, so this is real time.
+        await env.sleep('75s');
+        const st = await wf.query<CheckpointStatus>('status');
+        expect(st.phase).toBe('DumpingProcess');
+        expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump']);
+        // Back: the dump had finished, the workload is stopped and its images complete.
+        const back = node(calls, false, {
+          inspectCheckpoint: async () => {
+            calls.push('inspectCheckpoint');
+            return inspection({ criuDump: { state: 'done', data: { ...dumped } } }, { state: 'gone' }, true);
+          },
+        });
+        return (await nodeWorker(back)).runUntil(wf.result() as Promise<CheckpointStatus>);
+      });
+      expect(s.phase).toBe('Durable');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'seal', 'upload']);
+    }, 240000);
 
     test('no agent polls the node: fails as unreachable without touching the workload', async () => {
       const calls: string[] = [];
@@ -212,6 +408,81 @@ describe('checkpoint workflow', () => {
       expect(err).toBeInstanceOf(WorkflowFailedError);
       expect(String((err as WorkflowFailedError).cause?.message)).toContain('SCHEDULE_TO_START');
       expect(calls).toEqual([]);
+    });
+  });
+
+  describe('compensations: each runs even if one before it failed, on the process as it is now', () => {
+    test('CUDA restore fails: the unlock and the cleanup still run, the failure recorded', async () => {
+      const calls: string[] = [];
+      const s = await run(node(calls, true, {
+        criuDump: async () => {
+          calls.push('criuDump');
+          throw ApplicationFailure.nonRetryable('criu dump failed: Error (criu/cr-dump.c): unsupported fd', 'CriuDumpFailed');
+        },
+        cudaRestore: async () => {
+          calls.push('cudaRestore');
+          throw ApplicationFailure.nonRetryable('cuCheckpointProcessRestore(pid 4242) failed: CUresult 999', 'CudaError');
+        },
+      }), req());
+      expect(s.phase).toBe('Failed');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'cudaRestore', 'cudaUnlock', 'deleteCheckpointDir']);
+      expect(s.history.map((x) => `${x.outcome}: ${x.detail}`)).toEqual(expect.arrayContaining([
+        expect.stringMatching(/^failed: CUDA restore failed: cudaRestore: CudaError/),
+        'compensated: CUDA unlock of pid 4242: unlocked',
+        'compensated: partial checkpoint directory deleted',
+      ]));
+    });
+
+    test('after a restore in place, CUDA restore and unlock go to the new pid, and the history says what they did', async () => {
+      const calls: string[] = [];
+      const pids: number[] = [];
+      const s = await run(node(calls, true, {
+        seal: async () => {
+          calls.push('seal');
+          throw ApplicationFailure.nonRetryable('ENOSPC writing metadata.json', 'NoSpace');
+        },
+        criuRestore: async (i) => {
+          calls.push(`criuRestore${i.inPlace ? ' in place' : ''}`);
+          return { pid: 5151, startTime: 9 };
+        },
+        cudaRestore: async (i) => {
+          calls.push('cudaRestore');
+          pids.push(i.pid);
+          return { outcome: 'done' as const, detail: 'restore ok; state now locked' };
+        },
+        cudaUnlock: async (i) => {
+          calls.push('cudaUnlock');
+          pids.push(i.pid);
+          return { outcome: 'skipped' as const, detail: `pid ${i.pid} holds no CUDA context` };
+        },
+      }), req());
+      expect(s.phase).toBe('Failed');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'criuRestore in place', 'cudaRestore', 'cudaUnlock', 'deleteCheckpointDir']);
+      expect(pids).toEqual([5151, 5151]);
+      expect(s.history.filter((x) => x.phase === 'Sealing').map((x) => `${x.outcome}: ${x.detail}`)).toEqual([
+        expect.stringMatching(/^failed: Sealing: seal: NoSpace/),
+        'compensated: restored in place as pid 5151',
+        'compensated: CUDA restore of pid 5151: restore ok; state now locked',
+        'skipped: CUDA unlock of pid 5151: pid 5151 holds no CUDA context',
+        'compensated: partial checkpoint directory deleted',
+      ]);
+    });
+
+    test('the restore in place fails: CUDA undo still runs, and the dump (the workload\'s only copy) is kept, not deleted', async () => {
+      const calls: string[] = [];
+      const s = await run(node(calls, true, {
+        seal: async () => {
+          calls.push('seal');
+          throw ApplicationFailure.nonRetryable('ENOSPC writing metadata.json', 'NoSpace');
+        },
+        criuRestore: async () => {
+          calls.push('criuRestore');
+          throw ApplicationFailure.nonRetryable('criu restore failed: Error (criu/cr-restore.c): x', 'CriuRestoreFailed');
+        },
+      }), req());
+      expect(s.phase).toBe('Failed');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'criuRestore', 'cudaRestore', 'cudaUnlock']);
+      expect(s.history.at(-1)?.detail).toBe('checkpoint directory kept: the workload is stopped and its dump is its only copy');
     });
   });
 
