@@ -15,6 +15,7 @@ import {
   treeCpuTicks, type WorkloadInfo, type WorkloadSpec, writableFiles,
 } from './process';
 import { writePidFile } from './pid-file';
+import { registerWorkloadProcess } from './process-registry';
 import { persistCheckpoint } from './persist';
 import { sealCheckpoint } from './seal';
 import { inspectRestore, restoreProcess } from './restore-attempt';
@@ -177,6 +178,9 @@ export function createNodeActivities(ctx: NodeContext) {
       const id = processIdentity(input.pid);
       if (!id) throw ApplicationFailure.nonRetryable(`restored pid ${input.pid} of job ${input.jobId} is not running`, ErrorType.NoSuchProcess);
       writePidFile(path.join(dir, 'pid'), id);
+      // Registered again here: a CRIU that finished after its agent died restored it unregistered, and the
+      // local stack's down finds workloads only through the registry.
+      registerWorkloadProcess(ctx, input.pid, 'restored', input.jobId);
       recordVram(ctx, input.pid, input.vramBytes);
     },
     /** Running (by identity, not stopped, CUDA running or absent) and, when declared, ready by its probe. */

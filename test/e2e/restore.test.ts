@@ -234,7 +234,7 @@ describe('restore, end to end on the real stack', () => {
     expect(s.attempts.map((x) => `${x.node}:${x.outcome}`)).toEqual(['r-crash:running']);
     expect(s.recoveries).toHaveLength(1);
     expect(s.recoveries?.[0]).toMatch(/r-crash: agent lost during RestoringProcess \(criuRestore: HEARTBEAT timeout\); CRIU restored pid \d+/);
-    expect(runningCopies('agent-kill')).toEqual([s.pid]);
+    expect(runningCopies('agent-kill')).toEqual([workloadUnder(s.pid!)]);
     const acts = ((await k.client.workflow.getHandle(r.workflowId).fetchHistory()).events ?? [])
       .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
     expect(acts).toContain('inspectRestore');
@@ -261,7 +261,7 @@ describe('restore, end to end on the real stack', () => {
     expect(s.node).toBe('r-big');
     expect(s.attempts.map((a) => `${a.node}:${a.outcome}`)).toEqual(['r-big:running']);
     const copies = runningCopies('ctl-kill');
-    expect(copies).toEqual([s.pid]);
+    expect(copies).toEqual([workloadUnder(s.pid!)]);
     await provesState(s.pid!, c.logFile, c.tick);
     process.kill(s.pid!, 'SIGKILL');
   });
@@ -270,6 +270,17 @@ describe('restore, end to end on the real stack', () => {
 const IDLE_PIPE = path.join(REPO_ROOT, 'deploy', 'workloads', 'idle_pipe.py');
 
 /** Host pids of live processes running the pattern workload of this job (the seed is the job name). */
+/**
+ * The workload process under a pid a restore reports: that pid is tini's (pid 1 of the workload's namespace),
+ * whose only child is the workload; without an init it is the workload itself.
+ */
+function workloadUnder(root: number): number {
+  const argv0 = fs.readFileSync(`/proc/${root}/cmdline`, 'utf8').split('\0')[0];
+  if (path.basename(argv0) !== 'tini') return root;
+  return Number(fs.readFileSync(`/proc/${root}/task/${root}/children`, 'utf8').trim().split(' ')[0]);
+}
+
+/** Every running copy of a job's pattern workload (the python process itself). */
 function runningCopies(job: string): number[] {
   const out: number[] = [];
   for (const e of fs.readdirSync('/proc')) {

@@ -277,6 +277,7 @@ describe('restore: metadata.json checked against its seal', () => {
       cudaRestore: async () => ({ outcome: 'done' as const, detail: '' }),
       cudaUnlock: async () => ({ outcome: 'done' as const, detail: '' }),
       verifyProgress: async () => ({ cpuTicks: 1, bytesWritten: 0, afterMs: 100 }),
+      verifyRunning: async () => ({ state: 'S', cuda: 'none', probes: 0, afterMs: 100, detail: 'running' }),
       adoptWorkload: async () => undefined,
     };
     const s = await h.with({
