@@ -8,9 +8,8 @@ the listening socket, the process's memory and (when restored on the same host w
 already established connection all survived.
 
 Single-threaded with select(), so the process tree is one task with a listening and some established sockets.
-Once a second it prints `alive n=<count>`: the restore's Verifying step wants CPU time or output within a few
-seconds, and a server that only waits in select() for requests shows neither (an idle server would be judged
-stuck and killed).
+Once a second it prints `alive n=<count>`, so its log shows when it ran; the restore's Verifying step does not
+need it (an idle server counts as Running; `--ready-tcp <port>` makes the restore wait until the port answers).
 """
 import os
 import select
