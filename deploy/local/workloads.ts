@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { processIdentity } from '../../activities/node/process';
 import { listRegisteredProcesses, processRegistryDir } from '../../activities/node/process-registry';
 
 /** Node data directories of this stack: <home>/nodes/* and any other an agent told us about (--data-dir). */
@@ -22,15 +23,7 @@ export function knownNodeDirs(home: string): string[] {
 }
 
 /** Start time of a running process; null when it is gone or a zombie (dead, waiting to be reaped). */
-function startTimeOf(pid: number): number | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return f[0] === 'Z' ? null : Number(f[19]);
-  } catch {
-    return null;
-  }
-}
+const startTimeOf = (pid: number): number | null => processIdentity(pid)?.startTime ?? null;
 
 const pidNamespaceOf = (pid: number | 'self'): string | null => {
   try {
