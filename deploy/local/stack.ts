@@ -1,6 +1,5 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
@@ -10,6 +9,7 @@ import { processIdentity } from '../../activities/node/process';
 import { BIN, defaultStackHome, REPO_ROOT, stagingRootFor } from './paths';
 import { startComponent } from './components';
 import { killWorkloads } from './workloads';
+import { freePort, isPortTaken } from './ports';
 
 export type Component = 'temporal' | 'minio' | 'toxiproxy';
 
@@ -59,18 +59,6 @@ export class ComponentFailedError extends Error {
   constructor(readonly component: string, message: string, readonly logFile?: string) {
     super(`${component} did not come up: ${message}${logFile ? ` (log: ${logFile})` : ''}`);
   }
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (addr && typeof addr === 'object' ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 const stateFile = (home: string): string => path.join(home, 'stack.json');
@@ -260,6 +248,19 @@ export async function up(opts: UpOptions = {}): Promise<StackState> {
     log(`running (state ${stateFile(home)})`);
     return readStackState(home) ?? existing;
   }
+  // A port can still be taken between our check and the service's bind (another process naming it): such a
+  // start is torn down and tried again on other ports; any other failure is reported as it is.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startFresh(home, opts, log);
+    } catch (e) {
+      if (attempt >= 3 || !(e instanceof ComponentFailedError) || !isPortTaken(e.message)) throw e;
+      log(`${e.message.split('\n')[0]}: a port was taken during start-up, starting again on other ports (attempt ${attempt + 1} of 3)`);
+    }
+  }
+}
+
+async function startFresh(home: string, opts: UpOptions, log: (msg: string) => void): Promise<StackState> {
   for (const [name, bin] of Object.entries({ temporal: BIN.temporal, minio: BIN.minio })) {
     if (!fs.existsSync(bin)) throw new ComponentFailedError(name, `binary ${bin} is missing; run 'npm run provision'`);
   }
@@ -462,3 +463,4 @@ export function registerProcess(rec: ProcessRecord, home = defaultStackHome()): 
 
 export { parseDownMs, parseStackComponent, restartComponent, type StackComponent, startComponent, stopComponent, type StopOptions } from './components';
 export { findWorkloadProcesses, killWorkloads, noteNodeDir } from './workloads';
+export { freePort } from './ports';
