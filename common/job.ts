@@ -209,3 +209,17 @@ export interface ReadRunLogResult {
   /** The file's size when read. */
   size: number;
 }
+
+/** What the job workflow starts with; `carried` is its state handed over by continue-as-new. */
+export interface JobInput {
+  spec: JobSpec;
+  carried?: JobStatus;
+}
+
+/** The preempt update's answer: the checkpoint taken, and what became of the job. */
+export interface PreemptResult {
+  checkpointId: string;
+  /** 'requeued': checkpointed and stopped, to be resumed from it; 'still-running': the checkpoint failed cleanly. */
+  outcome: 'requeued' | 'still-running' | 'restarted-from-last-good';
+  message: string;
+}
