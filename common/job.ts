@@ -167,6 +167,8 @@ export interface StartRunInput {
   env?: Record<string, string>;
   user?: { uid: number; gid?: number };
   limits: JobLimits;
+  /** VRAM the run holds, recorded on the node (like a restored workload's) so placement counts it as used. */
+  vramBytes?: number;
 }
 
 export interface StartRunResult {
