@@ -1,0 +1,227 @@
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { WorkflowNotFoundError } from '@temporalio/client';
+import { makeS3Client } from '../../activities/s3-client';
+import type { KybernateClient } from '../../clients/api';
+import { configFromStack } from '../../deploy/local/stack';
+import { jobWorkflowId, type JobState, type JobStatus } from '../../common/job';
+import { Agent, client, PATTERN, PYTHON, stack, until } from '../support/stack';
+
+/**
+ * The job lifecycle on the real stack, driven through the CLI as an operator drives it: real processes under
+ * the shim and real cgroups on the node, logs read back through Temporal and S3, agents killed mid-run.
+ */
+const CLI = path.resolve(__dirname, '../../dist/clients/cli.js');
+
+interface CliResult { status: number | null; stdout: string; stderr: string }
+
+function cli(args: string[], timeoutMs = 120000): CliResult {
+  const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8', timeout: timeoutMs });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+let k: KybernateClient;
+let a: Agent;
+let b: Agent;
+const A = 'job-a';
+const B = 'job-b';
+
+async function status(jobId: string): Promise<JobStatus> {
+  return k.client.workflow.getHandle(jobWorkflowId(jobId)).query<JobStatus>('status');
+}
+
+async function untilState(jobId: string, states: JobState[], timeoutMs = 120000): Promise<JobStatus> {
+  return until(`job ${jobId} in ${states.join('|')}`, async () => {
+    const s = await status(jobId);
+    return states.includes(s.state) ? s : null;
+  }, timeoutMs, 300);
+}
+
+/** Processes on this host that belong to the job (the agent gives each workload KYBERNATE_JOB_ID). */
+function jobProcesses(jobId: string): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`)) out.push(Number(d));
+    } catch {
+      /* gone or not ours to read */
+    }
+  }
+  return out;
+}
+
+/** The job's cgroup directories that still exist on this host (v1: one per controller). */
+function jobCgroups(node: string, jobId: string): string[] {
+  const roots = fs.existsSync('/sys/fs/cgroup/cgroup.controllers') ? ['/sys/fs/cgroup'] : ['memory', 'pids', 'cpu', 'freezer'].map((c) => `/sys/fs/cgroup/${c}`);
+  return roots.map((r) => path.join(r, 'kybernate', node, jobId)).filter((d) => fs.existsSync(d));
+}
+
+beforeAll(async () => {
+  k = await client();
+  [a, b] = await Promise.all([Agent.start({ node: A, declaredVramBytes: 8 << 30 }), Agent.start({ node: B, declaredVramBytes: 8 << 30 })]);
+}, 180000);
+afterAll(async () => {
+  await Promise.all([a?.stop(), b?.stop()]);
+  await k?.close();
+});
+
+describe('jobs on the real stack', () => {
+  test('a crashing command: CrashLoopBackOff with growing delays, then Quarantined with diagnostics in S3', async () => {
+    const job = 'crasher';
+    const r = cli(['run', job, '--node', A, '--max-restarts', '2', '--backoff-initial', '1s', '--backoff-cap', '2s', '--',
+      '/bin/sh', '-c', 'echo out-line; echo err-line >&2; exit 3']);
+    expect(r.status).toBe(0);
+    const s = await untilState(job, ['Quarantined'], 120000);
+    expect(s.runs.length).toBe(3);
+    expect(s.runs.every((x) => x.exitCode === 3 && x.reason === 'Error')).toBe(true);
+    expect(s.restarts).toBe(2);
+    expect(s.events.some((e) => e.type === 'BackOff')).toBe(true);
+    expect(s.diagnostics).toMatch(/^diagnostics\/crasher\//);
+    const s3 = makeS3Client(configFromStack(stack()).s3);
+    try {
+      const listed = await s3.send(new ListObjectsV2Command({ Bucket: stack().s3.bucket, Prefix: s.diagnostics! }));
+      const keys = (listed.Contents ?? []).map((o) => o.Key!);
+      expect(keys.some((x) => x.endsWith('log-tail.txt'))).toBe(true);
+      expect(keys.some((x) => x.endsWith('summary.json'))).toBe(true);
+      expect(keys.some((x) => x.endsWith('node.json'))).toBe(true);
+      const tail = await s3.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: keys.find((x) => x.endsWith('log-tail.txt'))! }));
+      const text = await tail.Body!.transformToString();
+      expect(text).toContain('out-line');
+      expect(text).toContain('err-line');
+    } finally {
+      s3.destroy();
+    }
+    const jobs = cli(['jobs']);
+    expect(jobs.stdout).toMatch(/NAME\s+STATUS\s+RESTARTS\s+NODE\s+AGE/);
+    expect(jobs.stdout).toMatch(/crasher\s+Quarantined\s+2\s+job-a/);
+    const d = cli(['describe', 'job', job]);
+    expect(d.status).toBe(0);
+    expect(d.stdout).toContain('Quarantined');
+    expect(d.stdout.match(/exit code 3/g)?.length ?? 0).toBeGreaterThanOrEqual(3);
+    // The logs of each run: stdout to stdout, stderr to stderr.
+    const logs = cli(['logs', job, '--previous']);
+    expect(logs.stdout).toContain('out-line');
+    expect(logs.stderr).toContain('err-line');
+  });
+
+  test('a command that does not exist is StartFailure, and nothing is left running', async () => {
+    const job = 'notfound';
+    expect(cli(['run', job, '--node', A, '--', '/no/such/program']).status).toBe(0);
+    const s = await untilState(job, ['StartFailure']);
+    expect(s.reason).toMatch(/no\/such\/program/);
+    expect(jobProcesses(job)).toEqual([]);
+  });
+
+  test('a hanging command hits its timeout and leaves no process and no cgroup behind', async () => {
+    const job = 'hanger';
+    // The command forks a child that leaves the process group (setsid): only the cgroup still finds it.
+    expect(cli(['run', job, '--node', A, '--timeout', '3s', '--memory', '256MiB', '--', '/bin/sh', '-c', 'setsid sleep 1000 & sleep 1000']).status).toBe(0);
+    await untilState(job, ['Running']);
+    await until('both sleeps', () => jobProcesses(job).length >= 3, 20000);
+    const s = await untilState(job, ['TimedOut'], 60000);
+    expect(s.runs[0].reason).toBe('TimedOut');
+    await until('no process of the job', () => jobProcesses(job).length === 0, 20000);
+    expect(jobCgroups(A, job)).toEqual([]);
+  });
+
+  test('a command over its memory limit is OOMKilled', async () => {
+    const job = 'hog';
+    expect(cli(['run', job, '--node', A, '--memory', '64MiB', '--restart-policy', 'Never', '--',
+      PYTHON, '-c', 'import time\nb = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(60)']).status).toBe(0);
+    const s = await untilState(job, ['OOMKilled'], 60000);
+    expect(s.runs[0].reason).toBe('OOMKilled');
+    expect(jobCgroups(A, job)).toEqual([]);
+  });
+
+  test('a fork bomb is stopped by its pids limit', async () => {
+    const job = 'forkbomb';
+    // Forks until fork fails, then exits non-zero: the limit, not the machine, ends it.
+    const bomb = 'import os, sys, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print(f"fork failed after {n}: {e}", flush=True); sys.exit(7)';
+    expect(cli(['run', job, '--node', A, '--pids', '32', '--restart-policy', 'Never', '--', PYTHON, '-c', bomb]).status).toBe(0);
+    const s = await untilState(job, ['Failed'], 60000);
+    expect(s.runs[0].exitCode).toBe(7);
+    const logs = cli(['logs', job]);
+    expect(logs.stdout).toMatch(/fork failed after (\d+)/);
+    expect(Number(/fork failed after (\d+)/.exec(logs.stdout)![1])).toBeLessThan(32);
+    await until('no process of the job', () => jobProcesses(job).length === 0, 20000);
+  });
+
+  test('the agent is SIGKILLed mid-run: the job carries on without a restart and logs -f misses nothing', async () => {
+    const job = 'survivor';
+    const counter = 'import time\nfor i in range(1, 100000):\n    print(f"line {i}", flush=True)\n    time.sleep(0.05)';
+    expect(cli(['run', job, '--node', A, '--', PYTHON, '-c', counter]).status).toBe(0);
+    await untilState(job, ['Running']);
+    const follower = spawn(process.execPath, [CLI, 'logs', job, '-f'], { env: { ...process.env, KYBERNATE_HOME: stack().home } });
+    let followed = '';
+    follower.stdout.on('data', (d: Buffer) => (followed += d.toString()));
+    try {
+      await until('some lines followed', () => followed.split('\n').length > 20, 30000);
+      a.kill9();
+      await new Promise((r) => setTimeout(r, 3000));
+      await a.restart();
+      const before = followed.split('\n').length;
+      await until('lines after the agent came back', () => followed.split('\n').length > before + 40, 60000);
+      const s = await status(job);
+      expect(s.state).toBe('Running');
+      expect(s.restarts).toBe(0);
+      expect(s.runs.length).toBe(1);
+    } finally {
+      follower.kill('SIGINT');
+    }
+    const lines = followed.split('\n').filter((l) => l.startsWith('line ')).map((l) => Number(l.slice(5)));
+    // In order, from 1, none lost, none doubled.
+    expect(lines).toEqual(lines.map((_, i) => i + 1));
+    await k.client.workflow.getHandle(jobWorkflowId(job)).cancel();
+    await until('no process of the job', () => jobProcesses(job).length === 0, 60000);
+  });
+
+  test('a preempted job resumes from its checkpoint on another node, its counter carrying on', async () => {
+    const job = 'preemptee';
+    expect(cli(['run', job, '--node', A, '--vram', '6GiB', '--', PYTHON, PATTERN, '32', job]).status).toBe(0);
+    await untilState(job, ['Running']);
+    // Node A is full for a second 6 GiB job: after the preemption the job's VRAM is free again there, so take
+    // it with a blocker first... simpler: the job is pinned nowhere, and node A is drained by stopping its agent
+    // only after the checkpoint. Here: preempt, then the requeued job lands where VRAM fits.
+    await until('ticks', async () => (cli(['logs', job]).stdout.match(/^tick /gm)?.length ?? 0) > 10, 30000);
+    const p = cli(['preempt', job]);
+    expect(p.status).toBe(0);
+    expect(p.stdout).toMatch(/requeued/);
+    const s = await untilState(job, ['Running'], 180000);
+    const resumed = s.runs[s.runs.length - 1];
+    expect(resumed.fromCheckpoint).toBeTruthy();
+    expect(s.restarts).toBe(0);
+    const ticks = cli(['logs', job]).stdout.split('\n').filter((l) => l.startsWith('tick ')).map((l) => Number(l.slice(5)));
+    // One run of the counter: it never went back to 1.
+    expect(ticks.filter((t) => t === 1).length).toBe(1);
+    await k.client.workflow.getHandle(jobWorkflowId(job)).cancel();
+  });
+
+  test('apply with one broken job of three: the two good ones start, the summary names the broken field', async () => {
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kyb-apply-')), 'jobs.yaml');
+    fs.writeFileSync(file, [
+      'jobs:',
+      '  - name: applied-one',
+      `    node: ${A}`,
+      "    command: ['/bin/sleep', '300']",
+      '  - name: applied-bad',
+      `    node: ${A}`,
+      '    memory: 1e30',
+      "    command: ['/bin/sleep', '300']",
+      '  - name: applied-two',
+      `    node: ${B}`,
+      "    command: ['/bin/sleep', '300']",
+      '',
+    ].join('\n'));
+    const r = cli(['apply', '-f', file]);
+    expect(r.status).toBe(1);
+    expect(`${r.stdout}${r.stderr}`).toMatch(/applied-bad.*memory/);
+    await untilState('applied-one', ['Running']);
+    await untilState('applied-two', ['Running']);
+    await expect(k.client.workflow.getHandle(jobWorkflowId('applied-bad')).describe()).rejects.toThrow(WorkflowNotFoundError);
+    for (const j of ['applied-one', 'applied-two']) await k.client.workflow.getHandle(jobWorkflowId(j)).cancel();
+  });
+});
