@@ -1,0 +1,304 @@
+import { applyJobs, parseJobsFile, sameSpec } from '../../clients/apply';
+import { formatAge, formatMs, jobsTable } from '../../clients/job-format';
+import { formatLogLine } from '../../clients/job-logs';
+import { jobSpecFromFields, type JobFields } from '../../clients/job-flags';
+import { parseCriLog } from '../../common/cri-log';
+import { InvalidInputError } from '../../common/ids';
+import { DEFAULT_BACKOFF, type JobSpec, type JobStatus } from '../../common/job';
+import { parseJobSpec } from '../../common/job-spec';
+
+const base: JobFields = { jobId: 'train', command: ['python3', 'train.py'] };
+const flags = (more: Partial<JobFields>): JobSpec => jobSpecFromFields({ ...base, ...more });
+const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+describe('job spec from CLI flags', () => {
+  test('defaults: no VRAM, no limits, priority 0, normal tier, Always, 10 restarts, CrashLoopBackOff 10s/5m/10m', () => {
+    expect(flags({})).toEqual({
+      jobId: 'train', command: ['python3', 'train.py'], vramBytes: 0, limits: {}, priority: 0, tier: 'normal', restartPolicy: 'Always', maxRestarts: 10,
+      backoff: DEFAULT_BACKOFF,
+    });
+  });
+
+  test('every flag parsed to its unit', () => {
+    const s = flags({
+      node: 'node-a', vram: '8GiB', cpu: '500m', memory: '4GiB', pids: '512', timeout: '2h', priority: '7', tier: 'critical', restartPolicy: 'OnFailure',
+      maxRestarts: '3', backoffInitial: '1s', backoffCap: '30s', backoffReset: '1m', checkpointEvery: '30m', keep: '3', user: '65534:65534',
+      cwd: '/work', readiness: { tcpSocket: { port: 6379 } },
+    });
+    expect(s).toEqual({
+      jobId: 'train', command: ['python3', 'train.py'], cwd: '/work', node: 'node-a', vramBytes: 8 * 1024 ** 3,
+      limits: { cpu: 0.5, memoryBytes: 4 * 1024 ** 3, pids: 512 }, timeoutMs: 7_200_000, priority: 7, tier: 'critical', restartPolicy: 'OnFailure',
+      maxRestarts: 3, backoff: { initialMs: 1000, capMs: 30_000, resetAfterMs: 60_000 }, checkpointEveryMs: 1_800_000, keep: 3,
+      user: { uid: 65534, gid: 65534 }, readiness: { tcpSocket: { port: 6379 } },
+    });
+    expect(flags({ cpu: '2' }).limits.cpu).toBe(2);
+    expect(flags({ cpu: '0.25' }).limits.cpu).toBe(0.25);
+    expect(flags({ maxRestarts: '0' }).maxRestarts).toBe(0);
+    expect(flags({ priority: '10' }).priority).toBe(10);
+  });
+
+  test.each<[Partial<JobFields>, string, string]>([
+    [{ memory: '1e30' }, 'memory', "expected a size .*got '1e30'"],
+    [{ memory: '-1GiB' }, 'memory', 'expected a size'],
+    [{ memory: '0' }, 'memory', 'must be more than 0 bytes'],
+    [{ memory: '65TiB' }, 'memory', 'must be at most 70368744177664 bytes \\(64 TiB\\)'],
+    [{ memory: 'lots' }, 'memory', 'expected a size'],
+    [{ vram: '1000TiB' }, 'vram', 'must be at most 17592186044416 bytes'],
+    [{ cpu: '0' }, 'cpu', 'above 0'],
+    [{ cpu: '-2' }, 'cpu', 'expected a number of cores'],
+    [{ cpu: '1025' }, 'cpu', 'at most 1024'],
+    [{ cpu: '0.0001' }, 'cpu', 'thousandths of a core'],
+    [{ cpu: 'two' }, 'cpu', 'expected a number of cores'],
+    [{ pids: '0' }, 'pids', 'from 1 to 4194304'],
+    [{ pids: '4194305' }, 'pids', 'from 1 to 4194304'],
+    [{ pids: '1.5' }, 'pids', 'expected a whole number'],
+    [{ pids: '1e3' }, 'pids', 'expected a whole number'],
+    [{ timeout: '0' }, 'timeout', "expected a duration .*got '0'"],
+    [{ timeout: '0s' }, 'timeout', "must be from 1s to 365d \\(got '0s'\\)"],
+    [{ timeout: '999ms' }, 'timeout', 'must be from 1s'],
+    [{ timeout: '366d' }, 'timeout', 'must be from 1s to 365d'],
+    [{ timeout: '-5m' }, 'timeout', 'expected a duration'],
+    [{ priority: '11' }, 'priority', 'from 0 to 10 \\(got 11\\)'],
+    [{ priority: '-1' }, 'priority', 'from 0 to 10'],
+    [{ priority: 'high' }, 'priority', 'expected a whole number'],
+    [{ tier: 'gold' }, 'tier', 'must be one of critical, normal'],
+    [{ restartPolicy: 'Sometimes' }, 'restart-policy', 'must be one of Always, OnFailure, Never'],
+    [{ maxRestarts: '1001' }, 'max-restarts', 'from 0 to 1000'],
+    [{ backoffInitial: '0s' }, 'backoff-initial', 'must be from 1s to 7d'],
+    [{ backoffCap: '5s' }, 'backoff-cap', 'must not be below the initial backoff'],
+    [{ backoffReset: 'soon' }, 'backoff-reset', 'expected a duration'],
+    [{ checkpointEvery: '5s' }, 'checkpoint-every', 'must be from 10s'],
+    [{ keep: '3' }, 'keep', 'needs checkpoint-every'],
+    [{ keep: '0', checkpointEvery: '1m' }, 'keep', 'from 1 to 1000'],
+    [{ jobId: 'a/b' }, 'job', 'path separator'],
+    [{ jobId: 'a\x07b' }, 'job', "letters, digits.*got 'a\\\\x07b'"],
+    [{ jobId: '' }, 'job', 'is required'],
+    [{ jobId: '..' }, 'job', "'..'"],
+    [{ command: [] }, 'command', 'is required'],
+    [{ command: [''] }, 'command\\[0\\]', 'the program must not be empty'],
+    [{ command: ['sh', 'a\u0000b'] }, 'command\\[1\\]', 'NUL'],
+    [{ node: 'bad/node' }, 'node', 'path separator'],
+    [{ user: '0' }, 'user', 'must not be 0'],
+    [{ user: 'root' }, 'user', 'numeric uid'],
+    [{ cwd: 'relative/dir' }, 'cwd', 'absolute path'],
+  ])('%j is refused naming %s', (more, field, why) => {
+    expect(() => flags(more)).toThrow(InvalidInputError);
+    expect(() => flags(more)).toThrow(new RegExp(`^${field}: .*${why}`));
+  });
+});
+
+describe('parseJobSpec: the whole spec again (a spec built without the client)', () => {
+  const good = flags({ memory: '1GiB', checkpointEvery: '1m', keep: '2' });
+  test('a valid spec comes back as it is', () => {
+    expect(parseJobSpec(good)).toEqual(good);
+  });
+  test.each<[(s: JobSpec) => unknown, string]>([
+    [(s) => ({ ...s, limits: { memoryBytes: 1e30 } }), 'limits.memoryBytes: must be at most'],
+    [(s) => ({ ...s, limits: { cpu: -1 } }), 'limits.cpu: must be a number of cores above 0'],
+    [(s) => ({ ...s, priority: 11 }), 'priority: must be a whole number from 0 to 10'],
+    [(s) => ({ ...s, timeoutMs: 0 }), 'timeoutMs: must be from 1s'],
+    [(s) => ({ ...s, command: [] }), 'command: is required'],
+    [(s) => ({ ...s, jobId: 'a/b' }), 'jobId: must not contain a path separator'],
+    [(s) => ({ ...s, jobId: 'a\x07b' }), 'jobId: must be 1-128 characters'],
+    [(s) => ({ ...s, keep: 3, checkpointEveryMs: undefined }), 'keep: needs checkpointEveryMs'],
+    [(s) => ({ ...s, backoff: { initialMs: 60_000, capMs: 10_000, resetAfterMs: 60_000 } }), 'backoff.capMs: must not be below'],
+    [(s) => ({ ...s, tier: 'gold' }), 'tier: '],
+    [(s) => ({ ...s, surprise: true }), 'spec: '],
+    [() => 'not a spec', 'spec: '],
+  ])('refused naming the field: %#', (mutate, message) => {
+    expect(() => parseJobSpec(mutate(good))).toThrow(new RegExp(`^${esc(message)}`));
+  });
+});
+
+describe('apply: a YAML list of jobs, each on its own', () => {
+  const file = [
+    'jobs:',
+    '  - name: good-a',
+    '    command: [python3, train.py]',
+    '    node: node-a',
+    '    vram: 8GiB',
+    '    cpu: 2',
+    '    memory: 4GiB',
+    '    pids: 512',
+    '    timeout: 2h',
+    '    priority: 5',
+    '    tier: critical',
+    '    restartPolicy: OnFailure',
+    '    maxRestarts: 3',
+    '    checkpointEvery: 30m',
+    '    keep: 3',
+    '    env: { SEED: "1" }',
+    '  - name: broken',
+    '    command: [sleep, "10"]',
+    '    memory: 1e30',
+    '  - name: good-c',
+    '    command: [sleep, "10"]',
+    '    cwd: sub',
+  ].join('\n');
+
+  test('one broken entry of three fails alone, naming its field; the others parse', () => {
+    const entries = parseJobsFile(file, '/srv/jobs/jobs.yaml');
+    expect(entries.map((e) => e.name)).toEqual(['good-a', 'broken', 'good-c']);
+    expect(entries[0].spec).toEqual({
+      jobId: 'good-a', command: ['python3', 'train.py'], cwd: '/srv/jobs', node: 'node-a', vramBytes: 8 * 1024 ** 3,
+      limits: { cpu: 2, memoryBytes: 4 * 1024 ** 3, pids: 512 }, timeoutMs: 7_200_000, priority: 5, tier: 'critical', restartPolicy: 'OnFailure',
+      maxRestarts: 3, backoff: DEFAULT_BACKOFF, checkpointEveryMs: 1_800_000, keep: 3, env: { SEED: '1' },
+    });
+    expect(entries[1].spec).toBeNull();
+    expect(entries[1].error?.message).toMatch(/^jobs\[1\]\.memory: must be at most 70368744177664 bytes/);
+    expect(entries[2].spec?.cwd).toBe('/srv/jobs/sub');
+  });
+
+  test('applying starts the good ones; the broken one and a refused start are failed, and do not stop the rest', async () => {
+    const entries = parseJobsFile(file, '/srv/jobs/jobs.yaml');
+    const started: string[] = [];
+    const starter = {
+      async start(spec: JobSpec) {
+        if (spec.node === 'node-a') throw new InvalidInputError('node', "unknown node 'node-a': no agent has registered it");
+        started.push(spec.jobId);
+        return { workflowId: `job/${spec.jobId}` };
+      },
+    };
+    const out = await applyJobs(starter, entries, () => null, (e) => (e as Error).message);
+    expect(started).toEqual(['good-c']);
+    expect(out.map((o) => [o.name, o.result])).toEqual([['good-a', 'failed'], ['broken', 'failed'], ['good-c', 'applied']]);
+    expect(out[0].detail).toContain("node: unknown node 'node-a'");
+    expect(out[1].detail).toMatch(/^jobs\[1\]\.memory: /);
+  });
+
+  test('an open job with the same spec is unchanged; with another spec it exists and is not applied', async () => {
+    const entries = parseJobsFile(file, '/srv/jobs/jobs.yaml').filter((e) => e.spec);
+    const running = new Map(entries.map((e) => [e.name, { ...e.spec!, maxRestarts: e.name === 'good-c' ? 99 : e.spec!.maxRestarts }]));
+    const exists = new Error('exists');
+    const out = await applyJobs({ start: () => Promise.reject(exists) }, entries, (err) => {
+      expect(err).toBe(exists);
+      return null;
+    }, String);
+    expect(out.every((o) => o.result === 'failed')).toBe(true);
+    let current = '';
+    const out2 = await applyJobs(
+      { start: (spec) => { current = spec.jobId; return Promise.reject(exists); } },
+      entries, () => ({ spec: running.get(current) ?? null, state: 'Running' }), String,
+    );
+    expect(out2.map((o) => o.result)).toEqual(['unchanged', 'failed']);
+    expect(out2[1].detail).toMatch(/^exists \(delete it first to change it/);
+  });
+
+  test('specs compare equal whatever the order of their fields', () => {
+    const a = flags({ memory: '1GiB' });
+    const { limits, ...rest } = a;
+    const b = JSON.parse(JSON.stringify({ limits, ...rest })) as JobSpec;
+    expect(Object.keys(b)[0]).toBe('limits');
+    expect(sameSpec(a, b)).toBe(true);
+    expect(sameSpec(a, { ...a, priority: 1 })).toBe(false);
+  });
+
+  test.each([
+    ['jobs: [a, b', 'file: /x/j.yaml: not valid YAML'],
+    ['jobs:\n  - name: a\n    name: b\n', 'file: /x/j.yaml: not valid YAML: Map keys must be unique'],
+    ['- name: a', 'jobs: '],
+    ['jobs: {name: a}', 'jobs: /x/j.yaml: must be a list'],
+    ['jobz: []', 'jobz: /x/j.yaml: unknown key at the top'],
+  ])('a file that is not a list of jobs is a usage error before anything: %j', (text, message) => {
+    expect(() => parseJobsFile(text, '/x/j.yaml')).toThrow(InvalidInputError);
+    expect(() => parseJobsFile(text, '/x/j.yaml')).toThrow(new RegExp(`^${esc(message)}`));
+  });
+
+  test('entry problems: unknown key, duplicate name, not a map, env not a string, command not a list', () => {
+    const entries = parseJobsFile([
+      'jobs:',
+      '  - { name: a, command: [x], memroy: 1GiB }',
+      '  - { name: b, command: [x] }',
+      '  - { name: b, command: [y] }',
+      '  - just-a-string',
+      '  - { name: e, command: [x], env: { N: 1 } }',
+      '  - { name: f, command: "sleep 10" }',
+      '  - { name: g, command: [x], priority: 11 }',
+    ].join('\n'), '/x/j.yaml');
+    expect(entries.map((e) => e.error?.message ?? 'ok')).toEqual([
+      expect.stringMatching(/^jobs\[0\]\.memroy: unknown key/),
+      'ok',
+      "jobs[2].name: 'b' is already the name of jobs[1]",
+      expect.stringMatching(/^jobs\[3\]: must be a map/),
+      expect.stringMatching(/^jobs\[4\]\.env\.N: must be a string/),
+      expect.stringMatching(/^jobs\[5\]\.command: is required/),
+      expect.stringMatching(/^jobs\[6\]\.priority: must be a whole number from 0 to 10 \(got 11\)/),
+    ]);
+  });
+});
+
+describe('what the CLI prints', () => {
+  test.each([
+    [0, '0s'], [45_000, '45s'], [59_999, '59s'], [60_000, '1m'], [3 * 60_000 + 59_000, '3m'], [3_600_000, '1h'], [2 * 3_600_000 + 59 * 60_000, '2h'],
+    [86_400_000, '1d'], [4 * 86_400_000 + 23 * 3_600_000, '4d'], [400 * 86_400_000, '1y'], [-5000, '0s'],
+  ])('age of %d ms is %s, like kubectl', (ms, text) => {
+    expect(formatAge(ms)).toBe(text);
+  });
+
+  test('spec durations are shown as written', () => {
+    expect([formatMs(7_200_000), formatMs(90_000), formatMs(1500), formatMs(600_000)]).toEqual(['2h', '90s', '1500ms', '10m']);
+  });
+
+  test('jobs table: NAME STATUS RESTARTS NODE AGE NEXT-RETRY, aligned; a job without a status says why', () => {
+    const now = Date.parse('2026-01-01T12:00:00Z');
+    const status = {
+      jobId: 'train', state: 'CrashLoopBackOff', reason: 'exit 1', node: 'node-a', restarts: 3, createdAt: '2026-01-01T11:57:00Z',
+      nextRetryAt: '2026-01-01T12:00:40Z', runs: [], events: [], checkpoints: [], lastGoodCheckpoint: null, failedOn: [], diagnostics: null, spec: flags({}),
+    } satisfies JobStatus;
+    const text = jobsTable([
+      { jobId: 'train', workflowStatus: 'RUNNING', startedAt: new Date(now - 180_000), status, phase: 'CrashLoopBackOff', problem: null },
+      { jobId: 'x\x1b', workflowStatus: 'RUNNING', startedAt: new Date(now - 45_000), status: null, phase: 'Pending', problem: 'control worker is not answering' },
+    ], now);
+    const lines = text.split('\n');
+    expect(lines[0]).toMatch(/^NAME\s+STATUS\s+RESTARTS\s+NODE\s+AGE\s+NEXT-RETRY$/);
+    expect(lines[1]).toMatch(/^train\s+CrashLoopBackOff\s+3\s+node-a\s+3m\s+in 40s$/);
+    expect(lines[2]).toMatch(/^x\\x1b\s+Pending\?\s+-\s+-\s+45s\s+\(RUNNING: control worker is not answering\)$/);
+    expect(lines[0].indexOf('STATUS')).toBe(lines[1].indexOf('CrashLoopBackOff'));
+  });
+});
+
+describe('CRI log lines', () => {
+  const log = Buffer.from([
+    '2026-01-01T00:00:00.000000001Z stdout F tick 1',
+    '2026-01-01T00:00:00.100000000Z stderr F oops: a b',
+    '2026-01-01T00:00:00.200000000Z stdout P part',
+    '2026-01-01T00:00:00.300000000Z stdout F ial',
+    '2026-01-01T00:00:00.400000000Z stdout F half-writ',
+  ].join('\n'));
+
+  test('whole lines only: a line without its newline is left for the next read, unless the log is final', () => {
+    const r = parseCriLog(log);
+    expect(r.lines.map((l) => [l.stream, l.partial, l.text])).toEqual([
+      ['stdout', false, 'tick 1'], ['stderr', false, 'oops: a b'], ['stdout', true, 'part'], ['stdout', false, 'ial'],
+    ]);
+    expect(r.consumed).toBe(log.lastIndexOf('\n') + 1);
+    expect(r.lines[0].time).toBe('2026-01-01T00:00:00.000000001Z');
+    const final = parseCriLog(log, true);
+    expect(final.lines).toHaveLength(5);
+    expect(final.consumed).toBe(log.length);
+  });
+
+  test('reading on from the offset in pieces gives each line exactly once', () => {
+    const whole = parseCriLog(log, true).lines;
+    const got = [];
+    let offset = 0;
+    for (let end = 7; offset < log.length; end = Math.min(log.length, end + 7)) {
+      const r = parseCriLog(log.subarray(offset, end), end === log.length);
+      got.push(...r.lines);
+      offset += r.consumed;
+    }
+    expect(got).toEqual(whole);
+  });
+
+  test('a line not in the CRI format is kept as stdout text', () => {
+    expect(parseCriLog(Buffer.from('garbage line\n')).lines).toEqual([{ time: '', stream: 'stdout', partial: false, text: 'garbage line' }]);
+  });
+
+  test('printed: control characters escaped, tabs kept, a partial line continues, timestamps on request', () => {
+    const l = { time: 'T', stream: 'stdout' as const, partial: false, text: 'a\tb\x1b[2J' };
+    expect(formatLogLine(l, false, false)).toBe('a\tb\\x1b[2J\n');
+    expect(formatLogLine(l, true, false)).toBe('T a\tb\\x1b[2J\n');
+    expect(formatLogLine({ ...l, partial: true }, true, false)).toBe('T a\tb\\x1b[2J');
+    expect(formatLogLine(l, true, true)).toBe('a\tb\\x1b[2J\n');
+  });
+});
