@@ -1,10 +1,10 @@
 import { applyJobs, parseJobsFile, sameSpec } from '../../clients/apply';
 import { formatAge, formatMs, jobsTable } from '../../clients/job-format';
-import { formatLogLine } from '../../clients/job-logs';
+import { formatLogLine, type LogSink, type LogSource, showLogs } from '../../clients/job-logs';
 import { jobSpecFromFields, type JobFields } from '../../clients/job-flags';
 import { parseCriLog } from '../../common/cri-log';
 import { InvalidInputError } from '../../common/ids';
-import { DEFAULT_BACKOFF, type JobSpec, type JobStatus } from '../../common/job';
+import { DEFAULT_BACKOFF, type JobSpec, type JobStatus, type ReadRunLogResult, type RunLogLine, type RunRecord } from '../../common/job';
 import { parseJobSpec } from '../../common/job-spec';
 
 const base: JobFields = { jobId: 'train', command: ['python3', 'train.py'] };
@@ -300,5 +300,131 @@ describe('CRI log lines', () => {
     expect(formatLogLine(l, true, false)).toBe('T a\tb\\x1b[2J\n');
     expect(formatLogLine({ ...l, partial: true }, true, false)).toBe('T a\tb\\x1b[2J');
     expect(formatLogLine(l, true, true)).toBe('a\tb\\x1b[2J\n');
+  });
+});
+
+describe('logs: following a job run after run, from node and from S3', () => {
+  const cri = (n: number, stream: 'stdout' | 'stderr' = 'stdout'): string => `2026-01-01T00:00:0${n}.000000000Z ${stream} F line ${n}\n`;
+  const lines = (...ns: number[]): string => ns.map((n) => cri(n, n === 2 ? 'stderr' : 'stdout')).join('');
+  const P1 = '/data/node-a/workloads/j/runs/1/log';
+  const P3 = '/data/node-b/workloads/j/runs/3/log';
+
+  const run = (n: number, node: string, logFile: string, more: Partial<RunRecord> = {}): RunRecord => ({
+    run: n, node, startedAt: '2026-01-01T00:00:00Z', endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: null,
+    process: null, logFile, exitFile: null, logObject: null, ...more,
+  });
+  const job = (state: JobStatus['state'], runs: RunRecord[]): JobStatus => ({
+    jobId: 'j', state, reason: null, node: runs.at(-1)?.node ?? null, restarts: 0, createdAt: '2026-01-01T00:00:00Z', nextRetryAt: null, runs, events: [],
+    checkpoints: [], lastGoodCheckpoint: null, failedOn: [], diagnostics: null, spec: flags({}),
+  });
+
+  /**
+   * A job whose state moves on at each status call, with node files and S3 objects as they are at that moment.
+   * Node reads answer whole lines from the offset, at most 50 bytes at a time (the client must read on); a node
+   * listed in `down` never answers until its read is terminated.
+   */
+  function source(timeline: { status: JobStatus; files: Record<string, string>; objects: Record<string, string>; down?: string[] }[]) {
+    let t = -1;
+    const at = () => timeline[Math.min(Math.max(t, 0), timeline.length - 1)];
+    const reads: string[] = [];
+    const terminated: string[] = [];
+    const src: LogSource = {
+      async status() {
+        t++;
+        return structuredClone(at().status);
+      },
+      async startNodeLogRead(node, input) {
+        reads.push(`${node}@${input.offset}`);
+        if (at().down?.includes(node)) {
+          let fail: (e: Error) => void = () => undefined;
+          const pending = new Promise<ReadRunLogResult>((_, reject) => (fail = reject));
+          return { result: () => pending, terminate: async () => (terminated.push(`${node}@${input.offset}`), fail(new Error('terminated'))) };
+        }
+        const buf = Buffer.from(at().files[`${node}:${input.logFile}`] ?? '');
+        const { lines: got, consumed } = parseCriLog(buf.subarray(input.offset, input.offset + 50));
+        const answer = { lines: got, nextOffset: input.offset + consumed, size: buf.length };
+        return { result: async () => answer, terminate: async () => undefined };
+      },
+      async readArchivedLog(key, offset) {
+        return Buffer.from(at().objects[key] ?? '').subarray(offset);
+      },
+    };
+    return { src, reads, terminated };
+  }
+
+  function sink() {
+    const printed: string[] = [];
+    const notes: string[] = [];
+    return { printed, notes, out: { line: (l: RunLogLine) => void printed.push(`${l.stream}:${l.text}`), note: (n: string) => void notes.push(n) } satisfies LogSink };
+  }
+  const expected = (...ns: number[]): string[] => ns.map((n) => `${n === 2 ? 'stderr' : 'stdout'}:line ${n}`);
+
+  test('-f: a growing log, its archive, a resumed run writing on in the same file, then the end: each line once, in order', async () => {
+    const ended = { endedAt: '2026-01-01T00:01:00Z', exitCode: 0, reason: 'Completed' as const };
+    const { src, reads } = source([
+      { status: job('Running', [run(1, 'node-a', P1)]), files: { [`node-a:${P1}`]: `${lines(1, 2)}2026-01-01T00:00:03Z stdout F li` }, objects: {} },
+      { status: job('Running', [run(1, 'node-a', P1)]), files: { [`node-a:${P1}`]: lines(1, 2, 3) }, objects: {} },
+      {
+        status: job('Running', [
+          run(1, 'node-a', P1, { ...ended, reason: 'Preempted', logObject: 'logs/j/run-1.log' }),
+          run(2, 'node-b', P1, { fromCheckpoint: 'ck1' }),
+        ]),
+        files: { [`node-b:${P1}`]: lines(1, 2, 3, 4, 5) }, objects: { 'logs/j/run-1.log': lines(1, 2, 3, 4) },
+      },
+      {
+        status: job('Running', [
+          run(1, 'node-a', P1, { ...ended, reason: 'Preempted', logObject: 'logs/j/run-1.log' }),
+          run(2, 'node-b', P1, { ...ended, reason: 'Error', exitCode: 1, fromCheckpoint: 'ck1', logObject: 'logs/j/run-2.log' }),
+          run(3, 'node-b', P3),
+        ]),
+        files: { [`node-b:${P3}`]: lines(7) }, objects: { 'logs/j/run-1.log': lines(1, 2, 3, 4), 'logs/j/run-2.log': lines(1, 2, 3, 4, 5, 6) },
+      },
+      {
+        status: job('Succeeded', [
+          run(1, 'node-a', P1, { ...ended, reason: 'Preempted', logObject: 'logs/j/run-1.log' }),
+          run(2, 'node-b', P1, { ...ended, reason: 'Error', exitCode: 1, fromCheckpoint: 'ck1', logObject: 'logs/j/run-2.log' }),
+          run(3, 'node-b', P3, { ...ended, logObject: 'logs/j/run-3.log' }),
+        ]),
+        files: {}, objects: { 'logs/j/run-1.log': lines(1, 2, 3, 4), 'logs/j/run-2.log': lines(1, 2, 3, 4, 5, 6), 'logs/j/run-3.log': lines(7, 8) },
+      },
+    ]);
+    const { printed, notes, out } = sink();
+    await showLogs(src, 'j', { follow: true }, out, 5);
+    expect(printed).toEqual(expected(1, 2, 3, 4, 5, 6, 7, 8));
+    expect(notes).toEqual(['--- run 2 on node-b (resumed from checkpoint ck1) ---', '--- run 3 on node-b ---', 'job j is Succeeded']);
+    // Read in 50-byte pieces from where the last read stopped; the half-written line was read whole later.
+    expect(reads.slice(0, 3)).toEqual(['node-a@0', 'node-a@47', 'node-a@94']);
+  });
+
+  test('-f while the agent is away: the read waits; once the run is archived it goes on from S3 at the same offset', async () => {
+    const { src, terminated } = source([
+      { status: job('Running', [run(1, 'node-a', P1)]), files: { [`node-a:${P1}`]: lines(1) }, objects: {} },
+      { status: job('Running', [run(1, 'node-a', P1)]), files: { [`node-a:${P1}`]: lines(1, 2) }, objects: {}, down: ['node-a'] },
+      { status: job('Running', [run(1, 'node-a', P1)]), files: {}, objects: {}, down: ['node-a'] },
+      {
+        status: job('Failed', [run(1, 'node-a', P1, { endedAt: '2026-01-01T00:01:00Z', exitCode: 3, reason: 'Error', logObject: 'logs/j/run-1.log' })]),
+        files: {}, objects: { 'logs/j/run-1.log': lines(1, 2, 3) },
+      },
+    ]);
+    const { printed, notes, out } = sink();
+    await showLogs(src, 'j', { follow: true }, out, 5);
+    expect(printed).toEqual(expected(1, 2, 3));
+    expect(terminated).toEqual(['node-a@47']);
+    expect(notes).toEqual(['job j is Failed']);
+  });
+
+  test('--previous prints the run before the current one and stops; without -f the current run as far as it goes', async () => {
+    const timeline = [{
+      status: job('Running', [run(1, 'node-a', P1, { endedAt: '2026-01-01T00:01:00Z', exitCode: 1, reason: 'Error', logObject: 'logs/j/run-1.log' }), run(2, 'node-b', P3)]),
+      files: { [`node-b:${P3}`]: lines(10, 11, 12) }, objects: { 'logs/j/run-1.log': lines(1, 2, 3) },
+    }];
+    const prev = sink();
+    await showLogs(source(timeline).src, 'j', { previous: true }, prev.out, 5);
+    expect(prev.printed).toEqual(expected(1, 2, 3));
+    const cur = sink();
+    await showLogs(source(timeline).src, 'j', {}, cur.out, 5);
+    expect(cur.printed).toEqual(expected(10, 11, 12));
+    const none = source([{ status: job('Running', [run(1, 'node-a', P1)]), files: {}, objects: {} }]);
+    await expect(showLogs(none.src, 'j', { previous: true }, sink().out, 5)).rejects.toThrow(/^previous: job 'j' has no previous run/);
   });
 });
