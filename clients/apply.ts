@@ -68,6 +68,7 @@ export function parseJobsFile(text: string, file: string): ApplyEntry[] {
         if (!f) throw new InvalidInputError(`${at}.${k}`, `unknown key (known: ${Object.keys(ENTRY_KEYS).join(', ')})`);
         fields[f] = v;
       }
+      if (typeof fields.jobId === 'number') fields.jobId = String(fields.jobId); // `name: 42`: YAML reads a number
       if (typeof fields.cwd === 'string' && !path.isAbsolute(fields.cwd)) fields.cwd = path.resolve(dir, fields.cwd);
       if (fields.cwd === undefined) fields.cwd = dir;
       const spec = jobSpecFromFields({ ...fields, jobId: fields.jobId, command: fields.command }, (f) => `${at}.${KEY_OF[f]}`);

@@ -161,6 +161,8 @@ program
     await withClient(async (k) => {
       if (o.reason === 'preemption' && !/^[0-9]+$/.test(target) && (await jobIsOpen(k, target))) {
         // The job workflow preempts its own run: it checkpoints it, requeues it and resumes it from that checkpoint.
+        if (o.id !== undefined) throw new InvalidInputError('id', `job ${target} is run by a job workflow, which names its preemption checkpoint: leave --id out`);
+        if (o.leaveRunning) throw new InvalidInputError('leave-running', `a preemption stops job ${target}: leave --leave-running out`);
         const r = await new JobsApi(k).preempt(target);
         console.log(printable(`${target} has a job workflow: preempted through it: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`));
         if (r.outcome !== 'requeued') process.exitCode = 1;
