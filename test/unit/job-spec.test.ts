@@ -1,5 +1,5 @@
 import { applyJobs, parseJobsFile, sameSpec } from '../../clients/apply';
-import { formatAge, formatMs, jobsTable } from '../../clients/job-format';
+import { describeJob, formatAge, formatMs, jobsTable } from '../../clients/job-format';
 import { formatLogLine, type LogSink, type LogSource, showLogs } from '../../clients/job-logs';
 import { jobSpecFromFields, type JobFields } from '../../clients/job-flags';
 import { parseCriLog } from '../../common/cri-log';
@@ -255,6 +255,33 @@ describe('what the CLI prints', () => {
     expect(lines[2]).toMatch(/^x\\x1b\s+Pending\?\s+-\s+-\s+45s\s+\(RUNNING: control worker is not answering\)$/);
     expect(lines[0].indexOf('STATUS')).toBe(lines[1].indexOf('CrashLoopBackOff'));
   });
+});
+
+test('describe job: state and reason, the spec, every run with exit code or signal and its checkpoint, events, checkpoints', () => {
+  const now = Date.parse('2026-01-01T12:00:00Z');
+  const runBase = { process: null, exitFile: null, logObject: null, message: null, fromCheckpoint: null, logFile: null };
+  const text = describeJob({
+    jobId: 'train', state: 'Running', reason: 'resumed after preemption', node: 'node-b', restarts: 1, createdAt: '2026-01-01T10:00:00Z', nextRetryAt: null,
+    runs: [
+      { ...runBase, run: 1, node: 'node-a', startedAt: '2026-01-01T10:00:00Z', endedAt: '2026-01-01T10:05:00Z', exitCode: 1, signal: null, reason: 'Error', message: 'exit 1' },
+      { ...runBase, run: 2, node: 'node-a', startedAt: '2026-01-01T10:05:10Z', endedAt: '2026-01-01T11:00:00Z', exitCode: null, signal: 'SIGKILL', reason: 'Preempted' },
+      { ...runBase, run: 3, node: 'node-b', startedAt: '2026-01-01T11:00:30Z', endedAt: null, exitCode: null, signal: null, reason: null, fromCheckpoint: 'train-ck1' },
+    ],
+    events: [{ at: '2026-01-01T11:00:00Z', type: 'Preempted', message: 'checkpoint train-ck1 \x1b[2J' }, { at: '2026-01-01T11:00:30Z', type: 'Resumed', message: 'on node-b\x1b' }],
+    checkpoints: [{ checkpointId: 'train-ck1', takenAt: '2026-01-01T11:00:00Z', reason: 'preemption', phase: 'Durable', healthy: true, deleted: false }],
+    lastGoodCheckpoint: 'train-ck1', failedOn: [], diagnostics: null, spec: flags({ memory: '4GiB', timeout: '2h' }),
+  }, now);
+  expect(text).toMatch(/^State:\s+Running$/m);
+  expect(text).toMatch(/^Reason:\s+resumed after preemption$/m);
+  expect(text).toMatch(/^Created:\s+2026-01-01T10:00:00Z \(2h ago\)$/m);
+  expect(text).toMatch(/^Restarts:\s+1 of at most 10$/m);
+  expect(text).toMatch(/^Spec:\s+placed by VRAM, vram 0 B, memory 4\.0 GiB, timeout 2h, priority 0, tier normal, restart Always \(at most 10\)/m);
+  expect(text).toMatch(/^\s+1\s+node-a\s+2026-01-01T10:00:00Z\s+2026-01-01T10:05:00Z\s+1\s+Error\s+-\s+exit 1$/m);
+  expect(text).toMatch(/^\s+2\s+node-a\s+\S+\s+\S+\s+SIGKILL\s+Preempted\s+-/m);
+  expect(text).toMatch(/^\s+3\s+node-b\s+2026-01-01T11:00:30Z\s+-\s+-\s+Running\s+train-ck1/m);
+  expect(text).toMatch(/^\s+2026-01-01T11:00:30Z\s+Resumed\s+on node-b\\x1b$/m);
+  expect(text).toMatch(/^\s+train-ck1\s+2026-01-01T11:00:00Z\s+preemption\s+Durable\s+yes\s+no$/m);
+  expect(text).not.toMatch(/\x1b/);
 });
 
 describe('CRI log lines', () => {
