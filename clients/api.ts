@@ -182,7 +182,7 @@ export class KybernateClient {
   }
 
   /** A workflow's `status` query, bounded: a workflow whose worker is down would leave the call blocked. */
-  private async queryStatus<T>(workflowId: string): Promise<T> {
+  async queryStatus<T>(workflowId: string): Promise<T> {
     try {
       return await this.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => this.client.workflow.getHandle(workflowId).query<T>('status'));
     } catch (e) {

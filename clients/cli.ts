@@ -1,5 +1,7 @@
 #!/usr/bin/env node
+import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import { Command, CommanderError, Option } from 'commander';
 import { assertPid, assertSafeId, InvalidInputError, printable, printableJson } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
@@ -7,6 +9,8 @@ import { down, parseDownMs, parseStackComponent, restartComponent, startComponen
 import { defaultStackHome } from '../deploy/local/paths';
 import { proxiedLinks, setFault } from '../deploy/local/faults';
 import type { Readiness } from '../common/readiness';
+import { type JobStatus, jobWorkflowId } from '../common/job';
+import { readS3Checkpoint } from '../activities/catalogue';
 import { startAgent, startControlWorker } from '../deploy/local/workers';
 import { runAgent } from '../workers/agent';
 import { loadConfig } from '../workers/config';
@@ -15,6 +19,11 @@ import { KybernateClient } from './api';
 import { formatBytes, parseBytes } from './bytes';
 import { parseDuration, parseSeconds } from './durations';
 import { describeError, printableCommanderOutput } from './errors';
+import { applyJobs, parseJobsFile } from './apply';
+import { parseUser, jobSpecFromFields } from './job-flags';
+import { describeJob, formatAge, jobsTable } from './job-format';
+import { consoleSink, showLogs } from './job-logs';
+import { JobExistsError, JobsApi } from './jobs';
 
 const program = new Command();
 program.name('kybernate').description('Checkpoint and restore running GPU workloads, orchestrated by Temporal').showHelpAfterError()
@@ -122,6 +131,17 @@ program
 
 program.command('worker').description('run the control-plane worker (all workflows, control activities)').action(runControlWorker);
 
+/** Whether `job/<job>` is open (a job workflow runs it). */
+async function jobIsOpen(k: KybernateClient, job: string): Promise<boolean> {
+  try {
+    const d = await k.withinTemporal(() => k.client.workflow.getHandle(jobWorkflowId(job)).describe());
+    return d.status.name === 'RUNNING';
+  } catch (e) {
+    if (e instanceof WorkflowNotFoundError) return false;
+    throw e;
+  }
+}
+
 program
   .command('checkpoint <job-or-pid>')
   .description('checkpoint a workload: CUDA lock/checkpoint, CRIU dump, seal, upload to S3')
@@ -139,6 +159,15 @@ program
     if (o.id !== undefined) assertSafeId('checkpointId', o.id);
     const vramBytes = o.vram !== undefined ? parseBytes('vram', o.vram) : undefined;
     await withClient(async (k) => {
+      if (o.reason === 'preemption' && !/^[0-9]+$/.test(target) && (await jobIsOpen(k, target))) {
+        // The job workflow preempts its own run: it checkpoints it, requeues it and resumes it from that checkpoint.
+        if (o.id !== undefined) throw new InvalidInputError('id', `job ${target} is run by a job workflow, which names its preemption checkpoint: leave --id out`);
+        if (o.leaveRunning) throw new InvalidInputError('leave-running', `a preemption stops job ${target}: leave --leave-running out`);
+        const r = await new JobsApi(k).preempt(target);
+        console.log(printable(`${target} has a job workflow: preempted through it: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`));
+        if (r.outcome !== 'requeued') process.exitCode = 1;
+        return;
+      }
       const { workflowId, request } = await k.startCheckpoint({ target, node: o.node, leaveRunning: o.leaveRunning, reason: o.reason, checkpointId: o.id, vramBytes });
       console.log(`checkpoint ${request.checkpointId} started: ${k.uiLink(workflowId) ?? workflowId}`);
       if (!o.wait) return;
@@ -148,34 +177,149 @@ program
     });
   });
 
+interface JobFlags extends ReadyFlags {
+  node?: string; user?: string; vram?: string; cpu?: string; memory?: string; pids?: string; timeout?: string; priority?: string; tier?: string;
+  restartPolicy?: string; maxRestarts?: string; backoffInitial?: string; backoffCap?: string; backoffReset?: string; checkpointEvery?: string; keep?: string;
+  wait?: boolean;
+}
+
 program
   .command('run <job>')
-  .description('start a workload on a node through its agent (detached: it outlives the agent); it runs in this directory')
+  .description('start a job: its command runs on a node (--node, else placed by free VRAM) under limits, restarted with CrashLoopBackOff; it runs in this directory')
+  .option('--node <name>', 'run on this node only (default: a node with enough free VRAM)')
+  .option('--vram <size>', 'VRAM the job needs, e.g. 8GiB (default: none)')
+  .option('--cpu <cores>', 'CPU limit in cores: 2, 0.5 or 500m')
+  .option('--memory <size>', 'memory limit, e.g. 4GiB (over it the run is OOMKilled)')
+  .option('--pids <n>', 'most processes and threads at once')
+  .option('--timeout <duration>', 'wall-clock limit from the first start, e.g. 2h (then TimedOut, everything it started killed)')
+  .option('--priority <n>', 'priority 0 (lowest) to 10', '0')
+  .option('--tier <tier>', 'critical (restored from its last good checkpoint elsewhere past its restart limit) or normal', 'normal')
+  .option('--restart-policy <policy>', 'Always, OnFailure or Never', 'Always')
+  .option('--max-restarts <n>', 'restarts before the job is quarantined', '10')
+  .option('--backoff-initial <duration>', 'first restart delay, doubling after each failed run', '10s')
+  .option('--backoff-cap <duration>', 'longest restart delay', '5m')
+  .option('--backoff-reset <duration>', 'a run that stayed up this long resets the delay', '10m')
+  .option('--checkpoint-every <duration>', 'take a checkpoint this often (leave-running), e.g. 30m')
+  .option('--keep <n>', 'with --checkpoint-every: keep the newest n periodic checkpoints')
+  .option('--user <uid[:gid]>', 'run as this numeric user (and group; default: the user\'s primary group on the node)')
+  .option('--ready-tcp <port>', 'a run counts as started once a TCP connect to 127.0.0.1:<port> succeeds')
+  .option('--ready-exec <command>', "a run counts as started once '<command>' (run by sh -c on the node) exits 0")
+  .option('--wait', 'wait until the job runs (or stops trying) and print its state')
+  .argument('<command...>', 'command and arguments (after --)')
+  .action(async (job: string, command: string[], o: JobFlags) => {
+    // Every field is checked before connecting: a usage error exits 2 having started nothing.
+    const spec = jobSpecFromFields({
+      jobId: job, command, cwd: process.cwd(), node: o.node, user: o.user, vram: o.vram, cpu: o.cpu, memory: o.memory, pids: o.pids, timeout: o.timeout,
+      priority: o.priority, tier: o.tier, restartPolicy: o.restartPolicy, maxRestarts: o.maxRestarts, backoffInitial: o.backoffInitial,
+      backoffCap: o.backoffCap, backoffReset: o.backoffReset, checkpointEvery: o.checkpointEvery, keep: o.keep, readiness: readinessFlags(o),
+    });
+    await withClient(async (k) => {
+      const jobs = new JobsApi(k);
+      const { workflowId } = await jobs.start(spec);
+      console.log(printable(`job ${spec.jobId} started: ${k.uiLink(workflowId) ?? workflowId}`));
+      if (!o.wait) return;
+      const s = await waitUntilStarted(jobs, spec.jobId);
+      console.log(printable(`${s.jobId}: ${s.state}${s.node ? ` on ${s.node}` : ''}${s.reason ? ` — ${s.reason}` : ''}`));
+      if (s.state !== 'Running' && s.state !== 'Succeeded') process.exitCode = 1;
+    });
+  });
+
+/** Polls the job until it has left Pending: Running, or a state that says why not. */
+async function waitUntilStarted(jobs: JobsApi, jobId: string): Promise<JobStatus> {
+  for (;;) {
+    const s = await jobs.status(jobId);
+    if (s.state !== 'Pending') return s;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+program
+  .command('workload <job>')
+  .description('start a bare workload on a node through its agent, without a job (no limits, no restarts; detached: it outlives the agent); it runs in this directory')
   .requiredOption('--node <name>', 'node to run on')
   .option('--user <uid[:gid]>', 'run as this numeric user (and group; default: the user\'s primary group on the node)')
   .argument('<command...>', 'command and arguments (after --)')
   .action(async (job: string, command: string[], o: { node: string; user?: string }) => {
     assertSafeId('job', job);
     assertSafeId('node', o.node);
-    const user = o.user === undefined ? undefined : parseUser(o.user);
+    const user = o.user === undefined ? undefined : parseUser('user', o.user);
     await withClient(async (k) => {
       const info = await k.runWorkload({ node: o.node, jobId: job, command, cwd: process.cwd(), user });
       console.log(printable(`job ${info.jobId} running on ${o.node} as pid ${info.pid}; output ${info.logFile}`));
     });
   });
 
-/** --user 65534 or 65534:65534: numeric only, so that it means the same on every node. */
-function parseUser(text: string): { uid: number; gid?: number } {
-  const m = /^([0-9]{1,10})(?::([0-9]{1,10}))?$/.exec(text);
-  if (!m) throw new InvalidInputError('user', `must be a numeric uid or uid:gid (got '${text}')`);
-  const uid = Number(m[1]);
-  const gid = m[2] === undefined ? undefined : Number(m[2]);
-  for (const [f, v] of [['user', uid], ['user', gid]] as const) {
-    if (v !== undefined && v > 4294967294) throw new InvalidInputError(f, `id ${v} is out of range`);
-  }
-  if (uid === 0) throw new InvalidInputError('user', "must not be 0: leave --user out to run as the agent's user");
-  return gid === undefined ? { uid } : { uid, gid };
-}
+program
+  .command('jobs')
+  .description('every job, like kubectl get pods: NAME STATUS RESTARTS NODE AGE NEXT-RETRY')
+  .action(async () => {
+    await withClient(async (k) => {
+      const rows = await new JobsApi(k).list();
+      console.log(rows.length === 0 ? 'no jobs' : jobsTable(rows, Date.now()));
+    });
+  });
+
+program
+  .command('preempt <job>')
+  .description('checkpoint a running job and requeue it: it resumes from that checkpoint where it is placed next')
+  .action(async (job: string) => {
+    assertSafeId('job', job);
+    await withClient(async (k) => {
+      const r = await new JobsApi(k).preempt(job);
+      console.log(printable(`${job}: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`));
+      if (r.outcome !== 'requeued') process.exitCode = 1;
+    });
+  });
+
+program
+  .command('release <job>')
+  .description('lift a quarantine: start the job again from scratch, or from its last good checkpoint')
+  .option('--from-checkpoint', 'resume from the last good checkpoint instead of from scratch')
+  .action(async (job: string, o: { fromCheckpoint?: boolean }) => {
+    assertSafeId('job', job);
+    await withClient(async (k) => {
+      const s = await new JobsApi(k).release(job, { fromCheckpoint: o.fromCheckpoint });
+      console.log(printable(`${job} released${o.fromCheckpoint ? ' from its last good checkpoint' : ''}: ${s.state}${s.reason ? ` — ${s.reason}` : ''}`));
+    });
+  });
+
+program
+  .command('logs <job>')
+  .description("a job's output: the current run's (stdout to stdout, stderr to stderr, in order)")
+  .option('-p, --previous', 'the run before the current one')
+  .option('-f, --follow', 'keep printing while the job runs, run after run, until it ends')
+  .option('--timestamps', 'prefix each line with its time')
+  .action(async (job: string, o: { previous?: boolean; follow?: boolean; timestamps?: boolean }) => {
+    assertSafeId('job', job);
+    if (o.previous && o.follow) throw new InvalidInputError('follow', 'cannot follow the previous run: it has ended');
+    await withClient((k) => showLogs(new JobsApi(k), job, o, consoleSink(Boolean(o.timestamps))));
+  });
+
+program
+  .command('apply')
+  .description('start the jobs of a YAML file (jobs: [{ name, command, node, vram, ... }]), each on its own; prints what was applied and what failed')
+  .requiredOption('-f, --file <file>', 'the jobs file')
+  .action(async (o: { file: string }) => {
+    let text: string;
+    try {
+      text = fs.readFileSync(o.file, 'utf8');
+    } catch (e) {
+      throw new InvalidInputError('file', `cannot read ${o.file}: ${(e as Error).message}`);
+    }
+    // A file that is not a list of jobs is refused before anything starts; a bad entry fails alone.
+    const entries = parseJobsFile(text, o.file);
+    await withClient(async (k) => {
+      const outcomes = await applyJobs(
+        new JobsApi(k), entries,
+        (e) => (e instanceof JobExistsError ? { spec: e.existing?.spec ?? null, state: e.existing?.state ?? 'unknown' } : null),
+        (e) => describeError(e).message,
+      );
+      for (const r of outcomes) console.log(printable(`${r.name ?? `jobs[${r.index}]`}: ${r.result}: ${r.detail}`));
+      const count = (w: string): number => outcomes.filter((r) => r.result === w).length;
+      console.log(`${outcomes.length} jobs: ${count('applied')} applied, ${count('unchanged')} unchanged, ${count('failed')} failed`);
+      if (count('failed') > 0) process.exitCode = 1;
+    });
+  });
 
 program
   .command('checkpoints')
@@ -188,17 +332,38 @@ program
       // Answered by Temporal's visibility store (no worker needed), within a bound.
       const rows = await k.withinTemporal(() => k.listCheckpoints(o));
       if (rows.length === 0) console.log('no checkpoints');
-      for (const r of rows) console.log(printable(`${r.checkpointId.padEnd(36)} job ${r.jobId.padEnd(16)} node ${r.node.padEnd(10)} ${r.phase.padEnd(14)} tier ${r.tier || '-'}`));
+      const now = Date.now();
+      for (const r of rows) {
+        // A job's checkpoints (a handful) also show their size, from metadata.json in S3, and their age.
+        const extra = o.job === undefined ? '' : ` size ${(await checkpointSize(k, r.checkpointId, r.tier)).padEnd(10)} age ${formatAge(now - Date.parse(r.startedAt))}`;
+        console.log(printable(`${r.checkpointId.padEnd(36)} job ${r.jobId.padEnd(16)} node ${r.node.padEnd(10)} ${r.phase.padEnd(14)} tier ${(r.tier || '-').padEnd(5)}${extra}`));
+      }
     });
   });
 
+/** The bytes of a checkpoint in S3 (its files, as metadata.json lists them); '-' when it is not there (yet). */
+async function checkpointSize(k: KybernateClient, checkpointId: string, tier: string): Promise<string> {
+  if (tier !== 's3') return '-';
+  const found = await readS3Checkpoint(k.config.s3, checkpointId).catch(() => null);
+  return found ? formatBytes(found.metadata.files.reduce((n, f) => n + f.size, 0)) : '-';
+}
+
 program
-  .command('describe <checkpoint>')
-  .description("a checkpoint's phase, tier and the history of its attempts")
-  .action(async (id: string) => {
-    assertSafeId('checkpoint', id);
+  .command('describe <checkpoint-or-kind> [name]')
+  .description("a checkpoint's phase, tier and the history of its attempts; 'describe job <job>': a job's spec, state, runs, events and checkpoints")
+  .action(async (target: string, name: string | undefined) => {
+    if (name !== undefined) {
+      // `describe job <name>`; a checkpoint is described by its id alone.
+      if (target !== 'job') throw new InvalidInputError('kind', `expected 'describe job <job>' or 'describe <checkpoint>' (got '${target}' '${name}')`);
+      assertSafeId('job', name);
+      await withClient(async (k) => {
+        console.log(describeJob(await new JobsApi(k).status(name), Date.now()));
+      });
+      return;
+    }
+    assertSafeId('checkpoint', target);
     await withClient(async (k) => {
-      const s = await k.describeCheckpoint(id);
+      const s = await k.describeCheckpoint(target);
       console.log(printableJson(JSON.stringify(s, null, 2)));
     });
   });

@@ -1,4 +1,4 @@
-import { ServiceError, WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import { ServiceError, WorkflowFailedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import {
   ActivityFailure, ApplicationFailure, CancelledFailure, ChildWorkflowFailure, ServerFailure, TerminatedFailure, TimeoutFailure,
 } from '@temporalio/common';
@@ -40,7 +40,7 @@ export function describeFailureChain(e: unknown): string {
   const parts: string[] = [];
   let cur: unknown = e;
   for (let depth = 0; cur instanceof Error && depth < 10; depth++) {
-    parts.push(cur instanceof WorkflowFailedError ? 'workflow failed' : link(cur));
+    parts.push(cur instanceof WorkflowFailedError ? 'workflow failed' : cur instanceof WorkflowUpdateFailedError ? 'update failed' : link(cur));
     cur = cur.cause;
   }
   if (parts.length === 0) parts.push(String(e));
@@ -59,7 +59,7 @@ function serviceDetail(e: ServiceError): string {
 export function describeError(e: unknown): { message: string; exitCode: number } {
   if (e instanceof CommanderError) return { message: e.message.replace(/^error: /, ''), exitCode: e.exitCode === 0 ? EXIT_OK : EXIT_USAGE };
   if (e instanceof InvalidInputError) return { message: e.message, exitCode: EXIT_USAGE };
-  if (e instanceof WorkflowFailedError || e instanceof ChildWorkflowFailure || e instanceof ActivityFailure) {
+  if (e instanceof WorkflowFailedError || e instanceof WorkflowUpdateFailedError || e instanceof ChildWorkflowFailure || e instanceof ActivityFailure) {
     return { message: printable(describeFailureChain(e)), exitCode: EXIT_FAILURE };
   }
   if (e instanceof WorkflowNotFoundError) return { message: printable(e.message), exitCode: EXIT_FAILURE };

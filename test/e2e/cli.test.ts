@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
@@ -7,6 +8,7 @@ import type { CheckpointRecord } from '../../clients/record';
 import { freePort, killGroup, unregisterProcess } from '../../deploy/local/stack';
 import { startControlWorker } from '../../deploy/local/workers';
 import { checkpointWorkflowId, CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
+import { jobWorkflowId } from '../../common/job';
 import { Agent, client, lastTick, PATTERN, PYTHON, stack, until } from '../support/stack';
 
 /** The CLI, run as an operator runs it, against the test stack. */
@@ -238,5 +240,101 @@ describe('the CLI tells the truth', () => {
     }, 90000, 1000);
     expect(live.phase).toBe('Durable');
     expect(live.history?.length).toBeGreaterThan(0);
+  });
+});
+
+describe('jobs: usage errors exit 2 naming the field, and start nothing', () => {
+  test('run: bad limits, timeout, priority, command and names are refused before anything is started', async () => {
+    const cases: [string[], RegExp][] = [
+      [['run', 'cli-job-mem', '--memory', '1e30', '--', 'sleep', '1'], /^error: memory: expected a size .*got '1e30'/m],
+      [['run', 'cli-job-mem0', '--memory', '0', '--', 'sleep', '1'], /^error: memory: must be more than 0 bytes/m],
+      [['run', 'cli-job-cpu', '--cpu', '-1', '--', 'sleep', '1'], /^error: cpu: expected a number of cores/m],
+      [['run', 'cli-job-pids', '--pids', '99999999', '--', 'sleep', '1'], /^error: pids: must be a whole number of processes from 1 to 4194304/m],
+      [['run', 'cli-job-timeout', '--timeout', '0', '--', 'sleep', '1'], /^error: timeout: expected a duration .*got '0'/m],
+      [['run', 'cli-job-prio', '--priority', '11', '--', 'sleep', '1'], /^error: priority: must be a whole number from 0 to 10 \(got 11\)/m],
+      [['run', 'cli-job-keep', '--keep', '3', '--', 'sleep', '1'], /^error: keep: needs checkpoint-every/m],
+      [['run', 'cli-job-empty', '--', ''], /^error: command\[0\]: the program must not be empty/m],
+      [['run', 'cli-job-none'], /^error: missing required argument 'command'/m],
+      [['run', 'cli/job', '--', 'sleep', '1'], /^error: job: must not contain a path separator/m],
+      [['run', 'cli\u0007job', '--', 'sleep', '1'], /^error: job: must be 1-128 characters .*got 'cli\\x07job'/m],
+    ];
+    for (const [args, message] of cases) {
+      const r = cli(args);
+      expect({ args, stderr: r.stderr, status: r.status }).toEqual({ args, stderr: expect.stringMatching(message), status: 2 });
+    }
+    for (const id of ['cli-job-mem', 'cli-job-mem0', 'cli-job-cpu', 'cli-job-pids', 'cli-job-timeout', 'cli-job-prio', 'cli-job-keep', 'cli-job-empty', 'cli-job-none']) {
+      expect({ id, exists: await workflowExists(jobWorkflowId(id)) }).toEqual({ id, exists: false });
+    }
+  });
+
+  test('run on an unknown node exits 2 naming --node, and starts nothing', async () => {
+    const r = cli(['run', 'cli-job-nowhere', '--node', 'cli-nowhere', '--', 'sleep', '1']);
+    expect(r.stderr).toMatch(/^error: node: unknown node 'cli-nowhere': no agent has registered it/m);
+    expect(r.status).toBe(2);
+    expect(await workflowExists(jobWorkflowId('cli-job-nowhere'))).toBe(false);
+  });
+
+  test('describe job, logs, preempt and release of a job that does not exist exit 2 naming it', () => {
+    for (const args of [['describe', 'job', 'cli-no-job'], ['logs', 'cli-no-job'], ['preempt', 'cli-no-job'], ['release', 'cli-no-job']]) {
+      const r = cli(args);
+      expect({ args, stderr: r.stderr, status: r.status }).toEqual({ args, stderr: expect.stringMatching(/^error: job: no job 'cli-no-job'/m), status: 2 });
+    }
+    const kind = cli(['describe', 'jobs', 'x']);
+    expect(kind.stderr).toMatch(/^error: kind: expected 'describe job <job>' or 'describe <checkpoint>'/m);
+    expect(kind.status).toBe(2);
+    const both = cli(['logs', 'cli-no-job', '--previous', '-f']);
+    expect(both.stderr).toMatch(/^error: follow: cannot follow the previous run/m);
+    expect(both.status).toBe(2);
+  });
+
+  test('apply: a YAML syntax error exits 2 before any job is started', async () => {
+    const file = path.join(stack().home, 'cli-jobs-broken.yaml');
+    fs.writeFileSync(file, ['jobs:', '  - name: cli-apply-syntax', `    command: [sleep, "1"]`, `    node: ${NODE}`, '  - name: [oops'].join('\n'));
+    const r = cli(['apply', '-f', file]);
+    expect(r.stderr).toMatch(/^error: file: .*cli-jobs-broken\.yaml: not valid YAML/m);
+    expect(r.status).toBe(2);
+    expect(await workflowExists(jobWorkflowId('cli-apply-syntax'))).toBe(false);
+    const missing = cli(['apply', '-f', path.join(stack().home, 'no-such.yaml')]);
+    expect(missing.stderr).toMatch(/^error: file: cannot read /m);
+    expect(missing.status).toBe(2);
+  });
+
+  test('apply: one broken entry and one unknown node of three fail alone, naming why; the good one is started; exit 1', async () => {
+    const file = path.join(stack().home, 'cli-jobs.yaml');
+    fs.writeFileSync(file, [
+      'jobs:',
+      '  - name: cli-apply-bad',
+      '    command: [sleep, "30"]',
+      '    memory: 1e30',
+      '  - name: cli-apply-nowhere',
+      '    command: [sleep, "30"]',
+      '    node: cli-nowhere',
+      '  - name: cli-apply-good',
+      '    command: [sleep, "30"]',
+      `    node: ${NODE}`,
+      '    memory: 64MiB',
+    ].join('\n'));
+    const r = cli(['apply', '-f', file]);
+    try {
+      expect(r.stdout).toMatch(/^cli-apply-bad: failed: jobs\[0\]\.memory: must be at most 70368744177664 bytes/m);
+      expect(r.stdout).toMatch(/^cli-apply-nowhere: failed: node: unknown node 'cli-nowhere'/m);
+      expect(r.stdout).toMatch(/^cli-apply-good: applied: started \(job\/cli-apply-good\)$/m);
+      expect(r.stdout).toMatch(/^3 jobs: 1 applied, 0 unchanged, 2 failed$/m);
+      expect(r.status).toBe(1);
+      expect(await workflowExists(jobWorkflowId('cli-apply-bad'))).toBe(false);
+      expect(await workflowExists(jobWorkflowId('cli-apply-nowhere'))).toBe(false);
+      const good = await k.client.workflow.getHandle(jobWorkflowId('cli-apply-good')).describe();
+      expect(good.type).toBe('job');
+      // Started once: applying again never starts a second one beside it.
+      const again = cli(['apply', '-f', file]);
+      expect(again.stdout).toMatch(/^cli-apply-good: (unchanged|failed: exists)/m);
+      expect(again.status).toBe(1);
+    } finally {
+      // Cancel (the job workflow cleans up after itself), and terminate what does not end (a workflow without a worker).
+      const h = k.client.workflow.getHandle(jobWorkflowId('cli-apply-good'));
+      await h.cancel().catch(() => undefined);
+      const ended = await until('cli-apply-good ended', async () => (await h.describe()).status.name !== 'RUNNING', 30000, 1000).catch(() => false);
+      if (!ended) await h.terminate('test cleanup').catch(() => undefined);
+    }
   });
 });

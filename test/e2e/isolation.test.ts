@@ -155,8 +155,8 @@ describe('workload isolation, end to end on the real stack', () => {
     killTree(again.pid);
   });
 
-  test('kybernate run: a relative path resolves against the caller\'s directory, as in a shell', async () => {
-    const out = execFileSync(process.execPath, [CLI, 'run', 'relpath', '--node', NODE, '--', 'python3', 'deploy/workloads/pattern.py', '8', 'relpath'], {
+  test('kybernate workload: a relative path resolves against the caller\'s directory, as in a shell', async () => {
+    const out = execFileSync(process.execPath, [CLI, 'workload', 'relpath', '--node', NODE, '--', 'python3', 'deploy/workloads/pattern.py', '8', 'relpath'], {
       cwd: REPO_ROOT, env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8',
     });
     const pid = Number(/as pid (\d+)/.exec(out)![1]);
@@ -170,12 +170,12 @@ describe('workload isolation, end to end on the real stack', () => {
     }
   });
 
-  test('kybernate run of a missing program exits 1 with the reason and reports no pid', () => {
+  test('kybernate workload of a missing program exits 1 with the reason and reports no pid', () => {
     let status = 0;
     let stdout = '';
     let stderr = '';
     try {
-      execFileSync(process.execPath, [CLI, 'run', 'cli-missing', '--node', NODE, '--', 'deploy/workloads/no-such.py'], {
+      execFileSync(process.execPath, [CLI, 'workload', 'cli-missing', '--node', NODE, '--', 'deploy/workloads/no-such.py'], {
         cwd: REPO_ROOT, env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8', stdio: 'pipe',
       });
     } catch (e) {
