@@ -10,6 +10,10 @@ import { configFromStack, status as stackStatus, up } from '../deploy/local/stac
 import { startAgent, startControlWorker } from '../deploy/local/workers';
 import { KybernateClient } from './api';
 import { formatBytes } from './bytes';
+import { parseCriLog } from '../common/cri-log';
+import type { JobStatus } from '../common/job';
+import { jobSpecFromFields } from './job-flags';
+import { JobsApi } from './jobs';
 
 const GiB = 1024 ** 3;
 const say = (m: string): void => console.log(`\n== ${m}`);
@@ -82,17 +86,70 @@ async function main(): Promise<void> {
     if (!verify.includes('pattern_ok=True')) throw new Error('demo: memory pattern did not survive');
     if (ticks(w.logFile).filter((t) => t === 1).length !== 1) throw new Error('demo: the workload restarted instead of resuming');
 
+    const jobId = await preemptedJobResumes(k, mib);
+
     say('where to look');
     console.log(`Temporal UI:     ${state.temporal.uiUrl}/namespaces/${state.temporal.namespace}/workflows`);
     console.log(`checkpoint:      ${k.uiLink(checkpointWorkflowId(ck.checkpointId))}`);
     console.log(`restore:         ${k.uiLink(r.workflowId)}`);
-    console.log(`filter in the UI: KybernateJobId="${job}"`);
+    console.log(`filter in the UI: KybernateJobId="${job}" or "${jobId}"`);
+    console.log(`the job:         npm run kybernate -- describe job ${jobId}   (logs: npm run kybernate -- logs ${jobId})`);
     console.log(`MinIO console:   ${state.s3.consoleUrl} (user ${state.s3.accessKeyId})`);
     console.log(`logs:            ${state.home}/logs, workload output ${w.logFile}`);
     console.log(`stop everything: npm run kybernate -- down`);
   } finally {
     await k.close();
   }
+}
+
+/** The counter a pattern workload printed, from its run's CRI log on this host. */
+function jobTicks(logFile: string): number[] {
+  if (!fs.existsSync(logFile)) return [];
+  return parseCriLog(fs.readFileSync(logFile)).lines.filter((l) => l.text.startsWith('tick ')).map((l) => Number(l.text.slice(5)));
+}
+
+async function untilJob(jobs: JobsApi, jobId: string, what: string, ok: (s: JobStatus) => boolean, ms = 180000): Promise<JobStatus> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(500)) {
+    const s = await jobs.status(jobId);
+    if (ok(s)) return s;
+  }
+  throw new Error(`demo: job ${jobId} did not reach ${what} within ${ms / 1000} s`);
+}
+
+/**
+ * A job (the operator's unit: limits, restarts, logs) is preempted: the job workflow checkpoints it, requeues
+ * it, places it again by VRAM on another node and resumes it from that checkpoint; its counter carries on.
+ */
+async function preemptedJobResumes(k: KybernateClient, mib: number): Promise<string> {
+  const jobs = new JobsApi(k);
+  const jobId = `demo-job-${Date.now().toString(36)}`;
+  say(`job ${jobId}: 6 GiB of VRAM, at most 1 GiB of memory and 64 pids, placed by the job workflow`);
+  await jobs.start(jobSpecFromFields({
+    jobId, vram: '6GiB', memory: '1GiB', pids: '64', cwd: REPO_ROOT,
+    command: ['/usr/bin/python3', path.join(REPO_ROOT, 'deploy', 'workloads', 'pattern.py'), String(Math.min(mib, 64)), jobId],
+  }));
+  const first = await untilJob(jobs, jobId, 'Running', (s) => s.state === 'Running');
+  const run1 = first.runs[first.runs.length - 1];
+  console.log(`Running on ${run1.node} as pid ${run1.process?.pid}; its log (CRI format, stdout and stderr apart): ${run1.logFile}`);
+  await waitFor('job ticks', () => jobTicks(run1.logFile!).length >= 10);
+
+  say(`preempt ${jobId}: checkpoint (reason preemption), stop, requeue, place again, resume from the checkpoint`);
+  const t0 = Date.now();
+  const p = await jobs.preempt(jobId);
+  console.log(`${p.outcome}: ${p.message} (checkpoint ${p.checkpointId})`);
+  const resumed = await untilJob(jobs, jobId, 'Running again from its checkpoint', (s) => s.state === 'Running' && s.runs.length > first.runs.length);
+  const run2 = resumed.runs[resumed.runs.length - 1];
+  console.log(`Running again on ${run2.node} as pid ${run2.process?.pid}, from checkpoint ${run2.fromCheckpoint}, ${Date.now() - t0} ms after the preempt`);
+  for (const r of resumed.runs) console.log(`  run ${r.run} on ${r.node}: ${r.reason ?? 'running'}${r.fromCheckpoint ? ` (resumed from ${r.fromCheckpoint})` : ''}`);
+  if (!run2.fromCheckpoint) throw new Error('demo: the preempted job started again from scratch');
+  if (run2.node === run1.node) console.log(`(resumed on the same node: no other node had room)`);
+  const before = Math.max(...jobTicks(run2.logFile!));
+  await waitFor('ticks after the resume', () => Math.max(...jobTicks(run2.logFile!)) > before + 5);
+  const ticksNow = jobTicks(run2.logFile!);
+  console.log(`counter: ${before} when preempted -> ${Math.max(...ticksNow)} now; started from 1 only once: ${ticksNow.filter((t) => t === 1).length === 1}`);
+  if (ticksNow.filter((t) => t === 1).length !== 1) throw new Error('demo: the job restarted instead of resuming');
+  console.log(`restarts counted: ${resumed.restarts} (a preemption is not a crash)`);
+  return jobId;
 }
 
 main().catch((e: unknown) => {
