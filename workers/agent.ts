@@ -5,6 +5,7 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import { createNodeActivities } from '../activities/node';
 import type { NodeContext } from '../activities/node/context';
 import { readInventory } from '../activities/node/inventory';
+import { sweepOrphans, temporalOwnerLookup } from '../activities/node/orphans';
 import { assertSafeId } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue, nodeWorkflowId } from '../common/queues';
 import { joinLocalStack } from '../deploy/local/join';
@@ -67,6 +68,8 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     });
   };
   await report();
+  // Beside the worker, not before it: a sweep waiting on a slow Temporal must not keep the node from working.
+  void sweepOrphans(ctx, temporalOwnerLookup(client)).catch((e: Error) => logger.error({ err: e.message }, 'orphan sweep failed'));
   const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
   const leaveStack = joinLocalStack(`agent:${opts.node}`, cfg.temporalAddress, { dataDir });
