@@ -351,18 +351,19 @@ export function readRunLog(input: ReadRunLogInput): ReadRunLogResult {
     const size = fs.fstatSync(fd).size;
     if (offset >= size) return { lines: [], nextOffset: offset, size };
     let want = Math.min(maxBytes, size - offset);
-    for (;;) {
-      const buf = Buffer.alloc(want);
-      const got = fs.readSync(fd, buf, 0, want, offset);
-      const end = buf.subarray(0, got).lastIndexOf(0x0a);
-      if (end < 0 && offset + got < size) {
-        want = Math.min(want * 2, size - offset); // one line longer than maxBytes: read on to its end
-        continue;
-      }
-      if (end < 0) return { lines: [], nextOffset: offset, size }; // a line still being written
-      const lines = buf.subarray(0, end).toString('utf8').split('\n').map(parseLogLine);
-      return { lines, nextOffset: offset + end + 1, size };
+    let buf = Buffer.alloc(want);
+    let got = fs.readSync(fd, buf, 0, want, offset);
+    let end = buf.subarray(0, got).lastIndexOf(0x0a);
+    // One line longer than maxBytes: read on to its end, and return that line alone.
+    while (end < 0 && offset + got < size) {
+      want = Math.min(want * 2, size - offset);
+      buf = Buffer.alloc(want);
+      got = fs.readSync(fd, buf, 0, want, offset);
+      end = buf.subarray(0, got).indexOf(0x0a);
     }
+    if (end < 0) return { lines: [], nextOffset: offset, size }; // a line still being written
+    const lines = buf.subarray(0, end).toString('utf8').split('\n').map(parseLogLine);
+    return { lines, nextOffset: offset + end + 1, size };
   } finally {
     fs.closeSync(fd);
   }
