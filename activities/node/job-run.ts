@@ -129,19 +129,21 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
     const cgroup = createJobCgroup(ctx, jobId, limits);
     if (runAs) fs.chownSync(workloadDir(ctx, jobId), runAs.uid, runAs.gid);
     const errFile = path.join(dir, 'shim.err');
-    const errFd = fs.openSync(errFile, 'w');
+    fs.writeFileSync(errFile, '');
     const dropPrivileges = runAs ? ['setpriv', `--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, '--clear-groups', '--'] : [];
     const init = ctx.initBin !== null ? [ctx.initBin, '-g', '--'] : [];
     const shim = [ctx.shimBin, '--log', logFile, '--exit', exitFile, ...cgroup.dirs.flatMap((d) => ['--cgroup', d]), '--'];
     // The init and the shim stay root (the shim writes cgroup.procs); setpriv drops privileges in the shim's
     // child just before it becomes the command.
-    const child = spawn('unshare', ['--pid', '--fork', 'setsid', ...init, ...shim, ...dropPrivileges, exe, ...input.command.slice(1)], {
+    // shim.err is opened inside the namespace, by its pid 1 before it becomes setsid and tini: unshare, outside
+    // the tree, must not share it (it writes there when its child is killed, and a file that changed size after
+    // a dump fails the restore).
+    const child = spawn('unshare', ['--pid', '--fork', '/bin/sh', '-c', 'exec >>"$0" 2>&1; exec setsid "$@"', errFile, ...init, ...shim, ...dropPrivileges, exe, ...input.command.slice(1)], {
       detached: true,
-      stdio: ['ignore', errFd, errFd],
+      stdio: 'ignore',
       cwd: workDir,
       env,
     });
-    fs.closeSync(errFd);
     child.unref();
     let exited: string | null = null;
     child.on('exit', (code, signal) => (exited = signal ? `killed by ${signal}` : `exited with status ${code}`));

@@ -5,11 +5,12 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/common';
+import { criuDump, criuRestore, workloadFileIndex } from '../../activities/node/criu';
 import { attachToJobCgroup, cgroupVersion, createJobCgroup, jobCgroupDirs, removeJobCgroup } from '../../activities/node/cgroups';
 import type { NodeContext } from '../../activities/node/context';
 import { archiveRunLog, attachRunLimits, awaitRunExit, collectDiagnostics, inspectRun, readRunLog, startRun, stopRun } from '../../activities/node/job-run';
 import { type OwnerState, sweepOrphans } from '../../activities/node/orphans';
-import { processAlive, processTree } from '../../activities/node/process';
+import { processAlive, processIdentity, processTree } from '../../activities/node/process';
 import { makeS3Client } from '../../activities/s3-client';
 import type { StartRunInput } from '../../common/job';
 import { BIN, REPO_ROOT } from '../../deploy/local/paths';
@@ -381,4 +382,46 @@ describe('the orphan sweep at agent start', () => {
     expect(existingCgroups(jobId).length).toBeGreaterThan(0);
     await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 5000, reason: 'test' });
   });
+});
+
+describe('limits on a host without cgroups', () => {
+  test('limits requested => LimitsUnavailable naming the controller; none requested => runs without a cgroup', () => {
+    const root = path.join(tmp, 'no-cgroups');
+    fs.mkdirSync(root);
+    let err: unknown;
+    try {
+      createJobCgroup(ctx, 'nolimits', { memoryBytes: 1 << 30 }, root);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ApplicationFailure);
+    expect((err as ApplicationFailure).type).toBe('LimitsUnavailable');
+    expect((err as ApplicationFailure).message).toMatch(/no-cgroups/);
+    expect(createJobCgroup(ctx, 'nolimits', {}, root)).toEqual({ dirs: [], version: 'none' });
+  });
+});
+
+describe('a run under the shim is CRIU-dumpable', () => {
+  test('dump, then restore: the run goes on writing its log, and its exit is recorded when stopped', async () => {
+    const jobId = newJob('criu');
+    const r = await run(jobId, ['sh', '-c', 'i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done']);
+    const ticks = (): number[] => readRunLog({ jobId, logFile: r.logFile, offset: 0 }).lines.map((l) => Number(l.text.split(' ')[1]));
+    await until('a few ticks', () => ticks().length >= 5, 10000);
+    await criuDump(ctx, { checkpointId: 'ck-run', pid: r.process.pid, leaveRunning: false });
+    expect(inspectRun({ process: r.process })).toEqual({ running: false });
+    const before = ticks();
+    const dir = fs.existsSync(path.join(ctx.stagingDir!, 'ck-run')) ? path.join(ctx.stagingDir!, 'ck-run') : path.join(ctx.dataDir, 'checkpoints', 'ck-run');
+    const restored = await criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
+    const id = processIdentity(restored.pid)!;
+    expect(id).not.toBeNull();
+    await until('ticks after the restore', () => ticks().length >= before.length + 5, 10000);
+    const after = ticks();
+    // Its memory came back: the count carries on from where the dump stopped it, nothing lost or repeated.
+    expect(after).toEqual(after.map((_, i) => i));
+    const waiting = awaitRunExit(ctx, { jobId, run: 1, process: id, exitFile: r.exitFile });
+    expect((await stopRun(ctx, { jobId, run: 1, process: id, graceMs: 10000, reason: 'test' })).signal).toBe('SIGTERM');
+    await expect(waiting).resolves.toMatchObject({ reason: 'Signaled', signal: 'SIGTERM' });
+    expect(jobProcesses(jobId)).toEqual([]);
+    expect(existingCgroups(jobId)).toEqual([]);
+  }, 120000);
 });
