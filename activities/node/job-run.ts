@@ -120,6 +120,12 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
     if (running) {
       throw ApplicationFailure.nonRetryable(`job ${jobId} is already running on node ${ctx.node} as pid ${running.pid}; stop it or use another job id`, ErrorType.JobAlreadyRunning);
     }
+    // A start whose agent died before it wrote the pid file left a run nobody tracks: its tasks are still in the
+    // job's cgroup. Never a second copy beside it; stopRun (process null) clears it.
+    const untracked = [...jobCgroupDirs(ctx, jobId).values()].flatMap(cgroupProcs);
+    if (untracked.length > 0) {
+      throw ApplicationFailure.nonRetryable(`job ${jobId} has processes in its cgroup on node ${ctx.node} (pids ${untracked.slice(0, 10).join(' ')}); stop it first`, ErrorType.JobAlreadyRunning);
+    }
     const workDir = cwd ?? workloadDir(ctx, jobId);
     fs.mkdirSync(dir, { recursive: true });
     const exe = resolveExecutable(input.command[0], workDir, env.PATH, runAs);
@@ -186,6 +192,14 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
     return result;
   } finally {
     starting.delete(jobId);
+  }
+}
+
+function cgroupProcs(dir: string): number[] {
+  try {
+    return fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
   }
 }
 
@@ -273,7 +287,8 @@ export async function awaitRunExit(ctx: NodeContext, input: { jobId: string; run
 /**
  * Stops a run: SIGTERM to its init (tini forwards it to the command's process group), up to graceMs, then
  * SIGKILL (the init's death takes the whole PID namespace with it); then the job's cgroup is emptied and
- * removed, which kills what escaped both. Idempotent: a run already gone answers signal null.
+ * removed, which kills what escaped both. Idempotent: a run already gone answers signal null. A stop of a run
+ * that is gone while another run of the job runs (per the pid file) touches nothing.
  */
 export async function stopRun(
   ctx: NodeContext, input: { jobId: string; run: number; process: ProcessIdentity | null; graceMs: number; reason: string },
@@ -281,7 +296,14 @@ export async function stopRun(
   const jobId = safeId('jobId', input.jobId);
   runNumber(input.run);
   if (typeof input.graceMs !== 'number' || !Number.isFinite(input.graceMs) || input.graceMs < 0) throw invalid('graceMs', `must be a non-negative number (got ${String(input.graceMs)})`);
-  const p = input.process;
+  const live = runningWorkload(ctx, jobId);
+  if (input.process && live && (live.pid !== input.process.pid || live.startTime !== input.process.startTime)) {
+    // Another run of the job is the one running now: its cgroup is the job's, and not this stop's to empty.
+    ctx.logger.warn({ job: jobId, run: input.run, node: ctx.node, pid: input.process.pid, running: live.pid, reason: input.reason }, 'run already gone; the job runs on as another process, left alone');
+    return { signal: null, killedStragglers: 0 };
+  }
+  // No process named (a start whose answer was lost): whatever of the job runs is stopped.
+  const p = input.process ?? live;
   let signal: 'SIGTERM' | 'SIGKILL' | null = null;
   if (p && isSameProcess(p)) {
     const started = Date.now();

@@ -265,7 +265,19 @@ describe('job runs on a node', () => {
     const a = await run(jobId, ['sleep', '300']);
     expect(await run(jobId, ['sleep', '300'])).toEqual(a);
     await expectFailure(startRun(ctx, { jobId, run: 2, command: ['sleep', '300'], limits: {} }), 'JobAlreadyRunning');
-    await stopRun(ctx, { jobId, run: 1, process: a.process, graceMs: 5000, reason: 'test' });
+    // The start's answer lost and the pid file with it (the agent died right after the spawn): the run's tasks in
+    // the cgroup still refuse a second copy, and a stop naming no process clears them.
+    fs.rmSync(path.join(ctx.dataDir, 'workloads', jobId, 'pid'));
+    await expectFailure(startRun(ctx, { jobId, run: 2, command: ['sleep', '300'], limits: {} }), 'JobAlreadyRunning');
+    const stopped = await stopRun(ctx, { jobId, run: 2, process: null, graceMs: 5000, reason: 'test' });
+    expect(stopped.killedStragglers).toBeGreaterThan(0);
+    // The init is outside the cgroup (the shim joins it); it exits on its own once its child is gone.
+    await until('the run\'s init gone', () => jobProcesses(jobId).length === 0, 5000);
+    const b = await startRun(ctx, { jobId, run: 2, command: ['sleep', '300'], limits: {} });
+    // A late stop of the gone run 1 leaves run 2 alone.
+    expect(await stopRun(ctx, { jobId, run: 1, process: a.process, graceMs: 0, reason: 'late' })).toEqual({ signal: null, killedStragglers: 0 });
+    expect(inspectRun({ process: b.process })).toEqual({ running: true });
+    expect((await stopRun(ctx, { jobId, run: 2, process: b.process, graceMs: 5000, reason: 'test' })).signal).toBe('SIGTERM');
     expect(jobProcesses(jobId)).toEqual([]);
   });
 
