@@ -31,12 +31,20 @@ export interface SweepReport {
 
 export function temporalOwnerLookup(client: Client, timeoutMs = 10_000): OwnerLookup {
   return async (workflowId) => {
+    // Aborted rather than left behind (the client's own retries would go on against a Temporal that is away),
+    // and raced, since a connection still being made does not heed the abort.
+    const abort = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`describe ${workflowId}: no answer in ${timeoutMs} ms`)), timeoutMs);
+      timer = setTimeout(() => {
+        abort.abort();
+        reject(new Error(`describe ${workflowId}: no answer in ${timeoutMs} ms`));
+      }, timeoutMs);
     });
     try {
-      const d = await Promise.race([client.workflow.getHandle(workflowId).describe(), timeout]);
+      const describe = client.withAbortSignal(abort.signal, () => client.workflow.getHandle(workflowId).describe());
+      describe.catch(() => undefined); // when the timeout wins, the aborted call's failure is no one's to handle
+      const d = await Promise.race([describe, timeout]);
       const status = d.status.name;
       if (status === 'RUNNING') return 'open';
       if (['COMPLETED', 'FAILED', 'CANCELLED', 'TERMINATED', 'TIMED_OUT', 'CONTINUED_AS_NEW'].includes(status)) return 'closed';

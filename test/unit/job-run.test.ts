@@ -9,12 +9,14 @@ import { criuDump, criuRestore, workloadFileIndex } from '../../activities/node/
 import { attachToJobCgroup, cgroupVersion, createJobCgroup, jobCgroupDirs, removeJobCgroup } from '../../activities/node/cgroups';
 import type { NodeContext } from '../../activities/node/context';
 import { archiveRunLog, attachRunLimits, awaitRunExit, collectDiagnostics, inspectRun, readRunLog, startRun, stopRun } from '../../activities/node/job-run';
-import { type OwnerState, sweepOrphans } from '../../activities/node/orphans';
+import { type OwnerState, sweepOrphans, temporalOwnerLookup } from '../../activities/node/orphans';
+import { Client, Connection } from '@temporalio/client';
+import { configFromStack } from '../../deploy/local/stack';
 import { processAlive, processIdentity, processTree } from '../../activities/node/process';
 import { makeS3Client } from '../../activities/s3-client';
 import type { StartRunInput } from '../../common/job';
 import { BIN, REPO_ROOT } from '../../deploy/local/paths';
-import { localNodeContext, PYTHON, until } from '../support/stack';
+import { localNodeContext, PYTHON, stack, until } from '../support/stack';
 
 /**
  * The node side of a job's runs against the real shim, the real tini and this host's real cgroups. Each test has
@@ -436,4 +438,23 @@ describe('a run under the shim is CRIU-dumpable', () => {
     expect(jobProcesses(jobId)).toEqual([]);
     expect(existingCgroups(jobId)).toEqual([]);
   }, 120000);
+});
+
+describe('the orphan sweep asks the real Temporal', () => {
+  test('a workflow never started is not-found; an answer that is not about the workflow stops the sweep', async () => {
+    const cfg = configFromStack(stack());
+    const conn = await Connection.connect({ address: cfg.temporalAddress });
+    try {
+      const lookup = temporalOwnerLookup(new Client({ connection: conn, namespace: cfg.namespace }));
+      expect(await lookup(`job/never-${process.pid}-${Date.now()}`)).toBe('not-found');
+      // A namespace Temporal does not know: an error, not "no such workflow", so nothing may be removed.
+      const partial = path.join(ctx.dataDir, 'checkpoints', 'ck-unknown');
+      fs.mkdirSync(partial, { recursive: true });
+      const report = await sweepOrphans(ctx, temporalOwnerLookup(new Client({ connection: conn, namespace: `no-such-namespace-${process.pid}` })));
+      expect(report.skipped).not.toBeNull();
+      expect(fs.existsSync(partial)).toBe(true);
+    } finally {
+      await conn.close();
+    }
+  });
 });
