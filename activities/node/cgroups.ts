@@ -132,11 +132,12 @@ export function createJobCgroup(ctx: NodeContext, jobId: string, limits: JobLimi
       fs.mkdirSync(dir, { recursive: true });
       writeLimits(controller, dir, limits);
       if (controller === 'memory') {
-        for (const counter of ['memory.max_usage_in_bytes', 'memory.failcnt']) {
+        // Tasks moved in later (a restored tree) bring their memory with them, so it counts against the limit.
+        for (const counter of ['memory.max_usage_in_bytes', 'memory.failcnt', 'memory.move_charge_at_immigrate']) {
           try {
-            writeKnob(dir, counter, '0');
+            writeKnob(dir, counter, counter === 'memory.move_charge_at_immigrate' ? '3' : '0');
           } catch {
-            /* a counter this kernel does not reset */
+            /* a knob this kernel does not have */
           }
         }
       }

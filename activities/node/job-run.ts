@@ -195,6 +195,14 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
   }
 }
 
+function childrenOf(pid: number): number[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
 function cgroupProcs(dir: string): number[] {
   try {
     return fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
@@ -314,8 +322,20 @@ export async function stopRun(
       await new Promise((r) => setTimeout(r, 100));
     }
     if (isSameProcess(p)) {
-      process.kill(p.pid, 'SIGKILL');
       signal = 'SIGKILL';
+      // The command's tree first, the shim spared: it records the SIGKILL and exits, and the init with it. Only
+      // an init still there after that is killed itself (which takes the whole namespace, record or not).
+      const shims = childrenOf(p.pid);
+      for (const pid of processTree(p.pid)) {
+        if (pid === p.pid || shims.includes(pid)) continue;
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+      for (let i = 0; i < 100 && isSameProcess(p); i++) await new Promise((r) => setTimeout(r, 50));
+      if (isSameProcess(p)) process.kill(p.pid, 'SIGKILL');
       for (let i = 0; i < 200 && isSameProcess(p); i++) await new Promise((r) => setTimeout(r, 50));
     }
   }

@@ -1,8 +1,7 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/common';
 import { criuDump, criuRestore, workloadFileIndex } from '../../activities/node/criu';
@@ -139,6 +138,14 @@ describe('job runs on a node', () => {
     expect(inspectRun({ process: r.process })).toEqual({ running: false });
     await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 1000, reason: 'test' });
     expect(existingCgroups(jobId)).toEqual([]);
+  });
+
+  test('a run as another user: the command drops to that user, the shim stays root to write the log', async () => {
+    const jobId = newJob('user');
+    const r = await run(jobId, ['sh', '-c', 'id -u; id -g'], { user: { uid: 65534, gid: 65534 }, cwd: '/' });
+    expect(await awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile })).toMatchObject({ reason: 'Completed' });
+    expect(readRunLog({ jobId, logFile: r.logFile, offset: 0 }).lines.map((l) => l.text)).toEqual(['65534', '65534']);
+    await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 0, reason: 'test' });
   });
 
   test('exit code 3 => Error with code 3, even when the run ends within the settle window', async () => {
@@ -395,6 +402,20 @@ describe('the orphan sweep at agent start', () => {
     expect(inspectRun({ process: r.process })).toEqual({ running: true });
     expect(existingCgroups(jobId).length).toBeGreaterThan(0);
     await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 5000, reason: 'test' });
+  });
+});
+
+describe('a run that ignores SIGTERM', () => {
+  test('is killed after the grace period, and its shim still records the SIGKILL', async () => {
+    const jobId = newJob('stubborn');
+    const r = await run(jobId, ['sh', '-c', "trap '' TERM; echo ready; while :; do sleep 0.1; done"]);
+    await until('its trap set', () => readRunLog({ jobId, logFile: r.logFile, offset: 0 }).lines.some((l) => l.text === 'ready'), 10000);
+    const waiting = awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile });
+    const stop = await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 1000, reason: 'timeout' });
+    expect(stop.signal).toBe('SIGKILL');
+    await expect(waiting).resolves.toMatchObject({ reason: 'Signaled', signal: 'SIGKILL' });
+    expect(jobProcesses(jobId)).toEqual([]);
+    expect(existingCgroups(jobId)).toEqual([]);
   });
 });
 
