@@ -68,8 +68,10 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     });
   };
   await report();
-  // Beside the worker, not before it: a sweep waiting on a slow Temporal must not keep the node from working.
-  void sweepOrphans(ctx, temporalOwnerLookup(client)).catch((e: Error) => logger.error({ err: e.message }, 'orphan sweep failed'));
+  // Before the worker takes activities, so no start on this node races the sweep (a job started again under an
+  // id whose old workflow closed must not lose its new cgroup). Bounded: each owner lookup gives up after 10 s,
+  // and the first that does ends the sweep with nothing removed.
+  await sweepOrphans(ctx, temporalOwnerLookup(client)).catch((e: Error) => logger.error({ err: e.message }, 'orphan sweep failed'));
   const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
   const leaveStack = joinLocalStack(`agent:${opts.node}`, cfg.temporalAddress, { dataDir });
