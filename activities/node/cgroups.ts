@@ -164,6 +164,30 @@ export function attachToJobCgroup(ctx: NodeContext, jobId: string, pids: number[
   return dirs;
 }
 
+/**
+ * The kybernate cgroups (under any node's kybernate/ tree) the processes are in now, by directory. CRIU puts a
+ * restored tree back into the cgroups it was dumped from, creating them if need be, which on another node means
+ * a cgroup under the first node's name.
+ */
+export function kybernateCgroupsOf(pids: number[], root = CGROUP_ROOT): string[] {
+  const out = new Set<string>();
+  for (const pid of pids) {
+    let text = '';
+    try {
+      text = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    for (const line of text.split('\n')) {
+      const [, controllers, where] = line.split(':');
+      if (!where?.startsWith('/kybernate/')) continue;
+      const mounts = controllers === '' ? [root] : controllers.split(',').map((c) => path.join(root, c.replace(/^name=/, '')));
+      for (const m of mounts) if (fs.existsSync(path.join(m, where))) out.add(path.join(m, where));
+    }
+  }
+  return [...out].sort();
+}
+
 /** Whether the kernel's OOM killer killed a task of the job's cgroup (since the cgroup was made). */
 export function jobCgroupOomKilled(ctx: NodeContext, jobId: string, root = CGROUP_ROOT): boolean {
   const dirs = jobCgroupDirs(ctx, jobId, root);

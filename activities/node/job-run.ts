@@ -8,7 +8,7 @@ import { ErrorType } from '../../common/errors';
 import type { JobLimits, ReadRunLogInput, ReadRunLogResult, RunExit, RunLogLine, RunRecord, StartRunInput, StartRunResult } from '../../common/job';
 import type { ProcessIdentity } from '../../common/journal';
 import { makeS3Client, s3ErrorKind } from '../s3-client';
-import { attachToJobCgroup, createJobCgroup, jobCgroupDirs, jobCgroupOomKilled, removeJobCgroup } from './cgroups';
+import { attachToJobCgroup, createJobCgroup, jobCgroupDirs, jobCgroupOomKilled, kybernateCgroupsOf, removeJobCgroup } from './cgroups';
 import { type NodeContext, safeId, workloadDir } from './context';
 import { checkCwd, otherUserCheckpointBlocker, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
 import { readPidFile, writePidFile } from './pid-file';
@@ -359,8 +359,20 @@ export function attachRunLimits(ctx: NodeContext, input: { jobId: string; limits
   if (!isSameProcess(input.process)) throw ApplicationFailure.nonRetryable(`run of job ${jobId}: pid ${input.process.pid} is no longer running`, ErrorType.NoSuchProcess);
   const { dirs } = createJobCgroup(ctx, jobId, limits);
   if (dirs.length === 0) return { cgroup: [] };
-  const cgroup = attachToJobCgroup(ctx, jobId, processTree(input.process.pid));
-  ctx.logger.info({ job: jobId, node: ctx.node, pid: input.process.pid, cgroup }, 'resumed run moved into its cgroup');
+  const tree = processTree(input.process.pid);
+  const before = kybernateCgroupsOf(tree).filter((d) => !dirs.includes(d));
+  const cgroup = attachToJobCgroup(ctx, jobId, tree);
+  // The cgroups CRIU put the tree back into (the dumping node's, by name) are left empty: removed, not left behind.
+  const cleared: string[] = [];
+  for (const d of before.sort((a, b) => b.length - a.length)) {
+    try {
+      fs.rmdirSync(d);
+      cleared.push(d);
+    } catch {
+      /* still in use (another task of that job there), or gone */
+    }
+  }
+  ctx.logger.info({ job: jobId, node: ctx.node, pid: input.process.pid, cgroup, cleared }, 'resumed run moved into its cgroup');
   return { cgroup };
 }
 

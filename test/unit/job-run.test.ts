@@ -460,11 +460,21 @@ describe('a run under the shim is CRIU-dumpable', () => {
     const after = ticks();
     // Its memory came back: the count carries on from where the dump stopped it, nothing lost or repeated.
     expect(after).toEqual(after.map((_, i) => i));
-    const waiting = awaitRunExit(ctx, { jobId, run: 1, process: id, exitFile: r.exitFile });
-    expect((await stopRun(ctx, { jobId, run: 1, process: id, graceMs: 10000, reason: 'test' })).signal).toBe('SIGTERM');
+    // CRIU put the tree back into the cgroups it was dumped from (this node's name); resumed as node B, it is
+    // moved into B's, and A's, left empty, goes.
+    const a = existingCgroups(jobId);
+    expect(a.length).toBeGreaterThan(0);
+    const ctxB = { ...ctx, node: `${NODE}-b` };
+    const { cgroup } = attachRunLimits(ctxB, { jobId, limits: { pids: 64 }, process: id });
+    expect(cgroup.length).toBeGreaterThan(0);
+    for (const d of cgroup) expect(d).toContain(`/kybernate/${NODE}-b/${jobId}`);
+    expect(existingCgroups(jobId)).toEqual([]);
+    const waiting = awaitRunExit(ctxB, { jobId, run: 1, process: id, exitFile: r.exitFile });
+    expect((await stopRun(ctxB, { jobId, run: 1, process: id, graceMs: 10000, reason: 'test' })).signal).toBe('SIGTERM');
     await expect(waiting).resolves.toMatchObject({ reason: 'Signaled', signal: 'SIGTERM' });
     expect(jobProcesses(jobId)).toEqual([]);
-    expect(existingCgroups(jobId)).toEqual([]);
+    expect([...jobCgroupDirs(ctxB, jobId).values()].filter((d) => fs.existsSync(d))).toEqual([]);
+    for (const d of jobCgroupDirs(ctxB, jobId).values()) fs.rmdirSync(path.dirname(d)); // node B's parent, made by this test
   }, 120000);
 });
 
