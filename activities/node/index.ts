@@ -252,7 +252,7 @@ export function createNodeActivities(ctx: NodeContext) {
       return inspectRun(input);
     },
     async attachRunLimits(input: { jobId: string; limits: JobLimits; process: ProcessIdentity }): Promise<{ cgroup: string[] }> {
-      return attachRunLimits(ctx, input);
+      return await attachRunLimits(ctx, input);
     },
     async readRunLog(input: ReadRunLogInput): Promise<ReadRunLogResult> {
       return readRunLog(input);

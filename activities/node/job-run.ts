@@ -353,23 +353,30 @@ export function inspectRun(input: { process: ProcessIdentity }): { running: bool
 }
 
 /** A run resumed from a checkpoint: CRIU put its tasks back outside the job's cgroup; its limits apply again. */
-export function attachRunLimits(ctx: NodeContext, input: { jobId: string; limits: JobLimits; process: ProcessIdentity }): { cgroup: string[] } {
+export async function attachRunLimits(ctx: NodeContext, input: { jobId: string; limits: JobLimits; process: ProcessIdentity }): Promise<{ cgroup: string[] }> {
   const jobId = safeId('jobId', input.jobId);
   const limits = checkLimits(input.limits);
   if (!isSameProcess(input.process)) throw ApplicationFailure.nonRetryable(`run of job ${jobId}: pid ${input.process.pid} is no longer running`, ErrorType.NoSuchProcess);
   const { dirs } = createJobCgroup(ctx, jobId, limits);
   if (dirs.length === 0) return { cgroup: [] };
-  const tree = processTree(input.process.pid);
+  // Everything under the init, as at start (the shim joins the cgroup, the init stays out): the init's parent
+  // after a restore is the host's init, and a zombie init left in the cgroup would keep it from being removed.
+  const tree = processTree(input.process.pid).filter((p) => p !== input.process.pid);
   const before = kybernateCgroupsOf(tree).filter((d) => !dirs.includes(d));
   const cgroup = attachToJobCgroup(ctx, jobId, tree);
   // The cgroups CRIU put the tree back into (the dumping node's, by name) are left empty: removed, not left behind.
   const cleared: string[] = [];
   for (const d of before.sort((a, b) => b.length - a.length)) {
-    try {
-      fs.rmdirSync(d);
-      cleared.push(d);
-    } catch {
-      /* still in use (another task of that job there), or gone */
+    // v1 may refuse a cgroup for a moment (EBUSY) right after its last task moved out.
+    for (let i = 0; i < 40; i++) {
+      try {
+        fs.rmdirSync(d);
+        cleared.push(d);
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EBUSY' || cgroupProcs(d).length > 0) break; // in use by another task, or gone
+        await new Promise((r) => setTimeout(r, 50));
+      }
     }
   }
   ctx.logger.info({ job: jobId, node: ctx.node, pid: input.process.pid, cgroup, cleared }, 'resumed run moved into its cgroup');

@@ -297,18 +297,20 @@ describe('job runs on a node', () => {
     expect(jobProcesses(jobId)).toEqual([]);
   });
 
-  test('a resumed run is moved into its cgroup (attachRunLimits)', async () => {
+  test('a resumed run is moved into its cgroup (attachRunLimits): everything under its init', async () => {
     const jobId = newJob('attach');
-    const loose = spawn('sh', ['-c', 'sleep 300 & wait'], { detached: true, stdio: 'ignore' });
+    const loose = spawn('sh', ['-c', 'sh -c "sleep 300 & wait" & wait'], { detached: true, stdio: 'ignore' });
     loose.unref();
-    await until('its child', () => processTree(loose.pid!).length >= 2, 5000);
-    const proc = { pid: loose.pid!, startTime: Number(fs.readFileSync(`/proc/${loose.pid}/stat`, 'utf8').split(') ')[1].split(' ')[19]) };
-    const { cgroup } = attachRunLimits(ctx, { jobId, limits: { pids: 16 }, process: proc });
-    const pidsDir = cgroup.find((d) => d.includes('/pids/') || !d.includes('/memory/'))!;
+    await until('its descendants', () => processTree(loose.pid!).length >= 3, 5000);
+    const proc = processIdentity(loose.pid!)!;
+    const { cgroup } = await attachRunLimits(ctx, { jobId, limits: { pids: 16 }, process: proc });
+    const pidsDir = cgroup.find((d) => d.includes('/pids/'))!;
     const members = fs.readFileSync(path.join(pidsDir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number).sort();
-    expect(members).toEqual(processTree(loose.pid!).sort());
+    expect(members).toEqual(processTree(loose.pid!).filter((p) => p !== loose.pid).sort());
     const r = await removeJobCgroup(ctx, jobId);
     expect(r.killed).toBe(2);
+    // The init, left out, ends on its own once its children are gone.
+    await until('the init gone', () => !processAlive(loose.pid!), 5000);
   });
 
   test('readRunLog in small chunks concatenates to exactly the file; paths are checked by shape', async () => {
@@ -465,7 +467,7 @@ describe('a run under the shim is CRIU-dumpable', () => {
     const a = existingCgroups(jobId);
     expect(a.length).toBeGreaterThan(0);
     const ctxB = { ...ctx, node: `${NODE}-b` };
-    const { cgroup } = attachRunLimits(ctxB, { jobId, limits: { pids: 64 }, process: id });
+    const { cgroup } = await attachRunLimits(ctxB, { jobId, limits: { pids: 64 }, process: id });
     expect(cgroup.length).toBeGreaterThan(0);
     for (const d of cgroup) expect(d).toContain(`/kybernate/${NODE}-b/${jobId}`);
     expect(existingCgroups(jobId)).toEqual([]);
