@@ -4,8 +4,15 @@ export const ErrorType = {
   NoSuchProcess: 'NoSuchProcess',
   /** A workload could not be started (no such program, not executable, exited at once); nothing is left running. */
   StartFailure: 'StartFailure',
+  /**
+   * The job asks for limits (memory, pids, cpu) and this node cannot enforce them: cgroups are not mounted or
+   * not writable. Nothing was started; another node may have them.
+   */
+  LimitsUnavailable: 'LimitsUnavailable',
   /** A workload with this job id is already running on the node: a second one would be untracked. */
   JobAlreadyRunning: 'JobAlreadyRunning',
+  /** Tasks of a stopped job are still in its cgroup after SIGKILL (stuck in the kernel): retried. */
+  ProcessesRemain: 'ProcessesRemain',
   CudaUnavailable: 'CudaUnavailable',
   CudaError: 'CudaError',
   CriuDumpFailed: 'CriuDumpFailed',

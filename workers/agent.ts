@@ -5,6 +5,7 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import { createNodeActivities } from '../activities/node';
 import type { NodeContext } from '../activities/node/context';
 import { readInventory } from '../activities/node/inventory';
+import { sweepOrphans, temporalOwnerLookup } from '../activities/node/orphans';
 import { assertSafeId } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue, nodeWorkflowId } from '../common/queues';
 import { joinLocalStack } from '../deploy/local/join';
@@ -19,6 +20,8 @@ export interface AgentOptions {
   criuBin?: string;
   /** The init run as pid 1 of each workload's PID namespace; null: none. Default: $KYBERNATE_INIT ('none' for none), else the provisioned tini. */
   initBin?: string | null;
+  /** The shim each job run is started under. Default: $KYBERNATE_SHIM, else the provisioned one (provision.sh shim). */
+  shimBin?: string;
   /** Memory (tmpfs) directory for staging dumps and fetches; null: never stage. Default: /dev/shm/kybernate/<node>. */
   stagingDir?: string | null;
   /** How often inventory goes to the node's registry workflow. */
@@ -41,6 +44,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     dataDir,
     criuBin: opts.criuBin ?? process.env.KYBERNATE_CRIU ?? BIN.criu,
     initBin: initBin(opts.initBin),
+    shimBin: shimBin(opts.shimBin),
     criuActionScript: process.env.KYBERNATE_CRIU_ACTION_SCRIPT ?? null,
     declaredVramBytes: opts.declaredVramBytes ?? null,
     stagingDir: opts.stagingDir === undefined ? defaultStagingDir(opts.node) : opts.stagingDir,
@@ -64,6 +68,10 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     });
   };
   await report();
+  // Before the worker takes activities, so no start on this node races the sweep (a job started again under an
+  // id whose old workflow closed must not lose its new cgroup). Bounded: each owner lookup gives up after 10 s,
+  // and the first that does ends the sweep with nothing removed.
+  await sweepOrphans(ctx, temporalOwnerLookup(client)).catch((e: Error) => logger.error({ err: e.message }, 'orphan sweep failed'));
   const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
   const leaveStack = joinLocalStack(`agent:${opts.node}`, cfg.temporalAddress, { dataDir });
@@ -89,6 +97,17 @@ function initBin(given: string | null | undefined): string | null {
     fs.accessSync(bin, fs.constants.X_OK);
   } catch {
     throw new Error(`init ${bin} is missing or not executable: run deploy/local/provision.sh tini, or set KYBERNATE_INIT to an init (or 'none')`);
+  }
+  return path.resolve(bin);
+}
+
+/** Refuses to start an agent without its run shim, as for the init: every job run would fail to start. */
+function shimBin(given: string | undefined): string {
+  const bin = given ?? process.env.KYBERNATE_SHIM ?? BIN.shim;
+  try {
+    fs.accessSync(bin, fs.constants.X_OK);
+  } catch {
+    throw new Error(`run shim ${bin} is missing or not executable: run deploy/local/provision.sh shim, or set KYBERNATE_SHIM`);
   }
   return path.resolve(bin);
 }

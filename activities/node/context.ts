@@ -17,6 +17,11 @@ export interface NodeContext {
    * reaping zombies; null: the workload itself is pid 1 there and ignores SIGTERM unless it handles it.
    */
   initBin: string | null;
+  /**
+   * The shim every job run is started under (deploy/native/kybernate-shim.c): it joins the job's cgroups, writes
+   * the run's log in the CRI format and records the run's exit status, so neither needs the agent to be up.
+   */
+  shimBin: string;
   /** CRIU --action-script, run at each dump/restore stage (network locking, site hooks, fault tests). */
   criuActionScript: string | null;
   /** VRAM capacity given on the command line for a node without a GPU; reported as declared, never as measured. */

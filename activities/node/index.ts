@@ -25,6 +25,9 @@ import { uploadCheckpoint } from './upload';
 import { verifyRunning, type VerifyRunningInput, type VerifyRunningResult } from './verify';
 import { checkVram, recordVram } from './vram';
 import type { RestoreInspection } from '../../common/restore';
+import type { JobLimits, ReadRunLogInput, ReadRunLogResult, RunExit, RunRecord, StartRunInput, StartRunResult } from '../../common/job';
+import type { ProcessIdentity } from '../../common/journal';
+import { archiveRunLog, attachRunLimits, awaitRunExit, collectDiagnostics, inspectRun, readRunLog, startRun, stopRun } from './job-run';
 import { ErrorType } from '../../common/errors';
 
 /** A step's result as the journal keeps it: whole (they are small), so a workflow that lost the reply can read it back. */
@@ -232,6 +235,33 @@ export function createNodeActivities(ctx: NodeContext) {
       const running = runningWorkload(ctx, input.jobId);
       if (!running) return { stopped: false, signal: null, afterMs: 0 };
       return stopProcess(ctx, running.pid, input.reason ?? 'stop requested', graceMs, running.startTime);
+    },
+    // ---- a job's runs (job-run.ts): started under tini + the shim, in the job's cgroup ----
+    async startRun(input: StartRunInput): Promise<StartRunResult> {
+      return startRun(ctx, input);
+    },
+    /** Returns once that very process is gone, with how the run ended; heartbeats every 500 ms poll. */
+    async awaitRunExit(input: { jobId: string; run: number; process: ProcessIdentity; exitFile: string }): Promise<RunExit> {
+      return awaitRunExit(ctx, input);
+    },
+    /** SIGTERM, graceMs, SIGKILL, then the job's cgroup emptied and removed. Idempotent. */
+    async stopRun(input: { jobId: string; run: number; process: ProcessIdentity | null; graceMs: number; reason: string }): Promise<{ signal: 'SIGTERM' | 'SIGKILL' | null; killedStragglers: number }> {
+      return stopRun(ctx, input);
+    },
+    async inspectRun(input: { process: ProcessIdentity }): Promise<{ running: boolean }> {
+      return inspectRun(input);
+    },
+    async attachRunLimits(input: { jobId: string; limits: JobLimits; process: ProcessIdentity }): Promise<{ cgroup: string[] }> {
+      return await attachRunLimits(ctx, input);
+    },
+    async readRunLog(input: ReadRunLogInput): Promise<ReadRunLogResult> {
+      return readRunLog(input);
+    },
+    async archiveRunLog(input: { jobId: string; run: number; logFile: string }): Promise<{ key: string; bytes: number }> {
+      return archiveRunLog(ctx, input);
+    },
+    async collectDiagnostics(input: { jobId: string; at: string; error: string; runs: RunRecord[]; logFile: string | null }): Promise<{ prefix: string }> {
+      return collectDiagnostics(ctx, input);
     },
   };
 }

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { cgroupVersion } from './cgroups';
 import type { NodeContext } from './context';
 import { criuVersion } from './criu';
 import { listGpus } from './cuda';
@@ -23,6 +24,8 @@ export interface NodeInventory {
   freeVramBytes: number;
   freeDiskBytes: number;
   criuVersion: string;
+  /** How this node enforces a job's limits (activities/node/cgroups.ts); 'none': it cannot, and refuses jobs that ask for them. */
+  cgroups?: 'v1' | 'v2' | 'none';
   reportedAt: string;
 }
 
@@ -34,7 +37,7 @@ export async function readInventory(ctx: NodeContext): Promise<NodeInventory> {
   });
   fs.mkdirSync(ctx.dataDir, { recursive: true });
   const st = fs.statfsSync(ctx.dataDir);
-  const base = { node: ctx.node, zone: ctx.zone, freeDiskBytes: st.bavail * st.bsize, criuVersion: await criuVersion(ctx), reportedAt: new Date().toISOString() };
+  const base = { node: ctx.node, zone: ctx.zone, freeDiskBytes: st.bavail * st.bsize, criuVersion: await criuVersion(ctx), cgroups: cgroupVersion(), reportedAt: new Date().toISOString() };
   if (gpus.length > 0) {
     return { ...base, vramSource: 'measured', gpus, totalVramBytes: gpus.reduce((s, g) => s + g.totalVramBytes, 0), freeVramBytes: gpus.reduce((s, g) => s + g.freeVramBytes, 0) };
   }

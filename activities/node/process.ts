@@ -141,10 +141,10 @@ export function treeCpuTicks(root: number): number {
 }
 
 /** How long a freshly started workload must stay up to count as started: one that dies of a bad argument does so within it. */
-const START_SETTLE_MS = 1000;
+export const START_SETTLE_MS = 1000;
 
 /** Jobs this agent is starting right now: two concurrent starts of one job must not both pass the check. */
-const starting = new Set<string>();
+export const starting = new Set<string>();
 
 /**
  * Starts a workload detached so that it outlives an agent crash, in its own PID namespace: CRIU then restores
@@ -241,7 +241,7 @@ function readFrom(file: string, offset: number, max = 4000): string {
 }
 
 /** The host pid of the process unshare forked into the new namespace (pid 1 there), or why there is none. */
-async function namespaceInit(unsharePid: number, exited: () => string | null): Promise<number | string> {
+export async function namespaceInit(unsharePid: number, exited: () => string | null): Promise<number | string> {
   for (let i = 0; i < 250; i++) {
     try {
       const kids = fs.readFileSync(`/proc/${unsharePid}/task/${unsharePid}/children`, 'utf8').trim();

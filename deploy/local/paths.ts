@@ -29,11 +29,14 @@ function readVersions(): Record<string, string> {
   return out;
 }
 const v = readVersions();
+/** The run shim is built from source (provision.sh shim): its cache directory is named for the source's hash. */
+const shimSum = createHash('sha256').update(fs.readFileSync(path.join(REPO_ROOT, 'deploy', 'native', 'kybernate-shim.c'))).digest('hex').slice(0, 12);
 export const BIN = {
   temporal: path.join(CACHE_DIR, `temporal-${v.TEMPORAL_CLI_VERSION}`, 'temporal'),
   minio: path.join(CACHE_DIR, `minio-${v.MINIO_VERSION}`, 'minio'),
   toxiproxy: path.join(CACHE_DIR, `toxiproxy-${v.TOXIPROXY_VERSION}`, 'server'),
   criu: path.join(CACHE_DIR, `criu-${v.CRIU_DEB_VERSION}`, 'criu'),
   tini: path.join(CACHE_DIR, `tini-${v.TINI_DEB_VERSION}`, 'tini'),
+  shim: path.join(CACHE_DIR, `shim-${shimSum}`, 'kybernate-shim'),
   testServer: path.join(CACHE_DIR, `temporal-test-server-${v.TEST_SERVER_VERSION}`, 'temporal-test-server'),
 };

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds or downloads every binary the local stack needs into a cache keyed by version.
 # Idempotent: a component whose versioned directory already holds a working binary is skipped.
-# Usage: provision.sh [temporal|minio|toxiproxy|criu|tini|test-server ...]   (no argument: all)
+# Usage: provision.sh [temporal|minio|toxiproxy|criu|tini|shim|test-server ...]   (no argument: all)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -183,6 +183,25 @@ tini_install() {
   log "tini $TINI_DEB_VERSION: installed at $dir/tini"
 }
 
+# kybernate-shim runs each job run's command under tini: it joins the job's cgroups, writes the run's log in
+# the CRI format and records its exit status (deploy/native/kybernate-shim.c). Built from source with this
+# machine's cc into a directory named for the source's hash, so a changed source is rebuilt; static where the
+# libc allows it, so that a run restored on another host needs no matching libc.
+shim_install() {
+  local src="$here/../native/kybernate-shim.c" sum dir tmp
+  sum=$(sha256sum "$src" | cut -c1-12)
+  dir="$CACHE/shim-$sum"
+  if [ -x "$dir/kybernate-shim" ]; then log "shim $sum: cached at $dir/kybernate-shim"; return; fi
+  need cc "a C compiler builds the run shim"
+  tmp="$dir.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  cc -O2 -Wall -Wextra -static -o "$tmp/kybernate-shim" "$src" 2>/dev/null \
+    || cc -O2 -Wall -Wextra -o "$tmp/kybernate-shim" "$src" >&2 \
+    || { rm -rf "$tmp"; die "shim: cc failed on $src"; }
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  log "shim $sum: built $dir/kybernate-shim"
+}
+
 test_server_install() {
   local dir="$CACHE/temporal-test-server-$TEST_SERVER_VERSION"
   if [ -x "$dir/temporal-test-server" ] && [ -n "$(ls "$dir"/lib/*.jar 2>/dev/null)" ]; then
@@ -207,7 +226,7 @@ WRAP
   log "temporal-test-server $TEST_SERVER_VERSION: installed at $dir"
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(temporal minio toxiproxy criu tini test-server)
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(temporal minio toxiproxy criu tini shim test-server)
 for c in "${want[@]}"; do
   case "$c" in
     temporal)  go_tool temporal github.com/temporalio/cli/cmd/temporal "$TEMPORAL_CLI_VERSION" temporal ;;
@@ -215,7 +234,8 @@ for c in "${want[@]}"; do
     toxiproxy) go_tool toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server "$TOXIPROXY_VERSION" server ;;
     criu)      criu_install ;;
     tini)      tini_install ;;
+    shim)      shim_install ;;
     test-server) test_server_install ;;
-    *) die "unknown component '$c' (known: temporal minio toxiproxy criu tini test-server)" ;;
+    *) die "unknown component '$c' (known: temporal minio toxiproxy criu tini shim test-server)" ;;
   esac
 done

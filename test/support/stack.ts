@@ -84,7 +84,7 @@ export const alive = processAlive;
 export function localNodeContext(node: string, dataDir: string): NodeContext {
   const s = stack();
   return {
-    node, zone: null, dataDir, criuBin: BIN.criu, initBin: BIN.tini, criuActionScript: null, declaredVramBytes: null, stagingDir: null,
+    node, zone: null, dataDir, criuBin: BIN.criu, initBin: BIN.tini, shimBin: BIN.shim, criuActionScript: null, declaredVramBytes: null, stagingDir: null,
     s3: configFromStack(s).s3, logger: pino({ level: 'silent' }),
   };
 }

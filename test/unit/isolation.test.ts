@@ -21,7 +21,7 @@ afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 function ctxIn(dir: string): NodeContext {
   return {
-    node: 'unit', zone: null, dataDir: path.join(dir, 'data'), criuBin: '/bin/false', initBin: null, criuActionScript: null, declaredVramBytes: null,
+    node: 'unit', zone: null, dataDir: path.join(dir, 'data'), criuBin: '/bin/false', initBin: null, shimBin: '/bin/false', criuActionScript: null, declaredVramBytes: null,
     stagingDir: path.join(dir, 'staging'),
     s3: { endpoint: 'http://127.0.0.1:1', region: 'us-east-1', accessKeyId: 'x', secretAccessKey: 'y', bucket: 'b' },
     logger: pino({ level: 'silent' }),
