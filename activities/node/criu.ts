@@ -166,7 +166,11 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
   const pidFile = path.join(input.dir, 'restored.pid');
   fs.rmSync(pidFile, { force: true });
   const restore = (log: string, sockets: string[]) => {
-    const args = ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--pidfile', pidFile, ...sockets];
+    // Cgroups are the agent's business, not the image's: CRIU would put the tree back into the cgroups it was
+    // dumped from (the dumping node's job cgroup, by name), so a copy restored beside its still-running original
+    // would share, and be killed with, the original's cgroup. The job workflow moves a resumed tree into its own
+    // cgroup afterwards (attachRunLimits).
+    const args = ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--manage-cgroups=ignore', '--pidfile', pidFile, ...sockets];
     if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
     return runTool(ctx.criuBin, args);
   };

@@ -11,7 +11,7 @@ import { archiveRunLog, attachRunLimits, awaitRunExit, collectDiagnostics, inspe
 import { type OwnerState, sweepOrphans, temporalOwnerLookup } from '../../activities/node/orphans';
 import { Client, Connection } from '@temporalio/client';
 import { configFromStack } from '../../deploy/local/stack';
-import { processAlive, processIdentity, processTree } from '../../activities/node/process';
+import { isSameProcess, processAlive, processIdentity, processTree } from '../../activities/node/process';
 import { makeS3Client } from '../../activities/s3-client';
 import type { StartRunInput } from '../../common/job';
 import { BIN, REPO_ROOT } from '../../deploy/local/paths';
@@ -462,15 +462,19 @@ describe('a run under the shim is CRIU-dumpable', () => {
     const after = ticks();
     // Its memory came back: the count carries on from where the dump stopped it, nothing lost or repeated.
     expect(after).toEqual(after.map((_, i) => i));
-    // CRIU put the tree back into the cgroups it was dumped from (this node's name); resumed as node B, it is
-    // moved into B's, and A's, left empty, goes.
-    const a = existingCgroups(jobId);
-    expect(a.length).toBeGreaterThan(0);
+    // CRIU leaves cgroups alone on restore (--manage-cgroups=ignore): the restored tree is in no job cgroup
+    // until it is resumed as node B and moved into B's; A's, emptied by the dump, goes with A's cleanup.
+    const inJobCgroup = (): boolean => processTree(id.pid).some((p) => fs.readFileSync(`/proc/${p}/cgroup`, 'utf8').includes(`/kybernate/`));
+    expect(inJobCgroup()).toBe(false);
+    expect(existingCgroups(jobId).length).toBeGreaterThan(0);
     const ctxB = { ...ctx, node: `${NODE}-b` };
     const { cgroup } = await attachRunLimits(ctxB, { jobId, limits: { pids: 64 }, process: id });
     expect(cgroup.length).toBeGreaterThan(0);
     for (const d of cgroup) expect(d).toContain(`/kybernate/${NODE}-b/${jobId}`);
+    expect(inJobCgroup()).toBe(true);
+    await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 1000, reason: 'cleanup on A after the preemption' });
     expect(existingCgroups(jobId)).toEqual([]);
+    expect(isSameProcess(id)).toBe(true);
     const waiting = awaitRunExit(ctxB, { jobId, run: 1, process: id, exitFile: r.exitFile });
     expect((await stopRun(ctxB, { jobId, run: 1, process: id, graceMs: 10000, reason: 'test' })).signal).toBe('SIGTERM');
     await expect(waiting).resolves.toMatchObject({ reason: 'Signaled', signal: 'SIGTERM' });
