@@ -8,6 +8,8 @@ export const ErrorType = {
   JobAlreadyRunning: 'JobAlreadyRunning',
   CudaUnavailable: 'CudaUnavailable',
   CudaError: 'CudaError',
+  /** The driver's lock did not get the process within its timeout (CUDA_ERROR_TIMEOUT); the process was left running. */
+  CudaTimeout: 'CudaTimeout',
   CriuDumpFailed: 'CriuDumpFailed',
   CriuRestoreFailed: 'CriuRestoreFailed',
   /**
