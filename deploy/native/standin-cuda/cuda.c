@@ -161,7 +161,7 @@ static uint64_t vram_bytes;
 static uint32_t vram_seed;
 static unsigned char *host_copy; /* the VRAM's contents while checkpointed: in this process's memory */
 static int cur_pid;
-static unsigned long long cur_start;
+static volatile int helper_tid; /* the helper thread's host tid: with the pid, names this very process */
 
 static int host_pid(void) {
   /* /proc is the host's inside our PID namespaces, so /proc/self names the host pid (re-read after a CRIU restore). */
@@ -172,6 +172,16 @@ static int host_pid(void) {
   return atoi(buf);
 }
 
+/* The calling thread's host tid, from /proc/thread-self ("<pid>/task/<tid>"). */
+static int host_tid(void) {
+  char buf[64];
+  ssize_t n = readlink("/proc/thread-self", buf, sizeof buf - 1);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  char *t = strstr(buf, "/task/");
+  return t ? atoi(t + 6) : 0;
+}
+
 static unsigned char pattern(uint64_t i, uint32_t seed) {
   uint64_t x = (i >> 3) * 0x9E3779B97F4A7C15ULL + seed;
   return (unsigned char)((x >> 29) ^ i);
@@ -180,7 +190,7 @@ static unsigned char pattern(uint64_t i, uint32_t seed) {
 static void publish(void) {
   char path[4200], text[128];
   snprintf(path, sizeof path, "%s/%d.state", standin_ctl_dir(), cur_pid);
-  snprintf(text, sizeof text, "%d %llu %llu\n", ctx_state, cur_start, (unsigned long long)vram_bytes);
+  snprintf(text, sizeof text, "%d %d %llu\n", ctx_state, helper_tid, (unsigned long long)vram_bytes);
   standin_write_file(path, text);
 }
 
@@ -189,7 +199,7 @@ static void set_state(int s) {
   ctx_state = s;
   pthread_cond_broadcast(&state_cv);
   pthread_mutex_unlock(&state_mu);
-  publish();
+  if (helper_tid) publish();
 }
 
 static long ms_since(const struct timespec *t0) {
@@ -333,10 +343,14 @@ static void *helper(void *arg) {
   (void)arg;
   for (;;) {
     int pid = host_pid();
-    if (pid != cur_pid) {
-      /* A CRIU restore: this process has a new host pid (and start time); register under it. */
+    if (pid != cur_pid || !helper_tid) {
+      /*
+       * First run, or a CRIU restore: this process has a new host pid (and this thread a new tid); register
+       * under it. The tid, not the start time, tells the controller it is this process: a start time read
+       * in /proc is shifted by the reader's time namespace, which CRIU may give a restored process.
+       */
       cur_pid = pid;
-      cur_start = standin_start_time(pid);
+      helper_tid = host_tid();
       publish();
     }
     char req[4200];
@@ -369,7 +383,6 @@ CUresult standinAlloc(uint64_t bytes, uint32_t seed) {
   standin_read_conf(dir, &c);
   if (standin_used_bytes(dir) + bytes > c.total_bytes) return CUDA_ERROR_OUT_OF_MEMORY;
   cur_pid = host_pid();
-  cur_start = standin_start_time(cur_pid);
   snprintf(vram_path, sizeof vram_path, "%s/vram-%d", dir, cur_pid);
   int fd = open(vram_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd < 0) return CUDA_ERROR_OPERATING_SYSTEM;
@@ -399,6 +412,8 @@ CUresult standinAlloc(uint64_t bytes, uint32_t seed) {
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (rc != 0) return CUDA_ERROR_OPERATING_SYSTEM;
   pthread_detach(t);
+  /* Returns once a controller can see the context, as cuCtxCreate returns with it usable. */
+  for (int i = 0; i < 1000 && !helper_tid; i++) standin_sleep_ms(1);
   return CUDA_SUCCESS;
 }
 
@@ -442,17 +457,23 @@ const char *standinVramPath(void) { return ctx_state == CU_PROCESS_STATE_CHECKPO
 
 /* ---- the controller side (the agent): cuCheckpointProcess* on another process ---- */
 
-struct registration { int state; unsigned long long start, bytes; };
+struct registration { int state, tid; unsigned long long bytes; };
+
+static int thread_alive(int pid, int tid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task/%d", pid, tid);
+  return tid > 0 && access(path, F_OK) == 0;
+}
 
 static int read_registration(int pid, struct registration *reg) {
   char path[4200];
   snprintf(path, sizeof path, "%s/%d.state", standin_ctl_dir(), pid);
   FILE *f = fopen(path, "re");
   if (!f) return -1;
-  int n = fscanf(f, "%d %llu %llu", &reg->state, &reg->start, &reg->bytes);
+  int n = fscanf(f, "%d %d %llu", &reg->state, &reg->tid, &reg->bytes);
   fclose(f);
-  /* Valid only for the very process that wrote it: a pid reused since has another start time. */
-  if (n != 3 || reg->start == 0 || reg->start != standin_start_time(pid)) return -1;
+  /* Valid only for the very process that wrote it: its helper thread must still be there under that pid. */
+  if (n != 3 || !thread_alive(pid, reg->tid)) return -1;
   return 0;
 }
 
@@ -511,7 +532,7 @@ static CUresult request(int pid, const char *op, unsigned timeout_ms) {
         return rc;
       }
     }
-    if (i % 50 == 49 && standin_start_time(pid) != reg.start) {
+    if (i % 50 == 49 && !thread_alive(pid, reg.tid)) {
       /* The process is gone (or was never answering): no driver left to do the work. */
       unlink(path);
       return CUDA_ERROR_NOT_FOUND;
