@@ -132,7 +132,7 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
     expect((await k.checkpointResult(request.checkpointId)).phase).toBe('Durable');
     const seen = verifies(w.logFile).length;
     // gs-oom first (its driver fails the restore), never the source node; the rest by free VRAM.
-    const others = ['gs-a', 'gs-b', 'gs-fail', 'gs-slow', 'gs-oom-src'];
+    const others = ['gs-a', 'gs-b', 'gs-fail', 'gs-slow', 'gs-lock', 'gs-comp', 'gs-oom-src'];
     const req: RestoreRequest = { checkpointId: 'gs-oom-1', prefer: ['gs-oom'], exclude: others };
     const workflowId = restoreWorkflowId('gs-oom-1', 1);
     await k.client.workflow.start('restore', { workflowId, taskQueue: CONTROL_QUEUE, args: [req] });
@@ -163,5 +163,40 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
     expect(ms).toBeGreaterThanOrEqual(14000);
     expect(ck.history.some((h) => /HEARTBEAT|agent lost|killed/i.test(h.detail))).toBe(false);
     expect(alive(w.pid)).toBe(false); // stopped by the dump, held in the checkpoint
+  }, 300000);
+
+  test('a lock that times out in the driver (CUDA_ERROR_TIMEOUT) fails Locking cleanly: nothing to undo, the workload runs on untouched', async () => {
+    await agent('gs-lock', { faults: 'lock-hang' });
+    const w = await workload('gs-lock', 'gs-lock', 8, 105);
+    const { request } = await k.startCheckpoint({ target: 'gs-lock', node: 'gs-lock', checkpointId: 'gs-lock-1', vramBytes: 8 * MiB });
+    const ck = await k.checkpointResult(request.checkpointId);
+    expect(ck.phase).toBe('Failed');
+    expect(ck.failureReason).toMatch(/^Locking: .*CUresult 909 \(the operation timed out\)/);
+    expect(ck.history.some((h) => h.phase === 'DumpingVram')).toBe(false);
+    expect(ck.history.some((h) => /CUDA (restore|unlock)|killed/.test(h.detail))).toBe(false);
+    expect(alive(w.pid)).toBe(true);
+    const [cudaPid] = copies(105);
+    expect(driverState(cudaPid)).toBe(0);
+    const seen = verifies(w.logFile).length;
+    await until('the workload still reads its VRAM', () => verifies(w.logFile).length > seen, 30000);
+    expect(verifies(w.logFile).every((l) => l.includes('vram_ok=True'))).toBe(true);
+  }, 300000);
+
+  test('each compensation runs even if the one before failed: a CUDA restore that runs out of memory is recorded, and the unlock is still tried', async () => {
+    const script = path.join(stack().home, 'criu-fail-pre-dump-2.sh');
+    fs.writeFileSync(script, '#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] && exit 1\nexit 0\n', { mode: 0o755 });
+    await agent('gs-comp', { faults: 'restore-oom', env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
+    const w = await workload('gs-comp', 'gs-comp', 8, 106);
+    const { request } = await k.startCheckpoint({ target: 'gs-comp', node: 'gs-comp', checkpointId: 'gs-comp-1', vramBytes: 8 * MiB });
+    const ck = await k.checkpointResult(request.checkpointId);
+    expect(ck.phase).toBe('Failed');
+    const failed = ck.history.filter((h) => h.outcome === 'failed').map((h) => h.detail);
+    expect(failed.some((d) => /^CUDA restore failed: .*CUresult 2 \(out of memory\)/.test(d))).toBe(true);
+    // The driver left the process FAILED, so the unlock fails too; what matters is that it was tried.
+    expect(failed.some((d) => /^CUDA unlock failed: .*CUresult 401/.test(d))).toBe(true);
+    expect(ck.history.some((h) => h.detail === 'partial checkpoint directory deleted')).toBe(true);
+    const [cudaPid] = copies(106);
+    expect(driverState(cudaPid)).toBe(3);
+    process.kill(w.pid, 'SIGKILL');
   }, 300000);
 });
