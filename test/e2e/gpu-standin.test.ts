@@ -123,6 +123,35 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
     expect(vramFiles('gs-fail')).toEqual([`vram-${cudaPid}`]);
   }, 300000);
 
+  test('a failure after CRIU stopped the workload: restored in place, then CUDA restore + unlock of the new pid; it runs on with its VRAM', async () => {
+    // Sealing fails once CRIU has dumped (and stopped) the process: a directory stands where metadata.json goes.
+    const script = path.join(stack().home, 'criu-block-seal.sh');
+    fs.writeFileSync(script, '#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] && mkdir -p "$CRTOOLS_IMAGE_DIR/../metadata.json"\nexit 0\n', { mode: 0o755 });
+    await agent('gs-inplace', { env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
+    const w = await workload('gs-inplace', 'gs-inplace', 16, 107);
+    const [before] = copies(107);
+    const { request } = await k.startCheckpoint({ target: 'gs-inplace', node: 'gs-inplace', checkpointId: 'gs-inplace-1', vramBytes: 16 * MiB });
+    const ck = await k.checkpointResult(request.checkpointId);
+    expect(ck.phase).toBe('Failed');
+    expect(ck.failureReason).toMatch(/^Sealing/);
+    const details = ck.history.filter((h) => h.outcome === 'compensated').map((h) => h.detail);
+    const root = Number(/^restored in place as pid (\d+)$/.exec(details.find((d) => d.startsWith('restored in place')) ?? '')?.[1]);
+    expect(root).toBeGreaterThan(0);
+    expect(root).not.toBe(w.pid);
+    // The CUDA undo acts on the process as it is now: the restored tree, not the pid the checkpoint began with.
+    expect(details.some((d) => d.startsWith(`CUDA restore of pid ${root}: pid `) && d.includes('restore ok'))).toBe(true);
+    expect(details.some((d) => d.startsWith(`CUDA unlock of pid ${root}: pid `) && d.includes('state now running'))).toBe(true);
+    const [after] = copies(107);
+    expect(after).not.toBe(before);
+    expect(copies(107)).toHaveLength(1);
+    pids.push(root);
+    expect(driverState(after)).toBe(0);
+    expect(vramFiles('gs-inplace')).toEqual([`vram-${after}`]);
+    const seen = verifies(w.logFile).length;
+    await until('the restored workload reads its VRAM', () => verifies(w.logFile).length > seen, 30000);
+    expect(verifies(w.logFile).every((l) => l.includes('vram_ok=True'))).toBe(true);
+  }, 300000);
+
   test('OUT_OF_MEMORY in the driver on restore: that attempt\'s process is killed and the restore placed on another node', async () => {
     await agent('gs-oom-src');
     await agent('gs-oom', { faults: 'restore-oom' });
@@ -131,8 +160,8 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
     const { request } = await k.startCheckpoint({ target: 'gs-oom', node: 'gs-oom-src', checkpointId: 'gs-oom-1', vramBytes: 16 * MiB });
     expect((await k.checkpointResult(request.checkpointId)).phase).toBe('Durable');
     const seen = verifies(w.logFile).length;
-    // gs-oom first (its driver fails the restore), never the source node; the rest by free VRAM.
-    const others = ['gs-a', 'gs-b', 'gs-fail', 'gs-slow', 'gs-lock', 'gs-comp', 'gs-oom-src'];
+    // gs-oom first (its driver fails the restore); never the source node nor the other tests' nodes.
+    const others = agents.map((a) => a.spec.node).filter((n) => n !== 'gs-oom' && n !== 'gs-oom-ok');
     const req: RestoreRequest = { checkpointId: 'gs-oom-1', prefer: ['gs-oom'], exclude: others };
     const workflowId = restoreWorkflowId('gs-oom-1', 1);
     await k.client.workflow.start('restore', { workflowId, taskQueue: CONTROL_QUEUE, args: [req] });
