@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -85,11 +85,19 @@ test('the driver says it is the stand-in; error strings and codes are those of t
 });
 
 test('device queries (async) give the declared stand-in device; NVML free VRAM counts live processes', async () => {
+  // Control files of a process that is gone, a minute old: the stand-in NVML's init (the agent's) removes them.
+  const dead = spawnSync('true').pid!;
+  const stale = ['state', 'resp'].map((k) => path.join('/tmp/kybernate-standin-ctl', `${dead}.${k}`));
+  for (const f of stale) {
+    fs.writeFileSync(f, '0 1 0\n');
+    fs.utimesSync(f, new Date(Date.now() - 120000), new Date(Date.now() - 120000));
+  }
   const gpus = await listGpus();
   expect(gpus).toEqual([{ index: 0, name: 'Kybernate stand-in GPU (not a real device)', totalVramBytes: TOTAL }]);
   const dev = new Int32Array(1);
   expect(await callAsync(a.cuDeviceGet, dev, 1)).toBe(101); // CUDA_ERROR_INVALID_DEVICE
   const before = await gpuMemory(0);
+  expect(stale.filter((f) => fs.existsSync(f))).toEqual([]);
   expect(before?.uuid).toMatch(/^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
   const pid = await workload(16, 11);
   const held = await gpuMemory(0);

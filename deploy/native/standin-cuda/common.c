@@ -146,3 +146,39 @@ uint64_t standin_fnv(const char *s) {
   for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
   return h;
 }
+
+void standin_gc_ctl(void) {
+  const char *ctl = standin_ctl_dir();
+  DIR *d = opendir(ctl);
+  if (!d) return;
+  time_t now = time(NULL);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    int pid, n = 0;
+    if (sscanf(e->d_name, "%d.%n", &pid, &n) != 1 || n == 0) continue;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", ctl, e->d_name);
+    struct stat st;
+    /* A minute old at least: a fresh registration under a reused pid is never taken for a stale one. */
+    if (stat(path, &st) != 0 || now - st.st_mtime < 60) continue;
+    const char *kind = e->d_name + n;
+    int stale = 0;
+    if (strcmp(kind, "resp") == 0 || strstr(kind, ".tmp") != NULL) {
+      stale = 1; /* answers are read and removed at once; temporaries are renamed at once */
+    } else if (strcmp(kind, "state") == 0 || strcmp(kind, "req") == 0) {
+      char sp[4200];
+      snprintf(sp, sizeof sp, "%s/%d.state", ctl, pid);
+      FILE *f = fopen(sp, "re");
+      int state = 0, tid = 0;
+      if (f) {
+        if (fscanf(f, "%d %d", &state, &tid) != 2) tid = 0;
+        fclose(f);
+      }
+      char task[64];
+      snprintf(task, sizeof task, "/proc/%d/task/%d", pid, tid);
+      stale = tid <= 0 || access(task, F_OK) != 0;
+    }
+    if (stale) unlink(path);
+  }
+  closedir(d);
+}

@@ -23,6 +23,7 @@ nvmlReturn_t nvmlInit_v2(void) {
   /* Like NVML without a driver: no device dir, no driver. */
   if (!standin_dir()) return NVML_ERROR_DRIVER_NOT_LOADED;
   initialized = 1;
+  standin_gc_ctl(); /* once per controller (the agent), not in every workload */
   return NVML_SUCCESS;
 }
 nvmlReturn_t nvmlInit(void) { return nvmlInit_v2(); }

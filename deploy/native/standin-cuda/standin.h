@@ -47,5 +47,7 @@ unsigned long long standin_start_time(int pid);
 void standin_sleep_ms(long ms);
 int standin_write_file(const char *path, const char *text);
 uint64_t standin_fnv(const char *s);
+/* Removes control files left by processes that are gone (older than a minute): SIGKILL leaves them behind. */
+void standin_gc_ctl(void);
 #pragma GCC visibility pop
 #endif
