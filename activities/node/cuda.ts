@@ -7,7 +7,7 @@ import { processTree } from './process';
 import { heartbeat } from './run-tool';
 
 /** A driver function as koffi binds it: callable in place, or on koffi's worker thread with a callback. */
-type Bound<A extends unknown[]> = ((...args: A) => number) & { async: (...args: [...A, (err: unknown, rc: number) => void]) => void };
+export type Bound<A extends unknown[]> = ((...args: A) => number) & { async: (...args: [...A, (err: unknown, rc: number) => void]) => void };
 
 /**
  * The CUDA driver's process checkpoint API (CUDA 12.8+ / driver 570+), called straight from libcuda.so.1.

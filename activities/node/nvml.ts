@@ -1,7 +1,7 @@
 import koffi from 'koffi';
+import { type Bound, callAsync } from './cuda';
 
 /** Free VRAM comes from NVML: reading it through CUDA would need a context, which itself takes VRAM. */
-type Bound<A extends unknown[]> = ((...args: A) => number) & { async: (...args: [...A, (err: unknown, rc: number) => void]) => void };
 interface NvmlApi {
   init: Bound<[]>;
   handle: Bound<[index: number, out: [unknown]]>;
@@ -29,18 +29,15 @@ function load(): NvmlApi | null {
   return nvml;
 }
 
-/** A query on koffi's worker thread, so a slow driver never stalls the agent's event loop. */
-const call = <A extends unknown[]>(fn: Bound<A>, ...args: A): Promise<number> =>
-  new Promise((resolve, reject) => fn.async(...args, (err: unknown, rc: number) => (err ? reject(err as Error) : resolve(rc))));
-
+/** Each query runs on koffi's worker thread, so a slow driver never stalls the agent's event loop. */
 export async function gpuMemory(index: number): Promise<{ uuid: string; totalBytes: number; freeBytes: number } | null> {
   const api = load();
   if (!api) return null;
   const h: [unknown] = [null];
-  if ((await call(api.handle, index, h)) !== 0) return null;
+  if ((await callAsync(api.handle, index, h)) !== 0) return null;
   const mem = new BigUint64Array(3);
-  if ((await call(api.memory, h[0], mem)) !== 0) return null;
+  if ((await callAsync(api.memory, h[0], mem)) !== 0) return null;
   const buf = Buffer.alloc(96);
-  await call(api.uuid, h[0], buf, 96);
+  await callAsync(api.uuid, h[0], buf, 96);
   return { uuid: buf.toString('utf8').replace(/\0.*$/s, ''), totalBytes: Number(mem[0]), freeBytes: Number(mem[1]) };
 }
