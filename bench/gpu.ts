@@ -48,7 +48,7 @@ async function main(): Promise<void> {
     for (const gib of sizes) {
       // Stages alone, on their own process: lock + checkpoint, then criu dump of the checkpointed process.
       const a = await victim(k, `alone-${gib}`, gib);
-      cudaStep('lock', a.pid);
+      await cudaStep('lock', a.pid);
       const [, cudaMs] = await timed(async () => cudaStep('checkpoint', a.pid));
       const dir = path.join(state.home, 'alone', `g${gib}`);
       fs.mkdirSync(dir, { recursive: true });

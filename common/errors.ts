@@ -15,6 +15,8 @@ export const ErrorType = {
   ProcessesRemain: 'ProcessesRemain',
   CudaUnavailable: 'CudaUnavailable',
   CudaError: 'CudaError',
+  /** The driver's lock did not get the process within its timeout (CUDA_ERROR_TIMEOUT); the process was left running. */
+  CudaTimeout: 'CudaTimeout',
   CriuDumpFailed: 'CriuDumpFailed',
   CriuRestoreFailed: 'CriuRestoreFailed',
   /**

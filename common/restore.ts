@@ -52,7 +52,7 @@ export interface RestoreStatus {
 export interface Candidate {
   node: string;
   freeVramBytes: number;
-  vramSource: 'measured' | 'declared' | 'none';
+  vramSource: 'measured' | 'declared' | 'standin' | 'none';
 }
 
 export interface Reservation {

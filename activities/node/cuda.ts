@@ -4,23 +4,31 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { CudaStepResult } from '../../common/checkpoint';
 import { processTree } from './process';
+import { heartbeat } from './run-tool';
+
+/** A driver function as koffi binds it: callable in place, or on koffi's worker thread with a callback. */
+export type Bound<A extends unknown[]> = ((...args: A) => number) & { async: (...args: [...A, (err: unknown, rc: number) => void]) => void };
 
 /**
  * The CUDA driver's process checkpoint API (CUDA 12.8+ / driver 570+), called straight from libcuda.so.1.
  * Every *Args struct is 64 bytes; only the lock's timeoutMs (offset 0) is set, the rest is reserved and zero.
+ * The checkpoint steps and device queries run on koffi's worker thread (`.async`): the real driver takes
+ * seconds to tens of seconds for large VRAM, and the agent's event loop must keep heartbeating meanwhile.
  */
-interface CudaApi {
-  cuInit(flags: number): number;
-  cuGetErrorString(code: number, out: [string | null]): number;
-  cuCheckpointProcessGetState(pid: number, out: Int32Array): number;
-  cuCheckpointProcessLock(pid: number, args: Buffer): number;
-  cuCheckpointProcessCheckpoint(pid: number, args: Buffer): number;
-  cuCheckpointProcessRestore(pid: number, args: Buffer): number;
-  cuCheckpointProcessUnlock(pid: number, args: Buffer): number;
-  cuDeviceGetCount(out: Int32Array): number;
-  cuDeviceGet(out: Int32Array, ordinal: number): number;
-  cuDeviceGetName(name: Buffer, len: number, dev: number): number;
-  cuDeviceTotalMem_v2(out: BigUint64Array, dev: number): number;
+export interface CudaApi {
+  cuInit: Bound<[flags: number]>;
+  cuGetErrorString: Bound<[code: number, out: [string | null]]>;
+  cuCheckpointProcessGetState: Bound<[pid: number, out: Int32Array]>;
+  cuCheckpointProcessLock: Bound<[pid: number, args: Buffer | null]>;
+  cuCheckpointProcessCheckpoint: Bound<[pid: number, args: Buffer | null]>;
+  cuCheckpointProcessRestore: Bound<[pid: number, args: Buffer | null]>;
+  cuCheckpointProcessUnlock: Bound<[pid: number, args: Buffer | null]>;
+  cuDeviceGetCount: Bound<[out: Int32Array]>;
+  cuDeviceGet: Bound<[out: Int32Array, ordinal: number]>;
+  cuDeviceGetName: Bound<[name: Buffer, len: number, dev: number]>;
+  cuDeviceTotalMem_v2: Bound<[out: BigUint64Array, dev: number]>;
+  /** The stand-in driver for tests (deploy/native/standin-cuda) says so here; the real one has no such symbol. */
+  standin: string | null;
 }
 
 let api: CudaApi | null | undefined;
@@ -29,8 +37,15 @@ let loadError = '';
 export function cudaApi(): CudaApi | null {
   if (api !== undefined) return api;
   try {
+    // Found like any program finds the driver: the loader's path (LD_LIBRARY_PATH, ld.so.cache).
     const lib = koffi.load('libcuda.so.1');
-    const f = <T>(sig: string): T => lib.func(sig) as T;
+    const f = <A extends unknown[]>(sig: string): Bound<A> => lib.func(sig) as unknown as Bound<A>;
+    let standin: string | null = null;
+    try {
+      standin = (lib.func('const char *kybernateStandinVersion()') as () => string)();
+    } catch {
+      standin = null; // the real driver
+    }
     api = {
       cuInit: f('int cuInit(unsigned int)'),
       cuGetErrorString: f('int cuGetErrorString(int, _Out_ const char **)'),
@@ -43,6 +58,7 @@ export function cudaApi(): CudaApi | null {
       cuDeviceGet: f('int cuDeviceGet(_Out_ int *, int)'),
       cuDeviceGetName: f('int cuDeviceGetName(_Out_ uint8_t *, int, int)'),
       cuDeviceTotalMem_v2: f('int cuDeviceTotalMem_v2(_Out_ uint64_t *, int)'),
+      standin,
     };
     const rc = api.cuInit(0);
     if (rc !== 0) {
@@ -54,6 +70,17 @@ export function cudaApi(): CudaApi | null {
     api = null;
   }
   return api;
+}
+
+/** A driver call on koffi's worker thread: the event loop stays free (timers, heartbeats, other activities). */
+export function callAsync<A extends unknown[]>(fn: Bound<A>, ...args: A): Promise<number> {
+  return new Promise((resolve, reject) => fn.async(...args, (err: unknown, rc: number) => (err ? reject(err as Error) : resolve(rc))));
+}
+
+/** Whether the agent talks to the stand-in driver for tests rather than NVIDIA's (null: no driver at all). */
+export function driverKind(): 'nvidia' | 'standin' | null {
+  const a = cudaApi();
+  return a === null ? null : a.standin !== null ? 'standin' : 'nvidia';
 }
 
 export const cudaUnavailableReason = (): string => loadError;
@@ -71,10 +98,11 @@ function check(a: CudaApi, rc: number, what: string, pid: number): void {
   if (rc === 0) return;
   const msg: [string | null] = [null];
   a.cuGetErrorString(rc, msg);
-  // 2 = CUDA_ERROR_OUT_OF_MEMORY: the restore can't fit here; other codes are treated as node-local failures.
+  // OUT_OF_MEMORY: the restore can't fit here; TIMEOUT: a lock that did not get the process in time (it is left
+  // running); other codes are treated as node-local failures.
   throw ApplicationFailure.create({
     message: `${what}(pid ${pid}) failed: CUresult ${rc} (${msg[0] ?? 'unknown'})`,
-    type: rc === 2 ? ErrorType.CudaOutOfMemory : ErrorType.CudaError,
+    type: rc === CUDA_ERROR_OUT_OF_MEMORY ? ErrorType.CudaOutOfMemory : rc === CUDA_ERROR_TIMEOUT ? ErrorType.CudaTimeout : ErrorType.CudaError,
     nonRetryable: true,
     details: [{ cuResult: rc }],
   });
@@ -86,13 +114,18 @@ const STATE_NAMES = ['running', 'locked', 'checkpointed', 'failed'];
 /** Driver states in which a step has already happened to a process: it is left alone (a retried step, a half-done tree). */
 const DONE_IN: Record<CudaOp, string[]> = { lock: ['locked', 'checkpointed'], checkpoint: ['checkpointed'], restore: ['locked'], unlock: ['running'] };
 
+/** CUresult codes with a meaning of their own to the workflow. */
+const CUDA_ERROR_OUT_OF_MEMORY = 2;
+const CUDA_ERROR_TIMEOUT = 909;
+
 /**
  * One step of lock -> checkpoint -> (criu) -> restore -> unlock, applied to every process of the tree rooted at
  * pid that holds CUDA: a workload runs under an init (the tree's root), so the CUDA context is in a child, and
  * a job may have several processes on the GPU. Skipped only when no process of the tree holds CUDA. The
- * detail names each pid and what was done to it.
+ * detail names each pid and what was done to it. The driver call runs off the event loop, and the activity
+ * heartbeats every heartbeatMs while it runs: a healthy 15 s VRAM copy is not an agent lost.
  */
-export function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepResult {
+export async function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000, heartbeatMs = 1000): Promise<CudaStepResult> {
   const pids = processTree(pid).filter(holdsCuda);
   if (pids.length === 0) return { outcome: 'skipped', detail: `no process in the tree of pid ${pid} holds a CUDA context` };
   const a = cudaApi();
@@ -107,6 +140,7 @@ export function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepRe
     restore: a.cuCheckpointProcessRestore,
     unlock: a.cuCheckpointProcessUnlock,
   }[op];
+  const name = `cuCheckpointProcess${op[0].toUpperCase()}${op.slice(1)}`;
   const done: string[] = [];
   for (const p of pids) {
     const before = cudaState(p);
@@ -114,16 +148,20 @@ export function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000): CudaStepRe
       done.push(`pid ${p}: already ${before}`);
       continue;
     }
+    const started = Date.now();
+    const beat = setInterval(() => heartbeat({ op, pid: p, runningMs: Date.now() - started }), heartbeatMs);
     try {
-      check(a, fn(p, args), `cuCheckpointProcess${op[0].toUpperCase()}${op.slice(1)}`, p);
+      check(a, await callAsync(fn, p, args), name, p);
     } catch (e) {
       // The workflow's compensation walks the tree again; say which processes this step already changed.
       if (e instanceof ApplicationFailure && done.length > 0) e.message += ` (already done: ${done.join('; ')})`;
       throw e;
+    } finally {
+      clearInterval(beat);
     }
-    done.push(`pid ${p}: ${op} ok, state now ${cudaState(p)}`);
+    done.push(`pid ${p}: ${op} ok in ${Date.now() - started} ms, state now ${cudaState(p)}`);
   }
-  return { outcome: 'done', detail: done.join('; ') };
+  return { outcome: 'done', detail: `${done.join('; ')}${a.standin ? ` [stand-in driver: ${a.standin}]` : ''}` };
 }
 
 /**
@@ -150,19 +188,20 @@ export interface GpuInfo {
   totalVramBytes: number;
 }
 
-export function listGpus(): GpuInfo[] {
+/** The driver's devices. Each query runs on koffi's worker thread: a busy driver can take its time. */
+export async function listGpus(): Promise<GpuInfo[]> {
   const a = cudaApi();
   if (!a) return [];
   const count = new Int32Array(1);
-  if (a.cuDeviceGetCount(count) !== 0) return [];
+  if ((await callAsync(a.cuDeviceGetCount, count)) !== 0) return [];
   const gpus: GpuInfo[] = [];
   for (let i = 0; i < count[0]; i++) {
     const dev = new Int32Array(1);
-    if (a.cuDeviceGet(dev, i) !== 0) continue;
+    if ((await callAsync(a.cuDeviceGet, dev, i)) !== 0) continue;
     const name = Buffer.alloc(256);
-    a.cuDeviceGetName(name, 256, dev[0]);
+    await callAsync(a.cuDeviceGetName, name, 256, dev[0]);
     const total = new BigUint64Array(1);
-    a.cuDeviceTotalMem_v2(total, dev[0]);
+    await callAsync(a.cuDeviceTotalMem_v2, total, dev[0]);
     gpus.push({ index: i, name: name.toString('utf8').replace(/\0.*$/s, ''), totalVramBytes: Number(total[0]) });
   }
   return gpus;

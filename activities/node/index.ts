@@ -5,7 +5,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { checkpointDir, checkpointLocation, type NodeContext, stagedDir, workloadDir } from './context';
 import { criuDump, finishCutDump, refuseExistingCheckpoint, workloadFileIndex } from './criu';
 import { setAsideCorrupt } from './corrupt';
-import { type CudaOp, cudaStep, cudaTreeState } from './cuda';
+import { type CudaOp, cudaStep, cudaTreeState, driverKind } from './cuda';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
 import { inspectCheckpoint } from './inspect';
@@ -44,7 +44,10 @@ export function createNodeActivities(ctx: NodeContext) {
   const cuda = (op: CudaOp, name: CheckpointStep, input: CudaInput): Promise<CudaStepResult> =>
     step(input.checkpointId, name, async () => {
       if (op === 'lock') requireProcess(input.pid);
-      return cudaStep(op, input.pid);
+      const r = await cudaStep(op, input.pid);
+      // driver 'standin': the test stand-in (deploy/native/standin-cuda), never to be mistaken for a GPU in the logs.
+      if (r.outcome === 'done') ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, op, driver: driverKind(), detail: r.detail }, `CUDA ${op} done`);
+      return r;
     });
   return {
     async inventory(): Promise<NodeInventory> {

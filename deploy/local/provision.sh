@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds or downloads every binary the local stack needs into a cache keyed by version.
 # Idempotent: a component whose versioned directory already holds a working binary is skipped.
-# Usage: provision.sh [temporal|minio|toxiproxy|criu|tini|shim|test-server ...]   (no argument: all)
+# Usage: provision.sh [temporal|minio|toxiproxy|criu|tini|shim|test-server|standin-cuda ...]   (no argument: all)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -226,7 +226,23 @@ WRAP
   log "temporal-test-server $TEST_SERVER_VERSION: installed at $dir"
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(temporal minio toxiproxy criu tini shim test-server)
+# The stand-in CUDA driver for tests (deploy/native/standin-cuda): NOT a driver, it proves the agent's calls.
+# Keyed by the sha256 of its sources, so an edited source builds a new directory and never reuses a stale one.
+# deploy/local/standin.ts computes the same key.
+standin_cuda_install() {
+  local src="$here/../native/standin-cuda" sha dir
+  sha=$(cd "$src" && LC_ALL=C ls *.c *.h build.sh | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-12)
+  dir="$CACHE/standin-cuda-$sha"
+  if [ -f "$dir/libcuda.so.1" ] && [ -f "$dir/libnvidia-ml.so.1" ]; then log "standin-cuda $sha: cached at $dir"; return; fi
+  need cc "a C compiler builds the stand-in CUDA driver for tests"
+  local tmp="$dir.tmp.$$"
+  rm -rf "$tmp"
+  bash "$src/build.sh" "$tmp" || { rm -rf "$tmp"; die "standin-cuda: build failed"; }
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  log "standin-cuda $sha: built at $dir (a stand-in for tests, not the NVIDIA driver)"
+}
+
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(temporal minio toxiproxy criu tini shim test-server standin-cuda)
 for c in "${want[@]}"; do
   case "$c" in
     temporal)  go_tool temporal github.com/temporalio/cli/cmd/temporal "$TEMPORAL_CLI_VERSION" temporal ;;
@@ -236,6 +252,7 @@ for c in "${want[@]}"; do
     tini)      tini_install ;;
     shim)      shim_install ;;
     test-server) test_server_install ;;
-    *) die "unknown component '$c' (known: temporal minio toxiproxy criu tini shim test-server)" ;;
+    standin-cuda) standin_cuda_install ;;
+    *) die "unknown component '$c' (known: temporal minio toxiproxy criu tini shim test-server standin-cuda)" ;;
   esac
 done
