@@ -7,3 +7,4 @@ export { restore } from './restore';
 export { migrate } from './migrate';
 export { placement } from './placement';
 export { alert } from './alert';
+export { job } from './job';
