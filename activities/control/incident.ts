@@ -20,7 +20,7 @@ export const WEBHOOK_TIMEOUT_MS = 10_000;
  * raiseIncident: a pino record always, and a JSON POST to KYBERNATE_ALERT_WEBHOOK when it is set. A webhook
  * that fails (HTTP error, timeout, refused) throws a retryable failure, so Temporal retries it with backoff.
  */
-export function createIncidentActivities(opts: { webhook?: string; logger?: Logger } = {}) {
+export function createIncidentActivities(opts: { webhook?: string; logger?: Logger; timeoutMs?: number } = {}) {
   const logger = opts.logger ?? pino({ level: process.env.KYBERNATE_LOG_LEVEL ?? 'info', base: { component: 'incident' } });
   return {
     async raiseIncident(rec: IncidentRecord): Promise<{ posted: boolean }> {
@@ -30,7 +30,7 @@ export function createIncidentActivities(opts: { webhook?: string; logger?: Logg
       let res: Response;
       try {
         res = await fetch(webhook, {
-          method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(rec), signal: AbortSignal.timeout(WEBHOOK_TIMEOUT_MS),
+          method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(rec), signal: AbortSignal.timeout(opts.timeoutMs ?? WEBHOOK_TIMEOUT_MS),
         });
       } catch (e) {
         throw ApplicationFailure.retryable(`alert webhook ${webhook}: ${(e as Error).message}`, ErrorType.WebhookFailed);

@@ -201,18 +201,41 @@ class Sim {
     }
   }
 
+  private started: WorkflowHandle[] = [];
+
   async start(s: JobSpec): Promise<WorkflowHandle> {
-    return h.env.client.workflow.start('job', { workflowId: jobWorkflowId(s.jobId), taskQueue: CONTROL_QUEUE, args: [{ spec: s }] });
+    const wf = await h.env.client.workflow.start('job', { workflowId: jobWorkflowId(s.jobId), taskQueue: CONTROL_QUEUE, args: [{ spec: s }] });
+    this.started.push(wf);
+    return wf;
   }
 
-  /** Runs fn while the workers poll. */
+  /**
+   * Runs fn while the workers poll. A job a failed test left running is cancelled before the workers stop: its
+   * heartbeating run would hold the test server's clock for the tests after it.
+   */
   async with<T>(fn: () => Promise<T>): Promise<T> {
-    return h.with(this.controlMock(), this.node, fn);
+    return h.with(this.controlMock(), this.node, async () => {
+      try {
+        return await fn();
+      } finally {
+        for (const wf of this.started) {
+          await wf.cancel().catch(() => undefined);
+          await wf.result().catch(() => undefined);
+        }
+      }
+    });
   }
 
   async runJob(s: JobSpec): Promise<JobStatus> {
     return this.with(async () => (await (await this.start(s)).result()) as JobStatus);
   }
+}
+
+/** The message a rejected update carries (the client wraps the validator's error). */
+async function rejection(p: Promise<unknown>): Promise<string> {
+  const err = await p.then(() => null, (e: unknown) => e as Error & { cause?: Error });
+  if (err === null) throw new Error('the update was accepted');
+  return `${err.message}: ${err.cause?.message ?? ''}`;
 }
 
 const status = (wf: WorkflowHandle): Promise<JobStatus> => wf.query<JobStatus>(JOB_STATUS_QUERY);
@@ -249,10 +272,21 @@ describe('job workflow: runs and CrashLoopBackOff', () => {
     await sim.with(async () => {
       const wf = await sim.start(spec({ maxRestarts: 7 }));
       const s = await until(wf, (x) => x.state === 'Quarantined', 'Quarantined', 60_000);
+      const schedule = [10, 20, 40, 80, 160, 300, 300];
+      expect(delaysFromEvents(s)).toEqual(schedule);
+      // The timer really waited that long: from each BackOff to the next run's placement, the delay and at most
+      // the few control activities of placement (run in real time on the test server) more.
+      const at = (type: string): number[] => s.events.filter((e) => e.type === type).map((e) => Date.parse(e.at));
+      const backoffs = at('BackOff');
+      const placed = at('Scheduled').slice(1);
+      const gaps = backoffs.map((t, i) => placed[i] - t);
+      gaps.forEach((g, i) => {
+        expect(g).toBeGreaterThanOrEqual(schedule[i] * 1000);
+        expect(g).toBeLessThan(schedule[i] * 1000 + 5000);
+      });
+      // And the starts, as the node saw them, are as far apart (plus the run's own brief life and cleanup).
       const starts = [...sim.startedAt.entries()].sort((a, b) => a[0] - b[0]).map(([, t]) => t);
-      const gaps = starts.slice(1).map((t, i) => Math.round((t - starts[i]) / 1000));
-      expect(gaps).toEqual([10, 20, 40, 80, 160, 300, 300]);
-      expect(delaysFromEvents(s)).toEqual([10, 20, 40, 80, 160, 300, 300]);
+      starts.slice(1).forEach((t, i) => expect(t - starts[i]).toBeGreaterThanOrEqual(schedule[i] * 1000));
       expect(s.restarts).toBe(7);
       expect(s.runs).toHaveLength(8);
       expect(s.runs.every((r) => r.reason === 'Error' && r.exitCode === 1 && r.logObject !== null)).toBe(true);
@@ -414,7 +448,7 @@ describe('job workflow: escalation and release', () => {
     await sim.with(async () => {
       const wf = await sim.start(spec({ maxRestarts: 1 }));
       await until(wf, (x) => x.state === 'Quarantined', 'Quarantined', 10_000);
-      await expect(wf.executeUpdate(JOB_RELEASE_UPDATE, { args: [{ fromCheckpoint: true }] })).rejects.toThrow(/no good checkpoint/);
+      expect(await rejection(wf.executeUpdate(JOB_RELEASE_UPDATE, { args: [{ fromCheckpoint: true }] }))).toMatch(/no good checkpoint/);
       const after = await wf.executeUpdate<JobStatus, [{ fromCheckpoint?: boolean }]>(JOB_RELEASE_UPDATE, { args: [{}] });
       expect(after.restarts).toBe(0);
       const s = (await wf.result()) as JobStatus;
@@ -432,7 +466,7 @@ describe('job workflow: escalation and release', () => {
     await sim.with(async () => {
       const wf = await sim.start(spec());
       await until(wf, (x) => x.state === 'Running', 'Running', FAST);
-      await expect(wf.executeUpdate(JOB_RELEASE_UPDATE, { args: [{}] })).rejects.toThrow(/only a Quarantined job can be released/);
+      expect(await rejection(wf.executeUpdate(JOB_RELEASE_UPDATE, { args: [{}] }))).toMatch(/only a Quarantined job can be released/);
       await finish(wf);
     });
   });
@@ -525,20 +559,22 @@ describe('job workflow: preemption', () => {
   test('a preemption whose checkpoint fails and takes the process: restarted from the last good checkpoint, not counted', async () => {
     const sim = new Sim({ 'node-a': 16 });
     sim.script = [wait, wait];
+    sim.node['node-a'].criuDump = async (i) => {
+      sim.calls.push('criuDump');
+      if (i.leaveRunning) return { imageBytes: 1000, durationMs: 5, processStopped: false };
+      sim.stopped.add(i.pid); // CRIU killed it, then failed
+      throw ApplicationFailure.nonRetryable('criu dump failed: killed', 'CriuDumpFailed');
+    };
     await sim.with(async () => {
       const wf = await sim.start(spec({ checkpointEveryMs: 1500 }));
-      const good = await until(wf, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST);
-      sim.node['node-a'].criuDump = async (i) => {
-        sim.calls.push('criuDump');
-        if (i.leaveRunning) return { imageBytes: 1000, durationMs: 5, processStopped: false };
-        sim.stopped.add(i.pid); // CRIU killed it, then failed
-        throw ApplicationFailure.nonRetryable('criu dump failed: killed', 'CriuDumpFailed');
-      };
+      await until(wf, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST);
       const r = await wf.executeUpdate<PreemptResult, []>(JOB_PREEMPT_UPDATE);
       expect(r.outcome).toBe('restarted-from-last-good');
       const s = await until(wf, (x) => x.runs.length === 2 && x.state === 'Running', 'restarted', FAST);
-      expect(s.runs[1].fromCheckpoint).toBe(good.lastGoodCheckpoint === null ? null : s.runs[1].fromCheckpoint);
-      expect(s.checkpoints.find((c) => c.checkpointId === s.runs[1].fromCheckpoint)?.healthy).toBe(true);
+      expect(s.runs[1].fromCheckpoint).not.toBeNull();
+      expect(s.runs[1].fromCheckpoint).toBe(s.lastGoodCheckpoint);
+      expect(s.checkpoints.find((c) => c.checkpointId === s.runs[1].fromCheckpoint)?.reason).toBe('periodic');
+      expect(s.runs[0].reason).toBe('Preempted');
       expect(s.restarts).toBe(0);
       await finish(wf);
     });
@@ -569,10 +605,11 @@ describe('job workflow: preemption', () => {
   test('CheckpointPullBackOff: a checkpoint that cannot be fetched yet is retried with backoff, then resumed', async () => {
     const sim = new Sim({ 'node-a': 16 });
     sim.script = [wait, wait];
+    // One restore's worth of look-ups fail (the restore retries its look-up 10 times): S3 away for a minute.
     let lookups = 0;
     let s3Down = false;
     sim.control.checkpointInfo = async ({ checkpointId }) => {
-      if (s3Down && ++lookups <= 20) throw ApplicationFailure.retryable('S3 look-up of checkpoint: connect ECONNREFUSED', 'S3Unavailable');
+      if (s3Down && ++lookups <= 10) throw ApplicationFailure.retryable('S3 look-up of checkpoint: connect ECONNREFUSED', 'S3Unavailable');
       return { checkpointId, jobId: 'job', node: 'node-a', tier: 's3', vramBytes: 4 * GiB };
     };
     await sim.with(async () => {
@@ -588,7 +625,7 @@ describe('job workflow: preemption', () => {
       expect(s.events.some((e) => e.type === 'BackOff' && /pulling checkpoint/.test(e.message))).toBe(true);
       await finish(wf);
     });
-  });
+  }, 300_000);
 });
 
 describe('job workflow: periodic checkpoints', () => {
@@ -618,7 +655,7 @@ describe('job workflow: periodic checkpoints', () => {
         expect(sim.calls.indexOf(`deleteCheckpoint ${id}`)).toBeLessThan(sim.calls.indexOf(`deleteLocalCheckpoint node-a ${id}`));
       }
       const ids = periodic.map((c) => c.checkpointId);
-      expect(ids.slice(ids.indexOf(good) + 1, ids.indexOf(good) + 1 + deleted.length)).toEqual(deleted); // the oldest after the good one
+      expect(deleted).toEqual(ids.filter((id) => id !== good && id !== ids[ids.length - 1]));
       expect(ids.every((id) => /^job-\d+-p\d+-[0-9a-f]{8}$/.test(id))).toBe(true);
       await finish(wf);
     });
