@@ -257,7 +257,8 @@ export async function job(input: JobInput): Promise<JobStatus> {
   async function resume(checkpointId: string, exclude: string[]): Promise<RunRecord | string | null> {
     let pullK = 0;
     for (let attempt = 1; ; attempt++) {
-      if (status.state !== 'CheckpointPullBackOff') enter('Pending');
+      // Preempted and CheckpointPullBackOff say more than Pending while the restore places and fetches.
+      if (status.state !== 'CheckpointPullBackOff' && status.state !== 'Preempted') enter('Pending');
       const runNo = status.runs.length + 1;
       let restored: Awaited<ReturnType<typeof restore>>;
       try {
@@ -531,10 +532,11 @@ export async function job(input: JobInput): Promise<JobStatus> {
       if (isCancellation(err)) throw err;
       event('DiagnosticsFailed', `diagnostics not stored: ${describeFailure(err)}`);
     }
-    await lasting.raiseIncident.executeWithOptions({ summary: `incident: ${jobId} quarantined` },
+    // Not awaited: a webhook down for hours must not hold back a critical job's restore. Each records its own failure.
+    void lasting.raiseIncident.executeWithOptions({ summary: `incident: ${jobId} quarantined` },
       [{ kind: 'job-quarantined', jobId, node: run.node, message: reason, at, diagnostics: status.diagnostics }])
       .catch((err: unknown) => event('IncidentFailed', `incident not raised: ${describeFailure(err)}`));
-    await lasting.raiseAlert.executeWithOptions({ summary: `alert: ${jobId} quarantined` },
+    void lasting.raiseAlert.executeWithOptions({ summary: `alert: ${jobId} quarantined` },
       [{ kind: 'job-quarantined', checkpointId: status.lastGoodCheckpoint ?? jobId, node: run.node, message: `job ${jobId}: ${reason}`, raisedAt: at }])
       .catch((err: unknown) => event('AlertFailed', `alert not raised: ${describeFailure(err)}`));
     if (spec.tier !== 'critical') return 'quarantine';
