@@ -158,9 +158,13 @@ export async function job(input: JobInput): Promise<JobStatus> {
   const releaseReservation = async (): Promise<void> => {
     if (held === null) return;
     const reservationId = held;
+    try {
+      await lasting.release.executeWithOptions({ summary: `release VRAM reservation ${reservationId}` }, [{ reservationId }]);
+    } catch (err) {
+      if (isCancellation(err)) throw err; // still held: the cancel's cleanup releases it
+      event('ReleaseFailed', `reservation ${reservationId} not released: ${describeFailure(err)}`);
+    }
     held = null;
-    await lasting.release.executeWithOptions({ summary: `release VRAM reservation ${reservationId}` }, [{ reservationId }])
-      .catch((err: unknown) => event('ReleaseFailed', `reservation ${reservationId} not released: ${describeFailure(err)}`));
   };
 
   upsertSearchAttributes([{ key: SA_JOB, value: jobId }, { key: SA_PHASE, value: status.state }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
@@ -199,10 +203,12 @@ export async function job(input: JobInput): Promise<JobStatus> {
       const node = await place(runNo);
       if (node === null) return timeOutIdle();
       try {
-        const r = await starter(node).startRun.executeWithOptions({ summary: `start run ${runNo} of ${jobId} on ${node}` }, [{
+        // Shielded from a cancel: a start cut off would leave a process nobody knows of; once it is known (active),
+        // the cancel that arrived meanwhile stops it like any run.
+        const r = await CancellationScope.nonCancellable(() => starter(node).startRun.executeWithOptions({ summary: `start run ${runNo} of ${jobId} on ${node}` }, [{
           jobId, run: runNo, command: spec.command, limits: spec.limits, vramBytes: spec.vramBytes,
           ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}), ...(spec.env !== undefined ? { env: spec.env } : {}), ...(spec.user !== undefined ? { user: spec.user } : {}),
-        }]);
+        }]));
         const run: RunRecord = {
           run: runNo, node, startedAt: new Date().toISOString(), endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: null,
           process: r.process, logFile: r.logFile, exitFile: r.exitFile, logObject: null,
@@ -262,10 +268,11 @@ export async function job(input: JobInput): Promise<JobStatus> {
       const runNo = status.runs.length + 1;
       let restored: Awaited<ReturnType<typeof restore>>;
       try {
-        restored = await executeChild(restore, {
+        // Shielded from a cancel like startRun: a restore cut off halfway could leave a process nobody watches.
+        restored = await CancellationScope.nonCancellable(() => executeChild(restore, {
           workflowId: `${restoreWorkflowId(checkpointId, runNo)}.${attempt}`, taskQueue: CONTROL_QUEUE,
           args: [{ checkpointId, exclude, vramBytes: spec.vramBytes, placementDeadline: '10m', ...(spec.readiness ? { readiness: spec.readiness } : {}) }],
-        });
+        }));
       } catch (err) {
         if (isCancellation(err)) throw err;
         const cause = err instanceof Error && err.cause ? err.cause : err;
@@ -297,7 +304,8 @@ export async function job(input: JobInput): Promise<JobStatus> {
       active = run;
       try {
         // The restore knows the pid; the start time (needed for every later kill) comes from the node.
-        const ref = await patient(node).resolveTarget.executeWithOptions({ summary: `identify restored pid ${restored.pid} on ${node}` }, [{ pid: restored.pid ?? 0, jobId }]);
+        const ref = await CancellationScope.nonCancellable(() =>
+          patient(node).resolveTarget.executeWithOptions({ summary: `identify restored pid ${restored.pid} on ${node}` }, [{ pid: restored.pid ?? 0, jobId }]));
         if (ref.startTime === undefined) throw ApplicationFailure.nonRetryable(`pid ${ref.pid} on ${node} reported no start time`, ErrorType.NoSuchProcess);
         run.process = { pid: ref.pid, startTime: ref.startTime };
       } catch (err) {
@@ -306,7 +314,9 @@ export async function job(input: JobInput): Promise<JobStatus> {
         run.message = `restored from ${checkpointId} but gone at once: ${describeFailure(err)}`;
         return run;
       }
-      await patient(node).attachRunLimits.executeWithOptions({ summary: `limits for restored run ${runNo}` }, [{ jobId, limits: spec.limits, process: run.process }])
+      const process = run.process;
+      // Shielded too: stopRun removes the job's cgroup, so the tree must be in it before a cancel stops the run.
+      await CancellationScope.nonCancellable(() => patient(node).attachRunLimits.executeWithOptions({ summary: `limits for restored run ${runNo}` }, [{ jobId, limits: spec.limits, process }]))
         .catch((err: unknown) => event('LimitsNotAttached', `run ${runNo}: limits not attached after the restore: ${describeFailure(err)}`));
       event('Resumed', `run ${runNo} resumed from checkpoint ${checkpointId} on ${node} as pid ${run.process.pid}`);
       status.nextRetryAt = null;

@@ -409,6 +409,32 @@ describe('job workflow: agent lost, timeout, cancel', () => {
       expect(s.runs[0].reason).toBe('Stopped');
     });
   });
+  test('a cancel while startRun runs: the start completes and the run it started is stopped, nothing left behind', async () => {
+    const sim = new Sim({ 'node-a': 16 });
+    sim.script = [wait];
+    const inner = sim.node['node-a'].startRun;
+    let entered = false;
+    let release = (): void => undefined;
+    const gate = new Promise<void>((res) => (release = res));
+    sim.node['node-a'].startRun = async (i) => {
+      entered = true;
+      await gate; // the agent is still starting the command when the cancel arrives
+      return inner!(i);
+    };
+    await sim.with(async () => {
+      const wf = await sim.start(spec());
+      while (!entered) await new Promise((r) => setTimeout(r, 50));
+      await wf.cancel();
+      release();
+      await wf.result().catch(() => undefined);
+      const s = await status(wf);
+      expect(s.state).toBe('Failed');
+      expect(s.reason).toBe('Cancelled');
+      expect(s.runs).toHaveLength(1);
+      expect(sim.calls).toContain('stopRun node-a 1 grace=30000');
+      expect(sim.calls.indexOf('startRun node-a 1')).toBeLessThan(sim.calls.indexOf('stopRun node-a 1 grace=30000'));
+    });
+  });
 });
 
 describe('job workflow: escalation and release', () => {
