@@ -437,6 +437,52 @@ describe('job workflow: agent lost, timeout, cancel', () => {
   });
 });
 
+describe('job workflow: continue-as-new', () => {
+  test('a job carried over while Running re-awaits its process by identity: no new start, no restart counted', async () => {
+    const sim = new Sim({ 'node-a': 16 });
+    sim.script = [{ kind: 'exit', reason: 'Completed', exitCode: 0 }];
+    const sp = spec();
+    const run = {
+      run: 1, node: 'node-a', startedAt: new Date().toISOString(), endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: null,
+      process: { pid: 4321, startTime: 99 }, logFile: '/data/node-a/workloads/x/runs/1/log', exitFile: '/data/node-a/workloads/x/runs/1/exit.json', logObject: null,
+    };
+    const carried: JobStatus = {
+      jobId: sp.jobId, state: 'Running', reason: null, node: 'node-a', restarts: 2, createdAt: run.startedAt, nextRetryAt: null, runs: [run], events: [], checkpoints: [],
+      lastGoodCheckpoint: null, failedOn: [], diagnostics: null, spec: sp, backoffStep: 2, resumeFrom: null,
+    };
+    const seen: unknown[] = [];
+    const inner = sim.node['node-a'].awaitRunExit;
+    sim.node['node-a'].awaitRunExit = async (i) => {
+      seen.push(i.process);
+      return inner!(i);
+    };
+    const s = await sim.with(async () => (await h.env.client.workflow.execute('job', { workflowId: jobWorkflowId(sp.jobId), taskQueue: CONTROL_QUEUE, args: [{ spec: sp, carried }] })) as JobStatus);
+    expect(s.state).toBe('Succeeded');
+    expect(seen).toEqual([{ pid: 4321, startTime: 99 }]);
+    expect(sim.calls.some((c) => c.startsWith('startRun'))).toBe(false);
+    expect(s.runs).toHaveLength(1);
+    expect(s.restarts).toBe(2);
+  });
+
+  test('a job carried over between runs starts the next one from where it was to resume', async () => {
+    const sim = new Sim({ 'node-a': 16 });
+    sim.script = [wait, wait];
+    await sim.with(async () => {
+      // A checkpoint to resume from: taken by a first job, then handed to a carried-over one.
+      const first = await sim.start(spec({ checkpointEveryMs: 1500 }));
+      const good = (await until(first, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST)).lastGoodCheckpoint as string;
+      const prior = await finish(first);
+      const sp = spec();
+      const carried: JobStatus = { ...prior, jobId: sp.jobId, spec: sp, state: 'Pending', reason: null, resumeFrom: good, events: [] };
+      const wf = await h.env.client.workflow.start('job', { workflowId: jobWorkflowId(sp.jobId), taskQueue: CONTROL_QUEUE, args: [{ spec: sp, carried }] });
+      const s = await until(wf, (x) => x.runs.length === 2 && x.state === 'Running', 'resumed', FAST);
+      expect(s.runs[1].fromCheckpoint).toBe(good);
+      expect(s.resumeFrom).toBeNull();
+      await finish(wf);
+    });
+  });
+});
+
 describe('job workflow: escalation and release', () => {
   test('past maxRestarts: Quarantined at once, diagnostics, incident, alert, failed node recorded; no more restarts', async () => {
     const sim = new Sim({ 'node-a': 16 });
