@@ -65,5 +65,7 @@ export const ErrorType = {
   CheckpointNotOnNode: 'CheckpointNotOnNode',
   RestoreFailed: 'RestoreFailed',
   MigrationFailed: 'MigrationFailed',
+  /** The alert webhook (KYBERNATE_ALERT_WEBHOOK) refused or did not answer: retried by Temporal. */
+  WebhookFailed: 'WebhookFailed',
 } as const;
 export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];

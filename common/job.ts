@@ -121,6 +121,9 @@ export interface JobCheckpointRecord {
   /** Taken while the job was healthy (its run had not failed since): may serve as the last known-good. */
   healthy: boolean;
   deleted: boolean;
+  /** The run it was taken of (a resume reuses that run's log and exit files) and its node. Absent in old records. */
+  run?: number;
+  node?: string;
 }
 
 export interface JobStatus {
@@ -144,6 +147,10 @@ export interface JobStatus {
   /** Where escalation stored its diagnostics in S3 (diagnostics/<job>/<time>/). */
   diagnostics: string | null;
   spec: JobSpec;
+  /** Back-to-back failed runs since the last backoff reset (the k of initialMs * 2^k); carried by continue-as-new. */
+  backoffStep?: number;
+  /** Where the next run starts from when the workflow continued as new between runs (null: from scratch). */
+  resumeFrom?: string | null;
 }
 
 /** Workflow handler names of the job workflow. */

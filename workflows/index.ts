@@ -8,3 +8,4 @@ export { migrate } from './migrate';
 export { placement } from './placement';
 export { alert } from './alert';
 export { readJobLog } from './job-log';
+export { job } from './job';

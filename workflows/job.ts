@@ -1,9 +1,672 @@
-import type { JobInput, JobStatus } from '../common/job';
+import {
+  ActivityFailure, allHandlersFinished, ApplicationFailure, CancellationScope, ChildWorkflowCancellationType, condition, continueAsNew, defineQuery, defineSignal, defineUpdate,
+  executeChild, isCancellation, log, ParentClosePolicy, proxyActivities, setHandler, sleep, upsertSearchAttributes, uuid4, workflowInfo,
+} from '@temporalio/workflow';
+import type { ControlActivities } from '../activities/control';
+import type { NodeActivities } from '../activities/node';
+import type { CheckpointStatus } from '../common/checkpoint';
+import { ErrorType } from '../common/errors';
+import {
+  type JobCheckpointRecord, type JobInput, type JobSpec, type JobState, type JobStatus, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY,
+  type PreemptResult, type RunEndReason, type RunExit, type RunRecord, TERMINAL_JOB_STATES,
+} from '../common/job';
+import type { ProcessIdentity } from '../common/journal';
+import { checkpointWorkflowId, CONTROL_QUEUE, nodeQueue, restoreWorkflowId } from '../common/queues';
+import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
+import { checkpoint } from './checkpoint';
+import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
+import type { JobNodeActivities } from './job-activities';
+import { backoffDelayMs, pushEvent, retentionVictims, specProblem } from './job-policy';
+import { restore } from './restore';
+
+export const jobStatusQuery = defineQuery<JobStatus>(JOB_STATUS_QUERY);
+export const preemptUpdate = defineUpdate<PreemptResult, []>(JOB_PREEMPT_UPDATE);
+export const releaseUpdate = defineUpdate<JobStatus, [{ fromCheckpoint?: boolean }]>(JOB_RELEASE_UPDATE);
+export const requeueSignal = defineSignal<[{ reason: string; checkpointId: string }]>(JOB_REQUEUE_SIGNAL);
+
+/** Waits for a node with room: 10 s doubling to this cap (never a failure: a job waits like a pending pod). */
+const PLACEMENT_RETRY_CAP_MS = 60_000;
+/** A node whose agent did not pick up startRun within a minute is passed over for this long. */
+const UNREACHABLE_NODE_PAUSE_MS = 5 * 60_000;
+/** Grace of SIGTERM before SIGKILL when the job is stopped (timeout, cancel), as kubelet's default. */
+const STOP_GRACE_MS = 30_000;
+
+/** Where the next run starts from: its checkpoint, or scratch (null). */
+interface Start {
+  checkpointId: string | null;
+  /** Nodes the restore must not use (failedOn, for a critical job's escalation). */
+  exclude: string[];
+}
+
+/** How a Running run stopped being supervised. */
+type Ended =
+  | { kind: 'exit'; exit: RunExit }
+  | { kind: 'timeout' }
+  | { kind: 'preempted'; checkpointId: string }
+  /** The process is gone by our own hand or a checkpoint's (not a crash): resume from the last good checkpoint. */
+  | { kind: 'gone'; why: string }
+  | { kind: 'continue' };
+
+const FROM_SCRATCH: Start = { checkpointId: null, exclude: [] };
 
 /**
- * SCAFFOLD ONLY (replaced by the job workflow before this lands): the typed signature clients start by
- * function reference.
+ * A job: Pending (placed by VRAM) -> Running -> (CrashLoopBackOff -> Pending)* -> Succeeded | Failed |
+ * OOMKilled | StartFailure | TimedOut, or Quarantined past its restart limit (a critical job restored from its
+ * last good checkpoint elsewhere) until released. Preemption checkpoints, requeues and resumes it from that
+ * checkpoint. A lost agent is "unknown": the run is watched again when the agent is back, never restarted.
  */
 export async function job(input: JobInput): Promise<JobStatus> {
-  throw new Error(`job workflow for ${input.spec.jobId} is not built yet`);
+  const spec = input.spec;
+  const invalid = specProblem(spec);
+  if (invalid) throw ApplicationFailure.nonRetryable(`invalid job spec: ${invalid}`, ErrorType.InvalidInput);
+  const jobId = spec.jobId;
+  const status: JobStatus = input.carried ?? {
+    jobId, state: 'Pending', reason: null, node: null, restarts: 0, createdAt: new Date().toISOString(), nextRetryAt: null, runs: [], events: [], checkpoints: [],
+    lastGoodCheckpoint: null, failedOn: [], diagnostics: null, spec, backoffStep: 0, resumeFrom: null,
+  };
+  status.spec = spec;
+  status.backoffStep ??= 0;
+  setHandler(jobStatusQuery, () => status);
+
+  // ---- handlers: asks the main loop answers ----
+  let preemptAsk: { result: PreemptResult | null } | null = null;
+  let releaseAsk: { fromCheckpoint: boolean } | null = null;
+  let requeueAsks: { reason: string; checkpointId: string; run: number }[] = [];
+  /** The run now started (process on its node) and not yet cleaned up. */
+  let active: RunRecord | null = null;
+  /** A VRAM reservation held between placement and the run's start. */
+  let held: string | null = null;
+
+  setHandler(preemptUpdate, async () => {
+    const ask: { result: PreemptResult | null } = { result: null };
+    preemptAsk = ask;
+    await condition(() => ask.result !== null);
+    return ask.result as unknown as PreemptResult;
+  }, {
+    validator: () => {
+      if (status.state !== 'Running' || active === null) throw new Error(`job ${jobId} is ${status.state}: only a Running job can be preempted`);
+      if (preemptAsk !== null) throw new Error(`job ${jobId} is being preempted already`);
+    },
+  });
+  setHandler(releaseUpdate, async (opts) => {
+    releaseAsk = { fromCheckpoint: opts?.fromCheckpoint === true };
+    await condition(() => releaseAsk === null);
+    return status;
+  }, {
+    validator: (opts) => {
+      if (status.state !== 'Quarantined') throw new Error(`job ${jobId} is ${status.state}: only a Quarantined job can be released`);
+      if (opts?.fromCheckpoint === true && !status.lastGoodCheckpoint) throw new Error(`job ${jobId} has no good checkpoint to release from (fromCheckpoint)`);
+    },
+  });
+  setHandler(requeueSignal, (s) => {
+    event('Requeue', `checkpoint ${s.checkpointId} asks to requeue the job: ${s.reason}`);
+    requeueAsks.push({ ...s, run: active?.run ?? 0 });
+  });
+
+  // ---- activities ----
+  const control = proxyActivities<ControlActivities>({
+    taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
+  });
+  // Records that must get out (release, incident, alert, retention) wait out a control-plane outage.
+  const lasting = proxyActivities<ControlActivities>({
+    taskQueue: CONTROL_QUEUE, startToCloseTimeout: '1m', scheduleToCloseTimeout: '1d', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5m' },
+  });
+  // startRun once: a start retried blindly could start a second copy; a lost one is cleaned up by stopRun.
+  const starter = (node: string) => proxyActivities<JobNodeActivities>({
+    taskQueue: nodeQueue(node), scheduleToStartTimeout: '1m', startToCloseTimeout: '2m', retry: { maximumAttempts: 1 },
+  });
+  // One attempt per call: a heartbeat timeout is seen here (AgentLost) and answered by asking the node.
+  const watcher = (node: string) => proxyActivities<JobNodeActivities>({
+    taskQueue: nodeQueue(node), startToCloseTimeout: '3650d', heartbeatTimeout: '30s', retry: { maximumAttempts: 1 },
+  });
+  // Node work that must happen (cleanup, questions after a loss): waits for the agent however long it is away.
+  const patient = (node: string) => proxyActivities<JobNodeActivities & Pick<NodeActivities, 'resolveTarget' | 'deleteLocalCheckpoint'>>({
+    taskQueue: nodeQueue(node), scheduleToCloseTimeout: '7d', startToCloseTimeout: '10m', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
+  });
+  // Useful but never worth blocking the job for: a log archive, diagnostics.
+  const helpful = (node: string) => proxyActivities<JobNodeActivities>({
+    taskQueue: nodeQueue(node), scheduleToCloseTimeout: '10m', startToCloseTimeout: '5m', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s' },
+  });
+
+  // ---- state ----
+  function event(type: string, message: string): void {
+    pushEvent(status.events, { at: new Date().toISOString(), type, message });
+    log.info(message, { job: jobId, node: status.node, event: type });
+  }
+  function enter(state: JobState, reason: string | null = status.reason): void {
+    status.state = state;
+    status.reason = reason;
+    upsertSearchAttributes([{ key: SA_PHASE, value: state }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
+  }
+  const deadlineMs = (): number | null => (spec.timeoutMs !== undefined && status.runs.length > 0 ? Date.parse(status.runs[0].startedAt) + spec.timeoutMs : null);
+  const timedOut = (): boolean => {
+    const d = deadlineMs();
+    return d !== null && Date.now() >= d;
+  };
+  /** Sleeps ms, or until the job's timeout if that comes first: true when the job timed out. */
+  const pause = async (ms: number): Promise<boolean> => {
+    const d = deadlineMs();
+    if (d !== null && d <= Date.now() + ms) {
+      await sleep(Math.max(1, d - Date.now()));
+      return true;
+    }
+    await sleep(ms);
+    return false;
+  };
+  const healthyNow = (run: RunRecord | null): boolean =>
+    status.backoffStep === 0 || (run !== null && Date.now() - Date.parse(run.startedAt) >= spec.backoff.resetAfterMs);
+  const releaseReservation = async (): Promise<void> => {
+    if (held === null) return;
+    const reservationId = held;
+    try {
+      await lasting.release.executeWithOptions({ summary: `release VRAM reservation ${reservationId}` }, [{ reservationId }]);
+    } catch (err) {
+      if (isCancellation(err)) throw err; // still held: the cancel's cleanup releases it
+      event('ReleaseFailed', `reservation ${reservationId} not released: ${describeFailure(err)}`);
+    }
+    held = null;
+  };
+
+  upsertSearchAttributes([{ key: SA_JOB, value: jobId }, { key: SA_PHASE, value: status.state }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
+
+  // ---- Pending: placement and start ----
+  const unreachable = new Map<string, number>();
+  async function place(runNo: number): Promise<string | null> {
+    let failedFor = 0;
+    for (let n = 1; ; n++) {
+      const now = Date.now();
+      const exclude = [...unreachable].filter(([, until]) => until > now).map(([node]) => node);
+      const candidates = await control.placementCandidates.executeWithOptions({ summary: `nodes with ${spec.vramBytes} bytes of VRAM free` },
+        [{ bytes: spec.vramBytes, exclude, prefer: [], ...(spec.node ? { only: spec.node } : {}) }]);
+      const reservationId = `${workflowInfo().workflowId}/run-${runNo}/${n}`;
+      const r = candidates.length === 0 ? null
+        : await control.reserve.executeWithOptions({ summary: `reserve ${spec.vramBytes} bytes of VRAM` }, [{ reservationId, bytes: spec.vramBytes, candidates }]);
+      if (r) {
+        held = reservationId;
+        status.node = r.node;
+        event('Scheduled', `run ${runNo} placed on ${r.node}`);
+        return r.node;
+      }
+      if (failedFor === 0) {
+        event('FailedScheduling', `no node has ${spec.vramBytes} bytes of VRAM free${spec.node ? ` (only ${spec.node})` : ''}${exclude.length ? `; passed over: ${exclude.join(', ')}` : ''}; waiting`);
+      }
+      if (await pause(Math.min(10_000 * 2 ** failedFor, PLACEMENT_RETRY_CAP_MS))) return null;
+      failedFor++;
+    }
+  }
+
+  /** A run from scratch: placed, started. null: the job ended (StartFailure, or timed out while pending). */
+  async function startFresh(): Promise<RunRecord | null> {
+    for (;;) {
+      enter('Pending');
+      const runNo = status.runs.length + 1;
+      const node = await place(runNo);
+      if (node === null) return timeOutIdle();
+      try {
+        // Shielded from a cancel: a start cut off would leave a process nobody knows of; once it is known (active),
+        // the cancel that arrived meanwhile stops it like any run.
+        const r = await CancellationScope.nonCancellable(() => starter(node).startRun.executeWithOptions({ summary: `start run ${runNo} of ${jobId} on ${node}` }, [{
+          jobId, run: runNo, command: spec.command, limits: spec.limits, vramBytes: spec.vramBytes,
+          ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}), ...(spec.env !== undefined ? { env: spec.env } : {}), ...(spec.user !== undefined ? { user: spec.user } : {}),
+        }]));
+        const run: RunRecord = {
+          run: runNo, node, startedAt: new Date().toISOString(), endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: null,
+          process: r.process, logFile: r.logFile, exitFile: r.exitFile, logObject: null,
+        };
+        status.runs.push(run);
+        active = run;
+        // The node counts the run's VRAM from here (StartRunInput.vramBytes), as restore does after Running.
+        await releaseReservation();
+        event('Started', `run ${runNo} started on ${node} as pid ${r.process.pid}`);
+        enter('Running', null);
+        return run;
+      } catch (err) {
+        if (isCancellation(err)) throw err;
+        await releaseReservation();
+        const why = describeFailure(err);
+        if (agentUnreachable(err)) {
+          unreachable.set(node, Date.now() + UNREACHABLE_NODE_PAUSE_MS);
+          event('NodeUnreachable', `the agent of ${node} did not take run ${runNo} within a minute: placing again without it for a while`);
+          continue;
+        }
+        if (agentLost(err)) {
+          // Unknown: the command may have started. Whatever it left is stopped (by the job's cgroup) before
+          // the run is placed again, so that no second copy runs beside it.
+          event('AgentLost', `the agent of ${node} was lost while starting run ${runNo}: stopping whatever it started before placing again`);
+          await patient(node).stopRun.executeWithOptions({ summary: `clean up the lost start of run ${runNo}` },
+            [{ jobId, run: runNo, process: null, graceMs: 0, reason: 'start lost with the agent' }]);
+          unreachable.set(node, Date.now() + UNREACHABLE_NODE_PAUSE_MS);
+          continue;
+        }
+        const cause = err instanceof ActivityFailure && err.cause instanceof ApplicationFailure ? err.cause : null;
+        // StartFailure, or anything else the node refuses for good (limits it cannot enforce, a bad field).
+        if (cause?.nonRetryable || failureType(err) === ErrorType.StartFailure) {
+          const message = cause?.message ?? why;
+          status.runs.push({
+            run: runNo, node, startedAt: new Date().toISOString(), endedAt: new Date().toISOString(), exitCode: null, signal: null, reason: 'StartFailure', message,
+            fromCheckpoint: null, process: null, logFile: null, exitFile: null, logObject: null,
+          });
+          event('Failed', `run ${runNo} could not start on ${node}: ${message}`);
+          enter('StartFailure', message);
+          return null;
+        }
+        event('FailedStart', `run ${runNo} on ${node}: ${why}; placing again`);
+        if (await pause(backoffDelayMs(spec.backoff, 0))) return timeOutIdle();
+      }
+    }
+  }
+
+  /**
+   * A run resumed from a checkpoint by a child restore (placed by VRAM, excluding `exclude`). A checkpoint that
+   * cannot be fetched yet is CheckpointPullBackOff and retried; string: it cannot be restored at all (why).
+   */
+  async function resume(checkpointId: string, exclude: string[]): Promise<RunRecord | string | null> {
+    let pullK = 0;
+    for (let attempt = 1; ; attempt++) {
+      // Preempted and CheckpointPullBackOff say more than Pending while the restore places and fetches.
+      if (status.state !== 'CheckpointPullBackOff' && status.state !== 'Preempted') enter('Pending');
+      const runNo = status.runs.length + 1;
+      let restored: Awaited<ReturnType<typeof restore>>;
+      try {
+        // Shielded from a cancel like startRun: a restore cut off halfway could leave a process nobody watches.
+        restored = await CancellationScope.nonCancellable(() => executeChild(restore, {
+          workflowId: `${restoreWorkflowId(checkpointId, runNo)}.${attempt}`, taskQueue: CONTROL_QUEUE,
+          args: [{ checkpointId, exclude, vramBytes: spec.vramBytes, placementDeadline: '10m', ...(spec.readiness ? { readiness: spec.readiness } : {}) }],
+        }));
+      } catch (err) {
+        if (isCancellation(err)) throw err;
+        const cause = err instanceof Error && err.cause ? err.cause : err;
+        const type = failureType(cause);
+        const why = describeFailure(cause);
+        if (type === ErrorType.NoNodeFits) {
+          event('FailedScheduling', `resuming from ${checkpointId}: ${why}; waiting`);
+          if (await pause(PLACEMENT_RETRY_CAP_MS)) return timeOutIdle();
+          continue;
+        }
+        if (!cannotFetchYet(type, why)) return why;
+        const delay = backoffDelayMs(spec.backoff, pullK++);
+        status.nextRetryAt = new Date(Date.now() + delay).toISOString();
+        enter('CheckpointPullBackOff', `checkpoint ${checkpointId} cannot be fetched yet: ${why}`);
+        event('BackOff', `Back-off pulling checkpoint ${checkpointId}: retry in ${delay / 1000} s (${why})`);
+        if (await pause(delay)) return timeOutIdle();
+        status.nextRetryAt = null;
+        continue;
+      }
+      const node = restored.node ?? '';
+      status.node = node;
+      const source = status.checkpoints.find((c) => c.checkpointId === checkpointId);
+      const from = status.runs.find((r) => r.run === source?.run) ?? null;
+      const run: RunRecord = {
+        run: runNo, node, startedAt: new Date().toISOString(), endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: checkpointId,
+        process: null, logFile: from?.logFile ?? null, exitFile: from?.exitFile ?? null, logObject: null,
+      };
+      status.runs.push(run);
+      active = run;
+      try {
+        // The restore knows the pid; the start time (needed for every later kill) comes from the node.
+        const ref = await CancellationScope.nonCancellable(() =>
+          patient(node).resolveTarget.executeWithOptions({ summary: `identify restored pid ${restored.pid} on ${node}` }, [{ pid: restored.pid ?? 0, jobId }]));
+        if (ref.startTime === undefined) throw ApplicationFailure.nonRetryable(`pid ${ref.pid} on ${node} reported no start time`, ErrorType.NoSuchProcess);
+        run.process = { pid: ref.pid, startTime: ref.startTime };
+      } catch (err) {
+        if (isCancellation(err)) throw err;
+        // Gone at once: returned without a process, and ended as a failed run by the caller.
+        run.message = `restored from ${checkpointId} but gone at once: ${describeFailure(err)}`;
+        return run;
+      }
+      const process = run.process;
+      // Shielded too: stopRun removes the job's cgroup, so the tree must be in it before a cancel stops the run.
+      await CancellationScope.nonCancellable(() => patient(node).attachRunLimits.executeWithOptions({ summary: `limits for restored run ${runNo}` }, [{ jobId, limits: spec.limits, process }]))
+        .catch((err: unknown) => event('LimitsNotAttached', `run ${runNo}: limits not attached after the restore: ${describeFailure(err)}`));
+      event('Resumed', `run ${runNo} resumed from checkpoint ${checkpointId} on ${node} as pid ${run.process.pid}`);
+      status.nextRetryAt = null;
+      enter('Running', null);
+      return run;
+    }
+  }
+
+  /** Timed out with no run on a node: nothing to stop. */
+  function timeOutIdle(): null {
+    status.nextRetryAt = null;
+    event('TimedOut', `job ran past its timeout of ${spec.timeoutMs} ms`);
+    enter('TimedOut', `job ran past its timeout of ${spec.timeoutMs} ms`);
+    return null;
+  }
+
+  // ---- Running ----
+  /** Waits for the run's process to end; a lost agent is asked what became of it when it is back. */
+  async function watch(run: RunRecord, process: ProcessIdentity): Promise<RunExit> {
+    for (let failures = 0; ; failures++) {
+      try {
+        return await watcher(run.node).awaitRunExit.executeWithOptions({ summary: `wait for run ${run.run} (pid ${process.pid}) to end` },
+          [{ jobId, run: run.run, process, exitFile: run.exitFile ?? '' }]);
+      } catch (err) {
+        if (isCancellation(err)) throw err;
+        event('AgentLost', `lost sight of run ${run.run} on ${run.node}: ${describeFailure(err)}; asking the node when its agent is back`);
+        const seen = await patient(run.node).inspectRun.executeWithOptions({ summary: `is run ${run.run} (pid ${process.pid}) still running?` }, [{ process }]);
+        event('Reattached', seen.running ? `run ${run.run} still runs on ${run.node}: watching it again, no restart counted`
+          : `run ${run.run} ended while out of sight: reading its exit record`);
+        if (!agentLost(err) && !agentUnreachable(err)) await sleep(Math.min(1000 * 2 ** failures, 60_000));
+      }
+    }
+  }
+
+  async function supervise(run: RunRecord): Promise<Ended> {
+    const process = run.process as ProcessIdentity;
+    const scope = new CancellationScope();
+    let exit: RunExit | null = null;
+    void scope.run(() => watch(run, process)).then((e) => void (exit = e), (err: unknown) => {
+      if (!isCancellation(err)) log.error('watching a run failed', { job: jobId, node: run.node, error: describeFailure(err) });
+    });
+    const every = spec.checkpointEveryMs;
+    let nextPeriodic = every !== undefined ? Date.now() + every : null;
+    try {
+      for (;;) {
+        const wakes = [deadlineMs(), nextPeriodic].filter((t): t is number => t !== null);
+        const wake = wakes.length ? Math.min(...wakes) : null;
+        const ready = (): boolean => exit !== null || preemptAsk !== null || requeueAsks.length > 0 || workflowInfo().continueAsNewSuggested;
+        if (!ready()) {
+          if (wake === null) await condition(ready);
+          else await condition(ready, Math.max(1, wake - Date.now()));
+        }
+        if (preemptAsk !== null) {
+          const ended = await preempt(run, process, preemptAsk);
+          preemptAsk = null;
+          if (ended) return ended;
+          continue;
+        }
+        if (requeueAsks.length > 0) {
+          const asks = requeueAsks.filter((a) => a.run === run.run);
+          requeueAsks = [];
+          if (asks.length > 0) {
+            const seen = await patient(run.node).inspectRun.executeWithOptions({ summary: `is run ${run.run} still running after a requeue?` }, [{ process }]);
+            if (!seen.running) return { kind: 'gone', why: `requeued by checkpoint ${asks[0].checkpointId}: ${asks[0].reason}` };
+            event('Requeue', `run ${run.run} still runs on ${run.node}: nothing to requeue`);
+          }
+          continue;
+        }
+        if (exit !== null) return { kind: 'exit', exit };
+        if (timedOut()) return { kind: 'timeout' };
+        if (nextPeriodic !== null && Date.now() >= nextPeriodic) {
+          await periodic(run, process);
+          nextPeriodic = Date.now() + (every ?? 0);
+          continue;
+        }
+        if (workflowInfo().continueAsNewSuggested && allHandlersFinished()) return { kind: 'continue' };
+        if (workflowInfo().continueAsNewSuggested) await condition(allHandlersFinished);
+      }
+    } finally {
+      scope.cancel();
+    }
+  }
+
+  /** The preempt update: a checkpoint that stops the run; requeued from it, or what became of the run if it failed. */
+  async function preempt(run: RunRecord, process: ProcessIdentity, ask: { result: PreemptResult | null }): Promise<Ended | null> {
+    const checkpointId = `${jobId}-preempt-${uuid4().slice(0, 8)}`;
+    event('Preempting', `checkpointing run ${run.run} on ${run.node} as ${checkpointId} for preemption`);
+    const taken = await takeCheckpoint(run, process, checkpointId, 'preemption');
+    if (taken.phase === 'Durable' || taken.phase === 'PendingUpload') {
+      ask.result = { checkpointId, outcome: 'requeued', message: `checkpointed (${taken.phase}) and stopped; resumed from ${checkpointId} once placed again` };
+      return { kind: 'preempted', checkpointId };
+    }
+    const seen = await patient(run.node).inspectRun.executeWithOptions({ summary: `is run ${run.run} still running after a failed checkpoint?` }, [{ process }]);
+    if (seen.running) {
+      event('PreemptionFailed', `checkpoint ${checkpointId} failed (${taken.failure}); run ${run.run} runs on`);
+      ask.result = { checkpointId, outcome: 'still-running', message: `checkpoint failed cleanly: ${taken.failure}; the job runs on` };
+      return null;
+    }
+    const from = status.lastGoodCheckpoint;
+    ask.result = { checkpointId, outcome: 'restarted-from-last-good', message: `checkpoint failed (${taken.failure}) and the process is gone: restarted from ${from ?? 'scratch'}` };
+    return { kind: 'gone', why: `preemption checkpoint ${checkpointId} failed and took the process: ${taken.failure}` };
+  }
+
+  /** A child checkpoint workflow of the run's process, recorded in the job's checkpoints. */
+  async function takeCheckpoint(run: RunRecord, process: ProcessIdentity, checkpointId: string, reason: JobCheckpointRecord['reason']): Promise<{ phase: string; failure: string | null }> {
+    const healthy = healthyNow(run);
+    const rec: JobCheckpointRecord = { checkpointId, takenAt: new Date().toISOString(), reason, phase: 'Pending', healthy, deleted: false, run: run.run, node: run.node };
+    status.checkpoints.push(rec);
+    let out: CheckpointStatus | null = null;
+    let failure: string | null = null;
+    try {
+      // Abandoned, not cancelled, with the job: a dump cut off by a cancel would leave the process frozen.
+      out = await executeChild(checkpoint, {
+        workflowId: checkpointWorkflowId(checkpointId), taskQueue: CONTROL_QUEUE,
+        cancellationType: ChildWorkflowCancellationType.ABANDON, parentClosePolicy: ParentClosePolicy.ABANDON,
+        args: [{ checkpointId, jobId, node: run.node, pid: process.pid, leaveRunning: reason !== 'preemption', reason: reason === 'preemption' ? 'preemption' : 'manual', vramBytes: spec.vramBytes }],
+      });
+    } catch (err) {
+      if (isCancellation(err)) throw err;
+      failure = describeFailure(err instanceof Error && err.cause ? err.cause : err);
+    }
+    rec.phase = out?.phase ?? 'Failed';
+    failure ??= out?.phase === 'Failed' ? out.failureReason ?? 'failed' : null;
+    if (rec.phase === 'Durable' && healthy) status.lastGoodCheckpoint = checkpointId;
+    if (rec.phase === 'Durable' || rec.phase === 'PendingUpload') event('CheckpointTaken', `checkpoint ${checkpointId} of run ${run.run}: ${rec.phase}${healthy ? '' : ' (taken while failing: not a good one)'}`);
+    else event('CheckpointFailed', `checkpoint ${checkpointId} of run ${run.run}: ${failure}`);
+    return { phase: rec.phase, failure };
+  }
+
+  /** A periodic checkpoint (the run goes on), then retention: the oldest beyond keep deleted. */
+  async function periodic(run: RunRecord, process: ProcessIdentity): Promise<void> {
+    const seq = status.checkpoints.filter((c) => c.reason === 'periodic').length + 1;
+    const checkpointId = `${jobId}-p${seq}-${uuid4().slice(0, 8)}`;
+    const taken = await takeCheckpoint(run, process, checkpointId, 'periodic');
+    if (taken.phase !== 'Durable' || spec.keep === undefined) return;
+    const inUse = new Set(status.runs.filter((r) => r.endedAt === null && r.fromCheckpoint).map((r) => r.fromCheckpoint as string));
+    for (const victim of retentionVictims(status.checkpoints, spec.keep, status.lastGoodCheckpoint, inUse)) {
+      try {
+        await lasting.deleteCheckpoint.executeWithOptions({ summary: `delete checkpoint ${victim.checkpointId} from S3 (keep ${spec.keep})` },
+          [{ checkpointId: victim.checkpointId, node: victim.node ?? run.node }]);
+        await patient(victim.node ?? run.node).deleteLocalCheckpoint.executeWithOptions({ summary: `delete checkpoint ${victim.checkpointId} from its node` },
+          [{ checkpointId: victim.checkpointId }]);
+        victim.deleted = true;
+        event('CheckpointDeleted', `checkpoint ${victim.checkpointId} deleted (keep ${spec.keep})`);
+      } catch (err) {
+        if (isCancellation(err)) throw err;
+        event('CheckpointDeleteFailed', `checkpoint ${victim.checkpointId} not deleted: ${describeFailure(err)}`);
+      }
+    }
+  }
+
+  /**
+   * A run's end: its process tree and cgroup cleaned up by stopRun (idempotent; with a grace when the job
+   * stops it), its log archived (recorded when that fails, never blocking), the exit recorded.
+   */
+  async function finish(run: RunRecord, exit: { exitCode: number | null; signal: string | null; reason: RunEndReason; message: string; endedAt: string }, graceMs = 0): Promise<void> {
+    if (graceMs > 0) event('Killing', `stopping run ${run.run} on ${run.node}: ${exit.message}`);
+    try {
+      await patient(run.node).stopRun.executeWithOptions({ summary: `clean up run ${run.run} (${exit.reason})` },
+        [{ jobId, run: run.run, process: run.process, graceMs, reason: exit.message }]);
+    } catch (err) {
+      if (isCancellation(err)) throw err;
+      event('StopFailed', `run ${run.run} on ${run.node} not cleaned up: ${describeFailure(err)}`);
+    }
+    Object.assign(run, { exitCode: exit.exitCode, signal: exit.signal, reason: exit.reason, message: exit.message, endedAt: exit.endedAt });
+    if (active === run) active = null;
+    if (run.logFile) {
+      try {
+        const a = await helpful(run.node).archiveRunLog.executeWithOptions({ summary: `store the log of run ${run.run}` }, [{ jobId, run: run.run, logFile: run.logFile }]);
+        run.logObject = a.key;
+      } catch (err) {
+        if (isCancellation(err)) throw err;
+        event('LogArchiveFailed', `log of run ${run.run} not stored: ${describeFailure(err)}`);
+      }
+    }
+  }
+
+  // ---- after a run ----
+  /** The exit of a run: done, terminal, escalated, or CrashLoopBackOff and the next start. null: the job ended. */
+  async function afterExit(run: RunRecord, exit: RunExit): Promise<Start | 'quarantine' | null> {
+    await finish(run, exit);
+    const failed = exit.reason !== 'Completed';
+    event(exit.reason === 'OOMKilled' ? 'OOMKilled' : 'Exited', `run ${run.run} on ${run.node}: ${exit.message}${exit.exitCode !== null ? ` (exit code ${exit.exitCode})` : ''}${exit.signal ? ` (${exit.signal})` : ''}`);
+    if (Date.parse(exit.endedAt) - Date.parse(run.startedAt) >= spec.backoff.resetAfterMs) status.backoffStep = 0;
+    if (!failed && spec.restartPolicy !== 'Always') {
+      enter('Succeeded', exit.message);
+      return null;
+    }
+    if (failed && spec.restartPolicy === 'Never') {
+      enter(exit.reason === 'OOMKilled' ? 'OOMKilled' : 'Failed', exit.message);
+      return null;
+    }
+    if (status.restarts >= spec.maxRestarts) {
+      if (!failed) {
+        enter('Succeeded', `${exit.message}; restart limit (${spec.maxRestarts}) reached`);
+        return null;
+      }
+      return escalate(run, exit.message);
+    }
+    const delay = backoffDelayMs(spec.backoff, status.backoffStep ?? 0);
+    status.nextRetryAt = new Date(Date.now() + delay).toISOString();
+    enter('CrashLoopBackOff', exit.message);
+    event('BackOff', `Back-off restarting run ${run.run}: next start in ${delay / 1000} s`);
+    if (await pause(delay)) return timeOutIdle();
+    status.nextRetryAt = null;
+    status.restarts++;
+    status.backoffStep = (status.backoffStep ?? 0) + 1;
+    return FROM_SCRATCH;
+  }
+
+  /** Past the restart limit: quarantined at once, diagnostics, incident, alert; a critical job restored elsewhere. */
+  async function escalate(run: RunRecord, error: string): Promise<Start | 'quarantine'> {
+    const reason = `restart limit (${spec.maxRestarts}) reached: ${error}`;
+    enter('Quarantined', reason);
+    event('Quarantined', `${reason}; no more restarts until released`);
+    if (!status.failedOn.includes(run.node)) status.failedOn.push(run.node);
+    const at = new Date().toISOString();
+    try {
+      const d = await helpful(run.node).collectDiagnostics.executeWithOptions({ summary: `diagnostics of ${jobId} on ${run.node}` },
+        [{ jobId, at, error, runs: status.runs, logFile: run.logFile }]);
+      status.diagnostics = d.prefix;
+    } catch (err) {
+      if (isCancellation(err)) throw err;
+      event('DiagnosticsFailed', `diagnostics not stored: ${describeFailure(err)}`);
+    }
+    // Not awaited: a webhook down for hours must not hold back a critical job's restore. Each records its own failure.
+    void lasting.raiseIncident.executeWithOptions({ summary: `incident: ${jobId} quarantined` },
+      [{ kind: 'job-quarantined', jobId, node: run.node, message: reason, at, diagnostics: status.diagnostics }])
+      .catch((err: unknown) => event('IncidentFailed', `incident not raised: ${describeFailure(err)}`));
+    void lasting.raiseAlert.executeWithOptions({ summary: `alert: ${jobId} quarantined` },
+      [{ kind: 'job-quarantined', checkpointId: status.lastGoodCheckpoint ?? jobId, node: run.node, message: `job ${jobId}: ${reason}`, raisedAt: at }])
+      .catch((err: unknown) => event('AlertFailed', `alert not raised: ${describeFailure(err)}`));
+    if (spec.tier !== 'critical') return 'quarantine';
+    if (!status.lastGoodCheckpoint) {
+      enter('Quarantined', `${reason}; critical, but no good checkpoint to restore from`);
+      return 'quarantine';
+    }
+    event('Restoring', `critical job: restoring from its last good checkpoint ${status.lastGoodCheckpoint}, not on ${status.failedOn.join(', ')}`);
+    return { checkpointId: status.lastGoodCheckpoint, exclude: [...status.failedOn] };
+  }
+
+  // ---- the lifecycle ----
+  async function lifecycle(): Promise<JobStatus> {
+    let next: Start | 'quarantine' = status.state === 'Quarantined' ? 'quarantine' : { checkpointId: status.resumeFrom ?? null, exclude: [] };
+    const carriedRun = status.runs.at(-1);
+    let run: RunRecord | null = status.state === 'Running' && carriedRun && carriedRun.endedAt === null && carriedRun.process ? carriedRun : null;
+    active = run;
+    for (;;) {
+      if (TERMINAL_JOB_STATES.includes(status.state)) return status;
+      if (run === null) {
+        if (next === 'quarantine') {
+          await condition(() => releaseAsk !== null);
+          const ask = releaseAsk as unknown as { fromCheckpoint: boolean };
+          status.restarts = 0;
+          status.backoffStep = 0;
+          next = { checkpointId: ask.fromCheckpoint ? status.lastGoodCheckpoint : null, exclude: [] };
+          event('Released', `quarantine lifted: starting again from ${next.checkpointId ?? 'scratch'}`);
+          enter('Pending', null);
+          releaseAsk = null;
+        }
+        if (workflowInfo().continueAsNewSuggested && allHandlersFinished()) {
+          status.resumeFrom = next.checkpointId;
+          return continueAsNew<typeof job>({ spec, carried: status });
+        }
+        status.resumeFrom = null;
+        if (next.checkpointId === null) {
+          run = await startFresh();
+        } else {
+          const from = next.checkpointId;
+          const r = await resume(from, next.exclude);
+          if (typeof r === 'string') {
+            if (status.state === 'Quarantined' || next.exclude.length > 0) {
+              enter('Quarantined', `${status.reason ?? 'quarantined'}; restore from ${from} failed: ${r}`);
+              next = 'quarantine';
+              continue;
+            }
+            // The checkpoint cannot be restored (corrupt, gone): the next best is the last good one, then scratch.
+            const fallback = status.lastGoodCheckpoint && status.lastGoodCheckpoint !== from ? status.lastGoodCheckpoint : null;
+            event('RestoreFailed', `cannot resume from ${from}: ${r}; starting from ${fallback ?? 'scratch'}`);
+            next = { checkpointId: fallback, exclude: [] };
+            continue;
+          }
+          run = r;
+        }
+        if (run === null) return status;
+        if (run.process === null) {
+          // Resumed but gone at once: a failed run like any other.
+          const gone = run;
+          run = null;
+          const after = await afterExit(gone, { exitCode: null, signal: null, reason: 'Error', message: gone.message ?? 'gone after the restore', endedAt: new Date().toISOString() });
+          if (after === null) return status;
+          next = after;
+          continue;
+        }
+      }
+      const ended = await supervise(run);
+      const r: RunRecord = run;
+      run = null;
+      switch (ended.kind) {
+        case 'continue':
+          return continueAsNew<typeof job>({ spec, carried: status });
+        case 'timeout':
+          await finish(r, { exitCode: null, signal: null, reason: 'TimedOut', message: `job ran past its timeout of ${spec.timeoutMs} ms`, endedAt: new Date().toISOString() }, STOP_GRACE_MS);
+          event('TimedOut', `run ${r.run} stopped: job ran past its timeout of ${spec.timeoutMs} ms`);
+          enter('TimedOut', `job ran past its timeout of ${spec.timeoutMs} ms`);
+          return status;
+        case 'preempted':
+          await finish(r, { exitCode: null, signal: null, reason: 'Preempted', message: `checkpointed as ${ended.checkpointId} for preemption`, endedAt: new Date().toISOString() });
+          event('Preempted', `run ${r.run} checkpointed as ${ended.checkpointId} and stopped; requeued`);
+          enter('Preempted', `preempted: resumes from ${ended.checkpointId}`);
+          next = { checkpointId: ended.checkpointId, exclude: [] };
+          break;
+        case 'gone':
+          await finish(r, { exitCode: null, signal: null, reason: 'Preempted', message: ended.why, endedAt: new Date().toISOString() });
+          event('Requeued', `run ${r.run}: ${ended.why}; restarting from ${status.lastGoodCheckpoint ?? 'scratch'} (not counted as a restart)`);
+          enter('Pending', ended.why);
+          next = { checkpointId: status.lastGoodCheckpoint, exclude: [] };
+          break;
+        case 'exit': {
+          const after = await afterExit(r, ended.exit);
+          if (after === null) return status;
+          next = after;
+          break;
+        }
+      }
+    }
+  }
+
+  try {
+    return await lifecycle();
+  } catch (err) {
+    if (!isCancellation(err)) throw err;
+    // Cancelled: the run stopped and cleaned up like a timeout, the reservation given back, then the cancel ends the workflow.
+    await CancellationScope.nonCancellable(async () => {
+      const run = active as RunRecord | null;
+      if (run !== null) {
+        await finish(run, { exitCode: null, signal: null, reason: 'Stopped', message: 'Cancelled', endedAt: new Date().toISOString() }, STOP_GRACE_MS);
+      }
+      await releaseReservation();
+      status.nextRetryAt = null;
+      event('Cancelled', 'job cancelled: run stopped and cleaned up');
+      enter('Failed', 'Cancelled');
+    });
+    throw err;
+  }
+}
+
+/** A restore that failed because its checkpoint cannot be fetched yet (S3 away), as opposed to not at all. */
+function cannotFetchYet(type: string | null, why: string): boolean {
+  if (type === ErrorType.S3Unavailable) return true;
+  if (type === ErrorType.RestoreFailed || type === ErrorType.CheckpointNotFound) return /\bS3\b|fetch|ECONNREFUSED|ETIMEDOUT|unreachable/i.test(why);
+  return false;
 }

@@ -8,6 +8,8 @@ import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../
 import type { Candidate, CheckpointInfo, Reservation } from '../../common/restore';
 import type { AlertRecord } from '../../workflows/alert';
 import type { NodeRecord } from '../../workflows/node';
+import { createIncidentActivities } from './incident';
+import { createRetentionActivities } from './retention';
 import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
 
 /** A node that has not reported for this long is not offered for placement. */
@@ -19,6 +21,8 @@ export const NODE_STALE_MS = 2 * 60 * 1000;
  */
 export function createControlActivities(client: Client, s3?: S3Config) {
   return {
+    ...createIncidentActivities(),
+    ...createRetentionActivities(s3),
     /** Adds a checkpoint to its node's promotion loop, starting the loop if none runs. */
     async enqueuePromotion(input: { node: string; checkpointId: string; metadataSha256?: string | null }): Promise<void> {
       await client.workflow.signalWithStart('promotion', {

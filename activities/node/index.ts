@@ -20,6 +20,7 @@ import { persistCheckpoint } from './persist';
 import { sealCheckpoint } from './seal';
 import { inspectRestore, restoreProcess } from './restore-attempt';
 import { releaseStaging } from './staging';
+import { createRetentionNodeActivities } from './retention';
 import { deleteCheckpointDir, type LocalCheckpoint, listLocalCheckpoints } from './tier';
 import { uploadCheckpoint } from './upload';
 import { verifyRunning, type VerifyRunningInput, type VerifyRunningResult } from './verify';
@@ -50,6 +51,7 @@ export function createNodeActivities(ctx: NodeContext) {
       return r;
     });
   return {
+    ...createRetentionNodeActivities(ctx),
     async inventory(): Promise<NodeInventory> {
       return readInventory(ctx);
     },
