@@ -36,7 +36,15 @@ interface Start {
   checkpointId: string | null;
   /** Nodes the restore must not use (failedOn, for a critical job's escalation). */
   exclude: string[];
+  /**
+   * A node to pass over while another has room: the one the job was preempted from (it was preempted to make
+   * room there). Unlike exclude, a resume falls back to it when no other node fits.
+   */
+  avoid?: string;
 }
+
+/** How long a resume looks for a node other than the one it was preempted from before it takes that one too. */
+const AVOID_PLACEMENT_DEADLINE = '20s';
 
 /** How a Running run stopped being supervised. */
 type Ended =
@@ -260,8 +268,9 @@ export async function job(input: JobInput): Promise<JobStatus> {
    * A run resumed from a checkpoint by a child restore (placed by VRAM, excluding `exclude`). A checkpoint that
    * cannot be fetched yet is CheckpointPullBackOff and retried; string: it cannot be restored at all (why).
    */
-  async function resume(checkpointId: string, exclude: string[]): Promise<RunRecord | string | null> {
+  async function resume(checkpointId: string, exclude: string[], avoid?: string): Promise<RunRecord | string | null> {
     let pullK = 0;
+    let avoiding = avoid !== undefined && spec.node === undefined && !exclude.includes(avoid);
     for (let attempt = 1; ; attempt++) {
       // Preempted and CheckpointPullBackOff say more than Pending while the restore places and fetches.
       if (status.state !== 'CheckpointPullBackOff' && status.state !== 'Preempted') enter('Pending');
@@ -271,13 +280,21 @@ export async function job(input: JobInput): Promise<JobStatus> {
         // Shielded from a cancel like startRun: a restore cut off halfway could leave a process nobody watches.
         restored = await CancellationScope.nonCancellable(() => executeChild(restore, {
           workflowId: `${restoreWorkflowId(checkpointId, runNo)}.${attempt}`, taskQueue: CONTROL_QUEUE,
-          args: [{ checkpointId, exclude, vramBytes: spec.vramBytes, placementDeadline: '10m', ...(spec.readiness ? { readiness: spec.readiness } : {}) }],
+          args: [{
+            checkpointId, exclude: avoiding && avoid ? [...exclude, avoid] : exclude, vramBytes: spec.vramBytes,
+            placementDeadline: avoiding ? AVOID_PLACEMENT_DEADLINE : '10m', ...(spec.node ? { node: spec.node } : {}), ...(spec.readiness ? { readiness: spec.readiness } : {}),
+          }],
         }));
       } catch (err) {
         if (isCancellation(err)) throw err;
         const cause = err instanceof Error && err.cause ? err.cause : err;
         const type = failureType(cause);
         const why = describeFailure(cause);
+        if (type === ErrorType.NoNodeFits && avoiding) {
+          avoiding = false;
+          event('FailedScheduling', `resuming from ${checkpointId}: no node other than ${avoid} has room; ${avoid} may take it back`);
+          continue;
+        }
         if (type === ErrorType.NoNodeFits) {
           event('FailedScheduling', `resuming from ${checkpointId}: ${why}; waiting`);
           if (await pause(PLACEMENT_RETRY_CAP_MS)) return timeOutIdle();
@@ -586,7 +603,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
           run = await startFresh();
         } else {
           const from = next.checkpointId;
-          const r = await resume(from, next.exclude);
+          const r = await resume(from, next.exclude, next.avoid);
           if (typeof r === 'string') {
             if (status.state === 'Quarantined' || next.exclude.length > 0) {
               enter('Quarantined', `${status.reason ?? 'quarantined'}; restore from ${from} failed: ${r}`);
@@ -627,7 +644,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
           await finish(r, { exitCode: null, signal: null, reason: 'Preempted', message: `checkpointed as ${ended.checkpointId} for preemption`, endedAt: new Date().toISOString() });
           event('Preempted', `run ${r.run} checkpointed as ${ended.checkpointId} and stopped; requeued`);
           enter('Preempted', `preempted: resumes from ${ended.checkpointId}`);
-          next = { checkpointId: ended.checkpointId, exclude: [] };
+          next = { checkpointId: ended.checkpointId, exclude: [], avoid: r.node };
           break;
         case 'gone':
           await finish(r, { exitCode: null, signal: null, reason: 'Preempted', message: ended.why, endedAt: new Date().toISOString() });

@@ -597,6 +597,9 @@ describe('job workflow: preemption', () => {
       const s = await until(wf, (x) => x.runs.length === 2 && x.state === 'Running', 'resumed', FAST);
       expect(s.runs[0].reason).toBe('Preempted');
       expect(s.runs[1].fromCheckpoint).toBe(r.checkpointId);
+      // Preempted to make room on node-a: resumed on the other node, which has room.
+      expect(s.runs[0].node).toBe('node-a');
+      expect(s.runs[1].node).toBe('node-b');
       expect(s.restarts).toBe(0);
       expect(s.checkpoints.find((c) => c.checkpointId === r.checkpointId)?.reason).toBe('preemption');
       expect(sim.calls).toContain(`criuDump node-a ${r.checkpointId}`);
@@ -605,6 +608,22 @@ describe('job workflow: preemption', () => {
       // Only a Running job can be preempted.
       await finish(wf);
       await expect(wf.executeUpdate(JOB_PREEMPT_UPDATE)).rejects.toThrow();
+    });
+  });
+
+  test('preempted on the only node with room: after passing it over for a while, resumed there', async () => {
+    const sim = new Sim({ 'node-a': 16 });
+    sim.script = [wait, wait];
+    await sim.with(async () => {
+      const wf = await sim.start(spec());
+      await until(wf, (x) => x.state === 'Running', 'Running', FAST);
+      const r = await wf.executeUpdate<PreemptResult, []>(JOB_PREEMPT_UPDATE);
+      expect(r.outcome).toBe('requeued');
+      const s = await until(wf, (x) => x.runs.length === 2 && x.state === 'Running', 'resumed', FAST);
+      expect(s.runs[1].node).toBe('node-a');
+      expect(s.runs[1].fromCheckpoint).toBe(r.checkpointId);
+      expect(s.events.some((e) => e.type === 'FailedScheduling' && e.message.includes('no node other than node-a'))).toBe(true);
+      await finish(wf);
     });
   });
 
