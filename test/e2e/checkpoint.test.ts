@@ -27,7 +27,7 @@ afterAll(async () => {
 });
 
 async function agent(node: string, extra: Partial<Agent['spec']> = {}): Promise<Agent> {
-  const a = await Agent.start({ node, declaredVramBytes: 8 << 30, ...extra });
+  const a = await Agent.start({ node, declaredVramBytes: 8 * 2 ** 30, ...extra });
   agents.push(a);
   return a;
 }

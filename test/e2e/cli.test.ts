@@ -40,7 +40,7 @@ async function workflowExists(workflowId: string): Promise<boolean> {
 
 beforeAll(async () => {
   k = await client();
-  agent = await Agent.start({ node: NODE, declaredVramBytes: 8 << 30 });
+  agent = await Agent.start({ node: NODE, declaredVramBytes: 8 * 2 ** 30 });
   // A checkpoint that Failed in Pending: the pid does not exist on the node.
   const { request } = await k.startCheckpoint({ target: '3999999', node: NODE, checkpointId: FAILED });
   await expect(k.checkpointResult(request.checkpointId)).rejects.toThrow(WorkflowFailedError);

@@ -34,10 +34,17 @@ async function status(jobId: string): Promise<JobStatus> {
 }
 
 async function untilState(jobId: string, states: JobState[], timeoutMs = 120000): Promise<JobStatus> {
-  return until(`job ${jobId} in ${states.join('|')}`, async () => {
-    const s = await status(jobId);
-    return states.includes(s.state) ? s : null;
-  }, timeoutMs, 300);
+  let last: JobStatus | null = null;
+  try {
+    return await until(`job ${jobId} in ${states.join('|')}`, async () => {
+      last = await status(jobId);
+      return states.includes(last.state) ? last : null;
+    }, timeoutMs, 300);
+  } catch (e) {
+    // What the job was doing instead: its state, reason and newest events.
+    const s = last as JobStatus | null;
+    throw new Error(`${(e as Error).message}; last seen ${s ? `${s.state} (${s.reason ?? '-'}); events: ${s.events.slice(-6).map((x) => `${x.type}: ${x.message}`).join(' | ')}` : 'nothing'}`);
+  }
 }
 
 /** Processes on this host that belong to the job (the agent gives each workload KYBERNATE_JOB_ID). */
@@ -62,7 +69,7 @@ function jobCgroups(node: string, jobId: string): string[] {
 
 beforeAll(async () => {
   k = await client();
-  [a, b] = await Promise.all([Agent.start({ node: A, declaredVramBytes: 8 << 30 }), Agent.start({ node: B, declaredVramBytes: 8 << 30 })]);
+  [a, b] = await Promise.all([Agent.start({ node: A, declaredVramBytes: 8 * 2 ** 30 }), Agent.start({ node: B, declaredVramBytes: 8 * 2 ** 30 })]);
 }, 180000);
 afterAll(async () => {
   await Promise.all([a?.stop(), b?.stop()]);
@@ -181,24 +188,36 @@ describe('jobs on the real stack', () => {
 
   test('a preempted job resumes from its checkpoint on another node, its counter carrying on', async () => {
     const job = 'preemptee';
-    expect(cli(['run', job, '--node', A, '--vram', '6GiB', '--', PYTHON, PATTERN, '32', job]).status).toBe(0);
-    await untilState(job, ['Running']);
-    // Node A is full for a second 6 GiB job: after the preemption the job's VRAM is free again there, so take
-    // it with a blocker first... simpler: the job is pinned nowhere, and node A is drained by stopping its agent
-    // only after the checkpoint. Here: preempt, then the requeued job lands where VRAM fits.
+    // Not pinned: placed by VRAM (6 GiB of either node's 8), and after the preemption placed again.
+    expect(cli(['run', job, '--vram', '6GiB', '--', PYTHON, PATTERN, '32', job]).status).toBe(0);
+    const first = await untilState(job, ['Running']);
+    const from = first.runs[0].node;
     await until('ticks', async () => (cli(['logs', job]).stdout.match(/^tick /gm)?.length ?? 0) > 10, 30000);
     const p = cli(['preempt', job]);
     expect(p.status).toBe(0);
     expect(p.stdout).toMatch(/requeued/);
-    const s = await untilState(job, ['Running'], 180000);
-    const resumed = s.runs[s.runs.length - 1];
+    const s = await untilState(job, ['Running'], 180000).then(async () => until('the resumed run', async () => {
+      const x = await status(job);
+      return x.state === 'Running' && x.runs.length === 2 ? x : null;
+    }, 180000));
+    const resumed = s.runs[1];
+    expect(s.runs[0].reason).toBe('Preempted');
     expect(resumed.fromCheckpoint).toBeTruthy();
+    expect(resumed.node).not.toBe(from);
     expect(s.restarts).toBe(0);
+    await until('ticks after the resume', async () => {
+      const t = cli(['logs', job]).stdout.split('\n').filter((l) => l.startsWith('tick ')).map((l) => Number(l.slice(5)));
+      return t.length > 0 && Math.max(...t) > 20 ? t : null;
+    }, 60000);
     const ticks = cli(['logs', job]).stdout.split('\n').filter((l) => l.startsWith('tick ')).map((l) => Number(l.slice(5)));
-    // One run of the counter: it never went back to 1.
+    // One run of the counter across both nodes: it never went back to 1, and it is in order.
     expect(ticks.filter((t) => t === 1).length).toBe(1);
+    expect(ticks).toEqual([...ticks].sort((x, y) => x - y));
+    const d = cli(['describe', 'job', job]);
+    expect(d.stdout).toContain(resumed.fromCheckpoint!);
     await k.client.workflow.getHandle(jobWorkflowId(job)).cancel();
-  });
+    await until('no process of the job', () => jobProcesses(job).length === 0, 60000);
+  }, 420000);
 
   test('apply with one broken job of three: the two good ones start, the summary names the broken field', async () => {
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kyb-apply-')), 'jobs.yaml');

@@ -16,8 +16,8 @@ const pids: number[] = [];
 
 beforeAll(async () => {
   k = await client();
-  agents.push(await Agent.start({ node: 'sk-a', declaredVramBytes: 8 << 30 }));
-  agents.push(await Agent.start({ node: 'sk-b', declaredVramBytes: 8 << 30 }));
+  agents.push(await Agent.start({ node: 'sk-a', declaredVramBytes: 8 * 2 ** 30 }));
+  agents.push(await Agent.start({ node: 'sk-b', declaredVramBytes: 8 * 2 ** 30 }));
 }, 120000);
 afterAll(async () => {
   for (const c of clients) c.close();

@@ -313,7 +313,7 @@ describe('the local stack', () => {
       outside = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-hand-data-'));
       own = await up({ home, proxies: ['s3', 'temporal'], log: () => undefined });
       await startControlWorker(own);
-      await startAgent(own, { node: 'own-a', declaredVramBytes: 8 << 30 });
+      await startAgent(own, { node: 'own-a', declaredVramBytes: 8 * 2 ** 30 });
       k = await KybernateClient.connect(configFromStack(own));
     }, 240000);
     afterAll(async () => {
