@@ -109,7 +109,7 @@ export interface JobStarter {
 /**
  * Starts each valid entry on its own: a bad entry, an unknown node or a refused start fails that entry only.
  * A job of the same name still open is 'unchanged' when its spec is the same, else failed: changing a running
- * job is not done in place (delete it first).
+ * job is not done in place (cancel it first).
  */
 export async function applyJobs(
   starter: JobStarter, entries: ApplyEntry[], isExisting: (e: unknown) => { spec: JobSpec | null; state: string } | null, describe: (e: unknown) => string,
@@ -126,7 +126,7 @@ export async function applyJobs(
     } catch (err) {
       const existing = isExisting(err);
       if (existing && existing.spec && sameSpec(existing.spec, e.spec)) out.push({ index: e.index, name: e.name, result: 'unchanged', detail: `running with the same spec (${existing.state})` });
-      else if (existing) out.push({ index: e.index, name: e.name, result: 'failed', detail: `exists (delete it first to change it; state ${existing.state})` });
+      else if (existing) out.push({ index: e.index, name: e.name, result: 'failed', detail: `exists (cancel it first to change it: kybernate cancel ${e.name}; state ${existing.state})` });
       else out.push({ index: e.index, name: e.name, result: 'failed', detail: describe(err) });
     }
   }

@@ -284,6 +284,25 @@ program
   });
 
 program
+  .command('cancel <job>')
+  .description('stop a job for good: its run stopped (SIGTERM, then SIGKILL after 30 s) and cleaned up; the job ends Failed, reason Cancelled')
+  .option('--no-wait', 'return once the cancel is asked for')
+  .action(async (job: string, o: { wait: boolean }) => {
+    assertSafeId('job', job);
+    await withClient(async (k) => {
+      const jobs = new JobsApi(k);
+      if (!o.wait) {
+        await k.client.workflow.getHandle(jobWorkflowId(job)).cancel();
+        console.log(`${job}: cancel asked for`);
+        return;
+      }
+      const closed = await jobs.cancel(job);
+      const s = await jobs.status(job).catch(() => null);
+      console.log(printable(closed ? `${job}: cancelled${s ? ` (${s.state}${s.reason ? `, ${s.reason}` : ''})` : ''}` : `${job}: cancel asked for; still cleaning up (an agent may be away)`));
+    });
+  });
+
+program
   .command('logs <job>')
   .description("a job's output: the current run's (stdout to stdout, stderr to stderr, in order)")
   .option('-p, --previous', 'the run before the current one')

@@ -157,6 +157,18 @@ export class JobsApi {
   }
 
   /**
+   * Cancels the job: its run is stopped (SIGTERM, SIGKILL after the grace) and cleaned up by the workflow, which
+   * then ends cancelled with state Failed, reason Cancelled. Waits up to waitMs for it to close; false if it
+   * had not by then (the cleanup goes on: an agent may be away).
+   */
+  async cancel(jobId: string, waitMs = 90_000): Promise<boolean> {
+    const h = this.handle(jobId);
+    await h.cancel();
+    const closed = h.result().then(() => true, () => true);
+    return Promise.race([closed, new Promise<boolean>((r) => setTimeout(() => r(false), waitMs).unref())]);
+  }
+
+  /**
    * Starts one read of a run's log on its node (workflow `logs/<jobId>/<uuid>`); the caller awaits its result
    * or, when the run moved on meanwhile, terminates it. Without `follow` it may wait LOG_READ_TIMEOUT_MS.
    */

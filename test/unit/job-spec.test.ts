@@ -181,7 +181,7 @@ describe('apply: a YAML list of jobs, each on its own', () => {
       entries, () => ({ spec: running.get(current) ?? null, state: 'Running' }), String,
     );
     expect(out2.map((o) => o.result)).toEqual(['unchanged', 'failed']);
-    expect(out2[1].detail).toMatch(/^exists \(delete it first to change it/);
+    expect(out2[1].detail).toMatch(/^exists \(cancel it first to change it/);
   });
 
   test('specs compare equal whatever the order of their fields', () => {
