@@ -22,6 +22,11 @@ export const restoreStatusQuery = defineQuery<RestoreStatus>('status');
 export const PATCH_VERIFY_RUNNING = 'restore-verify-running';
 export const PATCH_INSPECT_AFTER_AGENT_LOST = 'restore-inspect-after-agent-lost';
 export const PATCH_RELEASE_NEVER_FAILS = 'restore-release-never-fails';
+/**
+ * Before placing: ask every node whether it can restore this checkpoint (GPU model, driver, CRIU, CPU flags)
+ * and fail at once when none can, or when the VRAM is more than any single GPU has (a multi-GPU job).
+ */
+export const PATCH_COMPATIBILITY_GATE = 'restore-compatibility-gate';
 
 /** Failures that say "not on this node" rather than "not at all". */
 const TRY_ELSEWHERE = new Set<string>([
@@ -99,6 +104,27 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
   status.vramBytes = req.vramBytes ?? info.vramBytes;
   upsertSearchAttributes([{ key: SA_JOB, value: info.jobId }]);
 
+  const gate = patched(PATCH_COMPATIBILITY_GATE);
+  if (gate) {
+    // Before any bytes move: a checkpoint no node can restore fails now, with each node's reason, instead of
+    // burning a restore attempt per node and then waiting out the placement deadline.
+    // A gate that cannot answer (its activity failing for good) leaves placement as it was: placementCandidates
+    // still filters by the same rules, only without the early, itemised failure.
+    const survey = await control.placementSurvey.executeWithOptions({ summary: `which nodes can restore ${req.checkpointId}` }, [{ ...(info.compat ? { compat: info.compat } : {}) }])
+      .catch((err: unknown) => {
+        log.warn('compatibility gate unanswered; placing without it', { checkpointId: req.checkpointId, error: describeFailure(err) });
+        return { nodes: [], largestGpuBytes: 0 };
+      });
+    if (survey.nodes.length > 0) status.compatibility = survey.nodes;
+    if (survey.largestGpuBytes > 0 && status.vramBytes > survey.largestGpuBytes) {
+      fail(`${status.vramBytes} bytes of VRAM needed, more than any single GPU has (largest: ${survey.largestGpuBytes} bytes); multi-GPU jobs are out of scope`, ErrorType.MultiGpuUnsupported);
+    }
+    const asked = survey.nodes.filter((x) => !req.node || x.node === req.node);
+    if (asked.length > 0 && asked.every((x) => x.reason !== null)) {
+      fail(`no compatible node for checkpoint ${req.checkpointId}: ${asked.map((x) => `${x.node}: ${x.reason}`).join('; ')}`, ErrorType.NoCompatibleNode);
+    }
+  }
+
   const deadlineMs = Date.now() + msOf(req.placementDeadline ?? '10m');
   let forceSource = false; // after a corrupt S3 copy: only the node holding the nvme copy will do
   for (let n = 1; ; n++) {
@@ -111,7 +137,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
     }
     const only = pinned ? info.node : req.node;
     const candidates = await control.placementCandidates.executeWithOptions({ summary: `nodes with ${status.vramBytes} bytes of VRAM free` },
-      [{ bytes: status.vramBytes, exclude: status.excluded, prefer, only }]);
+      [{ bytes: status.vramBytes, exclude: status.excluded, prefer, only, ...(gate && info.compat ? { compat: info.compat } : {}) }]);
     const reservationId = `${workflowInfo().workflowId}/${n}`;
     const reservation = candidates.length === 0 ? null
       : await control.reserve.executeWithOptions({ summary: `reserve ${status.vramBytes} bytes of VRAM` }, [{ reservationId, bytes: status.vramBytes, candidates }]);
@@ -125,6 +151,11 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
       continue;
     }
     status.node = reservation.node;
+    delete status.gpu;
+    if (reservation.gpuIndex !== undefined) {
+      const note = candidates.find((c) => c.node === reservation.node)?.note ?? null;
+      status.gpu = { index: reservation.gpuIndex, note };
+    }
     const attemptId = restoreAttemptId(workflowInfo().workflowId, workflowInfo().runId, n);
     try {
       const proc = await attempt(req, status, reservation.node, attemptId, readiness, enter, info.metadataSha256 ?? null);
@@ -227,7 +258,9 @@ async function attempt(
       const { pid } = proc;
       if (stage === 'RestoringVram') {
         await step(stage, proc, async () => {
-          await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}` }, [{ bytes: status.vramBytes }]);
+          const gpuIndex = status.gpu?.index;
+          await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}${gpuIndex !== undefined ? ` GPU ${gpuIndex}` : ''}` },
+            [{ bytes: status.vramBytes, ...(gpuIndex !== undefined ? { gpuIndex } : {}) }]);
           return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}` }, [{ pid }]);
         });
       } else if (stage === 'Unlocking') {

@@ -17,6 +17,7 @@ import {
 import { writePidFile } from './pid-file';
 import { registerWorkloadProcess } from './process-registry';
 import { persistCheckpoint } from './persist';
+import { loadMeasurement, measureTreeVram, saveMeasurement } from './measure';
 import { sealCheckpoint } from './seal';
 import { inspectRestore, restoreProcess } from './restore-attempt';
 import { releaseStaging } from './staging';
@@ -44,6 +45,15 @@ export function createNodeActivities(ctx: NodeContext) {
   const cuda = (op: CudaOp, name: CheckpointStep, input: CudaInput): Promise<CudaStepResult> =>
     step(input.checkpointId, name, async () => {
       if (op === 'lock') requireProcess(input.pid);
+      if (op === 'checkpoint' && input.checkpointId !== undefined) {
+        // Measured while the VRAM is still on the device (the checkpoint moves it to host memory). A retried step
+        // whose VRAM already moved measures nothing and keeps the first measurement.
+        const m = await measureTreeVram(input.pid).catch(() => null);
+        if (m && (m.bytes > 0 || !loadMeasurement(ctx, input.checkpointId))) {
+          saveMeasurement(ctx, input.checkpointId, m);
+          ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, measuredVramBytes: m.bytes, gpu: m.gpuIndex }, 'VRAM of the process tree measured');
+        }
+      }
       const r = await cudaStep(op, input.pid);
       // driver 'standin': the test stand-in (deploy/native/standin-cuda), never to be mistaken for a GPU in the logs.
       if (r.outcome === 'done') ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, op, driver: driverKind(), detail: r.detail }, `CUDA ${op} done`);
@@ -174,7 +184,7 @@ export function createNodeActivities(ctx: NodeContext) {
     async inspectRestore(input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number }): Promise<RestoreInspection> {
       return inspectRestore(ctx, input);
     },
-    async checkVram(input: { bytes: number }): Promise<{ freeVramBytes: number }> {
+    async checkVram(input: { bytes: number; gpuIndex?: number }): Promise<{ freeVramBytes: number }> {
       return checkVram(ctx, input);
     },
     /** A restored workload becomes this node's: its pid file, and the VRAM it holds in the ledger. */

@@ -98,9 +98,23 @@ CUresult cuGetErrorName(CUresult error, const char **pStr) {
   return CUDA_ERROR_INVALID_VALUE;
 }
 
-/* ---- devices: one stand-in GPU per node, present when KYBERNATE_STANDIN_DIR is set ---- */
+/* ---- devices: `gpus` stand-in GPUs per node (default 1), present when KYBERNATE_STANDIN_DIR is set ---- */
 
-static int device_count(void) { return standin_dir() ? 1 : 0; }
+static int device_count(void) {
+  if (!standin_dir()) return 0;
+  struct standin_conf c;
+  standin_read_conf(standin_dir(), &c);
+  return c.gpus;
+}
+
+/* CUDA_VERSION style: 1000 * major + 10 * minor (12080 = 12.8, 13000 = 13.0). Needs no cuInit, like the driver's. */
+CUresult cuDriverGetVersion(int *driverVersion) {
+  if (!driverVersion) return CUDA_ERROR_INVALID_VALUE;
+  struct standin_conf c;
+  standin_read_conf(standin_dir(), &c);
+  *driverVersion = c.cuda_version;
+  return CUDA_SUCCESS;
+}
 
 CUresult cuDeviceGetCount(int *count) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
@@ -123,7 +137,7 @@ CUresult cuDeviceGetName(char *name, int len, CUdevice dev) {
   if (dev < 0 || dev >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
   struct standin_conf c;
   standin_read_conf(standin_dir(), &c);
-  snprintf(name, (size_t)len, "%s", c.name);
+  snprintf(name, (size_t)len, "%s", standin_gpu_name(&c, dev));
   return CUDA_SUCCESS;
 }
 
@@ -133,7 +147,7 @@ CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
   if (dev < 0 || dev >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
   struct standin_conf c;
   standin_read_conf(standin_dir(), &c);
-  *bytes = (size_t)c.total_bytes;
+  *bytes = (size_t)standin_gpu_total(&c, dev);
   return CUDA_SUCCESS;
 }
 
@@ -142,9 +156,7 @@ CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
   if (!uuid) return CUDA_ERROR_INVALID_VALUE;
   if (dev < 0 || dev >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
-  uint64_t a = standin_fnv(standin_dir()), b = standin_fnv("kybernate-standin") ^ a;
-  memcpy(uuid->bytes, &a, 8);
-  memcpy(uuid->bytes + 8, &b, 8);
+  standin_uuid(dev, (unsigned char *)uuid->bytes);
   return CUDA_SUCCESS;
 }
 CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) { return cuDeviceGetUuid_v2(uuid, dev); }
