@@ -27,6 +27,7 @@ export interface CudaApi {
   cuDeviceGet: Bound<[out: Int32Array, ordinal: number]>;
   cuDeviceGetName: Bound<[name: Buffer, len: number, dev: number]>;
   cuDeviceTotalMem_v2: Bound<[out: BigUint64Array, dev: number]>;
+  cuDriverGetVersion: Bound<[out: Int32Array]>;
   /** The stand-in driver for tests (deploy/native/standin-cuda) says so here; the real one has no such symbol. */
   standin: string | null;
 }
@@ -58,6 +59,7 @@ export function cudaApi(): CudaApi | null {
       cuDeviceGet: f('int cuDeviceGet(_Out_ int *, int)'),
       cuDeviceGetName: f('int cuDeviceGetName(_Out_ uint8_t *, int, int)'),
       cuDeviceTotalMem_v2: f('int cuDeviceTotalMem_v2(_Out_ uint64_t *, int)'),
+      cuDriverGetVersion: f('int cuDriverGetVersion(_Out_ int *)'),
       standin,
     };
     const rc = api.cuInit(0);
@@ -205,4 +207,12 @@ export async function listGpus(): Promise<GpuInfo[]> {
     gpus.push({ index: i, name: name.toString('utf8').replace(/\0.*$/s, ''), totalVramBytes: Number(total[0]) });
   }
   return gpus;
+}
+
+/** The CUDA version the driver supports (1000 * major + 10 * minor: 13000 = CUDA 13.0); null without a driver. */
+export async function cudaDriverVersion(): Promise<number | null> {
+  const a = cudaApi();
+  if (!a) return null;
+  const v = new Int32Array(1);
+  return (await callAsync(a.cuDriverGetVersion, v)) === 0 ? v[0] : null;
 }

@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import { cgroupVersion } from './cgroups';
 import type { NodeContext } from './context';
 import { criuVersion } from './criu';
-import { driverKind, listGpus } from './cuda';
+import { cudaDriverVersion, driverKind, listGpus } from './cuda';
 import { driverVersions, gpuMemory } from './nvml';
 import { ledgerBytes } from './vram';
 
@@ -66,7 +66,7 @@ export async function readInventory(ctx: NodeContext): Promise<NodeInventory> {
   const versions = gpus.length > 0 ? await driverVersions() : null;
   const base = {
     node: ctx.node, zone: ctx.zone, freeDiskBytes: st.bavail * st.bsize, criuVersion: await criuVersion(ctx), cgroups: cgroupVersion(), reportedAt: new Date().toISOString(),
-    driverVersion: versions?.driverVersion ?? null, cudaVersion: versions?.cudaVersion ?? null, kernelRelease: os.release(), cpuFlags: cpuFlags(),
+    driverVersion: versions?.driverVersion ?? null, cudaVersion: versions?.cudaVersion || (gpus.length > 0 ? await cudaDriverVersion() : null), kernelRelease: os.release(), cpuFlags: cpuFlags(),
   };
   if (gpus.length > 0) {
     return { ...base, vramSource: driverKind() === 'standin' ? 'standin' : 'measured', gpus, totalVramBytes: gpus.reduce((s, g) => s + g.totalVramBytes, 0), freeVramBytes: gpus.reduce((s, g) => s + g.freeVramBytes, 0) };
