@@ -52,6 +52,8 @@ export interface RestoreStatus {
   compatibility?: { node: string; reason: string | null }[];
   /** The GPU of the current node the VRAM is reserved on, and why the choice was narrowed (an old driver). */
   gpu?: { index: number; note: string | null };
+  /** The UUID of the GPU the checkpoint's VRAM came from (its node's), for the restore's GPU pair. */
+  sourceGpuUuid?: string;
 }
 
 export interface Candidate {

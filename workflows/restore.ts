@@ -102,6 +102,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
     .catch((err: unknown) => fail(describeFailure(err), failureType(err) ?? ErrorType.CheckpointNotFound));
   status.jobId = info.jobId;
   status.vramBytes = req.vramBytes ?? info.vramBytes;
+  if (info.compat?.heldVram && info.compat.gpuUuid) status.sourceGpuUuid = info.compat.gpuUuid;
   upsertSearchAttributes([{ key: SA_JOB, value: info.jobId }]);
 
   const gate = patched(PATCH_COMPATIBILITY_GATE);
@@ -261,7 +262,9 @@ async function attempt(
           const gpuIndex = status.gpu?.index;
           await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}${gpuIndex !== undefined ? ` GPU ${gpuIndex}` : ''}` },
             [{ bytes: status.vramBytes, ...(gpuIndex !== undefined ? { gpuIndex } : {}) }]);
-          return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}` }, [{ pid }]);
+          // On the reserved GPU: the node passes the old -> new GPU UUID pair where its driver (580+) can remap.
+          const onGpu = gpuIndex !== undefined && status.sourceGpuUuid ? { sourceGpuUuid: status.sourceGpuUuid, gpuIndex } : {};
+          return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}${gpuIndex !== undefined ? ` onto GPU ${gpuIndex}` : ''}` }, [{ pid, ...onGpu }]);
         });
       } else if (stage === 'Unlocking') {
         await step(stage, proc, () => node.cudaUnlock.executeWithOptions({ summary: `CUDA unlock pid ${pid}` }, [{ pid }]));

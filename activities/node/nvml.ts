@@ -18,7 +18,8 @@ function load(): NvmlApi | null {
   if (nvml !== undefined) return nvml;
   try {
     const lib = koffi.load('libnvidia-ml.so.1');
-    const Handle = koffi.pointer('nvmlDevice_t', koffi.opaque());
+    // Anonymous: a named koffi type cannot be declared twice in one process (jest loads this module per test file).
+    const Handle = koffi.pointer(koffi.opaque());
     nvml = {
       init: lib.func('int nvmlInit_v2()') as unknown as NvmlApi['init'],
       handle: lib.func('nvmlDeviceGetHandleByIndex_v2', 'int', ['uint', koffi.out(koffi.pointer(Handle))]) as unknown as NvmlApi['handle'],

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import koffi from 'koffi';
-import { callAsync, cudaApi, cudaDriverVersion, cudaState, listGpus } from '../../activities/node/cuda';
+import { callAsync, cudaApi, cudaDriverVersion, cudaState, cudaStep, GPU_PAIR_SIZE, listGpus, RESTORE_ARGS_SIZE, uuidBytes } from '../../activities/node/cuda';
 import { measureTreeVram } from '../../activities/node/measure';
 import { computeProcesses, driverVersions, gpuCount, gpuMemory, NVML_PROCESS_INFO_SIZE } from '../../activities/node/nvml';
 import { REPO_ROOT } from '../../deploy/local/paths';
@@ -91,7 +91,7 @@ test('per-process device memory (nvmlDeviceGetComputeRunningProcesses_v3) per GP
   expect(await measureTreeVram(other.pid!)).toMatchObject({ bytes: 0, gpuIndex: null, gpuModel: null });
 
   // The documented sizing protocol and struct layout, called directly: too small a buffer says how many.
-  const Handle = koffi.pointer('standinDevice_t', koffi.opaque());
+  const Handle = koffi.pointer(koffi.opaque());
   const byIndex = nvmlLib.func('nvmlDeviceGetHandleByIndex_v2', 'int', ['uint', koffi.out(koffi.pointer(Handle))]);
   const procs = nvmlLib.func('nvmlDeviceGetComputeRunningProcesses_v3', 'int', [Handle, koffi.inout(koffi.pointer('uint32_t')), 'void *']);
   const h: [unknown] = [null];
@@ -106,4 +106,38 @@ test('per-process device memory (nvmlDeviceGetComputeRunningProcesses_v3) per GP
   expect(buf.readUInt32LE(0)).toBe(pid);
   expect(Number(buf.readBigUInt64LE(8))).toBe(16 * MiB);
   expect(buf.readUInt32LE(16)).toBe(0xffffffff); // gpuInstanceId: not a MIG device
+});
+
+test('restore onto another GPU: CUDA 13 args carry the old -> new UUID pair; the VRAM lands on the new GPU intact', async () => {
+  expect(RESTORE_ARGS_SIZE).toBe(64);
+  expect(GPU_PAIR_SIZE).toBe(32);
+  conf('gpus=2\ndriver_version=580.65.06\ncuda_version=13000\n');
+  const pid = await workload(8, 41);
+  const [g0, g1] = [(await gpuMemory(0))!.uuid, (await gpuMemory(1))!.uuid];
+  expect(uuidBytes(g0)).toHaveLength(16);
+  await cudaStep('lock', pid);
+  await cudaStep('checkpoint', pid);
+  expect(fs.existsSync(path.join(deviceDir, `vram-${pid}`))).toBe(false);
+  // A UUID that names no GPU of this node: CUDA_ERROR_INVALID_DEVICE, and the process stays checkpointed.
+  await expect(cudaStep('restore', pid, undefined, undefined, { oldUuid: g0, newUuid: 'GPU-00000000-0000-0000-0000-000000000000' })).rejects.toThrow(/CUresult 101/);
+  expect(cudaState(pid)).toBe('checkpointed');
+  const r = await cudaStep('restore', pid, undefined, undefined, { oldUuid: g0, newUuid: g1 });
+  expect(r.detail).toMatch(/restore ok/);
+  expect(fs.statSync(path.join(deviceDir, 'gpu1', `vram-${pid}`)).size).toBe(8 * MiB);
+  expect((await computeProcesses(1))?.get(pid)).toBe(8 * MiB);
+  expect((await computeProcesses(0))?.has(pid)).toBe(false);
+  await cudaStep('unlock', pid);
+  expect(cudaState(pid)).toBe('running');
+});
+
+test('before CUDA 13 the restore args are all reserved: a GPU pair is refused (INVALID_VALUE), so the agent never sends one there', async () => {
+  conf('gpus=2\n');
+  const pid = await workload(4, 42);
+  const [g0, g1] = [(await gpuMemory(0))!.uuid, (await gpuMemory(1))!.uuid];
+  await cudaStep('lock', pid);
+  await cudaStep('checkpoint', pid);
+  await expect(cudaStep('restore', pid, undefined, undefined, { oldUuid: g0, newUuid: g1 })).rejects.toThrow(/CUresult 1 /);
+  await cudaStep('restore', pid);
+  await cudaStep('unlock', pid);
+  expect(fs.existsSync(path.join(deviceDir, `vram-${pid}`))).toBe(true);
 });
