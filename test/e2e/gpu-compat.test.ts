@@ -112,4 +112,28 @@ describe('restore compatibility gate with stand-in GPUs', () => {
     expect(st.phase).toBe('Failed');
     expect(st.attempts).toEqual([]);
   }, 300000);
+
+  test('driver 580 on the target: restored onto another GPU index, the CUDA restore passing the old -> new UUID pair, VRAM intact', async () => {
+    // GPU 0 of gc-580 is too small, so its GPU 1 is the one with room: a different index than the source's 0.
+    await agent('gc-580', `gpus=2\ndriver_version=580.65.06\ncuda_version=13000\ntotal_bytes.0=${MiB}\n`);
+    const w = await k.runWorkload({ node: 'gc-src', jobId: 'gc-remap', command: [PYTHON, WORKLOAD, '16', '302', '0.2', '5'], env: { KYBERNATE_STANDIN_DIR: deviceDir('gc-src') } });
+    pids.push(w.pid);
+    await until('gc-remap verified its VRAM once', () => verifies(w.logFile).length >= 1, 30000);
+    const { request } = await k.startCheckpoint({ target: 'gc-remap', node: 'gc-src', checkpointId: 'gc-remap-1' });
+    const ck = await k.checkpointResult(request.checkpointId);
+    expect(ck.phase).toBe('Durable');
+    expect(ck.compat).toMatchObject({ gpuIndex: 0, driverVersion: '550.54.15' });
+    const seen = verifies(w.logFile).length;
+    const rs = await k.restoreResult((await k.startRestore({ checkpointId: 'gc-remap-1', node: 'gc-580' })).workflowId);
+    expect(rs.phase).toBe('Running');
+    expect(rs.node).toBe('gc-580');
+    expect(rs.gpu).toEqual({ index: 1, note: null });
+    expect(rs.sourceGpuUuid).toBe(ck.compat?.gpuUuid);
+    await until('the restored workload verified its VRAM', () => verifies(w.logFile).length > seen, 30000);
+    const after = verifies(w.logFile).slice(seen);
+    expect(after.every((l) => l.includes('vram_ok=True'))).toBe(true);
+    // Its device memory is on gc-580's GPU 1 now.
+    expect(after[after.length - 1]).toContain(`vram=${deviceDir('gc-580')}/gpu1/vram-`);
+    process.kill(rs.pid!, 'SIGKILL');
+  }, 300000);
 });
