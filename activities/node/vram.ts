@@ -41,7 +41,8 @@ export async function checkVram(ctx: NodeContext, input: { bytes: number; gpuInd
   const free = gpu ? gpu.freeVramBytes : largestFreeGpu(inv);
   if (input.bytes > 0 && free < input.bytes) {
     throw ApplicationFailure.create({
-      message: `node ${ctx.node} has ${free} bytes of VRAM free on ${gpu ? `GPU ${gpu.index}` : 'its largest GPU'} (${inv.vramSource}), ${input.bytes} needed`,
+      // Which GPU is named only where there is a choice of several.
+      message: `node ${ctx.node} has ${free} bytes of VRAM free${inv.gpus.length > 1 ? (gpu ? ` on GPU ${gpu.index}` : ' on its largest GPU') : ''} (${inv.vramSource}), ${input.bytes} needed`,
       type: ErrorType.CudaOutOfMemory,
       nonRetryable: true,
       details: [{ freeVramBytes: free, neededBytes: input.bytes }],
