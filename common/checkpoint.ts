@@ -1,3 +1,4 @@
+import type { CompatRecord } from './compat';
 /** Pure types shared by the checkpoint workflow, its activities and clients. No I/O: safe in workflow code. */
 
 import type { StepOutcome } from './journal';
@@ -51,6 +52,10 @@ export interface SealResult {
   files: number;
   totalBytes: number;
   metadataSha256: string;
+  /** NVML's VRAM of the process tree at checkpoint (absent in results from before it was measured, or without NVML). */
+  measuredVramBytes?: number;
+  /** metadata.json's compatibility record. */
+  compat?: CompatRecord;
 }
 
 /**
@@ -140,6 +145,10 @@ export interface CheckpointStatus {
    * so a replaced metadata.json (naming other bytes) is refused. Absent in workflows started before it existed.
    */
   metadataSha256?: string | null;
+  /** VRAM measured at checkpoint (NVML, the process tree); vramBytes is the declared figure (--vram, an override). */
+  measuredVramBytes?: number;
+  /** What a restore needs of its node, as sealed into metadata.json. */
+  compat?: CompatRecord;
   /**
    * The workload is gone and no checkpoint of this attempt can bring it back, and why (e.g. the dump stopped
    * it and the images turned out corrupt). Null while the workload runs or is restorable.

@@ -55,6 +55,13 @@ export const ErrorType = {
   /** Restored and running, but its declared readiness probe did not pass: try another node. */
   NotReady: 'NotReady',
   NoNodeFits: 'NoNodeFits',
+  /**
+   * No reporting node can restore the checkpoint (GPU model, driver, CRIU, CPU flags; common/compat.ts): the
+   * restore fails before any bytes move, naming each node and why.
+   */
+  NoCompatibleNode: 'NoCompatibleNode',
+  /** More VRAM than any single GPU anywhere has: a multi-GPU job, out of scope (one workload, one GPU). */
+  MultiGpuUnsupported: 'MultiGpuUnsupported',
   /** The node's agent was lost mid-step and the node reports that nothing of the step remains: try another node. */
   AgentLost: 'AgentLost',
   /**

@@ -1,5 +1,6 @@
 /** Pure types of the restore and migration workflows. */
 import type { Tier } from './checkpoint';
+import type { CompatRecord } from './compat';
 import type { ProcessIdentity, StepOutcome } from './journal';
 import type { Readiness } from './readiness';
 
@@ -47,18 +48,38 @@ export interface RestoreStatus {
   releaseFailures?: string[];
   /** Attempts carried on after the agent was lost mid-restore, from what the node really did. */
   recoveries?: string[];
+  /** The compatibility gate's answer: every reporting node and why it cannot restore this checkpoint (null: it can). */
+  compatibility?: { node: string; reason: string | null }[];
+  /** The GPU of the current node the VRAM is reserved on, and why the choice was narrowed (an old driver). */
+  gpu?: { index: number; note: string | null };
+  /** The UUID of the GPU the checkpoint's VRAM came from (its node's), for the restore's GPU pair. */
+  sourceGpuUuid?: string;
 }
 
 export interface Candidate {
   node: string;
+  /** The largest single GPU's free VRAM (never the sum across GPUs). */
   freeVramBytes: number;
   vramSource: 'measured' | 'declared' | 'standin' | 'none';
+  /** The GPUs a workload may be placed on, each with its free VRAM; absent from candidates listed before per-GPU placement. */
+  gpus?: { index: number; freeVramBytes: number }[];
+  /** Why the choice on this node is narrowed (e.g. an old driver: the same GPU index only). */
+  note?: string;
 }
 
 export interface Reservation {
   reservationId: string;
   node: string;
   bytes: number;
+  /** The GPU the VRAM is promised on; absent for reservations made before per-GPU placement. */
+  gpuIndex?: number;
+}
+
+/** Every reporting node and whether (and why not) it can restore a checkpoint: the compatibility gate's answer. */
+export interface PlacementSurvey {
+  nodes: { node: string; reason: string | null }[];
+  /** The largest single GPU's total VRAM on any reporting node (0 when none reports). */
+  largestGpuBytes: number;
 }
 
 export interface CheckpointInfo {
@@ -71,6 +92,8 @@ export interface CheckpointInfo {
   metadataSha256?: string | null;
   /** Where this answer came from: the checkpoint workflow, or S3's metadata.json after the history expired. */
   source?: 'workflow' | 's3';
+  /** What a restore needs of its node (metadata.json's compat); absent for checkpoints taken before it was recorded. */
+  compat?: CompatRecord;
 }
 
 /**

@@ -245,6 +245,8 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
         [{ checkpointId: req.checkpointId, jobId: req.jobId, pid: pid, cudaCheckpointed, vramBytes: req.vramBytes ?? 0 }]),
       (r) => `${r.files} files, ${r.totalBytes} bytes`, 'seal');
     status.metadataSha256 = sealed.metadataSha256;
+    if (sealed.measuredVramBytes !== undefined) status.measuredVramBytes = sealed.measuredVramBytes;
+    if (sealed.compat) status.compat = sealed.compat;
     if (cudaLocked && !processStopped) {
       // Left running: hand the VRAM back and let it go on.
       await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${pid} (leave running)`), [{ pid: pid, checkpointId: req.checkpointId }]);

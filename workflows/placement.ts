@@ -15,10 +15,19 @@ export async function placement(input: { reservations?: Reservation[] } = {}): P
   setHandler(reserveUpdate, ({ reservationId, bytes, candidates }) => {
     const existing = held.get(reservationId);
     if (existing) return existing; // a retried activity asks again
-    const reservedOn = (node: string): number => [...held.values()].filter((r) => r.node === node).reduce((s, r) => s + r.bytes, 0);
-    const pick = candidates.find((c) => c.freeVramBytes - reservedOn(c.node) >= bytes);
+    // Per GPU where the candidate lists its GPUs: a workload needs ONE GPU with room, never the sum of several.
+    // A reservation without gpuIndex (made before per-GPU placement) counts against every GPU of its node.
+    const reservedOn = (node: string, gpu?: number): number => [...held.values()]
+      .filter((r) => r.node === node && (gpu === undefined || r.gpuIndex === undefined || r.gpuIndex === gpu)).reduce((s, r) => s + r.bytes, 0);
+    let pick: { node: string; gpuIndex?: number } | undefined;
+    for (const c of candidates) {
+      const gpu = c.gpus?.find((g) => g.freeVramBytes - reservedOn(c.node, g.index) >= bytes);
+      if (gpu) pick = { node: c.node, gpuIndex: gpu.index };
+      else if (!c.gpus && c.freeVramBytes - reservedOn(c.node) >= bytes) pick = { node: c.node };
+      if (pick) break;
+    }
     if (!pick) return null;
-    const r: Reservation = { reservationId, node: pick.node, bytes };
+    const r: Reservation = { reservationId, node: pick.node, bytes, ...(pick.gpuIndex !== undefined ? { gpuIndex: pick.gpuIndex } : {}) };
     held.set(reservationId, r);
     return r;
   });

@@ -22,6 +22,11 @@ export const restoreStatusQuery = defineQuery<RestoreStatus>('status');
 export const PATCH_VERIFY_RUNNING = 'restore-verify-running';
 export const PATCH_INSPECT_AFTER_AGENT_LOST = 'restore-inspect-after-agent-lost';
 export const PATCH_RELEASE_NEVER_FAILS = 'restore-release-never-fails';
+/**
+ * Before placing: ask every node whether it can restore this checkpoint (GPU model, driver, CRIU, CPU flags)
+ * and fail at once when none can, or when the VRAM is more than any single GPU has (a multi-GPU job).
+ */
+export const PATCH_COMPATIBILITY_GATE = 'restore-compatibility-gate';
 
 /** Failures that say "not on this node" rather than "not at all". */
 const TRY_ELSEWHERE = new Set<string>([
@@ -97,7 +102,29 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
     .catch((err: unknown) => fail(describeFailure(err), failureType(err) ?? ErrorType.CheckpointNotFound));
   status.jobId = info.jobId;
   status.vramBytes = req.vramBytes ?? info.vramBytes;
+  if (info.compat?.heldVram && info.compat.gpuUuid) status.sourceGpuUuid = info.compat.gpuUuid;
   upsertSearchAttributes([{ key: SA_JOB, value: info.jobId }]);
+
+  const gate = patched(PATCH_COMPATIBILITY_GATE);
+  if (gate) {
+    // Before any bytes move: a checkpoint no node can restore fails now, with each node's reason, instead of
+    // burning a restore attempt per node and then waiting out the placement deadline.
+    // A gate that cannot answer (its activity failing for good) leaves placement as it was: placementCandidates
+    // still filters by the same rules, only without the early, itemised failure.
+    const survey = await control.placementSurvey.executeWithOptions({ summary: `which nodes can restore ${req.checkpointId}` }, [{ ...(info.compat ? { compat: info.compat } : {}) }])
+      .catch((err: unknown) => {
+        log.warn('compatibility gate unanswered; placing without it', { checkpointId: req.checkpointId, error: describeFailure(err) });
+        return { nodes: [], largestGpuBytes: 0 };
+      });
+    if (survey.nodes.length > 0) status.compatibility = survey.nodes;
+    if (survey.largestGpuBytes > 0 && status.vramBytes > survey.largestGpuBytes) {
+      fail(`${status.vramBytes} bytes of VRAM needed, more than any single GPU has (largest: ${survey.largestGpuBytes} bytes); multi-GPU jobs are out of scope`, ErrorType.MultiGpuUnsupported);
+    }
+    const asked = survey.nodes.filter((x) => !req.node || x.node === req.node);
+    if (asked.length > 0 && asked.every((x) => x.reason !== null)) {
+      fail(`no compatible node for checkpoint ${req.checkpointId}: ${asked.map((x) => `${x.node}: ${x.reason}`).join('; ')}`, ErrorType.NoCompatibleNode);
+    }
+  }
 
   const deadlineMs = Date.now() + msOf(req.placementDeadline ?? '10m');
   let forceSource = false; // after a corrupt S3 copy: only the node holding the nvme copy will do
@@ -111,7 +138,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
     }
     const only = pinned ? info.node : req.node;
     const candidates = await control.placementCandidates.executeWithOptions({ summary: `nodes with ${status.vramBytes} bytes of VRAM free` },
-      [{ bytes: status.vramBytes, exclude: status.excluded, prefer, only }]);
+      [{ bytes: status.vramBytes, exclude: status.excluded, prefer, only, ...(gate && info.compat ? { compat: info.compat } : {}) }]);
     const reservationId = `${workflowInfo().workflowId}/${n}`;
     const reservation = candidates.length === 0 ? null
       : await control.reserve.executeWithOptions({ summary: `reserve ${status.vramBytes} bytes of VRAM` }, [{ reservationId, bytes: status.vramBytes, candidates }]);
@@ -125,6 +152,11 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
       continue;
     }
     status.node = reservation.node;
+    delete status.gpu;
+    if (reservation.gpuIndex !== undefined) {
+      const note = candidates.find((c) => c.node === reservation.node)?.note ?? null;
+      status.gpu = { index: reservation.gpuIndex, note };
+    }
     const attemptId = restoreAttemptId(workflowInfo().workflowId, workflowInfo().runId, n);
     try {
       const proc = await attempt(req, status, reservation.node, attemptId, readiness, enter, info.metadataSha256 ?? null);
@@ -227,8 +259,12 @@ async function attempt(
       const { pid } = proc;
       if (stage === 'RestoringVram') {
         await step(stage, proc, async () => {
-          await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}` }, [{ bytes: status.vramBytes }]);
-          return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}` }, [{ pid }]);
+          const gpuIndex = status.gpu?.index;
+          await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}${gpuIndex !== undefined ? ` GPU ${gpuIndex}` : ''}` },
+            [{ bytes: status.vramBytes, ...(gpuIndex !== undefined ? { gpuIndex } : {}) }]);
+          // On the reserved GPU: the node passes the old -> new GPU UUID pair where its driver (580+) can remap.
+          const onGpu = gpuIndex !== undefined && status.sourceGpuUuid ? { sourceGpuUuid: status.sourceGpuUuid, gpuIndex } : {};
+          return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}${gpuIndex !== undefined ? ` onto GPU ${gpuIndex}` : ''}` }, [{ pid, ...onGpu }]);
         });
       } else if (stage === 'Unlocking') {
         await step(stage, proc, () => node.cudaUnlock.executeWithOptions({ summary: `CUDA unlock pid ${pid}` }, [{ pid }]));

@@ -5,7 +5,9 @@ import type { S3Config } from '../../common/config';
 import { ErrorType } from '../../common/errors';
 import { readS3Checkpoint } from '../catalogue';
 import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
-import type { Candidate, CheckpointInfo, Reservation } from '../../common/restore';
+import { type CompatRecord, incompatibilities, type NodeCompat, usableGpus } from '../../common/compat';
+import type { Candidate, CheckpointInfo, PlacementSurvey, Reservation } from '../../common/restore';
+import type { NodeInventory } from '../node/inventory';
 import type { AlertRecord } from '../../workflows/alert';
 import type { NodeRecord } from '../../workflows/node';
 import { createIncidentActivities } from './incident';
@@ -20,6 +22,18 @@ export const NODE_STALE_MS = 2 * 60 * 1000;
  * checkpoint whose workflow history is gone (retention) fall back to its metadata.json in S3.
  */
 export function createControlActivities(client: Client, s3?: S3Config) {
+  /** Nodes that reported recently, with their inventory. */
+  async function healthyNodes(): Promise<{ node: string; inv: NodeInventory }[]> {
+    const out: { node: string; inv: NodeInventory }[] = [];
+    for await (const wf of client.workflow.list({ query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'` })) {
+      const rec = await client.workflow.getHandle(wf.workflowId).query<NodeRecord>('status').catch(() => null);
+      const inv = rec?.inventory;
+      if (!rec || !inv || !rec.lastSeen) continue;
+      if (Date.now() - Date.parse(rec.lastSeen) > NODE_STALE_MS) continue;
+      out.push({ node: rec.node, inv });
+    }
+    return out;
+  }
   return {
     ...createIncidentActivities(),
     ...createRetentionActivities(s3),
@@ -55,28 +69,44 @@ export function createControlActivities(client: Client, s3?: S3Config) {
         }
         if (!found) throw ApplicationFailure.nonRetryable(`no checkpoint '${input.checkpointId}' (no workflow, no metadata.json in S3)`, 'CheckpointNotFound');
         const md = found.metadata;
-        return { checkpointId: input.checkpointId, jobId: md.jobId, node: md.node, tier: 's3', vramBytes: md.cuda.vramBytes, metadataSha256: null, source: 's3' };
+        // The declared VRAM (--vram) overrides; without it, what was measured at checkpoint.
+        return {
+          checkpointId: input.checkpointId, jobId: md.jobId, node: md.node, tier: 's3', vramBytes: md.cuda.vramBytes || (md.cuda.measuredVramBytes ?? 0), metadataSha256: null, source: 's3',
+          ...(md.compat ? { compat: md.compat } : {}),
+        };
       }
       if (s.phase !== 'Durable' && s.phase !== 'PendingUpload') {
         throw ApplicationFailure.nonRetryable(`checkpoint '${input.checkpointId}' is ${s.phase}, not restorable`, 'CheckpointNotFound');
       }
-      return { checkpointId: s.checkpointId, jobId: s.jobId, node: s.node, tier: s.tier, vramBytes: s.vramBytes ?? 0, metadataSha256: s.metadataSha256 ?? null, source: 'workflow' };
+      return {
+        checkpointId: s.checkpointId, jobId: s.jobId, node: s.node, tier: s.tier, vramBytes: s.vramBytes || (s.measuredVramBytes ?? 0), metadataSha256: s.metadataSha256 ?? null, source: 'workflow',
+        ...(s.compat ? { compat: s.compat } : {}),
+      };
     },
 
-    /** Healthy nodes (recent report) with the VRAM, preferred ones first, then by free VRAM. */
-    async placementCandidates(input: { bytes: number; exclude: string[]; prefer: string[]; only?: string }): Promise<Candidate[]> {
+    /**
+     * Healthy nodes (recent report) with ONE GPU that has the VRAM (never the sum across GPUs), preferred ones
+     * first, then by free VRAM. With compat (the checkpoint's record), nodes that cannot restore it are left out
+     * and each candidate lists only the GPUs the restore may use.
+     */
+    async placementCandidates(input: { bytes: number; exclude: string[]; prefer: string[]; only?: string; compat?: CompatRecord }): Promise<Candidate[]> {
       const out: Candidate[] = [];
-      for await (const wf of client.workflow.list({ query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'` })) {
-        const rec = await client.workflow.getHandle(wf.workflowId).query<NodeRecord>('status').catch(() => null);
-        const inv = rec?.inventory;
-        if (!rec || !inv || !rec.lastSeen) continue;
-        if (Date.now() - Date.parse(rec.lastSeen) > NODE_STALE_MS) continue;
-        if (input.exclude.includes(rec.node) || (input.only && rec.node !== input.only)) continue;
-        if (inv.freeVramBytes < input.bytes) continue;
-        out.push({ node: rec.node, freeVramBytes: inv.freeVramBytes, vramSource: inv.vramSource });
+      for (const { node, inv } of await healthyNodes()) {
+        if (input.exclude.includes(node) || (input.only && node !== input.only)) continue;
+        const c = candidateOf(node, inv, input.bytes, input.compat);
+        if (c) out.push(c);
       }
       const rank = (n: string): number => (input.prefer.includes(n) ? input.prefer.indexOf(n) : input.prefer.length);
       return out.sort((a, b) => rank(a.node) - rank(b.node) || b.freeVramBytes - a.freeVramBytes || a.node.localeCompare(b.node));
+    },
+
+    /**
+     * The compatibility gate, before any bytes move: every healthy node and why it cannot restore a checkpoint
+     * recorded as `compat` (null: it can), and the largest single GPU anywhere (a workload needing more is a
+     * multi-GPU job, out of scope).
+     */
+    async placementSurvey(input: { compat?: CompatRecord }): Promise<PlacementSurvey> {
+      return surveyNodes(await healthyNodes(), input.compat);
     },
 
     async reserve(input: { reservationId: string; bytes: number; candidates: Candidate[] }): Promise<Reservation | null> {
@@ -103,6 +133,52 @@ export function createControlActivities(client: Client, s3?: S3Config) {
       return workflowId;
     },
   };
+}
+
+function compatOf(node: string, inv: NodeInventory): NodeCompat {
+  return {
+    node, vramSource: inv.vramSource, gpus: inv.gpus ?? [], driverVersion: inv.driverVersion ?? null, cudaVersion: inv.cudaVersion ?? null,
+    criuVersion: inv.criuVersion, kernelRelease: inv.kernelRelease ?? null, ...(inv.cpuFlags ? { cpuFlags: inv.cpuFlags } : {}),
+  };
+}
+
+/** The compatibility gate over reported inventories (pure: the workflow tests use it over fixtures). */
+export function surveyNodes(healthy: { node: string; inv: NodeInventory }[], compat?: CompatRecord): PlacementSurvey {
+  const nodes: PlacementSurvey['nodes'] = [];
+  let largestGpuBytes = 0;
+  for (const { node, inv } of [...healthy].sort((a, b) => a.node.localeCompare(b.node))) {
+    for (const g of inv.gpus ?? []) largestGpuBytes = Math.max(largestGpuBytes, g.totalVramBytes);
+    if (!inv.gpus?.length) largestGpuBytes = Math.max(largestGpuBytes, inv.totalVramBytes);
+    const c = compatOf(node, inv);
+    const why = compat ? incompatibilities(compat, c) : [];
+    if (compat && why.length === 0 && inv.gpus?.length && usableGpus(compat, c).indexes.length === 0) {
+      why.push(usableGpus(compat, c).note ?? 'no GPU of the checkpoint\'s model');
+    }
+    nodes.push({ node, reason: why.length > 0 ? why.join('; ') : null });
+  }
+  return { nodes, largestGpuBytes };
+}
+
+/** A node as a placement candidate for `bytes` of VRAM on one GPU, or null when it cannot take it. */
+export function candidateOf(node: string, inv: NodeInventory, bytes: number, compat?: CompatRecord): Candidate | null {
+  let gpus = (inv.gpus ?? []).map((g) => ({ index: g.index, freeVramBytes: g.freeVramBytes }));
+  let note: string | null = null;
+  if (compat) {
+    const c = compatOf(node, inv);
+    if (incompatibilities(compat, c).length > 0) return null;
+    const usable = usableGpus(compat, c);
+    note = usable.note;
+    gpus = gpus.filter((g) => usable.indexes.includes(g.index));
+    if (inv.gpus?.length && gpus.length === 0) return null;
+  }
+  if (gpus.length === 0) {
+    // No GPU at all: only a workload without VRAM fits (a report from before per-GPU inventory: its figure).
+    const free = inv.gpus?.length ? 0 : inv.freeVramBytes;
+    return free >= bytes ? { node, freeVramBytes: free, vramSource: inv.vramSource } : null;
+  }
+  const largest = Math.max(...gpus.map((g) => g.freeVramBytes));
+  if (largest < bytes) return null;
+  return { node, freeVramBytes: largest, vramSource: inv.vramSource, gpus, ...(note ? { note } : {}) };
 }
 
 export type ControlActivities = ReturnType<typeof createControlActivities>;

@@ -27,8 +27,39 @@ export interface CudaApi {
   cuDeviceGet: Bound<[out: Int32Array, ordinal: number]>;
   cuDeviceGetName: Bound<[name: Buffer, len: number, dev: number]>;
   cuDeviceTotalMem_v2: Bound<[out: BigUint64Array, dev: number]>;
+  cuDriverGetVersion: Bound<[out: Int32Array]>;
+  /** cuCheckpointProcessRestore with CUDA 13's args (driver 580+): GPU UUID pairs, old -> new. */
+  cuCheckpointProcessRestoreRemap: Bound<[pid: number, args: RestoreArgs13]>;
   /** The stand-in driver for tests (deploy/native/standin-cuda) says so here; the real one has no such symbol. */
   standin: string | null;
+}
+
+/**
+ * CUDA 13's CUcheckpointRestoreArgs (cuda.h, driver API docs): { CUcheckpointGpuPair *gpuPairs; unsigned int
+ * gpuPairsCount; unsigned int padding0; CUcheckpointCustomStorageInfo **customStorageInfo_out; char reserved[40] }
+ * = 64 bytes; CUcheckpointGpuPair is { CUuuid oldUuid; CUuuid newUuid } = 32 bytes. CUDA 12.8's struct is all
+ * reserved: these fields are only ever set for a driver of 580 or newer.
+ */
+export interface RestoreArgs13 {
+  gpuPairs: unknown;
+  gpuPairsCount: number;
+  padding0: number;
+  customStorageInfo_out: null;
+  reserved: number[];
+}
+// Anonymous koffi types: a named one cannot be declared twice in a process (jest loads this module once per test file).
+const GpuPair = koffi.struct({ oldUuid: koffi.array('uint8_t', 16), newUuid: koffi.array('uint8_t', 16) });
+const RestoreArgs13Type = koffi.struct({
+  gpuPairs: koffi.pointer(GpuPair), gpuPairsCount: 'uint', padding0: 'uint', customStorageInfo_out: 'void *', reserved: koffi.array('uint8_t', 40),
+});
+export const RESTORE_ARGS_SIZE = koffi.sizeof(RestoreArgs13Type);
+export const GPU_PAIR_SIZE = koffi.sizeof(GpuPair);
+
+/** NVML's "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" as the 16 bytes of a CUuuid. */
+export function uuidBytes(uuid: string): number[] {
+  const hex = uuid.replace(/^GPU-/, '').replace(/-/g, '');
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new Error(`not a GPU UUID: '${uuid}'`);
+  return [...Buffer.from(hex, 'hex')];
 }
 
 let api: CudaApi | null | undefined;
@@ -58,6 +89,8 @@ export function cudaApi(): CudaApi | null {
       cuDeviceGet: f('int cuDeviceGet(_Out_ int *, int)'),
       cuDeviceGetName: f('int cuDeviceGetName(_Out_ uint8_t *, int, int)'),
       cuDeviceTotalMem_v2: f('int cuDeviceTotalMem_v2(_Out_ uint64_t *, int)'),
+      cuDriverGetVersion: f('int cuDriverGetVersion(_Out_ int *)'),
+      cuCheckpointProcessRestoreRemap: lib.func('cuCheckpointProcessRestore', 'int', ['int', koffi.pointer(RestoreArgs13Type)]) as unknown as CudaApi['cuCheckpointProcessRestoreRemap'],
       standin,
     };
     const rc = api.cuInit(0);
@@ -125,7 +158,7 @@ const CUDA_ERROR_TIMEOUT = 909;
  * detail names each pid and what was done to it. The driver call runs off the event loop, and the activity
  * heartbeats every heartbeatMs while it runs: a healthy 15 s VRAM copy is not an agent lost.
  */
-export async function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000, heartbeatMs = 1000): Promise<CudaStepResult> {
+export async function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000, heartbeatMs = 1000, remap?: GpuRemap): Promise<CudaStepResult> {
   const pids = processTree(pid).filter(holdsCuda);
   if (pids.length === 0) return { outcome: 'skipped', detail: `no process in the tree of pid ${pid} holds a CUDA context` };
   const a = cudaApi();
@@ -151,7 +184,8 @@ export async function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000, heart
     const started = Date.now();
     const beat = setInterval(() => heartbeat({ op, pid: p, runningMs: Date.now() - started }), heartbeatMs);
     try {
-      check(a, await callAsync(fn, p, args), name, p);
+      if (op === 'restore' && remap) check(a, await restoreRemapped(a, p, remap), `${name}[${remap.oldUuid} -> ${remap.newUuid}]`, p);
+      else check(a, await callAsync(fn, p, args), name, p);
     } catch (e) {
       // The workflow's compensation walks the tree again; say which processes this step already changed.
       if (e instanceof ApplicationFailure && done.length > 0) e.message += ` (already done: ${done.join('; ')})`;
@@ -162,6 +196,24 @@ export async function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000, heart
     done.push(`pid ${p}: ${op} ok in ${Date.now() - started} ms, state now ${cudaState(p)}`);
   }
   return { outcome: 'done', detail: `${done.join('; ')}${a.standin ? ` [stand-in driver: ${a.standin}]` : ''}` };
+}
+
+/** A restore onto another GPU than the checkpointed one (driver 580+ only): NVML UUIDs. */
+export interface GpuRemap {
+  oldUuid: string;
+  newUuid: string;
+}
+
+/** The pair array lives in native memory for the call: the args struct holds a pointer to it. */
+async function restoreRemapped(a: CudaApi, pid: number, remap: GpuRemap): Promise<number> {
+  const pairs = koffi.alloc(GpuPair, 1);
+  try {
+    koffi.encode(pairs, GpuPair, { oldUuid: uuidBytes(remap.oldUuid), newUuid: uuidBytes(remap.newUuid) });
+    const args: RestoreArgs13 = { gpuPairs: pairs, gpuPairsCount: 1, padding0: 0, customStorageInfo_out: null, reserved: new Array<number>(40).fill(0) };
+    return await callAsync(a.cuCheckpointProcessRestoreRemap, pid, args);
+  } finally {
+    koffi.free(pairs);
+  }
 }
 
 /**
@@ -205,4 +257,12 @@ export async function listGpus(): Promise<GpuInfo[]> {
     gpus.push({ index: i, name: name.toString('utf8').replace(/\0.*$/s, ''), totalVramBytes: Number(total[0]) });
   }
   return gpus;
+}
+
+/** The CUDA version the driver supports (1000 * major + 10 * minor: 13000 = CUDA 13.0); null without a driver. */
+export async function cudaDriverVersion(): Promise<number | null> {
+  const a = cudaApi();
+  if (!a) return null;
+  const v = new Int32Array(1);
+  return (await callAsync(a.cuDriverGetVersion, v)) === 0 ? v[0] : null;
 }

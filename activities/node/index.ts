@@ -5,7 +5,9 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { checkpointDir, checkpointLocation, type NodeContext, stagedDir, workloadDir } from './context';
 import { criuDump, finishCutDump, refuseExistingCheckpoint, workloadFileIndex } from './criu';
 import { setAsideCorrupt } from './corrupt';
-import { type CudaOp, cudaStep, cudaTreeState, driverKind } from './cuda';
+import { type CudaOp, cudaStep, cudaTreeState, driverKind, type GpuRemap } from './cuda';
+import { driverMajor, GPU_REMAP_MIN_DRIVER_MAJOR } from '../../common/compat';
+import { driverVersions, gpuMemory } from './nvml';
 import { fetchCheckpoint, type FetchResult } from './fetch';
 import { type NodeInventory, readInventory } from './inventory';
 import { inspectCheckpoint } from './inspect';
@@ -17,6 +19,7 @@ import {
 import { writePidFile } from './pid-file';
 import { registerWorkloadProcess } from './process-registry';
 import { persistCheckpoint } from './persist';
+import { loadMeasurement, measureTreeVram, saveMeasurement } from './measure';
 import { sealCheckpoint } from './seal';
 import { inspectRestore, restoreProcess } from './restore-attempt';
 import { releaseStaging } from './staging';
@@ -36,16 +39,39 @@ const whole = <T extends object>(r: T): Record<string, unknown> => ({ ...(r as R
 
 /** The CUDA steps take an optional checkpointId (inputs of older workflows lack it): with it, the step is journaled. */
 type CudaInput = { pid: number; checkpointId?: string };
+/** A restore placed on a GPU: the checkpoint's GPU (its UUID on the source node) and the index chosen here. */
+type CudaRestoreInput = CudaInput & { sourceGpuUuid?: string; gpuIndex?: number };
 
 /** Activities that run only on a node's own queue (node/<name>), bound to that node's context. */
 export function createNodeActivities(ctx: NodeContext) {
   /** Journals a checkpoint step when the workflow named its checkpoint; older inputs run unjournaled. */
   const step = <T extends object>(checkpointId: string | undefined, name: CheckpointStep, fn: () => Promise<T>): Promise<T> =>
     checkpointId === undefined ? fn() : journaled(ctx, 'checkpoint', checkpointId, name, fn, whole);
-  const cuda = (op: CudaOp, name: CheckpointStep, input: CudaInput): Promise<CudaStepResult> =>
+  /**
+   * With driver 580+ (CUDA 13) a restore onto another GPU than the checkpointed one passes the pair old UUID ->
+   * new UUID; older drivers restore onto the same index (placement allowed nothing else), so no pair is passed.
+   */
+  const remapFor = async (input: CudaRestoreInput): Promise<GpuRemap | undefined> => {
+    if (!input.sourceGpuUuid || input.gpuIndex === undefined) return undefined;
+    const major = driverMajor((await driverVersions())?.driverVersion);
+    if (major === null || major < GPU_REMAP_MIN_DRIVER_MAJOR) return undefined;
+    const target = (await gpuMemory(input.gpuIndex))?.uuid;
+    return target && target !== input.sourceGpuUuid ? { oldUuid: input.sourceGpuUuid, newUuid: target } : undefined;
+  };
+  const cuda = (op: CudaOp, name: CheckpointStep, input: CudaRestoreInput): Promise<CudaStepResult> =>
     step(input.checkpointId, name, async () => {
       if (op === 'lock') requireProcess(input.pid);
-      const r = await cudaStep(op, input.pid);
+      if (op === 'checkpoint' && input.checkpointId !== undefined) {
+        // Measured while the VRAM is still on the device (the checkpoint moves it to host memory). A retried step
+        // whose VRAM already moved measures nothing and keeps the first measurement.
+        const m = await measureTreeVram(input.pid).catch(() => null);
+        if (m && (m.bytes > 0 || !loadMeasurement(ctx, input.checkpointId))) {
+          saveMeasurement(ctx, input.checkpointId, m);
+          ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, measuredVramBytes: m.bytes, gpu: m.gpuIndex }, 'VRAM of the process tree measured');
+        }
+      }
+      const remap = op === 'restore' ? await remapFor(input) : undefined;
+      const r = await cudaStep(op, input.pid, undefined, undefined, remap);
       // driver 'standin': the test stand-in (deploy/native/standin-cuda), never to be mistaken for a GPU in the logs.
       if (r.outcome === 'done') ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, op, driver: driverKind(), detail: r.detail }, `CUDA ${op} done`);
       return r;
@@ -80,7 +106,7 @@ export function createNodeActivities(ctx: NodeContext) {
     async cudaCheckpoint(input: CudaInput): Promise<CudaStepResult> {
       return cuda('checkpoint', 'cudaCheckpoint', input);
     },
-    async cudaRestore(input: CudaInput): Promise<CudaStepResult> {
+    async cudaRestore(input: CudaRestoreInput): Promise<CudaStepResult> {
       return cuda('restore', 'cudaRestore', input);
     },
     async cudaUnlock(input: CudaInput): Promise<CudaStepResult> {
@@ -176,7 +202,7 @@ export function createNodeActivities(ctx: NodeContext) {
     async inspectRestore(input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number }): Promise<RestoreInspection> {
       return inspectRestore(ctx, input);
     },
-    async checkVram(input: { bytes: number }): Promise<{ freeVramBytes: number }> {
+    async checkVram(input: { bytes: number; gpuIndex?: number }): Promise<{ freeVramBytes: number }> {
       return checkVram(ctx, input);
     },
     /** A restored workload becomes this node's: its pid file, and the VRAM it holds in the ledger. */

@@ -1,14 +1,20 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { SealResult } from '../../common/checkpoint';
+import type { CompatRecord } from '../../common/compat';
 import { inputProblem } from '../../common/inputs';
 import { type FileEntry, type Metadata, METADATA_FILE, MetadataSchema } from '../../common/metadata';
 import { checkpointLocation, type NodeContext } from './context';
 import { criuVersion, IMAGES, workloadFileIndex } from './criu';
 import { heartbeat } from './run-tool';
+import { listGpus } from './cuda';
+import { cpuFlags } from './inventory';
+import { loadMeasurement } from './measure';
+import { driverVersions, gpuMemory } from './nvml';
 
 export async function sha256File(file: string): Promise<string> {
   const h = createHash('sha256');
@@ -67,6 +73,23 @@ export async function sealCheckpoint(
   const files: FileEntry[] = await Promise.all(
     names.map(async (p) => ({ path: p, size: fs.statSync(path.join(dir, p)).size, sha256: await sha256File(path.join(dir, p)) })),
   );
+  const m = loadMeasurement(ctx, input.checkpointId);
+  const versions = await driverVersions();
+  // The GPU the process used: the measured one, else the node's only GPU.
+  const gpus = await listGpus();
+  const only = gpus.length === 1 ? gpus[0] : null;
+  const gpuIndex = m?.gpuIndex ?? only?.index ?? null;
+  const compat: CompatRecord = {
+    gpuModel: m?.gpuModel ?? only?.name ?? null,
+    gpuIndex,
+    gpuUuid: m?.gpuUuid ?? (gpuIndex !== null ? (await gpuMemory(gpuIndex))?.uuid ?? null : null),
+    driverVersion: versions?.driverVersion ?? null,
+    cudaVersion: versions?.cudaVersion ?? null,
+    criuVersion: await criuVersion(ctx),
+    kernelRelease: os.release(),
+    cpuFlags: cpuFlags(),
+    heldVram: input.cudaCheckpointed,
+  };
   const doc = {
     format: 'kybernate.checkpoint/v1',
     checkpointId: input.checkpointId,
@@ -75,7 +98,8 @@ export async function sealCheckpoint(
     pid: input.pid,
     createdAt: new Date().toISOString(),
     criuVersion: await criuVersion(ctx),
-    cuda: { checkpointed: input.cudaCheckpointed, vramBytes: input.vramBytes },
+    cuda: { checkpointed: input.cudaCheckpointed, vramBytes: input.vramBytes, ...(m ? { measuredVramBytes: m.bytes } : {}) },
+    compat,
     workloadFiles: workloadFileIndex(dir),
     files,
   };
@@ -89,6 +113,8 @@ export async function sealCheckpoint(
     files: files.length,
     totalBytes: files.reduce((s, f) => s + f.size, 0),
     metadataSha256: sha256Hex(text),
+    ...(m ? { measuredVramBytes: m.bytes } : {}),
+    compat,
   };
 }
 

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import type { NodeContext } from './context';
-import { readInventory } from './inventory';
+import { largestFreeGpu, readInventory } from './inventory';
 import { processAlive } from './process';
 import { ErrorType } from '../../common/errors';
 
@@ -34,15 +34,19 @@ export const ledgerBytes = (ctx: NodeContext): number => Object.values(ledger(ct
  * Right before the CUDA restore: a driver restore that runs out of memory leaves the process unrecoverable,
  * so a node that no longer has the room says so here, while the CRIU image can still be restored elsewhere.
  */
-export async function checkVram(ctx: NodeContext, input: { bytes: number }): Promise<{ freeVramBytes: number }> {
+export async function checkVram(ctx: NodeContext, input: { bytes: number; gpuIndex?: number }): Promise<{ freeVramBytes: number }> {
   const inv = await readInventory(ctx);
-  if (input.bytes > 0 && inv.freeVramBytes < input.bytes) {
+  // One GPU must hold it all (the placement's GPU when it named one): free VRAM is never summed across GPUs.
+  const gpu = input.gpuIndex !== undefined ? inv.gpus.find((g) => g.index === input.gpuIndex) : undefined;
+  const free = gpu ? gpu.freeVramBytes : largestFreeGpu(inv);
+  if (input.bytes > 0 && free < input.bytes) {
     throw ApplicationFailure.create({
-      message: `node ${ctx.node} has ${inv.freeVramBytes} bytes of VRAM free (${inv.vramSource}), ${input.bytes} needed`,
+      // Which GPU is named only where there is a choice of several.
+      message: `node ${ctx.node} has ${free} bytes of VRAM free${inv.gpus.length > 1 ? (gpu ? ` on GPU ${gpu.index}` : ' on its largest GPU') : ''} (${inv.vramSource}), ${input.bytes} needed`,
       type: ErrorType.CudaOutOfMemory,
       nonRetryable: true,
-      details: [{ freeVramBytes: inv.freeVramBytes, neededBytes: input.bytes }],
+      details: [{ freeVramBytes: free, neededBytes: input.bytes }],
     });
   }
-  return { freeVramBytes: inv.freeVramBytes };
+  return { freeVramBytes: free };
 }

@@ -285,6 +285,7 @@ describe('restore: metadata.json checked against its seal', () => {
       placementCandidates: async () => [{ node: 'node-r', freeVramBytes: 8 * GiB, vramSource: 'declared' }],
       reserve: async ({ reservationId }) => ({ reservationId, node: 'node-r', bytes: 0 }),
       release: async () => undefined,
+      placementSurvey: async () => ({ nodes: [{ node: 'node-r', reason: null }], largestGpuBytes: 8 * GiB }),
     }, { 'node-r': rest }, () => env.client.workflow.execute('restore', { workflowId: restoreWorkflowId('ck-sha', 1), taskQueue: CONTROL_QUEUE, args: [{ checkpointId: 'ck-sha' }] }));
     expect((s as RestoreStatus).phase).toBe('Running');
     expect(given).toEqual([MD_SHA]);

@@ -40,6 +40,8 @@ function control(calls: string[], free: Record<string, number>, over: ControlMoc
       return r;
     },
     release: async ({ reservationId }) => void held.delete(reservationId),
+    // Every node compatible, each with one 80 GiB GPU (the compatibility gate is tested on its own below).
+    placementSurvey: async () => ({ nodes: Object.keys(free).map((node) => ({ node, reason: null })), largestGpuBytes: 80 * GiB }),
     raiseAlert: async (a) => {
       calls.push(`alert ${a.kind} ${a.node}`);
       return `alert/${a.kind}/${a.checkpointId}/x`;

@@ -43,6 +43,19 @@ static void set_key(struct standin_conf *c, const char *k, const char *v) {
   if (strcmp(k, "total_bytes") == 0) c->total_bytes = strtoull(v, NULL, 10);
   else if (strcmp(k, "ns_per_byte") == 0) c->ns_per_byte = strtod(v, NULL);
   else if (strcmp(k, "name") == 0) snprintf(c->name, sizeof c->name, "%s", v);
+  else if (strcmp(k, "gpus") == 0) {
+    c->gpus = atoi(v);
+    if (c->gpus < 1) c->gpus = 1;
+    if (c->gpus > STANDIN_MAX_GPUS) c->gpus = STANDIN_MAX_GPUS;
+  } else if (strcmp(k, "driver_version") == 0) snprintf(c->driver_version, sizeof c->driver_version, "%s", v);
+  else if (strcmp(k, "cuda_version") == 0) c->cuda_version = atoi(v);
+  else if (strncmp(k, "name.", 5) == 0 || strncmp(k, "total_bytes.", 12) == 0) {
+    int per_name = k[0] == 'n';
+    int i = atoi(k + (per_name ? 5 : 12));
+    if (i < 0 || i >= STANDIN_MAX_GPUS) return;
+    if (per_name) snprintf(c->gpu_name[i], sizeof c->gpu_name[i], "%s", v);
+    else c->gpu_total[i] = strtoull(v, NULL, 10);
+  }
   else if (strcmp(k, "faults") == 0) {
     c->restore_oom = c->lock_hang = 0;
     c->checkpoint_delay_ms = c->restore_delay_ms = 0;
@@ -55,7 +68,13 @@ void standin_read_conf(const char *dir, struct standin_conf *c) {
   c->total_bytes = STANDIN_DEFAULT_TOTAL;
   c->ns_per_byte = STANDIN_DEFAULT_NS_PER_BYTE;
   snprintf(c->name, sizeof c->name, "%s", STANDIN_DEFAULT_NAME);
+  c->gpus = 1;
+  snprintf(c->driver_version, sizeof c->driver_version, "%s", STANDIN_DEFAULT_DRIVER);
+  c->cuda_version = STANDIN_DEFAULT_CUDA;
   const char *e;
+  if ((e = getenv("KYBERNATE_STANDIN_GPUS"))) set_key(c, "gpus", e);
+  if ((e = getenv("KYBERNATE_STANDIN_DRIVER_VERSION"))) set_key(c, "driver_version", e);
+  if ((e = getenv("KYBERNATE_STANDIN_CUDA_VERSION"))) set_key(c, "cuda_version", e);
   if ((e = getenv("KYBERNATE_STANDIN_TOTAL_BYTES"))) set_key(c, "total_bytes", e);
   if ((e = getenv("KYBERNATE_STANDIN_NS_PER_BYTE"))) set_key(c, "ns_per_byte", e);
   if ((e = getenv("KYBERNATE_STANDIN_NAME"))) set_key(c, "name", e);
@@ -97,6 +116,22 @@ uint64_t standin_used_bytes(const char *dir) {
   }
   closedir(d);
   return used;
+}
+
+void standin_gpu_dir(const char *dir, int i, char *out, size_t len) {
+  if (i == 0) snprintf(out, len, "%s", dir);
+  else snprintf(out, len, "%s/gpu%d", dir, i);
+}
+
+const char *standin_gpu_name(const struct standin_conf *c, int i) { return i >= 0 && i < STANDIN_MAX_GPUS && c->gpu_name[i][0] ? c->gpu_name[i] : c->name; }
+
+uint64_t standin_gpu_total(const struct standin_conf *c, int i) { return i >= 0 && i < STANDIN_MAX_GPUS && c->gpu_total[i] ? c->gpu_total[i] : c->total_bytes; }
+
+uint64_t standin_pid_bytes(const char *gpudir, int pid) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/vram-%d", gpudir, pid);
+  struct stat st;
+  return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
 }
 
 unsigned long long standin_start_time(int pid) {
@@ -145,6 +180,12 @@ uint64_t standin_fnv(const char *s) {
   uint64_t h = 1469598103934665603ULL;
   for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
   return h;
+}
+
+void standin_uuid(int i, unsigned char out[16]) {
+  uint64_t a = standin_fnv(standin_dir()) ^ ((uint64_t)i * 0x9E3779B97F4A7C15ULL), b = standin_fnv("kybernate-standin") ^ a;
+  memcpy(out, &a, 8);
+  memcpy(out + 8, &b, 8);
 }
 
 void standin_gc_ctl(void) {

@@ -32,7 +32,18 @@ typedef struct { char bytes[16]; } CUuuid;
 typedef enum { CU_PROCESS_STATE_RUNNING = 0, CU_PROCESS_STATE_LOCKED = 1, CU_PROCESS_STATE_CHECKPOINTED = 2, CU_PROCESS_STATE_FAILED = 3 } CUprocessState;
 typedef struct { unsigned int timeoutMs; unsigned int reserved0; uint64_t reserved1[7]; } CUcheckpointLockArgs;
 typedef struct { uint64_t reserved[8]; } CUcheckpointCheckpointArgs;
-typedef struct { uint64_t reserved[8]; } CUcheckpointRestoreArgs;
+typedef struct { uint64_t reserved[8]; } CUcheckpointRestoreArgs; /* CUDA 12.8: all reserved */
+/* CUDA 13 (driver 580+): GPU UUID pairs for device remapping on restore (cuda.h, CUcheckpointRestoreArgs). */
+typedef struct { CUuuid oldUuid; CUuuid newUuid; } CUcheckpointGpuPair;
+typedef struct {
+  CUcheckpointGpuPair *gpuPairs;
+  unsigned int gpuPairsCount;
+  unsigned int padding0;
+  void **customStorageInfo_out;
+  char reserved[64 - sizeof(CUcheckpointGpuPair *) - 2 * sizeof(unsigned int) - sizeof(void **)];
+} CUcheckpointRestoreArgs13;
+_Static_assert(sizeof(CUcheckpointRestoreArgs13) == 64, "restore args are 64 bytes");
+_Static_assert(sizeof(CUcheckpointGpuPair) == 32, "a GPU pair is two 16-byte UUIDs");
 typedef struct { uint64_t reserved[8]; } CUcheckpointUnlockArgs;
 
 enum {
@@ -98,9 +109,23 @@ CUresult cuGetErrorName(CUresult error, const char **pStr) {
   return CUDA_ERROR_INVALID_VALUE;
 }
 
-/* ---- devices: one stand-in GPU per node, present when KYBERNATE_STANDIN_DIR is set ---- */
+/* ---- devices: `gpus` stand-in GPUs per node (default 1), present when KYBERNATE_STANDIN_DIR is set ---- */
 
-static int device_count(void) { return standin_dir() ? 1 : 0; }
+static int device_count(void) {
+  if (!standin_dir()) return 0;
+  struct standin_conf c;
+  standin_read_conf(standin_dir(), &c);
+  return c.gpus;
+}
+
+/* CUDA_VERSION style: 1000 * major + 10 * minor (12080 = 12.8, 13000 = 13.0). Needs no cuInit, like the driver's. */
+CUresult cuDriverGetVersion(int *driverVersion) {
+  if (!driverVersion) return CUDA_ERROR_INVALID_VALUE;
+  struct standin_conf c;
+  standin_read_conf(standin_dir(), &c);
+  *driverVersion = c.cuda_version;
+  return CUDA_SUCCESS;
+}
 
 CUresult cuDeviceGetCount(int *count) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
@@ -123,7 +148,7 @@ CUresult cuDeviceGetName(char *name, int len, CUdevice dev) {
   if (dev < 0 || dev >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
   struct standin_conf c;
   standin_read_conf(standin_dir(), &c);
-  snprintf(name, (size_t)len, "%s", c.name);
+  snprintf(name, (size_t)len, "%s", standin_gpu_name(&c, dev));
   return CUDA_SUCCESS;
 }
 
@@ -133,7 +158,7 @@ CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
   if (dev < 0 || dev >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
   struct standin_conf c;
   standin_read_conf(standin_dir(), &c);
-  *bytes = (size_t)c.total_bytes;
+  *bytes = (size_t)standin_gpu_total(&c, dev);
   return CUDA_SUCCESS;
 }
 
@@ -142,9 +167,7 @@ CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
   if (!uuid) return CUDA_ERROR_INVALID_VALUE;
   if (dev < 0 || dev >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
-  uint64_t a = standin_fnv(standin_dir()), b = standin_fnv("kybernate-standin") ^ a;
-  memcpy(uuid->bytes, &a, 8);
-  memcpy(uuid->bytes + 8, &b, 8);
+  standin_uuid(dev, (unsigned char *)uuid->bytes);
   return CUDA_SUCCESS;
 }
 CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) { return cuDeviceGetUuid_v2(uuid, dev); }
@@ -496,7 +519,11 @@ CUresult cuCheckpointProcessGetState(int pid, CUprocessState *state) {
   return CUDA_SUCCESS;
 }
 
-static CUresult request(int pid, const char *op, unsigned timeout_ms) {
+/* gpu: the device the request is for (a restore remapped onto another GPU); -1: GPU 0, the node's dir. */
+static CUresult request_on(int pid, const char *op, unsigned timeout_ms, int gpu);
+static CUresult request(int pid, const char *op, unsigned timeout_ms) { return request_on(pid, op, timeout_ms, -1); }
+
+static CUresult request_on(int pid, const char *op, unsigned timeout_ms, int gpu) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
   if (pid <= 0) return CUDA_ERROR_INVALID_VALUE;
   struct registration reg;
@@ -514,8 +541,11 @@ static CUresult request(int pid, const char *op, unsigned timeout_ms) {
   snprintf(path, sizeof path, "%s/%d.req", standin_ctl_dir(), pid);
   snprintf(resp, sizeof resp, "%s/%d.resp", standin_ctl_dir(), pid);
   char *text;
-  if (asprintf(&text, "%s %s %u %llu %f %d %d %ld %ld %s\n", seq, op, timeout_ms, (unsigned long long)c.total_bytes, c.ns_per_byte,
-               c.restore_oom, c.lock_hang, c.checkpoint_delay_ms, c.restore_delay_ms, dir) < 0)
+  char gpudir[4200];
+  standin_gpu_dir(dir, gpu < 0 ? 0 : gpu, gpudir, sizeof gpudir);
+  if (gpu > 0) mkdir(gpudir, 0777);
+  if (asprintf(&text, "%s %s %u %llu %f %d %d %ld %ld %s\n", seq, op, timeout_ms, (unsigned long long)standin_gpu_total(&c, gpu < 0 ? 0 : gpu), c.ns_per_byte,
+               c.restore_oom, c.lock_hang, c.checkpoint_delay_ms, c.restore_delay_ms, gpudir) < 0)
     return CUDA_ERROR_OUT_OF_MEMORY;
   int w = standin_write_file(path, text);
   free(text);
@@ -557,9 +587,31 @@ CUresult cuCheckpointProcessCheckpoint(int pid, CUcheckpointCheckpointArgs *args
   return request(pid, "checkpoint", 0);
 }
 
+/*
+ * Before CUDA 13 every field is reserved (non-zero: INVALID_VALUE). From CUDA 13 (cuda_version >= 13000) the
+ * args may carry GPU pairs: each newUuid must name a GPU of this node (else INVALID_DEVICE), and the VRAM is
+ * restored onto it. The stand-in cannot check oldUuid (the source GPU is on another node); it needs one pair,
+ * as the process had one GPU. Custom storage is not modelled (NOT_SUPPORTED).
+ */
 CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArgs *args) {
-  if (args && !reserved_zero(args->reserved, 8)) return CUDA_ERROR_INVALID_VALUE;
-  return request(pid, "restore", 0);
+  struct standin_conf c;
+  standin_read_conf(standin_dir(), &c);
+  if (!args || c.cuda_version < 13000) {
+    if (args && !reserved_zero(args->reserved, 8)) return CUDA_ERROR_INVALID_VALUE;
+    return request(pid, "restore", 0);
+  }
+  const CUcheckpointRestoreArgs13 *a = (const CUcheckpointRestoreArgs13 *)args;
+  for (size_t i = 0; i < sizeof a->reserved; i++)
+    if (a->reserved[i] != 0 || a->padding0 != 0) return CUDA_ERROR_INVALID_VALUE;
+  if (a->customStorageInfo_out) return CUDA_ERROR_NOT_SUPPORTED;
+  if (!a->gpuPairs || a->gpuPairsCount == 0) return a->gpuPairsCount == 0 && !a->gpuPairs ? request(pid, "restore", 0) : CUDA_ERROR_INVALID_VALUE;
+  if (a->gpuPairsCount != 1) return CUDA_ERROR_INVALID_VALUE;
+  for (int i = 0; i < c.gpus; i++) {
+    unsigned char u[16];
+    standin_uuid(i, u);
+    if (memcmp(u, a->gpuPairs[0].newUuid.bytes, 16) == 0) return request_on(pid, "restore", 0, i);
+  }
+  return CUDA_ERROR_INVALID_DEVICE;
 }
 
 CUresult cuCheckpointProcessUnlock(int pid, CUcheckpointUnlockArgs *args) {
