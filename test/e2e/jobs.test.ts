@@ -8,6 +8,7 @@ import { makeS3Client } from '../../activities/s3-client';
 import type { KybernateClient } from '../../clients/api';
 import { configFromStack } from '../../deploy/local/stack';
 import { jobWorkflowId, type JobState, type JobStatus } from '../../common/job';
+import { recordHistory } from '../support/histories';
 import { Agent, client, PATTERN, PYTHON, stack, until } from '../support/stack';
 
 /**
@@ -102,6 +103,8 @@ describe('jobs on the real stack', () => {
     } finally {
       s3.destroy();
     }
+    // A never-ending workflow: its history so far (Quarantined, waiting for a release) must replay too.
+    await recordHistory('job-quarantined', k.client.workflow.getHandle(jobWorkflowId(job)));
     const jobs = cli(['jobs']);
     expect(jobs.stdout).toMatch(/NAME\s+STATUS\s+RESTARTS\s+NODE\s+AGE/);
     expect(jobs.stdout).toMatch(/crasher\s+Quarantined\s+2\s+job-a/);
@@ -131,6 +134,7 @@ describe('jobs on the real stack', () => {
     await until('both sleeps', () => jobProcesses(job).length >= 3, 20000);
     const s = await untilState(job, ['TimedOut'], 60000);
     expect(s.runs[0].reason).toBe('TimedOut');
+    await recordHistory('job-timed-out', k.client.workflow.getHandle(jobWorkflowId(job)));
     await until('no process of the job', () => jobProcesses(job).length === 0, 20000);
     expect(jobCgroups(A, job)).toEqual([]);
   });
@@ -141,6 +145,7 @@ describe('jobs on the real stack', () => {
       PYTHON, '-c', 'import time\nb = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(60)']).status).toBe(0);
     const s = await untilState(job, ['OOMKilled'], 60000);
     expect(s.runs[0].reason).toBe('OOMKilled');
+    await recordHistory('job-oomkilled', k.client.workflow.getHandle(jobWorkflowId(job)));
     expect(jobCgroups(A, job)).toEqual([]);
   });
 
@@ -184,6 +189,8 @@ describe('jobs on the real stack', () => {
     expect(lines).toEqual(lines.map((_, i) => i + 1));
     await k.client.workflow.getHandle(jobWorkflowId(job)).cancel();
     await until('no process of the job', () => jobProcesses(job).length === 0, 60000);
+    await k.client.workflow.getHandle(jobWorkflowId(job)).result().catch(() => undefined);
+    await recordHistory('job-agent-killed', k.client.workflow.getHandle(jobWorkflowId(job)));
   });
 
   test('a preempted job resumes from its checkpoint on another node, its counter carrying on', async () => {
@@ -217,6 +224,8 @@ describe('jobs on the real stack', () => {
     expect(d.stdout).toContain(resumed.fromCheckpoint!);
     await k.client.workflow.getHandle(jobWorkflowId(job)).cancel();
     await until('no process of the job', () => jobProcesses(job).length === 0, 60000);
+    await k.client.workflow.getHandle(jobWorkflowId(job)).result().catch(() => undefined);
+    await recordHistory('job-preempted-resumed', k.client.workflow.getHandle(jobWorkflowId(job)));
   }, 420000);
 
   test('apply with one broken job of three: the two good ones start, the summary names the broken field', async () => {
