@@ -71,6 +71,8 @@ class Sim {
   controlMock(): ControlMock {
     const calls = this.calls;
     return {
+      // Every node can restore every checkpoint here (the compatibility gate has tests of its own).
+      placementSurvey: async () => ({ nodes: Object.keys(this.free).map((node) => ({ node, reason: null })), largestGpuBytes: Math.max(...Object.values(this.free)) * GiB }),
       placementCandidates: async ({ bytes, exclude, prefer, only }) => Object.entries(this.free)
         .filter(([n, g]) => g * GiB >= bytes && !exclude.includes(n) && (!only || only === n))
         .map(([node, g]): Candidate => ({ node, freeVramBytes: g * GiB, vramSource: 'declared' }))
