@@ -16,7 +16,9 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/node/bin" "$stage/cache"
 cp "$(command -v node)" "$stage/node/bin/node"
 # The cache goes to the same absolute path there: CRIU's wrapper names its own loader by absolute path.
-for d in "temporal-$TEMPORAL_CLI_VERSION" "minio-$MINIO_VERSION" "toxiproxy-$TOXIPROXY_VERSION" "criu-$CRIU_DEB_VERSION" "tini-$TINI_DEB_VERSION"; do
+# The job run shim's directory is named for its source's hash (deploy/local/paths.ts computes the same name).
+shim="shim-$(sha256sum deploy/native/kybernate-shim.c | cut -c1-12)"
+for d in "temporal-$TEMPORAL_CLI_VERSION" "minio-$MINIO_VERSION" "toxiproxy-$TOXIPROXY_VERSION" "criu-$CRIU_DEB_VERSION" "tini-$TINI_DEB_VERSION" "$shim"; do
   cp -a "$CACHE/$d" "$stage/cache/"
 done
 tar -C . -cf "$stage/repo.tar" node_modules dist
