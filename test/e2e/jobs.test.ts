@@ -83,7 +83,12 @@ describe('jobs on the real stack', () => {
     const r = cli(['run', job, '--node', A, '--max-restarts', '2', '--backoff-initial', '1s', '--backoff-cap', '2s', '--',
       '/bin/sh', '-c', 'echo out-line; echo err-line >&2; exit 3']);
     expect(r.status).toBe(0);
-    const s = await untilState(job, ['Quarantined'], 120000);
+    await untilState(job, ['Quarantined'], 120000);
+    // Quarantined at once; the diagnostics are stored right after.
+    const s = await until('diagnostics stored', async () => {
+      const x = await status(job);
+      return x.diagnostics ? x : null;
+    }, 60000);
     expect(s.runs.length).toBe(3);
     expect(s.runs.every((x) => x.exitCode === 3 && x.reason === 'Error')).toBe(true);
     expect(s.restarts).toBe(2);
