@@ -182,6 +182,11 @@ export interface StartRunResult {
   process: ProcessIdentity;
   logFile: string;
   exitFile: string;
+  /**
+   * When the node spawned it, by the node's clock: the same clock as the exit record's endedAt, so a run that
+   * ends within the start's settle window does not show an end before its start. Absent in older results.
+   */
+  startedAt?: string;
 }
 
 /** What became of a run's process, found from the node (the shim's exit record, the cgroup's OOM count). */

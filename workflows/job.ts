@@ -218,7 +218,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
           ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}), ...(spec.env !== undefined ? { env: spec.env } : {}), ...(spec.user !== undefined ? { user: spec.user } : {}),
         }]));
         const run: RunRecord = {
-          run: runNo, node, startedAt: new Date().toISOString(), endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: null,
+          run: runNo, node, startedAt: r.startedAt ?? new Date().toISOString(), endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: null,
           process: r.process, logFile: r.logFile, exitFile: r.exitFile, logObject: null,
         };
         status.runs.push(run);

@@ -144,6 +144,7 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
     // shim.err is opened inside the namespace, by its pid 1 before it becomes setsid and tini: unshare, outside
     // the tree, must not share it (it writes there when its child is killed, and a file that changed size after
     // a dump fails the restore).
+    const startedAt = new Date().toISOString();
     const child = spawn('unshare', ['--pid', '--fork', '/bin/sh', '-c', 'exec >>"$0" 2>&1; exec setsid "$@"', errFile, ...init, ...shim, ...dropPrivileges, exe, ...input.command.slice(1)], {
       detached: true,
       stdio: 'ignore',
@@ -180,7 +181,7 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
       // Start time 0 names no live process: awaitRunExit finds it gone and reads the record.
       id ??= { pid: typeof initPid === 'number' ? initPid : child.pid, startTime: 0 };
     }
-    const result: StartRunResult = { process: id, logFile, exitFile };
+    const result: StartRunResult = { process: id, logFile, exitFile, startedAt };
     writePidFile(path.join(workloadDir(ctx, jobId), 'pid'), id);
     fs.writeFileSync(`${recordFile}.tmp`, JSON.stringify(result));
     fs.renameSync(`${recordFile}.tmp`, recordFile);

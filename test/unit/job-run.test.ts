@@ -153,6 +153,8 @@ describe('job runs on a node', () => {
     const r = await run(jobId, ['sh', '-c', 'exit 3']);
     const exit = await awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile });
     expect(exit).toMatchObject({ reason: 'Error', exitCode: 3, signal: null, message: 'exited with code 3' });
+    // Its start, by the node's clock like its end: never after the end, though startRun answered after it.
+    expect(Date.parse(r.startedAt!)).toBeLessThanOrEqual(Date.parse(exit.endedAt));
     await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 0, reason: 'test' });
   });
 
