@@ -78,7 +78,8 @@ describe('restore compatibility gate with stand-in GPUs', () => {
     expect(rs.vramBytes).toBe(16 * MiB);
     // driver 570 on gc-ok: only the source's GPU index, and placement says so.
     expect(rs.gpu).toEqual({ index: 0, note: 'driver 570.172.08 < 580: restore only onto the same GPU index 0' });
-    expect(rs.compatibility).toEqual([
+    // Other suites' nodes may still be registered on the shared stack (recently seen): only this test's matter.
+    expect(rs.compatibility?.filter((c) => c.node.startsWith('gc-'))).toEqual([
       { node: 'gc-a100', reason: `GPU model '${OTHER_MODEL}', checkpoint needs '${inv.gpus[0].model}'` },
       { node: 'gc-ok', reason: null },
       { node: 'gc-src', reason: null },
@@ -101,12 +102,13 @@ describe('restore compatibility gate with stand-in GPUs', () => {
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('NoCompatibleNode');
-    expect(cause.message).toBe([
-      'no compatible node for checkpoint gc-move-1: ',
-      `gc-a100: GPU model '${OTHER_MODEL}', checkpoint needs 'Kybernate stand-in GPU (not a real device)'; `,
-      "gc-ok: driver 550.54.15 older than the checkpoint's 570.172.08; ",
+    expect(cause.message).toMatch(/^no compatible node for checkpoint gc-move-1: /);
+    // Each of this test's nodes with its reason (other suites' nodes on the shared stack may be listed too).
+    for (const reason of [
+      `gc-a100: GPU model '${OTHER_MODEL}', checkpoint needs 'Kybernate stand-in GPU (not a real device)'`,
+      "gc-ok: driver 550.54.15 older than the checkpoint's 570.172.08",
       "gc-src: driver 550.54.15 older than the checkpoint's 570.172.08",
-    ].join(''));
+    ]) expect(cause.message).toContain(reason);
     expect(Date.now() - started).toBeLessThan(60000);
     const st = await k.client.workflow.getHandle(r.workflowId).query<{ attempts: unknown[]; phase: string }>('status');
     expect(st.phase).toBe('Failed');
