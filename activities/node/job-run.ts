@@ -10,7 +10,7 @@ import type { ProcessIdentity } from '../../common/journal';
 import { makeS3Client, s3ErrorKind } from '../s3-client';
 import { attachToJobCgroup, createJobCgroup, jobCgroupDirs, jobCgroupOomKilled, kybernateCgroupsOf, removeJobCgroup } from './cgroups';
 import { type NodeContext, safeId, workloadDir } from './context';
-import { checkCwd, otherUserCheckpointBlocker, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
+import { checkCommand, checkCwd, dropPrivilegesPrefix, initPrefix, otherUserCheckpointBlocker, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
 import { readPidFile, writePidFile } from './pid-file';
 import { isSameProcess, namespaceInit, processAlive, processIdentity, processTree, runningWorkload, START_SETTLE_MS, starting } from './process';
 import { registerWorkloadProcess } from './process-registry';
@@ -97,9 +97,7 @@ function readText(file: string, max = 4000): string {
 export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<StartRunResult> {
   const jobId = safeId('jobId', input.jobId);
   const run = runNumber(input.run);
-  if (!Array.isArray(input.command) || input.command.length === 0 || input.command.some((a) => typeof a !== 'string' || a.includes('\0'))) {
-    throw invalid('command', 'must be a non-empty list of strings without NUL bytes');
-  }
+  checkCommand(input.command);
   const limits = checkLimits(input.limits);
   if (input.vramBytes !== undefined && (typeof input.vramBytes !== 'number' || !Number.isInteger(input.vramBytes) || input.vramBytes < 0)) {
     throw invalid('vramBytes', `must be a non-negative integer (got ${String(input.vramBytes)})`);
@@ -136,8 +134,8 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
     if (runAs) fs.chownSync(workloadDir(ctx, jobId), runAs.uid, runAs.gid);
     const errFile = path.join(dir, 'shim.err');
     fs.writeFileSync(errFile, '');
-    const dropPrivileges = runAs ? ['setpriv', `--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, '--clear-groups', '--'] : [];
-    const init = ctx.initBin !== null ? [ctx.initBin, '-g', '--'] : [];
+    const dropPrivileges = dropPrivilegesPrefix(runAs);
+    const init = initPrefix(ctx.initBin);
     const shim = [ctx.shimBin, '--log', logFile, '--exit', exitFile, ...cgroup.dirs.flatMap((d) => ['--cgroup', d]), '--'];
     // The init and the shim stay root (the shim writes cgroup.procs); setpriv drops privileges in the shim's
     // child just before it becomes the command.

@@ -104,6 +104,21 @@ export function resolveRunAs(user: { uid: number; gid?: number } | undefined, pa
   return { uid, gid, home: entry?.home ?? '/' };
 }
 
+/** A workload's command: a non-empty list of strings without NUL bytes (checked before anything is spawned). */
+export function checkCommand(command: unknown): string[] {
+  if (!Array.isArray(command) || command.length === 0 || command.some((a) => typeof a !== 'string' || a.includes('\0'))) {
+    throw invalid('command', 'must be a non-empty list of strings without NUL bytes');
+  }
+  return command as string[];
+}
+
+/** argv prefix running a workload under the node's init (tini -g: signals to the whole group), or none. */
+export const initPrefix = (initBin: string | null): string[] => (initBin !== null ? [initBin, '-g', '--'] : []);
+
+/** argv prefix dropping to the job's user just before exec (the init, and the shim, stay root), or none. */
+export const dropPrivilegesPrefix = (runAs: RunAs | null): string[] =>
+  runAs ? ['setpriv', `--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, '--clear-groups', '--'] : [];
+
 /** The working directory a workload runs in: absolute, an existing directory. */
 export function checkCwd(cwd: unknown): string {
   if (typeof cwd !== 'string' || !path.isAbsolute(cwd)) throw invalid('cwd', `must be an absolute path (got '${String(cwd)}')`);

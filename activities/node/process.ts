@@ -5,7 +5,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { ProcessIdentity } from '../../common/journal';
 import { type NodeContext, safeId, workloadDir } from './context';
-import { checkCwd, otherUserCheckpointBlocker, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
+import { checkCommand, checkCwd, dropPrivilegesPrefix, initPrefix, otherUserCheckpointBlocker, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
 import { readPidFile, writePidFile } from './pid-file';
 import { registerWorkloadProcess } from './process-registry';
 import { heartbeat } from './run-tool';
@@ -157,9 +157,7 @@ export const starting = new Set<string>();
  */
 export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promise<WorkloadInfo> {
   const jobId = safeId('jobId', spec.jobId);
-  if (!Array.isArray(spec.command) || spec.command.length === 0 || spec.command.some((a) => typeof a !== 'string' || a.includes('\0'))) {
-    throw ApplicationFailure.nonRetryable('command: must be a non-empty list of strings without NUL bytes', ErrorType.InvalidInput, { field: 'command' });
-  }
+  checkCommand(spec.command);
   const runAs = resolveRunAs(spec.user);
   const cwd = spec.cwd === undefined ? null : checkCwd(spec.cwd);
   const env = workloadEnv({ jobId, jobEnv: spec.env, parent: process.env, home: runAs?.home ?? process.env.HOME ?? '/' });
@@ -183,8 +181,8 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
       fs.chownSync(dir, runAs.uid, runAs.gid);
       fs.fchownSync(fd, runAs.uid, runAs.gid);
     }
-    const dropPrivileges = runAs ? ['setpriv', `--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, '--clear-groups', '--'] : [];
-    const init = ctx.initBin !== null ? [ctx.initBin, '-g', '--'] : [];
+    const dropPrivileges = dropPrivilegesPrefix(runAs);
+    const init = initPrefix(ctx.initBin);
     // The init stays root (it may live where the user cannot read, e.g. under /root); setpriv drops privileges
     // in the init's child just before it becomes the workload.
     const child = spawn('unshare', ['--pid', '--fork', 'setsid', ...init, ...dropPrivileges, exe, ...spec.command.slice(1)], {
