@@ -1,13 +1,13 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import { Worker } from '@temporalio/worker';
+import type { Worker } from '@temporalio/worker';
 import { createControlActivities } from '../../activities/control';
 import {
   CHECKPOINT_STEPS, type CheckpointInspection, type CheckpointRequest, type CheckpointStatus, type CheckpointStep, type DumpResult, type UploadResult,
 } from '../../common/checkpoint';
 import type { StepOutcome } from '../../common/journal';
-import { checkpointWorkflowId, CONTROL_QUEUE, nodeQueue, promotionWorkflowId } from '../../common/queues';
+import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
 import { Harness, type NodeMock } from './harness';
 
 type Mock = NodeMock;
@@ -371,8 +371,7 @@ describe('checkpoint workflow', () => {
     test('the agent away longer than any step timeout: the workflow waits for it, nothing is killed; back, it goes on to Durable', async () => {
       const calls: string[] = [];
       const r = req();
-      const nodeWorker = (acts: Mock): Promise<Worker> =>
-        Worker.create({ connection: env.nativeConnection, taskQueue: nodeQueue(r.node), activities: acts, shutdownGraceTime: '1s' });
+      const nodeWorker = (acts: Mock): Promise<Worker> => h.nodeWorker(r.node, acts);
       const s = await h.with(createControlActivities(env.client), {}, async () => {
         const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(r.checkpointId), taskQueue: CONTROL_QUEUE, args: [r] });
         const asking = async (): Promise<boolean> => (await wf.query<CheckpointStatus>('status')).history.some((x) => x.detail.includes('asking'));

@@ -26,15 +26,38 @@ export class Harness {
     const workers = [
       // No sticky cache: long-lived workflows (a node's promotion loop) outlive the test that started them, and
       // the test server never moves a task off a stopped worker's sticky queue to the next test's worker.
-      await Worker.create({ connection: this.env.nativeConnection, taskQueue: CONTROL_QUEUE, workflowBundle: this.bundle, activities: control, maxCachedWorkflows: 0 }),
-      ...(await Promise.all(Object.entries(nodes).map(([node, acts]) =>
-        Worker.create({ connection: this.env.nativeConnection, taskQueue: nodeQueue(node), activities: acts, shutdownGraceTime: '1s' })))),
+      await this.track(Worker.create({ connection: this.env.nativeConnection, taskQueue: CONTROL_QUEUE, workflowBundle: this.bundle, activities: control, maxCachedWorkflows: 0 })),
+      ...(await Promise.all(Object.entries(nodes).map(([node, acts]) => this.nodeWorker(node, acts)))),
     ];
     const runAll = (i: number): Promise<T> => (i === workers.length ? fn() : workers[i].runUntil(() => runAll(i + 1)));
     return runAll(0);
   }
 
+  /** A worker for one node's queue (an agent), stopped by teardown if the test that made it never did. */
+  nodeWorker(node: string, activities: NodeMock): Promise<Worker> {
+    return this.track(Worker.create({ connection: this.env.nativeConnection, taskQueue: nodeQueue(node), activities, shutdownGraceTime: '1s' }));
+  }
+
+  private readonly workers = new Set<Worker>();
+
+  private async track(creating: Promise<Worker>): Promise<Worker> {
+    const w = await creating;
+    this.workers.add(w);
+    return w;
+  }
+
+  /**
+   * Stops every worker a test left running (a test that timed out never reaches runUntil's end), then the
+   * server. Workers outliving their server retry their polls forever and keep jest from exiting: a CI run
+   * once hung that way until its time limit.
+   */
   async teardown(): Promise<void> {
+    const leaked = [...this.workers].filter((w) => w.getState() === 'RUNNING');
+    for (const w of leaked) w.shutdown();
+    const deadline = Date.now() + 30_000;
+    while (leaked.some((w) => !['STOPPED', 'FAILED'].includes(w.getState())) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
     await this.env.teardown();
   }
 }

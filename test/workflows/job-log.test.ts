@@ -1,8 +1,7 @@
 import { ApplicationFailure } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
-import { Worker } from '@temporalio/worker';
 import type { ReadRunLogInput, ReadRunLogResult } from '../../common/job';
-import { CONTROL_QUEUE, nodeQueue } from '../../common/queues';
+import { CONTROL_QUEUE } from '../../common/queues';
 import type { readJobLog, ReadJobLogInput } from '../../workflows/job-log';
 import { Harness } from './harness';
 
@@ -20,7 +19,7 @@ type ReadRunLog = (input: ReadRunLogInput) => Promise<ReadRunLogResult>;
 /** Runs fn with the control worker and an agent per node whose readRunLog is mocked. */
 async function withNodes<T>(nodes: Record<string, ReadRunLog>, fn: () => Promise<T>): Promise<T> {
   const workers = await Promise.all(Object.entries(nodes).map(([node, readRunLog]) =>
-    Worker.create({ connection: h.env.nativeConnection, taskQueue: nodeQueue(node), activities: { readRunLog }, shutdownGraceTime: '1s' })));
+    h.nodeWorker(node, { readRunLog })));
   const runAll = (i: number): Promise<T> => (i === workers.length ? h.with({}, {}, fn) : workers[i].runUntil(() => runAll(i + 1)));
   return runAll(0);
 }

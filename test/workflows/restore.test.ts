@@ -1,8 +1,7 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
 import type { CheckpointStatus } from '../../common/checkpoint';
-import { Worker } from '@temporalio/worker';
-import { CONTROL_QUEUE, nodeQueue, restoreWorkflowId } from '../../common/queues';
+import { CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
 import type { Candidate, Reservation, RestoreInspection, RestoreRequest, RestoreStatus } from '../../common/restore';
 import type { MigrateStatus } from '../../workflows/migrate';
 import { type ControlMock, Harness, type NodeMock } from './harness';
@@ -322,7 +321,7 @@ describe('restore: agent lost mid-restore', () => {
     const answered = inspection({ cuda: 'running' });
     /** node-a's agent: a worker on node/node-a that polls only while `during` runs. */
     const agentA = async (acts: NodeMock, during: () => Promise<void>): Promise<void> => {
-      const w = await Worker.create({ connection: h.env.nativeConnection, taskQueue: nodeQueue('node-a'), activities: acts, shutdownGraceTime: '1s' });
+      const w = await h.nodeWorker('node-a', acts);
       await w.runUntil(during);
     };
     await h.with(control(calls, free), { 'node-b': nodeMock(calls, 'node-b') }, async () => {
