@@ -1,10 +1,15 @@
 import * as path from 'node:path';
-import { Worker } from '@temporalio/worker';
+import { bundleWorkflowCode, type WorkflowBundleWithSourceMap, Worker } from '@temporalio/worker';
 import { loadHistories } from '../support/histories';
 
 /** Histories recorded from e2e runs on the real stack, replayed against today's workflow code. */
 describe('replay of recorded e2e histories', () => {
   const histories = loadHistories();
+  // One bundle for every history: building it is most of a replay's time.
+  let bundle: WorkflowBundleWithSourceMap;
+  beforeAll(async () => {
+    bundle = await bundleWorkflowCode({ workflowsPath: path.resolve(__dirname, '../../workflows'), logger: { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined } });
+  }, 120000);
 
   test('histories from every e2e branch are committed', () => {
     expect(histories.map((h) => h.workflowId)).toEqual(expect.arrayContaining([
@@ -15,6 +20,6 @@ describe('replay of recorded e2e histories', () => {
   });
 
   test.each(histories.map((h) => [h.workflowId, h] as const))('%s replays deterministically', async (_name, h) => {
-    await Worker.runReplayHistory({ workflowsPath: path.resolve(__dirname, '../../workflows') }, h.history, h.workflowId);
+    await Worker.runReplayHistory({ workflowBundle: bundle }, h.history, h.workflowId);
   });
 });
