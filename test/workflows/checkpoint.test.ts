@@ -26,6 +26,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await h?.teardown();
 });
+afterEach(async () => h?.reset());
 
 const uploaded: UploadResult = { bucket: 'b', prefix: 'checkpoints/c/', bytesSent: 100, partsSent: 3, partsResumed: 0 };
 

@@ -20,7 +20,7 @@ export async function timeSkippingEnv(): Promise<TestWorkflowEnvironment> {
  * The SDK gives the JVM a fixed 5 s to accept connections and kills it otherwise; on a loaded 2-core machine a
  * cold JVM can take longer. Each try warms the page cache for the next, so a few tries are enough.
  */
-async function startWithRetries(tries = 4): Promise<TestWorkflowEnvironment> {
+async function startWithRetries(tries = 10): Promise<TestWorkflowEnvironment> {
   for (let i = 1; ; i++) {
     try {
       return await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: { type: 'existing-path', path: BIN.testServer } } });

@@ -9,6 +9,11 @@ import { timeSkippingEnv } from './env';
 export type NodeMock = { [K in keyof NodeActivities]?: NodeActivities[K] };
 export type ControlMock = { [K in keyof ControlActivities]?: ControlActivities[K] };
 
+// A test here waits on real activity work and on replays (no sticky cache: every task and query replays the
+// whole history), both CPU-bound: on a busy machine a test that takes seconds can take minutes. The limit is a
+// hang detector, not a speed check.
+jest.setTimeout(300_000);
+
 const quiet = { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 
 /** A time-skipping test server, the real workflow bundle, and mocked activities per node. */
@@ -47,17 +52,46 @@ export class Harness {
   }
 
   /**
-   * Stops every worker a test left running (a test that timed out never reaches runUntil's end), then the
-   * server. Workers outliving their server retry their polls forever and keep jest from exiting: a CI run
-   * once hung that way until its time limit.
+   * After each test: every workflow it left open is terminated, and every worker it left running stopped.
+   * Left open, a test's long-lived workflows (children abandoned by design, a node's loops) keep firing timers
+   * as later tests skip time, and without a sticky cache each of their tasks replays a whole history: a file
+   * slowed down test by test until one timed out. A timed-out test never reaches runUntil's end, so its
+   * workers would still hold the queues the next test's workers need.
    */
-  async teardown(): Promise<void> {
+  async reset(): Promise<void> {
+    await this.terminateOpen();
+    await this.stopLeaked();
+  }
+
+  private async terminateOpen(): Promise<void> {
+    const svc = this.env.client.workflowService;
+    let nextPageToken: Uint8Array | undefined;
+    do {
+      const page = await svc.listOpenWorkflowExecutions({ namespace: this.env.namespace ?? 'default', maximumPageSize: 1000, nextPageToken });
+      for (const e of page.executions) {
+        const id = e.execution?.workflowId;
+        if (id) await this.env.client.workflow.getHandle(id).terminate('test over').catch(() => undefined);
+      }
+      nextPageToken = page.nextPageToken?.length ? page.nextPageToken : undefined;
+    } while (nextPageToken);
+  }
+
+  private async stopLeaked(): Promise<void> {
     const leaked = [...this.workers].filter((w) => w.getState() === 'RUNNING');
     for (const w of leaked) w.shutdown();
     const deadline = Date.now() + 30_000;
     while (leaked.some((w) => !['STOPPED', 'FAILED'].includes(w.getState())) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 100));
     }
+    for (const w of this.workers) if (['STOPPED', 'FAILED'].includes(w.getState())) this.workers.delete(w);
+  }
+
+  /**
+   * Stops what the last test left, then the server. Workers outliving their server retry their polls forever
+   * and keep jest from exiting: a CI run once hung that way until its time limit.
+   */
+  async teardown(): Promise<void> {
+    await this.stopLeaked();
     await this.env.teardown();
   }
 }

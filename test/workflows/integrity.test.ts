@@ -18,6 +18,7 @@ beforeAll(async () => {
   await run(node([]), req()).catch(() => undefined); // warm-up (see checkpoint.test.ts)
 }, 120000);
 afterAll(async () => h?.teardown());
+afterEach(async () => h?.reset());
 
 const uploaded: UploadResult = { bucket: 'b', prefix: 'checkpoints/c/', bytesSent: 100, partsSent: 3, partsResumed: 0 };
 const MD_SHA = 'ab'.repeat(32);

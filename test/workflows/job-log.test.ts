@@ -13,6 +13,7 @@ beforeAll(async () => {
     .catch(() => undefined);
 }, 120000);
 afterAll(async () => h?.teardown());
+afterEach(async () => h?.reset());
 
 type ReadRunLog = (input: ReadRunLogInput) => Promise<ReadRunLogResult>;
 

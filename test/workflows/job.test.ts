@@ -19,6 +19,7 @@ beforeAll(async () => {
   await sim.runJob(spec({ jobId: 'warmup', restartPolicy: 'OnFailure' })).catch(() => undefined);
 }, 120000);
 afterAll(async () => h?.teardown());
+afterEach(async () => h?.reset());
 
 const GiB = 1024 ** 3;
 
@@ -550,7 +551,8 @@ describe('job workflow: escalation and release', () => {
     const sim = new Sim({ 'node-a': 16, 'node-b': 8 });
     sim.script = [wait, wait];
     await sim.with(async () => {
-      const wf = await sim.start(spec({ tier: 'critical', maxRestarts: 0, checkpointEveryMs: 1500 }));
+      // Periodic checkpoints grow the history every query replays: few of them, one good one is all it takes.
+      const wf = await sim.start(spec({ tier: 'critical', maxRestarts: 0, checkpointEveryMs: 5000 }));
       const good = await until(wf, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST);
       const pid = good.runs[0].process?.pid ?? 0;
       sim.exitNow.set(pid, { exitCode: 3, signal: null, reason: 'Error', message: 'exit code 3', endedAt: new Date().toISOString() });

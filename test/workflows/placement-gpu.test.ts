@@ -19,6 +19,7 @@ beforeAll(async () => {
   await restore([inv('node-warm', [gpu(0, H100, 80)])], {}, []).catch(() => undefined);
 }, 120000);
 afterAll(async () => h?.teardown());
+afterEach(async () => h?.reset());
 
 const GiB = 1024 ** 3;
 const H100 = 'NVIDIA H100 80GB HBM3';

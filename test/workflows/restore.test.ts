@@ -12,6 +12,7 @@ beforeAll(async () => {
   await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'warmup' }).catch(() => undefined);
 }, 120000);
 afterAll(async () => h?.teardown());
+afterEach(async () => h?.reset());
 
 const GiB = 1024 ** 3;
 

@@ -10,6 +10,7 @@ beforeAll(async () => {
   await h.with({}, { 'node-a': { stopWorkload: async () => ({ stopped: false, signal: null, afterMs: 0 }) } }, () => stop('warmup', { node: 'node-a', jobId: 'w' })).catch(() => undefined);
 }, 120000);
 afterAll(async () => h?.teardown());
+afterEach(async () => h?.reset());
 
 type StopInput = { jobId: string; graceMs?: number; reason?: string };
 const stop = (id: string, args: { node: string; jobId: string; graceMs?: number }): Promise<unknown> =>
