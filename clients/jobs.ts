@@ -95,7 +95,7 @@ export class JobsApi {
       if (d.status.name === 'RUNNING' || e instanceof UnavailableError) throw e;
       // Ended without a result and without a status to replay (it failed before it had one): say how it ended.
       const why = await this.k.withinTemporal(() => h.result()).then(() => 'no result', (err: unknown) => describeFailureChain(err));
-      throw new Error(`job '${jobId}' ended ${d.status.name} without a status: ${why}`);
+      throw new Error(`job '${jobId}' ended ${d.status.name} without a status: ${why}`, { cause: e });
     }
   }
 

@@ -210,7 +210,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   let cudaCheckpointed = false;
   let dumped = false;
   let processStopped = false;
-  let staged = false;
+  let staged: boolean;
   try {
     // A lock or VRAM checkpoint cut off on the node is undone as if it had happened: the undo steps check the
     // driver state first and report a step already undone.

@@ -7,7 +7,7 @@ import type { NodeActivities } from '../activities/node';
 import type { CheckpointStatus } from '../common/checkpoint';
 import { ErrorType } from '../common/errors';
 import {
-  type JobCheckpointRecord, type JobInput, type JobSpec, type JobState, type JobStatus, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY,
+  type JobCheckpointRecord, type JobInput, type JobState, type JobStatus, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY,
   type PreemptResult, type RunEndReason, type RunExit, type RunRecord, TERMINAL_JOB_STATES,
 } from '../common/job';
 import type { ProcessIdentity } from '../common/journal';

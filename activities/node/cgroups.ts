@@ -172,7 +172,7 @@ export function attachToJobCgroup(ctx: NodeContext, jobId: string, pids: number[
 export function kybernateCgroupsOf(pids: number[], root = CGROUP_ROOT): string[] {
   const out = new Set<string>();
   for (const pid of pids) {
-    let text = '';
+    let text: string;
     try {
       text = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
     } catch {

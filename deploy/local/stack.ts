@@ -91,7 +91,7 @@ export function updateState(home: string, fn: (state: StackState) => void): Stac
         /* being created or removed right now */
       }
       if (Number.isInteger(owner) && owner > 0 && !isAlive(owner)) fs.rmSync(lock, { recursive: true, force: true });
-      else if (Date.now() > deadline) throw new Error(`stack state ${stateFile(home)} stays locked by pid ${owner}`);
+      else if (Date.now() > deadline) throw new Error(`stack state ${stateFile(home)} stays locked by pid ${owner}`, { cause: e });
       else Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
     }
   }

@@ -44,7 +44,7 @@ async function untilState(jobId: string, states: JobState[], timeoutMs = 120000)
   } catch (e) {
     // What the job was doing instead: its state, reason and newest events.
     const s = last as JobStatus | null;
-    throw new Error(`${(e as Error).message}; last seen ${s ? `${s.state} (${s.reason ?? '-'}); events: ${s.events.slice(-6).map((x) => `${x.type}: ${x.message}`).join(' | ')}` : 'nothing'}`);
+    throw new Error(`${(e as Error).message}; last seen ${s ? `${s.state} (${s.reason ?? '-'}); events: ${s.events.slice(-6).map((x) => `${x.type}: ${x.message}`).join(' | ')}` : 'nothing'}`, { cause: e });
   }
 }
 

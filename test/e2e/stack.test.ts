@@ -287,7 +287,10 @@ describe('the local stack', () => {
     /** A data directory outside the stack's home, for the agent started by hand. */
     let outside: string;
     const byHand: ChildProcess[] = [];
-    const cli = (...args: string[]): string => execFileSync(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: home }, encoding: 'utf8' });
+    // stderr piped, not inherited: the commands this suite makes fail on purpose stay off the console, and a
+    // command that fails unexpectedly still shows its stderr in the error jest prints.
+    const cli = (...args: string[]): string =>
+      execFileSync(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: home }, encoding: 'utf8', stdio: 'pipe' });
     /** `status` exits 1 when anything is unhealthy; its report is what counts here. */
     const statusOut = (): string => spawnSync(process.execPath, [CLI, 'status'], { env: { ...process.env, KYBERNATE_HOME: home }, encoding: 'utf8' }).stdout;
     const rec = (component: string) => readStackState(home)?.processes.find((p) => p.component === component);

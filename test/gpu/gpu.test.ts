@@ -12,7 +12,6 @@ import { Agent, alive, client, output, until } from '../support/stack';
  */
 const gpu = fs.existsSync('/dev/nvidiactl') && cudaApi() !== null;
 if (!gpu) {
-  // eslint-disable-next-line no-console
   console.warn(`test/gpu skipped: no NVIDIA GPU here (${cudaUnavailableReason() || '/dev/nvidiactl missing'})`);
 }
 const GIB = Number(process.env.KYBERNATE_GPU_GIB ?? 2);

@@ -2,12 +2,14 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { temporal } from '@temporalio/proto';
 import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import { BIN } from '../../deploy/local/paths';
+import { quietTemporalRuntime } from '../support/sdk-log';
 
 /**
  * Temporal's Java test server with time skipping, provisioned by deploy/local/provision.sh (no download at
  * run time), with our search attributes registered as the dev server has them.
  */
 export async function timeSkippingEnv(): Promise<TestWorkflowEnvironment> {
+  quietTemporalRuntime(); // before the environment makes the runtime: SDK logs to a file, not the console
   const env = await startWithRetries();
   await env.connection.operatorService.addSearchAttributes({
     namespace: env.namespace ?? 'default',

@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap, Worker } from '@temporalio/worker';
 import { loadHistories } from '../support/histories';
+import { quietTemporalRuntime } from '../support/sdk-log';
 
 /** Histories recorded from e2e runs on the real stack, replayed against today's workflow code. */
 describe('replay of recorded e2e histories', () => {
@@ -8,6 +9,7 @@ describe('replay of recorded e2e histories', () => {
   // One bundle for every history: building it is most of a replay's time.
   let bundle: WorkflowBundleWithSourceMap;
   beforeAll(async () => {
+    quietTemporalRuntime(); // the replay workers' state changes go to the SDK log file
     bundle = await bundleWorkflowCode({ workflowsPath: path.resolve(__dirname, '../../workflows'), logger: { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined } });
   }, 120000);
 
