@@ -63,7 +63,7 @@ export interface NodeGauges {
 /** The agent's own gauges, on the runtime's meter (a no-op meter when no endpoint was installed). */
 export function nodeGauges(): NodeGauges {
   const meter = Runtime.instance().metricMeter;
-  const vramFree = meter.createGauge(Metric.nodeVramFree, 'int', 'bytes', 'free VRAM on this node (largest sum over its GPUs, or declared minus held)');
+  const vramFree = meter.createGauge(Metric.nodeVramFree, 'int', 'bytes', 'free VRAM on this node (the sum over its GPUs, or the declared capacity less what restored workloads hold)');
   const vramTotal = meter.createGauge(Metric.nodeVramTotal, 'int', 'bytes', 'VRAM of this node');
   const diskFree = meter.createGauge(Metric.nodeDiskFree, 'int', 'bytes', 'free disk under the data directory (the nvme tier)');
   const reports = meter.createCounter(Metric.nodeReports, '1', 'inventory reports to the node registry, by outcome');

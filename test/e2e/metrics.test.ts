@@ -53,7 +53,8 @@ function recordedAddress(component: string, pid?: number): string {
 
 beforeAll(async () => {
   k = await client();
-  agent = await Agent.start({ node: NODE, declaredVramBytes: 8 * GiB });
+  // Reports every 2 s, so that a gauge set with the inventory is seen to follow a checkpoint within the test.
+  agent = await Agent.start({ node: NODE, declaredVramBytes: 8 * GiB, reportIntervalSeconds: 2 });
 }, 120000);
 
 afterAll(async () => {
@@ -97,8 +98,14 @@ describe('Prometheus metrics from every worker', () => {
     expect(sent).toBe(ck.upload!.bytesSent);
     expect(sent).toBeGreaterThan(0);
     expect(total(a1, 'kybernate_checkpoint_bytes_total', { node: NODE, phase: 'DumpingProcess' })).toBeGreaterThan(0);
-    // Durable in S3: nothing of it waits for upload (the gauge is set with each inventory report, every 30 s).
-    expect(total(a1, 'kybernate_checkpoints_pending_upload', { node: NODE })).toBe(0);
+    // Durable in S3: nothing of it waits for upload, by the gauge set with the next inventory report.
+    const reports = (s: Sample[]): number => total(s, 'kybernate_node_inventory_reports_total', { node: NODE, outcome: 'ok' });
+    const after = await until('an inventory report after the checkpoint', async () => {
+      const s = await scrape(agentAt);
+      return reports(s) > reports(a1) ? s : null;
+    }, 30000);
+    expect(after.some((s) => s.name === 'kybernate_checkpoints_pending_upload' && s.labels.node === NODE)).toBe(true);
+    expect(total(after, 'kybernate_checkpoints_pending_upload', { node: NODE })).toBe(0);
     // Counted by the checkpoint workflow on the control worker, through the SDK's sink after its task completes.
     const durable = { node: NODE, outcome: 'Durable', tier: 's3' };
     await until('checkpoint outcome counted', async () => total(await scrape(controlAt), 'kybernate_checkpoints_total', durable) > total(c0, 'kybernate_checkpoints_total', durable), 15000);
