@@ -8,9 +8,11 @@ import { readInventory } from '../activities/node/inventory';
 import { sweepOrphans, temporalOwnerLookup } from '../activities/node/orphans';
 import { assertSafeId } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue, nodeWorkflowId } from '../common/queues';
-import { joinLocalStack } from '../deploy/local/join';
+import { inLocalStack, joinLocalStack } from '../deploy/local/join';
 import { defaultStackHome, BIN } from '../deploy/local/paths';
 import { loadConfig, makeLogger } from './config';
+import { installMetrics, metricsAddress, nodeGauges } from './metrics';
+import { pendingUploadCount } from '../activities/node/pending';
 
 export interface AgentOptions {
   node: string;
@@ -51,6 +53,10 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     s3: cfg.s3,
     logger,
   };
+  // Before any connection: the SDK runtime (and its exporter) is process-wide and installed once.
+  const metrics = await metricsAddress('agent', inLocalStack(cfg.temporalAddress));
+  if (metrics) installMetrics(metrics, { node: opts.node });
+  const gauges = nodeGauges();
   const connection = await NativeConnection.connect({ address: cfg.temporalAddress });
   const worker = await Worker.create({
     connection,
@@ -63,8 +69,17 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   const client = new Client({ connection: clientConn, namespace: cfg.namespace });
   const report = async (): Promise<void> => {
     const inv = await readInventory(ctx);
+    gauges.inventory(inv);
+    try {
+      gauges.pendingUpload(pendingUploadCount(ctx));
+    } catch (e) {
+      logger.warn({ node: opts.node, err: (e as Error).message }, 'checkpoints pending upload not counted');
+    }
     await client.workflow.signalWithStart('nodeRegistry', {
       workflowId: nodeWorkflowId(opts.node), taskQueue: CONTROL_QUEUE, args: [{ node: opts.node }], signal: 'report', signalArgs: [inv],
+    }).then(() => gauges.report('ok'), (e: unknown) => {
+      gauges.report('failed');
+      throw e;
     });
   };
   await report();
@@ -74,8 +89,8 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   await sweepOrphans(ctx, temporalOwnerLookup(client)).catch((e: Error) => logger.error({ err: e.message }, 'orphan sweep failed'));
   const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
-  const leaveStack = joinLocalStack(`agent:${opts.node}`, cfg.temporalAddress, { dataDir });
-  logger.info({ queue: nodeQueue(opts.node), dataDir, stagingDir: ctx.stagingDir, declaredVramBytes: ctx.declaredVramBytes }, 'agent ready');
+  const leaveStack = joinLocalStack(`agent:${opts.node}`, cfg.temporalAddress, { dataDir, metricsAddress: metrics });
+  logger.info({ queue: nodeQueue(opts.node), dataDir, stagingDir: ctx.stagingDir, declaredVramBytes: ctx.declaredVramBytes, metrics: metrics ? `http://${metrics}/metrics` : 'off' }, 'agent ready');
   try {
     await worker.run();
   } finally {

@@ -3,8 +3,9 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import { createControlActivities } from '../activities/control';
 import type { S3Config } from '../common/config';
 import { CONTROL_QUEUE } from '../common/queues';
-import { joinLocalStack } from '../deploy/local/join';
+import { inLocalStack, joinLocalStack } from '../deploy/local/join';
 import { loadConfig, makeLogger } from './config';
+import { installMetrics, metricsAddress } from './metrics';
 
 /** The control-plane worker: every workflow, plus activities that need a Temporal client. */
 export async function createControlWorker(address: string, namespace: string, s3?: S3Config): Promise<{ worker: Worker; close: () => Promise<void> }> {
@@ -24,10 +25,13 @@ export async function createControlWorker(address: string, namespace: string, s3
 export async function runControlWorker(): Promise<void> {
   const cfg = loadConfig();
   const logger = makeLogger({ component: 'control-worker' });
+  // Before any connection: the SDK runtime (and its exporter) is process-wide and installed once.
+  const metrics = await metricsAddress('control', inLocalStack(cfg.temporalAddress));
+  if (metrics) installMetrics(metrics);
   const { worker, close } = await createControlWorker(cfg.temporalAddress, cfg.namespace, cfg.s3);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
-  const leaveStack = joinLocalStack('control-worker', cfg.temporalAddress);
-  logger.info({ queue: CONTROL_QUEUE }, 'control worker ready');
+  const leaveStack = joinLocalStack('control-worker', cfg.temporalAddress, { metricsAddress: metrics });
+  logger.info({ queue: CONTROL_QUEUE, metrics: metrics ? `http://${metrics}/metrics` : 'off' }, 'control worker ready');
   try {
     await worker.run();
   } finally {

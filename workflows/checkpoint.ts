@@ -21,6 +21,7 @@ import { CheckpointRequestSchema, inputProblem } from '../common/inputs';
 import { CONTROL_QUEUE, nodeQueue, promotionWorkflowId } from '../common/queues';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
+import { countCheckpoint } from './metrics';
 
 export const statusQuery = defineQuery<CheckpointStatus>('status');
 /** Sent by the node's promotion loop once a checkpoint left on tier nvme reaches S3. */
@@ -117,6 +118,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     status.phase = phase;
     status.tier = tier;
     upsertSearchAttributes([{ key: SA_PHASE, value: phase }, ...(tier ? [{ key: SA_TIER, value: tier }] : [])]);
+    if (phase === 'Durable' || phase === 'PendingUpload' || phase === 'Failed') countCheckpoint(req.node, phase, tier);
   };
   upsertSearchAttributes([
     { key: SA_JOB, value: req.jobId }, { key: SA_NODE, value: req.node }, { key: SA_CHECKPOINT, value: req.checkpointId }, { key: SA_PHASE, value: 'Pending' },

@@ -18,6 +18,7 @@ import { agentLost, agentUnreachable, describeFailure, failureType } from './fai
 import type { JobNodeActivities } from './job-activities';
 import { backoffDelayMs, pushEvent, retentionVictims, specProblem } from './job-policy';
 import { restore } from './restore';
+import { countJobRestart } from './metrics';
 
 export const jobStatusQuery = defineQuery<JobStatus>(JOB_STATUS_QUERY);
 export const preemptUpdate = defineUpdate<PreemptResult, []>(JOB_PREEMPT_UPDATE);
@@ -540,6 +541,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
     if (await pause(delay)) return timeOutIdle();
     status.nextRetryAt = null;
     status.restarts++;
+    countJobRestart(exit.reason);
     status.backoffStep = (status.backoffStep ?? 0) + 1;
     return FROM_SCRATCH;
   }

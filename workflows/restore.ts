@@ -1,4 +1,4 @@
-import { ApplicationFailure, defineQuery, log, patched, proxyActivities, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, CancelledFailure, defineQuery, log, patched, proxyActivities, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
 import { durationMs } from '../common/bounds';
@@ -10,6 +10,7 @@ import { parseReadiness, type Readiness } from '../common/readiness';
 import { type RestorePhase, type RestoreRequest, type RestoreStatus, restoreAttemptId } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
+import { countRestore } from './metrics';
 
 export const restoreStatusQuery = defineQuery<RestoreStatus>('status');
 
@@ -64,8 +65,20 @@ const patientNode = (nodeName: string) => proxyActivities<NodeActivities>({
  * anything) is excluded and the restore placed again; a corrupt or incompatible checkpoint fails for good.
  * An agent lost from RestoringProcess on is first asked what CRIU really did: the restore carries on from there,
  * or kills that copy by identity, before it places anywhere else.
+ * Every restore that ends is counted by outcome (kybernate_restores_total), whichever way it ends.
  */
 export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
+  try {
+    const status = await placeAndRestore(req);
+    countRestore('Running', null);
+    return status;
+  } catch (err) {
+    countRestore('Failed', err instanceof CancelledFailure ? 'Cancelled' : failureType(err) ?? 'Error');
+    throw err;
+  }
+}
+
+async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
   // A crafted request (VRAM no node can hold, a deadline of years) fails here, in one line naming the field.
   const invalid = inputProblem(RestoreRequestSchema, req);
   if (invalid) throw ApplicationFailure.nonRetryable(`invalid restore request: ${invalid}`, ErrorType.InvalidInput);

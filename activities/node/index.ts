@@ -33,6 +33,7 @@ import type { JobLimits, ReadRunLogInput, ReadRunLogResult, RunExit, RunRecord, 
 import type { ProcessIdentity } from '../../common/journal';
 import { archiveRunLog, attachRunLimits, awaitRunExit, collectDiagnostics, inspectRun, readRunLog, startRun, stopRun } from './job-run';
 import { ErrorType } from '../../common/errors';
+import { measured, type MeasuredKind } from './metrics';
 
 /** A step's result as the journal keeps it: whole (they are small), so a workflow that lost the reply can read it back. */
 const whole = <T extends object>(r: T): Record<string, unknown> => ({ ...(r as Record<string, unknown>) });
@@ -58,8 +59,12 @@ export function createNodeActivities(ctx: NodeContext) {
     const target = (await gpuMemory(input.gpuIndex))?.uuid;
     return target && target !== input.sourceGpuUuid ? { oldUuid: input.sourceGpuUuid, newUuid: target } : undefined;
   };
+  /** The phase each CUDA op is measured under: lock and checkpoint belong to a checkpoint, restore and unlock to a restore. */
+  const cudaPhase: Record<CudaOp, [MeasuredKind, string]> = {
+    lock: ['checkpoint', 'Locking'], checkpoint: ['checkpoint', 'DumpingVram'], restore: ['restore', 'RestoringVram'], unlock: ['restore', 'Unlocking'],
+  };
   const cuda = (op: CudaOp, name: CheckpointStep, input: CudaRestoreInput): Promise<CudaStepResult> =>
-    step(input.checkpointId, name, async () => {
+    measured(...cudaPhase[op], () => step(input.checkpointId, name, async () => {
       if (op === 'lock') requireProcess(input.pid);
       if (op === 'checkpoint' && input.checkpointId !== undefined) {
         // Measured while the VRAM is still on the device (the checkpoint moves it to host memory). A retried step
@@ -75,7 +80,7 @@ export function createNodeActivities(ctx: NodeContext) {
       // driver 'standin': the test stand-in (deploy/native/standin-cuda), never to be mistaken for a GPU in the logs.
       if (r.outcome === 'done') ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, op, driver: driverKind(), detail: r.detail }, `CUDA ${op} done`);
       return r;
-    });
+    }));
   return {
     ...createRetentionNodeActivities(ctx),
     async inventory(): Promise<NodeInventory> {
@@ -133,7 +138,9 @@ export function createNodeActivities(ctx: NodeContext) {
       } catch {
         files = undefined; // gone already: criuDump says so
       }
-      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', () => criuDump(ctx, input), whole, { pid: input.pid, leaveRunning: input.leaveRunning, files });
+      return measured('checkpoint', 'DumpingProcess',
+        () => journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', () => criuDump(ctx, input), whole, { pid: input.pid, leaveRunning: input.leaveRunning, files }),
+        (r) => ({ bytes: r.imageBytes }));
     },
     /**
      * A dump cut off after CRIU wrote its complete images and stopped the process (now gone), before the agent
@@ -154,15 +161,16 @@ export function createNodeActivities(ctx: NodeContext) {
     },
     /** Idempotent (re-sealing recomputes every checksum), so the workflow runs it again after a lost agent. */
     async seal(input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number }): Promise<SealResult> {
-      return journaled(ctx, 'checkpoint', input.checkpointId, 'seal', () => sealCheckpoint(ctx, input), whole);
+      return measured('checkpoint', 'Sealing', () => journaled(ctx, 'checkpoint', input.checkpointId, 'seal', () => sealCheckpoint(ctx, input), whole), (r) => ({ bytes: r.totalBytes }));
     },
     /** metadataSha256: recorded at seal; the upload refuses a metadata.json that differs from it. */
     async upload(input: { checkpointId: string; metadataSha256?: string | null }): Promise<UploadResult> {
-      return journaled(ctx, 'checkpoint', input.checkpointId, 'upload', () => uploadCheckpoint(ctx, input), whole);
+      return measured('checkpoint', 'Uploading', () => journaled(ctx, 'checkpoint', input.checkpointId, 'upload', () => uploadCheckpoint(ctx, input), whole), (r) => ({ bytes: r.bytesSent }));
     },
     /** A checkpoint staged in memory, copied to this node's disk while the upload runs; synced when it must stand in for S3. */
     async persist(input: { checkpointId: string; sync: boolean }): Promise<{ bytes: number; durationMs: number }> {
-      return journaled(ctx, 'checkpoint', input.checkpointId, 'persist', () => persistCheckpoint(ctx, input), whole, { sync: input.sync });
+      return measured('checkpoint', 'Persisting', () => journaled(ctx, 'checkpoint', input.checkpointId, 'persist', () => persistCheckpoint(ctx, input), whole, { sync: input.sync }),
+        (r) => ({ bytes: r.bytes }));
     },
     /** What really happened to a checkpoint on this node: asked by a workflow after a timeout, before it compensates. */
     async inspectCheckpoint(input: { checkpointId: string; process: ProcessRef }): Promise<CheckpointInspection> {
@@ -173,7 +181,7 @@ export function createNodeActivities(ctx: NodeContext) {
     },
     /** metadataSha256: recorded at seal; a metadata.json (local or in S3) that differs is ChecksumMismatch. */
     async fetch(input: { checkpointId: string; metadataSha256?: string | null }): Promise<Omit<FetchResult, 'metadata'> & { jobId: string; vramBytes: number }> {
-      const r = await fetchCheckpoint(ctx, input);
+      const r = await measured('restore', 'Fetching', () => fetchCheckpoint(ctx, input), (f) => ({ bytes: f.bytes, labels: { source: f.source } }));
       return { dir: r.dir, bytes: r.bytes, source: r.source, staged: r.staged, jobId: r.metadata.jobId, vramBytes: r.metadata.cuda.vramBytes };
     },
     /**
@@ -183,7 +191,7 @@ export function createNodeActivities(ctx: NodeContext) {
      * checkpoint, and never run twice: a restore the journal saw finish, or whose process is alive, is reported.
      */
     async criuRestore(input: { checkpointId: string; attemptId?: string; inPlace?: boolean }): Promise<{ pid: number; startTime: number }> {
-      if (!input.inPlace) return restoreProcess(ctx, input);
+      if (!input.inPlace) return measured('restore', 'RestoringProcess', () => restoreProcess(ctx, input));
       const dir = checkpointLocation(ctx, input.checkpointId);
       const before = journalOutcome(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace');
       const earlier = before.state === 'done' ? (before.data as { pid: number; startTime: number }) : null;
@@ -196,7 +204,8 @@ export function createNodeActivities(ctx: NodeContext) {
         // Never two restores of one workload at once: the workflow's retry asks again later.
         if (before.state === 'running') throw ApplicationFailure.retryable(`checkpoint ${input.checkpointId}: a restore in place is still running`, ErrorType.StepAlreadyStarted);
       }
-      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace', () => restoreProcess(ctx, { checkpointId: input.checkpointId }), whole);
+      return measured('checkpoint', 'RestoringInPlace',
+        () => journaled(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace', () => restoreProcess(ctx, { checkpointId: input.checkpointId }), whole));
     },
     /** After the workflow lost the agent mid-restore: what CRIU really did, and whether its process runs. */
     async inspectRestore(input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number }): Promise<RestoreInspection> {
@@ -219,7 +228,7 @@ export function createNodeActivities(ctx: NodeContext) {
     },
     /** Running (by identity, not stopped, CUDA running or absent) and, when declared, ready by its probe. */
     async verifyRunning(input: VerifyRunningInput): Promise<VerifyRunningResult> {
-      return verifyRunning(ctx, input);
+      return measured('restore', 'Verifying', () => verifyRunning(ctx, input));
     },
     /**
      * Alive, and making progress: the CPU time of its tree (the workload runs under an init that uses none) or

@@ -25,6 +25,8 @@ export interface ProcessRecord {
   cwd?: string;
   /** A worker or agent that joined the stack by itself (`kybernate agent` in another terminal). */
   handStarted?: boolean;
+  /** host:port of a worker's or agent's Prometheus endpoint (/metrics); absent when it serves none. */
+  metricsAddress?: string;
 }
 
 /** Everything a client needs to reach a running local stack, persisted as <home>/stack.json. */

@@ -3,6 +3,7 @@ import { Connection } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { CONTROL_QUEUE, nodeQueue } from '../../common/queues';
 import { REPO_ROOT, stagingRootFor } from './paths';
+import { freePort } from './ports';
 import { type ProcessRecord, registerProcess, type StackState, startProcess, waitFor } from './stack';
 
 const CLI = path.join(REPO_ROOT, 'dist', 'clients', 'cli.js');
@@ -45,14 +46,17 @@ export async function startAgent(state: StackState, spec: AgentSpec): Promise<Pr
   if (spec.zone) args.push('--zone', spec.zone);
   args.push('--staging-dir', spec.stagingDir === null ? 'none' : spec.stagingDir ?? path.join(stagingRootFor(state.home), spec.node));
   if (spec.reportIntervalSeconds) args.push('--report-interval', String(spec.reportIntervalSeconds));
-  const rec = startProcess(`agent:${spec.node}`, args, path.join(state.home, 'logs', `agent-${spec.node}.log`), { KYBERNATE_HOME: state.home, ...spec.env });
+  // A port of its own for its metrics, kept in its environment so that a restart serves them on the same one.
+  const env = { KYBERNATE_HOME: state.home, KYBERNATE_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`, ...spec.env };
+  const rec = startProcess(`agent:${spec.node}`, args, path.join(state.home, 'logs', `agent-${spec.node}.log`), env);
   registerProcess(rec, state.home);
   await waitForWorker(state, rec);
   return rec;
 }
 
 export async function startControlWorker(state: StackState): Promise<ProcessRecord> {
-  const rec = startProcess('control-worker', [process.execPath, CLI, 'worker'], path.join(state.home, 'logs', 'control-worker.log'), { KYBERNATE_HOME: state.home });
+  const rec = startProcess('control-worker', [process.execPath, CLI, 'worker'], path.join(state.home, 'logs', 'control-worker.log'),
+    { KYBERNATE_HOME: state.home, KYBERNATE_METRICS_ADDRESS: `127.0.0.1:${await freePort()}` });
   registerProcess(rec, state.home);
   await waitForWorker(state, rec);
   return rec;
