@@ -9,8 +9,10 @@
 # In the host's cgroup namespace, with the host's cgroup2 tree mounted at $KYBERNATE_CGROUP_ROOT, workloads
 # live beside the pod, not inside it: an agent restart costs time, never a workload.
 # Needs hostPID (pid 1 is the host's init) and privilege (setns); the DaemonSet has both.
+# KYBERNATE_HOST_NS_PID names another process whose cgroup namespace to join (test/unit/kubernetes.test.ts).
 set -eu
-if [ "$(readlink /proc/1/ns/cgroup)" != "$(readlink /proc/self/ns/cgroup)" ]; then
-  exec nsenter --target 1 --cgroup -- "$@"
+host=${KYBERNATE_HOST_NS_PID:-1}
+if [ "$(readlink "/proc/$host/ns/cgroup")" != "$(readlink /proc/self/ns/cgroup)" ]; then
+  exec nsenter --target "$host" --cgroup -- "$@"
 fi
 exec "$@"

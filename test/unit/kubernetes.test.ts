@@ -1,3 +1,4 @@
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseAllDocuments } from 'yaml';
@@ -7,6 +8,7 @@ import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
 import { Namespace } from 'kubernetes-models/v1/Namespace';
 import { Secret } from 'kubernetes-models/v1/Secret';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
+import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import type { IContainer } from 'kubernetes-models/v1/Container';
 import type { IPodSpec } from 'kubernetes-models/v1/PodSpec';
 
@@ -258,6 +260,30 @@ describe('deploy/kubernetes', () => {
     expect(dockerfile).toMatch(/^WORKDIR \/opt\/kybernate$/m);
     expect(dockerfile).toContain('COPY --from=build /src/dist ./dist');
     expect(fs.existsSync(path.join(ROOT, 'clients', 'cli.ts'))).toBe(true);
+  });
+
+  test('the agent entrypoint moves the agent into the host cgroup namespace, and is a no-op there', () => {
+    const script = path.join(ROOT, 'deploy', 'image', 'enter-host-cgroupns.sh');
+    const ours = fs.readlinkSync('/proc/self/ns/cgroup');
+    // A process of this test stands in for the host's init (pid 1 of a pod with hostPID).
+    const host = spawn('sleep', ['60'], { stdio: 'ignore' });
+    try {
+      const env = { ...process.env, KYBERNATE_HOST_NS_PID: String(host.pid) };
+      const run = (argv: string[]): string => execFileSync(argv[0], argv.slice(1), { env, encoding: 'utf8' }).trim();
+      // Started in a cgroup namespace of its own, as containerd starts a pod on a cgroup v2 node.
+      expect(run(['unshare', '--cgroup', 'readlink', '/proc/self/ns/cgroup'])).not.toBe(ours);
+      expect(run(['unshare', '--cgroup', 'sh', script, 'readlink', '/proc/self/ns/cgroup'])).toBe(ours);
+      expect(run(['sh', script, 'readlink', '/proc/self/ns/cgroup'])).toBe(ours);
+    } finally {
+      host.kill('SIGKILL');
+    }
+  });
+
+  test("README's Kubernetes section names every search attribute a namespace must register", () => {
+    const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('## Deploying on Kubernetes'), readme.indexOf('\n## ', readme.indexOf('## Deploying on Kubernetes') + 1));
+    expect(section.length).toBeGreaterThan(100);
+    expect(ALL_SEARCH_ATTRIBUTES.map((k) => k.name).filter((n) => !section.includes(`\`${n}\``))).toEqual([]);
   });
 
   test('every environment variable given is read by Kybernate, the Temporal SDK or the NVIDIA runtime', () => {
