@@ -83,6 +83,8 @@ function agentProblems(ds: Obj): string[] {
   const c = spec.containers.find((x) => x.name === 'agent');
   if (!c) return ['no container named agent'];
   if (spec.hostPID !== true) out.push('hostPID is not true');
+  if (spec.hostNetwork !== true || spec.hostIPC !== true) out.push('workloads would live in the pod\'s network or IPC namespace');
+  if (spec.hostNetwork === true && spec.dnsPolicy !== 'ClusterFirstWithHostNet') out.push('hostNetwork without dnsPolicy ClusterFirstWithHostNet');
   if (c.securityContext?.privileged !== true) out.push('agent container is not privileged');
   const nodeName = c.env?.find((e) => e.name === 'NODE_NAME');
   if (nodeName?.valueFrom?.fieldRef?.fieldPath !== 'spec.nodeName') out.push('NODE_NAME does not come from spec.nodeName');
@@ -239,7 +241,7 @@ describe('deploy/kubernetes', () => {
     expect(kustomization.resources.filter((f) => !fs.existsSync(path.join(K8S, f)))).toEqual([]);
   });
 
-  test('the agent is privileged, in the host PID namespace, named for its node, on host disks', () => {
+  test('the agent is privileged, in the host PID, network and IPC namespaces, named for its node, on host disks', () => {
     expect(agentProblems(agent)).toEqual([]);
   });
 
@@ -307,13 +309,14 @@ describe('the checks above fail on broken manifests', () => {
     expect(schemaProblems({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'x' } })).toEqual(['Pod x: no validator for v1/Pod']);
   });
 
-  test('an unprivileged agent outside the host PID namespace, on container disk, is refused', () => {
+  test('an unprivileged agent outside the host PID and network namespaces, on container disk, is refused', () => {
     const broken = clone(agent);
     const spec = podSpec(broken);
     spec.hostPID = false;
+    spec.hostNetwork = false;
     spec.containers[0].securityContext = { privileged: false };
     spec.volumes = (spec.volumes ?? []).map((v) => (v.name === 'data' ? { name: 'data', emptyDir: {} } : v));
-    expect(agentProblems(broken)).toEqual(['hostPID is not true', 'agent container is not privileged', '--data-dir is not a hostPath mount']);
+    expect(agentProblems(broken)).toEqual(['hostPID is not true', 'workloads would live in the pod\'s network or IPC namespace', 'agent container is not privileged', '--data-dir is not a hostPath mount']);
   });
 
   test('a container without requests, a stray tag, an inline secret, a misnamed metrics port are refused', () => {
