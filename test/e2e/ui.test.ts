@@ -1,12 +1,12 @@
 import { KybernateClient } from '../../clients/api';
 import { checkpointWorkflowId } from '../../common/queues';
 import { SA_JOB } from '../../common/search-attributes';
-import { artifactPath, withBrowser } from '../support/browser';
+import { artifactPath, frameShows, withBrowser } from '../support/browser';
 import { Agent, client, lastTick, PATTERN, PYTHON, stack, until } from '../support/stack';
 
-// TODO(uitruth): switch on once the "uitruth" change (staticSummary on the checkpoint workflow's start and
-// setCurrentDetails in the workflow) is on main; the assertions below then also require the summary and the
-// phase details on the workflow's page.
+// TODO(uitruth): set to true once the "uitruth" change (staticSummary on the checkpoint workflow's start and
+// setCurrentDetails in the workflow) is on main; the test then also requires the summary and the phase details
+// on the workflow's User Metadata tab (checked against uitruth's branch at f3ae811: passes).
 const UI_SHOWS_SUMMARY_AND_DETAILS = false;
 
 let k: KybernateClient;
@@ -47,6 +47,7 @@ describe('the Temporal Web UI, in a real headless Chromium', () => {
     expect(other).toBeDefined(); // the agent's node workflow at least: the filter has something to leave out
 
     const shot = artifactPath('ui-checkpoint.png');
+    const metadataShot = artifactPath('ui-checkpoint-metadata.png');
     const ui = stack().temporal.uiUrl;
     await withBrowser(async (browser) => {
       const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
@@ -68,12 +69,16 @@ describe('the Temporal Web UI, in a real headless Chromium', () => {
       // The phase, as the workflow's result shows it today.
       await page.getByText('"phase": "Durable"').first().waitFor();
       await page.getByText('"tier": "s3"').first().waitFor();
-      if (UI_SHOWS_SUMMARY_AND_DETAILS) {
-        await page.getByText(`checkpoint ${job} on ${node}`).first().waitFor();
-        await page.getByText(/phase: Durable \(tier s3\)/).first().waitFor();
-      }
       await page.screenshot({ path: shot, fullPage: true });
+      if (UI_SHOWS_SUMMARY_AND_DETAILS) {
+        // UI 2.42 shows the start's staticSummary and the workflow's current details (read with a query the
+        // control worker answers) under this tab.
+        await page.getByText('User Metadata', { exact: true }).click();
+        await frameShows(page, new RegExp(`^checkpoint ${job} on ${node}$`));
+        await frameShows(page, /^phase: Durable \(tier s3\)/);
+        await page.screenshot({ path: metadataShot, fullPage: true });
+      }
     });
-    process.stderr.write(`[ui.test] screenshot of the checkpoint workflow's page: ${shot}\n`);
+    process.stderr.write(`[ui.test] screenshots of the checkpoint workflow's page: ${shot}${UI_SHOWS_SUMMARY_AND_DETAILS ? `, ${metadataShot}` : ''}\n`);
   });
 });

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { type Browser, chromium } from 'playwright-core';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type Browser, chromium, type Page } from 'playwright-core';
 import { REPO_ROOT } from '../../deploy/local/paths';
 
 /** Debian's Chromium, installed by deploy/local/provision.sh (component `chromium`); never a downloaded browser. */
@@ -34,4 +35,24 @@ export async function withBrowser<T>(fn: (browser: Browser) => Promise<T>): Prom
 export function artifactPath(name: string): string {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   return path.join(ARTIFACTS, name);
+}
+
+/**
+ * Waits until some frame of the page shows text matching `text`: the Temporal UI renders user metadata (a
+ * workflow's summary and current details) as markdown inside iframes, which page-level locators do not enter.
+ */
+export async function frameShows(page: Page, text: RegExp, timeoutMs = 20000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  const seen: string[] = [];
+  while (Date.now() < deadline) {
+    seen.length = 0;
+    for (const f of page.frames()) {
+      if (f === page.mainFrame()) continue;
+      const t = await f.locator('body').innerText({ timeout: 2000 }).catch(() => '');
+      if (text.test(t)) return t;
+      seen.push(t);
+    }
+    await sleep(250);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for a frame showing ${text}; frames showed ${JSON.stringify(seen)}`);
 }
