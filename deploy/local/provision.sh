@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds or downloads every binary the local stack needs into a cache keyed by version.
 # Idempotent: a component whose versioned directory already holds a working binary is skipped.
-# Usage: provision.sh [node|temporal|minio|toxiproxy|criu|tini|shim|test-server|standin-cuda ...]   (no argument: all)
+# Usage: provision.sh [node|temporal|minio|toxiproxy|criu|tini|shim|test-server|standin-cuda|chromium ...]   (no argument: all)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -270,7 +270,31 @@ node_install() {
   log "node $NODE_VERSION: installed at $dir/bin/node"
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(node temporal minio toxiproxy criu tini shim test-server standin-cuda)
+# Headless Chromium for the Temporal UI test (test/e2e/ui.test.ts), from this machine's Debian apt sources:
+# the test drives /usr/bin/chromium with playwright-core and never downloads a browser from the internet.
+# Installed system-wide (Chromium needs its shared libraries and fonts in place, which a cache dir cannot give),
+# so only as root; anyone else is told what to install.
+chromium_install() {
+  if [ -x /usr/bin/chromium ]; then log "chromium: $(/usr/bin/chromium --version 2>/dev/null | head -n1) at /usr/bin/chromium"; return; fi
+  if [ "$(id -u)" != 0 ]; then
+    log "chromium: /usr/bin/chromium is missing; the UI test needs it: run as root 'apt-get install -y --no-install-recommends chromium'"
+    return
+  fi
+  need apt-get "Debian's apt installs chromium"
+  log "chromium: installing Debian's chromium with apt-get (first run only)"
+  # A fresh machine may have no package lists, and old lists may name files the mirror has dropped: update
+  # only then, and try the install once more.
+  if ! DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends chromium >/dev/null 2>&1; then
+    log "chromium: install failed with the present package lists; apt-get update and one more try"
+    DEBIAN_FRONTEND=noninteractive apt-get -q update >/dev/null || die "chromium: apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends chromium >/dev/null \
+      || die "chromium: apt-get install -y --no-install-recommends chromium failed"
+  fi
+  /usr/bin/chromium --version >/dev/null 2>&1 || die "chromium: /usr/bin/chromium --version fails after the install"
+  log "chromium: installed $(/usr/bin/chromium --version 2>/dev/null | head -n1)"
+}
+
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(node temporal minio toxiproxy criu tini shim test-server standin-cuda chromium)
 for c in "${want[@]}"; do
   case "$c" in
     node)      node_install ;;
@@ -282,6 +306,7 @@ for c in "${want[@]}"; do
     shim)      shim_install ;;
     test-server) test_server_install ;;
     standin-cuda) standin_cuda_install ;;
-    *) die "unknown component '$c' (known: node temporal minio toxiproxy criu tini shim test-server standin-cuda)" ;;
+    chromium)  chromium_install ;;
+    *) die "unknown component '$c' (known: node temporal minio toxiproxy criu tini shim test-server standin-cuda chromium)" ;;
   esac
 done
