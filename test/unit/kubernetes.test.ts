@@ -192,7 +192,6 @@ function namesRead(): Set<string> {
 const AWAITING_MERGE = new Set([
   'TEMPORAL_ADDRESS', 'TEMPORAL_NAMESPACE', 'TEMPORAL_API_KEY', 'TEMPORAL_TLS',
   'TEMPORAL_TLS_CLIENT_CERT_PATH', 'TEMPORAL_TLS_CLIENT_KEY_PATH', 'TEMPORAL_TLS_SERVER_CA_CERT_PATH',
-  'KYBERNATE_METRICS_ADDRESS',
 ]);
 /** Read by the NVIDIA container runtime when it sets the container up, not by us. */
 const RUNTIME_NAMES = new Set(['NVIDIA_VISIBLE_DEVICES', 'NVIDIA_DRIVER_CAPABILITIES']);
