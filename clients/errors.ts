@@ -50,12 +50,16 @@ export class UnavailableError extends KybernateError {
   }
 }
 
-/** A workflow failed and carried no status: the message is its whole cause chain, the cause the Temporal error. */
-export class WorkflowFailedWithoutStatusError extends KybernateError {
+/**
+ * A workflow failed and carried no status (see resultOf). Still a WorkflowFailedError with the same cause and
+ * retry state, so callers that branch on Temporal's class keep working; its message is the whole cause chain.
+ */
+export class WorkflowFailedWithoutStatusError extends WorkflowFailedError {
   readonly code = 'WORKFLOW_FAILED' as const;
-  constructor(readonly workflowId: string, cause: unknown) {
-    super(describeFailureChain(cause), { cause });
-    this.name = 'WorkflowFailedWithoutStatusError';
+  constructor(readonly workflowId: string, failed: WorkflowFailedError) {
+    super(describeFailureChain(failed), failed.cause, failed.retryState);
+    // Temporal's error classes make `name` read-only on their prototype: defined on the instance instead.
+    Object.defineProperty(this, 'name', { value: 'WorkflowFailedWithoutStatusError' });
   }
 }
 

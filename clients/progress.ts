@@ -55,7 +55,7 @@ export class ProgressDisplay {
   private lastPhase: string | null = null;
   private prev: { bytes: number; at: number } | null = null;
 
-  constructor(private readonly label: string, private readonly opts: { tty: boolean; stream: NodeJS.WriteStream; now?: () => number }) {}
+  constructor(private readonly label: string, private readonly opts: { tty: boolean; stream: NodeJS.WritableStream; now?: () => number }) {}
 
   update(status: unknown): void {
     const view = progressOf(status);
