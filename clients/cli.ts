@@ -530,12 +530,14 @@ program
     for (const n of nodes) assertSafeId('node', n);
     await withClient(async (k) => {
       const doc: NodesJson = { nodes: [] };
-      for (const n of nodes) doc.nodes.push({ ...(await k.node(n)), node: n });
-      emit(o, doc, () => doc.nodes.map((r) => {
-        const n = r.node;
+      for (const n of nodes) {
+        const r = await k.node(n);
+        doc.nodes.push({ ...r, node: n });
+        // As text, each node as it answers (one that does not still shows those before it).
         const inv = r.inventory;
-        return printable(`${n}: last seen ${r.lastSeen ?? 'never'}; VRAM ${inv ? `${formatBytes(inv.freeVramBytes)} free of ${formatBytes(inv.totalVramBytes)} (${inv.vramSource})` : '-'}; disk ${inv ? formatBytes(inv.freeDiskBytes) : '-'} free; CRIU ${inv?.criuVersion ?? '-'}`);
-      }).join('\n'));
+        if (!o.json) console.log(printable(`${n}: last seen ${r.lastSeen ?? 'never'}; VRAM ${inv ? `${formatBytes(inv.freeVramBytes)} free of ${formatBytes(inv.totalVramBytes)} (${inv.vramSource})` : '-'}; disk ${inv ? formatBytes(inv.freeDiskBytes) : '-'} free; CRIU ${inv?.criuVersion ?? '-'}`));
+      }
+      if (o.json) emit(o, doc, () => '');
     });
   });
 

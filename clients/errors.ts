@@ -27,8 +27,6 @@ export type ErrorCode =
   | 'JOB_EXISTS'
   /** The workflow failed without a status to return (its cause chain is the message). */
   | 'WORKFLOW_FAILED'
-  /** The workflow ended with a status that says the operation failed (a checkpoint Failed, a migration not Migrated...). */
-  | 'OPERATION_FAILED'
   /** Temporal has no such workflow. */
   | 'NOT_FOUND'
   /** Temporal refused or failed the call (a gRPC error). */
