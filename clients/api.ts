@@ -9,20 +9,25 @@ import { parseReadiness, type Readiness } from '../common/readiness';
 import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import type { WorkloadInfo, WorkloadSpec } from '../activities/node/process';
-import type { MigrateRequest } from '../workflows/migrate';
+import type { JobSpec, JobStatus, PreemptResult } from '../common/job';
 import type { NodeRecord } from '../workflows/node';
+// Workflows are started by reference (their function's name is the workflow type, and the argument and result
+// types follow from it). Loading these modules outside a workflow is safe: at load they only define queries,
+// signals and activity proxies, which act only when called inside a workflow.
+import { checkpoint as checkpointWorkflow } from '../workflows/checkpoint';
+import { migrate as migrateWorkflow, type MigrateRequest, type MigrateStatus } from '../workflows/migrate';
+import { restore as restoreWorkflow } from '../workflows/restore';
+import { runWorkload as runWorkloadWorkflow, stopWorkload as stopWorkloadWorkflow } from '../workflows/workload';
 import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
 import { parseDuration } from './durations';
 import { UnavailableError } from './errors';
+import { type LogOptions, type LogSink, showLogs } from './job-logs';
+import { JobsApi, type JobListEntry } from './jobs';
 import { type CheckpointRecord, checkpointFromRecord, RECORD_TIMEOUT_MS } from './record';
+import { isCheckpointStatus, isMigrateStatus, isRestoreStatus, resultOf } from './result';
+import { CONNECT_TIMEOUT_MS, QUERY_TIMEOUT_MS, WATCH_INTERVAL_MS } from './timeouts';
 
-/**
- * How long a workflow may take to answer a query. Queries are answered by the control worker: with no worker
- * the call would block, so past this the CLI says the worker is not answering (or falls back to the record).
- */
-export const QUERY_TIMEOUT_MS = 10000;
-/** How long to wait for Temporal's frontend when connecting. */
-export const CONNECT_TIMEOUT_MS = 5000;
+export { CONNECT_TIMEOUT_MS, QUERY_TIMEOUT_MS, WATCH_INTERVAL_MS } from './timeouts';
 
 /** A byte count given to the API (not parsed from text): whole, from 0 to the VRAM bound. */
 function assertBytes(field: string, n: number | undefined): number | undefined {
@@ -43,9 +48,17 @@ export interface CheckpointListEntry {
   source: 'temporal' | 's3';
 }
 
+/** Called with each status a waiting call reads (progress display); never called after the call returns. */
+export type OnStatus<S> = (status: S) => void;
+
 /** Typed access to Kybernate's workflows; the CLI and tests are built on it. */
 export class KybernateClient {
-  private constructor(readonly client: Client, private readonly connection: Connection, readonly config: KybernateConfig) {}
+  /** The job workflows (`job/<jobId>`): start, status, list, preempt, release, cancel, logs. */
+  readonly jobs: JobsApi;
+
+  private constructor(readonly client: Client, private readonly connection: Connection, readonly config: KybernateConfig) {
+    this.jobs = new JobsApi(this);
+  }
 
   static async connect(config: KybernateConfig): Promise<KybernateClient> {
     let connection: Connection;
@@ -104,7 +117,7 @@ export class KybernateClient {
     if (await readS3Checkpoint(this.config.s3, checkpointId).catch(() => null)) {
       throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists in S3; checkpoint ids are never reused`);
     }
-    await this.client.workflow.start('checkpoint', {
+    await this.client.workflow.start(checkpointWorkflow, {
       workflowId, taskQueue: CONTROL_QUEUE, args: [request], workflowIdReusePolicy: 'REJECT_DUPLICATE',
       typedSearchAttributes: [
         { key: SA_JOB, value: jobId }, { key: SA_NODE, value: node }, { key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Pending' },
@@ -135,7 +148,7 @@ export class KybernateClient {
     if (input.cwd !== undefined) spec.cwd = input.cwd;
     if (input.user !== undefined) spec.user = input.user;
     if (input.env !== undefined) spec.env = input.env;
-    return this.client.workflow.execute('runWorkload', {
+    return this.client.workflow.execute(runWorkloadWorkflow, {
       workflowId: `workload/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, spec }],
     });
   }
@@ -148,13 +161,34 @@ export class KybernateClient {
       throw new InvalidInputError('graceMs', `must be a whole number of milliseconds from 0 to 3600000 (got ${input.graceMs})`);
     }
     await this.node(node);
-    return this.client.workflow.execute('stopWorkload', {
+    return this.client.workflow.execute(stopWorkloadWorkflow, {
       workflowId: `stop/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, jobId, graceMs: input.graceMs, reason: input.reason }],
     });
   }
 
-  async checkpointResult(checkpointId: string): Promise<CheckpointStatus> {
-    return this.client.workflow.getHandle(checkpointWorkflowId(assertSafeId('checkpoint', checkpointId))).result() as Promise<CheckpointStatus>;
+  /** A checkpoint's final status (Durable, or Failed with its reason), waiting for it; onStatus sees it on the way. */
+  async checkpointResult(checkpointId: string, onStatus?: OnStatus<CheckpointStatus>): Promise<CheckpointStatus> {
+    return this.watch(checkpointWorkflowId(assertSafeId('checkpoint', checkpointId)), isCheckpointStatus, onStatus);
+  }
+
+  /**
+   * Waits for a workflow's final status (see resultOf), asking its `status` query every WATCH_INTERVAL_MS
+   * meanwhile for onStatus. A query that goes unanswered (the worker away) is skipped: the wait goes on.
+   */
+  async watch<S>(workflowId: string, is: (x: unknown) => x is S, onStatus?: OnStatus<S>, intervalMs = WATCH_INTERVAL_MS): Promise<S> {
+    const handle = this.client.workflow.getHandle(workflowId);
+    let done = false;
+    const result = resultOf(handle, is).finally(() => { done = true; });
+    if (onStatus) {
+      void (async () => {
+        while (!done) {
+          const s = await this.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => handle.query<unknown>('status')).catch(() => null);
+          if (!done && is(s)) onStatus(s);
+          await new Promise((r) => setTimeout(r, intervalMs).unref());
+        }
+      })();
+    }
+    return result;
   }
 
   /**
@@ -217,7 +251,7 @@ export class KybernateClient {
     for (;;) {
       const workflowId = restoreWorkflowId(checkpointId, n);
       try {
-        await this.client.workflow.start('restore', {
+        await this.client.workflow.start(restoreWorkflow, {
           workflowId, taskQueue: CONTROL_QUEUE,
           args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies RestoreRequest],
           typedSearchAttributes: [{ key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Placing' }],
@@ -231,8 +265,82 @@ export class KybernateClient {
     }
   }
 
-  async restoreResult(workflowId: string): Promise<RestoreStatus> {
-    return this.client.workflow.getHandle(workflowId).result() as Promise<RestoreStatus>;
+  /** A restore's final status (Running, or Failed with its reason), waiting for it. */
+  async restoreResult(workflowId: string, onStatus?: OnStatus<RestoreStatus>): Promise<RestoreStatus> {
+    return this.watch(workflowId, isRestoreStatus, onStatus);
+  }
+
+  /** A migration's final status (Migrated, or why not), waiting for it. */
+  async migrationResult(workflowId: string, onStatus?: OnStatus<MigrateStatus>): Promise<MigrateStatus> {
+    return this.watch(workflowId, isMigrateStatus, onStatus);
+  }
+
+  /** Checkpoints a workload and waits for the outcome (startCheckpoint, then checkpointResult). */
+  async checkpoint(input: Parameters<KybernateClient['startCheckpoint']>[0], onStatus?: OnStatus<CheckpointStatus>): Promise<CheckpointStatus> {
+    const { request } = await this.startCheckpoint(input);
+    return this.checkpointResult(request.checkpointId, onStatus);
+  }
+
+  /** Restores a checkpoint and waits until it runs or the restore failed (startRestore, then restoreResult). */
+  async restore(input: Parameters<KybernateClient['startRestore']>[0], onStatus?: OnStatus<RestoreStatus>): Promise<RestoreStatus> {
+    const { workflowId } = await this.startRestore(input);
+    return this.restoreResult(workflowId, onStatus);
+  }
+
+  /** Moves a job to another node and waits for the outcome (startMigration, then migrationResult). */
+  async migrate(input: Parameters<KybernateClient['startMigration']>[0], onStatus?: OnStatus<MigrateStatus>): Promise<MigrateStatus> {
+    const { workflowId } = await this.startMigration(input);
+    return this.migrationResult(workflowId, onStatus);
+  }
+
+  /** Starts a job (see JobsApi.start). */
+  async run(spec: JobSpec): Promise<{ workflowId: string; spec: JobSpec }> {
+    return this.jobs.start(spec);
+  }
+
+  /** Checkpoints a running job for preemption and requeues it. */
+  async preempt(jobId: string): Promise<PreemptResult> {
+    return this.jobs.preempt(jobId);
+  }
+
+  /** Lifts a job's quarantine; its status after. */
+  async release(jobId: string, opts: { fromCheckpoint?: boolean } = {}): Promise<JobStatus> {
+    return this.jobs.release(jobId, opts);
+  }
+
+  /** Cancels a job; with wait (the default) until it closed, else returns once asked. True if it closed. */
+  async cancel(jobId: string, opts: { wait?: boolean; waitMs?: number } = {}): Promise<boolean> {
+    if (opts.wait === false) {
+      await this.jobs.requestCancel(jobId);
+      return false;
+    }
+    return this.jobs.cancel(jobId, opts.waitMs);
+  }
+
+  /** Every job with its status (or why it has none). */
+  async list(): Promise<JobListEntry[]> {
+    return this.jobs.list();
+  }
+
+  /** A checkpoint's status: live, or from Temporal's record or S3 (see describeCheckpoint). */
+  async describe(checkpointId: string): Promise<CheckpointStatus | CheckpointRecord> {
+    return this.describeCheckpoint(checkpointId);
+  }
+
+  /** A job's status (spec, state, runs, events, checkpoints). */
+  async describeJob(jobId: string): Promise<JobStatus> {
+    return this.jobs.status(jobId);
+  }
+
+  /** A job's output, written to sink (see showLogs). */
+  async logs(jobId: string, opts: LogOptions, sink: LogSink): Promise<void> {
+    return showLogs(this.jobs, assertSafeId('job', jobId), opts, sink);
+  }
+
+  /** The bytes of a checkpoint in S3 (its files, as metadata.json lists them); null when it is not there (yet). */
+  async checkpointSize(checkpointId: string): Promise<number | null> {
+    const found = await readS3Checkpoint(this.config.s3, assertSafeId('checkpoint', checkpointId)).catch(() => null);
+    return found ? found.metadata.files.reduce((n, f) => n + f.size, 0) : null;
   }
 
   /** The node a job runs on: the newest completed workflow that placed it there (start or restore). */
@@ -262,7 +370,7 @@ export class KybernateClient {
     await this.node(to);
     const checkpointId = assertSafeId('checkpointId', `${jobId}-mig-${Date.now().toString(36)}`);
     const workflowId = `migrate/${checkpointId}`;
-    await this.client.workflow.start('migrate', {
+    await this.client.workflow.start(migrateWorkflow, {
       workflowId, taskQueue: CONTROL_QUEUE,
       args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies MigrateRequest],
       typedSearchAttributes: [{ key: SA_JOB, value: jobId }, { key: SA_NODE, value: from }],

@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { WorkflowNotFoundError } from '@temporalio/client';
 import { Command, CommanderError, Option } from 'commander';
 import { assertPid, assertSafeId, InvalidInputError, printable, printableJson } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
@@ -9,28 +8,70 @@ import { down, parseDownMs, parseStackComponent, restartComponent, startComponen
 import { defaultStackHome } from '../deploy/local/paths';
 import { proxiedLinks, setFault } from '../deploy/local/faults';
 import type { Readiness } from '../common/readiness';
-import { type JobStatus, jobWorkflowId } from '../common/job';
-import { readS3Checkpoint } from '../activities/catalogue';
+import type { JobStatus, RunLogLine } from '../common/job';
 import { startAgent, startControlWorker } from '../deploy/local/workers';
 import { runAgent } from '../workers/agent';
 import { loadConfig } from '../workers/config';
 import { runControlWorker } from '../workers/control';
-import { KybernateClient } from './api';
+import { type CheckpointStatus, KybernateClient, type MigrateStatus, type OnStatus, type RestoreStatus } from './index';
 import { formatBytes, parseBytes } from './bytes';
 import { parseDuration, parseSeconds } from './durations';
 import { describeError, printableCommanderOutput } from './errors';
 import { applyJobs, parseJobsFile } from './apply';
 import { parseUser, jobSpecFromFields } from './job-flags';
 import { describeJob, formatAge, jobsTable } from './job-format';
-import { consoleSink, showLogs } from './job-logs';
-import { JobExistsError, JobsApi } from './jobs';
+import { consoleSink, type LogSink } from './job-logs';
+import { JobExistsError, type JobsApi } from './jobs';
+import {
+  applyJson, type ApplyJson, type CancelJson, type CheckpointJson, type CheckpointsJson, type DescribeJson, type DownJson, errorJson, type FaultJson,
+  jobsJson, jsonText, type LogsJson, type MigrateJson, type NodesJson, type PreemptJson, type ReleaseJson, type RestartJson, type RestoreJson,
+  type RunJson, type StatusJson, type UpJson, type WorkloadJson,
+} from './json-output';
+import { ProgressDisplay } from './progress';
 
 const program = new Command();
-program.name('kybernate').description('Checkpoint and restore running GPU workloads, orchestrated by Temporal').showHelpAfterError()
+program.name('kybernate').description('Checkpoint and restore running GPU workloads, orchestrated by Temporal')
+  // With --json, stderr holds only the error document.
+  .showHelpAfterError(!jsonRequested())
   // Commander's own usage errors are thrown rather than exiting 1, so that every usage error exits 2 (see the
   // handler at the end); what it prints echoes the command line, so control characters are escaped.
   .exitOverride()
-  .configureOutput({ outputError: (text, write) => write(printableCommanderOutput(text)) });
+  // With --json the error is printed as a JSON document by the handler at the end instead.
+  .configureOutput({ outputError: (text, write) => { if (!jsonRequested()) write(printableCommanderOutput(text)); } });
+
+/** --json among the options (not among a job's command words after `--`). */
+function jsonRequested(argv: readonly string[] = process.argv): boolean {
+  const end = argv.indexOf('--');
+  return (end === -1 ? argv : argv.slice(0, end)).includes('--json');
+}
+
+interface JsonFlag { json?: boolean }
+const JSON_HELP = 'print one JSON document on stdout (errors: {"error":{"code","message"}} on stderr); shapes in README';
+
+/** Prints the command's result: its JSON document with --json, else the text lines. */
+function emit<T extends object>(o: JsonFlag, doc: T, text: () => string): void {
+  console.log(o.json ? jsonText(doc) : text());
+}
+
+/**
+ * The progress display of a waiting command (stderr; none with --json): a bar when the output is a terminal,
+ * a line per phase change otherwise.
+ */
+function progressFor<S>(label: string, o: JsonFlag): { onStatus: OnStatus<S> | undefined; stop: () => void } {
+  if (o.json) return { onStatus: undefined, stop: () => undefined };
+  const d = new ProgressDisplay(label, { tty: Boolean(process.stdout.isTTY && process.stderr.isTTY), stream: process.stderr });
+  return { onStatus: (s) => d.update(s), stop: () => d.stop() };
+}
+
+/** Waits with a progress display that is stopped however the wait ends. */
+async function withProgress<S>(label: string, o: JsonFlag, wait: (onStatus: OnStatus<S> | undefined) => Promise<S>): Promise<S> {
+  const p = progressFor<S>(label, o);
+  try {
+    return await wait(p.onStatus);
+  } finally {
+    p.stop();
+  }
+}
 
 async function withClient<T>(fn: (k: KybernateClient) => Promise<T>): Promise<T> {
   const k = await KybernateClient.connect(loadConfig());
@@ -49,7 +90,8 @@ program
   .option('--no-workers', 'start only Temporal and MinIO')
   .option('--toxiproxy', "also start toxiproxy, and route the workers' S3 through its proxy 's3' (see 'kybernate fault')")
   .option('--proxy-temporal', "with --toxiproxy: route the workers' Temporal connection through the proxy 'temporal' too")
-  .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean; proxyTemporal?: boolean }) => {
+  .option('--json', JSON_HELP)
+  .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean; proxyTemporal?: boolean } & JsonFlag) => {
     const nodes = o.nodes.split(',').filter(Boolean).map((n) => assertSafeId('nodes', n.trim()));
     const declared = parseBytes('declared-vram', o.declaredVram);
     const state = await up({ toxiproxy: o.toxiproxy, proxies: proxiedLinks(o) });
@@ -63,11 +105,13 @@ program
         else await startAgent(state, { node, declaredVramBytes: declared });
       }
     }
-    console.log(`Temporal UI: ${state.temporal.uiUrl}\nTemporal:    ${state.temporal.address}\nS3 (MinIO):  ${state.s3.endpoint} bucket ${state.s3.bucket}\nLogs:        ${state.home}/logs`);
+    emit<UpJson>(o, { temporal: { address: state.temporal.address, uiUrl: state.temporal.uiUrl }, s3: { endpoint: state.s3.endpoint, bucket: state.s3.bucket }, logs: `${state.home}/logs` },
+      () => `Temporal UI: ${state.temporal.uiUrl}\nTemporal:    ${state.temporal.address}\nS3 (MinIO):  ${state.s3.endpoint} bucket ${state.s3.bucket}\nLogs:        ${state.home}/logs`);
   });
 
-program.command('down').description('stop the local stack and every worker and agent it started').action(async () => {
+program.command('down').description('stop the local stack and every worker and agent it started').option('--json', JSON_HELP).action(async (o: JsonFlag) => {
   await down();
+  if (o.json) emit<DownJson>(o, { stopped: true }, () => '');
 });
 
 program
@@ -77,35 +121,42 @@ program
   .option('--down <ms>', 'stay down this long before starting again (an outage)', '0')
   .option('--stop-only', 'stop it and leave it stopped (start it again with --start-only)')
   .option('--start-only', 'start a stopped component again')
-  .action(async (name: string, o: { signal: 'SIGKILL' | 'SIGTERM'; down: string; stopOnly?: boolean; startOnly?: boolean }) => {
+  .option('--json', JSON_HELP)
+  .action(async (name: string, o: { signal: 'SIGKILL' | 'SIGTERM'; down: string; stopOnly?: boolean; startOnly?: boolean } & JsonFlag) => {
     const component = parseStackComponent(name);
     const downMs = parseDownMs(o.down);
     const home = defaultStackHome();
     if (o.stopOnly) {
       const rec = await stopComponent(home, component, { signal: o.signal });
-      console.log(`${component} stopped (was pid ${rec.pid}); 'kybernate restart ${name} --start-only' starts it again`);
+      emit<RestartJson>(o, { component, running: false, pid: rec.pid, log: null },
+        () => `${component} stopped (was pid ${rec.pid}); 'kybernate restart ${name} --start-only' starts it again`);
       return;
     }
     const rec = o.startOnly ? await startComponent(home, component) : await restartComponent(home, component, { signal: o.signal, downMs });
-    console.log(`${component} running as pid ${rec.pid}; log ${rec.log}`);
+    emit<RestartJson>(o, { component, running: true, pid: rec.pid, log: rec.log }, () => `${component} running as pid ${rec.pid}; log ${rec.log}`);
   });
 
 program
   .command('fault <link> <action> [value]')
   .description("cut, restore or slow a link that 'up --toxiproxy' routed through a proxy: s3 or temporal; down | up | latency <ms> | bandwidth <KB/s> | reset")
-  .action(async (link: string, action: string, value: string | undefined) => {
-    console.log(await setFault(defaultStackHome(), link, action, value));
+  .option('--json', JSON_HELP)
+  .action(async (link: string, action: string, value: string | undefined, o: JsonFlag) => {
+    const result = await setFault(defaultStackHome(), link, action, value);
+    emit<FaultJson>(o, { link, action, value: value ?? null, result }, () => result);
   });
 
-program.command('status').description("each component's health and the Temporal UI URL").action(async () => {
+program.command('status').description("each component's health and the Temporal UI URL").option('--json', JSON_HELP).action(async (o: JsonFlag) => {
   const s = await status();
-  if (!s.state) {
-    console.log("no local stack is running (start one with 'kybernate up')");
+  const state = s.state;
+  if (!state) {
+    emit<StatusJson>(o, { running: false, uiUrl: null, components: [] }, () => "no local stack is running (start one with 'kybernate up')");
     process.exitCode = 1;
     return;
   }
-  for (const c of s.components) console.log(`${c.healthy ? 'healthy  ' : 'UNHEALTHY'} ${c.component.padEnd(16)} pid ${String(c.pid ?? '-').padEnd(8)} ${c.detail}`);
-  console.log(`Temporal UI: ${s.state.temporal.uiUrl}`);
+  emit<StatusJson>(o, { running: true, uiUrl: state.temporal.uiUrl, components: s.components }, () => [
+    ...s.components.map((c) => `${c.healthy ? 'healthy  ' : 'UNHEALTHY'} ${c.component.padEnd(16)} pid ${String(c.pid ?? '-').padEnd(8)} ${c.detail}`),
+    `Temporal UI: ${state.temporal.uiUrl}`,
+  ].join('\n'));
   if (s.components.some((c) => !c.healthy)) process.exitCode = 1;
 });
 
@@ -131,17 +182,6 @@ program
 
 program.command('worker').description('run the control-plane worker (all workflows, control activities)').action(runControlWorker);
 
-/** Whether `job/<job>` is open (a job workflow runs it). */
-async function jobIsOpen(k: KybernateClient, job: string): Promise<boolean> {
-  try {
-    const d = await k.withinTemporal(() => k.client.workflow.getHandle(jobWorkflowId(job)).describe());
-    return d.status.name === 'RUNNING';
-  } catch (e) {
-    if (e instanceof WorkflowNotFoundError) return false;
-    throw e;
-  }
-}
-
 program
   .command('checkpoint <job-or-pid>')
   .description('checkpoint a workload: CUDA lock/checkpoint, CRIU dump, seal, upload to S3')
@@ -151,7 +191,8 @@ program
   .option('--id <checkpointId>', 'checkpoint id (default: <job>-<time>)')
   .option('--vram <size>', 'VRAM the job needs when restored (default: none, a CPU-only process)')
   .option('--no-wait', 'return once started')
-  .action(async (target: string, o: { node: string; leaveRunning?: boolean; reason: 'manual' | 'preemption'; id?: string; vram?: string; wait: boolean }) => {
+  .option('--json', JSON_HELP)
+  .action(async (target: string, o: { node: string; leaveRunning?: boolean; reason: 'manual' | 'preemption'; id?: string; vram?: string; wait: boolean } & JsonFlag) => {
     // Everything that can be checked offline is, before connecting: a usage error exits 2 having touched nothing.
     if (/^[0-9]+$/.test(target)) assertPid('pid', target);
     else assertSafeId('job', target);
@@ -159,25 +200,30 @@ program
     if (o.id !== undefined) assertSafeId('checkpointId', o.id);
     const vramBytes = o.vram !== undefined ? parseBytes('vram', o.vram) : undefined;
     await withClient(async (k) => {
-      if (o.reason === 'preemption' && !/^[0-9]+$/.test(target) && (await jobIsOpen(k, target))) {
+      if (o.reason === 'preemption' && !/^[0-9]+$/.test(target) && (await k.jobs.isOpen(target))) {
         // The job workflow preempts its own run: it checkpoints it, requeues it and resumes it from that checkpoint.
         if (o.id !== undefined) throw new InvalidInputError('id', `job ${target} is run by a job workflow, which names its preemption checkpoint: leave --id out`);
         if (o.leaveRunning) throw new InvalidInputError('leave-running', `a preemption stops job ${target}: leave --leave-running out`);
-        const r = await new JobsApi(k).preempt(target);
-        console.log(printable(`${target} has a job workflow: preempted through it: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`));
+        const r = await k.preempt(target);
+        emit<PreemptJson>(o, { jobId: target, result: r },
+          () => printable(`${target} has a job workflow: preempted through it: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`));
         if (r.outcome !== 'requeued') process.exitCode = 1;
         return;
       }
       const { workflowId, request } = await k.startCheckpoint({ target, node: o.node, leaveRunning: o.leaveRunning, reason: o.reason, checkpointId: o.id, vramBytes });
-      console.log(`checkpoint ${request.checkpointId} started: ${k.uiLink(workflowId) ?? workflowId}`);
-      if (!o.wait) return;
-      const r = await k.checkpointResult(request.checkpointId);
-      console.log(printable(`${r.checkpointId}: ${r.phase}${r.tier ? ` (tier ${r.tier})` : ''}${r.failureReason ? ` — ${r.failureReason}` : ''}`));
+      if (!o.json) console.log(`checkpoint ${request.checkpointId} started: ${k.uiLink(workflowId) ?? workflowId}`);
+      if (!o.wait) {
+        if (o.json) emit<CheckpointJson>(o, { checkpointId: request.checkpointId, workflowId, status: null }, () => '');
+        return;
+      }
+      const r = await withProgress<CheckpointStatus>(`checkpoint ${request.checkpointId}`, o, (onStatus) => k.checkpointResult(request.checkpointId, onStatus));
+      emit<CheckpointJson>(o, { checkpointId: request.checkpointId, workflowId, status: r },
+        () => printable(`${r.checkpointId}: ${r.phase}${r.tier ? ` (tier ${r.tier})` : ''}${r.failureReason ? ` — ${r.failureReason}` : ''}`));
       if (r.phase === 'Failed') process.exitCode = 1;
     });
   });
 
-interface JobFlags extends ReadyFlags {
+interface JobFlags extends ReadyFlags, JsonFlag {
   node?: string; user?: string; vram?: string; cpu?: string; memory?: string; pids?: string; timeout?: string; priority?: string; tier?: string;
   restartPolicy?: string; maxRestarts?: string; backoffInitial?: string; backoffCap?: string; backoffReset?: string; checkpointEvery?: string; keep?: string;
   wait?: boolean;
@@ -205,6 +251,7 @@ program
   .option('--ready-tcp <port>', 'a run counts as started once a TCP connect to 127.0.0.1:<port> succeeds')
   .option('--ready-exec <command>', "a run counts as started once '<command>' (run by sh -c on the node) exits 0")
   .option('--wait', 'wait until the job runs (or stops trying) and print its state')
+  .option('--json', JSON_HELP)
   .argument('<command...>', 'command and arguments (after --)')
   .action(async (job: string, command: string[], o: JobFlags) => {
     // Every field is checked before connecting: a usage error exits 2 having started nothing.
@@ -214,21 +261,24 @@ program
       backoffCap: o.backoffCap, backoffReset: o.backoffReset, checkpointEvery: o.checkpointEvery, keep: o.keep, readiness: readinessFlags(o),
     });
     await withClient(async (k) => {
-      const jobs = new JobsApi(k);
-      const { workflowId } = await jobs.start(spec);
-      console.log(printable(`job ${spec.jobId} started: ${k.uiLink(workflowId) ?? workflowId}`));
-      if (!o.wait) return;
-      const s = await waitUntilStarted(jobs, spec.jobId);
-      console.log(printable(`${s.jobId}: ${s.state}${s.node ? ` on ${s.node}` : ''}${s.reason ? ` — ${s.reason}` : ''}`));
+      const { workflowId } = await k.run(spec);
+      if (!o.json) console.log(printable(`job ${spec.jobId} started: ${k.uiLink(workflowId) ?? workflowId}`));
+      if (!o.wait) {
+        if (o.json) emit<RunJson>(o, { jobId: spec.jobId, workflowId, status: null }, () => '');
+        return;
+      }
+      const s = await withProgress<JobStatus>(`job ${spec.jobId}`, o, (onStatus) => waitUntilStarted(k.jobs, spec.jobId, onStatus));
+      emit<RunJson>(o, { jobId: spec.jobId, workflowId, status: s }, () => printable(`${s.jobId}: ${s.state}${s.node ? ` on ${s.node}` : ''}${s.reason ? ` — ${s.reason}` : ''}`));
       if (s.state !== 'Running' && s.state !== 'Succeeded') process.exitCode = 1;
     });
   });
 
 /** Polls the job until it has left Pending: Running, or a state that says why not. */
-async function waitUntilStarted(jobs: JobsApi, jobId: string): Promise<JobStatus> {
+async function waitUntilStarted(jobs: JobsApi, jobId: string, onStatus?: OnStatus<JobStatus>): Promise<JobStatus> {
   for (;;) {
     const s = await jobs.status(jobId);
     if (s.state !== 'Pending') return s;
+    onStatus?.(s);
     await new Promise((r) => setTimeout(r, 1000));
   }
 }
@@ -238,35 +288,38 @@ program
   .description('start a bare workload on a node through its agent, without a job (no limits, no restarts; detached: it outlives the agent); it runs in this directory')
   .requiredOption('--node <name>', 'node to run on')
   .option('--user <uid[:gid]>', 'run as this numeric user (and group; default: the user\'s primary group on the node)')
+  .option('--json', JSON_HELP)
   .argument('<command...>', 'command and arguments (after --)')
-  .action(async (job: string, command: string[], o: { node: string; user?: string }) => {
+  .action(async (job: string, command: string[], o: { node: string; user?: string } & JsonFlag) => {
     assertSafeId('job', job);
     assertSafeId('node', o.node);
     const user = o.user === undefined ? undefined : parseUser('user', o.user);
     await withClient(async (k) => {
       const info = await k.runWorkload({ node: o.node, jobId: job, command, cwd: process.cwd(), user });
-      console.log(printable(`job ${info.jobId} running on ${o.node} as pid ${info.pid}; output ${info.logFile}`));
+      emit<WorkloadJson>(o, { node: o.node, workload: info }, () => printable(`job ${info.jobId} running on ${o.node} as pid ${info.pid}; output ${info.logFile}`));
     });
   });
 
 program
   .command('jobs')
   .description('every job, like kubectl get pods: NAME STATUS RESTARTS NODE AGE NEXT-RETRY')
-  .action(async () => {
+  .option('--json', JSON_HELP)
+  .action(async (o: JsonFlag) => {
     await withClient(async (k) => {
-      const rows = await new JobsApi(k).list();
-      console.log(rows.length === 0 ? 'no jobs' : jobsTable(rows, Date.now()));
+      const rows = await k.list();
+      emit(o, jobsJson(rows), () => (rows.length === 0 ? 'no jobs' : jobsTable(rows, Date.now())));
     });
   });
 
 program
   .command('preempt <job>')
   .description('checkpoint a running job and requeue it: it resumes from that checkpoint where it is placed next')
-  .action(async (job: string) => {
+  .option('--json', JSON_HELP)
+  .action(async (job: string, o: JsonFlag) => {
     assertSafeId('job', job);
     await withClient(async (k) => {
-      const r = await new JobsApi(k).preempt(job);
-      console.log(printable(`${job}: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`));
+      const r = await k.preempt(job);
+      emit<PreemptJson>(o, { jobId: job, result: r }, () => printable(`${job}: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`));
       if (r.outcome !== 'requeued') process.exitCode = 1;
     });
   });
@@ -275,11 +328,13 @@ program
   .command('release <job>')
   .description('lift a quarantine: start the job again from scratch, or from its last good checkpoint')
   .option('--from-checkpoint', 'resume from the last good checkpoint instead of from scratch')
-  .action(async (job: string, o: { fromCheckpoint?: boolean }) => {
+  .option('--json', JSON_HELP)
+  .action(async (job: string, o: { fromCheckpoint?: boolean } & JsonFlag) => {
     assertSafeId('job', job);
     await withClient(async (k) => {
-      const s = await new JobsApi(k).release(job, { fromCheckpoint: o.fromCheckpoint });
-      console.log(printable(`${job} released${o.fromCheckpoint ? ' from its last good checkpoint' : ''}: ${s.state}${s.reason ? ` — ${s.reason}` : ''}`));
+      const s = await k.release(job, { fromCheckpoint: o.fromCheckpoint });
+      emit<ReleaseJson>(o, { jobId: job, fromCheckpoint: Boolean(o.fromCheckpoint), status: s },
+        () => printable(`${job} released${o.fromCheckpoint ? ' from its last good checkpoint' : ''}: ${s.state}${s.reason ? ` — ${s.reason}` : ''}`));
     });
   });
 
@@ -287,18 +342,19 @@ program
   .command('cancel <job>')
   .description('stop a job for good: its run stopped (SIGTERM, then SIGKILL after 30 s) and cleaned up; the job ends Failed, reason Cancelled')
   .option('--no-wait', 'return once the cancel is asked for')
-  .action(async (job: string, o: { wait: boolean }) => {
+  .option('--json', JSON_HELP)
+  .action(async (job: string, o: { wait: boolean } & JsonFlag) => {
     assertSafeId('job', job);
     await withClient(async (k) => {
-      const jobs = new JobsApi(k);
       if (!o.wait) {
-        await k.client.workflow.getHandle(jobWorkflowId(job)).cancel();
-        console.log(`${job}: cancel asked for`);
+        await k.cancel(job, { wait: false });
+        emit<CancelJson>(o, { jobId: job, waited: false, closed: false, status: null }, () => `${job}: cancel asked for`);
         return;
       }
-      const closed = await jobs.cancel(job);
-      const s = await jobs.status(job).catch(() => null);
-      console.log(printable(closed ? `${job}: cancelled${s ? ` (${s.state}${s.reason ? `, ${s.reason}` : ''})` : ''}` : `${job}: cancel asked for; still cleaning up (an agent may be away)`));
+      const closed = await k.cancel(job);
+      const s = await k.describeJob(job).catch(() => null);
+      emit<CancelJson>(o, { jobId: job, waited: true, closed, status: s },
+        () => printable(closed ? `${job}: cancelled${s ? ` (${s.state}${s.reason ? `, ${s.reason}` : ''})` : ''}` : `${job}: cancel asked for; still cleaning up (an agent may be away)`));
     });
   });
 
@@ -308,17 +364,27 @@ program
   .option('-p, --previous', 'the run before the current one')
   .option('-f, --follow', 'keep printing while the job runs, run after run, until it ends')
   .option('--timestamps', 'prefix each line with its time')
-  .action(async (job: string, o: { previous?: boolean; follow?: boolean; timestamps?: boolean }) => {
+  .option('--json', `${JSON_HELP} (not with --follow)`)
+  .action(async (job: string, o: { previous?: boolean; follow?: boolean; timestamps?: boolean } & JsonFlag) => {
     assertSafeId('job', job);
     if (o.previous && o.follow) throw new InvalidInputError('follow', 'cannot follow the previous run: it has ended');
-    await withClient((k) => showLogs(new JobsApi(k), job, o, consoleSink(Boolean(o.timestamps))));
+    if (o.json && o.follow) throw new InvalidInputError('json', 'a followed log is a stream, not one JSON document: leave --follow out');
+    if (!o.json) {
+      await withClient((k) => k.logs(job, o, consoleSink(Boolean(o.timestamps))));
+      return;
+    }
+    const doc: LogsJson = { jobId: job, lines: [], notes: [] };
+    const sink: LogSink = { line: (l: RunLogLine) => doc.lines.push({ time: l.time, stream: l.stream, partial: l.partial, text: l.text }), note: (t) => doc.notes.push(t) };
+    await withClient((k) => k.logs(job, o, sink));
+    emit(o, doc, () => '');
   });
 
 program
   .command('apply')
   .description('start the jobs of a YAML file (jobs: [{ name, command, node, vram, ... }]), each on its own; prints what was applied and what failed')
   .requiredOption('-f, --file <file>', 'the jobs file')
-  .action(async (o: { file: string }) => {
+  .option('--json', JSON_HELP)
+  .action(async (o: { file: string } & JsonFlag) => {
     let text: string;
     try {
       text = fs.readFileSync(o.file, 'utf8');
@@ -329,14 +395,16 @@ program
     const entries = parseJobsFile(text, o.file);
     await withClient(async (k) => {
       const outcomes = await applyJobs(
-        new JobsApi(k), entries,
+        k.jobs, entries,
         (e) => (e instanceof JobExistsError ? { spec: e.existing?.spec ?? null, state: e.existing?.state ?? 'unknown' } : null),
         (e) => describeError(e).message,
       );
-      for (const r of outcomes) console.log(printable(`${r.name ?? `jobs[${r.index}]`}: ${r.result}: ${r.detail}`));
-      const count = (w: string): number => outcomes.filter((r) => r.result === w).length;
-      console.log(`${outcomes.length} jobs: ${count('applied')} applied, ${count('unchanged')} unchanged, ${count('failed')} failed`);
-      if (count('failed') > 0) process.exitCode = 1;
+      const doc: ApplyJson = applyJson(outcomes);
+      emit(o, doc, () => [
+        ...outcomes.map((r) => printable(`${r.name ?? `jobs[${r.index}]`}: ${r.result}: ${r.detail}`)),
+        `${outcomes.length} jobs: ${doc.applied} applied, ${doc.unchanged} unchanged, ${doc.failed} failed`,
+      ].join('\n'));
+      if (doc.failed > 0) process.exitCode = 1;
     });
   });
 
@@ -345,45 +413,42 @@ program
   .description('list checkpoints')
   .option('--job <job>', 'only this job')
   .addOption(new Option('--tier <tier>', 'only this tier').choices(['s3', 'nvme']))
-  .action(async (o: { job?: string; tier?: Tier }) => {
+  .option('--json', JSON_HELP)
+  .action(async (o: { job?: string; tier?: Tier } & JsonFlag) => {
     if (o.job !== undefined) assertSafeId('job', o.job);
     await withClient(async (k) => {
       // Answered by Temporal's visibility store (no worker needed), within a bound.
-      const rows = await k.withinTemporal(() => k.listCheckpoints(o));
-      if (rows.length === 0) console.log('no checkpoints');
+      const rows = await k.withinTemporal(() => k.listCheckpoints({ job: o.job, tier: o.tier }));
+      // A job's checkpoints (a handful) also show their size, from metadata.json in S3, and their age.
+      const listed: CheckpointsJson['checkpoints'] = [];
+      for (const r of rows) listed.push(o.job === undefined ? r : { ...r, sizeBytes: r.tier === 's3' ? await k.checkpointSize(r.checkpointId) : null });
       const now = Date.now();
-      for (const r of rows) {
-        // A job's checkpoints (a handful) also show their size, from metadata.json in S3, and their age.
-        const extra = o.job === undefined ? '' : ` size ${(await checkpointSize(k, r.checkpointId, r.tier)).padEnd(10)} age ${formatAge(now - Date.parse(r.startedAt))}`;
-        console.log(printable(`${r.checkpointId.padEnd(36)} job ${r.jobId.padEnd(16)} node ${r.node.padEnd(10)} ${r.phase.padEnd(14)} tier ${(r.tier || '-').padEnd(5)}${extra}`));
-      }
+      emit<CheckpointsJson>(o, { checkpoints: listed }, () => (listed.length === 0 ? 'no checkpoints' : listed.map((r) => {
+        const size = r.sizeBytes === undefined ? '' : ` size ${(r.sizeBytes === null ? '-' : formatBytes(r.sizeBytes)).padEnd(10)} age ${formatAge(now - Date.parse(r.startedAt))}`;
+        return printable(`${r.checkpointId.padEnd(36)} job ${r.jobId.padEnd(16)} node ${r.node.padEnd(10)} ${r.phase.padEnd(14)} tier ${(r.tier || '-').padEnd(5)}${size}`);
+      }).join('\n')));
     });
   });
-
-/** The bytes of a checkpoint in S3 (its files, as metadata.json lists them); '-' when it is not there (yet). */
-async function checkpointSize(k: KybernateClient, checkpointId: string, tier: string): Promise<string> {
-  if (tier !== 's3') return '-';
-  const found = await readS3Checkpoint(k.config.s3, checkpointId).catch(() => null);
-  return found ? formatBytes(found.metadata.files.reduce((n, f) => n + f.size, 0)) : '-';
-}
 
 program
   .command('describe <checkpoint-or-kind> [name]')
   .description("a checkpoint's phase, tier and the history of its attempts; 'describe job <job>': a job's spec, state, runs, events and checkpoints")
-  .action(async (target: string, name: string | undefined) => {
+  .option('--json', JSON_HELP)
+  .action(async (target: string, name: string | undefined, o: JsonFlag) => {
     if (name !== undefined) {
       // `describe job <name>`; a checkpoint is described by its id alone.
       if (target !== 'job') throw new InvalidInputError('kind', `expected 'describe job <job>' or 'describe <checkpoint>' (got '${target}' '${name}')`);
       assertSafeId('job', name);
       await withClient(async (k) => {
-        console.log(describeJob(await new JobsApi(k).status(name), Date.now()));
+        const s = await k.describeJob(name);
+        emit<DescribeJson>(o, { job: s }, () => describeJob(s, Date.now()));
       });
       return;
     }
     assertSafeId('checkpoint', target);
     await withClient(async (k) => {
-      const s = await k.describeCheckpoint(target);
-      console.log(printableJson(JSON.stringify(s, null, 2)));
+      const s = await k.describe(target);
+      emit<DescribeJson>(o, { checkpoint: s }, () => printableJson(JSON.stringify(s, null, 2)));
     });
   });
 
@@ -411,16 +476,22 @@ program
   .option('--ready-tcp <port>', 'Running only once a TCP connect to 127.0.0.1:<port> succeeds')
   .option('--ready-exec <command>', "Running only once '<command>' (run by sh -c on the node) exits 0")
   .option('--no-wait', 'return once started')
-  .action(async (id: string, o: { node?: string; placementDeadline: string; wait: boolean } & ReadyFlags) => {
+  .option('--json', JSON_HELP)
+  .action(async (id: string, o: { node?: string; placementDeadline: string; wait: boolean } & ReadyFlags & JsonFlag) => {
     assertSafeId('checkpoint', id);
     if (o.node !== undefined) assertSafeId('node', o.node);
     parseDuration('placement-deadline', o.placementDeadline);
     await withClient(async (k) => {
       const { workflowId } = await k.startRestore({ checkpointId: id, node: o.node, placementDeadline: o.placementDeadline, readiness: readinessFlags(o) });
-      console.log(`restore of ${id} started: ${k.uiLink(workflowId) ?? workflowId}`);
-      if (!o.wait) return;
-      const r = await k.restoreResult(workflowId);
-      console.log(printable(`${id}: ${r.phase} on ${r.node} as pid ${r.pid} (from ${r.source}); attempts: ${r.attempts.map((a) => `${a.node}:${a.outcome}`).join(', ')}`));
+      if (!o.json) console.log(`restore of ${id} started: ${k.uiLink(workflowId) ?? workflowId}`);
+      if (!o.wait) {
+        if (o.json) emit<RestoreJson>(o, { checkpointId: id, workflowId, status: null }, () => '');
+        return;
+      }
+      const r = await withProgress<RestoreStatus>(`restore ${id}`, o, (onStatus) => k.restoreResult(workflowId, onStatus));
+      emit<RestoreJson>(o, { checkpointId: id, workflowId, status: r },
+        () => printable(`${id}: ${r.phase} on ${r.node} as pid ${r.pid} (from ${r.source}); attempts: ${r.attempts.map((a) => `${a.node}:${a.outcome}`).join(', ')}${r.failureReason ? ` — ${r.failureReason}` : ''}`));
+      if (r.phase === 'Failed') process.exitCode = 1;
     });
   });
 
@@ -432,16 +503,20 @@ program
   .option('--ready-tcp <port>', 'restored only once a TCP connect to 127.0.0.1:<port> succeeds')
   .option('--ready-exec <command>', "restored only once '<command>' (run by sh -c on the node) exits 0")
   .option('--no-wait', 'return once started')
-  .action(async (job: string, o: { from?: string; to: string; wait: boolean } & ReadyFlags) => {
+  .option('--json', JSON_HELP)
+  .action(async (job: string, o: { from?: string; to: string; wait: boolean } & ReadyFlags & JsonFlag) => {
     assertSafeId('job', job);
     if (o.from !== undefined) assertSafeId('from', o.from);
     assertSafeId('to', o.to);
     await withClient(async (k) => {
-      const { workflowId } = await k.startMigration({ jobId: job, from: o.from, to: o.to, readiness: readinessFlags(o) });
-      console.log(`migration of ${job} started: ${k.uiLink(workflowId) ?? workflowId}`);
-      if (!o.wait) return;
-      const r = (await k.client.workflow.getHandle(workflowId).result()) as { phase: string; failureReason: string | null };
-      console.log(printable(`${job}: ${r.phase}${r.failureReason ? ` — ${r.failureReason}` : ''}`));
+      const { workflowId, checkpointId } = await k.startMigration({ jobId: job, from: o.from, to: o.to, readiness: readinessFlags(o) });
+      if (!o.json) console.log(`migration of ${job} started: ${k.uiLink(workflowId) ?? workflowId}`);
+      if (!o.wait) {
+        if (o.json) emit<MigrateJson>(o, { jobId: job, checkpointId, workflowId, status: null }, () => '');
+        return;
+      }
+      const r = await withProgress<MigrateStatus>(`migrate ${job}`, o, (onStatus) => k.migrationResult(workflowId, onStatus));
+      emit<MigrateJson>(o, { jobId: job, checkpointId, workflowId, status: r }, () => printable(`${job}: ${r.phase}${r.failureReason ? ` — ${r.failureReason}` : ''}`));
       if (r.phase !== 'Migrated') process.exitCode = 1;
     });
   });
@@ -450,21 +525,29 @@ program
   .command('nodes')
   .description('registered nodes and their inventory')
   .argument('<node...>')
-  .action(async (nodes: string[]) => {
+  .option('--json', JSON_HELP)
+  .action(async (nodes: string[], o: JsonFlag) => {
     for (const n of nodes) assertSafeId('node', n);
     await withClient(async (k) => {
+      const doc: NodesJson = { nodes: [] };
       for (const n of nodes) {
         const r = await k.node(n);
+        doc.nodes.push({ ...r, node: n });
+        // As text, each node as it answers (one that does not still shows those before it).
         const inv = r.inventory;
-        console.log(printable(`${n}: last seen ${r.lastSeen ?? 'never'}; VRAM ${inv ? `${formatBytes(inv.freeVramBytes)} free of ${formatBytes(inv.totalVramBytes)} (${inv.vramSource})` : '-'}; disk ${inv ? formatBytes(inv.freeDiskBytes) : '-'} free; CRIU ${inv?.criuVersion ?? '-'}`));
+        if (!o.json) console.log(printable(`${n}: last seen ${r.lastSeen ?? 'never'}; VRAM ${inv ? `${formatBytes(inv.freeVramBytes)} free of ${formatBytes(inv.totalVramBytes)} (${inv.vramSource})` : '-'}; disk ${inv ? formatBytes(inv.freeDiskBytes) : '-'} free; CRIU ${inv?.criuVersion ?? '-'}`));
       }
+      if (o.json) emit(o, doc, () => '');
     });
   });
 
 // Exit codes: 0 done; 1 the operation failed (a workflow failed, a component is down); 2 usage error (commander's
 // own, a value out of bounds, a bad id), with nothing started. Commander has printed its own messages already.
+// With --json the error is one document on stderr, {"error":{"code","message"}}, with the same exit code.
 program.parseAsync(process.argv).catch((e: unknown) => {
   const { message, exitCode } = describeError(e);
-  if (!(e instanceof CommanderError)) console.error(`error: ${message}`);
+  if (jsonRequested()) {
+    if (exitCode !== 0) console.error(jsonText(errorJson(e).doc));
+  } else if (!(e instanceof CommanderError)) console.error(`error: ${message}`);
   process.exit(exitCode);
 });

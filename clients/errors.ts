@@ -12,11 +12,52 @@ export const EXIT_FAILURE = 1;
 /** The command line was wrong (unknown option, missing argument, a value out of bounds): nothing was started. */
 export const EXIT_USAGE = 2;
 
+/**
+ * The stable codes of every failure the client library and the CLI report (`--json` prints them as
+ * {"error":{"code","message"}}); README's client section lists them. Never renamed: scripts branch on them.
+ */
+export type ErrorCode =
+  /** A value was wrong (an id, a size, a duration, an unknown job or node): nothing was started. */
+  | 'INVALID_INPUT'
+  /** The command line itself was wrong (commander: unknown option, missing argument). */
+  | 'USAGE'
+  /** A component (Temporal, the control worker, S3) did not answer in time. */
+  | 'UNAVAILABLE'
+  /** A job of that name is open already. */
+  | 'JOB_EXISTS'
+  /** The workflow failed without a status to return (its cause chain is the message). */
+  | 'WORKFLOW_FAILED'
+  /** Temporal has no such workflow. */
+  | 'NOT_FOUND'
+  /** Temporal refused or failed the call (a gRPC error). */
+  | 'TEMPORAL'
+  /** Anything else. */
+  | 'INTERNAL';
+
+/** A failure of the client library: one subclass per kind, each with its stable code. */
+export abstract class KybernateError extends Error {
+  abstract readonly code: ErrorCode;
+}
+
 /** A component the command needs did not answer in time: says which, and where. */
-export class UnavailableError extends Error {
+export class UnavailableError extends KybernateError {
+  readonly code = 'UNAVAILABLE' as const;
   constructor(readonly component: string, where: string, detail: string) {
     super(`${component} is not answering (${where}): ${detail}`);
     this.name = 'UnavailableError';
+  }
+}
+
+/**
+ * A workflow failed and carried no status (see resultOf). Still a WorkflowFailedError with the same cause and
+ * retry state, so callers that branch on Temporal's class keep working; its message is the whole cause chain.
+ */
+export class WorkflowFailedWithoutStatusError extends WorkflowFailedError {
+  readonly code = 'WORKFLOW_FAILED' as const;
+  constructor(readonly workflowId: string, failed: WorkflowFailedError) {
+    super(describeFailureChain(failed), failed.cause, failed.retryState);
+    // Temporal's error classes make `name` read-only on their prototype: defined on the instance instead.
+    Object.defineProperty(this, 'name', { value: 'WorkflowFailedWithoutStatusError' });
   }
 }
 
@@ -55,16 +96,17 @@ function serviceDetail(e: ServiceError): string {
   return `${e.message}${code ? ` (${code}${c?.details ? `: ${c.details}` : ''})` : c?.message ? ` (${c.message})` : ''}`;
 }
 
-/** What the CLI prints after `error: ` (printable: control characters escaped), and the exit code. */
-export function describeError(e: unknown): { message: string; exitCode: number } {
-  if (e instanceof CommanderError) return { message: e.message.replace(/^error: /, ''), exitCode: e.exitCode === 0 ? EXIT_OK : EXIT_USAGE };
-  if (e instanceof InvalidInputError) return { message: e.message, exitCode: EXIT_USAGE };
+/** What the CLI prints after `error: ` (printable: control characters escaped), its stable code, and the exit code. */
+export function describeError(e: unknown): { code: ErrorCode; message: string; exitCode: number } {
+  if (e instanceof CommanderError) return { code: 'USAGE', message: e.message.replace(/^error: /, ''), exitCode: e.exitCode === 0 ? EXIT_OK : EXIT_USAGE };
+  if (e instanceof InvalidInputError) return { code: 'INVALID_INPUT', message: e.message, exitCode: EXIT_USAGE };
+  if (e instanceof KybernateError) return { code: e.code, message: printable(e.message), exitCode: EXIT_FAILURE };
   if (e instanceof WorkflowFailedError || e instanceof WorkflowUpdateFailedError || e instanceof ChildWorkflowFailure || e instanceof ActivityFailure) {
-    return { message: printable(describeFailureChain(e)), exitCode: EXIT_FAILURE };
+    return { code: 'WORKFLOW_FAILED', message: printable(describeFailureChain(e)), exitCode: EXIT_FAILURE };
   }
-  if (e instanceof WorkflowNotFoundError) return { message: printable(e.message), exitCode: EXIT_FAILURE };
-  if (e instanceof ServiceError) return { message: printable(`Temporal: ${serviceDetail(e)}`), exitCode: EXIT_FAILURE };
-  return { message: printable(e instanceof Error ? e.message : String(e)), exitCode: EXIT_FAILURE };
+  if (e instanceof WorkflowNotFoundError) return { code: 'NOT_FOUND', message: printable(e.message), exitCode: EXIT_FAILURE };
+  if (e instanceof ServiceError) return { code: 'TEMPORAL', message: printable(`Temporal: ${serviceDetail(e)}`), exitCode: EXIT_FAILURE };
+  return { code: 'INTERNAL', message: printable(e instanceof Error ? e.message : String(e)), exitCode: EXIT_FAILURE };
 }
 
 /**

@@ -10,14 +10,17 @@ import { JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, type JobSpec, type JobStatus, j
 import { parseJobSpec } from '../common/job-spec';
 import { CONTROL_QUEUE } from '../common/queues';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
-import type { job } from '../workflows/job';
-import type { readJobLog } from '../workflows/job-log';
+// Started by reference (see api.ts): the function's name is the workflow type.
+import { job } from '../workflows/job';
+import { readJobLog } from '../workflows/job-log';
 import type { KybernateClient } from './api';
-import { QUERY_TIMEOUT_MS } from './api';
-import { describeError, describeFailureChain, UnavailableError } from './errors';
+import { describeError, describeFailureChain, KybernateError, UnavailableError } from './errors';
+import { isJobStatus, resultOf } from './result';
+import { QUERY_TIMEOUT_MS } from './timeouts';
 
 /** A job of that name is open already: a second one would run the same workload twice. */
-export class JobExistsError extends Error {
+export class JobExistsError extends KybernateError {
+  readonly code = 'JOB_EXISTS' as const;
   constructor(readonly jobId: string, readonly existing: JobStatus | null, state: string) {
     super(`job ${jobId} exists (state ${state})`);
     this.name = 'JobExistsError';
@@ -63,7 +66,7 @@ export class JobsApi {
     const workflowId = jobWorkflowId(spec.jobId);
     const summary = `job ${spec.jobId}: ${spec.command.join(' ')}`;
     try {
-      await this.k.client.workflow.start<typeof job>('job', {
+      await this.k.client.workflow.start(job, {
         workflowId, taskQueue: CONTROL_QUEUE, args: [{ spec }], workflowIdConflictPolicy: 'FAIL',
         typedSearchAttributes: [
           { key: SA_JOB, value: spec.jobId }, { key: SA_PHASE, value: 'Pending' }, ...(spec.node ? [{ key: SA_NODE, value: spec.node }] : []),
@@ -88,7 +91,7 @@ export class JobsApi {
       if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('job', `no job '${jobId}'`);
       throw e;
     });
-    if (d.status.name === 'COMPLETED') return this.k.withinTemporal(() => h.result());
+    if (d.status.name === 'COMPLETED') return this.k.withinTemporal(() => resultOf(h, isJobStatus));
     try {
       return await this.k.queryStatus<JobStatus>(h.workflowId);
     } catch (e) {
@@ -156,6 +159,22 @@ export class JobsApi {
     return this.status(jobId);
   }
 
+  /** Whether `job/<jobId>` is open (a job workflow runs it). */
+  async isOpen(jobId: string): Promise<boolean> {
+    try {
+      const d = await this.k.withinTemporal(() => this.handle(jobId).describe());
+      return d.status.name === 'RUNNING';
+    } catch (e) {
+      if (e instanceof WorkflowNotFoundError) return false;
+      throw e;
+    }
+  }
+
+  /** Asks for the job's cancellation and returns (see cancel). */
+  async requestCancel(jobId: string): Promise<void> {
+    await this.handle(jobId).cancel();
+  }
+
   /**
    * Cancels the job: its run is stopped (SIGTERM, SIGKILL after the grace) and cleaned up by the workflow, which
    * then ends cancelled with state Failed, reason Cancelled. Waits up to waitMs for it to close; false if it
@@ -174,7 +193,7 @@ export class JobsApi {
    */
   async startNodeLogRead(node: string, input: ReadRunLogInput, follow: boolean): Promise<WorkflowHandle<typeof readJobLog>> {
     const jobId = assertSafeId('job', input.jobId);
-    return this.k.client.workflow.start<typeof readJobLog>('readJobLog', {
+    return this.k.client.workflow.start(readJobLog, {
       workflowId: `logs/${jobId}/${randomUUID()}`, taskQueue: CONTROL_QUEUE, args: [{ node: assertSafeId('node', node), ...input }],
       workflowExecutionTimeout: follow ? '2h' : LOG_READ_TIMEOUT_MS,
       staticSummary: `read the log of job ${jobId} on ${node}`,

@@ -94,6 +94,36 @@ describe('the CLI tells the truth', () => {
     }
   });
 
+  test('--json: one document on stdout for describe, checkpoints and nodes; a failed workflow is an error document with exit 1', () => {
+    const d = cli(['describe', FAILED, '--json']);
+    expect(d.status).toBe(0);
+    const doc = JSON.parse(d.stdout) as { checkpoint: { checkpointId: string; phase: string } };
+    expect(doc.checkpoint).toMatchObject({ checkpointId: FAILED, phase: 'Failed' });
+
+    const list = cli(['checkpoints', '--job', 'pid-3999999', '--json']);
+    expect(list.status).toBe(0);
+    const rows = (JSON.parse(list.stdout) as { checkpoints: { checkpointId: string; sizeBytes?: number | null }[] }).checkpoints;
+    expect(rows.find((r) => r.checkpointId === FAILED)).toMatchObject({ checkpointId: FAILED, sizeBytes: null });
+
+    const n = cli(['nodes', NODE, '--json'], {}, 60000);
+    expect(n.status).toBe(0);
+    expect((JSON.parse(n.stdout) as { nodes: { node: string; lastSeen: string | null }[] }).nodes).toEqual([expect.objectContaining({ node: NODE })]);
+
+    // A restore that cannot start fails its workflow: without a status in the failure, an error document on
+    // stderr; with one (workflows that carry their status in the failure), the status on stdout. Exit 1 either way.
+    const r = cli(['restore', FAILED, '--json']);
+    expect(r.status).toBe(1);
+    if (r.stdout === '') {
+      const err = JSON.parse(r.stderr) as { error: { code: string; message: string } };
+      expect(err.error.code).toBe('WORKFLOW_FAILED');
+      expect(err.error.message).toContain(`checkpoint '${FAILED}' is Failed, not restorable`);
+    } else {
+      const st = (JSON.parse(r.stdout) as { status: { phase: string; failureReason: string } }).status;
+      expect(st.phase).toBe('Failed');
+      expect(st.failureReason).toContain(`checkpoint '${FAILED}' is Failed, not restorable`);
+    }
+  });
+
   test('sizes and durations out of bounds exit 2 naming the field, and nothing is started', async () => {
     const v1 = cli(['checkpoint', 'cli-job', '--node', NODE, '--id', 'cli-vram1', '--vram', '1e30']);
     expect(v1.stderr).toMatch(/^error: vram: expected a size .*got '1e30'/m);

@@ -143,7 +143,7 @@ describe('failures as the CLI prints them', () => {
     const act = new ActivityFailure('Activity task failed', 'checkpointInfo', '1', RetryState.NON_RETRYABLE_FAILURE, 'w', app);
     const wf = new WorkflowFailedError('Workflow execution failed', act, RetryState.NON_RETRYABLE_FAILURE);
     expect(describeFailureChain(wf)).toBe("workflow failed: activity checkpointInfo failed: CheckpointNotFound: checkpoint 'x' is Failed, not restorable");
-    expect(describeError(wf)).toEqual({ message: describeFailureChain(wf), exitCode: EXIT_FAILURE });
+    expect(describeError(wf)).toEqual({ code: 'WORKFLOW_FAILED', message: describeFailureChain(wf), exitCode: EXIT_FAILURE });
     const timeout = new WorkflowFailedError('Workflow execution failed', new ActivityFailure('x', 'startWorkload', '1', RetryState.TIMEOUT, 'w', new TimeoutFailure(undefined, undefined, 'SCHEDULE_TO_START')), RetryState.TIMEOUT);
     expect(describeFailureChain(timeout)).toBe('workflow failed: activity startWorkload failed: SCHEDULE_TO_START timeout');
     expect(describeFailureChain(new WorkflowFailedError('Workflow execution failed', new TerminatedFailure('operator: stuck'), RetryState.NON_RETRYABLE_FAILURE)))
