@@ -5,15 +5,11 @@ import { WorkflowNotFoundError } from '@temporalio/client';
 import { Command, CommanderError, Option } from 'commander';
 import { assertPid, assertSafeId, InvalidInputError, printable, printableJson } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
-import { down, parseDownMs, parseStackComponent, restartComponent, startComponent, status, stopComponent, up } from '../deploy/local/stack';
-import { defaultStackHome } from '../deploy/local/paths';
-import { proxiedLinks, setFault } from '../deploy/local/faults';
 import type { Readiness } from '../common/readiness';
 import { type JobStatus, jobWorkflowId } from '../common/job';
 import { readS3Checkpoint } from '../activities/catalogue';
-import { startAgent, startControlWorker } from '../deploy/local/workers';
 import { runAgent } from '../workers/agent';
-import { loadConfig } from '../workers/config';
+import { loadConfig, type StartHooks } from '../workers/config';
 import { runControlWorker } from '../workers/control';
 import { KybernateClient } from './api';
 import { formatBytes, parseBytes } from './bytes';
@@ -32,8 +28,28 @@ program.name('kybernate').description('Checkpoint and restore running GPU worklo
   .exitOverride()
   .configureOutput({ outputError: (text, write) => write(printableCommanderOutput(text)) });
 
+type LocalStack = typeof import('./local-stack');
+/** The local stack's commands; loaded only when one is used, since deploy/local needs a repository checkout. */
+const localStack = (): Promise<LocalStack> => import('./local-stack');
+
+/**
+ * The local stack's defaults (its Temporal and MinIO, the provisioned binaries) and registration for a worker,
+ * agent or client run from a checkout; nothing in a production install, where the environment says it all.
+ */
+async function localHooks(): Promise<StartHooks> {
+  let local: LocalStack;
+  try {
+    local = await localStack();
+  } catch (e) {
+    if (/cannot find the kybernate repository/.test((e as Error).message)) return {};
+    throw e;
+  }
+  const d = local.localDefaults();
+  return { defaults: d.config, node: d.node, join: local.joinLocalStack };
+}
+
 async function withClient<T>(fn: (k: KybernateClient) => Promise<T>): Promise<T> {
-  const k = await KybernateClient.connect(loadConfig());
+  const k = await KybernateClient.connect(loadConfig(process.env, (await localHooks()).defaults));
   try {
     return await fn(k);
   } finally {
@@ -52,6 +68,7 @@ program
   .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean; proxyTemporal?: boolean }) => {
     const nodes = o.nodes.split(',').filter(Boolean).map((n) => assertSafeId('nodes', n.trim()));
     const declared = parseBytes('declared-vram', o.declaredVram);
+    const { up, proxiedLinks, startComponent, startControlWorker, startAgent } = await localStack();
     const state = await up({ toxiproxy: o.toxiproxy, proxies: proxiedLinks(o) });
     if (o.workers) {
       // On a stack that was already up: what runs is left alone, what died is started again as it was.
@@ -67,7 +84,7 @@ program
   });
 
 program.command('down').description('stop the local stack and every worker and agent it started').action(async () => {
-  await down();
+  await (await localStack()).down();
 });
 
 program
@@ -78,6 +95,7 @@ program
   .option('--stop-only', 'stop it and leave it stopped (start it again with --start-only)')
   .option('--start-only', 'start a stopped component again')
   .action(async (name: string, o: { signal: 'SIGKILL' | 'SIGTERM'; down: string; stopOnly?: boolean; startOnly?: boolean }) => {
+    const { parseStackComponent, parseDownMs, defaultStackHome, stopComponent, startComponent, restartComponent } = await localStack();
     const component = parseStackComponent(name);
     const downMs = parseDownMs(o.down);
     const home = defaultStackHome();
@@ -94,11 +112,12 @@ program
   .command('fault <link> <action> [value]')
   .description("cut, restore or slow a link that 'up --toxiproxy' routed through a proxy: s3 or temporal; down | up | latency <ms> | bandwidth <KB/s> | reset")
   .action(async (link: string, action: string, value: string | undefined) => {
+    const { setFault, defaultStackHome } = await localStack();
     console.log(await setFault(defaultStackHome(), link, action, value));
   });
 
 program.command('status').description("each component's health and the Temporal UI URL").action(async () => {
-  const s = await status();
+  const s = await (await localStack()).status();
   if (!s.state) {
     console.log("no local stack is running (start one with 'kybernate up')");
     process.exitCode = 1;
@@ -126,10 +145,10 @@ program
     await runAgent({
       node, zone, dataDir: o.dataDir, declaredVramBytes, reportEveryMs,
       stagingDir: o.stagingDir === 'none' ? null : o.stagingDir ? path.resolve(o.stagingDir) : undefined,
-    });
+    }, await localHooks());
   });
 
-program.command('worker').description('run the control-plane worker (all workflows, control activities)').action(runControlWorker);
+program.command('worker').description('run the control-plane worker (all workflows, control activities)').action(async () => runControlWorker(await localHooks()));
 
 /** Whether `job/<job>` is open (a job workflow runs it). */
 async function jobIsOpen(k: KybernateClient, job: string): Promise<boolean> {

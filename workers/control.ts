@@ -1,15 +1,15 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { createControlActivities } from '../activities/control';
-import type { S3Config } from '../common/config';
+import { type S3Config, type TemporalSecurity, temporalConnectionOptions } from '../common/config';
 import { CONTROL_QUEUE } from '../common/queues';
-import { joinLocalStack } from '../deploy/local/join';
-import { loadConfig, makeLogger } from './config';
+import { describeConfig, loadConfig, makeLogger, type StartHooks } from './config';
 
 /** The control-plane worker: every workflow, plus activities that need a Temporal client. */
-export async function createControlWorker(address: string, namespace: string, s3?: S3Config): Promise<{ worker: Worker; close: () => Promise<void> }> {
-  const connection = await NativeConnection.connect({ address });
-  const clientConn = await Connection.connect({ address });
+export async function createControlWorker(address: string, namespace: string, s3?: S3Config, security?: TemporalSecurity): Promise<{ worker: Worker; close: () => Promise<void> }> {
+  const options = temporalConnectionOptions({ temporalAddress: address, temporal: security });
+  const connection = await NativeConnection.connect(options);
+  const clientConn = await Connection.connect(options);
   const client = new Client({ connection: clientConn, namespace });
   const worker = await Worker.create({
     connection,
@@ -21,12 +21,13 @@ export async function createControlWorker(address: string, namespace: string, s3
   return { worker, close: async () => { await clientConn.close(); await connection.close(); } };
 }
 
-export async function runControlWorker(): Promise<void> {
-  const cfg = loadConfig();
+export async function runControlWorker(hooks: StartHooks = {}): Promise<void> {
+  const cfg = loadConfig(process.env, hooks.defaults);
   const logger = makeLogger({ component: 'control-worker' });
-  const { worker, close } = await createControlWorker(cfg.temporalAddress, cfg.namespace, cfg.s3);
+  logger.info(describeConfig(cfg), 'control worker starting');
+  const { worker, close } = await createControlWorker(cfg.temporalAddress, cfg.namespace, cfg.s3, cfg.temporal);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
-  const leaveStack = joinLocalStack('control-worker', cfg.temporalAddress);
+  const leaveStack = hooks.join?.('control-worker', cfg.temporalAddress) ?? (() => undefined);
   logger.info({ queue: CONTROL_QUEUE }, 'control worker ready');
   try {
     await worker.run();
