@@ -18,7 +18,8 @@ export interface ConfigDefaults {
 /** A setting is missing or malformed: every problem, each line naming its variable, and never a secret's value. */
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
-    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    // One line (the CLI escapes line breaks in what it prints): problems separated by '; '.
+    super(`invalid configuration: ${problems.join('; ')}`);
     this.name = 'ConfigError';
   }
 }
