@@ -4,14 +4,16 @@ import type { S3Config } from '../common/config';
 
 /**
  * The SDK has no HTTP timeouts by default (a blackholed request hangs forever) and retries a lot; outage
- * backoff belongs to Temporal's retry policy, so the SDK gets tight timeouts and a single retry.
+ * backoff belongs to Temporal's retry policy, so the SDK gets tight timeouts and a single retry. Without
+ * static keys the SDK's default credential chain finds them (AWS_* environment, shared config and
+ * AWS_PROFILE, web identity token, container or instance metadata).
  */
 export function makeS3Client(cfg: S3Config, opts: { requestTimeoutMs?: number } = {}): S3Client {
   return new S3Client({
-    endpoint: cfg.endpoint,
+    ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}),
     region: cfg.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey },
+    forcePathStyle: cfg.forcePathStyle ?? true,
+    ...(cfg.accessKeyId && cfg.secretAccessKey ? { credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey } } : {}),
     maxAttempts: 2,
     requestHandler: new NodeHttpHandler({
       connectionTimeout: 3000,

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { Client, Connection, QueryNotRegisteredError, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import type { CheckpointRequest, CheckpointStatus, Tier } from '../common/checkpoint';
-import type { KybernateConfig } from '../common/config';
+import { type KybernateConfig, temporalConnectionOptions } from '../common/config';
 import { bytesProblem } from '../common/bounds';
 import { assertPid, assertSafeId, InvalidInputError } from '../common/ids';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeWorkflowId, restoreWorkflowId } from '../common/queues';
@@ -63,7 +63,7 @@ export class KybernateClient {
   static async connect(config: KybernateConfig): Promise<KybernateClient> {
     let connection: Connection;
     try {
-      connection = await Connection.connect({ address: config.temporalAddress, connectTimeout: CONNECT_TIMEOUT_MS });
+      connection = await Connection.connect({ ...temporalConnectionOptions(config), connectTimeout: CONNECT_TIMEOUT_MS });
     } catch (e) {
       throw new UnavailableError('Temporal', config.temporalAddress, (e as Error).message);
     }

@@ -4,14 +4,10 @@ import * as path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { assertPid, assertSafeId, InvalidInputError, printable, printableJson } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
-import { down, parseDownMs, parseStackComponent, restartComponent, startComponent, status, stopComponent, up } from '../deploy/local/stack';
-import { defaultStackHome } from '../deploy/local/paths';
-import { proxiedLinks, setFault } from '../deploy/local/faults';
 import type { Readiness } from '../common/readiness';
 import type { JobStatus, RunLogLine } from '../common/job';
-import { startAgent, startControlWorker } from '../deploy/local/workers';
 import { runAgent } from '../workers/agent';
-import { loadConfig } from '../workers/config';
+import { loadConfig, type StartHooks } from '../workers/config';
 import { runControlWorker } from '../workers/control';
 import { type CheckpointStatus, KybernateClient, type MigrateStatus, type OnStatus, type RestoreStatus } from './index';
 import { formatBytes, parseBytes } from './bytes';
@@ -73,8 +69,32 @@ async function withProgress<S>(label: string, o: JsonFlag, wait: (onStatus: OnSt
   }
 }
 
+type LocalStack = typeof import('./local-stack');
+/** The local stack's commands; loaded only when one is used, since deploy/local needs a repository checkout. */
+const localStack = (): Promise<LocalStack> => import('./local-stack');
+
+/**
+ * The local stack's defaults (its Temporal and MinIO, the provisioned binaries) and registration for a worker,
+ * agent or client run from a checkout; nothing in a production install, where the environment says it all.
+ */
+async function localHooks(): Promise<StartHooks> {
+  let local: LocalStack;
+  try {
+    local = await localStack();
+  } catch (e) {
+    if (/cannot find the kybernate repository/.test((e as Error).message)) return {};
+    throw e;
+  }
+  const d = local.localDefaults();
+  return {
+    defaults: d.config, node: d.node, join: local.joinLocalStack,
+    // One machine runs several agents of a local stack: each takes a free loopback port for its metrics.
+    localMetricsAddress: (address) => (local.inLocalStack(address) ? async () => `127.0.0.1:${await local.freePort()}` : null),
+  };
+}
+
 async function withClient<T>(fn: (k: KybernateClient) => Promise<T>): Promise<T> {
-  const k = await KybernateClient.connect(loadConfig());
+  const k = await KybernateClient.connect(loadConfig(process.env, (await localHooks()).defaults));
   try {
     return await fn(k);
   } finally {
@@ -94,6 +114,7 @@ program
   .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean; proxyTemporal?: boolean } & JsonFlag) => {
     const nodes = o.nodes.split(',').filter(Boolean).map((n) => assertSafeId('nodes', n.trim()));
     const declared = parseBytes('declared-vram', o.declaredVram);
+    const { up, proxiedLinks, startComponent, startControlWorker, startAgent } = await localStack();
     const state = await up({ toxiproxy: o.toxiproxy, proxies: proxiedLinks(o) });
     if (o.workers) {
       // On a stack that was already up: what runs is left alone, what died is started again as it was.
@@ -110,7 +131,7 @@ program
   });
 
 program.command('down').description('stop the local stack and every worker and agent it started').option('--json', JSON_HELP).action(async (o: JsonFlag) => {
-  await down();
+  await (await localStack()).down();
   if (o.json) emit<DownJson>(o, { stopped: true }, () => '');
 });
 
@@ -123,6 +144,7 @@ program
   .option('--start-only', 'start a stopped component again')
   .option('--json', JSON_HELP)
   .action(async (name: string, o: { signal: 'SIGKILL' | 'SIGTERM'; down: string; stopOnly?: boolean; startOnly?: boolean } & JsonFlag) => {
+    const { parseStackComponent, parseDownMs, defaultStackHome, stopComponent, startComponent, restartComponent } = await localStack();
     const component = parseStackComponent(name);
     const downMs = parseDownMs(o.down);
     const home = defaultStackHome();
@@ -141,12 +163,13 @@ program
   .description("cut, restore or slow a link that 'up --toxiproxy' routed through a proxy: s3 or temporal; down | up | latency <ms> | bandwidth <KB/s> | reset")
   .option('--json', JSON_HELP)
   .action(async (link: string, action: string, value: string | undefined, o: JsonFlag) => {
+    const { setFault, defaultStackHome } = await localStack();
     const result = await setFault(defaultStackHome(), link, action, value);
     emit<FaultJson>(o, { link, action, value: value ?? null, result }, () => result);
   });
 
 program.command('status').description("each component's health and the Temporal UI URL").option('--json', JSON_HELP).action(async (o: JsonFlag) => {
-  const s = await status();
+  const s = await (await localStack()).status();
   const state = s.state;
   if (!state) {
     emit<StatusJson>(o, { running: false, uiUrl: null, components: [] }, () => "no local stack is running (start one with 'kybernate up')");
@@ -177,10 +200,10 @@ program
     await runAgent({
       node, zone, dataDir: o.dataDir, declaredVramBytes, reportEveryMs,
       stagingDir: o.stagingDir === 'none' ? null : o.stagingDir ? path.resolve(o.stagingDir) : undefined,
-    });
+    }, await localHooks());
   });
 
-program.command('worker').description('run the control-plane worker (all workflows, control activities)').action(runControlWorker);
+program.command('worker').description('run the control-plane worker (all workflows, control activities)').action(async () => runControlWorker(await localHooks()));
 
 program
   .command('checkpoint <job-or-pid>')

@@ -1,15 +1,44 @@
-/** Where the stack's services are; read from the environment or the local stack's state file. */
+import type { TLSConfig } from '@temporalio/client';
+
+/**
+ * Where the object store is. No static keys (accessKeyId/secretAccessKey unset): the AWS SDK's default
+ * credential chain (environment, shared config and profiles, web identity, instance metadata).
+ */
 export interface S3Config {
-  endpoint: string;
+  /** Unset: the AWS endpoint of the region. */
+  endpoint?: string;
   region: string;
-  accessKeyId: string;
-  secretAccessKey: string;
+  accessKeyId?: string;
+  secretAccessKey?: string;
   bucket: string;
+  /** Path-style URLs (MinIO and most S3-compatible stores); default true. */
+  forcePathStyle?: boolean;
 }
 
+/** How to reach Temporal beyond its address: TLS (true: system CAs, no client cert) and an API key. */
+export interface TemporalSecurity {
+  tls?: TLSConfig | boolean;
+  apiKey?: string;
+  metadata?: Record<string, string>;
+}
+
+/** Where the stack's services are; read from the environment, a Temporal profile, or the local stack's state file. */
 export interface KybernateConfig {
   temporalAddress: string;
   namespace: string;
+  /** TLS and API key for the Temporal connection; absent: plain gRPC (the local stack). */
+  temporal?: TemporalSecurity;
   uiUrl: string | null;
   s3: S3Config;
+}
+
+/** The options every Temporal connection (client or worker) of this config is made with. */
+export function temporalConnectionOptions(cfg: Pick<KybernateConfig, 'temporalAddress' | 'temporal'>): { address: string } & TemporalSecurity {
+  const t = cfg.temporal ?? {};
+  return {
+    address: cfg.temporalAddress,
+    ...(t.tls !== undefined ? { tls: t.tls } : {}),
+    ...(t.apiKey !== undefined ? { apiKey: t.apiKey } : {}),
+    ...(t.metadata !== undefined ? { metadata: t.metadata } : {}),
+  };
 }

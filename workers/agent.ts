@@ -8,11 +8,13 @@ import { readInventory } from '../activities/node/inventory';
 import { sweepOrphans, temporalOwnerLookup } from '../activities/node/orphans';
 import { assertSafeId } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue, nodeWorkflowId } from '../common/queues';
-import { inLocalStack, joinLocalStack } from '../deploy/local/join';
-import { defaultStackHome, BIN } from '../deploy/local/paths';
-import { loadConfig, makeLogger } from './config';
+import { temporalConnectionOptions } from '../common/config';
+import { describeConfig, loadConfig, makeLogger, type StartHooks } from './config';
 import { installMetrics, metricsAddress, nodeGauges } from './metrics';
 import { pendingUploadCount } from '../activities/node/pending';
+
+/** Where an agent's binaries and data are on a production node when neither flags nor KYBERNATE_* say otherwise. */
+const NODE_DEFAULTS = { criuBin: 'criu', initBin: '/usr/bin/tini', shimBin: '/usr/local/bin/kybernate-shim', dataRoot: '/var/lib/kybernate/nodes' };
 
 export interface AgentOptions {
   node: string;
@@ -20,9 +22,9 @@ export interface AgentOptions {
   dataDir?: string;
   declaredVramBytes?: number;
   criuBin?: string;
-  /** The init run as pid 1 of each workload's PID namespace; null: none. Default: $KYBERNATE_INIT ('none' for none), else the provisioned tini. */
+  /** The init run as pid 1 of each workload's PID namespace; null: none. Default: $KYBERNATE_INIT ('none' for none), else the provisioned tini (local) or /usr/bin/tini. */
   initBin?: string | null;
-  /** The shim each job run is started under. Default: $KYBERNATE_SHIM, else the provisioned one (provision.sh shim). */
+  /** The shim each job run is started under. Default: $KYBERNATE_SHIM, else the provisioned one (local) or /usr/local/bin/kybernate-shim. */
   shimBin?: string;
   /** Memory (tmpfs) directory for staging dumps and fetches; null: never stage. Default: /dev/shm/kybernate/<node>. */
   stagingDir?: string | null;
@@ -34,30 +36,32 @@ export interface AgentOptions {
  * The node agent: a Temporal worker on node/<name> running only node activities. Workloads it starts are
  * detached, so killing the agent (even with -9) leaves them running.
  */
-export async function runAgent(opts: AgentOptions): Promise<void> {
+export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Promise<void> {
   assertSafeId('node', opts.node);
-  const cfg = loadConfig();
+  const cfg = loadConfig(process.env, hooks.defaults);
+  const bins = { ...NODE_DEFAULTS, ...hooks.node };
   const logger = makeLogger({ node: opts.node, component: 'agent' });
-  const dataDir = path.resolve(opts.dataDir ?? path.join(defaultStackHome(), 'nodes', opts.node));
+  const dataDir = path.resolve(opts.dataDir ?? process.env.KYBERNATE_DATA_DIR ?? path.join(bins.dataRoot, opts.node));
   fs.mkdirSync(dataDir, { recursive: true });
   const ctx: NodeContext = {
     node: opts.node,
     zone: opts.zone ?? null,
     dataDir,
-    criuBin: opts.criuBin ?? process.env.KYBERNATE_CRIU ?? BIN.criu,
-    initBin: initBin(opts.initBin),
-    shimBin: shimBin(opts.shimBin),
+    criuBin: opts.criuBin ?? process.env.KYBERNATE_CRIU ?? bins.criuBin,
+    initBin: initBin(opts.initBin, bins.initBin),
+    shimBin: shimBin(opts.shimBin, bins.shimBin),
     criuActionScript: process.env.KYBERNATE_CRIU_ACTION_SCRIPT ?? null,
     declaredVramBytes: opts.declaredVramBytes ?? null,
     stagingDir: opts.stagingDir === undefined ? defaultStagingDir(opts.node) : opts.stagingDir,
     s3: cfg.s3,
     logger,
   };
+  logger.info(describeConfig(cfg), 'agent starting');
   // Before any connection: the SDK runtime (and its exporter) is process-wide and installed once.
-  const metrics = await metricsAddress('agent', inLocalStack(cfg.temporalAddress));
+  const metrics = await metricsAddress('agent', hooks.localMetricsAddress?.(cfg.temporalAddress) ?? null);
   if (metrics) installMetrics(metrics, { node: opts.node });
   const gauges = nodeGauges();
-  const connection = await NativeConnection.connect({ address: cfg.temporalAddress });
+  const connection = await NativeConnection.connect(temporalConnectionOptions(cfg));
   const worker = await Worker.create({
     connection,
     namespace: cfg.namespace,
@@ -65,7 +69,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
     activities: createNodeActivities(ctx),
     maxConcurrentActivityTaskExecutions: 16,
   });
-  const clientConn = await Connection.connect({ address: cfg.temporalAddress });
+  const clientConn = await Connection.connect(temporalConnectionOptions(cfg));
   const client = new Client({ connection: clientConn, namespace: cfg.namespace });
   const report = async (): Promise<void> => {
     const inv = await readInventory(ctx);
@@ -89,7 +93,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   await sweepOrphans(ctx, temporalOwnerLookup(client)).catch((e: Error) => logger.error({ err: e.message }, 'orphan sweep failed'));
   const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
-  const leaveStack = joinLocalStack(`agent:${opts.node}`, cfg.temporalAddress, { dataDir, metricsAddress: metrics });
+  const leaveStack = hooks.join?.(`agent:${opts.node}`, cfg.temporalAddress, { dataDir, metricsAddress: metrics }) ?? (() => undefined);
   logger.info({ queue: nodeQueue(opts.node), dataDir, stagingDir: ctx.stagingDir, declaredVramBytes: ctx.declaredVramBytes, metrics: metrics ? `http://${metrics}/metrics` : 'off' }, 'agent ready');
   try {
     await worker.run();
@@ -105,8 +109,8 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
  * Refuses to start an agent whose init is missing: its workloads could not be stopped with SIGTERM, and the
  * first `run` would fail anyway.
  */
-function initBin(given: string | null | undefined): string | null {
-  const bin = given !== undefined ? given : process.env.KYBERNATE_INIT === 'none' ? null : process.env.KYBERNATE_INIT ?? BIN.tini;
+function initBin(given: string | null | undefined, fallback: string): string | null {
+  const bin = given !== undefined ? given : process.env.KYBERNATE_INIT === 'none' ? null : process.env.KYBERNATE_INIT ?? fallback;
   if (bin === null) return null;
   try {
     fs.accessSync(bin, fs.constants.X_OK);
@@ -117,8 +121,8 @@ function initBin(given: string | null | undefined): string | null {
 }
 
 /** Refuses to start an agent without its run shim, as for the init: every job run would fail to start. */
-function shimBin(given: string | undefined): string {
-  const bin = given ?? process.env.KYBERNATE_SHIM ?? BIN.shim;
+function shimBin(given: string | undefined, fallback: string): string {
+  const bin = given ?? process.env.KYBERNATE_SHIM ?? fallback;
   try {
     fs.accessSync(bin, fs.constants.X_OK);
   } catch {

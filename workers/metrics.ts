@@ -1,6 +1,5 @@
 import { Runtime } from '@temporalio/worker';
 import { DEFAULT_AGENT_METRICS_PORT, DEFAULT_CONTROL_METRICS_PORT, Metric, PHASE_SECONDS_BUCKETS } from '../common/metrics';
-import { freePort } from '../deploy/local/ports';
 
 export type MetricsRole = 'agent' | 'control';
 
@@ -10,7 +9,7 @@ export type MetricsRole = 'agent' | 'control';
  * dev machine runs several agents, and the stack records the port), and anything else listens on all
  * interfaces at the documented port: 9464 for an agent, 9465 for the control worker.
  */
-export async function metricsAddress(role: MetricsRole, inLocalStack: boolean, env: NodeJS.ProcessEnv = process.env): Promise<string | null> {
+export async function metricsAddress(role: MetricsRole, localAddress: (() => Promise<string>) | null, env: NodeJS.ProcessEnv = process.env): Promise<string | null> {
   const given = env.KYBERNATE_METRICS_ADDRESS?.trim();
   if (given !== undefined && given !== '') {
     if (given === 'off') return null;
@@ -20,7 +19,7 @@ export async function metricsAddress(role: MetricsRole, inLocalStack: boolean, e
     }
     return given;
   }
-  if (inLocalStack) return `127.0.0.1:${await freePort()}`;
+  if (localAddress) return localAddress();
   return `0.0.0.0:${role === 'agent' ? DEFAULT_AGENT_METRICS_PORT : DEFAULT_CONTROL_METRICS_PORT}`;
 }
 

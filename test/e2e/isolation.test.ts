@@ -23,7 +23,7 @@ beforeAll(async () => {
   // environment does. Dumps go straight to disk so the images can be read there.
   agent = await Agent.start({
     node: NODE, declaredVramBytes: 16 * 1024 ** 3, stagingDir: null,
-    env: { KYBERNATE_S3_SECRET_ACCESS_KEY: configFromStack(stack()).s3.secretAccessKey, AWS_SECRET_ACCESS_KEY: AWS_CANARY },
+    env: { KYBERNATE_S3_SECRET_ACCESS_KEY: stack().s3.secretAccessKey, AWS_SECRET_ACCESS_KEY: AWS_CANARY },
   });
 }, 120000);
 afterAll(async () => {
@@ -75,7 +75,7 @@ function filesUnder(dir: string): string[] {
 
 describe('workload isolation, end to end on the real stack', () => {
   test('no KYBERNATE_S3_* or AWS_* variable reaches a workload, nor its CRIU images on disk or in S3', async () => {
-    const secret = configFromStack(stack()).s3.secretAccessKey;
+    const secret = stack().s3.secretAccessKey;
     expect(secret.length).toBeGreaterThanOrEqual(8);
     const job = 'nosecret';
     const info = await k.runWorkload({ node: NODE, jobId: job, command: [PYTHON, PATTERN, '8', job] });

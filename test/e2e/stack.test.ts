@@ -17,6 +17,7 @@ import { nodeQueue } from '../../common/queues';
 import { ComponentFailedError, configFromStack, down, findWorkloadProcesses, readStackState, restartComponent, type StackState, stopComponent, up } from '../../deploy/local/stack';
 import { hasPoller, startAgent, startControlWorker } from '../../deploy/local/workers';
 import { loadConfig } from '../../workers/config';
+import { localDefaults } from '../../deploy/local/config';
 import type { NodeRecord } from '../../workflows/node';
 import { Agent, alive, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
 import { Toxiproxy } from '../support/toxiproxy';
@@ -332,7 +333,8 @@ describe('the local stack', () => {
       expect(proxies.s3.upstream).toBe(new URL(own.s3.endpoint).host);
       expect(proxies.temporal.upstream).toBe(own.temporal.address);
       expect(own.toxiproxy!.routes).toEqual({ s3: `http://${proxies.s3.listen}`, temporal: proxies.temporal.listen });
-      const cfg = loadConfig({ KYBERNATE_HOME: home });
+      // What a worker started from this checkout sees: the local stack's settings as the defaults under the environment.
+      const cfg = loadConfig({ KYBERNATE_HOME: home }, localDefaults({ KYBERNATE_HOME: home }).config);
       expect(cfg.s3.endpoint).toBe(own.toxiproxy!.routes!.s3);
       expect(cfg.temporalAddress).toBe(own.toxiproxy!.routes!.temporal);
       expect(cli('status')).toMatch(/healthy +toxiproxy .*proxy s3: workers reach s3 via/);

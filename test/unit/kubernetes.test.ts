@@ -175,24 +175,11 @@ function sourceFiles(dir: string): string[] {
 /** What production code reads, and the Temporal SDK's environment configuration when it is installed. */
 function namesRead(): Set<string> {
   const files = ['workers', 'activities', 'common', 'clients', 'workflows'].flatMap((d) => sourceFiles(path.join(ROOT, d)));
-  try {
-    files.push(...sourceFiles(path.dirname(require.resolve('@temporalio/envconfig'))));
-  } catch {
-    // Not a dependency (yet): its names are in AWAITING_MERGE below.
-  }
+  files.push(...sourceFiles(path.dirname(require.resolve('@temporalio/envconfig'))));
   const out = new Set<string>();
   for (const f of files) for (const n of namesIn(fs.readFileSync(f, 'utf8'))) out.add(n);
   return out;
 }
-/**
- * Names that sibling branches of issue 12 bring and this branch does not have yet: "config" (the Temporal
- * SDK's envconfig, the S3 credential chain) and "metrics". The second env test fails as soon as production
- * code reads one of them, so that its entry is deleted and the first test checks it like any other name.
- */
-const AWAITING_MERGE = new Set([
-  'TEMPORAL_ADDRESS', 'TEMPORAL_NAMESPACE', 'TEMPORAL_API_KEY', 'TEMPORAL_TLS',
-  'TEMPORAL_TLS_CLIENT_CERT_PATH', 'TEMPORAL_TLS_CLIENT_KEY_PATH', 'TEMPORAL_TLS_SERVER_CA_CERT_PATH',
-]);
 /** Read by the NVIDIA container runtime when it sets the container up, not by us. */
 const RUNTIME_NAMES = new Set(['NVIDIA_VISIBLE_DEVICES', 'NVIDIA_DRIVER_CAPABILITIES']);
 
@@ -219,7 +206,7 @@ function envNames(objs: Obj[], secrets: Obj[], dockerfile: string): { where: str
 }
 function envProblems(objs: Obj[], secrets: Obj[], dockerfile: string, read: Set<string>): string[] {
   return envNames(objs, secrets, dockerfile)
-    .filter(({ name, argv }) => !read.has(name) && !AWAITING_MERGE.has(name) && !RUNTIME_NAMES.has(name) && !argv.some((a) => a.includes(`$(${name})`)))
+    .filter(({ name, argv }) => !read.has(name) && !RUNTIME_NAMES.has(name) && !argv.some((a) => a.includes(`$(${name})`)))
     .map(({ where, name }) => `${where}: ${name} is read by nothing`);
 }
 
@@ -289,11 +276,6 @@ describe('deploy/kubernetes', () => {
 
   test('every environment variable given is read by Kybernate, the Temporal SDK or the NVIDIA runtime', () => {
     expect(envProblems(applied, secretExamples, dockerfile, namesRead())).toEqual([]);
-  });
-
-  test('names awaiting a sibling branch are not read yet (delete each from AWAITING_MERGE once it is)', () => {
-    const read = namesRead();
-    expect([...AWAITING_MERGE].filter((n) => read.has(n))).toEqual([]);
   });
 });
 
