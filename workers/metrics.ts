@@ -48,7 +48,7 @@ export function installMetrics(bindAddress: string, tags: Record<string, string>
     });
   } catch (e) {
     throw new Error(`metrics endpoint ${bindAddress} could not be served (${e instanceof Error ? e.message : String(e)}): `
-      + `set KYBERNATE_METRICS_ADDRESS to a free host:port, or 'off'`);
+      + `set KYBERNATE_METRICS_ADDRESS to a free host:port, or 'off'`, { cause: e });
   }
 }
 
