@@ -21,6 +21,7 @@ import { runWorkload as runWorkloadWorkflow, stopWorkload as stopWorkloadWorkflo
 import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
 import { parseDuration } from './durations';
 import { UnavailableError } from './errors';
+import { pendingActivityBytes, withLiveBytes } from './live-bytes';
 import { type LogOptions, type LogSink, showLogs } from './job-logs';
 import { JobsApi, type JobListEntry } from './jobs';
 import { type CheckpointRecord, checkpointFromRecord, RECORD_TIMEOUT_MS } from './record';
@@ -183,7 +184,8 @@ export class KybernateClient {
       void (async () => {
         while (!done) {
           const s = await this.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => handle.query<unknown>('status')).catch(() => null);
-          if (!done && is(s)) onStatus(s);
+          const live = is(s) ? await this.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => pendingActivityBytes(handle)).catch(() => null) : null;
+          if (!done && is(s)) onStatus(withLiveBytes(s, live));
           await new Promise((r) => setTimeout(r, intervalMs).unref());
         }
       })();

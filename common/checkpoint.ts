@@ -168,3 +168,9 @@ export function durableAt(s: CheckpointStatus): number | null {
   const rec = s.history.find((h) => h.phase === 'Uploading' && h.outcome === 'ok' && / parts sent, /.test(h.detail));
   return rec ? Date.parse(rec.at) : null;
 }
+
+/** How far a long node step that moves a checkpoint's bytes is: kept in its heartbeat details for watchers. */
+export interface ActivityBytes {
+  done: number;
+  total: number;
+}

@@ -8,6 +8,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, type Metadata } from '../../common/metadata';
 import { makeS3Client } from '../s3-client';
+import type { ActivityBytes } from '../../common/checkpoint';
 import { checkpointDir, checkpointLocation, type NodeContext, s3Prefix, stagedDir } from './context';
 import { setAsideCorrupt } from './corrupt';
 import { stagingFits } from './staging';
@@ -23,7 +24,7 @@ async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buff
  * One streamed GET per file, hashed on the way to disk: verification costs no second read. (Ranged GETs in
  * parallel were slower here: the object store and the hashing share the same few cores.)
  */
-async function downloadFile(s3: S3Client, bucket: string, key: string, dest: string): Promise<string> {
+async function downloadFile(s3: S3Client, bucket: string, key: string, dest: string, progress: ActivityBytes): Promise<string> {
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   const hash = createHash('sha256');
   const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
@@ -31,7 +32,9 @@ async function downloadFile(s3: S3Client, bucket: string, key: string, dest: str
   const tap = new Transform({
     transform(chunk: Buffer, _enc, done) {
       hash.update(chunk);
-      if (++n % 256 === 0) heartbeat();
+      progress.done += chunk.length;
+      // The bytes so far are the heartbeat's details: a client waiting on the restore shows them.
+      if (++n % 256 === 0) heartbeat({ bytes: progress });
       done(null, chunk);
     },
   });
@@ -95,10 +98,11 @@ export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: s
     const dir = staged ? stagedDir(ctx, input.checkpointId)! : checkpointDir(ctx, input.checkpointId);
     const staging = `${dir}.fetch`;
     fs.rmSync(staging, { recursive: true, force: true });
+    const progress: ActivityBytes = { done: 0, total: bytes };
     for (const f of metadata.files) {
       let sum: string;
       try {
-        sum = await downloadFile(s3, ctx.s3.bucket, prefix + f.path, path.join(staging, f.path));
+        sum = await downloadFile(s3, ctx.s3.bucket, prefix + f.path, path.join(staging, f.path), progress);
       } catch (e) {
         // A retry starts over; a partial copy left in memory would hold it until then, or for good.
         fs.rmSync(staging, { recursive: true, force: true });

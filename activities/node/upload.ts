@@ -16,7 +16,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
-import type { UploadResult } from '../../common/checkpoint';
+import type { ActivityBytes, UploadResult } from '../../common/checkpoint';
 import { type FileEntry, METADATA_FILE } from '../../common/metadata';
 import { makeS3Client, partSizeFor, s3ErrorKind } from '../s3-client';
 import { checkpointLocation, type NodeContext, s3Prefix } from './context';
@@ -26,6 +26,11 @@ import { parseMetadata, sha256Hex } from './seal';
 export interface UploadProgress {
   done: string[];
   multipart: Record<string, { uploadId: string; partSize: number }>;
+  /**
+   * Bytes of the checkpoint in S3 so far (sent now or by an earlier attempt) and in all: what a client waiting
+   * on the checkpoint shows as progress (it reads the pending activity's heartbeat details). Never used to resume.
+   */
+  bytes?: ActivityBytes;
 }
 
 const b64 = (hex: string): string => Buffer.from(hex, 'hex').toString('base64');
@@ -148,6 +153,7 @@ async function uploadLarge(
       // A part already in S3 counts only if S3's checksum of it is that of the bytes read here; else it is sent again.
       if (prev && (!prev.ChecksumSHA256 || prev.ChecksumSHA256 === partSum)) {
         counters.partsResumed++;
+        if (progress.bytes) progress.bytes.done += body.length;
         beat(progress);
         continue;
       }
@@ -157,6 +163,7 @@ async function uploadLarge(
         have.set(n, { PartNumber: n, ETag: r.ETag, ChecksumSHA256: r.ChecksumSHA256 ?? partSum });
         counters.partsSent++;
         counters.bytesSent += body.length;
+        if (progress.bytes) progress.bytes.done += body.length;
         beat(progress);
       }, (error: unknown) => {
         failure ??= { error };
@@ -235,6 +242,7 @@ export async function uploadCheckpoint(ctx: NodeContext, input: { checkpointId: 
     const small = md.files.filter((f) => f.size <= partSizeFor(f.size));
     const large = md.files.filter((f) => f.size > partSizeFor(f.size));
     const pending = small.filter((f) => !progress.done.includes(f.path));
+    progress.bytes = { done: md.files.filter((f) => progress.done.includes(f.path)).reduce((n, f) => n + f.size, 0), total: md.files.reduce((n, f) => n + f.size, 0) };
     // Many small CRIU images: send them concurrently; large page images go part by part.
     const queue = [...pending];
     await Promise.all(
@@ -254,6 +262,7 @@ export async function uploadCheckpoint(ctx: NodeContext, input: { checkpointId: 
           counters.bytesSent += f.size;
           counters.partsSent++;
           progress.done.push(f.path);
+          if (progress.bytes) progress.bytes.done += f.size;
           beat(progress);
         }
       }),
@@ -262,6 +271,7 @@ export async function uploadCheckpoint(ctx: NodeContext, input: { checkpointId: 
       if (progress.done.includes(f.path)) continue;
       if (!progress.multipart[f.path] && (await exists(s3, bucket, prefix + f.path, f))) {
         progress.done.push(f.path);
+        if (progress.bytes) progress.bytes.done += f.size;
         continue;
       }
       await uploadLarge(s3, bucket, prefix + f.path, path.join(dir, f.path), f, progress, counters, concurrency);

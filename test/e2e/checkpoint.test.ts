@@ -13,6 +13,7 @@ import { configFromStack, restartComponent } from '../../deploy/local/stack';
 import { recordHistory } from '../support/histories';
 import { Agent, alive, client, lastTick, localNodeContext, PATTERN, PYTHON, stack, until } from '../support/stack';
 import { Toxiproxy } from '../support/toxiproxy';
+import { pendingActivityBytes } from '../../clients/live-bytes';
 
 let k: KybernateClient;
 const agents: Agent[] = [];
@@ -344,6 +345,13 @@ describe('checkpoint, end to end on the real stack', () => {
       return n;
     };
     const done = await until('some parts uploaded', async () => (await partsDone()) || null, 120000, 100);
+    // What `kybernate checkpoint` shows while it waits: the upload's bytes so far, from its heartbeat details.
+    const live = await until('the upload reports its bytes', async () => {
+      const b = await pendingActivityBytes(k.client.workflow.getHandle(checkpointWorkflowId('resume-1')));
+      return b && b.done > 0 ? b : null;
+    }, 60000, 200);
+    expect(live.done).toBeLessThan(live.total);
+    expect(live.total).toBeGreaterThanOrEqual(256 * 2 ** 20);
     a.kill9();
     await tox.removeToxic('s3-slow', 'slow-upload');
     await a.restart();

@@ -12,6 +12,7 @@ import { JobExistsError } from '../../clients/jobs';
 import { applyJson, errorJson, jobsJson, jsonText } from '../../clients/json-output';
 import { etaSeconds, phaseLine, ProgressDisplay, progressOf, rateOf } from '../../clients/progress';
 import { isCheckpointStatus, isJobStatus, resultOf } from '../../clients/result';
+import { withLiveBytes } from '../../clients/live-bytes';
 
 const checkpointStatus = (phase: CheckpointStatus['phase'], bytesSent?: number): CheckpointStatus => ({
   checkpointId: 'c1', jobId: 'j1', node: 'n1', pid: 42, vramBytes: 0, phase, tier: phase === 'Durable' ? 's3' : null, failureReason: phase === 'Failed' ? 'Dumping: criu said no' : null,
@@ -127,5 +128,16 @@ describe('the CLI with --json (usage errors: no stack needed)', () => {
     }
     expect(JSON.parse(bad.stderr)).toEqual({ error: { code: 'INVALID_INPUT', message: "node: must not contain a path separator (got '../a')" } });
     expect(JSON.parse(unknown.stderr)).toEqual({ error: { code: 'USAGE', message: "unknown option '--bogus'" } });
+  });
+});
+
+describe('live bytes of a running step', () => {
+  test('shown as progress only when the status reports none itself', () => {
+    const s = { phase: 'Uploading' };
+    expect(withLiveBytes(s, { done: 5, total: 10 })).toEqual({ phase: 'Uploading', progress: { bytesDone: 5, bytesTotal: 10 } });
+    expect(progressOf(withLiveBytes(s, { done: 5, total: 10 }))).toMatchObject({ bytesDone: 5, bytesTotal: 10 });
+    expect(withLiveBytes(s, null)).toBe(s);
+    const own = { phase: 'Uploading', progress: { bytesDone: 1, bytesTotal: 2 } };
+    expect(withLiveBytes(own, { done: 5, total: 10 })).toBe(own);
   });
 });
