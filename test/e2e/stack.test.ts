@@ -17,7 +17,7 @@ import { nodeQueue } from '../../common/queues';
 import { ComponentFailedError, configFromStack, down, findWorkloadProcesses, readStackState, restartComponent, type StackState, stopComponent, up } from '../../deploy/local/stack';
 import { hasPoller, startAgent, startControlWorker } from '../../deploy/local/workers';
 import { loadConfig } from '../../workers/config';
-import type { NodeRecord } from '../../workflows/node';
+import type { NodeRecord } from '../../common/node';
 import { Agent, alive, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
 import { Toxiproxy } from '../support/toxiproxy';
 
