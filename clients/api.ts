@@ -14,6 +14,7 @@ import type { NodeRecord } from '../common/node';
 import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
 import { parseDuration } from './durations';
 import { UnavailableError } from './errors';
+import { finalStatus } from './outcome';
 import { type CheckpointRecord, checkpointFromRecord, RECORD_TIMEOUT_MS } from './record';
 
 /**
@@ -153,8 +154,9 @@ export class KybernateClient {
     });
   }
 
+  /** The checkpoint's final status, Durable or Failed (a failed checkpoint's workflow fails, its status in the failure). */
   async checkpointResult(checkpointId: string): Promise<CheckpointStatus> {
-    return this.client.workflow.getHandle(checkpointWorkflowId(assertSafeId('checkpoint', checkpointId))).result() as Promise<CheckpointStatus>;
+    return finalStatus('checkpoint', this.client.workflow.getHandle(checkpointWorkflowId(assertSafeId('checkpoint', checkpointId))));
   }
 
   /**

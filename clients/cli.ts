@@ -19,6 +19,7 @@ import { KybernateClient } from './api';
 import { formatBytes, parseBytes } from './bytes';
 import { parseDuration, parseSeconds } from './durations';
 import { describeError, printableCommanderOutput } from './errors';
+import { finalStatus } from './outcome';
 import { applyJobs, parseJobsFile } from './apply';
 import { parseUser, jobSpecFromFields } from './job-flags';
 import { describeJob, formatAge, jobsTable } from './job-format';
@@ -440,7 +441,7 @@ program
       const { workflowId } = await k.startMigration({ jobId: job, from: o.from, to: o.to, readiness: readinessFlags(o) });
       console.log(`migration of ${job} started: ${k.uiLink(workflowId) ?? workflowId}`);
       if (!o.wait) return;
-      const r = (await k.client.workflow.getHandle(workflowId).result()) as { phase: string; failureReason: string | null };
+      const r = await finalStatus('migrate', k.client.workflow.getHandle(workflowId));
       console.log(printable(`${job}: ${r.phase}${r.failureReason ? ` — ${r.failureReason}` : ''}`));
       if (r.phase !== 'Migrated') process.exitCode = 1;
     });

@@ -15,6 +15,7 @@ import type { readJobLog } from '../workflows/job-log';
 import type { KybernateClient } from './api';
 import { QUERY_TIMEOUT_MS } from './api';
 import { describeError, describeFailureChain, UnavailableError } from './errors';
+import { finalStatus } from './outcome';
 
 /** A job of that name is open already: a second one would run the same workload twice. */
 export class JobExistsError extends Error {
@@ -89,6 +90,11 @@ export class JobsApi {
       throw e;
     });
     if (d.status.name === 'COMPLETED') return this.k.withinTemporal(() => h.result());
+    if (d.status.name === 'FAILED') {
+      // A job that ended Failed, OOMKilled, StartFailure or TimedOut fails its workflow, its status in the failure.
+      const s = await this.k.withinTemporal(() => finalStatus('job', h)).catch(() => null);
+      if (s !== null) return s;
+    }
     try {
       return await this.k.queryStatus<JobStatus>(h.workflowId);
     } catch (e) {

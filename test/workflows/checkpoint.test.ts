@@ -1,5 +1,5 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import { WorkflowFailedError } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { createControlActivities } from '../../activities/control';
@@ -8,6 +8,7 @@ import {
 } from '../../common/checkpoint';
 import type { StepOutcome } from '../../common/journal';
 import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
+import { finalStatus } from '../../clients/outcome';
 import { Harness, type NodeMock } from './harness';
 
 type Mock = NodeMock;
@@ -112,8 +113,30 @@ async function run(mock: Mock, request: CheckpointRequest, during?: () => Promis
   return h.with(createControlActivities(env.client), { [request.node]: mock }, async () => {
     const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(request.checkpointId), taskQueue: CONTROL_QUEUE, args: [request] });
     if (during) await during();
-    return (await wf.result()) as CheckpointStatus;
+    return settled(wf);
   });
+}
+
+/**
+ * The final status as a client reads it (finalStatus), and the workflow's own outcome checked against it: a
+ * checkpoint that ended Failed is a FAILED workflow (CheckpointFailed, its status and history in the details),
+ * any other a COMPLETED one.
+ */
+async function settled(wf: WorkflowHandle): Promise<CheckpointStatus> {
+  const s = await finalStatus('checkpoint', wf);
+  const d = await wf.describe();
+  expect(d.status.name).toBe(s.phase === 'Failed' ? 'FAILED' : 'COMPLETED');
+  if (s.phase === 'Failed') {
+    const err: unknown = await wf.result().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    // Failed in Pending (before anything was touched) keeps the step's own type (NoSuchProcess, InvalidInput...).
+    if (s.history.at(-1)?.phase !== 'Pending') expect(cause.type).toBe('CheckpointFailed');
+    expect(cause.nonRetryable).toBe(true);
+    expect(cause.message).toBe(s.failureReason);
+    expect(cause.details?.[1]).toEqual(s.history);
+  }
+  return s;
 }
 
 describe('checkpoint workflow', () => {
@@ -148,7 +171,11 @@ describe('checkpoint workflow', () => {
         throw ApplicationFailure.nonRetryable('no such process: pid 999999', 'NoSuchProcess');
       },
     });
-    const err = await run(mock, req({ pid: 999999 })).catch((e: unknown) => e);
+    const r = req({ pid: 999999 });
+    const s = await run(mock, r);
+    expect(s.phase).toBe('Failed');
+    expect(s.failureReason).toContain('no such process: pid 999999');
+    const err = await env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId)).result().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect(((err as WorkflowFailedError).cause as ApplicationFailure).type).toBe('NoSuchProcess');
     expect(calls).toEqual(['resolveTarget']);
@@ -393,7 +420,7 @@ describe('checkpoint workflow', () => {
             return inspection({ criuDump: { state: 'done', data: { ...dumped } } }, { state: 'gone' }, true);
           },
         });
-        return (await nodeWorker(back)).runUntil(wf.result() as Promise<CheckpointStatus>);
+        return (await nodeWorker(back)).runUntil(settled(wf));
       });
       expect(s.phase).toBe('Durable');
       expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'seal', 'upload']);
