@@ -156,6 +156,19 @@ describe('checkpoint workflow', () => {
     expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'upload']);
   });
 
+  test('the UI: current details follow the phase (Durable: bytes sent), and a failed one says why', async () => {
+    const details = async (r: CheckpointRequest, mock: Mock): Promise<string> => h.with(createControlActivities(env.client), { [r.node]: mock }, async () => {
+      const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(r.checkpointId), taskQueue: CONTROL_QUEUE, args: [r] });
+      await wf.result().catch(() => undefined);
+      const meta = await wf.query<{ currentDetails?: string | null }>('__temporal_workflow_metadata');
+      return meta.currentDetails ?? '';
+    });
+    const calls: string[] = [];
+    expect(await details(req(), node(calls, true))).toMatch(/^phase: Durable \(tier s3\), 0\.0 GiB sent to S3/);
+    const failing = node(calls, true, { criuDump: async () => { throw ApplicationFailure.nonRetryable('criu dump failed: unsupported fd', 'CriuDumpFailed'); } });
+    expect(await details(req(), failing)).toMatch(/^phase: Failed, DumpingProcess: criuDump: CriuDumpFailed: criu dump failed: unsupported fd$/);
+  });
+
   test('--leave-running on a CUDA process: VRAM restored and unlocked after the dump', async () => {
     const calls: string[] = [];
     const s = await run(node(calls, true), req({ leaveRunning: true }));
