@@ -15,6 +15,14 @@ export const placementStatusQuery = defineQuery<{ reservations: Reservation[] }>
  */
 export async function placement(input: { reservations?: Reservation[] } = {}): Promise<void> {
   const held = new Map<string, Reservation>((input.reservations ?? []).map((r) => [r.reservationId, r]));
+  /** The UI's current details: what is promised where. */
+  const showHeld = (): void => {
+    const byNode = new Map<string, number>();
+    for (const r of held.values()) byNode.set(r.node, (byNode.get(r.node) ?? 0) + r.bytes);
+    setCurrentDetails(held.size === 0 ? 'no VRAM reserved'
+      : `${held.size} reservation${held.size === 1 ? '' : 's'}: ${[...byNode].map(([n, b]) => `${n} ${(b / 2 ** 30).toFixed(1)} GiB`).join(', ')}`);
+  };
+  showHeld();
   setHandler(reserveUpdate, ({ reservationId, bytes, candidates }) => {
     const existing = held.get(reservationId);
     if (existing) return existing; // a retried activity asks again
@@ -35,14 +43,6 @@ export async function placement(input: { reservations?: Reservation[] } = {}): P
     showHeld();
     return r;
   });
-  /** The UI's current details: what is promised where. */
-  const showHeld = (): void => {
-    const byNode = new Map<string, number>();
-    for (const r of held.values()) byNode.set(r.node, (byNode.get(r.node) ?? 0) + r.bytes);
-    setCurrentDetails(held.size === 0 ? 'no VRAM reserved'
-      : `${held.size} reservation${held.size === 1 ? '' : 's'}: ${[...byNode].map(([n, b]) => `${n} ${(b / 2 ** 30).toFixed(1)} GiB`).join(', ')}`);
-  };
-  showHeld();
   setHandler(releaseSignal, ({ reservationId }) => {
     held.delete(reservationId);
     showHeld();
