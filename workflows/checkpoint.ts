@@ -242,7 +242,9 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     status.failureReason = `Pending: ${describeFailure(err)}`;
     record('Pending', 'failed', status.failureReason);
     enter('Failed', status.tier, status.failureReason);
-    throw failedWith(status.failureReason, failureType(err) ?? 'InvalidInput', status, status.history);
+    // Failed before anything was touched: the step's own type and message say it all (and the CLI prints them
+    // as an error, as it always has), so no status rides along.
+    throw ApplicationFailure.nonRetryable(status.failureReason, failureType(err) ?? 'InvalidInput');
   });
   const pid = target.pid;
   // Workflows resolved by an older agent have no start time: their kills go by pid alone.

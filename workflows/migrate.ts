@@ -76,7 +76,7 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
     // A copy may run where that restore lost its agent: restoring on A as well could make two.
     status.failureReason = `restore elsewhere failed (${onB}); not restored on ${input.from}, since a copy may run where the agent was lost`;
     enter('Failed', status.failureReason);
-    throw failedWith(status.failureReason, ErrorType.MigrationFailed, status, status.checkpoint.history);
+    throw ApplicationFailure.nonRetryable(status.failureReason, ErrorType.MigrationFailed);
   }
   // Nowhere else would take it: the source node still holds the checkpoint, so put the workload back there.
   enter('Compensating', `restoring on ${input.from} again`);
@@ -88,5 +88,5 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
   }
   status.failureReason = `restore elsewhere failed (${onB}); restore on ${input.from} failed too (${onA})`;
   enter('Failed', status.failureReason);
-  throw failedWith(status.failureReason, ErrorType.MigrationFailed, status, status.checkpoint.history);
+  throw ApplicationFailure.nonRetryable(status.failureReason, ErrorType.MigrationFailed);
 }
