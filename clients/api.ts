@@ -110,7 +110,8 @@ export class KybernateClient {
       typedSearchAttributes: [
         { key: SA_JOB, value: jobId }, { key: SA_NODE, value: node }, { key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Pending' },
       ],
-      staticSummary: `checkpoint ${jobId} on ${node}`,
+      staticSummary: `Checkpoint ${jobId} on ${node}`,
+      staticDetails: `checkpoint ${checkpointId} of job ${jobId} on node ${node}: ${request.reason}${request.leaveRunning ? ', left running' : ', the workload stops once dumped'}`,
     }).catch((e: unknown) => {
       if (e instanceof WorkflowExecutionAlreadyStartedError) {
         throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists (workflow ${workflowId}); checkpoint ids are never reused`);
@@ -138,6 +139,7 @@ export class KybernateClient {
     if (input.env !== undefined) spec.env = input.env;
     return this.client.workflow.execute('runWorkload', {
       workflowId: `workload/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, spec }],
+      staticSummary: `Start ${jobId} on ${node}`,
     });
   }
 
@@ -151,6 +153,7 @@ export class KybernateClient {
     await this.node(node);
     return this.client.workflow.execute('stopWorkload', {
       workflowId: `stop/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, jobId, graceMs: input.graceMs, reason: input.reason }],
+      staticSummary: `Stop ${jobId} on ${node}`,
     });
   }
 
@@ -223,7 +226,7 @@ export class KybernateClient {
           workflowId, taskQueue: CONTROL_QUEUE,
           args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies RestoreRequest],
           typedSearchAttributes: [{ key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Placing' }],
-          staticSummary: `restore ${checkpointId}`,
+          staticSummary: `Restore ${checkpointId} on ${input.node ?? 'a node with room'}`,
         });
         return { workflowId };
       } catch (e) {
@@ -268,7 +271,7 @@ export class KybernateClient {
       workflowId, taskQueue: CONTROL_QUEUE,
       args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies MigrateRequest],
       typedSearchAttributes: [{ key: SA_JOB, value: jobId }, { key: SA_NODE, value: from }],
-      staticSummary: `migrate ${jobId} from ${from} to ${to}`,
+      staticSummary: `Migrate ${jobId} from ${from} to ${to}`,
     });
     return { workflowId, checkpointId };
   }
