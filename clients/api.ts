@@ -10,7 +10,7 @@ import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import type { WorkloadInfo, WorkloadSpec } from '../activities/node/process';
 import type { JobSpec, JobStatus, PreemptResult } from '../common/job';
-import type { NodeRecord } from '../workflows/node';
+import type { NodeRecord } from '../common/node';
 // Workflows are started by reference (their function's name is the workflow type, and the argument and result
 // types follow from it). Loading these modules outside a workflow is safe: at load they only define queries,
 // signals and activity proxies, which act only when called inside a workflow.
@@ -123,7 +123,8 @@ export class KybernateClient {
       typedSearchAttributes: [
         { key: SA_JOB, value: jobId }, { key: SA_NODE, value: node }, { key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Pending' },
       ],
-      staticSummary: `checkpoint ${jobId} on ${node}`,
+      staticSummary: `Checkpoint ${jobId} on ${node}`,
+      staticDetails: `checkpoint ${checkpointId} of job ${jobId} on node ${node}: ${request.reason}${request.leaveRunning ? ', left running' : ', the workload stops once dumped'}`,
     }).catch((e: unknown) => {
       if (e instanceof WorkflowExecutionAlreadyStartedError) {
         throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists (workflow ${workflowId}); checkpoint ids are never reused`);
@@ -151,6 +152,7 @@ export class KybernateClient {
     if (input.env !== undefined) spec.env = input.env;
     return this.client.workflow.execute(runWorkloadWorkflow, {
       workflowId: `workload/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, spec }],
+      staticSummary: `Start ${jobId} on ${node}`,
     });
   }
 
@@ -164,6 +166,7 @@ export class KybernateClient {
     await this.node(node);
     return this.client.workflow.execute(stopWorkloadWorkflow, {
       workflowId: `stop/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, jobId, graceMs: input.graceMs, reason: input.reason }],
+      staticSummary: `Stop ${jobId} on ${node}`,
     });
   }
 
@@ -257,7 +260,7 @@ export class KybernateClient {
           workflowId, taskQueue: CONTROL_QUEUE,
           args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies RestoreRequest],
           typedSearchAttributes: [{ key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Placing' }],
-          staticSummary: `restore ${checkpointId}`,
+          staticSummary: `Restore ${checkpointId} on ${input.node ?? 'a node with room'}`,
         });
         return { workflowId };
       } catch (e) {
@@ -376,7 +379,7 @@ export class KybernateClient {
       workflowId, taskQueue: CONTROL_QUEUE,
       args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies MigrateRequest],
       typedSearchAttributes: [{ key: SA_JOB, value: jobId }, { key: SA_NODE, value: from }],
-      staticSummary: `migrate ${jobId} from ${from} to ${to}`,
+      staticSummary: `Migrate ${jobId} from ${from} to ${to}`,
     });
     return { workflowId, checkpointId };
   }

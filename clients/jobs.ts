@@ -92,6 +92,11 @@ export class JobsApi {
       throw e;
     });
     if (d.status.name === 'COMPLETED') return this.k.withinTemporal(() => resultOf(h, isJobStatus));
+    if (d.status.name === 'FAILED') {
+      // A job that ended Failed, OOMKilled, StartFailure or TimedOut fails its workflow, its status in the failure.
+      const s = await this.k.withinTemporal(() => resultOf(h, isJobStatus)).catch(() => null);
+      if (s !== null) return s;
+    }
     try {
       return await this.k.queryStatus<JobStatus>(h.workflowId);
     } catch (e) {

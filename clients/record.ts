@@ -8,6 +8,7 @@ import { METADATA_FILE } from '../common/metadata';
 import { checkpointWorkflowId } from '../common/queues';
 import { SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import { describeFailureChain } from './errors';
+import { finalStatus } from './outcome';
 
 /** How long a look-up in Temporal's record or S3 may take before it counts as "not answering". */
 export const RECORD_TIMEOUT_MS = 5000;
@@ -35,9 +36,12 @@ export async function checkpointFromRecord(client: Client, s3: S3Config, checkpo
     phase: (sa.get(SA_PHASE) ?? 'Pending') as CheckpointPhase, tier: (sa.get(SA_TIER) ?? null) as Tier | null, failureReason: null, history: [], upload: null,
   };
   let source = 'phase, tier, job and node from its search attributes (history of attempts not available)';
-  if (d.status.name === 'COMPLETED') {
-    // A finished workflow's result lies in its history: reading it needs no worker.
-    status = (await within(() => h.result())) as CheckpointStatus;
+  const final = d.status.name === 'COMPLETED' || d.status.name === 'FAILED'
+    // A finished workflow's result (or, failed, the status its failure carries) lies in its history: reading it needs no worker.
+    ? await within(() => finalStatus('checkpoint', h)).catch((e: unknown) => (d.status.name === 'COMPLETED' ? Promise.reject(e) : null))
+    : null;
+  if (final !== null) {
+    status = final;
     source = 'its final status, read from the workflow history';
   } else if (d.status.name !== 'RUNNING') {
     status.failureReason = await within(() => h.result()).then(() => null, (e: unknown) => describeFailureChain(e));

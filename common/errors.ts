@@ -72,6 +72,10 @@ export const ErrorType = {
   CheckpointNotOnNode: 'CheckpointNotOnNode',
   RestoreFailed: 'RestoreFailed',
   MigrationFailed: 'MigrationFailed',
+  /** A checkpoint workflow that ended Failed (its status, with every step, is the failure's first detail). */
+  CheckpointFailed: 'CheckpointFailed',
+  /** A job that ended Failed, OOMKilled, StartFailure or TimedOut (its status is the failure's first detail). */
+  JobFailed: 'JobFailed',
   /** The alert webhook (KYBERNATE_ALERT_WEBHOOK) refused or did not answer: retried by Temporal. */
   WebhookFailed: 'WebhookFailed',
 } as const;

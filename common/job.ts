@@ -22,6 +22,11 @@ export type JobState =
   | 'Quarantined'; // past --max-restarts: no more restarts until `kybernate release`
 
 export const TERMINAL_JOB_STATES: readonly JobState[] = ['StartFailure', 'OOMKilled', 'TimedOut', 'Succeeded', 'Failed'];
+/**
+ * Terminal states in which the job workflow fails (JobFailed, its status in the failure's details) so the
+ * Temporal UI counts it as failed. Succeeded completes; a job cancelled by an operator ends Cancelled.
+ */
+export const FAILED_JOB_STATES: readonly JobState[] = ['StartFailure', 'OOMKilled', 'TimedOut', 'Failed'];
 
 export type RestartPolicy = 'Always' | 'OnFailure' | 'Never';
 export type JobTier = 'critical' | 'normal';
@@ -154,7 +159,7 @@ export interface JobStatus {
 }
 
 /** Workflow handler names of the job workflow. */
-export const JOB_STATUS_QUERY = 'status';
+export const JOB_STATUS_QUERY = 'status'; // = STATUS_QUERY (common/outcome.ts), the name every workflow answers
 /** Update: checkpoint the running job for preemption, requeue it, and resume it from that checkpoint. */
 export const JOB_PREEMPT_UPDATE = 'preempt';
 /** Update: lift a quarantine; from scratch or from the last good checkpoint. */

@@ -1,4 +1,5 @@
 import {
+  type ActivityInterfaceFor,
   ApplicationFailure,
   condition,
   defineQuery,
@@ -7,6 +8,7 @@ import {
   log,
   patched,
   proxyActivities,
+  setCurrentDetails,
   setHandler,
   sleep,
   upsertSearchAttributes,
@@ -18,12 +20,13 @@ import type {
 import type { ControlActivities } from '../activities/control';
 import { ErrorType } from '../common/errors';
 import { CheckpointRequestSchema, inputProblem } from '../common/inputs';
+import { failedWith, PATCH_FAILED_WORKFLOWS_FAIL, STATUS_QUERY } from '../common/outcome';
 import { CONTROL_QUEUE, nodeQueue, promotionWorkflowId } from '../common/queues';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
 import { countCheckpoint } from './metrics';
 
-export const statusQuery = defineQuery<CheckpointStatus>('status');
+export const statusQuery = defineQuery<CheckpointStatus>(STATUS_QUERY);
 /** Sent by the node's promotion loop once a checkpoint left on tier nvme reaches S3. */
 export const promotedSignal = defineSignal<[UploadResult]>('promoted');
 /** Sent by the promotion loop when the nvme copy can never be uploaded: it no longer matches its seal, or S3 holds another checkpoint under its id. */
@@ -60,13 +63,47 @@ class StepFailed extends Error {
   }
 }
 
+type Record = (phase: CheckpointPhase, outcome: AttemptRecord['outcome'], detail: string) => void;
+type Enter = (phase: CheckpointPhase, tier?: Tier | null, note?: string) => void;
+type Node = ActivityInterfaceFor<NodeActivities>;
+
+/** What the parts of one checkpoint share: the request, its live status, the process, and the node's activities. */
+interface Ctx {
+  req: CheckpointRequest;
+  status: CheckpointStatus;
+  pid: number;
+  identity: ProcessRef;
+  /** Undo work, waiting for the agent however long it is away. */
+  undo: Node;
+  uploader: Node;
+  keeper: Node;
+  control: ActivityInterfaceFor<ControlActivities>;
+  record: Record;
+  enter: Enter;
+  show: (note?: string) => void;
+  /** Set by the promotion loop's signals while the checkpoint waits on tier nvme. */
+  signals: { promoted: UploadResult | null; unpromotable: { reason: string; type: string | null } | null };
+  /** For the UI's current details: the dump's size and speed, and when the upload began (workflow time). */
+  progress: { imageBytes: number | null; dumpMs: number | null; uploadStartedAt: number | null };
+}
+
+/** How far the forward steps got: what a compensation has to undo. */
+interface Progress {
+  cudaLocked: boolean;
+  cudaCheckpointed: boolean;
+  dumped: boolean;
+  processStopped: boolean;
+  staged: boolean;
+}
+
 /**
  * Locking -> DumpingVram -> DumpingProcess -> Sealing -> Uploading -> Durable{s3} | PendingUpload{nvme} -> Durable{s3}.
  * Any step that fails cleanly is compensated so the workload runs on. A step that times out is "unknown":
  * the node is asked (inspectCheckpoint, waiting for its agent) and the workflow goes on from what really
  * happened; only a process frozen by a dump that was cut off with no complete image is killed, by identity.
  * A dump staged in memory is uploaded and copied to disk at the same time (Uploading{memory}); the copy is synced
- * and becomes tier nvme only if S3 is out of reach.
+ * and becomes tier nvme only if S3 is out of reach. A checkpoint that ends Failed fails its workflow, its status
+ * in the failure's details (PATCH_FAILED_WORKFLOWS_FAIL).
  */
 export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutcome> {
   // A crafted request fails here, in one line naming the field, before any activity touches the workload.
@@ -77,10 +114,9 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     metadataSha256: null, workloadLost: null,
   };
   setHandler(statusQuery, () => status);
-  let promoted: UploadResult | null = null;
-  setHandler(promotedSignal, (r) => void (promoted = r));
-  let unpromotable: { reason: string; type: string | null } | null = null;
-  setHandler(unpromotableSignal, (r) => void (unpromotable = r));
+  const signals: Ctx['signals'] = { promoted: null, unpromotable: null };
+  setHandler(promotedSignal, (r) => void (signals.promoted = r));
+  setHandler(unpromotableSignal, (r) => void (signals.unpromotable = r));
 
   const queue = nodeQueue(req.node);
   // One attempt each: a dump retried after a crash would act on a process in an unknown state.
@@ -111,18 +147,23 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
   });
 
-  const record = (phase: CheckpointPhase, outcome: AttemptRecord['outcome'], detail: string): void => {
+  const progress: Ctx['progress'] = { imageBytes: null, dumpMs: null, uploadStartedAt: null };
+  const record: Record = (phase, outcome, detail) => {
     status.history.push({ phase, outcome, detail, at: new Date().toISOString() });
   };
-  const enter = (phase: CheckpointPhase, tier: Tier | null = status.tier): void => {
+  const enter: Enter = (phase, tier = status.tier, note) => {
     status.phase = phase;
     status.tier = tier;
     upsertSearchAttributes([{ key: SA_PHASE, value: phase }, ...(tier ? [{ key: SA_TIER, value: tier }] : [])]);
     if (phase === 'Durable' || phase === 'PendingUpload' || phase === 'Failed') countCheckpoint(req.node, phase, tier);
+    setCurrentDetails(progressText(status, progress, note));
   };
   upsertSearchAttributes([
     { key: SA_JOB, value: req.jobId }, { key: SA_NODE, value: req.node }, { key: SA_CHECKPOINT, value: req.checkpointId }, { key: SA_PHASE, value: 'Pending' },
   ]);
+  /** Current details only: no search-attribute upsert, so the workflow's commands stay as they were. */
+  const show = (note?: string): void => setCurrentDetails(progressText(status, progress, note));
+  show();
 
   /** Asks the node until the step is no longer in progress there (a CRIU still tracing the process counts as in progress). */
   const settle = async (name: CheckpointStep): Promise<CheckpointInspection> => {
@@ -133,7 +174,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       const o = seen.steps[name];
       const busy = o.state === 'running' || (name === 'criuDump' && o.state === 'interrupted' && seen.process.tracerPid !== null);
       if (!busy || Date.now() - since > RUNNING_STEP_PATIENCE_MS) return seen;
-      await sleep(`${wait}s`);
+      await sleep(`${wait}s`, summary(`${name} still runs on ${req.node}: ask again in ${wait} s`));
     }
   };
 
@@ -155,6 +196,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
         if (name === undefined || !lostSight || !patched(PATCH_RECOVER)) throw new StepFailed(phase, err);
         record(phase, 'failed', `${describeFailure(err)}: asking ${req.node} what happened`);
         log.warn('checkpoint step out of sight; asking the node', { checkpointId: req.checkpointId, job: req.jobId, node: req.node, phase, step: name, cause: describeFailure(err) });
+        show(`lost sight of the agent: asking ${req.node} what happened`);
         const seen = await settle(name);
         const o = seen.steps[name];
         log.info('the node answered', { checkpointId: req.checkpointId, job: req.jobId, node: req.node, step: name, state: o.state, process: seen.process.state, imagesComplete: seen.images.complete });
@@ -201,18 +243,17 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     [{ pid: req.pid, jobId: req.jobId, checkpointId: req.checkpointId }]).catch((err: unknown) => {
     status.failureReason = `Pending: ${describeFailure(err)}`;
     record('Pending', 'failed', status.failureReason);
-    enter('Failed');
+    enter('Failed', status.tier, status.failureReason);
+    // Failed before anything was touched: the step's own type and message say it all (and the CLI prints them
+    // as an error, as it always has), so no status rides along.
     throw ApplicationFailure.nonRetryable(status.failureReason, failureType(err) ?? 'InvalidInput');
   });
   const pid = target.pid;
   // Workflows resolved by an older agent have no start time: their kills go by pid alone.
   const identity: ProcessRef = target.startTime === undefined ? { pid } : { pid, startTime: target.startTime };
   status.pid = pid;
-  let cudaLocked = false;
-  let cudaCheckpointed = false;
-  let dumped = false;
-  let processStopped = false;
-  let staged: boolean;
+  const ctx: Ctx = { req, status, pid, identity, undo, uploader, keeper, control, record, enter, show, signals, progress };
+  const done: Progress = { cudaLocked: false, cudaCheckpointed: false, dumped: false, processStopped: false, staged: false };
   try {
     // A lock or VRAM checkpoint cut off on the node is undone as if it had happened: the undo steps check the
     // driver state first and report a step already undone.
@@ -220,198 +261,173 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     const lock = await run('Locking',
       () => step.cudaLock.executeWithOptions(summary(`CUDA lock pid ${pid} on ${req.node}`), [{ pid: pid, checkpointId: req.checkpointId }]), (r) => r.detail, 'cudaLock')
       .catch((err: unknown) => {
-        cudaLocked = cutOff(err, 'cudaLock');
+        done.cudaLocked = cutOff(err, 'cudaLock');
         throw err;
       });
-    cudaLocked = lock.outcome === 'done';
-    if (cudaLocked) {
+    done.cudaLocked = lock.outcome === 'done';
+    if (done.cudaLocked) {
       await run('DumpingVram', () => step.cudaCheckpoint.executeWithOptions(summary(`CUDA checkpoint (VRAM to host) pid ${pid}`), [{ pid: pid, checkpointId: req.checkpointId }]),
         (r) => r.detail, 'cudaCheckpoint').catch((err: unknown) => {
-        cudaCheckpointed = cutOff(err, 'cudaCheckpoint');
+        done.cudaCheckpointed = cutOff(err, 'cudaCheckpoint');
         throw err;
       });
-      cudaCheckpointed = true;
+      done.cudaCheckpointed = true;
     } else {
-      enter('DumpingVram');
+      enter('DumpingVram', status.tier, 'no CUDA context: nothing to copy out of VRAM');
       record('DumpingVram', 'skipped', lock.detail);
     }
     const dump = await run('DumpingProcess',
       () => step.criuDump.executeWithOptions(summary(`criu dump pid ${pid}${req.leaveRunning ? ' (leave running)' : ''}`),
-        [{ checkpointId: req.checkpointId, pid: pid, leaveRunning: req.leaveRunning, hostVramBytes: cudaCheckpointed ? req.vramBytes ?? 0 : 0 }]),
+        [{ checkpointId: req.checkpointId, pid: pid, leaveRunning: req.leaveRunning, hostVramBytes: done.cudaCheckpointed ? req.vramBytes ?? 0 : 0 }]),
       (r) => `${r.imageBytes} bytes in ${r.durationMs} ms${r.staged ? ' (staged in memory)' : ''}`, 'criuDump');
-    dumped = true;
-    processStopped = dump.processStopped;
-    staged = dump.staged === true;
+    done.dumped = true;
+    done.processStopped = dump.processStopped;
+    done.staged = dump.staged === true;
+    progress.imageBytes = dump.imageBytes;
+    progress.dumpMs = dump.durationMs;
     const sealed = await run('Sealing',
       () => step.seal.executeWithOptions(summary(`sha256 + commit metadata.json for ${req.checkpointId}`),
-        [{ checkpointId: req.checkpointId, jobId: req.jobId, pid: pid, cudaCheckpointed, vramBytes: req.vramBytes ?? 0 }]),
+        [{ checkpointId: req.checkpointId, jobId: req.jobId, pid: pid, cudaCheckpointed: done.cudaCheckpointed, vramBytes: req.vramBytes ?? 0 }]),
       (r) => `${r.files} files, ${r.totalBytes} bytes`, 'seal');
     status.metadataSha256 = sealed.metadataSha256;
     if (sealed.measuredVramBytes !== undefined) status.measuredVramBytes = sealed.measuredVramBytes;
     if (sealed.compat) status.compat = sealed.compat;
-    if (cudaLocked && !processStopped) {
+    if (done.cudaLocked && !done.processStopped) {
       // Left running: hand the VRAM back and let it go on.
       await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${pid} (leave running)`), [{ pid: pid, checkpointId: req.checkpointId }]);
       await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${pid}`), [{ pid: pid, checkpointId: req.checkpointId }]);
     }
   } catch (e) {
-    const failed = e instanceof StepFailed ? e : new StepFailed(status.phase, e);
-    const reason = `${failed.phase}: ${failed.message}`;
-    status.failureReason = reason;
-    record(failed.phase, 'failed', reason);
-    if (failed.verdict === 'unknown' || failed.verdict === 'gone') {
-      // Asked, and the answer leaves no clean way back: a dump cut off with no complete image.
-      enter('Failed');
-      const proc = failed.found?.process;
-      if (failed.verdict === 'unknown') {
-        // Frozen by a CRIU that is gone: it must not run on half-dumped. Killed by identity, never a reused pid.
-        const k = await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: frozen by a dump cut off in ${failed.phase}`),
-          [{ pid: pid, reason, startTime: identity.startTime }]);
-        record(failed.phase, 'compensated', k.killed ? `workload pid ${pid} killed` : `workload pid ${pid} not killed: gone, or the pid names another process`);
-      } else {
-        record(failed.phase, 'failed', `workload pid ${pid} is gone${proc?.pidReused ? ' (its pid now names another process)' : ''} and no complete dump holds it`);
-      }
-      if (failed.verdict === 'gone' && failed.found?.images.inventory) {
-        // CRIU finished its images (then stopped the process) but the dump was cut off before it was recorded
-        // done: all that is left of the workload, so it is kept for an operator, not deleted.
-        record(failed.phase, 'failed', `partial checkpoint kept (${failed.found.images.location}): CRIU's images are all that is left of the workload`);
-      } else {
-        await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
-        record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
-      }
-      if (req.reason === 'preemption') await requeue(req, reason, record);
-      return status;
-    }
-    if (failed.verdict === null && (agentLost(failed.cause) || (agentUnreachable(failed.cause) && failed.phase !== 'Locking'))) {
-      // Histories from before PATCH_RECOVER: a lost agent meant a workload of unknown state.
-      enter('Failed');
-      await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: agent lost during ${failed.phase}`), [{ pid: pid, reason, startTime: identity.startTime }]);
-      record(failed.phase, 'compensated', `workload pid ${pid} killed`);
-      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
-      record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
-      if (req.reason === 'preemption') await requeue(req, reason, record);
-      return status;
-    }
-    if (agentUnreachable(failed.cause)) {
-      enter('Failed');
-      record(failed.phase, 'compensated', 'agent never picked up the first step; workload untouched');
-      return status;
-    }
-    // Clean failure: undo in reverse so the workload runs on with its VRAM, as if never checkpointed. Each
-    // undo runs even if the one before failed (its failure recorded), and acts on the process as it is now:
-    // after a restore in place that is a new pid.
-    const compensate = async (what: string, fn: () => Promise<[AttemptRecord['outcome'], string]>): Promise<boolean> => {
-      try {
-        const [outcome, detail] = await fn();
-        record(failed.phase, outcome, detail);
-        return outcome !== 'failed';
-      } catch (err) {
-        if (!patched(PATCH_COMPENSATE_APART)) throw err;
-        record(failed.phase, 'failed', `${what} failed: ${describeFailure(err)}`);
-        return false;
-      }
-    };
-    const cudaUndo = (r: CudaStepResult, what: string): [AttemptRecord['outcome'], string] =>
-      [r.outcome === 'done' ? 'compensated' : 'skipped', `${what}: ${r.detail}`];
-    let current = pid;
-    let onlyCopyNeeded = false;
-    if (dumped && processStopped) {
-      // CRIU already stopped the process; its images are complete, so bring it back from them on this node.
-      const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place`),
-        [{ checkpointId: req.checkpointId, inPlace: true }]).catch((err: unknown) => ({ error: describeFailure(err) }));
-      record(failed.phase, 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`);
-      if ('pid' in r) current = r.pid;
-      else onlyCopyNeeded = true;
-    }
-    if (cudaCheckpointed) {
-      await compensate('CUDA restore', async () => cudaUndo(await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${current} (compensation)`),
-        [{ pid: current, checkpointId: req.checkpointId }]), `CUDA restore of pid ${current}`));
-    }
-    if (cudaLocked) {
-      await compensate('CUDA unlock', async () => cudaUndo(await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${current} (compensation)`),
-        [{ pid: current, checkpointId: req.checkpointId }]), `CUDA unlock of pid ${current}`));
-    }
-    if (onlyCopyNeeded && patched(PATCH_COMPENSATE_APART)) {
-      record(failed.phase, 'failed', `checkpoint directory kept: the workload is stopped and its dump is its only copy`);
-    } else if (failureType(failed.cause) === ErrorType.CheckpointExists) {
-      // The directory holds an earlier checkpoint under this id: it is that one's, never ours to delete.
-      record(failed.phase, 'skipped', 'checkpoint directory left alone: it holds an existing checkpoint');
-    } else {
-      await compensate('delete partial', async () => {
-        await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
-        return ['compensated', 'partial checkpoint directory deleted'];
-      });
-    }
-    enter('Failed');
-    return status;
+    return ended(await compensate(ctx, e instanceof StepFailed ? e : new StepFailed(status.phase, e), done));
   }
-
   // Sealed: on disk, the checkpoint is valid on this node from here on, whatever S3 does. Staged in memory,
   // it becomes so once copied to disk, which runs beside the upload; until then memory is its only copy.
-  const durable = (r: UploadResult): void => {
-    status.upload = r;
-    record('Uploading', 'ok', `${r.partsSent} parts sent, ${r.partsResumed} resumed`);
-    enter('Durable', 's3');
+  return ended(await uploadAndCopy(ctx, done));
+}
+
+/**
+ * How the workflow ends: a checkpoint that ended Failed fails its workflow (so the UI counts it as failed), its
+ * status and step history in the failure's details. Histories from before the patch returned it.
+ */
+function ended(status: CheckpointStatus): CheckpointStatus {
+  if (status.phase === 'Failed' && patched(PATCH_FAILED_WORKFLOWS_FAIL)) {
+    throw failedWith(status.failureReason ?? 'checkpoint failed', ErrorType.CheckpointFailed, status, status.history);
+  }
+  return status;
+}
+
+/**
+ * A forward step failed: leave the workload as it was, or as safe as what the node reported allows. Ends Failed.
+ * A dump cut off with no complete image: the frozen process is killed by identity (unknown) or recorded lost
+ * (gone). A clean failure is undone in reverse so the workload runs on with its VRAM, as if never checkpointed.
+ */
+async function compensate(ctx: Ctx, failed: StepFailed, done: Progress): Promise<CheckpointStatus> {
+  const { req, status, pid, identity, undo, record, enter } = ctx;
+  const reason = `${failed.phase}: ${failed.message}`;
+  status.failureReason = reason;
+  record(failed.phase, 'failed', reason);
+  if (failed.verdict === 'unknown' || failed.verdict === 'gone') {
+    // Asked, and the answer leaves no clean way back: a dump cut off with no complete image.
+    enter('Failed', status.tier, reason);
+    const proc = failed.found?.process;
+    if (failed.verdict === 'unknown') {
+      // Frozen by a CRIU that is gone: it must not run on half-dumped. Killed by identity, never a reused pid.
+      const k = await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: frozen by a dump cut off in ${failed.phase}`),
+        [{ pid: pid, reason, startTime: identity.startTime }]);
+      record(failed.phase, 'compensated', k.killed ? `workload pid ${pid} killed` : `workload pid ${pid} not killed: gone, or the pid names another process`);
+    } else {
+      record(failed.phase, 'failed', `workload pid ${pid} is gone${proc?.pidReused ? ' (its pid now names another process)' : ''} and no complete dump holds it`);
+    }
+    if (failed.verdict === 'gone' && failed.found?.images.inventory) {
+      // CRIU finished its images (then stopped the process) but the dump was cut off before it was recorded
+      // done: all that is left of the workload, so it is kept for an operator, not deleted.
+      record(failed.phase, 'failed', `partial checkpoint kept (${failed.found.images.location}): CRIU's images are all that is left of the workload`);
+    } else {
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+      record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
+    }
+    if (req.reason === 'preemption') await requeue(req, reason, record);
+    return status;
+  }
+  if (failed.verdict === null && (agentLost(failed.cause) || (agentUnreachable(failed.cause) && failed.phase !== 'Locking'))) {
+    // Histories from before PATCH_RECOVER: a lost agent meant a workload of unknown state.
+    enter('Failed', status.tier, reason);
+    await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: agent lost during ${failed.phase}`), [{ pid: pid, reason, startTime: identity.startTime }]);
+    record(failed.phase, 'compensated', `workload pid ${pid} killed`);
+    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+    record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
+    if (req.reason === 'preemption') await requeue(req, reason, record);
+    return status;
+  }
+  if (agentUnreachable(failed.cause)) {
+    enter('Failed', status.tier, reason);
+    record(failed.phase, 'compensated', 'agent never picked up the first step; workload untouched');
+    return status;
+  }
+  // Clean failure: undo in reverse so the workload runs on with its VRAM, as if never checkpointed. Each
+  // undo runs even if the one before failed (its failure recorded), and acts on the process as it is now:
+  // after a restore in place that is a new pid.
+  ctx.show(`undoing: ${reason}`);
+  const undoStep = async (what: string, fn: () => Promise<[AttemptRecord['outcome'], string]>): Promise<boolean> => {
+    try {
+      const [outcome, detail] = await fn();
+      record(failed.phase, outcome, detail);
+      return outcome !== 'failed';
+    } catch (err) {
+      if (!patched(PATCH_COMPENSATE_APART)) throw err;
+      record(failed.phase, 'failed', `${what} failed: ${describeFailure(err)}`);
+      return false;
+    }
   };
-  enter('Uploading', staged ? 'memory' : 'nvme');
+  const cudaUndo = (r: CudaStepResult, what: string): [AttemptRecord['outcome'], string] =>
+    [r.outcome === 'done' ? 'compensated' : 'skipped', `${what}: ${r.detail}`];
+  let current = pid;
+  let onlyCopyNeeded = false;
+  if (done.dumped && done.processStopped) {
+    // CRIU already stopped the process; its images are complete, so bring it back from them on this node.
+    const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place`),
+      [{ checkpointId: req.checkpointId, inPlace: true }]).catch((err: unknown) => ({ error: describeFailure(err) }));
+    record(failed.phase, 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`);
+    if ('pid' in r) current = r.pid;
+    else onlyCopyNeeded = true;
+  }
+  if (done.cudaCheckpointed) {
+    await undoStep('CUDA restore', async () => cudaUndo(await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${current} (compensation)`),
+      [{ pid: current, checkpointId: req.checkpointId }]), `CUDA restore of pid ${current}`));
+  }
+  if (done.cudaLocked) {
+    await undoStep('CUDA unlock', async () => cudaUndo(await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${current} (compensation)`),
+      [{ pid: current, checkpointId: req.checkpointId }]), `CUDA unlock of pid ${current}`));
+  }
+  if (onlyCopyNeeded && patched(PATCH_COMPENSATE_APART)) {
+    record(failed.phase, 'failed', `checkpoint directory kept: the workload is stopped and its dump is its only copy`);
+  } else if (failureType(failed.cause) === ErrorType.CheckpointExists) {
+    // The directory holds an earlier checkpoint under this id: it is that one's, never ours to delete.
+    record(failed.phase, 'skipped', 'checkpoint directory left alone: it holds an existing checkpoint');
+  } else {
+    await undoStep('delete partial', async () => {
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+      return ['compensated', 'partial checkpoint directory deleted'];
+    });
+  }
+  enter('Failed', status.tier, reason);
+  return status;
+}
+
+/**
+ * Uploading: to S3, and (a dump staged in memory) copied to this node's disk at the same time. Durable{s3} once
+ * S3 holds it; a copy that no longer matches its seal, or an id S3 already holds, ends Failed; S3 out of reach
+ * leaves it on tier nvme (PendingUpload) for the node's promotion loop.
+ */
+async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus> {
+  const { req, status, pid, undo, uploader, keeper, record, enter } = ctx;
+  ctx.progress.uploadStartedAt = Date.now();
+  enter('Uploading', done.staged ? 'memory' : 'nvme', done.staged ? `copying to ${req.node}'s disk beside the upload` : undefined);
   // Settled at once: while the copy to disk is awaited, a failed upload must not count as unhandled.
   const uploading = uploader.upload.executeWithOptions(summary(`upload ${req.checkpointId} to S3 (artifacts, then metadata.json)`),
     [{ checkpointId: req.checkpointId, metadataSha256: status.metadataSha256 }])
     .then((r) => ({ result: r, error: null, type: null }), (err: unknown) => ({ result: null, error: describeFailure(err), type: failureType(err) }));
-  /**
-   * A copy that no longer matches its seal leaves the node's checkpoints: deleted while the workload runs on,
-   * set aside for an operator (never restored from) when it is all that is left of a stopped workload.
-   */
-  const dropCorrupt = async (phase: CheckpointPhase, reason: string): Promise<void> => {
-    if (processStopped) {
-      const r = await undo.setAsideCorrupt.executeWithOptions(summary(`set corrupt ${req.checkpointId} aside`), [{ checkpointId: req.checkpointId, reason }]);
-      record(phase, 'compensated', `corrupt checkpoint set aside for an operator${r.movedTo ? ` at ${r.movedTo}` : ''}`);
-    } else {
-      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete corrupt ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
-      record(phase, 'compensated', 'corrupt checkpoint deleted from this node');
-    }
-  };
-  /**
-   * The upload found the local copy changed after sealing: it is no checkpoint, neither in S3 (metadata.json
-   * was never sent) nor on this node. It is not sealed again: that would call bytes changed after the dump
-   * good. A workload the dump stopped cannot be restored from these images (unverified bytes are never
-   * restored), so it is recorded as lost, with why.
-   */
-  const corrupt = async (error: string): Promise<CheckpointStatus> => {
-    status.failureReason = `Uploading: the local copy no longer matches its seal: ${error}`;
-    record('Uploading', 'failed', status.failureReason);
-    if (processStopped) {
-      status.workloadLost = `pid ${pid} was stopped by the dump and its only images changed after sealing; nothing verified is left to restore it from`;
-      record('Uploading', 'failed', `workload lost: ${status.workloadLost}`);
-    }
-    await dropCorrupt('Uploading', status.failureReason);
-    enter('Failed');
-    if (processStopped && req.reason === 'preemption') await requeue(req, status.failureReason, record);
-    return status;
-  };
-  /**
-   * S3 holds another checkpoint under this id (its history gone, so the id passed the client's checks):
-   * nothing was overwritten. Our images are good but cannot be this id in S3: a workload the dump stopped
-   * is restored in place from them, as after any clean failure, and they are kept if that fails.
-   */
-  const taken = async (error: string): Promise<CheckpointStatus> => {
-    status.failureReason = `Uploading: ${error}`;
-    record('Uploading', 'failed', status.failureReason);
-    let keep = false;
-    if (processStopped) {
-      const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place`), [{ checkpointId: req.checkpointId }])
-        .catch((err: unknown) => ({ error: describeFailure(err) }));
-      keep = !('pid' in r);
-      record('Uploading', keep ? 'failed' : 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}; images kept`);
-    }
-    if (!keep) {
-      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete ${req.checkpointId} (id taken in S3)`), [{ checkpointId: req.checkpointId }]);
-      record('Uploading', 'compensated', 'local copy deleted');
-    }
-    enter('Failed');
-    return status;
-  };
-  if (staged) {
+  if (done.staged) {
     // The disk copy is a cache while S3 takes the checkpoint, so it is not synced (syncing competes with the
     // upload for the disk); it is synced only if it has to stand in for S3.
     const copying = keeper.persist.executeWithOptions(summary(`copy ${req.checkpointId} from memory to this node's disk`), [{ checkpointId: req.checkpointId, sync: false }])
@@ -425,15 +441,15 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     const up = await uploading;
     if (up.type && CORRUPT.has(up.type)) {
       await copying; // a copy of the same bad bytes: it goes with the rest
-      return corrupt(up.error!);
+      return corrupt(ctx, done, up.error!);
     }
     if (up.type === ErrorType.CheckpointExists) {
       await copying;
-      return taken(up.error!);
+      return taken(ctx, done, up.error!);
     }
     if (up.result) {
       // Durable from here on; the workflow still waits for the cache copy so that it can free the memory.
-      durable(up.result);
+      durable(ctx, up.result);
       await copying;
       await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [{ checkpointId: req.checkpointId }]);
       return status;
@@ -442,7 +458,7 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     if (copyFailure === null) {
       copyFailure = await keeper.persist.executeWithOptions(summary(`sync ${req.checkpointId} to disk: S3 is out of reach`), [{ checkpointId: req.checkpointId, sync: true }])
         .then((r) => {
-          enter('Uploading', 'nvme');
+          enter('Uploading', 'nvme', 'S3 out of reach: synced to disk');
           record('Uploading', 'ok', `synced to disk (tier nvme) in ${r.durationMs} ms`);
           return null;
         }, (err: unknown) => {
@@ -455,65 +471,160 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       // Neither S3 nor the disk took it: the memory copy is all there is. Bring the workload back from it
       // rather than lose both, then free the memory.
       status.failureReason = `Uploading: not durable anywhere: S3: ${up.error}; disk: ${copyFailure}`;
-      if (processStopped) {
+      if (done.processStopped) {
         const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place from memory`),
           [{ checkpointId: req.checkpointId, inPlace: true }]).catch((err: unknown) => ({ error: describeFailure(err) }));
         record('Uploading', 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`);
         if (!('pid' in r) && patched(PATCH_COMPENSATE_APART)) {
           // The memory copy is the workload's only one: kept for an operator rather than deleted.
           record('Uploading', 'failed', 'checkpoint kept in memory: the workload is stopped and this is its only copy');
-          enter('Failed');
+          enter('Failed', status.tier, status.failureReason);
           return status;
         }
       }
       await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
       record('Uploading', 'compensated', 'partial checkpoint deleted from memory and disk');
-      enter('Failed');
+      enter('Failed', status.tier, status.failureReason);
       return status;
     }
     await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [{ checkpointId: req.checkpointId }]);
   } else {
     const up = await uploading;
     if (up.result) {
-      durable(up.result);
+      durable(ctx, up.result);
       return status;
     }
-    if (up.type && CORRUPT.has(up.type)) return corrupt(up.error!);
-    if (up.type === ErrorType.CheckpointExists) return taken(up.error!);
+    if (up.type && CORRUPT.has(up.type)) return corrupt(ctx, done, up.error!);
+    if (up.type === ErrorType.CheckpointExists) return taken(ctx, done, up.error!);
     record('Uploading', 'failed', up.error);
   }
-  // S3 is out of reach, or refuses this key (S3Rejected: recorded above, fixed by an operator): durable on
-  // local NVMe, and the node's promotion loop uploads it when S3 takes it again.
-  enter('PendingUpload', 'nvme');
+  return awaitPromotion(ctx, done);
+}
+
+/** S3 acknowledged the whole checkpoint: Durable{s3}. */
+function durable(ctx: Ctx, r: UploadResult): void {
+  ctx.status.upload = r;
+  ctx.record('Uploading', 'ok', `${r.partsSent} parts sent, ${r.partsResumed} resumed`);
+  ctx.enter('Durable', 's3');
+}
+
+/**
+ * S3 is out of reach, or refuses this key (S3Rejected: recorded, fixed by an operator): durable on local NVMe,
+ * and the node's promotion loop uploads it when S3 takes it again, then signals; or signals that it never can.
+ */
+async function awaitPromotion(ctx: Ctx, done: Progress): Promise<CheckpointStatus> {
+  const { req, status, pid, control, record, enter, signals } = ctx;
+  enter('PendingUpload', 'nvme', `kept on ${req.node}'s disk until S3 takes it`);
   await control.enqueuePromotion.executeWithOptions(summary(`queue ${req.checkpointId} for upload by ${promotionWorkflowId(req.node)}`),
     [{ node: req.node, checkpointId: req.checkpointId, metadataSha256: status.metadataSha256 }]);
-  await condition(() => promoted !== null || unpromotable !== null);
-  if (promoted === null && unpromotable !== null) {
-    const u: { reason: string; type: string | null } = unpromotable;
+  await condition(() => signals.promoted !== null || signals.unpromotable !== null);
+  const promoted = signals.promoted;
+  const u = signals.unpromotable;
+  if (promoted === null && u !== null) {
     status.failureReason = `PendingUpload: ${u.reason}`;
     record('PendingUpload', 'failed', status.failureReason);
     if (u.type === ErrorType.CheckpointExists) {
       // Another checkpoint holds this id in S3: ours stays on this node's disk, intact, for an operator.
-      enter('Failed');
+      enter('Failed', status.tier, status.failureReason);
       return status;
     }
-    if (processStopped) {
+    if (done.processStopped) {
       status.workloadLost = `pid ${pid} was stopped by the dump and the node's copy, its only one, no longer matches its seal`;
       record('PendingUpload', 'failed', `workload lost: ${status.workloadLost}`);
     }
-    await dropCorrupt('PendingUpload', status.failureReason);
-    enter('Failed');
+    await dropCorrupt(ctx, done, 'PendingUpload', status.failureReason);
+    enter('Failed', status.tier, status.failureReason);
     return status;
   }
   status.upload = promoted;
   record('Uploading', 'ok', `promoted to S3 by the node's promotion loop`);
-  enter('Durable', 's3');
+  enter('Durable', 's3', 'promoted by the node\'s promotion loop');
   log.info('checkpoint promoted', { checkpointId: req.checkpointId, node: req.node, job: req.jobId });
   return status;
 }
 
-/** Shown beside each activity in the Temporal UI. */
+/**
+ * A copy that no longer matches its seal leaves the node's checkpoints: deleted while the workload runs on,
+ * set aside for an operator (never restored from) when it is all that is left of a stopped workload.
+ */
+async function dropCorrupt(ctx: Ctx, done: Progress, phase: CheckpointPhase, reason: string): Promise<void> {
+  const { req, undo, record } = ctx;
+  if (done.processStopped) {
+    const r = await undo.setAsideCorrupt.executeWithOptions(summary(`set corrupt ${req.checkpointId} aside`), [{ checkpointId: req.checkpointId, reason }]);
+    record(phase, 'compensated', `corrupt checkpoint set aside for an operator${r.movedTo ? ` at ${r.movedTo}` : ''}`);
+  } else {
+    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete corrupt ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+    record(phase, 'compensated', 'corrupt checkpoint deleted from this node');
+  }
+}
+
+/**
+ * The upload found the local copy changed after sealing: it is no checkpoint, neither in S3 (metadata.json
+ * was never sent) nor on this node. It is not sealed again: that would call bytes changed after the dump
+ * good. A workload the dump stopped cannot be restored from these images (unverified bytes are never
+ * restored), so it is recorded as lost, with why.
+ */
+async function corrupt(ctx: Ctx, done: Progress, error: string): Promise<CheckpointStatus> {
+  const { req, status, pid, record, enter } = ctx;
+  status.failureReason = `Uploading: the local copy no longer matches its seal: ${error}`;
+  record('Uploading', 'failed', status.failureReason);
+  if (done.processStopped) {
+    status.workloadLost = `pid ${pid} was stopped by the dump and its only images changed after sealing; nothing verified is left to restore it from`;
+    record('Uploading', 'failed', `workload lost: ${status.workloadLost}`);
+  }
+  await dropCorrupt(ctx, done, 'Uploading', status.failureReason);
+  enter('Failed', status.tier, status.failureReason);
+  if (done.processStopped && req.reason === 'preemption') await requeue(req, status.failureReason, record);
+  return status;
+}
+
+/**
+ * S3 holds another checkpoint under this id (its history gone, so the id passed the client's checks):
+ * nothing was overwritten. Our images are good but cannot be this id in S3: a workload the dump stopped
+ * is restored in place from them, as after any clean failure, and they are kept if that fails.
+ */
+async function taken(ctx: Ctx, done: Progress, error: string): Promise<CheckpointStatus> {
+  const { req, status, pid, undo, record, enter } = ctx;
+  status.failureReason = `Uploading: ${error}`;
+  record('Uploading', 'failed', status.failureReason);
+  let keep = false;
+  if (done.processStopped) {
+    const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place`), [{ checkpointId: req.checkpointId }])
+      .catch((err: unknown) => ({ error: describeFailure(err) }));
+    keep = !('pid' in r);
+    record('Uploading', keep ? 'failed' : 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}; images kept`);
+  }
+  if (!keep) {
+    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete ${req.checkpointId} (id taken in S3)`), [{ checkpointId: req.checkpointId }]);
+    record('Uploading', 'compensated', 'local copy deleted');
+  }
+  enter('Failed', status.tier, status.failureReason);
+  return status;
+}
+
+/** Shown beside each activity and timer in the Temporal UI. */
 const summary = (text: string): { summary: string } => ({ summary: text });
+
+/** The UI's current details, e.g. "phase: Uploading, 1.2 GiB from memory to S3, dumped at 350 MB/s". */
+function progressText(s: CheckpointStatus, p: Ctx['progress'], note?: string): string {
+  const parts = [`phase: ${s.phase}${s.tier ? ` (tier ${s.tier})` : ''}`];
+  if (s.phase === 'Pending') parts.push(`finding ${s.pid !== null ? `pid ${s.pid}` : `the workload of job ${s.jobId}`} on ${s.node}`);
+  else if (s.pid !== null && (s.phase === 'Locking' || s.phase === 'DumpingVram' || s.phase === 'DumpingProcess')) parts.push(`pid ${s.pid} on ${s.node}`);
+  if (p.imageBytes !== null && s.phase !== 'Failed') {
+    const rate = p.dumpMs ? `, dumped at ${mbps(p.imageBytes, p.dumpMs)}` : '';
+    if (s.phase === 'Durable' && s.upload) {
+      const ms = p.uploadStartedAt !== null ? Date.now() - p.uploadStartedAt : 0;
+      parts.push(`${gib(s.upload.bytesSent)} sent to S3${ms > 0 ? ` at ${mbps(s.upload.bytesSent, ms)}` : ''}${s.upload.partsResumed > 0 ? ` (${s.upload.partsResumed} parts resumed)` : ''}`);
+    } else {
+      parts.push(`${gib(p.imageBytes)}${s.phase === 'Uploading' ? ` from ${s.tier === 'memory' ? 'memory' : 'disk'} to S3` : ''}${rate}`);
+    }
+  }
+  if (note) parts.push(note);
+  return parts.join(', ');
+}
+
+const gib = (bytes: number): string => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+const mbps = (bytes: number, ms: number): string => `${Math.round(bytes / 1e6 / (ms / 1000))} MB/s`;
 
 async function requeue(req: CheckpointRequest, reason: string, record: (p: CheckpointPhase, o: AttemptRecord['outcome'], d: string) => void): Promise<void> {
   try {

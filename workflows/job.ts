@@ -1,16 +1,17 @@
 import {
   ActivityFailure, allHandlersFinished, ApplicationFailure, CancellationScope, ChildWorkflowCancellationType, condition, continueAsNew, defineQuery, defineSignal, defineUpdate,
-  executeChild, isCancellation, log, ParentClosePolicy, proxyActivities, setHandler, sleep, upsertSearchAttributes, uuid4, workflowInfo,
+  executeChild, isCancellation, log, ParentClosePolicy, patched, proxyActivities, setCurrentDetails, setHandler, sleep, upsertSearchAttributes, uuid4, workflowInfo,
 } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
 import type { CheckpointStatus } from '../common/checkpoint';
 import { ErrorType } from '../common/errors';
 import {
-  type JobCheckpointRecord, type JobInput, type JobState, type JobStatus, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY,
+  FAILED_JOB_STATES, type JobCheckpointRecord, type JobInput, type JobSpec, type JobState, type JobStatus, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY,
   type PreemptResult, type RunEndReason, type RunExit, type RunRecord, TERMINAL_JOB_STATES,
 } from '../common/job';
 import type { ProcessIdentity } from '../common/journal';
+import { failedWith, isCheckpointStatus, PATCH_FAILED_WORKFLOWS_FAIL, statusFromFailure } from '../common/outcome';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeQueue, restoreWorkflowId } from '../common/queues';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 import { checkpoint } from './checkpoint';
@@ -146,20 +147,32 @@ export async function job(input: JobInput): Promise<JobStatus> {
     status.state = state;
     status.reason = reason;
     upsertSearchAttributes([{ key: SA_PHASE, value: state }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
+    showDetails();
+  }
+  /** The UI's current details: state, node, run, restarts, next retry, why. Not a command: replay-safe. */
+  function showDetails(): void {
+    const run = status.runs.at(-1);
+    const parts = [`phase: ${status.state}`];
+    if (status.node && status.state !== 'Pending') parts.push(`on ${status.node}`);
+    if (run && status.state === 'Running') parts.push(`run ${run.run}${run.process ? ` as pid ${run.process.pid}` : ''}${run.fromCheckpoint ? ` (resumed from ${run.fromCheckpoint})` : ''}`);
+    if (status.restarts > 0) parts.push(`${status.restarts} restart${status.restarts === 1 ? '' : 's'}`);
+    if (status.nextRetryAt) parts.push(`next retry at ${status.nextRetryAt}`);
+    if (status.reason) parts.push(status.reason);
+    setCurrentDetails(parts.join(', '));
   }
   const deadlineMs = (): number | null => (spec.timeoutMs !== undefined && status.runs.length > 0 ? Date.parse(status.runs[0].startedAt) + spec.timeoutMs : null);
   const timedOut = (): boolean => {
     const d = deadlineMs();
     return d !== null && Date.now() >= d;
   };
-  /** Sleeps ms, or until the job's timeout if that comes first: true when the job timed out. */
-  const pause = async (ms: number): Promise<boolean> => {
+  /** Sleeps ms, or until the job's timeout if that comes first: true when the job timed out. why: the timer's summary in the UI. */
+  const pause = async (ms: number, why: string): Promise<boolean> => {
     const d = deadlineMs();
     if (d !== null && d <= Date.now() + ms) {
-      await sleep(Math.max(1, d - Date.now()));
+      await sleep(Math.max(1, d - Date.now()), { summary: `${why}; the job's timeout comes first` });
       return true;
     }
-    await sleep(ms);
+    await sleep(ms, { summary: why });
     return false;
   };
   const healthyNow = (run: RunRecord | null): boolean =>
@@ -177,6 +190,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
   };
 
   upsertSearchAttributes([{ key: SA_JOB, value: jobId }, { key: SA_PHASE, value: status.state }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
+  showDetails();
 
   // ---- Pending: placement and start ----
   const unreachable = new Map<string, number>();
@@ -199,7 +213,8 @@ export async function job(input: JobInput): Promise<JobStatus> {
       if (failedFor === 0) {
         event('FailedScheduling', `no node has ${spec.vramBytes} bytes of VRAM free${spec.node ? ` (only ${spec.node})` : ''}${exclude.length ? `; passed over: ${exclude.join(', ')}` : ''}; waiting`);
       }
-      if (await pause(Math.min(10_000 * 2 ** failedFor, PLACEMENT_RETRY_CAP_MS))) return null;
+      const wait = Math.min(10_000 * 2 ** failedFor, PLACEMENT_RETRY_CAP_MS);
+      if (await pause(wait, `no node has ${spec.vramBytes} bytes of VRAM free: place again in ${wait / 1000} s`)) return null;
       failedFor++;
     }
   }
@@ -260,7 +275,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
           return null;
         }
         event('FailedStart', `run ${runNo} on ${node}: ${why}; placing again`);
-        if (await pause(backoffDelayMs(spec.backoff, 0))) return timeOutIdle();
+        if (await pause(backoffDelayMs(spec.backoff, 0), `run ${runNo} failed to start on ${node}: place again`)) return timeOutIdle();
       }
     }
   }
@@ -281,6 +296,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
         // Shielded from a cancel like startRun: a restore cut off halfway could leave a process nobody watches.
         restored = await CancellationScope.nonCancellable(() => executeChild(restore, {
           workflowId: `${restoreWorkflowId(checkpointId, runNo)}.${attempt}`, taskQueue: CONTROL_QUEUE,
+          staticSummary: `Restore ${checkpointId} for job ${jobId}${spec.node ? ` on ${spec.node}` : ''} (run ${runNo})`,
           args: [{
             checkpointId, exclude: avoiding && avoid ? [...exclude, avoid] : exclude, vramBytes: spec.vramBytes,
             placementDeadline: avoiding ? AVOID_PLACEMENT_DEADLINE : '10m', ...(spec.node ? { node: spec.node } : {}), ...(spec.readiness ? { readiness: spec.readiness } : {}),
@@ -298,7 +314,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
         }
         if (type === ErrorType.NoNodeFits) {
           event('FailedScheduling', `resuming from ${checkpointId}: ${why}; waiting`);
-          if (await pause(PLACEMENT_RETRY_CAP_MS)) return timeOutIdle();
+          if (await pause(PLACEMENT_RETRY_CAP_MS, `no node has room to resume from ${checkpointId}: try again`)) return timeOutIdle();
           continue;
         }
         if (!cannotFetchYet(type, why)) return why;
@@ -306,7 +322,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
         status.nextRetryAt = new Date(Date.now() + delay).toISOString();
         enter('CheckpointPullBackOff', `checkpoint ${checkpointId} cannot be fetched yet: ${why}`);
         event('BackOff', `Back-off pulling checkpoint ${checkpointId}: retry in ${delay / 1000} s (${why})`);
-        if (await pause(delay)) return timeOutIdle();
+        if (await pause(delay, `back-off pulling checkpoint ${checkpointId}`)) return timeOutIdle();
         status.nextRetryAt = null;
         continue;
       }
@@ -364,7 +380,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
         const seen = await patient(run.node).inspectRun.executeWithOptions({ summary: `is run ${run.run} (pid ${process.pid}) still running?` }, [{ process }]);
         event('Reattached', seen.running ? `run ${run.run} still runs on ${run.node}: watching it again, no restart counted`
           : `run ${run.run} ended while out of sight: reading its exit record`);
-        if (!agentLost(err) && !agentUnreachable(err)) await sleep(Math.min(1000 * 2 ** failures, 60_000));
+        if (!agentLost(err) && !agentUnreachable(err)) await sleep(Math.min(1000 * 2 ** failures, 60_000), { summary: `watch run ${run.run} again` });
       }
     }
   }
@@ -450,11 +466,14 @@ export async function job(input: JobInput): Promise<JobStatus> {
       out = await executeChild(checkpoint, {
         workflowId: checkpointWorkflowId(checkpointId), taskQueue: CONTROL_QUEUE,
         cancellationType: ChildWorkflowCancellationType.ABANDON, parentClosePolicy: ParentClosePolicy.ABANDON,
+        staticSummary: `Checkpoint ${jobId} on ${run.node} (${reason}, run ${run.run})`,
         args: [{ checkpointId, jobId, node: run.node, pid: process.pid, leaveRunning: reason !== 'preemption', reason: reason === 'preemption' ? 'preemption' : 'manual', vramBytes: spec.vramBytes }],
       });
     } catch (err) {
       if (isCancellation(err)) throw err;
-      failure = describeFailure(err instanceof Error && err.cause ? err.cause : err);
+      // A checkpoint that ended Failed fails its workflow with its status in the details (older ones returned it).
+      out = statusFromFailure(err, isCheckpointStatus);
+      if (out === null) failure = describeFailure(err instanceof Error && err.cause ? err.cause : err);
     }
     rec.phase = out?.phase ?? 'Failed';
     failure ??= out?.phase === 'Failed' ? out.failureReason ?? 'failed' : null;
@@ -538,7 +557,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
     status.nextRetryAt = new Date(Date.now() + delay).toISOString();
     enter('CrashLoopBackOff', exit.message);
     event('BackOff', `Back-off restarting run ${run.run}: next start in ${delay / 1000} s`);
-    if (await pause(delay)) return timeOutIdle();
+    if (await pause(delay, `back-off restarting after run ${run.run}`)) return timeOutIdle();
     status.nextRetryAt = null;
     status.restarts++;
     countJobRestart(exit.reason);
@@ -665,7 +684,12 @@ export async function job(input: JobInput): Promise<JobStatus> {
   }
 
   try {
-    return await lifecycle();
+    const out = await lifecycle();
+    // A job that ended in a failed state fails its workflow, so the UI counts it as failed (older histories completed).
+    if (FAILED_JOB_STATES.includes(out.state) && patched(PATCH_FAILED_WORKFLOWS_FAIL)) {
+      throw failedWith(`job ${jobId} ${out.state}: ${out.reason ?? 'no reason recorded'}`, ErrorType.JobFailed, out, out.events);
+    }
+    return out;
   } catch (err) {
     if (!isCancellation(err)) throw err;
     // Cancelled: the run stopped and cleaned up like a timeout, the reservation given back, then the cancel ends the workflow.

@@ -1,7 +1,7 @@
-import { ApplicationFailure, defineQuery, executeChild, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
-import type { CheckpointStatus } from '../common/checkpoint';
+import { ApplicationFailure, defineQuery, executeChild, patched, setCurrentDetails, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import type { MigratePhase, MigrateRequest, MigrateStatus } from '../common/migrate';
+import { failedWith, isCheckpointStatus, PATCH_FAILED_WORKFLOWS_FAIL, statusFromFailure, STATUS_QUERY } from '../common/outcome';
 import { checkpointWorkflowId, CONTROL_QUEUE, restoreWorkflowId } from '../common/queues';
-import type { Readiness } from '../common/readiness';
 import type { RestoreStatus } from '../common/restore';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 import { checkpoint } from './checkpoint';
@@ -10,31 +10,9 @@ import { restore } from './restore';
 import { ErrorType } from '../common/errors';
 import { inputProblem, MigrateInputSchema } from '../common/inputs';
 
-export type MigratePhase = 'Checkpointing' | 'Restoring' | 'Compensating' | 'Migrated' | 'RestoredOnSource' | 'Failed';
+export type { MigratePhase, MigrateRequest, MigrateStatus } from '../common/migrate';
 
-export interface MigrateStatus {
-  jobId: string;
-  from: string;
-  to: string;
-  phase: MigratePhase;
-  checkpointId: string;
-  checkpoint: CheckpointStatus | null;
-  restores: RestoreStatus[];
-  failureReason: string | null;
-}
-
-export const migrateStatusQuery = defineQuery<MigrateStatus>('status');
-
-export interface MigrateRequest {
-  jobId: string;
-  from: string;
-  to: string;
-  checkpointId: string;
-  vramBytes?: number;
-  placementDeadline?: string;
-  /** Passed to each restore: the workload counts as Running on a node only once this probe passes. */
-  readiness?: Readiness;
-}
+export const migrateStatusQuery = defineQuery<MigrateStatus>(STATUS_QUERY);
 
 /**
  * Checkpoint on A, restore on B, as one workflow; if no node takes it, restore it on A again. A restore that
@@ -46,25 +24,41 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
   const { readiness, ...rest } = input;
   const status: MigrateStatus = { ...rest, phase: 'Checkpointing', checkpoint: null, restores: [], failureReason: null };
   setHandler(migrateStatusQuery, () => status);
-  const enter = (p: MigratePhase): void => {
+  const enter = (p: MigratePhase, details?: string): void => {
     status.phase = p;
     upsertSearchAttributes([{ key: SA_PHASE, value: p }]);
+    setCurrentDetails(`phase: ${p}${details ? `, ${details}` : ''}`);
+  };
+  /** A migration that failed fails its workflow, its status in the failure (older histories returned it). */
+  const failed = (reason: string): MigrateStatus => {
+    status.failureReason = reason;
+    enter('Failed', reason);
+    if (patched(PATCH_FAILED_WORKFLOWS_FAIL)) throw failedWith(reason, ErrorType.MigrationFailed, status, status.checkpoint?.history ?? []);
+    return status;
   };
   upsertSearchAttributes([{ key: SA_JOB, value: input.jobId }, { key: SA_NODE, value: input.from }, { key: SA_PHASE, value: 'Checkpointing' }]);
+  setCurrentDetails(`phase: Checkpointing ${input.jobId} on ${input.from}`);
+  // A checkpoint that failed fails its workflow (its status in the failure); older ones returned it.
   status.checkpoint = await executeChild(checkpoint, {
     workflowId: checkpointWorkflowId(input.checkpointId), taskQueue: CONTROL_QUEUE,
     args: [{ checkpointId: input.checkpointId, jobId: input.jobId, node: input.from, leaveRunning: false, reason: 'manual', vramBytes: input.vramBytes }],
+    staticSummary: `Checkpoint ${input.jobId} on ${input.from} (migration to ${input.to})`,
+  }).catch((err: unknown) => {
+    const s = statusFromFailure(err, isCheckpointStatus);
+    if (s === null) throw err;
+    return s;
   });
   if (status.checkpoint.phase === 'Failed') {
-    status.failureReason = `checkpoint failed: ${status.checkpoint.failureReason}`;
-    enter('Failed');
-    return status; // the checkpoint workflow already resumed the workload on A
+    return failed(`checkpoint failed: ${status.checkpoint.failureReason}`); // the checkpoint workflow already resumed the workload on A
   }
-  enter('Restoring');
+  enter('Restoring', `to ${input.to}`);
   let failedType: string | null = null;
   const run = async (n: number, req: Parameters<typeof restore>[0]): Promise<RestoreStatus | string> => {
     try {
-      const r = await executeChild(restore, { workflowId: restoreWorkflowId(input.checkpointId, n), taskQueue: CONTROL_QUEUE, args: [req] });
+      const r = await executeChild(restore, {
+        workflowId: restoreWorkflowId(input.checkpointId, n), taskQueue: CONTROL_QUEUE, args: [req],
+        staticSummary: `Restore ${input.checkpointId} of ${input.jobId} on ${req.node ?? req.prefer?.join(', ') ?? 'any node'} (migration ${n === 1 ? 'target' : 'back to the source'})`,
+      });
       status.restores.push(r);
       return r;
     } catch (err) {
@@ -81,11 +75,11 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
   if (failedType === ErrorType.RestoreOutcomeUnknown) {
     // A copy may run where that restore lost its agent: restoring on A as well could make two.
     status.failureReason = `restore elsewhere failed (${onB}); not restored on ${input.from}, since a copy may run where the agent was lost`;
-    enter('Failed');
+    enter('Failed', status.failureReason);
     throw ApplicationFailure.nonRetryable(status.failureReason, ErrorType.MigrationFailed);
   }
   // Nowhere else would take it: the source node still holds the checkpoint, so put the workload back there.
-  enter('Compensating');
+  enter('Compensating', `restoring on ${input.from} again`);
   const onA = await run(2, { checkpointId: input.checkpointId, node: input.from, placementDeadline: input.placementDeadline ?? '2m', ...(readiness ? { readiness } : {}) });
   if (typeof onA !== 'string') {
     status.failureReason = `restore elsewhere failed (${onB}); restored on ${input.from}`;
@@ -93,6 +87,6 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
     return status;
   }
   status.failureReason = `restore elsewhere failed (${onB}); restore on ${input.from} failed too (${onA})`;
-  enter('Failed');
+  enter('Failed', status.failureReason);
   throw ApplicationFailure.nonRetryable(status.failureReason, ErrorType.MigrationFailed);
 }

@@ -1,17 +1,13 @@
 import { condition, continueAsNew, defineQuery, defineSignal, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { NodeInventory } from '../activities/node/inventory';
+import type { NodeRecord } from '../common/node';
+import { STATUS_QUERY } from '../common/outcome';
 import { SA_NODE } from '../common/search-attributes';
 
-export interface NodeRecord {
-  node: string;
-  inventory: NodeInventory | null;
-  /** Workflow time of the agent's last report. */
-  lastSeen: string | null;
-  agentRuns: number;
-}
+export type { NodeRecord } from '../common/node';
 
 export const reportSignal = defineSignal<[NodeInventory]>('report');
-export const nodeStatusQuery = defineQuery<NodeRecord>('status');
+export const nodeStatusQuery = defineQuery<NodeRecord>(STATUS_QUERY);
 
 /** One per node (`node/<name>`): the registry entry its agent reports to; clients validate node names here. */
 export async function nodeRegistry(input: { node: string; carried?: NodeRecord }): Promise<void> {

@@ -1,10 +1,13 @@
-import { condition, continueAsNew, defineQuery, defineSignal, defineUpdate, setHandler, workflowInfo } from '@temporalio/workflow';
+import { condition, continueAsNew, defineQuery, defineSignal, defineUpdate, setCurrentDetails, setHandler, workflowInfo } from '@temporalio/workflow';
+import { STATUS_QUERY } from '../common/outcome';
 import type { Candidate, Reservation } from '../common/restore';
 
 export const PLACEMENT_WORKFLOW_ID = 'placement';
 export const reserveUpdate = defineUpdate<Reservation | null, [{ reservationId: string; bytes: number; candidates: Candidate[] }]>('reserve');
 export const releaseSignal = defineSignal<[{ reservationId: string }]>('release');
 export const reservationsQuery = defineQuery<Reservation[]>('reservations');
+/** The reservations held, under the name every workflow answers. */
+export const placementStatusQuery = defineQuery<{ reservations: Reservation[] }>(STATUS_QUERY);
 
 /**
  * The single place VRAM is promised (`placement`). Update handlers run one at a time, so two restores
@@ -12,6 +15,14 @@ export const reservationsQuery = defineQuery<Reservation[]>('reservations');
  */
 export async function placement(input: { reservations?: Reservation[] } = {}): Promise<void> {
   const held = new Map<string, Reservation>((input.reservations ?? []).map((r) => [r.reservationId, r]));
+  /** The UI's current details: what is promised where. */
+  const showHeld = (): void => {
+    const byNode = new Map<string, number>();
+    for (const r of held.values()) byNode.set(r.node, (byNode.get(r.node) ?? 0) + r.bytes);
+    setCurrentDetails(held.size === 0 ? 'no VRAM reserved'
+      : `${held.size} reservation${held.size === 1 ? '' : 's'}: ${[...byNode].map(([n, b]) => `${n} ${(b / 2 ** 30).toFixed(1)} GiB`).join(', ')}`);
+  };
+  showHeld();
   setHandler(reserveUpdate, ({ reservationId, bytes, candidates }) => {
     const existing = held.get(reservationId);
     if (existing) return existing; // a retried activity asks again
@@ -29,10 +40,15 @@ export async function placement(input: { reservations?: Reservation[] } = {}): P
     if (!pick) return null;
     const r: Reservation = { reservationId, node: pick.node, bytes, ...(pick.gpuIndex !== undefined ? { gpuIndex: pick.gpuIndex } : {}) };
     held.set(reservationId, r);
+    showHeld();
     return r;
   });
-  setHandler(releaseSignal, ({ reservationId }) => void held.delete(reservationId));
+  setHandler(releaseSignal, ({ reservationId }) => {
+    held.delete(reservationId);
+    showHeld();
+  });
   setHandler(reservationsQuery, () => [...held.values()]);
+  setHandler(placementStatusQuery, () => ({ reservations: [...held.values()] }));
   await condition(() => workflowInfo().continueAsNewSuggested);
   await continueAsNew<typeof placement>({ reservations: [...held.values()] });
 }

@@ -3,30 +3,17 @@ import type { Duration } from '@temporalio/common';
 import type { NodeActivities } from '../activities/node';
 import type { UploadResult } from '../common/checkpoint';
 import { ErrorType } from '../common/errors';
+import { STATUS_QUERY } from '../common/outcome';
+import type { DeferredPromotion, PromotionStatus } from '../common/promotion';
 import { checkpointWorkflowId, nodeQueue } from '../common/queues';
 import { promotedSignal, unpromotableSignal } from './checkpoint';
 import { describeFailure, failureType } from './failures';
 
-/** A checkpoint S3 refused (S3Rejected): tried again on its own backoff, never blocking the ones behind it. */
-export interface DeferredPromotion {
-  checkpointId: string;
-  attempts: number;
-  /** Workflow time (ms) of the next try. */
-  retryAt: number;
-  lastError: string;
-}
-
-export interface PromotionStatus {
-  node: string;
-  pending: string[];
-  promoted: string[];
-  deferred: DeferredPromotion[];
-  lastError: string | null;
-}
+export type { DeferredPromotion, PromotionStatus } from '../common/promotion';
 
 /** metadataSha256: recorded at seal; the upload refuses a local metadata.json that differs from it. */
 export const enqueueSignal = defineSignal<[{ checkpointId: string; metadataSha256?: string | null }]>('enqueue');
-export const promotionStatusQuery = defineQuery<PromotionStatus>('status');
+export const promotionStatusQuery = defineQuery<PromotionStatus>(STATUS_QUERY);
 
 /** Backoff of a refused checkpoint: 1 minute, doubling, at most an hour. */
 export const REJECTED_BACKOFF_MS = { initial: 60_000, max: 3_600_000 };

@@ -1,9 +1,10 @@
-import { ApplicationFailure, CancelledFailure, defineQuery, log, patched, proxyActivities, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, CancelledFailure, defineQuery, log, patched, proxyActivities, setCurrentDetails, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
 import { durationMs } from '../common/bounds';
 import { ErrorType } from '../common/errors';
 import { inputProblem, RestoreRequestSchema } from '../common/inputs';
+import { failedWith, STATUS_QUERY } from '../common/outcome';
 import { InvalidInputError } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue } from '../common/queues';
 import { parseReadiness, type Readiness } from '../common/readiness';
@@ -12,7 +13,7 @@ import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attri
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
 import { countRestore } from './metrics';
 
-export const restoreStatusQuery = defineQuery<RestoreStatus>('status');
+export const restoreStatusQuery = defineQuery<RestoreStatus>(STATUS_QUERY);
 
 /**
  * patched() ids: each guards a change in the commands a restore issues, so that restores started before it
@@ -87,18 +88,20 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
     attempts: [], excluded: [...(req.exclude ?? [])], failureReason: null,
   };
   setHandler(restoreStatusQuery, () => status);
-  const enter = (phase: RestorePhase): void => {
+  const enter = (phase: RestorePhase, note?: string): void => {
     status.phase = phase;
     upsertSearchAttributes([{ key: SA_PHASE, value: phase }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
+    showDetails(status, note);
   };
   const control = proxyActivities<ControlActivities>({ taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', retry: { maximumInterval: '10s', maximumAttempts: 10 } });
   const releaser = proxyActivities<ControlActivities>({
     taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', scheduleToCloseTimeout: '7d', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5m' },
   });
+  // The failure keeps the type callers branch on (NoNodeFits, ChecksumMismatch...) and carries the status.
   const fail = (reason: string, type: string): never => {
     status.failureReason = reason;
-    enter('Failed');
-    throw ApplicationFailure.nonRetryable(reason, type);
+    enter('Failed', reason);
+    throw failedWith(reason, type, status, status.attempts);
   };
 
   let readiness: Readiness | undefined;
@@ -160,7 +163,9 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
         fail(`no node fits: ${status.vramBytes} bytes of VRAM needed${only ? ` on ${only}` : ''}; excluded: ${status.excluded.join(', ') || 'none'}; waited ${req.placementDeadline ?? '10m'}`,
           ErrorType.NoNodeFits);
       }
-      await sleep('10s');
+      // Current details only (no upsert): the commands stay as they were.
+      showDetails(status, `no node has ${gib(status.vramBytes)} of VRAM free${only ? ` on ${only}` : ''}; next try in 10 s`);
+      await sleep('10s', { summary: `wait for ${gib(status.vramBytes)} of VRAM to free up` });
       n--;
       continue;
     }
@@ -338,6 +343,20 @@ async function attempt(
     }
   }
 }
+
+/** The UI's current details: phase, node, attempts so far, and a note (why it waits, why it failed). */
+function showDetails(s: RestoreStatus, note?: string): void {
+  const parts = [`phase: ${s.phase}`];
+  if (s.node) parts.push(`on ${s.node}${s.gpu ? ` GPU ${s.gpu.index}` : ''}`);
+  if (s.pid !== null) parts.push(`pid ${s.pid}`);
+  if (s.vramBytes > 0) parts.push(`${gib(s.vramBytes)} of VRAM`);
+  if (s.attempts.length > 0) parts.push(`attempt ${s.attempts.length + (s.phase === 'Running' || s.phase === 'Failed' ? 0 : 1)}`);
+  if (s.source && s.phase !== 'Placing' && s.phase !== 'Fetching') parts.push(`fetched from ${s.source}`);
+  if (note) parts.push(note);
+  setCurrentDetails(parts.join(', '));
+}
+
+const gib = (bytes: number): string => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 
 function msOf(d: string): number {
   const ms = durationMs(d);

@@ -8,8 +8,8 @@ import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../
 import { type CompatRecord, incompatibilities, type NodeCompat, usableGpus } from '../../common/compat';
 import type { Candidate, CheckpointInfo, PlacementSurvey, Reservation } from '../../common/restore';
 import type { NodeInventory } from '../node/inventory';
-import type { AlertRecord } from '../../workflows/alert';
-import type { NodeRecord } from '../../workflows/node';
+import type { AlertRecord } from '../../common/alert';
+import type { NodeRecord } from '../../common/node';
 import { createIncidentActivities } from './incident';
 import { createRetentionActivities } from './retention';
 import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
@@ -44,6 +44,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
         taskQueue: CONTROL_QUEUE,
         args: [{ node: input.node }],
         signal: 'enqueue',
+        staticSummary: `Promotion loop of node ${input.node}: uploads checkpoints left on its disk once S3 takes them`,
         signalArgs: [{ checkpointId: input.checkpointId, metadataSha256: input.metadataSha256 ?? null }],
       });
     },
@@ -114,6 +115,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
         args: [input],
         startWorkflowOperation: new WithStartWorkflowOperation('placement', {
           workflowId: PLACEMENT_WORKFLOW_ID, taskQueue: CONTROL_QUEUE, args: [{}], workflowIdConflictPolicy: 'USE_EXISTING',
+          staticSummary: 'VRAM placement: every reservation of GPU memory, one at a time',
         }),
       });
     },
@@ -129,7 +131,10 @@ export function createControlActivities(client: Client, s3?: S3Config) {
 
     async raiseAlert(record: AlertRecord): Promise<string> {
       const workflowId = `alert/${record.kind}/${record.checkpointId}/${Date.now().toString(36)}`;
-      await client.workflow.start('alert', { workflowId, taskQueue: CONTROL_QUEUE, args: [record] });
+      await client.workflow.start('alert', {
+        workflowId, taskQueue: CONTROL_QUEUE, args: [record],
+        staticSummary: `Alert ${record.kind}: checkpoint ${record.checkpointId} on node ${record.node}`, staticDetails: record.message,
+      });
       return workflowId;
     },
   };

@@ -9,7 +9,7 @@ import { KybernateClient } from '../../clients/api';
 import type { CheckpointStatus } from '../../common/checkpoint';
 import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
 import { configFromStack } from '../../deploy/local/stack';
-import type { PromotionStatus } from '../../workflows/promotion';
+import type { PromotionStatus } from '../../common/promotion';
 import { Agent, alive, client, lastTick, output, PATTERN, PYTHON, stack, until } from '../support/stack';
 import { Toxiproxy } from '../support/toxiproxy';
 

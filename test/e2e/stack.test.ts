@@ -18,7 +18,7 @@ import { ComponentFailedError, configFromStack, down, findWorkloadProcesses, rea
 import { hasPoller, startAgent, startControlWorker } from '../../deploy/local/workers';
 import { loadConfig } from '../../workers/config';
 import { localDefaults } from '../../deploy/local/config';
-import type { NodeRecord } from '../../workflows/node';
+import type { NodeRecord } from '../../common/node';
 import { Agent, alive, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
 import { Toxiproxy } from '../support/toxiproxy';
 

@@ -4,11 +4,6 @@ import { SA_JOB } from '../../common/search-attributes';
 import { artifactPath, frameShows, withBrowser } from '../support/browser';
 import { Agent, client, lastTick, PATTERN, PYTHON, stack, until } from '../support/stack';
 
-// TODO(uitruth): set to true once the "uitruth" change (staticSummary on the checkpoint workflow's start and
-// setCurrentDetails in the workflow) is on main; the test then also requires the summary and the phase details
-// on the workflow's User Metadata tab (checked against uitruth's branch at f3ae811: passes).
-const UI_SHOWS_SUMMARY_AND_DETAILS = false;
-
 let k: KybernateClient;
 let agent: Agent | null = null;
 
@@ -70,15 +65,13 @@ describe('the Temporal Web UI, in a real headless Chromium', () => {
       await page.getByText('"phase": "Durable"').first().waitFor();
       await page.getByText('"tier": "s3"').first().waitFor();
       await page.screenshot({ path: shot, fullPage: true });
-      if (UI_SHOWS_SUMMARY_AND_DETAILS) {
-        // UI 2.42 shows the start's staticSummary and the workflow's current details (read with a query the
-        // control worker answers) under this tab.
-        await page.getByText('User Metadata', { exact: true }).click();
-        await frameShows(page, new RegExp(`^checkpoint ${job} on ${node}$`));
-        await frameShows(page, /^phase: Durable \(tier s3\)/);
-        await page.screenshot({ path: metadataShot, fullPage: true });
-      }
+      // UI 2.42 shows the start's staticSummary and the workflow's current details (read with a query the
+      // control worker answers) under this tab.
+      await page.getByText('User Metadata', { exact: true }).click();
+      await frameShows(page, new RegExp(`^checkpoint ${job} on ${node}$`));
+      await frameShows(page, /^phase: Durable \(tier s3\)/);
+      await page.screenshot({ path: metadataShot, fullPage: true });
     });
-    process.stderr.write(`[ui.test] screenshots of the checkpoint workflow's page: ${shot}${UI_SHOWS_SUMMARY_AND_DETAILS ? `, ${metadataShot}` : ''}\n`);
+    process.stderr.write(`[ui.test] screenshots of the checkpoint workflow's page: ${shot}, ${metadataShot}\n`);
   });
 });

@@ -1,5 +1,5 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import { WorkflowFailedError } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { createControlActivities } from '../../activities/control';
@@ -8,6 +8,7 @@ import {
 } from '../../common/checkpoint';
 import type { StepOutcome } from '../../common/journal';
 import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
+import { finalStatus } from '../../clients/outcome';
 import { Harness, type NodeMock } from './harness';
 
 type Mock = NodeMock;
@@ -113,8 +114,29 @@ async function run(mock: Mock, request: CheckpointRequest, during?: () => Promis
   return h.with(createControlActivities(env.client), { [request.node]: mock }, async () => {
     const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(request.checkpointId), taskQueue: CONTROL_QUEUE, args: [request] });
     if (during) await during();
-    return (await wf.result()) as CheckpointStatus;
+    return settled(wf);
   });
+}
+
+/**
+ * The final status as a client reads it (finalStatus), and the workflow's own outcome checked against it: a
+ * checkpoint that ended Failed is a FAILED workflow (CheckpointFailed, its status and history in the details),
+ * any other a COMPLETED one.
+ */
+async function settled(wf: WorkflowHandle): Promise<CheckpointStatus> {
+  const s = await finalStatus('checkpoint', wf);
+  const d = await wf.describe();
+  expect(d.status.name).toBe(s.phase === 'Failed' ? 'FAILED' : 'COMPLETED');
+  if (s.phase === 'Failed') {
+    const err: unknown = await wf.result().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('CheckpointFailed');
+    expect(cause.nonRetryable).toBe(true);
+    expect(cause.message).toBe(s.failureReason);
+    expect(cause.details?.[1]).toEqual(s.history);
+  }
+  return s;
 }
 
 describe('checkpoint workflow', () => {
@@ -132,6 +154,19 @@ describe('checkpoint workflow', () => {
     const s = await run(node(calls, true), req());
     expect(s.phase).toBe('Durable');
     expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'upload']);
+  });
+
+  test('the UI: current details follow the phase (Durable: bytes sent), and a failed one says why', async () => {
+    const details = async (r: CheckpointRequest, mock: Mock): Promise<string> => h.with(createControlActivities(env.client), { [r.node]: mock }, async () => {
+      const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(r.checkpointId), taskQueue: CONTROL_QUEUE, args: [r] });
+      await wf.result().catch(() => undefined);
+      const meta = await wf.query<{ currentDetails?: string | null }>('__temporal_workflow_metadata');
+      return meta.currentDetails ?? '';
+    });
+    const calls: string[] = [];
+    expect(await details(req(), node(calls, true))).toMatch(/^phase: Durable \(tier s3\), 0\.0 GiB sent to S3/);
+    const failing = node(calls, true, { criuDump: async () => { throw ApplicationFailure.nonRetryable('criu dump failed: unsupported fd', 'CriuDumpFailed'); } });
+    expect(await details(req(), failing)).toMatch(/^phase: Failed, DumpingProcess: criuDump: CriuDumpFailed: criu dump failed: unsupported fd$/);
   });
 
   test('--leave-running on a CUDA process: VRAM restored and unlocked after the dump', async () => {
@@ -394,7 +429,7 @@ describe('checkpoint workflow', () => {
             return inspection({ criuDump: { state: 'done', data: { ...dumped } } }, { state: 'gone' }, true);
           },
         });
-        return (await nodeWorker(back)).runUntil(wf.result() as Promise<CheckpointStatus>);
+        return (await nodeWorker(back)).runUntil(settled(wf));
       });
       expect(s.phase).toBe('Durable');
       expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'seal', 'upload']);

@@ -1,11 +1,12 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
+import { finalStatus } from '../../clients/outcome';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { createControlActivities } from '../../activities/control';
 import type { CheckpointRequest, CheckpointStatus, UploadResult } from '../../common/checkpoint';
 import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId, restoreWorkflowId } from '../../common/queues';
 import type { RestoreStatus } from '../../common/restore';
-import type { PromotionStatus } from '../../workflows/promotion';
+import type { PromotionStatus } from '../../common/promotion';
 import { Harness, type NodeMock } from './harness';
 
 /** Integrity branches of the checkpoint, promotion and restore workflows, with mocked node activities. */
@@ -63,7 +64,10 @@ async function run(mock: NodeMock, request: CheckpointRequest, during?: () => Pr
   return h.with(createControlActivities(env.client), { [request.node]: mock }, async () => {
     const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(request.checkpointId), taskQueue: CONTROL_QUEUE, args: [request] });
     if (during) await during();
-    return (await wf.result()) as CheckpointStatus;
+    const s = await finalStatus('checkpoint', wf);
+    // A checkpoint that ended Failed fails its workflow; its status rides in the failure.
+    expect((await wf.describe()).status.name).toBe(s.phase === 'Failed' ? 'FAILED' : 'COMPLETED');
+    return s;
   });
 }
 

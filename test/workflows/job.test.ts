@@ -1,8 +1,9 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import type { WorkflowHandle } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { finalStatus } from '../../clients/outcome';
 import type { UploadResult } from '../../common/checkpoint';
 import {
-  DEFAULT_BACKOFF, type JobSpec, type JobStatus, jobWorkflowId, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY, type PreemptResult, type RunExit,
+  DEFAULT_BACKOFF, FAILED_JOB_STATES, type JobSpec, type JobStatus, jobWorkflowId, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY, type PreemptResult, type RunExit,
 } from '../../common/job';
 import type { ProcessIdentity } from '../../common/journal';
 import { CONTROL_QUEUE } from '../../common/queues';
@@ -229,8 +230,24 @@ class Sim {
     });
   }
 
+  /**
+   * The job's final status as a client reads it (finalStatus); a job that ended Failed, OOMKilled, StartFailure
+   * or TimedOut is checked to be a FAILED workflow (JobFailed, its status in the details), any other COMPLETED.
+   */
   async runJob(s: JobSpec): Promise<JobStatus> {
-    return this.with(async () => (await (await this.start(s)).result()) as JobStatus);
+    return this.with(async () => {
+      const wf = await this.start(s);
+      const out = await finalStatus('job', wf);
+      expect((await wf.describe()).status.name).toBe(FAILED_JOB_STATES.includes(out.state) ? 'FAILED' : 'COMPLETED');
+      if (FAILED_JOB_STATES.includes(out.state)) {
+        const err = await wf.result().then(() => null, (e: unknown) => e as WorkflowFailedError);
+        const cause = err?.cause as ApplicationFailure | undefined;
+        expect(cause?.type).toBe('JobFailed');
+        expect(cause?.message).toBe(`job ${out.jobId} ${out.state}: ${out.reason ?? 'no reason recorded'}`);
+        expect(cause?.details?.[1]).toEqual(out.events);
+      }
+      return out;
+    });
   }
 }
 

@@ -3,7 +3,9 @@ import { WorkflowFailedError } from '@temporalio/client';
 import type { CheckpointStatus } from '../../common/checkpoint';
 import { CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
 import type { Candidate, Reservation, RestoreInspection, RestoreRequest, RestoreStatus } from '../../common/restore';
-import type { MigrateStatus } from '../../workflows/migrate';
+import { finalStatus } from '../../clients/outcome';
+import type { MigrateStatus } from '../../common/migrate';
+import { isMigrateStatus, statusFromFailure } from '../../common/outcome';
 import { type ControlMock, Harness, type NodeMock } from './harness';
 
 let h: Harness;
@@ -497,5 +499,31 @@ describe('migration workflow', () => {
     expect(cause.message).toMatch(/lost during RestoringProcess and never said what became of the restore.*; not restored on node-a, since a copy may run/s);
     expect(calls).toContain('inspectRestore node-b');
     expect(calls).not.toContain('criuRestore node-a');
+  });
+
+  test('the checkpoint on A fails: its workflow and the migration fail (FAILED in the UI), each with its status in the failure', async () => {
+    const calls: string[] = [];
+    const n = seq + 1;
+    const err = await h.with(control(calls, { 'node-a': 16, 'node-b': 16 }, ctlFromCheckpoint()), {
+      'node-a': {
+        ...nodeMock(calls, 'node-a'), ...ckptNode(calls),
+        criuDump: async () => { calls.push('criuDump node-a'); throw ApplicationFailure.nonRetryable('criu dump failed: unsupported fd', 'CriuDumpFailed'); },
+        deleteCheckpointDir: async () => { calls.push('deleteCheckpointDir node-a'); return { deleted: true }; },
+      },
+      'node-b': nodeMock(calls, 'node-b'),
+    }, () => h.env.client.workflow.execute('migrate', {
+      workflowId: `migrate/m-${++seq}`, taskQueue: CONTROL_QUEUE, args: [{ jobId: 'job-1', from: 'node-a', to: 'node-b', checkpointId: `m-${seq}`, placementDeadline: '1m' }],
+    })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('MigrationFailed');
+    const m = statusFromFailure(err, isMigrateStatus);
+    expect(m).toMatchObject({ phase: 'Failed', checkpoint: { phase: 'Failed' }, restores: [] });
+    expect(m?.failureReason).toMatch(/^checkpoint failed: DumpingProcess: .*CriuDumpFailed/);
+    expect((await h.env.client.workflow.getHandle(`migrate/m-${n}`).describe()).status.name).toBe('FAILED');
+    const child = h.env.client.workflow.getHandle(`checkpoint/m-${n}`);
+    expect((await child.describe()).status.name).toBe('FAILED');
+    expect(await finalStatus('checkpoint', child)).toMatchObject({ phase: 'Failed', checkpointId: `m-${n}` });
+    expect(calls).not.toContain('reserve node-b');
   });
 });
