@@ -7,7 +7,7 @@ import type { NodeActivities } from '../activities/node';
 import type { CheckpointStatus } from '../common/checkpoint';
 import { ErrorType } from '../common/errors';
 import {
-  FAILED_JOB_STATES, type JobCheckpointRecord, type JobInput, type JobSpec, type JobState, type JobStatus, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY,
+  FAILED_JOB_STATES, type JobCheckpointRecord, type JobInput, type JobState, type JobStatus, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY,
   type PreemptResult, type RunEndReason, type RunExit, type RunRecord, TERMINAL_JOB_STATES,
 } from '../common/job';
 import type { ProcessIdentity } from '../common/journal';
@@ -459,7 +459,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
     const healthy = healthyNow(run);
     const rec: JobCheckpointRecord = { checkpointId, takenAt: new Date().toISOString(), reason, phase: 'Pending', healthy, deleted: false, run: run.run, node: run.node };
     status.checkpoints.push(rec);
-    let out: CheckpointStatus | null = null;
+    let out: CheckpointStatus | null;
     let failure: string | null = null;
     try {
       // Abandoned, not cancelled, with the job: a dump cut off by a cancel would leave the process frozen.
