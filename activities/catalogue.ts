@@ -18,10 +18,16 @@ export interface S3Checkpoint {
 const PREFIX = 'checkpoints/';
 
 /** metadata.json of a checkpoint in S3; null when there is none (or it does not parse: then it is no checkpoint). */
-export async function readS3Checkpoint(cfg: S3Config, checkpointId: string, client?: S3Client): Promise<S3Checkpoint | null> {
+export async function readS3Checkpoint(
+  cfg: S3Config,
+  checkpointId: string,
+  client?: S3Client,
+): Promise<S3Checkpoint | null> {
   const s3 = client ?? makeS3Client(cfg);
   try {
-    const r = await s3.send(new GetObjectCommand({ Bucket: cfg.bucket, Key: `${PREFIX}${checkpointId}/${METADATA_FILE}` }));
+    const r = await s3.send(
+      new GetObjectCommand({ Bucket: cfg.bucket, Key: `${PREFIX}${checkpointId}/${METADATA_FILE}` }),
+    );
     const raw = Buffer.from(await r.Body!.transformToByteArray());
     let json: unknown;
     try {
@@ -31,7 +37,11 @@ export async function readS3Checkpoint(cfg: S3Config, checkpointId: string, clie
     }
     const parsed = MetadataSchema.safeParse(json);
     if (!parsed.success) return null;
-    return { metadata: parsed.data, metadataSha256: createHash('sha256').update(raw).digest('hex'), lastModified: r.LastModified ?? null };
+    return {
+      metadata: parsed.data,
+      metadataSha256: createHash('sha256').update(raw).digest('hex'),
+      lastModified: r.LastModified ?? null,
+    };
   } catch (e) {
     const err = e as { name?: string; $metadata?: { httpStatusCode?: number } };
     if (err.name === 'NoSuchKey' || err.name === 'NotFound' || err.$metadata?.httpStatusCode === 404) return null;
@@ -48,7 +58,9 @@ export async function listS3CheckpointIds(cfg: S3Config, client?: S3Client): Pro
   try {
     let token: string | undefined;
     do {
-      const r = await s3.send(new ListObjectsV2Command({ Bucket: cfg.bucket, Prefix: PREFIX, ContinuationToken: token }));
+      const r = await s3.send(
+        new ListObjectsV2Command({ Bucket: cfg.bucket, Prefix: PREFIX, ContinuationToken: token }),
+      );
       for (const o of r.Contents ?? []) {
         const m = /^checkpoints\/([^/]+)\/metadata\.json$/.exec(o.Key ?? '');
         if (m) ids.push(m[1]);

@@ -13,7 +13,9 @@ export function makeS3Client(cfg: S3Config, opts: { requestTimeoutMs?: number } 
     ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}),
     region: cfg.region,
     forcePathStyle: cfg.forcePathStyle ?? true,
-    ...(cfg.accessKeyId && cfg.secretAccessKey ? { credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey } } : {}),
+    ...(cfg.accessKeyId && cfg.secretAccessKey
+      ? { credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey } }
+      : {}),
     maxAttempts: 2,
     requestHandler: new NodeHttpHandler({
       connectionTimeout: 3000,
@@ -31,9 +33,23 @@ export function partSizeFor(fileSize: number, preferred = 16 << 20): number {
 }
 
 /** S3 error codes that no retry can fix: the key, its policy or the bucket is wrong. */
-const REJECTED = new Set(['AccessDenied', 'NoSuchBucket', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AllAccessDisabled', 'AccountProblem', 'InvalidBucketName']);
+const REJECTED = new Set([
+  'AccessDenied',
+  'NoSuchBucket',
+  'InvalidAccessKeyId',
+  'SignatureDoesNotMatch',
+  'AllAccessDisabled',
+  'AccountProblem',
+  'InvalidBucketName',
+]);
 /** S3 refused a body whose checksum differs from the one we sent (ours is the sealed SHA-256). */
-const DIGEST = new Set(['BadDigest', 'InvalidDigest', 'XAmzContentSHA256Mismatch', 'XAmzContentChecksumMismatch', 'InvalidChecksum']);
+const DIGEST = new Set([
+  'BadDigest',
+  'InvalidDigest',
+  'XAmzContentSHA256Mismatch',
+  'XAmzContentChecksumMismatch',
+  'InvalidChecksum',
+]);
 
 /** What kind of S3 failure an SDK error is: refused for good, a checksum refused, or (anything else) try again later. */
 export function s3ErrorKind(e: unknown): 'rejected' | 'checksum' | 'unavailable' {

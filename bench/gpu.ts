@@ -38,12 +38,29 @@ function phaseTimes(s: CheckpointStatus, startedAt: number): Record<string, numb
  */
 async function main(): Promise<void> {
   if (!fs.existsSync('/dev/nvidiactl') || !cudaApi()) {
-    console.log(`bench/gpu: no NVIDIA GPU on this machine (${cudaUnavailableReason() || '/dev/nvidiactl missing'}); nothing measured`);
+    console.log(
+      `bench/gpu: no NVIDIA GPU on this machine (${cudaUnavailableReason() || '/dev/nvidiactl missing'}); nothing measured`,
+    );
     return;
   }
   const sizes = (process.env.KYBERNATE_BENCH_VRAM_GIB ?? '8,32').split(',').map(Number);
   const { state, k, close } = await benchStack(['gpu-0']);
-  const rows = [['VRAM', 'CUDA ckpt alone', 'CRIU dump alone', 'upload alone', 'Locking', 'DumpingVram', 'DumpingProcess', 'Sealing', 'Uploading', 'request->Durable', 'request->Running', 'Durable / slowest stage']];
+  const rows = [
+    [
+      'VRAM',
+      'CUDA ckpt alone',
+      'CRIU dump alone',
+      'upload alone',
+      'Locking',
+      'DumpingVram',
+      'DumpingProcess',
+      'Sealing',
+      'Uploading',
+      'request->Durable',
+      'request->Running',
+      'Durable / slowest stage',
+    ],
+  ];
   try {
     for (const gib of sizes) {
       // Stages alone, on their own process: lock + checkpoint, then criu dump of the checkpointed process.
@@ -52,14 +69,21 @@ async function main(): Promise<void> {
       const [, cudaMs] = await timed(async () => cudaStep('checkpoint', a.pid));
       const dir = path.join(state.home, 'alone', `g${gib}`);
       fs.mkdirSync(dir, { recursive: true });
-      const [, criuMs] = await timed(async () => run(BIN.criu, ['dump', '-t', String(a.pid), '-D', dir, '-o', 'dump.log']));
+      const [, criuMs] = await timed(async () =>
+        run(BIN.criu, ['dump', '-t', String(a.pid), '-D', dir, '-o', 'dump.log']),
+      );
       const files = listFiles(dir).filter((f) => f.endsWith('.img'));
       const [, uploadMs] = await timed(async () => uploadBaseline(state, dir, files, `alone/g${gib}/`));
       fs.rmSync(dir, { recursive: true, force: true });
 
       await victim(k, `wf-${gib}`, gib);
       const t0 = Date.now();
-      const { request } = await k.startCheckpoint({ target: `wf-${gib}`, node: 'gpu-0', checkpointId: `gpu-${gib}-ck`, vramBytes: Math.ceil(gib * 1.2 * GiB) });
+      const { request } = await k.startCheckpoint({
+        target: `wf-${gib}`,
+        node: 'gpu-0',
+        checkpointId: `gpu-${gib}-ck`,
+        vramBytes: Math.ceil(gib * 1.2 * GiB),
+      });
       const ck = await k.checkpointResult(request.checkpointId);
       if (ck.phase !== 'Durable') throw new Error(`checkpoint ended ${ck.phase}: ${ck.failureReason}`);
       const durableMs = (durableAt(ck) ?? Date.now()) - t0;
@@ -70,8 +94,20 @@ async function main(): Promise<void> {
       const runningMs = Date.now() - t1;
       if (rs.pid) process.kill(rs.pid, 'SIGKILL');
       const slowest = Math.max(cudaMs, criuMs, uploadMs);
-      rows.push([`${gib} GiB`, secs(cudaMs), secs(criuMs), secs(uploadMs), secs(p.Locking ?? 0), secs(p.DumpingVram ?? 0), secs(p.DumpingProcess ?? 0), secs(p.Sealing ?? 0),
-        secs(p.Uploading ?? 0), secs(durableMs), secs(runningMs), (durableMs / slowest).toFixed(2)]);
+      rows.push([
+        `${gib} GiB`,
+        secs(cudaMs),
+        secs(criuMs),
+        secs(uploadMs),
+        secs(p.Locking ?? 0),
+        secs(p.DumpingVram ?? 0),
+        secs(p.DumpingProcess ?? 0),
+        secs(p.Sealing ?? 0),
+        secs(p.Uploading ?? 0),
+        secs(durableMs),
+        secs(runningMs),
+        (durableMs / slowest).toFixed(2),
+      ]);
     }
   } finally {
     await close();

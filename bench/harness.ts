@@ -14,7 +14,9 @@ export const GiB = 1024 ** 3;
 export const PATTERN = path.join(REPO_ROOT, 'deploy', 'workloads', 'pattern.py');
 
 /** A private stack for one benchmark run, torn down at the end (or by the watchdog if the run dies). */
-export async function benchStack(nodes: string[]): Promise<{ state: StackState; k: KybernateClient; close: () => Promise<void> }> {
+export async function benchStack(
+  nodes: string[],
+): Promise<{ state: StackState; k: KybernateClient; close: () => Promise<void> }> {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-bench-'));
   const state = await up({ home, ownerPid: process.pid, log: () => undefined });
   await startControlWorker(state);
@@ -45,7 +47,12 @@ async function warmUp(k: KybernateClient, nodes: string[]): Promise<void> {
   if (rs.pid) process.kill(rs.pid, 'SIGKILL');
 }
 
-export async function startPattern(k: KybernateClient, node: string, job: string, mib: number): Promise<{ pid: number; logFile: string }> {
+export async function startPattern(
+  k: KybernateClient,
+  node: string,
+  job: string,
+  mib: number,
+): Promise<{ pid: number; logFile: string }> {
   const info = await k.runWorkload({ node, jobId: job, command: ['/usr/bin/python3', PATTERN, String(mib), job] });
   for (let i = 0; i < 600; i++) {
     if (fs.existsSync(info.logFile) && fs.readFileSync(info.logFile, 'utf8').includes('tick 2\n')) return info;
@@ -105,11 +112,21 @@ export async function activityTimes(k: KybernateClient, workflowId: string): Pro
 }
 
 /** The by-hand upload: each file in turn with the SDK's lib-storage (16 MiB parts, 4 at a time). */
-export async function uploadBaseline(state: StackState, dir: string, files: string[], keyPrefix: string): Promise<void> {
+export async function uploadBaseline(
+  state: StackState,
+  dir: string,
+  files: string[],
+  keyPrefix: string,
+): Promise<void> {
   const s3 = makeS3Client(configFromStack(state).s3);
   try {
     for (const f of files) {
-      await new Upload({ client: s3, params: { Bucket: state.s3.bucket, Key: keyPrefix + f, Body: fs.createReadStream(path.join(dir, f)) }, partSize: 16 << 20, queueSize: 4 }).done();
+      await new Upload({
+        client: s3,
+        params: { Bucket: state.s3.bucket, Key: keyPrefix + f, Body: fs.createReadStream(path.join(dir, f)) },
+        partSize: 16 << 20,
+        queueSize: 4,
+      }).done();
     }
   } finally {
     s3.destroy();

@@ -16,7 +16,16 @@ import { activityTimes, benchStack, dropCaches, run, secs, startPattern, table, 
 async function main(): Promise<void> {
   const sizes = (process.env.KYBERNATE_BENCH_GIB ?? '1,4').split(',').map(Number);
   const { state, k, close } = await benchStack(['bench-a', 'bench-b']);
-  const rows = [['process memory', 'workflow (request->Running)', 'baseline (download; criu restore)', '  download', '  restore', 'ratio']];
+  const rows = [
+    [
+      'process memory',
+      'workflow (request->Running)',
+      'baseline (download; criu restore)',
+      '  download',
+      '  restore',
+      'ratio',
+    ],
+  ];
   const kill: number[] = [];
   const breakdown: string[] = [];
   try {
@@ -43,7 +52,9 @@ async function main(): Promise<void> {
       });
       s3.destroy();
       const pidFile = path.join(dir, 'baseline.pid');
-      const [, rsMs] = await timed(async () => run(BIN.criu, ['restore', '-D', path.join(dir, 'images'), '-d', '-o', 'restore.log', '--pidfile', pidFile]));
+      const [, rsMs] = await timed(async () =>
+        run(BIN.criu, ['restore', '-D', path.join(dir, 'images'), '-d', '-o', 'restore.log', '--pidfile', pidFile]),
+      );
       kill.push(Number(fs.readFileSync(pidFile, 'utf8')));
       const baseline = dlMs + rsMs;
 
@@ -71,7 +82,9 @@ async function main(): Promise<void> {
   }
   table('restore: request to Running from S3 (MinIO on loopback), ratio = workflow / baseline; target <= 1.0', rows);
   console.log(`workflow activities (scheduled to completed, >= 50 ms):\n  ${breakdown.join('\n  ')}`);
-  console.log('(the workflow also verifies every sha256 and checks that the process makes progress; the baseline does neither)');
+  console.log(
+    '(the workflow also verifies every sha256 and checks that the process makes progress; the baseline does neither)',
+  );
 }
 
 main().catch((e: unknown) => {

@@ -1,5 +1,12 @@
 import * as path from 'node:path';
-import { Client, Connection, QueryNotRegisteredError, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
+import {
+  Client,
+  Connection,
+  QueryNotRegisteredError,
+  ServiceError,
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+} from '@temporalio/client';
 import type { CheckpointRequest, CheckpointStatus, Tier } from '../common/checkpoint';
 import { type KybernateConfig, temporalConnectionOptions } from '../common/config';
 import { bytesProblem } from '../common/bounds';
@@ -57,14 +64,21 @@ export class KybernateClient {
   /** The job workflows (`job/<jobId>`): start, status, list, preempt, release, cancel, logs. */
   readonly jobs: JobsApi;
 
-  private constructor(readonly client: Client, private readonly connection: Connection, readonly config: KybernateConfig) {
+  private constructor(
+    readonly client: Client,
+    private readonly connection: Connection,
+    readonly config: KybernateConfig,
+  ) {
     this.jobs = new JobsApi(this);
   }
 
   static async connect(config: KybernateConfig): Promise<KybernateClient> {
     let connection: Connection;
     try {
-      connection = await Connection.connect({ ...temporalConnectionOptions(config), connectTimeout: CONNECT_TIMEOUT_MS });
+      connection = await Connection.connect({
+        ...temporalConnectionOptions(config),
+        connectTimeout: CONNECT_TIMEOUT_MS,
+      });
     } catch (e) {
       throw new UnavailableError('Temporal', config.temporalAddress, (e as Error).message);
     }
@@ -76,7 +90,9 @@ export class KybernateClient {
   }
 
   uiLink(workflowId: string): string | null {
-    return this.config.uiUrl ? `${this.config.uiUrl}/namespaces/${this.config.namespace}/workflows/${encodeURIComponent(workflowId)}` : null;
+    return this.config.uiUrl
+      ? `${this.config.uiUrl}/namespaces/${this.config.namespace}/workflows/${encodeURIComponent(workflowId)}`
+      : null;
   }
 
   /** A node exists once its agent has reported to its registry workflow. */
@@ -85,14 +101,20 @@ export class KybernateClient {
     try {
       return await this.queryStatus<NodeRecord>(nodeWorkflowId(node));
     } catch (e) {
-      if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('node', `unknown node '${node}': no agent has registered it`);
+      if (e instanceof WorkflowNotFoundError)
+        throw new InvalidInputError('node', `unknown node '${node}': no agent has registered it`);
       throw e;
     }
   }
 
   /** Validates everything that can be checked without touching the workload, then starts the workflow. */
   async startCheckpoint(input: {
-    target: string; node: string; leaveRunning?: boolean; reason?: CheckpointRequest['reason']; checkpointId?: string; uploadMaxAttempts?: number;
+    target: string;
+    node: string;
+    leaveRunning?: boolean;
+    reason?: CheckpointRequest['reason'];
+    checkpointId?: string;
+    uploadMaxAttempts?: number;
     /** VRAM the job needs when restored (a CPU-only process needs none). */
     vramBytes?: number;
   }): Promise<{ workflowId: string; request: CheckpointRequest }> {
@@ -102,12 +124,24 @@ export class KybernateClient {
     const jobId = isPid ? `pid-${pid}` : assertSafeId('job', input.target);
     const checkpointId = assertSafeId('checkpointId', input.checkpointId ?? `${jobId}-${Date.now().toString(36)}`);
     assertBytes('vramBytes', input.vramBytes);
-    if (input.uploadMaxAttempts !== undefined && !(Number.isInteger(input.uploadMaxAttempts) && input.uploadMaxAttempts >= 1 && input.uploadMaxAttempts <= 1000)) {
-      throw new InvalidInputError('uploadMaxAttempts', `must be a whole number from 1 to 1000 (got ${input.uploadMaxAttempts})`);
+    if (
+      input.uploadMaxAttempts !== undefined &&
+      !(Number.isInteger(input.uploadMaxAttempts) && input.uploadMaxAttempts >= 1 && input.uploadMaxAttempts <= 1000)
+    ) {
+      throw new InvalidInputError(
+        'uploadMaxAttempts',
+        `must be a whole number from 1 to 1000 (got ${input.uploadMaxAttempts})`,
+      );
     }
     await this.node(node);
     const request: CheckpointRequest = {
-      checkpointId, jobId, node, pid, leaveRunning: input.leaveRunning ?? false, reason: input.reason ?? 'manual', uploadMaxAttempts: input.uploadMaxAttempts,
+      checkpointId,
+      jobId,
+      node,
+      pid,
+      leaveRunning: input.leaveRunning ?? false,
+      reason: input.reason ?? 'manual',
+      uploadMaxAttempts: input.uploadMaxAttempts,
       vramBytes: input.vramBytes,
     };
     const workflowId = checkpointWorkflowId(checkpointId);
@@ -116,21 +150,35 @@ export class KybernateClient {
     // Best effort: S3 out of reach must not stop a checkpoint (it then goes to tier nvme); the upload itself
     // refuses to overwrite another checkpoint's metadata.json, and the node one it holds.
     if (await readS3Checkpoint(this.config.s3, checkpointId).catch(() => null)) {
-      throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists in S3; checkpoint ids are never reused`);
+      throw new InvalidInputError(
+        'checkpointId',
+        `checkpoint '${checkpointId}' exists in S3; checkpoint ids are never reused`,
+      );
     }
-    await this.client.workflow.start(checkpointWorkflow, {
-      workflowId, taskQueue: CONTROL_QUEUE, args: [request], workflowIdReusePolicy: 'REJECT_DUPLICATE',
-      typedSearchAttributes: [
-        { key: SA_JOB, value: jobId }, { key: SA_NODE, value: node }, { key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Pending' },
-      ],
-      staticSummary: `Checkpoint ${jobId} on ${node}`,
-      staticDetails: `checkpoint ${checkpointId} of job ${jobId} on node ${node}: ${request.reason}${request.leaveRunning ? ', left running' : ', the workload stops once dumped'}`,
-    }).catch((e: unknown) => {
-      if (e instanceof WorkflowExecutionAlreadyStartedError) {
-        throw new InvalidInputError('checkpointId', `checkpoint '${checkpointId}' exists (workflow ${workflowId}); checkpoint ids are never reused`);
-      }
-      throw e;
-    });
+    await this.client.workflow
+      .start(checkpointWorkflow, {
+        workflowId,
+        taskQueue: CONTROL_QUEUE,
+        args: [request],
+        workflowIdReusePolicy: 'REJECT_DUPLICATE',
+        typedSearchAttributes: [
+          { key: SA_JOB, value: jobId },
+          { key: SA_NODE, value: node },
+          { key: SA_CHECKPOINT, value: checkpointId },
+          { key: SA_PHASE, value: 'Pending' },
+        ],
+        staticSummary: `Checkpoint ${jobId} on ${node}`,
+        staticDetails: `checkpoint ${checkpointId} of job ${jobId} on node ${node}: ${request.reason}${request.leaveRunning ? ', left running' : ', the workload stops once dumped'}`,
+      })
+      .catch((e: unknown) => {
+        if (e instanceof WorkflowExecutionAlreadyStartedError) {
+          throw new InvalidInputError(
+            'checkpointId',
+            `checkpoint '${checkpointId}' exists (workflow ${workflowId}); checkpoint ids are never reused`,
+          );
+        }
+        throw e;
+      });
     return { workflowId, request };
   }
 
@@ -139,33 +187,54 @@ export class KybernateClient {
    * as in a shell; user runs it as that numeric uid (and gid) instead of the agent's user.
    */
   async runWorkload(input: {
-    node: string; jobId: string; command: string[]; cwd?: string; user?: { uid: number; gid?: number }; env?: Record<string, string>;
+    node: string;
+    jobId: string;
+    command: string[];
+    cwd?: string;
+    user?: { uid: number; gid?: number };
+    env?: Record<string, string>;
   }): Promise<WorkloadInfo> {
     const node = assertSafeId('node', input.node);
     const jobId = assertSafeId('job', input.jobId);
     if (input.command.length === 0) throw new InvalidInputError('command', 'is required');
-    if (input.cwd !== undefined && !path.isAbsolute(input.cwd)) throw new InvalidInputError('cwd', `must be an absolute path (got '${input.cwd}')`);
+    if (input.cwd !== undefined && !path.isAbsolute(input.cwd))
+      throw new InvalidInputError('cwd', `must be an absolute path (got '${input.cwd}')`);
     await this.node(node);
     const spec: WorkloadSpec = { jobId, command: input.command };
     if (input.cwd !== undefined) spec.cwd = input.cwd;
     if (input.user !== undefined) spec.user = input.user;
     if (input.env !== undefined) spec.env = input.env;
     return this.client.workflow.execute(runWorkloadWorkflow, {
-      workflowId: `workload/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, spec }],
+      workflowId: `workload/${jobId}/${Date.now().toString(36)}`,
+      taskQueue: CONTROL_QUEUE,
+      args: [{ node, spec }],
       staticSummary: `Start ${jobId} on ${node}`,
     });
   }
 
   /** Stops a job on a node: SIGTERM, then SIGKILL after graceMs (default 30 s). */
-  async stopWorkload(input: { node: string; jobId: string; graceMs?: number; reason?: string }): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
+  async stopWorkload(input: {
+    node: string;
+    jobId: string;
+    graceMs?: number;
+    reason?: string;
+  }): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
     const node = assertSafeId('node', input.node);
     const jobId = assertSafeId('job', input.jobId);
-    if (input.graceMs !== undefined && (!Number.isInteger(input.graceMs) || input.graceMs < 0 || input.graceMs > 3600000)) {
-      throw new InvalidInputError('graceMs', `must be a whole number of milliseconds from 0 to 3600000 (got ${input.graceMs})`);
+    if (
+      input.graceMs !== undefined &&
+      (!Number.isInteger(input.graceMs) || input.graceMs < 0 || input.graceMs > 3600000)
+    ) {
+      throw new InvalidInputError(
+        'graceMs',
+        `must be a whole number of milliseconds from 0 to 3600000 (got ${input.graceMs})`,
+      );
     }
     await this.node(node);
     return this.client.workflow.execute(stopWorkloadWorkflow, {
-      workflowId: `stop/${jobId}/${Date.now().toString(36)}`, taskQueue: CONTROL_QUEUE, args: [{ node, jobId, graceMs: input.graceMs, reason: input.reason }],
+      workflowId: `stop/${jobId}/${Date.now().toString(36)}`,
+      taskQueue: CONTROL_QUEUE,
+      args: [{ node, jobId, graceMs: input.graceMs, reason: input.reason }],
       staticSummary: `Stop ${jobId} on ${node}`,
     });
   }
@@ -179,15 +248,28 @@ export class KybernateClient {
    * Waits for a workflow's final status (see resultOf), asking its `status` query every WATCH_INTERVAL_MS
    * meanwhile for onStatus. A query that goes unanswered (the worker away) is skipped: the wait goes on.
    */
-  async watch<S>(workflowId: string, is: (x: unknown) => x is S, onStatus?: OnStatus<S>, intervalMs = WATCH_INTERVAL_MS): Promise<S> {
+  async watch<S>(
+    workflowId: string,
+    is: (x: unknown) => x is S,
+    onStatus?: OnStatus<S>,
+    intervalMs = WATCH_INTERVAL_MS,
+  ): Promise<S> {
     const handle = this.client.workflow.getHandle(workflowId);
     let done = false;
-    const result = resultOf(handle, is).finally(() => { done = true; });
+    const result = resultOf(handle, is).finally(() => {
+      done = true;
+    });
     if (onStatus) {
       void (async () => {
         while (!done) {
-          const s = await this.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => handle.query<unknown>('status')).catch(() => null);
-          const live = is(s) ? await this.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => pendingActivityBytes(handle)).catch(() => null) : null;
+          const s = await this.client
+            .withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => handle.query<unknown>('status'))
+            .catch(() => null);
+          const live = is(s)
+            ? await this.client
+                .withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => pendingActivityBytes(handle))
+                .catch(() => null)
+            : null;
           if (!done && is(s)) onStatus(withLiveBytes(s, live));
           await new Promise((r) => setTimeout(r, intervalMs).unref());
         }
@@ -211,10 +293,13 @@ export class KybernateClient {
         if (!found) throw new InvalidInputError('checkpoint', `no checkpoint '${checkpointId}'`);
         return statusFromS3(found);
       }
-      if (e instanceof UnavailableError && e.component === 'control worker') return this.withinTemporal(() => checkpointFromRecord(this.client, this.config.s3, checkpointId, e.message));
+      if (e instanceof UnavailableError && e.component === 'control worker')
+        return this.withinTemporal(() => checkpointFromRecord(this.client, this.config.s3, checkpointId, e.message));
       if (e instanceof QueryNotRegisteredError) {
         // Failed before it set up its status (an invalid request): its record says why.
-        return this.withinTemporal(() => checkpointFromRecord(this.client, this.config.s3, checkpointId, 'the workflow has no status to report'));
+        return this.withinTemporal(() =>
+          checkpointFromRecord(this.client, this.config.s3, checkpointId, 'the workflow has no status to report'),
+        );
       }
       throw e;
     }
@@ -223,12 +308,18 @@ export class KybernateClient {
   /** A workflow's `status` query, bounded: a workflow whose worker is down would leave the call blocked. */
   async queryStatus<T>(workflowId: string): Promise<T> {
     try {
-      return await this.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => this.client.workflow.getHandle(workflowId).query<T>('status'));
+      return await this.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () =>
+        this.client.workflow.getHandle(workflowId).query<T>('status'),
+      );
     } catch (e) {
       if (!(e instanceof ServiceError)) throw e;
       // Temporal answers record look-ups itself: if it does, the query went unanswered for want of a worker.
       await this.withinTemporal(() => this.client.workflow.getHandle(workflowId).describe());
-      throw new UnavailableError('control worker', `task queue ${CONTROL_QUEUE}`, `no answer to a query of ${workflowId} within ${QUERY_TIMEOUT_MS / 1000}s (is 'kybernate worker' running?)`);
+      throw new UnavailableError(
+        'control worker',
+        `task queue ${CONTROL_QUEUE}`,
+        `no answer to a query of ${workflowId} within ${QUERY_TIMEOUT_MS / 1000}s (is 'kybernate worker' running?)`,
+      );
     }
   }
 
@@ -243,7 +334,13 @@ export class KybernateClient {
   }
 
   /** Restores a checkpoint on a node chosen by free VRAM (or on the given node only). */
-  async startRestore(input: { checkpointId: string; node?: string; vramBytes?: number; placementDeadline?: string; readiness?: Readiness }): Promise<{ workflowId: string }> {
+  async startRestore(input: {
+    checkpointId: string;
+    node?: string;
+    vramBytes?: number;
+    placementDeadline?: string;
+    readiness?: Readiness;
+  }): Promise<{ workflowId: string }> {
     const checkpointId = assertSafeId('checkpoint', input.checkpointId);
     if (input.node) assertSafeId('node', input.node);
     if (input.placementDeadline !== undefined) parseDuration('placement-deadline', input.placementDeadline);
@@ -252,14 +349,29 @@ export class KybernateClient {
     if (input.node) await this.node(input.node);
     await this.describeCheckpoint(checkpointId);
     let n = 1;
-    for await (const _ of this.client.workflow.list({ query: `WorkflowType = 'restore' AND ${SA_CHECKPOINT.name} = '${checkpointId}'` })) n++;
+    for await (const _ of this.client.workflow.list({
+      query: `WorkflowType = 'restore' AND ${SA_CHECKPOINT.name} = '${checkpointId}'`,
+    }))
+      n++;
     for (;;) {
       const workflowId = restoreWorkflowId(checkpointId, n);
       try {
         await this.client.workflow.start(restoreWorkflow, {
-          workflowId, taskQueue: CONTROL_QUEUE,
-          args: [{ checkpointId, node: input.node, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies RestoreRequest],
-          typedSearchAttributes: [{ key: SA_CHECKPOINT, value: checkpointId }, { key: SA_PHASE, value: 'Placing' }],
+          workflowId,
+          taskQueue: CONTROL_QUEUE,
+          args: [
+            {
+              checkpointId,
+              node: input.node,
+              vramBytes: input.vramBytes,
+              placementDeadline: input.placementDeadline,
+              ...(readiness ? { readiness } : {}),
+            } satisfies RestoreRequest,
+          ],
+          typedSearchAttributes: [
+            { key: SA_CHECKPOINT, value: checkpointId },
+            { key: SA_PHASE, value: 'Placing' },
+          ],
           staticSummary: `Restore ${checkpointId} on ${input.node ?? 'a node with room'}`,
         });
         return { workflowId };
@@ -281,19 +393,28 @@ export class KybernateClient {
   }
 
   /** Checkpoints a workload and waits for the outcome (startCheckpoint, then checkpointResult). */
-  async checkpoint(input: Parameters<KybernateClient['startCheckpoint']>[0], onStatus?: OnStatus<CheckpointStatus>): Promise<CheckpointStatus> {
+  async checkpoint(
+    input: Parameters<KybernateClient['startCheckpoint']>[0],
+    onStatus?: OnStatus<CheckpointStatus>,
+  ): Promise<CheckpointStatus> {
     const { request } = await this.startCheckpoint(input);
     return this.checkpointResult(request.checkpointId, onStatus);
   }
 
   /** Restores a checkpoint and waits until it runs or the restore failed (startRestore, then restoreResult). */
-  async restore(input: Parameters<KybernateClient['startRestore']>[0], onStatus?: OnStatus<RestoreStatus>): Promise<RestoreStatus> {
+  async restore(
+    input: Parameters<KybernateClient['startRestore']>[0],
+    onStatus?: OnStatus<RestoreStatus>,
+  ): Promise<RestoreStatus> {
     const { workflowId } = await this.startRestore(input);
     return this.restoreResult(workflowId, onStatus);
   }
 
   /** Moves a job to another node and waits for the outcome (startMigration, then migrationResult). */
-  async migrate(input: Parameters<KybernateClient['startMigration']>[0], onStatus?: OnStatus<MigrateStatus>): Promise<MigrateStatus> {
+  async migrate(
+    input: Parameters<KybernateClient['startMigration']>[0],
+    onStatus?: OnStatus<MigrateStatus>,
+  ): Promise<MigrateStatus> {
     const { workflowId } = await this.startMigration(input);
     return this.migrationResult(workflowId, onStatus);
   }
@@ -363,7 +484,14 @@ export class KybernateClient {
   }
 
   /** Checkpoints a job on the node it runs on and restores it on another, as one workflow. */
-  async startMigration(input: { jobId: string; from?: string; to: string; vramBytes?: number; placementDeadline?: string; readiness?: Readiness }): Promise<{ workflowId: string; checkpointId: string }> {
+  async startMigration(input: {
+    jobId: string;
+    from?: string;
+    to: string;
+    vramBytes?: number;
+    placementDeadline?: string;
+    readiness?: Readiness;
+  }): Promise<{ workflowId: string; checkpointId: string }> {
     const jobId = assertSafeId('job', input.jobId);
     const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
     const from = input.from ? assertSafeId('from', input.from) : await this.jobNode(jobId);
@@ -376,9 +504,23 @@ export class KybernateClient {
     const checkpointId = assertSafeId('checkpointId', `${jobId}-mig-${Date.now().toString(36)}`);
     const workflowId = `migrate/${checkpointId}`;
     await this.client.workflow.start(migrateWorkflow, {
-      workflowId, taskQueue: CONTROL_QUEUE,
-      args: [{ jobId, from, to, checkpointId, vramBytes: input.vramBytes, placementDeadline: input.placementDeadline, ...(readiness ? { readiness } : {}) } satisfies MigrateRequest],
-      typedSearchAttributes: [{ key: SA_JOB, value: jobId }, { key: SA_NODE, value: from }],
+      workflowId,
+      taskQueue: CONTROL_QUEUE,
+      args: [
+        {
+          jobId,
+          from,
+          to,
+          checkpointId,
+          vramBytes: input.vramBytes,
+          placementDeadline: input.placementDeadline,
+          ...(readiness ? { readiness } : {}),
+        } satisfies MigrateRequest,
+      ],
+      typedSearchAttributes: [
+        { key: SA_JOB, value: jobId },
+        { key: SA_NODE, value: from },
+      ],
       staticSummary: `Migrate ${jobId} from ${from} to ${to}`,
     });
     return { workflowId, checkpointId };
@@ -398,7 +540,8 @@ export class KybernateClient {
     const q = [`WorkflowType = 'checkpoint'`];
     if (filter.job) q.push(`${SA_JOB.name} = '${assertSafeId('job', filter.job)}'`);
     if (filter.tier) {
-      if (filter.tier !== 's3' && filter.tier !== 'nvme') throw new InvalidInputError('tier', `must be 's3' or 'nvme' (got '${String(filter.tier)}')`);
+      if (filter.tier !== 's3' && filter.tier !== 'nvme')
+        throw new InvalidInputError('tier', `must be 's3' or 'nvme' (got '${String(filter.tier)}')`);
       q.push(`${SA_TIER.name} = '${filter.tier}'`);
     }
     const out: CheckpointListEntry[] = [];
@@ -425,8 +568,14 @@ export class KybernateClient {
       const found = await readS3Checkpoint(this.config.s3, id);
       if (!found || (filter.job && found.metadata.jobId !== filter.job)) continue;
       out.push({
-        checkpointId: id, jobId: found.metadata.jobId, node: found.metadata.node, phase: 'Durable', tier: 's3',
-        workflowStatus: 'NO_HISTORY', startedAt: found.metadata.createdAt, source: 's3',
+        checkpointId: id,
+        jobId: found.metadata.jobId,
+        node: found.metadata.node,
+        phase: 'Durable',
+        tier: 's3',
+        workflowStatus: 'NO_HISTORY',
+        startedAt: found.metadata.createdAt,
+        source: 's3',
       });
     }
     return out;
@@ -437,8 +586,24 @@ export class KybernateClient {
 function statusFromS3(found: S3Checkpoint): CheckpointStatus {
   const md = found.metadata;
   return {
-    checkpointId: md.checkpointId, jobId: md.jobId, node: md.node, pid: md.pid, vramBytes: md.cuda.vramBytes, phase: 'Durable', tier: 's3',
-    failureReason: null, upload: null, metadataSha256: null, workloadLost: null,
-    history: [{ phase: 'Durable', outcome: 'ok', detail: 'from metadata.json in S3: the checkpoint workflow\'s history is no longer in Temporal', at: md.createdAt }],
+    checkpointId: md.checkpointId,
+    jobId: md.jobId,
+    node: md.node,
+    pid: md.pid,
+    vramBytes: md.cuda.vramBytes,
+    phase: 'Durable',
+    tier: 's3',
+    failureReason: null,
+    upload: null,
+    metadataSha256: null,
+    workloadLost: null,
+    history: [
+      {
+        phase: 'Durable',
+        outcome: 'ok',
+        detail: "from metadata.json in S3: the checkpoint workflow's history is no longer in Temporal",
+        at: md.createdAt,
+      },
+    ],
   };
 }

@@ -30,12 +30,31 @@ import { type JobField, type JobFields, jobSpecFromFields } from './job-flags';
 
 /** The keys of an entry, as written in the file (`name` is the job id). */
 const ENTRY_KEYS: Record<string, JobField> = {
-  name: 'jobId', command: 'command', cwd: 'cwd', env: 'env', user: 'user', node: 'node', vram: 'vram', cpu: 'cpu', memory: 'memory', pids: 'pids',
-  timeout: 'timeout', priority: 'priority', tier: 'tier', restartPolicy: 'restartPolicy', maxRestarts: 'maxRestarts',
-  backoffInitial: 'backoffInitial', backoffCap: 'backoffCap', backoffReset: 'backoffReset', checkpointEvery: 'checkpointEvery', keep: 'keep',
+  name: 'jobId',
+  command: 'command',
+  cwd: 'cwd',
+  env: 'env',
+  user: 'user',
+  node: 'node',
+  vram: 'vram',
+  cpu: 'cpu',
+  memory: 'memory',
+  pids: 'pids',
+  timeout: 'timeout',
+  priority: 'priority',
+  tier: 'tier',
+  restartPolicy: 'restartPolicy',
+  maxRestarts: 'maxRestarts',
+  backoffInitial: 'backoffInitial',
+  backoffCap: 'backoffCap',
+  backoffReset: 'backoffReset',
+  checkpointEvery: 'checkpointEvery',
+  keep: 'keep',
   readiness: 'readiness',
 };
-const KEY_OF: Record<JobField, string> = Object.fromEntries(Object.entries(ENTRY_KEYS).map(([k, f]) => [f, k])) as Record<JobField, string>;
+const KEY_OF: Record<JobField, string> = Object.fromEntries(
+  Object.entries(ENTRY_KEYS).map(([k, f]) => [f, k]),
+) as Record<JobField, string>;
 
 export type ApplyEntry =
   | { index: number; name: string | null; spec: JobSpec; error: null }
@@ -48,9 +67,11 @@ export type ApplyEntry =
  */
 export function parseJobsFile(text: string, file: string): ApplyEntry[] {
   const doc = parseDocument(text, { prettyErrors: false });
-  if (doc.errors.length > 0) throw new InvalidInputError('file', `${file}: not valid YAML: ${doc.errors[0].message.split('\n')[0]}`);
+  if (doc.errors.length > 0)
+    throw new InvalidInputError('file', `${file}: not valid YAML: ${doc.errors[0].message.split('\n')[0]}`);
   const root: unknown = doc.toJS();
-  if (root === null || typeof root !== 'object' || Array.isArray(root)) throw new InvalidInputError('jobs', `${file}: expected a map with a 'jobs' list at the top`);
+  if (root === null || typeof root !== 'object' || Array.isArray(root))
+    throw new InvalidInputError('jobs', `${file}: expected a map with a 'jobs' list at the top`);
   const extra = Object.keys(root).filter((k) => k !== 'jobs');
   if (extra.length > 0) throw new InvalidInputError(extra[0], `${file}: unknown key at the top (expected only 'jobs')`);
   const jobs = (root as { jobs?: unknown }).jobs;
@@ -59,9 +80,13 @@ export function parseJobsFile(text: string, file: string): ApplyEntry[] {
   const seen = new Map<string, number>();
   return jobs.map((entry: unknown, index): ApplyEntry => {
     const at = `jobs[${index}]`;
-    const rawName = entry !== null && typeof entry === 'object' && typeof (entry as { name?: unknown }).name === 'string' ? (entry as { name: string }).name : null;
+    const rawName =
+      entry !== null && typeof entry === 'object' && typeof (entry as { name?: unknown }).name === 'string'
+        ? (entry as { name: string }).name
+        : null;
     try {
-      if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) throw new InvalidInputError(at, 'must be a map (name, command, ...)');
+      if (entry === null || typeof entry !== 'object' || Array.isArray(entry))
+        throw new InvalidInputError(at, 'must be a map (name, command, ...)');
       const fields: Partial<JobFields> = {};
       for (const [k, v] of Object.entries(entry as Record<string, unknown>)) {
         const f = ENTRY_KEYS[k];
@@ -71,9 +96,13 @@ export function parseJobsFile(text: string, file: string): ApplyEntry[] {
       if (typeof fields.jobId === 'number') fields.jobId = String(fields.jobId); // `name: 42`: YAML reads a number
       if (typeof fields.cwd === 'string' && !path.isAbsolute(fields.cwd)) fields.cwd = path.resolve(dir, fields.cwd);
       if (fields.cwd === undefined) fields.cwd = dir;
-      const spec = jobSpecFromFields({ ...fields, jobId: fields.jobId, command: fields.command }, (f) => `${at}.${KEY_OF[f]}`);
+      const spec = jobSpecFromFields(
+        { ...fields, jobId: fields.jobId, command: fields.command },
+        (f) => `${at}.${KEY_OF[f]}`,
+      );
       const first = seen.get(spec.jobId);
-      if (first !== undefined) throw new InvalidInputError(`${at}.name`, `'${spec.jobId}' is already the name of jobs[${first}]`);
+      if (first !== undefined)
+        throw new InvalidInputError(`${at}.name`, `'${spec.jobId}' is already the name of jobs[${first}]`);
       seen.set(spec.jobId, index);
       return { index, name: spec.jobId, spec, error: null };
     } catch (e) {
@@ -94,7 +123,11 @@ export interface ApplyOutcome {
 function canonical(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
   if (v !== null && typeof v === 'object') {
-    return `{${Object.entries(v as Record<string, unknown>).filter(([, x]) => x !== undefined).sort(([a], [b]) => a.localeCompare(b)).map(([k, x]) => `${JSON.stringify(k)}:${canonical(x)}`).join(',')}}`;
+    return `{${Object.entries(v as Record<string, unknown>)
+      .filter(([, x]) => x !== undefined)
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([k, x]) => `${JSON.stringify(k)}:${canonical(x)}`)
+      .join(',')}}`;
   }
   return JSON.stringify(v);
 }
@@ -112,7 +145,10 @@ export interface JobStarter {
  * job is not done in place (cancel it first).
  */
 export async function applyJobs(
-  starter: JobStarter, entries: ApplyEntry[], isExisting: (e: unknown) => { spec: JobSpec | null; state: string } | null, describe: (e: unknown) => string,
+  starter: JobStarter,
+  entries: ApplyEntry[],
+  isExisting: (e: unknown) => { spec: JobSpec | null; state: string } | null,
+  describe: (e: unknown) => string,
 ): Promise<ApplyOutcome[]> {
   const out: ApplyOutcome[] = [];
   for (const e of entries) {
@@ -125,8 +161,20 @@ export async function applyJobs(
       out.push({ index: e.index, name: e.name, result: 'applied', detail: `started (${workflowId})` });
     } catch (err) {
       const existing = isExisting(err);
-      if (existing && existing.spec && sameSpec(existing.spec, e.spec)) out.push({ index: e.index, name: e.name, result: 'unchanged', detail: `running with the same spec (${existing.state})` });
-      else if (existing) out.push({ index: e.index, name: e.name, result: 'failed', detail: `exists (cancel it first to change it: kybernate cancel ${e.name}; state ${existing.state})` });
+      if (existing && existing.spec && sameSpec(existing.spec, e.spec))
+        out.push({
+          index: e.index,
+          name: e.name,
+          result: 'unchanged',
+          detail: `running with the same spec (${existing.state})`,
+        });
+      else if (existing)
+        out.push({
+          index: e.index,
+          name: e.name,
+          result: 'failed',
+          detail: `exists (cancel it first to change it: kybernate cancel ${e.name}; state ${existing.state})`,
+        });
       else out.push({ index: e.index, name: e.name, result: 'failed', detail: describe(err) });
     }
   }

@@ -19,21 +19,46 @@ import { describeJob, formatAge, jobsTable } from './job-format';
 import { consoleSink, type LogSink } from './job-logs';
 import { JobExistsError, type JobsApi } from './jobs';
 import {
-  applyJson, type ApplyJson, type CancelJson, type CheckpointJson, type CheckpointsJson, type DescribeJson, type DownJson, errorJson, type FaultJson,
-  jobsJson, jsonText, type LogsJson, type MigrateJson, type NodesJson, type PreemptJson, type ReleaseJson, type RestartJson, type RestoreJson,
-  type RunJson, type StatusJson, type UpJson, type WorkloadJson,
+  applyJson,
+  type ApplyJson,
+  type CancelJson,
+  type CheckpointJson,
+  type CheckpointsJson,
+  type DescribeJson,
+  type DownJson,
+  errorJson,
+  type FaultJson,
+  jobsJson,
+  jsonText,
+  type LogsJson,
+  type MigrateJson,
+  type NodesJson,
+  type PreemptJson,
+  type ReleaseJson,
+  type RestartJson,
+  type RestoreJson,
+  type RunJson,
+  type StatusJson,
+  type UpJson,
+  type WorkloadJson,
 } from './json-output';
 import { ProgressDisplay } from './progress';
 
 const program = new Command();
-program.name('kybernate').description('Checkpoint and restore running GPU workloads, orchestrated by Temporal')
+program
+  .name('kybernate')
+  .description('Checkpoint and restore running GPU workloads, orchestrated by Temporal')
   // With --json, stderr holds only the error document.
   .showHelpAfterError(!jsonRequested())
   // Commander's own usage errors are thrown rather than exiting 1, so that every usage error exits 2 (see the
   // handler at the end); what it prints echoes the command line, so control characters are escaped.
   .exitOverride()
   // With --json the error is printed as a JSON document by the handler at the end instead.
-  .configureOutput({ outputError: (text, write) => { if (!jsonRequested()) write(printableCommanderOutput(text)); } });
+  .configureOutput({
+    outputError: (text, write) => {
+      if (!jsonRequested()) write(printableCommanderOutput(text));
+    },
+  });
 
 /** --json among the options (not among a job's command words after `--`). */
 function jsonRequested(argv: readonly string[] = process.argv): boolean {
@@ -41,8 +66,11 @@ function jsonRequested(argv: readonly string[] = process.argv): boolean {
   return (end === -1 ? argv : argv.slice(0, end)).includes('--json');
 }
 
-interface JsonFlag { json?: boolean }
-const JSON_HELP = 'print one JSON document on stdout (errors: {"error":{"code","message"}} on stderr); shapes in README';
+interface JsonFlag {
+  json?: boolean;
+}
+const JSON_HELP =
+  'print one JSON document on stdout (errors: {"error":{"code","message"}} on stderr); shapes in README';
 
 /** Prints the command's result: its JSON document with --json, else the text lines. */
 function emit<T extends object>(o: JsonFlag, doc: T, text: () => string): void {
@@ -55,12 +83,19 @@ function emit<T extends object>(o: JsonFlag, doc: T, text: () => string): void {
  */
 function progressFor<S>(label: string, o: JsonFlag): { onStatus: OnStatus<S> | undefined; stop: () => void } {
   if (o.json) return { onStatus: undefined, stop: () => undefined };
-  const d = new ProgressDisplay(label, { tty: Boolean(process.stdout.isTTY && process.stderr.isTTY), stream: process.stderr });
+  const d = new ProgressDisplay(label, {
+    tty: Boolean(process.stdout.isTTY && process.stderr.isTTY),
+    stream: process.stderr,
+  });
   return { onStatus: (s) => d.update(s), stop: () => d.stop() };
 }
 
 /** Waits with a progress display that is stopped however the wait ends. */
-async function withProgress<S>(label: string, o: JsonFlag, wait: (onStatus: OnStatus<S> | undefined) => Promise<S>): Promise<S> {
+async function withProgress<S>(
+  label: string,
+  o: JsonFlag,
+  wait: (onStatus: OnStatus<S> | undefined) => Promise<S>,
+): Promise<S> {
   const p = progressFor<S>(label, o);
   try {
     return await wait(p.onStatus);
@@ -87,9 +122,12 @@ async function localHooks(): Promise<StartHooks> {
   }
   const d = local.localDefaults();
   return {
-    defaults: d.config, node: d.node, join: local.joinLocalStack,
+    defaults: d.config,
+    node: d.node,
+    join: local.joinLocalStack,
     // One machine runs several agents of a local stack: each takes a free loopback port for its metrics.
-    localMetricsAddress: (address) => (local.inLocalStack(address) ? async () => `127.0.0.1:${await local.freePort()}` : null),
+    localMetricsAddress: (address) =>
+      local.inLocalStack(address) ? async () => `127.0.0.1:${await local.freePort()}` : null,
   };
 }
 
@@ -104,63 +142,123 @@ async function withClient<T>(fn: (k: KybernateClient) => Promise<T>): Promise<T>
 
 program
   .command('up')
-  .description('start the local stack (Temporal with UI, MinIO) and our workers: a control worker and one agent per node')
+  .description(
+    'start the local stack (Temporal with UI, MinIO) and our workers: a control worker and one agent per node',
+  )
   .option('--nodes <names>', 'comma-separated node agents to start', 'node-a,node-b')
-  .option('--declared-vram <size>', 'VRAM each node declares (no GPU here): reported as declared, never as measured', '16GiB')
+  .option(
+    '--declared-vram <size>',
+    'VRAM each node declares (no GPU here): reported as declared, never as measured',
+    '16GiB',
+  )
   .option('--no-workers', 'start only Temporal and MinIO')
-  .option('--toxiproxy', "also start toxiproxy, and route the workers' S3 through its proxy 's3' (see 'kybernate fault')")
-  .option('--proxy-temporal', "with --toxiproxy: route the workers' Temporal connection through the proxy 'temporal' too")
+  .option(
+    '--toxiproxy',
+    "also start toxiproxy, and route the workers' S3 through its proxy 's3' (see 'kybernate fault')",
+  )
+  .option(
+    '--proxy-temporal',
+    "with --toxiproxy: route the workers' Temporal connection through the proxy 'temporal' too",
+  )
   .option('--json', JSON_HELP)
-  .action(async (o: { nodes: string; declaredVram: string; workers: boolean; toxiproxy?: boolean; proxyTemporal?: boolean } & JsonFlag) => {
-    const nodes = o.nodes.split(',').filter(Boolean).map((n) => assertSafeId('nodes', n.trim()));
-    const declared = parseBytes('declared-vram', o.declaredVram);
-    const { up, proxiedLinks, startComponent, startControlWorker, startAgent } = await localStack();
-    const state = await up({ toxiproxy: o.toxiproxy, proxies: proxiedLinks(o) });
-    if (o.workers) {
-      // On a stack that was already up: what runs is left alone, what died is started again as it was.
-      const known = (c: string): boolean => state.processes.some((p) => p.component === c);
-      if (known('control-worker')) await startComponent(state.home, 'control-worker');
-      else await startControlWorker(state);
-      for (const node of nodes) {
-        if (known(`agent:${node}`)) await startComponent(state.home, `agent:${node}`);
-        else await startAgent(state, { node, declaredVramBytes: declared });
+  .action(
+    async (
+      o: {
+        nodes: string;
+        declaredVram: string;
+        workers: boolean;
+        toxiproxy?: boolean;
+        proxyTemporal?: boolean;
+      } & JsonFlag,
+    ) => {
+      const nodes = o.nodes
+        .split(',')
+        .filter(Boolean)
+        .map((n) => assertSafeId('nodes', n.trim()));
+      const declared = parseBytes('declared-vram', o.declaredVram);
+      const { up, proxiedLinks, startComponent, startControlWorker, startAgent } = await localStack();
+      const state = await up({ toxiproxy: o.toxiproxy, proxies: proxiedLinks(o) });
+      if (o.workers) {
+        // On a stack that was already up: what runs is left alone, what died is started again as it was.
+        const known = (c: string): boolean => state.processes.some((p) => p.component === c);
+        if (known('control-worker')) await startComponent(state.home, 'control-worker');
+        else await startControlWorker(state);
+        for (const node of nodes) {
+          if (known(`agent:${node}`)) await startComponent(state.home, `agent:${node}`);
+          else await startAgent(state, { node, declaredVramBytes: declared });
+        }
       }
-    }
-    emit<UpJson>(o, { temporal: { address: state.temporal.address, uiUrl: state.temporal.uiUrl }, s3: { endpoint: state.s3.endpoint, bucket: state.s3.bucket }, logs: `${state.home}/logs` },
-      () => `Temporal UI: ${state.temporal.uiUrl}\nTemporal:    ${state.temporal.address}\nS3 (MinIO):  ${state.s3.endpoint} bucket ${state.s3.bucket}\nLogs:        ${state.home}/logs`);
-  });
+      emit<UpJson>(
+        o,
+        {
+          temporal: { address: state.temporal.address, uiUrl: state.temporal.uiUrl },
+          s3: { endpoint: state.s3.endpoint, bucket: state.s3.bucket },
+          logs: `${state.home}/logs`,
+        },
+        () =>
+          `Temporal UI: ${state.temporal.uiUrl}\nTemporal:    ${state.temporal.address}\nS3 (MinIO):  ${state.s3.endpoint} bucket ${state.s3.bucket}\nLogs:        ${state.home}/logs`,
+      );
+    },
+  );
 
-program.command('down').description('stop the local stack and every worker and agent it started').option('--json', JSON_HELP).action(async (o: JsonFlag) => {
-  await (await localStack()).down();
-  if (o.json) emit<DownJson>(o, { stopped: true }, () => '');
-});
+program
+  .command('down')
+  .description('stop the local stack and every worker and agent it started')
+  .option('--json', JSON_HELP)
+  .action(async (o: JsonFlag) => {
+    await (await localStack()).down();
+    if (o.json) emit<DownJson>(o, { stopped: true }, () => '');
+  });
 
 program
   .command('restart <component>')
-  .description('stop one component and start it again, the rest of the stack untouched: temporal, minio, toxiproxy (same port, same data), worker, agent:<node>')
-  .addOption(new Option('--signal <signal>', 'how to stop it: SIGKILL (a crash) or SIGTERM (a clean shutdown)').choices(['SIGKILL', 'SIGTERM']).default('SIGTERM'))
+  .description(
+    'stop one component and start it again, the rest of the stack untouched: temporal, minio, toxiproxy (same port, same data), worker, agent:<node>',
+  )
+  .addOption(
+    new Option('--signal <signal>', 'how to stop it: SIGKILL (a crash) or SIGTERM (a clean shutdown)')
+      .choices(['SIGKILL', 'SIGTERM'])
+      .default('SIGTERM'),
+  )
   .option('--down <ms>', 'stay down this long before starting again (an outage)', '0')
   .option('--stop-only', 'stop it and leave it stopped (start it again with --start-only)')
   .option('--start-only', 'start a stopped component again')
   .option('--json', JSON_HELP)
-  .action(async (name: string, o: { signal: 'SIGKILL' | 'SIGTERM'; down: string; stopOnly?: boolean; startOnly?: boolean } & JsonFlag) => {
-    const { parseStackComponent, parseDownMs, defaultStackHome, stopComponent, startComponent, restartComponent } = await localStack();
-    const component = parseStackComponent(name);
-    const downMs = parseDownMs(o.down);
-    const home = defaultStackHome();
-    if (o.stopOnly) {
-      const rec = await stopComponent(home, component, { signal: o.signal });
-      emit<RestartJson>(o, { component, running: false, pid: rec.pid, log: null },
-        () => `${component} stopped (was pid ${rec.pid}); 'kybernate restart ${name} --start-only' starts it again`);
-      return;
-    }
-    const rec = o.startOnly ? await startComponent(home, component) : await restartComponent(home, component, { signal: o.signal, downMs });
-    emit<RestartJson>(o, { component, running: true, pid: rec.pid, log: rec.log }, () => `${component} running as pid ${rec.pid}; log ${rec.log}`);
-  });
+  .action(
+    async (
+      name: string,
+      o: { signal: 'SIGKILL' | 'SIGTERM'; down: string; stopOnly?: boolean; startOnly?: boolean } & JsonFlag,
+    ) => {
+      const { parseStackComponent, parseDownMs, defaultStackHome, stopComponent, startComponent, restartComponent } =
+        await localStack();
+      const component = parseStackComponent(name);
+      const downMs = parseDownMs(o.down);
+      const home = defaultStackHome();
+      if (o.stopOnly) {
+        const rec = await stopComponent(home, component, { signal: o.signal });
+        emit<RestartJson>(
+          o,
+          { component, running: false, pid: rec.pid, log: null },
+          () => `${component} stopped (was pid ${rec.pid}); 'kybernate restart ${name} --start-only' starts it again`,
+        );
+        return;
+      }
+      const rec = o.startOnly
+        ? await startComponent(home, component)
+        : await restartComponent(home, component, { signal: o.signal, downMs });
+      emit<RestartJson>(
+        o,
+        { component, running: true, pid: rec.pid, log: rec.log },
+        () => `${component} running as pid ${rec.pid}; log ${rec.log}`,
+      );
+    },
+  );
 
 program
   .command('fault <link> <action> [value]')
-  .description("cut, restore or slow a link that 'up --toxiproxy' routed through a proxy: s3 or temporal; down | up | latency <ms> | bandwidth <KB/s> | reset")
+  .description(
+    "cut, restore or slow a link that 'up --toxiproxy' routed through a proxy: s3 or temporal; down | up | latency <ms> | bandwidth <KB/s> | reset",
+  )
   .option('--json', JSON_HELP)
   .action(async (link: string, action: string, value: string | undefined, o: JsonFlag) => {
     const { setFault, defaultStackHome } = await localStack();
@@ -168,42 +266,77 @@ program
     emit<FaultJson>(o, { link, action, value: value ?? null, result }, () => result);
   });
 
-program.command('status').description("each component's health and the Temporal UI URL").option('--json', JSON_HELP).action(async (o: JsonFlag) => {
-  const s = await (await localStack()).status();
-  const state = s.state;
-  if (!state) {
-    emit<StatusJson>(o, { running: false, uiUrl: null, components: [] }, () => "no local stack is running (start one with 'kybernate up')");
-    process.exitCode = 1;
-    return;
-  }
-  emit<StatusJson>(o, { running: true, uiUrl: state.temporal.uiUrl, components: s.components }, () => [
-    ...s.components.map((c) => `${c.healthy ? 'healthy  ' : 'UNHEALTHY'} ${c.component.padEnd(16)} pid ${String(c.pid ?? '-').padEnd(8)} ${c.detail}`),
-    `Temporal UI: ${state.temporal.uiUrl}`,
-  ].join('\n'));
-  if (s.components.some((c) => !c.healthy)) process.exitCode = 1;
-});
+program
+  .command('status')
+  .description("each component's health and the Temporal UI URL")
+  .option('--json', JSON_HELP)
+  .action(async (o: JsonFlag) => {
+    const s = await (await localStack()).status();
+    const state = s.state;
+    if (!state) {
+      emit<StatusJson>(
+        o,
+        { running: false, uiUrl: null, components: [] },
+        () => "no local stack is running (start one with 'kybernate up')",
+      );
+      process.exitCode = 1;
+      return;
+    }
+    emit<StatusJson>(o, { running: true, uiUrl: state.temporal.uiUrl, components: s.components }, () =>
+      [
+        ...s.components.map(
+          (c) =>
+            `${c.healthy ? 'healthy  ' : 'UNHEALTHY'} ${c.component.padEnd(16)} pid ${String(c.pid ?? '-').padEnd(8)} ${c.detail}`,
+        ),
+        `Temporal UI: ${state.temporal.uiUrl}`,
+      ].join('\n'),
+    );
+    if (s.components.some((c) => !c.healthy)) process.exitCode = 1;
+  });
 
 program
   .command('agent')
   .description('run the node agent: a worker on queue node/<name> that runs only node activities')
-  .requiredOption('--node <name>', 'this node\'s name')
+  .requiredOption('--node <name>', "this node's name")
   .option('--zone <zone>', 'failure zone')
   .option('--data-dir <dir>', 'where checkpoints (the NVMe tier) and workload logs live')
   .option('--declared-vram <size>', 'VRAM capacity to report on a node without a GPU (shown as declared)')
-  .option('--staging-dir <dir>', "memory (tmpfs) directory where dumps and fetches are staged when they fit, or 'none' (default: /dev/shm/kybernate/<node>)")
+  .option(
+    '--staging-dir <dir>',
+    "memory (tmpfs) directory where dumps and fetches are staged when they fit, or 'none' (default: /dev/shm/kybernate/<node>)",
+  )
   .option('--report-interval <seconds>', 'how often to report inventory to the node registry', '30')
-  .action(async (o: { node: string; zone?: string; dataDir?: string; declaredVram?: string; stagingDir?: string; reportInterval: string }) => {
-    const reportEveryMs = parseSeconds('report-interval', o.reportInterval);
-    const node = assertSafeId('node', o.node);
-    const zone = o.zone === undefined ? undefined : assertSafeId('zone', o.zone);
-    const declaredVramBytes = o.declaredVram ? parseBytes('declared-vram', o.declaredVram) : undefined;
-    await runAgent({
-      node, zone, dataDir: o.dataDir, declaredVramBytes, reportEveryMs,
-      stagingDir: o.stagingDir === 'none' ? null : o.stagingDir ? path.resolve(o.stagingDir) : undefined,
-    }, await localHooks());
-  });
+  .action(
+    async (o: {
+      node: string;
+      zone?: string;
+      dataDir?: string;
+      declaredVram?: string;
+      stagingDir?: string;
+      reportInterval: string;
+    }) => {
+      const reportEveryMs = parseSeconds('report-interval', o.reportInterval);
+      const node = assertSafeId('node', o.node);
+      const zone = o.zone === undefined ? undefined : assertSafeId('zone', o.zone);
+      const declaredVramBytes = o.declaredVram ? parseBytes('declared-vram', o.declaredVram) : undefined;
+      await runAgent(
+        {
+          node,
+          zone,
+          dataDir: o.dataDir,
+          declaredVramBytes,
+          reportEveryMs,
+          stagingDir: o.stagingDir === 'none' ? null : o.stagingDir ? path.resolve(o.stagingDir) : undefined,
+        },
+        await localHooks(),
+      );
+    },
+  );
 
-program.command('worker').description('run the control-plane worker (all workflows, control activities)').action(async () => runControlWorker(await localHooks()));
+program
+  .command('worker')
+  .description('run the control-plane worker (all workflows, control activities)')
+  .action(async () => runControlWorker(await localHooks()));
 
 program
   .command('checkpoint <job-or-pid>')
@@ -215,54 +348,110 @@ program
   .option('--vram <size>', 'VRAM the job needs when restored (default: none, a CPU-only process)')
   .option('--no-wait', 'return once started')
   .option('--json', JSON_HELP)
-  .action(async (target: string, o: { node: string; leaveRunning?: boolean; reason: 'manual' | 'preemption'; id?: string; vram?: string; wait: boolean } & JsonFlag) => {
-    // Everything that can be checked offline is, before connecting: a usage error exits 2 having touched nothing.
-    if (/^[0-9]+$/.test(target)) assertPid('pid', target);
-    else assertSafeId('job', target);
-    assertSafeId('node', o.node);
-    if (o.id !== undefined) assertSafeId('checkpointId', o.id);
-    const vramBytes = o.vram !== undefined ? parseBytes('vram', o.vram) : undefined;
-    await withClient(async (k) => {
-      if (o.reason === 'preemption' && !/^[0-9]+$/.test(target) && (await k.jobs.isOpen(target))) {
-        // The job workflow preempts its own run: it checkpoints it, requeues it and resumes it from that checkpoint.
-        if (o.id !== undefined) throw new InvalidInputError('id', `job ${target} is run by a job workflow, which names its preemption checkpoint: leave --id out`);
-        if (o.leaveRunning) throw new InvalidInputError('leave-running', `a preemption stops job ${target}: leave --leave-running out`);
-        const r = await k.preempt(target);
-        emit<PreemptJson>(o, { jobId: target, result: r },
-          () => printable(`${target} has a job workflow: preempted through it: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`));
-        if (r.outcome !== 'requeued') process.exitCode = 1;
-        return;
-      }
-      const { workflowId, request } = await k.startCheckpoint({ target, node: o.node, leaveRunning: o.leaveRunning, reason: o.reason, checkpointId: o.id, vramBytes });
-      if (!o.json) console.log(`checkpoint ${request.checkpointId} started: ${k.uiLink(workflowId) ?? workflowId}`);
-      if (!o.wait) {
-        if (o.json) emit<CheckpointJson>(o, { checkpointId: request.checkpointId, workflowId, status: null }, () => '');
-        return;
-      }
-      const r = await withProgress<CheckpointStatus>(`checkpoint ${request.checkpointId}`, o, (onStatus) => k.checkpointResult(request.checkpointId, onStatus));
-      emit<CheckpointJson>(o, { checkpointId: request.checkpointId, workflowId, status: r },
-        () => printable(`${r.checkpointId}: ${r.phase}${r.tier ? ` (tier ${r.tier})` : ''}${r.failureReason ? ` — ${r.failureReason}` : ''}`));
-      if (r.phase === 'Failed') process.exitCode = 1;
-    });
-  });
+  .action(
+    async (
+      target: string,
+      o: {
+        node: string;
+        leaveRunning?: boolean;
+        reason: 'manual' | 'preemption';
+        id?: string;
+        vram?: string;
+        wait: boolean;
+      } & JsonFlag,
+    ) => {
+      // Everything that can be checked offline is, before connecting: a usage error exits 2 having touched nothing.
+      if (/^[0-9]+$/.test(target)) assertPid('pid', target);
+      else assertSafeId('job', target);
+      assertSafeId('node', o.node);
+      if (o.id !== undefined) assertSafeId('checkpointId', o.id);
+      const vramBytes = o.vram !== undefined ? parseBytes('vram', o.vram) : undefined;
+      await withClient(async (k) => {
+        if (o.reason === 'preemption' && !/^[0-9]+$/.test(target) && (await k.jobs.isOpen(target))) {
+          // The job workflow preempts its own run: it checkpoints it, requeues it and resumes it from that checkpoint.
+          if (o.id !== undefined)
+            throw new InvalidInputError(
+              'id',
+              `job ${target} is run by a job workflow, which names its preemption checkpoint: leave --id out`,
+            );
+          if (o.leaveRunning)
+            throw new InvalidInputError('leave-running', `a preemption stops job ${target}: leave --leave-running out`);
+          const r = await k.preempt(target);
+          emit<PreemptJson>(o, { jobId: target, result: r }, () =>
+            printable(
+              `${target} has a job workflow: preempted through it: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`,
+            ),
+          );
+          if (r.outcome !== 'requeued') process.exitCode = 1;
+          return;
+        }
+        const { workflowId, request } = await k.startCheckpoint({
+          target,
+          node: o.node,
+          leaveRunning: o.leaveRunning,
+          reason: o.reason,
+          checkpointId: o.id,
+          vramBytes,
+        });
+        if (!o.json) console.log(`checkpoint ${request.checkpointId} started: ${k.uiLink(workflowId) ?? workflowId}`);
+        if (!o.wait) {
+          if (o.json)
+            emit<CheckpointJson>(o, { checkpointId: request.checkpointId, workflowId, status: null }, () => '');
+          return;
+        }
+        const r = await withProgress<CheckpointStatus>(`checkpoint ${request.checkpointId}`, o, (onStatus) =>
+          k.checkpointResult(request.checkpointId, onStatus),
+        );
+        emit<CheckpointJson>(o, { checkpointId: request.checkpointId, workflowId, status: r }, () =>
+          printable(
+            `${r.checkpointId}: ${r.phase}${r.tier ? ` (tier ${r.tier})` : ''}${r.failureReason ? ` — ${r.failureReason}` : ''}`,
+          ),
+        );
+        if (r.phase === 'Failed') process.exitCode = 1;
+      });
+    },
+  );
 
 interface JobFlags extends ReadyFlags, JsonFlag {
-  node?: string; user?: string; vram?: string; cpu?: string; memory?: string; pids?: string; timeout?: string; priority?: string; tier?: string;
-  restartPolicy?: string; maxRestarts?: string; backoffInitial?: string; backoffCap?: string; backoffReset?: string; checkpointEvery?: string; keep?: string;
+  node?: string;
+  user?: string;
+  vram?: string;
+  cpu?: string;
+  memory?: string;
+  pids?: string;
+  timeout?: string;
+  priority?: string;
+  tier?: string;
+  restartPolicy?: string;
+  maxRestarts?: string;
+  backoffInitial?: string;
+  backoffCap?: string;
+  backoffReset?: string;
+  checkpointEvery?: string;
+  keep?: string;
   wait?: boolean;
 }
 
 program
   .command('run <job>')
-  .description('start a job: its command runs on a node (--node, else placed by free VRAM) under limits, restarted with CrashLoopBackOff; it runs in this directory')
+  .description(
+    'start a job: its command runs on a node (--node, else placed by free VRAM) under limits, restarted with CrashLoopBackOff; it runs in this directory',
+  )
   .option('--node <name>', 'run on this node only (default: a node with enough free VRAM)')
   .option('--vram <size>', 'VRAM the job needs, e.g. 8GiB (default: none)')
   .option('--cpu <cores>', 'CPU limit in cores: 2, 0.5 or 500m')
   .option('--memory <size>', 'memory limit, e.g. 4GiB (over it the run is OOMKilled)')
   .option('--pids <n>', 'most processes and threads at once')
-  .option('--timeout <duration>', 'wall-clock limit from the first start, e.g. 2h (then TimedOut, everything it started killed)')
+  .option(
+    '--timeout <duration>',
+    'wall-clock limit from the first start, e.g. 2h (then TimedOut, everything it started killed)',
+  )
   .option('--priority <n>', 'priority 0 (lowest) to 10', '0')
-  .option('--tier <tier>', 'critical (restored from its last good checkpoint elsewhere past its restart limit) or normal', 'normal')
+  .option(
+    '--tier <tier>',
+    'critical (restored from its last good checkpoint elsewhere past its restart limit) or normal',
+    'normal',
+  )
   .option('--restart-policy <policy>', 'Always, OnFailure or Never', 'Always')
   .option('--max-restarts <n>', 'restarts before the job is quarantined', '10')
   .option('--backoff-initial <duration>', 'first restart delay, doubling after each failed run', '10s')
@@ -270,7 +459,7 @@ program
   .option('--backoff-reset <duration>', 'a run that stayed up this long resets the delay', '10m')
   .option('--checkpoint-every <duration>', 'take a checkpoint this often (leave-running), e.g. 30m')
   .option('--keep <n>', 'with --checkpoint-every: keep the newest n periodic checkpoints')
-  .option('--user <uid[:gid]>', 'run as this numeric user (and group; default: the user\'s primary group on the node)')
+  .option('--user <uid[:gid]>', "run as this numeric user (and group; default: the user's primary group on the node)")
   .option('--ready-tcp <port>', 'a run counts as started once a TCP connect to 127.0.0.1:<port> succeeds')
   .option('--ready-exec <command>', "a run counts as started once '<command>' (run by sh -c on the node) exits 0")
   .option('--wait', 'wait until the job runs (or stops trying) and print its state')
@@ -279,9 +468,26 @@ program
   .action(async (job: string, command: string[], o: JobFlags) => {
     // Every field is checked before connecting: a usage error exits 2 having started nothing.
     const spec = jobSpecFromFields({
-      jobId: job, command, cwd: process.cwd(), node: o.node, user: o.user, vram: o.vram, cpu: o.cpu, memory: o.memory, pids: o.pids, timeout: o.timeout,
-      priority: o.priority, tier: o.tier, restartPolicy: o.restartPolicy, maxRestarts: o.maxRestarts, backoffInitial: o.backoffInitial,
-      backoffCap: o.backoffCap, backoffReset: o.backoffReset, checkpointEvery: o.checkpointEvery, keep: o.keep, readiness: readinessFlags(o),
+      jobId: job,
+      command,
+      cwd: process.cwd(),
+      node: o.node,
+      user: o.user,
+      vram: o.vram,
+      cpu: o.cpu,
+      memory: o.memory,
+      pids: o.pids,
+      timeout: o.timeout,
+      priority: o.priority,
+      tier: o.tier,
+      restartPolicy: o.restartPolicy,
+      maxRestarts: o.maxRestarts,
+      backoffInitial: o.backoffInitial,
+      backoffCap: o.backoffCap,
+      backoffReset: o.backoffReset,
+      checkpointEvery: o.checkpointEvery,
+      keep: o.keep,
+      readiness: readinessFlags(o),
     });
     await withClient(async (k) => {
       const { workflowId } = await k.run(spec);
@@ -290,8 +496,12 @@ program
         if (o.json) emit<RunJson>(o, { jobId: spec.jobId, workflowId, status: null }, () => '');
         return;
       }
-      const s = await withProgress<JobStatus>(`job ${spec.jobId}`, o, (onStatus) => waitUntilStarted(k.jobs, spec.jobId, onStatus));
-      emit<RunJson>(o, { jobId: spec.jobId, workflowId, status: s }, () => printable(`${s.jobId}: ${s.state}${s.node ? ` on ${s.node}` : ''}${s.reason ? ` — ${s.reason}` : ''}`));
+      const s = await withProgress<JobStatus>(`job ${spec.jobId}`, o, (onStatus) =>
+        waitUntilStarted(k.jobs, spec.jobId, onStatus),
+      );
+      emit<RunJson>(o, { jobId: spec.jobId, workflowId, status: s }, () =>
+        printable(`${s.jobId}: ${s.state}${s.node ? ` on ${s.node}` : ''}${s.reason ? ` — ${s.reason}` : ''}`),
+      );
       if (s.state !== 'Running' && s.state !== 'Succeeded') process.exitCode = 1;
     });
   });
@@ -308,9 +518,11 @@ async function waitUntilStarted(jobs: JobsApi, jobId: string, onStatus?: OnStatu
 
 program
   .command('workload <job>')
-  .description('start a bare workload on a node through its agent, without a job (no limits, no restarts; detached: it outlives the agent); it runs in this directory')
+  .description(
+    'start a bare workload on a node through its agent, without a job (no limits, no restarts; detached: it outlives the agent); it runs in this directory',
+  )
   .requiredOption('--node <name>', 'node to run on')
-  .option('--user <uid[:gid]>', 'run as this numeric user (and group; default: the user\'s primary group on the node)')
+  .option('--user <uid[:gid]>', "run as this numeric user (and group; default: the user's primary group on the node)")
   .option('--json', JSON_HELP)
   .argument('<command...>', 'command and arguments (after --)')
   .action(async (job: string, command: string[], o: { node: string; user?: string } & JsonFlag) => {
@@ -319,7 +531,9 @@ program
     const user = o.user === undefined ? undefined : parseUser('user', o.user);
     await withClient(async (k) => {
       const info = await k.runWorkload({ node: o.node, jobId: job, command, cwd: process.cwd(), user });
-      emit<WorkloadJson>(o, { node: o.node, workload: info }, () => printable(`job ${info.jobId} running on ${o.node} as pid ${info.pid}; output ${info.logFile}`));
+      emit<WorkloadJson>(o, { node: o.node, workload: info }, () =>
+        printable(`job ${info.jobId} running on ${o.node} as pid ${info.pid}; output ${info.logFile}`),
+      );
     });
   });
 
@@ -342,7 +556,9 @@ program
     assertSafeId('job', job);
     await withClient(async (k) => {
       const r = await k.preempt(job);
-      emit<PreemptJson>(o, { jobId: job, result: r }, () => printable(`${job}: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`));
+      emit<PreemptJson>(o, { jobId: job, result: r }, () =>
+        printable(`${job}: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`),
+      );
       if (r.outcome !== 'requeued') process.exitCode = 1;
     });
   });
@@ -356,14 +572,19 @@ program
     assertSafeId('job', job);
     await withClient(async (k) => {
       const s = await k.release(job, { fromCheckpoint: o.fromCheckpoint });
-      emit<ReleaseJson>(o, { jobId: job, fromCheckpoint: Boolean(o.fromCheckpoint), status: s },
-        () => printable(`${job} released${o.fromCheckpoint ? ' from its last good checkpoint' : ''}: ${s.state}${s.reason ? ` — ${s.reason}` : ''}`));
+      emit<ReleaseJson>(o, { jobId: job, fromCheckpoint: Boolean(o.fromCheckpoint), status: s }, () =>
+        printable(
+          `${job} released${o.fromCheckpoint ? ' from its last good checkpoint' : ''}: ${s.state}${s.reason ? ` — ${s.reason}` : ''}`,
+        ),
+      );
     });
   });
 
 program
   .command('cancel <job>')
-  .description('stop a job for good: its run stopped (SIGTERM, then SIGKILL after 30 s) and cleaned up; the job ends Failed, reason Cancelled')
+  .description(
+    'stop a job for good: its run stopped (SIGTERM, then SIGKILL after 30 s) and cleaned up; the job ends Failed, reason Cancelled',
+  )
   .option('--no-wait', 'return once the cancel is asked for')
   .option('--json', JSON_HELP)
   .action(async (job: string, o: { wait: boolean } & JsonFlag) => {
@@ -371,13 +592,22 @@ program
     await withClient(async (k) => {
       if (!o.wait) {
         await k.cancel(job, { wait: false });
-        emit<CancelJson>(o, { jobId: job, waited: false, closed: false, status: null }, () => `${job}: cancel asked for`);
+        emit<CancelJson>(
+          o,
+          { jobId: job, waited: false, closed: false, status: null },
+          () => `${job}: cancel asked for`,
+        );
         return;
       }
       const closed = await k.cancel(job);
       const s = await k.describeJob(job).catch(() => null);
-      emit<CancelJson>(o, { jobId: job, waited: true, closed, status: s },
-        () => printable(closed ? `${job}: cancelled${s ? ` (${s.state}${s.reason ? `, ${s.reason}` : ''})` : ''}` : `${job}: cancel asked for; still cleaning up (an agent may be away)`));
+      emit<CancelJson>(o, { jobId: job, waited: true, closed, status: s }, () =>
+        printable(
+          closed
+            ? `${job}: cancelled${s ? ` (${s.state}${s.reason ? `, ${s.reason}` : ''})` : ''}`
+            : `${job}: cancel asked for; still cleaning up (an agent may be away)`,
+        ),
+      );
     });
   });
 
@@ -391,20 +621,26 @@ program
   .action(async (job: string, o: { previous?: boolean; follow?: boolean; timestamps?: boolean } & JsonFlag) => {
     assertSafeId('job', job);
     if (o.previous && o.follow) throw new InvalidInputError('follow', 'cannot follow the previous run: it has ended');
-    if (o.json && o.follow) throw new InvalidInputError('json', 'a followed log is a stream, not one JSON document: leave --follow out');
+    if (o.json && o.follow)
+      throw new InvalidInputError('json', 'a followed log is a stream, not one JSON document: leave --follow out');
     if (!o.json) {
       await withClient((k) => k.logs(job, o, consoleSink(Boolean(o.timestamps))));
       return;
     }
     const doc: LogsJson = { jobId: job, lines: [], notes: [] };
-    const sink: LogSink = { line: (l: RunLogLine) => doc.lines.push({ time: l.time, stream: l.stream, partial: l.partial, text: l.text }), note: (t) => doc.notes.push(t) };
+    const sink: LogSink = {
+      line: (l: RunLogLine) => doc.lines.push({ time: l.time, stream: l.stream, partial: l.partial, text: l.text }),
+      note: (t) => doc.notes.push(t),
+    };
     await withClient((k) => k.logs(job, o, sink));
     emit(o, doc, () => '');
   });
 
 program
   .command('apply')
-  .description('start the jobs of a YAML file (jobs: [{ name, command, node, vram, ... }]), each on its own; prints what was applied and what failed')
+  .description(
+    'start the jobs of a YAML file (jobs: [{ name, command, node, vram, ... }]), each on its own; prints what was applied and what failed',
+  )
   .requiredOption('-f, --file <file>', 'the jobs file')
   .option('--json', JSON_HELP)
   .action(async (o: { file: string } & JsonFlag) => {
@@ -418,15 +654,21 @@ program
     const entries = parseJobsFile(text, o.file);
     await withClient(async (k) => {
       const outcomes = await applyJobs(
-        k.jobs, entries,
-        (e) => (e instanceof JobExistsError ? { spec: e.existing?.spec ?? null, state: e.existing?.state ?? 'unknown' } : null),
+        k.jobs,
+        entries,
+        (e) =>
+          e instanceof JobExistsError
+            ? { spec: e.existing?.spec ?? null, state: e.existing?.state ?? 'unknown' }
+            : null,
         (e) => describeError(e).message,
       );
       const doc: ApplyJson = applyJson(outcomes);
-      emit(o, doc, () => [
-        ...outcomes.map((r) => printable(`${r.name ?? `jobs[${r.index}]`}: ${r.result}: ${r.detail}`)),
-        `${outcomes.length} jobs: ${doc.applied} applied, ${doc.unchanged} unchanged, ${doc.failed} failed`,
-      ].join('\n'));
+      emit(o, doc, () =>
+        [
+          ...outcomes.map((r) => printable(`${r.name ?? `jobs[${r.index}]`}: ${r.result}: ${r.detail}`)),
+          `${outcomes.length} jobs: ${doc.applied} applied, ${doc.unchanged} unchanged, ${doc.failed} failed`,
+        ].join('\n'),
+      );
       if (doc.failed > 0) process.exitCode = 1;
     });
   });
@@ -444,23 +686,45 @@ program
       const rows = await k.withinTemporal(() => k.listCheckpoints({ job: o.job, tier: o.tier }));
       // A job's checkpoints (a handful) also show their size, from metadata.json in S3, and their age.
       const listed: CheckpointsJson['checkpoints'] = [];
-      for (const r of rows) listed.push(o.job === undefined ? r : { ...r, sizeBytes: r.tier === 's3' ? await k.checkpointSize(r.checkpointId) : null });
+      for (const r of rows)
+        listed.push(
+          o.job === undefined
+            ? r
+            : { ...r, sizeBytes: r.tier === 's3' ? await k.checkpointSize(r.checkpointId) : null },
+        );
       const now = Date.now();
-      emit<CheckpointsJson>(o, { checkpoints: listed }, () => (listed.length === 0 ? 'no checkpoints' : listed.map((r) => {
-        const size = r.sizeBytes === undefined ? '' : ` size ${(r.sizeBytes === null ? '-' : formatBytes(r.sizeBytes)).padEnd(10)} age ${formatAge(now - Date.parse(r.startedAt))}`;
-        return printable(`${r.checkpointId.padEnd(36)} job ${r.jobId.padEnd(16)} node ${r.node.padEnd(10)} ${r.phase.padEnd(14)} tier ${(r.tier || '-').padEnd(5)}${size}`);
-      }).join('\n')));
+      emit<CheckpointsJson>(o, { checkpoints: listed }, () =>
+        listed.length === 0
+          ? 'no checkpoints'
+          : listed
+              .map((r) => {
+                const size =
+                  r.sizeBytes === undefined
+                    ? ''
+                    : ` size ${(r.sizeBytes === null ? '-' : formatBytes(r.sizeBytes)).padEnd(10)} age ${formatAge(now - Date.parse(r.startedAt))}`;
+                return printable(
+                  `${r.checkpointId.padEnd(36)} job ${r.jobId.padEnd(16)} node ${r.node.padEnd(10)} ${r.phase.padEnd(14)} tier ${(r.tier || '-').padEnd(5)}${size}`,
+                );
+              })
+              .join('\n'),
+      );
     });
   });
 
 program
   .command('describe <checkpoint-or-kind> [name]')
-  .description("a checkpoint's phase, tier and the history of its attempts; 'describe job <job>': a job's spec, state, runs, events and checkpoints")
+  .description(
+    "a checkpoint's phase, tier and the history of its attempts; 'describe job <job>': a job's spec, state, runs, events and checkpoints",
+  )
   .option('--json', JSON_HELP)
   .action(async (target: string, name: string | undefined, o: JsonFlag) => {
     if (name !== undefined) {
       // `describe job <name>`; a checkpoint is described by its id alone.
-      if (target !== 'job') throw new InvalidInputError('kind', `expected 'describe job <job>' or 'describe <checkpoint>' (got '${target}' '${name}')`);
+      if (target !== 'job')
+        throw new InvalidInputError(
+          'kind',
+          `expected 'describe job <job>' or 'describe <checkpoint>' (got '${target}' '${name}')`,
+        );
       assertSafeId('job', name);
       await withClient(async (k) => {
         const s = await k.describeJob(name);
@@ -482,9 +746,11 @@ interface ReadyFlags {
 
 /** --ready-tcp / --ready-exec as a readiness probe (validated by the client, which names the field). */
 function readinessFlags(o: ReadyFlags): Readiness | undefined {
-  if (o.readyTcp !== undefined && o.readyExec !== undefined) throw new InvalidInputError('ready-tcp', 'give --ready-tcp or --ready-exec, not both');
+  if (o.readyTcp !== undefined && o.readyExec !== undefined)
+    throw new InvalidInputError('ready-tcp', 'give --ready-tcp or --ready-exec, not both');
   if (o.readyTcp !== undefined) {
-    if (!/^\d+$/.test(o.readyTcp) || Number(o.readyTcp) < 1 || Number(o.readyTcp) > 65535) throw new InvalidInputError('ready-tcp', `expected a port number 1-65535 (got '${o.readyTcp}')`);
+    if (!/^\d+$/.test(o.readyTcp) || Number(o.readyTcp) < 1 || Number(o.readyTcp) > 65535)
+      throw new InvalidInputError('ready-tcp', `expected a port number 1-65535 (got '${o.readyTcp}')`);
     return { tcpSocket: { port: Number(o.readyTcp) } };
   }
   if (o.readyExec !== undefined) return { exec: { command: ['/bin/sh', '-c', o.readyExec] } };
@@ -500,23 +766,35 @@ program
   .option('--ready-exec <command>', "Running only once '<command>' (run by sh -c on the node) exits 0")
   .option('--no-wait', 'return once started')
   .option('--json', JSON_HELP)
-  .action(async (id: string, o: { node?: string; placementDeadline: string; wait: boolean } & ReadyFlags & JsonFlag) => {
-    assertSafeId('checkpoint', id);
-    if (o.node !== undefined) assertSafeId('node', o.node);
-    parseDuration('placement-deadline', o.placementDeadline);
-    await withClient(async (k) => {
-      const { workflowId } = await k.startRestore({ checkpointId: id, node: o.node, placementDeadline: o.placementDeadline, readiness: readinessFlags(o) });
-      if (!o.json) console.log(`restore of ${id} started: ${k.uiLink(workflowId) ?? workflowId}`);
-      if (!o.wait) {
-        if (o.json) emit<RestoreJson>(o, { checkpointId: id, workflowId, status: null }, () => '');
-        return;
-      }
-      const r = await withProgress<RestoreStatus>(`restore ${id}`, o, (onStatus) => k.restoreResult(workflowId, onStatus));
-      emit<RestoreJson>(o, { checkpointId: id, workflowId, status: r },
-        () => printable(`${id}: ${r.phase} on ${r.node} as pid ${r.pid} (from ${r.source}); attempts: ${r.attempts.map((a) => `${a.node}:${a.outcome}`).join(', ')}${r.failureReason ? ` — ${r.failureReason}` : ''}`));
-      if (r.phase === 'Failed') process.exitCode = 1;
-    });
-  });
+  .action(
+    async (id: string, o: { node?: string; placementDeadline: string; wait: boolean } & ReadyFlags & JsonFlag) => {
+      assertSafeId('checkpoint', id);
+      if (o.node !== undefined) assertSafeId('node', o.node);
+      parseDuration('placement-deadline', o.placementDeadline);
+      await withClient(async (k) => {
+        const { workflowId } = await k.startRestore({
+          checkpointId: id,
+          node: o.node,
+          placementDeadline: o.placementDeadline,
+          readiness: readinessFlags(o),
+        });
+        if (!o.json) console.log(`restore of ${id} started: ${k.uiLink(workflowId) ?? workflowId}`);
+        if (!o.wait) {
+          if (o.json) emit<RestoreJson>(o, { checkpointId: id, workflowId, status: null }, () => '');
+          return;
+        }
+        const r = await withProgress<RestoreStatus>(`restore ${id}`, o, (onStatus) =>
+          k.restoreResult(workflowId, onStatus),
+        );
+        emit<RestoreJson>(o, { checkpointId: id, workflowId, status: r }, () =>
+          printable(
+            `${id}: ${r.phase} on ${r.node} as pid ${r.pid} (from ${r.source}); attempts: ${r.attempts.map((a) => `${a.node}:${a.outcome}`).join(', ')}${r.failureReason ? ` — ${r.failureReason}` : ''}`,
+          ),
+        );
+        if (r.phase === 'Failed') process.exitCode = 1;
+      });
+    },
+  );
 
 program
   .command('migrate <job>')
@@ -532,14 +810,23 @@ program
     if (o.from !== undefined) assertSafeId('from', o.from);
     assertSafeId('to', o.to);
     await withClient(async (k) => {
-      const { workflowId, checkpointId } = await k.startMigration({ jobId: job, from: o.from, to: o.to, readiness: readinessFlags(o) });
+      const { workflowId, checkpointId } = await k.startMigration({
+        jobId: job,
+        from: o.from,
+        to: o.to,
+        readiness: readinessFlags(o),
+      });
       if (!o.json) console.log(`migration of ${job} started: ${k.uiLink(workflowId) ?? workflowId}`);
       if (!o.wait) {
         if (o.json) emit<MigrateJson>(o, { jobId: job, checkpointId, workflowId, status: null }, () => '');
         return;
       }
-      const r = await withProgress<MigrateStatus>(`migrate ${job}`, o, (onStatus) => k.migrationResult(workflowId, onStatus));
-      emit<MigrateJson>(o, { jobId: job, checkpointId, workflowId, status: r }, () => printable(`${job}: ${r.phase}${r.failureReason ? ` — ${r.failureReason}` : ''}`));
+      const r = await withProgress<MigrateStatus>(`migrate ${job}`, o, (onStatus) =>
+        k.migrationResult(workflowId, onStatus),
+      );
+      emit<MigrateJson>(o, { jobId: job, checkpointId, workflowId, status: r }, () =>
+        printable(`${job}: ${r.phase}${r.failureReason ? ` — ${r.failureReason}` : ''}`),
+      );
       if (r.phase !== 'Migrated') process.exitCode = 1;
     });
   });
@@ -558,7 +845,12 @@ program
         doc.nodes.push({ ...r, node: n });
         // As text, each node as it answers (one that does not still shows those before it).
         const inv = r.inventory;
-        if (!o.json) console.log(printable(`${n}: last seen ${r.lastSeen ?? 'never'}; VRAM ${inv ? `${formatBytes(inv.freeVramBytes)} free of ${formatBytes(inv.totalVramBytes)} (${inv.vramSource})` : '-'}; disk ${inv ? formatBytes(inv.freeDiskBytes) : '-'} free; CRIU ${inv?.criuVersion ?? '-'}`));
+        if (!o.json)
+          console.log(
+            printable(
+              `${n}: last seen ${r.lastSeen ?? 'never'}; VRAM ${inv ? `${formatBytes(inv.freeVramBytes)} free of ${formatBytes(inv.totalVramBytes)} (${inv.vramSource})` : '-'}; disk ${inv ? formatBytes(inv.freeDiskBytes) : '-'} free; CRIU ${inv?.criuVersion ?? '-'}`,
+            ),
+          );
       }
       if (o.json) emit(o, doc, () => '');
     });

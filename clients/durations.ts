@@ -11,7 +11,12 @@ export function parseDuration(field: string, text: string): string {
 /** A whole number of seconds from 1 to 7 days' worth, or a duration such as 30s or 5m; returned in ms. */
 export function parseSeconds(field: string, text: string): number {
   const ms = /^[0-9]{1,15}$/.test(text) ? Number(text) * 1000 : durationMs(text);
-  if (ms === null) throw new InvalidInputError(field, `expected a whole number of seconds, or a duration such as 30s or 5m (got '${text}')`);
-  if (ms < MIN_DURATION_MS || ms > MAX_DURATION_MS) throw new InvalidInputError(field, `must be from 1s to 7d (got '${text}')`);
+  if (ms === null)
+    throw new InvalidInputError(
+      field,
+      `expected a whole number of seconds, or a duration such as 30s or 5m (got '${text}')`,
+    );
+  if (ms < MIN_DURATION_MS || ms > MAX_DURATION_MS)
+    throw new InvalidInputError(field, `must be from 1s to 7d (got '${text}')`);
   return ms;
 }

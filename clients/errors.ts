@@ -1,6 +1,17 @@
-import { ServiceError, WorkflowFailedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import {
-  ActivityFailure, ApplicationFailure, CancelledFailure, ChildWorkflowFailure, ServerFailure, TerminatedFailure, TimeoutFailure,
+  ServiceError,
+  WorkflowFailedError,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+} from '@temporalio/client';
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  CancelledFailure,
+  ChildWorkflowFailure,
+  ServerFailure,
+  TerminatedFailure,
+  TimeoutFailure,
 } from '@temporalio/common';
 import { CommanderError } from 'commander';
 import { InvalidInputError, printable } from '../common/ids';
@@ -42,7 +53,11 @@ export abstract class KybernateError extends Error {
 /** A component the command needs did not answer in time: says which, and where. */
 export class UnavailableError extends KybernateError {
   readonly code = 'UNAVAILABLE' as const;
-  constructor(readonly component: string, where: string, detail: string) {
+  constructor(
+    readonly component: string,
+    where: string,
+    detail: string,
+  ) {
     super(`${component} is not answering (${where}): ${detail}`);
     this.name = 'UnavailableError';
   }
@@ -54,7 +69,10 @@ export class UnavailableError extends KybernateError {
  */
 export class WorkflowFailedWithoutStatusError extends WorkflowFailedError {
   readonly code = 'WORKFLOW_FAILED' as const;
-  constructor(readonly workflowId: string, failed: WorkflowFailedError) {
+  constructor(
+    readonly workflowId: string,
+    failed: WorkflowFailedError,
+  ) {
     super(describeFailureChain(failed), failed.cause, failed.retryState);
     // Temporal's error classes make `name` read-only on their prototype: defined on the instance instead.
     Object.defineProperty(this, 'name', { value: 'WorkflowFailedWithoutStatusError' });
@@ -67,8 +85,10 @@ function link(e: Error): string {
   if (e instanceof ChildWorkflowFailure) return `child workflow ${e.execution?.workflowId ?? e.workflowType} failed`;
   if (e instanceof ApplicationFailure) return `${e.type ?? 'Error'}: ${e.message}`;
   if (e instanceof TimeoutFailure) return `${e.timeoutType} timeout`;
-  if (e instanceof TerminatedFailure) return `terminated${e.message && e.message !== 'Terminated' ? `: ${e.message}` : ''}`;
-  if (e instanceof CancelledFailure) return `cancelled${e.message && e.message !== 'Cancelled' ? `: ${e.message}` : ''}`;
+  if (e instanceof TerminatedFailure)
+    return `terminated${e.message && e.message !== 'Terminated' ? `: ${e.message}` : ''}`;
+  if (e instanceof CancelledFailure)
+    return `cancelled${e.message && e.message !== 'Cancelled' ? `: ${e.message}` : ''}`;
   if (e instanceof ServerFailure) return `Temporal server: ${e.message}`;
   return e.message;
 }
@@ -81,7 +101,13 @@ export function describeFailureChain(e: unknown): string {
   const parts: string[] = [];
   let cur: unknown = e;
   for (let depth = 0; cur instanceof Error && depth < 10; depth++) {
-    parts.push(cur instanceof WorkflowFailedError ? 'workflow failed' : cur instanceof WorkflowUpdateFailedError ? 'update failed' : link(cur));
+    parts.push(
+      cur instanceof WorkflowFailedError
+        ? 'workflow failed'
+        : cur instanceof WorkflowUpdateFailedError
+          ? 'update failed'
+          : link(cur),
+    );
     cur = cur.cause;
   }
   if (parts.length === 0) parts.push(String(e));
@@ -92,20 +118,32 @@ export function describeFailureChain(e: unknown): string {
 function serviceDetail(e: ServiceError): string {
   const c = e.cause as { code?: number; details?: string; message?: string } | undefined;
   const names: Record<number, string> = { 4: 'DEADLINE_EXCEEDED', 9: 'FAILED_PRECONDITION', 14: 'UNAVAILABLE' };
-  const code = c?.code !== undefined ? names[c.code] ?? `gRPC status ${c.code}` : null;
+  const code = c?.code !== undefined ? (names[c.code] ?? `gRPC status ${c.code}`) : null;
   return `${e.message}${code ? ` (${code}${c?.details ? `: ${c.details}` : ''})` : c?.message ? ` (${c.message})` : ''}`;
 }
 
 /** What the CLI prints after `error: ` (printable: control characters escaped), its stable code, and the exit code. */
 export function describeError(e: unknown): { code: ErrorCode; message: string; exitCode: number } {
-  if (e instanceof CommanderError) return { code: 'USAGE', message: e.message.replace(/^error: /, ''), exitCode: e.exitCode === 0 ? EXIT_OK : EXIT_USAGE };
+  if (e instanceof CommanderError)
+    return {
+      code: 'USAGE',
+      message: e.message.replace(/^error: /, ''),
+      exitCode: e.exitCode === 0 ? EXIT_OK : EXIT_USAGE,
+    };
   if (e instanceof InvalidInputError) return { code: 'INVALID_INPUT', message: e.message, exitCode: EXIT_USAGE };
   if (e instanceof KybernateError) return { code: e.code, message: printable(e.message), exitCode: EXIT_FAILURE };
-  if (e instanceof WorkflowFailedError || e instanceof WorkflowUpdateFailedError || e instanceof ChildWorkflowFailure || e instanceof ActivityFailure) {
+  if (
+    e instanceof WorkflowFailedError ||
+    e instanceof WorkflowUpdateFailedError ||
+    e instanceof ChildWorkflowFailure ||
+    e instanceof ActivityFailure
+  ) {
     return { code: 'WORKFLOW_FAILED', message: printable(describeFailureChain(e)), exitCode: EXIT_FAILURE };
   }
-  if (e instanceof WorkflowNotFoundError) return { code: 'NOT_FOUND', message: printable(e.message), exitCode: EXIT_FAILURE };
-  if (e instanceof ServiceError) return { code: 'TEMPORAL', message: printable(`Temporal: ${serviceDetail(e)}`), exitCode: EXIT_FAILURE };
+  if (e instanceof WorkflowNotFoundError)
+    return { code: 'NOT_FOUND', message: printable(e.message), exitCode: EXIT_FAILURE };
+  if (e instanceof ServiceError)
+    return { code: 'TEMPORAL', message: printable(`Temporal: ${serviceDetail(e)}`), exitCode: EXIT_FAILURE };
   return { code: 'INTERNAL', message: printable(e instanceof Error ? e.message : String(e)), exitCode: EXIT_FAILURE };
 }
 

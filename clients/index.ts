@@ -5,10 +5,25 @@
 export { KybernateClient, type CheckpointListEntry, type OnStatus } from './api';
 export { JobsApi, JobExistsError, type JobListEntry } from './jobs';
 export {
-  describeError, describeFailureChain, type ErrorCode, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, KybernateError, UnavailableError,
+  describeError,
+  describeFailureChain,
+  type ErrorCode,
+  EXIT_FAILURE,
+  EXIT_OK,
+  EXIT_USAGE,
+  KybernateError,
+  UnavailableError,
   WorkflowFailedWithoutStatusError,
 } from './errors';
-export { isCheckpointStatus, isJobStatus, isMigrateStatus, isRestoreStatus, resultOf, type ResultSource, statusFromFailure } from './result';
+export {
+  isCheckpointStatus,
+  isJobStatus,
+  isMigrateStatus,
+  isRestoreStatus,
+  resultOf,
+  type ResultSource,
+  statusFromFailure,
+} from './result';
 export { CONNECT_TIMEOUT_MS, QUERY_TIMEOUT_MS, WATCH_INTERVAL_MS } from './timeouts';
 export type { CheckpointRecord } from './record';
 export type { LogOptions, LogSink } from './job-logs';

@@ -2,7 +2,14 @@ import * as path from 'node:path';
 import { durationMs, MAX_VRAM_BYTES } from '../common/bounds';
 import { assertSafeId, InvalidInputError } from '../common/ids';
 import { DEFAULT_BACKOFF, DEFAULT_MAX_RESTARTS, type JobSpec, type JobTier, type RestartPolicy } from '../common/job';
-import { commandProblem, JOB_TIERS, jobValueProblem, MAX_JOB_MEMORY_BYTES, parseJobSpec, RESTART_POLICIES } from '../common/job-spec';
+import {
+  commandProblem,
+  JOB_TIERS,
+  jobValueProblem,
+  MAX_JOB_MEMORY_BYTES,
+  parseJobSpec,
+  RESTART_POLICIES,
+} from '../common/job-spec';
 import { parseReadiness } from '../common/readiness';
 import { parseBytes } from './bytes';
 
@@ -37,9 +44,26 @@ export type JobField = keyof JobFields;
 
 /** The CLI's names: its flags (`--max-restarts`), the job argument, the command after `--`. */
 export const CLI_FIELD_NAMES: Record<JobField, string> = {
-  jobId: 'job', command: 'command', cwd: 'cwd', env: 'env', user: 'user', node: 'node', vram: 'vram', cpu: 'cpu', memory: 'memory', pids: 'pids',
-  timeout: 'timeout', priority: 'priority', tier: 'tier', restartPolicy: 'restart-policy', maxRestarts: 'max-restarts',
-  backoffInitial: 'backoff-initial', backoffCap: 'backoff-cap', backoffReset: 'backoff-reset', checkpointEvery: 'checkpoint-every', keep: 'keep',
+  jobId: 'job',
+  command: 'command',
+  cwd: 'cwd',
+  env: 'env',
+  user: 'user',
+  node: 'node',
+  vram: 'vram',
+  cpu: 'cpu',
+  memory: 'memory',
+  pids: 'pids',
+  timeout: 'timeout',
+  priority: 'priority',
+  tier: 'tier',
+  restartPolicy: 'restart-policy',
+  maxRestarts: 'max-restarts',
+  backoffInitial: 'backoff-initial',
+  backoffCap: 'backoff-cap',
+  backoffReset: 'backoff-reset',
+  checkpointEvery: 'checkpoint-every',
+  keep: 'keep',
   readiness: 'readiness',
 };
 
@@ -100,7 +124,8 @@ function cpuField(field: string, v: unknown): number {
 /** A duration written with its unit ("90s", "2h"): a bare number (is 0 seconds? minutes?) is refused. */
 function durationField(field: string, v: unknown, check: (n: number) => string | null): number {
   const ms = typeof v === 'string' ? durationMs(v.trim()) : null;
-  if (ms === null) throw new InvalidInputError(field, `expected a duration such as 90s, 10m, 2h or 1d (got '${String(v)}')`);
+  if (ms === null)
+    throw new InvalidInputError(field, `expected a duration such as 90s, 10m, 2h or 1d (got '${String(v)}')`);
   const p = check(ms);
   if (p) throw new InvalidInputError(field, `${p.replace(/ \(got [^)]*\)$/, '')} (got '${String(v)}')`);
   return ms;
@@ -112,11 +137,17 @@ function choiceField<T extends string>(field: string, v: unknown, choices: reado
 }
 
 function envField(field: string, v: unknown): Record<string, string> {
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new InvalidInputError(field, 'must be a map of NAME: value');
+  if (v === null || typeof v !== 'object' || Array.isArray(v))
+    throw new InvalidInputError(field, 'must be a map of NAME: value');
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(v as Record<string, unknown>)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]{0,255}$/.test(k)) throw new InvalidInputError(`${field}.${k}`, 'must be a variable name of letters, digits and _');
-    if (typeof val !== 'string') throw new InvalidInputError(`${field}.${k}`, `must be a string (quote it in YAML; got ${val === null ? 'null' : typeof val})`);
+    if (!/^[A-Za-z_][A-Za-z0-9_]{0,255}$/.test(k))
+      throw new InvalidInputError(`${field}.${k}`, 'must be a variable name of letters, digits and _');
+    if (typeof val !== 'string')
+      throw new InvalidInputError(
+        `${field}.${k}`,
+        `must be a string (quote it in YAML; got ${val === null ? 'null' : typeof val})`,
+      );
     if (val.includes('\u0000')) throw new InvalidInputError(`${field}.${k}`, 'must not contain a NUL character');
     out[k] = val;
   }
@@ -128,11 +159,15 @@ function envField(field: string, v: unknown): Record<string, string> {
  * entry's keys), then the whole spec checked again by parseJobSpec. Defaults: no VRAM, no limits, priority 0,
  * tier normal, restart policy Always (Kubernetes'), 10 restarts, CrashLoopBackOff 10s/5m/10m.
  */
-export function jobSpecFromFields(f: JobFields, name: (field: JobField) => string = (k) => CLI_FIELD_NAMES[k]): JobSpec {
+export function jobSpecFromFields(
+  f: JobFields,
+  name: (field: JobField) => string = (k) => CLI_FIELD_NAMES[k],
+): JobSpec {
   const given = (k: JobField): boolean => f[k] !== undefined && f[k] !== null;
   const jobId = assertSafeId(name('jobId'), f.jobId);
   const cp = commandProblem(f.command);
-  if (cp) throw new InvalidInputError(cp.index === null ? name('command') : `${name('command')}[${cp.index}]`, cp.problem);
+  if (cp)
+    throw new InvalidInputError(cp.index === null ? name('command') : `${name('command')}[${cp.index}]`, cp.problem);
   const spec: JobSpec = {
     jobId,
     command: f.command as string[],
@@ -140,32 +175,56 @@ export function jobSpecFromFields(f: JobFields, name: (field: JobField) => strin
     limits: {},
     priority: given('priority') ? wholeField(name('priority'), f.priority, jobValueProblem.priority) : 0,
     tier: given('tier') ? choiceField<JobTier>(name('tier'), f.tier, JOB_TIERS) : 'normal',
-    restartPolicy: given('restartPolicy') ? choiceField<RestartPolicy>(name('restartPolicy'), f.restartPolicy, RESTART_POLICIES) : 'Always',
-    maxRestarts: given('maxRestarts') ? wholeField(name('maxRestarts'), f.maxRestarts, jobValueProblem.maxRestarts) : DEFAULT_MAX_RESTARTS,
+    restartPolicy: given('restartPolicy')
+      ? choiceField<RestartPolicy>(name('restartPolicy'), f.restartPolicy, RESTART_POLICIES)
+      : 'Always',
+    maxRestarts: given('maxRestarts')
+      ? wholeField(name('maxRestarts'), f.maxRestarts, jobValueProblem.maxRestarts)
+      : DEFAULT_MAX_RESTARTS,
     backoff: {
-      initialMs: given('backoffInitial') ? durationField(name('backoffInitial'), f.backoffInitial, jobValueProblem.backoffMs) : DEFAULT_BACKOFF.initialMs,
-      capMs: given('backoffCap') ? durationField(name('backoffCap'), f.backoffCap, jobValueProblem.backoffMs) : DEFAULT_BACKOFF.capMs,
-      resetAfterMs: given('backoffReset') ? durationField(name('backoffReset'), f.backoffReset, jobValueProblem.backoffMs) : DEFAULT_BACKOFF.resetAfterMs,
+      initialMs: given('backoffInitial')
+        ? durationField(name('backoffInitial'), f.backoffInitial, jobValueProblem.backoffMs)
+        : DEFAULT_BACKOFF.initialMs,
+      capMs: given('backoffCap')
+        ? durationField(name('backoffCap'), f.backoffCap, jobValueProblem.backoffMs)
+        : DEFAULT_BACKOFF.capMs,
+      resetAfterMs: given('backoffReset')
+        ? durationField(name('backoffReset'), f.backoffReset, jobValueProblem.backoffMs)
+        : DEFAULT_BACKOFF.resetAfterMs,
     },
   };
   if (spec.backoff.capMs < spec.backoff.initialMs) {
-    throw new InvalidInputError(given('backoffCap') ? name('backoffCap') : name('backoffInitial'), `the cap (${spec.backoff.capMs} ms) must not be below the initial backoff (${spec.backoff.initialMs} ms)`);
+    throw new InvalidInputError(
+      given('backoffCap') ? name('backoffCap') : name('backoffInitial'),
+      `the cap (${spec.backoff.capMs} ms) must not be below the initial backoff (${spec.backoff.initialMs} ms)`,
+    );
   }
   if (given('cwd')) {
-    if (typeof f.cwd !== 'string' || !path.isAbsolute(f.cwd)) throw new InvalidInputError(name('cwd'), `must be an absolute path (got '${String(f.cwd)}')`);
+    if (typeof f.cwd !== 'string' || !path.isAbsolute(f.cwd))
+      throw new InvalidInputError(name('cwd'), `must be an absolute path (got '${String(f.cwd)}')`);
     spec.cwd = f.cwd;
   }
   if (given('env')) spec.env = envField(name('env'), f.env);
   if (given('user')) spec.user = parseUser(name('user'), f.user);
   if (given('node')) spec.node = assertSafeId(name('node'), f.node);
   if (given('cpu')) spec.limits.cpu = cpuField(name('cpu'), f.cpu);
-  if (given('memory')) spec.limits.memoryBytes = bytesField(name('memory'), f.memory, MAX_JOB_MEMORY_BYTES, jobValueProblem.memoryBytes);
+  if (given('memory'))
+    spec.limits.memoryBytes = bytesField(name('memory'), f.memory, MAX_JOB_MEMORY_BYTES, jobValueProblem.memoryBytes);
   if (given('pids')) spec.limits.pids = wholeField(name('pids'), f.pids, jobValueProblem.pids);
   if (given('timeout')) spec.timeoutMs = durationField(name('timeout'), f.timeout, jobValueProblem.timeoutMs);
-  if (given('checkpointEvery')) spec.checkpointEveryMs = durationField(name('checkpointEvery'), f.checkpointEvery, jobValueProblem.checkpointEveryMs);
+  if (given('checkpointEvery'))
+    spec.checkpointEveryMs = durationField(
+      name('checkpointEvery'),
+      f.checkpointEvery,
+      jobValueProblem.checkpointEveryMs,
+    );
   if (given('keep')) {
     spec.keep = wholeField(name('keep'), f.keep, jobValueProblem.keep);
-    if (spec.checkpointEveryMs === undefined) throw new InvalidInputError(name('keep'), `needs ${name('checkpointEvery')}: only periodic checkpoints are kept or deleted`);
+    if (spec.checkpointEveryMs === undefined)
+      throw new InvalidInputError(
+        name('keep'),
+        `needs ${name('checkpointEvery')}: only periodic checkpoints are kept or deleted`,
+      );
   }
   if (given('readiness')) spec.readiness = parseReadiness(f.readiness, name('readiness'));
   return parseJobSpec(spec);

@@ -21,7 +21,12 @@ export function formatAge(ms: number): string {
 
 /** A spec's duration as written: 2h, 90s, 1500ms. */
 export function formatMs(ms: number): string {
-  for (const [unit, n] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+  for (const [unit, n] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const) {
     if (ms >= n && ms % n === 0) return `${ms / n}${unit}`;
   }
   return `${ms}ms`;
@@ -38,9 +43,24 @@ export function table(header: string[], rows: string[][]): string {
 export function jobsTable(entries: JobListEntry[], now: number): string {
   const rows = entries.map((e) => {
     const s = e.status;
-    if (!s) return [e.jobId, `${e.phase ?? 'Unknown'}?`, '-', '-', formatAge(now - e.startedAt.getTime()), `(${e.workflowStatus}: ${e.problem ?? 'no status'})`];
+    if (!s)
+      return [
+        e.jobId,
+        `${e.phase ?? 'Unknown'}?`,
+        '-',
+        '-',
+        formatAge(now - e.startedAt.getTime()),
+        `(${e.workflowStatus}: ${e.problem ?? 'no status'})`,
+      ];
     const next = s.nextRetryAt ? formatAge(Date.parse(s.nextRetryAt) - now) : '-';
-    return [s.jobId, s.state, String(s.restarts), s.node ?? '<none>', formatAge(now - Date.parse(s.createdAt)), s.nextRetryAt ? `in ${next}` : '-'];
+    return [
+      s.jobId,
+      s.state,
+      String(s.restarts),
+      s.node ?? '<none>',
+      formatAge(now - Date.parse(s.createdAt)),
+      s.nextRetryAt ? `in ${next}` : '-',
+    ];
   });
   return table(['NAME', 'STATUS', 'RESTARTS', 'NODE', 'AGE', 'NEXT-RETRY'], rows);
 }
@@ -54,15 +74,25 @@ export function specSummary(spec: JobSpec): string {
   if (spec.limits.memoryBytes !== undefined) parts.push(`memory ${formatBytes(spec.limits.memoryBytes)}`);
   if (spec.limits.pids !== undefined) parts.push(`pids ${spec.limits.pids}`);
   if (spec.timeoutMs !== undefined) parts.push(`timeout ${formatMs(spec.timeoutMs)}`);
-  parts.push(`priority ${spec.priority}`, `tier ${spec.tier}`, `restart ${spec.restartPolicy} (at most ${spec.maxRestarts})`);
-  parts.push(`backoff ${formatMs(spec.backoff.initialMs)} doubling to ${formatMs(spec.backoff.capMs)}, reset after ${formatMs(spec.backoff.resetAfterMs)}`);
-  if (spec.checkpointEveryMs !== undefined) parts.push(`checkpoint every ${formatMs(spec.checkpointEveryMs)}${spec.keep !== undefined ? ` keeping ${spec.keep}` : ''}`);
+  parts.push(
+    `priority ${spec.priority}`,
+    `tier ${spec.tier}`,
+    `restart ${spec.restartPolicy} (at most ${spec.maxRestarts})`,
+  );
+  parts.push(
+    `backoff ${formatMs(spec.backoff.initialMs)} doubling to ${formatMs(spec.backoff.capMs)}, reset after ${formatMs(spec.backoff.resetAfterMs)}`,
+  );
+  if (spec.checkpointEveryMs !== undefined)
+    parts.push(
+      `checkpoint every ${formatMs(spec.checkpointEveryMs)}${spec.keep !== undefined ? ` keeping ${spec.keep}` : ''}`,
+    );
   if (spec.user) parts.push(`user ${spec.user.uid}${spec.user.gid !== undefined ? `:${spec.user.gid}` : ''}`);
   return parts.join(', ');
 }
 
 const exitOf = (r: RunRecord): string => (r.signal ? r.signal : r.exitCode !== null ? String(r.exitCode) : '-');
-const when = (iso: string | null, now: number): string => (iso ? `${iso} (${formatAge(now - Date.parse(iso))} ago)` : '-');
+const when = (iso: string | null, now: number): string =>
+  iso ? `${iso} (${formatAge(now - Date.parse(iso))} ago)` : '-';
 
 /** `kybernate describe job <job>`: spec, state and reason, every run, every event, its checkpoints. */
 export function describeJob(s: JobStatus, now: number): string {
@@ -82,21 +112,56 @@ export function describeJob(s: JobStatus, now: number): string {
     field('Diagnostics', s.diagnostics ?? '-'),
     '',
     'Runs:',
-    s.runs.length === 0 ? '  (none yet)' : indent(table(
-      ['#', 'NODE', 'STARTED', 'ENDED', 'EXIT', 'REASON', 'FROM-CHECKPOINT', 'MESSAGE'],
-      s.runs.map((r) => [String(r.run), r.node, r.startedAt, r.endedAt ?? '-', exitOf(r), r.reason ?? (r.endedAt ? '-' : 'Running'), r.fromCheckpoint ?? '-', r.message ?? '']),
-    )),
+    s.runs.length === 0
+      ? '  (none yet)'
+      : indent(
+          table(
+            ['#', 'NODE', 'STARTED', 'ENDED', 'EXIT', 'REASON', 'FROM-CHECKPOINT', 'MESSAGE'],
+            s.runs.map((r) => [
+              String(r.run),
+              r.node,
+              r.startedAt,
+              r.endedAt ?? '-',
+              exitOf(r),
+              r.reason ?? (r.endedAt ? '-' : 'Running'),
+              r.fromCheckpoint ?? '-',
+              r.message ?? '',
+            ]),
+          ),
+        ),
     '',
     'Events:',
-    s.events.length === 0 ? '  (none)' : indent(table(['AT', 'TYPE', 'MESSAGE'], s.events.map((e) => [e.at, e.type, e.message]))),
+    s.events.length === 0
+      ? '  (none)'
+      : indent(
+          table(
+            ['AT', 'TYPE', 'MESSAGE'],
+            s.events.map((e) => [e.at, e.type, e.message]),
+          ),
+        ),
     '',
     'Checkpoints:',
-    s.checkpoints.length === 0 ? '  (none)' : indent(table(
-      ['ID', 'TAKEN', 'REASON', 'PHASE', 'HEALTHY', 'DELETED'],
-      s.checkpoints.map((c) => [c.checkpointId, c.takenAt, c.reason, c.phase, c.healthy ? 'yes' : 'no', c.deleted ? 'yes' : 'no']),
-    )),
+    s.checkpoints.length === 0
+      ? '  (none)'
+      : indent(
+          table(
+            ['ID', 'TAKEN', 'REASON', 'PHASE', 'HEALTHY', 'DELETED'],
+            s.checkpoints.map((c) => [
+              c.checkpointId,
+              c.takenAt,
+              c.reason,
+              c.phase,
+              c.healthy ? 'yes' : 'no',
+              c.deleted ? 'yes' : 'no',
+            ]),
+          ),
+        ),
   ];
   return out.join('\n');
 }
 
-const indent = (text: string): string => text.split('\n').map((l) => `  ${l}`).join('\n');
+const indent = (text: string): string =>
+  text
+    .split('\n')
+    .map((l) => `  ${l}`)
+    .join('\n');

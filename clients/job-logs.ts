@@ -4,7 +4,15 @@ import { describeFailureChain, UnavailableError } from './errors';
 import { LOG_READ_TIMEOUT_MS } from './jobs';
 import { ErrorType } from '../common/errors';
 import { InvalidInputError, printable } from '../common/ids';
-import { type JobState, type JobStatus, type ReadRunLogInput, type ReadRunLogResult, type RunLogLine, type RunRecord, TERMINAL_JOB_STATES } from '../common/job';
+import {
+  type JobState,
+  type JobStatus,
+  type ReadRunLogInput,
+  type ReadRunLogResult,
+  type RunLogLine,
+  type RunRecord,
+  TERMINAL_JOB_STATES,
+} from '../common/job';
 
 export interface LogOptions {
   /** The run before the current one. */
@@ -31,7 +39,11 @@ const POLL_MS = 1000;
 /** Where logs come from: JobsApi (the job's status, a read on the run's node, the archived log in S3). */
 export interface LogSource {
   status(jobId: string): Promise<JobStatus>;
-  startNodeLogRead(node: string, input: ReadRunLogInput, follow: boolean): Promise<{ result(): Promise<ReadRunLogResult>; terminate(reason?: string): Promise<unknown> }>;
+  startNodeLogRead(
+    node: string,
+    input: ReadRunLogInput,
+    follow: boolean,
+  ): Promise<{ result(): Promise<ReadRunLogResult>; terminate(reason?: string): Promise<unknown> }>;
   readArchivedLog(key: string, offset: number): Promise<Buffer>;
 }
 
@@ -46,7 +58,9 @@ export function consoleSink(timestamps: boolean): LogSink {
   const continuing = { stdout: false, stderr: false };
   return {
     line(l) {
-      (l.stream === 'stderr' ? process.stderr : process.stdout).write(formatLogLine(l, timestamps, continuing[l.stream]));
+      (l.stream === 'stderr' ? process.stderr : process.stdout).write(
+        formatLogLine(l, timestamps, continuing[l.stream]),
+      );
       continuing[l.stream] = l.partial;
     },
     note(text) {
@@ -70,10 +84,17 @@ interface RunRead {
  * and no line is lost or doubled, also across an agent restart (the read simply waits for the agent).
  * Runs are followed by their number, not their place in the list.
  */
-export async function showLogs(jobs: LogSource, jobId: string, o: LogOptions, out: LogSink, pollMs = POLL_MS): Promise<void> {
+export async function showLogs(
+  jobs: LogSource,
+  jobId: string,
+  o: LogOptions,
+  out: LogSink,
+  pollMs = POLL_MS,
+): Promise<void> {
   let status = await jobs.status(jobId);
   const first = status.runs[status.runs.length - (o.previous ? 2 : 1)];
-  if (o.previous && !first) throw new InvalidInputError('previous', `job '${jobId}' has no previous run (it has ${status.runs.length})`);
+  if (o.previous && !first)
+    throw new InvalidInputError('previous', `job '${jobId}' has no previous run (it has ${status.runs.length})`);
   if (!first && !o.follow) {
     out.note(`job ${jobId} has no run yet (${status.state})`);
     return;
@@ -91,7 +112,9 @@ export async function showLogs(jobs: LogSource, jobId: string, o: LogOptions, ou
       if (r.complete) {
         const next = status.runs.find((x) => x.run > run.run);
         if (next) {
-          out.note(`--- run ${next.run} on ${next.node}${next.fromCheckpoint ? ` (resumed from checkpoint ${next.fromCheckpoint})` : ''} ---`);
+          out.note(
+            `--- run ${next.run} on ${next.node}${next.fromCheckpoint ? ` (resumed from checkpoint ${next.fromCheckpoint})` : ''} ---`,
+          );
           // A run resumed from a checkpoint writes on in the log file its checkpoint carried (CRIU restores open
           // files by path): the bytes before the offset were shown already.
           if (!(next.fromCheckpoint && next.logFile !== null && next.logFile === run.logFile)) offset = 0;
@@ -113,7 +136,16 @@ function endNote(status: JobStatus, out: LogSink): void {
 }
 
 /** Reads a run's log from `offset` as far as it goes now, printing each line. */
-async function readRun(jobs: LogSource, jobId: string, run: RunRecord, offset: number, follow: boolean, status: JobStatus, out: LogSink, pollMs: number): Promise<RunRead> {
+async function readRun(
+  jobs: LogSource,
+  jobId: string,
+  run: RunRecord,
+  offset: number,
+  follow: boolean,
+  status: JobStatus,
+  out: LogSink,
+  pollMs: number,
+): Promise<RunRead> {
   if (run.logObject) {
     const buf = await jobs.readArchivedLog(run.logObject, offset);
     const { lines, consumed } = parseCriLog(buf, true);
@@ -129,13 +161,20 @@ async function readRun(jobs: LogSource, jobId: string, run: RunRecord, offset: n
       result = follow ? await awaitOrMovedOn(h, run, () => jobs.status(jobId), pollMs) : await h.result();
     } catch (e) {
       if (isInvalidInput(e)) throw e;
-      if (!follow) throw new UnavailableError(`the agent of ${run.node}`, `task queue node/${run.node}`, `did not answer a read of job ${jobId}'s log within ${LOG_READ_TIMEOUT_MS / 1000}s: ${describeFailureChain(e)}`);
+      if (!follow)
+        throw new UnavailableError(
+          `the agent of ${run.node}`,
+          `task queue node/${run.node}`,
+          `did not answer a read of job ${jobId}'s log within ${LOG_READ_TIMEOUT_MS / 1000}s: ${describeFailureChain(e)}`,
+        );
       await sleep(pollMs); // the agent stayed away past the read's bounds: ask again from the same offset
       return { offset, complete: false };
     }
     if (result === 'archived') return { offset, complete: false }; // read on from S3, from the same offset
     if (result === 'moved-on') {
-      out.note(`run ${run.run}'s log could not be read on from byte ${offset}: ${run.node} does not answer, and the job went on without archiving it`);
+      out.note(
+        `run ${run.run}'s log could not be read on from byte ${offset}: ${run.node} does not answer, and the job went on without archiving it`,
+      );
       return { offset, complete: true };
     }
     for (const l of result.lines) out.line(l);
@@ -154,19 +193,36 @@ async function readRun(jobs: LogSource, jobId: string, run: RunRecord, offset: n
  * moot read is terminated.
  */
 async function awaitOrMovedOn(
-  h: { result(): Promise<ReadRunLogResult>; terminate(reason?: string): Promise<unknown> }, run: RunRecord, refresh: () => Promise<JobStatus>, pollMs: number,
+  h: { result(): Promise<ReadRunLogResult>; terminate(reason?: string): Promise<unknown> },
+  run: RunRecord,
+  refresh: () => Promise<JobStatus>,
+  pollMs: number,
 ): Promise<ReadRunLogResult | 'archived' | 'moved-on'> {
   const result = h.result();
   for (;;) {
-    const done = await Promise.race([result.then(() => true, () => true), sleep(5 * pollMs).then(() => false)]);
+    const done = await Promise.race([
+      result.then(
+        () => true,
+        () => true,
+      ),
+      sleep(5 * pollMs).then(() => false),
+    ]);
     if (done) return result;
     const now = await refresh().catch(() => null);
     if (!now) continue;
     const same = now.runs.find((r) => r.run === run.run);
-    const moot = same?.logObject ? 'archived' : now.runs.some((r) => r.run > run.run) || FOLLOW_ENDS.includes(now.state) ? 'moved-on' : null;
+    const moot = same?.logObject
+      ? 'archived'
+      : now.runs.some((r) => r.run > run.run) || FOLLOW_ENDS.includes(now.state)
+        ? 'moved-on'
+        : null;
     if (moot) {
       result.catch(() => undefined);
-      await h.terminate(`the read is moot: the run was ${moot === 'archived' ? 'archived' : 'left behind'} while its node did not answer`).catch(() => undefined);
+      await h
+        .terminate(
+          `the read is moot: the run was ${moot === 'archived' ? 'archived' : 'left behind'} while its node did not answer`,
+        )
+        .catch(() => undefined);
       return moot;
     }
   }

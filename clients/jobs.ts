@@ -1,12 +1,25 @@
 import { randomUUID } from 'node:crypto';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import {
-  ServiceError, type WorkflowExecutionInfo, WorkflowExecutionAlreadyStartedError, type WorkflowHandle, WorkflowNotFoundError,
-  WorkflowUpdateRPCTimeoutOrCancelledError, WorkflowUpdateStage,
+  ServiceError,
+  type WorkflowExecutionInfo,
+  WorkflowExecutionAlreadyStartedError,
+  type WorkflowHandle,
+  WorkflowNotFoundError,
+  WorkflowUpdateRPCTimeoutOrCancelledError,
+  WorkflowUpdateStage,
 } from '@temporalio/client';
 import { makeS3Client } from '../activities/s3-client';
 import { assertSafeId, InvalidInputError } from '../common/ids';
-import { JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, type JobSpec, type JobStatus, jobWorkflowId, type PreemptResult, type ReadRunLogInput } from '../common/job';
+import {
+  JOB_PREEMPT_UPDATE,
+  JOB_RELEASE_UPDATE,
+  type JobSpec,
+  type JobStatus,
+  jobWorkflowId,
+  type PreemptResult,
+  type ReadRunLogInput,
+} from '../common/job';
 import { parseJobSpec } from '../common/job-spec';
 import { CONTROL_QUEUE } from '../common/queues';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
@@ -21,7 +34,11 @@ import { QUERY_TIMEOUT_MS } from './timeouts';
 /** A job of that name is open already: a second one would run the same workload twice. */
 export class JobExistsError extends KybernateError {
   readonly code = 'JOB_EXISTS' as const;
-  constructor(readonly jobId: string, readonly existing: JobStatus | null, state: string) {
+  constructor(
+    readonly jobId: string,
+    readonly existing: JobStatus | null,
+    state: string,
+  ) {
     super(`job ${jobId} exists (state ${state})`);
     this.name = 'JobExistsError';
   }
@@ -67,9 +84,14 @@ export class JobsApi {
     const summary = `job ${spec.jobId}: ${spec.command.join(' ')}`;
     try {
       await this.k.client.workflow.start(job, {
-        workflowId, taskQueue: CONTROL_QUEUE, args: [{ spec }], workflowIdConflictPolicy: 'FAIL',
+        workflowId,
+        taskQueue: CONTROL_QUEUE,
+        args: [{ spec }],
+        workflowIdConflictPolicy: 'FAIL',
         typedSearchAttributes: [
-          { key: SA_JOB, value: spec.jobId }, { key: SA_PHASE, value: 'Pending' }, ...(spec.node ? [{ key: SA_NODE, value: spec.node }] : []),
+          { key: SA_JOB, value: spec.jobId },
+          { key: SA_PHASE, value: 'Pending' },
+          ...(spec.node ? [{ key: SA_NODE, value: spec.node }] : []),
         ],
         staticSummary: summary.length > 200 ? `${summary.slice(0, 197)}...` : summary,
       });
@@ -87,10 +109,12 @@ export class JobsApi {
    */
   async status(jobId: string): Promise<JobStatus> {
     const h = this.handle(jobId);
-    const d = await this.k.withinTemporal(() => h.describe()).catch((e: unknown) => {
-      if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('job', `no job '${jobId}'`);
-      throw e;
-    });
+    const d = await this.k
+      .withinTemporal(() => h.describe())
+      .catch((e: unknown) => {
+        if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('job', `no job '${jobId}'`);
+        throw e;
+      });
     if (d.status.name === 'COMPLETED') return this.k.withinTemporal(() => resultOf(h, isJobStatus));
     if (d.status.name === 'FAILED') {
       // A job that ended Failed, OOMKilled, StartFailure or TimedOut fails its workflow, its status in the failure.
@@ -102,7 +126,12 @@ export class JobsApi {
     } catch (e) {
       if (d.status.name === 'RUNNING' || e instanceof UnavailableError) throw e;
       // Ended without a result and without a status to replay (it failed before it had one): say how it ended.
-      const why = await this.k.withinTemporal(() => h.result()).then(() => 'no result', (err: unknown) => describeFailureChain(err));
+      const why = await this.k
+        .withinTemporal(() => h.result())
+        .then(
+          () => 'no result',
+          (err: unknown) => describeFailureChain(err),
+        );
       throw new Error(`job '${jobId}' ended ${d.status.name} without a status: ${why}`, { cause: e });
     }
   }
@@ -118,15 +147,22 @@ export class JobsApi {
     });
     const rows = [...newest.values()].sort((a, b) => a.workflowId.localeCompare(b.workflowId));
     // Asked together: with the worker down each query waits out its bound, and the list should not take N times that.
-    return Promise.all(rows.map(async (wf): Promise<JobListEntry> => {
-      const jobId = wf.typedSearchAttributes.get(SA_JOB) ?? wf.workflowId.replace(/^job\//, '');
-      const base = { jobId, workflowStatus: wf.status.name, startedAt: wf.startTime, phase: wf.typedSearchAttributes.get(SA_PHASE) ?? null };
-      try {
-        return { ...base, status: await this.status(jobId), problem: null };
-      } catch (e) {
-        return { ...base, status: null, problem: describeError(e).message };
-      }
-    }));
+    return Promise.all(
+      rows.map(async (wf): Promise<JobListEntry> => {
+        const jobId = wf.typedSearchAttributes.get(SA_JOB) ?? wf.workflowId.replace(/^job\//, '');
+        const base = {
+          jobId,
+          workflowStatus: wf.status.name,
+          startedAt: wf.startTime,
+          phase: wf.typedSearchAttributes.get(SA_PHASE) ?? null,
+        };
+        try {
+          return { ...base, status: await this.status(jobId), problem: null };
+        } catch (e) {
+          return { ...base, status: null, problem: describeError(e).message };
+        }
+      }),
+    );
   }
 
   /**
@@ -135,20 +171,28 @@ export class JobsApi {
    */
   private async update<R>(jobId: string, name: string, arg?: unknown): Promise<R> {
     const h = this.handle(jobId);
-    await this.k.withinTemporal(() => h.describe()).catch((e: unknown) => {
-      if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('job', `no job '${jobId}'`);
-      throw e;
-    });
+    await this.k
+      .withinTemporal(() => h.describe())
+      .catch((e: unknown) => {
+        if (e instanceof WorkflowNotFoundError) throw new InvalidInputError('job', `no job '${jobId}'`);
+        throw e;
+      });
     let u;
     try {
       const options = { waitForStage: WorkflowUpdateStage.ACCEPTED, updateId: `${name}-${randomUUID()}` } as const;
       u = await this.k.client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () =>
-        arg === undefined ? h.startUpdate<R, []>(name, options) : h.startUpdate<R, [unknown]>(name, { ...options, args: [arg] }));
+        arg === undefined
+          ? h.startUpdate<R, []>(name, options)
+          : h.startUpdate<R, [unknown]>(name, { ...options, args: [arg] }),
+      );
     } catch (e) {
       if (!(e instanceof ServiceError || e instanceof WorkflowUpdateRPCTimeoutOrCancelledError)) throw e;
       await this.k.withinTemporal(() => h.describe());
-      throw new UnavailableError('control worker', `task queue ${CONTROL_QUEUE}`,
-        `job/${jobId} did not accept the ${name} update within ${QUERY_TIMEOUT_MS / 1000}s (is 'kybernate worker' running?); it may still be applied: see 'kybernate describe job ${jobId}'`);
+      throw new UnavailableError(
+        'control worker',
+        `task queue ${CONTROL_QUEUE}`,
+        `job/${jobId} did not accept the ${name} update within ${QUERY_TIMEOUT_MS / 1000}s (is 'kybernate worker' running?); it may still be applied: see 'kybernate describe job ${jobId}'`,
+      );
     }
     return u.result();
   }
@@ -188,7 +232,10 @@ export class JobsApi {
   async cancel(jobId: string, waitMs = 90_000): Promise<boolean> {
     const h = this.handle(jobId);
     await h.cancel();
-    const closed = h.result().then(() => true, () => true);
+    const closed = h.result().then(
+      () => true,
+      () => true,
+    );
     return Promise.race([closed, new Promise<boolean>((r) => setTimeout(() => r(false), waitMs).unref())]);
   }
 
@@ -196,10 +243,16 @@ export class JobsApi {
    * Starts one read of a run's log on its node (workflow `logs/<jobId>/<uuid>`); the caller awaits its result
    * or, when the run moved on meanwhile, terminates it. Without `follow` it may wait LOG_READ_TIMEOUT_MS.
    */
-  async startNodeLogRead(node: string, input: ReadRunLogInput, follow: boolean): Promise<WorkflowHandle<typeof readJobLog>> {
+  async startNodeLogRead(
+    node: string,
+    input: ReadRunLogInput,
+    follow: boolean,
+  ): Promise<WorkflowHandle<typeof readJobLog>> {
     const jobId = assertSafeId('job', input.jobId);
     return this.k.client.workflow.start(readJobLog, {
-      workflowId: `logs/${jobId}/${randomUUID()}`, taskQueue: CONTROL_QUEUE, args: [{ node: assertSafeId('node', node), ...input }],
+      workflowId: `logs/${jobId}/${randomUUID()}`,
+      taskQueue: CONTROL_QUEUE,
+      args: [{ node: assertSafeId('node', node), ...input }],
       workflowExecutionTimeout: follow ? '2h' : LOG_READ_TIMEOUT_MS,
       staticSummary: `read the log of job ${jobId} on ${node}`,
     });
@@ -210,7 +263,9 @@ export class JobsApi {
     const cfg = this.k.config.s3;
     const s3 = makeS3Client(cfg, { requestTimeoutMs: 60_000 });
     try {
-      const r = await s3.send(new GetObjectCommand({ Bucket: cfg.bucket, Key: key, Range: offset > 0 ? `bytes=${offset}-` : undefined }));
+      const r = await s3.send(
+        new GetObjectCommand({ Bucket: cfg.bucket, Key: key, Range: offset > 0 ? `bytes=${offset}-` : undefined }),
+      );
       return Buffer.from(await r.Body!.transformToByteArray());
     } catch (e) {
       // Asked from its end: nothing more to read.

@@ -16,48 +16,115 @@ import type { JobListEntry } from './jobs';
 import type { CheckpointRecord } from './record';
 
 /** `checkpoint`: status is null with --no-wait. A preemption through the job's workflow is a PreemptJson instead. */
-export interface CheckpointJson { checkpointId: string; workflowId: string; status: CheckpointStatus | null }
+export interface CheckpointJson {
+  checkpointId: string;
+  workflowId: string;
+  status: CheckpointStatus | null;
+}
 /** `preempt`, and `checkpoint --reason preemption` of a job run by a job workflow. */
-export interface PreemptJson { jobId: string; result: PreemptResult }
+export interface PreemptJson {
+  jobId: string;
+  result: PreemptResult;
+}
 /** `restore`: status is null with --no-wait. */
-export interface RestoreJson { checkpointId: string; workflowId: string; status: RestoreStatus | null }
+export interface RestoreJson {
+  checkpointId: string;
+  workflowId: string;
+  status: RestoreStatus | null;
+}
 /** `migrate`: status is null with --no-wait. */
-export interface MigrateJson { jobId: string; checkpointId: string; workflowId: string; status: MigrateStatus | null }
+export interface MigrateJson {
+  jobId: string;
+  checkpointId: string;
+  workflowId: string;
+  status: MigrateStatus | null;
+}
 /** `run`: status is null without --wait. */
-export interface RunJson { jobId: string; workflowId: string; status: JobStatus | null }
+export interface RunJson {
+  jobId: string;
+  workflowId: string;
+  status: JobStatus | null;
+}
 /** `workload`. */
-export interface WorkloadJson { node: string; workload: WorkloadInfo }
+export interface WorkloadJson {
+  node: string;
+  workload: WorkloadInfo;
+}
 /** `jobs`: startedAt is an ISO time; status null when it could not be had (problem says why). */
-export interface JobsJson { jobs: (Omit<JobListEntry, 'startedAt'> & { startedAt: string })[] }
+export interface JobsJson {
+  jobs: (Omit<JobListEntry, 'startedAt'> & { startedAt: string })[];
+}
 /** `release`: the job's status after. */
-export interface ReleaseJson { jobId: string; fromCheckpoint: boolean; status: JobStatus }
+export interface ReleaseJson {
+  jobId: string;
+  fromCheckpoint: boolean;
+  status: JobStatus;
+}
 /** `cancel`: closed is whether the job had closed when the command returned (false with --no-wait). */
-export interface CancelJson { jobId: string; waited: boolean; closed: boolean; status: JobStatus | null }
+export interface CancelJson {
+  jobId: string;
+  waited: boolean;
+  closed: boolean;
+  status: JobStatus | null;
+}
 /** `logs` (not with --follow: a stream is not one document). */
-export interface LogsJson { jobId: string; lines: { time: string; stream: 'stdout' | 'stderr'; partial: boolean; text: string }[]; notes: string[] }
+export interface LogsJson {
+  jobId: string;
+  lines: { time: string; stream: 'stdout' | 'stderr'; partial: boolean; text: string }[];
+  notes: string[];
+}
 /** `apply`. */
-export interface ApplyJson { results: ApplyOutcome[]; applied: number; unchanged: number; failed: number }
+export interface ApplyJson {
+  results: ApplyOutcome[];
+  applied: number;
+  unchanged: number;
+  failed: number;
+}
 /** `checkpoints`: sizeBytes only with --job (null: not in S3). */
-export interface CheckpointsJson { checkpoints: (CheckpointListEntry & { sizeBytes?: number | null })[] }
+export interface CheckpointsJson {
+  checkpoints: (CheckpointListEntry & { sizeBytes?: number | null })[];
+}
 /** `describe <checkpoint>` and `describe job <job>`. */
 export type DescribeJson = { checkpoint: CheckpointStatus | CheckpointRecord } | { job: JobStatus };
 /** `nodes`. */
-export interface NodesJson { nodes: (NodeRecord & { node: string })[] }
+export interface NodesJson {
+  nodes: (NodeRecord & { node: string })[];
+}
 /** `up`. */
-export interface UpJson { temporal: { address: string; uiUrl: string }; s3: { endpoint: string; bucket: string }; logs: string }
+export interface UpJson {
+  temporal: { address: string; uiUrl: string };
+  s3: { endpoint: string; bucket: string };
+  logs: string;
+}
 /** `down`. */
-export interface DownJson { stopped: true }
+export interface DownJson {
+  stopped: true;
+}
 /** `restart`: pid of the component now running (or, with --stop-only, the one stopped). */
-export interface RestartJson { component: string; running: boolean; pid: number; log: string | null }
+export interface RestartJson {
+  component: string;
+  running: boolean;
+  pid: number;
+  log: string | null;
+}
 /** `fault`: what the proxy now does, in words. */
-export interface FaultJson { link: string; action: string; value: string | null; result: string }
+export interface FaultJson {
+  link: string;
+  action: string;
+  value: string | null;
+  result: string;
+}
 /** `status`: running false when no local stack runs. */
 export interface StatusJson {
-  running: boolean; uiUrl: string | null; components: { component: string; pid: number | null; healthy: boolean; detail: string }[];
+  running: boolean;
+  uiUrl: string | null;
+  components: { component: string; pid: number | null; healthy: boolean; detail: string }[];
 }
 
 /** The document an error becomes (on stderr), with the exit code it keeps. */
-export interface ErrorJson { error: { code: ErrorCode; message: string } }
+export interface ErrorJson {
+  error: { code: ErrorCode; message: string };
+}
 
 export function errorJson(e: unknown): { doc: ErrorJson; exitCode: number } {
   const { code, message, exitCode } = describeError(e);

@@ -3,7 +3,16 @@
  * defaults and registration a worker or agent started from this checkout gets. Only clients/cli.ts imports
  * this, and only lazily: deploy/local needs a repository checkout, which a production install is not.
  */
-export { down, parseDownMs, parseStackComponent, restartComponent, startComponent, status, stopComponent, up } from '../deploy/local/stack';
+export {
+  down,
+  parseDownMs,
+  parseStackComponent,
+  restartComponent,
+  startComponent,
+  status,
+  stopComponent,
+  up,
+} from '../deploy/local/stack';
 export { defaultStackHome } from '../deploy/local/paths';
 export { proxiedLinks, setFault } from '../deploy/local/faults';
 export { startAgent, startControlWorker } from '../deploy/local/workers';

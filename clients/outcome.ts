@@ -12,7 +12,12 @@ const GUARDS = {
   job: isJobStatus,
   migrate: isMigrateStatus,
 } as const;
-interface Statuses { checkpoint: CheckpointStatus; restore: RestoreStatus; job: JobStatus; migrate: MigrateStatus }
+interface Statuses {
+  checkpoint: CheckpointStatus;
+  restore: RestoreStatus;
+  job: JobStatus;
+  migrate: MigrateStatus;
+}
 
 /**
  * A finished workflow's final status, whether it completed (its result) or failed in a failed state (the status

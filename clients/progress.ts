@@ -20,7 +20,8 @@ const num = (x: unknown): number | null => (typeof x === 'number' && Number.isFi
  */
 export function progressOf(status: unknown): ProgressView | null {
   if (!isRecord(status)) return null;
-  const phase = typeof status.phase === 'string' ? status.phase : typeof status.state === 'string' ? status.state : null;
+  const phase =
+    typeof status.phase === 'string' ? status.phase : typeof status.state === 'string' ? status.state : null;
   if (phase === null) return null;
   const p = isRecord(status.progress) ? status.progress : null;
   const upload = isRecord(status.upload) ? status.upload : null;
@@ -42,7 +43,10 @@ export function etaSeconds(view: ProgressView, rate: number | null): number | nu
 
 /** The plain line a phase change prints when the output is not a terminal: `<label>: <phase>[, <bytes>]`. */
 export function phaseLine(label: string, view: ProgressView): string {
-  const bytes = view.bytesDone === null ? '' : `, ${formatBytes(view.bytesDone)}${view.bytesTotal !== null ? ` of ${formatBytes(view.bytesTotal)}` : ''}`;
+  const bytes =
+    view.bytesDone === null
+      ? ''
+      : `, ${formatBytes(view.bytesDone)}${view.bytesTotal !== null ? ` of ${formatBytes(view.bytesTotal)}` : ''}`;
   return `${label}: ${view.phase}${bytes}`;
 }
 
@@ -55,7 +59,10 @@ export class ProgressDisplay {
   private lastPhase: string | null = null;
   private prev: { bytes: number; at: number } | null = null;
 
-  constructor(private readonly label: string, private readonly opts: { tty: boolean; stream: NodeJS.WritableStream; now?: () => number }) {}
+  constructor(
+    private readonly label: string,
+    private readonly opts: { tty: boolean; stream: NodeJS.WritableStream; now?: () => number },
+  ) {}
 
   update(status: unknown): void {
     const view = progressOf(status);
@@ -73,7 +80,10 @@ export class ProgressDisplay {
     const payload = {
       label: this.label,
       phase: view.phase.padEnd(16),
-      bytes: view.bytesDone === null ? '' : `${formatBytes(view.bytesDone)}${view.bytesTotal !== null ? ` / ${formatBytes(view.bytesTotal)}` : ''}`,
+      bytes:
+        view.bytesDone === null
+          ? ''
+          : `${formatBytes(view.bytesDone)}${view.bytesTotal !== null ? ` / ${formatBytes(view.bytesTotal)}` : ''}`,
       rate: rate === null ? '' : `${formatBytes(rate)}/s`,
       etaText: eta === null ? '' : `ETA ${eta}s`,
     };
@@ -81,7 +91,10 @@ export class ProgressDisplay {
     const value = view.bytesTotal !== null && view.bytesDone !== null ? Math.min(view.bytesDone, total) : 0;
     if (!this.bar) {
       this.bar = new SingleBar({
-        stream: this.opts.stream, hideCursor: true, clearOnComplete: false, barsize: 24,
+        stream: this.opts.stream,
+        hideCursor: true,
+        clearOnComplete: false,
+        barsize: 24,
         format: '{label} {phase} [{bar}] {bytes} {rate} {etaText} {duration_formatted}',
       });
       this.bar.start(total, value, payload);

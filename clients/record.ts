@@ -26,32 +26,53 @@ export interface CheckpointRecord extends CheckpointStatus {
   s3MetadataJson: string;
 }
 
-export async function checkpointFromRecord(client: Client, s3: S3Config, checkpointId: string, why: string): Promise<CheckpointRecord> {
+export async function checkpointFromRecord(
+  client: Client,
+  s3: S3Config,
+  checkpointId: string,
+  why: string,
+): Promise<CheckpointRecord> {
   const h = client.workflow.getHandle(checkpointWorkflowId(checkpointId));
   const within = <T>(fn: () => Promise<T>): Promise<T> => client.withDeadline(Date.now() + RECORD_TIMEOUT_MS, fn);
   const d = await within(() => h.describe());
   const sa = d.typedSearchAttributes;
   let status: CheckpointStatus = {
-    checkpointId, jobId: sa.get(SA_JOB) ?? '', node: sa.get(SA_NODE) ?? '', pid: null, vramBytes: 0,
-    phase: (sa.get(SA_PHASE) ?? 'Pending') as CheckpointPhase, tier: (sa.get(SA_TIER) ?? null) as Tier | null, failureReason: null, history: [], upload: null,
+    checkpointId,
+    jobId: sa.get(SA_JOB) ?? '',
+    node: sa.get(SA_NODE) ?? '',
+    pid: null,
+    vramBytes: 0,
+    phase: (sa.get(SA_PHASE) ?? 'Pending') as CheckpointPhase,
+    tier: (sa.get(SA_TIER) ?? null) as Tier | null,
+    failureReason: null,
+    history: [],
+    upload: null,
   };
   let source = 'phase, tier, job and node from its search attributes (history of attempts not available)';
-  const final = d.status.name === 'COMPLETED' || d.status.name === 'FAILED'
-    // A finished workflow's result (or, failed, the status its failure carries) lies in its history: reading it needs no worker.
-    ? await within(() => finalStatus('checkpoint', h)).catch((e: unknown) => (d.status.name === 'COMPLETED' ? Promise.reject(e) : null))
-    : null;
+  const final =
+    d.status.name === 'COMPLETED' || d.status.name === 'FAILED'
+      ? // A finished workflow's result (or, failed, the status its failure carries) lies in its history: reading it needs no worker.
+        await within(() => finalStatus('checkpoint', h)).catch((e: unknown) =>
+          d.status.name === 'COMPLETED' ? Promise.reject(e) : null,
+        )
+      : null;
   if (final !== null) {
     status = final;
     source = 'its final status, read from the workflow history';
   } else if (d.status.name !== 'RUNNING') {
-    status.failureReason = await within(() => h.result()).then(() => null, (e: unknown) => describeFailureChain(e));
+    status.failureReason = await within(() => h.result()).then(
+      () => null,
+      (e: unknown) => describeFailureChain(e),
+    );
     // Ended without a result: whatever it was doing did not finish, except that a checkpoint already Durable
     // (S3 acknowledged it) stays so even if the workflow was ended while freeing memory afterwards.
     if (status.phase !== 'Durable') status.phase = 'Failed';
     source = `its outcome (${d.status.name}) from the workflow history; phase and tier from its search attributes`;
   }
   return {
-    ...status, answeredBy: 'temporal-record', workflowStatus: d.status.name,
+    ...status,
+    answeredBy: 'temporal-record',
+    workflowStatus: d.status.name,
     note: `${why}; this is what Temporal and S3 hold: ${source}`,
     s3MetadataJson: await metadataInS3(s3, checkpointId),
   };
@@ -61,7 +82,9 @@ export async function checkpointFromRecord(client: Client, s3: S3Config, checkpo
 async function metadataInS3(cfg: S3Config, checkpointId: string): Promise<string> {
   const s3 = makeS3Client(cfg, { requestTimeoutMs: RECORD_TIMEOUT_MS });
   try {
-    await s3.send(new HeadObjectCommand({ Bucket: cfg.bucket, Key: `${s3Prefix(checkpointId)}${METADATA_FILE}` }), { abortSignal: AbortSignal.timeout(RECORD_TIMEOUT_MS) });
+    await s3.send(new HeadObjectCommand({ Bucket: cfg.bucket, Key: `${s3Prefix(checkpointId)}${METADATA_FILE}` }), {
+      abortSignal: AbortSignal.timeout(RECORD_TIMEOUT_MS),
+    });
     return 'present';
   } catch (e) {
     const err = e as { name?: string; $metadata?: { httpStatusCode?: number }; message?: string };

@@ -9,7 +9,13 @@ export interface ResultSource {
 }
 
 // The guards and the reading of a failure's details are shared with the workflows that put the status there.
-export { isCheckpointStatus, isJobStatus, isMigrateStatus, isRestoreStatus, statusFromFailure } from '../common/outcome';
+export {
+  isCheckpointStatus,
+  isJobStatus,
+  isMigrateStatus,
+  isRestoreStatus,
+  statusFromFailure,
+} from '../common/outcome';
 
 /**
  * The one place the library reads a workflow's outcome. A workflow ends with its status either way: returned

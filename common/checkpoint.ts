@@ -62,7 +62,17 @@ export interface SealResult {
  * The node steps of a checkpoint, each journaled under its checkpoint id (journal kind 'checkpoint'):
  * the forward steps, then the compensations. criuRestoreInPlace: the workload brought back from its own images.
  */
-export const CHECKPOINT_STEPS = ['cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'upload', 'persist', 'cudaRestore', 'cudaUnlock', 'criuRestoreInPlace'] as const;
+export const CHECKPOINT_STEPS = [
+  'cudaLock',
+  'cudaCheckpoint',
+  'criuDump',
+  'seal',
+  'upload',
+  'persist',
+  'cudaRestore',
+  'cudaUnlock',
+  'criuRestoreInPlace',
+] as const;
 export type CheckpointStep = (typeof CHECKPOINT_STEPS)[number];
 
 /** A process named by pid, and by start time where known (resolveTarget returns both; old inputs have only the pid). */

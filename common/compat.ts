@@ -41,7 +41,8 @@ export const GPU_REMAP_MIN_DRIVER_MAJOR = 580;
 /** Compares dotted numeric versions ("580.65.06" vs "570.172.8", "4.1.1" vs "3.17"); text around digits is ignored. */
 export function compareVersions(a: string, b: string): number {
   const parts = (v: string): number[] => (v.match(/\d+/g) ?? []).map(Number);
-  const pa = parts(a), pb = parts(b);
+  const pa = parts(a),
+    pb = parts(b);
   for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
     const d = (pa[i] ?? 0) - (pb[i] ?? 0);
     if (d !== 0) return d;
@@ -65,17 +66,23 @@ export function incompatibilities(rec: CompatRecord, node: NodeCompat): string[]
   const why: string[] = [];
   if (rec.heldVram && rec.gpuModel && hasRealGpus(node)) {
     const models = [...new Set(node.gpus.map((g) => g.model))];
-    if (!models.includes(rec.gpuModel)) why.push(`GPU model ${models.map((m) => `'${m}'`).join(', ') || 'none'}, checkpoint needs '${rec.gpuModel}'`);
+    if (!models.includes(rec.gpuModel))
+      why.push(`GPU model ${models.map((m) => `'${m}'`).join(', ') || 'none'}, checkpoint needs '${rec.gpuModel}'`);
   }
   if (rec.heldVram && rec.driverVersion) {
     if (!node.driverVersion) why.push(`no GPU driver, checkpoint needs driver ${rec.driverVersion} or newer`);
-    else if (compareVersions(node.driverVersion, rec.driverVersion) < 0) why.push(`driver ${node.driverVersion} older than the checkpoint's ${rec.driverVersion}`);
+    else if (compareVersions(node.driverVersion, rec.driverVersion) < 0)
+      why.push(`driver ${node.driverVersion} older than the checkpoint's ${rec.driverVersion}`);
   }
-  if (rec.criuVersion && compareVersions(node.criuVersion, rec.criuVersion) < 0) why.push(`CRIU ${node.criuVersion} older than the checkpoint's ${rec.criuVersion}`);
+  if (rec.criuVersion && compareVersions(node.criuVersion, rec.criuVersion) < 0)
+    why.push(`CRIU ${node.criuVersion} older than the checkpoint's ${rec.criuVersion}`);
   if (rec.cpuFlags && rec.cpuFlags.length > 0 && node.cpuFlags) {
     const have = new Set(node.cpuFlags);
     const missing = rec.cpuFlags.filter((f) => !have.has(f));
-    if (missing.length > 0) why.push(`CPU lacks ${missing.length} flag(s) the source had: ${missing.slice(0, 8).join(' ')}${missing.length > 8 ? ' ...' : ''}`);
+    if (missing.length > 0)
+      why.push(
+        `CPU lacks ${missing.length} flag(s) the source had: ${missing.slice(0, 8).join(' ')}${missing.length > 8 ? ' ...' : ''}`,
+      );
   } else if (rec.cpuFlags && rec.cpuFlags.length > 0 && !node.cpuFlags) {
     why.push('CPU flags not reported (agent older than the compatibility gate)');
   }
@@ -88,10 +95,16 @@ export function incompatibilities(rec: CompatRecord, node: NodeCompat): string[]
  * `note` says why the choice is narrowed, for placement's reason.
  */
 export function usableGpus(rec: CompatRecord, node: NodeCompat): { indexes: number[]; note: string | null } {
-  const all = node.gpus.filter((g) => !(rec.heldVram && rec.gpuModel && hasRealGpus(node)) || g.model === rec.gpuModel).map((g) => g.index);
-  if (!rec.heldVram || rec.gpuIndex === null || rec.gpuIndex === undefined || !hasRealGpus(node)) return { indexes: all, note: null };
+  const all = node.gpus
+    .filter((g) => !(rec.heldVram && rec.gpuModel && hasRealGpus(node)) || g.model === rec.gpuModel)
+    .map((g) => g.index);
+  if (!rec.heldVram || rec.gpuIndex === null || rec.gpuIndex === undefined || !hasRealGpus(node))
+    return { indexes: all, note: null };
   const major = driverMajor(node.driverVersion);
   if (major !== null && major >= GPU_REMAP_MIN_DRIVER_MAJOR) return { indexes: all, note: null };
   const same = all.filter((i) => i === rec.gpuIndex);
-  return { indexes: same, note: `driver ${node.driverVersion ?? 'unknown'} < ${GPU_REMAP_MIN_DRIVER_MAJOR}: restore only onto the same GPU index ${rec.gpuIndex}` };
+  return {
+    indexes: same,
+    note: `driver ${node.driverVersion ?? 'unknown'} < ${GPU_REMAP_MIN_DRIVER_MAJOR}: restore only onto the same GPU index ${rec.gpuIndex}`,
+  };
 }

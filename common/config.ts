@@ -33,7 +33,9 @@ export interface KybernateConfig {
 }
 
 /** The options every Temporal connection (client or worker) of this config is made with. */
-export function temporalConnectionOptions(cfg: Pick<KybernateConfig, 'temporalAddress' | 'temporal'>): { address: string } & TemporalSecurity {
+export function temporalConnectionOptions(
+  cfg: Pick<KybernateConfig, 'temporalAddress' | 'temporal'>,
+): { address: string } & TemporalSecurity {
   const t = cfg.temporal ?? {};
   return {
     address: cfg.temporalAddress,

@@ -18,7 +18,11 @@ export function parseCriLog(buf: Buffer, final = false): { lines: RunLogLine[]; 
     if (end === -1) break;
     const text = buf.subarray(start, end).toString('utf8');
     const m = CRI_LINE.exec(text);
-    lines.push(m ? { time: m[1], stream: m[2] as RunLogLine['stream'], partial: m[3] === 'P', text: m[4] } : { time: '', stream: 'stdout', partial: false, text });
+    lines.push(
+      m
+        ? { time: m[1], stream: m[2] as RunLogLine['stream'], partial: m[3] === 'P', text: m[4] }
+        : { time: '', stream: 'stdout', partial: false, text },
+    );
     start = nl === -1 ? buf.length : nl + 1;
   }
   return { lines, consumed: start };

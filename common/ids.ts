@@ -15,13 +15,19 @@ const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
 export function printable(text: string): string {
   return text.replace(UNPRINTABLE, (c) => {
     const code = c.charCodeAt(0);
-    return NAMED[c] ?? (code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`);
+    return (
+      NAMED[c] ??
+      (code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`)
+    );
   });
 }
 
 /** A rejected input: the field it was given in and why. Its message is printable (see printable()). */
 export class InvalidInputError extends Error {
-  constructor(readonly field: string, message: string) {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
     super(printable(`${field}: ${message}`));
     this.name = 'InvalidInputError';
   }
@@ -29,10 +35,14 @@ export class InvalidInputError extends Error {
 
 export function assertSafeId(field: string, value: unknown): string {
   if (typeof value !== 'string' || value.length === 0) throw new InvalidInputError(field, 'is required');
-  if (value.includes('/') || value.includes('\\')) throw new InvalidInputError(field, `must not contain a path separator (got '${value}')`);
+  if (value.includes('/') || value.includes('\\'))
+    throw new InvalidInputError(field, `must not contain a path separator (got '${value}')`);
   if (value.includes('..')) throw new InvalidInputError(field, `must not contain '..' (got '${value}')`);
   if (!SAFE_ID.test(value)) {
-    throw new InvalidInputError(field, `must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit (got '${value}')`);
+    throw new InvalidInputError(
+      field,
+      `must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit (got '${value}')`,
+    );
   }
   return value;
 }
@@ -50,5 +60,8 @@ export function assertPid(field: string, value: unknown): number {
  * bidi overrides raw; those are written as \uXXXX, which keeps it valid JSON.
  */
 export function printableJson(json: string): string {
-  return json.replace(/[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return json.replace(
+    /[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
 }

@@ -9,7 +9,9 @@ import { ReadinessSchema } from './readiness';
  * before any activity runs. Pure: safe in workflow code.
  */
 
-const id = z.string().regex(SAFE_ID, "must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit");
+const id = z
+  .string()
+  .regex(SAFE_ID, "must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit");
 const bytes = z.number().superRefine((n, ctx) => {
   const p = bytesProblem(n);
   if (p) ctx.addIssue({ code: 'custom', message: p });
@@ -59,5 +61,7 @@ export function inputProblem(schema: z.ZodType, value: unknown): string | null {
   if (r.success) return null;
   const [first, ...rest] = r.error.issues;
   const field = first.path.length ? first.path.map(String).join('.') : 'input';
-  return printable(`${field}: ${first.message}${rest.length ? ` (and ${rest.length} more problem${rest.length > 1 ? 's' : ''})` : ''}`);
+  return printable(
+    `${field}: ${first.message}${rest.length ? ` (and ${rest.length} more problem${rest.length > 1 ? 's' : ''})` : ''}`,
+  );
 }

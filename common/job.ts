@@ -21,7 +21,13 @@ export type JobState =
   | 'Failed'
   | 'Quarantined'; // past --max-restarts: no more restarts until `kybernate release`
 
-export const TERMINAL_JOB_STATES: readonly JobState[] = ['StartFailure', 'OOMKilled', 'TimedOut', 'Succeeded', 'Failed'];
+export const TERMINAL_JOB_STATES: readonly JobState[] = [
+  'StartFailure',
+  'OOMKilled',
+  'TimedOut',
+  'Succeeded',
+  'Failed',
+];
 /**
  * Terminal states in which the job workflow fails (JobFailed, its status in the failure's details) so the
  * Temporal UI counts it as failed. Succeeded completes; a job cancelled by an operator ends Cancelled.

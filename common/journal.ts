@@ -46,6 +46,7 @@ export interface StepOutcome {
 export function stepOutcome(entries: JournalEntry[], step: string, agentAlive: (pid: number) => boolean): StepOutcome {
   const last = [...entries].reverse().find((e) => e.step === step);
   if (!last) return { step, state: 'never', at: null };
-  if (last.state === 'started') return { step, state: agentAlive(last.agentPid) ? 'running' : 'interrupted', at: last.at, data: last.data };
+  if (last.state === 'started')
+    return { step, state: agentAlive(last.agentPid) ? 'running' : 'interrupted', at: last.at, data: last.data };
   return { step, state: last.state, at: last.at, data: last.data };
 }

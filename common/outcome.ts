@@ -19,7 +19,12 @@ export const PATCH_FAILED_WORKFLOWS_FAIL = 'failed-workflows-fail';
 export const STATUS_QUERY = 'status';
 
 /** The failure a workflow throws when it ended in a failed state: the status and its history ride along as details. */
-export function failedWith<S>(message: string, type: string, status: S, history: readonly unknown[]): ApplicationFailure {
+export function failedWith<S>(
+  message: string,
+  type: string,
+  status: S,
+  history: readonly unknown[],
+): ApplicationFailure {
   return ApplicationFailure.create({ message, type, nonRetryable: true, details: [status, history] });
 }
 
@@ -39,10 +44,26 @@ export function statusFromFailure<S>(err: unknown, is: (x: unknown) => x is S): 
 const record = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null;
 
 export const isCheckpointStatus = (x: unknown): x is CheckpointStatus =>
-  record(x) && typeof x.checkpointId === 'string' && typeof x.phase === 'string' && Array.isArray(x.history) && 'tier' in x;
+  record(x) &&
+  typeof x.checkpointId === 'string' &&
+  typeof x.phase === 'string' &&
+  Array.isArray(x.history) &&
+  'tier' in x;
 export const isRestoreStatus = (x: unknown): x is RestoreStatus =>
-  record(x) && typeof x.checkpointId === 'string' && typeof x.phase === 'string' && Array.isArray(x.attempts) && Array.isArray(x.excluded);
+  record(x) &&
+  typeof x.checkpointId === 'string' &&
+  typeof x.phase === 'string' &&
+  Array.isArray(x.attempts) &&
+  Array.isArray(x.excluded);
 export const isJobStatus = (x: unknown): x is JobStatus =>
-  record(x) && typeof x.jobId === 'string' && typeof x.state === 'string' && Array.isArray(x.events) && Array.isArray(x.runs);
+  record(x) &&
+  typeof x.jobId === 'string' &&
+  typeof x.state === 'string' &&
+  Array.isArray(x.events) &&
+  Array.isArray(x.runs);
 export const isMigrateStatus = (x: unknown): x is MigrateStatus =>
-  record(x) && typeof x.jobId === 'string' && typeof x.phase === 'string' && Array.isArray(x.restores) && typeof x.from === 'string';
+  record(x) &&
+  typeof x.jobId === 'string' &&
+  typeof x.phase === 'string' &&
+  Array.isArray(x.restores) &&
+  typeof x.from === 'string';

@@ -16,23 +16,32 @@ const timing = {
   failureThreshold: z.number().int().min(1).max(1000).optional(),
 };
 
-const TcpSocketProbe = z.object({
-  /** A TCP connect to host:port succeeds; the workload has its own PID namespace but the host's network. */
-  tcpSocket: z.object({ port: z.number().int().min(1).max(65535), host: z.string().min(1).optional() }).strict(),
-  ...timing,
-}).strict();
+const TcpSocketProbe = z
+  .object({
+    /** A TCP connect to host:port succeeds; the workload has its own PID namespace but the host's network. */
+    tcpSocket: z.object({ port: z.number().int().min(1).max(65535), host: z.string().min(1).optional() }).strict(),
+    ...timing,
+  })
+  .strict();
 
-const ExecProbe = z.object({
-  /** The command, run by the node's agent on the host, exits 0. */
-  exec: z.object({ command: z.array(z.string()).min(1) }).strict(),
-  ...timing,
-}).strict();
+const ExecProbe = z
+  .object({
+    /** The command, run by the node's agent on the host, exits 0. */
+    exec: z.object({ command: z.array(z.string()).min(1) }).strict(),
+    ...timing,
+  })
+  .strict();
 
 export const ReadinessSchema = z.union([TcpSocketProbe, ExecProbe]);
 export type Readiness = z.infer<typeof ReadinessSchema>;
 
 /** Defaults: one probe a second, one second each, ten failures in a row: a workload gets about ten seconds. */
-export const READINESS_DEFAULTS = { initialDelaySeconds: 0, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 10 } as const;
+export const READINESS_DEFAULTS = {
+  initialDelaySeconds: 0,
+  periodSeconds: 1,
+  timeoutSeconds: 1,
+  failureThreshold: 10,
+} as const;
 
 /** Validated readiness, or an InvalidInputError naming the field (e.g. `readiness.tcpSocket.port: ...`). */
 export function parseReadiness(value: unknown, field = 'readiness'): Readiness {
@@ -52,5 +61,7 @@ export function withDefaults(r: Readiness): Readiness & typeof READINESS_DEFAULT
 
 /** One line for logs and activity summaries. */
 export function describeReadiness(r: Readiness): string {
-  return 'tcpSocket' in r ? `tcp ${r.tcpSocket.host ?? '127.0.0.1'}:${r.tcpSocket.port}` : `exec ${JSON.stringify(r.exec.command)}`;
+  return 'tcpSocket' in r
+    ? `tcp ${r.tcpSocket.host ?? '127.0.0.1'}:${r.tcpSocket.port}`
+    : `exec ${JSON.stringify(r.exec.command)}`;
 }

@@ -4,7 +4,8 @@ import type { CompatRecord } from './compat';
 import type { ProcessIdentity, StepOutcome } from './journal';
 import type { Readiness } from './readiness';
 
-export type RestorePhase = 'Placing' | 'Fetching' | 'RestoringProcess' | 'RestoringVram' | 'Unlocking' | 'Verifying' | 'Running' | 'Failed';
+export type RestorePhase =
+  'Placing' | 'Fetching' | 'RestoringProcess' | 'RestoringVram' | 'Unlocking' | 'Verifying' | 'Running' | 'Failed';
 
 export interface RestoreRequest {
   checkpointId: string;

@@ -14,7 +14,12 @@ import { installMetrics, metricsAddress, nodeGauges } from './metrics';
 import { pendingUploadCount } from '../activities/node/pending';
 
 /** Where an agent's binaries and data are on a production node when neither flags nor KYBERNATE_* say otherwise. */
-const NODE_DEFAULTS = { criuBin: 'criu', initBin: '/usr/bin/tini', shimBin: '/usr/local/bin/kybernate-shim', dataRoot: '/var/lib/kybernate/nodes' };
+const NODE_DEFAULTS = {
+  criuBin: 'criu',
+  initBin: '/usr/bin/tini',
+  shimBin: '/usr/local/bin/kybernate-shim',
+  dataRoot: '/var/lib/kybernate/nodes',
+};
 
 export interface AgentOptions {
   node: string;
@@ -79,22 +84,46 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     } catch (e) {
       logger.warn({ node: opts.node, err: (e as Error).message }, 'checkpoints pending upload not counted');
     }
-    await client.workflow.signalWithStart('nodeRegistry', {
-      workflowId: nodeWorkflowId(opts.node), taskQueue: CONTROL_QUEUE, args: [{ node: opts.node }], signal: 'report', signalArgs: [inv],
-    }).then(() => gauges.report('ok'), (e: unknown) => {
-      gauges.report('failed');
-      throw e;
-    });
+    await client.workflow
+      .signalWithStart('nodeRegistry', {
+        workflowId: nodeWorkflowId(opts.node),
+        taskQueue: CONTROL_QUEUE,
+        args: [{ node: opts.node }],
+        signal: 'report',
+        signalArgs: [inv],
+      })
+      .then(
+        () => gauges.report('ok'),
+        (e: unknown) => {
+          gauges.report('failed');
+          throw e;
+        },
+      );
   };
   await report();
   // Before the worker takes activities, so no start on this node races the sweep (a job started again under an
   // id whose old workflow closed must not lose its new cgroup). Bounded: each owner lookup gives up after 10 s,
   // and the first that does ends the sweep with nothing removed.
-  await sweepOrphans(ctx, temporalOwnerLookup(client)).catch((e: Error) => logger.error({ err: e.message }, 'orphan sweep failed'));
-  const timer = setInterval(() => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')), opts.reportEveryMs ?? 30000);
+  await sweepOrphans(ctx, temporalOwnerLookup(client)).catch((e: Error) =>
+    logger.error({ err: e.message }, 'orphan sweep failed'),
+  );
+  const timer = setInterval(
+    () => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')),
+    opts.reportEveryMs ?? 30000,
+  );
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
-  const leaveStack = hooks.join?.(`agent:${opts.node}`, cfg.temporalAddress, { dataDir, metricsAddress: metrics }) ?? (() => undefined);
-  logger.info({ queue: nodeQueue(opts.node), dataDir, stagingDir: ctx.stagingDir, declaredVramBytes: ctx.declaredVramBytes, metrics: metrics ? `http://${metrics}/metrics` : 'off' }, 'agent ready');
+  const leaveStack =
+    hooks.join?.(`agent:${opts.node}`, cfg.temporalAddress, { dataDir, metricsAddress: metrics }) ?? (() => undefined);
+  logger.info(
+    {
+      queue: nodeQueue(opts.node),
+      dataDir,
+      stagingDir: ctx.stagingDir,
+      declaredVramBytes: ctx.declaredVramBytes,
+      metrics: metrics ? `http://${metrics}/metrics` : 'off',
+    },
+    'agent ready',
+  );
   try {
     await worker.run();
   } finally {
@@ -110,12 +139,19 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
  * first `run` would fail anyway.
  */
 function initBin(given: string | null | undefined, fallback: string): string | null {
-  const bin = given !== undefined ? given : process.env.KYBERNATE_INIT === 'none' ? null : process.env.KYBERNATE_INIT ?? fallback;
+  const bin =
+    given !== undefined
+      ? given
+      : process.env.KYBERNATE_INIT === 'none'
+        ? null
+        : (process.env.KYBERNATE_INIT ?? fallback);
   if (bin === null) return null;
   try {
     fs.accessSync(bin, fs.constants.X_OK);
   } catch {
-    throw new Error(`init ${bin} is missing or not executable: run deploy/local/provision.sh tini, or set KYBERNATE_INIT to an init (or 'none')`);
+    throw new Error(
+      `init ${bin} is missing or not executable: run deploy/local/provision.sh tini, or set KYBERNATE_INIT to an init (or 'none')`,
+    );
   }
   return path.resolve(bin);
 }
@@ -126,12 +162,16 @@ function shimBin(given: string | undefined, fallback: string): string {
   try {
     fs.accessSync(bin, fs.constants.X_OK);
   } catch {
-    throw new Error(`run shim ${bin} is missing or not executable: run deploy/local/provision.sh shim, or set KYBERNATE_SHIM`);
+    throw new Error(
+      `run shim ${bin} is missing or not executable: run deploy/local/provision.sh shim, or set KYBERNATE_SHIM`,
+    );
   }
   return path.resolve(bin);
 }
 
 /** /dev/shm is memory on every Linux we run on; without it, dumps and fetches go straight to disk. */
 function defaultStagingDir(node: string): string | null {
-  return fs.existsSync('/dev/shm') && fs.statSync('/dev/shm').isDirectory() ? path.join('/dev/shm', 'kybernate', node) : null;
+  return fs.existsSync('/dev/shm') && fs.statSync('/dev/shm').isDirectory()
+    ? path.join('/dev/shm', 'kybernate', node)
+    : null;
 }

@@ -35,7 +35,9 @@ const EnvSchema = z.object({
   KYBERNATE_NAMESPACE: optional(z.string().min(1)),
   KYBERNATE_UI_URL: optional(z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' })),
   KYBERNATE_S3_ENDPOINT: optional(z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' })),
-  KYBERNATE_S3_BUCKET: optional(z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be an S3 bucket name (3-63 of a-z 0-9 . -)')),
+  KYBERNATE_S3_BUCKET: optional(
+    z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be an S3 bucket name (3-63 of a-z 0-9 . -)'),
+  ),
   KYBERNATE_S3_REGION: optional(z.string().regex(/^[a-z0-9-]+$/, 'must be a region name like us-east-1')),
   KYBERNATE_S3_FORCE_PATH_STYLE: optional(BOOL),
   KYBERNATE_S3_ACCESS_KEY_ID: optional(z.string()),
@@ -45,7 +47,11 @@ const EnvSchema = z.object({
 });
 
 /** TEMPORAL_TLS_*_PATH files are read at start, so a typo stops the process here rather than at its first connect. */
-const TLS_PATH_VARS = ['TEMPORAL_TLS_CLIENT_CERT_PATH', 'TEMPORAL_TLS_CLIENT_KEY_PATH', 'TEMPORAL_TLS_SERVER_CA_CERT_PATH'] as const;
+const TLS_PATH_VARS = [
+  'TEMPORAL_TLS_CLIENT_CERT_PATH',
+  'TEMPORAL_TLS_CLIENT_KEY_PATH',
+  'TEMPORAL_TLS_SERVER_CA_CERT_PATH',
+] as const;
 
 /**
  * The configuration, validated before anything connects. Temporal comes from the SDK's environment
@@ -85,19 +91,27 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, defaults: Confi
       problems.push(`TEMPORAL_CONFIG_FILE/TEMPORAL_PROFILE: ${(err as Error).message}`);
     }
   }
-  if (profile.tls?.clientCert && !profile.tls.clientKey) problems.push('TEMPORAL_TLS_CLIENT_KEY_PATH: required with a client certificate');
-  if (profile.tls?.clientKey && !profile.tls.clientCert) problems.push('TEMPORAL_TLS_CLIENT_CERT_PATH: required with a client key');
+  if (profile.tls?.clientCert && !profile.tls.clientKey)
+    problems.push('TEMPORAL_TLS_CLIENT_KEY_PATH: required with a client certificate');
+  if (profile.tls?.clientKey && !profile.tls.clientCert)
+    problems.push('TEMPORAL_TLS_CLIENT_CERT_PATH: required with a client key');
 
   const temporalAddress = e.KYBERNATE_TEMPORAL_ADDRESS ?? profile.address ?? defaults.temporalAddress;
-  if (!temporalAddress && profileRead) problems.push("TEMPORAL_ADDRESS: required (or KYBERNATE_TEMPORAL_ADDRESS, a profile in TEMPORAL_CONFIG_FILE, or a local stack: 'kybernate up')");
-  else if (temporalAddress && !HOST_PORT.test(temporalAddress)) problems.push(`TEMPORAL_ADDRESS: must be host:port, got '${temporalAddress}'`);
+  if (!temporalAddress && profileRead)
+    problems.push(
+      "TEMPORAL_ADDRESS: required (or KYBERNATE_TEMPORAL_ADDRESS, a profile in TEMPORAL_CONFIG_FILE, or a local stack: 'kybernate up')",
+    );
+  else if (temporalAddress && !HOST_PORT.test(temporalAddress))
+    problems.push(`TEMPORAL_ADDRESS: must be host:port, got '${temporalAddress}'`);
 
   const bucket = e.KYBERNATE_S3_BUCKET ?? defaults.s3?.bucket;
   if (!bucket) problems.push("KYBERNATE_S3_BUCKET: required (or a local stack: 'kybernate up')");
   const accessKeyId = e.KYBERNATE_S3_ACCESS_KEY_ID ?? defaults.s3?.accessKeyId;
   const secretAccessKey = e.KYBERNATE_S3_SECRET_ACCESS_KEY ?? defaults.s3?.secretAccessKey;
-  if (accessKeyId && !secretAccessKey) problems.push('KYBERNATE_S3_SECRET_ACCESS_KEY: required with KYBERNATE_S3_ACCESS_KEY_ID');
-  if (secretAccessKey && !accessKeyId) problems.push('KYBERNATE_S3_ACCESS_KEY_ID: required with KYBERNATE_S3_SECRET_ACCESS_KEY');
+  if (accessKeyId && !secretAccessKey)
+    problems.push('KYBERNATE_S3_SECRET_ACCESS_KEY: required with KYBERNATE_S3_ACCESS_KEY_ID');
+  if (secretAccessKey && !accessKeyId)
+    problems.push('KYBERNATE_S3_ACCESS_KEY_ID: required with KYBERNATE_S3_SECRET_ACCESS_KEY');
   if (problems.length > 0 || !temporalAddress || !bucket) throw new ConfigError(problems);
 
   const connect = toClientOptions(profile).connectionOptions;
@@ -157,7 +171,11 @@ export interface StartHooks {
   defaults?: ConfigDefaults;
   /** Agent binaries and data root when KYBERNATE_CRIU / KYBERNATE_INIT / KYBERNATE_SHIM / KYBERNATE_DATA_DIR are unset. */
   node?: { criuBin?: string; initBin?: string; shimBin?: string; dataRoot?: string };
-  join?: (component: string, temporalAddress: string, opts?: { dataDir?: string; metricsAddress?: string | null }) => () => void;
+  join?: (
+    component: string,
+    temporalAddress: string,
+    opts?: { dataDir?: string; metricsAddress?: string | null },
+  ) => () => void;
   /**
    * Where a worker of the local stack serves metrics when KYBERNATE_METRICS_ADDRESS is unset: a free loopback
    * port (one machine runs several agents), or null for a worker that does not belong to it.

@@ -7,7 +7,12 @@ import { describeConfig, loadConfig, makeLogger, type StartHooks } from './confi
 import { installMetrics, metricsAddress } from './metrics';
 
 /** The control-plane worker: every workflow, plus activities that need a Temporal client. */
-export async function createControlWorker(address: string, namespace: string, s3?: S3Config, security?: TemporalSecurity): Promise<{ worker: Worker; close: () => Promise<void> }> {
+export async function createControlWorker(
+  address: string,
+  namespace: string,
+  s3?: S3Config,
+  security?: TemporalSecurity,
+): Promise<{ worker: Worker; close: () => Promise<void> }> {
   const options = temporalConnectionOptions({ temporalAddress: address, temporal: security });
   const connection = await NativeConnection.connect(options);
   const clientConn = await Connection.connect(options);
@@ -19,7 +24,13 @@ export async function createControlWorker(address: string, namespace: string, s3
     workflowsPath: require.resolve('../workflows'),
     activities: createControlActivities(client, s3),
   });
-  return { worker, close: async () => { await clientConn.close(); await connection.close(); } };
+  return {
+    worker,
+    close: async () => {
+      await clientConn.close();
+      await connection.close();
+    },
+  };
 }
 
 export async function runControlWorker(hooks: StartHooks = {}): Promise<void> {
@@ -31,7 +42,8 @@ export async function runControlWorker(hooks: StartHooks = {}): Promise<void> {
   if (metrics) installMetrics(metrics);
   const { worker, close } = await createControlWorker(cfg.temporalAddress, cfg.namespace, cfg.s3, cfg.temporal);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
-  const leaveStack = hooks.join?.('control-worker', cfg.temporalAddress, { metricsAddress: metrics }) ?? (() => undefined);
+  const leaveStack =
+    hooks.join?.('control-worker', cfg.temporalAddress, { metricsAddress: metrics }) ?? (() => undefined);
   logger.info({ queue: CONTROL_QUEUE, metrics: metrics ? `http://${metrics}/metrics` : 'off' }, 'control worker ready');
   try {
     await worker.run();

@@ -1,5 +1,10 @@
 import { Runtime } from '@temporalio/worker';
-import { DEFAULT_AGENT_METRICS_PORT, DEFAULT_CONTROL_METRICS_PORT, Metric, PHASE_SECONDS_BUCKETS } from '../common/metrics';
+import {
+  DEFAULT_AGENT_METRICS_PORT,
+  DEFAULT_CONTROL_METRICS_PORT,
+  Metric,
+  PHASE_SECONDS_BUCKETS,
+} from '../common/metrics';
 
 export type MetricsRole = 'agent' | 'control';
 
@@ -9,13 +14,19 @@ export type MetricsRole = 'agent' | 'control';
  * dev machine runs several agents, and the stack records the port), and anything else listens on all
  * interfaces at the documented port: 9464 for an agent, 9465 for the control worker.
  */
-export async function metricsAddress(role: MetricsRole, localAddress: (() => Promise<string>) | null, env: NodeJS.ProcessEnv = process.env): Promise<string | null> {
+export async function metricsAddress(
+  role: MetricsRole,
+  localAddress: (() => Promise<string>) | null,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<string | null> {
   const given = env.KYBERNATE_METRICS_ADDRESS?.trim();
   if (given !== undefined && given !== '') {
     if (given === 'off') return null;
     const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(given);
     if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
-      throw new Error(`KYBERNATE_METRICS_ADDRESS: expected host:port (e.g. 0.0.0.0:${DEFAULT_AGENT_METRICS_PORT}) or 'off', got '${given}'`);
+      throw new Error(
+        `KYBERNATE_METRICS_ADDRESS: expected host:port (e.g. 0.0.0.0:${DEFAULT_AGENT_METRICS_PORT}) or 'off', got '${given}'`,
+      );
     }
     return given;
   }
@@ -47,8 +58,11 @@ export function installMetrics(bindAddress: string, tags: Record<string, string>
       },
     });
   } catch (e) {
-    throw new Error(`metrics endpoint ${bindAddress} could not be served (${e instanceof Error ? e.message : String(e)}): `
-      + `set KYBERNATE_METRICS_ADDRESS to a free host:port, or 'off'`, { cause: e });
+    throw new Error(
+      `metrics endpoint ${bindAddress} could not be served (${e instanceof Error ? e.message : String(e)}): ` +
+        `set KYBERNATE_METRICS_ADDRESS to a free host:port, or 'off'`,
+      { cause: e },
+    );
   }
 }
 
@@ -62,11 +76,26 @@ export interface NodeGauges {
 /** The agent's own gauges, on the runtime's meter (a no-op meter when no endpoint was installed). */
 export function nodeGauges(): NodeGauges {
   const meter = Runtime.instance().metricMeter;
-  const vramFree = meter.createGauge(Metric.nodeVramFree, 'int', 'bytes', 'free VRAM on this node (the sum over its GPUs, or the declared capacity less what restored workloads hold)');
+  const vramFree = meter.createGauge(
+    Metric.nodeVramFree,
+    'int',
+    'bytes',
+    'free VRAM on this node (the sum over its GPUs, or the declared capacity less what restored workloads hold)',
+  );
   const vramTotal = meter.createGauge(Metric.nodeVramTotal, 'int', 'bytes', 'VRAM of this node');
-  const diskFree = meter.createGauge(Metric.nodeDiskFree, 'int', 'bytes', 'free disk under the data directory (the nvme tier)');
+  const diskFree = meter.createGauge(
+    Metric.nodeDiskFree,
+    'int',
+    'bytes',
+    'free disk under the data directory (the nvme tier)',
+  );
   const reports = meter.createCounter(Metric.nodeReports, '1', 'inventory reports to the node registry, by outcome');
-  const pending = meter.createGauge(Metric.pendingUpload, 'int', '1', 'checkpoints sealed on this node and not yet in S3');
+  const pending = meter.createGauge(
+    Metric.pendingUpload,
+    'int',
+    '1',
+    'checkpoints sealed on this node and not yet in S3',
+  );
   return {
     inventory: (inv) => {
       vramFree.set(inv.freeVramBytes);

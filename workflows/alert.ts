@@ -11,7 +11,10 @@ export const alertStatusQuery = defineQuery<AlertRecord>(STATUS_QUERY);
 
 /** An alert is a closed workflow (`alert/<kind>/<id>`): durable, searchable in the UI, queryable. */
 export async function alert(record: AlertRecord): Promise<AlertRecord> {
-  upsertSearchAttributes([{ key: SA_CHECKPOINT, value: record.checkpointId }, { key: SA_NODE, value: record.node }]);
+  upsertSearchAttributes([
+    { key: SA_CHECKPOINT, value: record.checkpointId },
+    { key: SA_NODE, value: record.node },
+  ]);
   setHandler(alertQuery, () => record);
   setHandler(alertStatusQuery, () => record);
   setCurrentDetails(`${record.kind} on ${record.node}: ${record.message}`);

@@ -15,7 +15,17 @@ import {
 } from '@temporalio/workflow';
 import type { NodeActivities } from '../activities/node';
 import type {
-  AttemptRecord, CheckpointInspection, CheckpointOutcome, CheckpointPhase, CheckpointRequest, CheckpointStatus, CheckpointStep, CudaStepResult, ProcessRef, Tier, UploadResult,
+  AttemptRecord,
+  CheckpointInspection,
+  CheckpointOutcome,
+  CheckpointPhase,
+  CheckpointRequest,
+  CheckpointStatus,
+  CheckpointStep,
+  CudaStepResult,
+  ProcessRef,
+  Tier,
+  UploadResult,
 } from '../common/checkpoint';
 import type { ControlActivities } from '../activities/control';
 import { ErrorType } from '../common/errors';
@@ -58,7 +68,12 @@ const MAX_RERUNS = 5;
 type Verdict = 'clean' | 'unknown' | 'gone';
 
 class StepFailed extends Error {
-  constructor(readonly phase: CheckpointPhase, override readonly cause: unknown, readonly verdict: Verdict | null = null, readonly found: CheckpointInspection | null = null) {
+  constructor(
+    readonly phase: CheckpointPhase,
+    override readonly cause: unknown,
+    readonly verdict: Verdict | null = null,
+    readonly found: CheckpointInspection | null = null,
+  ) {
     super(describeFailure(cause));
   }
 }
@@ -110,8 +125,18 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   const invalid = inputProblem(CheckpointRequestSchema, req);
   if (invalid) throw ApplicationFailure.nonRetryable(`invalid checkpoint request: ${invalid}`, ErrorType.InvalidInput);
   const status: CheckpointStatus = {
-    checkpointId: req.checkpointId, jobId: req.jobId, node: req.node, pid: req.pid ?? null, vramBytes: req.vramBytes ?? 0, phase: 'Pending', tier: null, failureReason: null, history: [], upload: null,
-    metadataSha256: null, workloadLost: null,
+    checkpointId: req.checkpointId,
+    jobId: req.jobId,
+    node: req.node,
+    pid: req.pid ?? null,
+    vramBytes: req.vramBytes ?? 0,
+    phase: 'Pending',
+    tier: null,
+    failureReason: null,
+    history: [],
+    upload: null,
+    metadataSha256: null,
+    workloadLost: null,
   };
   setHandler(statusQuery, () => status);
   const signals: Ctx['signals'] = { promoted: null, unpromotable: null };
@@ -121,29 +146,63 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   const queue = nodeQueue(req.node);
   // One attempt each: a dump retried after a crash would act on a process in an unknown state.
   const step = proxyActivities<NodeActivities>({
-    taskQueue: queue, scheduleToStartTimeout: '1m', startToCloseTimeout: '2h', heartbeatTimeout: '10s', retry: { maximumAttempts: 1 },
+    taskQueue: queue,
+    scheduleToStartTimeout: '1m',
+    startToCloseTimeout: '2h',
+    heartbeatTimeout: '10s',
+    retry: { maximumAttempts: 1 },
   });
   // Undo work: must happen, so it waits for the agent to come back (the task stays queued on node/<name>).
   const undo = proxyActivities<NodeActivities>({
-    taskQueue: queue, scheduleToCloseTimeout: '7d', startToCloseTimeout: '2m', heartbeatTimeout: '30s',
+    taskQueue: queue,
+    scheduleToCloseTimeout: '7d',
+    startToCloseTimeout: '2m',
+    heartbeatTimeout: '30s',
     retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
   });
   const uploader = proxyActivities<NodeActivities>({
-    taskQueue: queue, startToCloseTimeout: '2h', heartbeatTimeout: '15s',
-    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: req.uploadMaxAttempts ?? DEFAULT_UPLOAD_ATTEMPTS,
-      nonRetryableErrorTypes: ['MetadataInvalid', 'CheckpointNotFound', ErrorType.ChecksumMismatch, ErrorType.S3Rejected, ErrorType.CheckpointExists] },
+    taskQueue: queue,
+    startToCloseTimeout: '2h',
+    heartbeatTimeout: '15s',
+    retry: {
+      initialInterval: '1s',
+      backoffCoefficient: 2,
+      maximumInterval: '30s',
+      maximumAttempts: req.uploadMaxAttempts ?? DEFAULT_UPLOAD_ATTEMPTS,
+      nonRetryableErrorTypes: [
+        'MetadataInvalid',
+        'CheckpointNotFound',
+        ErrorType.ChecksumMismatch,
+        ErrorType.S3Rejected,
+        ErrorType.CheckpointExists,
+      ],
+    },
   });
 
   // The copy to disk: a disk that is full will not empty itself by retrying.
   const keeper = proxyActivities<NodeActivities>({
-    taskQueue: queue, startToCloseTimeout: '2h', heartbeatTimeout: '15s',
-    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 5, nonRetryableErrorTypes: [ErrorType.NoSpace, ErrorType.CheckpointNotFound] },
+    taskQueue: queue,
+    startToCloseTimeout: '2h',
+    heartbeatTimeout: '15s',
+    retry: {
+      initialInterval: '1s',
+      backoffCoefficient: 2,
+      maximumInterval: '30s',
+      maximumAttempts: 5,
+      nonRetryableErrorTypes: [ErrorType.NoSpace, ErrorType.CheckpointNotFound],
+    },
   });
-  const control = proxyActivities<ControlActivities>({ taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', retry: { maximumInterval: '30s' } });
+  const control = proxyActivities<ControlActivities>({
+    taskQueue: CONTROL_QUEUE,
+    startToCloseTimeout: '30s',
+    retry: { maximumInterval: '30s' },
+  });
   // After a timeout: what really happened on the node. The question must be answered before anything is
   // compensated, so it waits for the agent however long it is away, and retries forever with a capped backoff.
   const ask = proxyActivities<NodeActivities>({
-    taskQueue: queue, scheduleToCloseTimeout: '3650d', startToCloseTimeout: '1m',
+    taskQueue: queue,
+    scheduleToCloseTimeout: '3650d',
+    startToCloseTimeout: '1m',
     retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
   });
 
@@ -159,7 +218,10 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     setCurrentDetails(progressText(status, progress, note));
   };
   upsertSearchAttributes([
-    { key: SA_JOB, value: req.jobId }, { key: SA_NODE, value: req.node }, { key: SA_CHECKPOINT, value: req.checkpointId }, { key: SA_PHASE, value: 'Pending' },
+    { key: SA_JOB, value: req.jobId },
+    { key: SA_NODE, value: req.node },
+    { key: SA_CHECKPOINT, value: req.checkpointId },
+    { key: SA_PHASE, value: 'Pending' },
   ]);
   /** Current details only: no search-attribute upsert, so the workflow's commands stay as they were. */
   const show = (note?: string): void => setCurrentDetails(progressText(status, progress, note));
@@ -169,10 +231,13 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   const settle = async (name: CheckpointStep): Promise<CheckpointInspection> => {
     const since = Date.now();
     for (let wait = 5; ; wait = Math.min(wait * 2, 60)) {
-      const seen = await ask.inspectCheckpoint.executeWithOptions(summary(`ask ${req.node} what became of ${name} of ${req.checkpointId}`),
-        [{ checkpointId: req.checkpointId, process: identity }]);
+      const seen = await ask.inspectCheckpoint.executeWithOptions(
+        summary(`ask ${req.node} what became of ${name} of ${req.checkpointId}`),
+        [{ checkpointId: req.checkpointId, process: identity }],
+      );
       const o = seen.steps[name];
-      const busy = o.state === 'running' || (name === 'criuDump' && o.state === 'interrupted' && seen.process.tracerPid !== null);
+      const busy =
+        o.state === 'running' || (name === 'criuDump' && o.state === 'interrupted' && seen.process.tracerPid !== null);
       if (!busy || Date.now() - since > RUNNING_STEP_PATIENCE_MS) return seen;
       await sleep(`${wait}s`, summary(`${name} still runs on ${req.node}: ask again in ${wait} s`));
     }
@@ -184,7 +249,12 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
    * never ran or an idempotent one that was cut off is run again, a failure is compensated as usual, and an
    * interrupted dump is judged by what became of the process.
    */
-  const run = async <T>(phase: CheckpointPhase, fn: () => Promise<T>, detail: (r: T) => string, name?: CheckpointStep): Promise<T> => {
+  const run = async <T>(
+    phase: CheckpointPhase,
+    fn: () => Promise<T>,
+    detail: (r: T) => string,
+    name?: CheckpointStep,
+  ): Promise<T> => {
     enter(phase);
     for (let rerun = 0; ; rerun++) {
       try {
@@ -195,42 +265,81 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
         const lostSight = agentLost(err) || (agentUnreachable(err) && phase !== 'Locking');
         if (name === undefined || !lostSight || !patched(PATCH_RECOVER)) throw new StepFailed(phase, err);
         record(phase, 'failed', `${describeFailure(err)}: asking ${req.node} what happened`);
-        log.warn('checkpoint step out of sight; asking the node', { checkpointId: req.checkpointId, job: req.jobId, node: req.node, phase, step: name, cause: describeFailure(err) });
+        log.warn('checkpoint step out of sight; asking the node', {
+          checkpointId: req.checkpointId,
+          job: req.jobId,
+          node: req.node,
+          phase,
+          step: name,
+          cause: describeFailure(err),
+        });
         show(`lost sight of the agent: asking ${req.node} what happened`);
         const seen = await settle(name);
         const o = seen.steps[name];
-        log.info('the node answered', { checkpointId: req.checkpointId, job: req.jobId, node: req.node, step: name, state: o.state, process: seen.process.state, imagesComplete: seen.images.complete });
+        log.info('the node answered', {
+          checkpointId: req.checkpointId,
+          job: req.jobId,
+          node: req.node,
+          step: name,
+          state: o.state,
+          process: seen.process.state,
+          imagesComplete: seen.images.complete,
+        });
         if (o.state === 'done' && (name !== 'criuDump' || seen.images.complete)) {
           const r = o.data as unknown as T;
           record(phase, 'ok', `${detail(r)} (finished on the node while out of sight)`);
           return r;
         }
         if (o.state === 'failed') {
-          throw new StepFailed(phase, ApplicationFailure.nonRetryable(`${name}: ${String(o.data?.message)}`, String(o.data?.type ?? 'Error')), 'clean', seen);
+          throw new StepFailed(
+            phase,
+            ApplicationFailure.nonRetryable(`${name}: ${String(o.data?.message)}`, String(o.data?.type ?? 'Error')),
+            'clean',
+            seen,
+          );
         }
         const again = o.state === 'never' || (o.state === 'interrupted' && name === 'seal');
         if (again && rerun < MAX_RERUNS) {
-          record(phase, 'skipped', `${name} ${o.state === 'never' ? 'never ran' : 'was cut off'} on ${req.node}: running it again`);
+          record(
+            phase,
+            'skipped',
+            `${name} ${o.state === 'never' ? 'never ran' : 'was cut off'} on ${req.node}: running it again`,
+          );
           continue;
         }
-        if (name === 'criuDump' && o.state === 'interrupted' && seen.process.state === 'gone' && seen.images.inventory && Array.isArray(o.data?.files)) {
+        if (
+          name === 'criuDump' &&
+          o.state === 'interrupted' &&
+          seen.process.state === 'gone' &&
+          seen.images.inventory &&
+          Array.isArray(o.data?.files)
+        ) {
           // CRIU finished the images and stopped the process, but the agent was lost before it copied the output
           // files beside them: the process is gone, so they are as CRIU recorded them. Finish the dump instead
           // of losing the workload.
-          const finished = await undo.finishDump.executeWithOptions(summary(`finish the dump of ${req.checkpointId}: copy the output files beside CRIU's images`),
-            [{ checkpointId: req.checkpointId, process: identity }]).catch((e: unknown) => {
-            record(phase, 'failed', `finishing the dump: ${describeFailure(e)}`);
-            return null;
-          });
+          const finished = await undo.finishDump
+            .executeWithOptions(
+              summary(`finish the dump of ${req.checkpointId}: copy the output files beside CRIU's images`),
+              [{ checkpointId: req.checkpointId, process: identity }],
+            )
+            .catch((e: unknown) => {
+              record(phase, 'failed', `finishing the dump: ${describeFailure(e)}`);
+              return null;
+            });
           if (finished) {
             const r = finished as unknown as T;
-            record(phase, 'ok', `${detail(r)} (CRIU finished the images while the agent was lost; output files copied now)`);
+            record(
+              phase,
+              'ok',
+              `${detail(r)} (CRIU finished the images while the agent was lost; output files copied now)`,
+            );
             return r;
           }
         }
         if (name === 'criuDump' && o.state !== 'never') {
           // Cut off mid-dump, no complete image: the process itself says what the dump left.
-          const verdict: Verdict = seen.process.state === 'running' ? 'clean' : seen.process.state === 'stopped' ? 'unknown' : 'gone';
+          const verdict: Verdict =
+            seen.process.state === 'running' ? 'clean' : seen.process.state === 'stopped' ? 'unknown' : 'gone';
           throw new StepFailed(phase, err, verdict, seen);
         }
         throw new StepFailed(phase, err, 'clean', seen);
@@ -239,35 +348,72 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
   };
 
   // Pending: resolve and check the target first, so a bad pid or job fails before anything is touched.
-  const target = await step.resolveTarget.executeWithOptions(summary(`find ${req.pid ? `pid ${req.pid}` : `workload of job ${req.jobId}`} on ${req.node}`),
-    [{ pid: req.pid, jobId: req.jobId, checkpointId: req.checkpointId }]).catch((err: unknown) => {
-    status.failureReason = `Pending: ${describeFailure(err)}`;
-    record('Pending', 'failed', status.failureReason);
-    enter('Failed', status.tier, status.failureReason);
-    // Failed before anything was touched: the step's own type and message say it all (and the CLI prints them
-    // as an error, as it always has), so no status rides along.
-    throw ApplicationFailure.nonRetryable(status.failureReason, failureType(err) ?? 'InvalidInput');
-  });
+  const target = await step.resolveTarget
+    .executeWithOptions(summary(`find ${req.pid ? `pid ${req.pid}` : `workload of job ${req.jobId}`} on ${req.node}`), [
+      { pid: req.pid, jobId: req.jobId, checkpointId: req.checkpointId },
+    ])
+    .catch((err: unknown) => {
+      status.failureReason = `Pending: ${describeFailure(err)}`;
+      record('Pending', 'failed', status.failureReason);
+      enter('Failed', status.tier, status.failureReason);
+      // Failed before anything was touched: the step's own type and message say it all (and the CLI prints them
+      // as an error, as it always has), so no status rides along.
+      throw ApplicationFailure.nonRetryable(status.failureReason, failureType(err) ?? 'InvalidInput');
+    });
   const pid = target.pid;
   // Workflows resolved by an older agent have no start time: their kills go by pid alone.
   const identity: ProcessRef = target.startTime === undefined ? { pid } : { pid, startTime: target.startTime };
   status.pid = pid;
-  const ctx: Ctx = { req, status, pid, identity, undo, uploader, keeper, control, record, enter, show, signals, progress };
-  const done: Progress = { cudaLocked: false, cudaCheckpointed: false, dumped: false, processStopped: false, staged: false };
+  const ctx: Ctx = {
+    req,
+    status,
+    pid,
+    identity,
+    undo,
+    uploader,
+    keeper,
+    control,
+    record,
+    enter,
+    show,
+    signals,
+    progress,
+  };
+  const done: Progress = {
+    cudaLocked: false,
+    cudaCheckpointed: false,
+    dumped: false,
+    processStopped: false,
+    staged: false,
+  };
   try {
     // A lock or VRAM checkpoint cut off on the node is undone as if it had happened: the undo steps check the
     // driver state first and report a step already undone.
-    const cutOff = (err: unknown, name: CheckpointStep): boolean => err instanceof StepFailed && err.found?.steps[name].state === 'interrupted';
-    const lock = await run('Locking',
-      () => step.cudaLock.executeWithOptions(summary(`CUDA lock pid ${pid} on ${req.node}`), [{ pid: pid, checkpointId: req.checkpointId }]), (r) => r.detail, 'cudaLock')
-      .catch((err: unknown) => {
-        done.cudaLocked = cutOff(err, 'cudaLock');
-        throw err;
-      });
+    const cutOff = (err: unknown, name: CheckpointStep): boolean =>
+      err instanceof StepFailed && err.found?.steps[name].state === 'interrupted';
+    const lock = await run(
+      'Locking',
+      () =>
+        step.cudaLock.executeWithOptions(summary(`CUDA lock pid ${pid} on ${req.node}`), [
+          { pid: pid, checkpointId: req.checkpointId },
+        ]),
+      (r) => r.detail,
+      'cudaLock',
+    ).catch((err: unknown) => {
+      done.cudaLocked = cutOff(err, 'cudaLock');
+      throw err;
+    });
     done.cudaLocked = lock.outcome === 'done';
     if (done.cudaLocked) {
-      await run('DumpingVram', () => step.cudaCheckpoint.executeWithOptions(summary(`CUDA checkpoint (VRAM to host) pid ${pid}`), [{ pid: pid, checkpointId: req.checkpointId }]),
-        (r) => r.detail, 'cudaCheckpoint').catch((err: unknown) => {
+      await run(
+        'DumpingVram',
+        () =>
+          step.cudaCheckpoint.executeWithOptions(summary(`CUDA checkpoint (VRAM to host) pid ${pid}`), [
+            { pid: pid, checkpointId: req.checkpointId },
+          ]),
+        (r) => r.detail,
+        'cudaCheckpoint',
+      ).catch((err: unknown) => {
         done.cudaCheckpointed = cutOff(err, 'cudaCheckpoint');
         throw err;
       });
@@ -276,26 +422,51 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
       enter('DumpingVram', status.tier, 'no CUDA context: nothing to copy out of VRAM');
       record('DumpingVram', 'skipped', lock.detail);
     }
-    const dump = await run('DumpingProcess',
-      () => step.criuDump.executeWithOptions(summary(`criu dump pid ${pid}${req.leaveRunning ? ' (leave running)' : ''}`),
-        [{ checkpointId: req.checkpointId, pid: pid, leaveRunning: req.leaveRunning, hostVramBytes: done.cudaCheckpointed ? req.vramBytes ?? 0 : 0 }]),
-      (r) => `${r.imageBytes} bytes in ${r.durationMs} ms${r.staged ? ' (staged in memory)' : ''}`, 'criuDump');
+    const dump = await run(
+      'DumpingProcess',
+      () =>
+        step.criuDump.executeWithOptions(summary(`criu dump pid ${pid}${req.leaveRunning ? ' (leave running)' : ''}`), [
+          {
+            checkpointId: req.checkpointId,
+            pid: pid,
+            leaveRunning: req.leaveRunning,
+            hostVramBytes: done.cudaCheckpointed ? (req.vramBytes ?? 0) : 0,
+          },
+        ]),
+      (r) => `${r.imageBytes} bytes in ${r.durationMs} ms${r.staged ? ' (staged in memory)' : ''}`,
+      'criuDump',
+    );
     done.dumped = true;
     done.processStopped = dump.processStopped;
     done.staged = dump.staged === true;
     progress.imageBytes = dump.imageBytes;
     progress.dumpMs = dump.durationMs;
-    const sealed = await run('Sealing',
-      () => step.seal.executeWithOptions(summary(`sha256 + commit metadata.json for ${req.checkpointId}`),
-        [{ checkpointId: req.checkpointId, jobId: req.jobId, pid: pid, cudaCheckpointed: done.cudaCheckpointed, vramBytes: req.vramBytes ?? 0 }]),
-      (r) => `${r.files} files, ${r.totalBytes} bytes`, 'seal');
+    const sealed = await run(
+      'Sealing',
+      () =>
+        step.seal.executeWithOptions(summary(`sha256 + commit metadata.json for ${req.checkpointId}`), [
+          {
+            checkpointId: req.checkpointId,
+            jobId: req.jobId,
+            pid: pid,
+            cudaCheckpointed: done.cudaCheckpointed,
+            vramBytes: req.vramBytes ?? 0,
+          },
+        ]),
+      (r) => `${r.files} files, ${r.totalBytes} bytes`,
+      'seal',
+    );
     status.metadataSha256 = sealed.metadataSha256;
     if (sealed.measuredVramBytes !== undefined) status.measuredVramBytes = sealed.measuredVramBytes;
     if (sealed.compat) status.compat = sealed.compat;
     if (done.cudaLocked && !done.processStopped) {
       // Left running: hand the VRAM back and let it go on.
-      await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${pid} (leave running)`), [{ pid: pid, checkpointId: req.checkpointId }]);
-      await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${pid}`), [{ pid: pid, checkpointId: req.checkpointId }]);
+      await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${pid} (leave running)`), [
+        { pid: pid, checkpointId: req.checkpointId },
+      ]);
+      await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${pid}`), [
+        { pid: pid, checkpointId: req.checkpointId },
+      ]);
     }
   } catch (e) {
     return ended(await compensate(ctx, e instanceof StepFailed ? e : new StepFailed(status.phase, e), done));
@@ -332,29 +503,54 @@ async function compensate(ctx: Ctx, failed: StepFailed, done: Progress): Promise
     const proc = failed.found?.process;
     if (failed.verdict === 'unknown') {
       // Frozen by a CRIU that is gone: it must not run on half-dumped. Killed by identity, never a reused pid.
-      const k = await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: frozen by a dump cut off in ${failed.phase}`),
-        [{ pid: pid, reason, startTime: identity.startTime }]);
-      record(failed.phase, 'compensated', k.killed ? `workload pid ${pid} killed` : `workload pid ${pid} not killed: gone, or the pid names another process`);
+      const k = await undo.killProcess.executeWithOptions(
+        summary(`SIGKILL pid ${pid}: frozen by a dump cut off in ${failed.phase}`),
+        [{ pid: pid, reason, startTime: identity.startTime }],
+      );
+      record(
+        failed.phase,
+        'compensated',
+        k.killed
+          ? `workload pid ${pid} killed`
+          : `workload pid ${pid} not killed: gone, or the pid names another process`,
+      );
     } else {
-      record(failed.phase, 'failed', `workload pid ${pid} is gone${proc?.pidReused ? ' (its pid now names another process)' : ''} and no complete dump holds it`);
+      record(
+        failed.phase,
+        'failed',
+        `workload pid ${pid} is gone${proc?.pidReused ? ' (its pid now names another process)' : ''} and no complete dump holds it`,
+      );
     }
     if (failed.verdict === 'gone' && failed.found?.images.inventory) {
       // CRIU finished its images (then stopped the process) but the dump was cut off before it was recorded
       // done: all that is left of the workload, so it is kept for an operator, not deleted.
-      record(failed.phase, 'failed', `partial checkpoint kept (${failed.found.images.location}): CRIU's images are all that is left of the workload`);
+      record(
+        failed.phase,
+        'failed',
+        `partial checkpoint kept (${failed.found.images.location}): CRIU's images are all that is left of the workload`,
+      );
     } else {
-      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [
+        { checkpointId: req.checkpointId },
+      ]);
       record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
     }
     if (req.reason === 'preemption') await requeue(req, reason, record);
     return status;
   }
-  if (failed.verdict === null && (agentLost(failed.cause) || (agentUnreachable(failed.cause) && failed.phase !== 'Locking'))) {
+  if (
+    failed.verdict === null &&
+    (agentLost(failed.cause) || (agentUnreachable(failed.cause) && failed.phase !== 'Locking'))
+  ) {
     // Histories from before PATCH_RECOVER: a lost agent meant a workload of unknown state.
     enter('Failed', status.tier, reason);
-    await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: agent lost during ${failed.phase}`), [{ pid: pid, reason, startTime: identity.startTime }]);
+    await undo.killProcess.executeWithOptions(summary(`SIGKILL pid ${pid}: agent lost during ${failed.phase}`), [
+      { pid: pid, reason, startTime: identity.startTime },
+    ]);
     record(failed.phase, 'compensated', `workload pid ${pid} killed`);
-    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [
+      { checkpointId: req.checkpointId },
+    ]);
     record(failed.phase, 'compensated', 'partial checkpoint directory deleted');
     if (req.reason === 'preemption') await requeue(req, reason, record);
     return status;
@@ -379,25 +575,44 @@ async function compensate(ctx: Ctx, failed: StepFailed, done: Progress): Promise
       return false;
     }
   };
-  const cudaUndo = (r: CudaStepResult, what: string): [AttemptRecord['outcome'], string] =>
-    [r.outcome === 'done' ? 'compensated' : 'skipped', `${what}: ${r.detail}`];
+  const cudaUndo = (r: CudaStepResult, what: string): [AttemptRecord['outcome'], string] => [
+    r.outcome === 'done' ? 'compensated' : 'skipped',
+    `${what}: ${r.detail}`,
+  ];
   let current = pid;
   let onlyCopyNeeded = false;
   if (done.dumped && done.processStopped) {
     // CRIU already stopped the process; its images are complete, so bring it back from them on this node.
-    const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place`),
-      [{ checkpointId: req.checkpointId, inPlace: true }]).catch((err: unknown) => ({ error: describeFailure(err) }));
-    record(failed.phase, 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`);
+    const r = await undo.criuRestore
+      .executeWithOptions(summary(`restore pid ${pid} in place`), [{ checkpointId: req.checkpointId, inPlace: true }])
+      .catch((err: unknown) => ({ error: describeFailure(err) }));
+    record(
+      failed.phase,
+      'compensated',
+      'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`,
+    );
     if ('pid' in r) current = r.pid;
     else onlyCopyNeeded = true;
   }
   if (done.cudaCheckpointed) {
-    await undoStep('CUDA restore', async () => cudaUndo(await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${current} (compensation)`),
-      [{ pid: current, checkpointId: req.checkpointId }]), `CUDA restore of pid ${current}`));
+    await undoStep('CUDA restore', async () =>
+      cudaUndo(
+        await undo.cudaRestore.executeWithOptions(summary(`CUDA restore pid ${current} (compensation)`), [
+          { pid: current, checkpointId: req.checkpointId },
+        ]),
+        `CUDA restore of pid ${current}`,
+      ),
+    );
   }
   if (done.cudaLocked) {
-    await undoStep('CUDA unlock', async () => cudaUndo(await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${current} (compensation)`),
-      [{ pid: current, checkpointId: req.checkpointId }]), `CUDA unlock of pid ${current}`));
+    await undoStep('CUDA unlock', async () =>
+      cudaUndo(
+        await undo.cudaUnlock.executeWithOptions(summary(`CUDA unlock pid ${current} (compensation)`), [
+          { pid: current, checkpointId: req.checkpointId },
+        ]),
+        `CUDA unlock of pid ${current}`,
+      ),
+    );
   }
   if (onlyCopyNeeded && patched(PATCH_COMPENSATE_APART)) {
     record(failed.phase, 'failed', `checkpoint directory kept: the workload is stopped and its dump is its only copy`);
@@ -406,7 +621,9 @@ async function compensate(ctx: Ctx, failed: StepFailed, done: Progress): Promise
     record(failed.phase, 'skipped', 'checkpoint directory left alone: it holds an existing checkpoint');
   } else {
     await undoStep('delete partial', async () => {
-      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [
+        { checkpointId: req.checkpointId },
+      ]);
       return ['compensated', 'partial checkpoint directory deleted'];
     });
   }
@@ -422,22 +639,37 @@ async function compensate(ctx: Ctx, failed: StepFailed, done: Progress): Promise
 async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus> {
   const { req, status, pid, undo, uploader, keeper, record, enter } = ctx;
   ctx.progress.uploadStartedAt = Date.now();
-  enter('Uploading', done.staged ? 'memory' : 'nvme', done.staged ? `copying to ${req.node}'s disk beside the upload` : undefined);
+  enter(
+    'Uploading',
+    done.staged ? 'memory' : 'nvme',
+    done.staged ? `copying to ${req.node}'s disk beside the upload` : undefined,
+  );
   // Settled at once: while the copy to disk is awaited, a failed upload must not count as unhandled.
-  const uploading = uploader.upload.executeWithOptions(summary(`upload ${req.checkpointId} to S3 (artifacts, then metadata.json)`),
-    [{ checkpointId: req.checkpointId, metadataSha256: status.metadataSha256 }])
-    .then((r) => ({ result: r, error: null, type: null }), (err: unknown) => ({ result: null, error: describeFailure(err), type: failureType(err) }));
+  const uploading = uploader.upload
+    .executeWithOptions(summary(`upload ${req.checkpointId} to S3 (artifacts, then metadata.json)`), [
+      { checkpointId: req.checkpointId, metadataSha256: status.metadataSha256 },
+    ])
+    .then(
+      (r) => ({ result: r, error: null, type: null }),
+      (err: unknown) => ({ result: null, error: describeFailure(err), type: failureType(err) }),
+    );
   if (done.staged) {
     // The disk copy is a cache while S3 takes the checkpoint, so it is not synced (syncing competes with the
     // upload for the disk); it is synced only if it has to stand in for S3.
-    const copying = keeper.persist.executeWithOptions(summary(`copy ${req.checkpointId} from memory to this node's disk`), [{ checkpointId: req.checkpointId, sync: false }])
-      .then((r) => {
-        record('Uploading', 'ok', `copied to disk: ${r.bytes} bytes in ${r.durationMs} ms`);
-        return null;
-      }, (err: unknown) => {
-        record('Uploading', 'failed', `copy to disk: ${describeFailure(err)}`);
-        return describeFailure(err);
-      });
+    const copying = keeper.persist
+      .executeWithOptions(summary(`copy ${req.checkpointId} from memory to this node's disk`), [
+        { checkpointId: req.checkpointId, sync: false },
+      ])
+      .then(
+        (r) => {
+          record('Uploading', 'ok', `copied to disk: ${r.bytes} bytes in ${r.durationMs} ms`);
+          return null;
+        },
+        (err: unknown) => {
+          record('Uploading', 'failed', `copy to disk: ${describeFailure(err)}`);
+          return describeFailure(err);
+        },
+      );
     const up = await uploading;
     if (up.type && CORRUPT.has(up.type)) {
       await copying; // a copy of the same bad bytes: it goes with the rest
@@ -451,20 +683,28 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
       // Durable from here on; the workflow still waits for the cache copy so that it can free the memory.
       durable(ctx, up.result);
       await copying;
-      await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [{ checkpointId: req.checkpointId }]);
+      await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [
+        { checkpointId: req.checkpointId },
+      ]);
       return status;
     }
     let copyFailure = await copying;
     if (copyFailure === null) {
-      copyFailure = await keeper.persist.executeWithOptions(summary(`sync ${req.checkpointId} to disk: S3 is out of reach`), [{ checkpointId: req.checkpointId, sync: true }])
-        .then((r) => {
-          enter('Uploading', 'nvme', 'S3 out of reach: synced to disk');
-          record('Uploading', 'ok', `synced to disk (tier nvme) in ${r.durationMs} ms`);
-          return null;
-        }, (err: unknown) => {
-          record('Uploading', 'failed', `sync to disk: ${describeFailure(err)}`);
-          return describeFailure(err);
-        });
+      copyFailure = await keeper.persist
+        .executeWithOptions(summary(`sync ${req.checkpointId} to disk: S3 is out of reach`), [
+          { checkpointId: req.checkpointId, sync: true },
+        ])
+        .then(
+          (r) => {
+            enter('Uploading', 'nvme', 'S3 out of reach: synced to disk');
+            record('Uploading', 'ok', `synced to disk (tier nvme) in ${r.durationMs} ms`);
+            return null;
+          },
+          (err: unknown) => {
+            record('Uploading', 'failed', `sync to disk: ${describeFailure(err)}`);
+            return describeFailure(err);
+          },
+        );
     }
     record('Uploading', 'failed', up.error);
     if (copyFailure !== null) {
@@ -472,9 +712,16 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
       // rather than lose both, then free the memory.
       status.failureReason = `Uploading: not durable anywhere: S3: ${up.error}; disk: ${copyFailure}`;
       if (done.processStopped) {
-        const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place from memory`),
-          [{ checkpointId: req.checkpointId, inPlace: true }]).catch((err: unknown) => ({ error: describeFailure(err) }));
-        record('Uploading', 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`);
+        const r = await undo.criuRestore
+          .executeWithOptions(summary(`restore pid ${pid} in place from memory`), [
+            { checkpointId: req.checkpointId, inPlace: true },
+          ])
+          .catch((err: unknown) => ({ error: describeFailure(err) }));
+        record(
+          'Uploading',
+          'compensated',
+          'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}`,
+        );
         if (!('pid' in r) && patched(PATCH_COMPENSATE_APART)) {
           // The memory copy is the workload's only one: kept for an operator rather than deleted.
           record('Uploading', 'failed', 'checkpoint kept in memory: the workload is stopped and this is its only copy');
@@ -482,12 +729,16 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
           return status;
         }
       }
-      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+      await undo.deleteCheckpointDir.executeWithOptions(summary(`delete partial ${req.checkpointId}`), [
+        { checkpointId: req.checkpointId },
+      ]);
       record('Uploading', 'compensated', 'partial checkpoint deleted from memory and disk');
       enter('Failed', status.tier, status.failureReason);
       return status;
     }
-    await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [{ checkpointId: req.checkpointId }]);
+    await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [
+      { checkpointId: req.checkpointId },
+    ]);
   } else {
     const up = await uploading;
     if (up.result) {
@@ -515,8 +766,10 @@ function durable(ctx: Ctx, r: UploadResult): void {
 async function awaitPromotion(ctx: Ctx, done: Progress): Promise<CheckpointStatus> {
   const { req, status, pid, control, record, enter, signals } = ctx;
   enter('PendingUpload', 'nvme', `kept on ${req.node}'s disk until S3 takes it`);
-  await control.enqueuePromotion.executeWithOptions(summary(`queue ${req.checkpointId} for upload by ${promotionWorkflowId(req.node)}`),
-    [{ node: req.node, checkpointId: req.checkpointId, metadataSha256: status.metadataSha256 }]);
+  await control.enqueuePromotion.executeWithOptions(
+    summary(`queue ${req.checkpointId} for upload by ${promotionWorkflowId(req.node)}`),
+    [{ node: req.node, checkpointId: req.checkpointId, metadataSha256: status.metadataSha256 }],
+  );
   await condition(() => signals.promoted !== null || signals.unpromotable !== null);
   const promoted = signals.promoted;
   const u = signals.unpromotable;
@@ -538,7 +791,7 @@ async function awaitPromotion(ctx: Ctx, done: Progress): Promise<CheckpointStatu
   }
   status.upload = promoted;
   record('Uploading', 'ok', `promoted to S3 by the node's promotion loop`);
-  enter('Durable', 's3', 'promoted by the node\'s promotion loop');
+  enter('Durable', 's3', "promoted by the node's promotion loop");
   log.info('checkpoint promoted', { checkpointId: req.checkpointId, node: req.node, job: req.jobId });
   return status;
 }
@@ -550,10 +803,14 @@ async function awaitPromotion(ctx: Ctx, done: Progress): Promise<CheckpointStatu
 async function dropCorrupt(ctx: Ctx, done: Progress, phase: CheckpointPhase, reason: string): Promise<void> {
   const { req, undo, record } = ctx;
   if (done.processStopped) {
-    const r = await undo.setAsideCorrupt.executeWithOptions(summary(`set corrupt ${req.checkpointId} aside`), [{ checkpointId: req.checkpointId, reason }]);
+    const r = await undo.setAsideCorrupt.executeWithOptions(summary(`set corrupt ${req.checkpointId} aside`), [
+      { checkpointId: req.checkpointId, reason },
+    ]);
     record(phase, 'compensated', `corrupt checkpoint set aside for an operator${r.movedTo ? ` at ${r.movedTo}` : ''}`);
   } else {
-    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete corrupt ${req.checkpointId}`), [{ checkpointId: req.checkpointId }]);
+    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete corrupt ${req.checkpointId}`), [
+      { checkpointId: req.checkpointId },
+    ]);
     record(phase, 'compensated', 'corrupt checkpoint deleted from this node');
   }
 }
@@ -589,13 +846,20 @@ async function taken(ctx: Ctx, done: Progress, error: string): Promise<Checkpoin
   record('Uploading', 'failed', status.failureReason);
   let keep = false;
   if (done.processStopped) {
-    const r = await undo.criuRestore.executeWithOptions(summary(`restore pid ${pid} in place`), [{ checkpointId: req.checkpointId }])
+    const r = await undo.criuRestore
+      .executeWithOptions(summary(`restore pid ${pid} in place`), [{ checkpointId: req.checkpointId }])
       .catch((err: unknown) => ({ error: describeFailure(err) }));
     keep = !('pid' in r);
-    record('Uploading', keep ? 'failed' : 'compensated', 'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}; images kept`);
+    record(
+      'Uploading',
+      keep ? 'failed' : 'compensated',
+      'pid' in r ? `restored in place as pid ${r.pid}` : `restore in place failed: ${r.error}; images kept`,
+    );
   }
   if (!keep) {
-    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete ${req.checkpointId} (id taken in S3)`), [{ checkpointId: req.checkpointId }]);
+    await undo.deleteCheckpointDir.executeWithOptions(summary(`delete ${req.checkpointId} (id taken in S3)`), [
+      { checkpointId: req.checkpointId },
+    ]);
     record('Uploading', 'compensated', 'local copy deleted');
   }
   enter('Failed', status.tier, status.failureReason);
@@ -608,15 +872,21 @@ const summary = (text: string): { summary: string } => ({ summary: text });
 /** The UI's current details, e.g. "phase: Uploading, 1.2 GiB from memory to S3, dumped at 350 MB/s". */
 function progressText(s: CheckpointStatus, p: Ctx['progress'], note?: string): string {
   const parts = [`phase: ${s.phase}${s.tier ? ` (tier ${s.tier})` : ''}`];
-  if (s.phase === 'Pending') parts.push(`finding ${s.pid !== null ? `pid ${s.pid}` : `the workload of job ${s.jobId}`} on ${s.node}`);
-  else if (s.pid !== null && (s.phase === 'Locking' || s.phase === 'DumpingVram' || s.phase === 'DumpingProcess')) parts.push(`pid ${s.pid} on ${s.node}`);
+  if (s.phase === 'Pending')
+    parts.push(`finding ${s.pid !== null ? `pid ${s.pid}` : `the workload of job ${s.jobId}`} on ${s.node}`);
+  else if (s.pid !== null && (s.phase === 'Locking' || s.phase === 'DumpingVram' || s.phase === 'DumpingProcess'))
+    parts.push(`pid ${s.pid} on ${s.node}`);
   if (p.imageBytes !== null && s.phase !== 'Failed') {
     const rate = p.dumpMs ? `, dumped at ${mbps(p.imageBytes, p.dumpMs)}` : '';
     if (s.phase === 'Durable' && s.upload) {
       const ms = p.uploadStartedAt !== null ? Date.now() - p.uploadStartedAt : 0;
-      parts.push(`${gib(s.upload.bytesSent)} sent to S3${ms > 0 ? ` at ${mbps(s.upload.bytesSent, ms)}` : ''}${s.upload.partsResumed > 0 ? ` (${s.upload.partsResumed} parts resumed)` : ''}`);
+      parts.push(
+        `${gib(s.upload.bytesSent)} sent to S3${ms > 0 ? ` at ${mbps(s.upload.bytesSent, ms)}` : ''}${s.upload.partsResumed > 0 ? ` (${s.upload.partsResumed} parts resumed)` : ''}`,
+      );
     } else {
-      parts.push(`${gib(p.imageBytes)}${s.phase === 'Uploading' ? ` from ${s.tier === 'memory' ? 'memory' : 'disk'} to S3` : ''}${rate}`);
+      parts.push(
+        `${gib(p.imageBytes)}${s.phase === 'Uploading' ? ` from ${s.tier === 'memory' ? 'memory' : 'disk'} to S3` : ''}${rate}`,
+      );
     }
   }
   if (note) parts.push(note);
@@ -626,7 +896,11 @@ function progressText(s: CheckpointStatus, p: Ctx['progress'], note?: string): s
 const gib = (bytes: number): string => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 const mbps = (bytes: number, ms: number): string => `${Math.round(bytes / 1e6 / (ms / 1000))} MB/s`;
 
-async function requeue(req: CheckpointRequest, reason: string, record: (p: CheckpointPhase, o: AttemptRecord['outcome'], d: string) => void): Promise<void> {
+async function requeue(
+  req: CheckpointRequest,
+  reason: string,
+  record: (p: CheckpointPhase, o: AttemptRecord['outcome'], d: string) => void,
+): Promise<void> {
   try {
     await getExternalWorkflowHandle(`job/${req.jobId}`).signal('requeue', { reason, checkpointId: req.checkpointId });
     record('Failed', 'compensated', `job ${req.jobId} requeued`);

@@ -2,12 +2,20 @@ import { ActivityFailure, ApplicationFailure, TimeoutFailure } from '@temporalio
 
 /** A node activity that timed out (heartbeat, start-to-close): the agent died or hung mid-step. */
 export function agentLost(err: unknown): boolean {
-  return err instanceof ActivityFailure && err.cause instanceof TimeoutFailure && err.cause.timeoutType !== 'SCHEDULE_TO_START';
+  return (
+    err instanceof ActivityFailure &&
+    err.cause instanceof TimeoutFailure &&
+    err.cause.timeoutType !== 'SCHEDULE_TO_START'
+  );
 }
 
 /** Nobody polled the node's queue in time: the step never started. */
 export function agentUnreachable(err: unknown): boolean {
-  return err instanceof ActivityFailure && err.cause instanceof TimeoutFailure && err.cause.timeoutType === 'SCHEDULE_TO_START';
+  return (
+    err instanceof ActivityFailure &&
+    err.cause instanceof TimeoutFailure &&
+    err.cause.timeoutType === 'SCHEDULE_TO_START'
+  );
 }
 
 export function failureType(err: unknown): string | null {

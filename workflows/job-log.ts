@@ -17,13 +17,15 @@ export type ReadJobLogInput = { node: string } & ReadRunLogInput;
 /** The most a single read returns; the client reads on from nextOffset. */
 export const MAX_LOG_READ_BYTES = 1 << 20;
 
-const ReadJobLogSchema = z.object({
-  node: z.string().regex(SAFE_ID),
-  jobId: z.string().regex(SAFE_ID),
-  logFile: z.string().min(1),
-  offset: z.number().int().min(0),
-  maxBytes: z.number().int().min(1).max(MAX_LOG_READ_BYTES).optional(),
-}).strict();
+const ReadJobLogSchema = z
+  .object({
+    node: z.string().regex(SAFE_ID),
+    jobId: z.string().regex(SAFE_ID),
+    logFile: z.string().min(1),
+    offset: z.number().int().min(0),
+    maxBytes: z.number().int().min(1).max(MAX_LOG_READ_BYTES).optional(),
+  })
+  .strict();
 
 /**
  * `logs/<jobId>/<uuid>`: one read of a running job's log on its node, for `kybernate logs`. The log lives on
@@ -34,13 +36,24 @@ const ReadJobLogSchema = z.object({
 export async function readJobLog(input: ReadJobLogInput): Promise<ReadRunLogResult> {
   const invalid = inputProblem(ReadJobLogSchema, input);
   if (invalid) throw ApplicationFailure.nonRetryable(`invalid log read: ${invalid}`, ErrorType.InvalidInput);
-  upsertSearchAttributes([{ key: SA_JOB, value: input.jobId }, { key: SA_NODE, value: input.node }]);
+  upsertSearchAttributes([
+    { key: SA_JOB, value: input.jobId },
+    { key: SA_NODE, value: input.node },
+  ]);
   const node = proxyActivities<JobLogActivities>({
     taskQueue: nodeQueue(input.node),
     scheduleToStartTimeout: '1h',
     startToCloseTimeout: '30s',
-    retry: { initialInterval: '1s', maximumInterval: '10s', maximumAttempts: 30, nonRetryableErrorTypes: [ErrorType.InvalidInput] },
+    retry: {
+      initialInterval: '1s',
+      maximumInterval: '10s',
+      maximumAttempts: 30,
+      nonRetryableErrorTypes: [ErrorType.InvalidInput],
+    },
   });
   const { node: _node, ...read } = input;
-  return node.readRunLog.executeWithOptions({ summary: `read the log of job ${input.jobId} from byte ${input.offset}` }, [read]);
+  return node.readRunLog.executeWithOptions(
+    { summary: `read the log of job ${input.jobId} from byte ${input.offset}` },
+    [read],
+  );
 }

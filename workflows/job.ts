@@ -1,14 +1,46 @@
 import {
-  ActivityFailure, allHandlersFinished, ApplicationFailure, CancellationScope, ChildWorkflowCancellationType, condition, continueAsNew, defineQuery, defineSignal, defineUpdate,
-  executeChild, isCancellation, log, ParentClosePolicy, patched, proxyActivities, setCurrentDetails, setHandler, sleep, upsertSearchAttributes, uuid4, workflowInfo,
+  ActivityFailure,
+  allHandlersFinished,
+  ApplicationFailure,
+  CancellationScope,
+  ChildWorkflowCancellationType,
+  condition,
+  continueAsNew,
+  defineQuery,
+  defineSignal,
+  defineUpdate,
+  executeChild,
+  isCancellation,
+  log,
+  ParentClosePolicy,
+  patched,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  sleep,
+  upsertSearchAttributes,
+  uuid4,
+  workflowInfo,
 } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
 import type { CheckpointStatus } from '../common/checkpoint';
 import { ErrorType } from '../common/errors';
 import {
-  FAILED_JOB_STATES, type JobCheckpointRecord, type JobInput, type JobState, type JobStatus, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY,
-  type PreemptResult, type RunEndReason, type RunExit, type RunRecord, TERMINAL_JOB_STATES,
+  FAILED_JOB_STATES,
+  type JobCheckpointRecord,
+  type JobInput,
+  type JobState,
+  type JobStatus,
+  JOB_PREEMPT_UPDATE,
+  JOB_RELEASE_UPDATE,
+  JOB_REQUEUE_SIGNAL,
+  JOB_STATUS_QUERY,
+  type PreemptResult,
+  type RunEndReason,
+  type RunExit,
+  type RunRecord,
+  TERMINAL_JOB_STATES,
 } from '../common/job';
 import type { ProcessIdentity } from '../common/journal';
 import { failedWith, isCheckpointStatus, PATCH_FAILED_WORKFLOWS_FAIL, statusFromFailure } from '../common/outcome';
@@ -71,8 +103,22 @@ export async function job(input: JobInput): Promise<JobStatus> {
   if (invalid) throw ApplicationFailure.nonRetryable(`invalid job spec: ${invalid}`, ErrorType.InvalidInput);
   const jobId = spec.jobId;
   const status: JobStatus = input.carried ?? {
-    jobId, state: 'Pending', reason: null, node: null, restarts: 0, createdAt: new Date().toISOString(), nextRetryAt: null, runs: [], events: [], checkpoints: [],
-    lastGoodCheckpoint: null, failedOn: [], diagnostics: null, spec, backoffStep: 0, resumeFrom: null,
+    jobId,
+    state: 'Pending',
+    reason: null,
+    node: null,
+    restarts: 0,
+    createdAt: new Date().toISOString(),
+    nextRetryAt: null,
+    runs: [],
+    events: [],
+    checkpoints: [],
+    lastGoodCheckpoint: null,
+    failedOn: [],
+    diagnostics: null,
+    spec,
+    backoffStep: 0,
+    resumeFrom: null,
   };
   status.spec = spec;
   status.backoffStep ??= 0;
@@ -87,27 +133,38 @@ export async function job(input: JobInput): Promise<JobStatus> {
   /** A VRAM reservation held between placement and the run's start. */
   let held: string | null = null;
 
-  setHandler(preemptUpdate, async () => {
-    const ask: { result: PreemptResult | null } = { result: null };
-    preemptAsk = ask;
-    await condition(() => ask.result !== null);
-    return ask.result as unknown as PreemptResult;
-  }, {
-    validator: () => {
-      if (status.state !== 'Running' || active === null) throw new Error(`job ${jobId} is ${status.state}: only a Running job can be preempted`);
-      if (preemptAsk !== null) throw new Error(`job ${jobId} is being preempted already`);
+  setHandler(
+    preemptUpdate,
+    async () => {
+      const ask: { result: PreemptResult | null } = { result: null };
+      preemptAsk = ask;
+      await condition(() => ask.result !== null);
+      return ask.result as unknown as PreemptResult;
     },
-  });
-  setHandler(releaseUpdate, async (opts) => {
-    releaseAsk = { fromCheckpoint: opts?.fromCheckpoint === true };
-    await condition(() => releaseAsk === null);
-    return status;
-  }, {
-    validator: (opts) => {
-      if (status.state !== 'Quarantined') throw new Error(`job ${jobId} is ${status.state}: only a Quarantined job can be released`);
-      if (opts?.fromCheckpoint === true && !status.lastGoodCheckpoint) throw new Error(`job ${jobId} has no good checkpoint to release from (fromCheckpoint)`);
+    {
+      validator: () => {
+        if (status.state !== 'Running' || active === null)
+          throw new Error(`job ${jobId} is ${status.state}: only a Running job can be preempted`);
+        if (preemptAsk !== null) throw new Error(`job ${jobId} is being preempted already`);
+      },
     },
-  });
+  );
+  setHandler(
+    releaseUpdate,
+    async (opts) => {
+      releaseAsk = { fromCheckpoint: opts?.fromCheckpoint === true };
+      await condition(() => releaseAsk === null);
+      return status;
+    },
+    {
+      validator: (opts) => {
+        if (status.state !== 'Quarantined')
+          throw new Error(`job ${jobId} is ${status.state}: only a Quarantined job can be released`);
+        if (opts?.fromCheckpoint === true && !status.lastGoodCheckpoint)
+          throw new Error(`job ${jobId} has no good checkpoint to release from (fromCheckpoint)`);
+      },
+    },
+  );
   setHandler(requeueSignal, (s) => {
     event('Requeue', `checkpoint ${s.checkpointId} asks to requeue the job: ${s.reason}`);
     requeueAsks.push({ ...s, run: active?.run ?? 0 });
@@ -115,28 +172,49 @@ export async function job(input: JobInput): Promise<JobStatus> {
 
   // ---- activities ----
   const control = proxyActivities<ControlActivities>({
-    taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
+    taskQueue: CONTROL_QUEUE,
+    startToCloseTimeout: '30s',
+    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
   });
   // Records that must get out (release, incident, alert, retention) wait out a control-plane outage.
   const lasting = proxyActivities<ControlActivities>({
-    taskQueue: CONTROL_QUEUE, startToCloseTimeout: '1m', scheduleToCloseTimeout: '1d', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5m' },
+    taskQueue: CONTROL_QUEUE,
+    startToCloseTimeout: '1m',
+    scheduleToCloseTimeout: '1d',
+    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5m' },
   });
   // startRun once: a start retried blindly could start a second copy; a lost one is cleaned up by stopRun.
-  const starter = (node: string) => proxyActivities<JobNodeActivities>({
-    taskQueue: nodeQueue(node), scheduleToStartTimeout: '1m', startToCloseTimeout: '2m', retry: { maximumAttempts: 1 },
-  });
+  const starter = (node: string) =>
+    proxyActivities<JobNodeActivities>({
+      taskQueue: nodeQueue(node),
+      scheduleToStartTimeout: '1m',
+      startToCloseTimeout: '2m',
+      retry: { maximumAttempts: 1 },
+    });
   // One attempt per call: a heartbeat timeout is seen here (AgentLost) and answered by asking the node.
-  const watcher = (node: string) => proxyActivities<JobNodeActivities>({
-    taskQueue: nodeQueue(node), startToCloseTimeout: '3650d', heartbeatTimeout: '30s', retry: { maximumAttempts: 1 },
-  });
+  const watcher = (node: string) =>
+    proxyActivities<JobNodeActivities>({
+      taskQueue: nodeQueue(node),
+      startToCloseTimeout: '3650d',
+      heartbeatTimeout: '30s',
+      retry: { maximumAttempts: 1 },
+    });
   // Node work that must happen (cleanup, questions after a loss): waits for the agent however long it is away.
-  const patient = (node: string) => proxyActivities<JobNodeActivities & Pick<NodeActivities, 'resolveTarget' | 'deleteLocalCheckpoint'>>({
-    taskQueue: nodeQueue(node), scheduleToCloseTimeout: '7d', startToCloseTimeout: '10m', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
-  });
+  const patient = (node: string) =>
+    proxyActivities<JobNodeActivities & Pick<NodeActivities, 'resolveTarget' | 'deleteLocalCheckpoint'>>({
+      taskQueue: nodeQueue(node),
+      scheduleToCloseTimeout: '7d',
+      startToCloseTimeout: '10m',
+      retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
+    });
   // Useful but never worth blocking the job for: a log archive, diagnostics.
-  const helpful = (node: string) => proxyActivities<JobNodeActivities>({
-    taskQueue: nodeQueue(node), scheduleToCloseTimeout: '10m', startToCloseTimeout: '5m', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s' },
-  });
+  const helpful = (node: string) =>
+    proxyActivities<JobNodeActivities>({
+      taskQueue: nodeQueue(node),
+      scheduleToCloseTimeout: '10m',
+      startToCloseTimeout: '5m',
+      retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s' },
+    });
 
   // ---- state ----
   function event(type: string, message: string): void {
@@ -146,7 +224,10 @@ export async function job(input: JobInput): Promise<JobStatus> {
   function enter(state: JobState, reason: string | null = status.reason): void {
     status.state = state;
     status.reason = reason;
-    upsertSearchAttributes([{ key: SA_PHASE, value: state }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
+    upsertSearchAttributes([
+      { key: SA_PHASE, value: state },
+      ...(status.node ? [{ key: SA_NODE, value: status.node }] : []),
+    ]);
     showDetails();
   }
   /** The UI's current details: state, node, run, restarts, next retry, why. Not a command: replay-safe. */
@@ -154,13 +235,19 @@ export async function job(input: JobInput): Promise<JobStatus> {
     const run = status.runs.at(-1);
     const parts = [`phase: ${status.state}`];
     if (status.node && status.state !== 'Pending') parts.push(`on ${status.node}`);
-    if (run && status.state === 'Running') parts.push(`run ${run.run}${run.process ? ` as pid ${run.process.pid}` : ''}${run.fromCheckpoint ? ` (resumed from ${run.fromCheckpoint})` : ''}`);
+    if (run && status.state === 'Running')
+      parts.push(
+        `run ${run.run}${run.process ? ` as pid ${run.process.pid}` : ''}${run.fromCheckpoint ? ` (resumed from ${run.fromCheckpoint})` : ''}`,
+      );
     if (status.restarts > 0) parts.push(`${status.restarts} restart${status.restarts === 1 ? '' : 's'}`);
     if (status.nextRetryAt) parts.push(`next retry at ${status.nextRetryAt}`);
     if (status.reason) parts.push(status.reason);
     setCurrentDetails(parts.join(', '));
   }
-  const deadlineMs = (): number | null => (spec.timeoutMs !== undefined && status.runs.length > 0 ? Date.parse(status.runs[0].startedAt) + spec.timeoutMs : null);
+  const deadlineMs = (): number | null =>
+    spec.timeoutMs !== undefined && status.runs.length > 0
+      ? Date.parse(status.runs[0].startedAt) + spec.timeoutMs
+      : null;
   const timedOut = (): boolean => {
     const d = deadlineMs();
     return d !== null && Date.now() >= d;
@@ -181,7 +268,9 @@ export async function job(input: JobInput): Promise<JobStatus> {
     if (held === null) return;
     const reservationId = held;
     try {
-      await lasting.release.executeWithOptions({ summary: `release VRAM reservation ${reservationId}` }, [{ reservationId }]);
+      await lasting.release.executeWithOptions({ summary: `release VRAM reservation ${reservationId}` }, [
+        { reservationId },
+      ]);
     } catch (err) {
       if (isCancellation(err)) throw err; // still held: the cancel's cleanup releases it
       event('ReleaseFailed', `reservation ${reservationId} not released: ${describeFailure(err)}`);
@@ -189,7 +278,11 @@ export async function job(input: JobInput): Promise<JobStatus> {
     held = null;
   };
 
-  upsertSearchAttributes([{ key: SA_JOB, value: jobId }, { key: SA_PHASE, value: status.state }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
+  upsertSearchAttributes([
+    { key: SA_JOB, value: jobId },
+    { key: SA_PHASE, value: status.state },
+    ...(status.node ? [{ key: SA_NODE, value: status.node }] : []),
+  ]);
   showDetails();
 
   // ---- Pending: placement and start ----
@@ -199,11 +292,17 @@ export async function job(input: JobInput): Promise<JobStatus> {
     for (let n = 1; ; n++) {
       const now = Date.now();
       const exclude = [...unreachable].filter(([, until]) => until > now).map(([node]) => node);
-      const candidates = await control.placementCandidates.executeWithOptions({ summary: `nodes with ${spec.vramBytes} bytes of VRAM free` },
-        [{ bytes: spec.vramBytes, exclude, prefer: [], ...(spec.node ? { only: spec.node } : {}) }]);
+      const candidates = await control.placementCandidates.executeWithOptions(
+        { summary: `nodes with ${spec.vramBytes} bytes of VRAM free` },
+        [{ bytes: spec.vramBytes, exclude, prefer: [], ...(spec.node ? { only: spec.node } : {}) }],
+      );
       const reservationId = `${workflowInfo().workflowId}/run-${runNo}/${n}`;
-      const r = candidates.length === 0 ? null
-        : await control.reserve.executeWithOptions({ summary: `reserve ${spec.vramBytes} bytes of VRAM` }, [{ reservationId, bytes: spec.vramBytes, candidates }]);
+      const r =
+        candidates.length === 0
+          ? null
+          : await control.reserve.executeWithOptions({ summary: `reserve ${spec.vramBytes} bytes of VRAM` }, [
+              { reservationId, bytes: spec.vramBytes, candidates },
+            ]);
       if (r) {
         held = reservationId;
         status.node = r.node;
@@ -211,10 +310,14 @@ export async function job(input: JobInput): Promise<JobStatus> {
         return r.node;
       }
       if (failedFor === 0) {
-        event('FailedScheduling', `no node has ${spec.vramBytes} bytes of VRAM free${spec.node ? ` (only ${spec.node})` : ''}${exclude.length ? `; passed over: ${exclude.join(', ')}` : ''}; waiting`);
+        event(
+          'FailedScheduling',
+          `no node has ${spec.vramBytes} bytes of VRAM free${spec.node ? ` (only ${spec.node})` : ''}${exclude.length ? `; passed over: ${exclude.join(', ')}` : ''}; waiting`,
+        );
       }
       const wait = Math.min(10_000 * 2 ** failedFor, PLACEMENT_RETRY_CAP_MS);
-      if (await pause(wait, `no node has ${spec.vramBytes} bytes of VRAM free: place again in ${wait / 1000} s`)) return null;
+      if (await pause(wait, `no node has ${spec.vramBytes} bytes of VRAM free: place again in ${wait / 1000} s`))
+        return null;
       failedFor++;
     }
   }
@@ -229,13 +332,34 @@ export async function job(input: JobInput): Promise<JobStatus> {
       try {
         // Shielded from a cancel: a start cut off would leave a process nobody knows of; once it is known (active),
         // the cancel that arrived meanwhile stops it like any run.
-        const r = await CancellationScope.nonCancellable(() => starter(node).startRun.executeWithOptions({ summary: `start run ${runNo} of ${jobId} on ${node}` }, [{
-          jobId, run: runNo, command: spec.command, limits: spec.limits, vramBytes: spec.vramBytes,
-          ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}), ...(spec.env !== undefined ? { env: spec.env } : {}), ...(spec.user !== undefined ? { user: spec.user } : {}),
-        }]));
+        const r = await CancellationScope.nonCancellable(() =>
+          starter(node).startRun.executeWithOptions({ summary: `start run ${runNo} of ${jobId} on ${node}` }, [
+            {
+              jobId,
+              run: runNo,
+              command: spec.command,
+              limits: spec.limits,
+              vramBytes: spec.vramBytes,
+              ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}),
+              ...(spec.env !== undefined ? { env: spec.env } : {}),
+              ...(spec.user !== undefined ? { user: spec.user } : {}),
+            },
+          ]),
+        );
         const run: RunRecord = {
-          run: runNo, node, startedAt: r.startedAt ?? new Date().toISOString(), endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: null,
-          process: r.process, logFile: r.logFile, exitFile: r.exitFile, logObject: null,
+          run: runNo,
+          node,
+          startedAt: r.startedAt ?? new Date().toISOString(),
+          endedAt: null,
+          exitCode: null,
+          signal: null,
+          reason: null,
+          message: null,
+          fromCheckpoint: null,
+          process: r.process,
+          logFile: r.logFile,
+          exitFile: r.exitFile,
+          logObject: null,
         };
         status.runs.push(run);
         active = run;
@@ -250,15 +374,22 @@ export async function job(input: JobInput): Promise<JobStatus> {
         const why = describeFailure(err);
         if (agentUnreachable(err)) {
           unreachable.set(node, Date.now() + UNREACHABLE_NODE_PAUSE_MS);
-          event('NodeUnreachable', `the agent of ${node} did not take run ${runNo} within a minute: placing again without it for a while`);
+          event(
+            'NodeUnreachable',
+            `the agent of ${node} did not take run ${runNo} within a minute: placing again without it for a while`,
+          );
           continue;
         }
         if (agentLost(err)) {
           // Unknown: the command may have started. Whatever it left is stopped (by the job's cgroup) before
           // the run is placed again, so that no second copy runs beside it.
-          event('AgentLost', `the agent of ${node} was lost while starting run ${runNo}: stopping whatever it started before placing again`);
-          await patient(node).stopRun.executeWithOptions({ summary: `clean up the lost start of run ${runNo}` },
-            [{ jobId, run: runNo, process: null, graceMs: 0, reason: 'start lost with the agent' }]);
+          event(
+            'AgentLost',
+            `the agent of ${node} was lost while starting run ${runNo}: stopping whatever it started before placing again`,
+          );
+          await patient(node).stopRun.executeWithOptions({ summary: `clean up the lost start of run ${runNo}` }, [
+            { jobId, run: runNo, process: null, graceMs: 0, reason: 'start lost with the agent' },
+          ]);
           unreachable.set(node, Date.now() + UNREACHABLE_NODE_PAUSE_MS);
           continue;
         }
@@ -267,15 +398,27 @@ export async function job(input: JobInput): Promise<JobStatus> {
         if (cause?.nonRetryable || failureType(err) === ErrorType.StartFailure) {
           const message = cause?.message ?? why;
           status.runs.push({
-            run: runNo, node, startedAt: new Date().toISOString(), endedAt: new Date().toISOString(), exitCode: null, signal: null, reason: 'StartFailure', message,
-            fromCheckpoint: null, process: null, logFile: null, exitFile: null, logObject: null,
+            run: runNo,
+            node,
+            startedAt: new Date().toISOString(),
+            endedAt: new Date().toISOString(),
+            exitCode: null,
+            signal: null,
+            reason: 'StartFailure',
+            message,
+            fromCheckpoint: null,
+            process: null,
+            logFile: null,
+            exitFile: null,
+            logObject: null,
           });
           event('Failed', `run ${runNo} could not start on ${node}: ${message}`);
           enter('StartFailure', message);
           return null;
         }
         event('FailedStart', `run ${runNo} on ${node}: ${why}; placing again`);
-        if (await pause(backoffDelayMs(spec.backoff, 0), `run ${runNo} failed to start on ${node}: place again`)) return timeOutIdle();
+        if (await pause(backoffDelayMs(spec.backoff, 0), `run ${runNo} failed to start on ${node}: place again`))
+          return timeOutIdle();
       }
     }
   }
@@ -294,14 +437,23 @@ export async function job(input: JobInput): Promise<JobStatus> {
       let restored: Awaited<ReturnType<typeof restore>>;
       try {
         // Shielded from a cancel like startRun: a restore cut off halfway could leave a process nobody watches.
-        restored = await CancellationScope.nonCancellable(() => executeChild(restore, {
-          workflowId: `${restoreWorkflowId(checkpointId, runNo)}.${attempt}`, taskQueue: CONTROL_QUEUE,
-          staticSummary: `Restore ${checkpointId} for job ${jobId}${spec.node ? ` on ${spec.node}` : ''} (run ${runNo})`,
-          args: [{
-            checkpointId, exclude: avoiding && avoid ? [...exclude, avoid] : exclude, vramBytes: spec.vramBytes,
-            placementDeadline: avoiding ? AVOID_PLACEMENT_DEADLINE : '10m', ...(spec.node ? { node: spec.node } : {}), ...(spec.readiness ? { readiness: spec.readiness } : {}),
-          }],
-        }));
+        restored = await CancellationScope.nonCancellable(() =>
+          executeChild(restore, {
+            workflowId: `${restoreWorkflowId(checkpointId, runNo)}.${attempt}`,
+            taskQueue: CONTROL_QUEUE,
+            staticSummary: `Restore ${checkpointId} for job ${jobId}${spec.node ? ` on ${spec.node}` : ''} (run ${runNo})`,
+            args: [
+              {
+                checkpointId,
+                exclude: avoiding && avoid ? [...exclude, avoid] : exclude,
+                vramBytes: spec.vramBytes,
+                placementDeadline: avoiding ? AVOID_PLACEMENT_DEADLINE : '10m',
+                ...(spec.node ? { node: spec.node } : {}),
+                ...(spec.readiness ? { readiness: spec.readiness } : {}),
+              },
+            ],
+          }),
+        );
       } catch (err) {
         if (isCancellation(err)) throw err;
         const cause = err instanceof Error && err.cause ? err.cause : err;
@@ -309,12 +461,16 @@ export async function job(input: JobInput): Promise<JobStatus> {
         const why = describeFailure(cause);
         if (type === ErrorType.NoNodeFits && avoiding) {
           avoiding = false;
-          event('FailedScheduling', `resuming from ${checkpointId}: no node other than ${avoid} has room; ${avoid} may take it back`);
+          event(
+            'FailedScheduling',
+            `resuming from ${checkpointId}: no node other than ${avoid} has room; ${avoid} may take it back`,
+          );
           continue;
         }
         if (type === ErrorType.NoNodeFits) {
           event('FailedScheduling', `resuming from ${checkpointId}: ${why}; waiting`);
-          if (await pause(PLACEMENT_RETRY_CAP_MS, `no node has room to resume from ${checkpointId}: try again`)) return timeOutIdle();
+          if (await pause(PLACEMENT_RETRY_CAP_MS, `no node has room to resume from ${checkpointId}: try again`))
+            return timeOutIdle();
           continue;
         }
         if (!cannotFetchYet(type, why)) return why;
@@ -331,16 +487,35 @@ export async function job(input: JobInput): Promise<JobStatus> {
       const source = status.checkpoints.find((c) => c.checkpointId === checkpointId);
       const from = status.runs.find((r) => r.run === source?.run) ?? null;
       const run: RunRecord = {
-        run: runNo, node, startedAt: new Date().toISOString(), endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: checkpointId,
-        process: null, logFile: from?.logFile ?? null, exitFile: from?.exitFile ?? null, logObject: null,
+        run: runNo,
+        node,
+        startedAt: new Date().toISOString(),
+        endedAt: null,
+        exitCode: null,
+        signal: null,
+        reason: null,
+        message: null,
+        fromCheckpoint: checkpointId,
+        process: null,
+        logFile: from?.logFile ?? null,
+        exitFile: from?.exitFile ?? null,
+        logObject: null,
       };
       status.runs.push(run);
       active = run;
       try {
         // The restore knows the pid; the start time (needed for every later kill) comes from the node.
         const ref = await CancellationScope.nonCancellable(() =>
-          patient(node).resolveTarget.executeWithOptions({ summary: `identify restored pid ${restored.pid} on ${node}` }, [{ pid: restored.pid ?? 0, jobId }]));
-        if (ref.startTime === undefined) throw ApplicationFailure.nonRetryable(`pid ${ref.pid} on ${node} reported no start time`, ErrorType.NoSuchProcess);
+          patient(node).resolveTarget.executeWithOptions(
+            { summary: `identify restored pid ${restored.pid} on ${node}` },
+            [{ pid: restored.pid ?? 0, jobId }],
+          ),
+        );
+        if (ref.startTime === undefined)
+          throw ApplicationFailure.nonRetryable(
+            `pid ${ref.pid} on ${node} reported no start time`,
+            ErrorType.NoSuchProcess,
+          );
         run.process = { pid: ref.pid, startTime: ref.startTime };
       } catch (err) {
         if (isCancellation(err)) throw err;
@@ -350,8 +525,13 @@ export async function job(input: JobInput): Promise<JobStatus> {
       }
       const process = run.process;
       // Shielded too: stopRun removes the job's cgroup, so the tree must be in it before a cancel stops the run.
-      await CancellationScope.nonCancellable(() => patient(node).attachRunLimits.executeWithOptions({ summary: `limits for restored run ${runNo}` }, [{ jobId, limits: spec.limits, process }]))
-        .catch((err: unknown) => event('LimitsNotAttached', `run ${runNo}: limits not attached after the restore: ${describeFailure(err)}`));
+      await CancellationScope.nonCancellable(() =>
+        patient(node).attachRunLimits.executeWithOptions({ summary: `limits for restored run ${runNo}` }, [
+          { jobId, limits: spec.limits, process },
+        ]),
+      ).catch((err: unknown) =>
+        event('LimitsNotAttached', `run ${runNo}: limits not attached after the restore: ${describeFailure(err)}`),
+      );
       event('Resumed', `run ${runNo} resumed from checkpoint ${checkpointId} on ${node} as pid ${run.process.pid}`);
       status.nextRetryAt = null;
       enter('Running', null);
@@ -372,15 +552,28 @@ export async function job(input: JobInput): Promise<JobStatus> {
   async function watch(run: RunRecord, process: ProcessIdentity): Promise<RunExit> {
     for (let failures = 0; ; failures++) {
       try {
-        return await watcher(run.node).awaitRunExit.executeWithOptions({ summary: `wait for run ${run.run} (pid ${process.pid}) to end` },
-          [{ jobId, run: run.run, process, exitFile: run.exitFile ?? '' }]);
+        return await watcher(run.node).awaitRunExit.executeWithOptions(
+          { summary: `wait for run ${run.run} (pid ${process.pid}) to end` },
+          [{ jobId, run: run.run, process, exitFile: run.exitFile ?? '' }],
+        );
       } catch (err) {
         if (isCancellation(err)) throw err;
-        event('AgentLost', `lost sight of run ${run.run} on ${run.node}: ${describeFailure(err)}; asking the node when its agent is back`);
-        const seen = await patient(run.node).inspectRun.executeWithOptions({ summary: `is run ${run.run} (pid ${process.pid}) still running?` }, [{ process }]);
-        event('Reattached', seen.running ? `run ${run.run} still runs on ${run.node}: watching it again, no restart counted`
-          : `run ${run.run} ended while out of sight: reading its exit record`);
-        if (!agentLost(err) && !agentUnreachable(err)) await sleep(Math.min(1000 * 2 ** failures, 60_000), { summary: `watch run ${run.run} again` });
+        event(
+          'AgentLost',
+          `lost sight of run ${run.run} on ${run.node}: ${describeFailure(err)}; asking the node when its agent is back`,
+        );
+        const seen = await patient(run.node).inspectRun.executeWithOptions(
+          { summary: `is run ${run.run} (pid ${process.pid}) still running?` },
+          [{ process }],
+        );
+        event(
+          'Reattached',
+          seen.running
+            ? `run ${run.run} still runs on ${run.node}: watching it again, no restart counted`
+            : `run ${run.run} ended while out of sight: reading its exit record`,
+        );
+        if (!agentLost(err) && !agentUnreachable(err))
+          await sleep(Math.min(1000 * 2 ** failures, 60_000), { summary: `watch run ${run.run} again` });
       }
     }
   }
@@ -389,16 +582,23 @@ export async function job(input: JobInput): Promise<JobStatus> {
     const process = run.process as ProcessIdentity;
     const scope = new CancellationScope();
     let exit: RunExit | null = null;
-    void scope.run(() => watch(run, process)).then((e) => void (exit = e), (err: unknown) => {
-      if (!isCancellation(err)) log.error('watching a run failed', { job: jobId, node: run.node, error: describeFailure(err) });
-    });
+    void scope
+      .run(() => watch(run, process))
+      .then(
+        (e) => void (exit = e),
+        (err: unknown) => {
+          if (!isCancellation(err))
+            log.error('watching a run failed', { job: jobId, node: run.node, error: describeFailure(err) });
+        },
+      );
     const every = spec.checkpointEveryMs;
     let nextPeriodic = every !== undefined ? Date.now() + every : null;
     try {
       for (;;) {
         const wakes = [deadlineMs(), nextPeriodic].filter((t): t is number => t !== null);
         const wake = wakes.length ? Math.min(...wakes) : null;
-        const ready = (): boolean => exit !== null || preemptAsk !== null || requeueAsks.length > 0 || workflowInfo().continueAsNewSuggested;
+        const ready = (): boolean =>
+          exit !== null || preemptAsk !== null || requeueAsks.length > 0 || workflowInfo().continueAsNewSuggested;
         if (!ready()) {
           if (wake === null) await condition(ready);
           else await condition(ready, Math.max(1, wake - Date.now()));
@@ -413,8 +613,12 @@ export async function job(input: JobInput): Promise<JobStatus> {
           const asks = requeueAsks.filter((a) => a.run === run.run);
           requeueAsks = [];
           if (asks.length > 0) {
-            const seen = await patient(run.node).inspectRun.executeWithOptions({ summary: `is run ${run.run} still running after a requeue?` }, [{ process }]);
-            if (!seen.running) return { kind: 'gone', why: `requeued by checkpoint ${asks[0].checkpointId}: ${asks[0].reason}` };
+            const seen = await patient(run.node).inspectRun.executeWithOptions(
+              { summary: `is run ${run.run} still running after a requeue?` },
+              [{ process }],
+            );
+            if (!seen.running)
+              return { kind: 'gone', why: `requeued by checkpoint ${asks[0].checkpointId}: ${asks[0].reason}` };
             event('Requeue', `run ${run.run} still runs on ${run.node}: nothing to requeue`);
           }
           continue;
@@ -435,39 +639,84 @@ export async function job(input: JobInput): Promise<JobStatus> {
   }
 
   /** The preempt update: a checkpoint that stops the run; requeued from it, or what became of the run if it failed. */
-  async function preempt(run: RunRecord, process: ProcessIdentity, ask: { result: PreemptResult | null }): Promise<Ended | null> {
+  async function preempt(
+    run: RunRecord,
+    process: ProcessIdentity,
+    ask: { result: PreemptResult | null },
+  ): Promise<Ended | null> {
     const checkpointId = `${jobId}-preempt-${uuid4().slice(0, 8)}`;
     event('Preempting', `checkpointing run ${run.run} on ${run.node} as ${checkpointId} for preemption`);
     const taken = await takeCheckpoint(run, process, checkpointId, 'preemption');
     if (taken.phase === 'Durable' || taken.phase === 'PendingUpload') {
-      ask.result = { checkpointId, outcome: 'requeued', message: `checkpointed (${taken.phase}) and stopped; resumed from ${checkpointId} once placed again` };
+      ask.result = {
+        checkpointId,
+        outcome: 'requeued',
+        message: `checkpointed (${taken.phase}) and stopped; resumed from ${checkpointId} once placed again`,
+      };
       return { kind: 'preempted', checkpointId };
     }
-    const seen = await patient(run.node).inspectRun.executeWithOptions({ summary: `is run ${run.run} still running after a failed checkpoint?` }, [{ process }]);
+    const seen = await patient(run.node).inspectRun.executeWithOptions(
+      { summary: `is run ${run.run} still running after a failed checkpoint?` },
+      [{ process }],
+    );
     if (seen.running) {
       event('PreemptionFailed', `checkpoint ${checkpointId} failed (${taken.failure}); run ${run.run} runs on`);
-      ask.result = { checkpointId, outcome: 'still-running', message: `checkpoint failed cleanly: ${taken.failure}; the job runs on` };
+      ask.result = {
+        checkpointId,
+        outcome: 'still-running',
+        message: `checkpoint failed cleanly: ${taken.failure}; the job runs on`,
+      };
       return null;
     }
     const from = status.lastGoodCheckpoint;
-    ask.result = { checkpointId, outcome: 'restarted-from-last-good', message: `checkpoint failed (${taken.failure}) and the process is gone: restarted from ${from ?? 'scratch'}` };
+    ask.result = {
+      checkpointId,
+      outcome: 'restarted-from-last-good',
+      message: `checkpoint failed (${taken.failure}) and the process is gone: restarted from ${from ?? 'scratch'}`,
+    };
     return { kind: 'gone', why: `preemption checkpoint ${checkpointId} failed and took the process: ${taken.failure}` };
   }
 
   /** A child checkpoint workflow of the run's process, recorded in the job's checkpoints. */
-  async function takeCheckpoint(run: RunRecord, process: ProcessIdentity, checkpointId: string, reason: JobCheckpointRecord['reason']): Promise<{ phase: string; failure: string | null }> {
+  async function takeCheckpoint(
+    run: RunRecord,
+    process: ProcessIdentity,
+    checkpointId: string,
+    reason: JobCheckpointRecord['reason'],
+  ): Promise<{ phase: string; failure: string | null }> {
     const healthy = healthyNow(run);
-    const rec: JobCheckpointRecord = { checkpointId, takenAt: new Date().toISOString(), reason, phase: 'Pending', healthy, deleted: false, run: run.run, node: run.node };
+    const rec: JobCheckpointRecord = {
+      checkpointId,
+      takenAt: new Date().toISOString(),
+      reason,
+      phase: 'Pending',
+      healthy,
+      deleted: false,
+      run: run.run,
+      node: run.node,
+    };
     status.checkpoints.push(rec);
     let out: CheckpointStatus | null;
     let failure: string | null = null;
     try {
       // Abandoned, not cancelled, with the job: a dump cut off by a cancel would leave the process frozen.
       out = await executeChild(checkpoint, {
-        workflowId: checkpointWorkflowId(checkpointId), taskQueue: CONTROL_QUEUE,
-        cancellationType: ChildWorkflowCancellationType.ABANDON, parentClosePolicy: ParentClosePolicy.ABANDON,
+        workflowId: checkpointWorkflowId(checkpointId),
+        taskQueue: CONTROL_QUEUE,
+        cancellationType: ChildWorkflowCancellationType.ABANDON,
+        parentClosePolicy: ParentClosePolicy.ABANDON,
         staticSummary: `Checkpoint ${jobId} on ${run.node} (${reason}, run ${run.run})`,
-        args: [{ checkpointId, jobId, node: run.node, pid: process.pid, leaveRunning: reason !== 'preemption', reason: reason === 'preemption' ? 'preemption' : 'manual', vramBytes: spec.vramBytes }],
+        args: [
+          {
+            checkpointId,
+            jobId,
+            node: run.node,
+            pid: process.pid,
+            leaveRunning: reason !== 'preemption',
+            reason: reason === 'preemption' ? 'preemption' : 'manual',
+            vramBytes: spec.vramBytes,
+          },
+        ],
       });
     } catch (err) {
       if (isCancellation(err)) throw err;
@@ -476,9 +725,13 @@ export async function job(input: JobInput): Promise<JobStatus> {
       if (out === null) failure = describeFailure(err instanceof Error && err.cause ? err.cause : err);
     }
     rec.phase = out?.phase ?? 'Failed';
-    failure ??= out?.phase === 'Failed' ? out.failureReason ?? 'failed' : null;
+    failure ??= out?.phase === 'Failed' ? (out.failureReason ?? 'failed') : null;
     if (rec.phase === 'Durable' && healthy) status.lastGoodCheckpoint = checkpointId;
-    if (rec.phase === 'Durable' || rec.phase === 'PendingUpload') event('CheckpointTaken', `checkpoint ${checkpointId} of run ${run.run}: ${rec.phase}${healthy ? '' : ' (taken while failing: not a good one)'}`);
+    if (rec.phase === 'Durable' || rec.phase === 'PendingUpload')
+      event(
+        'CheckpointTaken',
+        `checkpoint ${checkpointId} of run ${run.run}: ${rec.phase}${healthy ? '' : ' (taken while failing: not a good one)'}`,
+      );
     else event('CheckpointFailed', `checkpoint ${checkpointId} of run ${run.run}: ${failure}`);
     return { phase: rec.phase, failure };
   }
@@ -489,13 +742,19 @@ export async function job(input: JobInput): Promise<JobStatus> {
     const checkpointId = `${jobId}-p${seq}-${uuid4().slice(0, 8)}`;
     const taken = await takeCheckpoint(run, process, checkpointId, 'periodic');
     if (taken.phase !== 'Durable' || spec.keep === undefined) return;
-    const inUse = new Set(status.runs.filter((r) => r.endedAt === null && r.fromCheckpoint).map((r) => r.fromCheckpoint as string));
+    const inUse = new Set(
+      status.runs.filter((r) => r.endedAt === null && r.fromCheckpoint).map((r) => r.fromCheckpoint as string),
+    );
     for (const victim of retentionVictims(status.checkpoints, spec.keep, status.lastGoodCheckpoint, inUse)) {
       try {
-        await lasting.deleteCheckpoint.executeWithOptions({ summary: `delete checkpoint ${victim.checkpointId} from S3 (keep ${spec.keep})` },
-          [{ checkpointId: victim.checkpointId, node: victim.node ?? run.node }]);
-        await patient(victim.node ?? run.node).deleteLocalCheckpoint.executeWithOptions({ summary: `delete checkpoint ${victim.checkpointId} from its node` },
-          [{ checkpointId: victim.checkpointId }]);
+        await lasting.deleteCheckpoint.executeWithOptions(
+          { summary: `delete checkpoint ${victim.checkpointId} from S3 (keep ${spec.keep})` },
+          [{ checkpointId: victim.checkpointId, node: victim.node ?? run.node }],
+        );
+        await patient(victim.node ?? run.node).deleteLocalCheckpoint.executeWithOptions(
+          { summary: `delete checkpoint ${victim.checkpointId} from its node` },
+          [{ checkpointId: victim.checkpointId }],
+        );
         victim.deleted = true;
         event('CheckpointDeleted', `checkpoint ${victim.checkpointId} deleted (keep ${spec.keep})`);
       } catch (err) {
@@ -509,20 +768,34 @@ export async function job(input: JobInput): Promise<JobStatus> {
    * A run's end: its process tree and cgroup cleaned up by stopRun (idempotent; with a grace when the job
    * stops it), its log archived (recorded when that fails, never blocking), the exit recorded.
    */
-  async function finish(run: RunRecord, exit: { exitCode: number | null; signal: string | null; reason: RunEndReason; message: string; endedAt: string }, graceMs = 0): Promise<void> {
+  async function finish(
+    run: RunRecord,
+    exit: { exitCode: number | null; signal: string | null; reason: RunEndReason; message: string; endedAt: string },
+    graceMs = 0,
+  ): Promise<void> {
     if (graceMs > 0) event('Killing', `stopping run ${run.run} on ${run.node}: ${exit.message}`);
     try {
-      await patient(run.node).stopRun.executeWithOptions({ summary: `clean up run ${run.run} (${exit.reason})` },
-        [{ jobId, run: run.run, process: run.process, graceMs, reason: exit.message }]);
+      await patient(run.node).stopRun.executeWithOptions({ summary: `clean up run ${run.run} (${exit.reason})` }, [
+        { jobId, run: run.run, process: run.process, graceMs, reason: exit.message },
+      ]);
     } catch (err) {
       if (isCancellation(err)) throw err;
       event('StopFailed', `run ${run.run} on ${run.node} not cleaned up: ${describeFailure(err)}`);
     }
-    Object.assign(run, { exitCode: exit.exitCode, signal: exit.signal, reason: exit.reason, message: exit.message, endedAt: exit.endedAt });
+    Object.assign(run, {
+      exitCode: exit.exitCode,
+      signal: exit.signal,
+      reason: exit.reason,
+      message: exit.message,
+      endedAt: exit.endedAt,
+    });
     if (active === run) active = null;
     if (run.logFile) {
       try {
-        const a = await helpful(run.node).archiveRunLog.executeWithOptions({ summary: `store the log of run ${run.run}` }, [{ jobId, run: run.run, logFile: run.logFile }]);
+        const a = await helpful(run.node).archiveRunLog.executeWithOptions(
+          { summary: `store the log of run ${run.run}` },
+          [{ jobId, run: run.run, logFile: run.logFile }],
+        );
         run.logObject = a.key;
       } catch (err) {
         if (isCancellation(err)) throw err;
@@ -536,7 +809,10 @@ export async function job(input: JobInput): Promise<JobStatus> {
   async function afterExit(run: RunRecord, exit: RunExit): Promise<Start | 'quarantine' | null> {
     await finish(run, exit);
     const failed = exit.reason !== 'Completed';
-    event(exit.reason === 'OOMKilled' ? 'OOMKilled' : 'Exited', `run ${run.run} on ${run.node}: ${exit.message}${exit.exitCode !== null ? ` (exit code ${exit.exitCode})` : ''}${exit.signal ? ` (${exit.signal})` : ''}`);
+    event(
+      exit.reason === 'OOMKilled' ? 'OOMKilled' : 'Exited',
+      `run ${run.run} on ${run.node}: ${exit.message}${exit.exitCode !== null ? ` (exit code ${exit.exitCode})` : ''}${exit.signal ? ` (${exit.signal})` : ''}`,
+    );
     if (Date.parse(exit.endedAt) - Date.parse(run.startedAt) >= spec.backoff.resetAfterMs) status.backoffStep = 0;
     if (!failed && spec.restartPolicy !== 'Always') {
       enter('Succeeded', exit.message);
@@ -573,34 +849,51 @@ export async function job(input: JobInput): Promise<JobStatus> {
     if (!status.failedOn.includes(run.node)) status.failedOn.push(run.node);
     const at = new Date().toISOString();
     try {
-      const d = await helpful(run.node).collectDiagnostics.executeWithOptions({ summary: `diagnostics of ${jobId} on ${run.node}` },
-        [{ jobId, at, error, runs: status.runs, logFile: run.logFile }]);
+      const d = await helpful(run.node).collectDiagnostics.executeWithOptions(
+        { summary: `diagnostics of ${jobId} on ${run.node}` },
+        [{ jobId, at, error, runs: status.runs, logFile: run.logFile }],
+      );
       status.diagnostics = d.prefix;
     } catch (err) {
       if (isCancellation(err)) throw err;
       event('DiagnosticsFailed', `diagnostics not stored: ${describeFailure(err)}`);
     }
     // Not awaited: a webhook down for hours must not hold back a critical job's restore. Each records its own failure.
-    void lasting.raiseIncident.executeWithOptions({ summary: `incident: ${jobId} quarantined` },
-      [{ kind: 'job-quarantined', jobId, node: run.node, message: reason, at, diagnostics: status.diagnostics }])
+    void lasting.raiseIncident
+      .executeWithOptions({ summary: `incident: ${jobId} quarantined` }, [
+        { kind: 'job-quarantined', jobId, node: run.node, message: reason, at, diagnostics: status.diagnostics },
+      ])
       .catch((err: unknown) => event('IncidentFailed', `incident not raised: ${describeFailure(err)}`));
-    void lasting.raiseAlert.executeWithOptions({ summary: `alert: ${jobId} quarantined` },
-      [{ kind: 'job-quarantined', checkpointId: status.lastGoodCheckpoint ?? jobId, node: run.node, message: `job ${jobId}: ${reason}`, raisedAt: at }])
+    void lasting.raiseAlert
+      .executeWithOptions({ summary: `alert: ${jobId} quarantined` }, [
+        {
+          kind: 'job-quarantined',
+          checkpointId: status.lastGoodCheckpoint ?? jobId,
+          node: run.node,
+          message: `job ${jobId}: ${reason}`,
+          raisedAt: at,
+        },
+      ])
       .catch((err: unknown) => event('AlertFailed', `alert not raised: ${describeFailure(err)}`));
     if (spec.tier !== 'critical') return 'quarantine';
     if (!status.lastGoodCheckpoint) {
       enter('Quarantined', `${reason}; critical, but no good checkpoint to restore from`);
       return 'quarantine';
     }
-    event('Restoring', `critical job: restoring from its last good checkpoint ${status.lastGoodCheckpoint}, not on ${status.failedOn.join(', ')}`);
+    event(
+      'Restoring',
+      `critical job: restoring from its last good checkpoint ${status.lastGoodCheckpoint}, not on ${status.failedOn.join(', ')}`,
+    );
     return { checkpointId: status.lastGoodCheckpoint, exclude: [...status.failedOn] };
   }
 
   // ---- the lifecycle ----
   async function lifecycle(): Promise<JobStatus> {
-    let next: Start | 'quarantine' = status.state === 'Quarantined' ? 'quarantine' : { checkpointId: status.resumeFrom ?? null, exclude: [] };
+    let next: Start | 'quarantine' =
+      status.state === 'Quarantined' ? 'quarantine' : { checkpointId: status.resumeFrom ?? null, exclude: [] };
     const carriedRun = status.runs.at(-1);
-    let run: RunRecord | null = status.state === 'Running' && carriedRun && carriedRun.endedAt === null && carriedRun.process ? carriedRun : null;
+    let run: RunRecord | null =
+      status.state === 'Running' && carriedRun && carriedRun.endedAt === null && carriedRun.process ? carriedRun : null;
     active = run;
     for (;;) {
       if (TERMINAL_JOB_STATES.includes(status.state)) return status;
@@ -632,7 +925,8 @@ export async function job(input: JobInput): Promise<JobStatus> {
               continue;
             }
             // The checkpoint cannot be restored (corrupt, gone): the next best is the last good one, then scratch.
-            const fallback = status.lastGoodCheckpoint && status.lastGoodCheckpoint !== from ? status.lastGoodCheckpoint : null;
+            const fallback =
+              status.lastGoodCheckpoint && status.lastGoodCheckpoint !== from ? status.lastGoodCheckpoint : null;
             event('RestoreFailed', `cannot resume from ${from}: ${r}; starting from ${fallback ?? 'scratch'}`);
             next = { checkpointId: fallback, exclude: [] };
             continue;
@@ -644,7 +938,13 @@ export async function job(input: JobInput): Promise<JobStatus> {
           // Resumed but gone at once: a failed run like any other.
           const gone = run;
           run = null;
-          const after = await afterExit(gone, { exitCode: null, signal: null, reason: 'Error', message: gone.message ?? 'gone after the restore', endedAt: new Date().toISOString() });
+          const after = await afterExit(gone, {
+            exitCode: null,
+            signal: null,
+            reason: 'Error',
+            message: gone.message ?? 'gone after the restore',
+            endedAt: new Date().toISOString(),
+          });
           if (after === null) return status;
           next = after;
           continue;
@@ -657,19 +957,44 @@ export async function job(input: JobInput): Promise<JobStatus> {
         case 'continue':
           return continueAsNew<typeof job>({ spec, carried: status });
         case 'timeout':
-          await finish(r, { exitCode: null, signal: null, reason: 'TimedOut', message: `job ran past its timeout of ${spec.timeoutMs} ms`, endedAt: new Date().toISOString() }, STOP_GRACE_MS);
+          await finish(
+            r,
+            {
+              exitCode: null,
+              signal: null,
+              reason: 'TimedOut',
+              message: `job ran past its timeout of ${spec.timeoutMs} ms`,
+              endedAt: new Date().toISOString(),
+            },
+            STOP_GRACE_MS,
+          );
           event('TimedOut', `run ${r.run} stopped: job ran past its timeout of ${spec.timeoutMs} ms`);
           enter('TimedOut', `job ran past its timeout of ${spec.timeoutMs} ms`);
           return status;
         case 'preempted':
-          await finish(r, { exitCode: null, signal: null, reason: 'Preempted', message: `checkpointed as ${ended.checkpointId} for preemption`, endedAt: new Date().toISOString() });
+          await finish(r, {
+            exitCode: null,
+            signal: null,
+            reason: 'Preempted',
+            message: `checkpointed as ${ended.checkpointId} for preemption`,
+            endedAt: new Date().toISOString(),
+          });
           event('Preempted', `run ${r.run} checkpointed as ${ended.checkpointId} and stopped; requeued`);
           enter('Preempted', `preempted: resumes from ${ended.checkpointId}`);
           next = { checkpointId: ended.checkpointId, exclude: [], avoid: r.node };
           break;
         case 'gone':
-          await finish(r, { exitCode: null, signal: null, reason: 'Preempted', message: ended.why, endedAt: new Date().toISOString() });
-          event('Requeued', `run ${r.run}: ${ended.why}; restarting from ${status.lastGoodCheckpoint ?? 'scratch'} (not counted as a restart)`);
+          await finish(r, {
+            exitCode: null,
+            signal: null,
+            reason: 'Preempted',
+            message: ended.why,
+            endedAt: new Date().toISOString(),
+          });
+          event(
+            'Requeued',
+            `run ${r.run}: ${ended.why}; restarting from ${status.lastGoodCheckpoint ?? 'scratch'} (not counted as a restart)`,
+          );
           enter('Pending', ended.why);
           next = { checkpointId: status.lastGoodCheckpoint, exclude: [] };
           break;
@@ -687,7 +1012,12 @@ export async function job(input: JobInput): Promise<JobStatus> {
     const out = await lifecycle();
     // A job that ended in a failed state fails its workflow, so the UI counts it as failed (older histories completed).
     if (FAILED_JOB_STATES.includes(out.state) && patched(PATCH_FAILED_WORKFLOWS_FAIL)) {
-      throw failedWith(`job ${jobId} ${out.state}: ${out.reason ?? 'no reason recorded'}`, ErrorType.JobFailed, out, out.events);
+      throw failedWith(
+        `job ${jobId} ${out.state}: ${out.reason ?? 'no reason recorded'}`,
+        ErrorType.JobFailed,
+        out,
+        out.events,
+      );
     }
     return out;
   } catch (err) {
@@ -696,7 +1026,11 @@ export async function job(input: JobInput): Promise<JobStatus> {
     await CancellationScope.nonCancellable(async () => {
       const run = active as RunRecord | null;
       if (run !== null) {
-        await finish(run, { exitCode: null, signal: null, reason: 'Stopped', message: 'Cancelled', endedAt: new Date().toISOString() }, STOP_GRACE_MS);
+        await finish(
+          run,
+          { exitCode: null, signal: null, reason: 'Stopped', message: 'Cancelled', endedAt: new Date().toISOString() },
+          STOP_GRACE_MS,
+        );
       }
       await releaseReservation();
       status.nextRetryAt = null;
@@ -710,6 +1044,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
 /** A restore that failed because its checkpoint cannot be fetched yet (S3 away), as opposed to not at all. */
 function cannotFetchYet(type: string | null, why: string): boolean {
   if (type === ErrorType.S3Unavailable) return true;
-  if (type === ErrorType.RestoreFailed || type === ErrorType.CheckpointNotFound) return /\bS3\b|fetch|ECONNREFUSED|ETIMEDOUT|unreachable/i.test(why);
+  if (type === ErrorType.RestoreFailed || type === ErrorType.CheckpointNotFound)
+    return /\bS3\b|fetch|ECONNREFUSED|ETIMEDOUT|unreachable/i.test(why);
   return false;
 }

@@ -1,6 +1,20 @@
-import { ApplicationFailure, defineQuery, executeChild, patched, setCurrentDetails, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  defineQuery,
+  executeChild,
+  patched,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+} from '@temporalio/workflow';
 import type { MigratePhase, MigrateRequest, MigrateStatus } from '../common/migrate';
-import { failedWith, isCheckpointStatus, PATCH_FAILED_WORKFLOWS_FAIL, statusFromFailure, STATUS_QUERY } from '../common/outcome';
+import {
+  failedWith,
+  isCheckpointStatus,
+  PATCH_FAILED_WORKFLOWS_FAIL,
+  statusFromFailure,
+  STATUS_QUERY,
+} from '../common/outcome';
 import { checkpointWorkflowId, CONTROL_QUEUE, restoreWorkflowId } from '../common/queues';
 import type { RestoreStatus } from '../common/restore';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
@@ -22,7 +36,13 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
   const invalid = inputProblem(MigrateInputSchema, input);
   if (invalid) throw ApplicationFailure.nonRetryable(`invalid migration request: ${invalid}`, ErrorType.InvalidInput);
   const { readiness, ...rest } = input;
-  const status: MigrateStatus = { ...rest, phase: 'Checkpointing', checkpoint: null, restores: [], failureReason: null };
+  const status: MigrateStatus = {
+    ...rest,
+    phase: 'Checkpointing',
+    checkpoint: null,
+    restores: [],
+    failureReason: null,
+  };
   setHandler(migrateStatusQuery, () => status);
   const enter = (p: MigratePhase, details?: string): void => {
     status.phase = p;
@@ -33,15 +53,30 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
   const failed = (reason: string): MigrateStatus => {
     status.failureReason = reason;
     enter('Failed', reason);
-    if (patched(PATCH_FAILED_WORKFLOWS_FAIL)) throw failedWith(reason, ErrorType.MigrationFailed, status, status.checkpoint?.history ?? []);
+    if (patched(PATCH_FAILED_WORKFLOWS_FAIL))
+      throw failedWith(reason, ErrorType.MigrationFailed, status, status.checkpoint?.history ?? []);
     return status;
   };
-  upsertSearchAttributes([{ key: SA_JOB, value: input.jobId }, { key: SA_NODE, value: input.from }, { key: SA_PHASE, value: 'Checkpointing' }]);
+  upsertSearchAttributes([
+    { key: SA_JOB, value: input.jobId },
+    { key: SA_NODE, value: input.from },
+    { key: SA_PHASE, value: 'Checkpointing' },
+  ]);
   setCurrentDetails(`phase: Checkpointing ${input.jobId} on ${input.from}`);
   // A checkpoint that failed fails its workflow (its status in the failure); older ones returned it.
   status.checkpoint = await executeChild(checkpoint, {
-    workflowId: checkpointWorkflowId(input.checkpointId), taskQueue: CONTROL_QUEUE,
-    args: [{ checkpointId: input.checkpointId, jobId: input.jobId, node: input.from, leaveRunning: false, reason: 'manual', vramBytes: input.vramBytes }],
+    workflowId: checkpointWorkflowId(input.checkpointId),
+    taskQueue: CONTROL_QUEUE,
+    args: [
+      {
+        checkpointId: input.checkpointId,
+        jobId: input.jobId,
+        node: input.from,
+        leaveRunning: false,
+        reason: 'manual',
+        vramBytes: input.vramBytes,
+      },
+    ],
     staticSummary: `Checkpoint ${input.jobId} on ${input.from} (migration to ${input.to})`,
   }).catch((err: unknown) => {
     const s = statusFromFailure(err, isCheckpointStatus);
@@ -56,7 +91,9 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
   const run = async (n: number, req: Parameters<typeof restore>[0]): Promise<RestoreStatus | string> => {
     try {
       const r = await executeChild(restore, {
-        workflowId: restoreWorkflowId(input.checkpointId, n), taskQueue: CONTROL_QUEUE, args: [req],
+        workflowId: restoreWorkflowId(input.checkpointId, n),
+        taskQueue: CONTROL_QUEUE,
+        args: [req],
         staticSummary: `Restore ${input.checkpointId} of ${input.jobId} on ${req.node ?? req.prefer?.join(', ') ?? 'any node'} (migration ${n === 1 ? 'target' : 'back to the source'})`,
       });
       status.restores.push(r);
@@ -67,7 +104,13 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
       return describeFailure(cause);
     }
   };
-  const onB = await run(1, { checkpointId: input.checkpointId, prefer: [input.to], exclude: [input.from], placementDeadline: input.placementDeadline ?? '2m', ...(readiness ? { readiness } : {}) });
+  const onB = await run(1, {
+    checkpointId: input.checkpointId,
+    prefer: [input.to],
+    exclude: [input.from],
+    placementDeadline: input.placementDeadline ?? '2m',
+    ...(readiness ? { readiness } : {}),
+  });
   if (typeof onB !== 'string') {
     enter('Migrated');
     return status;
@@ -80,7 +123,12 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
   }
   // Nowhere else would take it: the source node still holds the checkpoint, so put the workload back there.
   enter('Compensating', `restoring on ${input.from} again`);
-  const onA = await run(2, { checkpointId: input.checkpointId, node: input.from, placementDeadline: input.placementDeadline ?? '2m', ...(readiness ? { readiness } : {}) });
+  const onA = await run(2, {
+    checkpointId: input.checkpointId,
+    node: input.from,
+    placementDeadline: input.placementDeadline ?? '2m',
+    ...(readiness ? { readiness } : {}),
+  });
   if (typeof onA !== 'string') {
     status.failureReason = `restore elsewhere failed (${onB}); restored on ${input.from}`;
     enter('RestoredOnSource');

@@ -1,4 +1,12 @@
-import { condition, continueAsNew, defineQuery, defineSignal, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import {
+  condition,
+  continueAsNew,
+  defineQuery,
+  defineSignal,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { NodeInventory } from '../activities/node/inventory';
 import type { NodeRecord } from '../common/node';
 import { STATUS_QUERY } from '../common/outcome';

@@ -1,4 +1,14 @@
-import { condition, continueAsNew, defineQuery, defineSignal, getExternalWorkflowHandle, patched, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
+import {
+  condition,
+  continueAsNew,
+  defineQuery,
+  defineSignal,
+  getExternalWorkflowHandle,
+  patched,
+  proxyActivities,
+  setHandler,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { Duration } from '@temporalio/common';
 import type { NodeActivities } from '../activities/node';
 import type { UploadResult } from '../common/checkpoint';
@@ -26,7 +36,11 @@ export const REJECTED_BACKOFF_MS = { initial: 60_000, max: 3_600_000 };
  * promoted, and its checkpoint workflow is told so.
  */
 export async function promotion(input: {
-  node: string; pending?: string[]; deferred?: DeferredPromotion[]; metadataSha256?: Record<string, string>; idleTimeout?: Duration;
+  node: string;
+  pending?: string[];
+  deferred?: DeferredPromotion[];
+  metadataSha256?: Record<string, string>;
+  idleTimeout?: Duration;
 }): Promise<void> {
   const pending: string[] = [...(input.pending ?? [])];
   const sealedAs: Record<string, string> = { ...(input.metadataSha256 ?? {}) };
@@ -35,13 +49,26 @@ export async function promotion(input: {
   let lastError: string | null = null;
   setHandler(enqueueSignal, ({ checkpointId, metadataSha256 }) => {
     if (metadataSha256) sealedAs[checkpointId] = metadataSha256;
-    if (!pending.includes(checkpointId) && !deferred.some((d) => d.checkpointId === checkpointId)) pending.push(checkpointId);
+    if (!pending.includes(checkpointId) && !deferred.some((d) => d.checkpointId === checkpointId))
+      pending.push(checkpointId);
   });
   setHandler(promotionStatusQuery, () => ({ node: input.node, pending, promoted, deferred, lastError }));
   const node = proxyActivities<NodeActivities>({
-    taskQueue: nodeQueue(input.node), startToCloseTimeout: '2h', heartbeatTimeout: '15s',
-    retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '1m',
-      nonRetryableErrorTypes: ['MetadataInvalid', 'CheckpointNotFound', ErrorType.S3Rejected, ErrorType.ChecksumMismatch, ErrorType.CheckpointExists] },
+    taskQueue: nodeQueue(input.node),
+    startToCloseTimeout: '2h',
+    heartbeatTimeout: '15s',
+    retry: {
+      initialInterval: '2s',
+      backoffCoefficient: 2,
+      maximumInterval: '1m',
+      nonRetryableErrorTypes: [
+        'MetadataInvalid',
+        'CheckpointNotFound',
+        ErrorType.S3Rejected,
+        ErrorType.ChecksumMismatch,
+        ErrorType.CheckpointExists,
+      ],
+    },
   });
   for (;;) {
     // Refused checkpoints whose time has come go to the back of the queue.
@@ -59,7 +86,9 @@ export async function promotion(input: {
     const checkpointId = pending[0];
     let result: UploadResult | null = null;
     try {
-      result = await node.upload.executeWithOptions({ summary: `promote ${checkpointId} from nvme to S3` }, [{ checkpointId, metadataSha256: sealedAs[checkpointId] ?? null }]);
+      result = await node.upload.executeWithOptions({ summary: `promote ${checkpointId} from nvme to S3` }, [
+        { checkpointId, metadataSha256: sealedAs[checkpointId] ?? null },
+      ]);
     } catch (err) {
       // Only a checkpoint that cannot be uploaded now gets here: refused by S3, corrupt, or gone.
       lastError = `${checkpointId}: ${describeFailure(err)}`;
@@ -76,8 +105,14 @@ export async function promotion(input: {
           // Not a refusal: it will not get better by waiting, so it leaves the loop.
           const i = deferred.findIndex((d) => d.checkpointId === checkpointId);
           if (i >= 0) deferred.splice(i, 1);
-          if (type === ErrorType.ChecksumMismatch || type === ErrorType.MetadataInvalid || type === ErrorType.CheckpointExists) {
-            await getExternalWorkflowHandle(checkpointWorkflowId(checkpointId)).signal(unpromotableSignal, { reason: describeFailure(err), type }).catch(() => undefined);
+          if (
+            type === ErrorType.ChecksumMismatch ||
+            type === ErrorType.MetadataInvalid ||
+            type === ErrorType.CheckpointExists
+          ) {
+            await getExternalWorkflowHandle(checkpointWorkflowId(checkpointId))
+              .signal(unpromotableSignal, { reason: describeFailure(err), type })
+              .catch(() => undefined);
           }
         }
       }
@@ -88,8 +123,11 @@ export async function promotion(input: {
       promoted.push(checkpointId);
       const i = deferred.findIndex((d) => d.checkpointId === checkpointId);
       if (i >= 0) deferred.splice(i, 1);
-      await getExternalWorkflowHandle(checkpointWorkflowId(checkpointId)).signal(promotedSignal, result).catch(() => undefined);
+      await getExternalWorkflowHandle(checkpointWorkflowId(checkpointId))
+        .signal(promotedSignal, result)
+        .catch(() => undefined);
     }
-    if (workflowInfo().continueAsNewSuggested) await continueAsNew<typeof promotion>({ ...input, pending, deferred, metadataSha256: sealedAs });
+    if (workflowInfo().continueAsNewSuggested)
+      await continueAsNew<typeof promotion>({ ...input, pending, deferred, metadataSha256: sealedAs });
   }
 }

@@ -1,4 +1,16 @@
-import { ApplicationFailure, CancelledFailure, defineQuery, log, patched, proxyActivities, setCurrentDetails, setHandler, sleep, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  CancelledFailure,
+  defineQuery,
+  log,
+  patched,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  sleep,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
 import { durationMs } from '../common/bounds';
@@ -32,7 +44,14 @@ export const PATCH_COMPATIBILITY_GATE = 'restore-compatibility-gate';
 
 /** Failures that say "not on this node" rather than "not at all". */
 const TRY_ELSEWHERE = new Set<string>([
-  ErrorType.AgentLost, ErrorType.CudaOutOfMemory, ErrorType.CriuPidConflict, ErrorType.NoProgress, ErrorType.NotRunning, ErrorType.NotReady, ErrorType.NoSuchProcess, ErrorType.S3Unavailable,
+  ErrorType.AgentLost,
+  ErrorType.CudaOutOfMemory,
+  ErrorType.CriuPidConflict,
+  ErrorType.NoProgress,
+  ErrorType.NotRunning,
+  ErrorType.NotReady,
+  ErrorType.NoSuchProcess,
+  ErrorType.S3Unavailable,
 ]);
 
 /** How often one attempt carries on after losing its agent before it gives the node up (killing its copy). */
@@ -45,7 +64,11 @@ interface Restored {
 }
 
 class AttemptFailed extends Error {
-  constructor(readonly phase: RestorePhase, override readonly cause: unknown, readonly proc: Restored | null) {
+  constructor(
+    readonly phase: RestorePhase,
+    override readonly cause: unknown,
+    readonly proc: Restored | null,
+  ) {
     super(describeFailure(cause));
   }
 }
@@ -54,10 +77,14 @@ class AttemptFailed extends Error {
  * Node work that must happen whatever the agent does (inspect after a loss, kill a copy): it waits for the
  * agent to come back, for days if need be, retrying with a capped backoff.
  */
-const patientNode = (nodeName: string) => proxyActivities<NodeActivities>({
-  taskQueue: nodeQueue(nodeName), scheduleToCloseTimeout: '7d', startToCloseTimeout: '10m', heartbeatTimeout: '30s',
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
-});
+const patientNode = (nodeName: string) =>
+  proxyActivities<NodeActivities>({
+    taskQueue: nodeQueue(nodeName),
+    scheduleToCloseTimeout: '7d',
+    startToCloseTimeout: '10m',
+    heartbeatTimeout: '30s',
+    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
+  });
 
 /**
  * Placing -> Fetching -> RestoringProcess -> RestoringVram -> Unlocking -> Verifying -> Running.
@@ -74,7 +101,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
     countRestore('Running', null);
     return status;
   } catch (err) {
-    countRestore('Failed', err instanceof CancelledFailure ? 'Cancelled' : failureType(err) ?? 'Error');
+    countRestore('Failed', err instanceof CancelledFailure ? 'Cancelled' : (failureType(err) ?? 'Error'));
     throw err;
   }
 }
@@ -84,18 +111,36 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
   const invalid = inputProblem(RestoreRequestSchema, req);
   if (invalid) throw ApplicationFailure.nonRetryable(`invalid restore request: ${invalid}`, ErrorType.InvalidInput);
   const status: RestoreStatus = {
-    checkpointId: req.checkpointId, jobId: null, phase: 'Placing', node: null, pid: null, vramBytes: 0, source: null,
-    attempts: [], excluded: [...(req.exclude ?? [])], failureReason: null,
+    checkpointId: req.checkpointId,
+    jobId: null,
+    phase: 'Placing',
+    node: null,
+    pid: null,
+    vramBytes: 0,
+    source: null,
+    attempts: [],
+    excluded: [...(req.exclude ?? [])],
+    failureReason: null,
   };
   setHandler(restoreStatusQuery, () => status);
   const enter = (phase: RestorePhase, note?: string): void => {
     status.phase = phase;
-    upsertSearchAttributes([{ key: SA_PHASE, value: phase }, ...(status.node ? [{ key: SA_NODE, value: status.node }] : [])]);
+    upsertSearchAttributes([
+      { key: SA_PHASE, value: phase },
+      ...(status.node ? [{ key: SA_NODE, value: status.node }] : []),
+    ]);
     showDetails(status, note);
   };
-  const control = proxyActivities<ControlActivities>({ taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', retry: { maximumInterval: '10s', maximumAttempts: 10 } });
+  const control = proxyActivities<ControlActivities>({
+    taskQueue: CONTROL_QUEUE,
+    startToCloseTimeout: '30s',
+    retry: { maximumInterval: '10s', maximumAttempts: 10 },
+  });
   const releaser = proxyActivities<ControlActivities>({
-    taskQueue: CONTROL_QUEUE, startToCloseTimeout: '30s', scheduleToCloseTimeout: '7d', retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5m' },
+    taskQueue: CONTROL_QUEUE,
+    startToCloseTimeout: '30s',
+    scheduleToCloseTimeout: '7d',
+    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5m' },
   });
   // The failure keeps the type callers branch on (NoNodeFits, ChecksumMismatch...) and carries the status.
   const fail = (reason: string, type: string): never => {
@@ -113,8 +158,12 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
     }
   }
 
-  upsertSearchAttributes([{ key: SA_CHECKPOINT, value: req.checkpointId }, { key: SA_PHASE, value: 'Placing' }]);
-  const info = await control.checkpointInfo.executeWithOptions({ summary: `look up checkpoint ${req.checkpointId}` }, [{ checkpointId: req.checkpointId }])
+  upsertSearchAttributes([
+    { key: SA_CHECKPOINT, value: req.checkpointId },
+    { key: SA_PHASE, value: 'Placing' },
+  ]);
+  const info = await control.checkpointInfo
+    .executeWithOptions({ summary: `look up checkpoint ${req.checkpointId}` }, [{ checkpointId: req.checkpointId }])
     .catch((err: unknown) => fail(describeFailure(err), failureType(err) ?? ErrorType.CheckpointNotFound));
   status.jobId = info.jobId;
   status.vramBytes = req.vramBytes ?? info.vramBytes;
@@ -127,18 +176,30 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
     // burning a restore attempt per node and then waiting out the placement deadline.
     // A gate that cannot answer (its activity failing for good) leaves placement as it was: placementCandidates
     // still filters by the same rules, only without the early, itemised failure.
-    const survey = await control.placementSurvey.executeWithOptions({ summary: `which nodes can restore ${req.checkpointId}` }, [{ ...(info.compat ? { compat: info.compat } : {}) }])
+    const survey = await control.placementSurvey
+      .executeWithOptions({ summary: `which nodes can restore ${req.checkpointId}` }, [
+        { ...(info.compat ? { compat: info.compat } : {}) },
+      ])
       .catch((err: unknown) => {
-        log.warn('compatibility gate unanswered; placing without it', { checkpointId: req.checkpointId, error: describeFailure(err) });
+        log.warn('compatibility gate unanswered; placing without it', {
+          checkpointId: req.checkpointId,
+          error: describeFailure(err),
+        });
         return { nodes: [], largestGpuBytes: 0 };
       });
     if (survey.nodes.length > 0) status.compatibility = survey.nodes;
     if (survey.largestGpuBytes > 0 && status.vramBytes > survey.largestGpuBytes) {
-      fail(`${status.vramBytes} bytes of VRAM needed, more than any single GPU has (largest: ${survey.largestGpuBytes} bytes); multi-GPU jobs are out of scope`, ErrorType.MultiGpuUnsupported);
+      fail(
+        `${status.vramBytes} bytes of VRAM needed, more than any single GPU has (largest: ${survey.largestGpuBytes} bytes); multi-GPU jobs are out of scope`,
+        ErrorType.MultiGpuUnsupported,
+      );
     }
     const asked = survey.nodes.filter((x) => !req.node || x.node === req.node);
     if (asked.length > 0 && asked.every((x) => x.reason !== null)) {
-      fail(`no compatible node for checkpoint ${req.checkpointId}: ${asked.map((x) => `${x.node}: ${x.reason}`).join('; ')}`, ErrorType.NoCompatibleNode);
+      fail(
+        `no compatible node for checkpoint ${req.checkpointId}: ${asked.map((x) => `${x.node}: ${x.reason}`).join('; ')}`,
+        ErrorType.NoCompatibleNode,
+      );
     }
   }
 
@@ -150,21 +211,43 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
     // A checkpoint still waiting for upload (tier nvme) exists only on its own node.
     const pinned = forceSource || info.tier === 'nvme';
     if (pinned && req.node && req.node !== info.node) {
-      fail(`checkpoint ${req.checkpointId} is only on ${info.node} (tier nvme, pending upload); it cannot be restored on ${req.node} yet`, ErrorType.CheckpointNotOnNode);
+      fail(
+        `checkpoint ${req.checkpointId} is only on ${info.node} (tier nvme, pending upload); it cannot be restored on ${req.node} yet`,
+        ErrorType.CheckpointNotOnNode,
+      );
     }
     const only = pinned ? info.node : req.node;
-    const candidates = await control.placementCandidates.executeWithOptions({ summary: `nodes with ${status.vramBytes} bytes of VRAM free` },
-      [{ bytes: status.vramBytes, exclude: status.excluded, prefer, only, ...(gate && info.compat ? { compat: info.compat } : {}) }]);
+    const candidates = await control.placementCandidates.executeWithOptions(
+      { summary: `nodes with ${status.vramBytes} bytes of VRAM free` },
+      [
+        {
+          bytes: status.vramBytes,
+          exclude: status.excluded,
+          prefer,
+          only,
+          ...(gate && info.compat ? { compat: info.compat } : {}),
+        },
+      ],
+    );
     const reservationId = `${workflowInfo().workflowId}/${n}`;
-    const reservation = candidates.length === 0 ? null
-      : await control.reserve.executeWithOptions({ summary: `reserve ${status.vramBytes} bytes of VRAM` }, [{ reservationId, bytes: status.vramBytes, candidates }]);
+    const reservation =
+      candidates.length === 0
+        ? null
+        : await control.reserve.executeWithOptions({ summary: `reserve ${status.vramBytes} bytes of VRAM` }, [
+            { reservationId, bytes: status.vramBytes, candidates },
+          ]);
     if (!reservation) {
       if (Date.now() >= deadlineMs) {
-        fail(`no node fits: ${status.vramBytes} bytes of VRAM needed${only ? ` on ${only}` : ''}; excluded: ${status.excluded.join(', ') || 'none'}; waited ${req.placementDeadline ?? '10m'}`,
-          ErrorType.NoNodeFits);
+        fail(
+          `no node fits: ${status.vramBytes} bytes of VRAM needed${only ? ` on ${only}` : ''}; excluded: ${status.excluded.join(', ') || 'none'}; waited ${req.placementDeadline ?? '10m'}`,
+          ErrorType.NoNodeFits,
+        );
       }
       // Current details only (no upsert): the commands stay as they were.
-      showDetails(status, `no node has ${gib(status.vramBytes)} of VRAM free${only ? ` on ${only}` : ''}; next try in 10 s`);
+      showDetails(
+        status,
+        `no node has ${gib(status.vramBytes)} of VRAM free${only ? ` on ${only}` : ''}; next try in 10 s`,
+      );
       await sleep('10s', { summary: `wait for ${gib(status.vramBytes)} of VRAM to free up` });
       n--;
       continue;
@@ -177,21 +260,43 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
     }
     const attemptId = restoreAttemptId(workflowInfo().workflowId, workflowInfo().runId, n);
     try {
-      const proc = await attempt(req, status, reservation.node, attemptId, readiness, enter, info.metadataSha256 ?? null);
-      status.attempts.push({ node: reservation.node, outcome: 'running', phase: 'Running', reason: null, at: new Date().toISOString() });
+      const proc = await attempt(
+        req,
+        status,
+        reservation.node,
+        attemptId,
+        readiness,
+        enter,
+        info.metadataSha256 ?? null,
+      );
+      status.attempts.push({
+        node: reservation.node,
+        outcome: 'running',
+        phase: 'Running',
+        reason: null,
+        at: new Date().toISOString(),
+      });
       status.pid = proc.pid;
       enter('Running');
       return status;
     } catch (e) {
       const failed = e instanceof AttemptFailed ? e : new AttemptFailed(status.phase, e, null);
       const type = failureType(failed.cause);
-      status.attempts.push({ node: reservation.node, outcome: 'failed', phase: failed.phase, reason: failed.message, at: new Date().toISOString() });
+      status.attempts.push({
+        node: reservation.node,
+        outcome: 'failed',
+        phase: failed.phase,
+        reason: failed.message,
+        at: new Date().toISOString(),
+      });
       if (failed.proc !== null) {
         // Half-restored (CRIU done, CUDA not, not ready): it must not run on. By identity: the kill may wait
         // for the agent, and by then the pid may name another process.
         const { pid, startTime } = failed.proc;
-        await patientNode(reservation.node).killProcess.executeWithOptions({ summary: `kill half-restored pid ${pid}` },
-          [{ pid, reason: failed.message, ...(startTime !== undefined ? { startTime } : {}) }]);
+        await patientNode(reservation.node).killProcess.executeWithOptions(
+          { summary: `kill half-restored pid ${pid}` },
+          [{ pid, reason: failed.message, ...(startTime !== undefined ? { startTime } : {}) }],
+        );
       }
       if (type === ErrorType.ChecksumMismatch) {
         // Away from the checkpoint's own node the bad bytes came from S3; that node still holds the nvme copy
@@ -202,25 +307,42 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
         }
         fail(`checkpoint ${req.checkpointId} is corrupt: ${failed.message}`, ErrorType.ChecksumMismatch);
       }
-      if (type === ErrorType.CriuRestoreFailed || type === ErrorType.MetadataInvalid || type === ErrorType.CheckpointNotFound) {
-        const alertId = await control.raiseAlert.executeWithOptions({ summary: 'raise alert' }, [{
-          kind: type, checkpointId: req.checkpointId, node: reservation.node, message: failed.message, raisedAt: new Date().toISOString(),
-        }]);
+      if (
+        type === ErrorType.CriuRestoreFailed ||
+        type === ErrorType.MetadataInvalid ||
+        type === ErrorType.CheckpointNotFound
+      ) {
+        const alertId = await control.raiseAlert.executeWithOptions({ summary: 'raise alert' }, [
+          {
+            kind: type,
+            checkpointId: req.checkpointId,
+            node: reservation.node,
+            message: failed.message,
+            raisedAt: new Date().toISOString(),
+          },
+        ]);
         fail(`${failed.message} (alert ${alertId})`, type);
       }
-      if (!(type && TRY_ELSEWHERE.has(type)) && !agentLost(failed.cause)) fail(failed.message, type ?? ErrorType.RestoreFailed);
+      if (!(type && TRY_ELSEWHERE.has(type)) && !agentLost(failed.cause))
+        fail(failed.message, type ?? ErrorType.RestoreFailed);
       status.excluded.push(reservation.node);
-      if (forceSource) fail(`the only node holding a verified copy (${info.node}) cannot take it: ${failed.message}`, type ?? ErrorType.RestoreFailed);
+      if (forceSource)
+        fail(
+          `the only node holding a verified copy (${info.node}) cannot take it: ${failed.message}`,
+          type ?? ErrorType.RestoreFailed,
+        );
     } finally {
       if (patched(PATCH_RELEASE_NEVER_FAILS)) {
         // After Running the restore has done its job: a reservation that cannot be released now is retried for
         // long, and recorded if even that fails, but never turns a running workload into a failed restore
         // (a migration would then restore it a second time).
-        await releaser.release.executeWithOptions({ summary: 'release VRAM reservation' }, [{ reservationId }]).catch((err: unknown) => {
-          const why = `reservation ${reservationId} not released: ${describeFailure(err)}`;
-          (status.releaseFailures ??= []).push(why);
-          log.warn(why, { checkpointId: req.checkpointId, node: reservation.node });
-        });
+        await releaser.release
+          .executeWithOptions({ summary: 'release VRAM reservation' }, [{ reservationId }])
+          .catch((err: unknown) => {
+            const why = `reservation ${reservationId} not released: ${describeFailure(err)}`;
+            (status.releaseFailures ??= []).push(why);
+            log.warn(why, { checkpointId: req.checkpointId, node: reservation.node });
+          });
       } else {
         await control.release.executeWithOptions({ summary: 'release VRAM reservation' }, [{ reservationId }]);
       }
@@ -238,19 +360,34 @@ const PIPELINE: readonly Stage[] = ['RestoringProcess', 'RestoringVram', 'Unlock
  */
 function resumeAt(cuda: string, lost: Stage): Stage | null {
   switch (cuda) {
-    case 'checkpointed': return 'RestoringVram';
-    case 'locked': return 'Unlocking';
-    case 'running': return 'Verifying';
-    case 'none': return lost === 'RestoringProcess' ? 'RestoringVram' : lost;
-    default: return null;
+    case 'checkpointed':
+      return 'RestoringVram';
+    case 'locked':
+      return 'Unlocking';
+    case 'running':
+      return 'Verifying';
+    case 'none':
+      return lost === 'RestoringProcess' ? 'RestoringVram' : lost;
+    default:
+      return null;
   }
 }
 
 async function attempt(
-  req: RestoreRequest, status: RestoreStatus, nodeName: string, attemptId: string, readiness: Readiness | undefined, enter: (p: RestorePhase) => void, metadataSha256: string | null,
+  req: RestoreRequest,
+  status: RestoreStatus,
+  nodeName: string,
+  attemptId: string,
+  readiness: Readiness | undefined,
+  enter: (p: RestorePhase) => void,
+  metadataSha256: string | null,
 ): Promise<Restored> {
   const node = proxyActivities<NodeActivities>({
-    taskQueue: nodeQueue(nodeName), scheduleToStartTimeout: '1m', startToCloseTimeout: '1h', heartbeatTimeout: '15s', retry: { maximumAttempts: 1 },
+    taskQueue: nodeQueue(nodeName),
+    scheduleToStartTimeout: '1m',
+    startToCloseTimeout: '1h',
+    heartbeatTimeout: '15s',
+    retry: { maximumAttempts: 1 },
   });
   const step = async <T>(phase: RestorePhase, proc: Restored | null, fn: () => Promise<T>): Promise<T> => {
     enter(phase);
@@ -261,8 +398,17 @@ async function attempt(
     }
   };
   const fetched = await step('Fetching', null, () =>
-    node.fetch.executeWithOptions({ summary: `fetch and verify ${req.checkpointId} on ${nodeName}`, retry: { maximumAttempts: 3, nonRetryableErrorTypes: [ErrorType.ChecksumMismatch, ErrorType.CheckpointNotFound, ErrorType.MetadataInvalid] } },
-      [{ checkpointId: req.checkpointId, metadataSha256 }]));
+    node.fetch.executeWithOptions(
+      {
+        summary: `fetch and verify ${req.checkpointId} on ${nodeName}`,
+        retry: {
+          maximumAttempts: 3,
+          nonRetryableErrorTypes: [ErrorType.ChecksumMismatch, ErrorType.CheckpointNotFound, ErrorType.MetadataInvalid],
+        },
+      },
+      [{ checkpointId: req.checkpointId, metadataSha256 }],
+    ),
+  );
   status.source = fetched.source;
   try {
     const cur: { proc: Restored | null } = { proc: null };
@@ -270,31 +416,61 @@ async function attempt(
       const proc = cur.proc;
       if (stage === 'RestoringProcess') {
         cur.proc = await step(stage, null, () =>
-          node.criuRestore.executeWithOptions({ summary: `criu restore ${req.checkpointId} on ${nodeName}` }, [{ checkpointId: req.checkpointId, attemptId }]));
+          node.criuRestore.executeWithOptions({ summary: `criu restore ${req.checkpointId} on ${nodeName}` }, [
+            { checkpointId: req.checkpointId, attemptId },
+          ]),
+        );
         return;
       }
-      if (!proc) throw new AttemptFailed(stage, ApplicationFailure.nonRetryable(`${stage} without a restored process`, ErrorType.RestoreFailed), null);
+      if (!proc)
+        throw new AttemptFailed(
+          stage,
+          ApplicationFailure.nonRetryable(`${stage} without a restored process`, ErrorType.RestoreFailed),
+          null,
+        );
       const { pid } = proc;
       if (stage === 'RestoringVram') {
         await step(stage, proc, async () => {
           const gpuIndex = status.gpu?.index;
-          await node.checkVram.executeWithOptions({ summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}${gpuIndex !== undefined ? ` GPU ${gpuIndex}` : ''}` },
-            [{ bytes: status.vramBytes, ...(gpuIndex !== undefined ? { gpuIndex } : {}) }]);
+          await node.checkVram.executeWithOptions(
+            {
+              summary: `check ${status.vramBytes} bytes of VRAM free on ${nodeName}${gpuIndex !== undefined ? ` GPU ${gpuIndex}` : ''}`,
+            },
+            [{ bytes: status.vramBytes, ...(gpuIndex !== undefined ? { gpuIndex } : {}) }],
+          );
           // On the reserved GPU: the node passes the old -> new GPU UUID pair where its driver (580+) can remap.
-          const onGpu = gpuIndex !== undefined && status.sourceGpuUuid ? { sourceGpuUuid: status.sourceGpuUuid, gpuIndex } : {};
-          return node.cudaRestore.executeWithOptions({ summary: `CUDA restore pid ${pid}${gpuIndex !== undefined ? ` onto GPU ${gpuIndex}` : ''}` }, [{ pid, ...onGpu }]);
+          const onGpu =
+            gpuIndex !== undefined && status.sourceGpuUuid ? { sourceGpuUuid: status.sourceGpuUuid, gpuIndex } : {};
+          return node.cudaRestore.executeWithOptions(
+            { summary: `CUDA restore pid ${pid}${gpuIndex !== undefined ? ` onto GPU ${gpuIndex}` : ''}` },
+            [{ pid, ...onGpu }],
+          );
         });
       } else if (stage === 'Unlocking') {
-        await step(stage, proc, () => node.cudaUnlock.executeWithOptions({ summary: `CUDA unlock pid ${pid}` }, [{ pid }]));
+        await step(stage, proc, () =>
+          node.cudaUnlock.executeWithOptions({ summary: `CUDA unlock pid ${pid}` }, [{ pid }]),
+        );
       } else {
         await step(stage, proc, async () => {
           if (patched(PATCH_VERIFY_RUNNING)) {
-            await node.verifyRunning.executeWithOptions({ summary: `pid ${pid} running${readiness ? ' and ready' : ''}` },
-              [{ pid, ...(proc.startTime !== undefined ? { startTime: proc.startTime } : {}), ...(readiness ? { readiness } : {}) }]);
+            await node.verifyRunning.executeWithOptions(
+              { summary: `pid ${pid} running${readiness ? ' and ready' : ''}` },
+              [
+                {
+                  pid,
+                  ...(proc.startTime !== undefined ? { startTime: proc.startTime } : {}),
+                  ...(readiness ? { readiness } : {}),
+                },
+              ],
+            );
           } else {
-            await node.verifyProgress.executeWithOptions({ summary: `pid ${pid} alive and making progress` }, [{ pid, checkpointId: req.checkpointId }]);
+            await node.verifyProgress.executeWithOptions({ summary: `pid ${pid} alive and making progress` }, [
+              { pid, checkpointId: req.checkpointId },
+            ]);
           }
-          await node.adoptWorkload.executeWithOptions({ summary: `adopt job ${status.jobId} as pid ${pid}` }, [{ jobId: status.jobId ?? req.checkpointId, pid, vramBytes: status.vramBytes }]);
+          await node.adoptWorkload.executeWithOptions({ summary: `adopt job ${status.jobId} as pid ${pid}` }, [
+            { jobId: status.jobId ?? req.checkpointId, pid, vramBytes: status.vramBytes },
+          ]);
         });
       }
     };
@@ -302,44 +478,100 @@ async function attempt(
     for (let recoveries = 0; ;) {
       try {
         for (; at < PIPELINE.length; at++) await run(PIPELINE[at]);
-        if (!cur.proc) throw new AttemptFailed('Verifying', ApplicationFailure.nonRetryable('no restored process', ErrorType.RestoreFailed), null);
+        if (!cur.proc)
+          throw new AttemptFailed(
+            'Verifying',
+            ApplicationFailure.nonRetryable('no restored process', ErrorType.RestoreFailed),
+            null,
+          );
         return cur.proc;
       } catch (e) {
-        const unknown = e instanceof AttemptFailed && (agentLost(e.cause) || agentUnreachable(e.cause) || failureType(e.cause) === ErrorType.CriuInterrupted);
+        const unknown =
+          e instanceof AttemptFailed &&
+          (agentLost(e.cause) || agentUnreachable(e.cause) || failureType(e.cause) === ErrorType.CriuInterrupted);
         if (!(e instanceof AttemptFailed) || !unknown || !patched(PATCH_INSPECT_AFTER_AGENT_LOST)) throw e;
         // Lost sight of the agent mid-restore: CRIU may have finished (or may still finish) on this node. Find out
         // before anything else, however long the agent is away; never place a second copy while this is unknown.
         const lost = e.phase as Stage;
-        const seen = await patientNode(nodeName).inspectRestore.executeWithOptions({ summary: `what became of restore attempt ${attemptId} on ${nodeName}` },
-          [{ checkpointId: req.checkpointId, attemptId, ...(cur.proc?.startTime !== undefined ? { pid: cur.proc.pid, startTime: cur.proc.startTime } : {}) }])
+        const seen = await patientNode(nodeName)
+          .inspectRestore.executeWithOptions(
+            { summary: `what became of restore attempt ${attemptId} on ${nodeName}` },
+            [
+              {
+                checkpointId: req.checkpointId,
+                attemptId,
+                ...(cur.proc?.startTime !== undefined ? { pid: cur.proc.pid, startTime: cur.proc.startTime } : {}),
+              },
+            ],
+          )
           .catch((err: unknown) => {
-            throw new AttemptFailed(lost, ApplicationFailure.nonRetryable(
-              `the agent of ${nodeName} was lost during ${lost} and never said what became of the restore (${describeFailure(err)}); not placed elsewhere, a copy may run there`,
-              ErrorType.RestoreOutcomeUnknown), null);
+            throw new AttemptFailed(
+              lost,
+              ApplicationFailure.nonRetryable(
+                `the agent of ${nodeName} was lost during ${lost} and never said what became of the restore (${describeFailure(err)}); not placed elsewhere, a copy may run there`,
+                ErrorType.RestoreOutcomeUnknown,
+              ),
+              null,
+            );
           });
         if (!seen.running || !seen.process) {
           // Nothing of this attempt runs there: CRIU never ran, failed (its own error then decides), or its process is gone.
-          const cause = seen.failure && seen.failure.type !== ErrorType.CriuInterrupted ? ApplicationFailure.nonRetryable(seen.failure.message, seen.failure.type)
-            : ApplicationFailure.nonRetryable(`${describeFailure(e.cause)}; ${nodeName} reports nothing of this attempt running (CRIU ${seen.criu})`, ErrorType.AgentLost);
+          const cause =
+            seen.failure && seen.failure.type !== ErrorType.CriuInterrupted
+              ? ApplicationFailure.nonRetryable(seen.failure.message, seen.failure.type)
+              : ApplicationFailure.nonRetryable(
+                  `${describeFailure(e.cause)}; ${nodeName} reports nothing of this attempt running (CRIU ${seen.criu})`,
+                  ErrorType.AgentLost,
+                );
           throw new AttemptFailed(lost, cause, null);
         }
         cur.proc = seen.process;
         const next = resumeAt(seen.cuda, lost);
         if (next === null || ++recoveries > MAX_RECOVERIES) {
-          const why = next === null ? `CUDA state ${seen.cuda} after the agent was lost` : `agent lost ${recoveries} times during this attempt`;
-          throw new AttemptFailed(lost, ApplicationFailure.nonRetryable(`pid ${seen.process.pid} on ${nodeName}: ${why}`, ErrorType.NotRunning), seen.process);
+          const why =
+            next === null
+              ? `CUDA state ${seen.cuda} after the agent was lost`
+              : `agent lost ${recoveries} times during this attempt`;
+          throw new AttemptFailed(
+            lost,
+            ApplicationFailure.nonRetryable(`pid ${seen.process.pid} on ${nodeName}: ${why}`, ErrorType.NotRunning),
+            seen.process,
+          );
         }
-        (status.recoveries ??= []).push(`${nodeName}: agent lost during ${lost} (${describeFailure(e.cause)}); CRIU restored pid ${seen.process.pid}, CUDA ${seen.cuda}: carried on at ${next}`);
-        log.warn('restore carried on after the agent was lost', { checkpointId: req.checkpointId, node: nodeName, attemptId, pid: seen.process.pid, lost, next });
+        (status.recoveries ??= []).push(
+          `${nodeName}: agent lost during ${lost} (${describeFailure(e.cause)}); CRIU restored pid ${seen.process.pid}, CUDA ${seen.cuda}: carried on at ${next}`,
+        );
+        log.warn('restore carried on after the agent was lost', {
+          checkpointId: req.checkpointId,
+          node: nodeName,
+          attemptId,
+          pid: seen.process.pid,
+          lost,
+          next,
+        });
         at = PIPELINE.indexOf(next);
       }
     }
   } finally {
     // Staged in memory for CRIU to read; once the process is back (or the attempt gave up) it is just memory held.
     if (fetched.staged) {
-      const cleanup = proxyActivities<NodeActivities>({ taskQueue: nodeQueue(nodeName), scheduleToCloseTimeout: '10m', startToCloseTimeout: '1m', retry: { maximumInterval: '30s' } });
-      await cleanup.releaseStaging.executeWithOptions({ summary: `free the memory ${req.checkpointId} was fetched into` }, [{ checkpointId: req.checkpointId }])
-        .catch((err: unknown) => log.warn('staged copy not released', { checkpointId: req.checkpointId, node: nodeName, error: describeFailure(err) }));
+      const cleanup = proxyActivities<NodeActivities>({
+        taskQueue: nodeQueue(nodeName),
+        scheduleToCloseTimeout: '10m',
+        startToCloseTimeout: '1m',
+        retry: { maximumInterval: '30s' },
+      });
+      await cleanup.releaseStaging
+        .executeWithOptions({ summary: `free the memory ${req.checkpointId} was fetched into` }, [
+          { checkpointId: req.checkpointId },
+        ])
+        .catch((err: unknown) =>
+          log.warn('staged copy not released', {
+            checkpointId: req.checkpointId,
+            node: nodeName,
+            error: describeFailure(err),
+          }),
+        );
     }
   }
 }
@@ -350,7 +582,8 @@ function showDetails(s: RestoreStatus, note?: string): void {
   if (s.node) parts.push(`on ${s.node}${s.gpu ? ` GPU ${s.gpu.index}` : ''}`);
   if (s.pid !== null) parts.push(`pid ${s.pid}`);
   if (s.vramBytes > 0) parts.push(`${gib(s.vramBytes)} of VRAM`);
-  if (s.attempts.length > 0) parts.push(`attempt ${s.attempts.length + (s.phase === 'Running' || s.phase === 'Failed' ? 0 : 1)}`);
+  if (s.attempts.length > 0)
+    parts.push(`attempt ${s.attempts.length + (s.phase === 'Running' || s.phase === 'Failed' ? 0 : 1)}`);
   if (s.source && s.phase !== 'Placing' && s.phase !== 'Fetching') parts.push(`fetched from ${s.source}`);
   if (note) parts.push(note);
   setCurrentDetails(parts.join(', '));
@@ -360,6 +593,10 @@ const gib = (bytes: number): string => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 
 function msOf(d: string): number {
   const ms = durationMs(d);
-  if (ms === null) throw ApplicationFailure.nonRetryable(`placementDeadline: expected e.g. '90s' or '10m' (got '${d}')`, 'InvalidInput');
+  if (ms === null)
+    throw ApplicationFailure.nonRetryable(
+      `placementDeadline: expected e.g. '90s' or '10m' (got '${d}')`,
+      'InvalidInput',
+    );
   return ms;
 }

@@ -25,8 +25,13 @@ export function createControlActivities(client: Client, s3?: S3Config) {
   /** Nodes that reported recently, with their inventory. */
   async function healthyNodes(): Promise<{ node: string; inv: NodeInventory }[]> {
     const out: { node: string; inv: NodeInventory }[] = [];
-    for await (const wf of client.workflow.list({ query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'` })) {
-      const rec = await client.workflow.getHandle(wf.workflowId).query<NodeRecord>('status').catch(() => null);
+    for await (const wf of client.workflow.list({
+      query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
+    })) {
+      const rec = await client.workflow
+        .getHandle(wf.workflowId)
+        .query<NodeRecord>('status')
+        .catch(() => null);
       const inv = rec?.inventory;
       if (!rec || !inv || !rec.lastSeen) continue;
       if (Date.now() - Date.parse(rec.lastSeen) > NODE_STALE_MS) continue;
@@ -38,7 +43,11 @@ export function createControlActivities(client: Client, s3?: S3Config) {
     ...createIncidentActivities(),
     ...createRetentionActivities(s3),
     /** Adds a checkpoint to its node's promotion loop, starting the loop if none runs. */
-    async enqueuePromotion(input: { node: string; checkpointId: string; metadataSha256?: string | null }): Promise<void> {
+    async enqueuePromotion(input: {
+      node: string;
+      checkpointId: string;
+      metadataSha256?: string | null;
+    }): Promise<void> {
       await client.workflow.signalWithStart('promotion', {
         workflowId: promotionWorkflowId(input.node),
         taskQueue: CONTROL_QUEUE,
@@ -65,22 +74,44 @@ export function createControlActivities(client: Client, s3?: S3Config) {
           try {
             found = await readS3Checkpoint(s3, input.checkpointId);
           } catch (err) {
-            throw ApplicationFailure.retryable(`S3 look-up of checkpoint '${input.checkpointId}': ${(err as Error).message}`, ErrorType.S3Unavailable);
+            throw ApplicationFailure.retryable(
+              `S3 look-up of checkpoint '${input.checkpointId}': ${(err as Error).message}`,
+              ErrorType.S3Unavailable,
+            );
           }
         }
-        if (!found) throw ApplicationFailure.nonRetryable(`no checkpoint '${input.checkpointId}' (no workflow, no metadata.json in S3)`, 'CheckpointNotFound');
+        if (!found)
+          throw ApplicationFailure.nonRetryable(
+            `no checkpoint '${input.checkpointId}' (no workflow, no metadata.json in S3)`,
+            'CheckpointNotFound',
+          );
         const md = found.metadata;
         // The declared VRAM (--vram) overrides; without it, what was measured at checkpoint.
         return {
-          checkpointId: input.checkpointId, jobId: md.jobId, node: md.node, tier: 's3', vramBytes: md.cuda.vramBytes || (md.cuda.measuredVramBytes ?? 0), metadataSha256: null, source: 's3',
+          checkpointId: input.checkpointId,
+          jobId: md.jobId,
+          node: md.node,
+          tier: 's3',
+          vramBytes: md.cuda.vramBytes || (md.cuda.measuredVramBytes ?? 0),
+          metadataSha256: null,
+          source: 's3',
           ...(md.compat ? { compat: md.compat } : {}),
         };
       }
       if (s.phase !== 'Durable' && s.phase !== 'PendingUpload') {
-        throw ApplicationFailure.nonRetryable(`checkpoint '${input.checkpointId}' is ${s.phase}, not restorable`, 'CheckpointNotFound');
+        throw ApplicationFailure.nonRetryable(
+          `checkpoint '${input.checkpointId}' is ${s.phase}, not restorable`,
+          'CheckpointNotFound',
+        );
       }
       return {
-        checkpointId: s.checkpointId, jobId: s.jobId, node: s.node, tier: s.tier, vramBytes: s.vramBytes || (s.measuredVramBytes ?? 0), metadataSha256: s.metadataSha256 ?? null, source: 'workflow',
+        checkpointId: s.checkpointId,
+        jobId: s.jobId,
+        node: s.node,
+        tier: s.tier,
+        vramBytes: s.vramBytes || (s.measuredVramBytes ?? 0),
+        metadataSha256: s.metadataSha256 ?? null,
+        source: 'workflow',
         ...(s.compat ? { compat: s.compat } : {}),
       };
     },
@@ -90,7 +121,13 @@ export function createControlActivities(client: Client, s3?: S3Config) {
      * first, then by free VRAM. With compat (the checkpoint's record), nodes that cannot restore it are left out
      * and each candidate lists only the GPUs the restore may use.
      */
-    async placementCandidates(input: { bytes: number; exclude: string[]; prefer: string[]; only?: string; compat?: CompatRecord }): Promise<Candidate[]> {
+    async placementCandidates(input: {
+      bytes: number;
+      exclude: string[];
+      prefer: string[];
+      only?: string;
+      compat?: CompatRecord;
+    }): Promise<Candidate[]> {
       const out: Candidate[] = [];
       for (const { node, inv } of await healthyNodes()) {
         if (input.exclude.includes(node) || (input.only && node !== input.only)) continue;
@@ -98,7 +135,9 @@ export function createControlActivities(client: Client, s3?: S3Config) {
         if (c) out.push(c);
       }
       const rank = (n: string): number => (input.prefer.includes(n) ? input.prefer.indexOf(n) : input.prefer.length);
-      return out.sort((a, b) => rank(a.node) - rank(b.node) || b.freeVramBytes - a.freeVramBytes || a.node.localeCompare(b.node));
+      return out.sort(
+        (a, b) => rank(a.node) - rank(b.node) || b.freeVramBytes - a.freeVramBytes || a.node.localeCompare(b.node),
+      );
     },
 
     /**
@@ -110,11 +149,18 @@ export function createControlActivities(client: Client, s3?: S3Config) {
       return surveyNodes(await healthyNodes(), input.compat);
     },
 
-    async reserve(input: { reservationId: string; bytes: number; candidates: Candidate[] }): Promise<Reservation | null> {
+    async reserve(input: {
+      reservationId: string;
+      bytes: number;
+      candidates: Candidate[];
+    }): Promise<Reservation | null> {
       return client.workflow.executeUpdateWithStart(reserveUpdate, {
         args: [input],
         startWorkflowOperation: new WithStartWorkflowOperation('placement', {
-          workflowId: PLACEMENT_WORKFLOW_ID, taskQueue: CONTROL_QUEUE, args: [{}], workflowIdConflictPolicy: 'USE_EXISTING',
+          workflowId: PLACEMENT_WORKFLOW_ID,
+          taskQueue: CONTROL_QUEUE,
+          args: [{}],
+          workflowIdConflictPolicy: 'USE_EXISTING',
           staticSummary: 'VRAM placement: every reservation of GPU memory, one at a time',
         }),
       });
@@ -132,8 +178,11 @@ export function createControlActivities(client: Client, s3?: S3Config) {
     async raiseAlert(record: AlertRecord): Promise<string> {
       const workflowId = `alert/${record.kind}/${record.checkpointId}/${Date.now().toString(36)}`;
       await client.workflow.start('alert', {
-        workflowId, taskQueue: CONTROL_QUEUE, args: [record],
-        staticSummary: `Alert ${record.kind}: checkpoint ${record.checkpointId} on node ${record.node}`, staticDetails: record.message,
+        workflowId,
+        taskQueue: CONTROL_QUEUE,
+        args: [record],
+        staticSummary: `Alert ${record.kind}: checkpoint ${record.checkpointId} on node ${record.node}`,
+        staticDetails: record.message,
       });
       return workflowId;
     },
@@ -142,8 +191,14 @@ export function createControlActivities(client: Client, s3?: S3Config) {
 
 function compatOf(node: string, inv: NodeInventory): NodeCompat {
   return {
-    node, vramSource: inv.vramSource, gpus: inv.gpus ?? [], driverVersion: inv.driverVersion ?? null, cudaVersion: inv.cudaVersion ?? null,
-    criuVersion: inv.criuVersion, kernelRelease: inv.kernelRelease ?? null, ...(inv.cpuFlags ? { cpuFlags: inv.cpuFlags } : {}),
+    node,
+    vramSource: inv.vramSource,
+    gpus: inv.gpus ?? [],
+    driverVersion: inv.driverVersion ?? null,
+    cudaVersion: inv.cudaVersion ?? null,
+    criuVersion: inv.criuVersion,
+    kernelRelease: inv.kernelRelease ?? null,
+    ...(inv.cpuFlags ? { cpuFlags: inv.cpuFlags } : {}),
   };
 }
 
@@ -157,7 +212,7 @@ export function surveyNodes(healthy: { node: string; inv: NodeInventory }[], com
     const c = compatOf(node, inv);
     const why = compat ? incompatibilities(compat, c) : [];
     if (compat && why.length === 0 && inv.gpus?.length && usableGpus(compat, c).indexes.length === 0) {
-      why.push(usableGpus(compat, c).note ?? 'no GPU of the checkpoint\'s model');
+      why.push(usableGpus(compat, c).note ?? "no GPU of the checkpoint's model");
     }
     nodes.push({ node, reason: why.length > 0 ? why.join('; ') : null });
   }

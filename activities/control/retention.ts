@@ -16,18 +16,30 @@ export function createRetentionActivities(s3?: S3Config) {
   return {
     async deleteCheckpoint(input: { checkpointId: string; node: string }): Promise<{ deletedObjects: number }> {
       const checkpointId = safeCheckpointId(input.checkpointId);
-      if (!s3) throw ApplicationFailure.nonRetryable('deleteCheckpoint: the control worker has no S3 configured', ErrorType.S3Rejected);
+      if (!s3)
+        throw ApplicationFailure.nonRetryable(
+          'deleteCheckpoint: the control worker has no S3 configured',
+          ErrorType.S3Rejected,
+        );
       const client = makeS3Client(s3);
       const prefix = `checkpoints/${checkpointId}/`;
       try {
         await client.send(new DeleteObjectCommand({ Bucket: s3.bucket, Key: `${prefix}${METADATA_FILE}` }));
         let deleted = 1;
         for (let token: string | undefined; ;) {
-          const page = await client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix, ContinuationToken: token }));
+          const page = await client.send(
+            new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix, ContinuationToken: token }),
+          );
           const keys = (page.Contents ?? []).map((o) => o.Key).filter((k): k is string => typeof k === 'string');
           if (keys.length > 0) {
-            const r = await client.send(new DeleteObjectsCommand({ Bucket: s3.bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }));
-            if (r.Errors && r.Errors.length > 0) throw new Error(`${r.Errors.length} objects not deleted, e.g. ${r.Errors[0].Key}: ${r.Errors[0].Code}`);
+            const r = await client.send(
+              new DeleteObjectsCommand({
+                Bucket: s3.bucket,
+                Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true },
+              }),
+            );
+            if (r.Errors && r.Errors.length > 0)
+              throw new Error(`${r.Errors.length} objects not deleted, e.g. ${r.Errors[0].Key}: ${r.Errors[0].Code}`);
             deleted += keys.length;
           }
           if (!page.IsTruncated) break;
@@ -38,7 +50,9 @@ export function createRetentionActivities(s3?: S3Config) {
         if (e instanceof ApplicationFailure) throw e;
         const kind = s3ErrorKind(e);
         const msg = `delete checkpoint ${checkpointId} from S3: ${(e as Error).message}`;
-        throw kind === 'rejected' ? ApplicationFailure.nonRetryable(msg, ErrorType.S3Rejected) : ApplicationFailure.retryable(msg, ErrorType.S3Unavailable);
+        throw kind === 'rejected'
+          ? ApplicationFailure.nonRetryable(msg, ErrorType.S3Rejected)
+          : ApplicationFailure.retryable(msg, ErrorType.S3Unavailable);
       } finally {
         client.destroy();
       }

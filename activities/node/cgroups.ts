@@ -48,7 +48,8 @@ export function jobCgroupDirs(ctx: NodeContext, jobId: string, root = CGROUP_ROO
   return out;
 }
 
-const hasLimits = (l: JobLimits | undefined): boolean => l !== undefined && (l.cpu !== undefined || l.memoryBytes !== undefined || l.pids !== undefined);
+const hasLimits = (l: JobLimits | undefined): boolean =>
+  l !== undefined && (l.cpu !== undefined || l.memoryBytes !== undefined || l.pids !== undefined);
 
 function writeKnob(dir: string, file: string, value: string): void {
   fs.writeFileSync(path.join(dir, file), value);
@@ -83,7 +84,8 @@ function writeLimits(controller: string, dir: string, limits: JobLimits): void {
     const controllers = fs.readFileSync(path.join(dir, 'cgroup.controllers'), 'utf8').split(/\s+/);
     if (controllers.includes('memory')) {
       writeKnob(dir, 'memory.max', limits.memoryBytes !== undefined ? mem : 'max');
-      if (fs.existsSync(path.join(dir, 'memory.swap.max'))) writeKnob(dir, 'memory.swap.max', limits.memoryBytes !== undefined ? '0' : 'max');
+      if (fs.existsSync(path.join(dir, 'memory.swap.max')))
+        writeKnob(dir, 'memory.swap.max', limits.memoryBytes !== undefined ? '0' : 'max');
     } else if (limits.memoryBytes !== undefined) throw new Error('the memory controller is not enabled');
     if (controllers.includes('pids')) writeKnob(dir, 'pids.max', pids);
     else if (limits.pids !== undefined) throw new Error('the pids controller is not enabled');
@@ -97,7 +99,10 @@ function enableV2Controllers(root: string, node: string): void {
   let dir = root;
   for (const part of ['kybernate', node]) {
     const available = fs.readFileSync(path.join(dir, 'cgroup.controllers'), 'utf8').split(/\s+/);
-    const want = ['memory', 'pids', 'cpu'].filter((c) => available.includes(c)).map((c) => `+${c}`).join(' ');
+    const want = ['memory', 'pids', 'cpu']
+      .filter((c) => available.includes(c))
+      .map((c) => `+${c}`)
+      .join(' ');
     if (want) fs.writeFileSync(path.join(dir, 'cgroup.subtree_control'), want);
     dir = path.join(dir, part);
     fs.mkdirSync(dir, { recursive: true });
@@ -110,19 +115,34 @@ function enableV2Controllers(root: string, node: string): void {
  * zero; one with tasks in it is kept and its limits written again. A node that cannot write cgroups runs the
  * job without them when it asks for no limits (logged), and refuses it with LimitsUnavailable otherwise.
  */
-export function createJobCgroup(ctx: NodeContext, jobId: string, limits: JobLimits, root = CGROUP_ROOT): { dirs: string[]; version: CgroupVersion } {
+export function createJobCgroup(
+  ctx: NodeContext,
+  jobId: string,
+  limits: JobLimits,
+  root = CGROUP_ROOT,
+): { dirs: string[]; version: CgroupVersion } {
   const version = cgroupVersion(root);
   const dirs = jobCgroupDirs(ctx, jobId, root);
   const unavailable = (controller: string, why: string): { dirs: string[]; version: CgroupVersion } => {
     if (hasLimits(limits)) {
-      throw ApplicationFailure.nonRetryable(`job ${jobId} asks for limits ${JSON.stringify(limits)} but node ${ctx.node} cannot enforce them: cgroup ${controller}: ${why}`, ErrorType.LimitsUnavailable, { controller });
+      throw ApplicationFailure.nonRetryable(
+        `job ${jobId} asks for limits ${JSON.stringify(limits)} but node ${ctx.node} cannot enforce them: cgroup ${controller}: ${why}`,
+        ErrorType.LimitsUnavailable,
+        { controller },
+      );
     }
-    ctx.logger.warn({ job: jobId, node: ctx.node, controller, why }, 'job runs without a cgroup: cgroups cannot be written on this node');
+    ctx.logger.warn(
+      { job: jobId, node: ctx.node, controller, why },
+      'job runs without a cgroup: cgroups cannot be written on this node',
+    );
     return { dirs: [], version: 'none' };
   };
   if (version === 'none' || dirs.size === 0) return unavailable(path.join(root, '*'), 'no cgroup hierarchy is mounted');
   if (version === 'v1') {
-    const missing = (['memory', 'pids', 'cpu'] as const).find((c) => !dirs.has(c) && (c === 'memory' ? limits.memoryBytes : c === 'pids' ? limits.pids : limits.cpu) !== undefined);
+    const missing = (['memory', 'pids', 'cpu'] as const).find(
+      (c) =>
+        !dirs.has(c) && (c === 'memory' ? limits.memoryBytes : c === 'pids' ? limits.pids : limits.cpu) !== undefined,
+    );
     if (missing) return unavailable(missing, 'this controller is not mounted');
   }
   for (const [controller, dir] of dirs) {
@@ -181,7 +201,8 @@ export function kybernateCgroupsOf(pids: number[], root = CGROUP_ROOT): string[]
     for (const line of text.split('\n')) {
       const [, controllers, where] = line.split(':');
       if (!where?.startsWith('/kybernate/')) continue;
-      const mounts = controllers === '' ? [root] : controllers.split(',').map((c) => path.join(root, c.replace(/^name=/, '')));
+      const mounts =
+        controllers === '' ? [root] : controllers.split(',').map((c) => path.join(root, c.replace(/^name=/, '')));
       for (const m of mounts) if (fs.existsSync(path.join(m, where))) out.add(path.join(m, where));
     }
   }
@@ -191,7 +212,11 @@ export function kybernateCgroupsOf(pids: number[], root = CGROUP_ROOT): string[]
 /** Whether the kernel's OOM killer killed a task of the job's cgroup (since the cgroup was made). */
 export function jobCgroupOomKilled(ctx: NodeContext, jobId: string, root = CGROUP_ROOT): boolean {
   const dirs = jobCgroupDirs(ctx, jobId, root);
-  const file = dirs.has('unified') ? path.join(dirs.get('unified')!, 'memory.events') : dirs.has('memory') ? path.join(dirs.get('memory')!, 'memory.oom_control') : null;
+  const file = dirs.has('unified')
+    ? path.join(dirs.get('unified')!, 'memory.events')
+    : dirs.has('memory')
+      ? path.join(dirs.get('memory')!, 'memory.oom_control')
+      : null;
   if (!file) return false;
   try {
     return Number(/^oom_kill (\d+)$/m.exec(fs.readFileSync(file, 'utf8'))?.[1] ?? 0) > 0;
@@ -203,7 +228,10 @@ export function jobCgroupOomKilled(ctx: NodeContext, jobId: string, root = CGROU
 /** Jobs with a cgroup of this node (in any hierarchy), for the orphan sweep. */
 export function listJobCgroups(ctx: NodeContext, root = CGROUP_ROOT): string[] {
   const version = cgroupVersion(root);
-  const parents = version === 'v2' ? [path.join(root, 'kybernate', ctx.node)] : V1_CONTROLLERS.map((c) => path.join(root, c, 'kybernate', ctx.node));
+  const parents =
+    version === 'v2'
+      ? [path.join(root, 'kybernate', ctx.node)]
+      : V1_CONTROLLERS.map((c) => path.join(root, c, 'kybernate', ctx.node));
   const out = new Set<string>();
   for (const p of parents) {
     try {
@@ -219,7 +247,11 @@ export function listJobCgroups(ctx: NodeContext, root = CGROUP_ROOT): string[] {
  * Kills every task still in the job's cgroups (SIGKILL, read from cgroup.procs: this catches descendants that
  * escaped the process group or the session), waits for them to be empty, and removes them. Idempotent.
  */
-export async function removeJobCgroup(ctx: NodeContext, jobId: string, root = CGROUP_ROOT): Promise<{ killed: number; removed: string[] }> {
+export async function removeJobCgroup(
+  ctx: NodeContext,
+  jobId: string,
+  root = CGROUP_ROOT,
+): Promise<{ killed: number; removed: string[] }> {
   const dirs = [...jobCgroupDirs(ctx, jobId, root).values()].filter((d) => fs.existsSync(d));
   const killed = new Set<number>();
   const deadline = Date.now() + 30_000;
@@ -227,7 +259,10 @@ export async function removeJobCgroup(ctx: NodeContext, jobId: string, root = CG
     const left = new Set(dirs.flatMap(readProcs));
     if (left.size === 0) break;
     if (Date.now() > deadline) {
-      throw ApplicationFailure.retryable(`job ${jobId}: ${left.size} tasks still in its cgroup after SIGKILL (pids ${[...left].slice(0, 10).join(' ')})`, ErrorType.ProcessesRemain);
+      throw ApplicationFailure.retryable(
+        `job ${jobId}: ${left.size} tasks still in its cgroup after SIGKILL (pids ${[...left].slice(0, 10).join(' ')})`,
+        ErrorType.ProcessesRemain,
+      );
     }
     for (const pid of left) {
       try {
@@ -256,6 +291,7 @@ export async function removeJobCgroup(ctx: NodeContext, jobId: string, root = CG
       }
     }
   }
-  if (killed.size > 0 || removed.length > 0) ctx.logger.info({ job: jobId, node: ctx.node, killed: killed.size, removed }, 'job cgroup removed');
+  if (killed.size > 0 || removed.length > 0)
+    ctx.logger.info({ job: jobId, node: ctx.node, killed: killed.size, removed }, 'job cgroup removed');
   return { killed: killed.size, removed };
 }

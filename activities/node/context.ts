@@ -44,14 +44,16 @@ export function safeId(field: string, value: unknown): string {
   try {
     return assertSafeId(field, value);
   } catch (e) {
-    if (e instanceof InvalidInputError) throw ApplicationFailure.nonRetryable(e.message, ErrorType.InvalidInput, { field });
+    if (e instanceof InvalidInputError)
+      throw ApplicationFailure.nonRetryable(e.message, ErrorType.InvalidInput, { field });
     throw e;
   }
 }
 
 export const checkpointDir = (ctx: NodeContext, checkpointId: string): string =>
   path.join(ctx.dataDir, 'checkpoints', safeId('checkpointId', checkpointId));
-export const workloadDir = (ctx: NodeContext, jobId: string): string => path.join(ctx.dataDir, 'workloads', safeId('jobId', jobId));
+export const workloadDir = (ctx: NodeContext, jobId: string): string =>
+  path.join(ctx.dataDir, 'workloads', safeId('jobId', jobId));
 export const s3Prefix = (checkpointId: string): string => `checkpoints/${safeId('checkpointId', checkpointId)}/`;
 
 export const stagedDir = (ctx: NodeContext, checkpointId: string): string | null => {

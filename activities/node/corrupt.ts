@@ -9,7 +9,10 @@ import { checkpointDir, type NodeContext, stagedDir } from './context';
  * is written there too when there is no disk copy, then the memory is freed. Idempotent: once moved, nothing
  * is left to move.
  */
-export function setAsideCorrupt(ctx: NodeContext, input: { checkpointId: string; reason: string }): { movedTo: string | null } {
+export function setAsideCorrupt(
+  ctx: NodeContext,
+  input: { checkpointId: string; reason: string },
+): { movedTo: string | null } {
   const disk = checkpointDir(ctx, input.checkpointId);
   const staged = stagedDir(ctx, input.checkpointId);
   const dest = path.join(ctx.dataDir, 'corrupt', `${input.checkpointId}-${Date.now().toString(36)}`);
@@ -28,6 +31,9 @@ export function setAsideCorrupt(ctx: NodeContext, input: { checkpointId: string;
   }
   for (const partial of [`${disk}.fetch`, `${disk}.persist`]) fs.rmSync(partial, { recursive: true, force: true });
   if (movedTo) fs.writeFileSync(path.join(movedTo, 'CORRUPT'), `${input.reason}\n`);
-  ctx.logger.warn({ node: ctx.node, checkpoint: input.checkpointId, movedTo, reason: input.reason }, 'corrupt checkpoint set aside');
+  ctx.logger.warn(
+    { node: ctx.node, checkpoint: input.checkpointId, movedTo, reason: input.reason },
+    'corrupt checkpoint set aside',
+  );
   return { movedTo };
 }

@@ -53,7 +53,10 @@ function dirBytes(dir: string): number {
 export function refuseExistingCheckpoint(ctx: NodeContext, checkpointId: string): void {
   for (const d of [checkpointDir(ctx, checkpointId), stagedDir(ctx, checkpointId)]) {
     if (d && fs.existsSync(path.join(d, METADATA_FILE))) {
-      throw ApplicationFailure.nonRetryable(`checkpoint '${checkpointId}' exists on ${ctx.node} (${d}); checkpoint ids are never reused`, ErrorType.CheckpointExists);
+      throw ApplicationFailure.nonRetryable(
+        `checkpoint '${checkpointId}' exists on ${ctx.node} (${d}); checkpoint ids are never reused`,
+        ErrorType.CheckpointExists,
+      );
     }
   }
 }
@@ -71,7 +74,8 @@ function classify(log: string): string {
  * memory, after which CRIU resumed the process, is taken again on disk.
  */
 export async function criuDump(
-  ctx: NodeContext, input: { checkpointId: string; pid: number; leaveRunning: boolean; hostVramBytes?: number },
+  ctx: NodeContext,
+  input: { checkpointId: string; pid: number; leaveRunning: boolean; hostVramBytes?: number },
 ): Promise<DumpResult> {
   requireProcess(input.pid);
   refuseExistingCheckpoint(ctx, input.checkpointId);
@@ -86,18 +90,34 @@ export async function criuDump(
   if (staged && fit.fits) {
     try {
       await dumpInto(ctx, staged, input);
-      return { imageBytes: dirBytes(path.join(staged, IMAGES)), durationMs: Date.now() - started, processStopped: !input.leaveRunning, staged: true };
+      return {
+        imageBytes: dirBytes(path.join(staged, IMAGES)),
+        durationMs: Date.now() - started,
+        processStopped: !input.leaveRunning,
+        staged: true,
+      };
     } catch (e) {
       const alive = processAlive(input.pid);
       if (!(e instanceof ApplicationFailure && e.type === ErrorType.NoSpace && alive)) throw e;
       fs.rmSync(staged, { recursive: true, force: true });
-      ctx.logger.warn({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, estimate }, 'staging memory ran out during the dump; dumping to disk');
+      ctx.logger.warn(
+        { node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, estimate },
+        'staging memory ran out during the dump; dumping to disk',
+      );
     }
   } else {
-    ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, estimate, why: fit.why }, 'dumping to disk, not staging in memory');
+    ctx.logger.info(
+      { node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, estimate, why: fit.why },
+      'dumping to disk, not staging in memory',
+    );
   }
   await dumpInto(ctx, disk, input);
-  return { imageBytes: dirBytes(path.join(disk, IMAGES)), durationMs: Date.now() - started, processStopped: !input.leaveRunning, staged: false };
+  return {
+    imageBytes: dirBytes(path.join(disk, IMAGES)),
+    durationMs: Date.now() - started,
+    processStopped: !input.leaveRunning,
+    staged: false,
+  };
 }
 
 async function dumpInto(ctx: NodeContext, dir: string, input: { pid: number; leaveRunning: boolean }): Promise<void> {
@@ -107,7 +127,18 @@ async function dumpInto(ctx: NodeContext, dir: string, input: { pid: number; lea
   // the copy matches what CRIU recorded.
   const files = writableFiles(input.pid);
   const log = path.join(dir, 'criu-dump.log');
-  const args = ['dump', '-t', String(input.pid), '-D', images, '-o', log, '-v4', '--file-locks', ...CRIU_DUMP_SOCKET_FLAGS];
+  const args = [
+    'dump',
+    '-t',
+    String(input.pid),
+    '-D',
+    images,
+    '-o',
+    log,
+    '-v4',
+    '--file-locks',
+    ...CRIU_DUMP_SOCKET_FLAGS,
+  ];
   if (input.leaveRunning) args.push('--leave-running');
   if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
   const r = await runTool(ctx.criuBin, args);
@@ -131,7 +162,10 @@ async function dumpInto(ctx: NodeContext, dir: string, input: { pid: number; lea
  */
 export function finishCutDump(dir: string, files: string[], staged: boolean): DumpResult {
   if (!fs.existsSync(path.join(dir, IMAGES, 'inventory.img'))) {
-    throw ApplicationFailure.nonRetryable(`no complete CRIU images in ${dir} (inventory.img missing)`, ErrorType.CriuDumpFailed);
+    throw ApplicationFailure.nonRetryable(
+      `no complete CRIU images in ${dir} (inventory.img missing)`,
+      ErrorType.CriuDumpFailed,
+    );
   }
   fs.rmSync(path.join(dir, WORKLOAD_FILES), { recursive: true, force: true });
   copyWorkloadFiles(dir, files);
@@ -158,7 +192,10 @@ export function workloadFileIndex(dir: string): { path: string; artifact: string
  * criu restore from a verified checkpoint directory, detached. Output files the process had open are put
  * back first at the size CRIU recorded. Returns the restored root pid.
  */
-export async function criuRestore(ctx: NodeContext, input: { dir: string; files: { path: string; artifact: string }[] }): Promise<{ pid: number }> {
+export async function criuRestore(
+  ctx: NodeContext,
+  input: { dir: string; files: { path: string; artifact: string }[] },
+): Promise<{ pid: number }> {
   for (const f of input.files) {
     fs.mkdirSync(path.dirname(f.path), { recursive: true });
     fs.copyFileSync(path.join(input.dir, f.artifact), f.path);
@@ -170,7 +207,20 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
     // dumped from (the dumping node's job cgroup, by name), so a copy restored beside its still-running original
     // would share, and be killed with, the original's cgroup. The job workflow moves a resumed tree into its own
     // cgroup afterwards (attachRunLimits).
-    const args = ['restore', '-D', path.join(input.dir, IMAGES), '-o', log, '-v4', '-d', '--file-locks', '--manage-cgroups=ignore', '--pidfile', pidFile, ...sockets];
+    const args = [
+      'restore',
+      '-D',
+      path.join(input.dir, IMAGES),
+      '-o',
+      log,
+      '-v4',
+      '-d',
+      '--file-locks',
+      '--manage-cgroups=ignore',
+      '--pidfile',
+      pidFile,
+      ...sockets,
+    ];
     if (ctx.criuActionScript) args.push('--action-script', ctx.criuActionScript);
     return runTool(ctx.criuBin, args);
   };
@@ -179,11 +229,17 @@ export async function criuRestore(ctx: NodeContext, input: { dir: string; files:
   if (r.code === null) {
     // Killed by a signal (the agent shutting down cancels the activity, and runTool kills CRIU): says nothing
     // about the checkpoint, and tasks resumed just before may run on. The workflow asks the node what remains.
-    throw ApplicationFailure.nonRetryable(`criu restore killed by ${r.signal} (agent shut down or activity cancelled)`, ErrorType.CriuInterrupted);
+    throw ApplicationFailure.nonRetryable(
+      `criu restore killed by ${r.signal} (agent shut down or activity cancelled)`,
+      ErrorType.CriuInterrupted,
+    );
   }
   // A failed restore leaves nothing behind (CRIU kills what it had restored), so trying again is safe.
   if (r.code !== 0 && LOCAL_ADDRESS_GONE.test(errorLines(log).join('\n'))) {
-    ctx.logger.warn({ node: ctx.node, dir: input.dir, log }, 'an established TCP connection\'s local address is not on this node: restoring its connections closed');
+    ctx.logger.warn(
+      { node: ctx.node, dir: input.dir, log },
+      "an established TCP connection's local address is not on this node: restoring its connections closed",
+    );
     log = path.join(input.dir, 'criu-restore-tcp-close.log');
     r = await restore(log, CRIU_RESTORE_SOCKET_FALLBACK_FLAGS);
   }

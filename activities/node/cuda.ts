@@ -7,7 +7,9 @@ import { processTree } from './process';
 import { heartbeat } from './run-tool';
 
 /** A driver function as koffi binds it: callable in place, or on koffi's worker thread with a callback. */
-export type Bound<A extends unknown[]> = ((...args: A) => number) & { async: (...args: [...A, (err: unknown, rc: number) => void]) => void };
+export type Bound<A extends unknown[]> = ((...args: A) => number) & {
+  async: (...args: [...A, (err: unknown, rc: number) => void]) => void;
+};
 
 /**
  * The CUDA driver's process checkpoint API (CUDA 12.8+ / driver 570+), called straight from libcuda.so.1.
@@ -50,7 +52,11 @@ export interface RestoreArgs13 {
 // Anonymous koffi types: a named one cannot be declared twice in a process (jest loads this module once per test file).
 const GpuPair = koffi.struct({ oldUuid: koffi.array('uint8_t', 16), newUuid: koffi.array('uint8_t', 16) });
 const RestoreArgs13Type = koffi.struct({
-  gpuPairs: koffi.pointer(GpuPair), gpuPairsCount: 'uint', padding0: 'uint', customStorageInfo_out: 'void *', reserved: koffi.array('uint8_t', 40),
+  gpuPairs: koffi.pointer(GpuPair),
+  gpuPairsCount: 'uint',
+  padding0: 'uint',
+  customStorageInfo_out: 'void *',
+  reserved: koffi.array('uint8_t', 40),
 });
 export const RESTORE_ARGS_SIZE = koffi.sizeof(RestoreArgs13Type);
 export const GPU_PAIR_SIZE = koffi.sizeof(GpuPair);
@@ -90,7 +96,10 @@ export function cudaApi(): CudaApi | null {
       cuDeviceGetName: f('int cuDeviceGetName(_Out_ uint8_t *, int, int)'),
       cuDeviceTotalMem_v2: f('int cuDeviceTotalMem_v2(_Out_ uint64_t *, int)'),
       cuDriverGetVersion: f('int cuDriverGetVersion(_Out_ int *)'),
-      cuCheckpointProcessRestoreRemap: lib.func('cuCheckpointProcessRestore', 'int', ['int', koffi.pointer(RestoreArgs13Type)]) as unknown as CudaApi['cuCheckpointProcessRestoreRemap'],
+      cuCheckpointProcessRestoreRemap: lib.func('cuCheckpointProcessRestore', 'int', [
+        'int',
+        koffi.pointer(RestoreArgs13Type),
+      ]) as unknown as CudaApi['cuCheckpointProcessRestoreRemap'],
       standin,
     };
     const rc = api.cuInit(0);
@@ -107,7 +116,9 @@ export function cudaApi(): CudaApi | null {
 
 /** A driver call on koffi's worker thread: the event loop stays free (timers, heartbeats, other activities). */
 export function callAsync<A extends unknown[]>(fn: Bound<A>, ...args: A): Promise<number> {
-  return new Promise((resolve, reject) => fn.async(...args, (err: unknown, rc: number) => (err ? reject(err as Error) : resolve(rc))));
+  return new Promise((resolve, reject) =>
+    fn.async(...args, (err: unknown, rc: number) => (err ? reject(err as Error) : resolve(rc))),
+  );
 }
 
 /** Whether the agent talks to the stand-in driver for tests rather than NVIDIA's (null: no driver at all). */
@@ -135,7 +146,12 @@ function check(a: CudaApi, rc: number, what: string, pid: number): void {
   // running); other codes are treated as node-local failures.
   throw ApplicationFailure.create({
     message: `${what}(pid ${pid}) failed: CUresult ${rc} (${msg[0] ?? 'unknown'})`,
-    type: rc === CUDA_ERROR_OUT_OF_MEMORY ? ErrorType.CudaOutOfMemory : rc === CUDA_ERROR_TIMEOUT ? ErrorType.CudaTimeout : ErrorType.CudaError,
+    type:
+      rc === CUDA_ERROR_OUT_OF_MEMORY
+        ? ErrorType.CudaOutOfMemory
+        : rc === CUDA_ERROR_TIMEOUT
+          ? ErrorType.CudaTimeout
+          : ErrorType.CudaError,
     nonRetryable: true,
     details: [{ cuResult: rc }],
   });
@@ -145,7 +161,12 @@ export type CudaOp = 'lock' | 'checkpoint' | 'restore' | 'unlock';
 const STATE_NAMES = ['running', 'locked', 'checkpointed', 'failed'];
 
 /** Driver states in which a step has already happened to a process: it is left alone (a retried step, a half-done tree). */
-const DONE_IN: Record<CudaOp, string[]> = { lock: ['locked', 'checkpointed'], checkpoint: ['checkpointed'], restore: ['locked'], unlock: ['running'] };
+const DONE_IN: Record<CudaOp, string[]> = {
+  lock: ['locked', 'checkpointed'],
+  checkpoint: ['checkpointed'],
+  restore: ['locked'],
+  unlock: ['running'],
+};
 
 /** CUresult codes with a meaning of their own to the workflow. */
 const CUDA_ERROR_OUT_OF_MEMORY = 2;
@@ -158,12 +179,22 @@ const CUDA_ERROR_TIMEOUT = 909;
  * detail names each pid and what was done to it. The driver call runs off the event loop, and the activity
  * heartbeats every heartbeatMs while it runs: a healthy 15 s VRAM copy is not an agent lost.
  */
-export async function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000, heartbeatMs = 1000, remap?: GpuRemap): Promise<CudaStepResult> {
+export async function cudaStep(
+  op: CudaOp,
+  pid: number,
+  timeoutMs = 10000,
+  heartbeatMs = 1000,
+  remap?: GpuRemap,
+): Promise<CudaStepResult> {
   const pids = processTree(pid).filter(holdsCuda);
-  if (pids.length === 0) return { outcome: 'skipped', detail: `no process in the tree of pid ${pid} holds a CUDA context` };
+  if (pids.length === 0)
+    return { outcome: 'skipped', detail: `no process in the tree of pid ${pid} holds a CUDA context` };
   const a = cudaApi();
   if (!a) {
-    throw ApplicationFailure.nonRetryable(`pids ${pids.join(', ')} use CUDA but the driver API is unavailable here: ${loadError}`, ErrorType.CudaUnavailable);
+    throw ApplicationFailure.nonRetryable(
+      `pids ${pids.join(', ')} use CUDA but the driver API is unavailable here: ${loadError}`,
+      ErrorType.CudaUnavailable,
+    );
   }
   const args = Buffer.alloc(64);
   if (op === 'lock') args.writeUInt32LE(timeoutMs, 0);
@@ -184,7 +215,8 @@ export async function cudaStep(op: CudaOp, pid: number, timeoutMs = 10000, heart
     const started = Date.now();
     const beat = setInterval(() => heartbeat({ op, pid: p, runningMs: Date.now() - started }), heartbeatMs);
     try {
-      if (op === 'restore' && remap) check(a, await restoreRemapped(a, p, remap), `${name}[${remap.oldUuid} -> ${remap.newUuid}]`, p);
+      if (op === 'restore' && remap)
+        check(a, await restoreRemapped(a, p, remap), `${name}[${remap.oldUuid} -> ${remap.newUuid}]`, p);
       else check(a, await callAsync(fn, p, args), name, p);
     } catch (e) {
       // The workflow's compensation walks the tree again; say which processes this step already changed.
@@ -209,7 +241,13 @@ async function restoreRemapped(a: CudaApi, pid: number, remap: GpuRemap): Promis
   const pairs = koffi.alloc(GpuPair, 1);
   try {
     koffi.encode(pairs, GpuPair, { oldUuid: uuidBytes(remap.oldUuid), newUuid: uuidBytes(remap.newUuid) });
-    const args: RestoreArgs13 = { gpuPairs: pairs, gpuPairsCount: 1, padding0: 0, customStorageInfo_out: null, reserved: new Array<number>(40).fill(0) };
+    const args: RestoreArgs13 = {
+      gpuPairs: pairs,
+      gpuPairsCount: 1,
+      padding0: 0,
+      customStorageInfo_out: null,
+      reserved: new Array<number>(40).fill(0),
+    };
     return await callAsync(a.cuCheckpointProcessRestoreRemap, pid, args);
   } finally {
     koffi.free(pairs);
@@ -221,7 +259,9 @@ async function restoreRemapped(a: CudaApi, pid: number, remap: GpuRemap): Promis
  * in ('none' when no process of the tree holds CUDA), else each pid with its own ('12:locked,13:running').
  */
 export function cudaTreeState(root: number): string {
-  const states = processTree(root).filter(holdsCuda).map((p) => ({ p, s: cudaState(p) }));
+  const states = processTree(root)
+    .filter(holdsCuda)
+    .map((p) => ({ p, s: cudaState(p) }));
   if (states.length === 0) return 'none';
   return states.every((x) => x.s === states[0].s) ? states[0].s : states.map((x) => `${x.p}:${x.s}`).join(',');
 }

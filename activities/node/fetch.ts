@@ -24,7 +24,13 @@ async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buff
  * One streamed GET per file, hashed on the way to disk: verification costs no second read. (Ranged GETs in
  * parallel were slower here: the object store and the hashing share the same few cores.)
  */
-async function downloadFile(s3: S3Client, bucket: string, key: string, dest: string, progress: ActivityBytes): Promise<string> {
+async function downloadFile(
+  s3: S3Client,
+  bucket: string,
+  key: string,
+  dest: string,
+  progress: ActivityBytes,
+): Promise<string> {
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   const hash = createHash('sha256');
   const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
@@ -59,20 +65,35 @@ export interface FetchResult {
  * fails verification is set aside (activities/node/corrupt.ts) before the download, so it cannot fail the next restore again. Never
  * returns unverified bytes.
  */
-export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: string; metadataSha256?: string | null }): Promise<FetchResult> {
+export async function fetchCheckpoint(
+  ctx: NodeContext,
+  input: { checkpointId: string; metadataSha256?: string | null },
+): Promise<FetchResult> {
   const localDir = checkpointLocation(ctx, input.checkpointId);
   const local = fs.existsSync(path.join(localDir, METADATA_FILE));
   const log = { node: ctx.node, checkpoint: input.checkpointId };
   if (local) {
     try {
       const metadata = await verifyLocal(localDir, input.metadataSha256);
-      return { dir: localDir, bytes: metadata.files.reduce((s, f) => s + f.size, 0), source: 'nvme', staged: localDir !== checkpointDir(ctx, input.checkpointId), metadata };
+      return {
+        dir: localDir,
+        bytes: metadata.files.reduce((s, f) => s + f.size, 0),
+        source: 'nvme',
+        staged: localDir !== checkpointDir(ctx, input.checkpointId),
+        metadata,
+      };
     } catch (e) {
       const type = e instanceof ApplicationFailure ? e.type : null;
       if (type === ErrorType.ChecksumMismatch || type === ErrorType.MetadataInvalid) {
         // Corrupt for good (bytes do not match their seal): left in place it would fail the next restore again.
-        const { movedTo } = setAsideCorrupt(ctx, { checkpointId: input.checkpointId, reason: `failed verification before a restore: ${(e as Error).message}` });
-        ctx.logger.warn({ ...log, err: (e as Error).message, movedTo }, 'local copy failed verification: set aside; fetching from S3');
+        const { movedTo } = setAsideCorrupt(ctx, {
+          checkpointId: input.checkpointId,
+          reason: `failed verification before a restore: ${(e as Error).message}`,
+        });
+        ctx.logger.warn(
+          { ...log, err: (e as Error).message, movedTo },
+          'local copy failed verification: set aside; fetching from S3',
+        );
       } else {
         ctx.logger.warn({ ...log, err: (e as Error).message }, 'local copy could not be verified; using S3');
       }
@@ -85,12 +106,18 @@ export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: s
     try {
       raw = await getBytes(s3, ctx.s3.bucket, prefix + METADATA_FILE);
     } catch (e) {
-      if ((e as Error).name === 'NoSuchKey') throw ApplicationFailure.nonRetryable(`checkpoint ${input.checkpointId}: no metadata.json in S3 or on this node`, ErrorType.CheckpointNotFound);
+      if ((e as Error).name === 'NoSuchKey')
+        throw ApplicationFailure.nonRetryable(
+          `checkpoint ${input.checkpointId}: no metadata.json in S3 or on this node`,
+          ErrorType.CheckpointNotFound,
+        );
       throw ApplicationFailure.retryable(`S3: ${(e as Error).message}`, ErrorType.S3Unavailable);
     }
     if (input.metadataSha256 && sha256Hex(raw) !== input.metadataSha256) {
       throw ApplicationFailure.nonRetryable(
-        `${input.checkpointId}/${METADATA_FILE}: S3 copy has sha256 ${sha256Hex(raw)}, sealed as ${input.metadataSha256}: replaced after the checkpoint`, ErrorType.ChecksumMismatch);
+        `${input.checkpointId}/${METADATA_FILE}: S3 copy has sha256 ${sha256Hex(raw)}, sealed as ${input.metadataSha256}: replaced after the checkpoint`,
+        ErrorType.ChecksumMismatch,
+      );
     }
     const metadata = parseMetadata(raw, `metadata.json of ${input.checkpointId} in S3`);
     const bytes = metadata.files.reduce((s, f) => s + f.size, 0);
@@ -106,11 +133,17 @@ export async function fetchCheckpoint(ctx: NodeContext, input: { checkpointId: s
       } catch (e) {
         // A retry starts over; a partial copy left in memory would hold it until then, or for good.
         fs.rmSync(staging, { recursive: true, force: true });
-        throw ApplicationFailure.retryable(`S3 download of ${f.path}: ${(e as Error).message}`, ErrorType.S3Unavailable);
+        throw ApplicationFailure.retryable(
+          `S3 download of ${f.path}: ${(e as Error).message}`,
+          ErrorType.S3Unavailable,
+        );
       }
       if (sum !== f.sha256) {
         fs.rmSync(staging, { recursive: true, force: true });
-        throw ApplicationFailure.nonRetryable(`${input.checkpointId}/${f.path}: S3 copy has sha256 ${sum}, metadata.json says ${f.sha256}`, ErrorType.ChecksumMismatch);
+        throw ApplicationFailure.nonRetryable(
+          `${input.checkpointId}/${f.path}: S3 copy has sha256 ${sum}, metadata.json says ${f.sha256}`,
+          ErrorType.ChecksumMismatch,
+        );
       }
     }
     writeFileAtomic(path.join(staging, METADATA_FILE), raw);

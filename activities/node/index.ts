@@ -1,5 +1,13 @@
 import * as fs from 'node:fs';
-import type { CheckpointInspection, CheckpointStep, CudaStepResult, DumpResult, ProcessRef, SealResult, UploadResult } from '../../common/checkpoint';
+import type {
+  CheckpointInspection,
+  CheckpointStep,
+  CudaStepResult,
+  DumpResult,
+  ProcessRef,
+  SealResult,
+  UploadResult,
+} from '../../common/checkpoint';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { checkpointDir, checkpointLocation, type NodeContext, stagedDir, workloadDir } from './context';
@@ -13,8 +21,20 @@ import { type NodeInventory, readInventory } from './inventory';
 import { inspectCheckpoint } from './inspect';
 import { journaled, journalOutcome } from './journal';
 import {
-  DEFAULT_STOP_GRACE_MS, isSameProcess, killProcess, processAlive, processIdentity, readWorkloadPid, requireProcess, runningWorkload, startWorkload, stopProcess,
-  treeCpuTicks, type WorkloadInfo, type WorkloadSpec, writableFiles,
+  DEFAULT_STOP_GRACE_MS,
+  isSameProcess,
+  killProcess,
+  processAlive,
+  processIdentity,
+  readWorkloadPid,
+  requireProcess,
+  runningWorkload,
+  startWorkload,
+  stopProcess,
+  treeCpuTicks,
+  type WorkloadInfo,
+  type WorkloadSpec,
+  writableFiles,
 } from './process';
 import { writePidFile } from './pid-file';
 import { registerWorkloadProcess } from './process-registry';
@@ -29,9 +49,26 @@ import { uploadCheckpoint } from './upload';
 import { verifyRunning, type VerifyRunningInput, type VerifyRunningResult } from './verify';
 import { checkVram, recordVram } from './vram';
 import type { RestoreInspection } from '../../common/restore';
-import type { JobLimits, ReadRunLogInput, ReadRunLogResult, RunExit, RunRecord, StartRunInput, StartRunResult } from '../../common/job';
+import type {
+  JobLimits,
+  ReadRunLogInput,
+  ReadRunLogResult,
+  RunExit,
+  RunRecord,
+  StartRunInput,
+  StartRunResult,
+} from '../../common/job';
 import type { ProcessIdentity } from '../../common/journal';
-import { archiveRunLog, attachRunLimits, awaitRunExit, collectDiagnostics, inspectRun, readRunLog, startRun, stopRun } from './job-run';
+import {
+  archiveRunLog,
+  attachRunLimits,
+  awaitRunExit,
+  collectDiagnostics,
+  inspectRun,
+  readRunLog,
+  startRun,
+  stopRun,
+} from './job-run';
 import { ErrorType } from '../../common/errors';
 import { measured, type MeasuredKind } from './metrics';
 
@@ -46,8 +83,11 @@ type CudaRestoreInput = CudaInput & { sourceGpuUuid?: string; gpuIndex?: number 
 /** Activities that run only on a node's own queue (node/<name>), bound to that node's context. */
 export function createNodeActivities(ctx: NodeContext) {
   /** Journals a checkpoint step when the workflow named its checkpoint; older inputs run unjournaled. */
-  const step = <T extends object>(checkpointId: string | undefined, name: CheckpointStep, fn: () => Promise<T>): Promise<T> =>
-    checkpointId === undefined ? fn() : journaled(ctx, 'checkpoint', checkpointId, name, fn, whole);
+  const step = <T extends object>(
+    checkpointId: string | undefined,
+    name: CheckpointStep,
+    fn: () => Promise<T>,
+  ): Promise<T> => (checkpointId === undefined ? fn() : journaled(ctx, 'checkpoint', checkpointId, name, fn, whole));
   /**
    * With driver 580+ (CUDA 13) a restore onto another GPU than the checkpointed one passes the pair old UUID ->
    * new UUID; older drivers restore onto the same index (placement allowed nothing else), so no pair is passed.
@@ -61,26 +101,51 @@ export function createNodeActivities(ctx: NodeContext) {
   };
   /** The phase each CUDA op is measured under: lock and checkpoint belong to a checkpoint, restore and unlock to a restore. */
   const cudaPhase: Record<CudaOp, [MeasuredKind, string]> = {
-    lock: ['checkpoint', 'Locking'], checkpoint: ['checkpoint', 'DumpingVram'], restore: ['restore', 'RestoringVram'], unlock: ['restore', 'Unlocking'],
+    lock: ['checkpoint', 'Locking'],
+    checkpoint: ['checkpoint', 'DumpingVram'],
+    restore: ['restore', 'RestoringVram'],
+    unlock: ['restore', 'Unlocking'],
   };
   const cuda = (op: CudaOp, name: CheckpointStep, input: CudaRestoreInput): Promise<CudaStepResult> =>
-    measured(...cudaPhase[op], () => step(input.checkpointId, name, async () => {
-      if (op === 'lock') requireProcess(input.pid);
-      if (op === 'checkpoint' && input.checkpointId !== undefined) {
-        // Measured while the VRAM is still on the device (the checkpoint moves it to host memory). A retried step
-        // whose VRAM already moved measures nothing and keeps the first measurement.
-        const m = await measureTreeVram(input.pid).catch(() => null);
-        if (m && (m.bytes > 0 || !loadMeasurement(ctx, input.checkpointId))) {
-          saveMeasurement(ctx, input.checkpointId, m);
-          ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, measuredVramBytes: m.bytes, gpu: m.gpuIndex }, 'VRAM of the process tree measured');
+    measured(...cudaPhase[op], () =>
+      step(input.checkpointId, name, async () => {
+        if (op === 'lock') requireProcess(input.pid);
+        if (op === 'checkpoint' && input.checkpointId !== undefined) {
+          // Measured while the VRAM is still on the device (the checkpoint moves it to host memory). A retried step
+          // whose VRAM already moved measures nothing and keeps the first measurement.
+          const m = await measureTreeVram(input.pid).catch(() => null);
+          if (m && (m.bytes > 0 || !loadMeasurement(ctx, input.checkpointId))) {
+            saveMeasurement(ctx, input.checkpointId, m);
+            ctx.logger.info(
+              {
+                node: ctx.node,
+                checkpoint: input.checkpointId,
+                pid: input.pid,
+                measuredVramBytes: m.bytes,
+                gpu: m.gpuIndex,
+              },
+              'VRAM of the process tree measured',
+            );
+          }
         }
-      }
-      const remap = op === 'restore' ? await remapFor(input) : undefined;
-      const r = await cudaStep(op, input.pid, undefined, undefined, remap);
-      // driver 'standin': the test stand-in (deploy/native/standin-cuda), never to be mistaken for a GPU in the logs.
-      if (r.outcome === 'done') ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, pid: input.pid, op, driver: driverKind(), detail: r.detail }, `CUDA ${op} done`);
-      return r;
-    }));
+        const remap = op === 'restore' ? await remapFor(input) : undefined;
+        const r = await cudaStep(op, input.pid, undefined, undefined, remap);
+        // driver 'standin': the test stand-in (deploy/native/standin-cuda), never to be mistaken for a GPU in the logs.
+        if (r.outcome === 'done')
+          ctx.logger.info(
+            {
+              node: ctx.node,
+              checkpoint: input.checkpointId,
+              pid: input.pid,
+              op,
+              driver: driverKind(),
+              detail: r.detail,
+            },
+            `CUDA ${op} done`,
+          );
+        return r;
+      }),
+    );
   return {
     ...createRetentionNodeActivities(ctx),
     async inventory(): Promise<NodeInventory> {
@@ -122,13 +187,24 @@ export function createNodeActivities(ctx: NodeContext) {
      * state after that try is unknown. A finished one is reported again (its images still there); anything
      * else is refused, and the workflow decides from inspectCheckpoint.
      */
-    async criuDump(input: { checkpointId: string; pid: number; leaveRunning: boolean; hostVramBytes?: number }): Promise<DumpResult> {
+    async criuDump(input: {
+      checkpointId: string;
+      pid: number;
+      leaveRunning: boolean;
+      hostVramBytes?: number;
+    }): Promise<DumpResult> {
       const before = journalOutcome(ctx, 'checkpoint', input.checkpointId, 'criuDump');
-      if (before.state === 'done' && inspectCheckpoint(ctx, { checkpointId: input.checkpointId, process: { pid: input.pid } }).images.complete) {
+      if (
+        before.state === 'done' &&
+        inspectCheckpoint(ctx, { checkpointId: input.checkpointId, process: { pid: input.pid } }).images.complete
+      ) {
         return before.data as unknown as DumpResult;
       }
       if (before.state !== 'never') {
-        throw ApplicationFailure.nonRetryable(`checkpoint ${input.checkpointId}: a dump was already ${before.state} at ${before.at}; not taken again`, ErrorType.StepAlreadyStarted);
+        throw ApplicationFailure.nonRetryable(
+          `checkpoint ${input.checkpointId}: a dump was already ${before.state} at ${before.at}; not taken again`,
+          ErrorType.StepAlreadyStarted,
+        );
       }
       // The output files the dump will copy, recorded up front: if the agent is lost after CRIU finished, a
       // later agent can complete the dump with them (finishDump).
@@ -138,9 +214,17 @@ export function createNodeActivities(ctx: NodeContext) {
       } catch {
         files = undefined; // gone already: criuDump says so
       }
-      return measured('checkpoint', 'DumpingProcess',
-        () => journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', () => criuDump(ctx, input), whole, { pid: input.pid, leaveRunning: input.leaveRunning, files }),
-        (r) => ({ bytes: r.imageBytes }));
+      return measured(
+        'checkpoint',
+        'DumpingProcess',
+        () =>
+          journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', () => criuDump(ctx, input), whole, {
+            pid: input.pid,
+            leaveRunning: input.leaveRunning,
+            files,
+          }),
+        (r) => ({ bytes: r.imageBytes }),
+      );
     },
     /**
      * A dump cut off after CRIU wrote its complete images and stopped the process (now gone), before the agent
@@ -151,26 +235,66 @@ export function createNodeActivities(ctx: NodeContext) {
       if (before.state === 'done') return before.data as unknown as DumpResult;
       const seen = inspectCheckpoint(ctx, input);
       const files = before.data?.files;
-      if (before.state !== 'interrupted' || seen.process.state !== 'gone' || !seen.images.inventory || !Array.isArray(files)) {
+      if (
+        before.state !== 'interrupted' ||
+        seen.process.state !== 'gone' ||
+        !seen.images.inventory ||
+        !Array.isArray(files)
+      ) {
         throw ApplicationFailure.nonRetryable(
           `checkpoint ${input.checkpointId}: dump ${before.state}, process ${seen.process.state}, images ${seen.images.inventory ? 'with' : 'without'} inventory.img${Array.isArray(files) ? '' : ', no recorded file list'}: cannot be finished`,
-          ErrorType.CriuDumpFailed);
+          ErrorType.CriuDumpFailed,
+        );
       }
-      const dir = seen.images.location === 'memory' ? stagedDir(ctx, input.checkpointId)! : checkpointDir(ctx, input.checkpointId);
-      return journaled(ctx, 'checkpoint', input.checkpointId, 'criuDump', async () => finishCutDump(dir, files.map(String), seen.images.location === 'memory'), whole, { finishing: true, files });
+      const dir =
+        seen.images.location === 'memory'
+          ? stagedDir(ctx, input.checkpointId)!
+          : checkpointDir(ctx, input.checkpointId);
+      return journaled(
+        ctx,
+        'checkpoint',
+        input.checkpointId,
+        'criuDump',
+        async () => finishCutDump(dir, files.map(String), seen.images.location === 'memory'),
+        whole,
+        { finishing: true, files },
+      );
     },
     /** Idempotent (re-sealing recomputes every checksum), so the workflow runs it again after a lost agent. */
-    async seal(input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number }): Promise<SealResult> {
-      return measured('checkpoint', 'Sealing', () => journaled(ctx, 'checkpoint', input.checkpointId, 'seal', () => sealCheckpoint(ctx, input), whole), (r) => ({ bytes: r.totalBytes }));
+    async seal(input: {
+      checkpointId: string;
+      jobId: string;
+      pid: number;
+      cudaCheckpointed: boolean;
+      vramBytes: number;
+    }): Promise<SealResult> {
+      return measured(
+        'checkpoint',
+        'Sealing',
+        () => journaled(ctx, 'checkpoint', input.checkpointId, 'seal', () => sealCheckpoint(ctx, input), whole),
+        (r) => ({ bytes: r.totalBytes }),
+      );
     },
     /** metadataSha256: recorded at seal; the upload refuses a metadata.json that differs from it. */
     async upload(input: { checkpointId: string; metadataSha256?: string | null }): Promise<UploadResult> {
-      return measured('checkpoint', 'Uploading', () => journaled(ctx, 'checkpoint', input.checkpointId, 'upload', () => uploadCheckpoint(ctx, input), whole), (r) => ({ bytes: r.bytesSent }));
+      return measured(
+        'checkpoint',
+        'Uploading',
+        () => journaled(ctx, 'checkpoint', input.checkpointId, 'upload', () => uploadCheckpoint(ctx, input), whole),
+        (r) => ({ bytes: r.bytesSent }),
+      );
     },
     /** A checkpoint staged in memory, copied to this node's disk while the upload runs; synced when it must stand in for S3. */
     async persist(input: { checkpointId: string; sync: boolean }): Promise<{ bytes: number; durationMs: number }> {
-      return measured('checkpoint', 'Persisting', () => journaled(ctx, 'checkpoint', input.checkpointId, 'persist', () => persistCheckpoint(ctx, input), whole, { sync: input.sync }),
-        (r) => ({ bytes: r.bytes }));
+      return measured(
+        'checkpoint',
+        'Persisting',
+        () =>
+          journaled(ctx, 'checkpoint', input.checkpointId, 'persist', () => persistCheckpoint(ctx, input), whole, {
+            sync: input.sync,
+          }),
+        (r) => ({ bytes: r.bytes }),
+      );
     },
     /** What really happened to a checkpoint on this node: asked by a workflow after a timeout, before it compensates. */
     async inspectCheckpoint(input: { checkpointId: string; process: ProcessRef }): Promise<CheckpointInspection> {
@@ -180,9 +304,24 @@ export function createNodeActivities(ctx: NodeContext) {
       return releaseStaging(ctx, input);
     },
     /** metadataSha256: recorded at seal; a metadata.json (local or in S3) that differs is ChecksumMismatch. */
-    async fetch(input: { checkpointId: string; metadataSha256?: string | null }): Promise<Omit<FetchResult, 'metadata'> & { jobId: string; vramBytes: number }> {
-      const r = await measured('restore', 'Fetching', () => fetchCheckpoint(ctx, input), (f) => ({ bytes: f.bytes, labels: { source: f.source } }));
-      return { dir: r.dir, bytes: r.bytes, source: r.source, staged: r.staged, jobId: r.metadata.jobId, vramBytes: r.metadata.cuda.vramBytes };
+    async fetch(input: {
+      checkpointId: string;
+      metadataSha256?: string | null;
+    }): Promise<Omit<FetchResult, 'metadata'> & { jobId: string; vramBytes: number }> {
+      const r = await measured(
+        'restore',
+        'Fetching',
+        () => fetchCheckpoint(ctx, input),
+        (f) => ({ bytes: f.bytes, labels: { source: f.source } }),
+      );
+      return {
+        dir: r.dir,
+        bytes: r.bytes,
+        source: r.source,
+        staged: r.staged,
+        jobId: r.metadata.jobId,
+        vramBytes: r.metadata.cuda.vramBytes,
+      };
     },
     /**
      * From this node's copy of the checkpoint (fetched and verified, or the images of a dump just taken); the
@@ -190,7 +329,11 @@ export function createNodeActivities(ctx: NodeContext) {
      * inPlace: a checkpoint's compensation, bringing the workload back from its own dump; journaled under the
      * checkpoint, and never run twice: a restore the journal saw finish, or whose process is alive, is reported.
      */
-    async criuRestore(input: { checkpointId: string; attemptId?: string; inPlace?: boolean }): Promise<{ pid: number; startTime: number }> {
+    async criuRestore(input: {
+      checkpointId: string;
+      attemptId?: string;
+      inPlace?: boolean;
+    }): Promise<{ pid: number; startTime: number }> {
       if (!input.inPlace) return measured('restore', 'RestoringProcess', () => restoreProcess(ctx, input));
       const dir = checkpointLocation(ctx, input.checkpointId);
       const before = journalOutcome(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace');
@@ -202,13 +345,30 @@ export function createNodeActivities(ctx: NodeContext) {
         const id = fs.existsSync(pidFile) ? processIdentity(Number(fs.readFileSync(pidFile, 'utf8').trim())) : null;
         if (id && id.pid > 1) return id;
         // Never two restores of one workload at once: the workflow's retry asks again later.
-        if (before.state === 'running') throw ApplicationFailure.retryable(`checkpoint ${input.checkpointId}: a restore in place is still running`, ErrorType.StepAlreadyStarted);
+        if (before.state === 'running')
+          throw ApplicationFailure.retryable(
+            `checkpoint ${input.checkpointId}: a restore in place is still running`,
+            ErrorType.StepAlreadyStarted,
+          );
       }
-      return measured('checkpoint', 'RestoringInPlace',
-        () => journaled(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace', () => restoreProcess(ctx, { checkpointId: input.checkpointId }), whole));
+      return measured('checkpoint', 'RestoringInPlace', () =>
+        journaled(
+          ctx,
+          'checkpoint',
+          input.checkpointId,
+          'criuRestoreInPlace',
+          () => restoreProcess(ctx, { checkpointId: input.checkpointId }),
+          whole,
+        ),
+      );
     },
     /** After the workflow lost the agent mid-restore: what CRIU really did, and whether its process runs. */
-    async inspectRestore(input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number }): Promise<RestoreInspection> {
+    async inspectRestore(input: {
+      checkpointId: string;
+      attemptId: string;
+      pid?: number;
+      startTime?: number;
+    }): Promise<RestoreInspection> {
       return inspectRestore(ctx, input);
     },
     async checkVram(input: { bytes: number; gpuIndex?: number }): Promise<{ freeVramBytes: number }> {
@@ -219,7 +379,11 @@ export function createNodeActivities(ctx: NodeContext) {
       const dir = workloadDir(ctx, input.jobId);
       fs.mkdirSync(dir, { recursive: true });
       const id = processIdentity(input.pid);
-      if (!id) throw ApplicationFailure.nonRetryable(`restored pid ${input.pid} of job ${input.jobId} is not running`, ErrorType.NoSuchProcess);
+      if (!id)
+        throw ApplicationFailure.nonRetryable(
+          `restored pid ${input.pid} of job ${input.jobId} is not running`,
+          ErrorType.NoSuchProcess,
+        );
       writePidFile(path.join(dir, 'pid'), id);
       // Registered again here: a CRIU that finished after its agent died restored it unregistered, and the
       // local stack's down finds workloads only through the registry.
@@ -235,7 +399,11 @@ export function createNodeActivities(ctx: NodeContext) {
      * one of its output files grows, checked every 100 ms up to the window.
      * Kept registered for restores started before verifyRunning (their histories call it); it fails idle workloads.
      */
-    async verifyProgress(input: { pid: number; checkpointId: string; windowMs?: number }): Promise<{ cpuTicks: number; bytesWritten: number; afterMs: number }> {
+    async verifyProgress(input: {
+      pid: number;
+      checkpointId: string;
+      windowMs?: number;
+    }): Promise<{ cpuTicks: number; bytesWritten: number; afterMs: number }> {
       const files = workloadFileIndex(checkpointLocation(ctx, input.checkpointId)).map((f) => f.path);
       const sample = (): { cpu: number; bytes: number } => {
         requireProcess(input.pid);
@@ -247,9 +415,13 @@ export function createNodeActivities(ctx: NodeContext) {
       for (let waited = 100; waited <= window; waited += 100) {
         await new Promise((r) => setTimeout(r, 100));
         const b = sample();
-        if (b.cpu > a.cpu || b.bytes > a.bytes) return { cpuTicks: b.cpu - a.cpu, bytesWritten: b.bytes - a.bytes, afterMs: waited };
+        if (b.cpu > a.cpu || b.bytes > a.bytes)
+          return { cpuTicks: b.cpu - a.cpu, bytesWritten: b.bytes - a.bytes, afterMs: waited };
       }
-      throw ApplicationFailure.nonRetryable(`pid ${input.pid} is alive but made no progress in ${window} ms`, ErrorType.NoProgress);
+      throw ApplicationFailure.nonRetryable(
+        `pid ${input.pid} is alive but made no progress in ${window} ms`,
+        ErrorType.NoProgress,
+      );
     },
     async listLocalCheckpoints(): Promise<LocalCheckpoint[]> {
       return listLocalCheckpoints(ctx);
@@ -269,9 +441,18 @@ export function createNodeActivities(ctx: NodeContext) {
      * Stops a job this agent started or adopted: SIGTERM, then SIGKILL after the grace period (default 30 s).
      * Not for compensations: a process in an unknown state is killed at once (killProcess).
      */
-    async stopWorkload(input: { jobId: string; graceMs?: number; reason?: string }): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
+    async stopWorkload(input: {
+      jobId: string;
+      graceMs?: number;
+      reason?: string;
+    }): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
       const graceMs = input.graceMs ?? DEFAULT_STOP_GRACE_MS;
-      if (!Number.isFinite(graceMs) || graceMs < 0) throw ApplicationFailure.nonRetryable(`graceMs: must be a non-negative number (got ${graceMs})`, ErrorType.InvalidInput, { field: 'graceMs' });
+      if (!Number.isFinite(graceMs) || graceMs < 0)
+        throw ApplicationFailure.nonRetryable(
+          `graceMs: must be a non-negative number (got ${graceMs})`,
+          ErrorType.InvalidInput,
+          { field: 'graceMs' },
+        );
       const running = runningWorkload(ctx, input.jobId);
       if (!running) return { stopped: false, signal: null, afterMs: 0 };
       return stopProcess(ctx, running.pid, input.reason ?? 'stop requested', graceMs, running.startTime);
@@ -281,26 +462,51 @@ export function createNodeActivities(ctx: NodeContext) {
       return startRun(ctx, input);
     },
     /** Returns once that very process is gone, with how the run ended; heartbeats every 500 ms poll. */
-    async awaitRunExit(input: { jobId: string; run: number; process: ProcessIdentity; exitFile: string }): Promise<RunExit> {
+    async awaitRunExit(input: {
+      jobId: string;
+      run: number;
+      process: ProcessIdentity;
+      exitFile: string;
+    }): Promise<RunExit> {
       return awaitRunExit(ctx, input);
     },
     /** SIGTERM, graceMs, SIGKILL, then the job's cgroup emptied and removed. Idempotent. */
-    async stopRun(input: { jobId: string; run: number; process: ProcessIdentity | null; graceMs: number; reason: string }): Promise<{ signal: 'SIGTERM' | 'SIGKILL' | null; killedStragglers: number }> {
+    async stopRun(input: {
+      jobId: string;
+      run: number;
+      process: ProcessIdentity | null;
+      graceMs: number;
+      reason: string;
+    }): Promise<{ signal: 'SIGTERM' | 'SIGKILL' | null; killedStragglers: number }> {
       return stopRun(ctx, input);
     },
     async inspectRun(input: { process: ProcessIdentity }): Promise<{ running: boolean }> {
       return inspectRun(input);
     },
-    async attachRunLimits(input: { jobId: string; limits: JobLimits; process: ProcessIdentity }): Promise<{ cgroup: string[] }> {
+    async attachRunLimits(input: {
+      jobId: string;
+      limits: JobLimits;
+      process: ProcessIdentity;
+    }): Promise<{ cgroup: string[] }> {
       return await attachRunLimits(ctx, input);
     },
     async readRunLog(input: ReadRunLogInput): Promise<ReadRunLogResult> {
       return readRunLog(input);
     },
-    async archiveRunLog(input: { jobId: string; run: number; logFile: string }): Promise<{ key: string; bytes: number }> {
+    async archiveRunLog(input: {
+      jobId: string;
+      run: number;
+      logFile: string;
+    }): Promise<{ key: string; bytes: number }> {
       return archiveRunLog(ctx, input);
     },
-    async collectDiagnostics(input: { jobId: string; at: string; error: string; runs: RunRecord[]; logFile: string | null }): Promise<{ prefix: string }> {
+    async collectDiagnostics(input: {
+      jobId: string;
+      at: string;
+      error: string;
+      runs: RunRecord[];
+      logFile: string | null;
+    }): Promise<{ prefix: string }> {
       return collectDiagnostics(ctx, input);
     },
   };

@@ -59,22 +59,50 @@ export async function readInventory(ctx: NodeContext): Promise<NodeInventory> {
   const gpus: GpuInventory[] = [];
   for (const g of await listGpus()) {
     const mem = await gpuMemory(g.index);
-    gpus.push({ index: g.index, uuid: mem?.uuid ?? `gpu-${g.index}`, model: g.name, totalVramBytes: g.totalVramBytes, freeVramBytes: mem?.freeBytes ?? g.totalVramBytes });
+    gpus.push({
+      index: g.index,
+      uuid: mem?.uuid ?? `gpu-${g.index}`,
+      model: g.name,
+      totalVramBytes: g.totalVramBytes,
+      freeVramBytes: mem?.freeBytes ?? g.totalVramBytes,
+    });
   }
   fs.mkdirSync(ctx.dataDir, { recursive: true });
   const st = fs.statfsSync(ctx.dataDir);
   const versions = gpus.length > 0 ? await driverVersions() : null;
   const base = {
-    node: ctx.node, zone: ctx.zone, freeDiskBytes: st.bavail * st.bsize, criuVersion: await criuVersion(ctx), cgroups: cgroupVersion(), reportedAt: new Date().toISOString(),
-    driverVersion: versions?.driverVersion ?? null, cudaVersion: versions?.cudaVersion || (gpus.length > 0 ? await cudaDriverVersion() : null), kernelRelease: os.release(), cpuFlags: cpuFlags(),
+    node: ctx.node,
+    zone: ctx.zone,
+    freeDiskBytes: st.bavail * st.bsize,
+    criuVersion: await criuVersion(ctx),
+    cgroups: cgroupVersion(),
+    reportedAt: new Date().toISOString(),
+    driverVersion: versions?.driverVersion ?? null,
+    cudaVersion: versions?.cudaVersion || (gpus.length > 0 ? await cudaDriverVersion() : null),
+    kernelRelease: os.release(),
+    cpuFlags: cpuFlags(),
   };
   if (gpus.length > 0) {
-    return { ...base, vramSource: driverKind() === 'standin' ? 'standin' : 'measured', gpus, totalVramBytes: gpus.reduce((s, g) => s + g.totalVramBytes, 0), freeVramBytes: gpus.reduce((s, g) => s + g.freeVramBytes, 0) };
+    return {
+      ...base,
+      vramSource: driverKind() === 'standin' ? 'standin' : 'measured',
+      gpus,
+      totalVramBytes: gpus.reduce((s, g) => s + g.totalVramBytes, 0),
+      freeVramBytes: gpus.reduce((s, g) => s + g.freeVramBytes, 0),
+    };
   }
   if (ctx.declaredVramBytes !== null) {
     // No GPU to ask: one pseudo-GPU holding the declared capacity, named as declared.
     const free = Math.max(0, ctx.declaredVramBytes - ledgerBytes(ctx));
-    return { ...base, vramSource: 'declared', gpus: [{ index: 0, uuid: 'declared', model: 'declared', totalVramBytes: ctx.declaredVramBytes, freeVramBytes: free }], totalVramBytes: ctx.declaredVramBytes, freeVramBytes: free };
+    return {
+      ...base,
+      vramSource: 'declared',
+      gpus: [
+        { index: 0, uuid: 'declared', model: 'declared', totalVramBytes: ctx.declaredVramBytes, freeVramBytes: free },
+      ],
+      totalVramBytes: ctx.declaredVramBytes,
+      freeVramBytes: free,
+    };
   }
   return { ...base, vramSource: 'none', gpus: [], totalVramBytes: 0, freeVramBytes: 0 };
 }

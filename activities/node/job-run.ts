@@ -5,14 +5,48 @@ import * as path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
-import type { JobLimits, ReadRunLogInput, ReadRunLogResult, RunExit, RunLogLine, RunRecord, StartRunInput, StartRunResult } from '../../common/job';
+import type {
+  JobLimits,
+  ReadRunLogInput,
+  ReadRunLogResult,
+  RunExit,
+  RunLogLine,
+  RunRecord,
+  StartRunInput,
+  StartRunResult,
+} from '../../common/job';
 import type { ProcessIdentity } from '../../common/journal';
 import { makeS3Client, s3ErrorKind } from '../s3-client';
-import { attachToJobCgroup, createJobCgroup, jobCgroupDirs, jobCgroupOomKilled, kybernateCgroupsOf, removeJobCgroup } from './cgroups';
+import {
+  attachToJobCgroup,
+  createJobCgroup,
+  jobCgroupDirs,
+  jobCgroupOomKilled,
+  kybernateCgroupsOf,
+  removeJobCgroup,
+} from './cgroups';
 import { type NodeContext, safeId, workloadDir } from './context';
-import { checkCommand, checkCwd, dropPrivilegesPrefix, initPrefix, otherUserCheckpointBlocker, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
+import {
+  checkCommand,
+  checkCwd,
+  dropPrivilegesPrefix,
+  initPrefix,
+  otherUserCheckpointBlocker,
+  resolveExecutable,
+  resolveRunAs,
+  workloadEnv,
+} from './launch';
 import { readPidFile, writePidFile } from './pid-file';
-import { isSameProcess, namespaceInit, processAlive, processIdentity, processTree, runningWorkload, START_SETTLE_MS, starting } from './process';
+import {
+  isSameProcess,
+  namespaceInit,
+  processAlive,
+  processIdentity,
+  processTree,
+  runningWorkload,
+  START_SETTLE_MS,
+  starting,
+} from './process';
 import { registerWorkloadProcess } from './process-registry';
 import { heartbeat } from './run-tool';
 import { recordVram } from './vram';
@@ -32,11 +66,13 @@ function invalid(field: string, message: string): ApplicationFailure {
 }
 
 function runNumber(run: unknown): number {
-  if (typeof run !== 'number' || !Number.isInteger(run) || run < 1) throw invalid('run', `must be a positive integer (got ${String(run)})`);
+  if (typeof run !== 'number' || !Number.isInteger(run) || run < 1)
+    throw invalid('run', `must be a positive integer (got ${String(run)})`);
   return run;
 }
 
-export const runDir = (ctx: NodeContext, jobId: string, run: number): string => path.join(workloadDir(ctx, jobId), 'runs', String(runNumber(run)));
+export const runDir = (ctx: NodeContext, jobId: string, run: number): string =>
+  path.join(workloadDir(ctx, jobId), 'runs', String(runNumber(run)));
 
 /**
  * A run's log or exit file, checked by shape rather than by this node's data dir: a run resumed on another
@@ -49,7 +85,14 @@ export function runFile(field: string, file: unknown, jobId: string, name: 'log'
   }
   const parts = file.split('/');
   const n = parts.length;
-  if (n < 6 || parts[n - 1] !== name || !/^[0-9]+$/.test(parts[n - 2]) || parts[n - 3] !== 'runs' || parts[n - 4] !== id || parts[n - 5] !== 'workloads') {
+  if (
+    n < 6 ||
+    parts[n - 1] !== name ||
+    !/^[0-9]+$/.test(parts[n - 2]) ||
+    parts[n - 3] !== 'runs' ||
+    parts[n - 4] !== id ||
+    parts[n - 5] !== 'workloads'
+  ) {
     throw invalid(field, `must name .../workloads/${id}/runs/<run>/${name} (got ${file})`);
   }
   return file;
@@ -99,30 +142,48 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
   const run = runNumber(input.run);
   checkCommand(input.command);
   const limits = checkLimits(input.limits);
-  if (input.vramBytes !== undefined && (typeof input.vramBytes !== 'number' || !Number.isInteger(input.vramBytes) || input.vramBytes < 0)) {
+  if (
+    input.vramBytes !== undefined &&
+    (typeof input.vramBytes !== 'number' || !Number.isInteger(input.vramBytes) || input.vramBytes < 0)
+  ) {
     throw invalid('vramBytes', `must be a non-negative integer (got ${String(input.vramBytes)})`);
   }
   const runAs = resolveRunAs(input.user);
   const cwd = input.cwd === undefined ? null : checkCwd(input.cwd);
-  const env = workloadEnv({ jobId, jobEnv: input.env, parent: process.env, home: runAs?.home ?? process.env.HOME ?? '/' });
+  const env = workloadEnv({
+    jobId,
+    jobEnv: input.env,
+    parent: process.env,
+    home: runAs?.home ?? process.env.HOME ?? '/',
+  });
   const dir = runDir(ctx, jobId, run);
   const logFile = path.join(dir, 'log');
   const exitFile = path.join(dir, 'exit.json');
   const recordFile = path.join(dir, 'run.json');
-  if (starting.has(jobId)) throw ApplicationFailure.nonRetryable(`job ${jobId} is being started on node ${ctx.node} right now`, ErrorType.JobAlreadyRunning);
+  if (starting.has(jobId))
+    throw ApplicationFailure.nonRetryable(
+      `job ${jobId} is being started on node ${ctx.node} right now`,
+      ErrorType.JobAlreadyRunning,
+    );
   starting.add(jobId);
   try {
     const earlier = readRunRecord(recordFile);
     if (earlier && (isSameProcess(earlier.process) || fs.existsSync(exitFile))) return earlier;
     const running = runningWorkload(ctx, jobId);
     if (running) {
-      throw ApplicationFailure.nonRetryable(`job ${jobId} is already running on node ${ctx.node} as pid ${running.pid}; stop it or use another job id`, ErrorType.JobAlreadyRunning);
+      throw ApplicationFailure.nonRetryable(
+        `job ${jobId} is already running on node ${ctx.node} as pid ${running.pid}; stop it or use another job id`,
+        ErrorType.JobAlreadyRunning,
+      );
     }
     // A start whose agent died before it wrote the pid file left a run nobody tracks: its tasks are still in the
     // job's cgroup. Never a second copy beside it; stopRun (process null) clears it.
     const untracked = [...jobCgroupDirs(ctx, jobId).values()].flatMap(cgroupProcs);
     if (untracked.length > 0) {
-      throw ApplicationFailure.nonRetryable(`job ${jobId} has processes in its cgroup on node ${ctx.node} (pids ${untracked.slice(0, 10).join(' ')}); stop it first`, ErrorType.JobAlreadyRunning);
+      throw ApplicationFailure.nonRetryable(
+        `job ${jobId} has processes in its cgroup on node ${ctx.node} (pids ${untracked.slice(0, 10).join(' ')}); stop it first`,
+        ErrorType.JobAlreadyRunning,
+      );
     }
     const workDir = cwd ?? workloadDir(ctx, jobId);
     fs.mkdirSync(dir, { recursive: true });
@@ -136,19 +197,43 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
     fs.writeFileSync(errFile, '');
     const dropPrivileges = dropPrivilegesPrefix(runAs);
     const init = initPrefix(ctx.initBin);
-    const shim = [ctx.shimBin, '--log', logFile, '--exit', exitFile, ...cgroup.dirs.flatMap((d) => ['--cgroup', d]), '--'];
+    const shim = [
+      ctx.shimBin,
+      '--log',
+      logFile,
+      '--exit',
+      exitFile,
+      ...cgroup.dirs.flatMap((d) => ['--cgroup', d]),
+      '--',
+    ];
     // The init and the shim stay root (the shim writes cgroup.procs); setpriv drops privileges in the shim's
     // child just before it becomes the command.
     // shim.err is opened inside the namespace, by its pid 1 before it becomes setsid and tini: unshare, outside
     // the tree, must not share it (it writes there when its child is killed, and a file that changed size after
     // a dump fails the restore).
     const startedAt = new Date().toISOString();
-    const child = spawn('unshare', ['--pid', '--fork', '/bin/sh', '-c', 'exec >>"$0" 2>&1; exec setsid "$@"', errFile, ...init, ...shim, ...dropPrivileges, exe, ...input.command.slice(1)], {
-      detached: true,
-      stdio: 'ignore',
-      cwd: workDir,
-      env,
-    });
+    const child = spawn(
+      'unshare',
+      [
+        '--pid',
+        '--fork',
+        '/bin/sh',
+        '-c',
+        'exec >>"$0" 2>&1; exec setsid "$@"',
+        errFile,
+        ...init,
+        ...shim,
+        ...dropPrivileges,
+        exe,
+        ...input.command.slice(1),
+      ],
+      {
+        detached: true,
+        stdio: 'ignore',
+        cwd: workDir,
+        env,
+      },
+    );
     child.unref();
     let exited: string | null = null;
     child.on('exit', (code, signal) => (exited = signal ? `killed by ${signal}` : `exited with status ${code}`));
@@ -164,7 +249,10 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
       }
       await removeJobCgroup(ctx, jobId).catch(() => undefined);
       const out = [readText(errFile).trim(), readText(logFile).trim()].filter(Boolean).join('\n');
-      return ApplicationFailure.nonRetryable(`${input.command[0]} (${exe}) ${why}${out ? `; its output:\n${out}` : ''}`, ErrorType.StartFailure);
+      return ApplicationFailure.nonRetryable(
+        `${input.command[0]} (${exe}) ${why}${out ? `; its output:\n${out}` : ''}`,
+        ErrorType.StartFailure,
+      );
     };
     if (child.pid === undefined) {
       await new Promise((r) => setImmediate(r));
@@ -172,10 +260,14 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
     }
     const initPid = await namespaceInit(child.pid, () => exited);
     let id = typeof initPid === 'number' ? processIdentity(initPid) : null;
-    for (let waited = 0; waited < START_SETTLE_MS && id !== null && isSameProcess(id); waited += 50) await new Promise((r) => setTimeout(r, 50));
+    for (let waited = 0; waited < START_SETTLE_MS && id !== null && isSameProcess(id); waited += 50)
+      await new Promise((r) => setTimeout(r, 50));
     if (id === null || !isSameProcess(id)) {
       // Gone already. The shim writes its record before it exits, so a record means the command ran and exited.
-      if (!fs.existsSync(exitFile)) throw await failed(`${typeof initPid === 'string' ? initPid : exited ?? 'exited'} right after it started, leaving no exit status`);
+      if (!fs.existsSync(exitFile))
+        throw await failed(
+          `${typeof initPid === 'string' ? initPid : (exited ?? 'exited')} right after it started, leaving no exit status`,
+        );
       // Start time 0 names no live process: awaitRunExit finds it gone and reads the record.
       id ??= { pid: typeof initPid === 'number' ? initPid : child.pid, startTime: 0 };
     }
@@ -185,9 +277,16 @@ export async function startRun(ctx: NodeContext, input: StartRunInput): Promise<
     fs.renameSync(`${recordFile}.tmp`, recordFile);
     registerWorkloadProcess(ctx, id.pid, 'started', jobId);
     if (input.vramBytes) recordVram(ctx, id.pid, input.vramBytes);
-    ctx.logger.info({ job: jobId, run, node: ctx.node, pid: id.pid, cwd: workDir, uid: runAs?.uid, exe, cgroup: cgroup.dirs }, 'run started');
+    ctx.logger.info(
+      { job: jobId, run, node: ctx.node, pid: id.pid, cwd: workDir, uid: runAs?.uid, exe, cgroup: cgroup.dirs },
+      'run started',
+    );
     const blocker = runAs ? otherUserCheckpointBlocker() : null;
-    if (blocker) ctx.logger.warn({ job: jobId, run, node: ctx.node, pid: id.pid }, `this run cannot be checkpointed on this node: ${blocker}`);
+    if (blocker)
+      ctx.logger.warn(
+        { job: jobId, run, node: ctx.node, pid: id.pid },
+        `this run cannot be checkpointed on this node: ${blocker}`,
+      );
     return result;
   } finally {
     starting.delete(jobId);
@@ -237,7 +336,11 @@ function readExitRecord(file: string): ExitRecord | null {
 
 function memoryLimitOf(ctx: NodeContext, jobId: string): string {
   const dirs = jobCgroupDirs(ctx, jobId);
-  const file = dirs.has('memory') ? path.join(dirs.get('memory')!, 'memory.limit_in_bytes') : dirs.has('unified') ? path.join(dirs.get('unified')!, 'memory.max') : null;
+  const file = dirs.has('memory')
+    ? path.join(dirs.get('memory')!, 'memory.limit_in_bytes')
+    : dirs.has('unified')
+      ? path.join(dirs.get('unified')!, 'memory.max')
+      : null;
   const v = file ? readText(file).trim() : '';
   return v ? `${v} bytes` : 'its limit';
 }
@@ -247,16 +350,27 @@ export function runExitOf(ctx: NodeContext, jobId: string, exitFile: string): Ru
   const rec = readExitRecord(exitFile);
   if (!rec) {
     return {
-      exitCode: null, signal: null, reason: 'LostWhileAgentDown', endedAt: new Date().toISOString(),
-      message: "the run's process was gone and left no exit status; the node's agent was down or the process tree was killed",
+      exitCode: null,
+      signal: null,
+      reason: 'LostWhileAgentDown',
+      endedAt: new Date().toISOString(),
+      message:
+        "the run's process was gone and left no exit status; the node's agent was down or the process tree was killed",
     };
   }
   const endedAt = rec.endedAt ?? new Date().toISOString();
   const oom = (rec.signal === 'SIGKILL' || (rec.exitCode ?? 0) !== 0) && jobCgroupOomKilled(ctx, jobId);
   if (oom) {
-    return { exitCode: rec.exitCode ?? null, signal: rec.signal ?? null, reason: 'OOMKilled', endedAt, message: `killed by the kernel's OOM killer: the run went over its memory limit (${memoryLimitOf(ctx, jobId)})` };
+    return {
+      exitCode: rec.exitCode ?? null,
+      signal: rec.signal ?? null,
+      reason: 'OOMKilled',
+      endedAt,
+      message: `killed by the kernel's OOM killer: the run went over its memory limit (${memoryLimitOf(ctx, jobId)})`,
+    };
   }
-  if (rec.signal !== undefined) return { exitCode: null, signal: rec.signal, reason: 'Signaled', endedAt, message: `killed by ${rec.signal}` };
+  if (rec.signal !== undefined)
+    return { exitCode: null, signal: rec.signal, reason: 'Signaled', endedAt, message: `killed by ${rec.signal}` };
   const code = rec.exitCode ?? 0;
   return code === 0
     ? { exitCode: 0, signal: null, reason: 'Completed', endedAt, message: 'exited with code 0' }
@@ -276,7 +390,10 @@ function activityContext(): Context | null {
  * run ended. Re-attaching after an agent restart is just asking again with the same identity. Cancelled: throws
  * at once (the Temporal context's sleep throws CancelledFailure).
  */
-export async function awaitRunExit(ctx: NodeContext, input: { jobId: string; run: number; process: ProcessIdentity; exitFile: string }): Promise<RunExit> {
+export async function awaitRunExit(
+  ctx: NodeContext,
+  input: { jobId: string; run: number; process: ProcessIdentity; exitFile: string },
+): Promise<RunExit> {
   const jobId = safeId('jobId', input.jobId);
   runNumber(input.run);
   const exitFile = runFile('exitFile', input.exitFile, jobId, 'exit.json');
@@ -298,15 +415,20 @@ export async function awaitRunExit(ctx: NodeContext, input: { jobId: string; run
  * that is gone while another run of the job runs (per the pid file) touches nothing.
  */
 export async function stopRun(
-  ctx: NodeContext, input: { jobId: string; run: number; process: ProcessIdentity | null; graceMs: number; reason: string },
+  ctx: NodeContext,
+  input: { jobId: string; run: number; process: ProcessIdentity | null; graceMs: number; reason: string },
 ): Promise<{ signal: 'SIGTERM' | 'SIGKILL' | null; killedStragglers: number }> {
   const jobId = safeId('jobId', input.jobId);
   runNumber(input.run);
-  if (typeof input.graceMs !== 'number' || !Number.isFinite(input.graceMs) || input.graceMs < 0) throw invalid('graceMs', `must be a non-negative number (got ${String(input.graceMs)})`);
+  if (typeof input.graceMs !== 'number' || !Number.isFinite(input.graceMs) || input.graceMs < 0)
+    throw invalid('graceMs', `must be a non-negative number (got ${String(input.graceMs)})`);
   const live = runningWorkload(ctx, jobId);
   if (input.process && live && (live.pid !== input.process.pid || live.startTime !== input.process.startTime)) {
     // Another run of the job is the one running now: its cgroup is the job's, and not this stop's to empty.
-    ctx.logger.warn({ job: jobId, run: input.run, node: ctx.node, pid: input.process.pid, running: live.pid, reason: input.reason }, 'run already gone; the job runs on as another process, left alone');
+    ctx.logger.warn(
+      { job: jobId, run: input.run, node: ctx.node, pid: input.process.pid, running: live.pid, reason: input.reason },
+      'run already gone; the job runs on as another process, left alone',
+    );
     return { signal: null, killedStragglers: 0 };
   }
   // No process named (a start whose answer was lost): whatever of the job runs is stopped.
@@ -341,8 +463,15 @@ export async function stopRun(
   const { killed } = await removeJobCgroup(ctx, jobId);
   const pidFile = path.join(workloadDir(ctx, jobId), 'pid');
   const rec = readPidFile(pidFile);
-  if (rec && (rec.startTime === undefined ? !processAlive(rec.pid) : !isSameProcess({ pid: rec.pid, startTime: rec.startTime }))) fs.rmSync(pidFile, { force: true });
-  ctx.logger.info({ job: jobId, run: input.run, node: ctx.node, pid: p?.pid, signal, killedStragglers: killed, reason: input.reason }, 'run stopped');
+  if (
+    rec &&
+    (rec.startTime === undefined ? !processAlive(rec.pid) : !isSameProcess({ pid: rec.pid, startTime: rec.startTime }))
+  )
+    fs.rmSync(pidFile, { force: true });
+  ctx.logger.info(
+    { job: jobId, run: input.run, node: ctx.node, pid: p?.pid, signal, killedStragglers: killed, reason: input.reason },
+    'run stopped',
+  );
   return { signal, killedStragglers: killed };
 }
 
@@ -352,10 +481,17 @@ export function inspectRun(input: { process: ProcessIdentity }): { running: bool
 }
 
 /** A run resumed from a checkpoint: CRIU put its tasks back outside the job's cgroup; its limits apply again. */
-export async function attachRunLimits(ctx: NodeContext, input: { jobId: string; limits: JobLimits; process: ProcessIdentity }): Promise<{ cgroup: string[] }> {
+export async function attachRunLimits(
+  ctx: NodeContext,
+  input: { jobId: string; limits: JobLimits; process: ProcessIdentity },
+): Promise<{ cgroup: string[] }> {
   const jobId = safeId('jobId', input.jobId);
   const limits = checkLimits(input.limits);
-  if (!isSameProcess(input.process)) throw ApplicationFailure.nonRetryable(`run of job ${jobId}: pid ${input.process.pid} is no longer running`, ErrorType.NoSuchProcess);
+  if (!isSameProcess(input.process))
+    throw ApplicationFailure.nonRetryable(
+      `run of job ${jobId}: pid ${input.process.pid} is no longer running`,
+      ErrorType.NoSuchProcess,
+    );
   const { dirs } = createJobCgroup(ctx, jobId, limits);
   if (dirs.length === 0) return { cgroup: [] };
   // Everything under the init, as at start (the shim joins the cgroup, the init stays out): the init's parent
@@ -378,7 +514,10 @@ export async function attachRunLimits(ctx: NodeContext, input: { jobId: string; 
       }
     }
   }
-  ctx.logger.info({ job: jobId, node: ctx.node, pid: input.process.pid, cgroup, cleared }, 'resumed run moved into its cgroup');
+  ctx.logger.info(
+    { job: jobId, node: ctx.node, pid: input.process.pid, cgroup, cleared },
+    'resumed run moved into its cgroup',
+  );
   return { cgroup };
 }
 
@@ -399,9 +538,11 @@ export function parseLogLine(line: string): RunLogLine {
 export function readRunLog(input: ReadRunLogInput): ReadRunLogResult {
   const logFile = runFile('logFile', input.logFile, input.jobId, 'log');
   const offset = input.offset;
-  if (typeof offset !== 'number' || !Number.isInteger(offset) || offset < 0) throw invalid('offset', `must be a non-negative integer (got ${String(offset)})`);
+  if (typeof offset !== 'number' || !Number.isInteger(offset) || offset < 0)
+    throw invalid('offset', `must be a non-negative integer (got ${String(offset)})`);
   const maxBytes = input.maxBytes ?? DEFAULT_LOG_READ_BYTES;
-  if (typeof maxBytes !== 'number' || !Number.isInteger(maxBytes) || maxBytes < 1 || maxBytes > 16 * 1024 * 1024) throw invalid('maxBytes', `must be an integer from 1 to 16 MiB (got ${String(maxBytes)})`);
+  if (typeof maxBytes !== 'number' || !Number.isInteger(maxBytes) || maxBytes < 1 || maxBytes > 16 * 1024 * 1024)
+    throw invalid('maxBytes', `must be an integer from 1 to 16 MiB (got ${String(maxBytes)})`);
   let fd: number;
   try {
     fd = fs.openSync(logFile, 'r');
@@ -434,14 +575,33 @@ export function readRunLog(input: ReadRunLogInput): ReadRunLogResult {
 function asS3Failure(e: unknown, what: string): never {
   if (e instanceof ApplicationFailure) throw e;
   const err = e as Error;
-  if (s3ErrorKind(e) === 'rejected') throw ApplicationFailure.nonRetryable(`${what}: S3 refused: ${err.name}: ${err.message}`, ErrorType.S3Rejected);
-  throw ApplicationFailure.create({ message: `${what}: ${err.name}: ${err.message}`, type: ErrorType.S3Unavailable, nonRetryable: false });
+  if (s3ErrorKind(e) === 'rejected')
+    throw ApplicationFailure.nonRetryable(`${what}: S3 refused: ${err.name}: ${err.message}`, ErrorType.S3Rejected);
+  throw ApplicationFailure.create({
+    message: `${what}: ${err.name}: ${err.message}`,
+    type: ErrorType.S3Unavailable,
+    nonRetryable: false,
+  });
 }
 
-async function putObject(ctx: NodeContext, key: string, body: Buffer | fs.ReadStream, length: number, contentType: string): Promise<void> {
+async function putObject(
+  ctx: NodeContext,
+  key: string,
+  body: Buffer | fs.ReadStream,
+  length: number,
+  contentType: string,
+): Promise<void> {
   const s3 = makeS3Client(ctx.s3);
   try {
-    await s3.send(new PutObjectCommand({ Bucket: ctx.s3.bucket, Key: key, Body: body, ContentLength: length, ContentType: contentType }));
+    await s3.send(
+      new PutObjectCommand({
+        Bucket: ctx.s3.bucket,
+        Key: key,
+        Body: body,
+        ContentLength: length,
+        ContentType: contentType,
+      }),
+    );
   } catch (e) {
     asS3Failure(e, `put ${key}`);
   } finally {
@@ -450,7 +610,10 @@ async function putObject(ctx: NodeContext, key: string, body: Buffer | fs.ReadSt
 }
 
 /** The run's log, as the CRI file is, to logs/<job>/run-<run>.log. Idempotent (the same key is written again). */
-export async function archiveRunLog(ctx: NodeContext, input: { jobId: string; run: number; logFile: string }): Promise<{ key: string; bytes: number }> {
+export async function archiveRunLog(
+  ctx: NodeContext,
+  input: { jobId: string; run: number; logFile: string },
+): Promise<{ key: string; bytes: number }> {
   const jobId = safeId('jobId', input.jobId);
   const run = runNumber(input.run);
   const logFile = runFile('logFile', input.logFile, jobId, 'log');
@@ -462,7 +625,13 @@ export async function archiveRunLog(ctx: NodeContext, input: { jobId: string; ru
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
   // A run that wrote nothing (or whose log never reached this node) is stored as an empty log.
-  await putObject(ctx, key, bytes > 0 ? fs.createReadStream(logFile, { start: 0, end: bytes - 1 }) : Buffer.alloc(0), bytes, 'text/plain');
+  await putObject(
+    ctx,
+    key,
+    bytes > 0 ? fs.createReadStream(logFile, { start: 0, end: bytes - 1 }) : Buffer.alloc(0),
+    bytes,
+    'text/plain',
+  );
   ctx.logger.info({ job: jobId, run, node: ctx.node, key, bytes }, 'run log archived');
   return { key, bytes };
 }
@@ -500,28 +669,53 @@ export function nodeSnapshot(ctx: NodeContext): Record<string, unknown> {
     /* data dir missing */
   }
   return {
-    node: ctx.node, time: new Date().toISOString(), loadAverage: os.loadavg(), cpus: os.cpus().length,
+    node: ctx.node,
+    time: new Date().toISOString(),
+    loadAverage: os.loadavg(),
+    cpus: os.cpus().length,
     memory: { totalBytes: kib('MemTotal'), availableBytes: kib('MemAvailable'), swapFreeBytes: kib('SwapFree') },
-    dataDir: ctx.dataDir, diskFreeBytes,
+    dataDir: ctx.dataDir,
+    diskFreeBytes,
   };
 }
 
 /** A job that escalated: its last log lines, its runs and the node's state, under diagnostics/<job>/<at>/. */
 export async function collectDiagnostics(
-  ctx: NodeContext, input: { jobId: string; at: string; error: string; runs: RunRecord[]; logFile: string | null },
+  ctx: NodeContext,
+  input: { jobId: string; at: string; error: string; runs: RunRecord[]; logFile: string | null },
 ): Promise<{ prefix: string }> {
   const jobId = safeId('jobId', input.jobId);
-  if (typeof input.at !== 'string' || !/^[0-9A-Za-z:.+-]{1,64}$/.test(input.at)) throw invalid('at', `must be an RFC 3339 time (got ${JSON.stringify(input.at)})`);
+  if (typeof input.at !== 'string' || !/^[0-9A-Za-z:.+-]{1,64}$/.test(input.at))
+    throw invalid('at', `must be an RFC 3339 time (got ${JSON.stringify(input.at)})`);
   const logFile = input.logFile === null ? null : runFile('logFile', input.logFile, jobId, 'log');
   const prefix = `diagnostics/${jobId}/${input.at.replace(/:/g, '-')}/`;
-  const tail = Buffer.from(lastLogLines(logFile, 100).map((l) => `${l}\n`).join(''));
-  const summary = Buffer.from(JSON.stringify({
-    jobId, at: input.at, error: input.error,
-    runs: (input.runs ?? []).map((r) => ({
-      run: r.run, node: r.node, exitCode: r.exitCode, signal: r.signal, reason: r.reason, message: r.message, startedAt: r.startedAt, endedAt: r.endedAt,
-      durationMs: r.endedAt ? Date.parse(r.endedAt) - Date.parse(r.startedAt) : null,
-    })),
-  }, null, 2));
+  const tail = Buffer.from(
+    lastLogLines(logFile, 100)
+      .map((l) => `${l}\n`)
+      .join(''),
+  );
+  const summary = Buffer.from(
+    JSON.stringify(
+      {
+        jobId,
+        at: input.at,
+        error: input.error,
+        runs: (input.runs ?? []).map((r) => ({
+          run: r.run,
+          node: r.node,
+          exitCode: r.exitCode,
+          signal: r.signal,
+          reason: r.reason,
+          message: r.message,
+          startedAt: r.startedAt,
+          endedAt: r.endedAt,
+          durationMs: r.endedAt ? Date.parse(r.endedAt) - Date.parse(r.startedAt) : null,
+        })),
+      },
+      null,
+      2,
+    ),
+  );
   const node = Buffer.from(JSON.stringify(nodeSnapshot(ctx), null, 2));
   await putObject(ctx, `${prefix}log-tail.txt`, tail, tail.length, 'text/plain');
   await putObject(ctx, `${prefix}summary.json`, summary, summary.length, 'application/json');

@@ -12,11 +12,17 @@ import { processAlive } from './process';
 export const journalFile = (ctx: NodeContext, kind: JournalKind, id: string): string =>
   path.join(ctx.dataDir, 'journal', kind, `${safeId(`${kind}Id`, id)}.jsonl`);
 
-export function appendJournal(ctx: NodeContext, kind: JournalKind, id: string, entry: Omit<JournalEntry, 'at' | 'agentPid'>): void {
+export function appendJournal(
+  ctx: NodeContext,
+  kind: JournalKind,
+  id: string,
+  entry: Omit<JournalEntry, 'at' | 'agentPid'>,
+): void {
   const file = journalFile(ctx, kind, id);
   const fresh = !fs.existsSync(file);
   if (fresh) fs.mkdirSync(path.dirname(file), { recursive: true });
-  const line = JSON.stringify({ ...entry, at: new Date().toISOString(), agentPid: process.pid } satisfies JournalEntry) + '\n';
+  const line =
+    JSON.stringify({ ...entry, at: new Date().toISOString(), agentPid: process.pid } satisfies JournalEntry) + '\n';
   const fd = fs.openSync(file, 'a');
   try {
     fs.writeSync(fd, line);
@@ -64,8 +70,13 @@ export function journalOutcome(ctx: NodeContext, kind: JournalKind, id: string, 
  * the result is worth keeping (it must be JSON).
  */
 export async function journaled<T>(
-  ctx: NodeContext, kind: JournalKind, id: string, step: string, fn: () => Promise<T>,
-  summarize: (r: T) => Record<string, unknown> = () => ({}), started: Record<string, unknown> = {},
+  ctx: NodeContext,
+  kind: JournalKind,
+  id: string,
+  step: string,
+  fn: () => Promise<T>,
+  summarize: (r: T) => Record<string, unknown> = () => ({}),
+  started: Record<string, unknown> = {},
 ): Promise<T> {
   appendJournal(ctx, kind, id, { step, state: 'started', data: started });
   try {

@@ -50,7 +50,8 @@ export function workloadEnv(input: {
   env.PATH ??= DEFAULT_PATH;
   env.HOME = input.home;
   for (const [k, v] of Object.entries(input.jobEnv ?? {})) {
-    if (!ENV_NAME.test(k)) throw invalid(`env.${k}`, 'a variable name must be letters, digits and _, not starting with a digit');
+    if (!ENV_NAME.test(k))
+      throw invalid(`env.${k}`, 'a variable name must be letters, digits and _, not starting with a digit');
     if (typeof v !== 'string' || v.includes('\0')) throw invalid(`env.${k}`, 'must be a string without NUL bytes');
     if (k === 'KYBERNATE_JOB_ID') throw invalid(`env.${k}`, 'is set by the agent');
     env[k] = v;
@@ -80,7 +81,8 @@ function passwdEntry(uid: number, passwdFile: string): PasswdEntry | null {
   }
   for (const line of text.split('\n')) {
     const f = line.split(':');
-    if (f.length >= 7 && Number(f[2]) === uid && /^[0-9]+$/.test(f[2])) return { uid, gid: Number(f[3]), home: f[5] || '/' };
+    if (f.length >= 7 && Number(f[2]) === uid && /^[0-9]+$/.test(f[2]))
+      return { uid, gid: Number(f[3]), home: f[5] || '/' };
   }
   return null;
 }
@@ -91,22 +93,30 @@ function passwdEntry(uid: number, passwdFile: string): PasswdEntry | null {
  * node's passwd, else to the same number; HOME to the user's home there, else '/'. uid 0 is refused: a job
  * that wants root runs without --user.
  */
-export function resolveRunAs(user: { uid: number; gid?: number } | undefined, passwdFile = '/etc/passwd'): RunAs | null {
+export function resolveRunAs(
+  user: { uid: number; gid?: number } | undefined,
+  passwdFile = '/etc/passwd',
+): RunAs | null {
   if (user === undefined) return null;
   const id = (field: string, v: unknown): number => {
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 4294967294) throw invalid(field, `must be a numeric id between 0 and 4294967294 (got '${String(v)}')`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 4294967294)
+      throw invalid(field, `must be a numeric id between 0 and 4294967294 (got '${String(v)}')`);
     return v;
   };
   const uid = id('user.uid', user.uid);
-  if (uid === 0) throw invalid('user.uid', 'must not be 0: leave --user out to run as the agent\'s user');
+  if (uid === 0) throw invalid('user.uid', "must not be 0: leave --user out to run as the agent's user");
   const entry = passwdEntry(uid, passwdFile);
-  const gid = user.gid === undefined ? entry?.gid ?? uid : id('user.gid', user.gid);
+  const gid = user.gid === undefined ? (entry?.gid ?? uid) : id('user.gid', user.gid);
   return { uid, gid, home: entry?.home ?? '/' };
 }
 
 /** A workload's command: a non-empty list of strings without NUL bytes (checked before anything is spawned). */
 export function checkCommand(command: unknown): string[] {
-  if (!Array.isArray(command) || command.length === 0 || command.some((a) => typeof a !== 'string' || a.includes('\0'))) {
+  if (
+    !Array.isArray(command) ||
+    command.length === 0 ||
+    command.some((a) => typeof a !== 'string' || a.includes('\0'))
+  ) {
     throw invalid('command', 'must be a non-empty list of strings without NUL bytes');
   }
   return command as string[];
@@ -121,7 +131,8 @@ export const dropPrivilegesPrefix = (runAs: RunAs | null): string[] =>
 
 /** The working directory a workload runs in: absolute, an existing directory. */
 export function checkCwd(cwd: unknown): string {
-  if (typeof cwd !== 'string' || !path.isAbsolute(cwd)) throw invalid('cwd', `must be an absolute path (got '${String(cwd)}')`);
+  if (typeof cwd !== 'string' || !path.isAbsolute(cwd))
+    throw invalid('cwd', `must be an absolute path (got '${String(cwd)}')`);
   let st: fs.Stats;
   try {
     st = fs.statSync(cwd);
@@ -134,8 +145,8 @@ export function checkCwd(cwd: unknown): string {
 
 /** Whether the user may execute the file, by its mode bits (root: any x bit; supplementary groups are dropped). */
 function executableBy(st: fs.Stats, as: RunAs | null): boolean {
-  const uid = as ? as.uid : process.getuid?.() ?? 0;
-  const gid = as ? as.gid : process.getgid?.() ?? 0;
+  const uid = as ? as.uid : (process.getuid?.() ?? 0);
+  const gid = as ? as.gid : (process.getgid?.() ?? 0);
   if (uid === 0) return (st.mode & 0o111) !== 0;
   if (st.uid === uid) return (st.mode & 0o100) !== 0;
   if (st.gid === gid) return (st.mode & 0o010) !== 0;
@@ -148,17 +159,22 @@ function executableBy(st: fs.Stats, as: RunAs | null): boolean {
  * a regular file the workload's user may execute, else the run fails here with the reason, before any spawn.
  */
 export function resolveExecutable(command: string, cwd: string, pathVar: string, as: RunAs | null): string {
-  if (typeof command !== 'string' || command.length === 0 || command.includes('\0')) throw invalid('command', 'the program name must be a non-empty string');
+  if (typeof command !== 'string' || command.length === 0 || command.includes('\0'))
+    throw invalid('command', 'the program name must be a non-empty string');
   const check = (file: string): { ok: true } | { ok: false; why: string } => {
     let st: fs.Stats;
     try {
       st = fs.statSync(file);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      return { ok: false, why: code === 'ENOENT' ? 'no such file' : code ?? (e as Error).message };
+      return { ok: false, why: code === 'ENOENT' ? 'no such file' : (code ?? (e as Error).message) };
     }
     if (!st.isFile()) return { ok: false, why: st.isDirectory() ? 'is a directory' : 'is not a regular file' };
-    if (!executableBy(st, as)) return { ok: false, why: `is not executable${as ? ` by uid ${as.uid}` : ''} (mode ${(st.mode & 0o777).toString(8)})` };
+    if (!executableBy(st, as))
+      return {
+        ok: false,
+        why: `is not executable${as ? ` by uid ${as.uid}` : ''} (mode ${(st.mode & 0o777).toString(8)})`,
+      };
     return { ok: true };
   };
   if (command.includes('/')) {
@@ -195,5 +211,7 @@ export function hasCapability(bit: number): boolean {
  * CAP_SYS_RESOURCE (some containers drop it even for root).
  */
 export function otherUserCheckpointBlocker(): string | null {
-  return hasCapability(CAP_SYS_RESOURCE) ? null : 'the agent lacks CAP_SYS_RESOURCE, which CRIU needs to read the rlimits of another user\'s process';
+  return hasCapability(CAP_SYS_RESOURCE)
+    ? null
+    : "the agent lacks CAP_SYS_RESOURCE, which CRIU needs to read the rlimits of another user's process";
 }

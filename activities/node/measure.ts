@@ -29,14 +29,24 @@ export async function measureTreeVram(pid: number): Promise<VramMeasurement | nu
     for (const [p, b] of procs) if (tree.has(p)) bytes += b;
     perGpu.push({ index: g.index, bytes });
   }
-  const top = perGpu.reduce<VramMeasurement['perGpu'][number] | null>((best, g) => (g.bytes > 0 && (!best || g.bytes > best.bytes) ? g : best), null);
-  const gpu = top ? gpus.find((g) => g.index === top.index) ?? null : null;
-  const uuid = top ? (await gpuMemory(top.index))?.uuid ?? null : null;
-  return { bytes: perGpu.reduce((s, g) => s + g.bytes, 0), gpuIndex: top?.index ?? null, gpuUuid: uuid, gpuModel: gpu?.name ?? null, perGpu };
+  const top = perGpu.reduce<VramMeasurement['perGpu'][number] | null>(
+    (best, g) => (g.bytes > 0 && (!best || g.bytes > best.bytes) ? g : best),
+    null,
+  );
+  const gpu = top ? (gpus.find((g) => g.index === top.index) ?? null) : null;
+  const uuid = top ? ((await gpuMemory(top.index))?.uuid ?? null) : null;
+  return {
+    bytes: perGpu.reduce((s, g) => s + g.bytes, 0),
+    gpuIndex: top?.index ?? null,
+    gpuUuid: uuid,
+    gpuModel: gpu?.name ?? null,
+    perGpu,
+  };
 }
 
 /** Kept on the node between the CUDA checkpoint (which measures) and the seal (which records it in metadata.json). */
-const measurementFile = (ctx: NodeContext, checkpointId: string): string => path.join(ctx.dataDir, 'vram-measured', `${checkpointId}.json`);
+const measurementFile = (ctx: NodeContext, checkpointId: string): string =>
+  path.join(ctx.dataDir, 'vram-measured', `${checkpointId}.json`);
 
 export function saveMeasurement(ctx: NodeContext, checkpointId: string, m: VramMeasurement): void {
   fs.mkdirSync(path.dirname(measurementFile(ctx, checkpointId)), { recursive: true });

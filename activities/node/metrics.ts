@@ -35,24 +35,40 @@ export function failureLabel(err: unknown): string {
  * it moved, and a failure by its type. The step's result and error pass through untouched: a metric never
  * changes what a step does.
  */
-export async function measured<T>(kind: MeasuredKind, phase: string, fn: () => Promise<T>, moved?: (r: T) => MovedBytes | null): Promise<T> {
+export async function measured<T>(
+  kind: MeasuredKind,
+  phase: string,
+  fn: () => Promise<T>,
+  moved?: (r: T) => MovedBytes | null,
+): Promise<T> {
   const m = meter();
   const started = process.hrtime.bigint();
   const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
-  const duration = m.createHistogram(kind === 'checkpoint' ? Metric.checkpointPhaseSeconds : Metric.restorePhaseSeconds, 'float', 's',
-    `duration of one node step of a ${kind}, by phase and outcome`);
+  const duration = m.createHistogram(
+    kind === 'checkpoint' ? Metric.checkpointPhaseSeconds : Metric.restorePhaseSeconds,
+    'float',
+    's',
+    `duration of one node step of a ${kind}, by phase and outcome`,
+  );
   try {
     const r = await fn();
     duration.record(seconds(), { phase, outcome: 'ok' });
     const b = moved?.(r);
     if (b && b.bytes > 0) {
-      m.createCounter(kind === 'checkpoint' ? Metric.checkpointBytes : Metric.restoreBytes, 'bytes', `bytes a ${kind} step wrote, sent or fetched, by phase`)
-        .add(Math.round(b.bytes), { phase, ...b.labels });
+      m.createCounter(
+        kind === 'checkpoint' ? Metric.checkpointBytes : Metric.restoreBytes,
+        'bytes',
+        `bytes a ${kind} step wrote, sent or fetched, by phase`,
+      ).add(Math.round(b.bytes), { phase, ...b.labels });
     }
     return r;
   } catch (err) {
     duration.record(seconds(), { phase, outcome: 'failed' });
-    m.createCounter(Metric.stepFailures, '1', 'node steps of checkpoints and restores that failed, by phase and error type').add(1, { phase, type: failureLabel(err) });
+    m.createCounter(
+      Metric.stepFailures,
+      '1',
+      'node steps of checkpoints and restores that failed, by phase and error type',
+    ).add(1, { phase, type: failureLabel(err) });
     throw err;
   }
 }

@@ -22,15 +22,31 @@ function load(): NvmlApi | null {
     const Handle = koffi.pointer(koffi.opaque());
     nvml = {
       init: lib.func('int nvmlInit_v2()') as unknown as NvmlApi['init'],
-      handle: lib.func('nvmlDeviceGetHandleByIndex_v2', 'int', ['uint', koffi.out(koffi.pointer(Handle))]) as unknown as NvmlApi['handle'],
+      handle: lib.func('nvmlDeviceGetHandleByIndex_v2', 'int', [
+        'uint',
+        koffi.out(koffi.pointer(Handle)),
+      ]) as unknown as NvmlApi['handle'],
       // nvmlMemory_t is { total, free, used } as unsigned long long.
-      memory: lib.func('nvmlDeviceGetMemoryInfo', 'int', [Handle, koffi.out(koffi.pointer('uint64_t'))]) as unknown as NvmlApi['memory'],
-      uuid: lib.func('nvmlDeviceGetUUID', 'int', [Handle, koffi.out(koffi.pointer('uint8_t')), 'uint']) as unknown as NvmlApi['uuid'],
+      memory: lib.func('nvmlDeviceGetMemoryInfo', 'int', [
+        Handle,
+        koffi.out(koffi.pointer('uint64_t')),
+      ]) as unknown as NvmlApi['memory'],
+      uuid: lib.func('nvmlDeviceGetUUID', 'int', [
+        Handle,
+        koffi.out(koffi.pointer('uint8_t')),
+        'uint',
+      ]) as unknown as NvmlApi['uuid'],
       count: lib.func('int nvmlDeviceGetCount_v2(_Out_ unsigned int *)') as unknown as NvmlApi['count'],
-      driverVersion: lib.func('int nvmlSystemGetDriverVersion(_Out_ uint8_t *, unsigned int)') as unknown as NvmlApi['driverVersion'],
+      driverVersion: lib.func(
+        'int nvmlSystemGetDriverVersion(_Out_ uint8_t *, unsigned int)',
+      ) as unknown as NvmlApi['driverVersion'],
       cudaVersion: lib.func('int nvmlSystemGetCudaDriverVersion_v2(_Out_ int *)') as unknown as NvmlApi['cudaVersion'],
       // nvmlProcessInfo_t (v2): { uint pid; ull usedGpuMemory; uint gpuInstanceId; uint computeInstanceId } = 24 bytes.
-      processes: lib.func('nvmlDeviceGetComputeRunningProcesses_v3', 'int', [Handle, koffi.inout(koffi.pointer('uint32_t')), 'void *']) as unknown as NvmlApi['processes'],
+      processes: lib.func('nvmlDeviceGetComputeRunningProcesses_v3', 'int', [
+        Handle,
+        koffi.inout(koffi.pointer('uint32_t')),
+        'void *',
+      ]) as unknown as NvmlApi['processes'],
     };
     if (nvml.init() !== 0) nvml = null;
   } catch {
@@ -40,7 +56,9 @@ function load(): NvmlApi | null {
 }
 
 /** Each query runs on koffi's worker thread, so a slow driver never stalls the agent's event loop. */
-export async function gpuMemory(index: number): Promise<{ uuid: string; totalBytes: number; freeBytes: number } | null> {
+export async function gpuMemory(
+  index: number,
+): Promise<{ uuid: string; totalBytes: number; freeBytes: number } | null> {
   const api = load();
   if (!api) return null;
   const h: [unknown] = [null];

@@ -47,7 +47,8 @@ export function temporalOwnerLookup(client: Client, timeoutMs = 10_000): OwnerLo
       const d = await Promise.race([describe, timeout]);
       const status = d.status.name;
       if (status === 'RUNNING') return 'open';
-      if (['COMPLETED', 'FAILED', 'CANCELLED', 'TERMINATED', 'TIMED_OUT', 'CONTINUED_AS_NEW'].includes(status)) return 'closed';
+      if (['COMPLETED', 'FAILED', 'CANCELLED', 'TERMINATED', 'TIMED_OUT', 'CONTINUED_AS_NEW'].includes(status))
+        return 'closed';
       throw new Error(`describe ${workflowId}: status ${status}`);
     } catch (e) {
       if (e instanceof WorkflowNotFoundError) return 'not-found';
@@ -70,7 +71,11 @@ const isId = (name: string): boolean => {
 const listDirs = (dir: string | null): string[] => {
   if (!dir) return [];
   try {
-    return fs.readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name).sort();
+    return fs
+      .readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .map((e) => e.name)
+      .sort();
   } catch {
     return [];
   }
@@ -85,7 +90,9 @@ function jobRunProcess(ctx: NodeContext, jobId: string): { pid: number; startTim
   if (!isSameProcess(id)) return null;
   for (const run of listDirs(path.join(dir, 'runs'))) {
     try {
-      const r = JSON.parse(fs.readFileSync(path.join(dir, 'runs', run, 'run.json'), 'utf8')) as { process?: { pid?: number; startTime?: number } };
+      const r = JSON.parse(fs.readFileSync(path.join(dir, 'runs', run, 'run.json'), 'utf8')) as {
+        process?: { pid?: number; startTime?: number };
+      };
       if (r.process?.pid === id.pid && r.process.startTime === id.startTime) return id;
     } catch {
       /* no record of this run */
@@ -98,13 +105,18 @@ export async function sweepOrphans(ctx: NodeContext, owner: OwnerLookup): Promis
   const jobs = new Set(listJobCgroups(ctx).filter(isId));
   for (const j of listDirs(path.join(ctx.dataDir, 'workloads'))) if (isId(j) && jobRunProcess(ctx, j)) jobs.add(j);
   const partial = (root: string | null): Array<{ id: string; dir: string }> =>
-    listDirs(root).filter((n) => isId(n) && !n.endsWith('.fetch') && !fs.existsSync(path.join(root!, n, METADATA_FILE))).map((id) => ({ id, dir: path.join(root!, id) }));
+    listDirs(root)
+      .filter((n) => isId(n) && !n.endsWith('.fetch') && !fs.existsSync(path.join(root!, n, METADATA_FILE)))
+      .map((id) => ({ id, dir: path.join(root!, id) }));
   const checkpoints = partial(path.join(ctx.dataDir, 'checkpoints'));
   const staged = partial(ctx.stagingDir);
 
   // Every owner asked first: one that cannot be answered stops the whole sweep before anything is removed.
   const states = new Map<string, OwnerState>();
-  const wanted = [...[...jobs].map(jobWorkflowId), ...[...checkpoints, ...staged].map((c) => checkpointWorkflowId(c.id))];
+  const wanted = [
+    ...[...jobs].map(jobWorkflowId),
+    ...[...checkpoints, ...staged].map((c) => checkpointWorkflowId(c.id)),
+  ];
   try {
     for (const id of wanted) if (!states.has(id)) states.set(id, await owner(id));
   } catch (e) {
@@ -112,29 +124,45 @@ export async function sweepOrphans(ctx: NodeContext, owner: OwnerLookup): Promis
     ctx.logger.warn({ node: ctx.node, candidates: wanted.length }, `orphan sweep removed nothing: ${why}`);
     return { skipped: why, removed: [] };
   }
-  const orphaned = (workflowId: string): boolean => states.get(workflowId) === 'closed' || states.get(workflowId) === 'not-found';
+  const orphaned = (workflowId: string): boolean =>
+    states.get(workflowId) === 'closed' || states.get(workflowId) === 'not-found';
   const report: SweepReport = { skipped: null, removed: [] };
 
   for (const jobId of jobs) {
     if (!orphaned(jobWorkflowId(jobId))) continue;
     try {
       const proc = jobRunProcess(ctx, jobId);
-      if (proc) await killProcess(ctx, proc.pid, `orphan: workflow ${jobWorkflowId(jobId)} is ${states.get(jobWorkflowId(jobId))}`, proc.startTime);
+      if (proc)
+        await killProcess(
+          ctx,
+          proc.pid,
+          `orphan: workflow ${jobWorkflowId(jobId)} is ${states.get(jobWorkflowId(jobId))}`,
+          proc.startTime,
+        );
       const { killed, removed } = await removeJobCgroup(ctx, jobId);
       const detail = `${proc ? `run process ${proc.pid} killed; ` : ''}${killed} tasks killed in its cgroup; ${removed.length} cgroup dirs removed`;
-      ctx.logger.warn({ job: jobId, node: ctx.node, owner: states.get(jobWorkflowId(jobId)), detail }, 'orphan removed: job processes and cgroup');
+      ctx.logger.warn(
+        { job: jobId, node: ctx.node, owner: states.get(jobWorkflowId(jobId)), detail },
+        'orphan removed: job processes and cgroup',
+      );
       report.removed.push({ kind: 'job', id: jobId, detail });
     } catch (e) {
       ctx.logger.error({ job: jobId, node: ctx.node, err: (e as Error).message }, 'orphan job could not be removed');
     }
   }
-  for (const [kind, list] of [['checkpoint', checkpoints], ['staging', staged]] as const) {
+  for (const [kind, list] of [
+    ['checkpoint', checkpoints],
+    ['staging', staged],
+  ] as const) {
     for (const c of list) {
       if (!orphaned(checkpointWorkflowId(c.id))) continue;
       // Checked again right before: a complete checkpoint is never removed, whatever its workflow says.
       if (fs.existsSync(path.join(c.dir, METADATA_FILE))) continue;
       fs.rmSync(c.dir, { recursive: true, force: true });
-      ctx.logger.warn({ checkpoint: c.id, node: ctx.node, owner: states.get(checkpointWorkflowId(c.id)), dir: c.dir }, `orphan removed: partial ${kind} directory`);
+      ctx.logger.warn(
+        { checkpoint: c.id, node: ctx.node, owner: states.get(checkpointWorkflowId(c.id)), dir: c.dir },
+        `orphan removed: partial ${kind} directory`,
+      );
       report.removed.push({ kind, id: c.id, detail: c.dir });
     }
   }

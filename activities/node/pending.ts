@@ -7,7 +7,9 @@ import { listLocalCheckpoints } from './tier';
  * fetched here for a restore was sealed elsewhere (no seal in this node's journal) and is not counted.
  */
 export function pendingUploadCount(ctx: NodeContext): number {
-  return listLocalCheckpoints(ctx).filter((c) =>
-    journalOutcome(ctx, 'checkpoint', c.checkpointId, 'seal').state === 'done'
-    && journalOutcome(ctx, 'checkpoint', c.checkpointId, 'upload').state !== 'done').length;
+  return listLocalCheckpoints(ctx).filter(
+    (c) =>
+      journalOutcome(ctx, 'checkpoint', c.checkpointId, 'seal').state === 'done' &&
+      journalOutcome(ctx, 'checkpoint', c.checkpointId, 'upload').state !== 'done',
+  ).length;
 }

@@ -13,7 +13,7 @@ async function copyFile(from: string, to: string, sync: boolean): Promise<void> 
   const dst = await fs.promises.open(to, 'w');
   try {
     const buf = Buffer.allocUnsafe(8 << 20);
-    for (let pos = 0; ; ) {
+    for (let pos = 0; ;) {
       const { bytesRead } = await src.read(buf, 0, buf.length, pos);
       if (bytesRead === 0) break;
       await dst.write(buf, 0, bytesRead, pos);
@@ -37,7 +37,8 @@ async function syncFile(file: string): Promise<void> {
 }
 
 /** The directories under root that hold the checkpoint's files. */
-const fileDirs = (root: string, md: Metadata): Set<string> => new Set(md.files.map((f) => path.dirname(path.join(root, f.path))));
+const fileDirs = (root: string, md: Metadata): Set<string> =>
+  new Set(md.files.map((f) => path.dirname(path.join(root, f.path))));
 
 /**
  * Copies a sealed checkpoint from memory to this node's disk: metadata.json last, then one rename, so the
@@ -46,11 +47,17 @@ const fileDirs = (root: string, md: Metadata): Set<string> => new Set(md.files.m
  * restore runs on a local copy catches. The bytes are not hashed again here: they were hashed in memory.
  * Idempotent; syncing a copy already on disk syncs it in place.
  */
-export async function persistCheckpoint(ctx: NodeContext, input: { checkpointId: string; sync: boolean }): Promise<{ bytes: number; durationMs: number }> {
+export async function persistCheckpoint(
+  ctx: NodeContext,
+  input: { checkpointId: string; sync: boolean },
+): Promise<{ bytes: number; durationMs: number }> {
   const started = Date.now();
   const dest = checkpointDir(ctx, input.checkpointId);
   const staged = stagedDir(ctx, input.checkpointId);
-  const done = (md: Metadata): { bytes: number; durationMs: number } => ({ bytes: md.files.reduce((s, f) => s + f.size, 0), durationMs: Date.now() - started });
+  const done = (md: Metadata): { bytes: number; durationMs: number } => ({
+    bytes: md.files.reduce((s, f) => s + f.size, 0),
+    durationMs: Date.now() - started,
+  });
   try {
     if (fs.existsSync(path.join(dest, METADATA_FILE))) {
       const md = readMetadata(dest);
@@ -63,7 +70,10 @@ export async function persistCheckpoint(ctx: NodeContext, input: { checkpointId:
       return done(md);
     }
     if (!staged || !fs.existsSync(path.join(staged, METADATA_FILE))) {
-      throw ApplicationFailure.nonRetryable(`checkpoint ${input.checkpointId}: no sealed copy in memory or on disk`, ErrorType.CheckpointNotFound);
+      throw ApplicationFailure.nonRetryable(
+        `checkpoint ${input.checkpointId}: no sealed copy in memory or on disk`,
+        ErrorType.CheckpointNotFound,
+      );
     }
     const md = readMetadata(staged);
     const tmp = `${dest}.persist`;

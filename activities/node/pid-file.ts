@@ -28,4 +28,3 @@ export function readPidFile(file: string): { pid: number; startTime?: number } |
     return null;
   }
 }
-

@@ -36,7 +36,12 @@ function startTimeOf(pid: number): number | null {
  * Records a workload process (best effort: a registry that cannot be written must not fail a start or a
  * restore that worked; it is logged). Entries of processes that are gone are pruned on the way.
  */
-export function registerWorkloadProcess(ctx: NodeContext, pid: number, how: RegisteredProcess['how'], label: string): void {
+export function registerWorkloadProcess(
+  ctx: NodeContext,
+  pid: number,
+  how: RegisteredProcess['how'],
+  label: string,
+): void {
   const dir = processRegistryDir(ctx.dataDir);
   try {
     const startTime = startTimeOf(pid);
@@ -48,13 +53,25 @@ export function registerWorkloadProcess(ctx: NodeContext, pid: number, how: Regi
       /* not ours to read */
     }
     fs.mkdirSync(dir, { recursive: true });
-    const entry: RegisteredProcess = { pid, startTime, pidNamespace, how, label, node: ctx.node, recordedAt: new Date().toISOString() };
+    const entry: RegisteredProcess = {
+      pid,
+      startTime,
+      pidNamespace,
+      how,
+      label,
+      node: ctx.node,
+      recordedAt: new Date().toISOString(),
+    };
     const file = path.join(dir, `${pid}.${startTime}`);
     fs.writeFileSync(`${file}.tmp`, JSON.stringify(entry));
     fs.renameSync(`${file}.tmp`, file);
-    for (const e of listRegisteredProcesses(ctx.dataDir)) if (startTimeOf(e.pid) !== e.startTime) fs.rmSync(path.join(dir, `${e.pid}.${e.startTime}`), { force: true });
+    for (const e of listRegisteredProcesses(ctx.dataDir))
+      if (startTimeOf(e.pid) !== e.startTime) fs.rmSync(path.join(dir, `${e.pid}.${e.startTime}`), { force: true });
   } catch (e) {
-    ctx.logger.warn({ node: ctx.node, pid, how, label, err: (e as Error).message }, 'workload process not recorded in the registry');
+    ctx.logger.warn(
+      { node: ctx.node, pid, how, label, err: (e as Error).message },
+      'workload process not recorded in the registry',
+    );
   }
 }
 
@@ -70,7 +87,15 @@ export function listRegisteredProcesses(dataDir: string): RegisteredProcess[] {
       out.push(JSON.parse(fs.readFileSync(path.join(dir, name), 'utf8')) as RegisteredProcess);
     } catch {
       // Written by rename, so never half; unreadable means removed meanwhile. The name still identifies it.
-      out.push({ pid: Number(m[1]), startTime: Number(m[2]), pidNamespace: null, how: 'started', label: '?', node: '?', recordedAt: '' });
+      out.push({
+        pid: Number(m[1]),
+        startTime: Number(m[2]),
+        pidNamespace: null,
+        how: 'started',
+        label: '?',
+        node: '?',
+        recordedAt: '',
+      });
     }
   }
   return out;

@@ -5,7 +5,16 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { ProcessIdentity } from '../../common/journal';
 import { type NodeContext, safeId, workloadDir } from './context';
-import { checkCommand, checkCwd, dropPrivilegesPrefix, initPrefix, otherUserCheckpointBlocker, resolveExecutable, resolveRunAs, workloadEnv } from './launch';
+import {
+  checkCommand,
+  checkCwd,
+  dropPrivilegesPrefix,
+  initPrefix,
+  otherUserCheckpointBlocker,
+  resolveExecutable,
+  resolveRunAs,
+  workloadEnv,
+} from './launch';
 import { readPidFile, writePidFile } from './pid-file';
 import { registerWorkloadProcess } from './process-registry';
 import { heartbeat } from './run-tool';
@@ -93,7 +102,8 @@ export function writableFiles(pid: number): string[] {
         continue;
       }
       // O_WRONLY=1, O_RDWR=2
-      if (target.startsWith('/') && (flags & 3) !== 0 && fs.existsSync(target) && fs.statSync(target).isFile()) out.add(target);
+      if (target.startsWith('/') && (flags & 3) !== 0 && fs.existsSync(target) && fs.statSync(target).isFile())
+        out.add(target);
     }
   }
   return [...out].sort();
@@ -117,7 +127,8 @@ export function processTree(root: number): number[] {
     out.push(p);
     for (const t of tasks) {
       try {
-        for (const c of fs.readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(' ').filter(Boolean)) queue.push(Number(c));
+        for (const c of fs.readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(' ').filter(Boolean))
+          queue.push(Number(c));
       } catch {
         /* thread exited meanwhile */
       }
@@ -160,13 +171,25 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
   checkCommand(spec.command);
   const runAs = resolveRunAs(spec.user);
   const cwd = spec.cwd === undefined ? null : checkCwd(spec.cwd);
-  const env = workloadEnv({ jobId, jobEnv: spec.env, parent: process.env, home: runAs?.home ?? process.env.HOME ?? '/' });
-  if (starting.has(jobId)) throw ApplicationFailure.nonRetryable(`job ${jobId} is being started on node ${ctx.node} right now`, ErrorType.JobAlreadyRunning);
+  const env = workloadEnv({
+    jobId,
+    jobEnv: spec.env,
+    parent: process.env,
+    home: runAs?.home ?? process.env.HOME ?? '/',
+  });
+  if (starting.has(jobId))
+    throw ApplicationFailure.nonRetryable(
+      `job ${jobId} is being started on node ${ctx.node} right now`,
+      ErrorType.JobAlreadyRunning,
+    );
   starting.add(jobId);
   try {
     const running = runningWorkload(ctx, jobId);
     if (running) {
-      throw ApplicationFailure.nonRetryable(`job ${jobId} is already running on node ${ctx.node} as pid ${running.pid}; stop it or use another job id`, ErrorType.JobAlreadyRunning);
+      throw ApplicationFailure.nonRetryable(
+        `job ${jobId} is already running on node ${ctx.node} as pid ${running.pid}; stop it or use another job id`,
+        ErrorType.JobAlreadyRunning,
+      );
     }
     const dir = workloadDir(ctx, jobId);
     fs.mkdirSync(dir, { recursive: true });
@@ -185,12 +208,16 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
     const init = initPrefix(ctx.initBin);
     // The init stays root (it may live where the user cannot read, e.g. under /root); setpriv drops privileges
     // in the init's child just before it becomes the workload.
-    const child = spawn('unshare', ['--pid', '--fork', 'setsid', ...init, ...dropPrivileges, exe, ...spec.command.slice(1)], {
-      detached: true,
-      stdio: ['ignore', fd, fd],
-      cwd: workDir,
-      env,
-    });
+    const child = spawn(
+      'unshare',
+      ['--pid', '--fork', 'setsid', ...init, ...dropPrivileges, exe, ...spec.command.slice(1)],
+      {
+        detached: true,
+        stdio: ['ignore', fd, fd],
+        cwd: workDir,
+        env,
+      },
+    );
     fs.closeSync(fd);
     child.unref();
     let exited: string | null = null;
@@ -206,7 +233,10 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
         }
       }
       const out = readFrom(logFile, logStart).trim();
-      return ApplicationFailure.nonRetryable(`${spec.command[0]} (${exe}) ${why}${out ? `; its output:\n${out}` : ''}`, ErrorType.StartFailure);
+      return ApplicationFailure.nonRetryable(
+        `${spec.command[0]} (${exe}) ${why}${out ? `; its output:\n${out}` : ''}`,
+        ErrorType.StartFailure,
+      );
     };
     if (child.pid === undefined) {
       await new Promise((r) => setImmediate(r));
@@ -214,7 +244,8 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
     }
     const pid = await namespaceInit(child.pid, () => exited);
     if (typeof pid === 'string') throw failed(pid);
-    for (let waited = 0; waited < START_SETTLE_MS && exited === null && processAlive(pid); waited += 50) await new Promise((r) => setTimeout(r, 50));
+    for (let waited = 0; waited < START_SETTLE_MS && exited === null && processAlive(pid); waited += 50)
+      await new Promise((r) => setTimeout(r, 50));
     if (exited !== null || !processAlive(pid)) throw failed(`${exited ?? 'exited'} right after it started`, pid);
     const id = processIdentity(pid);
     if (!id) throw failed('exited right after it started', pid);
@@ -222,7 +253,11 @@ export async function startWorkload(ctx: NodeContext, spec: WorkloadSpec): Promi
     registerWorkloadProcess(ctx, pid, 'started', jobId);
     ctx.logger.info({ job: jobId, node: ctx.node, pid, cwd: workDir, uid: runAs?.uid, exe }, 'workload started');
     const blocker = runAs ? otherUserCheckpointBlocker() : null;
-    if (blocker) ctx.logger.warn({ job: jobId, node: ctx.node, pid, uid: runAs?.uid }, `this workload cannot be checkpointed on this node: ${blocker}`);
+    if (blocker)
+      ctx.logger.warn(
+        { job: jobId, node: ctx.node, pid, uid: runAs?.uid },
+        `this workload cannot be checkpointed on this node: ${blocker}`,
+      );
     return { jobId, pid, logFile, startTime: id.startTime };
   } finally {
     starting.delete(jobId);
@@ -260,11 +295,16 @@ export async function namespaceInit(unsharePid: number, exited: () => string | n
 export function runningWorkload(ctx: NodeContext, jobId: string): ProcessIdentity | null {
   const rec = readPidFile(path.join(workloadDir(ctx, jobId), 'pid'));
   if (!rec) return null;
-  if (rec.startTime !== undefined) return isSameProcess({ pid: rec.pid, startTime: rec.startTime }) ? { pid: rec.pid, startTime: rec.startTime } : null;
+  if (rec.startTime !== undefined)
+    return isSameProcess({ pid: rec.pid, startTime: rec.startTime })
+      ? { pid: rec.pid, startTime: rec.startTime }
+      : null;
   const id = processIdentity(rec.pid);
   if (!id) return null;
   try {
-    return fs.readFileSync(`/proc/${rec.pid}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`) ? id : null;
+    return fs.readFileSync(`/proc/${rec.pid}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`)
+      ? id
+      : null;
   } catch {
     return null;
   }
@@ -274,7 +314,12 @@ export function runningWorkload(ctx: NodeContext, jobId: string): ProcessIdentit
  * SIGKILL; idempotent (a process already gone is success). With a start time it kills only that very process:
  * a kill queued while the agent was away must not hit another process that took the pid since.
  */
-export async function killProcess(ctx: NodeContext, pid: number, reason: string, startTime?: number): Promise<{ killed: boolean }> {
+export async function killProcess(
+  ctx: NodeContext,
+  pid: number,
+  reason: string,
+  startTime?: number,
+): Promise<{ killed: boolean }> {
   if (!processAlive(pid)) return { killed: false };
   if (startTime !== undefined && !isSameProcess({ pid, startTime })) {
     ctx.logger.warn({ node: ctx.node, pid, startTime, reason }, 'not killed: the pid now names another process');
@@ -289,9 +334,16 @@ export async function killProcess(ctx: NodeContext, pid: number, reason: string,
 export function readWorkloadPid(ctx: NodeContext, jobId: string): number {
   const file = path.join(workloadDir(ctx, jobId), 'pid');
   const rec = readPidFile(file);
-  if (!rec) throw ApplicationFailure.nonRetryable(`no workload '${jobId}' was started on node ${ctx.node}`, ErrorType.NoSuchProcess);
+  if (!rec)
+    throw ApplicationFailure.nonRetryable(
+      `no workload '${jobId}' was started on node ${ctx.node}`,
+      ErrorType.NoSuchProcess,
+    );
   if (rec.startTime !== undefined && !isSameProcess({ pid: rec.pid, startTime: rec.startTime })) {
-    throw ApplicationFailure.nonRetryable(`workload '${jobId}' on node ${ctx.node} (pid ${rec.pid}) is no longer running`, ErrorType.NoSuchProcess);
+    throw ApplicationFailure.nonRetryable(
+      `workload '${jobId}' on node ${ctx.node} (pid ${rec.pid}) is no longer running`,
+      ErrorType.NoSuchProcess,
+    );
   }
   return rec.pid;
 }
@@ -304,10 +356,15 @@ export const DEFAULT_STOP_GRACE_MS = 30000;
  * to exit, then SIGKILL. Idempotent; with a start time it touches only that very process.
  */
 export async function stopProcess(
-  ctx: NodeContext, pid: number, reason: string, graceMs: number, startTime?: number,
+  ctx: NodeContext,
+  pid: number,
+  reason: string,
+  graceMs: number,
+  startTime?: number,
 ): Promise<{ stopped: boolean; signal: 'SIGTERM' | 'SIGKILL' | null; afterMs: number }> {
   const started = Date.now();
-  if (!processAlive(pid) || (startTime !== undefined && !isSameProcess({ pid, startTime }))) return { stopped: false, signal: null, afterMs: 0 };
+  if (!processAlive(pid) || (startTime !== undefined && !isSameProcess({ pid, startTime })))
+    return { stopped: false, signal: null, afterMs: 0 };
   process.kill(pid, 'SIGTERM');
   while (processAlive(pid) && Date.now() - started < graceMs) {
     heartbeat();

@@ -18,9 +18,14 @@ export function probeTcp(host: string, port: number, timeoutMs: number): Promise
       sock.destroy();
       resolve(r);
     };
-    const timer = setTimeout(() => done({ ok: false, detail: `tcp ${host}:${port}: no answer in ${timeoutMs} ms` }), timeoutMs);
+    const timer = setTimeout(
+      () => done({ ok: false, detail: `tcp ${host}:${port}: no answer in ${timeoutMs} ms` }),
+      timeoutMs,
+    );
     sock.once('connect', () => done({ ok: true, detail: `tcp ${host}:${port}: connected` }));
-    sock.once('error', (e: NodeJS.ErrnoException) => done({ ok: false, detail: `tcp ${host}:${port}: ${e.code ?? e.message}` }));
+    sock.once('error', (e: NodeJS.ErrnoException) =>
+      done({ ok: false, detail: `tcp ${host}:${port}: ${e.code ?? e.message}` }),
+    );
   });
 }
 
@@ -28,11 +33,19 @@ export function probeTcp(host: string, port: number, timeoutMs: number): Promise
  * The command exits 0 within the timeout. Run without a shell, in its own process group so that a probe past
  * its timeout is killed with everything it started.
  */
-export function probeExec(command: string[], timeoutMs: number, env: Record<string, string> = {}): Promise<ProbeResult> {
+export function probeExec(
+  command: string[],
+  timeoutMs: number,
+  env: Record<string, string> = {},
+): Promise<ProbeResult> {
   return new Promise((resolve) => {
     let out = '';
     let settled = false;
-    const child = spawn(command[0], command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...process.env, ...env } });
+    const child = spawn(command[0], command.slice(1), {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+      env: { ...process.env, ...env },
+    });
     const keep = (d: Buffer): void => {
       if (out.length < 512) out += d.toString();
     };
@@ -54,15 +67,24 @@ export function probeExec(command: string[], timeoutMs: number, env: Record<stri
       done({ ok: false, detail: `exec ${name}: no exit in ${timeoutMs} ms` });
     }, timeoutMs);
     child.once('error', (e) => done({ ok: false, detail: `exec ${name}: ${e.message}` }));
-    child.once('close', (code, signal) => done(code === 0
-      ? { ok: true, detail: `exec ${name}: exit 0` }
-      : { ok: false, detail: `exec ${name}: exit ${code ?? signal}${out.trim() ? `: ${out.trim().slice(0, 200)}` : ''}` }));
+    child.once('close', (code, signal) =>
+      done(
+        code === 0
+          ? { ok: true, detail: `exec ${name}: exit 0` }
+          : {
+              ok: false,
+              detail: `exec ${name}: exit ${code ?? signal}${out.trim() ? `: ${out.trim().slice(0, 200)}` : ''}`,
+            },
+      ),
+    );
   });
 }
 
 export function probeOnce(r: Readiness, env: Record<string, string> = {}): Promise<ProbeResult> {
   const timeoutMs = withDefaults(r).timeoutSeconds * 1000;
-  return 'tcpSocket' in r ? probeTcp(r.tcpSocket.host ?? '127.0.0.1', r.tcpSocket.port, timeoutMs) : probeExec(r.exec.command, timeoutMs, env);
+  return 'tcpSocket' in r
+    ? probeTcp(r.tcpSocket.host ?? '127.0.0.1', r.tcpSocket.port, timeoutMs)
+    : probeExec(r.exec.command, timeoutMs, env);
 }
 
 /**
@@ -71,7 +93,12 @@ export function probeOnce(r: Readiness, env: Record<string, string> = {}): Promi
  * the workload cannot become ready any more (gone, stopped): that ends it at once.
  */
 export async function waitReady(
-  r: Readiness, opts: { notRunning: () => ApplicationFailure | null; env?: Record<string, string>; sleep?: (ms: number) => Promise<void> },
+  r: Readiness,
+  opts: {
+    notRunning: () => ApplicationFailure | null;
+    env?: Record<string, string>;
+    sleep?: (ms: number) => Promise<void>;
+  },
 ): Promise<{ probes: number; afterMs: number; detail: string }> {
   const p = withDefaults(r);
   const sleep = opts.sleep ?? ((ms: number) => new Promise<void>((res) => setTimeout(res, ms)));
@@ -85,7 +112,10 @@ export async function waitReady(
     const res = await probeOnce(r, opts.env);
     if (res.ok) return { probes, afterMs: Date.now() - started, detail: res.detail };
     if (++failures >= p.failureThreshold) {
-      throw ApplicationFailure.nonRetryable(`readiness probe (${describeReadiness(r)}) failed ${failures} times in a row; last: ${res.detail}`, ErrorType.NotReady);
+      throw ApplicationFailure.nonRetryable(
+        `readiness probe (${describeReadiness(r)}) failed ${failures} times in a row; last: ${res.detail}`,
+        ErrorType.NotReady,
+      );
     }
     await sleep(Math.max(0, p.periodSeconds * 1000 - (Date.now() - t0)));
   }

@@ -20,18 +20,35 @@ export const CRIU_RESTORE_STEP = 'criuRestore';
  * directory, 'done' the restored process by pid and start time, so that after a lost agent the workflow can
  * ask what became of it (inspectRestore) instead of guessing.
  */
-export async function restoreProcess(ctx: NodeContext, input: { checkpointId: string; attemptId?: string }): Promise<{ pid: number; startTime: number }> {
+export async function restoreProcess(
+  ctx: NodeContext,
+  input: { checkpointId: string; attemptId?: string },
+): Promise<{ pid: number; startTime: number }> {
   const dir = checkpointLocation(ctx, assertSafeId('checkpointId', input.checkpointId));
   const run = async (): Promise<{ pid: number; startTime: number }> => {
     const { pid } = await criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
     const id = processIdentity(pid);
-    if (!id) throw ApplicationFailure.nonRetryable(`no such process: restored pid ${pid} exited at once`, ErrorType.NoSuchProcess);
-    ctx.logger.info({ node: ctx.node, checkpoint: input.checkpointId, attempt: input.attemptId, pid, startTime: id.startTime }, 'criu restore done');
+    if (!id)
+      throw ApplicationFailure.nonRetryable(
+        `no such process: restored pid ${pid} exited at once`,
+        ErrorType.NoSuchProcess,
+      );
+    ctx.logger.info(
+      { node: ctx.node, checkpoint: input.checkpointId, attempt: input.attemptId, pid, startTime: id.startTime },
+      'criu restore done',
+    );
     return id;
   };
   if (input.attemptId === undefined) return run();
-  return journaled(ctx, 'restore', assertSafeId('attemptId', input.attemptId), CRIU_RESTORE_STEP, run,
-    (r) => ({ pid: r.pid, startTime: r.startTime }), { checkpointId: input.checkpointId, dir });
+  return journaled(
+    ctx,
+    'restore',
+    assertSafeId('attemptId', input.attemptId),
+    CRIU_RESTORE_STEP,
+    run,
+    (r) => ({ pid: r.pid, startTime: r.startTime }),
+    { checkpointId: input.checkpointId, dir },
+  );
 }
 
 /** Host pids of CRIU processes restoring from this images directory (one may outlive the agent that started it). */
@@ -41,7 +58,8 @@ function criuRestoring(imagesDir: string): number[] {
     if (!/^\d+$/.test(e)) continue;
     try {
       const argv = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
-      if (argv.includes('restore') && argv.includes(imagesDir) && argv.some((a) => path.basename(a).startsWith('criu'))) out.push(Number(e));
+      if (argv.includes('restore') && argv.includes(imagesDir) && argv.some((a) => path.basename(a).startsWith('criu')))
+        out.push(Number(e));
     } catch {
       /* exited meanwhile */
     }
@@ -66,11 +84,15 @@ function startedAtMs(startTime: number): number {
  * counts only if it started after the step did, so a pid reused since is never taken for it.
  */
 export async function inspectRestore(
-  ctx: NodeContext, input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number },
+  ctx: NodeContext,
+  input: { checkpointId: string; attemptId: string; pid?: number; startTime?: number },
 ): Promise<RestoreInspection> {
   assertSafeId('attemptId', input.attemptId);
   let outcome = journalOutcome(ctx, 'restore', input.attemptId, CRIU_RESTORE_STEP);
-  const dir = typeof outcome.data?.dir === 'string' ? outcome.data.dir : checkpointLocation(ctx, assertSafeId('checkpointId', input.checkpointId));
+  const dir =
+    typeof outcome.data?.dir === 'string'
+      ? outcome.data.dir
+      : checkpointLocation(ctx, assertSafeId('checkpointId', input.checkpointId));
   for (;;) {
     outcome = journalOutcome(ctx, 'restore', input.attemptId, CRIU_RESTORE_STEP);
     if (outcome.state !== 'running' && criuRestoring(path.join(dir, IMAGES)).length === 0) break;
@@ -80,11 +102,17 @@ export async function inspectRestore(
   let proc: ProcessIdentity | null = null;
   if (input.pid !== undefined && input.startTime !== undefined) {
     proc = { pid: input.pid, startTime: input.startTime };
-  } else if (outcome.state === 'done' && typeof outcome.data?.pid === 'number' && typeof outcome.data.startTime === 'number') {
+  } else if (
+    outcome.state === 'done' &&
+    typeof outcome.data?.pid === 'number' &&
+    typeof outcome.data.startTime === 'number'
+  ) {
     proc = { pid: outcome.data.pid, startTime: outcome.data.startTime };
   } else if (outcome.state === 'interrupted' || outcome.state === 'failed') {
     // Cut off (agent died) or killed (CriuInterrupted): CRIU may have resumed the process before it stopped.
-    const started = [...readJournal(ctx, 'restore', input.attemptId)].reverse().find((e) => e.step === CRIU_RESTORE_STEP && e.state === 'started');
+    const started = [...readJournal(ctx, 'restore', input.attemptId)]
+      .reverse()
+      .find((e) => e.step === CRIU_RESTORE_STEP && e.state === 'started');
     const pidFile = path.join(dir, 'restored.pid');
     const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8').trim()) : NaN;
     const id = started && Number.isInteger(pid) && pid > 1 ? processIdentity(pid) : null;
@@ -100,9 +128,24 @@ export async function inspectRestore(
       state = null;
     }
   }
-  const failure = outcome.state === 'failed'
-    ? { type: String(outcome.data?.type ?? ErrorType.CriuRestoreFailed), message: String(outcome.data?.message ?? 'criu restore failed') } : null;
-  const found: RestoreInspection = { criu: outcome.state, failure, process: proc, running: running && state !== null, state, cuda: running && proc ? cudaTreeState(proc.pid) : 'none' };
-  ctx.logger.warn({ node: ctx.node, checkpoint: input.checkpointId, attempt: input.attemptId, ...found }, 'restore attempt inspected after the agent was lost');
+  const failure =
+    outcome.state === 'failed'
+      ? {
+          type: String(outcome.data?.type ?? ErrorType.CriuRestoreFailed),
+          message: String(outcome.data?.message ?? 'criu restore failed'),
+        }
+      : null;
+  const found: RestoreInspection = {
+    criu: outcome.state,
+    failure,
+    process: proc,
+    running: running && state !== null,
+    state,
+    cuda: running && proc ? cudaTreeState(proc.pid) : 'none',
+  };
+  ctx.logger.warn(
+    { node: ctx.node, checkpoint: input.checkpointId, attempt: input.attemptId, ...found },
+    'restore attempt inspected after the agent was lost',
+  );
   return found;
 }

@@ -10,7 +10,10 @@ export function createRetentionNodeActivities(ctx: NodeContext) {
     async deleteLocalCheckpoint(input: { checkpointId: string }): Promise<{ deleted: boolean }> {
       const checkpointId = safeCheckpointId(input.checkpointId);
       const r = deleteCheckpointDir(ctx, { checkpointId });
-      ctx.logger.info({ checkpoint: checkpointId, deleted: r.deleted }, 'checkpoint deleted from this node by retention');
+      ctx.logger.info(
+        { checkpoint: checkpointId, deleted: r.deleted },
+        'checkpoint deleted from this node by retention',
+      );
       return r;
     },
   };

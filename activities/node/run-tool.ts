@@ -13,7 +13,11 @@ export interface ToolResult {
  * Runs an external tool (criu) from an activity: heartbeats while it runs so a dead agent is noticed, and
  * kills the tool when the activity is cancelled so nothing runs on behind the workflow's back.
  */
-export async function runTool(bin: string, args: string[], opts: { heartbeatMs?: number; details?: () => unknown } = {}): Promise<ToolResult> {
+export async function runTool(
+  bin: string,
+  args: string[],
+  opts: { heartbeatMs?: number; details?: () => unknown } = {},
+): Promise<ToolResult> {
   const ctx = activityContext();
   return new Promise((resolve, reject) => {
     const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -63,7 +67,10 @@ export function lastLines(file: string, n: number): string {
 /** CRIU's "Error (file:line): ..." lines: the reason sits among them, not necessarily at the log's end. */
 export function errorLines(file: string): string[] {
   try {
-    return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.includes('Error ('));
+    return fs
+      .readFileSync(file, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes('Error ('));
   } catch {
     return [];
   }

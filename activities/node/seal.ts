@@ -42,7 +42,7 @@ export function writeFileAtomic(file: string, data: string | Buffer): void {
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, 'w');
   try {
-    fs.writeSync(fd, typeof data === "string" ? Buffer.from(data) : data);
+    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
@@ -67,11 +67,18 @@ export async function sealCheckpoint(
   input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number },
 ): Promise<SealResult> {
   const dir = checkpointLocation(ctx, input.checkpointId);
-  if (!fs.existsSync(path.join(dir, IMAGES))) throw ApplicationFailure.nonRetryable(`no CRIU images in ${dir}`, ErrorType.CheckpointNotFound);
+  if (!fs.existsSync(path.join(dir, IMAGES)))
+    throw ApplicationFailure.nonRetryable(`no CRIU images in ${dir}`, ErrorType.CheckpointNotFound);
   // CRIU's own logs (criu-dump.log, criu-restore.log) describe this node's run, not the workload.
-  const names = listFiles(dir).filter((f) => f !== METADATA_FILE && !/^criu-.*\.log$/.test(f) && f !== 'restored.pid' && !f.includes('.tmp-'));
+  const names = listFiles(dir).filter(
+    (f) => f !== METADATA_FILE && !/^criu-.*\.log$/.test(f) && f !== 'restored.pid' && !f.includes('.tmp-'),
+  );
   const files: FileEntry[] = await Promise.all(
-    names.map(async (p) => ({ path: p, size: fs.statSync(path.join(dir, p)).size, sha256: await sha256File(path.join(dir, p)) })),
+    names.map(async (p) => ({
+      path: p,
+      size: fs.statSync(path.join(dir, p)).size,
+      sha256: await sha256File(path.join(dir, p)),
+    })),
   );
   const m = loadMeasurement(ctx, input.checkpointId);
   const versions = await driverVersions();
@@ -82,7 +89,7 @@ export async function sealCheckpoint(
   const compat: CompatRecord = {
     gpuModel: m?.gpuModel ?? only?.name ?? null,
     gpuIndex,
-    gpuUuid: m?.gpuUuid ?? (gpuIndex !== null ? (await gpuMemory(gpuIndex))?.uuid ?? null : null),
+    gpuUuid: m?.gpuUuid ?? (gpuIndex !== null ? ((await gpuMemory(gpuIndex))?.uuid ?? null) : null),
     driverVersion: versions?.driverVersion ?? null,
     cudaVersion: versions?.cudaVersion ?? null,
     criuVersion: await criuVersion(ctx),
@@ -98,14 +105,22 @@ export async function sealCheckpoint(
     pid: input.pid,
     createdAt: new Date().toISOString(),
     criuVersion: await criuVersion(ctx),
-    cuda: { checkpointed: input.cudaCheckpointed, vramBytes: input.vramBytes, ...(m ? { measuredVramBytes: m.bytes } : {}) },
+    cuda: {
+      checkpointed: input.cudaCheckpointed,
+      vramBytes: input.vramBytes,
+      ...(m ? { measuredVramBytes: m.bytes } : {}),
+    },
     compat,
     workloadFiles: workloadFileIndex(dir),
     files,
   };
   // One line naming the field (e.g. cuda.vramBytes out of bounds), not a multi-line ZodError dump.
   const invalid = inputProblem(MetadataSchema, doc);
-  if (invalid) throw ApplicationFailure.nonRetryable(`metadata.json of ${input.checkpointId} would be invalid: ${invalid}`, ErrorType.InvalidInput);
+  if (invalid)
+    throw ApplicationFailure.nonRetryable(
+      `metadata.json of ${input.checkpointId} would be invalid: ${invalid}`,
+      ErrorType.InvalidInput,
+    );
   const metadata: Metadata = MetadataSchema.parse(doc);
   const text = JSON.stringify(metadata, null, 2);
   writeFileAtomic(path.join(dir, METADATA_FILE), text);
@@ -140,7 +155,10 @@ export function parseMetadata(raw: Buffer, where: string): Metadata {
   const parsed = MetadataSchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    throw ApplicationFailure.nonRetryable(`${where}: field '${issue.path.join('.')}' ${issue.message}`, ErrorType.MetadataInvalid);
+    throw ApplicationFailure.nonRetryable(
+      `${where}: field '${issue.path.join('.')}' ${issue.message}`,
+      ErrorType.MetadataInvalid,
+    );
   }
   return parsed.data;
 }
@@ -155,14 +173,18 @@ export async function verifyLocal(dir: string, metadataSha256?: string | null): 
   const file = path.join(dir, METADATA_FILE);
   const raw = fs.readFileSync(file);
   if (metadataSha256 && sha256Hex(raw) !== metadataSha256) {
-    throw ApplicationFailure.nonRetryable(`${METADATA_FILE}: sha256 ${sha256Hex(raw)} != ${metadataSha256} recorded at seal`, ErrorType.ChecksumMismatch);
+    throw ApplicationFailure.nonRetryable(
+      `${METADATA_FILE}: sha256 ${sha256Hex(raw)} != ${metadataSha256} recorded at seal`,
+      ErrorType.ChecksumMismatch,
+    );
   }
   const md = parseMetadata(raw, file);
   for (const f of md.files) {
     const p = path.join(dir, f.path);
     if (!fs.existsSync(p)) throw ApplicationFailure.nonRetryable(`${f.path}: missing`, ErrorType.ChecksumMismatch);
     const sum = await sha256File(p);
-    if (sum !== f.sha256) throw ApplicationFailure.nonRetryable(`${f.path}: sha256 ${sum} != ${f.sha256}`, ErrorType.ChecksumMismatch);
+    if (sum !== f.sha256)
+      throw ApplicationFailure.nonRetryable(`${f.path}: sha256 ${sum} != ${f.sha256}`, ErrorType.ChecksumMismatch);
   }
   return md;
 }

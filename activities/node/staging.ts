@@ -23,7 +23,11 @@ export function stagingFits(ctx: NodeContext, bytes: number): { fits: boolean; w
   const reserve = Math.max(GiB, totalBytes / 10);
   const need = bytes + 64 * 1024 ** 2;
   if (fsFree < need) return { fits: false, why: `${ctx.stagingDir} has ${fsFree} bytes free, ${need} needed` };
-  if (availableBytes - need < reserve) return { fits: false, why: `${availableBytes} bytes of memory available, ${need} needed plus a ${reserve}-byte reserve` };
+  if (availableBytes - need < reserve)
+    return {
+      fits: false,
+      why: `${availableBytes} bytes of memory available, ${need} needed plus a ${reserve}-byte reserve`,
+    };
   return { fits: true, why: `${need} of ${availableBytes} available bytes` };
 }
 

@@ -24,7 +24,12 @@ export function listLocalCheckpoints(ctx: NodeContext): LocalCheckpoint[] {
     if (!fs.existsSync(path.join(root, id, METADATA_FILE))) continue;
     try {
       const md = readMetadata(path.join(root, id));
-      out.push({ checkpointId: id, jobId: md.jobId, bytes: md.files.reduce((s, f) => s + f.size, 0), createdAt: md.createdAt });
+      out.push({
+        checkpointId: id,
+        jobId: md.jobId,
+        bytes: md.files.reduce((s, f) => s + f.size, 0),
+        createdAt: md.createdAt,
+      });
     } catch {
       /* unreadable metadata: not a usable checkpoint */
     }

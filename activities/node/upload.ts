@@ -58,9 +58,18 @@ function asS3Failure(e: unknown, what: string): never {
   if (e instanceof ApplicationFailure) throw e;
   const err = e as Error;
   const kind = s3ErrorKind(e);
-  if (kind === 'rejected') throw ApplicationFailure.nonRetryable(`${what}: S3 refused: ${err.name}: ${err.message}`, ErrorType.S3Rejected);
-  if (kind === 'checksum') throw ApplicationFailure.nonRetryable(`${what}: S3 refused the bytes as not matching their sealed sha256: ${err.name}: ${err.message}`, ErrorType.ChecksumMismatch);
-  throw ApplicationFailure.create({ message: `${what}: ${err.name}: ${err.message}`, type: ErrorType.S3Unavailable, nonRetryable: false });
+  if (kind === 'rejected')
+    throw ApplicationFailure.nonRetryable(`${what}: S3 refused: ${err.name}: ${err.message}`, ErrorType.S3Rejected);
+  if (kind === 'checksum')
+    throw ApplicationFailure.nonRetryable(
+      `${what}: S3 refused the bytes as not matching their sealed sha256: ${err.name}: ${err.message}`,
+      ErrorType.ChecksumMismatch,
+    );
+  throw ApplicationFailure.create({
+    message: `${what}: ${err.name}: ${err.message}`,
+    type: ErrorType.S3Unavailable,
+    nonRetryable: false,
+  });
 }
 
 async function exists(s3: S3Client, bucket: string, key: string, f: FileEntry): Promise<boolean> {
@@ -68,14 +77,25 @@ async function exists(s3: S3Client, bucket: string, key: string, f: FileEntry): 
     const h = await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
     return h.ContentLength === f.size && h.Metadata?.sha256 === f.sha256;
   } catch (e) {
-    if ((e as Error).name === 'NotFound' || (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return false;
+    if (
+      (e as Error).name === 'NotFound' ||
+      (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404
+    )
+      return false;
     throw e;
   }
 }
 
-async function findUpload(s3: S3Client, bucket: string, key: string, partSize: number): Promise<{ uploadId: string; partSize: number } | undefined> {
+async function findUpload(
+  s3: S3Client,
+  bucket: string,
+  key: string,
+  partSize: number,
+): Promise<{ uploadId: string; partSize: number } | undefined> {
   const r = await s3.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: key }));
-  const newest = (r.Uploads ?? []).filter((u) => u.Key === key).sort((a, b) => (b.Initiated?.getTime() ?? 0) - (a.Initiated?.getTime() ?? 0))[0];
+  const newest = (r.Uploads ?? [])
+    .filter((u) => u.Key === key)
+    .sort((a, b) => (b.Initiated?.getTime() ?? 0) - (a.Initiated?.getTime() ?? 0))[0];
   if (!newest?.UploadId) return undefined;
   const parts = await s3.send(new ListPartsCommand({ Bucket: bucket, Key: key, UploadId: newest.UploadId }));
   // Every part but the last has the upload's part size; a different size means another writer's upload.
@@ -108,7 +128,14 @@ interface Counters {
  * metadata.json, so a local copy changed after sealing never becomes an object in S3.
  */
 async function uploadLarge(
-  s3: S3Client, bucket: string, key: string, file: string, f: FileEntry, progress: UploadProgress, counters: Counters, concurrency: number,
+  s3: S3Client,
+  bucket: string,
+  key: string,
+  file: string,
+  f: FileEntry,
+  progress: UploadProgress,
+  counters: Counters,
+  concurrency: number,
 ): Promise<void> {
   // Heartbeats are throttled, so the crash may have come before the upload id reached the server: then
   // the upload still in progress for this key in S3 is the one to resume.
@@ -119,8 +146,11 @@ async function uploadLarge(
     try {
       let marker: string | undefined;
       do {
-        const r = await s3.send(new ListPartsCommand({ Bucket: bucket, Key: key, UploadId: mp.uploadId, PartNumberMarker: marker }));
-        for (const p of r.Parts ?? []) have.set(p.PartNumber!, { PartNumber: p.PartNumber, ETag: p.ETag, ChecksumSHA256: p.ChecksumSHA256 });
+        const r = await s3.send(
+          new ListPartsCommand({ Bucket: bucket, Key: key, UploadId: mp.uploadId, PartNumberMarker: marker }),
+        );
+        for (const p of r.Parts ?? [])
+          have.set(p.PartNumber!, { PartNumber: p.PartNumber, ETag: p.ETag, ChecksumSHA256: p.ChecksumSHA256 });
         marker = r.IsTruncated ? r.NextPartNumberMarker : undefined;
       } while (marker);
     } catch (e) {
@@ -131,7 +161,14 @@ async function uploadLarge(
   }
   if (!mp) {
     const partSize = partSizeFor(f.size);
-    const r = await s3.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: key, ChecksumAlgorithm: 'SHA256', Metadata: { sha256: f.sha256 } }));
+    const r = await s3.send(
+      new CreateMultipartUploadCommand({
+        Bucket: bucket,
+        Key: key,
+        ChecksumAlgorithm: 'SHA256',
+        Metadata: { sha256: f.sha256 },
+      }),
+    );
     mp = { uploadId: r.UploadId!, partSize };
     progress.multipart[f.path] = mp;
     beat(progress);
@@ -157,17 +194,31 @@ async function uploadLarge(
         beat(progress);
         continue;
       }
-      const sending: Promise<void> = s3.send(new UploadPartCommand({
-        Bucket: bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: body, ChecksumAlgorithm: 'SHA256', ChecksumSHA256: partSum,
-      })).then((r) => {
-        have.set(n, { PartNumber: n, ETag: r.ETag, ChecksumSHA256: r.ChecksumSHA256 ?? partSum });
-        counters.partsSent++;
-        counters.bytesSent += body.length;
-        if (progress.bytes) progress.bytes.done += body.length;
-        beat(progress);
-      }, (error: unknown) => {
-        failure ??= { error };
-      }).finally(() => inflight.delete(sending));
+      const sending: Promise<void> = s3
+        .send(
+          new UploadPartCommand({
+            Bucket: bucket,
+            Key: key,
+            UploadId: uploadId,
+            PartNumber: n,
+            Body: body,
+            ChecksumAlgorithm: 'SHA256',
+            ChecksumSHA256: partSum,
+          }),
+        )
+        .then(
+          (r) => {
+            have.set(n, { PartNumber: n, ETag: r.ETag, ChecksumSHA256: r.ChecksumSHA256 ?? partSum });
+            counters.partsSent++;
+            counters.bytesSent += body.length;
+            if (progress.bytes) progress.bytes.done += body.length;
+            beat(progress);
+          },
+          (error: unknown) => {
+            failure ??= { error };
+          },
+        )
+        .finally(() => inflight.delete(sending));
       inflight.add(sending);
       // Reading runs at most `concurrency` parts ahead of the slowest upload, so memory stays bounded.
       if (inflight.size >= concurrency) await Promise.race(inflight);
@@ -180,32 +231,55 @@ async function uploadLarge(
   const sum = whole.digest('hex');
   if (sum !== f.sha256 || read !== f.size) {
     // The local copy changed after sealing: these bytes must never become the checkpoint in S3.
-    await s3.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
+    await s3
+      .send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }))
+      .catch(() => undefined);
     delete progress.multipart[f.path];
     beat(progress);
     throw ApplicationFailure.nonRetryable(
       `${f.path}: the local copy has sha256 ${sum} (${read} bytes), sealed as ${f.sha256} (${f.size} bytes): changed after sealing; upload aborted`,
-      ErrorType.ChecksumMismatch);
+      ErrorType.ChecksumMismatch,
+    );
   }
   const parts = [...have.values()].sort((a, b) => a.PartNumber! - b.PartNumber!);
-  await s3.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts } }));
+  await s3.send(
+    new CompleteMultipartUploadCommand({
+      Bucket: bucket,
+      Key: key,
+      UploadId: uploadId,
+      MultipartUpload: { Parts: parts },
+    }),
+  );
 }
 
 /**
  * Ids are never reused: a metadata.json already in S3 under this id that is not ours belongs to an earlier
  * checkpoint, whose objects must not be overwritten. Ours (same bytes) is a retry after the last PUT.
  */
-async function refuseOtherCheckpoint(s3: S3Client, bucket: string, key: string, mdSha: string, checkpointId: string): Promise<void> {
+async function refuseOtherCheckpoint(
+  s3: S3Client,
+  bucket: string,
+  key: string,
+  mdSha: string,
+  checkpointId: string,
+): Promise<void> {
   let theirs: Buffer;
   try {
     const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
     theirs = Buffer.from(await r.Body!.transformToByteArray());
   } catch (e) {
-    if ((e as Error).name === 'NoSuchKey' || (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return;
+    if (
+      (e as Error).name === 'NoSuchKey' ||
+      (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404
+    )
+      return;
     throw e;
   }
   if (sha256Hex(theirs) !== mdSha) {
-    throw ApplicationFailure.nonRetryable(`checkpoint '${checkpointId}' exists in S3 (another metadata.json); checkpoint ids are never reused: nothing uploaded`, ErrorType.CheckpointExists);
+    throw ApplicationFailure.nonRetryable(
+      `checkpoint '${checkpointId}' exists in S3 (another metadata.json); checkpoint ids are never reused: nothing uploaded`,
+      ErrorType.CheckpointExists,
+    );
   }
 }
 
@@ -216,7 +290,10 @@ async function refuseOtherCheckpoint(s3: S3Client, bucket: string, key: string, 
  * multipart upload is completed only on a match, and metadata.json is checked against the SHA-256 recorded at
  * seal (when the caller has it) before anything is sent. A mismatch is ChecksumMismatch, never retried.
  */
-export async function uploadCheckpoint(ctx: NodeContext, input: { checkpointId: string; concurrency?: number; metadataSha256?: string | null }): Promise<UploadResult> {
+export async function uploadCheckpoint(
+  ctx: NodeContext,
+  input: { checkpointId: string; concurrency?: number; metadataSha256?: string | null },
+): Promise<UploadResult> {
   const dir = checkpointLocation(ctx, input.checkpointId);
   const mdFile = path.join(dir, METADATA_FILE);
   let mdText: Buffer;
@@ -227,7 +304,10 @@ export async function uploadCheckpoint(ctx: NodeContext, input: { checkpointId: 
   }
   const mdSha = sha256Hex(mdText);
   if (input.metadataSha256 && mdSha !== input.metadataSha256) {
-    throw ApplicationFailure.nonRetryable(`${input.checkpointId}/${METADATA_FILE}: sha256 ${mdSha}, sealed as ${input.metadataSha256}: changed after sealing`, ErrorType.ChecksumMismatch);
+    throw ApplicationFailure.nonRetryable(
+      `${input.checkpointId}/${METADATA_FILE}: sha256 ${mdSha}, sealed as ${input.metadataSha256}: changed after sealing`,
+      ErrorType.ChecksumMismatch,
+    );
   }
   const md = parseMetadata(mdText, mdFile);
   const bucket = ctx.s3.bucket;
@@ -242,20 +322,31 @@ export async function uploadCheckpoint(ctx: NodeContext, input: { checkpointId: 
     const small = md.files.filter((f) => f.size <= partSizeFor(f.size));
     const large = md.files.filter((f) => f.size > partSizeFor(f.size));
     const pending = small.filter((f) => !progress.done.includes(f.path));
-    progress.bytes = { done: md.files.filter((f) => progress.done.includes(f.path)).reduce((n, f) => n + f.size, 0), total: md.files.reduce((n, f) => n + f.size, 0) };
+    progress.bytes = {
+      done: md.files.filter((f) => progress.done.includes(f.path)).reduce((n, f) => n + f.size, 0),
+      total: md.files.reduce((n, f) => n + f.size, 0),
+    };
     // Many small CRIU images: send them concurrently; large page images go part by part.
     const queue = [...pending];
     await Promise.all(
       Array.from({ length: concurrency }, async () => {
         for (let f = queue.shift(); f; f = queue.shift()) {
           try {
-            await s3.send(new PutObjectCommand({
-              Bucket: bucket, Key: prefix + f.path, Body: await fs.promises.readFile(path.join(dir, f.path)),
-              ChecksumSHA256: b64(f.sha256), Metadata: { sha256: f.sha256 },
-            }));
+            await s3.send(
+              new PutObjectCommand({
+                Bucket: bucket,
+                Key: prefix + f.path,
+                Body: await fs.promises.readFile(path.join(dir, f.path)),
+                ChecksumSHA256: b64(f.sha256),
+                Metadata: { sha256: f.sha256 },
+              }),
+            );
           } catch (e) {
             if (s3ErrorKind(e) === 'checksum') {
-              throw ApplicationFailure.nonRetryable(`${f.path}: S3 refused the local copy as not matching its sealed sha256 ${f.sha256}: changed after sealing`, ErrorType.ChecksumMismatch);
+              throw ApplicationFailure.nonRetryable(
+                `${f.path}: S3 refused the local copy as not matching its sealed sha256 ${f.sha256}: changed after sealing`,
+                ErrorType.ChecksumMismatch,
+              );
             }
             throw e;
           }
@@ -279,11 +370,20 @@ export async function uploadCheckpoint(ctx: NodeContext, input: { checkpointId: 
       delete progress.multipart[f.path];
       beat(progress);
     }
-    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: prefix + METADATA_FILE, Body: mdText, ContentType: 'application/json', ChecksumSHA256: b64(mdSha) }));
+    await s3.send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: prefix + METADATA_FILE,
+        Body: mdText,
+        ContentType: 'application/json',
+        ChecksumSHA256: b64(mdSha),
+      }),
+    );
     ctx.logger.info({ ...log, ...counters }, 'checkpoint uploaded');
     return { bucket, prefix, ...counters };
   } catch (e) {
-    if (e instanceof ApplicationFailure && e.type === ErrorType.ChecksumMismatch) ctx.logger.error({ ...log, err: e.message }, 'local copy differs from its seal: not uploaded');
+    if (e instanceof ApplicationFailure && e.type === ErrorType.ChecksumMismatch)
+      ctx.logger.error({ ...log, err: e.message }, 'local copy differs from its seal: not uploaded');
     asS3Failure(e, `upload of checkpoint ${input.checkpointId}`);
   } finally {
     s3.destroy();

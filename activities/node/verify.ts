@@ -32,16 +32,25 @@ export interface VerifyRunningResult {
  */
 export function notRunning(pid: number, startTime?: number): ApplicationFailure | null {
   const exists = startTime !== undefined ? isSameProcess({ pid, startTime }) : processAlive(pid);
-  if (!exists) return ApplicationFailure.nonRetryable(`no such process: pid ${pid} (restored process gone)`, ErrorType.NoSuchProcess);
+  if (!exists)
+    return ApplicationFailure.nonRetryable(
+      `no such process: pid ${pid} (restored process gone)`,
+      ErrorType.NoSuchProcess,
+    );
   let state: string;
   try {
     state = procStatFields(pid)[0];
   } catch {
-    return ApplicationFailure.nonRetryable(`no such process: pid ${pid} (restored process gone)`, ErrorType.NoSuchProcess);
+    return ApplicationFailure.nonRetryable(
+      `no such process: pid ${pid} (restored process gone)`,
+      ErrorType.NoSuchProcess,
+    );
   }
-  if (state === 'T' || state === 't' || state === 'Z') return ApplicationFailure.nonRetryable(`pid ${pid} is not running: state ${state}`, ErrorType.NotRunning);
+  if (state === 'T' || state === 't' || state === 'Z')
+    return ApplicationFailure.nonRetryable(`pid ${pid} is not running: state ${state}`, ErrorType.NotRunning);
   const cuda = cudaTreeState(pid);
-  if (cuda !== 'running' && cuda !== 'none') return ApplicationFailure.nonRetryable(`pid ${pid} is not running: CUDA state ${cuda}`, ErrorType.NotRunning);
+  if (cuda !== 'running' && cuda !== 'none')
+    return ApplicationFailure.nonRetryable(`pid ${pid} is not running: CUDA state ${cuda}`, ErrorType.NotRunning);
   return null;
 }
 
@@ -61,7 +70,10 @@ export async function verifyRunning(ctx: NodeContext, input: VerifyRunningInput)
     let res = { probes: 0, afterMs: 0, detail: 'no readiness probe declared' };
     if (readiness) {
       res = await waitReady(readiness, { notRunning: check, env: { KYBERNATE_PID: String(input.pid) } });
-      ctx.logger.info({ node: ctx.node, pid: input.pid, probe: describeReadiness(readiness), probes: res.probes }, 'restored workload ready');
+      ctx.logger.info(
+        { node: ctx.node, pid: input.pid, probe: describeReadiness(readiness), probes: res.probes },
+        'restored workload ready',
+      );
     } else {
       const first = check();
       if (first) throw first;
@@ -69,7 +81,13 @@ export async function verifyRunning(ctx: NodeContext, input: VerifyRunningInput)
     }
     const last = check();
     if (last) throw last;
-    return { state: procStatFields(input.pid)[0], cuda: cudaTreeState(input.pid), probes: res.probes, afterMs: Date.now() - started, detail: res.detail };
+    return {
+      state: procStatFields(input.pid)[0],
+      cuda: cudaTreeState(input.pid),
+      probes: res.probes,
+      afterMs: Date.now() - started,
+      detail: res.detail,
+    };
   } finally {
     clearInterval(beat);
   }

@@ -34,7 +34,10 @@ export const ledgerBytes = (ctx: NodeContext): number => Object.values(ledger(ct
  * Right before the CUDA restore: a driver restore that runs out of memory leaves the process unrecoverable,
  * so a node that no longer has the room says so here, while the CRIU image can still be restored elsewhere.
  */
-export async function checkVram(ctx: NodeContext, input: { bytes: number; gpuIndex?: number }): Promise<{ freeVramBytes: number }> {
+export async function checkVram(
+  ctx: NodeContext,
+  input: { bytes: number; gpuIndex?: number },
+): Promise<{ freeVramBytes: number }> {
   const inv = await readInventory(ctx);
   // One GPU must hold it all (the placement's GPU when it named one): free VRAM is never summed across GPUs.
   const gpu = input.gpuIndex !== undefined ? inv.gpus.find((g) => g.index === input.gpuIndex) : undefined;

@@ -1,8 +1,20 @@
 import * as fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  type Component, ComponentFailedError, createBucket, httpOk, isAlive, type ProcessRecord, type ProxyConfig, readStackState, recordAlive,
-  type StackState, startProcess, temporalHealthy, updateState, waitFor,
+  type Component,
+  ComponentFailedError,
+  createBucket,
+  httpOk,
+  isAlive,
+  type ProcessRecord,
+  type ProxyConfig,
+  readStackState,
+  recordAlive,
+  type StackState,
+  startProcess,
+  temporalHealthy,
+  updateState,
+  waitFor,
 } from './stack';
 import { InvalidInputError } from '../../common/ids';
 import { waitForWorker } from './workers';
@@ -12,14 +24,19 @@ export type StackComponent = Component | 'control-worker' | `agent:${string}`;
 
 export function parseStackComponent(name: string): StackComponent {
   if (name === 'worker') return 'control-worker';
-  if (['temporal', 'minio', 'toxiproxy', 'control-worker'].includes(name) || /^agent:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) return name as StackComponent;
+  if (
+    ['temporal', 'minio', 'toxiproxy', 'control-worker'].includes(name) ||
+    /^agent:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)
+  )
+    return name as StackComponent;
   throw new InvalidInputError('component', `'${name}' is none of temporal, minio, toxiproxy, worker, agent:<node>`);
 }
 
 /** `restart --down <ms>`: how long the component stays down. */
 export function parseDownMs(value: string): number {
   const ms = Number(value);
-  if (!/^\d+$/.test(value) || !Number.isSafeInteger(ms)) throw new InvalidInputError('down', `must be a whole number of milliseconds (got '${value}')`);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(ms))
+    throw new InvalidInputError('down', `must be a whole number of milliseconds (got '${value}')`);
   return ms;
 }
 const isService = (c: StackComponent): c is Component => c === 'temporal' || c === 'minio' || c === 'toxiproxy';
@@ -39,7 +56,10 @@ function requireState(home: string): StackState {
 function recordOf(state: StackState, component: StackComponent): ProcessRecord {
   // The newest record: a component started by hand twice is the one `restart` means.
   const rec = [...state.processes].reverse().find((p) => p.component === component);
-  if (!rec) throw new Error(`component '${component}' is not part of the stack in ${state.home}${component === 'toxiproxy' ? " (start it with 'up --toxiproxy')" : ''}`);
+  if (!rec)
+    throw new Error(
+      `component '${component}' is not part of the stack in ${state.home}${component === 'toxiproxy' ? " (start it with 'up --toxiproxy')" : ''}`,
+    );
   return rec;
 }
 
@@ -58,7 +78,7 @@ async function signalAndWait(rec: ProcessRecord, opts: StopOptions): Promise<voi
   };
   const signal = opts.signal ?? 'SIGKILL';
   send(signal);
-  const deadline = Date.now() + (signal === 'SIGTERM' ? opts.graceMs ?? 10000 : 10000);
+  const deadline = Date.now() + (signal === 'SIGTERM' ? (opts.graceMs ?? 10000) : 10000);
   while (recordAlive(rec) && Date.now() < deadline) await sleep(50);
   if (recordAlive(rec)) {
     send('SIGKILL');
@@ -73,8 +93,17 @@ async function saveProxies(home: string, api: string): Promise<void> {
     const res = await fetch(`${api}/proxies`, { signal: AbortSignal.timeout(2000) });
     if (!res.ok) return;
     proxies = Object.values((await res.json()) as Record<string, ProxyConfig>).map((p) => ({
-      name: p.name, listen: p.listen, upstream: p.upstream, enabled: p.enabled,
-      toxics: (p.toxics ?? []).map((t) => ({ name: t.name, type: t.type, stream: t.stream, toxicity: t.toxicity, attributes: t.attributes })),
+      name: p.name,
+      listen: p.listen,
+      upstream: p.upstream,
+      enabled: p.enabled,
+      toxics: (p.toxics ?? []).map((t) => ({
+        name: t.name,
+        type: t.type,
+        stream: t.stream,
+        toxicity: t.toxicity,
+        attributes: t.attributes,
+      })),
     }));
   } catch {
     return; // not answering (already dead): the last saved list stands
@@ -86,9 +115,15 @@ async function saveProxies(home: string, api: string): Promise<void> {
 
 async function restoreProxies(api: string, proxies: ProxyConfig[]): Promise<void> {
   const call = async (method: string, path: string, body: unknown): Promise<void> => {
-    const res = await fetch(`${api}${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(5000) });
+    const res = await fetch(`${api}${path}`, {
+      method,
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(5000),
+    });
     // 409: it exists already (a start that was retried).
-    if (!res.ok && res.status !== 409) throw new ComponentFailedError('toxiproxy', `${method} ${path}: ${res.status} ${await res.text()}`);
+    if (!res.ok && res.status !== 409)
+      throw new ComponentFailedError('toxiproxy', `${method} ${path}: ${res.status} ${await res.text()}`);
   };
   for (const p of proxies) {
     await call('POST', '/proxies', { name: p.name, listen: p.listen, upstream: p.upstream, enabled: p.enabled });
@@ -101,7 +136,11 @@ async function restoreProxies(api: string, proxies: ProxyConfig[]): Promise<void
  * it again: a service on the same port with the same data, a worker or agent with the same command line.
  * Default SIGKILL: a crash. Returns the record of the stopped process.
  */
-export async function stopComponent(home: string, component: StackComponent, opts: StopOptions = {}): Promise<ProcessRecord> {
+export async function stopComponent(
+  home: string,
+  component: StackComponent,
+  opts: StopOptions = {},
+): Promise<ProcessRecord> {
   const state = requireState(home);
   const rec = recordOf(state, component);
   if (component === 'toxiproxy' && state.toxiproxy && recordAlive(rec)) await saveProxies(home, state.toxiproxy.api);
@@ -144,7 +183,8 @@ export async function startComponent(home: string, component: StackComponent): P
     await waitHealthy(state, component, old);
     return old;
   }
-  if (!fs.existsSync(old.command[0])) throw new ComponentFailedError(component, `binary ${old.command[0]} is missing; run 'npm run provision'`);
+  if (!fs.existsSync(old.command[0]))
+    throw new ComponentFailedError(component, `binary ${old.command[0]} is missing; run 'npm run provision'`);
   const rec = startProcess(component, old.command, old.log, old.env ?? {}, old.cwd);
   updateState(home, (s) => {
     s.processes = s.processes.map((p) => (p.component === component && p.pid === old.pid ? rec : p));
@@ -154,7 +194,11 @@ export async function startComponent(home: string, component: StackComponent): P
 }
 
 /** stopComponent, an optional outage of downMs, then startComponent: a service crash and its comeback. */
-export async function restartComponent(home: string, component: StackComponent, opts: StopOptions & { downMs?: number } = {}): Promise<ProcessRecord> {
+export async function restartComponent(
+  home: string,
+  component: StackComponent,
+  opts: StopOptions & { downMs?: number } = {},
+): Promise<ProcessRecord> {
   await stopComponent(home, component, opts);
   if (opts.downMs) await sleep(opts.downMs);
   return startComponent(home, component);

@@ -16,11 +16,21 @@ export interface LocalNodeDefaults {
  * (through the proxies `up --toxiproxy` routed S3 and Temporal through, so that a fault cut there reaches us),
  * and the provisioned binaries. The environment still wins over all of it (workers/config.ts).
  */
-export function localDefaults(env: NodeJS.ProcessEnv = process.env): { config: ConfigDefaults; node: LocalNodeDefaults } {
+export function localDefaults(env: NodeJS.ProcessEnv = process.env): {
+  config: ConfigDefaults;
+  node: LocalNodeDefaults;
+} {
   const state = readStackState(env.KYBERNATE_HOME || undefined);
   const fromStack = state ? configFromStack(state, true) : null;
   return {
-    config: fromStack ? { temporalAddress: fromStack.temporalAddress, namespace: fromStack.namespace, uiUrl: fromStack.uiUrl, s3: fromStack.s3 } : {},
+    config: fromStack
+      ? {
+          temporalAddress: fromStack.temporalAddress,
+          namespace: fromStack.namespace,
+          uiUrl: fromStack.uiUrl,
+          s3: fromStack.s3,
+        }
+      : {},
     node: { criuBin: BIN.criu, initBin: BIN.tini, shimBin: BIN.shim, dataRoot: path.join(defaultStackHome(), 'nodes') },
   };
 }

@@ -17,23 +17,36 @@ export async function setFault(home: string, link: string, action: string, value
   if (!state.toxiproxy) throw new Error("this stack has no toxiproxy; start it with 'kybernate up --toxiproxy'");
   const routes = state.toxiproxy.routes ?? {};
   if (!Object.keys(routes).includes(link)) {
-    throw new InvalidInputError('link', `'${link}' is not routed through toxiproxy in this stack (routed: ${Object.keys(routes).join(', ') || 'none'})`);
+    throw new InvalidInputError(
+      'link',
+      `'${link}' is not routed through toxiproxy in this stack (routed: ${Object.keys(routes).join(', ') || 'none'})`,
+    );
   }
   const api = state.toxiproxy.api;
   const call = async (method: string, path: string, body?: unknown): Promise<Response> => {
     const res = await fetch(`${api}${path}`, {
-      method, headers: { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(5000),
+      method,
+      headers: { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(5000),
     });
-    if (!res.ok && !(method === 'DELETE' && res.status === 404)) throw new Error(`toxiproxy ${method} ${path}: ${res.status} ${await res.text()}`);
+    if (!res.ok && !(method === 'DELETE' && res.status === 404))
+      throw new Error(`toxiproxy ${method} ${path}: ${res.status} ${await res.text()}`);
     return res;
   };
   const number = (what: string): number => {
     const n = Number(value);
-    if (value === undefined || !Number.isInteger(n) || n < 0) throw new InvalidInputError(what, `must be a whole number >= 0 (got '${value ?? ''}')`);
+    if (value === undefined || !Number.isInteger(n) || n < 0)
+      throw new InvalidInputError(what, `must be a whole number >= 0 (got '${value ?? ''}')`);
     return n;
   };
   // One toxic of each kind, replaced by the next call: `latency 500` then `latency 50` means 50.
-  const toxic = async (name: string, type: string, stream: string, attributes: Record<string, number>): Promise<void> => {
+  const toxic = async (
+    name: string,
+    type: string,
+    stream: string,
+    attributes: Record<string, number>,
+  ): Promise<void> => {
     await call('DELETE', `/proxies/${link}/toxics/${name}`);
     await call('POST', `/proxies/${link}/toxics`, { name, type, stream, toxicity: 1, attributes });
   };

@@ -7,7 +7,10 @@ import { noteNodeDir } from './workloads';
 /** Whether a worker talking to this Temporal address belongs to the local stack (its state file names the address). */
 export function inLocalStack(temporalAddress: string): boolean {
   const state = readStackState(defaultStackHome());
-  return state !== null && (temporalAddress === state.temporal.address || temporalAddress === state.toxiproxy?.routes?.temporal);
+  return (
+    state !== null &&
+    (temporalAddress === state.temporal.address || temporalAddress === state.toxiproxy?.routes?.temporal)
+  );
 }
 
 /**
@@ -18,7 +21,11 @@ export function inLocalStack(temporalAddress: string): boolean {
  * Temporal address of its own) it does nothing. Returns what to call on a clean exit: a process that added
  * its own record removes it; one registered by the supervisor leaves the record for `restart` to reuse.
  */
-export function joinLocalStack(component: string, temporalAddress: string, opts: { dataDir?: string; metricsAddress?: string | null } = {}): () => void {
+export function joinLocalStack(
+  component: string,
+  temporalAddress: string,
+  opts: { dataDir?: string; metricsAddress?: string | null } = {},
+): () => void {
   const home = defaultStackHome();
   if (!inLocalStack(temporalAddress)) return () => undefined;
   if (opts.dataDir) noteNodeDir(home, opts.dataDir);
@@ -34,10 +41,15 @@ export function joinLocalStack(component: string, temporalAddress: string, opts:
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries(process.env)) if (k.startsWith('KYBERNATE_') && v !== undefined) env[k] = v;
     const rec: ProcessRecord = {
-      component, pid: process.pid, startTime: processIdentity(process.pid)?.startTime,
+      component,
+      pid: process.pid,
+      startTime: processIdentity(process.pid)?.startTime,
       // Its output goes to its terminal; a restart runs it detached with this log.
       log: path.join(home, 'logs', `${component.replace(':', '-')}.log`),
-      command: [process.execPath, ...process.argv.slice(1)], env, cwd: process.cwd(), handStarted: true,
+      command: [process.execPath, ...process.argv.slice(1)],
+      env,
+      cwd: process.cwd(),
+      handStarted: true,
       ...(opts.metricsAddress ? { metricsAddress: opts.metricsAddress } : {}),
     };
     // A dead predecessor (a hand-started agent killed with -9 never unregistered) is replaced, not listed twice.

@@ -30,7 +30,10 @@ function readVersions(): Record<string, string> {
 }
 const v = readVersions();
 /** The run shim is built from source (provision.sh shim): its cache directory is named for the source's hash. */
-const shimSum = createHash('sha256').update(fs.readFileSync(path.join(REPO_ROOT, 'deploy', 'native', 'kybernate-shim.c'))).digest('hex').slice(0, 12);
+const shimSum = createHash('sha256')
+  .update(fs.readFileSync(path.join(REPO_ROOT, 'deploy', 'native', 'kybernate-shim.c')))
+  .digest('hex')
+  .slice(0, 12);
 export const BIN = {
   temporal: path.join(CACHE_DIR, `temporal-${v.TEMPORAL_CLI_VERSION}`, 'temporal'),
   minio: path.join(CACHE_DIR, `minio-${v.MINIO_VERSION}`, 'minio'),

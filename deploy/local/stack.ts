@@ -48,7 +48,8 @@ export async function up(opts: UpOptions = {}): Promise<StackState> {
         await startComponent(home, c);
       }
     }
-    if ((opts.toxiproxy || opts.proxies?.length) && !existing.toxiproxy) log("this stack runs without toxiproxy: 'down' first to add it");
+    if ((opts.toxiproxy || opts.proxies?.length) && !existing.toxiproxy)
+      log("this stack runs without toxiproxy: 'down' first to add it");
     log(`running (state ${stateFile(home)})`);
     return readStackState(home) ?? existing;
   }
@@ -59,7 +60,9 @@ export async function up(opts: UpOptions = {}): Promise<StackState> {
       return await startFresh(home, opts, log);
     } catch (e) {
       if (attempt >= 3 || !(e instanceof ComponentFailedError) || !isPortTaken(e.message)) throw e;
-      log(`${e.message.split('\n')[0]}: a port was taken during start-up, starting again on other ports (attempt ${attempt + 1} of 3)`);
+      log(
+        `${e.message.split('\n')[0]}: a port was taken during start-up, starting again on other ports (attempt ${attempt + 1} of 3)`,
+      );
     }
   }
 }
@@ -73,11 +76,22 @@ async function startFresh(home: string, opts: UpOptions, log: (msg: string) => v
   const persist = (state: StackState): void => writeState(home, state);
   const proxied = [...new Set(opts.proxies ?? [])];
   const withToxiproxy = Boolean(opts.toxiproxy) || proxied.length > 0;
-  const [tPort, uiPort, s3Port, consolePort, toxPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
+  const [tPort, uiPort, s3Port, consolePort, toxPort] = await Promise.all([
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+  ]);
   const state: StackState = {
     home,
     startedAt: new Date().toISOString(),
-    temporal: { address: `127.0.0.1:${tPort}`, uiUrl: `http://127.0.0.1:${uiPort}`, namespace: 'default', dbFile: path.join(home, 'temporal.sqlite') },
+    temporal: {
+      address: `127.0.0.1:${tPort}`,
+      uiUrl: `http://127.0.0.1:${uiPort}`,
+      namespace: 'default',
+      dbFile: path.join(home, 'temporal.sqlite'),
+    },
     s3: {
       endpoint: `http://127.0.0.1:${s3Port}`,
       consoleUrl: `http://127.0.0.1:${consolePort}`,
@@ -95,30 +109,76 @@ async function startFresh(home: string, opts: UpOptions, log: (msg: string) => v
     const saArgs = ALL_SEARCH_ATTRIBUTES.flatMap((k) => ['--search-attribute', `${k.name}=Keyword`]);
     const temporal = startProcess(
       'temporal',
-      [BIN.temporal, 'server', 'start-dev', '--ip', '127.0.0.1', '--port', String(tPort), '--ui-port', String(uiPort),
-        '--db-filename', state.temporal.dbFile, '--log-level', 'warn', ...saArgs,
-        '--dynamic-config-value', 'matching.useNewMatcher=true', '--dynamic-config-value', 'matching.enableFairness=true'],
+      [
+        BIN.temporal,
+        'server',
+        'start-dev',
+        '--ip',
+        '127.0.0.1',
+        '--port',
+        String(tPort),
+        '--ui-port',
+        String(uiPort),
+        '--db-filename',
+        state.temporal.dbFile,
+        '--log-level',
+        'warn',
+        ...saArgs,
+        '--dynamic-config-value',
+        'matching.useNewMatcher=true',
+        '--dynamic-config-value',
+        'matching.enableFairness=true',
+      ],
       path.join(home, 'logs', 'temporal.log'),
     );
     processes.push(temporal);
     persist(state);
     const minio = startProcess(
       'minio',
-      [BIN.minio, 'server', state.s3.dataDir, '--address', `127.0.0.1:${s3Port}`, '--console-address', `127.0.0.1:${consolePort}`, '--quiet'],
+      [
+        BIN.minio,
+        'server',
+        state.s3.dataDir,
+        '--address',
+        `127.0.0.1:${s3Port}`,
+        '--console-address',
+        `127.0.0.1:${consolePort}`,
+        '--quiet',
+      ],
       path.join(home, 'logs', 'minio.log'),
-      { MINIO_ROOT_USER: state.s3.accessKeyId, MINIO_ROOT_PASSWORD: state.s3.secretAccessKey, MINIO_BROWSER: 'on', MINIO_UPDATE: 'off' },
+      {
+        MINIO_ROOT_USER: state.s3.accessKeyId,
+        MINIO_ROOT_PASSWORD: state.s3.secretAccessKey,
+        MINIO_BROWSER: 'on',
+        MINIO_UPDATE: 'off',
+      },
     );
     processes.push(minio);
     persist(state);
     if (withToxiproxy) {
-      if (!fs.existsSync(BIN.toxiproxy)) throw new ComponentFailedError('toxiproxy', `binary ${BIN.toxiproxy} is missing; run 'npm run provision'`);
-      const tox = startProcess('toxiproxy', [BIN.toxiproxy, '-host', '127.0.0.1', '-port', String(toxPort)], path.join(home, 'logs', 'toxiproxy.log'));
+      if (!fs.existsSync(BIN.toxiproxy))
+        throw new ComponentFailedError('toxiproxy', `binary ${BIN.toxiproxy} is missing; run 'npm run provision'`);
+      const tox = startProcess(
+        'toxiproxy',
+        [BIN.toxiproxy, '-host', '127.0.0.1', '-port', String(toxPort)],
+        path.join(home, 'logs', 'toxiproxy.log'),
+      );
       processes.push(tox);
       persist(state);
     }
     if (opts.ownerPid) {
-      const wd = startProcess('watchdog', ['bash', path.join(REPO_ROOT, 'deploy', 'local', 'watchdog.sh'), String(opts.ownerPid), stateFile(home),
-        ...processes.map((p) => String(p.pid))], path.join(home, 'logs', 'watchdog.log'), { KYBERNATE_STAGING_ROOT: stagingRootFor(home) });
+      const wd = startProcess(
+        'watchdog',
+        [
+          'bash',
+          path.join(REPO_ROOT, 'deploy', 'local', 'watchdog.sh'),
+          String(opts.ownerPid),
+          stateFile(home),
+          ...processes.map((p) => String(p.pid)),
+        ],
+        path.join(home, 'logs', 'watchdog.log'),
+        { KYBERNATE_STAGING_ROOT: stagingRootFor(home) },
+      );
       processes.push(wd);
       persist(state);
     }
@@ -130,9 +190,16 @@ async function startFresh(home: string, opts: UpOptions, log: (msg: string) => v
     log(`minio up at ${state.s3.endpoint}, bucket ${state.s3.bucket}`);
     if (state.toxiproxy) {
       const api = state.toxiproxy.api;
-      await waitFor('toxiproxy', processes.find((p) => p.component === 'toxiproxy') ?? null, () => httpOk(`${api}/version`), 30000);
+      await waitFor(
+        'toxiproxy',
+        processes.find((p) => p.component === 'toxiproxy') ?? null,
+        () => httpOk(`${api}/version`),
+        30000,
+      );
       state.toxiproxy.routes = await createRoutes(api, state, proxied);
-      log(`toxiproxy up at ${api}${proxied.length ? `, routing ${proxied.map((l) => `${l} via ${state.toxiproxy?.routes?.[l]}`).join(', ')}` : ''}`);
+      log(
+        `toxiproxy up at ${api}${proxied.length ? `, routing ${proxied.map((l) => `${l} via ${state.toxiproxy?.routes?.[l]}`).join(', ')}` : ''}`,
+      );
     }
     persist(state);
     return state;
@@ -143,15 +210,25 @@ async function startFresh(home: string, opts: UpOptions, log: (msg: string) => v
 }
 
 /** The proxies named after the links they carry, on free ports; returns where workers reach each link. */
-async function createRoutes(api: string, state: StackState, links: ProxiedLink[]): Promise<{ s3?: string; temporal?: string }> {
+async function createRoutes(
+  api: string,
+  state: StackState,
+  links: ProxiedLink[],
+): Promise<{ s3?: string; temporal?: string }> {
   const routes: { s3?: string; temporal?: string } = {};
   for (const link of links) {
     const upstream = link === 's3' ? new URL(state.s3.endpoint).host : state.temporal.address;
     const res = await fetch(`${api}/proxies`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(5000),
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      signal: AbortSignal.timeout(5000),
       body: JSON.stringify({ name: link, listen: '127.0.0.1:0', upstream, enabled: true }),
     });
-    if (!res.ok) throw new ComponentFailedError('toxiproxy', `could not create proxy '${link}': ${res.status} ${await res.text()}`);
+    if (!res.ok)
+      throw new ComponentFailedError(
+        'toxiproxy',
+        `could not create proxy '${link}': ${res.status} ${await res.text()}`,
+      );
     const listen = ((await res.json()) as { listen: string }).listen;
     routes[link] = link === 's3' ? `http://${listen}` : listen;
   }
@@ -166,15 +243,20 @@ export async function createBucket(state: StackState): Promise<void> {
     credentials: { accessKeyId: state.s3.accessKeyId, secretAccessKey: state.s3.secretAccessKey },
   });
   try {
-    await waitFor('minio-bucket', null, async () => {
-      try {
-        await s3.send(new CreateBucketCommand({ Bucket: state.s3.bucket }));
-      } catch (e) {
-        const name = (e as Error).name;
-        if (name !== 'BucketAlreadyOwnedByYou' && name !== 'BucketAlreadyExists') throw e;
-      }
-      return true;
-    }, 30000);
+    await waitFor(
+      'minio-bucket',
+      null,
+      async () => {
+        try {
+          await s3.send(new CreateBucketCommand({ Bucket: state.s3.bucket }));
+        } catch (e) {
+          const name = (e as Error).name;
+          if (name !== 'BucketAlreadyOwnedByYou' && name !== 'BucketAlreadyExists') throw e;
+        }
+        return true;
+      },
+      30000,
+    );
   } finally {
     s3.destroy();
   }
@@ -188,7 +270,9 @@ export async function down(opts: { home?: string; log?: (msg: string) => void } 
   if (!state) return;
   // Workers before the services they use, Temporal last; the watchdog after everything, so that a `down`
   // cut short (a crashing test run) still leaves it to finish the job.
-  const order = [...state.processes].reverse().sort((a, b) => Number(a.component === 'watchdog') - Number(b.component === 'watchdog'));
+  const order = [...state.processes]
+    .reverse()
+    .sort((a, b) => Number(a.component === 'watchdog') - Number(b.component === 'watchdog'));
   for (const p of order) {
     // A component stopped on purpose (stopComponent) may have left its pid to another process since.
     if (!recordAlive(p)) continue;
@@ -203,6 +287,14 @@ export async function down(opts: { home?: string; log?: (msg: string) => void } 
   }
 }
 
-export { parseDownMs, parseStackComponent, restartComponent, type StackComponent, startComponent, stopComponent, type StopOptions } from './components';
+export {
+  parseDownMs,
+  parseStackComponent,
+  restartComponent,
+  type StackComponent,
+  startComponent,
+  stopComponent,
+  type StopOptions,
+} from './components';
 export { findWorkloadProcesses, killWorkloads, noteNodeDir } from './workloads';
 export { freePort } from './ports';

@@ -12,7 +12,10 @@ import { CACHE_DIR, REPO_ROOT } from './paths';
 export const STANDIN_SRC = path.join(REPO_ROOT, 'deploy', 'native', 'standin-cuda');
 
 export function standinCudaDir(): string {
-  const files = fs.readdirSync(STANDIN_SRC).filter((f) => f.endsWith('.c') || f.endsWith('.h') || f === 'build.sh').sort();
+  const files = fs
+    .readdirSync(STANDIN_SRC)
+    .filter((f) => f.endsWith('.c') || f.endsWith('.h') || f === 'build.sh')
+    .sort();
   const h = createHash('sha256');
   for (const f of files) h.update(fs.readFileSync(path.join(STANDIN_SRC, f)));
   return path.join(CACHE_DIR, `standin-cuda-${h.digest('hex').slice(0, 12)}`);
@@ -22,7 +25,9 @@ export function standinCudaDir(): string {
 export function ensureStandinCuda(): string {
   const dir = standinCudaDir();
   if (!fs.existsSync(path.join(dir, 'libcuda.so.1')) || !fs.existsSync(path.join(dir, 'libnvidia-ml.so.1'))) {
-    execFileSync('bash', [path.join(REPO_ROOT, 'deploy', 'local', 'provision.sh'), 'standin-cuda'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync('bash', [path.join(REPO_ROOT, 'deploy', 'local', 'provision.sh'), 'standin-cuda'], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
   }
   if (!fs.existsSync(path.join(dir, 'libcuda.so.1'))) throw new Error(`provision.sh standin-cuda did not build ${dir}`);
   return dir;
@@ -32,7 +37,10 @@ export function ensureStandinCuda(): string {
  * The environment an agent (and, through LD_LIBRARY_PATH, the workloads it starts) needs to use the stand-in
  * as its driver: `deviceDir` is that node's stand-in device (its device-memory files and standin.conf).
  */
-export function standinAgentEnv(deviceDir: string, extra: { totalBytes?: number; faults?: string } = {}): Record<string, string> {
+export function standinAgentEnv(
+  deviceDir: string,
+  extra: { totalBytes?: number; faults?: string } = {},
+): Record<string, string> {
   fs.mkdirSync(deviceDir, { recursive: true });
   const env: Record<string, string> = {
     LD_LIBRARY_PATH: [ensureStandinCuda(), process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),

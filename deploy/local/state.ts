@@ -27,7 +27,15 @@ export interface StackState {
   home: string;
   startedAt: string;
   temporal: { address: string; uiUrl: string; namespace: string; dbFile: string };
-  s3: { endpoint: string; consoleUrl: string; region: string; accessKeyId: string; secretAccessKey: string; bucket: string; dataDir: string };
+  s3: {
+    endpoint: string;
+    consoleUrl: string;
+    region: string;
+    accessKeyId: string;
+    secretAccessKey: string;
+    bucket: string;
+    dataDir: string;
+  };
   toxiproxy: {
     api: string;
     /** Proxies to put back when toxiproxy is restarted (saved from its API when it is stopped). */
@@ -80,7 +88,8 @@ export function updateState(home: string, fn: (state: StackState) => void): Stac
         /* being created or removed right now */
       }
       if (Number.isInteger(owner) && owner > 0 && !isAlive(owner)) fs.rmSync(lock, { recursive: true, force: true });
-      else if (Date.now() > deadline) throw new Error(`stack state ${stateFile(home)} stays locked by pid ${owner}`, { cause: e });
+      else if (Date.now() > deadline)
+        throw new Error(`stack state ${stateFile(home)} stays locked by pid ${owner}`, { cause: e });
       else Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
     }
   }
@@ -105,7 +114,7 @@ export function readStackState(home = defaultStackHome()): StackState | null {
 
 /** How to reach the stack directly; with routed: through the proxies `up` routed workers through. */
 export function configFromStack(state: StackState, routed = false): KybernateConfig {
-  const routes = routed ? state.toxiproxy?.routes ?? {} : {};
+  const routes = routed ? (state.toxiproxy?.routes ?? {}) : {};
   return {
     temporalAddress: routes.temporal ?? state.temporal.address,
     namespace: state.temporal.namespace,
@@ -130,4 +139,3 @@ export function registerProcess(rec: ProcessRecord, home = defaultStackHome()): 
   });
   if (!state) throw new Error(`no stack state in ${home}; run 'kybernate up' first`);
 }
-

@@ -5,7 +5,11 @@ import { processIdentity } from '../../activities/node/process';
 import type { ProcessRecord } from './state';
 
 export class ComponentFailedError extends Error {
-  constructor(readonly component: string, message: string, readonly logFile?: string) {
+  constructor(
+    readonly component: string,
+    message: string,
+    readonly logFile?: string,
+  ) {
     super(`${component} did not come up: ${message}${logFile ? ` (log: ${logFile})` : ''}`);
   }
 }
@@ -23,7 +27,13 @@ export function isAlive(pid: number): boolean {
  * Starts a component in its own process group (so `down` can kill it and everything it forked) with its
  * output in a log file.
  */
-export function startProcess(component: string, command: string[], logFile: string, env: Record<string, string> = {}, cwd?: string): ProcessRecord {
+export function startProcess(
+  component: string,
+  command: string[],
+  logFile: string,
+  env: Record<string, string> = {},
+  cwd?: string,
+): ProcessRecord {
   fs.mkdirSync(path.dirname(logFile), { recursive: true });
   const fd = fs.openSync(logFile, 'a');
   const child = spawn(command[0], command.slice(1), {
@@ -36,7 +46,15 @@ export function startProcess(component: string, command: string[], logFile: stri
   child.unref();
   if (child.pid === undefined) throw new ComponentFailedError(component, `could not spawn ${command[0]}`, logFile);
   const startTime = processIdentity(child.pid)?.startTime;
-  return { component, pid: child.pid, startTime, log: logFile, command, ...(Object.keys(env).length ? { env: { ...env } } : {}), ...(cwd ? { cwd } : {}) };
+  return {
+    component,
+    pid: child.pid,
+    startTime,
+    log: logFile,
+    command,
+    ...(Object.keys(env).length ? { env: { ...env } } : {}),
+    ...(cwd ? { cwd } : {}),
+  };
 }
 
 /** The recorded process is still running (and is that very process, where its start time was recorded). */
@@ -45,7 +63,12 @@ export function recordAlive(rec: Pick<ProcessRecord, 'pid' | 'startTime'>): bool
   return processIdentity(rec.pid)?.startTime === rec.startTime;
 }
 
-export async function waitFor(component: string, rec: ProcessRecord | null, probe: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+export async function waitFor(
+  component: string,
+  rec: ProcessRecord | null,
+  probe: () => Promise<boolean>,
+  timeoutMs: number,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError = 'no answer yet';
   while (Date.now() < deadline) {
@@ -83,4 +106,3 @@ export async function killGroup(pid: number, graceMs = 5000): Promise<void> {
   signal('SIGKILL');
   while (isAlive(pid)) await new Promise((r) => setTimeout(r, 50));
 }
-

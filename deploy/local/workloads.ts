@@ -16,7 +16,9 @@ export function noteNodeDir(home: string, dataDir: string): void {
 }
 
 export function knownNodeDirs(home: string): string[] {
-  const listed = fs.existsSync(nodeDirsFile(home)) ? fs.readFileSync(nodeDirsFile(home), 'utf8').split('\n').filter(Boolean) : [];
+  const listed = fs.existsSync(nodeDirsFile(home))
+    ? fs.readFileSync(nodeDirsFile(home), 'utf8').split('\n').filter(Boolean)
+    : [];
   const nodes = path.join(home, 'nodes');
   const local = fs.existsSync(nodes) ? fs.readdirSync(nodes).map((n) => path.join(nodes, n)) : [];
   return [...new Set([...listed, ...local].map((d) => path.resolve(d)))];
@@ -70,7 +72,8 @@ export async function killWorkloads(home: string, log: (msg: string) => void = (
   for (;;) {
     const procs = findWorkloadProcesses(home);
     if (procs.length === 0) break;
-    if (Date.now() > deadline) throw new Error(`workload processes still running after SIGKILL: ${procs.map((p) => p.pid).join(', ')}`);
+    if (Date.now() > deadline)
+      throw new Error(`workload processes still running after SIGKILL: ${procs.map((p) => p.pid).join(', ')}`);
     for (const p of procs) {
       try {
         process.kill(p.pid, 'SIGKILL');

@@ -82,16 +82,26 @@ describe('checkpoint, end to end on the real stack', () => {
     const env = { ...process.env, KYBERNATE_HOME: stack().home };
     const cli = path.resolve(__dirname, '../../dist/clients/cli.js');
     await until('visibility', async () => (await k.listCheckpoints({ job: 'happy', tier: 's3' })).length === 1, 20000);
-    expect(execFileSync(process.execPath, [cli, 'checkpoints', '--job', 'happy'], { env, encoding: 'utf8' })).toMatch(/happy-1 .*Durable .*tier s3/);
-    expect(JSON.parse(execFileSync(process.execPath, [cli, 'describe', 'happy-1'], { env, encoding: 'utf8' })).phase).toBe('Durable');
+    expect(execFileSync(process.execPath, [cli, 'checkpoints', '--job', 'happy'], { env, encoding: 'utf8' })).toMatch(
+      /happy-1 .*Durable .*tier s3/,
+    );
+    expect(
+      JSON.parse(execFileSync(process.execPath, [cli, 'describe', 'happy-1'], { env, encoding: 'utf8' })).phase,
+    ).toBe('Durable');
     await recordHistory('checkpoint-durable', k.client.workflow.getHandle(checkpointWorkflowId('happy-1')));
   });
 
   test('invalid input is rejected, naming the field, before any work starts', async () => {
-    await expect(k.startCheckpoint({ target: 'happy', node: 'no-such-node' })).rejects.toThrow(/node: unknown node 'no-such-node'/);
+    await expect(k.startCheckpoint({ target: 'happy', node: 'no-such-node' })).rejects.toThrow(
+      /node: unknown node 'no-such-node'/,
+    );
     await expect(k.startCheckpoint({ target: '../etc', node: 'e2e-a' })).rejects.toThrow(InvalidInputError);
-    await expect(k.startCheckpoint({ target: 'job', node: 'a/b' })).rejects.toThrow(/node: must not contain a path separator/);
-    await expect(k.startCheckpoint({ target: 'job', node: 'e2e-a', checkpointId: 'x y' })).rejects.toThrow(/checkpointId:/);
+    await expect(k.startCheckpoint({ target: 'job', node: 'a/b' })).rejects.toThrow(
+      /node: must not contain a path separator/,
+    );
+    await expect(k.startCheckpoint({ target: 'job', node: 'e2e-a', checkpointId: 'x y' })).rejects.toThrow(
+      /checkpointId:/,
+    );
     // A pid that does not exist on the node: the workflow fails in Pending, before any lock or dump.
     const { request } = await k.startCheckpoint({ target: '3999999', node: 'e2e-a', checkpointId: 'nopid-1' });
     const err = await k.checkpointResult(request.checkpointId).catch((e: unknown) => e);
@@ -101,9 +111,15 @@ describe('checkpoint, end to end on the real stack', () => {
     // The CLI exits 2 with the field named.
     let out = '';
     try {
-      execFileSync(process.execPath, [path.resolve(__dirname, '../../dist/clients/cli.js'), 'checkpoint', 'job', '--node', 'bad/node'], {
-        env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8', stdio: 'pipe',
-      });
+      execFileSync(
+        process.execPath,
+        [path.resolve(__dirname, '../../dist/clients/cli.js'), 'checkpoint', 'job', '--node', 'bad/node'],
+        {
+          env: { ...process.env, KYBERNATE_HOME: stack().home },
+          encoding: 'utf8',
+          stdio: 'pipe',
+        },
+      );
     } catch (e) {
       out = String((e as { stderr: string }).stderr);
       expect((e as { status: number }).status).toBe(2);
@@ -116,15 +132,30 @@ describe('checkpoint, end to end on the real stack', () => {
     const marker = path.join(home, 'criu-post-dump.marker');
     const script = path.join(home, 'criu-hold.sh');
     // A CRIU action script holds the dump open (process frozen, images written) long enough to kill the agent.
-    fs.writeFileSync(script, `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then touch ${marker}; sleep 25; fi\nexit 0\n`, { mode: 0o755 });
+    fs.writeFileSync(
+      script,
+      `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then touch ${marker}; sleep 25; fi\nexit 0\n`,
+      { mode: 0o755 },
+    );
     const a = await agent('e2e-crash', { env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
     const w = await workload('e2e-crash', 'crash', 64);
-    const { request } = await k.startCheckpoint({ target: 'crash', node: 'e2e-crash', checkpointId: 'crash-1', leaveRunning: true, reason: 'preemption' });
+    const { request } = await k.startCheckpoint({
+      target: 'crash',
+      node: 'e2e-crash',
+      checkpointId: 'crash-1',
+      leaveRunning: true,
+      reason: 'preemption',
+    });
     await until('CRIU inside the dump', () => fs.existsSync(marker), 30000);
     expect((await status('crash-1')).phase).toBe('DumpingProcess');
     a.kill9();
     // The heartbeat timeout is not taken as a verdict: the workflow waits for the agent to answer.
-    await until('asking the node', async () => (await status('crash-1')).history.some((h) => h.detail.includes('asking e2e-crash')), 40000, 500);
+    await until(
+      'asking the node',
+      async () => (await status('crash-1')).history.some((h) => h.detail.includes('asking e2e-crash')),
+      40000,
+      500,
+    );
     expect((await status('crash-1')).phase).toBe('DumpingProcess');
     expect(alive(w.pid)).toBe(true);
     await a.restart();
@@ -147,17 +178,32 @@ describe('checkpoint, end to end on the real stack', () => {
     const home = stack().home;
     const marker = path.join(home, 'criu-post-dump-stop.marker');
     const script = path.join(home, 'criu-hold-stop.sh');
-    fs.writeFileSync(script, `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then touch ${marker}; sleep 15; fi\nexit 0\n`, { mode: 0o755 });
+    fs.writeFileSync(
+      script,
+      `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then touch ${marker}; sleep 15; fi\nexit 0\n`,
+      { mode: 0o755 },
+    );
     const a = await agent('e2e-crash-stop', { env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
     const w = await workload('e2e-crash-stop', 'crashstop', 64);
-    const { request } = await k.startCheckpoint({ target: 'crashstop', node: 'e2e-crash-stop', checkpointId: 'crashstop-1' });
+    const { request } = await k.startCheckpoint({
+      target: 'crashstop',
+      node: 'e2e-crash-stop',
+      checkpointId: 'crashstop-1',
+    });
     await until('CRIU inside the dump', () => fs.existsSync(marker), 30000);
     a.kill9();
-    await until('asking the node', async () => (await status('crashstop-1')).history.some((h) => h.detail.includes('asking e2e-crash-stop')), 40000, 500);
+    await until(
+      'asking the node',
+      async () => (await status('crashstop-1')).history.some((h) => h.detail.includes('asking e2e-crash-stop')),
+      40000,
+      500,
+    );
     await a.restart();
     const s = await k.checkpointResult(request.checkpointId);
     expect(s.phase).toBe('Durable');
-    expect(s.history.find((h) => h.phase === 'DumpingProcess' && h.outcome === 'ok')?.detail).toMatch(/CRIU finished the images while the agent was lost; output files copied now/);
+    expect(s.history.find((h) => h.phase === 'DumpingProcess' && h.outcome === 'ok')?.detail).toMatch(
+      /CRIU finished the images while the agent was lost; output files copied now/,
+    );
     expect(alive(w.pid)).toBe(false); // stopped by the dump it asked for, and held in the checkpoint
     expect(s.history.some((h) => h.detail.includes('killed'))).toBe(false);
     await verifyInS3('crashstop-1');
@@ -180,22 +226,45 @@ describe('checkpoint, end to end on the real stack', () => {
     const big = path.join(stack().home, 'seal-big.bin');
     fs.writeFileSync(big, '');
     fs.truncateSync(big, 1536 << 20);
-    const info = await k.runWorkload({ node: 'e2e-seal', jobId: 'seal', command: ['/bin/sh', '-c', `exec 3>>${big}; exec ${PYTHON} ${PATTERN} 256 seal`] });
+    const info = await k.runWorkload({
+      node: 'e2e-seal',
+      jobId: 'seal',
+      command: ['/bin/sh', '-c', `exec 3>>${big}; exec ${PYTHON} ${PATTERN} 256 seal`],
+    });
     await until('seal ticking', () => lastTick(info.logFile) >= 2, 60000);
-    const { request } = await k.startCheckpoint({ target: 'seal', node: 'e2e-seal', checkpointId: 'seal-1', leaveRunning: true });
+    const { request } = await k.startCheckpoint({
+      target: 'seal',
+      node: 'e2e-seal',
+      checkpointId: 'seal-1',
+      leaveRunning: true,
+    });
     // The moment: the agent's own journal says the seal has started (it hashes for seconds from there).
     const journal = path.join(a.dataDir, 'journal', 'checkpoint', 'seal-1.jsonl');
-    await until('seal started on the node', () => fs.existsSync(journal) && fs.readFileSync(journal, 'utf8').includes('"step":"seal","state":"started"'), 120000, 20);
+    await until(
+      'seal started on the node',
+      () => fs.existsSync(journal) && fs.readFileSync(journal, 'utf8').includes('"step":"seal","state":"started"'),
+      120000,
+      20,
+    );
     expect((await status('seal-1')).phase).toBe('Sealing');
     a.kill9();
-    await until('asking the node', async () => (await status('seal-1')).history.some((h) => h.detail.includes('asking e2e-seal')), 40000, 500);
+    await until(
+      'asking the node',
+      async () => (await status('seal-1')).history.some((h) => h.detail.includes('asking e2e-seal')),
+      40000,
+      500,
+    );
     expect(alive(info.pid)).toBe(true);
     await a.restart();
     const s = await k.checkpointResult(request.checkpointId);
     expect(s.phase).toBe('Durable');
     expect(s.tier).toBe('s3');
-    expect(s.history.map((h) => `${h.phase}:${h.outcome}`)).toEqual(expect.arrayContaining(['Sealing:failed', 'Sealing:skipped', 'Sealing:ok']));
-    expect(s.history.find((h) => h.phase === 'Sealing' && h.outcome === 'skipped')?.detail).toBe('seal was cut off on e2e-seal: running it again');
+    expect(s.history.map((h) => `${h.phase}:${h.outcome}`)).toEqual(
+      expect.arrayContaining(['Sealing:failed', 'Sealing:skipped', 'Sealing:ok']),
+    );
+    expect(s.history.find((h) => h.phase === 'Sealing' && h.outcome === 'skipped')?.detail).toBe(
+      'seal was cut off on e2e-seal: running it again',
+    );
     expect(s.history.some((h) => h.detail.includes('killed'))).toBe(false);
     expect(alive(info.pid)).toBe(true);
     await verifyInS3('seal-1');
@@ -209,13 +278,22 @@ describe('checkpoint, end to end on the real stack', () => {
       return fs.existsSync(f) && fs.readFileSync(f, 'utf8').includes(`"step":"${step}","state":"started"`);
     };
 
-    async function outage(node: string, id: string, step: string, opts: { holdCriu?: boolean; bigFileMiB?: number }): Promise<CheckpointStatus> {
+    async function outage(
+      node: string,
+      id: string,
+      step: string,
+      opts: { holdCriu?: boolean; bigFileMiB?: number },
+    ): Promise<CheckpointStatus> {
       const home = stack().home;
       const env: Record<string, string> = {};
       if (opts.holdCriu) {
         // CRIU holds the dump open long enough for Temporal to go down in the middle of it.
         const script = path.join(home, `criu-hold-${node}.sh`);
-        fs.writeFileSync(script, '#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then sleep 10; fi\nexit 0\n', { mode: 0o755 });
+        fs.writeFileSync(
+          script,
+          '#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then sleep 10; fi\nexit 0\n',
+          { mode: 0o755 },
+        );
         env.KYBERNATE_CRIU_ACTION_SCRIPT = script;
       }
       const a = await agent(node, { env });
@@ -312,11 +390,20 @@ describe('checkpoint, end to end on the real stack', () => {
     await agent('e2e-cut', { env: { KYBERNATE_S3_ENDPOINT: `http://${listen}` } });
     await workload('e2e-cut', 'cut', 64);
     await tox.setEnabled('s3-cut', false);
-    const { request } = await k.startCheckpoint({ target: 'cut', node: 'e2e-cut', checkpointId: 'cut-1', uploadMaxAttempts: 2 });
+    const { request } = await k.startCheckpoint({
+      target: 'cut',
+      node: 'e2e-cut',
+      checkpointId: 'cut-1',
+      uploadMaxAttempts: 2,
+    });
     await until('PendingUpload', async () => (await status('cut-1')).phase === 'PendingUpload', 60000, 500);
     expect((await status('cut-1')).tier).toBe('nvme');
     expect((await status('cut-1')).history.some((h) => h.detail.startsWith('synced to disk (tier nvme)'))).toBe(true);
-    await until('listed on tier nvme', async () => (await k.listCheckpoints({ tier: 'nvme', job: 'cut' })).length === 1, 20000);
+    await until(
+      'listed on tier nvme',
+      async () => (await k.listCheckpoints({ tier: 'nvme', job: 'cut' })).length === 1,
+      20000,
+    );
     expect(await s3Keys('checkpoints/cut-1/metadata.json')).toEqual([]);
     await tox.setEnabled('s3-cut', true); // nobody acts after this
     const s = await k.checkpointResult(request.checkpointId);
@@ -339,17 +426,31 @@ describe('checkpoint, end to end on the real stack', () => {
     const partsDone = async (): Promise<number> => {
       // MinIO lists multipart uploads by exact key: the workload's memory pages image (pages-1.img is its
       // init's, tini's, a few KiB: CRIU numbers them in dump order, root first).
-      const ups = await c.send(new ListMultipartUploadsCommand({ Bucket: stack().s3.bucket, Prefix: 'checkpoints/resume-1/images/pages-2.img' }));
+      const ups = await c.send(
+        new ListMultipartUploadsCommand({
+          Bucket: stack().s3.bucket,
+          Prefix: 'checkpoints/resume-1/images/pages-2.img',
+        }),
+      );
       let n = 0;
-      for (const u of ups.Uploads ?? []) n += ((await c.send(new ListPartsCommand({ Bucket: stack().s3.bucket, Key: u.Key, UploadId: u.UploadId }))).Parts ?? []).length;
+      for (const u of ups.Uploads ?? [])
+        n += (
+          (await c.send(new ListPartsCommand({ Bucket: stack().s3.bucket, Key: u.Key, UploadId: u.UploadId }))).Parts ??
+          []
+        ).length;
       return n;
     };
     const done = await until('some parts uploaded', async () => (await partsDone()) || null, 120000, 100);
     // What `kybernate checkpoint` shows while it waits: the upload's bytes so far, from its heartbeat details.
-    const live = await until('the upload reports its bytes', async () => {
-      const b = await pendingActivityBytes(k.client.workflow.getHandle(checkpointWorkflowId('resume-1')));
-      return b && b.done > 0 ? b : null;
-    }, 60000, 200);
+    const live = await until(
+      'the upload reports its bytes',
+      async () => {
+        const b = await pendingActivityBytes(k.client.workflow.getHandle(checkpointWorkflowId('resume-1')));
+        return b && b.done > 0 ? b : null;
+      },
+      60000,
+      200,
+    );
     expect(live.done).toBeLessThan(live.total);
     expect(live.total).toBeGreaterThanOrEqual(256 * 2 ** 20);
     a.kill9();
@@ -360,7 +461,9 @@ describe('checkpoint, end to end on the real stack', () => {
     expect(s.phase).toBe('Durable');
     expect(done).toBeGreaterThan(0);
     expect(s.upload!.partsResumed).toBeGreaterThanOrEqual(done);
-    expect(s.history.some((h) => h.phase === 'Uploading' && h.detail.includes(`${s.upload!.partsResumed} resumed`))).toBe(true);
+    expect(
+      s.history.some((h) => h.phase === 'Uploading' && h.detail.includes(`${s.upload!.partsResumed} resumed`)),
+    ).toBe(true);
     await verifyInS3('resume-1');
     await recordHistory('checkpoint-upload-resumed', k.client.workflow.getHandle(checkpointWorkflowId('resume-1')));
     await tox.remove('s3-slow');

@@ -14,11 +14,20 @@ import { Agent, client, lastTick, PATTERN, PYTHON, stack, until } from '../suppo
 /** The CLI, run as an operator runs it, against the test stack. */
 const CLI = path.resolve(__dirname, '../../dist/clients/cli.js');
 
-interface CliResult { status: number | null; stdout: string; stderr: string; ms: number }
+interface CliResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
 
 function cli(args: string[], env: Record<string, string> = {}, timeoutMs = 90000): CliResult {
   const t0 = Date.now();
-  const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: stack().home, ...env }, encoding: 'utf8', timeout: timeoutMs });
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    env: { ...process.env, KYBERNATE_HOME: stack().home, ...env },
+    encoding: 'utf8',
+    timeout: timeoutMs,
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - t0 };
 }
 
@@ -32,10 +41,16 @@ const FAILED = 'cli-failed';
 const DURABLE = 'cli-durable';
 
 async function workflowExists(workflowId: string): Promise<boolean> {
-  return k.client.workflow.getHandle(workflowId).describe().then(() => true, (e: unknown) => {
-    if (e instanceof WorkflowNotFoundError) return false;
-    throw e;
-  });
+  return k.client.workflow
+    .getHandle(workflowId)
+    .describe()
+    .then(
+      () => true,
+      (e: unknown) => {
+        if (e instanceof WorkflowNotFoundError) return false;
+        throw e;
+      },
+    );
 }
 
 beforeAll(async () => {
@@ -102,12 +117,15 @@ describe('the CLI tells the truth', () => {
 
     const list = cli(['checkpoints', '--job', 'pid-3999999', '--json']);
     expect(list.status).toBe(0);
-    const rows = (JSON.parse(list.stdout) as { checkpoints: { checkpointId: string; sizeBytes?: number | null }[] }).checkpoints;
+    const rows = (JSON.parse(list.stdout) as { checkpoints: { checkpointId: string; sizeBytes?: number | null }[] })
+      .checkpoints;
     expect(rows.find((r) => r.checkpointId === FAILED)).toMatchObject({ checkpointId: FAILED, sizeBytes: null });
 
     const n = cli(['nodes', NODE, '--json'], {}, 60000);
     expect(n.status).toBe(0);
-    expect((JSON.parse(n.stdout) as { nodes: { node: string; lastSeen: string | null }[] }).nodes).toEqual([expect.objectContaining({ node: NODE })]);
+    expect((JSON.parse(n.stdout) as { nodes: { node: string; lastSeen: string | null }[] }).nodes).toEqual([
+      expect.objectContaining({ node: NODE }),
+    ]);
 
     // A restore that cannot start fails its workflow: without a status in the failure, an error document on
     // stderr; with one (workflows that carry their status in the failure), the status on stdout. Exit 1 either way.
@@ -151,12 +169,24 @@ describe('the CLI tells the truth', () => {
 
   test('a crafted workflow input fails at once in one line naming the field, before any activity', async () => {
     const h = await k.client.workflow.start('checkpoint', {
-      workflowId: checkpointWorkflowId('cli-crafted'), taskQueue: CONTROL_QUEUE,
-      args: [{ checkpointId: 'cli-crafted', jobId: 'cli-job', node: NODE, leaveRunning: false, reason: 'manual', vramBytes: 1e30 }],
+      workflowId: checkpointWorkflowId('cli-crafted'),
+      taskQueue: CONTROL_QUEUE,
+      args: [
+        {
+          checkpointId: 'cli-crafted',
+          jobId: 'cli-job',
+          node: NODE,
+          leaveRunning: false,
+          reason: 'manual',
+          vramBytes: 1e30,
+        },
+      ],
     });
     const err = await h.result().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
-    expect((err as WorkflowFailedError).cause?.message).toMatch(/^invalid checkpoint request: vramBytes: must be at most 17592186044416 bytes \(16 TiB\) \(got 1e\+30\)$/);
+    expect((err as WorkflowFailedError).cause?.message).toMatch(
+      /^invalid checkpoint request: vramBytes: must be at most 17592186044416 bytes \(16 TiB\) \(got 1e\+30\)$/,
+    );
     const events = (await h.fetchHistory()).events ?? [];
     expect(events.some((e) => e.activityTaskScheduledEventAttributes)).toBe(false);
     // describe shows the same line for it, from the workflow's record.
@@ -164,7 +194,9 @@ describe('the CLI tells the truth', () => {
     expect(r.status).toBe(0);
     const rec = JSON.parse(r.stdout) as CheckpointRecord;
     expect(rec.phase).toBe('Failed');
-    expect(rec.failureReason).toMatch(/^workflow failed: InvalidInput: invalid checkpoint request: vramBytes: must be at most/);
+    expect(rec.failureReason).toMatch(
+      /^workflow failed: InvalidInput: invalid checkpoint request: vramBytes: must be at most/,
+    );
     const r2 = cli(['restore', 'cli-x', '--placement-deadline', '2m', '--node', 'bad/node']);
     expect(r2.stderr).toMatch(/^error: node: must not contain a path separator/m);
     expect(r2.status).toBe(2);
@@ -191,9 +223,14 @@ describe('the CLI tells the truth', () => {
     expect(help.status).toBe(0);
   });
 
-  test('control characters in echoed input are escaped, in our messages and commander\'s', () => {
+  test("control characters in echoed input are escaped, in our messages and commander's", () => {
     const evil = 'x\u001b[31m\nerror: forged\u009b2J';
-    for (const r of [cli(['describe', evil]), cli(['checkpoint', evil, '--node', NODE]), cli(['checkpoints', `--${evil}`]), cli(['restore', 'c', '--placement-deadline', evil])]) {
+    for (const r of [
+      cli(['describe', evil]),
+      cli(['checkpoint', evil, '--node', NODE]),
+      cli(['checkpoints', `--${evil}`]),
+      cli(['restore', 'c', '--placement-deadline', evil]),
+    ]) {
       expect(r.status).toBe(2);
       expect(r.stderr).toContain('x\\x1b[31m\\nerror: forged\\x9b2J');
       expect(r.stderr).not.toMatch(RAW_CONTROL);
@@ -215,7 +252,11 @@ describe('the CLI tells the truth', () => {
     await until('cli-job ticking', () => lastTick(info.logFile) >= 2, 30000);
     const { request } = await k.startCheckpoint({ target: 'cli-job', node: NODE, checkpointId: DURABLE });
     expect((await k.checkpointResult(request.checkpointId)).phase).toBe('Durable');
-    await until('visibility', async () => (await k.listCheckpoints({ job: 'cli-job' })).some((c) => c.phase === 'Durable'), 20000);
+    await until(
+      'visibility',
+      async () => (await k.listCheckpoints({ job: 'cli-job' })).some((c) => c.phase === 'Durable'),
+      20000,
+    );
 
     const s = stack();
     const worker = s.processes.find((p) => p.component === 'control-worker');
@@ -251,11 +292,15 @@ describe('the CLI tells the truth', () => {
       const port = await freePort();
       const noS3 = cli(['describe', DURABLE], { KYBERNATE_S3_ENDPOINT: `http://127.0.0.1:${port}` }, 60000);
       expect(noS3.status).toBe(0);
-      expect((JSON.parse(noS3.stdout) as CheckpointRecord).s3MetadataJson).toMatch(new RegExp(`^unreachable \\(http://127.0.0.1:${port}\\)`));
+      expect((JSON.parse(noS3.stdout) as CheckpointRecord).s3MetadataJson).toMatch(
+        new RegExp(`^unreachable \\(http://127.0.0.1:${port}\\)`),
+      );
 
       // A node's inventory lives in its registry workflow: only the worker can answer, so say it is down.
       const nodes = cli(['nodes', NODE], {}, 60000);
-      expect(nodes.stderr).toMatch(/^error: control worker is not answering \(task queue kybernate-control\): no answer to a query of node\/cli-a within 10s/m);
+      expect(nodes.stderr).toMatch(
+        /^error: control worker is not answering \(task queue kybernate-control\): no answer to a query of node\/cli-a within 10s/m,
+      );
       expect(nodes.status).toBe(1);
       expect(nodes.ms).toBeLessThan(40000);
     } finally {
@@ -263,11 +308,16 @@ describe('the CLI tells the truth', () => {
     }
     // Back: the live answer again (the first queries may still go unanswered while the new worker warms up and
     // the server gives up on the dead worker's sticky queue).
-    const live = await until('a live answer from the restarted worker', () => {
-      const r = cli(['describe', DURABLE]);
-      const body = r.status === 0 ? (JSON.parse(r.stdout) as Partial<CheckpointRecord>) : null;
-      return body && body.answeredBy === undefined ? body : null;
-    }, 90000, 1000);
+    const live = await until(
+      'a live answer from the restarted worker',
+      () => {
+        const r = cli(['describe', DURABLE]);
+        const body = r.status === 0 ? (JSON.parse(r.stdout) as Partial<CheckpointRecord>) : null;
+        return body && body.answeredBy === undefined ? body : null;
+      },
+      90000,
+      1000,
+    );
     expect(live.phase).toBe('Durable');
     expect(live.history?.length).toBeGreaterThan(0);
   });
@@ -279,9 +329,18 @@ describe('jobs: usage errors exit 2 naming the field, and start nothing', () => 
       [['run', 'cli-job-mem', '--memory', '1e30', '--', 'sleep', '1'], /^error: memory: expected a size .*got '1e30'/m],
       [['run', 'cli-job-mem0', '--memory', '0', '--', 'sleep', '1'], /^error: memory: must be more than 0 bytes/m],
       [['run', 'cli-job-cpu', '--cpu', '-1', '--', 'sleep', '1'], /^error: cpu: expected a number of cores/m],
-      [['run', 'cli-job-pids', '--pids', '99999999', '--', 'sleep', '1'], /^error: pids: must be a whole number of processes from 1 to 4194304/m],
-      [['run', 'cli-job-timeout', '--timeout', '0', '--', 'sleep', '1'], /^error: timeout: expected a duration .*got '0'/m],
-      [['run', 'cli-job-prio', '--priority', '11', '--', 'sleep', '1'], /^error: priority: must be a whole number from 0 to 10 \(got 11\)/m],
+      [
+        ['run', 'cli-job-pids', '--pids', '99999999', '--', 'sleep', '1'],
+        /^error: pids: must be a whole number of processes from 1 to 4194304/m,
+      ],
+      [
+        ['run', 'cli-job-timeout', '--timeout', '0', '--', 'sleep', '1'],
+        /^error: timeout: expected a duration .*got '0'/m,
+      ],
+      [
+        ['run', 'cli-job-prio', '--priority', '11', '--', 'sleep', '1'],
+        /^error: priority: must be a whole number from 0 to 10 \(got 11\)/m,
+      ],
       [['run', 'cli-job-keep', '--keep', '3', '--', 'sleep', '1'], /^error: keep: needs checkpoint-every/m],
       [['run', 'cli-job-empty', '--', ''], /^error: command\[0\]: the program must not be empty/m],
       [['run', 'cli-job-none'], /^error: missing required argument 'command'/m],
@@ -290,9 +349,23 @@ describe('jobs: usage errors exit 2 naming the field, and start nothing', () => 
     ];
     for (const [args, message] of cases) {
       const r = cli(args);
-      expect({ args, stderr: r.stderr, status: r.status }).toEqual({ args, stderr: expect.stringMatching(message), status: 2 });
+      expect({ args, stderr: r.stderr, status: r.status }).toEqual({
+        args,
+        stderr: expect.stringMatching(message),
+        status: 2,
+      });
     }
-    for (const id of ['cli-job-mem', 'cli-job-mem0', 'cli-job-cpu', 'cli-job-pids', 'cli-job-timeout', 'cli-job-prio', 'cli-job-keep', 'cli-job-empty', 'cli-job-none']) {
+    for (const id of [
+      'cli-job-mem',
+      'cli-job-mem0',
+      'cli-job-cpu',
+      'cli-job-pids',
+      'cli-job-timeout',
+      'cli-job-prio',
+      'cli-job-keep',
+      'cli-job-empty',
+      'cli-job-none',
+    ]) {
       expect({ id, exists: await workflowExists(jobWorkflowId(id)) }).toEqual({ id, exists: false });
     }
   });
@@ -305,9 +378,18 @@ describe('jobs: usage errors exit 2 naming the field, and start nothing', () => 
   });
 
   test('describe job, logs, preempt and release of a job that does not exist exit 2 naming it', () => {
-    for (const args of [['describe', 'job', 'cli-no-job'], ['logs', 'cli-no-job'], ['preempt', 'cli-no-job'], ['release', 'cli-no-job']]) {
+    for (const args of [
+      ['describe', 'job', 'cli-no-job'],
+      ['logs', 'cli-no-job'],
+      ['preempt', 'cli-no-job'],
+      ['release', 'cli-no-job'],
+    ]) {
       const r = cli(args);
-      expect({ args, stderr: r.stderr, status: r.status }).toEqual({ args, stderr: expect.stringMatching(/^error: job: no job 'cli-no-job'/m), status: 2 });
+      expect({ args, stderr: r.stderr, status: r.status }).toEqual({
+        args,
+        stderr: expect.stringMatching(/^error: job: no job 'cli-no-job'/m),
+        status: 2,
+      });
     }
     const kind = cli(['describe', 'jobs', 'x']);
     expect(kind.stderr).toMatch(/^error: kind: expected 'describe job <job>' or 'describe <checkpoint>'/m);
@@ -319,7 +401,12 @@ describe('jobs: usage errors exit 2 naming the field, and start nothing', () => 
 
   test('apply: a YAML syntax error exits 2 before any job is started', async () => {
     const file = path.join(stack().home, 'cli-jobs-broken.yaml');
-    fs.writeFileSync(file, ['jobs:', '  - name: cli-apply-syntax', `    command: [sleep, "1"]`, `    node: ${NODE}`, '  - name: [oops'].join('\n'));
+    fs.writeFileSync(
+      file,
+      ['jobs:', '  - name: cli-apply-syntax', `    command: [sleep, "1"]`, `    node: ${NODE}`, '  - name: [oops'].join(
+        '\n',
+      ),
+    );
     const r = cli(['apply', '-f', file]);
     expect(r.stderr).toMatch(/^error: file: .*cli-jobs-broken\.yaml: not valid YAML/m);
     expect(r.status).toBe(2);
@@ -331,19 +418,22 @@ describe('jobs: usage errors exit 2 naming the field, and start nothing', () => 
 
   test('apply: one broken entry and one unknown node of three fail alone, naming why; the good one is started; exit 1', async () => {
     const file = path.join(stack().home, 'cli-jobs.yaml');
-    fs.writeFileSync(file, [
-      'jobs:',
-      '  - name: cli-apply-bad',
-      '    command: [sleep, "30"]',
-      '    memory: 1e30',
-      '  - name: cli-apply-nowhere',
-      '    command: [sleep, "30"]',
-      '    node: cli-nowhere',
-      '  - name: cli-apply-good',
-      '    command: [sleep, "30"]',
-      `    node: ${NODE}`,
-      '    memory: 64MiB',
-    ].join('\n'));
+    fs.writeFileSync(
+      file,
+      [
+        'jobs:',
+        '  - name: cli-apply-bad',
+        '    command: [sleep, "30"]',
+        '    memory: 1e30',
+        '  - name: cli-apply-nowhere',
+        '    command: [sleep, "30"]',
+        '    node: cli-nowhere',
+        '  - name: cli-apply-good',
+        '    command: [sleep, "30"]',
+        `    node: ${NODE}`,
+        '    memory: 64MiB',
+      ].join('\n'),
+    );
     const r = cli(['apply', '-f', file]);
     try {
       expect(r.stdout).toMatch(/^cli-apply-bad: failed: jobs\[0\]\.memory: must be at most 70368744177664 bytes/m);
@@ -363,7 +453,12 @@ describe('jobs: usage errors exit 2 naming the field, and start nothing', () => 
       // Cancel (the job workflow cleans up after itself), and terminate what does not end (a workflow without a worker).
       const h = k.client.workflow.getHandle(jobWorkflowId('cli-apply-good'));
       await h.cancel().catch(() => undefined);
-      const ended = await until('cli-apply-good ended', async () => (await h.describe()).status.name !== 'RUNNING', 30000, 1000).catch(() => false);
+      const ended = await until(
+        'cli-apply-good ended',
+        async () => (await h.describe()).status.name !== 'RUNNING',
+        30000,
+        1000,
+      ).catch(() => false);
       if (!ended) await h.terminate('test cleanup').catch(() => undefined);
     }
   });

@@ -38,7 +38,12 @@ const conf = (node: string, text: string): void => {
 async function agent(node: string, standinConf: string): Promise<void> {
   conf(node, standinConf);
   agents.push(await Agent.start({ node, reportIntervalSeconds: 2, env: standinAgentEnv(deviceDir(node)) }));
-  await until(`${node} reports its stand-in GPUs`, async () => (await k.node(node)).inventory?.vramSource === 'standin', 30000, 500);
+  await until(
+    `${node} reports its stand-in GPUs`,
+    async () => (await k.node(node)).inventory?.vramSource === 'standin',
+    30000,
+    500,
+  );
 }
 
 const verifies = (logFile: string): string[] => output(logFile).filter((l) => l.startsWith('verify '));
@@ -55,7 +60,12 @@ describe('restore compatibility gate with stand-in GPUs', () => {
     expect(inv.cudaVersion).toBe(12080);
     expect(inv.cpuFlags?.length).toBeGreaterThan(0);
 
-    const w = await k.runWorkload({ node: 'gc-src', jobId: 'gc-move', command: [PYTHON, WORKLOAD, '16', '301', '0.2', '5'], env: { KYBERNATE_STANDIN_DIR: deviceDir('gc-src') } });
+    const w = await k.runWorkload({
+      node: 'gc-src',
+      jobId: 'gc-move',
+      command: [PYTHON, WORKLOAD, '16', '301', '0.2', '5'],
+      env: { KYBERNATE_STANDIN_DIR: deviceDir('gc-src') },
+    });
     pids.push(w.pid);
     await until('gc-move verified its VRAM once', () => verifies(w.logFile).length >= 1, 30000);
     // No --vram declared: the need is what NVML measured for the process tree.
@@ -64,12 +74,24 @@ describe('restore compatibility gate with stand-in GPUs', () => {
     expect(ck.phase).toBe('Durable');
     expect(ck.vramBytes).toBe(0);
     expect(ck.measuredVramBytes).toBe(16 * MiB);
-    expect(ck.compat).toMatchObject({ gpuModel: inv.gpus[0].model, gpuIndex: 0, gpuUuid: inv.gpus[0].uuid, driverVersion: '570.172.08', cudaVersion: 12080, heldVram: true });
+    expect(ck.compat).toMatchObject({
+      gpuModel: inv.gpus[0].model,
+      gpuIndex: 0,
+      gpuUuid: inv.gpus[0].uuid,
+      driverVersion: '570.172.08',
+      cudaVersion: 12080,
+      heldVram: true,
+    });
     expect(ck.compat?.cpuFlags).toEqual(inv.cpuFlags);
 
     // gc-src is busy elsewhere in this story: take it out by its VRAM (a bigger GPU 0 elsewhere is not the point).
     conf('gc-src', 'gpus=2\ntotal_bytes.0=1\ntotal_bytes.1=1\n');
-    await until('gc-src reports no free VRAM', async () => Math.max(...(await k.node('gc-src')).inventory!.gpus.map((g) => g.freeVramBytes)) <= 1, 30000, 500);
+    await until(
+      'gc-src reports no free VRAM',
+      async () => Math.max(...(await k.node('gc-src')).inventory!.gpus.map((g) => g.freeVramBytes)) <= 1,
+      30000,
+      500,
+    );
     const seen = verifies(w.logFile).length;
     const r = await k.startRestore({ checkpointId: 'gc-move-1' });
     const rs = await k.restoreResult(r.workflowId);
@@ -86,7 +108,11 @@ describe('restore compatibility gate with stand-in GPUs', () => {
     ]);
     expect(rs.attempts.map((a) => a.node)).toEqual(['gc-ok']);
     await until('the restored workload verified its VRAM', () => verifies(w.logFile).length > seen, 30000);
-    expect(verifies(w.logFile).slice(seen).every((l) => l.includes('vram_ok=True'))).toBe(true);
+    expect(
+      verifies(w.logFile)
+        .slice(seen)
+        .every((l) => l.includes('vram_ok=True')),
+    ).toBe(true);
     process.kill(rs.pid!, 'SIGKILL');
   }, 300000);
 
@@ -94,11 +120,20 @@ describe('restore compatibility gate with stand-in GPUs', () => {
     // Every node now has an older driver than the checkpoint's or another GPU model.
     conf('gc-src', 'gpus=2\ndriver_version=550.54.15\n');
     conf('gc-ok', 'gpus=2\ndriver_version=550.54.15\n');
-    await until('the old drivers are reported', async () =>
-      (await k.node('gc-src')).inventory?.driverVersion === '550.54.15' && (await k.node('gc-ok')).inventory?.driverVersion === '550.54.15', 30000, 500);
+    await until(
+      'the old drivers are reported',
+      async () =>
+        (await k.node('gc-src')).inventory?.driverVersion === '550.54.15' &&
+        (await k.node('gc-ok')).inventory?.driverVersion === '550.54.15',
+      30000,
+      500,
+    );
     const started = Date.now();
     const r = await k.startRestore({ checkpointId: 'gc-move-1' });
-    const err = await k.restoreResult(r.workflowId).then(() => null, (e: unknown) => e);
+    const err = await k.restoreResult(r.workflowId).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('NoCompatibleNode');
@@ -108,7 +143,8 @@ describe('restore compatibility gate with stand-in GPUs', () => {
       `gc-a100: GPU model '${OTHER_MODEL}', checkpoint needs 'Kybernate stand-in GPU (not a real device)'`,
       "gc-ok: driver 550.54.15 older than the checkpoint's 570.172.08",
       "gc-src: driver 550.54.15 older than the checkpoint's 570.172.08",
-    ]) expect(cause.message).toContain(reason);
+    ])
+      expect(cause.message).toContain(reason);
     expect(Date.now() - started).toBeLessThan(60000);
     const st = await k.client.workflow.getHandle(r.workflowId).query<{ attempts: unknown[]; phase: string }>('status');
     expect(st.phase).toBe('Failed');
@@ -118,7 +154,12 @@ describe('restore compatibility gate with stand-in GPUs', () => {
   test('driver 580 on the target: restored onto another GPU index, the CUDA restore passing the old -> new UUID pair, VRAM intact', async () => {
     // GPU 0 of gc-580 is too small, so its GPU 1 is the one with room: a different index than the source's 0.
     await agent('gc-580', `gpus=2\ndriver_version=580.65.06\ncuda_version=13000\ntotal_bytes.0=${MiB}\n`);
-    const w = await k.runWorkload({ node: 'gc-src', jobId: 'gc-remap', command: [PYTHON, WORKLOAD, '16', '302', '0.2', '5'], env: { KYBERNATE_STANDIN_DIR: deviceDir('gc-src') } });
+    const w = await k.runWorkload({
+      node: 'gc-src',
+      jobId: 'gc-remap',
+      command: [PYTHON, WORKLOAD, '16', '302', '0.2', '5'],
+      env: { KYBERNATE_STANDIN_DIR: deviceDir('gc-src') },
+    });
     pids.push(w.pid);
     await until('gc-remap verified its VRAM once', () => verifies(w.logFile).length >= 1, 30000);
     const { request } = await k.startCheckpoint({ target: 'gc-remap', node: 'gc-src', checkpointId: 'gc-remap-1' });

@@ -32,15 +32,37 @@ afterAll(async () => {
 
 const deviceDir = (node: string): string => path.join(stack().home, 'standin', node);
 
-async function agent(node: string, opts: { faults?: string; totalBytes?: number; env?: Record<string, string> } = {}): Promise<Agent> {
-  const a = await Agent.start({ node, reportIntervalSeconds: 2, env: { ...standinAgentEnv(deviceDir(node), { faults: opts.faults, totalBytes: opts.totalBytes }), ...opts.env } });
+async function agent(
+  node: string,
+  opts: { faults?: string; totalBytes?: number; env?: Record<string, string> } = {},
+): Promise<Agent> {
+  const a = await Agent.start({
+    node,
+    reportIntervalSeconds: 2,
+    env: { ...standinAgentEnv(deviceDir(node), { faults: opts.faults, totalBytes: opts.totalBytes }), ...opts.env },
+  });
   agents.push(a);
-  await until(`${node} reports its stand-in GPU`, async () => (await k.node(node)).inventory?.vramSource === 'standin', 30000, 500);
+  await until(
+    `${node} reports its stand-in GPU`,
+    async () => (await k.node(node)).inventory?.vramSource === 'standin',
+    30000,
+    500,
+  );
   return a;
 }
 
-async function workload(node: string, job: string, mib: number, seed: number): Promise<{ pid: number; logFile: string }> {
-  const w = await k.runWorkload({ node, jobId: job, command: [PYTHON, WORKLOAD, String(mib), String(seed), '0.2', '5'], env: { KYBERNATE_STANDIN_DIR: deviceDir(node) } });
+async function workload(
+  node: string,
+  job: string,
+  mib: number,
+  seed: number,
+): Promise<{ pid: number; logFile: string }> {
+  const w = await k.runWorkload({
+    node,
+    jobId: job,
+    command: [PYTHON, WORKLOAD, String(mib), String(seed), '0.2', '5'],
+    env: { KYBERNATE_STANDIN_DIR: deviceDir(node) },
+  });
   pids.push(w.pid);
   await until(`${job} verified its VRAM once`, () => verifies(w.logFile).length >= 1, 30000);
   expect(verifies(w.logFile).every((l) => l.includes('vram_ok=True'))).toBe(true);
@@ -58,26 +80,45 @@ const driverState = (pid: number): number | null => {
   }
 };
 /** Live processes of this workload (by its seed) that hold the stand-in driver: tini, their init, does not. */
-const copies = (seed: number): number[] => fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
-  try {
-    const argv = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-    return argv.some((x) => x.endsWith('standin_gpu.py')) && argv.includes(String(seed)) && alive(Number(d)) && holdsCuda(Number(d));
-  } catch {
-    return false;
-  }
-}).map(Number);
+const copies = (seed: number): number[] =>
+  fs
+    .readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        const argv = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+        return (
+          argv.some((x) => x.endsWith('standin_gpu.py')) &&
+          argv.includes(String(seed)) &&
+          alive(Number(d)) &&
+          holdsCuda(Number(d))
+        );
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
 
 describe('the CUDA path with the stand-in driver, end to end', () => {
   test('a workload holding a stand-in context is checkpointed (CUDA lock + checkpoint really run) and restored on another node with its VRAM intact', async () => {
     await agent('gs-a');
     await agent('gs-b');
     const w = await workload('gs-a', 'gs-move', 16, 101);
-    const { request } = await k.startCheckpoint({ target: 'gs-move', node: 'gs-a', checkpointId: 'gs-move-1', vramBytes: 16 * MiB });
+    const { request } = await k.startCheckpoint({
+      target: 'gs-move',
+      node: 'gs-a',
+      checkpointId: 'gs-move-1',
+      vramBytes: 16 * MiB,
+    });
     const ck = await k.checkpointResult(request.checkpointId);
     expect(ck.phase).toBe('Durable');
-    expect(ck.history.find((h) => h.phase === 'Locking' && h.outcome === 'ok')?.detail).toMatch(/lock ok .*stand-in driver/);
+    expect(ck.history.find((h) => h.phase === 'Locking' && h.outcome === 'ok')?.detail).toMatch(
+      /lock ok .*stand-in driver/,
+    );
     expect(ck.history.find((h) => h.phase === 'DumpingVram')?.outcome).toBe('ok');
-    expect(ck.history.find((h) => h.phase === 'DumpingVram')?.detail).toMatch(/checkpoint ok in \d+ ms, state now checkpointed/);
+    expect(ck.history.find((h) => h.phase === 'DumpingVram')?.detail).toMatch(
+      /checkpoint ok in \d+ ms, state now checkpointed/,
+    );
     expect(alive(w.pid)).toBe(false);
     expect(vramFiles('gs-a')).toEqual([]); // the VRAM went into the image, not left on the device
     const seen = verifies(w.logFile).length;
@@ -92,10 +133,15 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
     expect(after[after.length - 1]).toContain(`vram=${deviceDir('gs-b')}/vram-`);
     expect(vramFiles('gs-b')).toHaveLength(1);
     // The stand-in NVML counts it: gs-b reports 16 MiB less free than its total.
-    await until('gs-b reports the restored VRAM in use', async () => {
-      const g = (await k.node('gs-b')).inventory!.gpus[0];
-      return g.freeVramBytes === g.totalVramBytes - 16 * MiB;
-    }, 30000, 500);
+    await until(
+      'gs-b reports the restored VRAM in use',
+      async () => {
+        const g = (await k.node('gs-b')).inventory!.gpus[0];
+        return g.freeVramBytes === g.totalVramBytes - 16 * MiB;
+      },
+      30000,
+      500,
+    );
     expect(copies(101)).toHaveLength(1);
     process.kill(rs.pid!, 'SIGKILL');
   }, 300000);
@@ -105,7 +151,12 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
     fs.writeFileSync(script, '#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] && exit 1\nexit 0\n', { mode: 0o755 });
     await agent('gs-fail', { env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
     const w = await workload('gs-fail', 'gs-fail', 16, 102);
-    const { request } = await k.startCheckpoint({ target: 'gs-fail', node: 'gs-fail', checkpointId: 'gs-fail-1', vramBytes: 16 * MiB });
+    const { request } = await k.startCheckpoint({
+      target: 'gs-fail',
+      node: 'gs-fail',
+      checkpointId: 'gs-fail-1',
+      vramBytes: 16 * MiB,
+    });
     const ck = await k.checkpointResult(request.checkpointId);
     expect(ck.phase).toBe('Failed');
     expect(ck.history.find((h) => h.phase === 'DumpingVram')?.outcome).toBe('ok');
@@ -126,21 +177,36 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
   test('a failure after CRIU stopped the workload: restored in place, then CUDA restore + unlock of the new pid; it runs on with its VRAM', async () => {
     // Sealing fails once CRIU has dumped (and stopped) the process: a directory stands where metadata.json goes.
     const script = path.join(stack().home, 'criu-block-seal.sh');
-    fs.writeFileSync(script, '#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] && mkdir -p "$CRTOOLS_IMAGE_DIR/../metadata.json"\nexit 0\n', { mode: 0o755 });
+    fs.writeFileSync(
+      script,
+      '#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] && mkdir -p "$CRTOOLS_IMAGE_DIR/../metadata.json"\nexit 0\n',
+      { mode: 0o755 },
+    );
     await agent('gs-inplace', { env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
     const w = await workload('gs-inplace', 'gs-inplace', 16, 107);
     const [before] = copies(107);
-    const { request } = await k.startCheckpoint({ target: 'gs-inplace', node: 'gs-inplace', checkpointId: 'gs-inplace-1', vramBytes: 16 * MiB });
+    const { request } = await k.startCheckpoint({
+      target: 'gs-inplace',
+      node: 'gs-inplace',
+      checkpointId: 'gs-inplace-1',
+      vramBytes: 16 * MiB,
+    });
     const ck = await k.checkpointResult(request.checkpointId);
     expect(ck.phase).toBe('Failed');
     expect(ck.failureReason).toMatch(/^Sealing/);
     const details = ck.history.filter((h) => h.outcome === 'compensated').map((h) => h.detail);
-    const root = Number(/^restored in place as pid (\d+)$/.exec(details.find((d) => d.startsWith('restored in place')) ?? '')?.[1]);
+    const root = Number(
+      /^restored in place as pid (\d+)$/.exec(details.find((d) => d.startsWith('restored in place')) ?? '')?.[1],
+    );
     expect(root).toBeGreaterThan(0);
     expect(root).not.toBe(w.pid);
     // The CUDA undo acts on the process as it is now: the restored tree, not the pid the checkpoint began with.
-    expect(details.some((d) => d.startsWith(`CUDA restore of pid ${root}: pid `) && d.includes('restore ok'))).toBe(true);
-    expect(details.some((d) => d.startsWith(`CUDA unlock of pid ${root}: pid `) && d.includes('state now running'))).toBe(true);
+    expect(details.some((d) => d.startsWith(`CUDA restore of pid ${root}: pid `) && d.includes('restore ok'))).toBe(
+      true,
+    );
+    expect(
+      details.some((d) => d.startsWith(`CUDA unlock of pid ${root}: pid `) && d.includes('state now running')),
+    ).toBe(true);
     const [after] = copies(107);
     expect(after).not.toBe(before);
     expect(copies(107)).toHaveLength(1);
@@ -152,12 +218,17 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
     expect(verifies(w.logFile).every((l) => l.includes('vram_ok=True'))).toBe(true);
   }, 300000);
 
-  test('OUT_OF_MEMORY in the driver on restore: that attempt\'s process is killed and the restore placed on another node', async () => {
+  test("OUT_OF_MEMORY in the driver on restore: that attempt's process is killed and the restore placed on another node", async () => {
     await agent('gs-oom-src');
     await agent('gs-oom', { faults: 'restore-oom' });
     await agent('gs-oom-ok');
     const w = await workload('gs-oom-src', 'gs-oom', 16, 103);
-    const { request } = await k.startCheckpoint({ target: 'gs-oom', node: 'gs-oom-src', checkpointId: 'gs-oom-1', vramBytes: 16 * MiB });
+    const { request } = await k.startCheckpoint({
+      target: 'gs-oom',
+      node: 'gs-oom-src',
+      checkpointId: 'gs-oom-1',
+      vramBytes: 16 * MiB,
+    });
     expect((await k.checkpointResult(request.checkpointId)).phase).toBe('Durable');
     const seen = verifies(w.logFile).length;
     // gs-oom first (its driver fails the restore); never the source node nor the other tests' nodes.
@@ -176,14 +247,23 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
     expect(vramFiles('gs-oom')).toEqual([]);
     expect(vramFiles('gs-oom-ok')).toEqual([`vram-${copies(103)[0]}`]);
     await until('the restored workload verified its VRAM', () => verifies(w.logFile).length > seen, 30000);
-    expect(verifies(w.logFile).slice(seen).every((l) => l.includes('vram_ok=True') && l.includes(deviceDir('gs-oom-ok')))).toBe(true);
+    expect(
+      verifies(w.logFile)
+        .slice(seen)
+        .every((l) => l.includes('vram_ok=True') && l.includes(deviceDir('gs-oom-ok'))),
+    ).toBe(true);
     process.kill(rs.pid!, 'SIGKILL');
   }, 300000);
 
-  test('a VRAM checkpoint slower than the step\'s 10 s heartbeat timeout ends Durable: the agent heartbeats while the driver works', async () => {
+  test("a VRAM checkpoint slower than the step's 10 s heartbeat timeout ends Durable: the agent heartbeats while the driver works", async () => {
     await agent('gs-slow', { faults: 'checkpoint-delay-ms=14000' });
     const w = await workload('gs-slow', 'gs-slow', 8, 104);
-    const { request } = await k.startCheckpoint({ target: 'gs-slow', node: 'gs-slow', checkpointId: 'gs-slow-1', vramBytes: 8 * MiB });
+    const { request } = await k.startCheckpoint({
+      target: 'gs-slow',
+      node: 'gs-slow',
+      checkpointId: 'gs-slow-1',
+      vramBytes: 8 * MiB,
+    });
     const ck = await k.checkpointResult(request.checkpointId);
     expect(ck.phase).toBe('Durable');
     const vram = ck.history.find((h) => h.phase === 'DumpingVram');
@@ -197,7 +277,12 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
   test('a lock that times out in the driver (CUDA_ERROR_TIMEOUT) fails Locking cleanly: nothing to undo, the workload runs on untouched', async () => {
     await agent('gs-lock', { faults: 'lock-hang' });
     const w = await workload('gs-lock', 'gs-lock', 8, 105);
-    const { request } = await k.startCheckpoint({ target: 'gs-lock', node: 'gs-lock', checkpointId: 'gs-lock-1', vramBytes: 8 * MiB });
+    const { request } = await k.startCheckpoint({
+      target: 'gs-lock',
+      node: 'gs-lock',
+      checkpointId: 'gs-lock-1',
+      vramBytes: 8 * MiB,
+    });
     const ck = await k.checkpointResult(request.checkpointId);
     expect(ck.phase).toBe('Failed');
     expect(ck.failureReason).toMatch(/^Locking: .*CUresult 909 \(the operation timed out\)/);
@@ -216,7 +301,12 @@ describe('the CUDA path with the stand-in driver, end to end', () => {
     fs.writeFileSync(script, '#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] && exit 1\nexit 0\n', { mode: 0o755 });
     await agent('gs-comp', { faults: 'restore-oom', env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
     const w = await workload('gs-comp', 'gs-comp', 8, 106);
-    const { request } = await k.startCheckpoint({ target: 'gs-comp', node: 'gs-comp', checkpointId: 'gs-comp-1', vramBytes: 8 * MiB });
+    const { request } = await k.startCheckpoint({
+      target: 'gs-comp',
+      node: 'gs-comp',
+      checkpointId: 'gs-comp-1',
+      vramBytes: 8 * MiB,
+    });
     const ck = await k.checkpointResult(request.checkpointId);
     expect(ck.phase).toBe('Failed');
     const failed = ck.history.filter((h) => h.outcome === 'failed').map((h) => h.detail);

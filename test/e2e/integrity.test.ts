@@ -56,7 +56,9 @@ async function s3Get(key: string): Promise<Buffer | null> {
 async function s3Keys(prefix: string): Promise<string[]> {
   const c = makeS3Client(configFromStack(stack()).s3);
   try {
-    return ((await c.send(new ListObjectsV2Command({ Bucket: bucket(), Prefix: prefix }))).Contents ?? []).map((o) => o.Key!);
+    return ((await c.send(new ListObjectsV2Command({ Bucket: bucket(), Prefix: prefix }))).Contents ?? []).map(
+      (o) => o.Key!,
+    );
   } finally {
     c.destroy();
   }
@@ -74,16 +76,24 @@ function flipByte(file: string, offset: number): void {
 }
 
 async function deleteHistory(workflowId: string): Promise<void> {
-  await k.client.workflowService.deleteWorkflowExecution({ namespace: k.config.namespace, workflowExecution: { workflowId } });
-  await until(`history of ${workflowId} gone`, async () => {
-    try {
-      const d = await k.client.workflow.getHandle(workflowId).describe();
-      throw new Error(`still there: ${d.status.name}`);
-    } catch (e) {
-      if (e instanceof WorkflowNotFoundError) return true;
-      throw e;
-    }
-  }, 120000, 500);
+  await k.client.workflowService.deleteWorkflowExecution({
+    namespace: k.config.namespace,
+    workflowExecution: { workflowId },
+  });
+  await until(
+    `history of ${workflowId} gone`,
+    async () => {
+      try {
+        const d = await k.client.workflow.getHandle(workflowId).describe();
+        throw new Error(`still there: ${d.status.name}`);
+      } catch (e) {
+        if (e instanceof WorkflowNotFoundError) return true;
+        throw e;
+      }
+    },
+    120000,
+    500,
+  );
 }
 
 describe('integrity, end to end on the real stack', () => {
@@ -94,11 +104,18 @@ describe('integrity, end to end on the real stack', () => {
     const w = await workload('i-flip', 'flip', 64);
     // S3 out of reach holds the upload in its retries, after the seal: the window in which the copy changes.
     await tox.setEnabled('s3-hold', false);
-    const { request } = await k.startCheckpoint({ target: 'flip', node: 'i-flip', checkpointId: 'flip-1', uploadMaxAttempts: 8 });
+    const { request } = await k.startCheckpoint({
+      target: 'flip',
+      node: 'i-flip',
+      checkpointId: 'flip-1',
+      uploadMaxAttempts: 8,
+    });
     await until('Uploading', async () => (await status('flip-1')).phase === 'Uploading', 60000, 200);
     // The workload's own pages image, the largest (tini, the namespace's pid 1, has a tiny one of its own).
     const images = path.join(a.dataDir, 'checkpoints', 'flip-1', 'images');
-    const pagesName = fs.readdirSync(images).filter((f) => /^pages-\d+\.img$/.test(f))
+    const pagesName = fs
+      .readdirSync(images)
+      .filter((f) => /^pages-\d+\.img$/.test(f))
       .sort((x, y) => fs.statSync(path.join(images, y)).size - fs.statSync(path.join(images, x)).size)[0];
     const pages = path.join(images, pagesName);
     expect(fs.statSync(pages).size).toBeGreaterThan(32 << 20); // a multipart upload
@@ -135,7 +152,13 @@ describe('integrity, end to end on the real stack', () => {
     // Replaced with the same files named and one field changed: every file still matches it.
     const md = JSON.parse(orig.toString('utf8')) as { createdAt: string };
     const c = makeS3Client(configFromStack(stack()).s3);
-    await c.send(new PutObjectCommand({ Bucket: bucket(), Key: key, Body: JSON.stringify({ ...md, createdAt: '2020-01-01T00:00:00.000Z' }, null, 2) }));
+    await c.send(
+      new PutObjectCommand({
+        Bucket: bucket(),
+        Key: key,
+        Body: JSON.stringify({ ...md, createdAt: '2020-01-01T00:00:00.000Z' }, null, 2),
+      }),
+    );
     c.destroy();
     const r = await k.startRestore({ checkpointId: 'meta-1', node: 'i-dst' });
     const err = await k.restoreResult(r.workflowId).catch((e: unknown) => e);
@@ -158,7 +181,9 @@ describe('integrity, end to end on the real stack', () => {
 
     // While Temporal knows it: the same id is refused.
     await workload('i-src', 'gone2', 16);
-    await expect(k.startCheckpoint({ target: 'gone2', node: 'i-src', checkpointId: 'gone-1' })).rejects.toThrow(/checkpointId: checkpoint 'gone-1' exists/);
+    await expect(k.startCheckpoint({ target: 'gone2', node: 'i-src', checkpointId: 'gone-1' })).rejects.toThrow(
+      /checkpointId: checkpoint 'gone-1' exists/,
+    );
 
     await deleteHistory(checkpointWorkflowId('gone-1'));
     // describe, list and the CLI answer from S3.
@@ -166,9 +191,13 @@ describe('integrity, end to end on the real stack', () => {
     expect(d).toMatchObject({ checkpointId: 'gone-1', jobId: 'gone', node: 'i-src', phase: 'Durable', tier: 's3' });
     const env = { ...process.env, KYBERNATE_HOME: stack().home };
     const cli = path.resolve(__dirname, '../../dist/clients/cli.js');
-    expect(JSON.parse(execFileSync(process.execPath, [cli, 'describe', 'gone-1'], { env, encoding: 'utf8' })).phase).toBe('Durable');
+    expect(
+      JSON.parse(execFileSync(process.execPath, [cli, 'describe', 'gone-1'], { env, encoding: 'utf8' })).phase,
+    ).toBe('Durable');
     const listed = await k.listCheckpoints({ job: 'gone' });
-    expect(listed).toEqual([expect.objectContaining({ checkpointId: 'gone-1', phase: 'Durable', tier: 's3', source: 's3' })]);
+    expect(listed).toEqual([
+      expect.objectContaining({ checkpointId: 'gone-1', phase: 'Durable', tier: 's3', source: 's3' }),
+    ]);
 
     // Restored from S3's record, state intact.
     const r = await k.startRestore({ checkpointId: 'gone-1', node: 'i-dst' });
@@ -181,10 +210,13 @@ describe('integrity, end to end on the real stack', () => {
     process.kill(rs.pid!, 'SIGKILL');
 
     // The id is still taken: S3 remembers it for the client...
-    await expect(k.startCheckpoint({ target: 'gone2', node: 'i-src', checkpointId: 'gone-1' })).rejects.toThrow(/checkpointId: checkpoint 'gone-1' exists in S3/);
+    await expect(k.startCheckpoint({ target: 'gone2', node: 'i-src', checkpointId: 'gone-1' })).rejects.toThrow(
+      /checkpointId: checkpoint 'gone-1' exists in S3/,
+    );
     // ...and a workflow started past the client is refused by the node before anything is touched.
     const forced = k.client.workflow.start('checkpoint', {
-      workflowId: checkpointWorkflowId('gone-1'), taskQueue: CONTROL_QUEUE,
+      workflowId: checkpointWorkflowId('gone-1'),
+      taskQueue: CONTROL_QUEUE,
       args: [{ checkpointId: 'gone-1', jobId: 'gone2', node: 'i-src', leaveRunning: false, reason: 'manual' }],
     });
     const err = await (await forced).result().catch((e: unknown) => e);
@@ -194,18 +226,35 @@ describe('integrity, end to end on the real stack', () => {
     expect((await s3Get('checkpoints/gone-1/metadata.json'))!.equals(s3Before)).toBe(true);
   }, 240000);
 
-  test('S3 refuses the agent\'s uploads (no such bucket): PendingUpload with the S3 error; the promotion loop still promotes a later checkpoint, then the refused one once S3 takes it', async () => {
+  test("S3 refuses the agent's uploads (no such bucket): PendingUpload with the S3 error; the promotion loop still promotes a later checkpoint, then the refused one once S3 takes it", async () => {
     const tox = new Toxiproxy(stack().toxiproxy!.api);
     const listen = await tox.create('s3-rej', new URL(stack().s3.endpoint).host);
-    const a = await agent('i-rej', { env: { KYBERNATE_S3_ENDPOINT: `http://${listen}`, KYBERNATE_S3_BUCKET: 'kybernate-no-such-bucket' } });
+    const a = await agent('i-rej', {
+      env: { KYBERNATE_S3_ENDPOINT: `http://${listen}`, KYBERNATE_S3_BUCKET: 'kybernate-no-such-bucket' },
+    });
     await workload('i-rej', 'rej', 16);
-    const { request: r1 } = await k.startCheckpoint({ target: 'rej', node: 'i-rej', checkpointId: 'rej-1', uploadMaxAttempts: 4 });
+    const { request: r1 } = await k.startCheckpoint({
+      target: 'rej',
+      node: 'i-rej',
+      checkpointId: 'rej-1',
+      uploadMaxAttempts: 4,
+    });
     await until('rej-1 PendingUpload', async () => (await status('rej-1')).phase === 'PendingUpload', 60000, 200);
     const s1 = await status('rej-1');
     expect(s1.tier).toBe('nvme');
-    expect(s1.history.filter((h) => h.phase === 'Uploading' && h.outcome === 'failed').map((h) => h.detail).join('\n')).toMatch(/S3Rejected: .*NoSuchBucket/);
+    expect(
+      s1.history
+        .filter((h) => h.phase === 'Uploading' && h.outcome === 'failed')
+        .map((h) => h.detail)
+        .join('\n'),
+    ).toMatch(/S3Rejected: .*NoSuchBucket/);
     const loop = k.client.workflow.getHandle(promotionWorkflowId('i-rej'));
-    await until('rej-1 set aside by the promotion loop', async () => (await loop.query<PromotionStatus>('status')).deferred.some((d) => d.checkpointId === 'rej-1'), 30000, 200);
+    await until(
+      'rej-1 set aside by the promotion loop',
+      async () => (await loop.query<PromotionStatus>('status')).deferred.some((d) => d.checkpointId === 'rej-1'),
+      30000,
+      200,
+    );
 
     // The operator fixes the bucket; S3 is out of reach for the next checkpoint, which goes to the same loop.
     await a.stop();
@@ -213,7 +262,12 @@ describe('integrity, end to end on the real stack', () => {
     await tox.setEnabled('s3-rej', false);
     await agent('i-rej', { env: { KYBERNATE_S3_ENDPOINT: `http://${listen}` } });
     await workload('i-rej', 'rej2', 16);
-    const { request: r2 } = await k.startCheckpoint({ target: 'rej2', node: 'i-rej', checkpointId: 'rej-2', uploadMaxAttempts: 2 });
+    const { request: r2 } = await k.startCheckpoint({
+      target: 'rej2',
+      node: 'i-rej',
+      checkpointId: 'rej-2',
+      uploadMaxAttempts: 2,
+    });
     await until('rej-2 PendingUpload', async () => (await status('rej-2')).phase === 'PendingUpload', 60000, 200);
     await tox.setEnabled('s3-rej', true);
     const s2 = await k.checkpointResult(r2.checkpointId);

@@ -22,7 +22,9 @@ beforeAll(async () => {
   // The agent holds the S3 secret (and an AWS one) in its environment, as a production agent configured by
   // environment does. Dumps go straight to disk so the images can be read there.
   agent = await Agent.start({
-    node: NODE, declaredVramBytes: 16 * 1024 ** 3, stagingDir: null,
+    node: NODE,
+    declaredVramBytes: 16 * 1024 ** 3,
+    stagingDir: null,
     env: { KYBERNATE_S3_SECRET_ACCESS_KEY: stack().s3.secretAccessKey, AWS_SECRET_ACCESS_KEY: AWS_CANARY },
   });
 }, 120000);
@@ -37,7 +39,11 @@ function jobProcesses(job: string): number[] {
   for (const e of fs.readdirSync('/proc')) {
     if (!/^[0-9]+$/.test(e)) continue;
     try {
-      if (fs.readFileSync(`/proc/${e}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${job}`) && alive(Number(e))) out.push(Number(e));
+      if (
+        fs.readFileSync(`/proc/${e}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${job}`) &&
+        alive(Number(e))
+      )
+        out.push(Number(e));
     } catch {
       /* gone, or a kernel thread */
     }
@@ -47,7 +53,11 @@ function jobProcesses(job: string): number[] {
 
 const environ = (pid: number): string[] => fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').filter(Boolean);
 /** Real, effective, saved and filesystem uid. */
-const uids = (pid: number): string[] => /^Uid:\s+(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1].trim().split(/\s+/);
+const uids = (pid: number): string[] =>
+  /^Uid:\s+(.*)$/m
+    .exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]
+    .trim()
+    .split(/\s+/);
 
 /** The ApplicationFailure at the bottom of a failed workflow (WorkflowFailedError -> ActivityFailure -> ...). */
 async function failureOf(p: Promise<unknown>): Promise<ApplicationFailure> {
@@ -70,7 +80,9 @@ function killTree(pid: number): void {
 
 /** Every file under dir, recursively. */
 function filesUnder(dir: string): string[] {
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? filesUnder(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+  return fs
+    .readdirSync(dir, { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? filesUnder(path.join(dir, e.name)) : [path.join(dir, e.name)]));
 }
 
 describe('workload isolation, end to end on the real stack', () => {
@@ -81,7 +93,9 @@ describe('workload isolation, end to end on the real stack', () => {
     const info = await k.runWorkload({ node: NODE, jobId: job, command: [PYTHON, PATTERN, '8', job] });
     await until(`${job} ticking`, () => lastTick(info.logFile) >= 2, 30000);
     // The agent really has them: the test would prove nothing otherwise.
-    expect(environ(agent.rec.pid)).toEqual(expect.arrayContaining([`KYBERNATE_S3_SECRET_ACCESS_KEY=${secret}`, `AWS_SECRET_ACCESS_KEY=${AWS_CANARY}`]));
+    expect(environ(agent.rec.pid)).toEqual(
+      expect.arrayContaining([`KYBERNATE_S3_SECRET_ACCESS_KEY=${secret}`, `AWS_SECRET_ACCESS_KEY=${AWS_CANARY}`]),
+    );
     const tree = processTree(info.pid);
     expect(tree.length).toBeGreaterThanOrEqual(2); // tini and the workload
     for (const p of tree) {
@@ -103,12 +117,16 @@ describe('workload isolation, end to end on the real stack', () => {
     const s3 = makeS3Client(configFromStack(stack()).s3);
     try {
       const bucket = stack().s3.bucket;
-      const listed = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `checkpoints/${request.checkpointId}/` }));
+      const listed = await s3.send(
+        new ListObjectsV2Command({ Bucket: bucket, Prefix: `checkpoints/${request.checkpointId}/` }),
+      );
       const keys = (listed.Contents ?? []).map((o) => o.Key!).filter((key) => key.includes('/images/'));
       expect(keys.length).toBe(onDisk.length);
       let markerSeen = false;
       for (const key of keys) {
-        const body = Buffer.from(await (await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body!.transformToByteArray());
+        const body = Buffer.from(
+          await (await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body!.transformToByteArray(),
+        );
         markerSeen ||= body.includes(marker);
         for (const n of needles) expect(body.includes(n)).toBe(false);
       }
@@ -125,7 +143,11 @@ describe('workload isolation, end to end on the real stack', () => {
       { job: 'missing', command: ['/nonexistent/bin/prog', '1'], why: /\/nonexistent\/bin\/prog no such file/ },
       { job: 'not-in-path', command: ['no-such-program-kybernate'], why: /not found in PATH/ },
       { job: 'noexec', command: [plain], why: /is not executable \(mode 644\)/ },
-      { job: 'dies', command: ['/bin/sh', '-c', 'echo bad argument >&2; exit 3'], why: /exited with status 3( right after it started)?; its output:\nbad argument/ },
+      {
+        job: 'dies',
+        command: ['/bin/sh', '-c', 'echo bad argument >&2; exit 3'],
+        why: /exited with status 3( right after it started)?; its output:\nbad argument/,
+      },
     ];
     for (const c of cases) {
       const f = await failureOf(k.runWorkload({ node: NODE, jobId: c.job, command: c.command }));
@@ -145,7 +167,10 @@ describe('workload isolation, end to end on the real stack', () => {
       expect(f.message).toContain(`pid ${first.pid}`);
       expect(alive(first.pid)).toBe(true);
       expect(jobProcesses('dup').sort()).toEqual(before);
-      expect(JSON.parse(fs.readFileSync(path.join(agent.dataDir, 'workloads', 'dup', 'pid'), 'utf8'))).toEqual({ pid: first.pid, startTime: first.startTime });
+      expect(JSON.parse(fs.readFileSync(path.join(agent.dataDir, 'workloads', 'dup', 'pid'), 'utf8'))).toEqual({
+        pid: first.pid,
+        startTime: first.startTime,
+      });
     } finally {
       killTree(first.pid);
     }
@@ -155,10 +180,16 @@ describe('workload isolation, end to end on the real stack', () => {
     killTree(again.pid);
   });
 
-  test('kybernate workload: a relative path resolves against the caller\'s directory, as in a shell', async () => {
-    const out = execFileSync(process.execPath, [CLI, 'workload', 'relpath', '--node', NODE, '--', 'python3', 'deploy/workloads/pattern.py', '8', 'relpath'], {
-      cwd: REPO_ROOT, env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8',
-    });
+  test("kybernate workload: a relative path resolves against the caller's directory, as in a shell", async () => {
+    const out = execFileSync(
+      process.execPath,
+      [CLI, 'workload', 'relpath', '--node', NODE, '--', 'python3', 'deploy/workloads/pattern.py', '8', 'relpath'],
+      {
+        cwd: REPO_ROOT,
+        env: { ...process.env, KYBERNATE_HOME: stack().home },
+        encoding: 'utf8',
+      },
+    );
     const pid = Number(/as pid (\d+)/.exec(out)![1]);
     try {
       const log = path.join(agent.dataDir, 'workloads', 'relpath', 'output.log');
@@ -175,9 +206,16 @@ describe('workload isolation, end to end on the real stack', () => {
     let stdout = '';
     let stderr = '';
     try {
-      execFileSync(process.execPath, [CLI, 'workload', 'cli-missing', '--node', NODE, '--', 'deploy/workloads/no-such.py'], {
-        cwd: REPO_ROOT, env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8', stdio: 'pipe',
-      });
+      execFileSync(
+        process.execPath,
+        [CLI, 'workload', 'cli-missing', '--node', NODE, '--', 'deploy/workloads/no-such.py'],
+        {
+          cwd: REPO_ROOT,
+          env: { ...process.env, KYBERNATE_HOME: stack().home },
+          encoding: 'utf8',
+          stdio: 'pipe',
+        },
+      );
     } catch (e) {
       status = (e as { status: number }).status;
       stdout = String((e as { stdout: string }).stdout);
@@ -190,19 +228,24 @@ describe('workload isolation, end to end on the real stack', () => {
   });
 
   test('stop: a workload that handles SIGTERM exits on it; one that ignores it is SIGKILLed after the grace', async () => {
-    const script = (onTerm: string): string[] => [PYTHON, '-c', [
-      'import signal, sys, time',
-      'def on_term(*_):',
-      "    print('got-term', flush=True)",
-      '    sys.exit(0)',
-      `signal.signal(signal.SIGTERM, ${onTerm})`,
-      "print('ready', flush=True)",
-      'while True: time.sleep(0.1)',
-    ].join('\n')];
+    const script = (onTerm: string): string[] => [
+      PYTHON,
+      '-c',
+      [
+        'import signal, sys, time',
+        'def on_term(*_):',
+        "    print('got-term', flush=True)",
+        '    sys.exit(0)',
+        `signal.signal(signal.SIGTERM, ${onTerm})`,
+        "print('ready', flush=True)",
+        'while True: time.sleep(0.1)',
+      ].join('\n'),
+    ];
     const polite = await k.runWorkload({ node: NODE, jobId: 'polite', command: script('on_term') });
     const stubborn = await k.runWorkload({ node: NODE, jobId: 'stubborn', command: script('signal.SIG_IGN') });
     try {
-      for (const w of [polite, stubborn]) await until(`${w.jobId} ready`, () => output(w.logFile).includes('ready'), 30000);
+      for (const w of [polite, stubborn])
+        await until(`${w.jobId} ready`, () => output(w.logFile).includes('ready'), 30000);
 
       const p = await k.stopWorkload({ node: NODE, jobId: 'polite', graceMs: 20000 });
       expect(p).toMatchObject({ stopped: true, signal: 'SIGTERM' });
@@ -216,7 +259,11 @@ describe('workload isolation, end to end on the real stack', () => {
       expect(jobProcesses('stubborn')).toEqual([]);
 
       // Idempotent: stopping a stopped job does nothing.
-      expect(await k.stopWorkload({ node: NODE, jobId: 'polite', graceMs: 1000 })).toEqual({ stopped: false, signal: null, afterMs: 0 });
+      expect(await k.stopWorkload({ node: NODE, jobId: 'polite', graceMs: 1000 })).toEqual({
+        stopped: false,
+        signal: null,
+        afterMs: 0,
+      });
     } finally {
       for (const w of [polite, stubborn]) killTree(w.pid);
     }
@@ -224,7 +271,13 @@ describe('workload isolation, end to end on the real stack', () => {
 
   test('run --user 65534: runs as that uid; checkpointed and restored, it still does (where CRIU may: else the checkpoint fails cleanly, saying why)', async () => {
     const job = 'as-nobody';
-    const info = await k.runWorkload({ node: NODE, jobId: job, command: [PYTHON, PATTERN, '8', job], cwd: '/tmp', user: { uid: 65534 } });
+    const info = await k.runWorkload({
+      node: NODE,
+      jobId: job,
+      command: [PYTHON, PATTERN, '8', job],
+      cwd: '/tmp',
+      user: { uid: 65534 },
+    });
     let restoredPid: number | undefined;
     try {
       await until(`${job} ticking`, () => lastTick(info.logFile) >= 2, 30000);

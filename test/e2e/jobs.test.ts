@@ -17,10 +17,18 @@ import { Agent, client, PATTERN, PYTHON, stack, until } from '../support/stack';
  */
 const CLI = path.resolve(__dirname, '../../dist/clients/cli.js');
 
-interface CliResult { status: number | null; stdout: string; stderr: string }
+interface CliResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 function cli(args: string[], timeoutMs = 120000): CliResult {
-  const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8', timeout: timeoutMs });
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    env: { ...process.env, KYBERNATE_HOME: stack().home },
+    encoding: 'utf8',
+    timeout: timeoutMs,
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -37,14 +45,29 @@ async function status(jobId: string): Promise<JobStatus> {
 async function untilState(jobId: string, states: JobState[], timeoutMs = 120000): Promise<JobStatus> {
   let last: JobStatus | null = null;
   try {
-    return await until(`job ${jobId} in ${states.join('|')}`, async () => {
-      last = await status(jobId);
-      return states.includes(last.state) ? last : null;
-    }, timeoutMs, 300);
+    return await until(
+      `job ${jobId} in ${states.join('|')}`,
+      async () => {
+        last = await status(jobId);
+        return states.includes(last.state) ? last : null;
+      },
+      timeoutMs,
+      300,
+    );
   } catch (e) {
     // What the job was doing instead: its state, reason and newest events.
     const s = last as JobStatus | null;
-    throw new Error(`${(e as Error).message}; last seen ${s ? `${s.state} (${s.reason ?? '-'}); events: ${s.events.slice(-6).map((x) => `${x.type}: ${x.message}`).join(' | ')}` : 'nothing'}`, { cause: e });
+    throw new Error(
+      `${(e as Error).message}; last seen ${
+        s
+          ? `${s.state} (${s.reason ?? '-'}); events: ${s.events
+              .slice(-6)
+              .map((x) => `${x.type}: ${x.message}`)
+              .join(' | ')}`
+          : 'nothing'
+      }`,
+      { cause: e },
+    );
   }
 }
 
@@ -54,7 +77,8 @@ function jobProcesses(jobId: string): number[] {
   for (const d of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
-      if (fs.readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`)) out.push(Number(d));
+      if (fs.readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`))
+        out.push(Number(d));
     } catch {
       /* gone or not ours to read */
     }
@@ -64,13 +88,18 @@ function jobProcesses(jobId: string): number[] {
 
 /** The job's cgroup directories that still exist on this host (v1: one per controller). */
 function jobCgroups(node: string, jobId: string): string[] {
-  const roots = fs.existsSync('/sys/fs/cgroup/cgroup.controllers') ? ['/sys/fs/cgroup'] : ['memory', 'pids', 'cpu', 'freezer'].map((c) => `/sys/fs/cgroup/${c}`);
+  const roots = fs.existsSync('/sys/fs/cgroup/cgroup.controllers')
+    ? ['/sys/fs/cgroup']
+    : ['memory', 'pids', 'cpu', 'freezer'].map((c) => `/sys/fs/cgroup/${c}`);
   return roots.map((r) => path.join(r, 'kybernate', node, jobId)).filter((d) => fs.existsSync(d));
 }
 
 beforeAll(async () => {
   k = await client();
-  [a, b] = await Promise.all([Agent.start({ node: A, declaredVramBytes: 8 * 2 ** 30 }), Agent.start({ node: B, declaredVramBytes: 8 * 2 ** 30 })]);
+  [a, b] = await Promise.all([
+    Agent.start({ node: A, declaredVramBytes: 8 * 2 ** 30 }),
+    Agent.start({ node: B, declaredVramBytes: 8 * 2 ** 30 }),
+  ]);
 }, 180000);
 afterAll(async () => {
   await Promise.all([a?.stop(), b?.stop()]);
@@ -80,15 +109,33 @@ afterAll(async () => {
 describe('jobs on the real stack', () => {
   test('a crashing command: CrashLoopBackOff with growing delays, then Quarantined with diagnostics in S3', async () => {
     const job = 'crasher';
-    const r = cli(['run', job, '--node', A, '--max-restarts', '2', '--backoff-initial', '1s', '--backoff-cap', '2s', '--',
-      '/bin/sh', '-c', 'echo out-line; echo err-line >&2; exit 3']);
+    const r = cli([
+      'run',
+      job,
+      '--node',
+      A,
+      '--max-restarts',
+      '2',
+      '--backoff-initial',
+      '1s',
+      '--backoff-cap',
+      '2s',
+      '--',
+      '/bin/sh',
+      '-c',
+      'echo out-line; echo err-line >&2; exit 3',
+    ]);
     expect(r.status).toBe(0);
     await untilState(job, ['Quarantined'], 120000);
     // Quarantined at once; the diagnostics are stored right after.
-    const s = await until('diagnostics stored', async () => {
-      const x = await status(job);
-      return x.diagnostics ? x : null;
-    }, 60000);
+    const s = await until(
+      'diagnostics stored',
+      async () => {
+        const x = await status(job);
+        return x.diagnostics ? x : null;
+      },
+      60000,
+    );
     expect(s.runs.length).toBe(3);
     expect(s.runs.every((x) => x.exitCode === 3 && x.reason === 'Error')).toBe(true);
     expect(s.restarts).toBe(2);
@@ -101,7 +148,9 @@ describe('jobs on the real stack', () => {
       expect(keys.some((x) => x.endsWith('log-tail.txt'))).toBe(true);
       expect(keys.some((x) => x.endsWith('summary.json'))).toBe(true);
       expect(keys.some((x) => x.endsWith('node.json'))).toBe(true);
-      const tail = await s3.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: keys.find((x) => x.endsWith('log-tail.txt'))! }));
+      const tail = await s3.send(
+        new GetObjectCommand({ Bucket: stack().s3.bucket, Key: keys.find((x) => x.endsWith('log-tail.txt'))! }),
+      );
       const text = await tail.Body!.transformToString();
       expect(text).toContain('out-line');
       expect(text).toContain('err-line');
@@ -134,7 +183,22 @@ describe('jobs on the real stack', () => {
   test('a hanging command hits its timeout and leaves no process and no cgroup behind', async () => {
     const job = 'hanger';
     // The command forks a child that leaves the process group (setsid): only the cgroup still finds it.
-    expect(cli(['run', job, '--node', A, '--timeout', '3s', '--memory', '256MiB', '--', '/bin/sh', '-c', 'setsid sleep 1000 & sleep 1000']).status).toBe(0);
+    expect(
+      cli([
+        'run',
+        job,
+        '--node',
+        A,
+        '--timeout',
+        '3s',
+        '--memory',
+        '256MiB',
+        '--',
+        '/bin/sh',
+        '-c',
+        'setsid sleep 1000 & sleep 1000',
+      ]).status,
+    ).toBe(0);
     await untilState(job, ['Running']);
     await until('both sleeps', () => jobProcesses(job).length >= 3, 20000);
     const s = await untilState(job, ['TimedOut'], 60000);
@@ -146,8 +210,22 @@ describe('jobs on the real stack', () => {
 
   test('a command over its memory limit is OOMKilled', async () => {
     const job = 'hog';
-    expect(cli(['run', job, '--node', A, '--memory', '64MiB', '--restart-policy', 'Never', '--',
-      PYTHON, '-c', 'import time\nb = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(60)']).status).toBe(0);
+    expect(
+      cli([
+        'run',
+        job,
+        '--node',
+        A,
+        '--memory',
+        '64MiB',
+        '--restart-policy',
+        'Never',
+        '--',
+        PYTHON,
+        '-c',
+        'import time\nb = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(60)',
+      ]).status,
+    ).toBe(0);
     const s = await untilState(job, ['OOMKilled'], 60000);
     expect(s.runs[0].reason).toBe('OOMKilled');
     await recordHistory('job-oomkilled', k.client.workflow.getHandle(jobWorkflowId(job)));
@@ -157,8 +235,11 @@ describe('jobs on the real stack', () => {
   test('a fork bomb is stopped by its pids limit', async () => {
     const job = 'forkbomb';
     // Forks until fork fails, then exits non-zero: the limit, not the machine, ends it.
-    const bomb = 'import os, sys, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print(f"fork failed after {n}: {e}", flush=True); sys.exit(7)';
-    expect(cli(['run', job, '--node', A, '--pids', '32', '--restart-policy', 'Never', '--', PYTHON, '-c', bomb]).status).toBe(0);
+    const bomb =
+      'import os, sys, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print(f"fork failed after {n}: {e}", flush=True); sys.exit(7)';
+    expect(
+      cli(['run', job, '--node', A, '--pids', '32', '--restart-policy', 'Never', '--', PYTHON, '-c', bomb]).status,
+    ).toBe(0);
     const s = await untilState(job, ['Failed'], 60000);
     expect(s.runs[0].exitCode).toBe(7);
     const logs = cli(['logs', job]);
@@ -172,7 +253,9 @@ describe('jobs on the real stack', () => {
     const counter = 'import time\nfor i in range(1, 100000):\n    print(f"line {i}", flush=True)\n    time.sleep(0.05)';
     expect(cli(['run', job, '--node', A, '--', PYTHON, '-c', counter]).status).toBe(0);
     await untilState(job, ['Running']);
-    const follower = spawn(process.execPath, [CLI, 'logs', job, '-f'], { env: { ...process.env, KYBERNATE_HOME: stack().home } });
+    const follower = spawn(process.execPath, [CLI, 'logs', job, '-f'], {
+      env: { ...process.env, KYBERNATE_HOME: stack().home },
+    });
     let followed = '';
     follower.stdout.on('data', (d: Buffer) => (followed += d.toString()));
     try {
@@ -189,7 +272,10 @@ describe('jobs on the real stack', () => {
     } finally {
       follower.kill('SIGINT');
     }
-    const lines = followed.split('\n').filter((l) => l.startsWith('line ')).map((l) => Number(l.slice(5)));
+    const lines = followed
+      .split('\n')
+      .filter((l) => l.startsWith('line '))
+      .map((l) => Number(l.slice(5)));
     // In order, from 1, none lost, none doubled.
     expect(lines).toEqual(lines.map((_, i) => i + 1));
     // Cancelled as an operator does it: the run is stopped and cleaned up before the command returns.
@@ -211,20 +297,36 @@ describe('jobs on the real stack', () => {
     const p = cli(['preempt', job]);
     expect(p.status).toBe(0);
     expect(p.stdout).toMatch(/requeued/);
-    const s = await untilState(job, ['Running'], 180000).then(async () => until('the resumed run', async () => {
-      const x = await status(job);
-      return x.state === 'Running' && x.runs.length === 2 ? x : null;
-    }, 180000));
+    const s = await untilState(job, ['Running'], 180000).then(async () =>
+      until(
+        'the resumed run',
+        async () => {
+          const x = await status(job);
+          return x.state === 'Running' && x.runs.length === 2 ? x : null;
+        },
+        180000,
+      ),
+    );
     const resumed = s.runs[1];
     expect(s.runs[0].reason).toBe('Preempted');
     expect(resumed.fromCheckpoint).toBeTruthy();
     expect(resumed.node).not.toBe(from);
     expect(s.restarts).toBe(0);
-    await until('ticks after the resume', async () => {
-      const t = cli(['logs', job]).stdout.split('\n').filter((l) => l.startsWith('tick ')).map((l) => Number(l.slice(5)));
-      return t.length > 0 && Math.max(...t) > 20 ? t : null;
-    }, 60000);
-    const ticks = cli(['logs', job]).stdout.split('\n').filter((l) => l.startsWith('tick ')).map((l) => Number(l.slice(5)));
+    await until(
+      'ticks after the resume',
+      async () => {
+        const t = cli(['logs', job])
+          .stdout.split('\n')
+          .filter((l) => l.startsWith('tick '))
+          .map((l) => Number(l.slice(5)));
+        return t.length > 0 && Math.max(...t) > 20 ? t : null;
+      },
+      60000,
+    );
+    const ticks = cli(['logs', job])
+      .stdout.split('\n')
+      .filter((l) => l.startsWith('tick '))
+      .map((l) => Number(l.slice(5)));
     // One run of the counter across both nodes: it never went back to 1, and it is in order.
     expect(ticks.filter((t) => t === 1).length).toBe(1);
     expect(ticks).toEqual([...ticks].sort((x, y) => x - y));
@@ -232,32 +334,40 @@ describe('jobs on the real stack', () => {
     expect(d.stdout).toContain(resumed.fromCheckpoint!);
     await k.client.workflow.getHandle(jobWorkflowId(job)).cancel();
     await until('no process of the job', () => jobProcesses(job).length === 0, 60000);
-    await k.client.workflow.getHandle(jobWorkflowId(job)).result().catch(() => undefined);
+    await k.client.workflow
+      .getHandle(jobWorkflowId(job))
+      .result()
+      .catch(() => undefined);
     await recordHistory('job-preempted-resumed', k.client.workflow.getHandle(jobWorkflowId(job)));
   }, 420000);
 
   test('apply with one broken job of three: the two good ones start, the summary names the broken field', async () => {
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kyb-apply-')), 'jobs.yaml');
-    fs.writeFileSync(file, [
-      'jobs:',
-      '  - name: applied-one',
-      `    node: ${A}`,
-      "    command: ['/bin/sleep', '300']",
-      '  - name: applied-bad',
-      `    node: ${A}`,
-      '    memory: 1e30',
-      "    command: ['/bin/sleep', '300']",
-      '  - name: applied-two',
-      `    node: ${B}`,
-      "    command: ['/bin/sleep', '300']",
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      file,
+      [
+        'jobs:',
+        '  - name: applied-one',
+        `    node: ${A}`,
+        "    command: ['/bin/sleep', '300']",
+        '  - name: applied-bad',
+        `    node: ${A}`,
+        '    memory: 1e30',
+        "    command: ['/bin/sleep', '300']",
+        '  - name: applied-two',
+        `    node: ${B}`,
+        "    command: ['/bin/sleep', '300']",
+        '',
+      ].join('\n'),
+    );
     const r = cli(['apply', '-f', file]);
     expect(r.status).toBe(1);
     expect(`${r.stdout}${r.stderr}`).toMatch(/applied-bad.*memory/);
     await untilState('applied-one', ['Running']);
     await untilState('applied-two', ['Running']);
-    await expect(k.client.workflow.getHandle(jobWorkflowId('applied-bad')).describe()).rejects.toThrow(WorkflowNotFoundError);
+    await expect(k.client.workflow.getHandle(jobWorkflowId('applied-bad')).describe()).rejects.toThrow(
+      WorkflowNotFoundError,
+    );
     for (const j of ['applied-one', 'applied-two']) await k.client.workflow.getHandle(jobWorkflowId(j)).cancel();
   });
 });

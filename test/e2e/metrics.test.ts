@@ -41,12 +41,16 @@ async function scrape(address: string): Promise<Sample[]> {
 
 /** The sum of a metric over the samples whose labels include `want`; 0 when there are none yet. */
 function total(samples: Sample[], name: string, want: Record<string, string> = {}): number {
-  return samples.filter((s) => s.name === name && Object.entries(want).every(([k2, v]) => s.labels[k2] === v)).reduce((a, s) => a + s.value, 0);
+  return samples
+    .filter((s) => s.name === name && Object.entries(want).every(([k2, v]) => s.labels[k2] === v))
+    .reduce((a, s) => a + s.value, 0);
 }
 
 /** The address a worker recorded for its endpoint in the stack's state file. */
 function recordedAddress(component: string, pid?: number): string {
-  const rec = readStackState(stack().home)?.processes.find((p) => p.component === component && (pid === undefined || p.pid === pid));
+  const rec = readStackState(stack().home)?.processes.find(
+    (p) => p.component === component && (pid === undefined || p.pid === pid),
+  );
   if (!rec?.metricsAddress) throw new Error(`${component} recorded no metrics address in the stack state`);
   return rec.metricsAddress;
 }
@@ -64,20 +68,26 @@ afterAll(async () => {
 });
 
 describe('Prometheus metrics from every worker', () => {
-  test('a checkpoint and a restore move bytes, phase histograms and outcome counters; the SDK\'s metrics are there too', async () => {
-    const agentAt = await until('agent recorded its metrics address', () => {
-      try {
-        return recordedAddress(`agent:${NODE}`, agent!.rec.pid);
-      } catch {
-        return null;
-      }
-    }, 30000);
+  test("a checkpoint and a restore move bytes, phase histograms and outcome counters; the SDK's metrics are there too", async () => {
+    const agentAt = await until(
+      'agent recorded its metrics address',
+      () => {
+        try {
+          return recordedAddress(`agent:${NODE}`, agent!.rec.pid);
+        } catch {
+          return null;
+        }
+      },
+      30000,
+    );
     const controlAt = recordedAddress('control-worker');
     const a0 = await scrape(agentAt);
     const c0 = await scrape(controlAt);
     // The node's gauges come from its first inventory report, before it took any activity.
     expect(total(a0, 'kybernate_node_vram_total_bytes', { node: NODE })).toBe(8 * GiB);
-    expect(total(a0, 'kybernate_node_inventory_reports_total', { node: NODE, outcome: 'ok' })).toBeGreaterThanOrEqual(1);
+    expect(total(a0, 'kybernate_node_inventory_reports_total', { node: NODE, outcome: 'ok' })).toBeGreaterThanOrEqual(
+      1,
+    );
 
     const job = 'metrics-job';
     const w = await k.runWorkload({ node: NODE, jobId: job, command: [PYTHON, PATTERN, '16', job] });
@@ -91,24 +101,42 @@ describe('Prometheus metrics from every worker', () => {
     const phaseCount = (s: Sample[], kind: 'checkpoint' | 'restore', phase: string): number =>
       total(s, `kybernate_${kind}_phase_duration_seconds_count`, { node: NODE, phase, outcome: 'ok' });
     for (const phase of ['Locking', 'DumpingProcess', 'Sealing', 'Uploading']) {
-      expect({ phase, count: phaseCount(a1, 'checkpoint', phase) }).toEqual({ phase, count: phaseCount(a0, 'checkpoint', phase) + 1 });
+      expect({ phase, count: phaseCount(a1, 'checkpoint', phase) }).toEqual({
+        phase,
+        count: phaseCount(a0, 'checkpoint', phase) + 1,
+      });
     }
-    expect(total(a1, 'kybernate_checkpoint_phase_duration_seconds_sum', { node: NODE, phase: 'DumpingProcess' })).toBeGreaterThan(0);
-    const sent = total(a1, 'kybernate_checkpoint_bytes_total', { node: NODE, phase: 'Uploading' }) - total(a0, 'kybernate_checkpoint_bytes_total', { node: NODE, phase: 'Uploading' });
+    expect(
+      total(a1, 'kybernate_checkpoint_phase_duration_seconds_sum', { node: NODE, phase: 'DumpingProcess' }),
+    ).toBeGreaterThan(0);
+    const sent =
+      total(a1, 'kybernate_checkpoint_bytes_total', { node: NODE, phase: 'Uploading' }) -
+      total(a0, 'kybernate_checkpoint_bytes_total', { node: NODE, phase: 'Uploading' });
     expect(sent).toBe(ck.upload!.bytesSent);
     expect(sent).toBeGreaterThan(0);
     expect(total(a1, 'kybernate_checkpoint_bytes_total', { node: NODE, phase: 'DumpingProcess' })).toBeGreaterThan(0);
     // Durable in S3: nothing of it waits for upload, by the gauge set with the next inventory report.
-    const reports = (s: Sample[]): number => total(s, 'kybernate_node_inventory_reports_total', { node: NODE, outcome: 'ok' });
-    const after = await until('an inventory report after the checkpoint', async () => {
-      const s = await scrape(agentAt);
-      return reports(s) > reports(a1) ? s : null;
-    }, 30000);
+    const reports = (s: Sample[]): number =>
+      total(s, 'kybernate_node_inventory_reports_total', { node: NODE, outcome: 'ok' });
+    const after = await until(
+      'an inventory report after the checkpoint',
+      async () => {
+        const s = await scrape(agentAt);
+        return reports(s) > reports(a1) ? s : null;
+      },
+      30000,
+    );
     expect(after.some((s) => s.name === 'kybernate_checkpoints_pending_upload' && s.labels.node === NODE)).toBe(true);
     expect(total(after, 'kybernate_checkpoints_pending_upload', { node: NODE })).toBe(0);
     // Counted by the checkpoint workflow on the control worker, through the SDK's sink after its task completes.
     const durable = { node: NODE, outcome: 'Durable', tier: 's3' };
-    await until('checkpoint outcome counted', async () => total(await scrape(controlAt), 'kybernate_checkpoints_total', durable) > total(c0, 'kybernate_checkpoints_total', durable), 15000);
+    await until(
+      'checkpoint outcome counted',
+      async () =>
+        total(await scrape(controlAt), 'kybernate_checkpoints_total', durable) >
+        total(c0, 'kybernate_checkpoints_total', durable),
+      15000,
+    );
 
     const r = await k.startRestore({ checkpointId: request.checkpointId, node: NODE });
     const rs = await k.restoreResult(r.workflowId);
@@ -116,12 +144,23 @@ describe('Prometheus metrics from every worker', () => {
     pids.push(rs.pid!);
     const a2 = await scrape(agentAt);
     for (const phase of ['Fetching', 'RestoringProcess', 'Verifying']) {
-      expect({ phase, count: phaseCount(a2, 'restore', phase) }).toEqual({ phase, count: phaseCount(a1, 'restore', phase) + 1 });
+      expect({ phase, count: phaseCount(a2, 'restore', phase) }).toEqual({
+        phase,
+        count: phaseCount(a1, 'restore', phase) + 1,
+      });
     }
-    expect(total(a2, 'kybernate_restore_bytes_total', { node: NODE, phase: 'Fetching' }) - total(a1, 'kybernate_restore_bytes_total', { node: NODE, phase: 'Fetching' }))
-      .toBeGreaterThan(0);
+    expect(
+      total(a2, 'kybernate_restore_bytes_total', { node: NODE, phase: 'Fetching' }) -
+        total(a1, 'kybernate_restore_bytes_total', { node: NODE, phase: 'Fetching' }),
+    ).toBeGreaterThan(0);
     const running = { outcome: 'Running', type: 'none' };
-    await until('restore outcome counted', async () => total(await scrape(controlAt), 'kybernate_restores_total', running) > total(c0, 'kybernate_restores_total', running), 15000);
+    await until(
+      'restore outcome counted',
+      async () =>
+        total(await scrape(controlAt), 'kybernate_restores_total', running) >
+        total(c0, 'kybernate_restores_total', running),
+      15000,
+    );
 
     // The SDK's own metrics share each endpoint: the agent's activities on its queue, the control worker's workflows.
     const sdkAgent = a2.filter((s) => s.name.startsWith('temporal_') && s.labels.task_queue === `node/${NODE}`);

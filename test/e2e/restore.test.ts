@@ -34,9 +34,20 @@ async function workload(node: string, job: string, mib = 32): Promise<{ pid: num
   return info;
 }
 
-async function checkpointed(node: string, job: string, vramGiB: number, leaveRunning = false): Promise<{ id: string; pid: number; logFile: string; tick: number }> {
+async function checkpointed(
+  node: string,
+  job: string,
+  vramGiB: number,
+  leaveRunning = false,
+): Promise<{ id: string; pid: number; logFile: string; tick: number }> {
   const w = await workload(node, job);
-  const { request } = await k.startCheckpoint({ target: job, node, checkpointId: `${job}-ck`, vramBytes: vramGiB * GiB, leaveRunning });
+  const { request } = await k.startCheckpoint({
+    target: job,
+    node,
+    checkpointId: `${job}-ck`,
+    vramBytes: vramGiB * GiB,
+    leaveRunning,
+  });
   const s = await k.checkpointResult(request.checkpointId);
   expect(s.phase).toBe('Durable');
   return { id: request.checkpointId, pid: w.pid, logFile: w.logFile, tick: lastTick(w.logFile) };
@@ -55,12 +66,19 @@ describe('restore, end to end on the real stack', () => {
   test('migration with the CLI: checkpoint on r-small, restore on r-big; state and progress survive', async () => {
     const w = await workload('r-small', 'mig');
     const cli = path.resolve(__dirname, '../../dist/clients/cli.js');
-    const out = execFileSync(process.execPath, [cli, 'migrate', 'mig', '--to', 'r-big'], { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8' });
+    const out = execFileSync(process.execPath, [cli, 'migrate', 'mig', '--to', 'r-big'], {
+      env: { ...process.env, KYBERNATE_HOME: stack().home },
+      encoding: 'utf8',
+    });
     expect(out).toMatch(/mig: Migrated/);
     expect(alive(w.pid)).toBe(false);
     let workflowId = '';
-    for await (const wf of k.client.workflow.list({ query: `WorkflowType = 'migrate' AND KybernateJobId = 'mig'` })) workflowId = wf.workflowId;
-    const m = (await k.client.workflow.getHandle(workflowId).result()) as { restores: { node: string; pid: number }[]; checkpoint: { history: { phase: string; detail: string }[] } };
+    for await (const wf of k.client.workflow.list({ query: `WorkflowType = 'migrate' AND KybernateJobId = 'mig'` }))
+      workflowId = wf.workflowId;
+    const m = (await k.client.workflow.getHandle(workflowId).result()) as {
+      restores: { node: string; pid: number }[];
+      checkpoint: { history: { phase: string; detail: string }[] };
+    };
     const r = m.restores[0];
     expect(r.node).toBe('r-big');
     expect(alive(r.pid)).toBe(true);
@@ -69,14 +87,15 @@ describe('restore, end to end on the real stack', () => {
     process.kill(r.pid, 'SIGKILL');
   });
 
-  test('from S3 through memory: fetched into r-big\'s staging directory, restored, the memory freed; state survives', async () => {
+  test("from S3 through memory: fetched into r-big's staging directory, restored, the memory freed; state survives", async () => {
     const c = await checkpointed('r-small', 'staged', 0);
     const r = await k.startRestore({ checkpointId: c.id, node: 'r-big' });
     const s = await k.restoreResult(r.workflowId);
     expect(s.phase).toBe('Running');
     expect(s.source).toBe('s3');
     const activities = ((await k.client.workflow.getHandle(r.workflowId).fetchHistory()).events ?? [])
-      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
+      .filter(Boolean);
     expect(activities.slice(-3)).toEqual(['adoptWorkload', 'releaseStaging', 'release']);
     expect(fs.existsSync(path.join(agents[1].stagingDir!, c.id))).toBe(false);
     expect(fs.existsSync(path.join(agents[1].dataDir, 'checkpoints', c.id))).toBe(false);
@@ -97,8 +116,13 @@ describe('restore, end to end on the real stack', () => {
     const sy = await k.restoreResult(ry.workflowId);
     expect(sy.phase).toBe('Running');
     expect(sy.node).toBe('r-big');
-    expect(sy.attempts.map((a) => `${a.node}:${a.outcome}:${a.phase}`)).toEqual(['r-small:failed:RestoringVram', 'r-big:running:Running']);
-    expect(sy.attempts[0].reason).toMatch(/CudaOutOfMemory: node r-small has 2147483648 bytes of VRAM free \(declared\), 6442450944 needed/);
+    expect(sy.attempts.map((a) => `${a.node}:${a.outcome}:${a.phase}`)).toEqual([
+      'r-small:failed:RestoringVram',
+      'r-big:running:Running',
+    ]);
+    expect(sy.attempts[0].reason).toMatch(
+      /CudaOutOfMemory: node r-small has 2147483648 bytes of VRAM free \(declared\), 6442450944 needed/,
+    );
     await provesState(sy.pid!, y.logFile, y.tick);
     await recordHistory('restore-oom-rescheduled', k.client.workflow.getHandle(ry.workflowId));
     for (const p of [sx.pid!, sy.pid!]) process.kill(p, 'SIGKILL');
@@ -108,15 +132,25 @@ describe('restore, end to end on the real stack', () => {
     const c = await checkpointed('r-small', 'corrupt', 0);
     const s3 = makeS3Client(configFromStack(stack()).s3);
     const key = `checkpoints/${c.id}/images/pages-1.img`;
-    const orig = Buffer.from(await (await s3.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: key }))).Body!.transformToByteArray());
+    const orig = Buffer.from(
+      await (await s3.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: key }))).Body!.transformToByteArray(),
+    );
     const bad = Buffer.from(orig);
     bad[bad.length >> 1] ^= 0xff; // one flipped byte, same size
     await s3.send(new PutObjectCommand({ Bucket: stack().s3.bucket, Key: key, Body: bad }));
     s3.destroy();
 
-    const r1 = await k.client.workflow.execute('restore', {
-      workflowId: `restore/${c.id}/1`, taskQueue: 'kybernate-control', args: [{ checkpointId: c.id, prefer: ['r-big'] }],
-    }) as { phase: string; node: string; source: string; pid: number; attempts: { node: string; phase: string; reason: string }[] };
+    const r1 = (await k.client.workflow.execute('restore', {
+      workflowId: `restore/${c.id}/1`,
+      taskQueue: 'kybernate-control',
+      args: [{ checkpointId: c.id, prefer: ['r-big'] }],
+    })) as {
+      phase: string;
+      node: string;
+      source: string;
+      pid: number;
+      attempts: { node: string; phase: string; reason: string }[];
+    };
     expect(r1.phase).toBe('Running');
     expect(r1.node).toBe('r-small');
     expect(r1.source).toBe('nvme');
@@ -131,9 +165,13 @@ describe('restore, end to end on the real stack', () => {
     const fd = fs.openSync(local, 'r+');
     fs.writeSync(fd, Buffer.from([0x42]), 0, 1, 4096);
     fs.closeSync(fd);
-    const err = await k.client.workflow.execute('restore', {
-      workflowId: `restore/${c.id}/2`, taskQueue: 'kybernate-control', args: [{ checkpointId: c.id, prefer: ['r-big'] }],
-    }).catch((e: unknown) => e);
+    const err = await k.client.workflow
+      .execute('restore', {
+        workflowId: `restore/${c.id}/2`,
+        taskQueue: 'kybernate-control',
+        args: [{ checkpointId: c.id, prefer: ['r-big'] }],
+      })
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect(String((err as WorkflowFailedError).cause?.message)).toMatch(/is corrupt/);
   });
@@ -159,25 +197,46 @@ describe('restore, end to end on the real stack', () => {
     ]);
     expect([a, b].filter(Boolean)).toHaveLength(1);
     await acts.release({ reservationId: a ? 'race-1' : 'race-2' });
-    expect(await acts.reserve({ reservationId: 'race-3', bytes: 6 * GiB, candidates: cand })).toMatchObject({ node: 'r-race' });
+    expect(await acts.reserve({ reservationId: 'race-3', bytes: 6 * GiB, candidates: cand })).toMatchObject({
+      node: 'r-race',
+    });
     await acts.release({ reservationId: 'race-3' });
   });
 
   test('restore CLI rejects bad input naming the field', async () => {
-    await expect(k.startRestore({ checkpointId: 'no-such-ck' })).rejects.toThrow(/checkpoint: no checkpoint 'no-such-ck'/);
-    await expect(k.startRestore({ checkpointId: 'x', node: 'nowhere' })).rejects.toThrow(/node: unknown node 'nowhere'/);
+    await expect(k.startRestore({ checkpointId: 'no-such-ck' })).rejects.toThrow(
+      /checkpoint: no checkpoint 'no-such-ck'/,
+    );
+    await expect(k.startRestore({ checkpointId: 'x', node: 'nowhere' })).rejects.toThrow(
+      /node: unknown node 'nowhere'/,
+    );
     await expect(k.startRestore({ checkpointId: '../x' })).rejects.toThrow(/checkpoint: /);
   });
 
   test('an idle workload (no CPU while it waits): Running without a probe, and with --ready-exec once its probe passes', async () => {
     const w = await k.runWorkload({ node: 'r-small', jobId: 'idle', command: [PYTHON, IDLE_PIPE] });
-    const token = (await until('waiting', () => output(w.logFile).map((l) => /^waiting .*token=(\w+)/.exec(l)?.[1]).find(Boolean), 30000))!;
-    const { request } = await k.startCheckpoint({ target: 'idle', node: 'r-small', checkpointId: 'idle-ck', leaveRunning: false });
+    const token = (await until(
+      'waiting',
+      () =>
+        output(w.logFile)
+          .map((l) => /^waiting .*token=(\w+)/.exec(l)?.[1])
+          .find(Boolean),
+      30000,
+    ))!;
+    const { request } = await k.startCheckpoint({
+      target: 'idle',
+      node: 'r-small',
+      checkpointId: 'idle-ck',
+      leaveRunning: false,
+    });
     const c = await k.checkpointResult(request.checkpointId);
     expect(`${c.phase} ${c.failureReason ?? ''}`).toBe('Durable ');
     expect(alive(w.pid)).toBe(false);
     const idleFor2s = (pid: number): Promise<boolean> => {
-      const cpu = (): number => { const f = procStatFields(pid); return Number(f[11]) + Number(f[12]); };
+      const cpu = (): number => {
+        const f = procStatFields(pid);
+        return Number(f[11]) + Number(f[12]);
+      };
       const before = cpu();
       return new Promise((res) => setTimeout(() => res(cpu() === before), 2000));
     };
@@ -192,8 +251,11 @@ describe('restore, end to end on the real stack', () => {
     // With --ready-exec: the probe runs on the node (it leaves a mark) before the restore says Running.
     const mark = path.join(stack().home, 'idle-probe-ran');
     const cli = path.resolve(__dirname, '../../dist/clients/cli.js');
-    const out = execFileSync(process.execPath, [cli, 'restore', 'idle-ck', '--node', 'r-big', '--ready-exec', `test -d /proc/$KYBERNATE_PID && touch ${mark}`],
-      { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8' });
+    const out = execFileSync(
+      process.execPath,
+      [cli, 'restore', 'idle-ck', '--node', 'r-big', '--ready-exec', `test -d /proc/$KYBERNATE_PID && touch ${mark}`],
+      { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8' },
+    );
     expect(out).toMatch(/idle-ck: Running on r-big as pid (\d+)/);
     const pid = Number(/as pid (\d+)/.exec(out)![1]);
     expect(fs.existsSync(mark)).toBe(true);
@@ -202,11 +264,14 @@ describe('restore, end to end on the real stack', () => {
     process.kill(pid, 'SIGUSR1');
     await until('token printed', () => output(w.logFile).includes(`token=${token}`), 20000);
     let workflowId = '';
-    for await (const wf of k.client.workflow.list({ query: `WorkflowType = 'restore' AND KybernateCheckpointId = 'idle-ck'` })) {
+    for await (const wf of k.client.workflow.list({
+      query: `WorkflowType = 'restore' AND KybernateCheckpointId = 'idle-ck'`,
+    })) {
       if (wf.workflowId !== r1.workflowId) workflowId = wf.workflowId;
     }
     const acts = ((await k.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [])
-      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
+      .filter(Boolean);
     expect(acts).toContain('verifyRunning');
     expect(acts).not.toContain('verifyProgress');
     await recordHistory('restore-idle-ready', k.client.workflow.getHandle(workflowId));
@@ -218,8 +283,16 @@ describe('restore, end to end on the real stack', () => {
     const marker = path.join(home, 'criu-post-restore.marker');
     const script = path.join(home, 'criu-hold-restore.sh');
     // A CRIU action script holds the restore (tasks created, not yet resumed) long enough to kill the agent.
-    fs.writeFileSync(script, `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-restore ]; then touch ${marker}; sleep 8; fi\nexit 0\n`, { mode: 0o755 });
-    const a = await Agent.start({ node: 'r-crash', declaredVramBytes: 8 * GiB, env: { KYBERNATE_CRIU_ACTION_SCRIPT: script } });
+    fs.writeFileSync(
+      script,
+      `#!/bin/sh\nif [ "$CRTOOLS_SCRIPT_ACTION" = post-restore ]; then touch ${marker}; sleep 8; fi\nexit 0\n`,
+      { mode: 0o755 },
+    );
+    const a = await Agent.start({
+      node: 'r-crash',
+      declaredVramBytes: 8 * GiB,
+      env: { KYBERNATE_CRIU_ACTION_SCRIPT: script },
+    });
     agents.push(a);
     const c = await checkpointed('r-small', 'agent-kill', 0);
     const r = await k.startRestore({ checkpointId: c.id, node: 'r-crash' });
@@ -233,10 +306,13 @@ describe('restore, end to end on the real stack', () => {
     expect(s.node).toBe('r-crash');
     expect(s.attempts.map((x) => `${x.node}:${x.outcome}`)).toEqual(['r-crash:running']);
     expect(s.recoveries).toHaveLength(1);
-    expect(s.recoveries?.[0]).toMatch(/r-crash: agent lost during RestoringProcess \(criuRestore: HEARTBEAT timeout\); CRIU restored pid \d+/);
+    expect(s.recoveries?.[0]).toMatch(
+      /r-crash: agent lost during RestoringProcess \(criuRestore: HEARTBEAT timeout\); CRIU restored pid \d+/,
+    );
     expect(runningCopies('agent-kill')).toEqual([workloadUnder(s.pid!)]);
     const acts = ((await k.client.workflow.getHandle(r.workflowId).fetchHistory()).events ?? [])
-      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
+      .filter(Boolean);
     expect(acts).toContain('inspectRestore');
     await provesState(s.pid!, c.logFile, c.tick);
     await recordHistory('restore-agent-killed', k.client.workflow.getHandle(r.workflowId));
@@ -247,8 +323,10 @@ describe('restore, end to end on the real stack', () => {
     const c = await checkpointed('r-small', 'ctl-kill', 0);
     const r = await k.startRestore({ checkpointId: c.id, node: 'r-big' });
     const handle = k.client.workflow.getHandle(r.workflowId);
-    const scheduled = async (name: string): Promise<boolean> => ((await handle.fetchHistory()).events ?? [])
-      .some((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === name);
+    const scheduled = async (name: string): Promise<boolean> =>
+      ((await handle.fetchHistory()).events ?? []).some(
+        (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === name,
+      );
     await until('restore reached CRIU', () => scheduled('criuRestore'), 60000, 50);
     const worker = stack().processes.find((p) => p.component === 'control-worker');
     expect(worker).toBeDefined();

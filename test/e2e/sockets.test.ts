@@ -64,11 +64,16 @@ class LineClient {
 
   /** The next answer; patient, since one sent while the server was checkpointed arrives on a retransmission. */
   async next(what: string, timeoutMs = 60000): Promise<string> {
-    return until(what, () => {
-      if (this.lines.length) return this.lines.shift();
-      if (this.failure) throw this.failure;
-      return null;
-    }, timeoutMs, 50);
+    return until(
+      what,
+      () => {
+        if (this.lines.length) return this.lines.shift();
+        if (this.failure) throw this.failure;
+        return null;
+      },
+      timeoutMs,
+      50,
+    );
   }
 
   async ask(line: string): Promise<string> {
@@ -85,7 +90,9 @@ describe('workloads with network sockets, end to end on the real stack', () => {
   test('a TCP server checkpointed on sk-a and restored on sk-b answers on its port; the counter continues and an established connection survives', async () => {
     const w = await k.runWorkload({ node: 'sk-a', jobId: 'tcp-echo', command: [PYTHON, TCP_ECHO, '0'] });
     pids.push(w.pid);
-    const port = Number(await until('the server listening', () => /^listening port=(\d+)/.exec(output(w.logFile)[0] ?? '')?.[1], 30000));
+    const port = Number(
+      await until('the server listening', () => /^listening port=(\d+)/.exec(output(w.logFile)[0] ?? '')?.[1], 30000),
+    );
 
     const kept = await LineClient.connect(port);
     expect(await kept.ask('one')).toBe('n=1 one');
@@ -95,7 +102,13 @@ describe('workloads with network sockets, end to end on the real stack', () => {
     expect(await kept.ask('three')).toBe('n=3 three');
 
     // Both agents run on this host: the original must be gone before the restore can take its port.
-    const { request } = await k.startCheckpoint({ target: 'tcp-echo', node: 'sk-a', checkpointId: 'tcp-echo-ck', vramBytes: 0, leaveRunning: false });
+    const { request } = await k.startCheckpoint({
+      target: 'tcp-echo',
+      node: 'sk-a',
+      checkpointId: 'tcp-echo-ck',
+      vramBytes: 0,
+      leaveRunning: false,
+    });
     const ck = await k.checkpointResult(request.checkpointId);
     expect(ck.phase).toBe('Durable');
     expect(alive(w.pid)).toBe(false);
@@ -117,18 +130,24 @@ describe('workloads with network sockets, end to end on the real stack', () => {
     expect(output(w.logFile)).toContain('served n=6');
   }, 300000);
 
-  test('restored where a connection\'s local address does not exist: CRIU cannot bind it back, so it is restored closed and the server runs on', async () => {
+  test("restored where a connection's local address does not exist: CRIU cannot bind it back, so it is restored closed and the server runs on", async () => {
     const dataDir = fs.mkdtempSync(path.join(stack().home, 'sockets-foreign-'));
     const ctx = localNodeContext('sk-foreign', dataDir);
     // Another host, as far as addresses go: a network namespace whose loopback has 127.0.0.1 only, so the
     // connection's local address 127.0.0.5 is not there. The real CRIU restores into it.
     const foreignCriu = path.join(dataDir, 'criu-elsewhere');
-    fs.writeFileSync(foreignCriu, `#!/bin/sh
+    fs.writeFileSync(
+      foreignCriu,
+      `#!/bin/sh
 exec unshare --net sh -c 'ip link set lo up && ip addr del 127.0.0.1/8 dev lo && ip addr add 127.0.0.1/32 dev lo && exec "$0" "$@"' "${BIN.criu}" "$@"
-`, { mode: 0o755 });
+`,
+      { mode: 0o755 },
+    );
     const w = await startWorkload(ctx, { jobId: 'foreign', command: [PYTHON, TCP_ECHO, '0', '0.0.0.0'] });
     pids.push(w.pid);
-    const port = Number(await until('the server listening', () => /^listening port=(\d+)/.exec(output(w.logFile)[0] ?? '')?.[1], 30000));
+    const port = Number(
+      await until('the server listening', () => /^listening port=(\d+)/.exec(output(w.logFile)[0] ?? '')?.[1], 30000),
+    );
     const c = await new Promise<net.Socket>((resolve, reject) => {
       const sock = net.connect({ host: '127.0.0.5', port }, () => resolve(sock)).once('error', reject);
     });
@@ -143,7 +162,9 @@ exec unshare --net sh -c 'ip link set lo up && ip addr del 127.0.0.1/8 dev lo &&
       const dir = path.join(dataDir, 'checkpoints', 'foreign');
       const r = await criuRestore({ ...ctx, criuBin: foreignCriu }, { dir, files: workloadFileIndex(dir) });
       pids.push(r.pid);
-      expect(errorLines(path.join(dir, 'criu-restore.log')).join('\n')).toMatch(/Can't bind inet socket back: Cannot assign requested address/);
+      expect(errorLines(path.join(dir, 'criu-restore.log')).join('\n')).toMatch(
+        /Can't bind inet socket back: Cannot assign requested address/,
+      );
       expect(fs.existsSync(path.join(dir, 'criu-restore-tcp-close.log'))).toBe(true);
       expect(alive(r.pid)).toBe(true);
       expect(fs.readlinkSync(`/proc/${r.pid}/ns/net`)).not.toBe(fs.readlinkSync('/proc/self/ns/net'));

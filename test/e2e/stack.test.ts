@@ -14,12 +14,33 @@ import type { ChildProcess } from 'node:child_process';
 import { ALL_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import { KybernateClient } from '../../clients/api';
 import { nodeQueue } from '../../common/queues';
-import { ComponentFailedError, configFromStack, down, findWorkloadProcesses, readStackState, restartComponent, type StackState, stopComponent, up } from '../../deploy/local/stack';
+import {
+  ComponentFailedError,
+  configFromStack,
+  down,
+  findWorkloadProcesses,
+  readStackState,
+  restartComponent,
+  type StackState,
+  stopComponent,
+  up,
+} from '../../deploy/local/stack';
 import { hasPoller, startAgent, startControlWorker } from '../../deploy/local/workers';
 import { loadConfig } from '../../workers/config';
 import { localDefaults } from '../../deploy/local/config';
 import type { NodeRecord } from '../../common/node';
-import { Agent, alive, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
+import {
+  Agent,
+  alive,
+  client,
+  lastTick,
+  localNodeContext,
+  output,
+  PATTERN,
+  PYTHON,
+  stack,
+  until,
+} from '../support/stack';
 import { Toxiproxy } from '../support/toxiproxy';
 
 const CLI = path.join(REPO_ROOT, 'dist', 'clients', 'cli.js');
@@ -35,8 +56,12 @@ function cmdline(pid: number): string {
 
 describe('the local stack', () => {
   test('kybernate status reports every component healthy and the UI URL', () => {
-    const out = execFileSync(process.execPath, [CLI, 'status'], { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8' });
-    for (const c of ['temporal', 'minio', 'toxiproxy', 'control-worker']) expect(out).toMatch(new RegExp(`healthy +${c}`));
+    const out = execFileSync(process.execPath, [CLI, 'status'], {
+      env: { ...process.env, KYBERNATE_HOME: stack().home },
+      encoding: 'utf8',
+    });
+    for (const c of ['temporal', 'minio', 'toxiproxy', 'control-worker'])
+      expect(out).toMatch(new RegExp(`healthy +${c}`));
     expect(out).not.toContain('UNHEALTHY');
     expect(out).toContain(`Temporal UI: ${stack().temporal.uiUrl}`);
   });
@@ -99,7 +124,11 @@ describe('the local stack', () => {
       expect(restored.pid).toBe(pid);
       // SIGUSR1 makes it re-hash its 64 MiB: the pattern must have survived the round trip.
       process.kill(pid, 'SIGUSR1');
-      const verify = await until('verification after restore', () => output(log).find((l) => l.startsWith('verify ')), 20000);
+      const verify = await until(
+        'verification after restore',
+        () => output(log).find((l) => l.startsWith('verify ')),
+        20000,
+      );
       expect(verify).toContain('pattern_ok=True');
       await until('ticks continue after the dumped counter', () => lastTick(log) >= before + 3, 20000);
       expect(output(log).filter((l) => l === `tick ${before + 1}`)).toHaveLength(1);
@@ -138,18 +167,28 @@ describe('the local stack', () => {
       expect(pids).not.toContain(s.processes.find((p) => p.component === 'temporal')!.pid);
       // A workload of that node that exec'd away from its environment, with a child: the watchdog finds both.
       const wl = await startWorkload(localNodeContext('owned', path.join(home, 'nodes', 'owned')), {
-        jobId: 'orphan', command: ['/bin/sh', '-c', 'sleep 1003 & exec env -i /bin/sleep 1004'],
+        jobId: 'orphan',
+        command: ['/bin/sh', '-c', 'sleep 1003 & exec env -i /bin/sleep 1004'],
       });
       // wl.pid is the namespace's pid 1 (an init such as tini, or the workload itself without one).
       const ns = fs.readlinkSync(`/proc/${wl.pid}/ns/pid`);
-      const inNs = (): number[] => fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number).filter((p) => {
-        try {
-          return fs.readlinkSync(`/proc/${p}/ns/pid`) === ns && alive(p);
-        } catch {
-          return false;
-        }
-      });
-      await until('exec\'d, with its child', () => ['/bin/sleep\x001004', 'sleep\x001003'].every((c) => inNs().some((p) => cmdline(p).startsWith(c))), 10000);
+      const inNs = (): number[] =>
+        fs
+          .readdirSync('/proc')
+          .filter((n) => /^\d+$/.test(n))
+          .map(Number)
+          .filter((p) => {
+            try {
+              return fs.readlinkSync(`/proc/${p}/ns/pid`) === ns && alive(p);
+            } catch {
+              return false;
+            }
+          });
+      await until(
+        "exec'd, with its child",
+        () => ['/bin/sleep\x001004', 'sleep\x001003'].every((c) => inNs().some((p) => cmdline(p).startsWith(c))),
+        10000,
+      );
       expect(pids.every(alive)).toBe(true);
       owner.kill('SIGKILL');
       await until('watchdog stops the stack', () => pids.every((p) => !alive(p)), 20000);
@@ -162,7 +201,9 @@ describe('the local stack', () => {
     } finally {
       // A failure above must not leave the stack (its watchdog stops it once the owner is gone) nor keep jest alive.
       owner.kill('SIGKILL');
-      await until('the watchdog is done', () => readStackState(home) === null, 30000).catch(() => down({ home, log: () => undefined }));
+      await until('the watchdog is done', () => readStackState(home) === null, 30000).catch(() =>
+        down({ home, log: () => undefined }),
+      );
       fs.rmSync(home, { recursive: true, force: true });
     }
   });
@@ -173,7 +214,10 @@ describe('the local stack', () => {
       const s = await up({ home, log: () => undefined });
       const minio = s.processes.find((p) => p.component === 'minio')!.pid;
       const conn = await Connection.connect({ address: s.temporal.address });
-      await new Client({ connection: conn, namespace: s.temporal.namespace }).workflow.start('nobodyRunsThis', { workflowId: 'survivor', taskQueue: 'nobody-polls' });
+      await new Client({ connection: conn, namespace: s.temporal.namespace }).workflow.start('nobodyRunsThis', {
+        workflowId: 'survivor',
+        taskQueue: 'nobody-polls',
+      });
       await conn.close();
       await stopComponent(home, 'temporal');
       const again = await up({ home, log: () => undefined });
@@ -182,7 +226,13 @@ describe('the local stack', () => {
       expect(alive(again.processes.find((p) => p.component === 'temporal')!.pid)).toBe(true);
       const conn2 = await Connection.connect({ address: again.temporal.address });
       try {
-        expect((await new Client({ connection: conn2, namespace: s.temporal.namespace }).workflow.getHandle('survivor').describe()).status.name).toBe('RUNNING');
+        expect(
+          (
+            await new Client({ connection: conn2, namespace: s.temporal.namespace }).workflow
+              .getHandle('survivor')
+              .describe()
+          ).status.name,
+        ).toBe('RUNNING');
       } finally {
         await conn2.close();
       }
@@ -195,7 +245,15 @@ describe('the local stack', () => {
   describe('restartComponent: one service crashes and comes back on its port with its data', () => {
     const pidOf = (component: string): number => stack().processes.find((p) => p.component === component)!.pid;
     const inventory = (zone: string): NodeInventory => ({
-      node: 'restart-probe', zone, vramSource: 'none', gpus: [], totalVramBytes: 0, freeVramBytes: 0, freeDiskBytes: 0, criuVersion: 'n/a', reportedAt: new Date().toISOString(),
+      node: 'restart-probe',
+      zone,
+      vramSource: 'none',
+      gpus: [],
+      totalVramBytes: 0,
+      freeVramBytes: 0,
+      freeDiskBytes: 0,
+      criuVersion: 'n/a',
+      reportedAt: new Date().toISOString(),
     });
     async function withTemporal<T>(fn: (c: Client) => Promise<T>): Promise<T> {
       const connection = await Connection.connect({ address: stack().temporal.address });
@@ -209,8 +267,19 @@ describe('the local stack', () => {
     test('Temporal SIGKILLed and restarted: a workflow started before is still there, and the control worker carries on with it', async () => {
       const wfId = nodeWorkflowId('restart-probe');
       await withTemporal(async (c) => {
-        await c.workflow.signalWithStart('nodeRegistry', { workflowId: wfId, taskQueue: CONTROL_QUEUE, args: [{ node: 'restart-probe' }], signal: 'report', signalArgs: [inventory('before-restart')] });
-        await until('the report is in', async () => (await c.workflow.getHandle(wfId).query<NodeRecord>('status')).inventory?.zone === 'before-restart', 30000);
+        await c.workflow.signalWithStart('nodeRegistry', {
+          workflowId: wfId,
+          taskQueue: CONTROL_QUEUE,
+          args: [{ node: 'restart-probe' }],
+          signal: 'report',
+          signalArgs: [inventory('before-restart')],
+        });
+        await until(
+          'the report is in',
+          async () =>
+            (await c.workflow.getHandle(wfId).query<NodeRecord>('status')).inventory?.zone === 'before-restart',
+          30000,
+        );
       });
       const before = stack();
       const oldPid = pidOf('temporal');
@@ -228,10 +297,18 @@ describe('the local stack', () => {
         const sa = await c.connection.operatorService.listSearchAttributes({ namespace: stack().temporal.namespace });
         for (const k of ALL_SEARCH_ATTRIBUTES) expect(Object.keys(sa.customAttributes ?? {})).toContain(k.name);
         // The control worker reconnected on its own: it answers for the workflow and takes a new signal.
-        await until('control worker polls again', () => hasPoller(stack().temporal.address, stack().temporal.namespace, CONTROL_QUEUE, 'workflow'), 60000);
+        await until(
+          'control worker polls again',
+          () => hasPoller(stack().temporal.address, stack().temporal.namespace, CONTROL_QUEUE, 'workflow'),
+          60000,
+        );
         expect((await h.query<NodeRecord>('status')).inventory?.zone).toBe('before-restart');
         await h.signal('report', inventory('after-restart'));
-        await until('the report after the restart is in', async () => (await h.query<NodeRecord>('status')).inventory?.zone === 'after-restart', 60000);
+        await until(
+          'the report after the restart is in',
+          async () => (await h.query<NodeRecord>('status')).inventory?.zone === 'after-restart',
+          60000,
+        );
         await h.terminate('restart test done');
       });
     });
@@ -291,14 +368,24 @@ describe('the local stack', () => {
     // stderr piped, not inherited: the commands this suite makes fail on purpose stay off the console, and a
     // command that fails unexpectedly still shows its stderr in the error jest prints.
     const cli = (...args: string[]): string =>
-      execFileSync(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: home }, encoding: 'utf8', stdio: 'pipe' });
+      execFileSync(process.execPath, [CLI, ...args], {
+        env: { ...process.env, KYBERNATE_HOME: home },
+        encoding: 'utf8',
+        stdio: 'pipe',
+      });
     /** `status` exits 1 when anything is unhealthy; its report is what counts here. */
-    const statusOut = (): string => spawnSync(process.execPath, [CLI, 'status'], { env: { ...process.env, KYBERNATE_HOME: home }, encoding: 'utf8' }).stdout;
+    const statusOut = (): string =>
+      spawnSync(process.execPath, [CLI, 'status'], { env: { ...process.env, KYBERNATE_HOME: home }, encoding: 'utf8' })
+        .stdout;
     const rec = (component: string) => readStackState(home)?.processes.find((p) => p.component === component);
     /** As if typed in another terminal: its own process group, the stack found through KYBERNATE_HOME. */
     const handStart = (...args: string[]): ChildProcess => {
       const fd = fs.openSync(path.join(outside, `${args[0]}-${byHand.length}.log`), 'a');
-      const c = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, KYBERNATE_HOME: home }, stdio: ['ignore', fd, fd], detached: true });
+      const c = spawn(process.execPath, [CLI, ...args], {
+        env: { ...process.env, KYBERNATE_HOME: home },
+        stdio: ['ignore', fd, fd],
+        detached: true,
+      });
       fs.closeSync(fd);
       byHand.push(c);
       return c;
@@ -310,7 +397,12 @@ describe('the local stack', () => {
         return null;
       }
     };
-    const inNamespace = (ns: string): number[] => fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n) && nsOf(Number(n)) === ns).map(Number).filter(alive);
+    const inNamespace = (ns: string): number[] =>
+      fs
+        .readdirSync('/proc')
+        .filter((n) => /^\d+$/.test(n) && nsOf(Number(n)) === ns)
+        .map(Number)
+        .filter(alive);
 
     beforeAll(async () => {
       home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-own-'));
@@ -329,7 +421,10 @@ describe('the local stack', () => {
     });
 
     test('up with proxies: workers reach S3 and Temporal through proxies named s3 and temporal; `kybernate fault s3 down|up` cuts the agent off S3 and back', async () => {
-      const proxies = (await (await fetch(`${own.toxiproxy!.api}/proxies`)).json()) as Record<string, { listen: string; upstream: string }>;
+      const proxies = (await (await fetch(`${own.toxiproxy!.api}/proxies`)).json()) as Record<
+        string,
+        { listen: string; upstream: string }
+      >;
       expect(proxies.s3.upstream).toBe(new URL(own.s3.endpoint).host);
       expect(proxies.temporal.upstream).toBe(own.temporal.address);
       expect(own.toxiproxy!.routes).toEqual({ s3: `http://${proxies.s3.listen}`, temporal: proxies.temporal.listen });
@@ -345,9 +440,16 @@ describe('the local stack', () => {
       expect(statusOut()).toMatch(/UNHEALTHY toxiproxy .*proxy 's3' is cut/);
       // The direct endpoint still answers: only the proxied link, the one the agent uses, is cut.
       expect((await fetch(`${own.s3.endpoint}/minio/health/live`)).status).toBe(200);
-      await expect(fetch(`${own.toxiproxy!.routes!.s3}/minio/health/live`, { signal: AbortSignal.timeout(3000) })).rejects.toThrow();
+      await expect(
+        fetch(`${own.toxiproxy!.routes!.s3}/minio/health/live`, { signal: AbortSignal.timeout(3000) }),
+      ).rejects.toThrow();
       await k.startCheckpoint({ target: 'cut', node: 'own-a', checkpointId: 'own-cut-1', uploadMaxAttempts: 2 });
-      await until('PendingUpload on nvme', async () => (await k.describeCheckpoint('own-cut-1')).phase === 'PendingUpload', 90000, 500);
+      await until(
+        'PendingUpload on nvme',
+        async () => (await k.describeCheckpoint('own-cut-1')).phase === 'PendingUpload',
+        90000,
+        500,
+      );
       expect((await k.describeCheckpoint('own-cut-1')).tier).toBe('nvme');
       expect(cli('fault', 's3', 'up')).toContain('s3 restored');
       const done = await k.checkpointResult('own-cut-1');
@@ -358,7 +460,10 @@ describe('the local stack', () => {
       expect((await fetch(`${own.toxiproxy!.routes!.s3}/minio/health/live`)).status).toBe(200);
       expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
       cli('fault', 's3', 'reset');
-      const p = (await (await fetch(`${own.toxiproxy!.api}/proxies/s3`)).json()) as { enabled: boolean; toxics: unknown[] };
+      const p = (await (await fetch(`${own.toxiproxy!.api}/proxies/s3`)).json()) as {
+        enabled: boolean;
+        toxics: unknown[];
+      };
       expect(p).toMatchObject({ enabled: true, toxics: [] });
       expect(() => cli('fault', 'minio', 'down')).toThrow(/link: 'minio' is not routed/);
 
@@ -382,11 +487,19 @@ describe('the local stack', () => {
       handStart('agent', '--node', 'hand', '--data-dir', path.join(outside, 'hand'), '--declared-vram', '8GiB');
       const agent = await until('hand agent registered', () => rec('agent:hand'), 60000);
       expect(agent.handStarted).toBe(true);
-      await until('hand agent polls', () => hasPoller(own.temporal.address, own.temporal.namespace, nodeQueue('hand'), 'activity', agent.pid), 60000);
+      await until(
+        'hand agent polls',
+        () => hasPoller(own.temporal.address, own.temporal.namespace, nodeQueue('hand'), 'activity', agent.pid),
+        60000,
+      );
       expect(cli('status')).toMatch(new RegExp(`healthy +agent:hand +pid ${agent.pid} +started by hand`));
 
       const worker = handStart('worker');
-      await until('hand worker registered', () => readStackState(home)?.processes.some((p) => p.pid === worker.pid), 60000);
+      await until(
+        'hand worker registered',
+        () => readStackState(home)?.processes.some((p) => p.pid === worker.pid),
+        60000,
+      );
       process.kill(worker.pid!, 'SIGTERM');
       await until('hand worker exits', () => !alive(worker.pid!), 30000);
       expect(readStackState(home)!.processes.some((p) => p.pid === worker.pid)).toBe(false);
@@ -397,12 +510,16 @@ describe('the local stack', () => {
       const newWorker = rec('control-worker')!.pid;
       expect(newWorker).not.toBe(oldWorker);
       expect(alive(oldWorker)).toBe(false);
-      expect(await hasPoller(own.temporal.address, own.temporal.namespace, CONTROL_QUEUE, 'workflow', newWorker)).toBe(true);
+      expect(await hasPoller(own.temporal.address, own.temporal.namespace, CONTROL_QUEUE, 'workflow', newWorker)).toBe(
+        true,
+      );
       cli('restart', 'agent:hand', '--signal', 'SIGKILL');
       const again = rec('agent:hand')!;
       expect(again.pid).not.toBe(agent.pid);
       expect(alive(agent.pid)).toBe(false);
-      expect(await hasPoller(own.temporal.address, own.temporal.namespace, nodeQueue('hand'), 'activity', again.pid)).toBe(true);
+      expect(
+        await hasPoller(own.temporal.address, own.temporal.namespace, nodeQueue('hand'), 'activity', again.pid),
+      ).toBe(true);
       expect(() => cli('restart', 'postgres')).toThrow(/component: 'postgres' is none of/);
     }, 240000);
 
@@ -420,18 +537,29 @@ describe('the local stack', () => {
       expect(again.pid).not.toBe(agentA.pid);
       expect(again.command).toEqual(agentA.command);
       expect(after.processes.filter((p) => p.component === 'agent:own-a')).toHaveLength(1);
-      expect(await hasPoller(own.temporal.address, own.temporal.namespace, nodeQueue('own-a'), 'activity', again.pid)).toBe(true);
+      expect(
+        await hasPoller(own.temporal.address, own.temporal.namespace, nodeQueue('own-a'), 'activity', again.pid),
+      ).toBe(true);
     }, 120000);
 
-    test('down stops every workload: one that exec\'d another program with another environment, its child, and a restored one; /proc keeps none', async () => {
+    test("down stops every workload: one that exec'd another program with another environment, its child, and a restored one; /proc keeps none", async () => {
       // On the hand-started agent, whose data directory is outside the stack's home.
       const chameleon = await k.runWorkload({
-        node: 'hand', jobId: 'chameleon',
-        command: ['/bin/sh', '-c', 'sleep 1001 & exec env -i PATH=/bin:/usr/bin python3 -c "import os; os.execv(\'/bin/sleep\', [\'renamed\', \'1002\'])"'],
+        node: 'hand',
+        jobId: 'chameleon',
+        command: [
+          '/bin/sh',
+          '-c',
+          "sleep 1001 & exec env -i PATH=/bin:/usr/bin python3 -c \"import os; os.execv('/bin/sleep', ['renamed', '1002'])\"",
+        ],
       });
       // chameleon.pid is the namespace's pid 1 (an init such as tini, or the workload itself without one).
       const chameleonNs = nsOf(chameleon.pid)!;
-      const renamed = await until('exec\'d', () => inNamespace(chameleonNs).find((p) => cmdline(p).startsWith('renamed\x001002')), 10000);
+      const renamed = await until(
+        "exec'd",
+        () => inNamespace(chameleonNs).find((p) => cmdline(p).startsWith('renamed\x001002')),
+        10000,
+      );
       expect(fs.readFileSync(`/proc/${renamed}/environ`, 'utf8')).not.toContain('KYBERNATE_JOB_ID');
       expect(inNamespace(chameleonNs).some((p) => cmdline(p).startsWith('sleep\x001001'))).toBe(true);
 

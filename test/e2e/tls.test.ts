@@ -34,23 +34,77 @@ beforeAll(async () => {
   // The worker's state changes would be console noise in the suite's output.
   Runtime.install({ logger: new DefaultLogger('ERROR') });
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kyb-tls-'));
-  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=kybernate test CA');
-  for (const [name, cn, ext] of [['server', SERVER_NAME, `subjectAltName=DNS:${SERVER_NAME}\nextendedKeyUsage=serverAuth`], ['client', 'kybernate-worker', 'extendedKeyUsage=clientAuth']]) {
+  openssl(
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.pem',
+    '-days',
+    '1',
+    '-subj',
+    '/CN=kybernate test CA',
+  );
+  for (const [name, cn, ext] of [
+    ['server', SERVER_NAME, `subjectAltName=DNS:${SERVER_NAME}\nextendedKeyUsage=serverAuth`],
+    ['client', 'kybernate-worker', 'extendedKeyUsage=clientAuth'],
+  ]) {
     fs.writeFileSync(path.join(dir, `${name}.ext`), `${ext}\n`);
-    openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
-    openssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.pem`, '-days', '1', '-extfile', `${name}.ext`);
+    openssl(
+      'req',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      `${name}.key`,
+      '-out',
+      `${name}.csr`,
+      '-subj',
+      `/CN=${cn}`,
+    );
+    openssl(
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      'ca.pem',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-out',
+      `${name}.pem`,
+      '-days',
+      '1',
+      '-extfile',
+      `${name}.ext`,
+    );
   }
   const read = (f: string): Buffer => fs.readFileSync(path.join(dir, f));
   const [host, upstreamPort] = stack().temporal.address.split(':');
-  server = tls.createServer({ key: read('server.key'), cert: read('server.pem'), ca: read('ca.pem'), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'] }, (down) => {
-    const up = net.connect(Number(upstreamPort), host);
-    for (const s of [down, up]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-      s.on('error', () => undefined);
-    }
-    down.pipe(up).pipe(down);
-  });
+  server = tls.createServer(
+    {
+      key: read('server.key'),
+      cert: read('server.pem'),
+      ca: read('ca.pem'),
+      requestCert: true,
+      rejectUnauthorized: true,
+      ALPNProtocols: ['h2'],
+    },
+    (down) => {
+      const up = net.connect(Number(upstreamPort), host);
+      for (const s of [down, up]) {
+        sockets.add(s);
+        s.on('close', () => sockets.delete(s));
+        s.on('error', () => undefined);
+      }
+      down.pipe(up).pipe(down);
+    },
+  );
   // A refused handshake (the point of one test) is not an error of the test.
   server.on('tlsClientError', () => undefined);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -79,7 +133,9 @@ const tlsEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => ({
 describe('Temporal over mutual TLS', () => {
   test('the client and a worker connect through TLS with the configured CA, client certificate and server name', async () => {
     const cfg = loadConfig(tlsEnv());
-    expect(cfg.temporal?.tls).toEqual(expect.objectContaining({ serverNameOverride: SERVER_NAME, clientCertPair: expect.anything() }));
+    expect(cfg.temporal?.tls).toEqual(
+      expect.objectContaining({ serverNameOverride: SERVER_NAME, clientCertPair: expect.anything() }),
+    );
     const k = await KybernateClient.connect(cfg);
     try {
       const ns = await k.client.workflowService.describeNamespace({ namespace: cfg.namespace });
@@ -91,7 +147,12 @@ describe('Temporal over mutual TLS', () => {
     const queue = `tls-check-${process.pid}`;
     const connection = await NativeConnection.connect(temporalConnectionOptions(cfg));
     try {
-      const worker = await Worker.create({ connection, namespace: cfg.namespace, taskQueue: queue, activities: { ping: async () => 'pong' } });
+      const worker = await Worker.create({
+        connection,
+        namespace: cfg.namespace,
+        taskQueue: queue,
+        activities: { ping: async () => 'pong' },
+      });
       const running = worker.run();
       try {
         // Seen from the plain side of the terminator: the worker polls through TLS.

@@ -31,9 +31,18 @@ const GIB = Number(process.env.KYBERNATE_GPU_GIB ?? 2);
   test(`a PyTorch process with ${GIB} GiB in VRAM survives checkpoint -> S3 -> restore`, async () => {
     const inv = (await k.node('gpu-0')).inventory!;
     expect(inv.vramSource).toBe('measured');
-    const w = await k.runWorkload({ node: 'gpu-0', jobId: 'torch', command: ['python3', path.join(REPO_ROOT, 'deploy', 'workloads', 'torch_victim.py'), String(GIB)] });
+    const w = await k.runWorkload({
+      node: 'gpu-0',
+      jobId: 'torch',
+      command: ['python3', path.join(REPO_ROOT, 'deploy', 'workloads', 'torch_victim.py'), String(GIB)],
+    });
     await until('torch ticking', () => output(w.logFile).some((l) => l.startsWith('tick 2 sum_ok=True')), 120000);
-    const { request } = await k.startCheckpoint({ target: 'torch', node: 'gpu-0', checkpointId: 'torch-ck', vramBytes: Math.ceil(GIB * 1.2 * 1024 ** 3) });
+    const { request } = await k.startCheckpoint({
+      target: 'torch',
+      node: 'gpu-0',
+      checkpointId: 'torch-ck',
+      vramBytes: Math.ceil(GIB * 1.2 * 1024 ** 3),
+    });
     const ck = await k.checkpointResult(request.checkpointId);
     expect(ck.phase).toBe('Durable');
     expect(ck.history.find((h) => h.phase === 'DumpingVram')?.outcome).toBe('ok');
@@ -45,8 +54,14 @@ const GIB = Number(process.env.KYBERNATE_GPU_GIB ?? 2);
     const rs = await k.restoreResult(r.workflowId);
     expect(rs.phase).toBe('Running');
     expect(rs.source).toBe('s3');
-    await until('ticks after restore', () => output(w.logFile).filter((l) => l.startsWith('tick ')).length > lastBefore + 4, 60000);
-    const after = output(w.logFile).filter((l) => l.startsWith('tick ')).slice(lastBefore);
+    await until(
+      'ticks after restore',
+      () => output(w.logFile).filter((l) => l.startsWith('tick ')).length > lastBefore + 4,
+      60000,
+    );
+    const after = output(w.logFile)
+      .filter((l) => l.startsWith('tick '))
+      .slice(lastBefore);
     expect(after.every((l) => l.includes('sum_ok=True'))).toBe(true);
     process.kill(rs.pid!, 'SIGKILL');
   }, 600000);

@@ -15,7 +15,10 @@ export const ARTIFACTS = path.join(REPO_ROOT, 'test-artifacts');
  * never leaves a browser process keeping jest (and CI) alive.
  */
 export async function withBrowser<T>(fn: (browser: Browser) => Promise<T>): Promise<T> {
-  if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run deploy/local/provision.sh chromium (as root) or apt-get install -y --no-install-recommends chromium`);
+  if (!fs.existsSync(CHROMIUM))
+    throw new Error(
+      `${CHROMIUM} is missing: run deploy/local/provision.sh chromium (as root) or apt-get install -y --no-install-recommends chromium`,
+    );
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -48,11 +51,16 @@ export async function frameShows(page: Page, text: RegExp, timeoutMs = 20000): P
     seen.length = 0;
     for (const f of page.frames()) {
       if (f === page.mainFrame()) continue;
-      const t = await f.locator('body').innerText({ timeout: 2000 }).catch(() => '');
+      const t = await f
+        .locator('body')
+        .innerText({ timeout: 2000 })
+        .catch(() => '');
       if (text.test(t)) return t;
       seen.push(t);
     }
     await sleep(250);
   }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for a frame showing ${text}; frames showed ${JSON.stringify(seen)}`);
+  throw new Error(
+    `timed out after ${timeoutMs} ms waiting for a frame showing ${text}; frames showed ${JSON.stringify(seen)}`,
+  );
 }

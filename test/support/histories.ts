@@ -23,7 +23,10 @@ export async function recordHistory(name: string, handle: WorkflowHandle): Promi
  */
 export function loadHistories(): { workflowId: string; history: temporal.api.history.v1.IHistory }[] {
   if (!fs.existsSync(HISTORY_DIR)) return [];
-  const files = fs.readdirSync(HISTORY_DIR, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.pb')).sort();
+  const files = fs
+    .readdirSync(HISTORY_DIR, { recursive: true, encoding: 'utf8' })
+    .filter((f) => f.endsWith('.pb'))
+    .sort();
   return files.map((f) => ({
     workflowId: f.replace(/\.pb$/, ''),
     history: temporal.api.history.v1.History.decode(fs.readFileSync(path.join(HISTORY_DIR, f))),

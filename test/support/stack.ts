@@ -6,7 +6,14 @@ import { KybernateClient } from '../../clients/api';
 import type { NodeContext } from '../../activities/node/context';
 import { BIN, REPO_ROOT, stagingRootFor } from '../../deploy/local/paths';
 import { processAlive } from '../../activities/node/process';
-import { configFromStack, killGroup, type ProcessRecord, readStackState, type StackState, unregisterProcess } from '../../deploy/local/stack';
+import {
+  configFromStack,
+  killGroup,
+  type ProcessRecord,
+  readStackState,
+  type StackState,
+  unregisterProcess,
+} from '../../deploy/local/stack';
 import { type AgentSpec, startAgent } from '../../deploy/local/workers';
 
 export function stack(): StackState {
@@ -22,7 +29,10 @@ export const PATTERN = path.join(REPO_ROOT, 'deploy', 'workloads', 'pattern.py')
 export const PYTHON = '/usr/bin/python3';
 
 export class Agent {
-  constructor(readonly spec: AgentSpec, public rec: ProcessRecord) {}
+  constructor(
+    readonly spec: AgentSpec,
+    public rec: ProcessRecord,
+  ) {}
 
   static async start(spec: AgentSpec): Promise<Agent> {
     return new Agent(spec, await startAgent(stack(), spec));
@@ -48,7 +58,9 @@ export class Agent {
 
   /** Where this agent stages dumps and fetches in memory; null when it never does. */
   get stagingDir(): string | null {
-    return this.spec.stagingDir === null ? null : this.spec.stagingDir ?? path.join(stagingRootFor(stack().home), this.spec.node);
+    return this.spec.stagingDir === null
+      ? null
+      : (this.spec.stagingDir ?? path.join(stagingRootFor(stack().home), this.spec.node));
   }
 }
 
@@ -58,11 +70,18 @@ export function output(logFile: string): string[] {
 }
 
 export function lastTick(logFile: string): number {
-  const ticks = output(logFile).filter((l) => l.startsWith('tick ')).map((l) => Number(l.slice(5)));
+  const ticks = output(logFile)
+    .filter((l) => l.startsWith('tick '))
+    .map((l) => Number(l.slice(5)));
   return ticks.length ? ticks[ticks.length - 1] : -1;
 }
 
-export async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, timeoutMs = 60000, everyMs = 200): Promise<T> {
+export async function until<T>(
+  what: string,
+  fn: () => Promise<T | null | undefined | false> | T | null | undefined | false,
+  timeoutMs = 60000,
+  everyMs = 200,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   while (Date.now() < deadline) {
@@ -74,7 +93,9 @@ export async function until<T>(what: string, fn: () => Promise<T | null | undefi
     }
     await sleep(everyMs);
   }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
+  throw new Error(
+    `timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`,
+  );
 }
 
 /** Running (not gone, not a zombie): the agent's own check. */
@@ -84,7 +105,16 @@ export const alive = processAlive;
 export function localNodeContext(node: string, dataDir: string): NodeContext {
   const s = stack();
   return {
-    node, zone: null, dataDir, criuBin: BIN.criu, initBin: BIN.tini, shimBin: BIN.shim, criuActionScript: null, declaredVramBytes: null, stagingDir: null,
-    s3: configFromStack(s).s3, logger: pino({ level: 'silent' }),
+    node,
+    zone: null,
+    dataDir,
+    criuBin: BIN.criu,
+    initBin: BIN.tini,
+    shimBin: BIN.shim,
+    criuActionScript: null,
+    declaredVramBytes: null,
+    stagingDir: null,
+    s3: configFromStack(s).s3,
+    logger: pino({ level: 'silent' }),
   };
 }

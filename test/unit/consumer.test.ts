@@ -25,9 +25,12 @@ function run(cmd: string, args: string[], cwd: string): string {
 }
 
 beforeAll(() => {
-  if (!fs.existsSync(path.join(ROOT, 'dist/clients/index.d.ts'))) throw new Error('dist/ is not built with declarations: run npx tsc -p tsconfig.json');
+  if (!fs.existsSync(path.join(ROOT, 'dist/clients/index.d.ts')))
+    throw new Error('dist/ is not built with declarations: run npx tsc -p tsconfig.json');
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-consumer-'));
-  const packed = JSON.parse(run('npm', ['pack', '--pack-destination', tmp, '--json', '--ignore-scripts'], ROOT)) as { filename: string }[];
+  const packed = JSON.parse(run('npm', ['pack', '--pack-destination', tmp, '--json', '--ignore-scripts'], ROOT)) as {
+    filename: string;
+  }[];
   consumer = path.join(tmp, 'consumer');
   const pkgDir = path.join(consumer, 'node_modules/kybernate');
   fs.mkdirSync(pkgDir, { recursive: true });
@@ -35,7 +38,10 @@ beforeAll(() => {
   // The package's dependencies: the repo's own installed copies (the same pinned versions npm would install).
   fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(pkgDir, 'node_modules'));
   fs.symlinkSync(path.join(ROOT, 'node_modules/@types'), path.join(consumer, 'node_modules/@types'));
-  fs.writeFileSync(path.join(consumer, 'package.json'), JSON.stringify({ name: 'consumer', version: '1.0.0', private: true }));
+  fs.writeFileSync(
+    path.join(consumer, 'package.json'),
+    JSON.stringify({ name: 'consumer', version: '1.0.0', private: true }),
+  );
 }, 120_000);
 
 afterAll(() => {
@@ -62,11 +68,31 @@ test("require('kybernate') gives the client, its errors and resultOf; deep paths
       isKybernateError: new k.UnavailableError('S3', 'here', 'down') instanceof k.KybernateError,
       deep,
     }));`;
-  const out = JSON.parse(run(process.execPath, ['-e', script], consumer)) as { names: string[]; connect: string; code: string; isKybernateError: boolean; deep: string };
-  expect(out.names).toEqual(expect.arrayContaining([
-    'KybernateClient', 'JobsApi', 'JobExistsError', 'KybernateError', 'UnavailableError', 'WorkflowFailedWithoutStatusError', 'InvalidInputError',
-    'describeError', 'resultOf', 'statusFromFailure', 'isCheckpointStatus', 'isRestoreStatus', 'isMigrateStatus', 'isJobStatus',
-  ]));
+  const out = JSON.parse(run(process.execPath, ['-e', script], consumer)) as {
+    names: string[];
+    connect: string;
+    code: string;
+    isKybernateError: boolean;
+    deep: string;
+  };
+  expect(out.names).toEqual(
+    expect.arrayContaining([
+      'KybernateClient',
+      'JobsApi',
+      'JobExistsError',
+      'KybernateError',
+      'UnavailableError',
+      'WorkflowFailedWithoutStatusError',
+      'InvalidInputError',
+      'describeError',
+      'resultOf',
+      'statusFromFailure',
+      'isCheckpointStatus',
+      'isRestoreStatus',
+      'isMigrateStatus',
+      'isJobStatus',
+    ]),
+  );
   expect(out.connect).toBe('function');
   expect(out.code).toBe('UNAVAILABLE');
   expect(out.isKybernateError).toBe(true);
@@ -74,11 +100,24 @@ test("require('kybernate') gives the client, its errors and resultOf; deep paths
 });
 
 test('a consumer .ts type-checks against the packed types, and wrong calls are refused', () => {
-  fs.writeFileSync(path.join(consumer, 'tsconfig.json'), JSON.stringify({
-    compilerOptions: { strict: true, module: 'node16', moduleResolution: 'node16', target: 'ES2022', noEmit: true, skipLibCheck: true, types: ['node'] },
-    files: ['use.ts'],
-  }));
-  fs.writeFileSync(path.join(consumer, 'use.ts'), `
+  fs.writeFileSync(
+    path.join(consumer, 'tsconfig.json'),
+    JSON.stringify({
+      compilerOptions: {
+        strict: true,
+        module: 'node16',
+        moduleResolution: 'node16',
+        target: 'ES2022',
+        noEmit: true,
+        skipLibCheck: true,
+        types: ['node'],
+      },
+      files: ['use.ts'],
+    }),
+  );
+  fs.writeFileSync(
+    path.join(consumer, 'use.ts'),
+    `
 import { KybernateClient, type CheckpointStatus, type ErrorCode, type JobStatus, type RestoreStatus, describeError } from 'kybernate';
 export async function checkpointAndRestore(k: KybernateClient): Promise<[CheckpointStatus, RestoreStatus, JobStatus]> {
   const c = await k.checkpoint({ target: 'job-1', node: 'node-a', leaveRunning: true }, (s) => console.log(s.phase));
@@ -92,6 +131,7 @@ export const code: ErrorCode = describeError(new Error('x')).code;
 export const wrongArgument = (k: KybernateClient) => k.checkpoint({ target: 'job-1', node: 42 });
 // @ts-expect-error no such code
 export const wrongCode: ErrorCode = 'NO_SUCH_CODE';
-`);
+`,
+  );
   expect(run(process.execPath, [TSC, '-p', 'tsconfig.json'], consumer)).toBe('');
 });

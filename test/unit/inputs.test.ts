@@ -3,7 +3,13 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { CommanderError } from 'commander';
 import { parseBytes } from '../../clients/bytes';
 import { parseDuration, parseSeconds } from '../../clients/durations';
-import { describeError, describeFailureChain, EXIT_FAILURE, EXIT_USAGE, printableCommanderOutput } from '../../clients/errors';
+import {
+  describeError,
+  describeFailureChain,
+  EXIT_FAILURE,
+  EXIT_USAGE,
+  printableCommanderOutput,
+} from '../../clients/errors';
 import { MAX_VRAM_BYTES } from '../../common/bounds';
 import { assertPid, assertSafeId, InvalidInputError, printable, printableJson } from '../../common/ids';
 import { CheckpointRequestSchema, inputProblem, MigrateInputSchema, RestoreRequestSchema } from '../../common/inputs';
@@ -48,7 +54,9 @@ describe('sizes', () => {
     expect(parseBytes('vram', '16TiB')).toBe(MAX_VRAM_BYTES);
     expect(MAX_VRAM_BYTES).toBe(16 * 1024 ** 4);
     expect(() => parseBytes('vram', '1e30')).toThrow(/^vram: expected a size .*got '1e30'/);
-    expect(() => parseBytes('vram', '1000TiB')).toThrow(/^vram: must be at most 17592186044416 bytes \(16 TiB\) \(got '1000TiB'\)$/);
+    expect(() => parseBytes('vram', '1000TiB')).toThrow(
+      /^vram: must be at most 17592186044416 bytes \(16 TiB\) \(got '1000TiB'\)$/,
+    );
     expect(() => parseBytes('vram', '17TiB')).toThrow(/^vram: must be at most/);
     expect(() => parseBytes('vram', '9'.repeat(40))).toThrow(/^vram: /);
     expect(() => parseBytes('vram', '1.5')).toThrow(/^vram: must be a whole number of bytes \(got '1.5'\)$/);
@@ -95,7 +103,9 @@ describe('escaping what is echoed', () => {
     expect(printable(all)).not.toMatch(/[\u0000-\u001f\u007f-\u009f]/);
   });
   test('InvalidInputError escapes the value it echoes, in field and message', () => {
-    expect(() => assertSafeId('job', 'evil\x1b[31m\nerror: forged')).toThrow("job: must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit (got 'evil\\x1b[31m\\nerror: forged')");
+    expect(() => assertSafeId('job', 'evil\x1b[31m\nerror: forged')).toThrow(
+      "job: must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit (got 'evil\\x1b[31m\\nerror: forged')",
+    );
     expect(new InvalidInputError('a\nb', 'c\rd').message).toBe('a\\nb: c\\rd');
   });
   test('JSON stays valid JSON and carries no raw C1 or bidi control', () => {
@@ -104,16 +114,29 @@ describe('escaping what is echoed', () => {
     expect(JSON.parse(json)).toEqual({ s: 'a\x1b\x9b\u202e\n' });
   });
   test("commander's output: the echoed argument escaped, its own line breaks kept", () => {
-    expect(printableCommanderOutput("error: unknown option '--x\x1b[2J\ny'\n")).toBe("error: unknown option '--x\\x1b[2J\\ny'\n");
-    expect(printableCommanderOutput("error: unknown option '--nod'\n(Did you mean --node?)\n")).toBe("error: unknown option '--nod'\n(Did you mean --node?)\n");
+    expect(printableCommanderOutput("error: unknown option '--x\x1b[2J\ny'\n")).toBe(
+      "error: unknown option '--x\\x1b[2J\\ny'\n",
+    );
+    expect(printableCommanderOutput("error: unknown option '--nod'\n(Did you mean --node?)\n")).toBe(
+      "error: unknown option '--nod'\n(Did you mean --node?)\n",
+    );
   });
 });
 
 describe('workflow input schemas', () => {
   const ck = { checkpointId: 'c1', jobId: 'j1', node: 'n1', leaveRunning: false, reason: 'manual' };
   test('accept what the client sends', () => {
-    expect(inputProblem(CheckpointRequestSchema, { ...ck, vramBytes: 8 * 1024 ** 3, pid: 1234, uploadMaxAttempts: 2 })).toBeNull();
-    expect(inputProblem(RestoreRequestSchema, { checkpointId: 'c1', prefer: ['n2'], exclude: ['n1'], placementDeadline: '2m' })).toBeNull();
+    expect(
+      inputProblem(CheckpointRequestSchema, { ...ck, vramBytes: 8 * 1024 ** 3, pid: 1234, uploadMaxAttempts: 2 }),
+    ).toBeNull();
+    expect(
+      inputProblem(RestoreRequestSchema, {
+        checkpointId: 'c1',
+        prefer: ['n2'],
+        exclude: ['n1'],
+        placementDeadline: '2m',
+      }),
+    ).toBeNull();
     expect(inputProblem(MigrateInputSchema, { jobId: 'j', from: 'a', to: 'b', checkpointId: 'j-mig-1' })).toBeNull();
   });
   test.each([
@@ -122,40 +145,91 @@ describe('workflow input schemas', () => {
     [CheckpointRequestSchema, { ...ck, node: '../x' }, /^node: must be 1-128 characters/],
     [CheckpointRequestSchema, { ...ck, reason: 'whim' }, /^reason: /],
     [CheckpointRequestSchema, { ...ck, checkpointId: 'a\x1bb' }, /^checkpointId: .*$/],
-    [RestoreRequestSchema, { checkpointId: 'c1', placementDeadline: '1e21h' }, /^placementDeadline: expected a duration/],
-    [RestoreRequestSchema, { checkpointId: 'c1', placementDeadline: '30d' }, /^placementDeadline: must be from 1s to 7d/],
+    [
+      RestoreRequestSchema,
+      { checkpointId: 'c1', placementDeadline: '1e21h' },
+      /^placementDeadline: expected a duration/,
+    ],
+    [
+      RestoreRequestSchema,
+      { checkpointId: 'c1', placementDeadline: '30d' },
+      /^placementDeadline: must be from 1s to 7d/,
+    ],
     [RestoreRequestSchema, { checkpointId: 'c1', vramBytes: 1000 * 1024 ** 4 }, /^vramBytes: must be at most/],
     [RestoreRequestSchema, { checkpointId: 'c1', exclude: ['ok', 'bad/one'] }, /^exclude\.1: /],
-    [MigrateInputSchema, { jobId: 'j', from: 'a', to: 'b', checkpointId: 'c', vramBytes: -1 }, /^vramBytes: must not be negative/],
+    [
+      MigrateInputSchema,
+      { jobId: 'j', from: 'a', to: 'b', checkpointId: 'c', vramBytes: -1 },
+      /^vramBytes: must not be negative/,
+    ],
   ])('rejects in one line naming the field (%#)', (schema, input, re) => {
     const p = inputProblem(schema, input);
     expect(p).toMatch(re);
     expect(p).not.toContain('\n');
   });
   test('several problems: the first, and a count', () => {
-    expect(inputProblem(CheckpointRequestSchema, { ...ck, node: '', vramBytes: -1 })).toMatch(/^node: .*\(and 1 more problem\)$/);
+    expect(inputProblem(CheckpointRequestSchema, { ...ck, node: '', vramBytes: -1 })).toMatch(
+      /^node: .*\(and 1 more problem\)$/,
+    );
   });
 });
 
 describe('failures as the CLI prints them', () => {
   test("a failed workflow's whole cause chain, not 'Workflow execution failed'", () => {
     const app = ApplicationFailure.nonRetryable("checkpoint 'x' is Failed, not restorable", 'CheckpointNotFound');
-    const act = new ActivityFailure('Activity task failed', 'checkpointInfo', '1', RetryState.NON_RETRYABLE_FAILURE, 'w', app);
+    const act = new ActivityFailure(
+      'Activity task failed',
+      'checkpointInfo',
+      '1',
+      RetryState.NON_RETRYABLE_FAILURE,
+      'w',
+      app,
+    );
     const wf = new WorkflowFailedError('Workflow execution failed', act, RetryState.NON_RETRYABLE_FAILURE);
-    expect(describeFailureChain(wf)).toBe("workflow failed: activity checkpointInfo failed: CheckpointNotFound: checkpoint 'x' is Failed, not restorable");
-    expect(describeError(wf)).toEqual({ code: 'WORKFLOW_FAILED', message: describeFailureChain(wf), exitCode: EXIT_FAILURE });
-    const timeout = new WorkflowFailedError('Workflow execution failed', new ActivityFailure('x', 'startWorkload', '1', RetryState.TIMEOUT, 'w', new TimeoutFailure(undefined, undefined, 'SCHEDULE_TO_START')), RetryState.TIMEOUT);
-    expect(describeFailureChain(timeout)).toBe('workflow failed: activity startWorkload failed: SCHEDULE_TO_START timeout');
-    expect(describeFailureChain(new WorkflowFailedError('Workflow execution failed', new TerminatedFailure('operator: stuck'), RetryState.NON_RETRYABLE_FAILURE)))
-      .toBe('workflow failed: terminated: operator: stuck');
+    expect(describeFailureChain(wf)).toBe(
+      "workflow failed: activity checkpointInfo failed: CheckpointNotFound: checkpoint 'x' is Failed, not restorable",
+    );
+    expect(describeError(wf)).toEqual({
+      code: 'WORKFLOW_FAILED',
+      message: describeFailureChain(wf),
+      exitCode: EXIT_FAILURE,
+    });
+    const timeout = new WorkflowFailedError(
+      'Workflow execution failed',
+      new ActivityFailure(
+        'x',
+        'startWorkload',
+        '1',
+        RetryState.TIMEOUT,
+        'w',
+        new TimeoutFailure(undefined, undefined, 'SCHEDULE_TO_START'),
+      ),
+      RetryState.TIMEOUT,
+    );
+    expect(describeFailureChain(timeout)).toBe(
+      'workflow failed: activity startWorkload failed: SCHEDULE_TO_START timeout',
+    );
+    expect(
+      describeFailureChain(
+        new WorkflowFailedError(
+          'Workflow execution failed',
+          new TerminatedFailure('operator: stuck'),
+          RetryState.NON_RETRYABLE_FAILURE,
+        ),
+      ),
+    ).toBe('workflow failed: terminated: operator: stuck');
   });
-  test('exit codes: usage 2 (ours and commander\'s), runtime 1; messages escaped', () => {
+  test("exit codes: usage 2 (ours and commander's), runtime 1; messages escaped", () => {
     expect(describeError(new InvalidInputError('vram', 'bad')).exitCode).toBe(EXIT_USAGE);
-    expect(describeError(new CommanderError(1, 'commander.unknownOption', "error: unknown option '--x'")).exitCode).toBe(EXIT_USAGE);
+    expect(
+      describeError(new CommanderError(1, 'commander.unknownOption', "error: unknown option '--x'")).exitCode,
+    ).toBe(EXIT_USAGE);
     expect(describeError(new CommanderError(0, 'commander.helpDisplayed', '(outputHelp)')).exitCode).toBe(0);
     expect(describeError(new Error('boom\x1b[2J')).message).toBe('boom\\x1b[2J');
     const app = ApplicationFailure.nonRetryable('no such file: /tmp/\x1b[31mx', 'StartFailure');
-    expect(describeError(new WorkflowFailedError('f', app, RetryState.NON_RETRYABLE_FAILURE)).message).toBe('workflow failed: StartFailure: no such file: /tmp/\\x1b[31mx');
+    expect(describeError(new WorkflowFailedError('f', app, RetryState.NON_RETRYABLE_FAILURE)).message).toBe(
+      'workflow failed: StartFailure: no such file: /tmp/\\x1b[31mx',
+    );
   });
 });
 
@@ -172,8 +246,16 @@ describe('S3 part size', () => {
 
 describe('metadata.json schema', () => {
   const good = {
-    format: 'kybernate.checkpoint/v1', checkpointId: 'c', jobId: 'j', node: 'n', pid: 1, createdAt: '2026-01-01T00:00:00Z', criuVersion: '4.1.1',
-    cuda: { checkpointed: false, vramBytes: 0 }, workloadFiles: [], files: [{ path: 'images/pages-1.img', size: 10, sha256: 'a'.repeat(64) }],
+    format: 'kybernate.checkpoint/v1',
+    checkpointId: 'c',
+    jobId: 'j',
+    node: 'n',
+    pid: 1,
+    createdAt: '2026-01-01T00:00:00Z',
+    criuVersion: '4.1.1',
+    cuda: { checkpointed: false, vramBytes: 0 },
+    workloadFiles: [],
+    files: [{ path: 'images/pages-1.img', size: 10, sha256: 'a'.repeat(64) }],
   };
   test('accepts a valid document', () => {
     expect(MetadataSchema.parse(good).files).toHaveLength(1);

@@ -15,7 +15,11 @@ import { InvalidInputError } from '../../common/ids';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'kyb-inspect-'));
 const ctx = {
-  node: 'n1', dataDir: path.join(root, 'data'), stagingDir: path.join(root, 'shm'), criuBin: '/nonexistent/criu', logger: pino({ level: 'silent' }),
+  node: 'n1',
+  dataDir: path.join(root, 'data'),
+  stagingDir: path.join(root, 'shm'),
+  criuBin: '/nonexistent/criu',
+  logger: pino({ level: 'silent' }),
 } as unknown as NodeContext;
 const children: ChildProcess[] = [];
 
@@ -47,13 +51,25 @@ function metadata(dir: string, checkpointId: string, sizeLie = 0): void {
     const b = fs.readFileSync(path.join(dir, p));
     return { path: p, size: b.length + sizeLie, sha256: createHash('sha256').update(b).digest('hex') };
   });
-  fs.writeFileSync(path.join(dir, 'metadata.json'), JSON.stringify({
-    format: 'kybernate.checkpoint/v1', checkpointId, jobId: 'j', node: 'n1', pid: 1234, createdAt: new Date().toISOString(), criuVersion: '4.1',
-    cuda: { checkpointed: false, vramBytes: 0 }, workloadFiles: [], files,
-  }));
+  fs.writeFileSync(
+    path.join(dir, 'metadata.json'),
+    JSON.stringify({
+      format: 'kybernate.checkpoint/v1',
+      checkpointId,
+      jobId: 'j',
+      node: 'n1',
+      pid: 1234,
+      createdAt: new Date().toISOString(),
+      criuVersion: '4.1',
+      cuda: { checkpointed: false, vramBytes: 0 },
+      workloadFiles: [],
+      files,
+    }),
+  );
 }
 
-const dump = (): Promise<DumpResult> => Promise.resolve({ imageBytes: 4099, durationMs: 3, processStopped: true, staged: true });
+const dump = (): Promise<DumpResult> =>
+  Promise.resolve({ imageBytes: 4099, durationMs: 3, processStopped: true, staged: true });
 
 describe('inspectCheckpoint, on real files and a real process', () => {
   test('a finished dump staged in memory, sealed, and its process stopped by SIGSTOP: complete, committed, valid, stopped, same identity', async () => {
@@ -66,7 +82,14 @@ describe('inspectCheckpoint, on real files and a real process', () => {
     const r = inspectCheckpoint(ctx, { checkpointId: 'c-ok', process: { pid: p.pid, startTime: p.startTime } });
     expect(r.steps.criuDump).toMatchObject({ state: 'done', data: { imageBytes: 4099, processStopped: true } });
     expect(r.steps.seal.state).toBe('never');
-    expect(r.process).toMatchObject({ state: 'stopped', sameIdentity: true, pidReused: false, procState: 'T', tracerPid: null, cuda: 'none' });
+    expect(r.process).toMatchObject({
+      state: 'stopped',
+      sameIdentity: true,
+      pidReused: false,
+      procState: 'T',
+      tracerPid: null,
+      cuda: 'none',
+    });
     expect(r.images).toEqual({ location: 'memory', inventory: true, complete: true });
     expect(r.metadata).toEqual({ committed: true, valid: true, error: null });
     process.kill(p.pid, 'SIGCONT');
@@ -88,13 +111,19 @@ describe('inspectCheckpoint, on real files and a real process', () => {
     const exited = new Promise((r) => p.child.once('exit', r));
     p.child.kill('SIGKILL');
     await exited;
-    expect(inspectCheckpoint(ctx, { checkpointId: 'c-none', process: p }).process).toMatchObject({ state: 'gone', pidReused: false });
+    expect(inspectCheckpoint(ctx, { checkpointId: 'c-none', process: p }).process).toMatchObject({
+      state: 'gone',
+      pidReused: false,
+    });
   });
 
   test('a dump cut off by a dead agent: interrupted, and its images incomplete even where inventory.img exists', () => {
     images(path.join(ctx.dataDir, 'checkpoints', 'c-cut'), true);
     fs.mkdirSync(path.dirname(journalFile(ctx, 'checkpoint', 'c-cut')), { recursive: true });
-    fs.appendFileSync(journalFile(ctx, 'checkpoint', 'c-cut'), JSON.stringify({ step: 'criuDump', state: 'started', at: new Date().toISOString(), agentPid: 4194000 }) + '\n');
+    fs.appendFileSync(
+      journalFile(ctx, 'checkpoint', 'c-cut'),
+      JSON.stringify({ step: 'criuDump', state: 'started', at: new Date().toISOString(), agentPid: 4194000 }) + '\n',
+    );
     const r = inspectCheckpoint(ctx, { checkpointId: 'c-cut', process: { pid: process.pid } });
     expect(r.steps.criuDump.state).toBe('interrupted');
     expect(r.images).toEqual({ location: 'disk', inventory: true, complete: false });
@@ -116,7 +145,9 @@ describe('inspectCheckpoint, on real files and a real process', () => {
     expect(() => inspectCheckpoint(ctx, { checkpointId: '../x', process: { pid: 10 } })).toThrow(InvalidInputError);
     expect(() => inspectCheckpoint(ctx, { checkpointId: '../x', process: { pid: 10 } })).toThrow(/checkpointId/);
     expect(() => inspectCheckpoint(ctx, { checkpointId: 'c1', process: { pid: -1 } })).toThrow(/process.pid/);
-    expect(() => inspectCheckpoint(ctx, { checkpointId: 'c1', process: { pid: 10, startTime: 1.5 } })).toThrow(/process.startTime/);
+    expect(() => inspectCheckpoint(ctx, { checkpointId: 'c1', process: { pid: 10, startTime: 1.5 } })).toThrow(
+      /process.startTime/,
+    );
   });
 });
 
@@ -128,7 +159,9 @@ describe('journaled checkpoint activities', () => {
     const dir = path.join(ctx.dataDir, 'checkpoints', 'c-again');
     images(dir, false);
     appendJournal(ctx, 'checkpoint', 'c-again', { step: 'criuDump', state: 'started' });
-    const err = await acts.criuDump({ checkpointId: 'c-again', pid: p.pid, leaveRunning: false }).catch((e: unknown) => e);
+    const err = await acts
+      .criuDump({ checkpointId: 'c-again', pid: p.pid, leaveRunning: false })
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ApplicationFailure);
     expect((err as ApplicationFailure).type).toBe('StepAlreadyStarted');
     expect(fs.existsSync(path.join(dir, 'images', 'pages-1.img'))).toBe(true);
@@ -138,7 +171,9 @@ describe('journaled checkpoint activities', () => {
     const p = sleeper();
     images(path.join(ctx.stagingDir!, 'c-done'), true);
     await journaled(ctx, 'checkpoint', 'c-done', 'criuDump', dump, (r) => ({ ...r }));
-    await expect(acts.criuDump({ checkpointId: 'c-done', pid: p.pid, leaveRunning: false })).resolves.toEqual(await dump());
+    await expect(acts.criuDump({ checkpointId: 'c-done', pid: p.pid, leaveRunning: false })).resolves.toEqual(
+      await dump(),
+    );
   });
 
   test('a dump cut off after CRIU finished (inventory.img there) and stopped the process: finishDump copies the recorded output files and records it done', async () => {
@@ -148,8 +183,16 @@ describe('journaled checkpoint activities', () => {
     const dir = path.join(ctx.dataDir, 'checkpoints', 'c-finish');
     images(dir, true);
     fs.mkdirSync(path.dirname(journalFile(ctx, 'checkpoint', 'c-finish')), { recursive: true });
-    fs.appendFileSync(journalFile(ctx, 'checkpoint', 'c-finish'),
-      JSON.stringify({ step: 'criuDump', state: 'started', at: new Date().toISOString(), agentPid: 4194000, data: { pid: p.pid, files: [out] } }) + '\n');
+    fs.appendFileSync(
+      journalFile(ctx, 'checkpoint', 'c-finish'),
+      JSON.stringify({
+        step: 'criuDump',
+        state: 'started',
+        at: new Date().toISOString(),
+        agentPid: 4194000,
+        data: { pid: p.pid, files: [out] },
+      }) + '\n',
+    );
     // Still alive: not finished, whatever the images say.
     await expect(acts.finishDump({ checkpointId: 'c-finish', process: p })).rejects.toThrow(/process running/);
     const exited = new Promise((r) => p.child.once('exit', r));
@@ -157,7 +200,9 @@ describe('journaled checkpoint activities', () => {
     await exited;
     const r = await acts.finishDump({ checkpointId: 'c-finish', process: p });
     expect(r).toEqual({ imageBytes: 4099, durationMs: 0, processStopped: true, staged: false });
-    expect(JSON.parse(fs.readFileSync(path.join(dir, 'workload-files', 'index.json'), 'utf8'))).toEqual([{ path: out, artifact: 'workload-files/0-out.log' }]);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'workload-files', 'index.json'), 'utf8'))).toEqual([
+      { path: out, artifact: 'workload-files/0-out.log' },
+    ]);
     expect(fs.readFileSync(path.join(dir, 'workload-files', '0-out.log'), 'utf8')).toBe('tick 1\ntick 2\n');
     expect(inspectCheckpoint(ctx, { checkpointId: 'c-finish', process: p }).images.complete).toBe(true);
   });
@@ -166,26 +211,48 @@ describe('journaled checkpoint activities', () => {
     const dir = path.join(ctx.dataDir, 'checkpoints', 'c-nofinish');
     images(dir, false);
     fs.mkdirSync(path.dirname(journalFile(ctx, 'checkpoint', 'c-nofinish')), { recursive: true });
-    fs.appendFileSync(journalFile(ctx, 'checkpoint', 'c-nofinish'),
-      JSON.stringify({ step: 'criuDump', state: 'started', at: new Date().toISOString(), agentPid: 4194000, data: { pid: 4194001, files: [] } }) + '\n');
-    await expect(acts.finishDump({ checkpointId: 'c-nofinish', process: { pid: 4194001 } })).rejects.toThrow(/without inventory.img/);
+    fs.appendFileSync(
+      journalFile(ctx, 'checkpoint', 'c-nofinish'),
+      JSON.stringify({
+        step: 'criuDump',
+        state: 'started',
+        at: new Date().toISOString(),
+        agentPid: 4194000,
+        data: { pid: 4194001, files: [] },
+      }) + '\n',
+    );
+    await expect(acts.finishDump({ checkpointId: 'c-nofinish', process: { pid: 4194001 } })).rejects.toThrow(
+      /without inventory.img/,
+    );
   });
 
   test('a restore in place the journal saw finish, whose process lives, is reported, not run again', async () => {
     const p = sleeper();
-    appendJournal(ctx, 'checkpoint', 'c-rip', { step: 'criuRestoreInPlace', state: 'done', data: { pid: p.pid, startTime: p.startTime } });
+    appendJournal(ctx, 'checkpoint', 'c-rip', {
+      step: 'criuRestoreInPlace',
+      state: 'done',
+      data: { pid: p.pid, startTime: p.startTime },
+    });
     // criuBin does not exist: a second CRIU restore would fail, so success means it was not run.
-    await expect(acts.criuRestore({ checkpointId: 'c-rip', inPlace: true })).resolves.toEqual({ pid: p.pid, startTime: p.startTime });
+    await expect(acts.criuRestore({ checkpointId: 'c-rip', inPlace: true })).resolves.toEqual({
+      pid: p.pid,
+      startTime: p.startTime,
+    });
   });
 
   test('killProcess with a start time spares a process that took the pid', async () => {
     const p = sleeper();
-    await expect(acts.killProcess({ pid: p.pid, reason: 'test', startTime: p.startTime + 1 })).resolves.toEqual({ killed: false });
+    await expect(acts.killProcess({ pid: p.pid, reason: 'test', startTime: p.startTime + 1 })).resolves.toEqual({
+      killed: false,
+    });
     expect(processIdentity(p.pid)).not.toBeNull();
   });
 
   test('resolveTarget returns the process identity', async () => {
     const p = sleeper();
-    await expect(acts.resolveTarget({ pid: p.pid, jobId: 'j' })).resolves.toEqual({ pid: p.pid, startTime: p.startTime });
+    await expect(acts.resolveTarget({ pid: p.pid, jobId: 'j' })).resolves.toEqual({
+      pid: p.pid,
+      startTime: p.startTime,
+    });
   });
 });

@@ -21,7 +21,14 @@ afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 function ctxIn(dir: string): NodeContext {
   return {
-    node: 'unit', zone: null, dataDir: path.join(dir, 'data'), criuBin: '/bin/false', initBin: null, shimBin: '/bin/false', criuActionScript: null, declaredVramBytes: null,
+    node: 'unit',
+    zone: null,
+    dataDir: path.join(dir, 'data'),
+    criuBin: '/bin/false',
+    initBin: null,
+    shimBin: '/bin/false',
+    criuActionScript: null,
+    declaredVramBytes: null,
     stagingDir: path.join(dir, 'staging'),
     s3: { endpoint: 'http://127.0.0.1:1', region: 'us-east-1', accessKeyId: 'x', secretAccessKey: 'y', bucket: 'b' },
     logger: pino({ level: 'silent' }),
@@ -43,7 +50,20 @@ function expectInvalid(fn: () => unknown, field: string): void {
   expect(f.message.startsWith(`${field}: `)).toBe(true);
 }
 
-const BAD_IDS = ['../victim', '../../etc', '/etc/passwd', '/', '..', 'a/../../b', 'a\nb', 'a\0b', 'tab\there', '\x1b[31m', '.hidden', ''];
+const BAD_IDS = [
+  '../victim',
+  '../../etc',
+  '/etc/passwd',
+  '/',
+  '..',
+  'a/../../b',
+  'a\nb',
+  'a\0b',
+  'tab\there',
+  '\x1b[31m',
+  '.hidden',
+  '',
+];
 
 describe('ids are validated where they become paths and S3 keys', () => {
   test.each(BAD_IDS)('%j is refused by every path builder, naming the field', (id) => {
@@ -67,25 +87,56 @@ describe('ids are validated where they become paths and S3 keys', () => {
   test('a crafted checkpoint id deletes nothing outside the data dir', async () => {
     const ctx = ctxIn(tmp);
     // What '../victim' would name from <data>/checkpoints and from the staging dir.
-    const victims = [path.join(tmp, 'data', 'victim'), path.join(tmp, 'victim'), path.join(tmp, 'data', 'victim.fetch')];
+    const victims = [
+      path.join(tmp, 'data', 'victim'),
+      path.join(tmp, 'victim'),
+      path.join(tmp, 'data', 'victim.fetch'),
+    ];
     for (const v of victims) fs.mkdirSync(v, { recursive: true });
     expectInvalid(() => deleteCheckpointDir(ctx, { checkpointId: '../victim' }), 'checkpointId');
     expectInvalid(() => releaseStaging(ctx, { checkpointId: '../victim' }), 'checkpointId');
-    await expect(fetchCheckpoint(ctx, { checkpointId: '../victim' })).rejects.toMatchObject({ type: 'InvalidInput', nonRetryable: true });
+    await expect(fetchCheckpoint(ctx, { checkpointId: '../victim' })).rejects.toMatchObject({
+      type: 'InvalidInput',
+      nonRetryable: true,
+    });
     for (const v of victims) expect(fs.existsSync(v)).toBe(true);
   });
 });
 
 describe('the workload environment', () => {
   const parent = {
-    PATH: '/opt/bin:/usr/bin', HOME: '/root', LANG: 'C.UTF-8', TERM: 'xterm', TZ: 'UTC', LD_LIBRARY_PATH: '/usr/local/nvidia/lib64',
-    KYBERNATE_S3_SECRET_ACCESS_KEY: 'secret-value', KYBERNATE_S3_ACCESS_KEY_ID: 'key-id', AWS_SECRET_ACCESS_KEY: 'aws-secret',
-    AWS_PROFILE: 'prod', KYBERNATE_TEMPORAL_ADDRESS: 'temporal:7233', KYBERNATE_HOME: '/x', SSH_AUTH_SOCK: '/tmp/agent',
+    PATH: '/opt/bin:/usr/bin',
+    HOME: '/root',
+    LANG: 'C.UTF-8',
+    TERM: 'xterm',
+    TZ: 'UTC',
+    LD_LIBRARY_PATH: '/usr/local/nvidia/lib64',
+    KYBERNATE_S3_SECRET_ACCESS_KEY: 'secret-value',
+    KYBERNATE_S3_ACCESS_KEY_ID: 'key-id',
+    AWS_SECRET_ACCESS_KEY: 'aws-secret',
+    AWS_PROFILE: 'prod',
+    KYBERNATE_TEMPORAL_ADDRESS: 'temporal:7233',
+    KYBERNATE_HOME: '/x',
+    SSH_AUTH_SOCK: '/tmp/agent',
   };
 
-  test('holds only the documented minimum, the job\'s variables and KYBERNATE_JOB_ID', () => {
-    const env = workloadEnv({ jobId: 'j1', jobEnv: { MY_VAR: 'v', AWS_REGION: 'given-by-the-job' }, parent, home: '/home/u' });
-    expect(env).toEqual({ PATH: '/opt/bin:/usr/bin', LD_LIBRARY_PATH: '/usr/local/nvidia/lib64', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/home/u', MY_VAR: 'v', AWS_REGION: 'given-by-the-job', KYBERNATE_JOB_ID: 'j1' });
+  test("holds only the documented minimum, the job's variables and KYBERNATE_JOB_ID", () => {
+    const env = workloadEnv({
+      jobId: 'j1',
+      jobEnv: { MY_VAR: 'v', AWS_REGION: 'given-by-the-job' },
+      parent,
+      home: '/home/u',
+    });
+    expect(env).toEqual({
+      PATH: '/opt/bin:/usr/bin',
+      LD_LIBRARY_PATH: '/usr/local/nvidia/lib64',
+      LANG: 'C.UTF-8',
+      TZ: 'UTC',
+      HOME: '/home/u',
+      MY_VAR: 'v',
+      AWS_REGION: 'given-by-the-job',
+      KYBERNATE_JOB_ID: 'j1',
+    });
     expect(Object.values(env)).not.toContain('secret-value');
     expect(Object.values(env)).not.toContain('aws-secret');
   });
@@ -94,7 +145,11 @@ describe('the workload environment', () => {
     expect(workloadEnv({ jobId: 'j', parent: {}, home: '/' }).PATH).toBe(DEFAULT_PATH);
   });
 
-  test.each([['1BAD', 'env.1BAD'], ['A=B', 'env.A=B'], ['KYBERNATE_JOB_ID', 'env.KYBERNATE_JOB_ID']])('job variable %j is refused naming the field', (name, field) => {
+  test.each([
+    ['1BAD', 'env.1BAD'],
+    ['A=B', 'env.A=B'],
+    ['KYBERNATE_JOB_ID', 'env.KYBERNATE_JOB_ID'],
+  ])('job variable %j is refused naming the field', (name, field) => {
     expectInvalid(() => workloadEnv({ jobId: 'j', jobEnv: { [name]: 'v' }, parent, home: '/' }), field);
   });
 
@@ -137,7 +192,9 @@ describe('what a run resolves before it spawns', () => {
     const ownerOnly = path.join(tmp, 'owner-only');
     fs.writeFileSync(ownerOnly, '#!/bin/sh\n', { mode: 0o700 });
     expect(resolveExecutable(ownerOnly, '/', '', null)).toBe(ownerOnly);
-    expect(() => resolveExecutable(ownerOnly, '/', '', { uid: 65534, gid: 65534, home: '/' })).toThrow(/not executable by uid 65534/);
+    expect(() => resolveExecutable(ownerOnly, '/', '', { uid: 65534, gid: 65534, home: '/' })).toThrow(
+      /not executable by uid 65534/,
+    );
   });
 
   test('cwd must be an absolute, existing directory', () => {
@@ -148,7 +205,7 @@ describe('what a run resolves before it spawns', () => {
     expectInvalid(() => checkCwd(path.join(tmp, 'f')), 'cwd');
   });
 
-  test('--user: numeric, not root; group and HOME from the node\'s passwd when it knows the user', () => {
+  test("--user: numeric, not root; group and HOME from the node's passwd when it knows the user", () => {
     const passwd = path.join(tmp, 'passwd');
     fs.writeFileSync(passwd, 'root:x:0:0:root:/root:/bin/sh\nsvc:x:1234:4321:svc:/srv/svc:/bin/sh\n');
     expect(resolveRunAs(undefined, passwd)).toBeNull();
@@ -177,16 +234,23 @@ describe('the pid file', () => {
 });
 
 describe('a process tree, as a workload under an init is', () => {
-  test('the files and CPU time of the children count, not only the root\'s', async () => {
+  test("the files and CPU time of the children count, not only the root's", async () => {
     const out = path.join(tmp, 'child-output.log');
     // The root only waits; its child holds the output file open and burns CPU.
-    const root = spawn('/bin/sh', ['-c', `python3 -c "
+    const root = spawn(
+      '/bin/sh',
+      [
+        '-c',
+        `python3 -c "
 import time
 f = open('${out}', 'a')
 end = time.time() + 60
 while time.time() < end:
     sum(range(10000))
-" & wait`], { stdio: 'ignore' });
+" & wait`,
+      ],
+      { stdio: 'ignore' },
+    );
     try {
       const pid = root.pid!;
       let tree: number[] = [];

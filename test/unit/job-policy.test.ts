@@ -2,16 +2,33 @@ import { DEFAULT_BACKOFF, type JobCheckpointRecord, type JobSpec } from '../../c
 import { backoffDelayMs, MAX_EVENTS, pushEvent, retentionVictims, specProblem } from '../../workflows/job-policy';
 
 const ck = (id: string, over: Partial<JobCheckpointRecord> = {}): JobCheckpointRecord => ({
-  checkpointId: id, takenAt: '2026-01-01T00:00:00.000Z', reason: 'periodic', phase: 'Durable', healthy: true, deleted: false, ...over,
+  checkpointId: id,
+  takenAt: '2026-01-01T00:00:00.000Z',
+  reason: 'periodic',
+  phase: 'Durable',
+  healthy: true,
+  deleted: false,
+  ...over,
 });
 
 const spec = (over: Partial<JobSpec> = {}): JobSpec => ({
-  jobId: 'train-1', command: ['/bin/true'], vramBytes: 0, limits: {}, priority: 0, tier: 'normal', restartPolicy: 'OnFailure', maxRestarts: 10, backoff: DEFAULT_BACKOFF, ...over,
+  jobId: 'train-1',
+  command: ['/bin/true'],
+  vramBytes: 0,
+  limits: {},
+  priority: 0,
+  tier: 'normal',
+  restartPolicy: 'OnFailure',
+  maxRestarts: 10,
+  backoff: DEFAULT_BACKOFF,
+  ...over,
 });
 
 describe('job policy', () => {
   test("CrashLoopBackOff delays: Kubernetes' 10 s doubling to a 5 min cap", () => {
-    expect([0, 1, 2, 3, 4, 5, 6, 7, 60, 2000].map((k) => backoffDelayMs(DEFAULT_BACKOFF, k) / 1000)).toEqual([10, 20, 40, 80, 160, 300, 300, 300, 300, 300]);
+    expect([0, 1, 2, 3, 4, 5, 6, 7, 60, 2000].map((k) => backoffDelayMs(DEFAULT_BACKOFF, k) / 1000)).toEqual([
+      10, 20, 40, 80, 160, 300, 300, 300, 300, 300,
+    ]);
     expect(backoffDelayMs({ initialMs: 1000, capMs: 5000, resetAfterMs: 1 }, 2)).toBe(4000);
   });
 
@@ -28,7 +45,13 @@ describe('job policy', () => {
     expect(retentionVictims(all, 2, 'p1', new Set()).map((c) => c.checkpointId)).toEqual(['p2', 'p3', 'p4']);
     expect(retentionVictims(all, 2, 'p5', new Set(['p2'])).map((c) => c.checkpointId)).toEqual(['p1', 'p3', 'p4']);
     // Deleted, failed and preemption checkpoints do not count against keep and are never picked.
-    const mixed = [ck('p1', { deleted: true }), ck('x', { reason: 'preemption' }), ck('f', { phase: 'Failed' }), ck('p2'), ck('p3')];
+    const mixed = [
+      ck('p1', { deleted: true }),
+      ck('x', { reason: 'preemption' }),
+      ck('f', { phase: 'Failed' }),
+      ck('p2'),
+      ck('p3'),
+    ];
     expect(retentionVictims(mixed, 2, null, new Set())).toEqual([]);
   });
 

@@ -5,9 +5,24 @@ import * as path from 'node:path';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/common';
 import { criuDump, criuRestore, workloadFileIndex } from '../../activities/node/criu';
-import { attachToJobCgroup, cgroupVersion, createJobCgroup, jobCgroupDirs, removeJobCgroup } from '../../activities/node/cgroups';
+import {
+  attachToJobCgroup,
+  cgroupVersion,
+  createJobCgroup,
+  jobCgroupDirs,
+  removeJobCgroup,
+} from '../../activities/node/cgroups';
 import type { NodeContext } from '../../activities/node/context';
-import { archiveRunLog, attachRunLimits, awaitRunExit, collectDiagnostics, inspectRun, readRunLog, startRun, stopRun } from '../../activities/node/job-run';
+import {
+  archiveRunLog,
+  attachRunLimits,
+  awaitRunExit,
+  collectDiagnostics,
+  inspectRun,
+  readRunLog,
+  startRun,
+  stopRun,
+} from '../../activities/node/job-run';
 import { type OwnerState, sweepOrphans, temporalOwnerLookup } from '../../activities/node/orphans';
 import { Client, Connection } from '@temporalio/client';
 import { configFromStack } from '../../deploy/local/stack';
@@ -62,7 +77,11 @@ function jobProcesses(jobId: string): number[] {
   for (const p of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(p)) continue;
     try {
-      if (fs.readFileSync(`/proc/${p}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`) && processAlive(Number(p))) out.push(Number(p));
+      if (
+        fs.readFileSync(`/proc/${p}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`) &&
+        processAlive(Number(p))
+      )
+        out.push(Number(p));
     } catch {
       /* gone, or not ours to read */
     }
@@ -70,14 +89,22 @@ function jobProcesses(jobId: string): number[] {
   return out;
 }
 
-const existingCgroups = (jobId: string): string[] => [...jobCgroupDirs(ctx, jobId).values()].filter((d) => fs.existsSync(d));
+const existingCgroups = (jobId: string): string[] =>
+  [...jobCgroupDirs(ctx, jobId).values()].filter((d) => fs.existsSync(d));
 
-function run(jobId: string, command: string[], extra: Partial<StartRunInput> = {}): Promise<import('../../common/job').StartRunResult> {
+function run(
+  jobId: string,
+  command: string[],
+  extra: Partial<StartRunInput> = {},
+): Promise<import('../../common/job').StartRunResult> {
   return startRun(ctx, { jobId, run: 1, command, limits: {}, ...extra });
 }
 
 async function expectFailure(p: Promise<unknown>, type: string): Promise<ApplicationFailure> {
-  const err = await p.then(() => null, (e: unknown) => e);
+  const err = await p.then(
+    () => null,
+    (e: unknown) => e,
+  );
   expect(err).toBeInstanceOf(ApplicationFailure);
   expect((err as ApplicationFailure).type).toBe(type);
   return err as ApplicationFailure;
@@ -97,13 +124,31 @@ describe('the run shim (C)', () => {
     const exit = path.join(tmp, 'exit.json');
     let code = 0;
     try {
-      execFileSync(BIN.shim, ['--log', log, '--exit', exit, '--', PYTHON, '-c', "import os,sys; sys.stdout.write('a'*40000+'\\nb'); sys.stdout.flush(); os.kill(os.getpid(), 15)"]);
+      execFileSync(BIN.shim, [
+        '--log',
+        log,
+        '--exit',
+        exit,
+        '--',
+        PYTHON,
+        '-c',
+        "import os,sys; sys.stdout.write('a'*40000+'\\nb'); sys.stdout.flush(); os.kill(os.getpid(), 15)",
+      ]);
     } catch (e) {
       code = (e as { status: number }).status;
     }
     expect(code).toBe(128 + 15);
-    const lines = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => l.split(' '));
-    expect(lines.map((l) => [l[1], l[2], l[3].length])).toEqual([['stdout', 'P', 16384], ['stdout', 'P', 16384], ['stdout', 'F', 40000 - 2 * 16384], ['stdout', 'P', 1]]);
+    const lines = fs
+      .readFileSync(log, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.split(' '));
+    expect(lines.map((l) => [l[1], l[2], l[3].length])).toEqual([
+      ['stdout', 'P', 16384],
+      ['stdout', 'P', 16384],
+      ['stdout', 'F', 40000 - 2 * 16384],
+      ['stdout', 'P', 1],
+    ]);
     expect(JSON.parse(fs.readFileSync(exit, 'utf8'))).toMatchObject({ signal: 'SIGTERM', signo: 15 });
   });
 
@@ -111,7 +156,21 @@ describe('the run shim (C)', () => {
     const marker = path.join(tmp, 'ran');
     let err: { status: number; stderr: Buffer } | null = null;
     try {
-      execFileSync(BIN.shim, ['--log', path.join(tmp, 'log'), '--exit', path.join(tmp, 'exit.json'), '--cgroup', path.join(tmp, 'nope'), '--', 'touch', marker], { stdio: 'pipe' });
+      execFileSync(
+        BIN.shim,
+        [
+          '--log',
+          path.join(tmp, 'log'),
+          '--exit',
+          path.join(tmp, 'exit.json'),
+          '--cgroup',
+          path.join(tmp, 'nope'),
+          '--',
+          'touch',
+          marker,
+        ],
+        { stdio: 'pipe' },
+      );
     } catch (e) {
       err = e as { status: number; stderr: Buffer };
     }
@@ -127,12 +186,21 @@ describe('job runs on a node', () => {
 
   test('stdout and stderr lines in order with their stream, a partial last line, exit 0 => Completed', async () => {
     const jobId = newJob('lines');
-    const r = await run(jobId, ['sh', '-c', 'echo out1; sleep 0.1; echo err1 >&2; sleep 0.1; echo out2; sleep 0.1; printf tail']);
+    const r = await run(jobId, [
+      'sh',
+      '-c',
+      'echo out1; sleep 0.1; echo err1 >&2; sleep 0.1; echo out2; sleep 0.1; printf tail',
+    ]);
     expect(r.logFile).toBe(path.join(ctx.dataDir, 'workloads', jobId, 'runs', '1', 'log'));
     const exit = await awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile });
     expect(exit).toMatchObject({ reason: 'Completed', exitCode: 0, signal: null });
     const log = readRunLog({ jobId, logFile: r.logFile, offset: 0 });
-    expect(log.lines.map((l) => [l.stream, l.partial, l.text])).toEqual([['stdout', false, 'out1'], ['stderr', false, 'err1'], ['stdout', false, 'out2'], ['stdout', true, 'tail']]);
+    expect(log.lines.map((l) => [l.stream, l.partial, l.text])).toEqual([
+      ['stdout', false, 'out1'],
+      ['stderr', false, 'err1'],
+      ['stdout', false, 'out2'],
+      ['stdout', true, 'tail'],
+    ]);
     for (const l of log.lines) expect(l.time).toMatch(RFC3339_NANO);
     expect(log.nextOffset).toBe(log.size);
     expect(inspectRun({ process: r.process })).toEqual({ running: false });
@@ -143,7 +211,9 @@ describe('job runs on a node', () => {
   test('a run as another user: the command drops to that user, the shim stays root to write the log', async () => {
     const jobId = newJob('user');
     const r = await run(jobId, ['sh', '-c', 'id -u; id -g'], { user: { uid: 65534, gid: 65534 }, cwd: '/' });
-    expect(await awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile })).toMatchObject({ reason: 'Completed' });
+    expect(await awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile })).toMatchObject({
+      reason: 'Completed',
+    });
     expect(readRunLog({ jobId, logFile: r.logFile, offset: 0 }).lines.map((l) => l.text)).toEqual(['65534', '65534']);
     await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 0, reason: 'test' });
   });
@@ -164,7 +234,9 @@ describe('job runs on a node', () => {
     expect(inspectRun({ process: r.process })).toEqual({ running: true });
     const dirs = existingCgroups(jobId);
     expect(dirs.length).toBeGreaterThan(0);
-    const inCgroup = dirs.flatMap((d) => fs.readFileSync(path.join(d, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)).map(Number);
+    const inCgroup = dirs
+      .flatMap((d) => fs.readFileSync(path.join(d, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean))
+      .map(Number);
     expect(inCgroup.length).toBeGreaterThan(0); // the shim and sleep joined before the fork
     const waiting = awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile });
     const stop = await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 10000, reason: 'test stop' });
@@ -174,7 +246,10 @@ describe('job runs on a node', () => {
     expect(existingCgroups(jobId)).toEqual([]);
     expect(fs.existsSync(path.join(ctx.dataDir, 'workloads', jobId, 'pid'))).toBe(false);
     // Idempotent: a second stop finds nothing.
-    expect(await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 1000, reason: 'again' })).toEqual({ signal: null, killedStragglers: 0 });
+    expect(await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 1000, reason: 'again' })).toEqual({
+      signal: null,
+      killedStragglers: 0,
+    });
   });
 
   test('a descendant that left the session is killed by stopRun too', async () => {
@@ -200,7 +275,9 @@ describe('job runs on a node', () => {
 
   test('a run over its 64 MiB memory limit is OOMKilled', async () => {
     const jobId = newJob('oom');
-    const r = await run(jobId, [PYTHON, '-c', "x = b'a' * (256 << 20)\nprint('survived')"], { limits: { memoryBytes: 64 << 20 } });
+    const r = await run(jobId, [PYTHON, '-c', "x = b'a' * (256 << 20)\nprint('survived')"], {
+      limits: { memoryBytes: 64 << 20 },
+    });
     const exit = await awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile });
     expect(exit).toMatchObject({ reason: 'OOMKilled', signal: 'SIGKILL' });
     expect(exit.message).toMatch(/memory limit \(67108864 bytes\)/);
@@ -211,15 +288,24 @@ describe('job runs on a node', () => {
 
   test('a fork bomb under a pids limit of 32 cannot fork past it; the run ends and stopRun cleans all', async () => {
     const jobId = newJob('forks');
-    const r = await run(jobId, ['sh', '-c', 'i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done; echo all forked; wait'], { limits: { pids: 32 } });
+    const r = await run(
+      jobId,
+      ['sh', '-c', 'i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done; echo all forked; wait'],
+      { limits: { pids: 32 } },
+    );
     const pidsDir = jobCgroupDirs(ctx, jobId).get('pids') ?? jobCgroupDirs(ctx, jobId).get('unified')!;
     const waiting = awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile });
     let seen = 0;
     let failedForks = 0;
     for (let i = 0; i < 10; i++) {
       try {
-        seen = Math.max(seen, fs.readFileSync(path.join(pidsDir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).length);
-        failedForks = Number(/^max (\d+)$/m.exec(fs.readFileSync(path.join(pidsDir, 'pids.events'), 'utf8'))?.[1] ?? failedForks);
+        seen = Math.max(
+          seen,
+          fs.readFileSync(path.join(pidsDir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).length,
+        );
+        failedForks = Number(
+          /^max (\d+)$/m.exec(fs.readFileSync(path.join(pidsDir, 'pids.events'), 'utf8'))?.[1] ?? failedForks,
+        );
       } catch {
         break; // the cgroup is gone: the run ended
       }
@@ -290,12 +376,17 @@ describe('job runs on a node', () => {
     const stopped = await stopRun(ctx, { jobId, run: 2, process: null, graceMs: 5000, reason: 'test' });
     expect(stopped.killedStragglers).toBeGreaterThan(0);
     // The init is outside the cgroup (the shim joins it); it exits on its own once its child is gone.
-    await until('the run\'s init gone', () => jobProcesses(jobId).length === 0, 5000);
+    await until("the run's init gone", () => jobProcesses(jobId).length === 0, 5000);
     const b = await startRun(ctx, { jobId, run: 2, command: ['sleep', '300'], limits: {} });
     // A late stop of the gone run 1 leaves run 2 alone.
-    expect(await stopRun(ctx, { jobId, run: 1, process: a.process, graceMs: 0, reason: 'late' })).toEqual({ signal: null, killedStragglers: 0 });
+    expect(await stopRun(ctx, { jobId, run: 1, process: a.process, graceMs: 0, reason: 'late' })).toEqual({
+      signal: null,
+      killedStragglers: 0,
+    });
     expect(inspectRun({ process: b.process })).toEqual({ running: true });
-    expect((await stopRun(ctx, { jobId, run: 2, process: b.process, graceMs: 5000, reason: 'test' })).signal).toBe('SIGTERM');
+    expect((await stopRun(ctx, { jobId, run: 2, process: b.process, graceMs: 5000, reason: 'test' })).signal).toBe(
+      'SIGTERM',
+    );
     expect(jobProcesses(jobId)).toEqual([]);
   });
 
@@ -307,8 +398,17 @@ describe('job runs on a node', () => {
     const proc = processIdentity(loose.pid!)!;
     const { cgroup } = await attachRunLimits(ctx, { jobId, limits: { pids: 16 }, process: proc });
     const pidsDir = cgroup.find((d) => d.includes('/pids/'))!;
-    const members = fs.readFileSync(path.join(pidsDir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number).sort();
-    expect(members).toEqual(processTree(loose.pid!).filter((p) => p !== loose.pid).sort());
+    const members = fs
+      .readFileSync(path.join(pidsDir, 'cgroup.procs'), 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map(Number)
+      .sort();
+    expect(members).toEqual(
+      processTree(loose.pid!)
+        .filter((p) => p !== loose.pid)
+        .sort(),
+    );
     const r = await removeJobCgroup(ctx, jobId);
     expect(r.killed).toBe(2);
     // The init, left out, ends on its own once its children are gone.
@@ -317,7 +417,8 @@ describe('job runs on a node', () => {
 
   test('readRunLog in small chunks concatenates to exactly the file; paths are checked by shape', async () => {
     const jobId = newJob('chunks');
-    const script = "import sys\nfor i in range(300):\n  (sys.stdout if i % 3 else sys.stderr).write('line %d %s\\n' % (i, 'x' * (i * 7 % 90)))\nsys.stdout.write('y' * 20000 + '\\n')\nsys.stdout.flush()";
+    const script =
+      "import sys\nfor i in range(300):\n  (sys.stdout if i % 3 else sys.stderr).write('line %d %s\\n' % (i, 'x' * (i * 7 % 90)))\nsys.stdout.write('y' * 20000 + '\\n')\nsys.stdout.flush()";
     const r = await run(jobId, [PYTHON, '-c', script]);
     await awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile });
     const file = fs.readFileSync(r.logFile, 'utf8');
@@ -336,11 +437,26 @@ describe('job runs on a node', () => {
     expect(reads).toBeGreaterThan(200);
     expect(rebuilt).toBe(file);
     expect(offset).toBe(Buffer.byteLength(file));
-    await expectFailure(Promise.resolve().then(() => readRunLog({ jobId, logFile: '/etc/passwd', offset: 0 })), 'InvalidInput');
-    await expectFailure(Promise.resolve().then(() => readRunLog({ jobId, logFile: `${ctx.dataDir}/workloads/${jobId}/runs/1/../../../x/runs/1/log`, offset: 0 })), 'InvalidInput');
-    await expectFailure(Promise.resolve().then(() => readRunLog({ jobId: 'other', logFile: r.logFile, offset: 0 })), 'InvalidInput');
+    await expectFailure(
+      Promise.resolve().then(() => readRunLog({ jobId, logFile: '/etc/passwd', offset: 0 })),
+      'InvalidInput',
+    );
+    await expectFailure(
+      Promise.resolve().then(() =>
+        readRunLog({ jobId, logFile: `${ctx.dataDir}/workloads/${jobId}/runs/1/../../../x/runs/1/log`, offset: 0 }),
+      ),
+      'InvalidInput',
+    );
+    await expectFailure(
+      Promise.resolve().then(() => readRunLog({ jobId: 'other', logFile: r.logFile, offset: 0 })),
+      'InvalidInput',
+    );
     // Another node's data dir is fine (a resumed run keeps its paths); a missing file is empty.
-    expect(readRunLog({ jobId, logFile: `/elsewhere/workloads/${jobId}/runs/7/log`, offset: 0 })).toEqual({ lines: [], nextOffset: 0, size: 0 });
+    expect(readRunLog({ jobId, logFile: `/elsewhere/workloads/${jobId}/runs/7/log`, offset: 0 })).toEqual({
+      lines: [],
+      nextOffset: 0,
+      size: 0,
+    });
     await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 0, reason: 'test' });
   });
 
@@ -351,13 +467,19 @@ describe('job runs on a node', () => {
     const a = await archiveRunLog(ctx, { jobId, run: 1, logFile: r.logFile });
     expect(a).toEqual({ key: `logs/${jobId}/run-1.log`, bytes: fs.statSync(r.logFile).size });
     const s3 = makeS3Client(ctx.s3);
-    const get = async (key: string): Promise<string> => (await s3.send(new GetObjectCommand({ Bucket: ctx.s3.bucket, Key: key }))).Body!.transformToString();
+    const get = async (key: string): Promise<string> =>
+      (await s3.send(new GetObjectCommand({ Bucket: ctx.s3.bucket, Key: key }))).Body!.transformToString();
     try {
       expect(await get(a.key)).toBe(fs.readFileSync(r.logFile, 'utf8'));
       const at = '2026-11-27T15:00:00.000Z';
       const d = await collectDiagnostics(ctx, { jobId, at, error: 'past max restarts', runs: [], logFile: r.logFile });
       expect(d.prefix).toBe(`diagnostics/${jobId}/2026-11-27T15-00-00.000Z/`);
-      expect((await get(`${d.prefix}log-tail.txt`)).trim().split('\n').map((l) => l.split(' ').slice(3).join(' '))).toEqual(['hello 1', 'hello 2', 'hello 3']);
+      expect(
+        (await get(`${d.prefix}log-tail.txt`))
+          .trim()
+          .split('\n')
+          .map((l) => l.split(' ').slice(3).join(' ')),
+      ).toEqual(['hello 1', 'hello 2', 'hello 3']);
       expect(JSON.parse(await get(`${d.prefix}summary.json`))).toMatchObject({ error: 'past max restarts' });
       expect(JSON.parse(await get(`${d.prefix}node.json`))).toMatchObject({ node: NODE });
     } finally {
@@ -420,7 +542,11 @@ describe('a run that ignores SIGTERM', () => {
   test('is killed after the grace period, and its shim still records the SIGKILL', async () => {
     const jobId = newJob('stubborn');
     const r = await run(jobId, ['sh', '-c', "trap '' TERM; echo ready; while :; do sleep 0.1; done"]);
-    await until('its trap set', () => readRunLog({ jobId, logFile: r.logFile, offset: 0 }).lines.some((l) => l.text === 'ready'), 10000);
+    await until(
+      'its trap set',
+      () => readRunLog({ jobId, logFile: r.logFile, offset: 0 }).lines.some((l) => l.text === 'ready'),
+      10000,
+    );
     const waiting = awaitRunExit(ctx, { jobId, run: 1, process: r.process, exitFile: r.exitFile });
     const stop = await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 1000, reason: 'timeout' });
     expect(stop.signal).toBe('SIGKILL');
@@ -451,12 +577,15 @@ describe('a run under the shim is CRIU-dumpable', () => {
   test('dump, then restore: the run goes on writing its log, and its exit is recorded when stopped', async () => {
     const jobId = newJob('criu');
     const r = await run(jobId, ['sh', '-c', 'i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done']);
-    const ticks = (): number[] => readRunLog({ jobId, logFile: r.logFile, offset: 0 }).lines.map((l) => Number(l.text.split(' ')[1]));
+    const ticks = (): number[] =>
+      readRunLog({ jobId, logFile: r.logFile, offset: 0 }).lines.map((l) => Number(l.text.split(' ')[1]));
     await until('a few ticks', () => ticks().length >= 5, 10000);
     await criuDump(ctx, { checkpointId: 'ck-run', pid: r.process.pid, leaveRunning: false });
     expect(inspectRun({ process: r.process })).toEqual({ running: false });
     const before = ticks();
-    const dir = fs.existsSync(path.join(ctx.stagingDir!, 'ck-run')) ? path.join(ctx.stagingDir!, 'ck-run') : path.join(ctx.dataDir, 'checkpoints', 'ck-run');
+    const dir = fs.existsSync(path.join(ctx.stagingDir!, 'ck-run'))
+      ? path.join(ctx.stagingDir!, 'ck-run')
+      : path.join(ctx.dataDir, 'checkpoints', 'ck-run');
     const restored = await criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
     const id = processIdentity(restored.pid)!;
     expect(id).not.toBeNull();
@@ -466,7 +595,8 @@ describe('a run under the shim is CRIU-dumpable', () => {
     expect(after).toEqual(after.map((_, i) => i));
     // CRIU leaves cgroups alone on restore (--manage-cgroups=ignore): the restored tree is in no job cgroup
     // until it is resumed as node B and moved into B's; A's, emptied by the dump, goes with A's cleanup.
-    const inJobCgroup = (): boolean => processTree(id.pid).some((p) => fs.readFileSync(`/proc/${p}/cgroup`, 'utf8').includes(`/kybernate/`));
+    const inJobCgroup = (): boolean =>
+      processTree(id.pid).some((p) => fs.readFileSync(`/proc/${p}/cgroup`, 'utf8').includes(`/kybernate/`));
     expect(inJobCgroup()).toBe(false);
     expect(existingCgroups(jobId).length).toBeGreaterThan(0);
     const ctxB = { ...ctx, node: `${NODE}-b` };
@@ -474,11 +604,19 @@ describe('a run under the shim is CRIU-dumpable', () => {
     expect(cgroup.length).toBeGreaterThan(0);
     for (const d of cgroup) expect(d).toContain(`/kybernate/${NODE}-b/${jobId}`);
     expect(inJobCgroup()).toBe(true);
-    await stopRun(ctx, { jobId, run: 1, process: r.process, graceMs: 1000, reason: 'cleanup on A after the preemption' });
+    await stopRun(ctx, {
+      jobId,
+      run: 1,
+      process: r.process,
+      graceMs: 1000,
+      reason: 'cleanup on A after the preemption',
+    });
     expect(existingCgroups(jobId)).toEqual([]);
     expect(isSameProcess(id)).toBe(true);
     const waiting = awaitRunExit(ctxB, { jobId, run: 1, process: id, exitFile: r.exitFile });
-    expect((await stopRun(ctxB, { jobId, run: 1, process: id, graceMs: 10000, reason: 'test' })).signal).toBe('SIGTERM');
+    expect((await stopRun(ctxB, { jobId, run: 1, process: id, graceMs: 10000, reason: 'test' })).signal).toBe(
+      'SIGTERM',
+    );
     await expect(waiting).resolves.toMatchObject({ reason: 'Signaled', signal: 'SIGTERM' });
     expect(jobProcesses(jobId)).toEqual([]);
     expect([...jobCgroupDirs(ctxB, jobId).values()].filter((d) => fs.existsSync(d))).toEqual([]);
@@ -496,7 +634,10 @@ describe('the orphan sweep asks the real Temporal', () => {
       // A namespace Temporal does not know: an error, not "no such workflow", so nothing may be removed.
       const partial = path.join(ctx.dataDir, 'checkpoints', 'ck-unknown');
       fs.mkdirSync(partial, { recursive: true });
-      const report = await sweepOrphans(ctx, temporalOwnerLookup(new Client({ connection: conn, namespace: `no-such-namespace-${process.pid}` })));
+      const report = await sweepOrphans(
+        ctx,
+        temporalOwnerLookup(new Client({ connection: conn, namespace: `no-such-namespace-${process.pid}` })),
+      );
       expect(report.skipped).not.toBeNull();
       expect(fs.existsSync(partial)).toBe(true);
     } finally {

@@ -4,7 +4,14 @@ import { formatLogLine, type LogSink, type LogSource, showLogs } from '../../cli
 import { jobSpecFromFields, type JobFields } from '../../clients/job-flags';
 import { parseCriLog } from '../../common/cri-log';
 import { InvalidInputError } from '../../common/ids';
-import { DEFAULT_BACKOFF, type JobSpec, type JobStatus, type ReadRunLogResult, type RunLogLine, type RunRecord } from '../../common/job';
+import {
+  DEFAULT_BACKOFF,
+  type JobSpec,
+  type JobStatus,
+  type ReadRunLogResult,
+  type RunLogLine,
+  type RunRecord,
+} from '../../common/job';
 import { parseJobSpec } from '../../common/job-spec';
 
 const base: JobFields = { jobId: 'train', command: ['python3', 'train.py'] };
@@ -14,22 +21,56 @@ const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 describe('job spec from CLI flags', () => {
   test('defaults: no VRAM, no limits, priority 0, normal tier, Always, 10 restarts, CrashLoopBackOff 10s/5m/10m', () => {
     expect(flags({})).toEqual({
-      jobId: 'train', command: ['python3', 'train.py'], vramBytes: 0, limits: {}, priority: 0, tier: 'normal', restartPolicy: 'Always', maxRestarts: 10,
+      jobId: 'train',
+      command: ['python3', 'train.py'],
+      vramBytes: 0,
+      limits: {},
+      priority: 0,
+      tier: 'normal',
+      restartPolicy: 'Always',
+      maxRestarts: 10,
       backoff: DEFAULT_BACKOFF,
     });
   });
 
   test('every flag parsed to its unit', () => {
     const s = flags({
-      node: 'node-a', vram: '8GiB', cpu: '500m', memory: '4GiB', pids: '512', timeout: '2h', priority: '7', tier: 'critical', restartPolicy: 'OnFailure',
-      maxRestarts: '3', backoffInitial: '1s', backoffCap: '30s', backoffReset: '1m', checkpointEvery: '30m', keep: '3', user: '65534:65534',
-      cwd: '/work', readiness: { tcpSocket: { port: 6379 } },
+      node: 'node-a',
+      vram: '8GiB',
+      cpu: '500m',
+      memory: '4GiB',
+      pids: '512',
+      timeout: '2h',
+      priority: '7',
+      tier: 'critical',
+      restartPolicy: 'OnFailure',
+      maxRestarts: '3',
+      backoffInitial: '1s',
+      backoffCap: '30s',
+      backoffReset: '1m',
+      checkpointEvery: '30m',
+      keep: '3',
+      user: '65534:65534',
+      cwd: '/work',
+      readiness: { tcpSocket: { port: 6379 } },
     });
     expect(s).toEqual({
-      jobId: 'train', command: ['python3', 'train.py'], cwd: '/work', node: 'node-a', vramBytes: 8 * 1024 ** 3,
-      limits: { cpu: 0.5, memoryBytes: 4 * 1024 ** 3, pids: 512 }, timeoutMs: 7_200_000, priority: 7, tier: 'critical', restartPolicy: 'OnFailure',
-      maxRestarts: 3, backoff: { initialMs: 1000, capMs: 30_000, resetAfterMs: 60_000 }, checkpointEveryMs: 1_800_000, keep: 3,
-      user: { uid: 65534, gid: 65534 }, readiness: { tcpSocket: { port: 6379 } },
+      jobId: 'train',
+      command: ['python3', 'train.py'],
+      cwd: '/work',
+      node: 'node-a',
+      vramBytes: 8 * 1024 ** 3,
+      limits: { cpu: 0.5, memoryBytes: 4 * 1024 ** 3, pids: 512 },
+      timeoutMs: 7_200_000,
+      priority: 7,
+      tier: 'critical',
+      restartPolicy: 'OnFailure',
+      maxRestarts: 3,
+      backoff: { initialMs: 1000, capMs: 30_000, resetAfterMs: 60_000 },
+      checkpointEveryMs: 1_800_000,
+      keep: 3,
+      user: { uid: 65534, gid: 65534 },
+      readiness: { tcpSocket: { port: 6379 } },
     });
     expect(flags({ cpu: '2' }).limits.cpu).toBe(2);
     expect(flags({ cpu: '0.25' }).limits.cpu).toBe(0.25);
@@ -101,7 +142,10 @@ describe('parseJobSpec: the whole spec again (a spec built without the client)',
     [(s) => ({ ...s, jobId: 'a/b' }), 'jobId: must not contain a path separator'],
     [(s) => ({ ...s, jobId: 'a\x07b' }), 'jobId: must be 1-128 characters'],
     [(s) => ({ ...s, keep: 3, checkpointEveryMs: undefined }), 'keep: needs checkpointEveryMs'],
-    [(s) => ({ ...s, backoff: { initialMs: 60_000, capMs: 10_000, resetAfterMs: 60_000 } }), 'backoff.capMs: must not be below'],
+    [
+      (s) => ({ ...s, backoff: { initialMs: 60_000, capMs: 10_000, resetAfterMs: 60_000 } }),
+      'backoff.capMs: must not be below',
+    ],
     [(s) => ({ ...s, tier: 'gold' }), 'tier: '],
     [(s) => ({ ...s, surprise: true }), 'spec: '],
     [() => 'not a spec', 'spec: '],
@@ -140,9 +184,21 @@ describe('apply: a YAML list of jobs, each on its own', () => {
     const entries = parseJobsFile(file, '/srv/jobs/jobs.yaml');
     expect(entries.map((e) => e.name)).toEqual(['good-a', 'broken', 'good-c']);
     expect(entries[0].spec).toEqual({
-      jobId: 'good-a', command: ['python3', 'train.py'], cwd: '/srv/jobs', node: 'node-a', vramBytes: 8 * 1024 ** 3,
-      limits: { cpu: 2, memoryBytes: 4 * 1024 ** 3, pids: 512 }, timeoutMs: 7_200_000, priority: 5, tier: 'critical', restartPolicy: 'OnFailure',
-      maxRestarts: 3, backoff: DEFAULT_BACKOFF, checkpointEveryMs: 1_800_000, keep: 3, env: { SEED: '1' },
+      jobId: 'good-a',
+      command: ['python3', 'train.py'],
+      cwd: '/srv/jobs',
+      node: 'node-a',
+      vramBytes: 8 * 1024 ** 3,
+      limits: { cpu: 2, memoryBytes: 4 * 1024 ** 3, pids: 512 },
+      timeoutMs: 7_200_000,
+      priority: 5,
+      tier: 'critical',
+      restartPolicy: 'OnFailure',
+      maxRestarts: 3,
+      backoff: DEFAULT_BACKOFF,
+      checkpointEveryMs: 1_800_000,
+      keep: 3,
+      env: { SEED: '1' },
     });
     expect(entries[1].spec).toBeNull();
     expect(entries[1].error?.message).toMatch(/^jobs\[1\]\.memory: must be at most 70368744177664 bytes/);
@@ -154,31 +210,55 @@ describe('apply: a YAML list of jobs, each on its own', () => {
     const started: string[] = [];
     const starter = {
       async start(spec: JobSpec) {
-        if (spec.node === 'node-a') throw new InvalidInputError('node', "unknown node 'node-a': no agent has registered it");
+        if (spec.node === 'node-a')
+          throw new InvalidInputError('node', "unknown node 'node-a': no agent has registered it");
         started.push(spec.jobId);
         return { workflowId: `job/${spec.jobId}` };
       },
     };
-    const out = await applyJobs(starter, entries, () => null, (e) => (e as Error).message);
+    const out = await applyJobs(
+      starter,
+      entries,
+      () => null,
+      (e) => (e as Error).message,
+    );
     expect(started).toEqual(['good-c']);
-    expect(out.map((o) => [o.name, o.result])).toEqual([['good-a', 'failed'], ['broken', 'failed'], ['good-c', 'applied']]);
+    expect(out.map((o) => [o.name, o.result])).toEqual([
+      ['good-a', 'failed'],
+      ['broken', 'failed'],
+      ['good-c', 'applied'],
+    ]);
     expect(out[0].detail).toContain("node: unknown node 'node-a'");
     expect(out[1].detail).toMatch(/^jobs\[1\]\.memory: /);
   });
 
   test('an open job with the same spec is unchanged; with another spec it exists and is not applied', async () => {
     const entries = parseJobsFile(file, '/srv/jobs/jobs.yaml').filter((e) => e.spec);
-    const running = new Map(entries.map((e) => [e.name, { ...e.spec!, maxRestarts: e.name === 'good-c' ? 99 : e.spec!.maxRestarts }]));
+    const running = new Map(
+      entries.map((e) => [e.name, { ...e.spec!, maxRestarts: e.name === 'good-c' ? 99 : e.spec!.maxRestarts }]),
+    );
     const exists = new Error('exists');
-    const out = await applyJobs({ start: () => Promise.reject(exists) }, entries, (err) => {
-      expect(err).toBe(exists);
-      return null;
-    }, String);
+    const out = await applyJobs(
+      { start: () => Promise.reject(exists) },
+      entries,
+      (err) => {
+        expect(err).toBe(exists);
+        return null;
+      },
+      String,
+    );
     expect(out.every((o) => o.result === 'failed')).toBe(true);
     let current = '';
     const out2 = await applyJobs(
-      { start: (spec) => { current = spec.jobId; return Promise.reject(exists); } },
-      entries, () => ({ spec: running.get(current) ?? null, state: 'Running' }), String,
+      {
+        start: (spec) => {
+          current = spec.jobId;
+          return Promise.reject(exists);
+        },
+      },
+      entries,
+      () => ({ spec: running.get(current) ?? null, state: 'Running' }),
+      String,
     );
     expect(out2.map((o) => o.result)).toEqual(['unchanged', 'failed']);
     expect(out2[1].detail).toMatch(/^exists \(cancel it first to change it/);
@@ -205,16 +285,19 @@ describe('apply: a YAML list of jobs, each on its own', () => {
   });
 
   test('entry problems: unknown key, duplicate name, not a map, env not a string, command not a list', () => {
-    const entries = parseJobsFile([
-      'jobs:',
-      '  - { name: a, command: [x], memroy: 1GiB }',
-      '  - { name: b, command: [x] }',
-      '  - { name: b, command: [y] }',
-      '  - just-a-string',
-      '  - { name: e, command: [x], env: { N: 1 } }',
-      '  - { name: f, command: "sleep 10" }',
-      '  - { name: g, command: [x], priority: 11 }',
-    ].join('\n'), '/x/j.yaml');
+    const entries = parseJobsFile(
+      [
+        'jobs:',
+        '  - { name: a, command: [x], memroy: 1GiB }',
+        '  - { name: b, command: [x] }',
+        '  - { name: b, command: [y] }',
+        '  - just-a-string',
+        '  - { name: e, command: [x], env: { N: 1 } }',
+        '  - { name: f, command: "sleep 10" }',
+        '  - { name: g, command: [x], priority: 11 }',
+      ].join('\n'),
+      '/x/j.yaml',
+    );
     expect(entries.map((e) => e.error?.message ?? 'ok')).toEqual([
       expect.stringMatching(/^jobs\[0\]\.memroy: unknown key/),
       'ok',
@@ -229,26 +312,69 @@ describe('apply: a YAML list of jobs, each on its own', () => {
 
 describe('what the CLI prints', () => {
   test.each([
-    [0, '0s'], [45_000, '45s'], [59_999, '59s'], [60_000, '1m'], [3 * 60_000 + 59_000, '3m'], [3_600_000, '1h'], [2 * 3_600_000 + 59 * 60_000, '2h'],
-    [86_400_000, '1d'], [4 * 86_400_000 + 23 * 3_600_000, '4d'], [400 * 86_400_000, '1y'], [-5000, '0s'],
+    [0, '0s'],
+    [45_000, '45s'],
+    [59_999, '59s'],
+    [60_000, '1m'],
+    [3 * 60_000 + 59_000, '3m'],
+    [3_600_000, '1h'],
+    [2 * 3_600_000 + 59 * 60_000, '2h'],
+    [86_400_000, '1d'],
+    [4 * 86_400_000 + 23 * 3_600_000, '4d'],
+    [400 * 86_400_000, '1y'],
+    [-5000, '0s'],
   ])('age of %d ms is %s, like kubectl', (ms, text) => {
     expect(formatAge(ms)).toBe(text);
   });
 
   test('spec durations are shown as written', () => {
-    expect([formatMs(7_200_000), formatMs(90_000), formatMs(1500), formatMs(600_000)]).toEqual(['2h', '90s', '1500ms', '10m']);
+    expect([formatMs(7_200_000), formatMs(90_000), formatMs(1500), formatMs(600_000)]).toEqual([
+      '2h',
+      '90s',
+      '1500ms',
+      '10m',
+    ]);
   });
 
   test('jobs table: NAME STATUS RESTARTS NODE AGE NEXT-RETRY, aligned; a job without a status says why', () => {
     const now = Date.parse('2026-01-01T12:00:00Z');
     const status = {
-      jobId: 'train', state: 'CrashLoopBackOff', reason: 'exit 1', node: 'node-a', restarts: 3, createdAt: '2026-01-01T11:57:00Z',
-      nextRetryAt: '2026-01-01T12:00:40Z', runs: [], events: [], checkpoints: [], lastGoodCheckpoint: null, failedOn: [], diagnostics: null, spec: flags({}),
+      jobId: 'train',
+      state: 'CrashLoopBackOff',
+      reason: 'exit 1',
+      node: 'node-a',
+      restarts: 3,
+      createdAt: '2026-01-01T11:57:00Z',
+      nextRetryAt: '2026-01-01T12:00:40Z',
+      runs: [],
+      events: [],
+      checkpoints: [],
+      lastGoodCheckpoint: null,
+      failedOn: [],
+      diagnostics: null,
+      spec: flags({}),
     } satisfies JobStatus;
-    const text = jobsTable([
-      { jobId: 'train', workflowStatus: 'RUNNING', startedAt: new Date(now - 180_000), status, phase: 'CrashLoopBackOff', problem: null },
-      { jobId: 'x\x1b', workflowStatus: 'RUNNING', startedAt: new Date(now - 45_000), status: null, phase: 'Pending', problem: 'control worker is not answering' },
-    ], now);
+    const text = jobsTable(
+      [
+        {
+          jobId: 'train',
+          workflowStatus: 'RUNNING',
+          startedAt: new Date(now - 180_000),
+          status,
+          phase: 'CrashLoopBackOff',
+          problem: null,
+        },
+        {
+          jobId: 'x\x1b',
+          workflowStatus: 'RUNNING',
+          startedAt: new Date(now - 45_000),
+          status: null,
+          phase: 'Pending',
+          problem: 'control worker is not answering',
+        },
+      ],
+      now,
+    );
     const lines = text.split('\n');
     expect(lines[0]).toMatch(/^NAME\s+STATUS\s+RESTARTS\s+NODE\s+AGE\s+NEXT-RETRY$/);
     expect(lines[1]).toMatch(/^train\s+CrashLoopBackOff\s+3\s+node-a\s+3m\s+in 40s$/);
@@ -259,23 +385,85 @@ describe('what the CLI prints', () => {
 
 test('describe job: state and reason, the spec, every run with exit code or signal and its checkpoint, events, checkpoints', () => {
   const now = Date.parse('2026-01-01T12:00:00Z');
-  const runBase = { process: null, exitFile: null, logObject: null, message: null, fromCheckpoint: null, logFile: null };
-  const text = describeJob({
-    jobId: 'train', state: 'Running', reason: 'resumed after preemption', node: 'node-b', restarts: 1, createdAt: '2026-01-01T10:00:00Z', nextRetryAt: null,
-    runs: [
-      { ...runBase, run: 1, node: 'node-a', startedAt: '2026-01-01T10:00:00Z', endedAt: '2026-01-01T10:05:00Z', exitCode: 1, signal: null, reason: 'Error', message: 'exit 1' },
-      { ...runBase, run: 2, node: 'node-a', startedAt: '2026-01-01T10:05:10Z', endedAt: '2026-01-01T11:00:00Z', exitCode: null, signal: 'SIGKILL', reason: 'Preempted' },
-      { ...runBase, run: 3, node: 'node-b', startedAt: '2026-01-01T11:00:30Z', endedAt: null, exitCode: null, signal: null, reason: null, fromCheckpoint: 'train-ck1' },
-    ],
-    events: [{ at: '2026-01-01T11:00:00Z', type: 'Preempted', message: 'checkpoint train-ck1 \x1b[2J' }, { at: '2026-01-01T11:00:30Z', type: 'Resumed', message: 'on node-b\x1b' }],
-    checkpoints: [{ checkpointId: 'train-ck1', takenAt: '2026-01-01T11:00:00Z', reason: 'preemption', phase: 'Durable', healthy: true, deleted: false }],
-    lastGoodCheckpoint: 'train-ck1', failedOn: [], diagnostics: null, spec: flags({ memory: '4GiB', timeout: '2h' }),
-  }, now);
+  const runBase = {
+    process: null,
+    exitFile: null,
+    logObject: null,
+    message: null,
+    fromCheckpoint: null,
+    logFile: null,
+  };
+  const text = describeJob(
+    {
+      jobId: 'train',
+      state: 'Running',
+      reason: 'resumed after preemption',
+      node: 'node-b',
+      restarts: 1,
+      createdAt: '2026-01-01T10:00:00Z',
+      nextRetryAt: null,
+      runs: [
+        {
+          ...runBase,
+          run: 1,
+          node: 'node-a',
+          startedAt: '2026-01-01T10:00:00Z',
+          endedAt: '2026-01-01T10:05:00Z',
+          exitCode: 1,
+          signal: null,
+          reason: 'Error',
+          message: 'exit 1',
+        },
+        {
+          ...runBase,
+          run: 2,
+          node: 'node-a',
+          startedAt: '2026-01-01T10:05:10Z',
+          endedAt: '2026-01-01T11:00:00Z',
+          exitCode: null,
+          signal: 'SIGKILL',
+          reason: 'Preempted',
+        },
+        {
+          ...runBase,
+          run: 3,
+          node: 'node-b',
+          startedAt: '2026-01-01T11:00:30Z',
+          endedAt: null,
+          exitCode: null,
+          signal: null,
+          reason: null,
+          fromCheckpoint: 'train-ck1',
+        },
+      ],
+      events: [
+        { at: '2026-01-01T11:00:00Z', type: 'Preempted', message: 'checkpoint train-ck1 \x1b[2J' },
+        { at: '2026-01-01T11:00:30Z', type: 'Resumed', message: 'on node-b\x1b' },
+      ],
+      checkpoints: [
+        {
+          checkpointId: 'train-ck1',
+          takenAt: '2026-01-01T11:00:00Z',
+          reason: 'preemption',
+          phase: 'Durable',
+          healthy: true,
+          deleted: false,
+        },
+      ],
+      lastGoodCheckpoint: 'train-ck1',
+      failedOn: [],
+      diagnostics: null,
+      spec: flags({ memory: '4GiB', timeout: '2h' }),
+    },
+    now,
+  );
   expect(text).toMatch(/^State:\s+Running$/m);
   expect(text).toMatch(/^Reason:\s+resumed after preemption$/m);
   expect(text).toMatch(/^Created:\s+2026-01-01T10:00:00Z \(2h ago\)$/m);
   expect(text).toMatch(/^Restarts:\s+1 of at most 10$/m);
-  expect(text).toMatch(/^Spec:\s+placed by VRAM, vram 0 B, memory 4\.0 GiB, timeout 2h, priority 0, tier normal, restart Always \(at most 10\)/m);
+  expect(text).toMatch(
+    /^Spec:\s+placed by VRAM, vram 0 B, memory 4\.0 GiB, timeout 2h, priority 0, tier normal, restart Always \(at most 10\)/m,
+  );
   expect(text).toMatch(/^\s+1\s+node-a\s+2026-01-01T10:00:00Z\s+2026-01-01T10:05:00Z\s+1\s+Error\s+-\s+exit 1$/m);
   expect(text).toMatch(/^\s+2\s+node-a\s+\S+\s+\S+\s+SIGKILL\s+Preempted\s+-/m);
   expect(text).toMatch(/^\s+3\s+node-b\s+2026-01-01T11:00:30Z\s+-\s+-\s+Running\s+train-ck1/m);
@@ -285,18 +473,23 @@ test('describe job: state and reason, the spec, every run with exit code or sign
 });
 
 describe('CRI log lines', () => {
-  const log = Buffer.from([
-    '2026-01-01T00:00:00.000000001Z stdout F tick 1',
-    '2026-01-01T00:00:00.100000000Z stderr F oops: a b',
-    '2026-01-01T00:00:00.200000000Z stdout P part',
-    '2026-01-01T00:00:00.300000000Z stdout F ial',
-    '2026-01-01T00:00:00.400000000Z stdout F half-writ',
-  ].join('\n'));
+  const log = Buffer.from(
+    [
+      '2026-01-01T00:00:00.000000001Z stdout F tick 1',
+      '2026-01-01T00:00:00.100000000Z stderr F oops: a b',
+      '2026-01-01T00:00:00.200000000Z stdout P part',
+      '2026-01-01T00:00:00.300000000Z stdout F ial',
+      '2026-01-01T00:00:00.400000000Z stdout F half-writ',
+    ].join('\n'),
+  );
 
   test('whole lines only: a line without its newline is left for the next read, unless the log is final', () => {
     const r = parseCriLog(log);
     expect(r.lines.map((l) => [l.stream, l.partial, l.text])).toEqual([
-      ['stdout', false, 'tick 1'], ['stderr', false, 'oops: a b'], ['stdout', true, 'part'], ['stdout', false, 'ial'],
+      ['stdout', false, 'tick 1'],
+      ['stderr', false, 'oops: a b'],
+      ['stdout', true, 'part'],
+      ['stdout', false, 'ial'],
     ]);
     expect(r.consumed).toBe(log.lastIndexOf('\n') + 1);
     expect(r.lines[0].time).toBe('2026-01-01T00:00:00.000000001Z');
@@ -318,7 +511,9 @@ describe('CRI log lines', () => {
   });
 
   test('a line not in the CRI format is kept as stdout text', () => {
-    expect(parseCriLog(Buffer.from('garbage line\n')).lines).toEqual([{ time: '', stream: 'stdout', partial: false, text: 'garbage line' }]);
+    expect(parseCriLog(Buffer.from('garbage line\n')).lines).toEqual([
+      { time: '', stream: 'stdout', partial: false, text: 'garbage line' },
+    ]);
   });
 
   test('printed: control characters escaped, tabs kept, a partial line continues, timestamps on request', () => {
@@ -331,18 +526,43 @@ describe('CRI log lines', () => {
 });
 
 describe('logs: following a job run after run, from node and from S3', () => {
-  const cri = (n: number, stream: 'stdout' | 'stderr' = 'stdout'): string => `2026-01-01T00:00:0${n}.000000000Z ${stream} F line ${n}\n`;
+  const cri = (n: number, stream: 'stdout' | 'stderr' = 'stdout'): string =>
+    `2026-01-01T00:00:0${n}.000000000Z ${stream} F line ${n}\n`;
   const lines = (...ns: number[]): string => ns.map((n) => cri(n, n === 2 ? 'stderr' : 'stdout')).join('');
   const P1 = '/data/node-a/workloads/j/runs/1/log';
   const P3 = '/data/node-b/workloads/j/runs/3/log';
 
   const run = (n: number, node: string, logFile: string, more: Partial<RunRecord> = {}): RunRecord => ({
-    run: n, node, startedAt: '2026-01-01T00:00:00Z', endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: null,
-    process: null, logFile, exitFile: null, logObject: null, ...more,
+    run: n,
+    node,
+    startedAt: '2026-01-01T00:00:00Z',
+    endedAt: null,
+    exitCode: null,
+    signal: null,
+    reason: null,
+    message: null,
+    fromCheckpoint: null,
+    process: null,
+    logFile,
+    exitFile: null,
+    logObject: null,
+    ...more,
   });
   const job = (state: JobStatus['state'], runs: RunRecord[]): JobStatus => ({
-    jobId: 'j', state, reason: null, node: runs.at(-1)?.node ?? null, restarts: 0, createdAt: '2026-01-01T00:00:00Z', nextRetryAt: null, runs, events: [],
-    checkpoints: [], lastGoodCheckpoint: null, failedOn: [], diagnostics: null, spec: flags({}),
+    jobId: 'j',
+    state,
+    reason: null,
+    node: runs.at(-1)?.node ?? null,
+    restarts: 0,
+    createdAt: '2026-01-01T00:00:00Z',
+    nextRetryAt: null,
+    runs,
+    events: [],
+    checkpoints: [],
+    lastGoodCheckpoint: null,
+    failedOn: [],
+    diagnostics: null,
+    spec: flags({}),
   });
 
   /**
@@ -350,7 +570,9 @@ describe('logs: following a job run after run, from node and from S3', () => {
    * Node reads answer whole lines from the offset, at most 50 bytes at a time (the client must read on); a node
    * listed in `down` never answers until its read is terminated.
    */
-  function source(timeline: { status: JobStatus; files: Record<string, string>; objects: Record<string, string>; down?: string[] }[]) {
+  function source(
+    timeline: { status: JobStatus; files: Record<string, string>; objects: Record<string, string>; down?: string[] }[],
+  ) {
     let t = -1;
     const at = () => timeline[Math.min(Math.max(t, 0), timeline.length - 1)];
     const reads: string[] = [];
@@ -365,7 +587,10 @@ describe('logs: following a job run after run, from node and from S3', () => {
         if (at().down?.includes(node)) {
           let fail: (e: Error) => void = () => undefined;
           const pending = new Promise<ReadRunLogResult>((_, reject) => (fail = reject));
-          return { result: () => pending, terminate: async () => (terminated.push(`${node}@${input.offset}`), fail(new Error('terminated'))) };
+          return {
+            result: () => pending,
+            terminate: async () => (terminated.push(`${node}@${input.offset}`), fail(new Error('terminated'))),
+          };
         }
         const buf = Buffer.from(at().files[`${node}:${input.logFile}`] ?? '');
         const { lines: got, consumed } = parseCriLog(buf.subarray(input.offset, input.offset + 50));
@@ -382,43 +607,77 @@ describe('logs: following a job run after run, from node and from S3', () => {
   function sink() {
     const printed: string[] = [];
     const notes: string[] = [];
-    return { printed, notes, out: { line: (l: RunLogLine) => void printed.push(`${l.stream}:${l.text}`), note: (n: string) => void notes.push(n) } satisfies LogSink };
+    return {
+      printed,
+      notes,
+      out: {
+        line: (l: RunLogLine) => void printed.push(`${l.stream}:${l.text}`),
+        note: (n: string) => void notes.push(n),
+      } satisfies LogSink,
+    };
   }
   const expected = (...ns: number[]): string[] => ns.map((n) => `${n === 2 ? 'stderr' : 'stdout'}:line ${n}`);
 
   test('-f: a growing log, its archive, a resumed run writing on in the same file, then the end: each line once, in order', async () => {
     const ended = { endedAt: '2026-01-01T00:01:00Z', exitCode: 0, reason: 'Completed' as const };
     const { src, reads } = source([
-      { status: job('Running', [run(1, 'node-a', P1)]), files: { [`node-a:${P1}`]: `${lines(1, 2)}2026-01-01T00:00:03Z stdout F li` }, objects: {} },
+      {
+        status: job('Running', [run(1, 'node-a', P1)]),
+        files: { [`node-a:${P1}`]: `${lines(1, 2)}2026-01-01T00:00:03Z stdout F li` },
+        objects: {},
+      },
       { status: job('Running', [run(1, 'node-a', P1)]), files: { [`node-a:${P1}`]: lines(1, 2, 3) }, objects: {} },
       {
         status: job('Running', [
           run(1, 'node-a', P1, { ...ended, reason: 'Preempted', logObject: 'logs/j/run-1.log' }),
           run(2, 'node-b', P1, { fromCheckpoint: 'ck1' }),
         ]),
-        files: { [`node-b:${P1}`]: lines(1, 2, 3, 4, 5) }, objects: { 'logs/j/run-1.log': lines(1, 2, 3, 4) },
+        files: { [`node-b:${P1}`]: lines(1, 2, 3, 4, 5) },
+        objects: { 'logs/j/run-1.log': lines(1, 2, 3, 4) },
       },
       {
         status: job('Running', [
           run(1, 'node-a', P1, { ...ended, reason: 'Preempted', logObject: 'logs/j/run-1.log' }),
-          run(2, 'node-b', P1, { ...ended, reason: 'Error', exitCode: 1, fromCheckpoint: 'ck1', logObject: 'logs/j/run-2.log' }),
+          run(2, 'node-b', P1, {
+            ...ended,
+            reason: 'Error',
+            exitCode: 1,
+            fromCheckpoint: 'ck1',
+            logObject: 'logs/j/run-2.log',
+          }),
           run(3, 'node-b', P3),
         ]),
-        files: { [`node-b:${P3}`]: lines(7) }, objects: { 'logs/j/run-1.log': lines(1, 2, 3, 4), 'logs/j/run-2.log': lines(1, 2, 3, 4, 5, 6) },
+        files: { [`node-b:${P3}`]: lines(7) },
+        objects: { 'logs/j/run-1.log': lines(1, 2, 3, 4), 'logs/j/run-2.log': lines(1, 2, 3, 4, 5, 6) },
       },
       {
         status: job('Succeeded', [
           run(1, 'node-a', P1, { ...ended, reason: 'Preempted', logObject: 'logs/j/run-1.log' }),
-          run(2, 'node-b', P1, { ...ended, reason: 'Error', exitCode: 1, fromCheckpoint: 'ck1', logObject: 'logs/j/run-2.log' }),
+          run(2, 'node-b', P1, {
+            ...ended,
+            reason: 'Error',
+            exitCode: 1,
+            fromCheckpoint: 'ck1',
+            logObject: 'logs/j/run-2.log',
+          }),
           run(3, 'node-b', P3, { ...ended, logObject: 'logs/j/run-3.log' }),
         ]),
-        files: {}, objects: { 'logs/j/run-1.log': lines(1, 2, 3, 4), 'logs/j/run-2.log': lines(1, 2, 3, 4, 5, 6), 'logs/j/run-3.log': lines(7, 8) },
+        files: {},
+        objects: {
+          'logs/j/run-1.log': lines(1, 2, 3, 4),
+          'logs/j/run-2.log': lines(1, 2, 3, 4, 5, 6),
+          'logs/j/run-3.log': lines(7, 8),
+        },
       },
     ]);
     const { printed, notes, out } = sink();
     await showLogs(src, 'j', { follow: true }, out, 5);
     expect(printed).toEqual(expected(1, 2, 3, 4, 5, 6, 7, 8));
-    expect(notes).toEqual(['--- run 2 on node-b (resumed from checkpoint ck1) ---', '--- run 3 on node-b ---', 'job j is Succeeded']);
+    expect(notes).toEqual([
+      '--- run 2 on node-b (resumed from checkpoint ck1) ---',
+      '--- run 3 on node-b ---',
+      'job j is Succeeded',
+    ]);
     // Read in 50-byte pieces from where the last read stopped; the half-written line was read whole later.
     expect(reads.slice(0, 3)).toEqual(['node-a@0', 'node-a@47', 'node-a@94']);
   });
@@ -426,11 +685,24 @@ describe('logs: following a job run after run, from node and from S3', () => {
   test('-f while the agent is away: the read waits; once the run is archived it goes on from S3 at the same offset', async () => {
     const { src, terminated } = source([
       { status: job('Running', [run(1, 'node-a', P1)]), files: { [`node-a:${P1}`]: lines(1) }, objects: {} },
-      { status: job('Running', [run(1, 'node-a', P1)]), files: { [`node-a:${P1}`]: lines(1, 2) }, objects: {}, down: ['node-a'] },
+      {
+        status: job('Running', [run(1, 'node-a', P1)]),
+        files: { [`node-a:${P1}`]: lines(1, 2) },
+        objects: {},
+        down: ['node-a'],
+      },
       { status: job('Running', [run(1, 'node-a', P1)]), files: {}, objects: {}, down: ['node-a'] },
       {
-        status: job('Failed', [run(1, 'node-a', P1, { endedAt: '2026-01-01T00:01:00Z', exitCode: 3, reason: 'Error', logObject: 'logs/j/run-1.log' })]),
-        files: {}, objects: { 'logs/j/run-1.log': lines(1, 2, 3) },
+        status: job('Failed', [
+          run(1, 'node-a', P1, {
+            endedAt: '2026-01-01T00:01:00Z',
+            exitCode: 3,
+            reason: 'Error',
+            logObject: 'logs/j/run-1.log',
+          }),
+        ]),
+        files: {},
+        objects: { 'logs/j/run-1.log': lines(1, 2, 3) },
       },
     ]);
     const { printed, notes, out } = sink();
@@ -441,10 +713,21 @@ describe('logs: following a job run after run, from node and from S3', () => {
   });
 
   test('--previous prints the run before the current one and stops; without -f the current run as far as it goes', async () => {
-    const timeline = [{
-      status: job('Running', [run(1, 'node-a', P1, { endedAt: '2026-01-01T00:01:00Z', exitCode: 1, reason: 'Error', logObject: 'logs/j/run-1.log' }), run(2, 'node-b', P3)]),
-      files: { [`node-b:${P3}`]: lines(10, 11, 12) }, objects: { 'logs/j/run-1.log': lines(1, 2, 3) },
-    }];
+    const timeline = [
+      {
+        status: job('Running', [
+          run(1, 'node-a', P1, {
+            endedAt: '2026-01-01T00:01:00Z',
+            exitCode: 1,
+            reason: 'Error',
+            logObject: 'logs/j/run-1.log',
+          }),
+          run(2, 'node-b', P3),
+        ]),
+        files: { [`node-b:${P3}`]: lines(10, 11, 12) },
+        objects: { 'logs/j/run-1.log': lines(1, 2, 3) },
+      },
+    ];
     const prev = sink();
     await showLogs(source(timeline).src, 'j', { previous: true }, prev.out, 5);
     expect(prev.printed).toEqual(expected(1, 2, 3));
@@ -452,6 +735,8 @@ describe('logs: following a job run after run, from node and from S3', () => {
     await showLogs(source(timeline).src, 'j', {}, cur.out, 5);
     expect(cur.printed).toEqual(expected(10, 11, 12));
     const none = source([{ status: job('Running', [run(1, 'node-a', P1)]), files: {}, objects: {} }]);
-    await expect(showLogs(none.src, 'j', { previous: true }, sink().out, 5)).rejects.toThrow(/^previous: job 'j' has no previous run/);
+    await expect(showLogs(none.src, 'j', { previous: true }, sink().out, 5)).rejects.toThrow(
+      /^previous: job 'j' has no previous run/,
+    );
   });
 });

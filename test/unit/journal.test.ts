@@ -14,7 +14,14 @@ describe('node journal', () => {
 
   test('a step with no record is "never"; started then done is "done" with its data', async () => {
     expect(journalOutcome(ctx, 'checkpoint', 'c1', 'seal').state).toBe('never');
-    const r = await journaled(ctx, 'checkpoint', 'c1', 'seal', async () => ({ files: 3 }), (x) => ({ files: x.files }));
+    const r = await journaled(
+      ctx,
+      'checkpoint',
+      'c1',
+      'seal',
+      async () => ({ files: 3 }),
+      (x) => ({ files: x.files }),
+    );
     expect(r).toEqual({ files: 3 });
     const o = journalOutcome(ctx, 'checkpoint', 'c1', 'seal');
     expect(o.state).toBe('done');
@@ -23,15 +30,25 @@ describe('node journal', () => {
 
   test('a failed step records its error type', async () => {
     const err = Object.assign(new Error('disk full'), { type: 'NoSpace' });
-    await expect(journaled(ctx, 'checkpoint', 'c2', 'criuDump', () => Promise.reject(err))).rejects.toThrow('disk full');
-    expect(journalOutcome(ctx, 'checkpoint', 'c2', 'criuDump')).toMatchObject({ state: 'failed', data: { type: 'NoSpace', message: 'disk full' } });
+    await expect(journaled(ctx, 'checkpoint', 'c2', 'criuDump', () => Promise.reject(err))).rejects.toThrow(
+      'disk full',
+    );
+    expect(journalOutcome(ctx, 'checkpoint', 'c2', 'criuDump')).toMatchObject({
+      state: 'failed',
+      data: { type: 'NoSpace', message: 'disk full' },
+    });
   });
 
   test('a start by an agent that is gone reads "interrupted"; by this one, "running"', () => {
     appendJournal(ctx, 'restore', 'r1', { step: 'criuRestore', state: 'started' });
     expect(journalOutcome(ctx, 'restore', 'r1', 'criuRestore').state).toBe('running');
     // A writer pid that no longer exists: the agent died mid-step.
-    const line = JSON.stringify({ step: 'criuRestore', state: 'started', at: new Date().toISOString(), agentPid: 4194000 });
+    const line = JSON.stringify({
+      step: 'criuRestore',
+      state: 'started',
+      at: new Date().toISOString(),
+      agentPid: 4194000,
+    });
     fs.appendFileSync(journalFile(ctx, 'restore', 'r2'), line + '\n');
     expect(journalOutcome(ctx, 'restore', 'r2', 'criuRestore').state).toBe('interrupted');
   });
@@ -43,7 +60,9 @@ describe('node journal', () => {
   });
 
   test('ids that would leave the journal directory are refused', () => {
-    expect(() => appendJournal(ctx, 'checkpoint', '../../etc/x', { step: 'seal', state: 'done' })).toThrow(/checkpointId/);
+    expect(() => appendJournal(ctx, 'checkpoint', '../../etc/x', { step: 'seal', state: 'done' })).toThrow(
+      /checkpointId/,
+    );
   });
 });
 

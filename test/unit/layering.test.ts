@@ -25,29 +25,37 @@ function sources(dir: string): string[] {
 /** Every module specifier a file loads, with how: statically (import/export from, require) or dynamically (import()). */
 function specifiers(text: string): { spec: string; dynamic: boolean }[] {
   const out: { spec: string; dynamic: boolean }[] = [];
-  for (const m of text.matchAll(/(?:^|[\s;])(?:import|export)\s[^'"]*?from\s*['"]([^'"]+)['"]/g)) out.push({ spec: m[1], dynamic: false });
+  for (const m of text.matchAll(/(?:^|[\s;])(?:import|export)\s[^'"]*?from\s*['"]([^'"]+)['"]/g))
+    out.push({ spec: m[1], dynamic: false });
   for (const m of text.matchAll(/(?:^|[\s;])import\s*['"]([^'"]+)['"]/g)) out.push({ spec: m[1], dynamic: false });
   for (const m of text.matchAll(/\brequire\(\s*['"]([^'"]+)['"]\s*\)/g)) out.push({ spec: m[1], dynamic: false });
   for (const m of text.matchAll(/\bimport\(\s*['"]([^'"]+)['"]\s*\)/g)) out.push({ spec: m[1], dynamic: true });
   return out;
 }
 
-const resolve = (file: string, spec: string): string => (spec.startsWith('.') ? path.posix.normalize(path.posix.join(path.posix.dirname(file), spec)) : spec);
+const resolve = (file: string, spec: string): string =>
+  spec.startsWith('.') ? path.posix.normalize(path.posix.join(path.posix.dirname(file), spec)) : spec;
 
 describe('layering', () => {
   const files = PRODUCTION.flatMap(sources);
 
   test('the scan sees the production sources and their imports', () => {
-    expect(files).toEqual(expect.arrayContaining(['workers/agent.ts', 'workers/config.ts', 'clients/cli.ts', 'activities/s3-client.ts']));
+    expect(files).toEqual(
+      expect.arrayContaining(['workers/agent.ts', 'workers/config.ts', 'clients/cli.ts', 'activities/s3-client.ts']),
+    );
     // The bridge itself is seen importing deploy/local, so a scan that found nothing would fail here.
-    const bridge = specifiers(fs.readFileSync(path.join(ROOT, 'clients/local-stack.ts'), 'utf8')).map((s) => resolve('clients/local-stack.ts', s.spec));
+    const bridge = specifiers(fs.readFileSync(path.join(ROOT, 'clients/local-stack.ts'), 'utf8')).map((s) =>
+      resolve('clients/local-stack.ts', s.spec),
+    );
     expect(bridge.some((s) => s.startsWith('deploy/'))).toBe(true);
   });
 
   test('no production file imports deploy/', () => {
     const offenders = files
       .filter((f) => !ALLOWED.has(f))
-      .flatMap((f) => specifiers(fs.readFileSync(path.join(ROOT, f), 'utf8')).map((s) => ({ f, target: resolve(f, s.spec) })))
+      .flatMap((f) =>
+        specifiers(fs.readFileSync(path.join(ROOT, f), 'utf8')).map((s) => ({ f, target: resolve(f, s.spec) })),
+      )
       .filter(({ target }) => target.startsWith('deploy/'))
       .map(({ f, target }) => `${f} -> ${target}`);
     expect(offenders).toEqual([]);
@@ -55,7 +63,9 @@ describe('layering', () => {
 
   test('the local-stack bridge and the demo are loaded only lazily, and only by the CLI', () => {
     const offenders = files
-      .flatMap((f) => specifiers(fs.readFileSync(path.join(ROOT, f), 'utf8')).map((s) => ({ f, ...s, target: resolve(f, s.spec) })))
+      .flatMap((f) =>
+        specifiers(fs.readFileSync(path.join(ROOT, f), 'utf8')).map((s) => ({ f, ...s, target: resolve(f, s.spec) })),
+      )
       .filter(({ target }) => ALLOWED.has(`${target}.ts`))
       .filter(({ f, dynamic }) => f !== 'clients/cli.ts' || !dynamic)
       .map(({ f, target, dynamic }) => `${f} -> ${target}${dynamic ? ' (dynamic)' : ' (static)'}`);

@@ -19,7 +19,9 @@ describe('local stack ports', () => {
   });
 
   it('recognises the bind failures that Temporal (Go) and Node services print', () => {
-    expect(isPortTaken('{"level":"FATAL","message":"listen tcp 127.0.0.1:40493: bind: address already in use"}')).toBe(true);
+    expect(isPortTaken('{"level":"FATAL","message":"listen tcp 127.0.0.1:40493: bind: address already in use"}')).toBe(
+      true,
+    );
     expect(isPortTaken('Error: listen EADDRINUSE: address already in use 127.0.0.1:9000')).toBe(true);
     expect(isPortTaken('process 20424 exited during start-up\nno such file')).toBe(false);
   });

@@ -13,10 +13,11 @@ import { CRIU_RESTORE_STEP, inspectRestore } from '../../activities/node/restore
 import { verifyRunning } from '../../activities/node/verify';
 import { parseReadiness } from '../../common/readiness';
 
-const listen = (): Promise<net.Server> => new Promise((res) => {
-  const srv = net.createServer((s) => s.end());
-  srv.listen(0, '127.0.0.1', () => res(srv));
-});
+const listen = (): Promise<net.Server> =>
+  new Promise((res) => {
+    const srv = net.createServer((s) => s.end());
+    srv.listen(0, '127.0.0.1', () => res(srv));
+  });
 const portOf = (srv: net.Server): number => (srv.address() as net.AddressInfo).port;
 const close = (srv: net.Server): Promise<void> => new Promise((res) => srv.close(() => res()));
 
@@ -68,15 +69,23 @@ describe('readiness probes', () => {
   });
 
   test('exec probes see the restored pid in KYBERNATE_PID', async () => {
-    expect((await probeExec(['/bin/sh', '-c', 'test "$KYBERNATE_PID" = 4242'], 2000, { KYBERNATE_PID: '4242' })).ok).toBe(true);
+    expect(
+      (await probeExec(['/bin/sh', '-c', 'test "$KYBERNATE_PID" = 4242'], 2000, { KYBERNATE_PID: '4242' })).ok,
+    ).toBe(true);
   });
 
   test('waitReady: fails with NotReady after failureThreshold failures in a row', async () => {
     const port = await deadPort();
     let probes = 0;
-    const err = await waitReady({ tcpSocket: { port }, periodSeconds: 0.05, failureThreshold: 3 }, {
-      notRunning: () => { probes++; return null; },
-    }).catch((e: unknown) => e);
+    const err = await waitReady(
+      { tcpSocket: { port }, periodSeconds: 0.05, failureThreshold: 3 },
+      {
+        notRunning: () => {
+          probes++;
+          return null;
+        },
+      },
+    ).catch((e: unknown) => e);
     expect(failureType(err)).toBe('NotReady');
     expect((err as Error).message).toMatch(/failed 3 times in a row; last: tcp 127\.0\.0\.1:\d+: ECONNREFUSED/);
     expect(probes).toBe(3);
@@ -86,29 +95,47 @@ describe('readiness probes', () => {
     const port = await deadPort();
     let srv: net.Server | null = null;
     let n = 0;
-    const r = await waitReady({ tcpSocket: { port }, periodSeconds: 0.1, failureThreshold: 5 }, {
-      notRunning: () => null,
-      sleep: async (ms) => {
-        if (++n === 3 && !srv) srv = await new Promise<net.Server>((res) => { const s = net.createServer(); s.listen(port, '127.0.0.1', () => res(s)); });
-        await new Promise((res) => setTimeout(res, ms));
+    const r = await waitReady(
+      { tcpSocket: { port }, periodSeconds: 0.1, failureThreshold: 5 },
+      {
+        notRunning: () => null,
+        sleep: async (ms) => {
+          if (++n === 3 && !srv)
+            srv = await new Promise<net.Server>((res) => {
+              const s = net.createServer();
+              s.listen(port, '127.0.0.1', () => res(s));
+            });
+          await new Promise((res) => setTimeout(res, ms));
+        },
       },
-    });
+    );
     expect(r.probes).toBe(3);
     if (srv) await close(srv);
   });
 
   test('waitReady stops at once when the process is gone', async () => {
-    const err = await waitReady({ exec: { command: ['true'] } }, {
-      notRunning: () => Object.assign(new Error('no such process: pid 1'), { type: 'NoSuchProcess' }) as unknown as ApplicationFailure,
-    }).catch((e: unknown) => e);
+    const err = await waitReady(
+      { exec: { command: ['true'] } },
+      {
+        notRunning: () =>
+          Object.assign(new Error('no such process: pid 1'), {
+            type: 'NoSuchProcess',
+          }) as unknown as ApplicationFailure,
+      },
+    ).catch((e: unknown) => e);
     expect(failureType(err)).toBe('NoSuchProcess');
   });
 
   test('parseReadiness names the field that is wrong', () => {
-    expect(parseReadiness({ tcpSocket: { port: 80 }, periodSeconds: 2 })).toEqual({ tcpSocket: { port: 80 }, periodSeconds: 2 });
+    expect(parseReadiness({ tcpSocket: { port: 80 }, periodSeconds: 2 })).toEqual({
+      tcpSocket: { port: 80 },
+      periodSeconds: 2,
+    });
     expect(() => parseReadiness({ tcpSocket: { port: 0 } })).toThrow(/^readiness\.tcpSocket\.port: /);
     expect(() => parseReadiness({ exec: { command: [] } })).toThrow(/^readiness\.exec\.command: /);
-    expect(() => parseReadiness({ exec: { command: ['x'] }, failureThreshold: 0 })).toThrow(/^readiness\.failureThreshold: /);
+    expect(() => parseReadiness({ exec: { command: ['x'] }, failureThreshold: 0 })).toThrow(
+      /^readiness\.failureThreshold: /,
+    );
     expect(() => parseReadiness({ httpGet: { path: '/' } })).toThrow(/^readiness: needs either tcpSocket/);
     expect(() => parseReadiness('6379')).toThrow(/^readiness: /);
   });
@@ -135,7 +162,10 @@ describe('verifyRunning', () => {
     } finally {
       await close(srv);
     }
-    const err = await verifyRunning(ctx, { ...id, readiness: { exec: { command: ['/bin/sh', '-c', 'exit 1'] }, periodSeconds: 0.05, failureThreshold: 2 } }).catch((e: unknown) => e);
+    const err = await verifyRunning(ctx, {
+      ...id,
+      readiness: { exec: { command: ['/bin/sh', '-c', 'exit 1'] }, periodSeconds: 0.05, failureThreshold: 2 },
+    }).catch((e: unknown) => e);
     expect(failureType(err)).toBe('NotReady');
   });
 
@@ -143,17 +173,30 @@ describe('verifyRunning', () => {
     const c = idle();
     const id = processIdentity(c.pid!)!;
     process.kill(id.pid, 'SIGSTOP');
-    for (let i = 0; i < 50 && processIdentity(id.pid) && !/\) T /.test(fs.readFileSync(`/proc/${id.pid}/stat`, 'utf8')); i++) await new Promise((r) => setTimeout(r, 20));
+    for (
+      let i = 0;
+      i < 50 && processIdentity(id.pid) && !/\) T /.test(fs.readFileSync(`/proc/${id.pid}/stat`, 'utf8'));
+      i++
+    )
+      await new Promise((r) => setTimeout(r, 20));
     expect(failureType(await verifyRunning(ctx, { ...id, settleMs: 10 }).catch((e: unknown) => e))).toBe('NotRunning');
-    expect(failureType(await verifyRunning(ctx, { pid: id.pid, startTime: id.startTime + 1, settleMs: 10 }).catch((e: unknown) => e))).toBe('NoSuchProcess');
+    expect(
+      failureType(
+        await verifyRunning(ctx, { pid: id.pid, startTime: id.startTime + 1, settleMs: 10 }).catch((e: unknown) => e),
+      ),
+    ).toBe('NoSuchProcess');
     c.kill('SIGKILL');
     await new Promise((r) => c.once('exit', r));
-    expect(failureType(await verifyRunning(ctx, { ...id, settleMs: 10 }).catch((e: unknown) => e))).toBe('NoSuchProcess');
+    expect(failureType(await verifyRunning(ctx, { ...id, settleMs: 10 }).catch((e: unknown) => e))).toBe(
+      'NoSuchProcess',
+    );
   });
 
   test('a malformed probe is InvalidInput naming the field', async () => {
     const c = idle();
-    const err = await verifyRunning(ctx, { pid: c.pid!, readiness: { tcpSocket: { port: 'redis' } } }).catch((e: unknown) => e);
+    const err = await verifyRunning(ctx, { pid: c.pid!, readiness: { tcpSocket: { port: 'redis' } } }).catch(
+      (e: unknown) => e,
+    );
     expect(failureType(err)).toBe('InvalidInput');
     expect((err as Error).message).toMatch(/^readiness\.tcpSocket\.port: /);
   });
@@ -170,11 +213,24 @@ describe('inspectRestore: what became of a restore whose agent was lost', () => 
   function startedByDeadAgent(attemptId: string, at: string): void {
     const file = path.join(dataDir, 'journal', 'restore', `${attemptId}.jsonl`);
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    fs.appendFileSync(file, JSON.stringify({ step: CRIU_RESTORE_STEP, state: 'started', at, agentPid: 4194304, data: { checkpointId: 'ck1', dir: ckDir } }) + '\n');
+    fs.appendFileSync(
+      file,
+      JSON.stringify({
+        step: CRIU_RESTORE_STEP,
+        state: 'started',
+        at,
+        agentPid: 4194304,
+        data: { checkpointId: 'ck1', dir: ckDir },
+      }) + '\n',
+    );
   }
 
   test('never started: nothing runs', async () => {
-    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a1' })).toMatchObject({ criu: 'never', process: null, running: false });
+    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a1' })).toMatchObject({
+      criu: 'never',
+      process: null,
+      running: false,
+    });
   });
 
   test('done: the process recorded by pid and start time, running', async () => {
@@ -182,10 +238,21 @@ describe('inspectRestore: what became of a restore whose agent was lost', () => 
     const id = processIdentity(c.pid!)!;
     appendJournal(ctx, 'restore', 'ck1.r1.a2', { step: CRIU_RESTORE_STEP, state: 'started', data: { dir: ckDir } });
     appendJournal(ctx, 'restore', 'ck1.r1.a2', { step: CRIU_RESTORE_STEP, state: 'done', data: { ...id } });
-    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a2' })).toEqual({ criu: 'done', failure: null, process: id, running: true, state: 'S', cuda: 'none' });
+    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a2' })).toEqual({
+      criu: 'done',
+      failure: null,
+      process: id,
+      running: true,
+      state: 'S',
+      cuda: 'none',
+    });
     c.kill('SIGKILL');
     await new Promise((r) => c.once('exit', r));
-    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a2' })).toMatchObject({ criu: 'done', process: id, running: false });
+    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a2' })).toMatchObject({
+      criu: 'done',
+      process: id,
+      running: false,
+    });
   });
 
   test('interrupted (agent died mid-CRIU): the pid file names the process, taken only if it started after the step', async () => {
@@ -193,18 +260,33 @@ describe('inspectRestore: what became of a restore whose agent was lost', () => 
     const id = processIdentity(c.pid!)!;
     fs.writeFileSync(path.join(ckDir, 'restored.pid'), String(id.pid));
     startedByDeadAgent('ck1.r1.a3', new Date(Date.now() - 60000).toISOString());
-    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a3' })).toMatchObject({ criu: 'interrupted', process: id, running: true });
+    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a3' })).toMatchObject({
+      criu: 'interrupted',
+      process: id,
+      running: true,
+    });
     // A step that started after this process did: the pid file is stale or the pid reused, not our process.
     startedByDeadAgent('ck1.r1.a4', new Date(Date.now() + 60000).toISOString());
-    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a4' })).toMatchObject({ criu: 'interrupted', process: null, running: false });
+    expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a4' })).toMatchObject({
+      criu: 'interrupted',
+      process: null,
+      running: false,
+    });
   });
 
-  test('failed: the journal\'s error is reported', async () => {
+  test("failed: the journal's error is reported", async () => {
     fs.rmSync(path.join(ckDir, 'restored.pid'), { force: true }); // as criuRestore does before CRIU runs; a failed CRIU writes none
     appendJournal(ctx, 'restore', 'ck1.r1.a5', { step: CRIU_RESTORE_STEP, state: 'started', data: { dir: ckDir } });
-    appendJournal(ctx, 'restore', 'ck1.r1.a5', { step: CRIU_RESTORE_STEP, state: 'failed', data: { type: 'CriuPidConflict', message: 'pid busy' } });
+    appendJournal(ctx, 'restore', 'ck1.r1.a5', {
+      step: CRIU_RESTORE_STEP,
+      state: 'failed',
+      data: { type: 'CriuPidConflict', message: 'pid busy' },
+    });
     expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a5' })).toMatchObject({
-      criu: 'failed', failure: { type: 'CriuPidConflict', message: 'pid busy' }, process: null, running: false,
+      criu: 'failed',
+      failure: { type: 'CriuPidConflict', message: 'pid busy' },
+      process: null,
+      running: false,
     });
   });
 
@@ -214,12 +296,32 @@ describe('inspectRestore: what became of a restore whose agent was lost', () => 
     fs.writeFileSync(path.join(ckDir, 'restored.pid'), String(id.pid));
     const file = path.join(dataDir, 'journal', 'restore', 'ck1.r1.a6.jsonl');
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    fs.appendFileSync(file, [
-      { step: CRIU_RESTORE_STEP, state: 'started', at: new Date(Date.now() - 60000).toISOString(), agentPid: process.pid, data: { dir: ckDir } },
-      { step: CRIU_RESTORE_STEP, state: 'failed', at: new Date().toISOString(), agentPid: process.pid, data: { type: 'CriuInterrupted', message: 'killed by SIGKILL' } },
-    ].map((e) => JSON.stringify(e)).join('\n') + '\n');
+    fs.appendFileSync(
+      file,
+      [
+        {
+          step: CRIU_RESTORE_STEP,
+          state: 'started',
+          at: new Date(Date.now() - 60000).toISOString(),
+          agentPid: process.pid,
+          data: { dir: ckDir },
+        },
+        {
+          step: CRIU_RESTORE_STEP,
+          state: 'failed',
+          at: new Date().toISOString(),
+          agentPid: process.pid,
+          data: { type: 'CriuInterrupted', message: 'killed by SIGKILL' },
+        },
+      ]
+        .map((e) => JSON.stringify(e))
+        .join('\n') + '\n',
+    );
     expect(await inspectRestore(ctx, { checkpointId: 'ck1', attemptId: 'ck1.r1.a6' })).toMatchObject({
-      criu: 'failed', failure: { type: 'CriuInterrupted' }, process: id, running: true,
+      criu: 'failed',
+      failure: { type: 'CriuInterrupted' },
+      process: id,
+      running: true,
     });
   });
 

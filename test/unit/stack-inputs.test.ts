@@ -19,7 +19,8 @@ describe('local stack command inputs', () => {
   test('--down is a whole number of milliseconds', () => {
     expect(parseDownMs('0')).toBe(0);
     expect(parseDownMs('15000')).toBe(15000);
-    for (const bad of ['-1', '1.5', 'abc', '', '1e3', '99999999999999999999']) expect(() => parseDownMs(bad)).toThrow(/^down: /);
+    for (const bad of ['-1', '1.5', 'abc', '', '1e3', '99999999999999999999'])
+      expect(() => parseDownMs(bad)).toThrow(/^down: /);
   });
 
   test('--proxy-temporal needs --toxiproxy; --toxiproxy routes s3, with --proxy-temporal temporal too', () => {

@@ -4,7 +4,16 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import koffi from 'koffi';
 import { ApplicationFailure } from '@temporalio/activity';
-import { callAsync, cudaApi, type CudaApi, cudaState, cudaStep, driverKind, holdsCuda, listGpus } from '../../activities/node/cuda';
+import {
+  callAsync,
+  cudaApi,
+  type CudaApi,
+  cudaState,
+  cudaStep,
+  driverKind,
+  holdsCuda,
+  listGpus,
+} from '../../activities/node/cuda';
 import { gpuMemory } from '../../activities/node/nvml';
 import { ErrorType } from '../../common/errors';
 import { REPO_ROOT } from '../../deploy/local/paths';
@@ -23,7 +32,11 @@ const libDir = ensureStandinCuda();
 const deviceDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-standin-unit-'));
 // The driver reads these at each call (the agent's environment in production). Through libc: jest gives the
 // test a copy of process.env that native code never sees.
-const setenv = koffi.load('libc.so.6').func('int setenv(const char *, const char *, int)') as (k: string, v: string, o: number) => number;
+const setenv = koffi.load('libc.so.6').func('int setenv(const char *, const char *, int)') as (
+  k: string,
+  v: string,
+  o: number,
+) => number;
 setenv('KYBERNATE_STANDIN_DIR', deviceDir, 1);
 setenv('KYBERNATE_STANDIN_TOTAL_BYTES', String(TOTAL), 1);
 // dlopen reads LD_LIBRARY_PATH only at process start: load the stand-in by path once, and cuda.ts's
@@ -39,22 +52,36 @@ const logs = new Map<number, string>();
 async function workload(mib: number, seed: number): Promise<number> {
   const log = path.join(deviceDir, `w-${seed}.log`);
   const out = fs.openSync(log, 'w');
-  const child = spawn('python3', [path.join(REPO_ROOT, 'deploy', 'workloads', 'standin_gpu.py'), String(mib), String(seed), '0.05', '4'], {
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LD_LIBRARY_PATH: libDir, KYBERNATE_STANDIN_DIR: deviceDir },
-    stdio: ['ignore', out, out],
-  });
+  const child = spawn(
+    'python3',
+    [path.join(REPO_ROOT, 'deploy', 'workloads', 'standin_gpu.py'), String(mib), String(seed), '0.05', '4'],
+    {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LD_LIBRARY_PATH: libDir, KYBERNATE_STANDIN_DIR: deviceDir },
+      stdio: ['ignore', out, out],
+    },
+  );
   fs.closeSync(out);
   workloads.push(child);
   const pid = child.pid!;
   logs.set(pid, log);
-  await until(`workload ${pid} holds its stand-in context`, () => fs.existsSync(path.join(deviceDir, `vram-${pid}`)) && cudaState(pid) === 'running', 20000, 50);
+  await until(
+    `workload ${pid} holds its stand-in context`,
+    () => fs.existsSync(path.join(deviceDir, `vram-${pid}`)) && cudaState(pid) === 'running',
+    20000,
+    50,
+  );
   return pid;
 }
-const verifies = (pid: number): string[] => fs.readFileSync(logs.get(pid)!, 'utf8').split('\n').filter((l) => l.startsWith('verify '));
+const verifies = (pid: number): string[] =>
+  fs
+    .readFileSync(logs.get(pid)!, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('verify '));
 
 let a: CudaApi;
 const args = (): Buffer => Buffer.alloc(64);
-const call = (fn: CudaApi['cuCheckpointProcessLock'], pid: number, b: Buffer | null = args()): Promise<number> => callAsync(fn, pid, b);
+const call = (fn: CudaApi['cuCheckpointProcessLock'], pid: number, b: Buffer | null = args()): Promise<number> =>
+  callAsync(fn, pid, b);
 const errorString = (code: number): [number, string | null] => {
   const out: [string | null] = [null];
   const rc = a.cuGetErrorString(code, out);
@@ -104,7 +131,12 @@ test('device queries (async) give the declared stand-in device; NVML free VRAM c
   expect(held?.totalBytes).toBe(TOTAL);
   expect(before!.freeBytes - held!.freeBytes).toBe(16 * MiB);
   process.kill(pid, 'SIGKILL');
-  await until('a dead process frees its stand-in memory', async () => (await gpuMemory(0))?.freeBytes === before!.freeBytes, 10000, 50);
+  await until(
+    'a dead process frees its stand-in memory',
+    async () => (await gpuMemory(0))?.freeBytes === before!.freeBytes,
+    10000,
+    50,
+  );
 });
 
 test('the documented transitions, and CUDA_ERROR_ILLEGAL_STATE for every wrong one', async () => {
@@ -131,7 +163,11 @@ test('the documented transitions, and CUDA_ERROR_ILLEGAL_STATE for every wrong o
   expect(cudaState(pid)).toBe('running');
   const seen = verifies(pid).length;
   await until('the workload reads its VRAM back after the round trip', () => verifies(pid).length > seen, 10000, 50);
-  expect(verifies(pid).slice(seen).every((l) => l.includes('vram_ok=True'))).toBe(true);
+  expect(
+    verifies(pid)
+      .slice(seen)
+      .every((l) => l.includes('vram_ok=True')),
+  ).toBe(true);
 });
 
 test('bad arguments and processes without a context are refused with the documented codes', async () => {
@@ -150,10 +186,13 @@ test('bad arguments and processes without a context are refused with the documen
   // cudaStep on a tree without CUDA skips, and says so.
   const plain = spawn('sleep', ['30']);
   workloads.push(plain);
-  expect(await cudaStep('lock', plain.pid!)).toEqual({ outcome: 'skipped', detail: `no process in the tree of pid ${plain.pid} holds a CUDA context` });
+  expect(await cudaStep('lock', plain.pid!)).toEqual({
+    outcome: 'skipped',
+    detail: `no process in the tree of pid ${plain.pid} holds a CUDA context`,
+  });
 });
 
-test("a lock whose timeoutMs expires returns CUDA_ERROR_TIMEOUT and leaves the process running (CudaTimeout)", async () => {
+test('a lock whose timeoutMs expires returns CUDA_ERROR_TIMEOUT and leaves the process running (CudaTimeout)', async () => {
   const pid = await workload(4, 41);
   conf('faults=lock-hang\n');
   const t0 = Date.now();
@@ -179,7 +218,12 @@ test('OUT_OF_MEMORY on restore leaves the process failed: restore and unlock fai
   conf('');
   expect(await call(a.cuCheckpointProcessRestore, pid)).toBe(401);
   expect(await call(a.cuCheckpointProcessUnlock, pid)).toBe(401);
-  await until('the workload sees its context fail', () => verifies(pid).some((l) => l.includes('vram_ok=False')), 10000, 50);
+  await until(
+    'the workload sees its context fail',
+    () => verifies(pid).some((l) => l.includes('vram_ok=False')),
+    10000,
+    50,
+  );
 });
 
 test('a restore that does not fit the device runs out of memory, as a real one would', async () => {

@@ -3,9 +3,25 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import koffi from 'koffi';
-import { callAsync, cudaApi, cudaDriverVersion, cudaState, cudaStep, GPU_PAIR_SIZE, listGpus, RESTORE_ARGS_SIZE, uuidBytes } from '../../activities/node/cuda';
+import {
+  callAsync,
+  cudaApi,
+  cudaDriverVersion,
+  cudaState,
+  cudaStep,
+  GPU_PAIR_SIZE,
+  listGpus,
+  RESTORE_ARGS_SIZE,
+  uuidBytes,
+} from '../../activities/node/cuda';
 import { measureTreeVram } from '../../activities/node/measure';
-import { computeProcesses, driverVersions, gpuCount, gpuMemory, NVML_PROCESS_INFO_SIZE } from '../../activities/node/nvml';
+import {
+  computeProcesses,
+  driverVersions,
+  gpuCount,
+  gpuMemory,
+  NVML_PROCESS_INFO_SIZE,
+} from '../../activities/node/nvml';
 import { REPO_ROOT } from '../../deploy/local/paths';
 import { ensureStandinCuda } from '../../deploy/local/standin';
 import { until } from '../support/stack';
@@ -18,7 +34,11 @@ import { until } from '../support/stack';
 const MiB = 1024 * 1024;
 const libDir = ensureStandinCuda();
 const deviceDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-standin-gpus-'));
-const setenv = koffi.load('libc.so.6').func('int setenv(const char *, const char *, int)') as (k: string, v: string, o: number) => number;
+const setenv = koffi.load('libc.so.6').func('int setenv(const char *, const char *, int)') as (
+  k: string,
+  v: string,
+  o: number,
+) => number;
 setenv('KYBERNATE_STANDIN_DIR', deviceDir, 1);
 setenv('KYBERNATE_STANDIN_TOTAL_BYTES', String(256 * MiB), 1);
 koffi.load(path.join(libDir, 'libcuda.so.1'));
@@ -28,12 +48,22 @@ const conf = (text: string): void => fs.writeFileSync(path.join(deviceDir, 'stan
 const workloads: ChildProcess[] = [];
 
 async function workload(mib: number, seed: number): Promise<number> {
-  const child = spawn('python3', [path.join(REPO_ROOT, 'deploy', 'workloads', 'standin_gpu.py'), String(mib), String(seed), '0.05', '4'], {
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LD_LIBRARY_PATH: libDir, KYBERNATE_STANDIN_DIR: deviceDir }, stdio: 'ignore',
-  });
+  const child = spawn(
+    'python3',
+    [path.join(REPO_ROOT, 'deploy', 'workloads', 'standin_gpu.py'), String(mib), String(seed), '0.05', '4'],
+    {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LD_LIBRARY_PATH: libDir, KYBERNATE_STANDIN_DIR: deviceDir },
+      stdio: 'ignore',
+    },
+  );
   workloads.push(child);
   const pid = child.pid!;
-  await until(`workload ${pid} holds its stand-in context`, () => fs.existsSync(path.join(deviceDir, `vram-${pid}`)) && cudaState(pid) === 'running', 20000, 50);
+  await until(
+    `workload ${pid} holds its stand-in context`,
+    () => fs.existsSync(path.join(deviceDir, `vram-${pid}`)) && cudaState(pid) === 'running',
+    20000,
+    50,
+  );
   return pid;
 }
 
@@ -83,7 +113,15 @@ test('per-process device memory (nvmlDeviceGetComputeRunningProcesses_v3) per GP
   expect((await computeProcesses(1))?.get(pid)).toBe(8 * MiB);
   expect((await gpuMemory(1))?.freeBytes).toBe(248 * MiB);
   const m = await measureTreeVram(pid);
-  expect(m).toMatchObject({ bytes: 24 * MiB, gpuIndex: 0, gpuModel: 'Kybernate stand-in GPU (not a real device)', perGpu: [{ index: 0, bytes: 16 * MiB }, { index: 1, bytes: 8 * MiB }] });
+  expect(m).toMatchObject({
+    bytes: 24 * MiB,
+    gpuIndex: 0,
+    gpuModel: 'Kybernate stand-in GPU (not a real device)',
+    perGpu: [
+      { index: 0, bytes: 16 * MiB },
+      { index: 1, bytes: 8 * MiB },
+    ],
+  });
   expect(m?.gpuUuid).toBe((await gpuMemory(0))?.uuid);
   // A process outside the tree counts nothing (this test's own process would: the workload is its child).
   const other = spawn('sleep', ['30'], { stdio: 'ignore' });
@@ -93,7 +131,11 @@ test('per-process device memory (nvmlDeviceGetComputeRunningProcesses_v3) per GP
   // The documented sizing protocol and struct layout, called directly: too small a buffer says how many.
   const Handle = koffi.pointer(koffi.opaque());
   const byIndex = nvmlLib.func('nvmlDeviceGetHandleByIndex_v2', 'int', ['uint', koffi.out(koffi.pointer(Handle))]);
-  const procs = nvmlLib.func('nvmlDeviceGetComputeRunningProcesses_v3', 'int', [Handle, koffi.inout(koffi.pointer('uint32_t')), 'void *']);
+  const procs = nvmlLib.func('nvmlDeviceGetComputeRunningProcesses_v3', 'int', [
+    Handle,
+    koffi.inout(koffi.pointer('uint32_t')),
+    'void *',
+  ]);
   const h: [unknown] = [null];
   expect(byIndex(0, h)).toBe(0);
   const count = new Uint32Array([0]);
@@ -119,7 +161,12 @@ test('restore onto another GPU: CUDA 13 args carry the old -> new UUID pair; the
   await cudaStep('checkpoint', pid);
   expect(fs.existsSync(path.join(deviceDir, `vram-${pid}`))).toBe(false);
   // A UUID that names no GPU of this node: CUDA_ERROR_INVALID_DEVICE, and the process stays checkpointed.
-  await expect(cudaStep('restore', pid, undefined, undefined, { oldUuid: g0, newUuid: 'GPU-00000000-0000-0000-0000-000000000000' })).rejects.toThrow(/CUresult 101/);
+  await expect(
+    cudaStep('restore', pid, undefined, undefined, {
+      oldUuid: g0,
+      newUuid: 'GPU-00000000-0000-0000-0000-000000000000',
+    }),
+  ).rejects.toThrow(/CUresult 101/);
   expect(cudaState(pid)).toBe('checkpointed');
   const r = await cudaStep('restore', pid, undefined, undefined, { oldUuid: g0, newUuid: g1 });
   expect(r.detail).toMatch(/restore ok/);
@@ -136,7 +183,9 @@ test('before CUDA 13 the restore args are all reserved: a GPU pair is refused (I
   const [g0, g1] = [(await gpuMemory(0))!.uuid, (await gpuMemory(1))!.uuid];
   await cudaStep('lock', pid);
   await cudaStep('checkpoint', pid);
-  await expect(cudaStep('restore', pid, undefined, undefined, { oldUuid: g0, newUuid: g1 })).rejects.toThrow(/CUresult 1 /);
+  await expect(cudaStep('restore', pid, undefined, undefined, { oldUuid: g0, newUuid: g1 })).rejects.toThrow(
+    /CUresult 1 /,
+  );
   await cudaStep('restore', pid);
   await cudaStep('unlock', pid);
   expect(fs.existsSync(path.join(deviceDir, `vram-${pid}`))).toBe(true);

@@ -40,15 +40,28 @@ function sealed(reuse?: string): { ctx: NodeContext; id: string; dir: string; me
   const ctx = localNodeContext('integrity-node', path.join(root, `${id}-${n++}`));
   const dir = path.join(ctx.dataDir, 'checkpoints', id);
   const large = randomBytes(LARGE);
-  const files: Record<string, Buffer> = { 'images/pages-1.img': large, 'images/core-1.img': randomBytes(4096), 'images/inventory.img': randomBytes(100) };
+  const files: Record<string, Buffer> = {
+    'images/pages-1.img': large,
+    'images/core-1.img': randomBytes(4096),
+    'images/inventory.img': randomBytes(100),
+  };
   for (const [p, b] of Object.entries(files)) {
     fs.mkdirSync(path.dirname(path.join(dir, p)), { recursive: true });
     fs.writeFileSync(path.join(dir, p), b);
   }
   const md: Metadata = {
-    format: 'kybernate.checkpoint/v1', checkpointId: id, jobId: 'job-integrity', node: ctx.node, pid: 1, createdAt: new Date().toISOString(), criuVersion: 'test',
-    cuda: { checkpointed: false, vramBytes: 0 }, workloadFiles: [],
-    files: Object.entries(files).map(([p, b]) => ({ path: p, size: b.length, sha256: sha(b) })).sort((a, b) => a.path.localeCompare(b.path)),
+    format: 'kybernate.checkpoint/v1',
+    checkpointId: id,
+    jobId: 'job-integrity',
+    node: ctx.node,
+    pid: 1,
+    createdAt: new Date().toISOString(),
+    criuVersion: 'test',
+    cuda: { checkpointed: false, vramBytes: 0 },
+    workloadFiles: [],
+    files: Object.entries(files)
+      .map(([p, b]) => ({ path: p, size: b.length, sha256: sha(b) }))
+      .sort((a, b) => a.path.localeCompare(b.path)),
   };
   const text = JSON.stringify(md, null, 2);
   fs.writeFileSync(path.join(dir, METADATA_FILE), text);
@@ -79,7 +92,9 @@ async function keys(id: string): Promise<string[]> {
 async function inProgress(id: string, file: string): Promise<number> {
   const s3 = makeS3Client(s3cfg());
   try {
-    const r = await s3.send(new ListMultipartUploadsCommand({ Bucket: s3cfg().bucket, Prefix: `checkpoints/${id}/${file}` }));
+    const r = await s3.send(
+      new ListMultipartUploadsCommand({ Bucket: s3cfg().bucket, Prefix: `checkpoints/${id}/${file}` }),
+    );
     return (r.Uploads ?? []).length;
   } finally {
     s3.destroy();
@@ -97,7 +112,10 @@ async function object(id: string, file: string): Promise<Buffer> {
 }
 
 async function failure(p: Promise<unknown>): Promise<ApplicationFailure> {
-  const e = await p.then(() => null, (err: unknown) => err);
+  const e = await p.then(
+    () => null,
+    (err: unknown) => err,
+  );
   expect(e).toBeInstanceOf(ApplicationFailure);
   return e as ApplicationFailure;
 }
@@ -107,7 +125,12 @@ describe('upload: the bytes in S3 are the bytes sealed', () => {
     const c = sealed();
     const r = await uploadCheckpoint(c.ctx, { checkpointId: c.id, metadataSha256: c.metadataSha256 });
     expect(r.partsSent).toBe(2 + Math.ceil(LARGE / partSizeFor(LARGE)));
-    expect(await keys(c.id)).toEqual(['images/core-1.img', 'images/inventory.img', 'images/pages-1.img', METADATA_FILE]);
+    expect(await keys(c.id)).toEqual([
+      'images/core-1.img',
+      'images/inventory.img',
+      'images/pages-1.img',
+      METADATA_FILE,
+    ]);
     expect(sha(await object(c.id, 'images/pages-1.img'))).toBe(sha(c.large));
     expect(sha(await object(c.id, METADATA_FILE))).toBe(c.metadataSha256);
   });
@@ -141,10 +164,19 @@ describe('upload: the bytes in S3 are the bytes sealed', () => {
     const ctx = localNodeContext('x', root);
     const s3 = makeS3Client(ctx.s3);
     try {
-      const err = await s3.send(new PutObjectCommand({
-        Bucket: ctx.s3.bucket, Key: `checkpoints/refused-${Date.now()}/x`, Body: Buffer.from('the bytes sent'),
-        ChecksumSHA256: Buffer.from(sha('the bytes sealed'), 'hex').toString('base64'),
-      })).then(() => null, (x: unknown) => x as Error & { $metadata?: { httpStatusCode?: number } });
+      const err = await s3
+        .send(
+          new PutObjectCommand({
+            Bucket: ctx.s3.bucket,
+            Key: `checkpoints/refused-${Date.now()}/x`,
+            Body: Buffer.from('the bytes sent'),
+            ChecksumSHA256: Buffer.from(sha('the bytes sealed'), 'hex').toString('base64'),
+          }),
+        )
+        .then(
+          () => null,
+          (x: unknown) => x as Error & { $metadata?: { httpStatusCode?: number } },
+        );
       expect(err).not.toBeNull();
       expect(err!.$metadata?.httpStatusCode).toBe(400);
     } finally {
@@ -169,8 +201,24 @@ describe('upload: the bytes in S3 are the bytes sealed', () => {
       try {
         const key = `checkpoints/${c.id}/images/pages-1.img`;
         const part = partSizeFor(LARGE);
-        const mp = await s3.send(new CreateMultipartUploadCommand({ Bucket: c.ctx.s3.bucket, Key: key, ChecksumAlgorithm: 'SHA256', Metadata: { sha256: sha(c.large) } }));
-        await s3.send(new UploadPartCommand({ Bucket: c.ctx.s3.bucket, Key: key, UploadId: mp.UploadId, PartNumber: 1, Body: c.large.subarray(0, part), ChecksumAlgorithm: 'SHA256' }));
+        const mp = await s3.send(
+          new CreateMultipartUploadCommand({
+            Bucket: c.ctx.s3.bucket,
+            Key: key,
+            ChecksumAlgorithm: 'SHA256',
+            Metadata: { sha256: sha(c.large) },
+          }),
+        );
+        await s3.send(
+          new UploadPartCommand({
+            Bucket: c.ctx.s3.bucket,
+            Key: key,
+            UploadId: mp.UploadId,
+            PartNumber: 1,
+            Body: c.large.subarray(0, part),
+            ChecksumAlgorithm: 'SHA256',
+          }),
+        );
       } finally {
         s3.destroy();
       }
@@ -200,7 +248,9 @@ describe('upload: the bytes in S3 are the bytes sealed', () => {
     const first = sealed();
     await uploadCheckpoint(first.ctx, { checkpointId: first.id, metadataSha256: first.metadataSha256 });
     const second = sealed(first.id); // other bytes, same id, another node
-    const e = await failure(uploadCheckpoint(second.ctx, { checkpointId: second.id, metadataSha256: second.metadataSha256 }));
+    const e = await failure(
+      uploadCheckpoint(second.ctx, { checkpointId: second.id, metadataSha256: second.metadataSha256 }),
+    );
     expect(e.type).toBe(ErrorType.CheckpointExists);
     expect(sha(await object(first.id, 'images/pages-1.img'))).toBe(sha(first.large));
     expect(sha(await object(first.id, METADATA_FILE))).toBe(first.metadataSha256);
@@ -210,7 +260,7 @@ describe('upload: the bytes in S3 are the bytes sealed', () => {
 
   test.each([
     ['a bucket that does not exist', { bucket: 'kybernate-no-such-bucket' }],
-    ['a secret that is not the key\'s', { secretAccessKey: 'not-the-secret' }],
+    ["a secret that is not the key's", { secretAccessKey: 'not-the-secret' }],
   ])('S3 refuses for good (%s): S3Rejected, not retryable', async (_what, s3Override) => {
     const c = sealed();
     const ctx = { ...c.ctx, s3: { ...c.ctx.s3, ...s3Override } };
@@ -231,7 +281,13 @@ describe('fetch: metadata.json checked against its seal; a corrupt local copy is
     // Replaced: same files named, other bytes (e.g. an edited createdAt).
     const md = JSON.parse((await object(c.id, METADATA_FILE)).toString('utf8')) as Metadata;
     const s3 = makeS3Client(c.ctx.s3);
-    await s3.send(new PutObjectCommand({ Bucket: c.ctx.s3.bucket, Key: `checkpoints/${c.id}/${METADATA_FILE}`, Body: JSON.stringify({ ...md, createdAt: '2020-01-01T00:00:00.000Z' }) }));
+    await s3.send(
+      new PutObjectCommand({
+        Bucket: c.ctx.s3.bucket,
+        Key: `checkpoints/${c.id}/${METADATA_FILE}`,
+        Body: JSON.stringify({ ...md, createdAt: '2020-01-01T00:00:00.000Z' }),
+      }),
+    );
     s3.destroy();
     const e = await failure(fetchCheckpoint(other, { checkpointId: c.id, metadataSha256: c.metadataSha256 }));
     expect(e.type).toBe(ErrorType.ChecksumMismatch);
@@ -249,9 +305,13 @@ describe('fetch: metadata.json checked against its seal; a corrupt local copy is
     expect(sha(fs.readFileSync(path.join(c.dir, 'images/pages-1.img')))).toBe(sha(c.large));
     const aside = fs.readdirSync(path.join(c.ctx.dataDir, 'corrupt'));
     expect(aside).toHaveLength(1);
-    expect(fs.readFileSync(path.join(c.ctx.dataDir, 'corrupt', aside[0], 'CORRUPT'), 'utf8')).toContain('images/pages-1.img');
+    expect(fs.readFileSync(path.join(c.ctx.dataDir, 'corrupt', aside[0], 'CORRUPT'), 'utf8')).toContain(
+      'images/pages-1.img',
+    );
     // The next fetch uses the local copy again: it verifies now.
-    expect((await fetchCheckpoint(c.ctx, { checkpointId: c.id, metadataSha256: c.metadataSha256 })).source).toBe('nvme');
+    expect((await fetchCheckpoint(c.ctx, { checkpointId: c.id, metadataSha256: c.metadataSha256 })).source).toBe(
+      'nvme',
+    );
   });
 
   test('a local metadata.json that differs from its seal counts as corrupt too', async () => {

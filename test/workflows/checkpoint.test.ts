@@ -4,7 +4,13 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { createControlActivities } from '../../activities/control';
 import {
-  CHECKPOINT_STEPS, type CheckpointInspection, type CheckpointRequest, type CheckpointStatus, type CheckpointStep, type DumpResult, type UploadResult,
+  CHECKPOINT_STEPS,
+  type CheckpointInspection,
+  type CheckpointRequest,
+  type CheckpointStatus,
+  type CheckpointStep,
+  type DumpResult,
+  type UploadResult,
 } from '../../common/checkpoint';
 import type { StepOutcome } from '../../common/journal';
 import { checkpointWorkflowId, CONTROL_QUEUE, promotionWorkflowId } from '../../common/queues';
@@ -33,16 +39,23 @@ const uploaded: UploadResult = { bucket: 'b', prefix: 'checkpoints/c/', bytesSen
 
 /** A node whose every step succeeds; tests override the steps they break, and read `calls` for the order. */
 function node(calls: string[], cuda: boolean, overrides: Mock = {}): Mock {
-  const rec = <T>(name: string, value: T) => async (): Promise<T> => {
-    calls.push(name);
-    return value;
-  };
+  const rec =
+    <T>(name: string, value: T) =>
+    async (): Promise<T> => {
+      calls.push(name);
+      return value;
+    };
   const base: Mock = {
     resolveTarget: async (i) => {
       calls.push('resolveTarget');
       return { pid: i.pid ?? 4242, startTime: 777 };
     },
-    cudaLock: rec('cudaLock', cuda ? { outcome: 'done' as const, detail: 'locked' } : { outcome: 'skipped' as const, detail: 'no CUDA context' }),
+    cudaLock: rec(
+      'cudaLock',
+      cuda
+        ? { outcome: 'done' as const, detail: 'locked' }
+        : { outcome: 'skipped' as const, detail: 'no CUDA context' },
+    ),
     cudaCheckpoint: rec('cudaCheckpoint', { outcome: 'done' as const, detail: 'checkpointed' }),
     cudaRestore: rec('cudaRestore', { outcome: 'done' as const, detail: 'restored' }),
     cudaUnlock: rec('cudaUnlock', { outcome: 'done' as const, detail: 'unlocked' }),
@@ -76,12 +89,14 @@ function stagingNode(calls: string[], overrides: Mock = {}): Mock {
 }
 
 /** An activity that records its start and end, so a test can see two of them overlap. */
-const slow = <T>(calls: string[], name: string, ms: number, value: T) => async (): Promise<T> => {
-  calls.push(`${name}:start`);
-  await Context.current().sleep(ms);
-  calls.push(`${name}:end`);
-  return value;
-};
+const slow =
+  <T>(calls: string[], name: string, ms: number, value: T) =>
+  async (): Promise<T> => {
+    calls.push(`${name}:start`);
+    await Context.current().sleep(ms);
+    calls.push(`${name}:end`);
+    return value;
+  };
 
 /** An activity on an agent that died: it never heartbeats again and never returns. */
 const hang = (calls: string[], name: string) => async (): Promise<never> => {
@@ -96,23 +111,47 @@ const dumped: DumpResult = { imageBytes: 1000, durationMs: 5, processStopped: tr
 type StepRecord = Pick<StepOutcome, 'state'> & Partial<StepOutcome>;
 
 /** What inspectCheckpoint answers: every step 'never' unless given, the process as given, images complete or not. */
-function inspection(steps: Partial<Record<CheckpointStep, StepRecord>>, proc: Partial<CheckpointInspection['process']> = {}, complete = false): CheckpointInspection {
+function inspection(
+  steps: Partial<Record<CheckpointStep, StepRecord>>,
+  proc: Partial<CheckpointInspection['process']> = {},
+  complete = false,
+): CheckpointInspection {
   return {
     checkpointId: 'x',
-    steps: Object.fromEntries(CHECKPOINT_STEPS.map((st) => [st, { step: st, at: null, ...(steps[st] ?? { state: 'never' }) }])) as Record<CheckpointStep, StepOutcome>,
-    process: { state: 'running', sameIdentity: true, pidReused: false, procState: 'S', tracerPid: null, cuda: 'none', ...proc },
+    steps: Object.fromEntries(
+      CHECKPOINT_STEPS.map((st) => [st, { step: st, at: null, ...(steps[st] ?? { state: 'never' }) }]),
+    ) as Record<CheckpointStep, StepOutcome>,
+    process: {
+      state: 'running',
+      sameIdentity: true,
+      pidReused: false,
+      procState: 'S',
+      tracerPid: null,
+      cuda: 'none',
+      ...proc,
+    },
     images: { location: complete ? 'memory' : null, inventory: complete, complete },
     metadata: { committed: false, valid: false, error: null },
   };
 }
 
 const req = (over: Partial<CheckpointRequest> = {}): CheckpointRequest => ({
-  checkpointId: `ck-${Math.random().toString(36).slice(2, 8)}`, jobId: 'job-1', node: 'node-a', pid: 4242, leaveRunning: false, reason: 'manual', ...over,
+  checkpointId: `ck-${Math.random().toString(36).slice(2, 8)}`,
+  jobId: 'job-1',
+  node: 'node-a',
+  pid: 4242,
+  leaveRunning: false,
+  reason: 'manual',
+  ...over,
 });
 
 async function run(mock: Mock, request: CheckpointRequest, during?: () => Promise<void>): Promise<CheckpointStatus> {
   return h.with(createControlActivities(env.client), { [request.node]: mock }, async () => {
-    const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(request.checkpointId), taskQueue: CONTROL_QUEUE, args: [request] });
+    const wf = await env.client.workflow.start('checkpoint', {
+      workflowId: checkpointWorkflowId(request.checkpointId),
+      taskQueue: CONTROL_QUEUE,
+      args: [request],
+    });
     if (during) await during();
     return settled(wf);
   });
@@ -146,7 +185,13 @@ describe('checkpoint workflow', () => {
     expect(s.phase).toBe('Durable');
     expect(s.tier).toBe('s3');
     expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'seal', 'upload']);
-    expect(s.history.map((h) => `${h.phase}:${h.outcome}`)).toEqual(['Locking:ok', 'DumpingVram:skipped', 'DumpingProcess:ok', 'Sealing:ok', 'Uploading:ok']);
+    expect(s.history.map((h) => `${h.phase}:${h.outcome}`)).toEqual([
+      'Locking:ok',
+      'DumpingVram:skipped',
+      'DumpingProcess:ok',
+      'Sealing:ok',
+      'Uploading:ok',
+    ]);
   });
 
   test('a CUDA process: lock, checkpoint, dump, seal, upload in that order', async () => {
@@ -157,23 +202,43 @@ describe('checkpoint workflow', () => {
   });
 
   test('the UI: current details follow the phase (Durable: bytes sent), and a failed one says why', async () => {
-    const details = async (r: CheckpointRequest, mock: Mock): Promise<string> => h.with(createControlActivities(env.client), { [r.node]: mock }, async () => {
-      const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(r.checkpointId), taskQueue: CONTROL_QUEUE, args: [r] });
-      await wf.result().catch(() => undefined);
-      const meta = await wf.query<{ currentDetails?: string | null }>('__temporal_workflow_metadata');
-      return meta.currentDetails ?? '';
-    });
+    const details = async (r: CheckpointRequest, mock: Mock): Promise<string> =>
+      h.with(createControlActivities(env.client), { [r.node]: mock }, async () => {
+        const wf = await env.client.workflow.start('checkpoint', {
+          workflowId: checkpointWorkflowId(r.checkpointId),
+          taskQueue: CONTROL_QUEUE,
+          args: [r],
+        });
+        await wf.result().catch(() => undefined);
+        const meta = await wf.query<{ currentDetails?: string | null }>('__temporal_workflow_metadata');
+        return meta.currentDetails ?? '';
+      });
     const calls: string[] = [];
     expect(await details(req(), node(calls, true))).toMatch(/^phase: Durable \(tier s3\), 0\.0 GiB sent to S3/);
-    const failing = node(calls, true, { criuDump: async () => { throw ApplicationFailure.nonRetryable('criu dump failed: unsupported fd', 'CriuDumpFailed'); } });
-    expect(await details(req(), failing)).toMatch(/^phase: Failed, DumpingProcess: criuDump: CriuDumpFailed: criu dump failed: unsupported fd$/);
+    const failing = node(calls, true, {
+      criuDump: async () => {
+        throw ApplicationFailure.nonRetryable('criu dump failed: unsupported fd', 'CriuDumpFailed');
+      },
+    });
+    expect(await details(req(), failing)).toMatch(
+      /^phase: Failed, DumpingProcess: criuDump: CriuDumpFailed: criu dump failed: unsupported fd$/,
+    );
   });
 
   test('--leave-running on a CUDA process: VRAM restored and unlocked after the dump', async () => {
     const calls: string[] = [];
     const s = await run(node(calls, true), req({ leaveRunning: true }));
     expect(s.phase).toBe('Durable');
-    expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'cudaRestore', 'cudaUnlock', 'upload']);
+    expect(calls).toEqual([
+      'resolveTarget',
+      'cudaLock',
+      'cudaCheckpoint',
+      'criuDump',
+      'seal',
+      'cudaRestore',
+      'cudaUnlock',
+      'upload',
+    ]);
   });
 
   test('no such process: fails in Pending with NoSuchProcess before anything is touched', async () => {
@@ -205,7 +270,15 @@ describe('checkpoint workflow', () => {
       const s = await run(mock, req());
       expect(s.phase).toBe('Failed');
       expect(s.failureReason).toContain(type);
-      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'cudaRestore', 'cudaUnlock', 'deleteCheckpointDir']);
+      expect(calls).toEqual([
+        'resolveTarget',
+        'cudaLock',
+        'cudaCheckpoint',
+        'criuDump',
+        'cudaRestore',
+        'cudaUnlock',
+        'deleteCheckpointDir',
+      ]);
       expect(calls).not.toContain('killProcess');
     });
 
@@ -214,7 +287,10 @@ describe('checkpoint workflow', () => {
       const mock = node(calls, true, {
         cudaCheckpoint: async () => {
           calls.push('cudaCheckpoint');
-          throw ApplicationFailure.nonRetryable('cuCheckpointProcessCheckpoint(pid 4242) failed: CUresult 2', 'CudaOutOfMemory');
+          throw ApplicationFailure.nonRetryable(
+            'cuCheckpointProcessCheckpoint(pid 4242) failed: CUresult 2',
+            'CudaOutOfMemory',
+          );
         },
       });
       const s = await run(mock, req());
@@ -242,24 +318,37 @@ describe('checkpoint workflow', () => {
       const calls: string[] = [];
       let seals = 0;
       const asked: unknown[] = [];
-      const s = await run(node(calls, false, {
-        seal: async () => {
-          calls.push('seal');
-          if (++seals === 1) await Context.current().sleep(600000); // the agent dies here: no heartbeat, no reply
-          return { files: 3, totalBytes: 1000, metadataSha256: 'x' };
-        },
-        inspectCheckpoint: async (i) => {
-          calls.push('inspectCheckpoint');
-          asked.push(i.process);
-          return inspection({ criuDump: { state: 'done', data: { ...dumped } }, seal: { state: 'interrupted' } }, { state: 'gone', sameIdentity: false }, true);
-        },
-      }), req());
+      const s = await run(
+        node(calls, false, {
+          seal: async () => {
+            calls.push('seal');
+            if (++seals === 1) await Context.current().sleep(600000); // the agent dies here: no heartbeat, no reply
+            return { files: 3, totalBytes: 1000, metadataSha256: 'x' };
+          },
+          inspectCheckpoint: async (i) => {
+            calls.push('inspectCheckpoint');
+            asked.push(i.process);
+            return inspection(
+              { criuDump: { state: 'done', data: { ...dumped } }, seal: { state: 'interrupted' } },
+              { state: 'gone', sameIdentity: false },
+              true,
+            );
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Durable');
       expect(s.tier).toBe('s3');
       expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'seal', 'inspectCheckpoint', 'seal', 'upload']);
       expect(asked).toEqual([{ pid: 4242, startTime: 777 }]);
       expect(s.history.map((x) => `${x.phase}:${x.outcome}`)).toEqual([
-        'Locking:ok', 'DumpingVram:skipped', 'DumpingProcess:ok', 'Sealing:failed', 'Sealing:skipped', 'Sealing:ok', 'Uploading:ok',
+        'Locking:ok',
+        'DumpingVram:skipped',
+        'DumpingProcess:ok',
+        'Sealing:failed',
+        'Sealing:skipped',
+        'Sealing:ok',
+        'Uploading:ok',
       ]);
       expect(s.history[3].detail).toMatch(/seal: HEARTBEAT timeout: asking node-a/);
       expect(s.history[4].detail).toBe('seal was cut off on node-a: running it again');
@@ -267,141 +356,244 @@ describe('checkpoint workflow', () => {
 
     test('timeout in Sealing, the seal finished on the node meanwhile: its result is used, nothing runs twice', async () => {
       const calls: string[] = [];
-      const s = await run(node(calls, false, {
-        seal: hang(calls, 'seal'),
-        inspectCheckpoint: async () => {
-          calls.push('inspectCheckpoint');
-          return inspection({ criuDump: { state: 'done', data: { ...dumped } }, seal: { state: 'done', data: { files: 9, totalBytes: 4096, metadataSha256: 'y' } } }, { state: 'gone' }, true);
-        },
-      }), req());
+      const s = await run(
+        node(calls, false, {
+          seal: hang(calls, 'seal'),
+          inspectCheckpoint: async () => {
+            calls.push('inspectCheckpoint');
+            return inspection(
+              {
+                criuDump: { state: 'done', data: { ...dumped } },
+                seal: { state: 'done', data: { files: 9, totalBytes: 4096, metadataSha256: 'y' } },
+              },
+              { state: 'gone' },
+              true,
+            );
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Durable');
       expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'seal', 'inspectCheckpoint', 'upload']);
-      expect(s.history.find((x) => x.phase === 'Sealing' && x.outcome === 'ok')?.detail).toBe('9 files, 4096 bytes (finished on the node while out of sight)');
+      expect(s.history.find((x) => x.phase === 'Sealing' && x.outcome === 'ok')?.detail).toBe(
+        '9 files, 4096 bytes (finished on the node while out of sight)',
+      );
     });
 
     test('heartbeat timeout in DumpingProcess while the dump still runs on the node: waited for, then its result used', async () => {
       const calls: string[] = [];
       let asks = 0;
-      const s = await run(node(calls, false, {
-        criuDump: hang(calls, 'criuDump'),
-        inspectCheckpoint: async () => {
-          calls.push('inspectCheckpoint');
-          return ++asks < 3
-            ? inspection({ criuDump: { state: 'running' } }, { state: 'stopped', procState: 't', tracerPid: 999 })
-            : inspection({ criuDump: { state: 'done', data: { ...dumped } } }, { state: 'gone', sameIdentity: false }, true);
-        },
-      }), req());
+      const s = await run(
+        node(calls, false, {
+          criuDump: hang(calls, 'criuDump'),
+          inspectCheckpoint: async () => {
+            calls.push('inspectCheckpoint');
+            return ++asks < 3
+              ? inspection({ criuDump: { state: 'running' } }, { state: 'stopped', procState: 't', tracerPid: 999 })
+              : inspection(
+                  { criuDump: { state: 'done', data: { ...dumped } } },
+                  { state: 'gone', sameIdentity: false },
+                  true,
+                );
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Durable');
-      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'inspectCheckpoint', 'inspectCheckpoint', 'seal', 'upload']);
-      expect(s.history.find((x) => x.phase === 'DumpingProcess' && x.outcome === 'ok')?.detail).toBe('1000 bytes in 5 ms (finished on the node while out of sight)');
+      expect(calls).toEqual([
+        'resolveTarget',
+        'cudaLock',
+        'criuDump',
+        'inspectCheckpoint',
+        'inspectCheckpoint',
+        'inspectCheckpoint',
+        'seal',
+        'upload',
+      ]);
+      expect(s.history.find((x) => x.phase === 'DumpingProcess' && x.outcome === 'ok')?.detail).toBe(
+        '1000 bytes in 5 ms (finished on the node while out of sight)',
+      );
       expect(calls).not.toContain('killProcess');
     });
 
     test('a dump cut off, the process frozen by a CRIU that is gone, no complete image: the only kill, by identity; partial deleted; preempted job requeued', async () => {
       const calls: string[] = [];
       const kills: unknown[] = [];
-      const s = await run(node(calls, true, {
-        criuDump: hang(calls, 'criuDump'),
-        inspectCheckpoint: async () => {
-          calls.push('inspectCheckpoint');
-          return inspection({ cudaLock: { state: 'done' }, cudaCheckpoint: { state: 'done' }, criuDump: { state: 'interrupted' } }, { state: 'stopped', procState: 'T', tracerPid: null });
-        },
-        killProcess: async (i) => {
-          calls.push('killProcess');
-          kills.push(i);
-          return { killed: true };
-        },
-      }), req({ reason: 'preemption' }));
+      const s = await run(
+        node(calls, true, {
+          criuDump: hang(calls, 'criuDump'),
+          inspectCheckpoint: async () => {
+            calls.push('inspectCheckpoint');
+            return inspection(
+              { cudaLock: { state: 'done' }, cudaCheckpoint: { state: 'done' }, criuDump: { state: 'interrupted' } },
+              { state: 'stopped', procState: 'T', tracerPid: null },
+            );
+          },
+          killProcess: async (i) => {
+            calls.push('killProcess');
+            kills.push(i);
+            return { killed: true };
+          },
+        }),
+        req({ reason: 'preemption' }),
+      );
       expect(s.phase).toBe('Failed');
       expect(s.failureReason).toMatch(/^DumpingProcess: criuDump: HEARTBEAT timeout/);
       expect(calls.slice(-3)).toEqual(['inspectCheckpoint', 'killProcess', 'deleteCheckpointDir']);
       expect(kills).toEqual([expect.objectContaining({ pid: 4242, startTime: 777 })]);
       expect(calls).not.toContain('cudaRestore');
-      expect(s.history.map((x) => x.detail)).toEqual(expect.arrayContaining(['workload pid 4242 killed', 'partial checkpoint directory deleted']));
+      expect(s.history.map((x) => x.detail)).toEqual(
+        expect.arrayContaining(['workload pid 4242 killed', 'partial checkpoint directory deleted']),
+      );
       // No job workflow exists in this test: the requeue attempt is recorded with its outcome.
       expect(s.history.some((x) => x.detail.includes('requeue'))).toBe(true);
     });
 
     test('a dump cut off after CRIU wrote its images and stopped the process, with no recorded file list to finish it: nothing to kill, the images kept as all that is left; requeued', async () => {
       const calls: string[] = [];
-      const s = await run(node(calls, false, {
-        criuDump: hang(calls, 'criuDump'),
-        inspectCheckpoint: async () => {
-          calls.push('inspectCheckpoint');
-          const seen = inspection({ criuDump: { state: 'interrupted' } }, { state: 'gone', sameIdentity: false });
-          return { ...seen, images: { location: 'disk', inventory: true, complete: false } };
-        },
-      }), req({ reason: 'preemption' }));
+      const s = await run(
+        node(calls, false, {
+          criuDump: hang(calls, 'criuDump'),
+          inspectCheckpoint: async () => {
+            calls.push('inspectCheckpoint');
+            const seen = inspection({ criuDump: { state: 'interrupted' } }, { state: 'gone', sameIdentity: false });
+            return { ...seen, images: { location: 'disk', inventory: true, complete: false } };
+          },
+        }),
+        req({ reason: 'preemption' }),
+      );
       expect(s.phase).toBe('Failed');
       expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint']);
-      expect(s.history.map((x) => x.detail)).toEqual(expect.arrayContaining([
-        'workload pid 4242 is gone and no complete dump holds it', "partial checkpoint kept (disk): CRIU's images are all that is left of the workload",
-      ]));
+      expect(s.history.map((x) => x.detail)).toEqual(
+        expect.arrayContaining([
+          'workload pid 4242 is gone and no complete dump holds it',
+          "partial checkpoint kept (disk): CRIU's images are all that is left of the workload",
+        ]),
+      );
       expect(s.history.some((x) => x.detail.includes('requeue'))).toBe(true);
     });
 
     test('a dump cut off after CRIU finished its images and stopped the process: the returning agent finishes the dump, sealed, Durable', async () => {
       const calls: string[] = [];
-      const s = await run(node(calls, false, {
-        criuDump: hang(calls, 'criuDump'),
-        inspectCheckpoint: async () => {
-          calls.push('inspectCheckpoint');
-          const seen = inspection({ criuDump: { state: 'interrupted', data: { pid: 4242, leaveRunning: false, files: ['/w/output.log'] } } }, { state: 'gone', sameIdentity: false });
-          return { ...seen, images: { location: 'memory', inventory: true, complete: false } };
-        },
-        finishDump: async (i) => {
-          calls.push(`finishDump ${i.process.pid}/${i.process.startTime}`);
-          return { imageBytes: 2000, durationMs: 0, processStopped: true, staged: true };
-        },
-      }), req());
+      const s = await run(
+        node(calls, false, {
+          criuDump: hang(calls, 'criuDump'),
+          inspectCheckpoint: async () => {
+            calls.push('inspectCheckpoint');
+            const seen = inspection(
+              {
+                criuDump: { state: 'interrupted', data: { pid: 4242, leaveRunning: false, files: ['/w/output.log'] } },
+              },
+              { state: 'gone', sameIdentity: false },
+            );
+            return { ...seen, images: { location: 'memory', inventory: true, complete: false } };
+          },
+          finishDump: async (i) => {
+            calls.push(`finishDump ${i.process.pid}/${i.process.startTime}`);
+            return { imageBytes: 2000, durationMs: 0, processStopped: true, staged: true };
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Durable');
-      expect(calls.slice(0, 6)).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'finishDump 4242/777', 'seal']);
+      expect(calls.slice(0, 6)).toEqual([
+        'resolveTarget',
+        'cudaLock',
+        'criuDump',
+        'inspectCheckpoint',
+        'finishDump 4242/777',
+        'seal',
+      ]);
       expect(calls.slice(6, 8).sort()).toEqual(['persist', 'upload']); // side by side: staged in memory
       expect(calls.slice(8)).toEqual(['releaseStaging']);
-      expect(s.history.find((x) => x.phase === 'DumpingProcess' && x.outcome === 'ok')?.detail)
-        .toBe('2000 bytes in 0 ms (staged in memory) (CRIU finished the images while the agent was lost; output files copied now)');
+      expect(s.history.find((x) => x.phase === 'DumpingProcess' && x.outcome === 'ok')?.detail).toBe(
+        '2000 bytes in 0 ms (staged in memory) (CRIU finished the images while the agent was lost; output files copied now)',
+      );
     });
 
     test('a dump cut off while the orphaned CRIU still traces the process: waited for, not judged; once it lets go, the clean compensation', async () => {
       const calls: string[] = [];
       let asks = 0;
-      const s = await run(node(calls, false, {
-        criuDump: hang(calls, 'criuDump'),
-        inspectCheckpoint: async () => {
-          calls.push('inspectCheckpoint');
-          return ++asks < 3
-            ? inspection({ criuDump: { state: 'interrupted' } }, { state: 'stopped', procState: 't', tracerPid: 999 })
-            : inspection({ criuDump: { state: 'interrupted' } }, { state: 'running', procState: 'S', tracerPid: null });
-        },
-      }), req({ leaveRunning: true }));
+      const s = await run(
+        node(calls, false, {
+          criuDump: hang(calls, 'criuDump'),
+          inspectCheckpoint: async () => {
+            calls.push('inspectCheckpoint');
+            return ++asks < 3
+              ? inspection({ criuDump: { state: 'interrupted' } }, { state: 'stopped', procState: 't', tracerPid: 999 })
+              : inspection(
+                  { criuDump: { state: 'interrupted' } },
+                  { state: 'running', procState: 'S', tracerPid: null },
+                );
+          },
+        }),
+        req({ leaveRunning: true }),
+      );
       expect(s.phase).toBe('Failed');
-      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'inspectCheckpoint', 'inspectCheckpoint', 'inspectCheckpoint', 'deleteCheckpointDir']);
+      expect(calls).toEqual([
+        'resolveTarget',
+        'cudaLock',
+        'criuDump',
+        'inspectCheckpoint',
+        'inspectCheckpoint',
+        'inspectCheckpoint',
+        'deleteCheckpointDir',
+      ]);
     });
 
     test('a dump cut off but the process runs again (CRIU let go of it): the usual clean compensation, no kill', async () => {
       const calls: string[] = [];
-      const s = await run(node(calls, true, {
-        criuDump: hang(calls, 'criuDump'),
-        inspectCheckpoint: async () => {
-          calls.push('inspectCheckpoint');
-          return inspection({ criuDump: { state: 'interrupted' } }, { state: 'running', procState: 'S', cuda: 'checkpointed' });
-        },
-      }), req());
+      const s = await run(
+        node(calls, true, {
+          criuDump: hang(calls, 'criuDump'),
+          inspectCheckpoint: async () => {
+            calls.push('inspectCheckpoint');
+            return inspection(
+              { criuDump: { state: 'interrupted' } },
+              { state: 'running', procState: 'S', cuda: 'checkpointed' },
+            );
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Failed');
-      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'inspectCheckpoint', 'cudaRestore', 'cudaUnlock', 'deleteCheckpointDir']);
+      expect(calls).toEqual([
+        'resolveTarget',
+        'cudaLock',
+        'cudaCheckpoint',
+        'criuDump',
+        'inspectCheckpoint',
+        'cudaRestore',
+        'cudaUnlock',
+        'deleteCheckpointDir',
+      ]);
     });
 
     test('CUDA checkpoint cut off: undone as if it had happened (the undo steps check the driver state)', async () => {
       const calls: string[] = [];
-      const s = await run(node(calls, true, {
-        cudaCheckpoint: hang(calls, 'cudaCheckpoint'),
-        inspectCheckpoint: async () => {
-          calls.push('inspectCheckpoint');
-          return inspection({ cudaLock: { state: 'done' }, cudaCheckpoint: { state: 'interrupted' } }, { state: 'running', cuda: 'locked' });
-        },
-      }), req());
+      const s = await run(
+        node(calls, true, {
+          cudaCheckpoint: hang(calls, 'cudaCheckpoint'),
+          inspectCheckpoint: async () => {
+            calls.push('inspectCheckpoint');
+            return inspection(
+              { cudaLock: { state: 'done' }, cudaCheckpoint: { state: 'interrupted' } },
+              { state: 'running', cuda: 'locked' },
+            );
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Failed');
-      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'inspectCheckpoint', 'cudaRestore', 'cudaUnlock', 'deleteCheckpointDir']);
+      expect(calls).toEqual([
+        'resolveTarget',
+        'cudaLock',
+        'cudaCheckpoint',
+        'inspectCheckpoint',
+        'cudaRestore',
+        'cudaUnlock',
+        'deleteCheckpointDir',
+      ]);
     });
 
     test('the agent away longer than any step timeout: the workflow waits for it, nothing is killed; back, it goes on to Durable', async () => {
@@ -409,10 +601,17 @@ describe('checkpoint workflow', () => {
       const r = req();
       const nodeWorker = (acts: Mock): Promise<Worker> => h.nodeWorker(r.node, acts);
       const s = await h.with(createControlActivities(env.client), {}, async () => {
-        const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(r.checkpointId), taskQueue: CONTROL_QUEUE, args: [r] });
-        const asking = async (): Promise<boolean> => (await wf.query<CheckpointStatus>('status')).history.some((x) => x.detail.includes('asking'));
+        const wf = await env.client.workflow.start('checkpoint', {
+          workflowId: checkpointWorkflowId(r.checkpointId),
+          taskQueue: CONTROL_QUEUE,
+          args: [r],
+        });
+        const asking = async (): Promise<boolean> =>
+          (await wf.query<CheckpointStatus>('status')).history.some((x) => x.detail.includes('asking'));
         // The agent dies in the dump and stays away: nobody polls node/node-a.
-        await (await nodeWorker(node(calls, false, { criuDump: hang(calls, 'criuDump') }))).runUntil(async () => {
+        await (
+          await nodeWorker(node(calls, false, { criuDump: hang(calls, 'criuDump') }))
+        ).runUntil(async () => {
           for (let i = 0; i < 300 && !(await asking()); i++) await env.sleep('2s');
         });
         expect(await asking()).toBe(true);
@@ -438,8 +637,15 @@ describe('checkpoint workflow', () => {
     test('no agent polls the node: fails as unreachable without touching the workload', async () => {
       const calls: string[] = [];
       const r = req({ node: 'node-nobody' });
-      const err = await h.with(createControlActivities(env.client), {}, () =>
-        env.client.workflow.execute('checkpoint', { workflowId: checkpointWorkflowId(r.checkpointId), taskQueue: CONTROL_QUEUE, args: [r] })).catch((e: unknown) => e);
+      const err = await h
+        .with(createControlActivities(env.client), {}, () =>
+          env.client.workflow.execute('checkpoint', {
+            workflowId: checkpointWorkflowId(r.checkpointId),
+            taskQueue: CONTROL_QUEUE,
+            args: [r],
+          }),
+        )
+        .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(WorkflowFailedError);
       expect(String((err as WorkflowFailedError).cause?.message)).toContain('SCHEDULE_TO_START');
       expect(calls).toEqual([]);
@@ -449,50 +655,82 @@ describe('checkpoint workflow', () => {
   describe('compensations: each runs even if one before it failed, on the process as it is now', () => {
     test('CUDA restore fails: the unlock and the cleanup still run, the failure recorded', async () => {
       const calls: string[] = [];
-      const s = await run(node(calls, true, {
-        criuDump: async () => {
-          calls.push('criuDump');
-          throw ApplicationFailure.nonRetryable('criu dump failed: Error (criu/cr-dump.c): unsupported fd', 'CriuDumpFailed');
-        },
-        cudaRestore: async () => {
-          calls.push('cudaRestore');
-          throw ApplicationFailure.nonRetryable('cuCheckpointProcessRestore(pid 4242) failed: CUresult 999', 'CudaError');
-        },
-      }), req());
+      const s = await run(
+        node(calls, true, {
+          criuDump: async () => {
+            calls.push('criuDump');
+            throw ApplicationFailure.nonRetryable(
+              'criu dump failed: Error (criu/cr-dump.c): unsupported fd',
+              'CriuDumpFailed',
+            );
+          },
+          cudaRestore: async () => {
+            calls.push('cudaRestore');
+            throw ApplicationFailure.nonRetryable(
+              'cuCheckpointProcessRestore(pid 4242) failed: CUresult 999',
+              'CudaError',
+            );
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Failed');
-      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'cudaRestore', 'cudaUnlock', 'deleteCheckpointDir']);
-      expect(s.history.map((x) => `${x.outcome}: ${x.detail}`)).toEqual(expect.arrayContaining([
-        expect.stringMatching(/^failed: CUDA restore failed: cudaRestore: CudaError/),
-        'compensated: CUDA unlock of pid 4242: unlocked',
-        'compensated: partial checkpoint directory deleted',
-      ]));
+      expect(calls).toEqual([
+        'resolveTarget',
+        'cudaLock',
+        'cudaCheckpoint',
+        'criuDump',
+        'cudaRestore',
+        'cudaUnlock',
+        'deleteCheckpointDir',
+      ]);
+      expect(s.history.map((x) => `${x.outcome}: ${x.detail}`)).toEqual(
+        expect.arrayContaining([
+          expect.stringMatching(/^failed: CUDA restore failed: cudaRestore: CudaError/),
+          'compensated: CUDA unlock of pid 4242: unlocked',
+          'compensated: partial checkpoint directory deleted',
+        ]),
+      );
     });
 
     test('after a restore in place, CUDA restore and unlock go to the new pid, and the history says what they did', async () => {
       const calls: string[] = [];
       const pids: number[] = [];
-      const s = await run(node(calls, true, {
-        seal: async () => {
-          calls.push('seal');
-          throw ApplicationFailure.nonRetryable('ENOSPC writing metadata.json', 'NoSpace');
-        },
-        criuRestore: async (i) => {
-          calls.push(`criuRestore${i.inPlace ? ' in place' : ''}`);
-          return { pid: 5151, startTime: 9 };
-        },
-        cudaRestore: async (i) => {
-          calls.push('cudaRestore');
-          pids.push(i.pid);
-          return { outcome: 'done' as const, detail: 'restore ok; state now locked' };
-        },
-        cudaUnlock: async (i) => {
-          calls.push('cudaUnlock');
-          pids.push(i.pid);
-          return { outcome: 'skipped' as const, detail: `pid ${i.pid} holds no CUDA context` };
-        },
-      }), req());
+      const s = await run(
+        node(calls, true, {
+          seal: async () => {
+            calls.push('seal');
+            throw ApplicationFailure.nonRetryable('ENOSPC writing metadata.json', 'NoSpace');
+          },
+          criuRestore: async (i) => {
+            calls.push(`criuRestore${i.inPlace ? ' in place' : ''}`);
+            return { pid: 5151, startTime: 9 };
+          },
+          cudaRestore: async (i) => {
+            calls.push('cudaRestore');
+            pids.push(i.pid);
+            return { outcome: 'done' as const, detail: 'restore ok; state now locked' };
+          },
+          cudaUnlock: async (i) => {
+            calls.push('cudaUnlock');
+            pids.push(i.pid);
+            return { outcome: 'skipped' as const, detail: `pid ${i.pid} holds no CUDA context` };
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Failed');
-      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'criuRestore in place', 'cudaRestore', 'cudaUnlock', 'deleteCheckpointDir']);
+      expect(calls).toEqual([
+        'resolveTarget',
+        'cudaLock',
+        'cudaCheckpoint',
+        'criuDump',
+        'seal',
+        'criuRestore in place',
+        'cudaRestore',
+        'cudaUnlock',
+        'deleteCheckpointDir',
+      ]);
       expect(pids).toEqual([5151, 5151]);
       expect(s.history.filter((x) => x.phase === 'Sealing').map((x) => `${x.outcome}: ${x.detail}`)).toEqual([
         expect.stringMatching(/^failed: Sealing: seal: NoSpace/),
@@ -503,21 +741,38 @@ describe('checkpoint workflow', () => {
       ]);
     });
 
-    test('the restore in place fails: CUDA undo still runs, and the dump (the workload\'s only copy) is kept, not deleted', async () => {
+    test("the restore in place fails: CUDA undo still runs, and the dump (the workload's only copy) is kept, not deleted", async () => {
       const calls: string[] = [];
-      const s = await run(node(calls, true, {
-        seal: async () => {
-          calls.push('seal');
-          throw ApplicationFailure.nonRetryable('ENOSPC writing metadata.json', 'NoSpace');
-        },
-        criuRestore: async () => {
-          calls.push('criuRestore');
-          throw ApplicationFailure.nonRetryable('criu restore failed: Error (criu/cr-restore.c): x', 'CriuRestoreFailed');
-        },
-      }), req());
+      const s = await run(
+        node(calls, true, {
+          seal: async () => {
+            calls.push('seal');
+            throw ApplicationFailure.nonRetryable('ENOSPC writing metadata.json', 'NoSpace');
+          },
+          criuRestore: async () => {
+            calls.push('criuRestore');
+            throw ApplicationFailure.nonRetryable(
+              'criu restore failed: Error (criu/cr-restore.c): x',
+              'CriuRestoreFailed',
+            );
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Failed');
-      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'criuRestore', 'cudaRestore', 'cudaUnlock']);
-      expect(s.history.at(-1)?.detail).toBe('checkpoint directory kept: the workload is stopped and its dump is its only copy');
+      expect(calls).toEqual([
+        'resolveTarget',
+        'cudaLock',
+        'cudaCheckpoint',
+        'criuDump',
+        'seal',
+        'criuRestore',
+        'cudaRestore',
+        'cudaUnlock',
+      ]);
+      expect(s.history.at(-1)?.detail).toBe(
+        'checkpoint directory kept: the workload is stopped and its dump is its only copy',
+      );
     });
   });
 
@@ -526,22 +781,36 @@ describe('checkpoint workflow', () => {
       const calls: string[] = [];
       const r = req();
       const seen: string[] = [];
-      const s = await run(stagingNode(calls, { upload: slow(calls, 'upload', 1000, uploaded), persist: slow(calls, 'persist', 4000, { bytes: 1000, durationMs: 4000 }) }), r, async () => {
-        const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
-        for (let i = 0; i < 100 && !calls.includes('releaseStaging'); i++) {
-          const st = await wf.query<CheckpointStatus>('status');
-          const now = `${st.phase}/${st.tier}${calls.includes('persist:end') ? '' : ' (copying)'}`;
-          if (seen.at(-1) !== now) seen.push(now);
-          await new Promise((res) => setTimeout(res, 100));
-        }
-      });
+      const s = await run(
+        stagingNode(calls, {
+          upload: slow(calls, 'upload', 1000, uploaded),
+          persist: slow(calls, 'persist', 4000, { bytes: 1000, durationMs: 4000 }),
+        }),
+        r,
+        async () => {
+          const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
+          for (let i = 0; i < 100 && !calls.includes('releaseStaging'); i++) {
+            const st = await wf.query<CheckpointStatus>('status');
+            const now = `${st.phase}/${st.tier}${calls.includes('persist:end') ? '' : ' (copying)'}`;
+            if (seen.at(-1) !== now) seen.push(now);
+            await new Promise((res) => setTimeout(res, 100));
+          }
+        },
+      );
       expect(s.phase).toBe('Durable');
       expect(s.tier).toBe('s3');
       expect(seen).toEqual(expect.arrayContaining(['Uploading/memory (copying)', 'Durable/s3 (copying)']));
       const after = calls.slice(calls.indexOf('seal') + 1);
       expect(after.slice(0, 2).sort()).toEqual(['persist:start', 'upload:start']);
       expect(after.slice(2)).toEqual(['upload:end', 'persist:end', 'releaseStaging']);
-      expect(s.history.map((h) => `${h.phase}:${h.outcome}`)).toEqual(['Locking:ok', 'DumpingVram:skipped', 'DumpingProcess:ok', 'Sealing:ok', 'Uploading:ok', 'Uploading:ok']);
+      expect(s.history.map((h) => `${h.phase}:${h.outcome}`)).toEqual([
+        'Locking:ok',
+        'DumpingVram:skipped',
+        'DumpingProcess:ok',
+        'Sealing:ok',
+        'Uploading:ok',
+        'Uploading:ok',
+      ]);
       expect(s.history[2].detail).toContain('staged in memory');
       expect(s.history[5].detail).toMatch(/^copied to disk/);
     });
@@ -550,56 +819,73 @@ describe('checkpoint workflow', () => {
       const calls: string[] = [];
       let s3Up = false;
       const r = req({ uploadMaxAttempts: 2 });
-      const s = await run(stagingNode(calls, {
-        upload: async () => {
-          calls.push('upload');
-          if (!s3Up) throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
-          return uploaded;
+      const s = await run(
+        stagingNode(calls, {
+          upload: async () => {
+            calls.push('upload');
+            if (!s3Up) throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
+            return uploaded;
+          },
+        }),
+        r,
+        async () => {
+          const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
+          for (let i = 0; i < 600 && (await wf.query<CheckpointStatus>('status')).phase !== 'PendingUpload'; i++)
+            await env.sleep('1s');
+          const st = await wf.query<CheckpointStatus>('status');
+          expect(st.phase).toBe('PendingUpload');
+          expect(st.tier).toBe('nvme');
+          expect(calls.filter((c) => c !== 'upload').slice(-3)).toEqual(['persist', 'persist sync', 'releaseStaging']);
+          s3Up = true;
         },
-      }), r, async () => {
-        const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
-        for (let i = 0; i < 600 && (await wf.query<CheckpointStatus>('status')).phase !== 'PendingUpload'; i++) await env.sleep('1s');
-        const st = await wf.query<CheckpointStatus>('status');
-        expect(st.phase).toBe('PendingUpload');
-        expect(st.tier).toBe('nvme');
-        expect(calls.filter((c) => c !== 'upload').slice(-3)).toEqual(['persist', 'persist sync', 'releaseStaging']);
-        s3Up = true;
-      });
+      );
       expect(s.phase).toBe('Durable');
       expect(calls.indexOf('releaseStaging')).toBeLessThan(calls.lastIndexOf('upload'));
     });
 
     test('disk full for the copy, S3 fine: Durable on s3 without a local copy, the failure recorded', async () => {
       const calls: string[] = [];
-      const s = await run(stagingNode(calls, {
-        persist: async () => {
-          calls.push('persist');
-          throw ApplicationFailure.nonRetryable('ENOSPC: no space left on device', 'NoSpace');
-        },
-      }), req());
+      const s = await run(
+        stagingNode(calls, {
+          persist: async () => {
+            calls.push('persist');
+            throw ApplicationFailure.nonRetryable('ENOSPC: no space left on device', 'NoSpace');
+          },
+        }),
+        req(),
+      );
       expect(s.phase).toBe('Durable');
       expect(s.tier).toBe('s3');
       expect(calls.filter((c) => c.startsWith('persist'))).toEqual(['persist']); // a full disk is not retried
-      expect(s.history.some((h) => h.outcome === 'failed' && h.detail.startsWith('copy to disk:') && h.detail.includes('NoSpace'))).toBe(true);
+      expect(
+        s.history.some(
+          (h) => h.outcome === 'failed' && h.detail.startsWith('copy to disk:') && h.detail.includes('NoSpace'),
+        ),
+      ).toBe(true);
       expect(calls).toContain('releaseStaging');
     });
 
     test('neither S3 nor the disk takes it: the workload is restored in place from memory, then the memory freed; Failed', async () => {
       const calls: string[] = [];
-      const s = await run(stagingNode(calls, {
-        upload: async () => {
-          calls.push('upload');
-          throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
-        },
-        persist: async () => {
-          calls.push('persist');
-          throw ApplicationFailure.nonRetryable('ENOSPC', 'NoSpace');
-        },
-      }), req({ uploadMaxAttempts: 2 }));
+      const s = await run(
+        stagingNode(calls, {
+          upload: async () => {
+            calls.push('upload');
+            throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
+          },
+          persist: async () => {
+            calls.push('persist');
+            throw ApplicationFailure.nonRetryable('ENOSPC', 'NoSpace');
+          },
+        }),
+        req({ uploadMaxAttempts: 2 }),
+      );
       expect(s.phase).toBe('Failed');
       expect(s.failureReason).toMatch(/not durable anywhere/);
       expect(calls.slice(-2)).toEqual(['criuRestore', 'deleteCheckpointDir']);
-      expect(s.history.some((h) => h.outcome === 'compensated' && h.detail === 'restored in place as pid 4242')).toBe(true);
+      expect(s.history.some((h) => h.outcome === 'compensated' && h.detail === 'restored in place as pid 4242')).toBe(
+        true,
+      );
     });
   });
 

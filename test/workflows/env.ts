@@ -13,7 +13,9 @@ export async function timeSkippingEnv(): Promise<TestWorkflowEnvironment> {
   const env = await startWithRetries();
   await env.connection.operatorService.addSearchAttributes({
     namespace: env.namespace ?? 'default',
-    searchAttributes: Object.fromEntries(ALL_SEARCH_ATTRIBUTES.map((k) => [k.name, temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD])),
+    searchAttributes: Object.fromEntries(
+      ALL_SEARCH_ATTRIBUTES.map((k) => [k.name, temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD]),
+    ),
   });
   return env;
 }
@@ -25,7 +27,9 @@ export async function timeSkippingEnv(): Promise<TestWorkflowEnvironment> {
 async function startWithRetries(tries = 10): Promise<TestWorkflowEnvironment> {
   for (let i = 1; ; i++) {
     try {
-      return await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: { type: 'existing-path', path: BIN.testServer } } });
+      return await TestWorkflowEnvironment.createTimeSkipping({
+        server: { executable: { type: 'existing-path', path: BIN.testServer } },
+      });
     } catch (e) {
       if (i >= tries || !/did not start within/.test((e as Error).message)) throw e;
     }

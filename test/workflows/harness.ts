@@ -14,15 +14,28 @@ export type ControlMock = { [K in keyof ControlActivities]?: ControlActivities[K
 // hang detector, not a speed check.
 jest.setTimeout(300_000);
 
-const quiet = { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
+const quiet = {
+  log: () => undefined,
+  trace: () => undefined,
+  debug: () => undefined,
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+};
 
 /** A time-skipping test server, the real workflow bundle, and mocked activities per node. */
 export class Harness {
-  private constructor(readonly env: TestWorkflowEnvironment, private readonly bundle: WorkflowBundleWithSourceMap) {}
+  private constructor(
+    readonly env: TestWorkflowEnvironment,
+    private readonly bundle: WorkflowBundleWithSourceMap,
+  ) {}
 
   static async create(): Promise<Harness> {
     const env = await timeSkippingEnv();
-    const bundle = await bundleWorkflowCode({ workflowsPath: path.resolve(__dirname, '../../workflows'), logger: quiet });
+    const bundle = await bundleWorkflowCode({
+      workflowsPath: path.resolve(__dirname, '../../workflows'),
+      logger: quiet,
+    });
     return new Harness(env, bundle);
   }
 
@@ -31,7 +44,15 @@ export class Harness {
     const workers = [
       // No sticky cache: long-lived workflows (a node's promotion loop) outlive the test that started them, and
       // the test server never moves a task off a stopped worker's sticky queue to the next test's worker.
-      await this.track(Worker.create({ connection: this.env.nativeConnection, taskQueue: CONTROL_QUEUE, workflowBundle: this.bundle, activities: control, maxCachedWorkflows: 0 })),
+      await this.track(
+        Worker.create({
+          connection: this.env.nativeConnection,
+          taskQueue: CONTROL_QUEUE,
+          workflowBundle: this.bundle,
+          activities: control,
+          maxCachedWorkflows: 0,
+        }),
+      ),
       ...(await Promise.all(Object.entries(nodes).map(([node, acts]) => this.nodeWorker(node, acts)))),
     ];
     const runAll = (i: number): Promise<T> => (i === workers.length ? fn() : workers[i].runUntil(() => runAll(i + 1)));
@@ -40,7 +61,14 @@ export class Harness {
 
   /** A worker for one node's queue (an agent), stopped by teardown if the test that made it never did. */
   nodeWorker(node: string, activities: NodeMock): Promise<Worker> {
-    return this.track(Worker.create({ connection: this.env.nativeConnection, taskQueue: nodeQueue(node), activities, shutdownGraceTime: '1s' }));
+    return this.track(
+      Worker.create({
+        connection: this.env.nativeConnection,
+        taskQueue: nodeQueue(node),
+        activities,
+        shutdownGraceTime: '1s',
+      }),
+    );
   }
 
   private readonly workers = new Set<Worker>();
@@ -67,10 +95,18 @@ export class Harness {
     const svc = this.env.client.workflowService;
     let nextPageToken: Uint8Array | undefined;
     do {
-      const page = await svc.listOpenWorkflowExecutions({ namespace: this.env.namespace ?? 'default', maximumPageSize: 1000, nextPageToken });
+      const page = await svc.listOpenWorkflowExecutions({
+        namespace: this.env.namespace ?? 'default',
+        maximumPageSize: 1000,
+        nextPageToken,
+      });
       for (const e of page.executions) {
         const id = e.execution?.workflowId;
-        if (id) await this.env.client.workflow.getHandle(id).terminate('test over').catch(() => undefined);
+        if (id)
+          await this.env.client.workflow
+            .getHandle(id)
+            .terminate('test over')
+            .catch(() => undefined);
       }
       nextPageToken = page.nextPageToken?.length ? page.nextPageToken : undefined;
     } while (nextPageToken);

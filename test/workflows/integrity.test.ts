@@ -25,10 +25,12 @@ const uploaded: UploadResult = { bucket: 'b', prefix: 'checkpoints/c/', bytesSen
 const MD_SHA = 'ab'.repeat(32);
 
 function node(calls: string[], overrides: NodeMock = {}): NodeMock {
-  const rec = <T>(name: string, value: T) => async (): Promise<T> => {
-    calls.push(name);
-    return value;
-  };
+  const rec =
+    <T>(name: string, value: T) =>
+    async (): Promise<T> => {
+      calls.push(name);
+      return value;
+    };
   return {
     resolveTarget: async (i) => {
       calls.push('resolveTarget');
@@ -57,12 +59,26 @@ function node(calls: string[], overrides: NodeMock = {}): NodeMock {
 }
 
 const req = (over: Partial<CheckpointRequest> = {}): CheckpointRequest => ({
-  checkpointId: `ck-${Math.random().toString(36).slice(2, 8)}`, jobId: 'job-1', node: 'node-a', pid: 4242, leaveRunning: false, reason: 'manual', ...over,
+  checkpointId: `ck-${Math.random().toString(36).slice(2, 8)}`,
+  jobId: 'job-1',
+  node: 'node-a',
+  pid: 4242,
+  leaveRunning: false,
+  reason: 'manual',
+  ...over,
 });
 
-async function run(mock: NodeMock, request: CheckpointRequest, during?: () => Promise<void>): Promise<CheckpointStatus> {
+async function run(
+  mock: NodeMock,
+  request: CheckpointRequest,
+  during?: () => Promise<void>,
+): Promise<CheckpointStatus> {
   return h.with(createControlActivities(env.client), { [request.node]: mock }, async () => {
-    const wf = await env.client.workflow.start('checkpoint', { workflowId: checkpointWorkflowId(request.checkpointId), taskQueue: CONTROL_QUEUE, args: [request] });
+    const wf = await env.client.workflow.start('checkpoint', {
+      workflowId: checkpointWorkflowId(request.checkpointId),
+      taskQueue: CONTROL_QUEUE,
+      args: [request],
+    });
     if (during) await during();
     const s = await finalStatus('checkpoint', wf);
     // A checkpoint that ended Failed fails its workflow; its status rides in the failure.
@@ -73,7 +89,10 @@ async function run(mock: NodeMock, request: CheckpointRequest, during?: () => Pr
 
 const mismatch = (calls: string[]) => async (): Promise<never> => {
   calls.push('upload');
-  throw ApplicationFailure.nonRetryable('images/pages-1.img: the local copy has sha256 00.., sealed as ff..: changed after sealing; upload aborted', 'ChecksumMismatch');
+  throw ApplicationFailure.nonRetryable(
+    'images/pages-1.img: the local copy has sha256 00.., sealed as ff..: changed after sealing; upload aborted',
+    'ChecksumMismatch',
+  );
 };
 
 describe('checkpoint: the upload finds the local copy changed after sealing', () => {
@@ -112,13 +131,16 @@ describe('checkpoint: the upload finds the local copy changed after sealing', ()
 
   test('staged in memory: the copy to disk finishes, then the copy is set aside; Failed, never tier nvme', async () => {
     const calls: string[] = [];
-    const s = await run(node(calls, {
-      upload: mismatch(calls),
-      criuDump: async (i) => {
-        calls.push('criuDump');
-        return { imageBytes: 1000, durationMs: 5, processStopped: !i.leaveRunning, staged: true };
-      },
-    }), req());
+    const s = await run(
+      node(calls, {
+        upload: mismatch(calls),
+        criuDump: async (i) => {
+          calls.push('criuDump');
+          return { imageBytes: 1000, durationMs: 5, processStopped: !i.leaveRunning, staged: true };
+        },
+      }),
+      req(),
+    );
     expect(s.phase).toBe('Failed');
     expect(s.tier).toBe('memory');
     expect(calls.filter((c) => c.startsWith('persist'))).toEqual(['persist']); // never synced to stand in for S3
@@ -126,15 +148,18 @@ describe('checkpoint: the upload finds the local copy changed after sealing', ()
     expect(s.workloadLost).not.toBeNull();
   });
 
-  test('the seal\'s metadata.json SHA-256 is recorded in the status and handed to the upload', async () => {
+  test("the seal's metadata.json SHA-256 is recorded in the status and handed to the upload", async () => {
     const calls: string[] = [];
     const given: unknown[] = [];
-    const s = await run(node(calls, {
-      upload: async (i) => {
-        given.push(i.metadataSha256);
-        return uploaded;
-      },
-    }), req());
+    const s = await run(
+      node(calls, {
+        upload: async (i) => {
+          given.push(i.metadataSha256);
+          return uploaded;
+        },
+      }),
+      req(),
+    );
     expect(s.phase).toBe('Durable');
     expect(s.metadataSha256).toBe(MD_SHA);
     expect(given).toEqual([MD_SHA]);
@@ -144,12 +169,15 @@ describe('checkpoint: the upload finds the local copy changed after sealing', ()
 describe('checkpoint ids are never reused', () => {
   test('the node holds a checkpoint with this id: Failed in Pending, nothing dumped, nothing deleted', async () => {
     const calls: string[] = [];
-    const s = await run(node(calls, {
-      resolveTarget: async (i) => {
-        calls.push(`resolveTarget ${i.checkpointId}`);
-        throw ApplicationFailure.nonRetryable(`checkpoint '${i.checkpointId}' exists on node-a`, 'CheckpointExists');
-      },
-    }), req({ checkpointId: 'taken-1' })).catch((e: unknown) => e);
+    const s = await run(
+      node(calls, {
+        resolveTarget: async (i) => {
+          calls.push(`resolveTarget ${i.checkpointId}`);
+          throw ApplicationFailure.nonRetryable(`checkpoint '${i.checkpointId}' exists on node-a`, 'CheckpointExists');
+        },
+      }),
+      req({ checkpointId: 'taken-1' }),
+    ).catch((e: unknown) => e);
     expect(calls).toEqual(['resolveTarget taken-1']);
     expect(s).toBeInstanceOf(WorkflowFailedError);
     expect(((s as WorkflowFailedError).cause as ApplicationFailure).type).toBe('CheckpointExists');
@@ -158,12 +186,15 @@ describe('checkpoint ids are never reused', () => {
 
   test('the dump itself finds one (a race past the first check): the workload resumes, the directory is left alone', async () => {
     const calls: string[] = [];
-    const s = await run(node(calls, {
-      criuDump: async () => {
-        calls.push('criuDump');
-        throw ApplicationFailure.nonRetryable("checkpoint 'x' exists on node-a", 'CheckpointExists');
-      },
-    }), req());
+    const s = await run(
+      node(calls, {
+        criuDump: async () => {
+          calls.push('criuDump');
+          throw ApplicationFailure.nonRetryable("checkpoint 'x' exists on node-a", 'CheckpointExists');
+        },
+      }),
+      req(),
+    );
     expect(s.phase).toBe('Failed');
     expect(calls).not.toContain('deleteCheckpointDir');
     expect(s.history.some((x) => x.outcome === 'skipped' && x.detail.includes('left alone'))).toBe(true);
@@ -171,12 +202,18 @@ describe('checkpoint ids are never reused', () => {
 
   test('S3 holds another checkpoint under this id (the upload refuses): the stopped workload is restored in place, our copy deleted, Failed', async () => {
     const calls: string[] = [];
-    const s = await run(node(calls, {
-      upload: async () => {
-        calls.push('upload');
-        throw ApplicationFailure.nonRetryable("checkpoint 'x' exists in S3 (another metadata.json)", 'CheckpointExists');
-      },
-    }), req());
+    const s = await run(
+      node(calls, {
+        upload: async () => {
+          calls.push('upload');
+          throw ApplicationFailure.nonRetryable(
+            "checkpoint 'x' exists in S3 (another metadata.json)",
+            'CheckpointExists',
+          );
+        },
+      }),
+      req(),
+    );
     expect(s.phase).toBe('Failed');
     expect(calls.slice(-3)).toEqual(['upload', 'criuRestore', 'deleteCheckpointDir']);
     expect(s.history.some((x) => x.detail === 'restored in place as pid 4242')).toBe(true);
@@ -184,30 +221,38 @@ describe('checkpoint ids are never reused', () => {
 });
 
 describe('S3 refuses the upload for good (S3Rejected)', () => {
-  test('no retries by the checkpoint workflow: PendingUpload on nvme with the S3 error recorded, handed to the promotion loop (with the seal\'s metadata.json SHA-256)', async () => {
+  test("no retries by the checkpoint workflow: PendingUpload on nvme with the S3 error recorded, handed to the promotion loop (with the seal's metadata.json SHA-256)", async () => {
     const calls: string[] = [];
     const given: unknown[] = [];
     let rejecting = true;
     const r = req({ uploadMaxAttempts: 5 });
-    const s = await run(node(calls, {
-      upload: async (i) => {
-        calls.push(`upload by ${Context.current().info.workflowExecution?.workflowId}`);
-        given.push(i.metadataSha256);
-        if (rejecting) throw ApplicationFailure.nonRetryable('upload of checkpoint: S3 refused: NoSuchBucket: The specified bucket does not exist', 'S3Rejected');
-        return uploaded;
+    const s = await run(
+      node(calls, {
+        upload: async (i) => {
+          calls.push(`upload by ${Context.current().info.workflowExecution?.workflowId}`);
+          given.push(i.metadataSha256);
+          if (rejecting)
+            throw ApplicationFailure.nonRetryable(
+              'upload of checkpoint: S3 refused: NoSuchBucket: The specified bucket does not exist',
+              'S3Rejected',
+            );
+          return uploaded;
+        },
+      }),
+      r,
+      async () => {
+        const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
+        let st: CheckpointStatus | null = null;
+        for (let i = 0; i < 100 && st?.phase !== 'PendingUpload'; i++) {
+          st = await wf.query<CheckpointStatus>('status');
+          await new Promise((res) => setTimeout(res, 50));
+        }
+        expect(st?.phase).toBe('PendingUpload');
+        expect(st?.tier).toBe('nvme');
+        expect(st?.history.some((x) => x.outcome === 'failed' && x.detail.includes('S3Rejected'))).toBe(true);
+        rejecting = false; // an operator fixes the bucket; the loop's later try succeeds
       },
-    }), r, async () => {
-      const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
-      let st: CheckpointStatus | null = null;
-      for (let i = 0; i < 100 && st?.phase !== 'PendingUpload'; i++) {
-        st = await wf.query<CheckpointStatus>('status');
-        await new Promise((res) => setTimeout(res, 50));
-      }
-      expect(st?.phase).toBe('PendingUpload');
-      expect(st?.tier).toBe('nvme');
-      expect(st?.history.some((x) => x.outcome === 'failed' && x.detail.includes('S3Rejected'))).toBe(true);
-      rejecting = false; // an operator fixes the bucket; the loop's later try succeeds
-    });
+    );
     expect(s.phase).toBe('Durable');
     expect(calls.filter((c) => c.endsWith(checkpointWorkflowId(r.checkpointId)))).toHaveLength(1);
     expect(calls.at(-1)).toBe(`upload by ${promotionWorkflowId('node-a')}`);
@@ -222,26 +267,39 @@ describe('promotion loop', () => {
     const mock: NodeMock = {
       upload: async ({ checkpointId }) => {
         calls.push(checkpointId);
-        if (checkpointId === 'prom-a' && rejectA) throw ApplicationFailure.nonRetryable('S3 refused: AccessDenied', 'S3Rejected');
+        if (checkpointId === 'prom-a' && rejectA)
+          throw ApplicationFailure.nonRetryable('S3 refused: AccessDenied', 'S3Rejected');
         return uploaded;
       },
     };
     const id = promotionWorkflowId('node-p');
     await h.with({}, { 'node-p': mock }, async () => {
-      const wf = await env.client.workflow.start('promotion', { workflowId: id, taskQueue: CONTROL_QUEUE, args: [{ node: 'node-p', pending: ['prom-a', 'prom-b'], idleTimeout: '1m' }] });
+      const wf = await env.client.workflow.start('promotion', {
+        workflowId: id,
+        taskQueue: CONTROL_QUEUE,
+        args: [{ node: 'node-p', pending: ['prom-a', 'prom-b'], idleTimeout: '1m' }],
+      });
       let st: PromotionStatus | null = null;
       for (let i = 0; i < 100 && !st?.promoted.includes('prom-b'); i++) {
         st = await wf.query<PromotionStatus>('status');
         await new Promise((res) => setTimeout(res, 50));
       }
       expect(st?.promoted).toEqual(['prom-b']);
-      expect(st?.deferred).toEqual([expect.objectContaining({ checkpointId: 'prom-a', attempts: 1, lastError: expect.stringContaining('S3Rejected') })]);
+      expect(st?.deferred).toEqual([
+        expect.objectContaining({
+          checkpointId: 'prom-a',
+          attempts: 1,
+          lastError: expect.stringContaining('S3Rejected'),
+        }),
+      ]);
       // Still refused at its next try: the backoff doubles.
-      for (let i = 0; i < 600 && (await wf.query<PromotionStatus>('status')).deferred[0]?.attempts !== 2; i++) await env.sleep('10s');
+      for (let i = 0; i < 600 && (await wf.query<PromotionStatus>('status')).deferred[0]?.attempts !== 2; i++)
+        await env.sleep('10s');
       const second = (await wf.query<PromotionStatus>('status')).deferred[0];
       expect(second.attempts).toBe(2);
       rejectA = false;
-      for (let i = 0; i < 600 && !(await wf.query<PromotionStatus>('status')).promoted.includes('prom-a'); i++) await env.sleep('10s');
+      for (let i = 0; i < 600 && !(await wf.query<PromotionStatus>('status')).promoted.includes('prom-a'); i++)
+        await env.sleep('10s');
       st = await wf.query<PromotionStatus>('status');
       expect(st.promoted).toEqual(['prom-b', 'prom-a']);
       expect(st.deferred).toEqual([]);
@@ -253,14 +311,17 @@ describe('promotion loop', () => {
   test('a checkpoint whose nvme copy no longer matches its seal: its workflow is told, and fails with the workload recorded lost', async () => {
     const calls: string[] = [];
     const r = req({ uploadMaxAttempts: 2 });
-    const s = await run(node(calls, {
-      upload: async () => {
-        const by = Context.current().info.workflowExecution?.workflowId ?? '';
-        calls.push(`upload by ${by}`);
-        if (by.startsWith('checkpoint/')) throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
-        throw ApplicationFailure.nonRetryable('images/pages-1.img: changed after sealing', 'ChecksumMismatch');
-      },
-    }), r);
+    const s = await run(
+      node(calls, {
+        upload: async () => {
+          const by = Context.current().info.workflowExecution?.workflowId ?? '';
+          calls.push(`upload by ${by}`);
+          if (by.startsWith('checkpoint/')) throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
+          throw ApplicationFailure.nonRetryable('images/pages-1.img: changed after sealing', 'ChecksumMismatch');
+        },
+      }),
+      r,
+    );
     expect(s.phase).toBe('Failed');
     expect(s.failureReason).toMatch(/^PendingUpload: .*ChecksumMismatch/);
     expect(s.workloadLost).not.toBeNull();
@@ -269,7 +330,7 @@ describe('promotion loop', () => {
 });
 
 describe('restore: metadata.json checked against its seal', () => {
-  test('checkpointInfo\'s metadataSha256 is handed to the fetch', async () => {
+  test("checkpointInfo's metadataSha256 is handed to the fetch", async () => {
     const given: unknown[] = [];
     const GiB = 1024 ** 3;
     const rest: NodeMock = {
@@ -285,13 +346,30 @@ describe('restore: metadata.json checked against its seal', () => {
       verifyRunning: async () => ({ state: 'S', cuda: 'none', probes: 0, afterMs: 100, detail: 'running' }),
       adoptWorkload: async () => undefined,
     };
-    const s = await h.with({
-      checkpointInfo: async ({ checkpointId }) => ({ checkpointId, jobId: 'job-1', node: 'node-r', tier: 's3', vramBytes: 0, metadataSha256: MD_SHA, source: 'workflow' }),
-      placementCandidates: async () => [{ node: 'node-r', freeVramBytes: 8 * GiB, vramSource: 'declared' }],
-      reserve: async ({ reservationId }) => ({ reservationId, node: 'node-r', bytes: 0 }),
-      release: async () => undefined,
-      placementSurvey: async () => ({ nodes: [{ node: 'node-r', reason: null }], largestGpuBytes: 8 * GiB }),
-    }, { 'node-r': rest }, () => env.client.workflow.execute('restore', { workflowId: restoreWorkflowId('ck-sha', 1), taskQueue: CONTROL_QUEUE, args: [{ checkpointId: 'ck-sha' }] }));
+    const s = await h.with(
+      {
+        checkpointInfo: async ({ checkpointId }) => ({
+          checkpointId,
+          jobId: 'job-1',
+          node: 'node-r',
+          tier: 's3',
+          vramBytes: 0,
+          metadataSha256: MD_SHA,
+          source: 'workflow',
+        }),
+        placementCandidates: async () => [{ node: 'node-r', freeVramBytes: 8 * GiB, vramSource: 'declared' }],
+        reserve: async ({ reservationId }) => ({ reservationId, node: 'node-r', bytes: 0 }),
+        release: async () => undefined,
+        placementSurvey: async () => ({ nodes: [{ node: 'node-r', reason: null }], largestGpuBytes: 8 * GiB }),
+      },
+      { 'node-r': rest },
+      () =>
+        env.client.workflow.execute('restore', {
+          workflowId: restoreWorkflowId('ck-sha', 1),
+          taskQueue: CONTROL_QUEUE,
+          args: [{ checkpointId: 'ck-sha' }],
+        }),
+    );
     expect((s as RestoreStatus).phase).toBe('Running');
     expect(given).toEqual([MD_SHA]);
   });

@@ -3,7 +3,17 @@ import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { finalStatus } from '../../clients/outcome';
 import type { UploadResult } from '../../common/checkpoint';
 import {
-  DEFAULT_BACKOFF, FAILED_JOB_STATES, type JobSpec, type JobStatus, jobWorkflowId, JOB_PREEMPT_UPDATE, JOB_RELEASE_UPDATE, JOB_REQUEUE_SIGNAL, JOB_STATUS_QUERY, type PreemptResult, type RunExit,
+  DEFAULT_BACKOFF,
+  FAILED_JOB_STATES,
+  type JobSpec,
+  type JobStatus,
+  jobWorkflowId,
+  JOB_PREEMPT_UPDATE,
+  JOB_RELEASE_UPDATE,
+  JOB_REQUEUE_SIGNAL,
+  JOB_STATUS_QUERY,
+  type PreemptResult,
+  type RunExit,
 } from '../../common/job';
 import type { ProcessIdentity } from '../../common/journal';
 import { CONTROL_QUEUE } from '../../common/queues';
@@ -36,8 +46,16 @@ type JobNodeMock = NodeMock & Partial<JobNodeActivities>;
 let jobSeq = 0;
 function spec(over: Partial<JobSpec> = {}): JobSpec {
   return {
-    jobId: `job-${++jobSeq}`, command: ['/bin/train', '--epochs', '3'], vramBytes: 4 * GiB, limits: { memoryBytes: GiB }, priority: 5, tier: 'normal',
-    restartPolicy: 'OnFailure', maxRestarts: 10, backoff: DEFAULT_BACKOFF, ...over,
+    jobId: `job-${++jobSeq}`,
+    command: ['/bin/train', '--epochs', '3'],
+    vramBytes: 4 * GiB,
+    limits: { memoryBytes: GiB },
+    priority: 5,
+    tier: 'normal',
+    restartPolicy: 'OnFailure',
+    maxRestarts: 10,
+    backoff: DEFAULT_BACKOFF,
+    ...over,
   };
 }
 
@@ -67,18 +85,28 @@ class Sim {
   }
 
   behaviour(run: number): Behaviour {
-    return this.script[run - 1] ?? this.script[this.script.length - 1] ?? { kind: 'exit', reason: 'Error', exitCode: 1 };
+    return (
+      this.script[run - 1] ?? this.script[this.script.length - 1] ?? { kind: 'exit', reason: 'Error', exitCode: 1 }
+    );
   }
 
   controlMock(): ControlMock {
     const calls = this.calls;
     return {
       // Every node can restore every checkpoint here (the compatibility gate has tests of its own).
-      placementSurvey: async () => ({ nodes: Object.keys(this.free).map((node) => ({ node, reason: null })), largestGpuBytes: Math.max(...Object.values(this.free)) * GiB }),
-      placementCandidates: async ({ bytes, exclude, prefer, only }) => Object.entries(this.free)
-        .filter(([n, g]) => g * GiB >= bytes && !exclude.includes(n) && (!only || only === n))
-        .map(([node, g]): Candidate => ({ node, freeVramBytes: g * GiB, vramSource: 'declared' }))
-        .sort((a, b) => (prefer.includes(b.node) ? 1 : 0) - (prefer.includes(a.node) ? 1 : 0) || b.freeVramBytes - a.freeVramBytes),
+      placementSurvey: async () => ({
+        nodes: Object.keys(this.free).map((node) => ({ node, reason: null })),
+        largestGpuBytes: Math.max(...Object.values(this.free)) * GiB,
+      }),
+      placementCandidates: async ({ bytes, exclude, prefer, only }) =>
+        Object.entries(this.free)
+          .filter(([n, g]) => g * GiB >= bytes && !exclude.includes(n) && (!only || only === n))
+          .map(([node, g]): Candidate => ({ node, freeVramBytes: g * GiB, vramSource: 'declared' }))
+          .sort(
+            (a, b) =>
+              (prefer.includes(b.node) ? 1 : 0) - (prefer.includes(a.node) ? 1 : 0) ||
+              b.freeVramBytes - a.freeVramBytes,
+          ),
       reserve: async ({ reservationId, bytes, candidates }): Promise<Reservation | null> => {
         const pick = candidates[0];
         if (!pick) return null;
@@ -99,7 +127,13 @@ class Sim {
         return { deletedObjects: 3 };
       },
       // The restore's look-up: every checkpoint of these tests was taken on node-a.
-      checkpointInfo: async ({ checkpointId }) => ({ checkpointId, jobId: 'job', node: 'node-a', tier: 's3', vramBytes: 4 * GiB }),
+      checkpointInfo: async ({ checkpointId }) => ({
+        checkpointId,
+        jobId: 'job',
+        node: 'node-a',
+        tier: 's3',
+        vramBytes: 4 * GiB,
+      }),
       enqueuePromotion: async () => undefined,
       ...this.control,
     };
@@ -107,23 +141,35 @@ class Sim {
 
   private nodeMock(name: string): JobNodeMock {
     const calls = this.calls;
-    const uploaded: UploadResult = { bucket: 'b', prefix: 'checkpoints/c/', bytesSent: 100, partsSent: 3, partsResumed: 0 };
-    const rec = <T>(what: string, v: T) => async (): Promise<T> => {
-      calls.push(`${what} ${name}`);
-      return v;
+    const uploaded: UploadResult = {
+      bucket: 'b',
+      prefix: 'checkpoints/c/',
+      bytesSent: 100,
+      partsSent: 3,
+      partsResumed: 0,
     };
+    const rec =
+      <T>(what: string, v: T) =>
+      async (): Promise<T> => {
+        calls.push(`${what} ${name}`);
+        return v;
+      };
     return {
       startRun: async (i) => {
         calls.push(`startRun ${name} ${i.run}`);
         this.startedAt.set(i.run, Context.current().info.currentAttemptScheduledTimestampMs);
         const pid = this.nextPid++;
-        return { process: { pid, startTime: 1 }, logFile: `/data/${name}/workloads/${i.jobId}/runs/${i.run}/log`, exitFile: `/data/${name}/workloads/${i.jobId}/runs/${i.run}/exit.json` };
+        return {
+          process: { pid, startTime: 1 },
+          logFile: `/data/${name}/workloads/${i.jobId}/runs/${i.run}/log`,
+          exitFile: `/data/${name}/workloads/${i.jobId}/runs/${i.run}/exit.json`,
+        };
       },
       awaitRunExit: async (i) => this.awaitExit(name, i),
       stopRun: async (i) => {
         calls.push(`stopRun ${name} ${i.run} grace=${i.graceMs}`);
         if (i.process) this.stopped.add(i.process.pid);
-        return { signal: i.graceMs > 0 ? 'SIGTERM' as const : null, killedStragglers: 0 };
+        return { signal: i.graceMs > 0 ? ('SIGTERM' as const) : null, killedStragglers: 0 };
       },
       attachRunLimits: async (i) => {
         calls.push(`attachRunLimits ${name} ${i.process.pid}`);
@@ -162,7 +208,14 @@ class Sim {
       // The restore workflow's steps.
       fetch: async ({ checkpointId }) => {
         calls.push(`fetch ${name} ${checkpointId}`);
-        return { dir: `/data/${name}/checkpoints/${checkpointId}`, bytes: 100, source: 's3' as const, staged: false, jobId: 'job', vramBytes: 4 * GiB };
+        return {
+          dir: `/data/${name}/checkpoints/${checkpointId}`,
+          bytes: 100,
+          source: 's3' as const,
+          staged: false,
+          jobId: 'job',
+          vramBytes: 4 * GiB,
+        };
       },
       criuRestore: async ({ checkpointId }) => {
         calls.push(`criuRestore ${name} ${checkpointId}`);
@@ -171,7 +224,13 @@ class Sim {
       checkVram: rec('checkVram', { freeVramBytes: 16 * GiB }),
       cudaRestore: rec('cudaRestore', { outcome: 'skipped' as const, detail: 'no CUDA context' }),
       cudaUnlock: rec('cudaUnlock', { outcome: 'skipped' as const, detail: 'no CUDA context' }),
-      verifyRunning: rec('verifyRunning', { state: 'S', cuda: 'none', probes: 0, afterMs: 1000, detail: 'no readiness probe declared' }),
+      verifyRunning: rec('verifyRunning', {
+        state: 'S',
+        cuda: 'none',
+        probes: 0,
+        afterMs: 1000,
+        detail: 'no readiness probe declared',
+      }),
       adoptWorkload: rec('adoptWorkload', undefined),
       killProcess: rec('killProcess', { killed: true }),
       releaseStaging: rec('releaseStaging', { released: true }),
@@ -179,7 +238,10 @@ class Sim {
   }
 
   /** A run's process: exits as scripted, or runs (heartbeating) until stopped or told to exit. */
-  private async awaitExit(name: string, i: { jobId: string; run: number; process: ProcessIdentity; exitFile: string }): Promise<RunExit> {
+  private async awaitExit(
+    name: string,
+    i: { jobId: string; run: number; process: ProcessIdentity; exitFile: string },
+  ): Promise<RunExit> {
     this.calls.push(`awaitRunExit ${name} ${i.run}`);
     const ctx = Context.current();
     const b = this.behaviour(i.run);
@@ -188,17 +250,37 @@ class Sim {
         this.lostOnce.add(i.run);
         await ctx.sleep(600_000); // the agent died here: no heartbeat, no reply
       }
-      return { exitCode: b.exitCode, signal: null, reason: b.then, message: `${b.then} (exit code ${b.exitCode})`, endedAt: new Date().toISOString() };
+      return {
+        exitCode: b.exitCode,
+        signal: null,
+        reason: b.then,
+        message: `${b.then} (exit code ${b.exitCode})`,
+        endedAt: new Date().toISOString(),
+      };
     }
     if (b.kind === 'exit') {
-      const endedAt = new Date((this.startedAt.get(i.run) ?? ctx.info.currentAttemptScheduledTimestampMs) + (b.upMs ?? 1000)).toISOString();
-      return { exitCode: b.exitCode, signal: b.signal ?? null, reason: b.reason, message: `${b.reason}${b.exitCode !== null ? ` (exit code ${b.exitCode})` : ''}`, endedAt };
+      const endedAt = new Date(
+        (this.startedAt.get(i.run) ?? ctx.info.currentAttemptScheduledTimestampMs) + (b.upMs ?? 1000),
+      ).toISOString();
+      return {
+        exitCode: b.exitCode,
+        signal: b.signal ?? null,
+        reason: b.reason,
+        message: `${b.reason}${b.exitCode !== null ? ` (exit code ${b.exitCode})` : ''}`,
+        endedAt,
+      };
     }
     for (;;) {
       const told = this.exitNow.get(i.process.pid);
       if (told) return told;
       if (this.stopped.has(i.process.pid) && !this.unseen.has(i.process.pid)) {
-        return { exitCode: null, signal: 'SIGTERM', reason: 'Signaled', message: 'stopped', endedAt: new Date().toISOString() };
+        return {
+          exitCode: null,
+          signal: 'SIGTERM',
+          reason: 'Signaled',
+          message: 'stopped',
+          endedAt: new Date().toISOString(),
+        };
       }
       ctx.heartbeat();
       await ctx.sleep(50);
@@ -208,7 +290,11 @@ class Sim {
   private started: WorkflowHandle[] = [];
 
   async start(s: JobSpec): Promise<WorkflowHandle> {
-    const wf = await h.env.client.workflow.start('job', { workflowId: jobWorkflowId(s.jobId), taskQueue: CONTROL_QUEUE, args: [{ spec: s }] });
+    const wf = await h.env.client.workflow.start('job', {
+      workflowId: jobWorkflowId(s.jobId),
+      taskQueue: CONTROL_QUEUE,
+      args: [{ spec: s }],
+    });
     this.started.push(wf);
     return wf;
   }
@@ -240,7 +326,10 @@ class Sim {
       const out = await finalStatus('job', wf);
       expect((await wf.describe()).status.name).toBe(FAILED_JOB_STATES.includes(out.state) ? 'FAILED' : 'COMPLETED');
       if (FAILED_JOB_STATES.includes(out.state)) {
-        const err = await wf.result().then(() => null, (e: unknown) => e as WorkflowFailedError);
+        const err = await wf.result().then(
+          () => null,
+          (e: unknown) => e as WorkflowFailedError,
+        );
         const cause = err?.cause as ApplicationFailure | undefined;
         expect(cause?.type).toBe('JobFailed');
         expect(cause?.message).toBe(`job ${out.jobId} ${out.state}: ${out.reason ?? 'no reason recorded'}`);
@@ -253,7 +342,10 @@ class Sim {
 
 /** The message a rejected update carries (the client wraps the validator's error). */
 async function rejection(p: Promise<unknown>): Promise<string> {
-  const err = await p.then(() => null, (e: unknown) => e as Error & { cause?: Error });
+  const err = await p.then(
+    () => null,
+    (e: unknown) => e as Error & { cause?: Error },
+  );
   if (err === null) throw new Error('the update was accepted');
   return `${err.message}: ${err.cause?.message ?? ''}`;
 }
@@ -261,17 +353,26 @@ async function rejection(p: Promise<unknown>): Promise<string> {
 const status = (wf: WorkflowHandle): Promise<JobStatus> => wf.query<JobStatus>(JOB_STATUS_QUERY);
 
 /** Skips server time in steps (never past a heartbeat timeout in one go) until the job's status passes. */
-async function until(wf: WorkflowHandle, pred: (s: JobStatus) => boolean, what: string, stepMs = 5000, maxSteps = 400): Promise<JobStatus> {
+async function until(
+  wf: WorkflowHandle,
+  pred: (s: JobStatus) => boolean,
+  what: string,
+  stepMs = 5000,
+  maxSteps = 400,
+): Promise<JobStatus> {
   for (let i = 0; i < maxSteps; i++) {
     const s = await status(wf);
     if (pred(s)) return s;
     await h.env.sleep(stepMs);
   }
   const s = await status(wf);
-  throw new Error(`job never reached: ${what}; it is ${s.state} (${s.reason}); events: ${s.events.map((e) => `${e.type}: ${e.message}`).join(' | ')}`);
+  throw new Error(
+    `job never reached: ${what}; it is ${s.state} (${s.reason}); events: ${s.events.map((e) => `${e.type}: ${e.message}`).join(' | ')}`,
+  );
 }
 
-const delaysFromEvents = (s: JobStatus): number[] => s.events.filter((e) => e.type === 'BackOff').map((e) => Number(/in (\d+) s/.exec(e.message)?.[1]));
+const delaysFromEvents = (s: JobStatus): number[] =>
+  s.events.filter((e) => e.type === 'BackOff').map((e) => Number(/in (\d+) s/.exec(e.message)?.[1]));
 
 const types = (s: JobStatus): string[] => s.events.map((e) => e.type);
 const crash: Behaviour = { kind: 'exit', reason: 'Error', exitCode: 1 };
@@ -463,12 +564,37 @@ describe('job workflow: continue-as-new', () => {
     sim.script = [{ kind: 'exit', reason: 'Completed', exitCode: 0 }];
     const sp = spec();
     const run = {
-      run: 1, node: 'node-a', startedAt: new Date().toISOString(), endedAt: null, exitCode: null, signal: null, reason: null, message: null, fromCheckpoint: null,
-      process: { pid: 4321, startTime: 99 }, logFile: '/data/node-a/workloads/x/runs/1/log', exitFile: '/data/node-a/workloads/x/runs/1/exit.json', logObject: null,
+      run: 1,
+      node: 'node-a',
+      startedAt: new Date().toISOString(),
+      endedAt: null,
+      exitCode: null,
+      signal: null,
+      reason: null,
+      message: null,
+      fromCheckpoint: null,
+      process: { pid: 4321, startTime: 99 },
+      logFile: '/data/node-a/workloads/x/runs/1/log',
+      exitFile: '/data/node-a/workloads/x/runs/1/exit.json',
+      logObject: null,
     };
     const carried: JobStatus = {
-      jobId: sp.jobId, state: 'Running', reason: null, node: 'node-a', restarts: 2, createdAt: run.startedAt, nextRetryAt: null, runs: [run], events: [], checkpoints: [],
-      lastGoodCheckpoint: null, failedOn: [], diagnostics: null, spec: sp, backoffStep: 2, resumeFrom: null,
+      jobId: sp.jobId,
+      state: 'Running',
+      reason: null,
+      node: 'node-a',
+      restarts: 2,
+      createdAt: run.startedAt,
+      nextRetryAt: null,
+      runs: [run],
+      events: [],
+      checkpoints: [],
+      lastGoodCheckpoint: null,
+      failedOn: [],
+      diagnostics: null,
+      spec: sp,
+      backoffStep: 2,
+      resumeFrom: null,
     };
     const seen: unknown[] = [];
     const inner = sim.node['node-a'].awaitRunExit;
@@ -476,7 +602,14 @@ describe('job workflow: continue-as-new', () => {
       seen.push(i.process);
       return inner!(i);
     };
-    const s = await sim.with(async () => (await h.env.client.workflow.execute('job', { workflowId: jobWorkflowId(sp.jobId), taskQueue: CONTROL_QUEUE, args: [{ spec: sp, carried }] })) as JobStatus);
+    const s = await sim.with(
+      async () =>
+        (await h.env.client.workflow.execute('job', {
+          workflowId: jobWorkflowId(sp.jobId),
+          taskQueue: CONTROL_QUEUE,
+          args: [{ spec: sp, carried }],
+        })) as JobStatus,
+    );
     expect(s.state).toBe('Succeeded');
     expect(seen).toEqual([{ pid: 4321, startTime: 99 }]);
     expect(sim.calls.some((c) => c.startsWith('startRun'))).toBe(false);
@@ -490,11 +623,24 @@ describe('job workflow: continue-as-new', () => {
     await sim.with(async () => {
       // A checkpoint to resume from: taken by a first job, then handed to a carried-over one.
       const first = await sim.start(spec({ checkpointEveryMs: 1500 }));
-      const good = (await until(first, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST)).lastGoodCheckpoint as string;
+      const good = (await until(first, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST))
+        .lastGoodCheckpoint as string;
       const prior = await finish(first);
       const sp = spec();
-      const carried: JobStatus = { ...prior, jobId: sp.jobId, spec: sp, state: 'Pending', reason: null, resumeFrom: good, events: [] };
-      const wf = await h.env.client.workflow.start('job', { workflowId: jobWorkflowId(sp.jobId), taskQueue: CONTROL_QUEUE, args: [{ spec: sp, carried }] });
+      const carried: JobStatus = {
+        ...prior,
+        jobId: sp.jobId,
+        spec: sp,
+        state: 'Pending',
+        reason: null,
+        resumeFrom: good,
+        events: [],
+      };
+      const wf = await h.env.client.workflow.start('job', {
+        workflowId: jobWorkflowId(sp.jobId),
+        taskQueue: CONTROL_QUEUE,
+        args: [{ spec: sp, carried }],
+      });
       const s = await until(wf, (x) => x.runs.length === 2 && x.state === 'Running', 'resumed', FAST);
       expect(s.runs[1].fromCheckpoint).toBe(good);
       expect(s.resumeFrom).toBeNull();
@@ -510,12 +656,25 @@ describe('job workflow: escalation and release', () => {
     await sim.with(async () => {
       const wf = await sim.start(spec({ maxRestarts: 1 }));
       // Incident and alert go out beside the quarantine (never holding it back): wait for both.
-      const s = await until(wf, (x) => x.state === 'Quarantined' && sim.calls.some((c) => c.startsWith('alert')) && sim.calls.some((c) => c.startsWith('incident')),
-        'Quarantined, incident and alert raised', 10_000);
+      const s = await until(
+        wf,
+        (x) =>
+          x.state === 'Quarantined' &&
+          sim.calls.some((c) => c.startsWith('alert')) &&
+          sim.calls.some((c) => c.startsWith('incident')),
+        'Quarantined, incident and alert raised',
+        10_000,
+      );
       expect(s.reason).toContain('restart limit (1) reached');
       expect(s.failedOn).toEqual(['node-a']);
       expect(s.diagnostics).toMatch(/^diagnostics\//);
-      expect(sim.calls).toEqual(expect.arrayContaining(['collectDiagnostics node-a runs=2', `incident job-quarantined ${s.jobId} node-a`, 'alert job-quarantined node-a']));
+      expect(sim.calls).toEqual(
+        expect.arrayContaining([
+          'collectDiagnostics node-a runs=2',
+          `incident job-quarantined ${s.jobId} node-a`,
+          'alert job-quarantined node-a',
+        ]),
+      );
       await h.env.sleep(3_600_000);
       expect((await status(wf)).runs).toHaveLength(2);
       await finish(wf);
@@ -525,11 +684,23 @@ describe('job workflow: escalation and release', () => {
   test('diagnostics and incident failures are recorded, not fatal: still Quarantined', async () => {
     const sim = new Sim({ 'node-a': 16 });
     sim.script = [crash];
-    sim.node['node-a'].collectDiagnostics = async () => { throw ApplicationFailure.nonRetryable('disk full', 'NoSpace'); };
-    sim.control.raiseIncident = async () => { throw ApplicationFailure.nonRetryable('bad webhook', 'WebhookFailed'); };
+    sim.node['node-a'].collectDiagnostics = async () => {
+      throw ApplicationFailure.nonRetryable('disk full', 'NoSpace');
+    };
+    sim.control.raiseIncident = async () => {
+      throw ApplicationFailure.nonRetryable('bad webhook', 'WebhookFailed');
+    };
     await sim.with(async () => {
       const wf = await sim.start(spec({ maxRestarts: 0 }));
-      const s = await until(wf, (x) => x.state === 'Quarantined' && types(x).includes('IncidentFailed') && sim.calls.includes('alert job-quarantined node-a'), 'Quarantined', 10_000);
+      const s = await until(
+        wf,
+        (x) =>
+          x.state === 'Quarantined' &&
+          types(x).includes('IncidentFailed') &&
+          sim.calls.includes('alert job-quarantined node-a'),
+        'Quarantined',
+        10_000,
+      );
       expect(types(s)).toEqual(expect.arrayContaining(['DiagnosticsFailed', 'IncidentFailed']));
       await finish(wf);
     });
@@ -541,8 +712,12 @@ describe('job workflow: escalation and release', () => {
     await sim.with(async () => {
       const wf = await sim.start(spec({ maxRestarts: 1 }));
       await until(wf, (x) => x.state === 'Quarantined', 'Quarantined', 10_000);
-      expect(await rejection(wf.executeUpdate(JOB_RELEASE_UPDATE, { args: [{ fromCheckpoint: true }] }))).toMatch(/no good checkpoint/);
-      const after = await wf.executeUpdate<JobStatus, [{ fromCheckpoint?: boolean }]>(JOB_RELEASE_UPDATE, { args: [{}] });
+      expect(await rejection(wf.executeUpdate(JOB_RELEASE_UPDATE, { args: [{ fromCheckpoint: true }] }))).toMatch(
+        /no good checkpoint/,
+      );
+      const after = await wf.executeUpdate<JobStatus, [{ fromCheckpoint?: boolean }]>(JOB_RELEASE_UPDATE, {
+        args: [{}],
+      });
       expect(after.restarts).toBe(0);
       const s = (await wf.result()) as JobStatus;
       expect(s.state).toBe('Succeeded');
@@ -559,7 +734,9 @@ describe('job workflow: escalation and release', () => {
     await sim.with(async () => {
       const wf = await sim.start(spec());
       await until(wf, (x) => x.state === 'Running', 'Running', FAST);
-      expect(await rejection(wf.executeUpdate(JOB_RELEASE_UPDATE, { args: [{}] }))).toMatch(/only a Quarantined job can be released/);
+      expect(await rejection(wf.executeUpdate(JOB_RELEASE_UPDATE, { args: [{}] }))).toMatch(
+        /only a Quarantined job can be released/,
+      );
       await finish(wf);
     });
   });
@@ -572,7 +749,13 @@ describe('job workflow: escalation and release', () => {
       const wf = await sim.start(spec({ tier: 'critical', maxRestarts: 0, checkpointEveryMs: 5000 }));
       const good = await until(wf, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST);
       const pid = good.runs[0].process?.pid ?? 0;
-      sim.exitNow.set(pid, { exitCode: 3, signal: null, reason: 'Error', message: 'exit code 3', endedAt: new Date().toISOString() });
+      sim.exitNow.set(pid, {
+        exitCode: 3,
+        signal: null,
+        reason: 'Error',
+        message: 'exit code 3',
+        endedAt: new Date().toISOString(),
+      });
       const s = await until(wf, (x) => x.runs.length === 2 && x.state === 'Running', 'restored and Running', FAST);
       expect(s.failedOn).toEqual(['node-a']);
       expect(s.runs[1].node).toBe('node-b');
@@ -594,7 +777,13 @@ describe('job workflow: escalation and release', () => {
     await sim.with(async () => {
       const wf = await sim.start(spec({ maxRestarts: 0, checkpointEveryMs: 1500 }));
       const good = await until(wf, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST);
-      sim.exitNow.set(good.runs[0].process?.pid ?? 0, { exitCode: 1, signal: null, reason: 'Error', message: 'exit code 1', endedAt: new Date().toISOString() });
+      sim.exitNow.set(good.runs[0].process?.pid ?? 0, {
+        exitCode: 1,
+        signal: null,
+        reason: 'Error',
+        message: 'exit code 1',
+        endedAt: new Date().toISOString(),
+      });
       const q = await until(wf, (x) => x.state === 'Quarantined', 'Quarantined', FAST);
       expect(q.runs).toHaveLength(1); // normal tier: no restore of its own
       await wf.executeUpdate(JOB_RELEASE_UPDATE, { args: [{ fromCheckpoint: true }] });
@@ -643,7 +832,9 @@ describe('job workflow: preemption', () => {
       const s = await until(wf, (x) => x.runs.length === 2 && x.state === 'Running', 'resumed', FAST);
       expect(s.runs[1].node).toBe('node-a');
       expect(s.runs[1].fromCheckpoint).toBe(r.checkpointId);
-      expect(s.events.some((e) => e.type === 'FailedScheduling' && e.message.includes('no node other than node-a'))).toBe(true);
+      expect(
+        s.events.some((e) => e.type === 'FailedScheduling' && e.message.includes('no node other than node-a')),
+      ).toBe(true);
       await finish(wf);
     });
   });
@@ -700,7 +891,12 @@ describe('job workflow: preemption', () => {
       const wf = await sim.start(spec());
       const running = await until(wf, (x) => x.state === 'Running', 'Running', FAST);
       await wf.signal(JOB_REQUEUE_SIGNAL, { reason: 'test: still there', checkpointId: 'ck-x' });
-      const still = await until(wf, (x) => x.events.filter((e) => e.type === 'Requeue').length >= 2, 'requeue seen', FAST);
+      const still = await until(
+        wf,
+        (x) => x.events.filter((e) => e.type === 'Requeue').length >= 2,
+        'requeue seen',
+        FAST,
+      );
       expect(still.state).toBe('Running');
       expect(still.runs).toHaveLength(1);
       const pid = running.runs[0].process?.pid ?? 0;
@@ -722,7 +918,8 @@ describe('job workflow: preemption', () => {
     let lookups = 0;
     let s3Down = false;
     sim.control.checkpointInfo = async ({ checkpointId }) => {
-      if (s3Down && ++lookups <= 10) throw ApplicationFailure.retryable('S3 look-up of checkpoint: connect ECONNREFUSED', 'S3Unavailable');
+      if (s3Down && ++lookups <= 10)
+        throw ApplicationFailure.retryable('S3 look-up of checkpoint: connect ECONNREFUSED', 'S3Unavailable');
       return { checkpointId, jobId: 'job', node: 'node-a', tier: 's3', vramBytes: 4 * GiB };
     };
     await sim.with(async () => {
@@ -749,9 +946,20 @@ describe('job workflow: periodic checkpoints', () => {
       const wf = await sim.start(spec({ checkpointEveryMs: 1500, keep: 2 }));
       // Run 1 is healthy: its first checkpoint becomes the last good one.
       const first = await until(wf, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST);
-      sim.exitNow.set(first.runs[0].process?.pid ?? 0, { exitCode: 1, signal: null, reason: 'Error', message: 'exit code 1', endedAt: new Date().toISOString() });
+      sim.exitNow.set(first.runs[0].process?.pid ?? 0, {
+        exitCode: 1,
+        signal: null,
+        reason: 'Error',
+        message: 'exit code 1',
+        endedAt: new Date().toISOString(),
+      });
       // Run 2 comes after a failure: its checkpoints are not good ones, and retention must keep `good` anyway.
-      const s = await until(wf, (x) => x.checkpoints.filter((c) => c.reason === 'periodic' && x.runs.length === 2 && c.run === 2).length >= 4, 'four checkpoints of run 2', FAST);
+      const s = await until(
+        wf,
+        (x) => x.checkpoints.filter((c) => c.reason === 'periodic' && x.runs.length === 2 && c.run === 2).length >= 4,
+        'four checkpoints of run 2',
+        FAST,
+      );
       const periodic = s.checkpoints.filter((c) => c.reason === 'periodic' && c.phase === 'Durable');
       const good = s.lastGoodCheckpoint as string;
       expect(periodic.find((c) => c.checkpointId === good)?.run).toBe(1);
@@ -765,7 +973,9 @@ describe('job workflow: periodic checkpoints', () => {
       for (const id of deleted) {
         expect(sim.calls).toContain(`deleteCheckpoint ${id}`);
         expect(sim.calls).toContain(`deleteLocalCheckpoint node-a ${id}`);
-        expect(sim.calls.indexOf(`deleteCheckpoint ${id}`)).toBeLessThan(sim.calls.indexOf(`deleteLocalCheckpoint node-a ${id}`));
+        expect(sim.calls.indexOf(`deleteCheckpoint ${id}`)).toBeLessThan(
+          sim.calls.indexOf(`deleteLocalCheckpoint node-a ${id}`),
+        );
       }
       const ids = periodic.map((c) => c.checkpointId);
       expect(deleted).toEqual(ids.filter((id) => id !== good && id !== ids[ids.length - 1]));

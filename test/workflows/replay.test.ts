@@ -10,15 +10,37 @@ describe('replay of recorded e2e histories', () => {
   let bundle: WorkflowBundleWithSourceMap;
   beforeAll(async () => {
     quietTemporalRuntime(); // the replay workers' state changes go to the SDK log file
-    bundle = await bundleWorkflowCode({ workflowsPath: path.resolve(__dirname, '../../workflows'), logger: { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined } });
+    bundle = await bundleWorkflowCode({
+      workflowsPath: path.resolve(__dirname, '../../workflows'),
+      logger: {
+        log: () => undefined,
+        trace: () => undefined,
+        debug: () => undefined,
+        info: () => undefined,
+        warn: () => undefined,
+        error: () => undefined,
+      },
+    });
   }, 120000);
 
   test('histories from every e2e branch are committed', () => {
-    expect(histories.map((h) => h.workflowId)).toEqual(expect.arrayContaining([
-      'checkpoint-durable', 'checkpoint-agent-killed', 'checkpoint-enospc', 'checkpoint-s3-outage', 'checkpoint-upload-resumed',
-      'migrate', 'restore-oom-rescheduled', 'restore-corrupt-s3', 'checkpoint-staged-disk-full', 'restore-staged',
-      'before-staging/checkpoint-durable', 'before-staging/checkpoint-s3-outage', 'before-staging/restore-corrupt-s3',
-    ]));
+    expect(histories.map((h) => h.workflowId)).toEqual(
+      expect.arrayContaining([
+        'checkpoint-durable',
+        'checkpoint-agent-killed',
+        'checkpoint-enospc',
+        'checkpoint-s3-outage',
+        'checkpoint-upload-resumed',
+        'migrate',
+        'restore-oom-rescheduled',
+        'restore-corrupt-s3',
+        'checkpoint-staged-disk-full',
+        'restore-staged',
+        'before-staging/checkpoint-durable',
+        'before-staging/checkpoint-s3-outage',
+        'before-staging/restore-corrupt-s3',
+      ]),
+    );
   });
 
   test.each(histories.map((h) => [h.workflowId, h] as const))('%s replays deterministically', async (_name, h) => {

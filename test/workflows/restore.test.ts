@@ -25,7 +25,13 @@ const GiB = 1024 ** 3;
 function control(calls: string[], free: Record<string, number>, over: ControlMock = {}): ControlMock {
   const held = new Map<string, Reservation>();
   return {
-    checkpointInfo: async ({ checkpointId }) => ({ checkpointId, jobId: 'job-1', node: 'node-a', tier: 's3', vramBytes: 6 * GiB }),
+    checkpointInfo: async ({ checkpointId }) => ({
+      checkpointId,
+      jobId: 'job-1',
+      node: 'node-a',
+      tier: 's3',
+      vramBytes: 6 * GiB,
+    }),
     placementCandidates: async ({ bytes, exclude, prefer, only }) => {
       const c: Candidate[] = Object.entries(free)
         .filter(([n, g]) => g * GiB >= bytes && !exclude.includes(n) && (!only || only === n))
@@ -43,7 +49,10 @@ function control(calls: string[], free: Record<string, number>, over: ControlMoc
     },
     release: async ({ reservationId }) => void held.delete(reservationId),
     // Every node compatible, each with one 80 GiB GPU (the compatibility gate is tested on its own below).
-    placementSurvey: async () => ({ nodes: Object.keys(free).map((node) => ({ node, reason: null })), largestGpuBytes: 80 * GiB }),
+    placementSurvey: async () => ({
+      nodes: Object.keys(free).map((node) => ({ node, reason: null })),
+      largestGpuBytes: 80 * GiB,
+    }),
     raiseAlert: async (a) => {
       calls.push(`alert ${a.kind} ${a.node}`);
       return `alert/${a.kind}/${a.checkpointId}/x`;
@@ -53,20 +62,35 @@ function control(calls: string[], free: Record<string, number>, over: ControlMoc
 }
 
 function nodeMock(calls: string[], name: string, over: NodeMock = {}): NodeMock {
-  const rec = <T>(what: string, v: T) => async (): Promise<T> => {
-    calls.push(`${what} ${name}`);
-    return v;
-  };
+  const rec =
+    <T>(what: string, v: T) =>
+    async (): Promise<T> => {
+      calls.push(`${what} ${name}`);
+      return v;
+    };
   return {
     fetch: async ({ checkpointId }) => {
       calls.push(`fetch ${name}`);
-      return { dir: `/data/${name}/checkpoints/${checkpointId}`, bytes: 100, source: name === 'node-a' ? 'nvme' as const : 's3' as const, staged: false, jobId: 'job-1', vramBytes: 6 * GiB };
+      return {
+        dir: `/data/${name}/checkpoints/${checkpointId}`,
+        bytes: 100,
+        source: name === 'node-a' ? ('nvme' as const) : ('s3' as const),
+        staged: false,
+        jobId: 'job-1',
+        vramBytes: 6 * GiB,
+      };
     },
     criuRestore: rec('criuRestore', { pid: 777, startTime: 5000 }),
     checkVram: rec('checkVram', { freeVramBytes: 16 * GiB }),
     cudaRestore: rec('cudaRestore', { outcome: 'done' as const, detail: 'restored' }),
     cudaUnlock: rec('cudaUnlock', { outcome: 'done' as const, detail: 'unlocked' }),
-    verifyRunning: rec('verifyRunning', { state: 'S', cuda: 'none', probes: 0, afterMs: 1000, detail: 'no readiness probe declared' }),
+    verifyRunning: rec('verifyRunning', {
+      state: 'S',
+      cuda: 'none',
+      probes: 0,
+      afterMs: 1000,
+      detail: 'no readiness probe declared',
+    }),
     adoptWorkload: rec('adoptWorkload', undefined),
     killProcess: rec('killProcess', { killed: true }),
     releaseStaging: rec('releaseStaging', { released: true }),
@@ -75,15 +99,30 @@ function nodeMock(calls: string[], name: string, over: NodeMock = {}): NodeMock 
 }
 
 let seq = 0;
-async function restoreOn(free: Record<string, number>, overrides: Record<string, NodeMock>, req: RestoreRequest, calls: string[] = [], ctl: ControlMock = {}): Promise<RestoreStatus> {
+async function restoreOn(
+  free: Record<string, number>,
+  overrides: Record<string, NodeMock>,
+  req: RestoreRequest,
+  calls: string[] = [],
+  ctl: ControlMock = {},
+): Promise<RestoreStatus> {
   const nodes = Object.fromEntries(Object.keys(free).map((n) => [n, nodeMock(calls, n, overrides[n])]));
   return h.with(control(calls, free, ctl), nodes, () =>
-    h.env.client.workflow.execute('restore', { workflowId: restoreWorkflowId(req.checkpointId, ++seq), taskQueue: CONTROL_QUEUE, args: [req] }));
+    h.env.client.workflow.execute('restore', {
+      workflowId: restoreWorkflowId(req.checkpointId, ++seq),
+      taskQueue: CONTROL_QUEUE,
+      args: [req],
+    }),
+  );
 }
 
 const oom = (calls: string[], name: string) => async (): Promise<never> => {
   calls.push(`checkVram ${name}`);
-  throw ApplicationFailure.create({ message: `node ${name} has 2 GiB of VRAM free, 6 GiB needed`, type: 'CudaOutOfMemory', nonRetryable: true });
+  throw ApplicationFailure.create({
+    message: `node ${name} has 2 GiB of VRAM free, 6 GiB needed`,
+    type: 'CudaOutOfMemory',
+    nonRetryable: true,
+  });
 };
 
 describe('restore workflow', () => {
@@ -94,20 +133,47 @@ describe('restore workflow', () => {
     expect(s.node).toBe('node-a');
     expect(s.pid).toBe(777);
     expect(s.source).toBe('nvme');
-    expect(calls).toEqual(['reserve node-a', 'fetch node-a', 'criuRestore node-a', 'checkVram node-a', 'cudaRestore node-a', 'cudaUnlock node-a', 'verifyRunning node-a', 'adoptWorkload node-a']);
+    expect(calls).toEqual([
+      'reserve node-a',
+      'fetch node-a',
+      'criuRestore node-a',
+      'checkVram node-a',
+      'cudaRestore node-a',
+      'cudaUnlock node-a',
+      'verifyRunning node-a',
+      'adoptWorkload node-a',
+    ]);
   });
 
   test('fetched into memory: the staged copy is freed after Running, and after a failed attempt too', async () => {
     const calls: string[] = [];
-    const staged = (name: string) => async ({ checkpointId }: { checkpointId: string }) => {
-      calls.push(`fetch ${name}`);
-      return { dir: `/dev/shm/${name}/${checkpointId}`, bytes: 100, source: 's3' as const, staged: true, jobId: 'job-1', vramBytes: 6 * GiB };
-    };
-    const s = await restoreOn({ 'node-a': 8, 'node-b': 16 }, {
-      'node-a': { fetch: staged('node-a'), checkVram: oom(calls, 'node-a') }, 'node-b': { fetch: staged('node-b') },
-    }, { checkpointId: 'ck-staged' }, calls);
+    const staged =
+      (name: string) =>
+      async ({ checkpointId }: { checkpointId: string }) => {
+        calls.push(`fetch ${name}`);
+        return {
+          dir: `/dev/shm/${name}/${checkpointId}`,
+          bytes: 100,
+          source: 's3' as const,
+          staged: true,
+          jobId: 'job-1',
+          vramBytes: 6 * GiB,
+        };
+      };
+    const s = await restoreOn(
+      { 'node-a': 8, 'node-b': 16 },
+      {
+        'node-a': { fetch: staged('node-a'), checkVram: oom(calls, 'node-a') },
+        'node-b': { fetch: staged('node-b') },
+      },
+      { checkpointId: 'ck-staged' },
+      calls,
+    );
     expect(s.phase).toBe('Running');
-    expect(calls.filter((c) => c.startsWith('releaseStaging'))).toEqual(['releaseStaging node-a', 'releaseStaging node-b']);
+    expect(calls.filter((c) => c.startsWith('releaseStaging'))).toEqual([
+      'releaseStaging node-a',
+      'releaseStaging node-b',
+    ]);
     expect(calls.at(-1)).toBe('releaseStaging node-b');
     expect(calls.indexOf('adoptWorkload node-b')).toBeLessThan(calls.indexOf('releaseStaging node-b'));
   });
@@ -121,10 +187,18 @@ describe('restore workflow', () => {
 
   test('VRAM out of memory: the half-restored process is killed, the node excluded, and the restore lands on the next node', async () => {
     const calls: string[] = [];
-    const s = await restoreOn({ 'node-a': 8, 'node-b': 16 }, { 'node-a': { checkVram: oom(calls, 'node-a') } }, { checkpointId: 'ck3' }, calls);
+    const s = await restoreOn(
+      { 'node-a': 8, 'node-b': 16 },
+      { 'node-a': { checkVram: oom(calls, 'node-a') } },
+      { checkpointId: 'ck3' },
+      calls,
+    );
     expect(s.phase).toBe('Running');
     expect(s.node).toBe('node-b');
-    expect(s.attempts.map((a) => `${a.node}:${a.outcome}:${a.phase}`)).toEqual(['node-a:failed:RestoringVram', 'node-b:running:Running']);
+    expect(s.attempts.map((a) => `${a.node}:${a.outcome}:${a.phase}`)).toEqual([
+      'node-a:failed:RestoringVram',
+      'node-b:running:Running',
+    ]);
     expect(s.excluded).toEqual(['node-a']);
     expect(calls).toContain('killProcess node-a');
     expect(calls.indexOf('killProcess node-a')).toBeLessThan(calls.indexOf('reserve node-b'));
@@ -133,9 +207,19 @@ describe('restore workflow', () => {
 
   test('a CUDA restore that fails is never reported Running: killed, Failed', async () => {
     const calls: string[] = [];
-    const err = await restoreOn({ 'node-a': 16 }, {
-      'node-a': { cudaRestore: async () => { calls.push('cudaRestore node-a'); throw ApplicationFailure.nonRetryable('CUresult 999', 'CudaError'); } },
-    }, { checkpointId: 'ck4' }, calls).catch((e: unknown) => e);
+    const err = await restoreOn(
+      { 'node-a': 16 },
+      {
+        'node-a': {
+          cudaRestore: async () => {
+            calls.push('cudaRestore node-a');
+            throw ApplicationFailure.nonRetryable('CUresult 999', 'CudaError');
+          },
+        },
+      },
+      { checkpointId: 'ck4' },
+      calls,
+    ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect(calls).toContain('killProcess node-a');
     expect(calls).not.toContain('verifyRunning node-a');
@@ -143,9 +227,22 @@ describe('restore workflow', () => {
 
   test('deterministic CRIU failure: non-retryable, alert raised, no other node tried', async () => {
     const calls: string[] = [];
-    const err = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
-      'node-a': { criuRestore: async () => { calls.push('criuRestore node-a'); throw ApplicationFailure.nonRetryable('criu restore failed: Error (criu/cr-restore.c): Unsupported image version', 'CriuRestoreFailed'); } },
-    }, { checkpointId: 'ck5' }, calls).catch((e: unknown) => e);
+    const err = await restoreOn(
+      { 'node-a': 16, 'node-b': 16 },
+      {
+        'node-a': {
+          criuRestore: async () => {
+            calls.push('criuRestore node-a');
+            throw ApplicationFailure.nonRetryable(
+              'criu restore failed: Error (criu/cr-restore.c): Unsupported image version',
+              'CriuRestoreFailed',
+            );
+          },
+        },
+      },
+      { checkpointId: 'ck5' },
+      calls,
+    ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('CriuRestoreFailed');
@@ -156,13 +253,35 @@ describe('restore workflow', () => {
 
   test('checksum mismatch in the S3 copy: the nvme copy on the checkpoint node is used instead', async () => {
     const calls: string[] = [];
-    const s = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
-      'node-b': { fetch: async () => { calls.push('fetch node-b'); throw ApplicationFailure.nonRetryable('images/pages-1.img: S3 copy has sha256 00.., metadata.json says ab..', 'ChecksumMismatch'); } },
-    }, { checkpointId: 'ck6', prefer: ['node-b'], node: undefined }, calls, {
-      checkpointInfo: async ({ checkpointId }) => ({ checkpointId, jobId: 'job-1', node: 'node-a', tier: 's3', vramBytes: 6 * GiB }),
-      placementCandidates: async ({ exclude, only }) =>
-        (['node-b', 'node-a'] as const).filter((n) => !exclude.includes(n) && (!only || only === n)).map((node) => ({ node, freeVramBytes: 16 * GiB, vramSource: 'declared' as const })),
-    });
+    const s = await restoreOn(
+      { 'node-a': 16, 'node-b': 16 },
+      {
+        'node-b': {
+          fetch: async () => {
+            calls.push('fetch node-b');
+            throw ApplicationFailure.nonRetryable(
+              'images/pages-1.img: S3 copy has sha256 00.., metadata.json says ab..',
+              'ChecksumMismatch',
+            );
+          },
+        },
+      },
+      { checkpointId: 'ck6', prefer: ['node-b'], node: undefined },
+      calls,
+      {
+        checkpointInfo: async ({ checkpointId }) => ({
+          checkpointId,
+          jobId: 'job-1',
+          node: 'node-a',
+          tier: 's3',
+          vramBytes: 6 * GiB,
+        }),
+        placementCandidates: async ({ exclude, only }) =>
+          (['node-b', 'node-a'] as const)
+            .filter((n) => !exclude.includes(n) && (!only || only === n))
+            .map((node) => ({ node, freeVramBytes: 16 * GiB, vramSource: 'declared' as const })),
+      },
+    );
     expect(s.phase).toBe('Running');
     expect(s.node).toBe('node-a');
     expect(s.source).toBe('nvme');
@@ -172,26 +291,53 @@ describe('restore workflow', () => {
 
   test('checksum mismatch with no other good copy: fails as corrupt, nothing restored', async () => {
     const calls: string[] = [];
-    const bad = async (): Promise<never> => { calls.push('fetch'); throw ApplicationFailure.nonRetryable('sha256 mismatch', 'ChecksumMismatch'); };
-    const err = await restoreOn({ 'node-a': 16 }, { 'node-a': { fetch: bad } }, { checkpointId: 'ck7' }, calls).catch((e: unknown) => e);
+    const bad = async (): Promise<never> => {
+      calls.push('fetch');
+      throw ApplicationFailure.nonRetryable('sha256 mismatch', 'ChecksumMismatch');
+    };
+    const err = await restoreOn({ 'node-a': 16 }, { 'node-a': { fetch: bad } }, { checkpointId: 'ck7' }, calls).catch(
+      (e: unknown) => e,
+    );
     expect(((err as WorkflowFailedError).cause as ApplicationFailure).type).toBe('ChecksumMismatch');
     expect(calls.some((c) => c.startsWith('criuRestore'))).toBe(false);
   });
 
   test('a checkpoint still on tier nvme is restored only on its own node', async () => {
     const calls: string[] = [];
-    const nvme: ControlMock = { checkpointInfo: async ({ checkpointId }) => ({ checkpointId, jobId: 'job-1', node: 'node-a', tier: 'nvme', vramBytes: 0 }) };
-    const s = await restoreOn({ 'node-a': 16, 'node-b': 64 }, {}, { checkpointId: 'ck9', prefer: ['node-b'] }, calls, nvme);
+    const nvme: ControlMock = {
+      checkpointInfo: async ({ checkpointId }) => ({
+        checkpointId,
+        jobId: 'job-1',
+        node: 'node-a',
+        tier: 'nvme',
+        vramBytes: 0,
+      }),
+    };
+    const s = await restoreOn(
+      { 'node-a': 16, 'node-b': 64 },
+      {},
+      { checkpointId: 'ck9', prefer: ['node-b'] },
+      calls,
+      nvme,
+    );
     expect(s.node).toBe('node-a');
     expect(calls.filter((c) => c.endsWith('node-b'))).toEqual([]);
-    const err = await restoreOn({ 'node-a': 16, 'node-b': 64 }, {}, { checkpointId: 'ck10', node: 'node-b' }, [], nvme).catch((e: unknown) => e);
+    const err = await restoreOn(
+      { 'node-a': 16, 'node-b': 64 },
+      {},
+      { checkpointId: 'ck10', node: 'node-b' },
+      [],
+      nvme,
+    ).catch((e: unknown) => e);
     expect(((err as WorkflowFailedError).cause as ApplicationFailure).type).toBe('CheckpointNotOnNode');
   });
 
   test('no node fits: waits until the placement deadline, then fails with the reason', async () => {
     const calls: string[] = [];
     const started = Date.now();
-    const err = await restoreOn({ 'node-a': 2 }, {}, { checkpointId: 'ck8', placementDeadline: '5m' }, calls).catch((e: unknown) => e);
+    const err = await restoreOn({ 'node-a': 2 }, {}, { checkpointId: 'ck8', placementDeadline: '5m' }, calls).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('NoNodeFits');
@@ -209,62 +355,119 @@ const hang = (calls: string[], what: string) => async (): Promise<never> => {
 
 /** What the node reports after the loss: by default CRIU restored pid 778 (start time 9), which runs, without CUDA. */
 const inspection = (over: Partial<RestoreInspection> = {}): RestoreInspection => ({
-  criu: 'interrupted', failure: null, process: { pid: 778, startTime: 9 }, running: true, state: 'S', cuda: 'none', ...over,
+  criu: 'interrupted',
+  failure: null,
+  process: { pid: 778, startTime: 9 },
+  running: true,
+  state: 'S',
+  cuda: 'none',
+  ...over,
 });
 
 describe('restore: agent lost mid-restore', () => {
   test('lost during RestoringProcess and CRIU had finished: carries on with that process on the same node, nothing placed elsewhere', async () => {
     const calls: string[] = [];
     const seen: unknown[] = [];
-    const s = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
-      'node-a': {
-        criuRestore: hang(calls, 'criuRestore node-a'),
-        inspectRestore: async (i) => { calls.push('inspectRestore node-a'); seen.push(i); return inspection(); },
-        verifyRunning: async (i) => { calls.push('verifyRunning node-a'); seen.push(i); return { state: 'S', cuda: 'none', probes: 0, afterMs: 1, detail: '' }; },
+    const s = await restoreOn(
+      { 'node-a': 16, 'node-b': 16 },
+      {
+        'node-a': {
+          criuRestore: hang(calls, 'criuRestore node-a'),
+          inspectRestore: async (i) => {
+            calls.push('inspectRestore node-a');
+            seen.push(i);
+            return inspection();
+          },
+          verifyRunning: async (i) => {
+            calls.push('verifyRunning node-a');
+            seen.push(i);
+            return { state: 'S', cuda: 'none', probes: 0, afterMs: 1, detail: '' };
+          },
+        },
       },
-    }, { checkpointId: 'lost1' }, calls);
+      { checkpointId: 'lost1' },
+      calls,
+    );
     expect(s.phase).toBe('Running');
     expect(s.node).toBe('node-a');
     expect(s.pid).toBe(778);
-    expect(calls).toEqual(['reserve node-a', 'fetch node-a', 'criuRestore node-a', 'inspectRestore node-a',
-      'checkVram node-a', 'cudaRestore node-a', 'cudaUnlock node-a', 'verifyRunning node-a', 'adoptWorkload node-a']);
+    expect(calls).toEqual([
+      'reserve node-a',
+      'fetch node-a',
+      'criuRestore node-a',
+      'inspectRestore node-a',
+      'checkVram node-a',
+      'cudaRestore node-a',
+      'cudaUnlock node-a',
+      'verifyRunning node-a',
+      'adoptWorkload node-a',
+    ]);
     expect(seen[0]).toEqual({ checkpointId: 'lost1', attemptId: `lost1.r${seq}.a1` });
     expect(seen[1]).toEqual({ pid: 778, startTime: 9 });
     expect(s.recoveries).toHaveLength(1);
-    expect(s.recoveries?.[0]).toMatch(/agent lost during RestoringProcess .*HEARTBEAT.*pid 778.*carried on at RestoringVram/);
+    expect(s.recoveries?.[0]).toMatch(
+      /agent lost during RestoringProcess .*HEARTBEAT.*pid 778.*carried on at RestoringVram/,
+    );
   });
 
   test('lost during RestoringVram with the VRAM still checkpointed: the CUDA restore is done again on that process', async () => {
     const calls: string[] = [];
     let cudaCalls = 0;
-    const s = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
-      'node-a': {
-        cudaRestore: async () => {
-          if (++cudaCalls === 1) return hang(calls, 'cudaRestore node-a (agent dies)')();
-          calls.push('cudaRestore node-a');
-          return { outcome: 'done' as const, detail: 'restored' };
-        },
-        inspectRestore: async (i) => {
-          calls.push(`inspectRestore node-a ${i.pid}/${i.startTime}`);
-          return inspection({ process: { pid: 777, startTime: 5000 }, criu: 'done', cuda: 'checkpointed' });
+    const s = await restoreOn(
+      { 'node-a': 16, 'node-b': 16 },
+      {
+        'node-a': {
+          cudaRestore: async () => {
+            if (++cudaCalls === 1) return hang(calls, 'cudaRestore node-a (agent dies)')();
+            calls.push('cudaRestore node-a');
+            return { outcome: 'done' as const, detail: 'restored' };
+          },
+          inspectRestore: async (i) => {
+            calls.push(`inspectRestore node-a ${i.pid}/${i.startTime}`);
+            return inspection({ process: { pid: 777, startTime: 5000 }, criu: 'done', cuda: 'checkpointed' });
+          },
         },
       },
-    }, { checkpointId: 'lost2' }, calls);
+      { checkpointId: 'lost2' },
+      calls,
+    );
     expect(s.phase).toBe('Running');
     expect(s.node).toBe('node-a');
-    expect(calls).toEqual(['reserve node-a', 'fetch node-a', 'criuRestore node-a', 'checkVram node-a', 'cudaRestore node-a (agent dies)',
-      'inspectRestore node-a 777/5000', 'checkVram node-a', 'cudaRestore node-a', 'cudaUnlock node-a', 'verifyRunning node-a', 'adoptWorkload node-a']);
+    expect(calls).toEqual([
+      'reserve node-a',
+      'fetch node-a',
+      'criuRestore node-a',
+      'checkVram node-a',
+      'cudaRestore node-a (agent dies)',
+      'inspectRestore node-a 777/5000',
+      'checkVram node-a',
+      'cudaRestore node-a',
+      'cudaUnlock node-a',
+      'verifyRunning node-a',
+      'adoptWorkload node-a',
+    ]);
   });
 
   test('CRIU had finished but the process cannot carry on (CUDA state failed): killed by identity before the restore is placed elsewhere', async () => {
     const calls: string[] = [];
-    const s = await restoreOn({ 'node-a': 16, 'node-b': 8 }, {
-      'node-a': {
-        criuRestore: hang(calls, 'criuRestore node-a'),
-        inspectRestore: async () => { calls.push('inspectRestore node-a'); return inspection({ cuda: 'failed' }); },
-        killProcess: async (i) => { calls.push(`killProcess node-a ${i.pid}/${i.startTime}`); return { killed: true }; },
+    const s = await restoreOn(
+      { 'node-a': 16, 'node-b': 8 },
+      {
+        'node-a': {
+          criuRestore: hang(calls, 'criuRestore node-a'),
+          inspectRestore: async () => {
+            calls.push('inspectRestore node-a');
+            return inspection({ cuda: 'failed' });
+          },
+          killProcess: async (i) => {
+            calls.push(`killProcess node-a ${i.pid}/${i.startTime}`);
+            return { killed: true };
+          },
+        },
       },
-    }, { checkpointId: 'lost3' }, calls);
+      { checkpointId: 'lost3' },
+      calls,
+    );
     expect(s.phase).toBe('Running');
     expect(s.node).toBe('node-b');
     expect(calls.indexOf('killProcess node-a 778/9')).toBeGreaterThan(calls.indexOf('inspectRestore node-a'));
@@ -276,28 +479,49 @@ describe('restore: agent lost mid-restore', () => {
 
   test('CRIU created nothing that runs: placed elsewhere only after the node said so, nothing to kill', async () => {
     const calls: string[] = [];
-    const s = await restoreOn({ 'node-a': 16, 'node-b': 8 }, {
-      'node-a': {
-        criuRestore: hang(calls, 'criuRestore node-a'),
-        inspectRestore: async () => { calls.push('inspectRestore node-a'); return inspection({ process: null, running: false, state: null }); },
+    const s = await restoreOn(
+      { 'node-a': 16, 'node-b': 8 },
+      {
+        'node-a': {
+          criuRestore: hang(calls, 'criuRestore node-a'),
+          inspectRestore: async () => {
+            calls.push('inspectRestore node-a');
+            return inspection({ process: null, running: false, state: null });
+          },
+        },
       },
-    }, { checkpointId: 'lost4' }, calls);
+      { checkpointId: 'lost4' },
+      calls,
+    );
     expect(s.phase).toBe('Running');
     expect(s.node).toBe('node-b');
     expect(calls.indexOf('inspectRestore node-a')).toBeLessThan(calls.indexOf('reserve node-b'));
     expect(calls.some((c) => c.startsWith('killProcess'))).toBe(false);
-    expect(s.attempts[0].reason).toMatch(/criuRestore: HEARTBEAT timeout; node-a reports nothing of this attempt running \(CRIU interrupted\)/);
+    expect(s.attempts[0].reason).toMatch(
+      /criuRestore: HEARTBEAT timeout; node-a reports nothing of this attempt running \(CRIU interrupted\)/,
+    );
     expect(s.excluded).toEqual(['node-a']);
   });
 
   test('CRIU killed mid-restore by an agent shutting down: the node is asked, and the copy CRIU had resumed is carried on', async () => {
     const calls: string[] = [];
-    const s = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
-      'node-a': {
-        criuRestore: async () => { calls.push('criuRestore node-a'); throw ApplicationFailure.nonRetryable('criu restore killed by SIGKILL', 'CriuInterrupted'); },
-        inspectRestore: async () => { calls.push('inspectRestore node-a'); return inspection({ criu: 'failed', failure: { type: 'CriuInterrupted', message: 'killed' } }); },
+    const s = await restoreOn(
+      { 'node-a': 16, 'node-b': 16 },
+      {
+        'node-a': {
+          criuRestore: async () => {
+            calls.push('criuRestore node-a');
+            throw ApplicationFailure.nonRetryable('criu restore killed by SIGKILL', 'CriuInterrupted');
+          },
+          inspectRestore: async () => {
+            calls.push('inspectRestore node-a');
+            return inspection({ criu: 'failed', failure: { type: 'CriuInterrupted', message: 'killed' } });
+          },
+        },
       },
-    }, { checkpointId: 'lost7' }, calls);
+      { checkpointId: 'lost7' },
+      calls,
+    );
     expect(s.phase).toBe('Running');
     expect(s.node).toBe('node-a');
     expect(calls.slice(2, 5)).toEqual(['criuRestore node-a', 'inspectRestore node-a', 'checkVram node-a']);
@@ -306,13 +530,24 @@ describe('restore: agent lost mid-restore', () => {
 
   test('the journal says CRIU failed deterministically: its own error decides (alert, no other node)', async () => {
     const calls: string[] = [];
-    const err = await restoreOn({ 'node-a': 16, 'node-b': 16 }, {
-      'node-a': {
-        criuRestore: hang(calls, 'criuRestore node-a'),
-        inspectRestore: async () => inspection({ criu: 'failed', process: null, running: false, state: null,
-          failure: { type: 'CriuRestoreFailed', message: 'criu restore failed: Unsupported image version' } }),
+    const err = await restoreOn(
+      { 'node-a': 16, 'node-b': 16 },
+      {
+        'node-a': {
+          criuRestore: hang(calls, 'criuRestore node-a'),
+          inspectRestore: async () =>
+            inspection({
+              criu: 'failed',
+              process: null,
+              running: false,
+              state: null,
+              failure: { type: 'CriuRestoreFailed', message: 'criu restore failed: Unsupported image version' },
+            }),
+        },
       },
-    }, { checkpointId: 'lost5' }, calls).catch((e: unknown) => e);
+      { checkpointId: 'lost5' },
+      calls,
+    ).catch((e: unknown) => e);
     expect(((err as WorkflowFailedError).cause as ApplicationFailure).type).toBe('CriuRestoreFailed');
     expect(calls).toContain('alert CriuRestoreFailed node-a');
     expect(calls.filter((c) => c.startsWith('reserve'))).toEqual(['reserve node-a']);
@@ -328,18 +563,24 @@ describe('restore: agent lost mid-restore', () => {
       await w.runUntil(during);
     };
     await h.with(control(calls, free), { 'node-b': nodeMock(calls, 'node-b') }, async () => {
-      const wf = await h.env.client.workflow.start('restore', { workflowId: restoreWorkflowId('lost6', ++seq), taskQueue: CONTROL_QUEUE, args: [{ checkpointId: 'lost6' }] });
+      const wf = await h.env.client.workflow.start('restore', {
+        workflowId: restoreWorkflowId('lost6', ++seq),
+        taskQueue: CONTROL_QUEUE,
+        args: [{ checkpointId: 'lost6' }],
+      });
       // The agent dies while CRIU runs: its activity stops heartbeating and times out. (This agent knows no
       // inspectRestore (nodeMock has none): a question that reaches it fails and is asked again later.)
       await agentA(nodeMock(calls, 'node-a', { criuRestore: hang(calls, 'criuRestore node-a') }), async () => {
-        const timedOut = async (): Promise<boolean> => ((await wf.fetchHistory()).events ?? []).some((e) => e.activityTaskTimedOutEventAttributes);
+        const timedOut = async (): Promise<boolean> =>
+          ((await wf.fetchHistory()).events ?? []).some((e) => e.activityTaskTimedOutEventAttributes);
         while (!(await timedOut())) await h.env.sleep('1s');
       });
       // Nobody polls node/node-a now. The test server does not skip time while a task is queued, so the agent is
       // away for 20 real seconds here; how long the restore would wait is in the question it queued: 7 days,
       // with no schedule-to-start timeout of its own.
       await new Promise((r) => setTimeout(r, 20000));
-      const asked = ((await wf.fetchHistory()).events ?? []).map((e) => e.activityTaskScheduledEventAttributes)
+      const asked = ((await wf.fetchHistory()).events ?? [])
+        .map((e) => e.activityTaskScheduledEventAttributes)
         .filter((a) => a?.activityType?.name === 'inspectRestore');
       expect(asked.length).toBeGreaterThan(0);
       expect(Number(asked[0]?.scheduleToCloseTimeout?.seconds)).toBe(7 * 24 * 3600);
@@ -349,12 +590,20 @@ describe('restore: agent lost mid-restore', () => {
       expect(during.node).toBe('node-a');
       expect(calls.filter((c) => c.endsWith('node-b'))).toEqual([]);
       // The agent is back: asked, it reports CRIU's process running, and the restore carries on with it.
-      await agentA(nodeMock(calls, 'node-a', { inspectRestore: async () => { calls.push('inspectRestore node-a'); return answered; } }), async () => {
-        const s = (await wf.result()) as RestoreStatus;
-        expect(s.phase).toBe('Running');
-        expect(s.node).toBe('node-a');
-        expect(s.pid).toBe(778);
-      });
+      await agentA(
+        nodeMock(calls, 'node-a', {
+          inspectRestore: async () => {
+            calls.push('inspectRestore node-a');
+            return answered;
+          },
+        }),
+        async () => {
+          const s = (await wf.result()) as RestoreStatus;
+          expect(s.phase).toBe('Running');
+          expect(s.node).toBe('node-a');
+          expect(s.pid).toBe(778);
+        },
+      );
     });
     expect(calls.filter((c) => c.endsWith('node-b'))).toEqual([]);
     // CUDA already running: straight to Verifying.
@@ -366,12 +615,17 @@ describe('restore: VRAM reservation release', () => {
   test('a release that fails after Running: still Running, the failure recorded', async () => {
     const calls: string[] = [];
     const s = await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'rel1' }, calls, {
-      release: async () => { calls.push('release'); throw ApplicationFailure.nonRetryable('placement workflow unreachable', 'Unavailable'); },
+      release: async () => {
+        calls.push('release');
+        throw ApplicationFailure.nonRetryable('placement workflow unreachable', 'Unavailable');
+      },
     });
     expect(s.phase).toBe('Running');
     expect(calls.at(-1)).toBe('release');
     expect(s.releaseFailures).toHaveLength(1);
-    expect(s.releaseFailures?.[0]).toMatch(/reservation restore\/rel1\/\d+\/1 not released: .*placement workflow unreachable/);
+    expect(s.releaseFailures?.[0]).toMatch(
+      /reservation restore\/rel1\/\d+\/1 not released: .*placement workflow unreachable/,
+    );
   });
 
   test('a release that fails for a while is retried until it goes through, without failing the restore', async () => {
@@ -393,33 +647,68 @@ describe('restore: verifying means running (and ready when a probe is declared),
 
   test('no probe declared: verifyRunning is asked only whether that very process runs', async () => {
     const seen: unknown[] = [];
-    const s = await restoreOn({ 'node-a': 16 }, {
-      'node-a': { verifyRunning: async (i) => { seen.push(i); return { state: 'S', cuda: 'none', probes: 0, afterMs: 1000, detail: 'idle' }; } },
-    }, { checkpointId: 'idle1' });
+    const s = await restoreOn(
+      { 'node-a': 16 },
+      {
+        'node-a': {
+          verifyRunning: async (i) => {
+            seen.push(i);
+            return { state: 'S', cuda: 'none', probes: 0, afterMs: 1000, detail: 'idle' };
+          },
+        },
+      },
+      { checkpointId: 'idle1' },
+    );
     expect(s.phase).toBe('Running');
     expect(seen).toEqual([{ pid: 777, startTime: 5000 }]);
   });
 
   test('probe passing: Running, the probe handed to the node', async () => {
     const seen: unknown[] = [];
-    const s = await restoreOn({ 'node-a': 16 }, {
-      'node-a': { verifyRunning: async (i) => { seen.push(i); return { state: 'S', cuda: 'none', probes: 2, afterMs: 1000, detail: 'connected' }; } },
-    }, { checkpointId: 'ready1', readiness: ready });
+    const s = await restoreOn(
+      { 'node-a': 16 },
+      {
+        'node-a': {
+          verifyRunning: async (i) => {
+            seen.push(i);
+            return { state: 'S', cuda: 'none', probes: 2, afterMs: 1000, detail: 'connected' };
+          },
+        },
+      },
+      { checkpointId: 'ready1', readiness: ready },
+    );
     expect(s.phase).toBe('Running');
     expect(seen).toEqual([{ pid: 777, startTime: 5000, readiness: ready }]);
   });
 
   test('probe failing: the attempt fails, the process is killed by identity, the restore lands elsewhere', async () => {
     const calls: string[] = [];
-    const s = await restoreOn({ 'node-a': 16, 'node-b': 8 }, {
-      'node-a': {
-        verifyRunning: async () => { calls.push('verifyRunning node-a'); throw ApplicationFailure.nonRetryable('readiness probe (tcp 127.0.0.1:6379) failed 3 times in a row', 'NotReady'); },
-        killProcess: async (i) => { calls.push(`killProcess node-a ${i.pid}/${i.startTime}`); return { killed: true }; },
+    const s = await restoreOn(
+      { 'node-a': 16, 'node-b': 8 },
+      {
+        'node-a': {
+          verifyRunning: async () => {
+            calls.push('verifyRunning node-a');
+            throw ApplicationFailure.nonRetryable(
+              'readiness probe (tcp 127.0.0.1:6379) failed 3 times in a row',
+              'NotReady',
+            );
+          },
+          killProcess: async (i) => {
+            calls.push(`killProcess node-a ${i.pid}/${i.startTime}`);
+            return { killed: true };
+          },
+        },
       },
-    }, { checkpointId: 'ready2', readiness: ready }, calls);
+      { checkpointId: 'ready2', readiness: ready },
+      calls,
+    );
     expect(s.phase).toBe('Running');
     expect(s.node).toBe('node-b');
-    expect(s.attempts.map((a) => `${a.node}:${a.outcome}:${a.phase}`)).toEqual(['node-a:failed:Verifying', 'node-b:running:Running']);
+    expect(s.attempts.map((a) => `${a.node}:${a.outcome}:${a.phase}`)).toEqual([
+      'node-a:failed:Verifying',
+      'node-b:running:Running',
+    ]);
     expect(s.attempts[0].reason).toMatch(/NotReady/);
     expect(calls.indexOf('killProcess node-a 777/5000')).toBeGreaterThan(calls.indexOf('verifyRunning node-a'));
     expect(calls.indexOf('killProcess node-a 777/5000')).toBeLessThan(calls.indexOf('reserve node-b'));
@@ -428,7 +717,12 @@ describe('restore: verifying means running (and ready when a probe is declared),
 
   test('a malformed probe fails the restore naming the field, before anything is placed', async () => {
     const calls: string[] = [];
-    const err = await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'ready3', readiness: { tcpSocket: { port: 0 } } }, calls).catch((e: unknown) => e);
+    const err = await restoreOn(
+      { 'node-a': 16 },
+      {},
+      { checkpointId: 'ready3', readiness: { tcpSocket: { port: 0 } } },
+      calls,
+    ).catch((e: unknown) => e);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('InvalidInput');
     expect(cause.message).toMatch(/^invalid restore request: readiness\.tcpSocket\.port: /);
@@ -440,7 +734,10 @@ describe('migration workflow', () => {
   const ckptNode = (calls: string[]): NodeMock => ({
     resolveTarget: async () => ({ pid: 4242 }),
     cudaLock: async () => ({ outcome: 'skipped' as const, detail: 'no CUDA' }),
-    criuDump: async () => { calls.push('criuDump node-a'); return { imageBytes: 1, durationMs: 1, processStopped: true }; },
+    criuDump: async () => {
+      calls.push('criuDump node-a');
+      return { imageBytes: 1, durationMs: 1, processStopped: true };
+    },
     seal: async () => ({ files: 1, totalBytes: 1, metadataSha256: 'x' }),
     upload: async () => ({ bucket: 'b', prefix: 'p', bytesSent: 1, partsSent: 1, partsResumed: 0 }),
   });
@@ -452,11 +749,17 @@ describe('migration workflow', () => {
   });
 
   async function migrate(overB: NodeMock, calls: string[], ctl: ControlMock = {}): Promise<MigrateStatus> {
-    const nodes = { 'node-a': { ...nodeMock(calls, 'node-a'), ...ckptNode(calls) }, 'node-b': nodeMock(calls, 'node-b', overB) };
+    const nodes = {
+      'node-a': { ...nodeMock(calls, 'node-a'), ...ckptNode(calls) },
+      'node-b': nodeMock(calls, 'node-b', overB),
+    };
     return h.with(control(calls, { 'node-a': 16, 'node-b': 16 }, { ...ctlFromCheckpoint(), ...ctl }), nodes, () =>
       h.env.client.workflow.execute('migrate', {
-        workflowId: `migrate/m-${++seq}`, taskQueue: CONTROL_QUEUE, args: [{ jobId: 'job-1', from: 'node-a', to: 'node-b', checkpointId: `m-${seq}`, placementDeadline: '1m' }],
-      }));
+        workflowId: `migrate/m-${++seq}`,
+        taskQueue: CONTROL_QUEUE,
+        args: [{ jobId: 'job-1', from: 'node-a', to: 'node-b', checkpointId: `m-${seq}`, placementDeadline: '1m' }],
+      }),
+    );
   }
 
   test('checkpoint on A, restore on B', async () => {
@@ -479,7 +782,12 @@ describe('migration workflow', () => {
 
   test('releasing the reservation on B fails after B runs it: Migrated, never restored a second time on A', async () => {
     const calls: string[] = [];
-    const s = await migrate({}, calls, { release: async () => { calls.push('release'); throw ApplicationFailure.nonRetryable('placement workflow unreachable', 'Unavailable'); } });
+    const s = await migrate({}, calls, {
+      release: async () => {
+        calls.push('release');
+        throw ApplicationFailure.nonRetryable('placement workflow unreachable', 'Unavailable');
+      },
+    });
     expect(s.phase).toBe('Migrated');
     expect(s.restores).toHaveLength(1);
     expect(s.restores[0]).toMatchObject({ node: 'node-b', phase: 'Running' });
@@ -489,14 +797,22 @@ describe('migration workflow', () => {
 
   test('the agent on B lost mid-restore and never answering: the migration fails, and does not restore on A beside a copy that may run on B', async () => {
     const calls: string[] = [];
-    const err = await migrate({
-      criuRestore: hang(calls, 'criuRestore node-b'),
-      inspectRestore: async () => { calls.push('inspectRestore node-b'); throw ApplicationFailure.nonRetryable('gave up', 'Unreachable'); },
-    }, calls).catch((e: unknown) => e);
+    const err = await migrate(
+      {
+        criuRestore: hang(calls, 'criuRestore node-b'),
+        inspectRestore: async () => {
+          calls.push('inspectRestore node-b');
+          throw ApplicationFailure.nonRetryable('gave up', 'Unreachable');
+        },
+      },
+      calls,
+    ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('MigrationFailed');
-    expect(cause.message).toMatch(/lost during RestoringProcess and never said what became of the restore.*; not restored on node-a, since a copy may run/s);
+    expect(cause.message).toMatch(
+      /lost during RestoringProcess and never said what became of the restore.*; not restored on node-a, since a copy may run/s,
+    );
     expect(calls).toContain('inspectRestore node-b');
     expect(calls).not.toContain('criuRestore node-a');
   });
@@ -504,16 +820,32 @@ describe('migration workflow', () => {
   test('the checkpoint on A fails: its workflow and the migration fail (FAILED in the UI), each with its status in the failure', async () => {
     const calls: string[] = [];
     const n = seq + 1;
-    const err = await h.with(control(calls, { 'node-a': 16, 'node-b': 16 }, ctlFromCheckpoint()), {
-      'node-a': {
-        ...nodeMock(calls, 'node-a'), ...ckptNode(calls),
-        criuDump: async () => { calls.push('criuDump node-a'); throw ApplicationFailure.nonRetryable('criu dump failed: unsupported fd', 'CriuDumpFailed'); },
-        deleteCheckpointDir: async () => { calls.push('deleteCheckpointDir node-a'); return { deleted: true }; },
-      },
-      'node-b': nodeMock(calls, 'node-b'),
-    }, () => h.env.client.workflow.execute('migrate', {
-      workflowId: `migrate/m-${++seq}`, taskQueue: CONTROL_QUEUE, args: [{ jobId: 'job-1', from: 'node-a', to: 'node-b', checkpointId: `m-${seq}`, placementDeadline: '1m' }],
-    })).catch((e: unknown) => e);
+    const err = await h
+      .with(
+        control(calls, { 'node-a': 16, 'node-b': 16 }, ctlFromCheckpoint()),
+        {
+          'node-a': {
+            ...nodeMock(calls, 'node-a'),
+            ...ckptNode(calls),
+            criuDump: async () => {
+              calls.push('criuDump node-a');
+              throw ApplicationFailure.nonRetryable('criu dump failed: unsupported fd', 'CriuDumpFailed');
+            },
+            deleteCheckpointDir: async () => {
+              calls.push('deleteCheckpointDir node-a');
+              return { deleted: true };
+            },
+          },
+          'node-b': nodeMock(calls, 'node-b'),
+        },
+        () =>
+          h.env.client.workflow.execute('migrate', {
+            workflowId: `migrate/m-${++seq}`,
+            taskQueue: CONTROL_QUEUE,
+            args: [{ jobId: 'job-1', from: 'node-a', to: 'node-b', checkpointId: `m-${seq}`, placementDeadline: '1m' }],
+          }),
+      )
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('MigrationFailed');
