@@ -342,7 +342,7 @@ program
   .command('checkpoint <job-or-pid>')
   .description('checkpoint a workload: CUDA lock/checkpoint, CRIU dump, seal, upload to S3')
   .requiredOption('--node <name>', 'node the workload runs on')
-  .option('--leave-running', 'let the workload run on after the dump')
+  .option('--leave-running', 'let the workload run on after the dump (always, for a job run by a job workflow)')
   .addOption(new Option('--reason <reason>', 'why').choices(['manual', 'preemption']).default('manual'))
   .option('--id <checkpointId>', 'checkpoint id (default: <job>-<time>)')
   .option('--vram <size>', 'VRAM the job needs when restored (default: none, a CPU-only process)')
@@ -385,10 +385,20 @@ program
           if (r.outcome !== 'requeued') process.exitCode = 1;
           return;
         }
+        let leaveRunning = o.leaveRunning;
+        if (!leaveRunning && !/^[0-9]+$/.test(target) && (await k.jobs.isOpen(target))) {
+          // A dump that stops the process would end the job's run behind its workflow's back, which would count it
+          // as a crash and restart it: a job's own workflow stops it (preempt, cancel); a checkpoint leaves it running.
+          leaveRunning = true;
+          if (!o.json)
+            console.error(
+              `job ${target} is run by a job workflow: checkpointed in place, it keeps running ('kybernate preempt ${target}' checkpoints, stops and requeues it)`,
+            );
+        }
         const { workflowId, request } = await k.startCheckpoint({
           target,
           node: o.node,
-          leaveRunning: o.leaveRunning,
+          leaveRunning,
           reason: o.reason,
           checkpointId: o.id,
           vramBytes,

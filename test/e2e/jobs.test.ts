@@ -294,6 +294,26 @@ describe('jobs on the real stack', () => {
     const first = await untilState(job, ['Running']);
     const from = first.runs[0].node;
     await until('ticks', async () => (cli(['logs', job]).stdout.match(/^tick /gm)?.length ?? 0) > 10, 30000);
+    // A manual checkpoint of a job run by a job workflow leaves it running: stopping it there would end the run
+    // behind the workflow's back and count as a crash.
+    const c = cli(['checkpoint', job, '--node', from, '--id', `${job}-manual`]);
+    expect({ status: c.status, stdout: c.stdout.trim().split('\n').pop() }).toEqual({
+      status: 0,
+      stdout: `${job}-manual: Durable (tier s3)`,
+    });
+    expect(c.stderr).toContain('checkpointed in place');
+    const after = await status(job);
+    expect({
+      state: after.state,
+      runs: after.runs.length,
+      pid: after.runs[0].process?.pid,
+      restarts: after.restarts,
+    }).toEqual({
+      state: 'Running',
+      runs: 1,
+      pid: first.runs[0].process?.pid,
+      restarts: 0,
+    });
     const p = cli(['preempt', job]);
     expect(p.status).toBe(0);
     expect(p.stdout).toMatch(/requeued/);
