@@ -69,6 +69,7 @@ describe('restore, end to end on the real stack', () => {
     const out = execFileSync(process.execPath, [cli, 'migrate', 'mig', '--to', 'r-big'], {
       env: { ...process.env, KYBERNATE_HOME: stack().home },
       encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'], // its progress lines (stderr) stay out of the test's output
     });
     expect(out).toMatch(/mig: Migrated/);
     expect(alive(w.pid)).toBe(false);
@@ -254,7 +255,8 @@ describe('restore, end to end on the real stack', () => {
     const out = execFileSync(
       process.execPath,
       [cli, 'restore', 'idle-ck', '--node', 'r-big', '--ready-exec', `test -d /proc/$KYBERNATE_PID && touch ${mark}`],
-      { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8' },
+      // Its progress lines (stderr) stay out of the test's output.
+      { env: { ...process.env, KYBERNATE_HOME: stack().home }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
     );
     expect(out).toMatch(/idle-ck: Running on r-big as pid (\d+)/);
     const pid = Number(/as pid (\d+)/.exec(out)![1]);
