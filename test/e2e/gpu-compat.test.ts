@@ -130,10 +130,15 @@ describe('restore compatibility gate with stand-in GPUs', () => {
     );
     const started = Date.now();
     const r = await k.startRestore({ checkpointId: 'gc-move-1' });
-    const err = await k.restoreResult(r.workflowId).then(
-      () => null,
-      (e: unknown) => e,
-    );
+    // The client reads the Failed status; the workflow itself failed (the UI counts it), the cause in its failure.
+    expect((await k.restoreResult(r.workflowId)).phase).toBe('Failed');
+    const err = await k.client.workflow
+      .getHandle(r.workflowId)
+      .result()
+      .then(
+        () => null,
+        (e: unknown) => e,
+      );
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('NoCompatibleNode');

@@ -161,7 +161,12 @@ describe('integrity, end to end on the real stack', () => {
     );
     c.destroy();
     const r = await k.startRestore({ checkpointId: 'meta-1', node: 'i-dst' });
-    const err = await k.restoreResult(r.workflowId).catch((e: unknown) => e);
+    // The client reads the Failed status; the workflow itself failed (the UI counts it), the cause in its failure.
+    expect((await k.restoreResult(r.workflowId)).phase).toBe('Failed');
+    const err = await k.client.workflow
+      .getHandle(r.workflowId)
+      .result()
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect(String((err as WorkflowFailedError).cause?.message)).toMatch(/corrupt.*metadata\.json.*sealed as/s);
     expect(fs.existsSync(path.join(b.dataDir, 'checkpoints', 'meta-1'))).toBe(false);

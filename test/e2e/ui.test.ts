@@ -68,7 +68,7 @@ describe('the Temporal Web UI, in a real headless Chromium', () => {
       // UI 2.42 shows the start's staticSummary and the workflow's current details (read with a query the
       // control worker answers) under this tab.
       await page.getByText('User Metadata', { exact: true }).click();
-      await frameShows(page, new RegExp(`^checkpoint ${job} on ${node}$`));
+      await frameShows(page, new RegExp(`^Checkpoint ${job} on ${node}$`));
       await frameShows(page, /^phase: Durable \(tier s3\)/);
       await page.screenshot({ path: metadataShot, fullPage: true });
     });
