@@ -589,7 +589,13 @@ function showDetails(s: RestoreStatus, note?: string): void {
   setCurrentDetails(parts.join(', '));
 }
 
-const gib = (bytes: number): string => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+/** Bytes for the UI, in the largest binary unit that keeps them >= 1 (a small checkpoint is not "0.0 GiB"). */
+const gib = (bytes: number): string => {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (i < units.length - 1 && bytes >= 1024 ** (i + 1)) i++;
+  return i === 0 ? `${bytes} B` : `${(bytes / 1024 ** i).toFixed(1)} ${units[i]}`;
+};
 
 function msOf(d: string): number {
   const ms = durationMs(d);

@@ -214,7 +214,7 @@ describe('checkpoint workflow', () => {
         return meta.currentDetails ?? '';
       });
     const calls: string[] = [];
-    expect(await details(req(), node(calls, true))).toMatch(/^phase: Durable \(tier s3\), 0\.0 GiB sent to S3/);
+    expect(await details(req(), node(calls, true))).toMatch(/^phase: Durable \(tier s3\), 100 B sent to S3/);
     const failing = node(calls, true, {
       criuDump: async () => {
         throw ApplicationFailure.nonRetryable('criu dump failed: unsupported fd', 'CriuDumpFailed');
