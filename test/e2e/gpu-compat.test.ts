@@ -5,7 +5,7 @@ import type { ApplicationFailure } from '@temporalio/common';
 import { KybernateClient } from '../../clients/api';
 import { REPO_ROOT } from '../../deploy/local/paths';
 import { standinAgentEnv } from '../../deploy/local/standin';
-import { Agent, alive, client, output, PYTHON, stack, until } from '../support/stack';
+import { Agent, alive, client, othersNotPlaceable, output, PYTHON, stack, until } from '../support/stack';
 
 /**
  * Per-GPU truth and the restore compatibility gate on the real stack, with agents on the STAND-IN driver
@@ -127,6 +127,12 @@ describe('restore compatibility gate with stand-in GPUs', () => {
         (await k.node('gc-ok')).inventory?.driverVersion === '550.54.15',
       30000,
       500,
+    );
+    // The gate fails only when no node at all can restore it: another suite's stand-in node still counted live
+    // would be a compatible one.
+    await othersNotPlaceable(
+      k,
+      agents.map((a) => a.spec.node),
     );
     const started = Date.now();
     const r = await k.startRestore({ checkpointId: 'gc-move-1' });

@@ -5,12 +5,11 @@ import * as path from 'node:path';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { WorkflowNotFoundError } from '@temporalio/client';
 import { makeS3Client } from '../../activities/s3-client';
-import { NODE_STALE_MS } from '../../activities/control';
 import type { KybernateClient } from '../../clients/api';
 import { configFromStack } from '../../deploy/local/stack';
 import { jobWorkflowId, type JobState, type JobStatus } from '../../common/job';
 import { recordHistory } from '../support/histories';
-import { Agent, client, PATTERN, PYTHON, stack, until } from '../support/stack';
+import { Agent, client, othersNotPlaceable, PATTERN, PYTHON, stack, until } from '../support/stack';
 
 /**
  * The job lifecycle on the real stack, driven through the CLI as an operator drives it: real processes under
@@ -93,32 +92,6 @@ function jobCgroups(node: string, jobId: string): string[] {
     ? ['/sys/fs/cgroup']
     : ['memory', 'pids', 'cpu', 'freezer'].map((c) => `/sys/fs/cgroup/${c}`);
   return roots.map((r) => path.join(r, 'kybernate', node, jobId)).filter((d) => fs.existsSync(d));
-}
-
-/**
- * Other suites' agents on the shared stack, stopped moments ago, count as live for placement until they go
- * stale (NODE_STALE_MS without a report): a job placed by VRAM could be sent there. Waits that out.
- */
-async function otherNodesStale(): Promise<void> {
-  const others: string[] = [];
-  for await (const wf of k.client.workflow.list({
-    query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
-  })) {
-    const n = wf.workflowId.replace(/^node\//, '');
-    if (n !== A && n !== B) others.push(n);
-  }
-  await until(
-    "other suites' nodes stale",
-    async () => {
-      for (const n of others) {
-        const seen = (await k.node(n)).lastSeen;
-        if (seen && Date.now() - Date.parse(seen) <= NODE_STALE_MS) return null;
-      }
-      return true;
-    },
-    NODE_STALE_MS + 60000,
-    2000,
-  );
 }
 
 beforeAll(async () => {
@@ -317,7 +290,7 @@ describe('jobs on the real stack', () => {
   test('a preempted job resumes from its checkpoint on another node, its counter carrying on', async () => {
     const job = 'preemptee';
     // Not pinned: placed by VRAM (6 GiB of either node's 8), and after the preemption placed again.
-    await otherNodesStale();
+    await othersNotPlaceable(k, [A, B]);
     expect(cli(['run', job, '--vram', '6GiB', '--', PYTHON, PATTERN, '32', job]).status).toBe(0);
     const first = await untilState(job, ['Running']);
     const from = first.runs[0].node;

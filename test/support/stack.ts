@@ -15,6 +15,7 @@ import {
   unregisterProcess,
 } from '../../deploy/local/stack';
 import { type AgentSpec, startAgent } from '../../deploy/local/workers';
+import { NODE_STALE_MS } from '../../activities/control';
 
 export function stack(): StackState {
   const home = process.env.KYBERNATE_HOME;
@@ -117,4 +118,32 @@ export function localNodeContext(node: string, dataDir: string): NodeContext {
     s3: configFromStack(s).s3,
     logger: pino({ level: 'silent' }),
   };
+}
+
+/**
+ * Waits until no node but `mine` is offered for placement: other suites' agents on the shared stack, stopped
+ * moments ago, still count as live until they go stale (NODE_STALE_MS without a report), and a restore or job
+ * placed by VRAM or compatibility could be sent there (seen in CI: a restore meant to find no compatible node
+ * found another suite's stand-in node).
+ */
+export async function othersNotPlaceable(k: KybernateClient, mine: string[]): Promise<void> {
+  const others: string[] = [];
+  for await (const wf of k.client.workflow.list({
+    query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
+  })) {
+    const n = wf.workflowId.replace(/^node\//, '');
+    if (!mine.includes(n)) others.push(n);
+  }
+  await until(
+    "other suites' nodes out of placement",
+    async () => {
+      for (const n of others) {
+        const seen = (await k.node(n)).lastSeen;
+        if (seen && Date.now() - Date.parse(seen) <= NODE_STALE_MS) return null;
+      }
+      return true;
+    },
+    NODE_STALE_MS + 60000,
+    2000,
+  );
 }
