@@ -360,14 +360,24 @@ async function until(
   stepMs = 5000,
   maxSteps = 400,
 ): Promise<JobStatus> {
-  for (let i = 0; i < maxSteps; i++) {
+  // Also bounded by wall time, under the harness's hang limit: a test that cannot get there fails with the job's
+  // state and events rather than as a bare jest timeout.
+  const deadline = Date.now() + 240_000;
+  for (let i = 0; i < maxSteps && Date.now() < deadline; i++) {
     const s = await status(wf);
     if (pred(s)) return s;
     await h.env.sleep(stepMs);
   }
   const s = await status(wf);
+  // What it waits on (an activity no worker polls holds the test server's clock: real time).
+  const pending = ((await wf.describe()).raw.pendingActivities ?? [])
+    .map(
+      (a) =>
+        `${a.activityType?.name} ${a.state} attempt ${a.attempt}${a.lastFailure ? `: ${a.lastFailure.message}` : ''}`,
+    )
+    .join(', ');
   throw new Error(
-    `job never reached: ${what}; it is ${s.state} (${s.reason}); events: ${s.events.map((e) => `${e.type}: ${e.message}`).join(' | ')}`,
+    `job never reached: ${what}; it is ${s.state} (${s.reason}); pending: ${pending || 'none'}; events: ${s.events.map((e) => `${e.type}: ${e.message}`).join(' | ')}`,
   );
 }
 
