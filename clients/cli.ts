@@ -581,6 +581,12 @@ const preemptCommand = program
   });
 
 // ---- scheduled preemption: Temporal Schedules whose action is a preemptionSweep workflow ----
+/**
+ * --json of a schedule command: commander gives an option a parent also has (`preempt --json`) to the parent,
+ * so it is read from the command line (no `--` here: every word is an option or a name).
+ */
+const scheduleJson = <T extends JsonFlag>(o: T): T => ({ ...o, json: Boolean(o.json) || jsonRequested() });
+
 const scheduleCommand = preemptCommand
   .command('schedule')
   .description(
@@ -617,7 +623,7 @@ scheduleCommand
       parsePreemptionSchedule(req);
       await withClient(async (k) => {
         const info = await k.schedules.create(req);
-        emit<ScheduleJson>(o, { schedule: info }, () => `created ${scheduleText(info)}`);
+        emit<ScheduleJson>(scheduleJson(o), { schedule: info }, () => `created ${scheduleText(info)}`);
       });
     },
   );
@@ -629,7 +635,7 @@ scheduleCommand
   .action(async (o: JsonFlag) => {
     await withClient(async (k) => {
       const rows = await k.schedules.list();
-      emit<SchedulesJson>(o, { schedules: rows }, () =>
+      emit<SchedulesJson>(scheduleJson(o), { schedules: rows }, () =>
         rows.length === 0 ? 'no preemption schedules' : schedulesTable(rows),
       );
     });
@@ -643,7 +649,7 @@ scheduleCommand
     assertSafeId('name', name);
     await withClient(async (k) => {
       const info = await k.schedules.describe(name);
-      emit<ScheduleJson>(o, { schedule: info }, () => scheduleText(info));
+      emit<ScheduleJson>(scheduleJson(o), { schedule: info }, () => scheduleText(info));
     });
   });
 
@@ -660,7 +666,7 @@ for (const [verb, what] of [
       assertSafeId('name', name);
       await withClient(async (k) => {
         const info = verb === 'pause' ? await k.schedules.pause(name, o.note) : await k.schedules.unpause(name, o.note);
-        emit<ScheduleJson>(o, { schedule: info }, () => scheduleText(info));
+        emit<ScheduleJson>(scheduleJson(o), { schedule: info }, () => scheduleText(info));
       });
     });
 }
@@ -673,7 +679,7 @@ scheduleCommand
     assertSafeId('name', name);
     await withClient(async (k) => {
       await k.schedules.trigger(name);
-      emit<ScheduleActionJson>(o, { name, action: 'triggered' }, () =>
+      emit<ScheduleActionJson>(scheduleJson(o), { name, action: 'triggered' }, () =>
         printable(`${name}: sweep triggered ('kybernate preempt schedule describe ${name}' shows what it did)`),
       );
     });
@@ -687,7 +693,7 @@ scheduleCommand
     assertSafeId('name', name);
     await withClient(async (k) => {
       await k.schedules.delete(name);
-      emit<ScheduleActionJson>(o, { name, action: 'deleted' }, () => printable(`${name}: deleted`));
+      emit<ScheduleActionJson>(scheduleJson(o), { name, action: 'deleted' }, () => printable(`${name}: deleted`));
     });
   });
 
