@@ -39,11 +39,12 @@ async function sweep(
     outcome: 'requeued',
     message: 'checkpointed and requeued',
   }),
+  unanswered: string[] = [],
 ): Promise<{ result: SweepStatus; calls: { jobId: string; updateId: string }[] }> {
   const calls: { jobId: string; updateId: string }[] = [];
   const attempts = new Map<string, number>();
   const control: ControlMock = {
-    runningJobs: async () => ({ jobs, unanswered: [] }),
+    runningJobs: async () => ({ jobs, unanswered }),
     preemptJob: async (i) => {
       calls.push(i);
       const n = (attempts.get(i.jobId) ?? 0) + 1;
@@ -103,11 +104,15 @@ describe('preemptionSweep workflow', () => {
       job('z1-p6', 6, OLD),
       job('nozone-p9', 9, NEW, { node: 'node-c', zone: null }),
     ];
-    const { result, calls } = await sweep('sweep/zone', { schedule: 's', max: 3, zone: 'zone-1' }, jobs);
+    // A job whose workflow did not answer is never guessed at: recorded, not preempted.
+    const { result, calls } = await sweep('sweep/zone', { schedule: 's', max: 3, zone: 'zone-1' }, jobs, undefined, [
+      'ghost',
+    ]);
     expect(calls.map((c) => c.jobId)).toEqual(['z1-p6']);
     expect(result.skipped.map((s) => [s.jobId, s.reason])).toEqual([
       ['z2-p9', 'other-zone'],
       ['nozone-p9', 'other-zone'],
+      ['ghost', 'unanswered'],
     ]);
   });
 
@@ -148,6 +153,35 @@ describe('preemptionSweep workflow', () => {
       { jobId: 'a', updateId: 'sweep/retry/a' },
     ]);
     expect(result.victims[0].outcome).toBe('requeued');
+  });
+
+  test('a sweep that cannot list the running jobs fails SweepFailed, preempting nothing, its status in the failure', async () => {
+    let preempted = false;
+    const err = await h
+      .with(
+        {
+          runningJobs: async () => {
+            throw ApplicationFailure.nonRetryable('visibility store down', 'Boom');
+          },
+          preemptJob: async () => ((preempted = true), { checkpointId: 'x', outcome: 'requeued', message: '' }),
+        },
+        {},
+        () =>
+          h.env.client.workflow.execute<typeof preemptionSweep>('preemptionSweep', {
+            workflowId: 'sweep/unlisted',
+            taskQueue: CONTROL_QUEUE,
+            args: [{ schedule: 's', max: 1 }],
+          }),
+      )
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe(ErrorType.SweepFailed);
+    expect(cause.message).toMatch(
+      /^could not list running jobs: runningJobs: Boom: visibility store down; nothing preempted$/,
+    );
+    expect((cause.details?.[0] as SweepStatus).phase).toBe('Done');
+    expect(preempted).toBe(false);
   });
 
   test('a bad input fails at once naming the field, nothing listed', async () => {
