@@ -31,6 +31,7 @@ import { UnavailableError } from './errors';
 import { pendingActivityBytes, withLiveBytes } from './live-bytes';
 import { type LogOptions, type LogSink, showLogs } from './job-logs';
 import { JobsApi, type JobListEntry } from './jobs';
+import { SchedulesApi } from './schedules';
 import { type CheckpointRecord, checkpointFromRecord, RECORD_TIMEOUT_MS } from './record';
 import { isCheckpointStatus, isMigrateStatus, isRestoreStatus, resultOf } from './result';
 import { CONNECT_TIMEOUT_MS, QUERY_TIMEOUT_MS, WATCH_INTERVAL_MS } from './timeouts';
@@ -63,6 +64,8 @@ export type OnStatus<S> = (status: S) => void;
 export class KybernateClient {
   /** The job workflows (`job/<jobId>`): start, status, list, preempt, release, cancel, logs. */
   readonly jobs: JobsApi;
+  /** Preemption schedules (`preempt/<name>`, Temporal Schedules starting preemptionSweep workflows). */
+  readonly schedules: SchedulesApi;
 
   private constructor(
     readonly client: Client,
@@ -70,6 +73,7 @@ export class KybernateClient {
     readonly config: KybernateConfig,
   ) {
     this.jobs = new JobsApi(this);
+    this.schedules = new SchedulesApi(this);
   }
 
   static async connect(config: KybernateConfig): Promise<KybernateClient> {

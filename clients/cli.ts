@@ -18,6 +18,8 @@ import { parseUser, jobSpecFromFields } from './job-flags';
 import { describeJob, formatAge, jobsTable } from './job-format';
 import { consoleSink, type LogSink } from './job-logs';
 import { JobExistsError, type JobsApi } from './jobs';
+import { parsePreemptionSchedule } from './schedules';
+import { scheduleText, schedulesTable } from './schedule-format';
 import {
   applyJson,
   type ApplyJson,
@@ -38,6 +40,9 @@ import {
   type RestartJson,
   type RestoreJson,
   type RunJson,
+  type ScheduleActionJson,
+  type ScheduleJson,
+  type SchedulesJson,
   type StatusJson,
   type UpJson,
   type WorkloadJson,
@@ -558,9 +563,11 @@ program
     });
   });
 
-program
+const preemptCommand = program
   .command('preempt <job>')
-  .description('checkpoint a running job and requeue it: it resumes from that checkpoint where it is placed next')
+  .description(
+    "checkpoint a running job and requeue it: it resumes from that checkpoint where it is placed next ('preempt schedule' for scheduled sweeps)",
+  )
   .option('--json', JSON_HELP)
   .action(async (job: string, o: JsonFlag) => {
     assertSafeId('job', job);
@@ -570,6 +577,123 @@ program
         printable(`${job}: ${r.outcome} (checkpoint ${r.checkpointId})${r.message ? ` — ${r.message}` : ''}`),
       );
       if (r.outcome !== 'requeued') process.exitCode = 1;
+    });
+  });
+
+// ---- scheduled preemption: Temporal Schedules whose action is a preemptionSweep workflow ----
+/**
+ * --json of a schedule command: commander gives an option a parent also has (`preempt --json`) to the parent,
+ * so it is read from the command line (no `--` here: every word is an option or a name).
+ */
+const scheduleJson = <T extends JsonFlag>(o: T): T => ({ ...o, json: Boolean(o.json) || jsonRequested() });
+
+const scheduleCommand = preemptCommand
+  .command('schedule')
+  .description(
+    'Temporal Schedules that preempt the least important running jobs (create, list, describe, pause, unpause, trigger, delete)',
+  );
+
+scheduleCommand
+  .command('create <name>')
+  .description(
+    'a schedule whose sweep preempts running jobs, lowest priority (highest number) first, then youngest; never priority 0 or tier critical',
+  )
+  .requiredOption(
+    '--cron <expr>',
+    'when: five cron fields (minute hour day-of-month month day-of-week) or @hourly, @daily...',
+  )
+  .option(
+    '--below-priority <p>',
+    'only jobs less important than p (priority number above p, 0..10); default: any non-critical job',
+  )
+  .option('--max <n>', 'preempt at most n jobs per sweep (default 1)')
+  .option('--zone <zone>', 'only jobs on nodes of this zone')
+  .option(
+    '--overlap <policy>',
+    'when a sweep is still running at the next time: SKIP (default), BUFFER_ONE, BUFFER_ALL, CANCEL_OTHER, TERMINATE_OTHER, ALLOW_ALL',
+  )
+  .option('--json', JSON_HELP)
+  .action(
+    async (
+      name: string,
+      o: { cron: string; belowPriority?: string; max?: string; zone?: string; overlap?: string } & JsonFlag,
+    ) => {
+      // Every flag checked (naming it) before connecting: nothing is created from a bad line.
+      const req = { name, cron: o.cron, belowPriority: o.belowPriority, max: o.max, zone: o.zone, overlap: o.overlap };
+      parsePreemptionSchedule(req);
+      await withClient(async (k) => {
+        const info = await k.schedules.create(req);
+        emit<ScheduleJson>(scheduleJson(o), { schedule: info }, () => `created ${scheduleText(info)}`);
+      });
+    },
+  );
+
+scheduleCommand
+  .command('list')
+  .description('every preemption schedule: NAME CRON SWEEP STATE NEXT RUN')
+  .option('--json', JSON_HELP)
+  .action(async (o: JsonFlag) => {
+    await withClient(async (k) => {
+      const rows = await k.schedules.list();
+      emit<SchedulesJson>(scheduleJson(o), { schedules: rows }, () =>
+        rows.length === 0 ? 'no preemption schedules' : schedulesTable(rows),
+      );
+    });
+  });
+
+scheduleCommand
+  .command('describe <name>')
+  .description('a schedule, its recent sweeps, and what the newest one preempted and why')
+  .option('--json', JSON_HELP)
+  .action(async (name: string, o: JsonFlag) => {
+    assertSafeId('name', name);
+    await withClient(async (k) => {
+      const info = await k.schedules.describe(name);
+      emit<ScheduleJson>(scheduleJson(o), { schedule: info }, () => scheduleText(info));
+    });
+  });
+
+for (const [verb, what] of [
+  ['pause', 'no sweeps start until unpaused (a running one goes on)'],
+  ['unpause', 'sweeps start again at the scheduled times'],
+] as const) {
+  scheduleCommand
+    .command(`${verb} <name>`)
+    .description(what)
+    .option('--note <text>', 'why (shown by describe)')
+    .option('--json', JSON_HELP)
+    .action(async (name: string, o: { note?: string } & JsonFlag) => {
+      assertSafeId('name', name);
+      await withClient(async (k) => {
+        const info = verb === 'pause' ? await k.schedules.pause(name, o.note) : await k.schedules.unpause(name, o.note);
+        emit<ScheduleJson>(scheduleJson(o), { schedule: info }, () => scheduleText(info));
+      });
+    });
+}
+
+scheduleCommand
+  .command('trigger <name>')
+  .description("start a sweep now (under the schedule's overlap policy: with SKIP, not while one runs)")
+  .option('--json', JSON_HELP)
+  .action(async (name: string, o: JsonFlag) => {
+    assertSafeId('name', name);
+    await withClient(async (k) => {
+      await k.schedules.trigger(name);
+      emit<ScheduleActionJson>(scheduleJson(o), { name, action: 'triggered' }, () =>
+        printable(`${name}: sweep triggered ('kybernate preempt schedule describe ${name}' shows what it did)`),
+      );
+    });
+  });
+
+scheduleCommand
+  .command('delete <name>')
+  .description('delete the schedule (a sweep under way runs to its end)')
+  .option('--json', JSON_HELP)
+  .action(async (name: string, o: JsonFlag) => {
+    assertSafeId('name', name);
+    await withClient(async (k) => {
+      await k.schedules.delete(name);
+      emit<ScheduleActionJson>(scheduleJson(o), { name, action: 'deleted' }, () => printable(`${name}: deleted`));
     });
   });
 

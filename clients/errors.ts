@@ -36,6 +36,8 @@ export type ErrorCode =
   | 'UNAVAILABLE'
   /** A job of that name is open already. */
   | 'JOB_EXISTS'
+  /** A preemption schedule of that name exists already. */
+  | 'SCHEDULE_EXISTS'
   /** The workflow failed without a status to return (its cause chain is the message). */
   | 'WORKFLOW_FAILED'
   /** Temporal has no such workflow. */

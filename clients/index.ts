@@ -5,6 +5,16 @@
 export { KybernateClient, type CheckpointListEntry, type OnStatus } from './api';
 export { JobsApi, JobExistsError, type JobListEntry } from './jobs';
 export {
+  OVERLAP_POLICIES,
+  type OverlapPolicy,
+  parsePreemptionSchedule,
+  type PreemptionScheduleInfo,
+  type PreemptionScheduleRequest,
+  ScheduleExistsError,
+  SchedulesApi,
+} from './schedules';
+export type { RunningJob, SweepInput, SweepStatus, SweepVictim } from '../common/sweep';
+export {
   describeError,
   describeFailureChain,
   type ErrorCode,

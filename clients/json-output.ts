@@ -14,6 +14,7 @@ import type { ApplyOutcome } from './apply';
 import { describeError, type ErrorCode } from './errors';
 import type { JobListEntry } from './jobs';
 import type { CheckpointRecord } from './record';
+import type { PreemptionScheduleInfo } from './schedules';
 
 /** `checkpoint`: status is null with --no-wait. A preemption through the job's workflow is a PreemptJson instead. */
 export interface CheckpointJson {
@@ -25,6 +26,19 @@ export interface CheckpointJson {
 export interface PreemptJson {
   jobId: string;
   result: PreemptResult;
+}
+/** `preempt schedule create|describe|pause|unpause`: the schedule after. */
+export interface ScheduleJson {
+  schedule: PreemptionScheduleInfo;
+}
+/** `preempt schedule list`. */
+export interface SchedulesJson {
+  schedules: PreemptionScheduleInfo[];
+}
+/** `preempt schedule trigger|delete`: what was done to which schedule. */
+export interface ScheduleActionJson {
+  name: string;
+  action: 'triggered' | 'deleted';
 }
 /** `restore`: status is null with --no-wait. */
 export interface RestoreJson {

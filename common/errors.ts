@@ -78,5 +78,12 @@ export const ErrorType = {
   JobFailed: 'JobFailed',
   /** The alert webhook (KYBERNATE_ALERT_WEBHOOK) refused or did not answer: retried by Temporal. */
   WebhookFailed: 'WebhookFailed',
+  /**
+   * A sweep's preemption the job refused (not Running, being preempted already) or whose job is gone: nothing
+   * was done to it; the sweep records it and goes on.
+   */
+  PreemptRefused: 'PreemptRefused',
+  /** A preemption sweep could not list the running jobs: nothing was preempted (its status is the first detail). */
+  SweepFailed: 'SweepFailed',
 } as const;
 export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];

@@ -12,6 +12,7 @@ import type { AlertRecord } from '../../common/alert';
 import type { NodeRecord } from '../../common/node';
 import { createIncidentActivities } from './incident';
 import { createRetentionActivities } from './retention';
+import { createSweepActivities } from './sweep';
 import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
 
 /** A node that has not reported for this long is not offered for placement. */
@@ -42,6 +43,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
   return {
     ...createIncidentActivities(),
     ...createRetentionActivities(s3),
+    ...createSweepActivities(client),
     /** Adds a checkpoint to its node's promotion loop, starting the loop if none runs. */
     async enqueuePromotion(input: {
       node: string;
