@@ -218,7 +218,9 @@ export function zoneWaitMs(b: ZoneBreaker, now: number, cfg: HealthConfig): numb
  * What a failed restore attempt says about its node, from the failure's type (common/errors.ts): null when it
  * says nothing (the checkpoint was corrupt or missing, S3 was away, the agent was lost: liveness judges that).
  */
-export function restoreFailureKind(type: string | undefined): FailureKind | null {
+export function restoreFailureKind(type: string | null | undefined, phase?: string): FailureKind | null {
+  // Gone by the time it is verified: the node reported a restore that does not run.
+  if (type === 'NoSuchProcess' && phase === 'Verifying') return 'failedVerification';
   switch (type) {
     case 'NotRunning':
     case 'NoProgress':
@@ -322,6 +324,45 @@ export function evictionRates(
 }
 
 // ---- the placement workflow's health report (its `health` query) ----------------------------------------
+
+/**
+ * What the placement workflow holds (its `health` query answers it raw, with the workflow time of its last
+ * task): a query cannot move the workflow's clock, so scores are computed by the reader at its own `now`.
+ */
+export interface HealthSnapshot {
+  at: string;
+  config: HealthConfig;
+  nodes: NodeHealth[];
+  zones: ZoneBreaker[];
+  decisions: { at: string; reservationId: string; node: string; why: string }[];
+}
+
+/** Scores, states and windows as they stand at `now` (ms). */
+export function healthReport(s: HealthSnapshot, now: number): HealthReport {
+  const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
+  const cfg = s.config;
+  return {
+    at: new Date(now).toISOString(),
+    config: cfg,
+    nodes: [...s.nodes]
+      .sort((a, b) => a.node.localeCompare(b.node))
+      .map((h) => ({
+        node: h.node,
+        zone: h.zone,
+        score: nodeScore(h, now, cfg),
+        state: nodeState(h, now, cfg),
+        quarantinedUntil: iso(quarantineEndsAt(h, now, cfg)),
+        recentFailures: h.failures.map((f) => ({ kind: f.kind, at: new Date(f.at).toISOString(), detail: f.detail })),
+      })),
+    zones: [...s.zones]
+      .sort((a, b) => a.zone.localeCompare(b.zone))
+      .map((z) => {
+        const b = advanceBreaker(z, now, cfg);
+        return { zone: b.zone, state: b.state, window: windowCounts(b, now, cfg), openedAt: iso(b.openedAt) };
+      }),
+    decisions: s.decisions,
+  };
+}
 
 export interface HealthReport {
   /** Workflow time the report was made at (ISO). */

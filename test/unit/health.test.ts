@@ -78,6 +78,8 @@ describe('node score', () => {
   test('restore failures are judged by type: a lie, a failed step, or nothing about the node', () => {
     expect(restoreFailureKind('NotRunning')).toBe('failedVerification');
     expect(restoreFailureKind('CriuRestoreFailed')).toBe('failedStep');
+    expect(restoreFailureKind('NoSuchProcess', 'Verifying')).toBe('failedVerification');
+    expect(restoreFailureKind('NoSuchProcess', 'RestoringVram')).toBe('failedStep');
     expect(restoreFailureKind('ChecksumMismatch')).toBeNull();
     expect(restoreFailureKind('AgentLost')).toBeNull();
     expect(restoreFailureKind(undefined)).toBeNull();
