@@ -18,6 +18,8 @@ import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/sea
 import type { WorkloadInfo, WorkloadSpec } from '../activities/node/process';
 import type { JobSpec, JobStatus, PreemptResult } from '../common/job';
 import type { NodeRecord } from '../common/node';
+import type { HealthConfigPatch, HealthReport } from '../common/health';
+import { configureHealth, readHealth } from './health';
 // Workflows are started by reference (their function's name is the workflow type, and the argument and result
 // types follow from it). Loading these modules outside a workflow is safe: at load they only define queries,
 // signals and activity proxies, which act only when called inside a workflow.
@@ -97,6 +99,19 @@ export class KybernateClient {
     return this.config.uiUrl
       ? `${this.config.uiUrl}/namespaces/${this.config.namespace}/workflows/${encodeURIComponent(workflowId)}`
       : null;
+  }
+
+  /**
+   * Each node's health score and state (Healthy | Quarantined) and each zone's breaker (Closed | Open |
+   * HalfOpen), as the placement workflow holds them, at this machine's clock; null before anything was placed.
+   */
+  async health(): Promise<HealthReport | null> {
+    return readHealth(this.client);
+  }
+
+  /** Changes the health rules (half-life, quarantine threshold, zone breaker); validated field by field. */
+  async configureHealth(patch: HealthConfigPatch): Promise<void> {
+    return configureHealth(this.client, patch);
   }
 
   /** A node exists once its agent has reported to its registry workflow. */

@@ -66,6 +66,8 @@ export interface Candidate {
   gpus?: { index: number; freeVramBytes: number }[];
   /** Why the choice on this node is narrowed (e.g. an old driver: the same GPU index only). */
   note?: string;
+  /** The node's zone from its inventory (--zone): the placement workflow throttles zones whose breaker is open. */
+  zone?: string;
 }
 
 export interface Reservation {

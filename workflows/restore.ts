@@ -16,6 +16,7 @@ import type { NodeActivities } from '../activities/node';
 import { durationMs } from '../common/bounds';
 import { ErrorType } from '../common/errors';
 import { inputProblem, RestoreRequestSchema } from '../common/inputs';
+import { restoreFailureKind } from '../common/health';
 import { failedWith, STATUS_QUERY } from '../common/outcome';
 import { InvalidInputError } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue } from '../common/queues';
@@ -41,6 +42,11 @@ export const PATCH_RELEASE_NEVER_FAILS = 'restore-release-never-fails';
  * and fail at once when none can, or when the VRAM is more than any single GPU has (a multi-GPU job).
  */
 export const PATCH_COMPATIBILITY_GATE = 'restore-compatibility-gate';
+/**
+ * Each attempt's outcome on its node (ran, or failed in a way that is the node's doing) is reported to the
+ * placement workflow: the node's health score and its zone's circuit breaker (common/health.ts).
+ */
+export const PATCH_REPORT_HEALTH = 'restore-report-node-health';
 
 /** Failures that say "not on this node" rather than "not at all". */
 const TRY_ELSEWHERE = new Set<string>([
@@ -142,6 +148,38 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
     scheduleToCloseTimeout: '7d',
     retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5m' },
   });
+  const healthReports = proxyActivities<ControlActivities>({
+    taskQueue: CONTROL_QUEUE,
+    startToCloseTimeout: '10s',
+    retry: { initialInterval: '1s', maximumAttempts: 3 },
+  });
+  /** Never fails the restore: a report lost to an outage costs a node's score some accuracy, nothing more. */
+  const reportHealth = async (
+    node: string,
+    zone: string | undefined,
+    attemptId: string,
+    failure: unknown,
+    phase?: RestorePhase,
+  ): Promise<void> => {
+    if (!patched(PATCH_REPORT_HEALTH)) return;
+    const kind = failure === null ? null : restoreFailureKind(failureType(failure), phase);
+    if (failure !== null && kind === null) return; // not the node's doing (corrupt checkpoint, S3, a lost agent)
+    await healthReports.reportNodeOutcome
+      .executeWithOptions({ summary: `report ${failure === null ? 'success' : kind} on ${node}` }, [
+        {
+          id: attemptId,
+          node,
+          ...(zone ? { zone } : {}),
+          ok: failure === null,
+          ...(kind ? { kind } : {}),
+          detail:
+            failure === null ? `restored ${req.checkpointId}` : `${req.checkpointId}: ${describeFailure(failure)}`,
+        },
+      ])
+      .catch((err: unknown) =>
+        log.warn('node outcome not reported', { checkpointId: req.checkpointId, node, error: describeFailure(err) }),
+      );
+  };
   // The failure keeps the type callers branch on (NoNodeFits, ChecksumMismatch...) and carries the status.
   const fail = (reason: string, type: string): never => {
     status.failureReason = reason;
@@ -259,6 +297,7 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
       status.gpu = { index: reservation.gpuIndex, note };
     }
     const attemptId = restoreAttemptId(workflowInfo().workflowId, workflowInfo().runId, n);
+    const zoneOfNode = candidates.find((c) => c.node === reservation.node)?.zone;
     try {
       const proc = await attempt(
         req,
@@ -277,6 +316,7 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
         at: new Date().toISOString(),
       });
       status.pid = proc.pid;
+      await reportHealth(reservation.node, zoneOfNode, attemptId, null);
       enter('Running');
       return status;
     } catch (e) {
@@ -289,6 +329,7 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
         reason: failed.message,
         at: new Date().toISOString(),
       });
+      await reportHealth(reservation.node, zoneOfNode, attemptId, failed.cause, failed.phase);
       if (failed.proc !== null) {
         // Half-restored (CRIU done, CUDA not, not ready): it must not run on. By identity: the kill may wait
         // for the agent, and by then the pid may name another process.

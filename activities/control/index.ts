@@ -11,6 +11,7 @@ import type { NodeInventory } from '../node/inventory';
 import type { AlertRecord } from '../../common/alert';
 import type { NodeRecord } from '../../common/node';
 import { createIncidentActivities } from './incident';
+import { createHealthActivities } from './health';
 import { createRetentionActivities } from './retention';
 import { createSweepActivities } from './sweep';
 import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
@@ -44,6 +45,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
     ...createIncidentActivities(),
     ...createRetentionActivities(s3),
     ...createSweepActivities(client),
+    ...createHealthActivities(client),
     /** Adds a checkpoint to its node's promotion loop, starting the loop if none runs. */
     async enqueuePromotion(input: {
       node: string;
@@ -221,6 +223,8 @@ export function surveyNodes(healthy: { node: string; inv: NodeInventory }[], com
   return { nodes, largestGpuBytes };
 }
 
+const zoneOf = (inv: NodeInventory): { zone?: string } => (inv.zone ? { zone: inv.zone } : {});
+
 /** A node as a placement candidate for `bytes` of VRAM on one GPU, or null when it cannot take it. */
 export function candidateOf(node: string, inv: NodeInventory, bytes: number, compat?: CompatRecord): Candidate | null {
   let gpus = (inv.gpus ?? []).map((g) => ({ index: g.index, freeVramBytes: g.freeVramBytes }));
@@ -236,11 +240,11 @@ export function candidateOf(node: string, inv: NodeInventory, bytes: number, com
   if (gpus.length === 0) {
     // No GPU at all: only a workload without VRAM fits (a report from before per-GPU inventory: its figure).
     const free = inv.gpus?.length ? 0 : inv.freeVramBytes;
-    return free >= bytes ? { node, freeVramBytes: free, vramSource: inv.vramSource } : null;
+    return free >= bytes ? { node, freeVramBytes: free, vramSource: inv.vramSource, ...zoneOf(inv) } : null;
   }
   const largest = Math.max(...gpus.map((g) => g.freeVramBytes));
   if (largest < bytes) return null;
-  return { node, freeVramBytes: largest, vramSource: inv.vramSource, gpus, ...(note ? { note } : {}) };
+  return { node, freeVramBytes: largest, vramSource: inv.vramSource, gpus, ...(note ? { note } : {}), ...zoneOf(inv) };
 }
 
 export type ControlActivities = ReturnType<typeof createControlActivities>;

@@ -38,6 +38,7 @@ import {
 } from './process';
 import { writePidFile } from './pid-file';
 import { registerWorkloadProcess } from './process-registry';
+import { lyingRestore, testLie } from './test-lie';
 import { persistCheckpoint } from './persist';
 import { loadMeasurement, measureTreeVram, saveMeasurement } from './measure';
 import { sealCheckpoint } from './seal';
@@ -82,6 +83,8 @@ type CudaRestoreInput = CudaInput & { sourceGpuUuid?: string; gpuIndex?: number 
 
 /** Activities that run only on a node's own queue (node/<name>), bound to that node's context. */
 export function createNodeActivities(ctx: NodeContext) {
+  // Read once, when the agent starts: an agent told to lie outside test mode refuses to start at all.
+  const lie = testLie();
   /** Journals a checkpoint step when the workflow named its checkpoint; older inputs run unjournaled. */
   const step = <T extends object>(
     checkpointId: string | undefined,
@@ -334,6 +337,7 @@ export function createNodeActivities(ctx: NodeContext) {
       attemptId?: string;
       inPlace?: boolean;
     }): Promise<{ pid: number; startTime: number }> {
+      if (!input.inPlace && lie === 'restore') return lyingRestore(ctx, input.checkpointId);
       if (!input.inPlace) return measured('restore', 'RestoringProcess', () => restoreProcess(ctx, input));
       const dir = checkpointLocation(ctx, input.checkpointId);
       const before = journalOutcome(ctx, 'checkpoint', input.checkpointId, 'criuRestoreInPlace');
