@@ -127,9 +127,19 @@ export async function preemptionSweep(input: SweepInput): Promise<SweepStatus> {
       // the update may still have run; the job's own status says what became of it.
       const refused = failureType(err) === ErrorType.PreemptRefused;
       v.outcome = refused ? 'refused' : 'unknown';
-      v.message = refused
-        ? describeFailure(err)
-        : `${describeFailure(err)}; outcome unknown: see 'kybernate describe job ${v.job.jobId}'`;
+      v.message = describeFailure(err);
+      if (!refused) {
+        // Unknown is not failed: find out what became of the job before recording it.
+        try {
+          const now = await control.jobState.executeWithOptions({ summary: `what became of ${v.job.jobId}?` }, [
+            { jobId: v.job.jobId },
+          ]);
+          v.message += `; outcome unknown: the job is now ${now.state}${now.reason ? ` (${now.reason})` : ''}`;
+        } catch (e) {
+          if (isCancellation(e)) throw e;
+          v.message += `; outcome unknown, and the job did not say (${describeFailure(e)}): see 'kybernate describe job ${v.job.jobId}'`;
+        }
+      }
     }
     log.info('sweep preemption', {
       job: v.job.jobId,

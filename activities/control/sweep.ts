@@ -56,6 +56,21 @@ export function createSweepActivities(client: Client) {
     },
 
     /**
+     * A job's state and why, asked after a preemption whose outcome is unknown (a timeout is "unknown": the
+     * sweep finds out what became of the job before it records anything).
+     */
+    async jobState(input: { jobId: string }): Promise<{ state: string; reason: string | null }> {
+      try {
+        const s = await client.workflow.getHandle(jobWorkflowId(input.jobId)).query<JobStatus>('status');
+        return { state: s.state, reason: s.reason };
+      } catch (e) {
+        if (e instanceof WorkflowNotFoundError)
+          throw ApplicationFailure.nonRetryable(`no job '${input.jobId}'`, ErrorType.PreemptRefused);
+        throw e;
+      }
+    },
+
+    /**
      * The job workflow's preempt update (checkpoint, stop, requeue; the job resumes from that checkpoint when
      * placement allows). updateId makes a retried attempt attach to the same update instead of preempting
      * twice. A refusal (not Running, already being preempted) or a gone job fails for good (PreemptRefused).

@@ -45,6 +45,7 @@ async function sweep(
   const attempts = new Map<string, number>();
   const control: ControlMock = {
     runningJobs: async () => ({ jobs, unanswered }),
+    jobState: async (i) => ({ state: 'Preempted', reason: `preempted: resumes from ${i.jobId}-preempt-9` }),
     preemptJob: async (i) => {
       calls.push(i);
       const n = (attempts.get(i.jobId) ?? 0) + 1;
@@ -134,7 +135,9 @@ describe('preemptionSweep workflow', () => {
       ['c', 'requeued'],
     ]);
     expect(result.victims[0].message).toMatch(/job a is Pending/);
-    expect(result.victims[1].message).toMatch(/outcome unknown: see 'kybernate describe job b'/);
+    expect(result.victims[1].message).toBe(
+      'preemptJob: Boom: frontend gone; outcome unknown: the job is now Preempted (preempted: resumes from b-preempt-9)',
+    );
     expect(result.summary).toBe('1 of 3 victims preempted and requeued: a refused, b unknown, c requeued');
   });
 
