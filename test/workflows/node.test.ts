@@ -64,7 +64,13 @@ describe('node registry: Ready | Unhealthy | Left', () => {
       const wf = await beat(node, { agentRun: 'run-1', timeoutMs: 15_000, heartbeatMs: 5_000 });
       await wf.signal('report', inventory);
       let s = await status(node);
-      expect(s).toMatchObject({ state: 'Ready', agentRuns: 1, timeoutMs: 15_000, heartbeatMs: 5_000, agentRun: 'run-1' });
+      expect(s).toMatchObject({
+        state: 'Ready',
+        agentRuns: 1,
+        timeoutMs: 15_000,
+        heartbeatMs: 5_000,
+        agentRun: 'run-1',
+      });
       expect(s.inventory?.zone).toBe('z1');
       expect(placeable(s, Date.now())).toBe(true);
       // Heartbeats every 5 s for 40 s: never Unhealthy, though that is well past one timeout.
