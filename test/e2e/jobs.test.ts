@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { WorkflowNotFoundError } from '@temporalio/client';
 import { makeS3Client } from '../../activities/s3-client';
-import { NODE_STALE_MS } from '../../activities/control';
+import { placeable } from '../../activities/control';
+import { DEFAULT_NODE_TIMEOUT_MS } from '../../common/node';
 import type { KybernateClient } from '../../clients/api';
 import { configFromStack } from '../../deploy/local/stack';
 import { jobWorkflowId, type JobState, type JobStatus } from '../../common/job';
@@ -96,10 +97,11 @@ function jobCgroups(node: string, jobId: string): string[] {
 }
 
 /**
- * Other suites' agents on the shared stack, stopped moments ago, count as live for placement until they go
- * stale (NODE_STALE_MS without a report): a job placed by VRAM could be sent there. Waits that out.
+ * Other suites' agents on the shared stack, stopped moments ago, are offered for placement while their nodes are
+ * Ready: one stopped cleanly is Left at once, one killed goes Unhealthy after its heartbeat timeout (15 s by
+ * default). A job placed by VRAM could be sent there meanwhile: waits until none of them is Ready.
  */
-async function otherNodesStale(): Promise<void> {
+async function otherNodesNotReady(): Promise<void> {
   const others: string[] = [];
   for await (const wf of k.client.workflow.list({
     query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
@@ -108,16 +110,13 @@ async function otherNodesStale(): Promise<void> {
     if (n !== A && n !== B) others.push(n);
   }
   await until(
-    "other suites' nodes stale",
+    "other suites' nodes not Ready",
     async () => {
-      for (const n of others) {
-        const seen = (await k.node(n)).lastSeen;
-        if (seen && Date.now() - Date.parse(seen) <= NODE_STALE_MS) return null;
-      }
+      for (const n of others) if (placeable(await k.node(n), Date.now())) return null;
       return true;
     },
-    NODE_STALE_MS + 60000,
-    2000,
+    DEFAULT_NODE_TIMEOUT_MS + 60000,
+    1000,
   );
 }
 
@@ -317,7 +316,7 @@ describe('jobs on the real stack', () => {
   test('a preempted job resumes from its checkpoint on another node, its counter carrying on', async () => {
     const job = 'preemptee';
     // Not pinned: placed by VRAM (6 GiB of either node's 8), and after the preemption placed again.
-    await otherNodesStale();
+    await otherNodesNotReady();
     expect(cli(['run', job, '--vram', '6GiB', '--', PYTHON, PATTERN, '32', job]).status).toBe(0);
     const first = await untilState(job, ['Running']);
     const from = first.runs[0].node;
