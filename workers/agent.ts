@@ -125,6 +125,17 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
   // The heartbeat first: it registers this agent run (the report that follows brings the inventory).
   await heartbeat();
   await report();
+  // Heartbeats on their own fast timer, from now on (the sweep below may take a while); a slow one is skipped
+  // rather than piled up behind the last.
+  let beating = false;
+  const beats = setInterval(() => {
+    if (beating) return;
+    beating = true;
+    heartbeat()
+      .catch((e: Error) => logger.warn({ err: e.message }, 'heartbeat failed'))
+      .finally(() => (beating = false));
+  }, heartbeatMs);
+  beats.unref(); // the worker keeps the process alive; heartbeats alone must not, should the start fail below
   // Before the worker takes activities, so no start on this node races the sweep (a job started again under an
   // id whose old workflow closed must not lose its new cgroup). Bounded: each owner lookup gives up after 10 s,
   // and the first that does ends the sweep with nothing removed.
@@ -135,15 +146,6 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     () => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')),
     opts.reportEveryMs ?? 30000,
   );
-  // Heartbeats on their own fast timer; a slow one is skipped rather than piled up behind the last.
-  let beating = false;
-  const beats = setInterval(() => {
-    if (beating) return;
-    beating = true;
-    heartbeat()
-      .catch((e: Error) => logger.warn({ err: e.message }, 'heartbeat failed'))
-      .finally(() => (beating = false));
-  }, heartbeatMs);
   // A clean stop says so first: the node is Left (no placements) at once, not Unhealthy after the timeout.
   const leave = async (sig: string): Promise<void> => {
     clearInterval(beats);
