@@ -126,6 +126,25 @@ export class KybernateClient {
     }
   }
 
+  /**
+   * Every registered node (a running registry workflow `node/<name>`), by name: state, inventory, last seen.
+   * Like `node`, an unanswered query (the control worker down) is an error; a registry that closed between the
+   * listing and its query is left out.
+   */
+  async nodes(): Promise<NodeRecord[]> {
+    const out: NodeRecord[] = [];
+    for await (const wf of this.client.workflow.list({
+      query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
+    })) {
+      try {
+        out.push(await this.queryStatus<NodeRecord>(wf.workflowId));
+      } catch (e) {
+        if (!(e instanceof WorkflowNotFoundError)) throw e;
+      }
+    }
+    return out.sort((a, b) => a.node.localeCompare(b.node));
+  }
+
   /** Validates everything that can be checked without touching the workload, then starts the workflow. */
   async startCheckpoint(input: {
     target: string;

@@ -16,6 +16,7 @@ import { describeError, printableCommanderOutput } from './errors';
 import { applyJobs, parseJobsFile } from './apply';
 import { parseUser, jobSpecFromFields } from './job-flags';
 import { describeJob, formatAge, jobsTable } from './job-format';
+import { nodesTable } from './node-format';
 import { consoleSink, type LogSink } from './job-logs';
 import { JobExistsError, type JobsApi } from './jobs';
 import { parsePreemptionSchedule } from './schedules';
@@ -967,26 +968,15 @@ program
 
 program
   .command('nodes')
-  .description('registered nodes and their inventory')
-  .argument('<node...>')
+  .description('registered nodes: NAME, STATE (Ready, Unhealthy, Left), SCORE, ZONE, GPUS, FREE VRAM, LAST SEEN')
+  .argument('[node...]', 'only these nodes (default: every registered node)')
   .option('--json', JSON_HELP)
   .action(async (nodes: string[], o: JsonFlag) => {
     for (const n of nodes) assertSafeId('node', n);
     await withClient(async (k) => {
-      const doc: NodesJson = { nodes: [] };
-      for (const n of nodes) {
-        const r = await k.node(n);
-        doc.nodes.push({ ...r, node: n });
-        // As text, each node as it answers (one that does not still shows those before it).
-        const inv = r.inventory;
-        if (!o.json)
-          console.log(
-            printable(
-              `${n}: last seen ${r.lastSeen ?? 'never'}; VRAM ${inv ? `${formatBytes(inv.freeVramBytes)} free of ${formatBytes(inv.totalVramBytes)} (${inv.vramSource})` : '-'}; disk ${inv ? formatBytes(inv.freeDiskBytes) : '-'} free; CRIU ${inv?.criuVersion ?? '-'}`,
-            ),
-          );
-      }
-      if (o.json) emit(o, doc, () => '');
+      const records = nodes.length > 0 ? await Promise.all(nodes.map((n) => k.node(n))) : await k.nodes();
+      const doc: NodesJson = { nodes: records.map((r, i) => ({ ...r, node: nodes[i] ?? r.node })) };
+      emit(o, doc, () => (doc.nodes.length === 0 ? 'no nodes registered' : nodesTable(doc.nodes, Date.now())));
     });
   });
 

@@ -30,6 +30,8 @@ export interface KybernateConfig {
   temporal?: TemporalSecurity;
   uiUrl: string | null;
   s3: S3Config;
+  /** An agent's heartbeat interval and the silence that makes its node Unhealthy (KYBERNATE_HEARTBEAT_MS, KYBERNATE_NODE_TIMEOUT_MS). */
+  liveness?: { heartbeatMs?: number; nodeTimeoutMs?: number };
 }
 
 /** The options every Temporal connection (client or worker) of this config is made with. */

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
@@ -9,7 +10,8 @@ import { sweepOrphans, temporalOwnerLookup } from '../activities/node/orphans';
 import { assertSafeId } from '../common/ids';
 import { CONTROL_QUEUE, nodeQueue, nodeWorkflowId } from '../common/queues';
 import { temporalConnectionOptions } from '../common/config';
-import { describeConfig, loadConfig, makeLogger, type StartHooks } from './config';
+import { ConfigError, describeConfig, loadConfig, makeLogger, type StartHooks } from './config';
+import { DEFAULT_HEARTBEAT_MS, DEFAULT_NODE_TIMEOUT_MS, type NodeHeartbeat } from '../common/node';
 import { installMetrics, metricsAddress, nodeGauges } from './metrics';
 import { pendingUploadCount } from '../activities/node/pending';
 
@@ -35,6 +37,10 @@ export interface AgentOptions {
   stagingDir?: string | null;
   /** How often inventory goes to the node's registry workflow. */
   reportEveryMs?: number;
+  /** How often the agent heartbeats its node's registry. Default: $KYBERNATE_HEARTBEAT_MS, else 5 s. */
+  heartbeatEveryMs?: number;
+  /** Silence after which the registry declares the node Unhealthy. Default: $KYBERNATE_NODE_TIMEOUT_MS, else 15 s. */
+  nodeTimeoutMs?: number;
 }
 
 /**
@@ -63,6 +69,12 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
   };
   logger.info(describeConfig(cfg), 'agent starting');
   // Before any connection: the SDK runtime (and its exporter) is process-wide and installed once.
+  const heartbeatMs = opts.heartbeatEveryMs ?? cfg.liveness?.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
+  const nodeTimeoutMs = opts.nodeTimeoutMs ?? cfg.liveness?.nodeTimeoutMs ?? DEFAULT_NODE_TIMEOUT_MS;
+  if (nodeTimeoutMs < 2 * heartbeatMs)
+    throw new ConfigError([
+      `node timeout ${nodeTimeoutMs} ms: must be at least twice the heartbeat interval (${heartbeatMs} ms) (KYBERNATE_NODE_TIMEOUT_MS, KYBERNATE_HEARTBEAT_MS)`,
+    ]);
   const metrics = await metricsAddress('agent', hooks.localMetricsAddress?.(cfg.temporalAddress) ?? null);
   if (metrics) installMetrics(metrics, { node: opts.node });
   const gauges = nodeGauges();
@@ -76,6 +88,18 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
   });
   const clientConn = await Connection.connect(temporalConnectionOptions(cfg));
   const client = new Client({ connection: clientConn, namespace: cfg.namespace });
+  // One id per agent process: the registry counts agent runs by it, and takes a `leave` only from the one that runs.
+  const agentRun = `${opts.node}/${process.pid}/${randomUUID().slice(0, 8)}`;
+  const registry = {
+    workflowId: nodeWorkflowId(opts.node),
+    taskQueue: CONTROL_QUEUE,
+    args: [{ node: opts.node, timeoutMs: nodeTimeoutMs }] as [{ node: string; timeoutMs: number }],
+  };
+  const beat: NodeHeartbeat = { agentRun, timeoutMs: nodeTimeoutMs, heartbeatMs };
+  const heartbeat = (): Promise<void> =>
+    client.workflow
+      .signalWithStart('nodeRegistry', { ...registry, signal: 'heartbeat', signalArgs: [beat] })
+      .then(() => undefined);
   const report = async (): Promise<void> => {
     const inv = await readInventory(ctx);
     gauges.inventory(inv);
@@ -86,9 +110,7 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     }
     await client.workflow
       .signalWithStart('nodeRegistry', {
-        workflowId: nodeWorkflowId(opts.node),
-        taskQueue: CONTROL_QUEUE,
-        args: [{ node: opts.node }],
+        ...registry,
         signal: 'report',
         signalArgs: [inv],
       })
@@ -100,7 +122,20 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
         },
       );
   };
+  // The heartbeat first: it registers this agent run (the report that follows brings the inventory).
+  await heartbeat();
   await report();
+  // Heartbeats on their own fast timer, from now on (the sweep below may take a while); a slow one is skipped
+  // rather than piled up behind the last.
+  let beating = false;
+  const beats = setInterval(() => {
+    if (beating) return;
+    beating = true;
+    heartbeat()
+      .catch((e: Error) => logger.warn({ err: e.message }, 'heartbeat failed'))
+      .finally(() => (beating = false));
+  }, heartbeatMs);
+  beats.unref(); // the worker keeps the process alive; heartbeats alone must not, should the start fail below
   // Before the worker takes activities, so no start on this node races the sweep (a job started again under an
   // id whose old workflow closed must not lose its new cgroup). Bounded: each owner lookup gives up after 10 s,
   // and the first that does ends the sweep with nothing removed.
@@ -111,12 +146,30 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     () => report().catch((e: Error) => logger.warn({ err: e.message }, 'inventory report failed')),
     opts.reportEveryMs ?? 30000,
   );
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
+  // A clean stop says so first: the node is Left (no placements) at once, not Unhealthy after the timeout.
+  const leave = async (sig: string): Promise<void> => {
+    clearInterval(beats);
+    clearInterval(timer);
+    const said = client.workflow
+      .getHandle(nodeWorkflowId(opts.node))
+      .signal('leave', { agentRun, why: `agent stopped (${sig})` })
+      .then(
+        () => logger.info({ signal: sig }, 'left the node registry'),
+        (e: Error) => logger.warn({ err: e.message }, 'leave not signalled: the node goes Unhealthy after its timeout'),
+      );
+    // Bounded: an unreachable Temporal must not keep the agent from stopping.
+    await Promise.race([said, new Promise((r) => setTimeout(r, 5000).unref())]);
+  };
+  for (const sig of ['SIGINT', 'SIGTERM'] as const)
+    process.once(sig, () => void leave(sig).finally(() => worker.shutdown()));
   const leaveStack =
     hooks.join?.(`agent:${opts.node}`, cfg.temporalAddress, { dataDir, metricsAddress: metrics }) ?? (() => undefined);
   logger.info(
     {
       queue: nodeQueue(opts.node),
+      agentRun,
+      heartbeatMs,
+      nodeTimeoutMs,
       dataDir,
       stagingDir: ctx.stagingDir,
       declaredVramBytes: ctx.declaredVramBytes,
@@ -129,6 +182,7 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
   } finally {
     leaveStack();
     clearInterval(timer);
+    clearInterval(beats);
     await clientConn.close();
     await connection.close();
   }

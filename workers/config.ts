@@ -27,6 +27,12 @@ export class ConfigError extends Error {
 const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):\d{1,5}$/;
 const BOOL = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 const optional = <T extends z.ZodType>(t: T) => z.preprocess((v) => (v === '' ? undefined : v), t.optional());
+/** A duration in whole milliseconds, 100 ms to 10 min (liveness timers). */
+const MILLIS = z
+  .string()
+  .regex(/^\d+$/, 'must be a whole number of milliseconds')
+  .transform(Number)
+  .pipe(z.number().min(100, 'must be at least 100 ms').max(600_000, 'must be at most 600000 ms (10 min)'));
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 /** Every KYBERNATE_* variable the workers and the CLI read; empty counts as unset. */
@@ -43,6 +49,8 @@ const EnvSchema = z.object({
   KYBERNATE_S3_ACCESS_KEY_ID: optional(z.string()),
   KYBERNATE_S3_SECRET_ACCESS_KEY: optional(z.string()),
   KYBERNATE_LOG_LEVEL: optional(z.enum(LOG_LEVELS)),
+  KYBERNATE_HEARTBEAT_MS: optional(MILLIS),
+  KYBERNATE_NODE_TIMEOUT_MS: optional(MILLIS),
   AWS_REGION: optional(z.string()),
 });
 
@@ -112,6 +120,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, defaults: Confi
     problems.push('KYBERNATE_S3_SECRET_ACCESS_KEY: required with KYBERNATE_S3_ACCESS_KEY_ID');
   if (secretAccessKey && !accessKeyId)
     problems.push('KYBERNATE_S3_ACCESS_KEY_ID: required with KYBERNATE_S3_SECRET_ACCESS_KEY');
+  const heartbeatMs = e.KYBERNATE_HEARTBEAT_MS;
+  const nodeTimeoutMs = e.KYBERNATE_NODE_TIMEOUT_MS;
+  if (heartbeatMs !== undefined && nodeTimeoutMs !== undefined && nodeTimeoutMs < 2 * heartbeatMs)
+    problems.push(
+      `KYBERNATE_NODE_TIMEOUT_MS: must be at least twice KYBERNATE_HEARTBEAT_MS (${heartbeatMs}), or one late heartbeat makes the node Unhealthy`,
+    );
   if (problems.length > 0 || !temporalAddress || !bucket) throw new ConfigError(problems);
 
   const connect = toClientOptions(profile).connectionOptions;
@@ -134,6 +148,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, defaults: Confi
       forcePathStyle: e.KYBERNATE_S3_FORCE_PATH_STYLE ?? defaults.s3?.forcePathStyle ?? endpoint !== undefined,
       ...(accessKeyId && secretAccessKey ? { accessKeyId, secretAccessKey } : {}),
     },
+    ...(heartbeatMs !== undefined || nodeTimeoutMs !== undefined
+      ? {
+          liveness: {
+            ...(heartbeatMs !== undefined ? { heartbeatMs } : {}),
+            ...(nodeTimeoutMs !== undefined ? { nodeTimeoutMs } : {}),
+          },
+        }
+      : {}),
   };
 }
 

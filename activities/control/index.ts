@@ -16,15 +16,22 @@ import { createRetentionActivities } from './retention';
 import { createSweepActivities } from './sweep';
 import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
 
-/** A node that has not reported for this long is not offered for placement. */
+/** A node whose registry is from before liveness (no state) is not offered once it has not reported for this long. */
 export const NODE_STALE_MS = 2 * 60 * 1000;
+
+/** Whether a node may take placements: Ready (its agent heartbeats), or a report-only registry's recent report. */
+export function placeable(rec: NodeRecord, nowMs: number): boolean {
+  if (!rec.inventory || !rec.lastSeen) return false;
+  if (rec.state !== undefined) return rec.state === 'Ready';
+  return nowMs - Date.parse(rec.lastSeen) <= NODE_STALE_MS;
+}
 
 /**
  * Activities that run on the control queue: anything that needs a Temporal client. With s3, look-ups of a
  * checkpoint whose workflow history is gone (retention) fall back to its metadata.json in S3.
  */
 export function createControlActivities(client: Client, s3?: S3Config) {
-  /** Nodes that reported recently, with their inventory. */
+  /** Ready nodes, with their inventory. */
   async function healthyNodes(): Promise<{ node: string; inv: NodeInventory }[]> {
     const out: { node: string; inv: NodeInventory }[] = [];
     for await (const wf of client.workflow.list({
@@ -34,10 +41,8 @@ export function createControlActivities(client: Client, s3?: S3Config) {
         .getHandle(wf.workflowId)
         .query<NodeRecord>('status')
         .catch(() => null);
-      const inv = rec?.inventory;
-      if (!rec || !inv || !rec.lastSeen) continue;
-      if (Date.now() - Date.parse(rec.lastSeen) > NODE_STALE_MS) continue;
-      out.push({ node: rec.node, inv });
+      if (!rec?.inventory || !placeable(rec, Date.now())) continue;
+      out.push({ node: rec.node, inv: rec.inventory });
     }
     return out;
   }
@@ -121,7 +126,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
     },
 
     /**
-     * Healthy nodes (recent report) with ONE GPU that has the VRAM (never the sum across GPUs), preferred ones
+     * Ready nodes with ONE GPU that has the VRAM (never the sum across GPUs), preferred ones
      * first, then by free VRAM. With compat (the checkpoint's record), nodes that cannot restore it are left out
      * and each candidate lists only the GPUs the restore may use.
      */

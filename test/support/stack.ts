@@ -15,7 +15,7 @@ import {
   unregisterProcess,
 } from '../../deploy/local/stack';
 import { type AgentSpec, startAgent } from '../../deploy/local/workers';
-import { NODE_STALE_MS } from '../../activities/control';
+import { NODE_STALE_MS, placeable } from '../../activities/control';
 
 export function stack(): StackState {
   const home = process.env.KYBERNATE_HOME;
@@ -122,9 +122,9 @@ export function localNodeContext(node: string, dataDir: string): NodeContext {
 
 /**
  * Waits until no node but `mine` is offered for placement: other suites' agents on the shared stack, stopped
- * moments ago, still count as live until they go stale (NODE_STALE_MS without a report), and a restore or job
- * placed by VRAM or compatibility could be sent there (seen in CI: a restore meant to find no compatible node
- * found another suite's stand-in node).
+ * moments ago, are placeable while their nodes are Ready (one stopped cleanly is Left at once, one killed goes
+ * Unhealthy after its heartbeat timeout), and a restore or job placed by VRAM or compatibility could be sent
+ * there (seen in CI: a restore meant to find no compatible node found another suite's stand-in node).
  */
 export async function othersNotPlaceable(k: KybernateClient, mine: string[]): Promise<void> {
   const others: string[] = [];
@@ -137,13 +137,10 @@ export async function othersNotPlaceable(k: KybernateClient, mine: string[]): Pr
   await until(
     "other suites' nodes out of placement",
     async () => {
-      for (const n of others) {
-        const seen = (await k.node(n)).lastSeen;
-        if (seen && Date.now() - Date.parse(seen) <= NODE_STALE_MS) return null;
-      }
+      for (const n of others) if (placeable(await k.node(n), Date.now())) return null;
       return true;
     },
     NODE_STALE_MS + 60000,
-    2000,
+    1000,
   );
 }

@@ -56,6 +56,22 @@ describe('loadConfig', () => {
     expect(half.join('\n')).not.toContain('sekret-value-1');
   });
 
+  test('heartbeat interval and node timeout: whole milliseconds in bounds, the timeout at least twice the interval', () => {
+    expect(loadConfig(env(minimal)).liveness).toBeUndefined();
+    expect(
+      loadConfig(env({ ...minimal, KYBERNATE_HEARTBEAT_MS: '500', KYBERNATE_NODE_TIMEOUT_MS: '2000' })).liveness,
+    ).toEqual({ heartbeatMs: 500, nodeTimeoutMs: 2000 });
+    expect(problems({ ...minimal, KYBERNATE_HEARTBEAT_MS: '5s' })).toEqual([
+      expect.stringMatching(/^KYBERNATE_HEARTBEAT_MS: must be a whole number of milliseconds/),
+    ]);
+    expect(problems({ ...minimal, KYBERNATE_NODE_TIMEOUT_MS: '10' })).toEqual([
+      expect.stringMatching(/^KYBERNATE_NODE_TIMEOUT_MS: must be at least 100 ms/),
+    ]);
+    expect(problems({ ...minimal, KYBERNATE_HEARTBEAT_MS: '5000', KYBERNATE_NODE_TIMEOUT_MS: '6000' })).toEqual([
+      expect.stringMatching(/^KYBERNATE_NODE_TIMEOUT_MS: must be at least twice KYBERNATE_HEARTBEAT_MS/),
+    ]);
+  });
+
   test('a TLS file that cannot be read, or a client cert without its key, stops the start', () => {
     expect(problems({ ...minimal, TEMPORAL_TLS_SERVER_CA_CERT_PATH: path.join(dir, 'nope.pem') })).toEqual([
       `TEMPORAL_TLS_SERVER_CA_CERT_PATH: cannot read ${path.join(dir, 'nope.pem')} (ENOENT)`,

@@ -1,0 +1,25 @@
+import type { NodeRecord } from '../common/node';
+import { formatBytes } from './bytes';
+import { formatAge, table } from './job-format';
+
+/**
+ * `kybernate nodes` as text: one row per node. STATE '-' is a registry from before liveness; SCORE '-' until the
+ * health tracking gives one; FREE VRAM the largest free on one GPU (what a placement can use), else the node's.
+ */
+export function nodesTable(records: NodeRecord[], nowMs: number): string {
+  const rows = records.map((r) => {
+    const inv = r.inventory;
+    const gpus = inv?.gpus ?? [];
+    const free = gpus.length > 0 ? Math.max(...gpus.map((g) => g.freeVramBytes)) : inv?.freeVramBytes;
+    return [
+      r.node,
+      r.state ?? '-',
+      typeof r.score === 'number' ? r.score.toFixed(2) : '-',
+      inv?.zone ?? '-',
+      inv ? String(gpus.length) : '-',
+      free === undefined ? '-' : `${formatBytes(free)}${inv?.vramSource === 'declared' ? ' (declared)' : ''}`,
+      r.lastSeen ? `${formatAge(Math.max(0, nowMs - Date.parse(r.lastSeen)))} ago` : 'never',
+    ];
+  });
+  return table(['NAME', 'STATE', 'SCORE', 'ZONE', 'GPUS', 'FREE VRAM', 'LAST SEEN'], rows);
+}
