@@ -17,7 +17,6 @@ import {
   zoneWaitMs,
 } from '../../common/health';
 
-const MIN = 60_000;
 const fresh = (): NodeHealth => ({ node: 'n', zone: 'z', failures: [] });
 
 describe('node score', () => {
