@@ -133,11 +133,17 @@ export class KybernateClient {
    */
   async nodes(): Promise<NodeRecord[]> {
     const out: NodeRecord[] = [];
+    // Liveness from each node's registry, score and quarantine from the placement workflow's health view.
+    const health = await this.health();
+    const byNode = new Map((health?.nodes ?? []).map((h) => [h.node, h]));
     for await (const wf of this.client.workflow.list({
       query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
     })) {
       try {
-        out.push(await this.queryStatus<NodeRecord>(wf.workflowId));
+        const rec = await this.queryStatus<NodeRecord>(wf.workflowId);
+        const h = byNode.get(rec.node);
+        // A node the placement workflow never heard of has had no failures: a full score.
+        out.push({ ...rec, score: h?.score ?? 1, quarantined: h?.state === 'Quarantined' });
       } catch (e) {
         if (!(e instanceof WorkflowNotFoundError)) throw e;
       }

@@ -55,4 +55,6 @@ export interface NodeRecord {
   transitions?: NodeTransition[];
   /** Health score in [0, 1] when the health tracking gives one; absent: not known ('-'). */
   score?: number | null;
+  /** Quarantined by its health score (no placements until it decays back above the threshold); from the health view. */
+  quarantined?: boolean;
 }

@@ -8,10 +8,11 @@ import type { NodeContext } from '../activities/node/context';
 import { readInventory } from '../activities/node/inventory';
 import { sweepOrphans, temporalOwnerLookup } from '../activities/node/orphans';
 import { assertSafeId } from '../common/ids';
-import { CONTROL_QUEUE, nodeQueue, nodeWorkflowId } from '../common/queues';
+import { nodeQueue, nodeWorkflowId } from '../common/queues';
 import { temporalConnectionOptions } from '../common/config';
 import { ConfigError, describeConfig, loadConfig, makeLogger, type StartHooks } from './config';
-import { DEFAULT_HEARTBEAT_MS, DEFAULT_NODE_TIMEOUT_MS, type NodeHeartbeat } from '../common/node';
+import { DEFAULT_HEARTBEAT_MS, DEFAULT_NODE_TIMEOUT_MS } from '../common/node';
+import { registryHeartbeat, registryReport } from './registry';
 import { installMetrics, metricsAddress, nodeGauges } from './metrics';
 import { pendingUploadCount } from '../activities/node/pending';
 
@@ -90,16 +91,8 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
   const client = new Client({ connection: clientConn, namespace: cfg.namespace });
   // One id per agent process: the registry counts agent runs by it, and takes a `leave` only from the one that runs.
   const agentRun = `${opts.node}/${process.pid}/${randomUUID().slice(0, 8)}`;
-  const registry = {
-    workflowId: nodeWorkflowId(opts.node),
-    taskQueue: CONTROL_QUEUE,
-    args: [{ node: opts.node, timeoutMs: nodeTimeoutMs }] as [{ node: string; timeoutMs: number }],
-  };
-  const beat: NodeHeartbeat = { agentRun, timeoutMs: nodeTimeoutMs, heartbeatMs };
-  const heartbeat = (): Promise<void> =>
-    client.workflow
-      .signalWithStart('nodeRegistry', { ...registry, signal: 'heartbeat', signalArgs: [beat] })
-      .then(() => undefined);
+  const beat = { agentRun, timeoutMs: nodeTimeoutMs, heartbeatMs };
+  const heartbeat = (): Promise<void> => registryHeartbeat(client, opts.node, beat);
   const report = async (): Promise<void> => {
     const inv = await readInventory(ctx);
     gauges.inventory(inv);
@@ -108,19 +101,13 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     } catch (e) {
       logger.warn({ node: opts.node, err: (e as Error).message }, 'checkpoints pending upload not counted');
     }
-    await client.workflow
-      .signalWithStart('nodeRegistry', {
-        ...registry,
-        signal: 'report',
-        signalArgs: [inv],
-      })
-      .then(
-        () => gauges.report('ok'),
-        (e: unknown) => {
-          gauges.report('failed');
-          throw e;
-        },
-      );
+    await registryReport(client, opts.node, nodeTimeoutMs, inv).then(
+      () => gauges.report('ok'),
+      (e: unknown) => {
+        gauges.report('failed');
+        throw e;
+      },
+    );
   };
   // The heartbeat first: it registers this agent run (the report that follows brings the inventory).
   await heartbeat();

@@ -57,7 +57,7 @@ describe('node liveness on the real stack', () => {
     expect(text.status).toBe(0);
     const [header, row] = text.stdout.trim().split('\n');
     expect(header.split(/ {3,}/)).toEqual(['NAME', 'STATE', 'SCORE', 'ZONE', 'GPUS', 'FREE VRAM', 'LAST SEEN']);
-    expect(row.split(/ {3,}/).slice(0, 5)).toEqual([NODE, 'Ready', '-', 'zone-live', '1']); // a declared VRAM is one GPU
+    expect(row.split(/ {3,}/).slice(0, 5)).toEqual([NODE, 'Ready', '1.00', 'zone-live', '1']); // a declared VRAM is one GPU
     const json = spawnSync(process.execPath, [CLI, 'nodes', NODE, '--json'], {
       env: { ...process.env, KYBERNATE_HOME: stack().home },
       encoding: 'utf8',

@@ -360,6 +360,8 @@ describe('restore: metadata.json checked against its seal', () => {
         placementCandidates: async () => [{ node: 'node-r', freeVramBytes: 8 * GiB, vramSource: 'declared' }],
         reserve: async ({ reservationId }) => ({ reservationId, node: 'node-r', bytes: 0 }),
         release: async () => undefined,
+        // Node health reports (tested in health.test.ts) are taken and dropped here.
+        reportNodeOutcome: async () => undefined,
         placementSurvey: async () => ({ nodes: [{ node: 'node-r', reason: null }], largestGpuBytes: 8 * GiB }),
       },
       { 'node-r': rest },

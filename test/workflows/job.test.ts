@@ -114,6 +114,8 @@ class Sim {
         return { reservationId, node: pick.node, bytes };
       },
       release: async () => undefined,
+      // Node health reports (tested in health.test.ts) are taken and dropped here.
+      reportNodeOutcome: async () => undefined,
       raiseAlert: async (a) => {
         calls.push(`alert ${a.kind} ${a.node}`);
         return `alert/${a.kind}/x`;

@@ -48,6 +48,8 @@ function control(calls: string[], free: Record<string, number>, over: ControlMoc
       return r;
     },
     release: async ({ reservationId }) => void held.delete(reservationId),
+    // Node health reports (tested in health.test.ts) are taken and dropped here.
+    reportNodeOutcome: async () => undefined,
     // Every node compatible, each with one 80 GiB GPU (the compatibility gate is tested on its own below).
     placementSurvey: async () => ({
       nodes: Object.keys(free).map((node) => ({ node, reason: null })),
