@@ -9,3 +9,4 @@ export { placement } from './placement';
 export { alert } from './alert';
 export { readJobLog } from './job-log';
 export { job } from './job';
+export { admission } from './admission';

@@ -10,6 +10,7 @@ import type { Candidate, CheckpointInfo, PlacementSurvey, Reservation } from '..
 import type { NodeInventory } from '../node/inventory';
 import type { AlertRecord } from '../../common/alert';
 import type { NodeRecord } from '../../common/node';
+import { createAdmissionActivities } from './admission';
 import { createIncidentActivities } from './incident';
 import { createRetentionActivities } from './retention';
 import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
@@ -41,6 +42,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
   }
   return {
     ...createIncidentActivities(),
+    ...createAdmissionActivities(client),
     ...createRetentionActivities(s3),
     /** Adds a checkpoint to its node's promotion loop, starting the loop if none runs. */
     async enqueuePromotion(input: {
