@@ -6,14 +6,14 @@ import { settleSignal } from './admission';
 export const PATCH_ADMISSION_SETTLE = 'admission-settle';
 
 /**
- * Tells admission this workflow's request left the backlog. Not awaited: the signal is a command sent with this
- * workflow task, and admission missing (never started, or work started before it existed) changes nothing here;
- * admission's reconciliation catches a signal that never arrived.
+ * Tells admission this workflow's request left the backlog. Awaited where the workflow then ends: Temporal drops
+ * a signal whose sender has closed before it was delivered. Admission missing (never started, or work started
+ * before it existed) changes nothing here; admission's reconciliation catches a signal that never arrived.
  */
-export function settleAdmission(outcome: 'placed' | 'done'): void {
+export async function settleAdmission(outcome: 'placed' | 'done'): Promise<void> {
   if (!patched(PATCH_ADMISSION_SETTLE)) return;
   // Non-cancellable: a cancelled restore or job still leaves the backlog.
-  void CancellationScope.nonCancellable(() =>
+  await CancellationScope.nonCancellable(() =>
     getExternalWorkflowHandle(ADMISSION_WORKFLOW_ID).signal(settleSignal, {
       workflowId: workflowInfo().workflowId,
       outcome,

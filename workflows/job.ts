@@ -226,7 +226,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
   function enter(state: JobState, reason: string | null = status.reason): void {
     if (state === 'Running' && !settled) {
       settled = true; // its first Running ends its wait for placement (admission's backlog)
-      settleAdmission('placed');
+      void settleAdmission('placed'); // the workflow goes on: the signal leaves with its next task
     }
     status.state = state;
     status.reason = reason;
@@ -1016,7 +1016,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
 
   try {
     const out = await lifecycle();
-    if (!settled) settleAdmission('done');
+    if (!settled) await settleAdmission('done');
     // A job that ended in a failed state fails its workflow, so the UI counts it as failed (older histories completed).
     if (FAILED_JOB_STATES.includes(out.state) && patched(PATCH_FAILED_WORKFLOWS_FAIL)) {
       throw failedWith(
@@ -1043,7 +1043,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
       status.nextRetryAt = null;
       event('Cancelled', 'job cancelled: run stopped and cleaned up');
       enter('Failed', 'Cancelled');
-      if (!settled) settleAdmission('done');
+      if (!settled) await settleAdmission('done');
     });
     throw err;
   }

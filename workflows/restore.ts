@@ -100,11 +100,11 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
   try {
     const status = await placeAndRestore(req);
     countRestore('Running', null);
-    settleAdmission('done');
+    await settleAdmission('done');
     return status;
   } catch (err) {
     countRestore('Failed', err instanceof CancelledFailure ? 'Cancelled' : (failureType(err) ?? 'Error'));
-    settleAdmission('done');
+    await settleAdmission('done');
     throw err;
   }
 }
