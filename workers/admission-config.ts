@@ -17,7 +17,7 @@ export function admissionConfigFromEnv(env: NodeJS.ProcessEnv): Partial<Admissio
     if (raw === undefined || raw === '') continue;
     const n = /^[0-9]+$/.test(raw) ? Number(raw) : NaN;
     const bad = admissionConfigProblem({ [key]: n });
-    if (bad) throw new Error(`${name}: ${bad.replace(/^[^:]+: /, '')} (got '${raw}')`);
+    if (bad) throw new Error(`${name}: ${bad.replace(/^[^:]+: /, '').replace(/ \(got [^)]*\)$/, '')} (got '${raw}')`);
     out[key] = n;
   }
   return out;
