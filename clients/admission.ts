@@ -8,6 +8,7 @@ import {
 import { ApplicationFailure } from '@temporalio/common';
 import {
   ADMISSION_REFUSED,
+  ADMISSION_SUMMARY,
   ADMISSION_WORKFLOW_ID,
   type AdmissionConfig,
   admissionConfigProblem,
@@ -48,7 +49,7 @@ const startAdmission = (): WithStartWorkflowOperation<typeof admission> =>
     taskQueue: CONTROL_QUEUE,
     args: [{}],
     workflowIdConflictPolicy: 'USE_EXISTING',
-    staticSummary: 'Admission: backlog of unplaced work, control-plane load, Normal or Degraded',
+    staticSummary: ADMISSION_SUMMARY,
   });
 
 /** A refusal from the admit update, as its typed error; anything else unchanged. */

@@ -7,6 +7,8 @@
  */
 
 export const ADMISSION_WORKFLOW_ID = 'admission';
+/** Its summary in the Temporal UI, whoever starts it (a client's first request, or the control worker's settings). */
+export const ADMISSION_SUMMARY = 'Admission: backlog of unplaced work, control-plane load, Normal or Degraded';
 export const ADMIT_UPDATE = 'admit';
 export const SETTLE_SIGNAL = 'settle';
 export const CONFIGURE_UPDATE = 'configure';

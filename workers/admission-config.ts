@@ -1,6 +1,7 @@
 import { type Client, WithStartWorkflowOperation } from '@temporalio/client';
 import {
   ADMISSION_ENV,
+  ADMISSION_SUMMARY,
   ADMISSION_WORKFLOW_ID,
   type AdmissionConfig,
   admissionConfigProblem,
@@ -34,7 +35,7 @@ export async function applyAdmissionConfig(client: Client, patch: Partial<Admiss
           taskQueue: CONTROL_QUEUE,
           args: [{}],
           workflowIdConflictPolicy: 'USE_EXISTING',
-          staticSummary: 'Admission: backlog of unplaced work, control-plane load, Normal or Degraded',
+          staticSummary: ADMISSION_SUMMARY,
         }),
       });
     } catch (e) {
