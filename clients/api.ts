@@ -20,6 +20,7 @@ import type { JobSpec, JobStatus, PreemptResult } from '../common/job';
 import type { NodeRecord } from '../common/node';
 import type { HealthConfigPatch, HealthReport } from '../common/health';
 import { configureHealth, readHealth } from './health';
+import type { AdmissionConfig, AdmissionStatus } from '../common/admission';
 // Workflows are started by reference (their function's name is the workflow type, and the argument and result
 // types follow from it). Loading these modules outside a workflow is safe: at load they only define queries,
 // signals and activity proxies, which act only when called inside a workflow.
@@ -28,6 +29,7 @@ import { migrate as migrateWorkflow, type MigrateRequest, type MigrateStatus } f
 import { restore as restoreWorkflow } from '../workflows/restore';
 import { runWorkload as runWorkloadWorkflow, stopWorkload as stopWorkloadWorkflow } from '../workflows/workload';
 import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
+import { admissionStatus, admit, configureAdmission, requestPriority } from './admission';
 import { parseDuration } from './durations';
 import { UnavailableError } from './errors';
 import { pendingActivityBytes, withLiveBytes } from './live-bytes';
@@ -114,6 +116,16 @@ export class KybernateClient {
     return configureHealth(this.client, patch);
   }
 
+  /** Admission's state (Normal or Degraded, backlog, limit, latency, why); null when it has never run. */
+  async admissionStatus(): Promise<AdmissionStatus | null> {
+    return admissionStatus(this);
+  }
+
+  /** Changes admission's settings (e.g. the backlog limit); its status after. */
+  async configureAdmission(patch: Partial<AdmissionConfig>): Promise<AdmissionStatus> {
+    return configureAdmission(this, patch);
+  }
+
   /** A node exists once its agent has reported to its registry workflow. */
   async node(node: string): Promise<NodeRecord> {
     assertSafeId('node', node);
@@ -161,6 +173,8 @@ export class KybernateClient {
     uploadMaxAttempts?: number;
     /** VRAM the job needs when restored (a CPU-only process needs none). */
     vramBytes?: number;
+    /** 0 (critical, never refused) to 10; default 5. Admission may refuse it (AdmissionRefusedError). */
+    priority?: number;
   }): Promise<{ workflowId: string; request: CheckpointRequest }> {
     const node = assertSafeId('node', input.node);
     const isPid = /^[0-9]+$/.test(input.target);
@@ -168,6 +182,7 @@ export class KybernateClient {
     const jobId = isPid ? `pid-${pid}` : assertSafeId('job', input.target);
     const checkpointId = assertSafeId('checkpointId', input.checkpointId ?? `${jobId}-${Date.now().toString(36)}`);
     assertBytes('vramBytes', input.vramBytes);
+    const priority = requestPriority(input.priority);
     if (
       input.uploadMaxAttempts !== undefined &&
       !(Number.isInteger(input.uploadMaxAttempts) && input.uploadMaxAttempts >= 1 && input.uploadMaxAttempts <= 1000)
@@ -199,6 +214,7 @@ export class KybernateClient {
         `checkpoint '${checkpointId}' exists in S3; checkpoint ids are never reused`,
       );
     }
+    await admit(this, { workflowId, kind: 'checkpoint', priority });
     await this.client.workflow
       .start(checkpointWorkflow, {
         workflowId,
@@ -384,8 +400,11 @@ export class KybernateClient {
     vramBytes?: number;
     placementDeadline?: string;
     readiness?: Readiness;
+    /** 0 (critical, never refused) to 10; default 5. Admission may refuse it (AdmissionRefusedError). */
+    priority?: number;
   }): Promise<{ workflowId: string }> {
     const checkpointId = assertSafeId('checkpoint', input.checkpointId);
+    const priority = requestPriority(input.priority);
     if (input.node) assertSafeId('node', input.node);
     if (input.placementDeadline !== undefined) parseDuration('placement-deadline', input.placementDeadline);
     assertBytes('vramBytes', input.vramBytes);
@@ -399,6 +418,7 @@ export class KybernateClient {
       n++;
     for (;;) {
       const workflowId = restoreWorkflowId(checkpointId, n);
+      await admit(this, { workflowId, kind: 'restore', priority });
       try {
         await this.client.workflow.start(restoreWorkflow, {
           workflowId,
@@ -535,8 +555,11 @@ export class KybernateClient {
     vramBytes?: number;
     placementDeadline?: string;
     readiness?: Readiness;
+    /** 0 (critical, never refused) to 10; default 5. Admission may refuse it (AdmissionRefusedError). */
+    priority?: number;
   }): Promise<{ workflowId: string; checkpointId: string }> {
     const jobId = assertSafeId('job', input.jobId);
+    const priority = requestPriority(input.priority);
     const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
     const from = input.from ? assertSafeId('from', input.from) : await this.jobNode(jobId);
     const to = assertSafeId('to', input.to);
@@ -547,6 +570,7 @@ export class KybernateClient {
     await this.node(to);
     const checkpointId = assertSafeId('checkpointId', `${jobId}-mig-${Date.now().toString(36)}`);
     const workflowId = `migrate/${checkpointId}`;
+    await admit(this, { workflowId, kind: 'migrate', priority });
     await this.client.workflow.start(migrateWorkflow, {
       workflowId,
       taskQueue: CONTROL_QUEUE,

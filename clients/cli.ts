@@ -10,6 +10,8 @@ import { runAgent } from '../workers/agent';
 import { loadConfig, type StartHooks } from '../workers/config';
 import { runControlWorker } from '../workers/control';
 import { type CheckpointStatus, KybernateClient, type MigrateStatus, type OnStatus, type RestoreStatus } from './index';
+import type { AdmissionConfig } from '../common/admission';
+import { formatAdmission, requestPriority } from './admission';
 import { formatBytes, parseBytes } from './bytes';
 import { parseDuration, parseSeconds } from './durations';
 import { describeError, printableCommanderOutput } from './errors';
@@ -45,6 +47,7 @@ import {
   type ScheduleJson,
   type SchedulesJson,
   type StatusJson,
+  type AdmissionJson,
   type UpJson,
   type WorkloadJson,
 } from './json-output';
@@ -77,6 +80,16 @@ interface JsonFlag {
 }
 const JSON_HELP =
   'print one JSON document on stdout (errors: {"error":{"code","message"}} on stderr); shapes in README';
+
+const PRIORITY_HELP = 'priority 0 (critical: never refused) to 10 (refused first under load)';
+
+/** --priority as given on the command line: a whole number from 0 to 10 (default 5). */
+function parsePriority(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^[0-9]+$/.test(text))
+    throw new InvalidInputError('priority', `expected a whole number from 0 to 10 (got '${text}')`);
+  return requestPriority(Number(text));
+}
 
 /** Prints the command's result: its JSON document with --json, else the text lines. */
 function emit<T extends object>(o: JsonFlag, doc: T, text: () => string): void {
@@ -288,17 +301,75 @@ program
       process.exitCode = 1;
       return;
     }
-    emit<StatusJson>(o, { running: true, uiUrl: state.temporal.uiUrl, components: s.components }, () =>
-      [
-        ...s.components.map(
-          (c) =>
-            `${c.healthy ? 'healthy  ' : 'UNHEALTHY'} ${c.component.padEnd(16)} pid ${String(c.pid ?? '-').padEnd(8)} ${c.detail}`,
-        ),
-        `Temporal UI: ${state.temporal.uiUrl}`,
-      ].join('\n'),
+    // Admission lives in a workflow: asked through Temporal, bounded; a stack whose Temporal or worker is down
+    // still gets its component lines, with admission's problem in their place.
+    const adm = await withClient(async (k) => ({ status: await k.admissionStatus(), problem: null })).catch(
+      (e: unknown) => ({ status: null, problem: describeError(e).message }),
+    );
+    emit<StatusJson>(
+      o,
+      {
+        running: true,
+        uiUrl: state.temporal.uiUrl,
+        components: s.components,
+        admission: adm.status,
+        admissionProblem: adm.problem,
+      },
+      () =>
+        [
+          ...s.components.map(
+            (c) =>
+              `${c.healthy ? 'healthy  ' : 'UNHEALTHY'} ${c.component.padEnd(16)} pid ${String(c.pid ?? '-').padEnd(8)} ${c.detail}`,
+          ),
+          // Both printable already: describeError escapes, and admission's lines hold only numbers and its own words.
+          adm.problem ? `admission: unknown (${adm.problem})` : formatAdmission(adm.status),
+          `Temporal UI: ${state.temporal.uiUrl}`,
+        ].join('\n'),
     );
     if (s.components.some((c) => !c.healthy)) process.exitCode = 1;
   });
+
+program
+  .command('admission')
+  .description(
+    "admission's state, and with options its settings: the backlog limit (priority 10 refused at it), the marks of Degraded mode",
+  )
+  .option('--backlog-limit <n>', 'backlog at which priority-10 requests are refused (default 1000)')
+  .option('--degraded-backlog <n>', 'backlog above which the control plane is Degraded (default 2000)')
+  .option('--degraded-latency-ms <ms>', 'probe latency above which the control plane is Degraded (default 5000)')
+  .option('--probe-interval-ms <ms>', 'how often admission probes the control plane (default 10000)')
+  .option('--calm-probes <n>', 'calm probes in a row before Degraded ends (default 3)')
+  .option('--json', JSON_HELP)
+  .action(
+    async (
+      o: {
+        backlogLimit?: string;
+        degradedBacklog?: string;
+        degradedLatencyMs?: string;
+        probeIntervalMs?: string;
+        calmProbes?: string;
+      } & JsonFlag,
+    ) => {
+      const patch: Partial<AdmissionConfig> = {};
+      const fields = [
+        ['backlogLimit', 'backlog-limit'],
+        ['degradedBacklog', 'degraded-backlog'],
+        ['degradedLatencyMs', 'degraded-latency-ms'],
+        ['probeIntervalMs', 'probe-interval-ms'],
+        ['calmProbes', 'calm-probes'],
+      ] as const;
+      for (const [key, flag] of fields) {
+        const v = o[key];
+        if (v === undefined) continue;
+        if (!/^[0-9]+$/.test(v)) throw new InvalidInputError(flag, `expected a whole number (got '${v}')`);
+        patch[key] = Number(v);
+      }
+      await withClient(async (k) => {
+        const s = Object.keys(patch).length > 0 ? await k.configureAdmission(patch) : await k.admissionStatus();
+        emit<AdmissionJson>(o, { admission: s }, () => formatAdmission(s));
+      });
+    },
+  );
 
 program
   .command('agent')
@@ -352,6 +423,7 @@ program
   .addOption(new Option('--reason <reason>', 'why').choices(['manual', 'preemption']).default('manual'))
   .option('--id <checkpointId>', 'checkpoint id (default: <job>-<time>)')
   .option('--vram <size>', 'VRAM the job needs when restored (default: none, a CPU-only process)')
+  .option('--priority <n>', PRIORITY_HELP, '5')
   .option('--no-wait', 'return once started')
   .option('--json', JSON_HELP)
   .action(
@@ -363,6 +435,7 @@ program
         reason: 'manual' | 'preemption';
         id?: string;
         vram?: string;
+        priority?: string;
         wait: boolean;
       } & JsonFlag,
     ) => {
@@ -372,6 +445,7 @@ program
       assertSafeId('node', o.node);
       if (o.id !== undefined) assertSafeId('checkpointId', o.id);
       const vramBytes = o.vram !== undefined ? parseBytes('vram', o.vram) : undefined;
+      const priority = parsePriority(o.priority);
       await withClient(async (k) => {
         if (o.reason === 'preemption' && !/^[0-9]+$/.test(target) && (await k.jobs.isOpen(target))) {
           // The job workflow preempts its own run: it checkpoints it, requeues it and resumes it from that checkpoint.
@@ -408,6 +482,7 @@ program
           reason: o.reason,
           checkpointId: o.id,
           vramBytes,
+          priority,
         });
         if (!o.json) console.log(`checkpoint ${request.checkpointId} started: ${k.uiLink(workflowId) ?? workflowId}`);
         if (!o.wait) {
@@ -462,7 +537,7 @@ program
     '--timeout <duration>',
     'wall-clock limit from the first start, e.g. 2h (then TimedOut, everything it started killed)',
   )
-  .option('--priority <n>', 'priority 0 (lowest) to 10', '0')
+  .option('--priority <n>', PRIORITY_HELP, '5')
   .option(
     '--tier <tier>',
     'critical (restored from its last good checkpoint elsewhere past its restart limit) or normal',
@@ -899,11 +974,16 @@ program
   .option('--placement-deadline <duration>', 'how long to wait for a node that fits, e.g. 90s or 10m', '10m')
   .option('--ready-tcp <port>', 'Running only once a TCP connect to 127.0.0.1:<port> succeeds')
   .option('--ready-exec <command>', "Running only once '<command>' (run by sh -c on the node) exits 0")
+  .option('--priority <n>', PRIORITY_HELP, '5')
   .option('--no-wait', 'return once started')
   .option('--json', JSON_HELP)
   .action(
-    async (id: string, o: { node?: string; placementDeadline: string; wait: boolean } & ReadyFlags & JsonFlag) => {
+    async (
+      id: string,
+      o: { node?: string; placementDeadline: string; priority?: string; wait: boolean } & ReadyFlags & JsonFlag,
+    ) => {
       assertSafeId('checkpoint', id);
+      const priority = parsePriority(o.priority);
       if (o.node !== undefined) assertSafeId('node', o.node);
       parseDuration('placement-deadline', o.placementDeadline);
       await withClient(async (k) => {
@@ -912,6 +992,7 @@ program
           node: o.node,
           placementDeadline: o.placementDeadline,
           readiness: readinessFlags(o),
+          priority,
         });
         if (!o.json) console.log(`restore of ${id} started: ${k.uiLink(workflowId) ?? workflowId}`);
         if (!o.wait) {
@@ -938,33 +1019,38 @@ program
   .requiredOption('--to <node>', 'node to move it to')
   .option('--ready-tcp <port>', 'restored only once a TCP connect to 127.0.0.1:<port> succeeds')
   .option('--ready-exec <command>', "restored only once '<command>' (run by sh -c on the node) exits 0")
+  .option('--priority <n>', PRIORITY_HELP, '5')
   .option('--no-wait', 'return once started')
   .option('--json', JSON_HELP)
-  .action(async (job: string, o: { from?: string; to: string; wait: boolean } & ReadyFlags & JsonFlag) => {
-    assertSafeId('job', job);
-    if (o.from !== undefined) assertSafeId('from', o.from);
-    assertSafeId('to', o.to);
-    await withClient(async (k) => {
-      const { workflowId, checkpointId } = await k.startMigration({
-        jobId: job,
-        from: o.from,
-        to: o.to,
-        readiness: readinessFlags(o),
+  .action(
+    async (job: string, o: { from?: string; to: string; priority?: string; wait: boolean } & ReadyFlags & JsonFlag) => {
+      assertSafeId('job', job);
+      const priority = parsePriority(o.priority);
+      if (o.from !== undefined) assertSafeId('from', o.from);
+      assertSafeId('to', o.to);
+      await withClient(async (k) => {
+        const { workflowId, checkpointId } = await k.startMigration({
+          jobId: job,
+          from: o.from,
+          to: o.to,
+          readiness: readinessFlags(o),
+          priority,
+        });
+        if (!o.json) console.log(`migration of ${job} started: ${k.uiLink(workflowId) ?? workflowId}`);
+        if (!o.wait) {
+          if (o.json) emit<MigrateJson>(o, { jobId: job, checkpointId, workflowId, status: null }, () => '');
+          return;
+        }
+        const r = await withProgress<MigrateStatus>(`migrate ${job}`, o, (onStatus) =>
+          k.migrationResult(workflowId, onStatus),
+        );
+        emit<MigrateJson>(o, { jobId: job, checkpointId, workflowId, status: r }, () =>
+          printable(`${job}: ${r.phase}${r.failureReason ? ` — ${r.failureReason}` : ''}`),
+        );
+        if (r.phase !== 'Migrated') process.exitCode = 1;
       });
-      if (!o.json) console.log(`migration of ${job} started: ${k.uiLink(workflowId) ?? workflowId}`);
-      if (!o.wait) {
-        if (o.json) emit<MigrateJson>(o, { jobId: job, checkpointId, workflowId, status: null }, () => '');
-        return;
-      }
-      const r = await withProgress<MigrateStatus>(`migrate ${job}`, o, (onStatus) =>
-        k.migrationResult(workflowId, onStatus),
-      );
-      emit<MigrateJson>(o, { jobId: job, checkpointId, workflowId, status: r }, () =>
-        printable(`${job}: ${r.phase}${r.failureReason ? ` — ${r.failureReason}` : ''}`),
-      );
-      if (r.phase !== 'Migrated') process.exitCode = 1;
-    });
-  });
+    },
+  );
 
 program
   .command('nodes')

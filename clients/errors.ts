@@ -14,6 +14,7 @@ import {
   TimeoutFailure,
 } from '@temporalio/common';
 import { CommanderError } from 'commander';
+import type { AdmissionRefusal } from '../common/admission';
 import { InvalidInputError, printable } from '../common/ids';
 
 /** Exit codes of the CLI (documented in README's CLI section). */
@@ -44,12 +45,29 @@ export type ErrorCode =
   | 'NOT_FOUND'
   /** Temporal refused or failed the call (a gRPC error). */
   | 'TEMPORAL'
+  /** Admission refused the request (backlog past its limit, or Degraded): nothing was started; retry later. */
+  | 'ADMISSION_REFUSED'
   /** Anything else. */
   | 'INTERNAL';
 
 /** A failure of the client library: one subclass per kind, each with its stable code. */
 export abstract class KybernateError extends Error {
   abstract readonly code: ErrorCode;
+}
+
+/**
+ * Admission refused the request: the message says why and when to retry; `refusal` has the same as fields
+ * (reason 'backlog' or 'degraded', retryAfterS). Nothing was started.
+ */
+export class AdmissionRefusedError extends KybernateError {
+  readonly code = 'ADMISSION_REFUSED' as const;
+  constructor(
+    message: string,
+    readonly refusal: AdmissionRefusal,
+  ) {
+    super(message);
+    this.name = 'AdmissionRefusedError';
+  }
 }
 
 /** A component the command needs did not answer in time: says which, and where. */

@@ -22,6 +22,7 @@ export {
   EXIT_OK,
   EXIT_USAGE,
   KybernateError,
+  AdmissionRefusedError,
   UnavailableError,
   WorkflowFailedWithoutStatusError,
 } from './errors';
@@ -45,3 +46,5 @@ export type { MigrateRequest, MigrateStatus } from '../workflows/migrate';
 export type { JobSpec, JobStatus, PreemptResult } from '../common/job';
 export type { Readiness } from '../common/readiness';
 export type { NodeRecord } from '../workflows/node';
+export type { AdmissionConfig, AdmissionRefusal, AdmissionStatus } from '../common/admission';
+export { DEFAULT_PRIORITY } from '../common/admission';

@@ -11,6 +11,7 @@ import {
   RESTART_POLICIES,
 } from '../common/job-spec';
 import { parseReadiness } from '../common/readiness';
+import { DEFAULT_PRIORITY } from '../common/admission';
 import { parseBytes } from './bytes';
 
 /**
@@ -156,7 +157,7 @@ function envField(field: string, v: unknown): Record<string, string> {
 
 /**
  * A JobSpec from the fields as written, each checked and named by `name` (the CLI's flag names or a YAML
- * entry's keys), then the whole spec checked again by parseJobSpec. Defaults: no VRAM, no limits, priority 0,
+ * entry's keys), then the whole spec checked again by parseJobSpec. Defaults: no VRAM, no limits, priority 5,
  * tier normal, restart policy Always (Kubernetes'), 10 restarts, CrashLoopBackOff 10s/5m/10m.
  */
 export function jobSpecFromFields(
@@ -173,7 +174,7 @@ export function jobSpecFromFields(
     command: f.command as string[],
     vramBytes: given('vram') ? bytesField(name('vram'), f.vram, MAX_VRAM_BYTES, jobValueProblem.vramBytes) : 0,
     limits: {},
-    priority: given('priority') ? wholeField(name('priority'), f.priority, jobValueProblem.priority) : 0,
+    priority: given('priority') ? wholeField(name('priority'), f.priority, jobValueProblem.priority) : DEFAULT_PRIORITY,
     tier: given('tier') ? choiceField<JobTier>(name('tier'), f.tier, JOB_TIERS) : 'normal',
     restartPolicy: given('restartPolicy')
       ? choiceField<RestartPolicy>(name('restartPolicy'), f.restartPolicy, RESTART_POLICIES)

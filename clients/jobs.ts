@@ -26,6 +26,7 @@ import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 // Started by reference (see api.ts): the function's name is the workflow type.
 import { job } from '../workflows/job';
 import { readJobLog } from '../workflows/job-log';
+import { admit } from './admission';
 import type { KybernateClient } from './api';
 import { describeError, describeFailureChain, KybernateError, UnavailableError } from './errors';
 import { isJobStatus, resultOf } from './result';
@@ -81,6 +82,7 @@ export class JobsApi {
     const spec = parseJobSpec(input);
     if (spec.node) await this.assertNodeReported(spec.node);
     const workflowId = jobWorkflowId(spec.jobId);
+    await admit(this.k, { workflowId, kind: 'job', priority: spec.priority });
     const summary = `job ${spec.jobId}: ${spec.command.join(' ')}`;
     try {
       await this.k.client.workflow.start(job, {

@@ -3,6 +3,7 @@
  * {"error":{"code","message"}} on stderr, with the same exit codes as without --json. These shapes are a
  * contract (README's "--json" section): fields are added, never renamed or removed.
  */
+import type { AdmissionStatus } from '../common/admission';
 import type { CheckpointStatus } from '../common/checkpoint';
 import type { JobStatus, PreemptResult } from '../common/job';
 import type { RestoreStatus } from '../common/restore';
@@ -133,6 +134,14 @@ export interface StatusJson {
   running: boolean;
   uiUrl: string | null;
   components: { component: string; pid: number | null; healthy: boolean; detail: string }[];
+  /** Admission's state (null: never started, or not reachable: see admissionProblem). Absent when no stack runs. */
+  admission?: AdmissionStatus | null;
+  admissionProblem?: string | null;
+}
+
+/** `admission`: its state (null: it never ran and no setting was given). */
+export interface AdmissionJson {
+  admission: AdmissionStatus | null;
 }
 
 /** The document an error becomes (on stderr), with the exit code it keeps. */

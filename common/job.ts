@@ -69,7 +69,7 @@ export interface JobSpec {
   limits: JobLimits;
   /** Wall-clock limit of the job from its first start; past it the job is TimedOut and cleaned up. */
   timeoutMs?: number;
-  /** 0 (lowest) to 10. */
+  /** 0 (critical: never refused by admission) to 10 (shed first); default 5. See common/admission.ts. */
   priority: number;
   tier: JobTier;
   restartPolicy: RestartPolicy;

@@ -5,6 +5,7 @@ import { type S3Config, type TemporalSecurity, temporalConnectionOptions } from 
 import { CONTROL_QUEUE } from '../common/queues';
 import { describeConfig, loadConfig, makeLogger, type StartHooks } from './config';
 import { installMetrics, metricsAddress } from './metrics';
+import { admissionConfigFromEnv, applyAdmissionConfig } from './admission-config';
 
 /** The control-plane worker: every workflow, plus activities that need a Temporal client. */
 export async function createControlWorker(
@@ -12,7 +13,7 @@ export async function createControlWorker(
   namespace: string,
   s3?: S3Config,
   security?: TemporalSecurity,
-): Promise<{ worker: Worker; close: () => Promise<void> }> {
+): Promise<{ worker: Worker; client: Client; close: () => Promise<void> }> {
   const options = temporalConnectionOptions({ temporalAddress: address, temporal: security });
   const connection = await NativeConnection.connect(options);
   const clientConn = await Connection.connect(options);
@@ -26,6 +27,7 @@ export async function createControlWorker(
   });
   return {
     worker,
+    client,
     close: async () => {
       await clientConn.close();
       await connection.close();
@@ -40,11 +42,20 @@ export async function runControlWorker(hooks: StartHooks = {}): Promise<void> {
   // Before any connection: the SDK runtime (and its exporter) is process-wide and installed once.
   const metrics = await metricsAddress('control', hooks.localMetricsAddress?.(cfg.temporalAddress) ?? null);
   if (metrics) installMetrics(metrics);
-  const { worker, close } = await createControlWorker(cfg.temporalAddress, cfg.namespace, cfg.s3, cfg.temporal);
+  // Checked before connecting: a bad setting names its variable and starts nothing.
+  const admissionSettings = admissionConfigFromEnv(process.env);
+  const { worker, client, close } = await createControlWorker(cfg.temporalAddress, cfg.namespace, cfg.s3, cfg.temporal);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
   const leaveStack =
     hooks.join?.('control-worker', cfg.temporalAddress, { metricsAddress: metrics }) ?? (() => undefined);
   logger.info({ queue: CONTROL_QUEUE, metrics: metrics ? `http://${metrics}/metrics` : 'off' }, 'control worker ready');
+  if (Object.keys(admissionSettings).length > 0) {
+    // Sent once this worker polls (the update needs a worker to run it); until it lands admission keeps what it had.
+    void applyAdmissionConfig(client, admissionSettings).then(
+      (s) => logger.info({ admission: s.config }, 'admission configured from the environment'),
+      (e: unknown) => logger.error({ err: String(e) }, 'admission settings from the environment not applied'),
+    );
+  }
   try {
     await worker.run();
   } finally {

@@ -10,3 +10,4 @@ export { alert } from './alert';
 export { readJobLog } from './job-log';
 export { job } from './job';
 export { preemptionSweep } from './sweep';
+export { admission } from './admission';

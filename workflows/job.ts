@@ -51,6 +51,7 @@ import { agentLost, agentUnreachable, describeFailure, failureType } from './fai
 import type { JobNodeActivities } from './job-activities';
 import { backoffDelayMs, pushEvent, retentionVictims, specProblem } from './job-policy';
 import { restore } from './restore';
+import { settleAdmission } from './admission-settle';
 import { countJobRestart } from './metrics';
 
 export const jobStatusQuery = defineQuery<JobStatus>(JOB_STATUS_QUERY);
@@ -221,7 +222,12 @@ export async function job(input: JobInput): Promise<JobStatus> {
     pushEvent(status.events, { at: new Date().toISOString(), type, message });
     log.info(message, { job: jobId, node: status.node, event: type });
   }
+  let settled = false;
   function enter(state: JobState, reason: string | null = status.reason): void {
+    if (state === 'Running' && !settled) {
+      settled = true; // its first Running ends its wait for placement (admission's backlog)
+      void settleAdmission('placed'); // the workflow goes on: the signal leaves with its next task
+    }
     status.state = state;
     status.reason = reason;
     upsertSearchAttributes([
@@ -1010,6 +1016,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
 
   try {
     const out = await lifecycle();
+    if (!settled) await settleAdmission('done');
     // A job that ended in a failed state fails its workflow, so the UI counts it as failed (older histories completed).
     if (FAILED_JOB_STATES.includes(out.state) && patched(PATCH_FAILED_WORKFLOWS_FAIL)) {
       throw failedWith(
@@ -1036,6 +1043,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
       status.nextRetryAt = null;
       event('Cancelled', 'job cancelled: run stopped and cleaned up');
       enter('Failed', 'Cancelled');
+      if (!settled) await settleAdmission('done');
     });
     throw err;
   }

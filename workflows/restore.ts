@@ -25,6 +25,7 @@ import { type RestorePhase, type RestoreRequest, type RestoreStatus, restoreAtte
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
 import { countRestore } from './metrics';
+import { settleAdmission } from './admission-settle';
 
 export const restoreStatusQuery = defineQuery<RestoreStatus>(STATUS_QUERY);
 
@@ -105,9 +106,11 @@ export async function restore(req: RestoreRequest): Promise<RestoreStatus> {
   try {
     const status = await placeAndRestore(req);
     countRestore('Running', null);
+    await settleAdmission('done');
     return status;
   } catch (err) {
     countRestore('Failed', err instanceof CancelledFailure ? 'Cancelled' : (failureType(err) ?? 'Error'));
+    await settleAdmission('done');
     throw err;
   }
 }

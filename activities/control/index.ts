@@ -10,6 +10,7 @@ import type { Candidate, CheckpointInfo, PlacementSurvey, Reservation } from '..
 import type { NodeInventory } from '../node/inventory';
 import type { AlertRecord } from '../../common/alert';
 import type { NodeRecord } from '../../common/node';
+import { createAdmissionActivities } from './admission';
 import { createIncidentActivities } from './incident';
 import { createHealthActivities } from './health';
 import { createRetentionActivities } from './retention';
@@ -48,6 +49,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
   }
   return {
     ...createIncidentActivities(),
+    ...createAdmissionActivities(client),
     ...createRetentionActivities(s3),
     ...createSweepActivities(client),
     ...createHealthActivities(client),

@@ -19,13 +19,13 @@ const flags = (more: Partial<JobFields>): JobSpec => jobSpecFromFields({ ...base
 const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 describe('job spec from CLI flags', () => {
-  test('defaults: no VRAM, no limits, priority 0, normal tier, Always, 10 restarts, CrashLoopBackOff 10s/5m/10m', () => {
+  test('defaults: no VRAM, no limits, priority 5, normal tier, Always, 10 restarts, CrashLoopBackOff 10s/5m/10m', () => {
     expect(flags({})).toEqual({
       jobId: 'train',
       command: ['python3', 'train.py'],
       vramBytes: 0,
       limits: {},
-      priority: 0,
+      priority: 5,
       tier: 'normal',
       restartPolicy: 'Always',
       maxRestarts: 10,
@@ -462,7 +462,7 @@ test('describe job: state and reason, the spec, every run with exit code or sign
   expect(text).toMatch(/^Created:\s+2026-01-01T10:00:00Z \(2h ago\)$/m);
   expect(text).toMatch(/^Restarts:\s+1 of at most 10$/m);
   expect(text).toMatch(
-    /^Spec:\s+placed by VRAM, vram 0 B, memory 4\.0 GiB, timeout 2h, priority 0, tier normal, restart Always \(at most 10\)/m,
+    /^Spec:\s+placed by VRAM, vram 0 B, memory 4\.0 GiB, timeout 2h, priority 5, tier normal, restart Always \(at most 10\)/m,
   );
   expect(text).toMatch(/^\s+1\s+node-a\s+2026-01-01T10:00:00Z\s+2026-01-01T10:05:00Z\s+1\s+Error\s+-\s+exit 1$/m);
   expect(text).toMatch(/^\s+2\s+node-a\s+\S+\s+\S+\s+SIGKILL\s+Preempted\s+-/m);
