@@ -139,28 +139,34 @@ export class KybernateClient {
   }
 
   /**
-   * Every registered node (a running registry workflow `node/<name>`), by name: state, inventory, last seen.
-   * Like `node`, an unanswered query (the control worker down) is an error; a registry that closed between the
-   * listing and its query is left out.
+   * Every registered node (a running registry workflow `node/<name>`), by name, or only the named ones in that
+   * order (an unknown one is an error): state, inventory, last seen, health score. Like `node`, an unanswered
+   * query (the control worker down) is an error; a registry that closed between the listing and its query is
+   * left out.
    */
-  async nodes(): Promise<NodeRecord[]> {
-    const out: NodeRecord[] = [];
+  async nodes(only: string[] = []): Promise<NodeRecord[]> {
+    const records: NodeRecord[] = [];
+    if (only.length > 0) records.push(...(await Promise.all(only.map((n) => this.node(n)))));
+    else
+      for await (const wf of this.client.workflow.list({
+        query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
+      })) {
+        try {
+          records.push(await this.queryStatus<NodeRecord>(wf.workflowId));
+        } catch (e) {
+          if (!(e instanceof WorkflowNotFoundError)) throw e;
+        }
+      }
     // Liveness from each node's registry, score and quarantine from the placement workflow's health view.
     const health = await this.health();
     const byNode = new Map((health?.nodes ?? []).map((h) => [h.node, h]));
-    for await (const wf of this.client.workflow.list({
-      query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
-    })) {
-      try {
-        const rec = await this.queryStatus<NodeRecord>(wf.workflowId);
-        const h = byNode.get(rec.node);
-        // A node the placement workflow never heard of has had no failures: a full score.
-        out.push({ ...rec, score: h?.score ?? 1, quarantined: h?.state === 'Quarantined' });
-      } catch (e) {
-        if (!(e instanceof WorkflowNotFoundError)) throw e;
-      }
-    }
-    return out.sort((a, b) => a.node.localeCompare(b.node));
+    const out = records.map((rec, i) => {
+      const node = only[i] ?? rec.node;
+      const h = byNode.get(node);
+      // A node the placement workflow never heard of has had no failures: a full score.
+      return { ...rec, node, score: h?.score ?? 1, quarantined: h?.state === 'Quarantined' };
+    });
+    return only.length > 0 ? out : out.sort((a, b) => a.node.localeCompare(b.node));
   }
 
   /** Validates everything that can be checked without touching the workload, then starts the workflow. */

@@ -1060,8 +1060,7 @@ program
   .action(async (nodes: string[], o: JsonFlag) => {
     for (const n of nodes) assertSafeId('node', n);
     await withClient(async (k) => {
-      const records = nodes.length > 0 ? await Promise.all(nodes.map((n) => k.node(n))) : await k.nodes();
-      const doc: NodesJson = { nodes: records.map((r, i) => ({ ...r, node: nodes[i] ?? r.node })) };
+      const doc: NodesJson = { nodes: await k.nodes(nodes) };
       emit(o, doc, () => (doc.nodes.length === 0 ? 'no nodes registered' : nodesTable(doc.nodes, Date.now())));
     });
   });
