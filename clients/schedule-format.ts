@@ -17,18 +17,21 @@ function sweepWords(s: SweepInput | null): string {
 export function schedulesTable(rows: PreemptionScheduleInfo[]): string {
   const lines = [['NAME', 'CRON', 'SWEEP', 'STATE', 'NEXT RUN']];
   for (const r of rows)
-    lines.push([r.name, r.cron ?? '-', sweepWords(r.sweep), r.paused ? 'Paused' : 'Active', r.nextRunAt[0] ?? '-']);
+    lines.push(
+      // Each cell made printable on its own: escaping the joined table would print its line breaks as '\n'.
+      [r.name, r.cron ?? '-', sweepWords(r.sweep), r.paused ? 'Paused' : 'Active', r.nextRunAt[0] ?? '-'].map(
+        printable,
+      ),
+    );
   const widths = lines[0].map((_, i) => Math.max(...lines.map((l) => l[i].length)));
-  return printable(
-    lines
-      .map((l) =>
-        l
-          .map((c, i) => c.padEnd(widths[i]))
-          .join('  ')
-          .trimEnd(),
-      )
-      .join('\n'),
-  );
+  return lines
+    .map((l) =>
+      l
+        .map((c, i) => c.padEnd(widths[i]))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 /** A sweep's record: what it chose, why, and what became of each victim. */
@@ -39,7 +42,7 @@ export function sweepText(s: SweepStatus): string {
       `    ${v.job.jobId} on ${v.job.node}: ${v.outcome ?? 'preempting'}${v.checkpointId ? ` (checkpoint ${v.checkpointId})` : ''} — ${v.why}${v.message ? `; ${v.message}` : ''}`,
     );
   for (const k of s.skipped) out.push(`    left alone ${k.jobId}: ${k.message}`);
-  return out.join('\n');
+  return out.map(printable).join('\n');
 }
 
 /** `preempt schedule describe` (and create, pause, unpause). */
@@ -51,6 +54,5 @@ export function scheduleText(r: PreemptionScheduleInfo): string {
   ];
   if (r.running?.length) out.push(`  running: ${r.running.join(', ')}`);
   for (const a of r.recent) out.push(`  started ${a.workflowId} at ${a.takenAt}`);
-  if (r.lastSweep) out.push(sweepText(r.lastSweep));
-  return printable(out.join('\n'));
+  return [...out.map(printable), ...(r.lastSweep ? [sweepText(r.lastSweep)] : [])].join('\n');
 }

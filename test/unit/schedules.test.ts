@@ -1,6 +1,7 @@
 import { cronProblem } from '../../common/cron';
 import { InvalidInputError } from '../../common/ids';
-import { parsePreemptionSchedule } from '../../clients/schedules';
+import { parsePreemptionSchedule, type PreemptionScheduleInfo } from '../../clients/schedules';
+import { scheduleText, schedulesTable } from '../../clients/schedule-format';
 
 describe('cronProblem', () => {
   test.each(['* * * * *', '*/5 0-6 1,15 jan-mar mon-fri', '0 3 * * 7', '@hourly', '@Daily', '30 2 * 12 sun'])(
@@ -69,4 +70,32 @@ describe('parsePreemptionSchedule', () => {
     [{ name: 'n', cron: '* * * * *', zone: '../z' }, '--zone'],
     [{ name: 'n', cron: '* * * * *', overlap: 'sometimes' }, '--overlap'],
   ])('refuses %j naming %s', (req, field) => expect(fieldOf(() => parsePreemptionSchedule(req))).toBe(field));
+});
+
+describe('schedule text output', () => {
+  const info: PreemptionScheduleInfo = {
+    name: 'nightly',
+    scheduleId: 'preempt/nightly',
+    cron: '0 2 * * *',
+    sweep: { belowPriority: 5, max: 1 },
+    overlap: 'SKIP',
+    paused: true,
+    note: 'maintenance\x1b[31m\nwindow',
+    nextRunAt: ['2026-11-28T02:00:00.000Z'],
+    recent: [],
+  };
+  test('describe: one line each, only what came from outside escaped (found as literal \\n between lines)', () => {
+    expect(scheduleText(info).split('\n')).toEqual([
+      'nightly: Paused (maintenance\\x1b[31m\\nwindow)',
+      '  cron 0 2 * * *; sweep below priority 5, max 1; overlap SKIP',
+      '  next run 2026-11-28T02:00:00.000Z',
+    ]);
+  });
+  test('list: a header and a row per schedule', () => {
+    expect(schedulesTable([info, { ...info, name: 'weekly', paused: false }]).split('\n')).toEqual([
+      'NAME     CRON       SWEEP                    STATE   NEXT RUN',
+      'nightly  0 2 * * *  below priority 5, max 1  Paused  2026-11-28T02:00:00.000Z',
+      'weekly   0 2 * * *  below priority 5, max 1  Active  2026-11-28T02:00:00.000Z',
+    ]);
+  });
 });
