@@ -77,7 +77,7 @@ describe('schedule text output', () => {
     name: 'nightly',
     scheduleId: 'preempt/nightly',
     cron: '0 2 * * *',
-    sweep: { belowPriority: 5, max: 1 },
+    sweep: { schedule: 'nightly', belowPriority: 5, max: 1 },
     overlap: 'SKIP',
     paused: true,
     note: 'maintenance\x1b[31m\nwindow',
