@@ -62,6 +62,8 @@ export const jobValueProblem = {
       ? null
       : `must be from 10s to 365d (got ${n} ms)`,
   keep: (n: number): string | null => wholeIn(n, 1, MAX_KEEP, 'of checkpoints'),
+  evictAfterMs: (n: number): string | null =>
+    Number.isInteger(n) && n >= MIN_DURATION_MS && n <= MAX_DURATION_MS ? null : `must be from 1s to 7d (got ${n} ms)`,
 } as const;
 
 /** What is wrong with a job's command, or null: a non-empty list of strings, the program non-empty, no NUL. */
@@ -145,6 +147,7 @@ export const JobSpecSchema = z
     checkpointEveryMs: refined(jobValueProblem.checkpointEveryMs).optional(),
     keep: refined(jobValueProblem.keep).optional(),
     readiness: ReadinessSchema.optional(),
+    evictAfterMs: refined(jobValueProblem.evictAfterMs).optional(),
   })
   .strict()
   .superRefine((s, ctx) => {

@@ -19,7 +19,8 @@ export type JobState =
   | 'Preempted' // checkpointed for preemption; waiting to be placed again and resumed
   | 'Succeeded'
   | 'Failed'
-  | 'Quarantined'; // past --max-restarts: no more restarts until `kybernate release`
+  | 'Quarantined' // past --max-restarts: no more restarts until `kybernate release`
+  | 'Unknown'; // its node went Unhealthy or Left while the run was watched: not known whether it still runs
 
 export const TERMINAL_JOB_STATES: readonly JobState[] = [
   'StartFailure',
@@ -80,6 +81,30 @@ export interface JobSpec {
   keep?: number;
   /** A run counts as started (and a resumed run as Running) once this passes. */
   readiness?: Readiness;
+  /**
+   * How long the job stays Unknown on an Unhealthy (or Left) node before it is restarted elsewhere (evicted).
+   * Absent: DEFAULT_EVICT_AFTER_MS, or DEFAULT_CRITICAL_EVICT_AFTER_MS for the critical tier.
+   */
+  evictAfterMs?: number;
+}
+
+export const DEFAULT_EVICT_AFTER_MS = 60_000;
+export const DEFAULT_CRITICAL_EVICT_AFTER_MS = 20_000;
+
+/**
+ * A kill owed to an evicted run's old process (never two copies): settled when the old node is Ready again and
+ * the process is killed there by identity, or when the node's registry is gone (node lost: nothing can run there).
+ */
+export interface FenceRecord {
+  run: number;
+  node: string;
+  process: ProcessIdentity;
+  /** When the eviction owed it (workflow time). */
+  since: string;
+  /** null: still owed. */
+  settled: 'killed' | 'node lost' | null;
+  settledAt: string | null;
+  detail: string | null;
 }
 
 /** Why a run ended, in kubectl's words where it has them. */
@@ -92,6 +117,7 @@ export type RunEndReason =
   | 'Preempted' // checkpointed and stopped for preemption
   | 'Stopped' // stopped by a cancel or a release
   | 'LostWhileAgentDown' // gone while the node's agent was down, and no exit status was left
+  | 'Evicted' // its node stayed Unhealthy past the grace: restarted elsewhere, the old copy fenced (killed when seen)
   | 'StartFailure';
 
 export interface RunRecord {
@@ -162,6 +188,8 @@ export interface JobStatus {
   backoffStep?: number;
   /** Where the next run starts from when the workflow continued as new between runs (null: from scratch). */
   resumeFrom?: string | null;
+  /** Kills owed to evicted runs' old processes (and how each was settled); absent before fencing. */
+  fences?: FenceRecord[];
 }
 
 /** Workflow handler names of the job workflow. */

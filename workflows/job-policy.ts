@@ -66,5 +66,6 @@ export function specProblem(spec: JobSpec): string | null {
   if (!positive(spec.checkpointEveryMs)) return `checkpointEveryMs: must be > 0 (got ${spec.checkpointEveryMs})`;
   if (spec.keep !== undefined && (!Number.isInteger(spec.keep) || spec.keep < 1))
     return `keep: must be an integer >= 1 (got ${spec.keep})`;
+  if (!positive(spec.evictAfterMs)) return `evictAfterMs: must be > 0 (got ${spec.evictAfterMs})`;
   return null;
 }

@@ -27,7 +27,10 @@ import type { NodeActivities } from '../activities/node';
 import type { CheckpointStatus } from '../common/checkpoint';
 import { ErrorType } from '../common/errors';
 import {
+  DEFAULT_CRITICAL_EVICT_AFTER_MS,
+  DEFAULT_EVICT_AFTER_MS,
   FAILED_JOB_STATES,
+  type FenceRecord,
   type JobCheckpointRecord,
   type JobInput,
   type JobState,
@@ -42,6 +45,7 @@ import {
   type RunRecord,
   TERMINAL_JOB_STATES,
 } from '../common/job';
+import { NO_ZONE } from '../common/health';
 import type { ProcessIdentity } from '../common/journal';
 import { failedWith, isCheckpointStatus, PATCH_FAILED_WORKFLOWS_FAIL, statusFromFailure } from '../common/outcome';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeQueue, restoreWorkflowId } from '../common/queues';
@@ -65,6 +69,17 @@ const PLACEMENT_RETRY_CAP_MS = 60_000;
 const UNREACHABLE_NODE_PAUSE_MS = 5 * 60_000;
 /** Grace of SIGTERM before SIGKILL when the job is stopped (timeout, cancel), as kubelet's default. */
 const STOP_GRACE_MS = 30_000;
+/**
+ * Histories that lost an agent before fencing asked the node (inspectRun, waiting days); with it the job asks the
+ * node's registry, is Unknown while the node is Unhealthy or Left, and is evicted past its grace (old run fenced).
+ */
+const PATCH_NODE_FENCING = 'job-node-fencing';
+/** How often a job that lost its agent asks the node's registry while it waits out the grace. */
+const NODE_POLL_MS = 10_000;
+/** How often a job held by the eviction budget (its zone, or every zone, dark) asks again. */
+const EVICTION_HELD_POLL_MS = 60_000;
+/** A fence asks its node's registry at 5 s doubling to this cap: days of a dead node stay a short history. */
+const FENCE_POLL_CAP_MS = 5 * 60_000;
 
 /** Where the next run starts from: its checkpoint, or scratch (null). */
 interface Start {
@@ -88,9 +103,16 @@ type Ended =
   | { kind: 'preempted'; checkpointId: string }
   /** The process is gone by our own hand or a checkpoint's (not a crash): resume from the last good checkpoint. */
   | { kind: 'gone'; why: string }
+  /** Its node stayed Unhealthy past the grace: restarted elsewhere, the old process fenced. */
+  | { kind: 'evicted'; why: string }
   | { kind: 'continue' };
 
 const FROM_SCRATCH: Start = { checkpointId: null, exclude: [] };
+
+/** What watching a run came to when it did not see the run end: the node was given up on (why). */
+interface Evicted {
+  evicted: string;
+}
 
 /**
  * A job: Pending (placed by VRAM) -> Running -> (CrashLoopBackOff -> Pending)* -> Succeeded | Failed |
@@ -208,6 +230,14 @@ export async function job(input: JobInput): Promise<JobStatus> {
       startToCloseTimeout: '10m',
       retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
     });
+  // A question to a node its registry calls Ready: answered within a minute, or the registry is asked again.
+  const prompt = (node: string) =>
+    proxyActivities<JobNodeActivities>({
+      taskQueue: nodeQueue(node),
+      scheduleToCloseTimeout: '1m',
+      startToCloseTimeout: '30s',
+      retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '10s' },
+    });
   // Useful but never worth blocking the job for: a log archive, diagnostics.
   const helpful = (node: string) =>
     proxyActivities<JobNodeActivities>({
@@ -298,6 +328,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
     for (let n = 1; ; n++) {
       const now = Date.now();
       const exclude = [...unreachable].filter(([, until]) => until > now).map(([node]) => node);
+      for (const n of fencedNodes()) if (!exclude.includes(n)) exclude.push(n);
       const candidates = await control.placementCandidates.executeWithOptions(
         { summary: `nodes with ${spec.vramBytes} bytes of VRAM free` },
         [{ bytes: spec.vramBytes, exclude, prefer: [], ...(spec.node ? { only: spec.node } : {}) }],
@@ -433,12 +464,15 @@ export async function job(input: JobInput): Promise<JobStatus> {
    * A run resumed from a checkpoint by a child restore (placed by VRAM, excluding `exclude`). A checkpoint that
    * cannot be fetched yet is CheckpointPullBackOff and retried; string: it cannot be restored at all (why).
    */
-  async function resume(checkpointId: string, exclude: string[], avoid?: string): Promise<RunRecord | string | null> {
+  async function resume(given: string[], checkpointId: string, avoid?: string): Promise<RunRecord | string | null> {
     let pullK = 0;
+    // Never where an evicted run's old copy may still run (its kill is owed): given plus the fenced nodes.
+    let exclude = [...given, ...fencedNodes().filter((n) => !given.includes(n))];
     let avoiding = avoid !== undefined && spec.node === undefined && !exclude.includes(avoid);
     for (let attempt = 1; ; attempt++) {
       // Preempted and CheckpointPullBackOff say more than Pending while the restore places and fetches.
       if (status.state !== 'CheckpointPullBackOff' && status.state !== 'Preempted') enter('Pending');
+      exclude = [...given, ...fencedNodes().filter((n) => !given.includes(n))];
       const runNo = status.runs.length + 1;
       let restored: Awaited<ReturnType<typeof restore>>;
       try {
@@ -554,9 +588,17 @@ export async function job(input: JobInput): Promise<JobStatus> {
   }
 
   // ---- Running ----
-  /** Waits for the run's process to end; a lost agent is asked what became of it when it is back. */
-  async function watch(run: RunRecord, process: ProcessIdentity): Promise<RunExit> {
+  /**
+   * Waits for the run's process to end. A lost agent: its node's registry is asked (whileLost); older histories
+   * asked the node itself when its agent was back. lost: the run was Unknown when this workflow run began.
+   */
+  async function watch(run: RunRecord, process: ProcessIdentity, lost: boolean): Promise<RunExit | Evicted> {
     for (let failures = 0; ; failures++) {
+      if (lost) {
+        lost = false;
+        const out = await whileLost(run, process);
+        if (out !== null) return out;
+      }
       try {
         return await watcher(run.node).awaitRunExit.executeWithOptions(
           { summary: `wait for run ${run.run} (pid ${process.pid}) to end` },
@@ -564,6 +606,14 @@ export async function job(input: JobInput): Promise<JobStatus> {
         );
       } catch (err) {
         if (isCancellation(err)) throw err;
+        if ((agentLost(err) || agentUnreachable(err)) && patched(PATCH_NODE_FENCING)) {
+          event(
+            'AgentLost',
+            `lost sight of run ${run.run} on ${run.node}: ${describeFailure(err)}; asking the node's registry`,
+          );
+          lost = true;
+          continue;
+        }
         event(
           'AgentLost',
           `lost sight of run ${run.run} on ${run.node}: ${describeFailure(err)}; asking the node when its agent is back`,
@@ -584,12 +634,147 @@ export async function job(input: JobInput): Promise<JobStatus> {
     }
   }
 
+  /**
+   * The run's agent is lost: its node's registry says what is known. Ready: the node is asked about the run
+   * (null: watch it again, no restart). Unhealthy or Left: the job is Unknown; past the grace, and when the
+   * eviction budget of the node's zone allows it, the run is given up (Evicted). Gone: given up at once.
+   */
+  async function whileLost(run: RunRecord, process: ProcessIdentity): Promise<Evicted | null> {
+    const grace =
+      spec.evictAfterMs ?? (spec.tier === 'critical' ? DEFAULT_CRITICAL_EVICT_AFTER_MS : DEFAULT_EVICT_AFTER_MS);
+    let unknownSince: number | null = null;
+    let heldWhy: string | null = null;
+    for (;;) {
+      const st = await control.nodeStanding.executeWithOptions(
+        { summary: `state of node ${run.node} (run ${run.run} out of sight)` },
+        [{ node: run.node }],
+      );
+      if (st.state === 'Ready') {
+        try {
+          const seen = await prompt(run.node).inspectRun.executeWithOptions(
+            { summary: `is run ${run.run} (pid ${process.pid}) still running?` },
+            [{ process }],
+          );
+          event(
+            'Reattached',
+            seen.running
+              ? `run ${run.run} still runs on ${run.node} (Ready): watching it again, no restart counted`
+              : `run ${run.run} ended while out of sight: reading its exit record`,
+          );
+          if (status.state === 'Unknown') enter('Running', null);
+          return null;
+        } catch (err) {
+          if (isCancellation(err)) throw err;
+          // Ready by its registry, but its agent does not answer (it died within the node's timeout): ask again.
+        }
+        await sleep(NODE_POLL_MS, { summary: `ask about node ${run.node} again` });
+        continue;
+      }
+      const now = Date.now();
+      if (unknownSince === null) {
+        const since = st.since ? Date.parse(st.since) : NaN;
+        unknownSince = Number.isFinite(since) ? Math.min(now, since) : now;
+      }
+      if (status.state !== 'Unknown') {
+        const why = `node ${run.node} is ${st.state}: whether run ${run.run} still runs there is unknown`;
+        enter('Unknown', why);
+        event('NodeUnhealthy', `${why}; restarted elsewhere if it stays so for ${grace / 1000} s`);
+      }
+      if (st.state === 'Gone') return { evicted: `node ${run.node} is gone (no registry runs for it)` };
+      const dueAt = unknownSince + grace;
+      if (now < dueAt) {
+        await sleep(Math.min(NODE_POLL_MS, dueAt - now), { summary: `grace for node ${run.node}` });
+        continue;
+      }
+      const budget = await control.evictionBudget.executeWithOptions(
+        { summary: `may run ${run.run} be evicted from ${run.node}?` },
+        [{ nodes: st.nodes }],
+      );
+      const zone = budget.zones.find((z) => z.zone === (st.zone ?? NO_ZONE));
+      if (zone !== undefined && zone.perMinute === 0) {
+        if (heldWhy !== zone.why) {
+          heldWhy = zone.why;
+          enter('Unknown', `node ${run.node} is ${st.state}; eviction held: ${zone.why}`);
+          event('EvictionHeld', `run ${run.run} is not restarted elsewhere yet: ${zone.why}; waiting`);
+        }
+        await sleep(EVICTION_HELD_POLL_MS, { summary: `eviction from ${run.node} held: ${zone.why}` });
+        continue;
+      }
+      return {
+        evicted: `node ${run.node} ${st.state} for ${Math.round((now - unknownSince) / 1000)} s, past the grace of ${grace / 1000} s`,
+      };
+    }
+  }
+
+  // ---- fences: kills owed to evicted runs' old processes ----
+  const fencedNodes = (): string[] => [
+    ...new Set((status.fences ?? []).filter((f) => f.settled === null).map((f) => f.node)),
+  ];
+  /** Starts the loop that settles a fence; shielded from a cancel (the kill is owed whatever the job does). */
+  function startFence(f: FenceRecord): void {
+    void CancellationScope.nonCancellable(() => fence(f)).catch((err: unknown) =>
+      log.error('a fence loop failed', { job: jobId, node: f.node, error: describeFailure(err) }),
+    );
+  }
+  /**
+   * Waits for the old node to be Ready and kills the old run's process there by identity (stopRun, no grace),
+   * or records the node as lost when its registry is gone. A registry or agent that does not answer: again later.
+   */
+  async function fence(f: FenceRecord): Promise<void> {
+    for (let k = 0; ; k++) {
+      try {
+        const st = await control.nodeStanding.executeWithOptions(
+          { summary: `is ${f.node} back, to kill the old copy of run ${f.run}?` },
+          [{ node: f.node }],
+        );
+        if (st.state === 'Gone') {
+          settle(f, 'node lost', `node ${f.node} is gone (no registry runs for it): nothing of run ${f.run} runs there`);
+          event('NodeLost', `the kill owed to run ${f.run} on ${f.node} is settled: ${f.detail}`);
+          return;
+        }
+        if (st.state === 'Ready') {
+          const r = await prompt(f.node).stopRun.executeWithOptions(
+            { summary: `kill the old copy of run ${f.run} (pid ${f.process.pid}) on ${f.node}` },
+            [
+              {
+                jobId,
+                run: f.run,
+                process: f.process,
+                graceMs: 0,
+                reason: `run ${f.run} was evicted and restarted elsewhere: never two copies`,
+              },
+            ],
+          );
+          settle(
+            f,
+            'killed',
+            r.signal ? `killed (${r.signal}) on ${f.node}` : `already gone on ${f.node}: nothing to kill`,
+          );
+          event('Fenced', `the old copy of run ${f.run} (pid ${f.process.pid}) on ${f.node}: ${f.detail}`);
+          return;
+        }
+      } catch (err) {
+        if (isCancellation(err)) throw err;
+        // Unknown (the control plane or the agent did not answer): nothing settled, asked again below.
+      }
+      await sleep(Math.min(5_000 * 2 ** Math.min(k, 10), FENCE_POLL_CAP_MS), {
+        summary: `wait for ${f.node} to kill the old copy of run ${f.run}`,
+      });
+    }
+  }
+  function settle(f: FenceRecord, how: NonNullable<FenceRecord['settled']>, detail: string): void {
+    f.settled = how;
+    f.settledAt = new Date().toISOString();
+    f.detail = detail;
+  }
+
   async function supervise(run: RunRecord): Promise<Ended> {
     const process = run.process as ProcessIdentity;
     const scope = new CancellationScope();
-    let exit: RunExit | null = null;
+    let exit: RunExit | Evicted | null = null;
+    const lost = status.state === 'Unknown';
     void scope
-      .run(() => watch(run, process))
+      .run(() => watch(run, process, lost))
       .then(
         (e) => void (exit = e),
         (err: unknown) => {
@@ -629,8 +814,15 @@ export async function job(input: JobInput): Promise<JobStatus> {
           }
           continue;
         }
-        if (exit !== null) return { kind: 'exit', exit };
+        // Set by the watch's callback: TypeScript cannot see that, hence the widening.
+        const e = exit as RunExit | Evicted | null;
+        if (e !== null) return 'evicted' in e ? { kind: 'evicted', why: e.evicted } : { kind: 'exit', exit: e };
         if (timedOut()) return { kind: 'timeout' };
+        if (nextPeriodic !== null && Date.now() >= nextPeriodic && status.state === 'Unknown') {
+          // No checkpoint of a run on a node that does not answer: the next one when it is watched again.
+          nextPeriodic = Date.now() + (every ?? 0);
+          continue;
+        }
         if (nextPeriodic !== null && Date.now() >= nextPeriodic) {
           await periodic(run, process);
           nextPeriodic = Date.now() + (every ?? 0);
@@ -899,8 +1091,10 @@ export async function job(input: JobInput): Promise<JobStatus> {
       status.state === 'Quarantined' ? 'quarantine' : { checkpointId: status.resumeFrom ?? null, exclude: [] };
     const carriedRun = status.runs.at(-1);
     let run: RunRecord | null =
-      status.state === 'Running' && carriedRun && carriedRun.endedAt === null && carriedRun.process ? carriedRun : null;
+      (status.state === 'Running' || status.state === 'Unknown') && carriedRun && carriedRun.endedAt === null && carriedRun.process ? carriedRun : null;
     active = run;
+    // Kills still owed from before a continue-as-new go on being settled.
+    for (const f of status.fences ?? []) if (f.settled === null) startFence(f);
     for (;;) {
       if (TERMINAL_JOB_STATES.includes(status.state)) return status;
       if (run === null) {
@@ -923,7 +1117,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
           run = await startFresh();
         } else {
           const from = next.checkpointId;
-          const r = await resume(from, next.exclude, next.avoid);
+          const r = await resume(next.exclude, from, next.avoid);
           if (typeof r === 'string') {
             if (status.state === 'Quarantined' || next.exclude.length > 0) {
               enter('Quarantined', `${status.reason ?? 'quarantined'}; restore from ${from} failed: ${r}`);
@@ -1004,6 +1198,35 @@ export async function job(input: JobInput): Promise<JobStatus> {
           enter('Pending', ended.why);
           next = { checkpointId: status.lastGoodCheckpoint, exclude: [] };
           break;
+        case 'evicted': {
+          // Not finish(): its node does not answer. The old process is fenced instead: killed when the node is back.
+          Object.assign(r, { endedAt: new Date().toISOString(), reason: 'Evicted', message: ended.why });
+          if (active === r) active = null;
+          const f: FenceRecord = {
+            run: r.run,
+            node: r.node,
+            process: r.process as ProcessIdentity,
+            since: new Date().toISOString(),
+            settled: null,
+            settledAt: null,
+            detail: null,
+          };
+          (status.fences ??= []).push(f);
+          startFence(f);
+          const from = status.lastGoodCheckpoint;
+          if (from === null && spec.restartPolicy === 'Never') {
+            event('Evicted', `run ${r.run}: ${ended.why}; restart policy Never and no good checkpoint: not restarted`);
+            enter('Failed', `evicted: ${ended.why}`);
+            return status;
+          }
+          event(
+            'Evicted',
+            `run ${r.run}: ${ended.why}; restarting elsewhere from ${from ?? 'scratch'} (not counted as a restart); its old copy is killed on ${r.node} when it is back`,
+          );
+          enter('Pending', `evicted: ${ended.why}`);
+          next = { checkpointId: from, exclude: [] };
+          break;
+        }
         case 'exit': {
           const after = await afterExit(r, ended.exit);
           if (after === null) return status;
@@ -1017,6 +1240,8 @@ export async function job(input: JobInput): Promise<JobStatus> {
   try {
     const out = await lifecycle();
     if (!settled) await settleAdmission('done');
+    // Ended, but a kill owed to an evicted run's old copy is settled before the workflow closes.
+    await condition(() => (status.fences ?? []).every((f) => f.settled !== null));
     // A job that ended in a failed state fails its workflow, so the UI counts it as failed (older histories completed).
     if (FAILED_JOB_STATES.includes(out.state) && patched(PATCH_FAILED_WORKFLOWS_FAIL)) {
       throw failedWith(

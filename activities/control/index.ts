@@ -15,6 +15,7 @@ import { createIncidentActivities } from './incident';
 import { createHealthActivities } from './health';
 import { createRetentionActivities } from './retention';
 import { createSweepActivities } from './sweep';
+import { createStandingActivities } from './standing';
 import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
 
 /** A node whose registry is from before liveness (no state) is not offered once it has not reported for this long. */
@@ -53,6 +54,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
     ...createRetentionActivities(s3),
     ...createSweepActivities(client),
     ...createHealthActivities(client),
+    ...createStandingActivities(client),
     /** Adds a checkpoint to its node's promotion loop, starting the loop if none runs. */
     async enqueuePromotion(input: {
       node: string;

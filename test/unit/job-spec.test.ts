@@ -133,6 +133,9 @@ describe('parseJobSpec: the whole spec again (a spec built without the client)',
   test('a valid spec comes back as it is', () => {
     expect(parseJobSpec(good)).toEqual(good);
   });
+  test('evictAfterMs (the grace on an Unhealthy node) is taken as it is', () => {
+    expect(parseJobSpec({ ...good, evictAfterMs: 20_000 })).toEqual({ ...good, evictAfterMs: 20_000 });
+  });
   test.each<[(s: JobSpec) => unknown, string]>([
     [(s) => ({ ...s, limits: { memoryBytes: 1e30 } }), 'limits.memoryBytes: must be at most'],
     [(s) => ({ ...s, limits: { cpu: -1 } }), 'limits.cpu: must be a number of cores above 0'],
@@ -142,6 +145,7 @@ describe('parseJobSpec: the whole spec again (a spec built without the client)',
     [(s) => ({ ...s, jobId: 'a/b' }), 'jobId: must not contain a path separator'],
     [(s) => ({ ...s, jobId: 'a\x07b' }), 'jobId: must be 1-128 characters'],
     [(s) => ({ ...s, keep: 3, checkpointEveryMs: undefined }), 'keep: needs checkpointEveryMs'],
+    [(s) => ({ ...s, evictAfterMs: 500 }), 'evictAfterMs: must be from 1s to 7d'],
     [
       (s) => ({ ...s, backoff: { initialMs: 60_000, capMs: 10_000, resetAfterMs: 60_000 } }),
       'backoff.capMs: must not be below',

@@ -15,7 +15,9 @@ import {
   type PreemptResult,
   type RunExit,
 } from '../../common/job';
+import { evictionRates } from '../../common/health';
 import type { ProcessIdentity } from '../../common/journal';
+import type { NodeStanding } from '../../common/standing';
 import { CONTROL_QUEUE } from '../../common/queues';
 import type { Candidate, Reservation } from '../../common/restore';
 import type { JobNodeActivities } from '../../workflows/job-activities';
@@ -77,6 +79,10 @@ class Sim {
   /** Pids that a test ends (exit behaviour for a waiting run). */
   exitNow = new Map<number, RunExit>();
   nextPid = 1000;
+  /** What each node's registry says (absent: Ready); 'Gone': no registry runs for it. */
+  standing: Record<string, NodeStanding['state']> = {};
+  /** Nodes whose agent is dead: a run's awaitRunExit there stops heartbeating (the job loses sight of it). */
+  dead = new Set<string>();
   control: ControlMock = {};
   node: Record<string, JobNodeMock> = {};
 
@@ -137,6 +143,20 @@ class Sim {
         vramBytes: 4 * GiB,
       }),
       enqueuePromotion: async () => undefined,
+      nodeStanding: async ({ node }): Promise<NodeStanding> => {
+        const state = (n: string): NodeStanding['state'] => this.standing[n] ?? 'Ready';
+        return {
+          node,
+          state: state(node),
+          since: null,
+          zone: null,
+          nodes: Object.keys(this.free)
+            .filter((n) => state(n) !== 'Gone')
+            .map((n) => ({ node: n, zone: null, ready: state(n) === 'Ready' })),
+        };
+      },
+      // The real rule (common/health.ts, tested in test/unit/health.test.ts) over the nodes the job names.
+      evictionBudget: async ({ nodes }) => evictionRates(nodes),
       ...this.control,
     };
   }
@@ -273,6 +293,11 @@ class Sim {
       };
     }
     for (;;) {
+      if (this.dead.has(name)) {
+        // The agent died: no heartbeat, no reply, until the test brings it back (the server gave up on it by then).
+        while (this.dead.has(name)) await ctx.sleep(50);
+        throw new Error('this attempt was given up on while the agent was dead');
+      }
       const told = this.exitNow.get(i.process.pid);
       if (told) return told;
       if (this.stopped.has(i.process.pid) && !this.unseen.has(i.process.pid)) {
@@ -310,6 +335,7 @@ class Sim {
       try {
         return await fn();
       } finally {
+        this.dead.clear(); // a dead agent's stalled awaitRunExit ends, so the worker can shut down
         for (const wf of this.started) {
           await wf.cancel().catch(() => undefined);
           await wf.result().catch(() => undefined);
@@ -567,6 +593,124 @@ describe('job workflow: agent lost, timeout, cancel', () => {
       expect(sim.calls).toContain('stopRun node-a 1 grace=30000');
       expect(sim.calls.indexOf('startRun node-a 1')).toBeLessThan(sim.calls.indexOf('stopRun node-a 1 grace=30000'));
     });
+  });
+});
+
+describe('job workflow: node Unhealthy, eviction, fencing', () => {
+  const killedOn = (sim: Sim, node: string): string[] => sim.calls.filter((c) => c.startsWith(`stopRun ${node}`));
+
+  test('node Unhealthy: the job is Unknown; Ready again: watched again, no restart, nothing killed', async () => {
+    const sim = new Sim({ 'node-a': 16, 'node-b': 16 });
+    sim.script = [wait];
+    await sim.with(async () => {
+      const wf = await sim.start(spec({ evictAfterMs: 600_000 }));
+      const up = await until(wf, (x) => x.state === 'Running', 'Running', FAST);
+      sim.dead.add('node-a');
+      sim.standing['node-a'] = 'Unhealthy';
+      const u = await until(wf, (x) => x.state === 'Unknown', 'Unknown');
+      expect(u.reason).toMatch(/node node-a is Unhealthy/);
+      expect(types(u)).toEqual(expect.arrayContaining(['AgentLost', 'NodeUnhealthy']));
+      sim.dead.delete('node-a');
+      sim.standing['node-a'] = 'Ready';
+      const back = await until(wf, (x) => x.state === 'Running', 'Running again');
+      expect(types(back)).toContain('Reattached');
+      expect(types(back)).not.toContain('Evicted');
+      expect(back.runs).toHaveLength(1);
+      expect(back.restarts).toBe(0);
+      expect(sim.calls).toContain(`inspectRun node-a ${up.runs[0].process?.pid}`);
+      expect(killedOn(sim, 'node-a')).toEqual([]);
+      await finish(wf);
+    });
+  }, 180_000);
+
+  test('Unhealthy past the grace: restarted on the other node from the last good checkpoint; the old run killed when its node is back', async () => {
+    const sim = new Sim({ 'node-a': 16, 'node-b': 8 });
+    sim.script = [wait, wait];
+    await sim.with(async () => {
+      const wf = await sim.start(spec({ checkpointEveryMs: 5000, evictAfterMs: 20_000 }));
+      const good = await until(wf, (x) => x.lastGoodCheckpoint !== null, 'a good checkpoint', FAST);
+      const old = good.runs[0].process?.pid ?? 0;
+      sim.dead.add('node-a');
+      sim.standing['node-a'] = 'Unhealthy';
+      const s = await until(wf, (x) => x.runs.length === 2 && x.state === 'Running', 'evicted and Running');
+      expect(s.runs[0].reason).toBe('Evicted');
+      expect(s.runs[1].node).toBe('node-b');
+      expect(s.runs[1].fromCheckpoint).toBe(s.lastGoodCheckpoint);
+      expect(s.checkpoints.find((c) => c.checkpointId === s.runs[1].fromCheckpoint)?.healthy).toBe(true);
+      expect(s.restarts).toBe(0);
+      expect(types(s)).toEqual(expect.arrayContaining(['NodeUnhealthy', 'Evicted', 'Resumed']));
+      expect(s.events.find((e) => e.type === 'Evicted')?.message).toMatch(/past the grace of 20 s/);
+      // The restart did not wait for the old node: its kill is owed, not done.
+      expect(s.fences).toEqual([expect.objectContaining({ run: 1, node: 'node-a', settled: null })]);
+      expect(killedOn(sim, 'node-a')).toEqual([]);
+      expect(sim.stopped.has(old)).toBe(false);
+      sim.dead.delete('node-a');
+      sim.standing['node-a'] = 'Ready';
+      const fenced = await until(wf, (x) => x.fences?.[0]?.settled != null, 'the old copy killed');
+      expect(fenced.fences?.[0].settled).toBe('killed');
+      expect(killedOn(sim, 'node-a')).toEqual(['stopRun node-a 1 grace=0']);
+      expect(sim.stopped.has(old)).toBe(true);
+      expect(types(fenced)).toContain('Fenced');
+      expect(fenced.state).toBe('Running');
+      expect(fenced.runs).toHaveLength(2);
+      await finish(wf);
+    });
+  }, 180_000);
+
+  test('eviction budget 0 (every zone dark): the job stays Unknown past the grace, waiting, and says why', async () => {
+    const sim = new Sim({ 'node-a': 16, 'node-b': 16 });
+    sim.script = [wait];
+    await sim.with(async () => {
+      const wf = await sim.start(spec({ evictAfterMs: 5_000 }));
+      await until(wf, (x) => x.state === 'Running', 'Running', FAST);
+      sim.dead.add('node-a');
+      sim.standing['node-a'] = 'Unhealthy';
+      sim.standing['node-b'] = 'Unhealthy';
+      const held = await until(wf, (x) => types(x).includes('EvictionHeld'), 'eviction held');
+      expect(held.state).toBe('Unknown');
+      expect(held.reason).toMatch(/eviction held: every zone is dark/);
+      // Well past the grace: still one run, nothing placed again.
+      for (let i = 0; i < 12; i++) await h.env.sleep(10_000);
+      const later = await status(wf);
+      expect(later.state).toBe('Unknown');
+      expect(later.runs).toHaveLength(1);
+      expect(types(later)).not.toContain('Evicted');
+      expect(sim.calls.filter((c) => c.startsWith('startRun'))).toHaveLength(1);
+      await finish(wf);
+    });
+  }, 180_000);
+
+  test('registry gone: evicted at once, restarted from scratch elsewhere; the owed kill settled as node lost', async () => {
+    const sim = new Sim({ 'node-a': 16, 'node-b': 8 });
+    sim.script = [wait, wait];
+    await sim.with(async () => {
+      const wf = await sim.start(spec({ evictAfterMs: 600_000 }));
+      await until(wf, (x) => x.state === 'Running', 'Running', FAST);
+      sim.dead.add('node-a');
+      sim.standing['node-a'] = 'Gone';
+      const s = await until(
+        wf,
+        (x) => x.runs.length === 2 && x.state === 'Running' && x.fences?.[0]?.settled != null,
+        'restarted, and the fence settled',
+      );
+      expect(s.runs[1].node).toBe('node-b');
+      expect(s.runs[1].fromCheckpoint).toBeNull();
+      expect(s.restarts).toBe(0);
+      expect(s.fences?.[0]).toEqual(expect.objectContaining({ node: 'node-a', settled: 'node lost' }));
+      expect(types(s)).toEqual(expect.arrayContaining(['Evicted', 'NodeLost']));
+      expect(killedOn(sim, 'node-a')).toEqual([]);
+      await finish(wf);
+    });
+  }, 180_000);
+
+  test('a bad evictAfterMs fails the job at once, naming the field', async () => {
+    const sim = new Sim({ 'node-a': 16 });
+    const err = await sim.runJob(spec({ evictAfterMs: -1 })).then(
+      () => null,
+      (e: unknown) => e as Error & { cause?: Error },
+    );
+    expect(err?.cause?.message).toMatch(/evictAfterMs: must be > 0/);
+    expect(sim.calls).toEqual([]);
   });
 });
 

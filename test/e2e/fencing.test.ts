@@ -1,0 +1,109 @@
+import * as fs from 'node:fs';
+import type { KybernateClient } from '../../clients/api';
+import { jobSpecFromFields } from '../../clients/job-flags';
+import { jobWorkflowId, type JobStatus } from '../../common/job';
+import { Agent, alive, client, othersNotPlaceable, PATTERN, PYTHON, until } from '../support/stack';
+
+/**
+ * Never two copies of one job: an agent killed with -9 takes its node to Unhealthy; the job is restarted on the
+ * other node from its checkpoint, and the old process, still running behind the dead agent, is killed once
+ * the agent is back. Short node timeouts (production: 5 s and 15 s) and a 1 s eviction grace keep it quick.
+ */
+const A = 'fence-a';
+const B = 'fence-b';
+const env = { KYBERNATE_HEARTBEAT_MS: '500', KYBERNATE_NODE_TIMEOUT_MS: '4000' };
+
+let k: KybernateClient;
+let a: Agent | undefined;
+let b: Agent | undefined;
+
+beforeAll(async () => {
+  k = await client();
+  [a, b] = await Promise.all([
+    Agent.start({ node: A, declaredVramBytes: 8 * 2 ** 30, env }),
+    Agent.start({ node: B, declaredVramBytes: 8 * 2 ** 30, env }),
+  ]);
+}, 180000);
+afterAll(async () => {
+  await Promise.all([a?.stop(), b?.stop()]);
+  await k?.close();
+});
+
+const status = (jobId: string): Promise<JobStatus> =>
+  k.client.workflow.getHandle(jobWorkflowId(jobId)).query<JobStatus>('status');
+
+/** Processes on this host that belong to the job (the agent gives each workload KYBERNATE_JOB_ID). */
+function jobProcesses(jobId: string): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`))
+        out.push(Number(d));
+    } catch {
+      /* gone or not ours to read */
+    }
+  }
+  return out;
+}
+
+describe('fencing on the real stack', () => {
+  test('agent -9: the job is restarted on the other node from its checkpoint; the agent back, the old copy is killed', async () => {
+    const job = 'fenced';
+    await othersNotPlaceable(k, [A, B]);
+    const spec = {
+      ...jobSpecFromFields({ jobId: job, command: [PYTHON, PATTERN, '16', job], vram: '6GiB', checkpointEvery: '10s' }),
+      evictAfterMs: 1000,
+    };
+    await k.jobs.start(spec);
+    const handle = k.client.workflow.getHandle(jobWorkflowId(job));
+    try {
+      const good = await until(
+        'a good checkpoint',
+        async () => {
+          const s = await status(job);
+          return s.state === 'Running' && s.lastGoodCheckpoint ? s : null;
+        },
+        90000,
+        500,
+      );
+      const first = good.runs[0];
+      const oldPid = first.process?.pid ?? 0;
+      const dead = first.node === A ? a : b;
+      dead?.kill9();
+      const moved = await until(
+        'restarted on the other node',
+        async () => {
+          const s = await status(job);
+          return s.state === 'Running' && s.runs.length === 2 ? s : null;
+        },
+        120000,
+        500,
+      );
+      expect(moved.runs[0].reason).toBe('Evicted');
+      expect(moved.runs[1].node).not.toBe(first.node);
+      expect(moved.runs[1].fromCheckpoint).toBeTruthy();
+      expect(moved.restarts).toBe(0);
+      expect(moved.events.map((e) => e.type)).toEqual(expect.arrayContaining(['NodeUnhealthy', 'Evicted']));
+      await dead?.restart();
+      const fenced = await until(
+        'the old copy killed',
+        async () => {
+          const s = await status(job);
+          return s.fences?.[0]?.settled ? s : null;
+        },
+        60000,
+        500,
+      );
+      expect(fenced.fences?.[0]).toMatchObject({ node: first.node, settled: 'killed' });
+      await until('the old process gone', () => !alive(oldPid), 10000, 200);
+      const newPid = fenced.runs[1].process?.pid ?? 0;
+      expect(alive(newPid)).toBe(true);
+      expect(fenced.state).toBe('Running');
+    } finally {
+      await handle.cancel().catch(() => undefined);
+      await handle.result().catch(() => undefined);
+      await until('no process of the job', () => jobProcesses(job).length === 0, 60000).catch(() => undefined);
+    }
+  }, 300000);
+});
