@@ -728,7 +728,11 @@ export async function job(input: JobInput): Promise<JobStatus> {
           [{ node: f.node }],
         );
         if (st.state === 'Gone') {
-          settle(f, 'node lost', `node ${f.node} is gone (no registry runs for it): nothing of run ${f.run} runs there`);
+          settle(
+            f,
+            'node lost',
+            `node ${f.node} is gone (no registry runs for it): nothing of run ${f.run} runs there`,
+          );
           event('NodeLost', `the kill owed to run ${f.run} on ${f.node} is settled: ${f.detail}`);
           return;
         }
@@ -1091,7 +1095,12 @@ export async function job(input: JobInput): Promise<JobStatus> {
       status.state === 'Quarantined' ? 'quarantine' : { checkpointId: status.resumeFrom ?? null, exclude: [] };
     const carriedRun = status.runs.at(-1);
     let run: RunRecord | null =
-      (status.state === 'Running' || status.state === 'Unknown') && carriedRun && carriedRun.endedAt === null && carriedRun.process ? carriedRun : null;
+      (status.state === 'Running' || status.state === 'Unknown') &&
+      carriedRun &&
+      carriedRun.endedAt === null &&
+      carriedRun.process
+        ? carriedRun
+        : null;
     active = run;
     // Kills still owed from before a continue-as-new go on being settled.
     for (const f of status.fences ?? []) if (f.settled === null) startFence(f);
