@@ -731,7 +731,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
           settle(
             f,
             'node lost',
-            `node ${f.node} is gone (no registry runs for it): nothing of run ${f.run} runs there`,
+            `node ${f.node} is gone (no registry runs for it: removed from the cluster): no agent there to kill run ${f.run}`,
           );
           event('NodeLost', `the kill owed to run ${f.run} on ${f.node} is settled: ${f.detail}`);
           return;
