@@ -12,6 +12,7 @@ import type { AlertRecord } from '../../common/alert';
 import type { NodeRecord } from '../../common/node';
 import { createAdmissionActivities } from './admission';
 import { createIncidentActivities } from './incident';
+import { registeredNodes } from './registry';
 import { createHealthActivities } from './health';
 import { createRetentionActivities } from './retention';
 import { createSweepActivities } from './sweep';
@@ -36,14 +37,8 @@ export function createControlActivities(client: Client, s3?: S3Config) {
   /** Ready nodes, with their inventory. */
   async function healthyNodes(): Promise<{ node: string; inv: NodeInventory }[]> {
     const out: { node: string; inv: NodeInventory }[] = [];
-    for await (const wf of client.workflow.list({
-      query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
-    })) {
-      const rec = await client.workflow
-        .getHandle(wf.workflowId)
-        .query<NodeRecord>('status')
-        .catch(() => null);
-      if (!rec?.inventory || !placeable(rec, Date.now())) continue;
+    for (const rec of await registeredNodes(client)) {
+      if (!rec.inventory || !placeable(rec, Date.now())) continue;
       out.push({ node: rec.node, inv: rec.inventory });
     }
     return out;

@@ -2,6 +2,7 @@ import { type Client, WorkflowNotFoundError } from '@temporalio/client';
 import type { NodeRecord } from '../../common/node';
 import { nodeWorkflowId } from '../../common/queues';
 import type { NodeStanding } from '../../common/standing';
+import { registeredNodes } from './registry';
 
 /** A node's standing from its registry (`node/<name>`), read by a job that lost sight of its run there. */
 export function createStandingActivities(client: Client) {
@@ -12,17 +13,9 @@ export function createStandingActivities(client: Client) {
      * registry that does not answer is unknown, not gone.
      */
     async nodeStanding(input: { node: string }): Promise<NodeStanding> {
-      const nodes: NodeStanding['nodes'] = [];
-      for await (const wf of client.workflow.list({
-        query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
-      })) {
-        const rec = await client.workflow
-          .getHandle(wf.workflowId)
-          .query<NodeRecord>('status')
-          .catch(() => null);
-        if (!rec?.state) continue;
-        nodes.push({ node: rec.node, zone: rec.inventory?.zone ?? null, ready: rec.state === 'Ready' });
-      }
+      const nodes: NodeStanding['nodes'] = (await registeredNodes(client))
+        .filter((rec) => rec.state !== undefined)
+        .map((rec) => ({ node: rec.node, zone: rec.inventory?.zone ?? null, ready: rec.state === 'Ready' }));
       const handle = client.workflow.getHandle(nodeWorkflowId(input.node));
       let running: boolean;
       try {

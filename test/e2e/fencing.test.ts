@@ -1,8 +1,7 @@
-import * as fs from 'node:fs';
 import type { KybernateClient } from '../../clients/api';
 import { jobSpecFromFields } from '../../clients/job-flags';
 import { jobWorkflowId, type JobStatus } from '../../common/job';
-import { Agent, alive, client, othersNotPlaceable, PATTERN, PYTHON, until } from '../support/stack';
+import { Agent, alive, client, jobProcesses, othersNotPlaceable, PATTERN, PYTHON, until } from '../support/stack';
 
 /**
  * Never two copies of one job: an agent killed with -9 takes its node to Unhealthy; the job is restarted on the
@@ -31,21 +30,6 @@ afterAll(async () => {
 
 const status = (jobId: string): Promise<JobStatus> =>
   k.client.workflow.getHandle(jobWorkflowId(jobId)).query<JobStatus>('status');
-
-/** Processes on this host that belong to the job (the agent gives each workload KYBERNATE_JOB_ID). */
-function jobProcesses(jobId: string): number[] {
-  const out: number[] = [];
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      if (fs.readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`))
-        out.push(Number(d));
-    } catch {
-      /* gone or not ours to read */
-    }
-  }
-  return out;
-}
 
 describe('fencing on the real stack', () => {
   test('agent -9: the job is restarted on the other node from its checkpoint; the agent back, the old copy is killed', async () => {

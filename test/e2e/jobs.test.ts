@@ -9,7 +9,7 @@ import type { KybernateClient } from '../../clients/api';
 import { configFromStack } from '../../deploy/local/stack';
 import { jobWorkflowId, type JobState, type JobStatus } from '../../common/job';
 import { recordHistory } from '../support/histories';
-import { Agent, client, othersNotPlaceable, PATTERN, PYTHON, stack, until } from '../support/stack';
+import { Agent, client, jobProcesses, othersNotPlaceable, PATTERN, PYTHON, stack, until } from '../support/stack';
 
 /**
  * The job lifecycle on the real stack, driven through the CLI as an operator drives it: real processes under
@@ -69,21 +69,6 @@ async function untilState(jobId: string, states: JobState[], timeoutMs = 120000)
       { cause: e },
     );
   }
-}
-
-/** Processes on this host that belong to the job (the agent gives each workload KYBERNATE_JOB_ID). */
-function jobProcesses(jobId: string): number[] {
-  const out: number[] = [];
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      if (fs.readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`))
-        out.push(Number(d));
-    } catch {
-      /* gone or not ours to read */
-    }
-  }
-  return out;
 }
 
 /** The job's cgroup directories that still exist on this host (v1: one per controller). */

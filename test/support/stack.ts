@@ -144,3 +144,18 @@ export async function othersNotPlaceable(k: KybernateClient, mine: string[]): Pr
     1000,
   );
 }
+
+/** Processes on this host that belong to the job (the agent gives each workload KYBERNATE_JOB_ID). */
+export function jobProcesses(jobId: string): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`KYBERNATE_JOB_ID=${jobId}`))
+        out.push(Number(d));
+    } catch {
+      /* gone or not ours to read */
+    }
+  }
+  return out;
+}
