@@ -26,7 +26,7 @@ import { type ControlMock, Harness, type NodeMock } from './harness';
 let h: Harness;
 // The Java time-skipping test server strands a run whose workflow task cancels a timer that fired, or an activity
 // that completed, while the task was with the worker: it refuses the completion ("invalid history builder state
-// for action", "ACTIVITY_UNKNOWN for scheduledEventId=N"; temporalio/sdk-java#3088) and never times the task out
+// for action", "ACTIVITY_UNKNOWN for scheduledEventId=N"; temporalio/sdk-java#2606, #3088) and never times the task out
 // or sends it again. These jobs' periodic-checkpoint timers fire in real time while a run's activity holds the
 // clock, so a test here can lose that race (seen twice in fresh-clone runs, in core's log: temporal-sdk.log in
 // the test home). Such a test then fails at its wait's deadline with the job's state; it is run again, and the
