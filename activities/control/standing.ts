@@ -13,8 +13,10 @@ export function createStandingActivities(client: Client) {
      * registry that does not answer is unknown, not gone.
      */
     async nodeStanding(input: { node: string }): Promise<NodeStanding> {
+      // A node whose agent Left (stopped on purpose) is out of the cluster, not dark: counted as Unhealthy, a
+      // shared stack's stopped nodes made a zone look disrupted and held every eviction (seen in a full e2e run).
       const nodes: NodeStanding['nodes'] = (await registeredNodes(client))
-        .filter((rec) => rec.state !== undefined)
+        .filter((rec) => rec.state === 'Ready' || rec.state === 'Unhealthy')
         .map((rec) => ({ node: rec.node, zone: rec.inventory?.zone ?? null, ready: rec.state === 'Ready' }));
       const handle = client.workflow.getHandle(nodeWorkflowId(input.node));
       let running: boolean;
