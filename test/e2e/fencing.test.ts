@@ -2,6 +2,7 @@ import type { KybernateClient } from '../../clients/api';
 import { jobSpecFromFields } from '../../clients/job-flags';
 import { jobWorkflowId, type JobStatus } from '../../common/job';
 import { Agent, alive, client, jobProcesses, othersNotPlaceable, PATTERN, PYTHON, until } from '../support/stack';
+import { recordHistory } from '../support/histories';
 
 /**
  * Never two copies of one job: an agent killed with -9 takes its node to Unhealthy; the job is restarted on the
@@ -84,6 +85,7 @@ describe('fencing on the real stack', () => {
       const newPid = fenced.runs[1].process?.pid ?? 0;
       expect(alive(newPid)).toBe(true);
       expect(fenced.state).toBe('Running');
+      await recordHistory('job-fenced', handle);
     } finally {
       await handle.cancel().catch(() => undefined);
       await handle.result().catch(() => undefined);

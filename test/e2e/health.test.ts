@@ -3,6 +3,8 @@ import { DEFAULT_HEALTH_CONFIG } from '../../common/health';
 import { CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
 import type { RestoreRequest, RestoreStatus } from '../../common/restore';
 import { Agent, client, lastTick, PATTERN, PYTHON, until } from '../support/stack';
+import { recordHistory } from '../support/histories';
+import { PLACEMENT_WORKFLOW_ID } from '../../workflows/placement';
 
 /**
  * A lying agent (KYBERNATE_TEST_LIE=restore: its criuRestore reports a process it never restored) on the real
@@ -80,6 +82,8 @@ test('a lying agent is caught by verification, its node quarantined, and it reco
     const back = (await k.health())?.nodes.find((n) => n.node === 'h-liar');
     expect(back?.score).toBeGreaterThanOrEqual(0.3);
     expect(back?.recentFailures).toHaveLength(1);
+    // The placement workflow never ends: its history so far (reservations, reports, quarantine) is replayed.
+    await recordHistory('placement-health', k.client.workflow.getHandle(PLACEMENT_WORKFLOW_ID));
   } finally {
     if (s.pid) await k.stopWorkload({ node: s.node ?? 'h-honest', jobId: 'liar-job' }).catch(() => undefined);
   }
