@@ -65,8 +65,11 @@ export interface NodeRegistryInput {
 }
 
 /**
- * One per node (`node/<name>`): the registry entry its agent heartbeats and reports to; clients validate node
- * names here. A state machine Ready | Unhealthy | Left, its timeout measured by workflow timers.
+ * One per node (`node/<name>`): the registry entry its agent registers and reports to; clients validate node
+ * names here. A state machine Ready | Unhealthy | Left. An agent that registers with liveness 'watch' is kept
+ * Ready by a watch activity on its node queue that it heartbeats (heartbeat timeout = the node timeout; no
+ * workflow task per heartbeat); the watch of an older registration is ignored when it ends. An agent that
+ * heartbeats by signal (from before the watch) is timed by workflow timers, as before.
  */
 export async function nodeRegistry(input: NodeRegistryInput): Promise<void> {
   // Runs started before liveness (no marker in their history) keep their old commands, and move on to the
