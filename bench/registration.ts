@@ -1,7 +1,9 @@
 /**
  * A reconnect storm: N lightweight in-process agents register with the control plane at once, then heartbeat
- * for a while. "Lightweight": each one only signals its node's registry workflow the way a real agent does
- * (heartbeat + inventory report); none runs a worker or any node activity. The control worker is the real
+ * for a while. "Lightweight": each one does for liveness what a real agent does, without a worker: it signals
+ * its registration and inventory, long-polls its node queue for the liveness watch activity with the raw
+ * pollActivityTaskQueue call, and heartbeats that activity every 5 s (client.activity.heartbeat); it runs no
+ * other node activity. The control worker is the real
  * one, in its own process, on a private local stack (Temporal dev server with SQLite).
  *
  * Prints p50/p99 registration latency (signal accepted by Temporal, then the node Ready in its workflow) and
@@ -15,14 +17,15 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, InvalidArgumentError } from 'commander';
-import type { Client } from '@temporalio/client';
+import { Client, Connection } from '@temporalio/client';
 import type { NodeInventory } from '../activities/node/inventory';
 import { KybernateClient } from '../clients/api';
 import { configFromStack, down, up } from '../deploy/local/stack';
 import { startControlWorker } from '../deploy/local/workers';
 import { registryHeartbeat, registryReport } from '../workers/registry';
 import type { NodeRecord } from '../common/node';
-import { nodeWorkflowId } from '../common/queues';
+import { nodeQueue, nodeWorkflowId } from '../common/queues';
+import { temporalConnectionOptions } from '../common/config';
 import { table } from './harness';
 
 const positive = (flag: string) => (v: string) => {
@@ -55,16 +58,83 @@ function inventory(node: string): NodeInventory {
   };
 }
 
-/** One agent's registration, as the real agent does it: a heartbeat (registers the run), then its inventory. */
+const agentRun = (node: string): string => `${node}/bench/${process.pid}`;
+
+/** One agent's registration, as the real agent does it: a registration (asks for a watch), then its inventory. */
 async function register(client: Client, node: string): Promise<{ acceptedMs: number }> {
   const t0 = performance.now();
   await registryHeartbeat(client, node, {
-    agentRun: `${node}/bench/${process.pid}`,
+    agentRun: agentRun(node),
     heartbeatMs: HEARTBEAT_MS,
     timeoutMs: TIMEOUT_MS,
+    liveness: 'watch',
   });
   await registryReport(client, node, TIMEOUT_MS, inventory(node));
   return { acceptedMs: performance.now() - t0 };
+}
+
+interface LivenessStats {
+  /** From the agents' start: when each node's first watch reached its agent. */
+  watchTaken: Map<string, number>;
+  beats: number[];
+  beatFailures: number;
+  /** Watches that ended under an agent (heartbeat answered not found / cancelled). */
+  watchesLost: number;
+  pollError?: string;
+}
+
+/**
+ * One lightweight agent's liveness, as a real agent's worker does it: long-poll the node queue for the watch,
+ * heartbeat it every HEARTBEAT_MS until the server says it is gone, poll again. Ends when stop is aborted.
+ */
+async function livenessLoop(
+  client: Client,
+  node: string,
+  t0: number,
+  stop: AbortSignal,
+  stats: LivenessStats,
+): Promise<void> {
+  const namespace = client.options.namespace;
+  while (!stop.aborted) {
+    const task = await client.connection
+      .withAbortSignal(stop, () =>
+        // A long poll needs a deadline (the server refuses one without); it answers empty after about a minute.
+        client.connection.withDeadline(Date.now() + 70_000, () =>
+          client.workflowService.pollActivityTaskQueue({
+            namespace,
+            taskQueue: { name: nodeQueue(node) },
+            identity: `bench-${node}`,
+          }),
+        ),
+      )
+      .catch((e: Error) => {
+        if (!stop.aborted && !stats.pollError) {
+          stats.pollError = e.message;
+          console.error(`bench: poll of ${nodeQueue(node)} failed: ${e.message}`);
+        }
+        return null;
+      });
+    if (!task?.taskToken?.length) continue; // the long poll ended empty (or the bench stops)
+    if (!stats.watchTaken.has(node)) stats.watchTaken.set(node, performance.now() - t0);
+    const token = task.taskToken;
+    while (!stop.aborted) {
+      const t = performance.now();
+      try {
+        await client.activity.heartbeat(token, { agentRun: agentRun(node) });
+        stats.beats.push(performance.now() - t);
+      } catch (e) {
+        const gone = /not ?found|cancel/i.test(`${(e as Error).name} ${(e as Error).message}`);
+        if (gone) {
+          stats.watchesLost++;
+          break;
+        }
+        stats.beatFailures++;
+      }
+      await sleep(Math.max(0, HEARTBEAT_MS - (performance.now() - t)), undefined, { signal: stop }).catch(
+        () => undefined,
+      );
+    }
+  }
 }
 
 async function ready(client: Client, node: string): Promise<boolean> {
@@ -119,58 +189,95 @@ async function storm(
   return { accepted, ready: [...readyAt.values()], failed, allReadyMs: performance.now() - t0 };
 }
 
+/** CPU seconds (user + system) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  // utime and stime, fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100 per second on Linux).
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+const newStats = (): LivenessStats => ({ watchTaken: new Map(), beats: [], beatFailures: 0, watchesLost: 0 });
+
 async function main(): Promise<void> {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-bench-'));
   const state = await up({ home, ownerPid: process.pid, log: () => undefined });
+  const stop = new AbortController();
+  const loops: Promise<void>[] = [];
+  const conns: Connection[] = [];
   try {
     const worker = await startControlWorker(state);
-    const k = await KybernateClient.connect(configFromStack(state));
+    const config = configFromStack(state);
+    const k = await KybernateClient.connect(config);
+    // The agents' long polls and heartbeats over a few connections (100 agents each), as separate agents would.
+    for (let i = 0; i < Math.ceil((opts.agents + opts.baseline + 1) / 100); i++)
+      conns.push(await Connection.connect(temporalConnectionOptions(config)));
+    const clients = conns.map((c) => new Client({ connection: c, namespace: config.namespace }));
+    const agentClient = (i: number): Client => clients[i % clients.length];
+    const temporalPid = state.processes.find((p) => p.component === 'temporal')?.pid;
     try {
       // Baseline: one agent at a time on an idle control plane (the first one warms the worker up, unmeasured).
+      const baseStats = newStats();
+      const t00 = performance.now();
+      loops.push(livenessLoop(agentClient(0), 'warmup', t00, stop.signal, newStats()));
       await storm(k.client, ['warmup']);
       const base: number[] = [];
       const baseReady: number[] = [];
+      const baseWatch: number[] = [];
       for (let i = 0; i < opts.baseline; i++) {
-        const r = await storm(k.client, [`base-${i}`]);
+        const n = `base-${i}`;
+        const t0 = performance.now();
+        loops.push(livenessLoop(agentClient(i + 1), n, t0, stop.signal, baseStats));
+        const r = await storm(k.client, [n]);
         base.push(...r.accepted);
         baseReady.push(...r.ready);
+        while (!baseStats.watchTaken.has(n) && performance.now() - t0 < 30_000) await sleep(10);
+        const w = baseStats.watchTaken.get(n);
+        if (w !== undefined) baseWatch.push(w);
       }
       const rssIdle = rssBytes(worker.pid);
 
       const nodes = Array.from({ length: opts.agents }, (_, i) => `storm-${String(i).padStart(4, '0')}`);
+      const stats = newStats();
+      const t0 = performance.now();
+      nodes.forEach((n, i) => loops.push(livenessLoop(agentClient(i), n, t0, stop.signal, stats)));
       const s = await storm(k.client, nodes);
       const rssStorm = rssBytes(worker.pid);
+      // Every node's first watch taken by its agent (or 5 minutes).
+      while (stats.watchTaken.size < nodes.length && performance.now() - t0 < s.allReadyMs + 300_000) await sleep(200);
+      const watchesAllMs = performance.now() - t0;
 
-      // Steady state: every agent heartbeats every 5 s, staggered as real agents' timers are.
-      const beats: number[] = [];
-      let beatFailures = 0;
-      const until = performance.now() + opts.heartbeatSeconds * 1000;
-      await Promise.all(
-        nodes.map(async (n, i) => {
-          await sleep((i / nodes.length) * HEARTBEAT_MS);
-          while (performance.now() < until) {
-            const t = performance.now();
-            await registryHeartbeat(k.client, n, {
-              agentRun: `${n}/bench/${process.pid}`,
-              heartbeatMs: HEARTBEAT_MS,
-              timeoutMs: TIMEOUT_MS,
-            }).then(
-              () => beats.push(performance.now() - t),
-              () => beatFailures++,
-            );
-            await sleep(Math.max(0, HEARTBEAT_MS - (performance.now() - t)));
-          }
-        }),
-      );
+      // Steady state: the agents heartbeat their watches; only the beats of this window count.
+      stats.beats.length = 0;
+      const cpu0 = { worker: cpuSeconds(worker.pid), temporal: temporalPid ? cpuSeconds(temporalPid) : NaN };
+      await sleep(opts.heartbeatSeconds * 1000);
+      const cpu1 = { worker: cpuSeconds(worker.pid), temporal: temporalPid ? cpuSeconds(temporalPid) : NaN };
+      const beats = [...stats.beats];
       const rssBeats = rssBytes(worker.pid);
       let stillReady = 0;
-      for (let i = 0; i < nodes.length; i += 50)
-        stillReady += (await Promise.all(nodes.slice(i, i + 50).map((n) => ready(k.client, n)))).filter(Boolean).length;
+      const states = new Map<string, number>();
+      for (let i = 0; i < nodes.length; i += 50) {
+        const recs = await Promise.all(
+          nodes.slice(i, i + 50).map((n) =>
+            k.client.workflow
+              .getHandle(nodeWorkflowId(n))
+              .query<NodeRecord>('status')
+              .catch(() => null),
+          ),
+        );
+        for (const r of recs) {
+          const st = r?.state ?? 'none';
+          states.set(st, (states.get(st) ?? 0) + 1);
+          if (r?.state === 'Ready' && r.inventory !== null) stillReady++;
+        }
+      }
 
       const b50 = pct(base, 50);
       const r50 = pct(baseReady, 50);
+      const w50 = pct(baseWatch, 50);
+      const hb50 = pct(baseStats.beats, 50);
+      const taken = [...stats.watchTaken.values()];
       console.log(
-        `\n${opts.agents} lightweight in-process agents (signals only: no worker, no node activities), one real control worker, local dev server; ${os.cpus().length} cores`,
+        `\n${opts.agents} lightweight in-process agents (no worker, no node activities: each signals its registration and inventory, long-polls its node queue for the liveness watch and heartbeats it every 5 s through the client), one real control worker, local dev server; ${os.cpus().length} cores`,
       );
       table('registration (baseline: one agent alone on an idle control plane, same run)', [
         ['', 'p50', 'p99', 'max', 'p50 vs baseline p50', 'p99 vs baseline p50'],
@@ -191,6 +298,22 @@ async function main(): Promise<void> {
           ratio(pct(baseReady, 99), r50),
         ],
         [
+          'baseline: watch taken by its agent',
+          ms(w50),
+          ms(pct(baseWatch, 99)),
+          ms(Math.max(...baseWatch)),
+          '1.00x',
+          ratio(pct(baseWatch, 99), w50),
+        ],
+        [
+          'baseline: watch heartbeat',
+          ms(hb50),
+          ms(pct(baseStats.beats, 99)),
+          ms(Math.max(...baseStats.beats)),
+          '1.00x',
+          ratio(pct(baseStats.beats, 99), hb50),
+        ],
+        [
           `storm of ${opts.agents}: signals accepted`,
           ms(pct(s.accepted, 50)),
           ms(pct(s.accepted, 99)),
@@ -207,25 +330,45 @@ async function main(): Promise<void> {
           ratio(pct(s.ready, 99), r50),
         ],
         [
-          `heartbeats (${opts.heartbeatSeconds} s, every 5 s)`,
+          `storm of ${opts.agents}: watch taken by its agent`,
+          ms(pct(taken, 50)),
+          ms(pct(taken, 99)),
+          ms(Math.max(...taken)),
+          ratio(pct(taken, 50), w50),
+          ratio(pct(taken, 99), w50),
+        ],
+        [
+          `watch heartbeats (${opts.heartbeatSeconds} s, every 5 s)`,
           ms(pct(beats, 50)),
           ms(pct(beats, 99)),
           ms(Math.max(...beats)),
-          ratio(pct(beats, 50), b50),
-          ratio(pct(beats, 99), b50),
+          ratio(pct(beats, 50), hb50),
+          ratio(pct(beats, 99), hb50),
         ],
       ]);
       table('control worker memory (RSS)', [
         ['idle (after baseline)', 'after the storm', `after ${opts.heartbeatSeconds} s of heartbeats`, 'storm vs idle'],
         [mib(rssIdle), mib(rssStorm), mib(rssBeats), ratio(rssStorm, rssIdle)],
       ]);
+      const window = opts.heartbeatSeconds;
+      table(`CPU during the ${window} s of heartbeats (share of one core)`, [
+        ['control worker', 'Temporal dev server'],
+        [
+          `${((100 * (cpu1.worker - cpu0.worker)) / window).toFixed(0)}%`,
+          `${((100 * (cpu1.temporal - cpu0.temporal)) / window).toFixed(0)}%`,
+        ],
+      ]);
       console.log(
-        `\nregistration failures: ${s.failed}; all Ready after ${(s.allReadyMs / 1000).toFixed(1)} s; heartbeats sent ${beats.length}, failed ${beatFailures}; Ready at the end: ${stillReady}/${nodes.length}`,
+        `\nregistration failures: ${s.failed}; all Ready after ${(s.allReadyMs / 1000).toFixed(1)} s; watches taken ${stats.watchTaken.size}/${nodes.length} after ${(watchesAllMs / 1000).toFixed(1)} s; heartbeats sent ${beats.length} (${(beats.length / window).toFixed(0)}/s), failed ${stats.beatFailures}; watches lost under an agent ${stats.watchesLost}; Ready at the end: ${stillReady}/${nodes.length} (${[...states].map(([st, n]) => `${st} ${n}`).join(', ')})`,
       );
     } finally {
+      stop.abort();
       await k.close();
     }
   } finally {
+    stop.abort();
+    await Promise.allSettled(loops);
+    for (const c of conns) await c.close().catch(() => undefined);
     await down({ home, log: () => undefined });
     fs.rmSync(home, { recursive: true, force: true });
   }

@@ -85,5 +85,10 @@ export const ErrorType = {
   PreemptRefused: 'PreemptRefused',
   /** A preemption sweep could not list the running jobs: nothing was preempted (its status is the first detail). */
   SweepFailed: 'SweepFailed',
+  /**
+   * A node's liveness watch reached an agent process other than the one it was scheduled for (a new agent took
+   * the node's queue): that watch says nothing about the agent it names, the registry schedules it again.
+   */
+  WatchOtherAgent: 'WatchOtherAgent',
 } as const;
 export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];

@@ -24,6 +24,24 @@ export interface NodeHeartbeat {
   timeoutMs?: number;
   /** How often the agent heartbeats (shown; the timeout is what counts). */
   heartbeatMs?: number;
+  /**
+   * 'watch': this signal registers the agent run, and its liveness from now on is the node's watch activity
+   * (activity heartbeats, no signal each). Absent: an agent that heartbeats by signal every heartbeatMs.
+   */
+  liveness?: NodeLiveness;
+}
+
+/** How a node's agent shows it is alive: a heartbeat signal every few seconds, or heartbeats of a watch activity. */
+export type NodeLiveness = 'signal' | 'watch';
+
+/** The watch activity a registry runs on its node's queue (activities/node/watch.ts). */
+export interface NodeWatchInput {
+  node: string;
+  /** The agent run it is for: another agent process refuses it (WatchOtherAgent). */
+  agentRun: string;
+  heartbeatMs: number;
+  /** It completes after this long, and the registry schedules the next one: nothing on the server grows. */
+  runMs: number;
 }
 
 export const DEFAULT_HEARTBEAT_MS = 5_000;
@@ -37,7 +55,11 @@ export const NODE_TRANSITIONS_KEPT = 20;
 export interface NodeRecord {
   node: string;
   inventory: NodeInventory | null;
-  /** Workflow time of the agent's last heartbeat or report. */
+  /**
+   * Workflow time of the agent's last heartbeat signal or report. With a watch (liveness 'watch') the registry
+   * does not see each activity heartbeat: its registration or last report (a report goes at least every few
+   * minutes), and when the watch times out, the latest the last heartbeat can have been (one timeout before).
+   */
   lastSeen: string | null;
   /** Agent processes seen (a new agentRun id, or a heartbeat after Unhealthy/Left). */
   agentRuns: number;
@@ -51,6 +73,8 @@ export interface NodeRecord {
   heartbeatMs?: number | null;
   /** The agent process that heartbeats now. */
   agentRun?: string | null;
+  /** How its agent shows it is alive; absent: 'signal' (an agent from before the watch). */
+  liveness?: NodeLiveness;
   /** The latest transitions, oldest first (at most NODE_TRANSITIONS_KEPT). */
   transitions?: NodeTransition[];
   /** Health score in [0, 1] when the health tracking gives one; absent: not known ('-'). */

@@ -13,6 +13,8 @@ import { temporalConnectionOptions } from '../common/config';
 import { ConfigError, describeConfig, loadConfig, makeLogger, type StartHooks } from './config';
 import { DEFAULT_HEARTBEAT_MS, DEFAULT_NODE_TIMEOUT_MS } from '../common/node';
 import { registryHeartbeat, registryReport } from './registry';
+import { createWatchActivities } from '../activities/node/watch';
+import { ReportRule, WatchWatchdog } from './liveness';
 import { installMetrics, metricsAddress, nodeGauges } from './metrics';
 import { pendingUploadCount } from '../activities/node/pending';
 
@@ -36,9 +38,9 @@ export interface AgentOptions {
   shimBin?: string;
   /** Memory (tmpfs) directory for staging dumps and fetches; null: never stage. Default: /dev/shm/kybernate/<node>. */
   stagingDir?: string | null;
-  /** How often inventory goes to the node's registry workflow. */
+  /** How often the agent reads its inventory; it goes to the registry only when changed or stale (workers/liveness.ts). */
   reportEveryMs?: number;
-  /** How often the agent heartbeats its node's registry. Default: $KYBERNATE_HEARTBEAT_MS, else 5 s. */
+  /** How often the agent heartbeats its node's liveness watch. Default: $KYBERNATE_HEARTBEAT_MS, else 5 s. */
   heartbeatEveryMs?: number;
   /** Silence after which the registry declares the node Unhealthy. Default: $KYBERNATE_NODE_TIMEOUT_MS, else 15 s. */
   nodeTimeoutMs?: number;
@@ -79,20 +81,33 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
   const metrics = await metricsAddress('agent', hooks.localMetricsAddress?.(cfg.temporalAddress) ?? null);
   if (metrics) installMetrics(metrics, { node: opts.node });
   const gauges = nodeGauges();
+  // One id per agent process: the registry counts agent runs by it, and takes a `leave` only from the one that runs.
+  const agentRun = `${opts.node}/${process.pid}/${randomUUID().slice(0, 8)}`;
+  // Liveness: the registry runs a watch activity on this node's queue, and this agent heartbeats it every
+  // heartbeatMs (activity heartbeats: no workflow task, nothing on the control worker). The watchdog below
+  // registers again when no watch has run for a while (the registry lost it, declared the node Unhealthy after
+  // an outage, or was started anew).
+  const watchdog = new WatchWatchdog(nodeTimeoutMs);
   const connection = await NativeConnection.connect(temporalConnectionOptions(cfg));
   const worker = await Worker.create({
     connection,
     namespace: cfg.namespace,
     taskQueue: nodeQueue(opts.node),
-    activities: createNodeActivities(ctx),
+    activities: {
+      ...createNodeActivities(ctx),
+      ...createWatchActivities({ agentRun, started: () => watchdog.started(), ended: () => watchdog.ended() }),
+    },
     maxConcurrentActivityTaskExecutions: 16,
+    // The worker sends at most one activity heartbeat per throttle interval (by default 80% of the heartbeat
+    // timeout): the watch's heartbeats must really go out every heartbeatMs.
+    maxHeartbeatThrottleInterval: heartbeatMs,
+    defaultHeartbeatThrottleInterval: heartbeatMs,
   });
   const clientConn = await Connection.connect(temporalConnectionOptions(cfg));
   const client = new Client({ connection: clientConn, namespace: cfg.namespace });
-  // One id per agent process: the registry counts agent runs by it, and takes a `leave` only from the one that runs.
-  const agentRun = `${opts.node}/${process.pid}/${randomUUID().slice(0, 8)}`;
-  const beat = { agentRun, timeoutMs: nodeTimeoutMs, heartbeatMs };
-  const heartbeat = (): Promise<void> => registryHeartbeat(client, opts.node, beat);
+  const beat = { agentRun, timeoutMs: nodeTimeoutMs, heartbeatMs, liveness: 'watch' as const };
+  const register = (): Promise<void> => registryHeartbeat(client, opts.node, beat);
+  const reports = new ReportRule();
   const report = async (): Promise<void> => {
     const inv = await readInventory(ctx);
     gauges.inventory(inv);
@@ -101,28 +116,34 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     } catch (e) {
       logger.warn({ node: opts.node, err: (e as Error).message }, 'checkpoints pending upload not counted');
     }
+    if (!reports.due(inv, Date.now())) return;
     await registryReport(client, opts.node, nodeTimeoutMs, inv).then(
-      () => gauges.report('ok'),
+      () => {
+        reports.sent(inv, Date.now());
+        gauges.report('ok');
+      },
       (e: unknown) => {
         gauges.report('failed');
         throw e;
       },
     );
   };
-  // The heartbeat first: it registers this agent run (the report that follows brings the inventory).
-  await heartbeat();
+  // The registration first: it registers this agent run (the report that follows brings the inventory).
+  await register();
+  watchdog.registered(Date.now());
   await report();
-  // Heartbeats on their own fast timer, from now on (the sweep below may take a while); a slow one is skipped
-  // rather than piled up behind the last.
-  let beating = false;
+  // From now on (the sweep below may take a while): one registration again when no watch ran for a while.
+  let registering = false;
   const beats = setInterval(() => {
-    if (beating) return;
-    beating = true;
-    heartbeat()
-      .catch((e: Error) => logger.warn({ err: e.message }, 'heartbeat failed'))
-      .finally(() => (beating = false));
+    if (registering || !watchdog.mustRegister(Date.now())) return;
+    registering = true;
+    logger.warn({ agentRun }, 'no liveness watch running: registering again');
+    register()
+      .then(() => watchdog.registered(Date.now()))
+      .catch((e: Error) => logger.warn({ err: e.message }, 'registration failed'))
+      .finally(() => (registering = false));
   }, heartbeatMs);
-  beats.unref(); // the worker keeps the process alive; heartbeats alone must not, should the start fail below
+  beats.unref(); // the worker keeps the process alive; this timer alone must not, should the start fail below
   // Before the worker takes activities, so no start on this node races the sweep (a job started again under an
   // id whose old workflow closed must not lose its new cgroup). Bounded: each owner lookup gives up after 10 s,
   // and the first that does ends the sweep with nothing removed.

@@ -2,11 +2,13 @@ import * as path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap, Worker } from '@temporalio/worker';
 import type { NodeActivities } from '../../activities/node';
+import type { WatchActivities } from '../../activities/node/watch';
 import type { ControlActivities } from '../../activities/control';
 import { CONTROL_QUEUE, nodeQueue } from '../../common/queues';
 import { timeSkippingEnv } from './env';
 
-export type NodeMock = { [K in keyof NodeActivities]?: NodeActivities[K] };
+type AgentActivities = NodeActivities & WatchActivities;
+export type NodeMock = { [K in keyof AgentActivities]?: AgentActivities[K] };
 export type ControlMock = { [K in keyof ControlActivities]?: ControlActivities[K] };
 
 // A test here waits on real activity work and on replays (no sticky cache: every task and query replays the

@@ -4,7 +4,10 @@ import type { NodeInventory } from '../../activities/node/inventory';
 import type { NodeHeartbeat, NodeRecord } from '../../common/node';
 import { CONTROL_QUEUE, nodeWorkflowId } from '../../common/queues';
 import type { nodeRegistry } from '../../workflows/node';
-import { Harness } from './harness';
+import { ApplicationFailure, Context } from '@temporalio/activity';
+import { ErrorType } from '../../common/errors';
+import type { NodeWatchInput } from '../../common/node';
+import { Harness, type NodeMock } from './harness';
 
 let h: Harness;
 beforeAll(async () => {
@@ -43,12 +46,12 @@ function beat(node: string, hb: NodeHeartbeat, signalLimit?: number): Promise<Wo
  * Runs fn with the server's clock held still but for h.env.sleep: between two steps of a test the server would
  * otherwise skip to the node's next timer on its own, and a node would miss heartbeats sent "5 s" apart.
  */
-async function heldClock<T>(fn: () => Promise<T>): Promise<T> {
+async function heldClock<T>(fn: () => Promise<T>, nodes: Record<string, NodeMock> = {}): Promise<T> {
   const svc = h.env.connection.testService;
   if (!svc) throw new Error('not a time-skipping test server');
   await svc.lockTimeSkipping({});
   try {
-    return await h.with({}, {}, fn);
+    return await h.with({}, nodes, fn);
   } finally {
     await svc.unlockTimeSkipping({});
   }
@@ -163,5 +166,167 @@ describe('node registry: Ready | Unhealthy | Left', () => {
     expect(placeable(rec, 1_000_000 + 3 * 60_000)).toBe(false);
     expect(placeable({ ...rec, state: 'Unhealthy' }, 1_000_000)).toBe(false);
     expect(placeable({ ...rec, inventory: null, state: 'Ready' }, 1_000_000)).toBe(false);
+  });
+});
+
+/** An agent that takes its watch and never heartbeats (dead right after): the server times the watch out. */
+function silentAgent(): { mock: NodeMock; watches: NodeWatchInput[] } {
+  const watches: NodeWatchInput[] = [];
+  const mock: NodeMock = {
+    nodeWatch: async (input: NodeWatchInput) => {
+      watches.push(input);
+      // Until the worker stops (test end) or the server cancels it; never a heartbeat.
+      await Context.current().cancelled.catch(() => undefined);
+    },
+  };
+  return { mock, watches };
+}
+
+const watchBeat = (agentRun: string): NodeHeartbeat => ({
+  agentRun,
+  timeoutMs: 15_000,
+  heartbeatMs: 5_000,
+  liveness: 'watch',
+});
+
+/** Real time, while the server's clock is held: until the worker took a watch. */
+async function watchesTaken(watches: NodeWatchInput[], n: number): Promise<void> {
+  for (let i = 0; i < 600 && watches.length < n; i++) await new Promise((r) => setTimeout(r, 100));
+  expect(watches.length).toBeGreaterThanOrEqual(n);
+}
+
+describe('node registry with a liveness watch (activity heartbeats, no signal each)', () => {
+  test('a watch that stops heartbeating makes the node Unhealthy after the timeout; the agent registering again makes it Ready', async () => {
+    const node = nodeName();
+    const agent = silentAgent();
+    await heldClock(
+      async () => {
+        const wf = await beat(node, watchBeat('run-1'));
+        await wf.signal('report', inventory);
+        await watchesTaken(agent.watches, 1);
+        expect(agent.watches[0]).toMatchObject({ node, agentRun: 'run-1', heartbeatMs: 5_000 });
+        let s = await status(node);
+        expect(s).toMatchObject({ state: 'Ready', liveness: 'watch', agentRun: 'run-1', agentRuns: 1 });
+        expect(placeable(s, Date.now())).toBe(true);
+        await h.env.sleep(10_000);
+        expect((await status(node)).state).toBe('Ready');
+        await h.env.sleep(7_000);
+        s = await status(node);
+        expect(s.state).toBe('Unhealthy');
+        expect(s.transitions?.at(-1)).toMatchObject({ from: 'Ready', to: 'Unhealthy' });
+        expect(s.transitions?.at(-1)?.why).toMatch(/no heartbeat for 15000 ms/);
+        // The latest the last heartbeat can have been: one timeout before the transition.
+        expect(Date.parse(s.transitions?.at(-1)?.at ?? '') - Date.parse(s.lastSeen ?? '')).toBe(15_000);
+        // A report alone does not make a watched node Ready (nothing would watch it).
+        await wf.signal('report', inventory);
+        expect((await status(node)).state).toBe('Unhealthy');
+        // The agent registers again (its watchdog: no watch for a while): Ready, and a new watch for it.
+        await wf.signal('heartbeat', watchBeat('run-1'));
+        s = await status(node);
+        expect(s).toMatchObject({ state: 'Ready', agentRuns: 2 });
+        expect(s.transitions?.at(-1)).toMatchObject({ from: 'Unhealthy', to: 'Ready' });
+        await watchesTaken(agent.watches, 2);
+      },
+      { [node]: agent.mock },
+    );
+  });
+
+  test("a stale watch of an older agent run is ignored: the new run's watch alone decides", async () => {
+    const node = nodeName();
+    const agent = silentAgent();
+    await heldClock(
+      async () => {
+        const wf = await beat(node, watchBeat('run-1'));
+        await wf.signal('report', inventory);
+        await watchesTaken(agent.watches, 1);
+        // Restarted within the timeout: run-2 registers 10 s later; run-1's watch (on a dead worker) is cancelled.
+        await h.env.sleep(10_000);
+        await wf.signal('heartbeat', watchBeat('run-2'));
+        await watchesTaken(agent.watches, 2);
+        expect(agent.watches[1].agentRun).toBe('run-2');
+        expect(await status(node)).toMatchObject({ state: 'Ready', agentRun: 'run-2', agentRuns: 2 });
+        // Past run-1's timeout (20 s after it started): still Ready.
+        await h.env.sleep(10_000);
+        expect((await status(node)).state).toBe('Ready');
+        // Past run-2's (15 s after it started): Unhealthy.
+        await h.env.sleep(7_000);
+        const s = await status(node);
+        expect(s.state).toBe('Unhealthy');
+        expect(s.transitions?.map((t) => t.to)).toEqual(['Ready', 'Unhealthy']);
+      },
+      { [node]: agent.mock },
+    );
+  });
+
+  test('a watch taken by another agent process is scheduled again for the registered one', async () => {
+    const node = nodeName();
+    const watches: NodeWatchInput[] = [];
+    // The registered agent heartbeats right away, then goes silent; another process refuses the first two.
+    const mock: NodeMock = {
+      nodeWatch: async (input: NodeWatchInput) => {
+        watches.push(input);
+        if (watches.length <= 2)
+          throw ApplicationFailure.nonRetryable('watch for another agent run', ErrorType.WatchOtherAgent);
+        await Context.current().cancelled.catch(() => undefined);
+      },
+    };
+    await heldClock(
+      async () => {
+        await beat(node, watchBeat('run-1'));
+        await watchesTaken(watches, 3);
+        expect(watches.map((w) => w.agentRun)).toEqual(['run-1', 'run-1', 'run-1']);
+        expect((await status(node)).state).toBe('Ready');
+      },
+      { [node]: mock },
+    );
+  });
+
+  test('leave makes a watched node Left; its watch ending after that keeps it Left', async () => {
+    const node = nodeName();
+    const agent = silentAgent();
+    await heldClock(
+      async () => {
+        const wf = await beat(node, watchBeat('run-1'));
+        await wf.signal('report', inventory);
+        await watchesTaken(agent.watches, 1);
+        await wf.signal('leave', { agentRun: 'run-1', why: 'agent stopped (SIGTERM)' });
+        expect((await status(node)).state).toBe('Left');
+        await h.env.sleep(17_000); // the watch times out meanwhile (15 s)
+        const s = await status(node);
+        expect(s.state).toBe('Left');
+        expect(s.transitions?.map((t) => t.to)).toEqual(['Ready', 'Left']);
+      },
+      { [node]: agent.mock },
+    );
+  });
+
+  test('continues as new with its watch: the new run keeps the state and watches the same agent run', async () => {
+    const node = nodeName();
+    const agent = silentAgent();
+    await heldClock(
+      async () => {
+        const wf = await beat(node, watchBeat('run-1'), 5);
+        await wf.signal('report', inventory);
+        await watchesTaken(agent.watches, 1);
+        const firstRun = (await wf.describe()).runId;
+        for (let i = 0; i < 6; i++) await wf.signal('leave', { agentRun: 'an-old-run' });
+        let runId = firstRun;
+        for (let i = 0; i < 300 && runId === firstRun; i++) {
+          await new Promise((r) => setTimeout(r, 100));
+          runId = (await h.env.client.workflow.getHandle(nodeWorkflowId(node)).describe()).runId;
+        }
+        expect(runId).not.toBe(firstRun);
+        await watchesTaken(agent.watches, 2);
+        expect(agent.watches[1].agentRun).toBe('run-1');
+        const s = await status(node);
+        expect(s).toMatchObject({ state: 'Ready', liveness: 'watch', agentRun: 'run-1', agentRuns: 1 });
+        expect(s.inventory?.zone).toBe('z1');
+        expect(s.transitions).toHaveLength(1);
+        // The new run's watch times out like any: Unhealthy.
+        await h.env.sleep(17_000);
+        expect((await status(node)).state).toBe('Unhealthy');
+      },
+      { [node]: agent.mock },
+    );
   });
 });

@@ -1,0 +1,93 @@
+import type { GpuInventory, NodeInventory } from '../activities/node/inventory';
+
+/** The longest the agent waits without any watch before registering again, however often it already did. */
+export const REGISTER_BACKOFF_MAX_MS = 2 * 60_000;
+
+/**
+ * When an agent registers again. A registration is a signal (a workflow task on the control worker), so it is
+ * rare: once at start, then only when no watch activity has run for a whole node timeout (the registry never
+ * scheduled one, declared the node Unhealthy after an outage, or is a new run that has not heard of this agent),
+ * the wait doubling up to REGISTER_BACKOFF_MAX_MS while none comes, so a reconnect storm of agents whose
+ * watches are late does not add a signal per agent per timeout.
+ */
+export class WatchWatchdog {
+  private running = 0;
+  private quietSince: number | null = null;
+  private wait: number;
+
+  constructor(private readonly nodeTimeoutMs: number) {
+    this.wait = nodeTimeoutMs;
+  }
+
+  registered(nowMs: number): void {
+    if (this.running === 0) this.quietSince = nowMs;
+  }
+
+  started(): void {
+    this.running++;
+    this.quietSince = null;
+    this.wait = this.nodeTimeoutMs;
+  }
+
+  ended(nowMs = Date.now()): void {
+    this.running = Math.max(0, this.running - 1);
+    if (this.running === 0) this.quietSince = nowMs;
+  }
+
+  mustRegister(nowMs: number): boolean {
+    if (this.running > 0 || this.quietSince === null || nowMs - this.quietSince < this.wait) return false;
+    this.wait = Math.min(this.wait * 2, REGISTER_BACKOFF_MAX_MS);
+    return true;
+  }
+}
+
+/** A report goes at least this often, changed or not (and it is the registry's "last seen" for a watched node). */
+export const REPORT_AT_LEAST_MS = 5 * 60_000;
+/** Free VRAM or disk moving by less than this share of the total (or of the last value) is no change. */
+const CHANGE_SHARE = 0.05;
+const VRAM_MARGIN_BYTES = 256 * 1024 ** 2;
+const DISK_MARGIN_BYTES = 1024 ** 3;
+
+/**
+ * When an inventory report goes to the registry: each one is a signal, a workflow task on the control worker
+ * (every 30 s for 1000 agents: 33 tasks/s). The rule: at once when it changed in a way placement reads (zone,
+ * the GPUs or their total VRAM, free VRAM (in all or on one GPU) by more than max(256 MiB, 5% of total), free disk by more than
+ * max(1 GiB, 5%), how limits are enforced, driver/CUDA version), and otherwise at least every REPORT_AT_LEAST_MS.
+ */
+export class ReportRule {
+  private last: NodeInventory | null = null;
+  private lastAt = 0;
+
+  due(inv: NodeInventory, nowMs: number): boolean {
+    return this.last === null || nowMs - this.lastAt >= REPORT_AT_LEAST_MS || placementChange(this.last, inv);
+  }
+
+  sent(inv: NodeInventory, nowMs: number): void {
+    this.last = inv;
+    this.lastAt = nowMs;
+  }
+}
+
+export function placementChange(a: NodeInventory, b: NodeInventory): boolean {
+  const moved = (x: number, y: number, total: number, floor: number): boolean =>
+    Math.abs(x - y) > Math.max(floor, CHANGE_SHARE * Math.max(total, x, y));
+  const sameGpu = (g: GpuInventory, h: GpuInventory | undefined): boolean =>
+    h !== undefined &&
+    g.index === h.index &&
+    g.uuid === h.uuid &&
+    g.model === h.model &&
+    g.totalVramBytes === h.totalVramBytes &&
+    !moved(g.freeVramBytes, h.freeVramBytes, g.totalVramBytes, VRAM_MARGIN_BYTES);
+  return (
+    a.zone !== b.zone ||
+    a.vramSource !== b.vramSource ||
+    a.totalVramBytes !== b.totalVramBytes ||
+    a.gpus.length !== b.gpus.length ||
+    !a.gpus.every((g, i) => sameGpu(g, b.gpus[i])) ||
+    a.cgroups !== b.cgroups ||
+    a.driverVersion !== b.driverVersion ||
+    a.cudaVersion !== b.cudaVersion ||
+    moved(a.freeVramBytes, b.freeVramBytes, a.totalVramBytes, VRAM_MARGIN_BYTES) ||
+    moved(a.freeDiskBytes, b.freeDiskBytes, 0, DISK_MARGIN_BYTES)
+  );
+}
