@@ -123,6 +123,14 @@ async function startFresh(home: string, opts: UpOptions, log: (msg: string) => v
         state.temporal.dbFile,
         '--log-level',
         'warn',
+        // SQLite's default rollback journal syncs every transaction several times: the dev server then stalls at a
+        // few hundred writes/s (1000 agents' activity heartbeats timed out in "Slow gRPC call"s). A write-ahead log
+        // synced at checkpoints keeps every commit through a crash of the server process (what our tests kill);
+        // only a power loss may drop the last commits of this local, single-machine store.
+        '--sqlite-pragma',
+        'journal_mode=wal',
+        '--sqlite-pragma',
+        'synchronous=normal',
         ...saArgs,
         '--dynamic-config-value',
         'matching.useNewMatcher=true',
