@@ -792,6 +792,7 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
   } else {
     const up = await uploading;
     if (up.result) {
+      if (ctx.streamed && up.result.metadataSha256) status.metadataSha256 = up.result.metadataSha256;
       durable(ctx, up.result);
       return status;
     }
