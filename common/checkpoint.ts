@@ -51,7 +51,10 @@ export interface DumpResult {
 export interface SealResult {
   files: number;
   totalBytes: number;
-  metadataSha256: string;
+  /** Null when the seal left the large files to the upload to hash (streamed): the upload commits metadata.json. */
+  metadataSha256: string | null;
+  /** Files whose SHA-256 the upload computes as it sends them (absent: all hashed here). */
+  streamed?: number;
   /** NVML's VRAM of the process tree at checkpoint (absent in results from before it was measured, or without NVML). */
   measuredVramBytes?: number;
   /** metadata.json's compatibility record. */
@@ -129,6 +132,11 @@ export interface UploadResult {
   partsSent: number;
   /** Parts found already uploaded (from heartbeat details) and not sent again. */
   partsResumed: number;
+  /**
+   * SHA-256 of the metadata.json uploaded last; with hashing streamed, the upload committed it (locally, then to
+   * S3) from the hashes its read computed. Absent in results from before it was recorded.
+   */
+  metadataSha256?: string;
 }
 
 export interface AttemptRecord {

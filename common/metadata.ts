@@ -8,6 +8,16 @@ export const FileEntrySchema = z.object({
     .refine((p) => !p.startsWith('/') && !p.split('/').includes('..'), 'must be a relative path inside the checkpoint'),
   size: z.number().int().nonnegative(),
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /**
+   * S3's own full-object checksum of the object as the upload completed it: for a multipart upload the COMPOSITE
+   * SHA-256 (base64 SHA-256 of the parts' SHA-256 digests, then '-' and the part count), as S3 returns it in
+   * x-amz-checksum-sha256. Lets a fetch compare the object S3 serves with the one uploaded before reading a byte.
+   * Absent in checkpoints sealed before it was recorded, and for files sent in one PUT (their sha256 is S3's checksum).
+   */
+  s3Checksum: z
+    .string()
+    .regex(/^[A-Za-z0-9+/]{43}=-\d+$/)
+    .optional(),
 });
 
 export const MetadataSchema = z.object({
@@ -46,3 +56,15 @@ export type Metadata = z.infer<typeof MetadataSchema>;
 export type FileEntry = z.infer<typeof FileEntrySchema>;
 
 export const METADATA_FILE = 'metadata.json';
+
+/**
+ * The seal's record while the upload still hashes the large files (PATCH 'checkpoint-hash-while-streaming'):
+ * metadata.json's fields, with sha256 absent for every file the upload hashes as it sends it. Never a checkpoint:
+ * readers of checkpoints look for metadata.json only; the upload turns this into metadata.json once S3 holds
+ * the bytes it hashed.
+ */
+export const SealDraftSchema = MetadataSchema.extend({
+  files: z.array(FileEntrySchema.extend({ sha256: FileEntrySchema.shape.sha256.optional() })),
+});
+export type SealDraft = z.infer<typeof SealDraftSchema>;
+export const SEAL_DRAFT_FILE = 'seal-draft.json';

@@ -54,6 +54,12 @@ export const DEFAULT_UPLOAD_ATTEMPTS = 8;
  */
 export const PATCH_RECOVER = 'checkpoint-inspect-after-timeout';
 export const PATCH_COMPENSATE_APART = 'checkpoint-compensations-apart';
+/**
+ * HASH_WHILE_STREAMING: the seal no longer reads the large files (pages images); the upload hashes them as it
+ * sends them and commits metadata.json after S3 holds them. S3 out of reach: a full seal of the local copy,
+ * then the synced copy (tier nvme); the disk copy beside a successful upload is finished once metadata.json exists.
+ */
+export const PATCH_HASH_WHILE_STREAMING = 'checkpoint-hash-while-streaming';
 
 /** A step the node keeps running after the workflow lost sight of it is waited for this long (its own start-to-close). */
 const RUNNING_STEP_PATIENCE_MS = 2 * 60 * 60 * 1000;
@@ -100,6 +106,10 @@ interface Ctx {
   signals: { promoted: UploadResult | null; unpromotable: { reason: string; type: string | null } | null };
   /** For the UI's current details: the dump's size and speed, and when the upload began (workflow time). */
   progress: { imageBytes: number | null; dumpMs: number | null; uploadStartedAt: number | null };
+  /** PATCH_HASH_WHILE_STREAMING: the seal left the large files to the upload; metadata.json comes with it. */
+  streamed: boolean;
+  /** The seal's input, for the full seal that stands in when S3 is out of reach. */
+  sealInput: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number };
 }
 
 /** How far the forward steps got: what a compensation has to undo. */
@@ -378,6 +388,8 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     show,
     signals,
     progress,
+    streamed: false,
+    sealInput: { checkpointId: req.checkpointId, jobId: req.jobId, pid, cudaCheckpointed: false, vramBytes: 0 },
   };
   const done: Progress = {
     cudaLocked: false,
@@ -441,19 +453,29 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     done.staged = dump.staged === true;
     progress.imageBytes = dump.imageBytes;
     progress.dumpMs = dump.durationMs;
+    ctx.streamed = patched(PATCH_HASH_WHILE_STREAMING);
+    ctx.sealInput = {
+      checkpointId: req.checkpointId,
+      jobId: req.jobId,
+      pid: pid,
+      cudaCheckpointed: done.cudaCheckpointed,
+      vramBytes: req.vramBytes ?? 0,
+    };
     const sealed = await run(
       'Sealing',
       () =>
-        step.seal.executeWithOptions(summary(`sha256 + commit metadata.json for ${req.checkpointId}`), [
-          {
-            checkpointId: req.checkpointId,
-            jobId: req.jobId,
-            pid: pid,
-            cudaCheckpointed: done.cudaCheckpointed,
-            vramBytes: req.vramBytes ?? 0,
-          },
-        ]),
-      (r) => `${r.files} files, ${r.totalBytes} bytes`,
+        ctx.streamed
+          ? step.seal.executeWithOptions(
+              summary(
+                `sha256 of the small files + compat record for ${req.checkpointId} (large ones hashed by the upload)`,
+              ),
+              [{ ...ctx.sealInput, hash: 'small' }],
+            )
+          : step.seal.executeWithOptions(summary(`sha256 + commit metadata.json for ${req.checkpointId}`), [
+              ctx.sealInput,
+            ]),
+      (r) =>
+        `${r.files} files, ${r.totalBytes} bytes${r.streamed !== undefined ? ` (${r.streamed} hashed by the upload)` : ''}`,
       'seal',
     );
     status.metadataSha256 = sealed.metadataSha256;
@@ -656,13 +678,20 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
   if (done.staged) {
     // The disk copy is a cache while S3 takes the checkpoint, so it is not synced (syncing competes with the
     // upload for the disk); it is synced only if it has to stand in for S3.
+    let copyUnsealed = false;
     const copying = keeper.persist
       .executeWithOptions(summary(`copy ${req.checkpointId} from memory to this node's disk`), [
         { checkpointId: req.checkpointId, sync: false },
       ])
       .then(
         (r) => {
-          record('Uploading', 'ok', `copied to disk: ${r.bytes} bytes in ${r.durationMs} ms`);
+          // Streamed: the copy is committed (its metadata.json) only if the upload committed first.
+          copyUnsealed = r.sealed === false;
+          record(
+            'Uploading',
+            'ok',
+            `copied to disk: ${r.bytes} bytes in ${r.durationMs} ms${copyUnsealed ? ' (metadata.json to follow)' : ''}`,
+          );
           return null;
         },
         (err: unknown) => {
@@ -681,14 +710,35 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
     }
     if (up.result) {
       // Durable from here on; the workflow still waits for the cache copy so that it can free the memory.
+      if (ctx.streamed && up.result.metadataSha256) status.metadataSha256 = up.result.metadataSha256;
       durable(ctx, up.result);
       await copying;
+      if (ctx.streamed && copyUnsealed) {
+        // The upload committed metadata.json after the copy ended: the copy takes it now (files already there).
+        await keeper.persist
+          .executeWithOptions(summary(`finish the disk copy of ${req.checkpointId}: its metadata.json`), [
+            { checkpointId: req.checkpointId, sync: false },
+          ])
+          .then(
+            (r) => record('Uploading', 'ok', `disk copy committed in ${r.durationMs} ms`),
+            (err: unknown) => record('Uploading', 'failed', `finishing the disk copy: ${describeFailure(err)}`),
+          );
+      }
       await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [
         { checkpointId: req.checkpointId },
       ]);
       return status;
     }
     let copyFailure = await copying;
+    if (copyFailure === null && ctx.streamed) {
+      // The copy can stand in for S3 only with a metadata.json naming verified bytes: a full seal first.
+      const f = await sealInFull(ctx);
+      if (f?.type && CORRUPT.has(f.type)) {
+        record('Uploading', 'failed', up.error);
+        return corrupt(ctx, done, f.error);
+      }
+      if (f) copyFailure = `full seal: ${f.error}`;
+    }
     if (copyFailure === null) {
       copyFailure = await keeper.persist
         .executeWithOptions(summary(`sync ${req.checkpointId} to disk: S3 is out of reach`), [
@@ -742,14 +792,50 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
   } else {
     const up = await uploading;
     if (up.result) {
+      if (ctx.streamed && up.result.metadataSha256) status.metadataSha256 = up.result.metadataSha256;
       durable(ctx, up.result);
       return status;
     }
     if (up.type && CORRUPT.has(up.type)) return corrupt(ctx, done, up.error!);
     if (up.type === ErrorType.CheckpointExists) return taken(ctx, done, up.error!);
     record('Uploading', 'failed', up.error);
+    if (ctx.streamed) {
+      const f = await sealInFull(ctx);
+      if (f?.type && CORRUPT.has(f.type)) return corrupt(ctx, done, f.error);
+      if (f) {
+        // No metadata.json: the images stay on the disk (the workload's copy if the dump stopped it) for an operator.
+        status.failureReason = `Uploading: S3: ${up.error}; sealing the disk copy: ${f.error}`;
+        record('Uploading', 'failed', 'checkpoint kept on disk unsealed for an operator');
+        enter('Failed', status.tier, status.failureReason);
+        return status;
+      }
+    }
   }
   return awaitPromotion(ctx, done);
+}
+
+/**
+ * PATCH_HASH_WHILE_STREAMING, S3 out of reach: the local copy needs a metadata.json before it can stand in for
+ * S3 (tier nvme), so every file is hashed now (off the happy path); a metadata.json the upload already committed
+ * (S3 may hold it) is verified and kept. Null when sealed, else why not.
+ */
+async function sealInFull(ctx: Ctx): Promise<{ error: string; type: string | null } | null> {
+  return ctx.keeper.seal
+    .executeWithOptions(
+      summary(`sha256 of every file + commit metadata.json for ${ctx.req.checkpointId}: S3 is out of reach`),
+      [{ ...ctx.sealInput, hash: 'all', keepCommitted: true }],
+    )
+    .then(
+      (r) => {
+        ctx.status.metadataSha256 = r.metadataSha256;
+        ctx.record('Sealing', 'ok', `sealed in full for the disk tier: ${r.files} files, ${r.totalBytes} bytes`);
+        return null;
+      },
+      (err: unknown) => {
+        ctx.record('Sealing', 'failed', `full seal for the disk tier: ${describeFailure(err)}`);
+        return { error: describeFailure(err), type: failureType(err) };
+      },
+    );
 }
 
 /** S3 acknowledged the whole checkpoint: Durable{s3}. */

@@ -30,10 +30,14 @@ async function downloadFile(
   key: string,
   dest: string,
   progress: ActivityBytes,
+  s3Checksum?: string,
 ): Promise<string> {
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   const hash = createHash('sha256');
-  const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  const r = await s3.send(
+    new GetObjectCommand({ Bucket: bucket, Key: key, ...(s3Checksum ? { ChecksumMode: 'ENABLED' } : {}) }),
+  );
+  checkServedChecksum(r.ChecksumSHA256, s3Checksum, key, r.Body as Readable);
   let n = 0;
   const tap = new Transform({
     transform(chunk: Buffer, _enc, done) {
@@ -46,6 +50,25 @@ async function downloadFile(
   });
   await pipeline(r.Body as Readable, tap, fs.createWriteStream(dest, { highWaterMark: 4 << 20 }));
   return hash.digest('hex');
+}
+
+/**
+ * The object S3 serves must be the one the upload completed: its full-object (composite) checksum, sent in the
+ * response headers, is compared with the one metadata.json recorded before a byte is read. The streamed
+ * SHA-256 still checks the bytes themselves. Checkpoints without the record (older ones) skip this.
+ */
+function checkServedChecksum(
+  served: string | undefined,
+  recorded: string | undefined,
+  key: string,
+  body: Readable,
+): void {
+  if (!recorded || served === recorded) return;
+  body.destroy();
+  throw ApplicationFailure.nonRetryable(
+    `${key}: S3 serves an object with checksum ${served ?? 'none'}, metadata.json recorded ${recorded} at upload: replaced after the checkpoint`,
+    ErrorType.ChecksumMismatch,
+  );
 }
 
 export interface FetchResult {
@@ -129,8 +152,19 @@ export async function fetchCheckpoint(
     for (const f of metadata.files) {
       let sum: string;
       try {
-        sum = await downloadFile(s3, ctx.s3.bucket, prefix + f.path, path.join(staging, f.path), progress);
+        sum = await downloadFile(
+          s3,
+          ctx.s3.bucket,
+          prefix + f.path,
+          path.join(staging, f.path),
+          progress,
+          f.s3Checksum,
+        );
       } catch (e) {
+        if (e instanceof ApplicationFailure && e.type === ErrorType.ChecksumMismatch) {
+          fs.rmSync(staging, { recursive: true, force: true });
+          throw e;
+        }
         // A retry starts over; a partial copy left in memory would hold it until then, or for good.
         fs.rmSync(staging, { recursive: true, force: true });
         throw ApplicationFailure.retryable(

@@ -270,6 +270,10 @@ export function createNodeActivities(ctx: NodeContext) {
       pid: number;
       cudaCheckpointed: boolean;
       vramBytes: number;
+      /** 'small': the large files are hashed by the upload as it sends them (seal-draft.json, no metadata.json). */
+      hash?: 'all' | 'small';
+      /** A metadata.json the upload already committed is verified and kept, not replaced. */
+      keepCommitted?: boolean;
     }): Promise<SealResult> {
       return measured(
         'checkpoint',
@@ -288,7 +292,10 @@ export function createNodeActivities(ctx: NodeContext) {
       );
     },
     /** A checkpoint staged in memory, copied to this node's disk while the upload runs; synced when it must stand in for S3. */
-    async persist(input: { checkpointId: string; sync: boolean }): Promise<{ bytes: number; durationMs: number }> {
+    async persist(input: {
+      checkpointId: string;
+      sync: boolean;
+    }): Promise<{ bytes: number; durationMs: number; sealed?: boolean }> {
       return measured(
         'checkpoint',
         'Persisting',

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
-import { type Metadata, METADATA_FILE } from '../../common/metadata';
+import { METADATA_FILE, SEAL_DRAFT_FILE, SealDraftSchema } from '../../common/metadata';
 import { checkpointDir, type NodeContext, stagedDir } from './context';
 import { heartbeat } from './run-tool';
 import { fsyncDir, readMetadata, writeFileAtomic } from './seal';
@@ -37,7 +37,10 @@ async function syncFile(file: string): Promise<void> {
 }
 
 /** The directories under root that hold the checkpoint's files. */
-const fileDirs = (root: string, md: Metadata): Set<string> =>
+/** The files a copy holds: metadata.json's, or with hashing streamed, the seal draft's (paths and sizes). */
+type FileList = { files: Array<{ path: string; size: number }> };
+
+const fileDirs = (root: string, md: FileList): Set<string> =>
   new Set(md.files.map((f) => path.dirname(path.join(root, f.path))));
 
 /**
@@ -46,15 +49,18 @@ const fileDirs = (root: string, md: Metadata): Set<string> =>
  * (the nvme tier, durable); without, the copy is a cache that a crash may tear, which the verification every
  * restore runs on a local copy catches. The bytes are not hashed again here: they were hashed in memory.
  * Idempotent; syncing a copy already on disk syncs it in place.
+ * With hashing streamed (seal-draft.json, no metadata.json yet: the upload commits it), the files are copied
+ * and the copy is committed only if metadata.json appeared in memory meanwhile; else it returns sealed: false
+ * and a later call (once metadata.json exists) finishes it, reusing the files already copied unless it syncs.
  */
 export async function persistCheckpoint(
   ctx: NodeContext,
   input: { checkpointId: string; sync: boolean },
-): Promise<{ bytes: number; durationMs: number }> {
+): Promise<{ bytes: number; durationMs: number; sealed?: boolean }> {
   const started = Date.now();
   const dest = checkpointDir(ctx, input.checkpointId);
   const staged = stagedDir(ctx, input.checkpointId);
-  const done = (md: Metadata): { bytes: number; durationMs: number } => ({
+  const done = (md: FileList): { bytes: number; durationMs: number } => ({
     bytes: md.files.reduce((s, f) => s + f.size, 0),
     durationMs: Date.now() - started,
   });
@@ -69,17 +75,30 @@ export async function persistCheckpoint(
       }
       return done(md);
     }
-    if (!staged || !fs.existsSync(path.join(staged, METADATA_FILE))) {
+    const committed = !!staged && fs.existsSync(path.join(staged, METADATA_FILE));
+    const drafted = !!staged && !committed && fs.existsSync(path.join(staged, SEAL_DRAFT_FILE));
+    if (!staged || (!committed && !drafted)) {
       throw ApplicationFailure.nonRetryable(
         `checkpoint ${input.checkpointId}: no sealed copy in memory or on disk`,
         ErrorType.CheckpointNotFound,
       );
     }
-    const md = readMetadata(staged);
+    const md: FileList = committed
+      ? readMetadata(staged)
+      : SealDraftSchema.parse(JSON.parse(fs.readFileSync(path.join(staged, SEAL_DRAFT_FILE), 'utf8')));
     const tmp = `${dest}.persist`;
-    fs.rmSync(tmp, { recursive: true, force: true });
+    // A copy a streamed call left unfinished is reused (same bytes: memory is not written after the dump), unless
+    // it must be synced: then every file is written again and synced.
+    if (input.sync) fs.rmSync(tmp, { recursive: true, force: true });
     try {
-      for (const f of md.files) await copyFile(path.join(staged, f.path), path.join(tmp, f.path), input.sync);
+      for (const f of md.files) {
+        const to = path.join(tmp, f.path);
+        if (!input.sync && fs.existsSync(to) && fs.statSync(to).size === f.size) continue;
+        await copyFile(path.join(staged, f.path), to, input.sync);
+      }
+      if (!fs.existsSync(path.join(staged, METADATA_FILE))) {
+        return { ...done(md), sealed: false };
+      }
       const mdText = fs.readFileSync(path.join(staged, METADATA_FILE));
       if (input.sync) {
         for (const d of fileDirs(tmp, md)) fsyncDir(d);

@@ -7,7 +7,15 @@ import { ErrorType } from '../../common/errors';
 import type { SealResult } from '../../common/checkpoint';
 import type { CompatRecord } from '../../common/compat';
 import { inputProblem } from '../../common/inputs';
-import { type FileEntry, type Metadata, METADATA_FILE, MetadataSchema } from '../../common/metadata';
+import {
+  type Metadata,
+  METADATA_FILE,
+  MetadataSchema,
+  SEAL_DRAFT_FILE,
+  type SealDraft,
+  SealDraftSchema,
+} from '../../common/metadata';
+import { partSizeFor } from '../s3-client';
 import { checkpointLocation, type NodeContext } from './context';
 import { criuVersion, IMAGES, workloadFileIndex } from './criu';
 import { heartbeat } from './run-tool';
@@ -61,24 +69,57 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/** Checksums every artifact (in parallel) and commits metadata.json last. Idempotent: re-sealing recomputes. */
+/** A file the upload sends part by part (multipart): with hashing streamed, its SHA-256 is computed by that upload. */
+export const streamsOnUpload = (size: number): boolean => size > partSizeFor(size);
+
+/**
+ * Checksums the artifacts (in parallel) and commits metadata.json last. Idempotent: re-sealing recomputes.
+ * hash 'small' (PATCH 'checkpoint-hash-while-streaming'): the large files (pages images) are not read here;
+ * their SHA-256 is computed by the upload as it sends them, so the record is written as seal-draft.json and
+ * the upload commits metadata.json. keepCommitted: a metadata.json already there (committed by such an upload)
+ * is verified (every file hashed) and kept, not replaced: S3 may already hold it.
+ */
 export async function sealCheckpoint(
   ctx: NodeContext,
-  input: { checkpointId: string; jobId: string; pid: number; cudaCheckpointed: boolean; vramBytes: number },
+  input: {
+    checkpointId: string;
+    jobId: string;
+    pid: number;
+    cudaCheckpointed: boolean;
+    vramBytes: number;
+    hash?: 'all' | 'small';
+    keepCommitted?: boolean;
+  },
 ): Promise<SealResult> {
   const dir = checkpointLocation(ctx, input.checkpointId);
   if (!fs.existsSync(path.join(dir, IMAGES)))
     throw ApplicationFailure.nonRetryable(`no CRIU images in ${dir}`, ErrorType.CheckpointNotFound);
+  if (input.keepCommitted && fs.existsSync(path.join(dir, METADATA_FILE))) {
+    const md = await verifyLocal(dir);
+    return {
+      files: md.files.length,
+      totalBytes: md.files.reduce((s, f) => s + f.size, 0),
+      metadataSha256: sha256Hex(fs.readFileSync(path.join(dir, METADATA_FILE))),
+      ...(md.cuda.measuredVramBytes !== undefined ? { measuredVramBytes: md.cuda.measuredVramBytes } : {}),
+      ...(md.compat ? { compat: md.compat as CompatRecord } : {}),
+    };
+  }
+  const streamed = input.hash === 'small';
   // CRIU's own logs (criu-dump.log, criu-restore.log) describe this node's run, not the workload.
   const names = listFiles(dir).filter(
-    (f) => f !== METADATA_FILE && !/^criu-.*\.log$/.test(f) && f !== 'restored.pid' && !f.includes('.tmp-'),
+    (f) =>
+      f !== METADATA_FILE &&
+      f !== SEAL_DRAFT_FILE &&
+      !/^criu-.*\.log$/.test(f) &&
+      f !== 'restored.pid' &&
+      !f.includes('.tmp-'),
   );
-  const files: FileEntry[] = await Promise.all(
-    names.map(async (p) => ({
-      path: p,
-      size: fs.statSync(path.join(dir, p)).size,
-      sha256: await sha256File(path.join(dir, p)),
-    })),
+  const files: SealDraft['files'] = await Promise.all(
+    names.map(async (p) => {
+      const size = fs.statSync(path.join(dir, p)).size;
+      if (streamed && streamsOnUpload(size)) return { path: p, size };
+      return { path: p, size, sha256: await sha256File(path.join(dir, p)) };
+    }),
   );
   const m = loadMeasurement(ctx, input.checkpointId);
   const versions = await driverVersions();
@@ -114,6 +155,26 @@ export async function sealCheckpoint(
     workloadFiles: workloadFileIndex(dir),
     files,
   };
+  const deferred = files.filter((f) => f.sha256 === undefined).length;
+  if (streamed) {
+    const invalid = inputProblem(SealDraftSchema, doc);
+    if (invalid)
+      throw ApplicationFailure.nonRetryable(
+        `metadata.json of ${input.checkpointId} would be invalid: ${invalid}`,
+        ErrorType.InvalidInput,
+      );
+    // A metadata.json left by an earlier seal would name bytes this seal did not hash: the draft replaces it.
+    fs.rmSync(path.join(dir, METADATA_FILE), { force: true });
+    writeFileAtomic(path.join(dir, SEAL_DRAFT_FILE), JSON.stringify(SealDraftSchema.parse(doc), null, 2));
+    return {
+      files: files.length,
+      totalBytes: files.reduce((s, f) => s + f.size, 0),
+      metadataSha256: null,
+      streamed: deferred,
+      ...(m ? { measuredVramBytes: m.bytes } : {}),
+      compat,
+    };
+  }
   // One line naming the field (e.g. cuda.vramBytes out of bounds), not a multi-line ZodError dump.
   const invalid = inputProblem(MetadataSchema, doc);
   if (invalid)

@@ -6,6 +6,7 @@ import {
   CompleteMultipartUploadCommand,
   type CompletedPart,
   CreateMultipartUploadCommand,
+  DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
@@ -17,10 +18,17 @@ import {
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { ActivityBytes, UploadResult } from '../../common/checkpoint';
-import { type FileEntry, METADATA_FILE } from '../../common/metadata';
+import {
+  type FileEntry,
+  type Metadata,
+  METADATA_FILE,
+  MetadataSchema,
+  SEAL_DRAFT_FILE,
+  SealDraftSchema,
+} from '../../common/metadata';
 import { makeS3Client, partSizeFor, s3ErrorKind } from '../s3-client';
 import { checkpointLocation, type NodeContext, s3Prefix } from './context';
-import { parseMetadata, sha256Hex } from './seal';
+import { parseMetadata, sha256Hex, writeFileAtomic } from './seal';
 
 /** Progress kept in heartbeat details, so a retry after an agent crash resumes instead of re-sending. */
 export interface UploadProgress {
@@ -74,8 +82,13 @@ function asS3Failure(e: unknown, what: string): never {
 
 async function exists(s3: S3Client, bucket: string, key: string, f: FileEntry): Promise<boolean> {
   try {
-    const h = await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
-    return h.ContentLength === f.size && h.Metadata?.sha256 === f.sha256;
+    const h = await s3.send(
+      new HeadObjectCommand({ Bucket: bucket, Key: key, ...(f.s3Checksum ? { ChecksumMode: 'ENABLED' } : {}) }),
+    );
+    if (h.ContentLength !== f.size) return false;
+    // Uploaded with its hash streamed, the object carries no sha256 of its own: S3's composite checksum, recorded
+    // in metadata.json at commit, names it.
+    return h.Metadata?.sha256 === f.sha256 || (!!f.s3Checksum && h.ChecksumSHA256 === f.s3Checksum);
   } catch (e) {
     if (
       (e as Error).name === 'NotFound' ||
@@ -121,22 +134,92 @@ interface Counters {
   partsResumed: number;
 }
 
+/** A large file's checksums as its one read computed them: SHA-256 of the whole, S3's COMPOSITE SHA-256. */
+interface Hashed {
+  sha256: string;
+  s3Checksum: string;
+}
+
+/** S3's COMPOSITE SHA-256 of a multipart object: the SHA-256 of its parts' SHA-256 digests, then the part count. */
+export const compositeSha256 = (partDigests: Buffer[]): string =>
+  `${createHash('sha256').update(Buffer.concat(partDigests)).digest('base64')}-${partDigests.length}`;
+
+/** A local file's SHA-256 and composite checksum, read once (the check of an object an earlier attempt completed). */
+async function hashLocal(file: string, size: number, partSize: number): Promise<Hashed & { read: number }> {
+  const whole = createHash('sha256');
+  const parts: Buffer[] = [];
+  let read = 0;
+  const fh = await fs.promises.open(file, 'r');
+  try {
+    for (let n = 0; n < Math.max(1, Math.ceil(size / partSize)); n++) {
+      const body = await readPart(fh, n * partSize, Math.min(partSize, size - n * partSize));
+      whole.update(body);
+      parts.push(createHash('sha256').update(body).digest());
+      read += body.length;
+      beat(previousProgress());
+    }
+  } finally {
+    await fh.close();
+  }
+  return { sha256: whole.digest('hex'), s3Checksum: compositeSha256(parts), read };
+}
+
+/**
+ * Streamed hashing: an object an earlier attempt completed (the crash came before metadata.json was committed)
+ * is kept when the local file, read once now, has its composite checksum; S3 checked every part of it
+ * against the SHA-256 computed from the local read that sent it. Another checksum means the local file changed
+ * between the two attempts: ChecksumMismatch. Null: no such object, send it.
+ */
+async function completedEarlier(
+  s3: S3Client,
+  bucket: string,
+  key: string,
+  file: string,
+  f: { path: string; size: number },
+): Promise<Hashed | null> {
+  let theirs: string | undefined;
+  try {
+    const h = await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key, ChecksumMode: 'ENABLED' }));
+    if (h.ContentLength !== f.size || !h.ChecksumSHA256?.includes('-')) return null;
+    theirs = h.ChecksumSHA256;
+  } catch (e) {
+    if (
+      (e as Error).name === 'NotFound' ||
+      (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404
+    )
+      return null;
+    throw e;
+  }
+  const mine = await hashLocal(file, f.size, partSizeFor(f.size));
+  if (mine.s3Checksum !== theirs || mine.read !== f.size)
+    throw ApplicationFailure.nonRetryable(
+      `${f.path}: S3 holds it as uploaded by an earlier attempt (composite sha256 ${theirs}), the local copy now has ${mine.s3Checksum}: changed between attempts`,
+      ErrorType.ChecksumMismatch,
+    );
+  return { sha256: mine.sha256, s3Checksum: mine.s3Checksum };
+}
+
 /**
  * A large file, part by part. One reader goes through the file in order and hashes every part it reads,
  * those already in S3 from an interrupted attempt included, while up to `concurrency` parts are in flight
- * behind it; the multipart upload is completed only if the whole file's SHA-256 is the one sealed in
- * metadata.json, so a local copy changed after sealing never becomes an object in S3.
+ * behind it. Sealed (f.sha256 known): the multipart upload is completed only if the whole file's SHA-256 is
+ * the one sealed in metadata.json, so a local copy changed after sealing never becomes an object in S3.
+ * Streamed (f.sha256 absent): this read is the seal; S3 checks each part's SHA-256, so the object is exactly
+ * the bytes hashed, and a part an earlier attempt left in S3 that differs from the local bytes now means the
+ * file changed between attempts (ChecksumMismatch, never sent again). Either way S3's composite checksum at
+ * completion must be the one computed here.
  */
 async function uploadLarge(
   s3: S3Client,
   bucket: string,
   key: string,
   file: string,
-  f: FileEntry,
+  f: { path: string; size: number; sha256?: string },
   progress: UploadProgress,
   counters: Counters,
   concurrency: number,
-): Promise<void> {
+): Promise<Hashed> {
+  const streamed = f.sha256 === undefined;
   // Heartbeats are throttled, so the crash may have come before the upload id reached the server: then
   // the upload still in progress for this key in S3 is the one to resume.
   let mp = progress.multipart[f.path] ?? (await findUpload(s3, bucket, key, partSizeFor(f.size)));
@@ -166,7 +249,7 @@ async function uploadLarge(
         Bucket: bucket,
         Key: key,
         ChecksumAlgorithm: 'SHA256',
-        Metadata: { sha256: f.sha256 },
+        ...(f.sha256 ? { Metadata: { sha256: f.sha256 } } : {}),
       }),
     );
     mp = { uploadId: r.UploadId!, partSize };
@@ -176,6 +259,7 @@ async function uploadLarge(
   const { uploadId, partSize } = mp;
   const total = Math.max(1, Math.ceil(f.size / partSize));
   const whole = createHash('sha256');
+  const digests: Buffer[] = [];
   let read = 0;
   const fh = await fs.promises.open(file, 'r');
   try {
@@ -185,8 +269,20 @@ async function uploadLarge(
       const body = await readPart(fh, (n - 1) * partSize, Math.min(partSize, f.size - (n - 1) * partSize));
       whole.update(body);
       read += body.length;
-      const partSum = createHash('sha256').update(body).digest('base64');
+      const digest = createHash('sha256').update(body).digest();
+      digests.push(digest);
+      const partSum = digest.toString('base64');
       const prev = have.get(n);
+      if (streamed && prev && prev.ChecksumSHA256 !== partSum) {
+        // S3 verified that part against the SHA-256 of what an earlier attempt read here: the file changed since.
+        failure = {
+          error: ApplicationFailure.nonRetryable(
+            `${f.path}: part ${n} in S3 (sha256 ${prev.ChecksumSHA256 ?? 'none'}) differs from the local bytes now (${partSum}): changed between attempts`,
+            ErrorType.ChecksumMismatch,
+          ),
+        };
+        break;
+      }
       // A part already in S3 counts only if S3's checksum of it is that of the bytes read here; else it is sent again.
       if (prev && (!prev.ChecksumSHA256 || prev.ChecksumSHA256 === partSum)) {
         counters.partsResumed++;
@@ -224,12 +320,23 @@ async function uploadLarge(
       if (inflight.size >= concurrency) await Promise.race(inflight);
     }
     await Promise.all(inflight);
-    if (failure) throw (failure as { error: unknown }).error;
+    if (failure) {
+      const error = (failure as { error: unknown }).error;
+      if (error instanceof ApplicationFailure && error.type === ErrorType.ChecksumMismatch) {
+        await s3
+          .send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }))
+          .catch(() => undefined);
+        delete progress.multipart[f.path];
+        beat(progress);
+      }
+      throw error;
+    }
   } finally {
     await fh.close();
   }
   const sum = whole.digest('hex');
-  if (sum !== f.sha256 || read !== f.size) {
+  const composite = compositeSha256(digests);
+  if ((!streamed && sum !== f.sha256) || read !== f.size) {
     // The local copy changed after sealing: these bytes must never become the checkpoint in S3.
     await s3
       .send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }))
@@ -242,7 +349,7 @@ async function uploadLarge(
     );
   }
   const parts = [...have.values()].sort((a, b) => a.PartNumber! - b.PartNumber!);
-  await s3.send(
+  const done = await s3.send(
     new CompleteMultipartUploadCommand({
       Bucket: bucket,
       Key: key,
@@ -250,6 +357,16 @@ async function uploadLarge(
       MultipartUpload: { Parts: parts },
     }),
   );
+  // S3's full-object checksum of what it now holds: the composite of the part checksums it verified. A store
+  // that returns none has still checked every part.
+  if (done.ChecksumSHA256 && done.ChecksumSHA256 !== composite) {
+    await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: key })).catch(() => undefined);
+    throw ApplicationFailure.nonRetryable(
+      `${f.path}: S3 completed it with composite sha256 ${done.ChecksumSHA256}, the bytes read here give ${composite}: object deleted`,
+      ErrorType.ChecksumMismatch,
+    );
+  }
+  return { sha256: sum, s3Checksum: composite };
 }
 
 /**
@@ -296,6 +413,8 @@ export async function uploadCheckpoint(
 ): Promise<UploadResult> {
   const dir = checkpointLocation(ctx, input.checkpointId);
   const mdFile = path.join(dir, METADATA_FILE);
+  if (!fs.existsSync(mdFile) && fs.existsSync(path.join(dir, SEAL_DRAFT_FILE)))
+    return uploadStreamed(ctx, { checkpointId: input.checkpointId, concurrency: input.concurrency });
   let mdText: Buffer;
   try {
     mdText = await fs.promises.readFile(mdFile);
@@ -380,10 +499,149 @@ export async function uploadCheckpoint(
       }),
     );
     ctx.logger.info({ ...log, ...counters }, 'checkpoint uploaded');
-    return { bucket, prefix, ...counters };
+    return { bucket, prefix, ...counters, metadataSha256: mdSha };
   } catch (e) {
     if (e instanceof ApplicationFailure && e.type === ErrorType.ChecksumMismatch)
       ctx.logger.error({ ...log, err: e.message }, 'local copy differs from its seal: not uploaded');
+    asS3Failure(e, `upload of checkpoint ${input.checkpointId}`);
+  } finally {
+    s3.destroy();
+  }
+}
+
+/** Small files in one PUT each, with their sealed SHA-256 as the S3 checksum (S3 refuses a body that differs). */
+async function putSmall(
+  s3: S3Client,
+  bucket: string,
+  prefix: string,
+  dir: string,
+  files: FileEntry[],
+  progress: UploadProgress,
+  counters: Counters,
+  concurrency: number,
+): Promise<void> {
+  const queue = files.filter((f) => !progress.done.includes(f.path));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      for (let f = queue.shift(); f; f = queue.shift()) {
+        try {
+          await s3.send(
+            new PutObjectCommand({
+              Bucket: bucket,
+              Key: prefix + f.path,
+              Body: await fs.promises.readFile(path.join(dir, f.path)),
+              ChecksumSHA256: b64(f.sha256),
+              Metadata: { sha256: f.sha256 },
+            }),
+          );
+        } catch (e) {
+          if (s3ErrorKind(e) === 'checksum') {
+            throw ApplicationFailure.nonRetryable(
+              `${f.path}: S3 refused the local copy as not matching its sealed sha256 ${f.sha256}: changed after sealing`,
+              ErrorType.ChecksumMismatch,
+            );
+          }
+          throw e;
+        }
+        counters.bytesSent += f.size;
+        counters.partsSent++;
+        progress.done.push(f.path);
+        if (progress.bytes) progress.bytes.done += f.size;
+        beat(progress);
+      }
+    }),
+  );
+}
+
+/**
+ * PATCH 'checkpoint-hash-while-streaming': the seal left seal-draft.json, with the large files unhashed. The
+ * small files go first (hashed at seal, sent with that hash as their checksum); each large file is read once,
+ * and that read computes its SHA-256 and each part's checksum as the parts go to S3 (S3 verifies every part,
+ * so it holds exactly the bytes hashed). Only then is metadata.json committed from those hashes: locally,
+ * atomically, then to S3 last. A retry after a crash resumes: small files and completed objects are checked,
+ * parts left in S3 must equal the local bytes (else ChecksumMismatch), and a metadata.json already committed
+ * locally sends the rest through the sealed path (uploadCheckpoint). No metadata.json ever names bytes no read
+ * hashed, and none in S3 names bytes S3 did not verify.
+ */
+async function uploadStreamed(
+  ctx: NodeContext,
+  input: { checkpointId: string; concurrency?: number },
+): Promise<UploadResult> {
+  const dir = checkpointLocation(ctx, input.checkpointId);
+  const draftFile = path.join(dir, SEAL_DRAFT_FILE);
+  const parsed = SealDraftSchema.safeParse(
+    (() => {
+      try {
+        return JSON.parse(fs.readFileSync(draftFile, 'utf8')) as unknown;
+      } catch (e) {
+        throw ApplicationFailure.nonRetryable(`${draftFile}: ${(e as Error).message}`, ErrorType.MetadataInvalid);
+      }
+    })(),
+  );
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw ApplicationFailure.nonRetryable(
+      `${draftFile}: field '${issue.path.join('.')}' ${issue.message}`,
+      ErrorType.MetadataInvalid,
+    );
+  }
+  const draft = parsed.data;
+  const bucket = ctx.s3.bucket;
+  const prefix = s3Prefix(input.checkpointId);
+  const progress = previousProgress();
+  const counters: Counters = { bytesSent: 0, partsSent: 0, partsResumed: 0 };
+  const s3 = makeS3Client(ctx.s3);
+  const concurrency = input.concurrency ?? 8;
+  const log = { node: ctx.node, checkpoint: input.checkpointId, job: draft.jobId };
+  try {
+    // Nothing of ours is committed yet (no local metadata.json): any metadata.json in S3 is another checkpoint's.
+    await refuseOtherCheckpoint(s3, bucket, prefix + METADATA_FILE, '', input.checkpointId);
+    const small = draft.files.filter((f): f is FileEntry => f.sha256 !== undefined);
+    progress.bytes = {
+      done: draft.files.filter((f) => progress.done.includes(f.path)).reduce((n, f) => n + f.size, 0),
+      total: draft.files.reduce((n, f) => n + f.size, 0),
+    };
+    await putSmall(s3, bucket, prefix, dir, small, progress, counters, concurrency);
+    const hashed = new Map<string, Hashed>();
+    for (const f of draft.files) {
+      if (f.sha256 !== undefined) continue;
+      const file = path.join(dir, f.path);
+      // An object completed by an earlier attempt (not yet committed): kept if the local bytes are still its bytes.
+      const earlier = progress.multipart[f.path] ? null : await completedEarlier(s3, bucket, prefix + f.path, file, f);
+      if (earlier) {
+        hashed.set(f.path, earlier);
+        continue;
+      }
+      hashed.set(f.path, await uploadLarge(s3, bucket, prefix + f.path, file, f, progress, counters, concurrency));
+      delete progress.multipart[f.path];
+      beat(progress);
+    }
+    const doc: Metadata = {
+      ...draft,
+      files: draft.files.map((f) => {
+        const h = hashed.get(f.path);
+        return h ? { path: f.path, size: f.size, sha256: h.sha256, s3Checksum: h.s3Checksum } : (f as FileEntry);
+      }),
+    };
+    const metadata = MetadataSchema.parse(doc);
+    const text = Buffer.from(JSON.stringify(metadata, null, 2));
+    const mdSha = sha256Hex(text);
+    // Committed locally first (atomic): a crash before the PUT finds it, and the retry sends only what is missing.
+    writeFileAtomic(path.join(dir, METADATA_FILE), text);
+    await s3.send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: prefix + METADATA_FILE,
+        Body: text,
+        ContentType: 'application/json',
+        ChecksumSHA256: b64(mdSha),
+      }),
+    );
+    ctx.logger.info({ ...log, ...counters, metadataSha256: mdSha }, 'checkpoint uploaded (hashed while streaming)');
+    return { bucket, prefix, ...counters, metadataSha256: mdSha };
+  } catch (e) {
+    if (e instanceof ApplicationFailure && e.type === ErrorType.ChecksumMismatch)
+      ctx.logger.error({ ...log, err: e.message }, 'local copy changed while being uploaded: not committed');
     asS3Failure(e, `upload of checkpoint ${input.checkpointId}`);
   } finally {
     s3.destroy();

@@ -88,6 +88,14 @@ function stagingNode(calls: string[], overrides: Mock = {}): Mock {
   });
 }
 
+/** An activity that records its call and returns `value`. */
+const rec =
+  <T>(calls: string[], name: string, value: T) =>
+  async (): Promise<T> => {
+    calls.push(name);
+    return value;
+  };
+
 /** An activity that records its start and end, so a test can see two of them overlap. */
 const slow =
   <T>(calls: string[], name: string, ms: number, value: T) =>
@@ -835,7 +843,13 @@ describe('checkpoint workflow', () => {
           const st = await wf.query<CheckpointStatus>('status');
           expect(st.phase).toBe('PendingUpload');
           expect(st.tier).toBe('nvme');
-          expect(calls.filter((c) => c !== 'upload').slice(-3)).toEqual(['persist', 'persist sync', 'releaseStaging']);
+          // Hashing streamed: the copy is sealed in full (every file hashed) before it is synced as tier nvme.
+          expect(calls.filter((c) => c !== 'upload').slice(-4)).toEqual([
+            'persist',
+            'seal',
+            'persist sync',
+            'releaseStaging',
+          ]);
           s3Up = true;
         },
       );
@@ -886,6 +900,112 @@ describe('checkpoint workflow', () => {
       expect(s.history.some((h) => h.outcome === 'compensated' && h.detail === 'restored in place as pid 4242')).toBe(
         true,
       );
+    });
+  });
+
+  describe("hashing while streaming (PATCH 'checkpoint-hash-while-streaming'): the upload commits metadata.json", () => {
+    type SealIn = { hash?: string; keepCommitted?: boolean };
+    const sealing = (calls: string[], seals: SealIn[], fail?: () => never) => async (i: SealIn) => {
+      calls.push('seal');
+      seals.push({ hash: i.hash, keepCommitted: i.keepCommitted });
+      if (fail && seals.length > 1) fail();
+      return i.hash === 'small'
+        ? { files: 3, totalBytes: 1000, metadataSha256: null, streamed: 1 }
+        : { files: 3, totalBytes: 1000, metadataSha256: 'full-seal' };
+    };
+
+    test('Sealing hashes the small files only; the upload result names metadata.json; Durable{s3}', async () => {
+      const calls: string[] = [];
+      const seals: SealIn[] = [];
+      const s = await run(
+        node(calls, false, {
+          seal: sealing(calls, seals),
+          upload: rec(calls, 'upload', { ...uploaded, metadataSha256: 'from-upload' }),
+        }),
+        req(),
+      );
+      expect(s.phase).toBe('Durable');
+      expect(s.tier).toBe('s3');
+      expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'seal', 'upload']);
+      expect(seals).toEqual([{ hash: 'small', keepCommitted: undefined }]);
+      expect(s.metadataSha256).toBe('from-upload');
+      expect(s.history.find((h) => h.phase === 'Sealing')?.detail).toContain('1 hashed by the upload');
+    });
+
+    test('staged: a copy that ended before the upload committed is finished by a second persist, then memory freed', async () => {
+      const calls: string[] = [];
+      let copies = 0;
+      const s = await run(
+        stagingNode(calls, {
+          seal: sealing(calls, []),
+          upload: slow(calls, 'upload', 2000, { ...uploaded, metadataSha256: 'from-upload' }),
+          persist: async () => {
+            calls.push('persist');
+            copies++;
+            return copies === 1 ? { bytes: 1000, durationMs: 7, sealed: false } : { bytes: 1000, durationMs: 1 };
+          },
+        }),
+        req(),
+      );
+      expect(s.phase).toBe('Durable');
+      expect(calls.slice(calls.indexOf('upload:end'))).toEqual(['upload:end', 'persist', 'releaseStaging']);
+      expect(copies).toBe(2);
+      expect(s.history.some((h) => h.detail === 'disk copy committed in 1 ms')).toBe(true);
+    });
+
+    test('S3 unreachable, dump on disk: a full seal (every file, a committed metadata.json kept) before PendingUpload; its sha256 goes to the promotion', async () => {
+      const calls: string[] = [];
+      const seals: SealIn[] = [];
+      let s3Up = false;
+      const r = req({ uploadMaxAttempts: 2 });
+      const s = await run(
+        node(calls, false, {
+          seal: sealing(calls, seals),
+          upload: async () => {
+            calls.push('upload');
+            if (!s3Up) throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
+            return uploaded;
+          },
+        }),
+        r,
+        async () => {
+          const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
+          for (let i = 0; i < 600 && (await wf.query<CheckpointStatus>('status')).phase !== 'PendingUpload'; i++)
+            await env.sleep('1s');
+          const st = await wf.query<CheckpointStatus>('status');
+          expect(st.phase).toBe('PendingUpload');
+          expect(st.tier).toBe('nvme');
+          expect(st.metadataSha256).toBe('full-seal');
+          s3Up = true;
+        },
+      );
+      expect(s.phase).toBe('Durable');
+      expect(seals).toEqual([
+        { hash: 'small', keepCommitted: undefined },
+        { hash: 'all', keepCommitted: true },
+      ]);
+      expect(calls.slice(0, 6)).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'seal', 'upload', 'upload']);
+      expect(calls[6]).toBe('seal');
+    });
+
+    test('S3 unreachable and the full seal finds the local copy changed: no tier nvme, Failed as corrupt', async () => {
+      const calls: string[] = [];
+      const s = await run(
+        stagingNode(calls, {
+          seal: sealing(calls, [], () => {
+            throw ApplicationFailure.nonRetryable('images/pages-1.img: sha256 a != b', 'ChecksumMismatch');
+          }),
+          setAsideCorrupt: rec(calls, 'setAsideCorrupt', { movedTo: '/data/corrupt/x' }),
+          upload: async () => {
+            calls.push('upload');
+            throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
+          },
+        }),
+        req({ uploadMaxAttempts: 2 }),
+      );
+      expect(s.phase).toBe('Failed');
+      expect(calls).not.toContain('persist sync');
+      expect(s.failureReason).toMatch(/no longer matches its seal/);
     });
   });
 
