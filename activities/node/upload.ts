@@ -18,7 +18,7 @@ import { ApplicationFailure, Context } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { ActivityBytes, UploadResult } from '../../common/checkpoint';
 import { type FileEntry, METADATA_FILE } from '../../common/metadata';
-import { makeS3Client, partSizeFor, s3ErrorKind } from '../s3-client';
+import { makeS3Client, partSizeFor, s3ErrorKind, transferPlan } from '../s3-client';
 import { checkpointLocation, type NodeContext, s3Prefix } from './context';
 import { parseMetadata, sha256Hex } from './seal';
 
@@ -315,7 +315,7 @@ export async function uploadCheckpoint(
   const progress = previousProgress();
   const counters: Counters = { bytesSent: 0, partsSent: 0, partsResumed: 0 };
   const s3 = makeS3Client(ctx.s3);
-  const concurrency = input.concurrency ?? 8;
+  const concurrency = input.concurrency ?? transferPlan(Math.max(0, ...md.files.map((f) => f.size))).concurrency;
   const log = { node: ctx.node, checkpoint: input.checkpointId, job: md.jobId };
   try {
     await refuseOtherCheckpoint(s3, bucket, prefix + METADATA_FILE, mdSha, input.checkpointId);
