@@ -61,27 +61,23 @@ export async function downloadFile(
   const hash = createHash('sha256');
   const { partSize, concurrency } = plan;
   const parts = Math.max(1, Math.ceil(size / partSize));
+  if (parts === 1 || concurrency === 1) {
+    const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+    let n = 0;
+    const tap = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        hash.update(chunk);
+        progress.done += chunk.length;
+        // The bytes so far are the heartbeat's details: a client waiting on the restore shows them.
+        if (++n % 256 === 0) heartbeat({ bytes: progress });
+        done(null, chunk);
+      },
+    });
+    await pipeline(r.Body as Readable, tap, fs.createWriteStream(dest, { highWaterMark: 4 << 20 }));
+    return hash.digest('hex');
+  }
   const fh = await fs.promises.open(dest, 'w');
   try {
-    if (parts === 1 || concurrency === 1) {
-      const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
-      let n = 0;
-      const tap = new Transform({
-        transform(chunk: Buffer, _enc, done) {
-          hash.update(chunk);
-          progress.done += chunk.length;
-          // The bytes so far are the heartbeat's details: a client waiting on the restore shows them.
-          if (++n % 256 === 0) heartbeat({ bytes: progress });
-          done(null, chunk);
-        },
-      });
-      await pipeline(
-        r.Body as Readable,
-        tap,
-        fs.createWriteStream(dest, { fd: fh, autoClose: false, highWaterMark: 4 << 20 }),
-      );
-      return hash.digest('hex');
-    }
     const arrived = new Map<number, Buffer>();
     let next = 0; // the next part to hash
     let taken = 0; // the next part a worker fetches
