@@ -1,14 +1,61 @@
+import * as http from 'node:http';
+import * as https from 'node:https';
+import * as os from 'node:os';
 import { S3Client } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import type { S3Config } from '../common/config';
+
+const MiB = 1 << 20;
+
+/** What a transfer may use of this machine: its cores and its memory. */
+export interface Machine {
+  cores: number;
+  memoryBytes: number;
+}
+export const thisMachine = (): Machine => ({ cores: os.availableParallelism(), memoryBytes: os.totalmem() });
+
+/** How a file moves to or from S3: the part size and how many parts (requests) are in flight at once. */
+export interface TransferPlan {
+  partSize: number;
+  concurrency: number;
+}
+
+/** Most requests one transfer keeps in flight: past this, loopback and LAN links gain nothing and S3 throttles. */
+export const MAX_CONCURRENCY = 16;
+
+/**
+ * The part size and the number of parts in flight for a file of `fileSize` bytes on `machine`. The part size is
+ * mc's (minio-go's) 16 MiB, grown with the file so that it fits S3's 10,000 parts; it depends on the file size
+ * only, so a retry on the same node finds the multipart upload an earlier attempt started (upload.ts resumes
+ * only an upload of the same part size). Parts in flight: enough to keep the link busy while one part is read
+ * and hashed (two per core, at least 4; also how many small files go at once), and every in-flight part is one
+ * buffer in memory, so together they stay under 1/32 of the machine's memory (a 16 GiB node: 512 MiB).
+ */
+export function transferPlan(fileSize: number, machine: Machine = thisMachine()): TransferPlan {
+  if (!Number.isFinite(fileSize) || fileSize < 0) throw new RangeError(`fileSize: ${fileSize} is not a byte count`);
+  const partSize = partSizeFor(fileSize);
+  const byCores = Math.max(4, 2 * Math.max(1, Math.floor(machine.cores)));
+  const byMemory = Math.max(1, Math.floor(machine.memoryBytes / 32 / partSize));
+  return { partSize, concurrency: Math.max(1, Math.min(byCores, byMemory, MAX_CONCURRENCY)) };
+}
 
 /**
  * The SDK has no HTTP timeouts by default (a blackholed request hangs forever) and retries a lot; outage
  * backoff belongs to Temporal's retry policy, so the SDK gets tight timeouts and a single retry. Without
  * static keys the SDK's default credential chain finds them (AWS_* environment, shared config and
- * AWS_PROFILE, web identity token, container or instance metadata).
+ * AWS_PROFILE, web identity token, container or instance metadata). Connections are kept alive and reused
+ * (each new one costs a handshake, and TLS a second), with sockets for every part a transfer keeps in flight
+ * plus a few for the small files and metadata. The SDK's own response checksum is off unless S3 requires
+ * one: every byte we download is checked against its sealed SHA-256 anyway, and a second hash of the same
+ * bytes only slows the download.
  */
 export function makeS3Client(cfg: S3Config, opts: { requestTimeoutMs?: number } = {}): S3Client {
+  const agent = {
+    keepAlive: true,
+    keepAliveMsecs: 1000,
+    maxSockets: MAX_CONCURRENCY + 4,
+    maxFreeSockets: MAX_CONCURRENCY,
+  };
   return new S3Client({
     ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}),
     region: cfg.region,
@@ -17,19 +64,20 @@ export function makeS3Client(cfg: S3Config, opts: { requestTimeoutMs?: number } 
       ? { credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey } }
       : {}),
     maxAttempts: 2,
+    responseChecksumValidation: 'WHEN_REQUIRED',
     requestHandler: new NodeHttpHandler({
       connectionTimeout: 3000,
       requestTimeout: opts.requestTimeoutMs ?? 30000,
-      httpAgent: { keepAlive: true, maxSockets: 32 },
+      httpAgent: new http.Agent(agent),
+      httpsAgent: new https.Agent(agent),
     }),
   });
 }
 
 /** S3 allows 10,000 parts per upload: grow the part size with the file (an 80 GB image needs >= 8 MiB parts). */
-export function partSizeFor(fileSize: number, preferred = 16 << 20): number {
+export function partSizeFor(fileSize: number, preferred = 16 * MiB): number {
   const min = Math.ceil(fileSize / 10000);
-  const mib = 1 << 20;
-  return Math.max(preferred, Math.ceil(min / mib) * mib);
+  return Math.max(preferred, Math.ceil(min / MiB) * MiB);
 }
 
 /** S3 error codes that no retry can fix: the key, its policy or the bucket is wrong. */

@@ -3,11 +3,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, type Metadata } from '../../common/metadata';
-import { makeS3Client } from '../s3-client';
+import { makeS3Client, type TransferPlan, transferPlan } from '../s3-client';
 import type { ActivityBytes } from '../../common/checkpoint';
 import { checkpointDir, checkpointLocation, type NodeContext, s3Prefix, stagedDir } from './context';
 import { setAsideCorrupt } from './corrupt';
@@ -20,36 +20,126 @@ async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buff
   return Buffer.from(await r.Body!.transformToByteArray());
 }
 
+/** Writes all of `buf` at `offset` (a positional write may write less than asked). */
+async function writeAt(fh: fs.promises.FileHandle, buf: Buffer, offset: number): Promise<void> {
+  for (let done = 0; done < buf.length;) {
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, offset + done);
+    done += bytesWritten;
+  }
+}
+
+/** The body of a GET (all of it, or one range), read into one buffer of the expected size; may come back shorter. */
+async function readBody(body: Readable, expected: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(expected);
+  let got = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    if (got + chunk.length > expected) throw new Error(`S3 sent more than the ${expected} bytes asked for`);
+    chunk.copy(buf, got);
+    got += chunk.length;
+  }
+  return buf.subarray(0, got);
+}
+
 /**
- * One streamed GET per file, hashed on the way to disk: verification costs no second read. (Ranged GETs in
- * parallel were slower here: the object store and the hashing share the same few cores.)
+ * One file, hashed on the way to disk: verification costs no second read. A small file is one streamed GET;
+ * a large one is fetched as ranged GETs of one part each, `concurrency` at a time (transferPlan), each written
+ * at its offset as it arrives and hashed in order; parts that arrive ahead of the next one to hash wait in
+ * memory, at most 2 x concurrency of them, so memory stays bounded. The caller compares the hash with the seal,
+ * so a short or changed object is a checksum mismatch whichever way it came. (`plan` is for the transfer bench,
+ * which compares one streamed GET with ranged GETs.)
  */
-async function downloadFile(
+export async function downloadFile(
   s3: S3Client,
   bucket: string,
   key: string,
   dest: string,
+  size: number,
   progress: ActivityBytes,
   s3Checksum?: string,
+  plan: TransferPlan = transferPlan(size),
 ): Promise<string> {
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   const hash = createHash('sha256');
-  const r = await s3.send(
-    new GetObjectCommand({ Bucket: bucket, Key: key, ...(s3Checksum ? { ChecksumMode: 'ENABLED' } : {}) }),
-  );
-  checkServedChecksum(r.ChecksumSHA256, s3Checksum, key, r.Body as Readable);
-  let n = 0;
-  const tap = new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      hash.update(chunk);
-      progress.done += chunk.length;
-      // The bytes so far are the heartbeat's details: a client waiting on the restore shows them.
-      if (++n % 256 === 0) heartbeat({ bytes: progress });
-      done(null, chunk);
-    },
-  });
-  await pipeline(r.Body as Readable, tap, fs.createWriteStream(dest, { highWaterMark: 4 << 20 }));
-  return hash.digest('hex');
+  const { partSize, concurrency } = plan;
+  const parts = Math.max(1, Math.ceil(size / partSize));
+  if (parts === 1 || concurrency === 1) {
+    const r = await s3.send(
+      new GetObjectCommand({ Bucket: bucket, Key: key, ...(s3Checksum ? { ChecksumMode: 'ENABLED' } : {}) }),
+    );
+    checkServedChecksum(r.ChecksumSHA256, s3Checksum, key, r.Body as Readable);
+    let n = 0;
+    const tap = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        hash.update(chunk);
+        progress.done += chunk.length;
+        // The bytes so far are the heartbeat's details: a client waiting on the restore shows them.
+        if (++n % 256 === 0) heartbeat({ bytes: progress });
+        done(null, chunk);
+      },
+    });
+    await pipeline(r.Body as Readable, tap, fs.createWriteStream(dest, { highWaterMark: 4 << 20 }));
+    return hash.digest('hex');
+  }
+  if (s3Checksum) {
+    // Ranged GETs carry no full-object checksum: one HEAD asks for it before a byte is read.
+    const h = await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key, ChecksumMode: 'ENABLED' }));
+    checkServedChecksum(h.ChecksumSHA256, s3Checksum, key, null);
+  }
+  const fh = await fs.promises.open(dest, 'w');
+  try {
+    const arrived = new Map<number, Buffer>();
+    let next = 0; // the next part to hash
+    let taken = 0; // the next part a worker fetches
+    let failed = false;
+    let wake: () => void = () => undefined;
+    let moved = new Promise<void>((r) => (wake = r));
+    const advance = (): void => {
+      for (let b = arrived.get(next); b; b = arrived.get(next)) {
+        hash.update(b);
+        arrived.delete(next++);
+      }
+      const w = wake;
+      moved = new Promise<void>((r) => (wake = r));
+      w();
+    };
+    const worker = async (): Promise<void> => {
+      while (!failed && taken < parts) {
+        // Far ahead of the part being hashed: wait, so parts held in memory stay bounded.
+        if (taken - next >= 2 * concurrency) {
+          await moved;
+          continue;
+        }
+        const i = taken++;
+        const start = i * partSize;
+        const length = Math.min(partSize, size - start);
+        try {
+          const r = await s3.send(
+            new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-${start + length - 1}` }),
+          );
+          const buf = await readBody(r.Body as Readable, length);
+          await writeAt(fh, buf, start);
+          progress.done += buf.length;
+          heartbeat({ bytes: progress });
+          arrived.set(i, buf);
+          if (buf.length < length) {
+            // A short object: hash what came, stop fetching; the caller's comparison with the seal fails.
+            failed = true;
+          }
+        } catch (e) {
+          failed = true;
+          advance();
+          throw e;
+        }
+        advance();
+      }
+    };
+    const results = await Promise.allSettled(Array.from({ length: Math.min(concurrency, parts) }, worker));
+    const rejected = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+    if (rejected) throw rejected.reason;
+    return hash.digest('hex');
+  } finally {
+    await fh.close();
+  }
 }
 
 /**
@@ -61,10 +151,10 @@ function checkServedChecksum(
   served: string | undefined,
   recorded: string | undefined,
   key: string,
-  body: Readable,
+  body: Readable | null,
 ): void {
   if (!recorded || served === recorded) return;
-  body.destroy();
+  body?.destroy();
   throw ApplicationFailure.nonRetryable(
     `${key}: S3 serves an object with checksum ${served ?? 'none'}, metadata.json recorded ${recorded} at upload: replaced after the checkpoint`,
     ErrorType.ChecksumMismatch,
@@ -157,6 +247,7 @@ export async function fetchCheckpoint(
           ctx.s3.bucket,
           prefix + f.path,
           path.join(staging, f.path),
+          f.size,
           progress,
           f.s3Checksum,
         );

@@ -26,7 +26,7 @@ import {
   SEAL_DRAFT_FILE,
   SealDraftSchema,
 } from '../../common/metadata';
-import { makeS3Client, partSizeFor, s3ErrorKind } from '../s3-client';
+import { makeS3Client, partSizeFor, s3ErrorKind, transferPlan } from '../s3-client';
 import { checkpointLocation, type NodeContext, s3Prefix } from './context';
 import { parseMetadata, sha256Hex, writeFileAtomic } from './seal';
 
@@ -434,7 +434,7 @@ export async function uploadCheckpoint(
   const progress = previousProgress();
   const counters: Counters = { bytesSent: 0, partsSent: 0, partsResumed: 0 };
   const s3 = makeS3Client(ctx.s3);
-  const concurrency = input.concurrency ?? 8;
+  const concurrency = input.concurrency ?? transferPlan(Math.max(0, ...md.files.map((f) => f.size))).concurrency;
   const log = { node: ctx.node, checkpoint: input.checkpointId, job: md.jobId };
   try {
     await refuseOtherCheckpoint(s3, bucket, prefix + METADATA_FILE, mdSha, input.checkpointId);
@@ -591,7 +591,7 @@ async function uploadStreamed(
   const progress = previousProgress();
   const counters: Counters = { bytesSent: 0, partsSent: 0, partsResumed: 0 };
   const s3 = makeS3Client(ctx.s3);
-  const concurrency = input.concurrency ?? 8;
+  const concurrency = input.concurrency ?? transferPlan(Math.max(0, ...draft.files.map((f) => f.size))).concurrency;
   const log = { node: ctx.node, checkpoint: input.checkpointId, job: draft.jobId };
   try {
     // Nothing of ours is committed yet (no local metadata.json): any metadata.json in S3 is another checkpoint's.

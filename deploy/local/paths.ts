@@ -37,6 +37,8 @@ const shimSum = createHash('sha256')
 export const BIN = {
   temporal: path.join(CACHE_DIR, `temporal-${v.TEMPORAL_CLI_VERSION}`, 'temporal'),
   minio: path.join(CACHE_DIR, `minio-${v.MINIO_VERSION}`, 'minio'),
+  /** Built on demand (provision.sh mc), by the transfer bench only. */
+  mc: path.join(CACHE_DIR, `mc-${v.MC_VERSION}`, 'mc'),
   toxiproxy: path.join(CACHE_DIR, `toxiproxy-${v.TOXIPROXY_VERSION}`, 'server'),
   criu: path.join(CACHE_DIR, `criu-${v.CRIU_DEB_VERSION}`, 'criu'),
   tini: path.join(CACHE_DIR, `tini-${v.TINI_DEB_VERSION}`, 'tini'),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds or downloads every binary the local stack needs into a cache keyed by version.
 # Idempotent: a component whose versioned directory already holds a working binary is skipped.
-# Usage: provision.sh [node|temporal|minio|toxiproxy|criu|tini|shim|test-server|standin-cuda|chromium ...]   (no argument: all)
+# Usage: provision.sh [node|temporal|minio|mc|toxiproxy|criu|tini|shim|test-server|standin-cuda|chromium ...]   (no argument: all)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -300,6 +300,8 @@ for c in "${want[@]}"; do
     node)      node_install ;;
     temporal)  go_tool temporal github.com/temporalio/cli/cmd/temporal "$TEMPORAL_CLI_VERSION" temporal ;;
     minio)     go_tool minio github.com/minio/minio "$MINIO_VERSION" minio ;;
+    # Not in the default set: only bench/transfer.ts needs it, and it provisions it itself.
+    mc)        go_tool mc github.com/minio/mc "$MC_VERSION" mc ;;
     toxiproxy) go_tool toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server "$TOXIPROXY_VERSION" server ;;
     criu)      criu_install ;;
     tini)      tini_install ;;
@@ -307,6 +309,6 @@ for c in "${want[@]}"; do
     test-server) test_server_install ;;
     standin-cuda) standin_cuda_install ;;
     chromium)  chromium_install ;;
-    *) die "unknown component '$c' (known: node temporal minio toxiproxy criu tini shim test-server standin-cuda chromium)" ;;
+    *) die "unknown component '$c' (known: node temporal minio mc toxiproxy criu tini shim test-server standin-cuda chromium)" ;;
   esac
 done

@@ -1,0 +1,196 @@
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import pino from 'pino';
+import type { NodeContext } from '../activities/node/context';
+import { checkpointDir, s3Prefix } from '../activities/node/context';
+import { downloadFile, fetchCheckpoint } from '../activities/node/fetch';
+import { listFiles } from '../activities/node/seal';
+import { uploadCheckpoint } from '../activities/node/upload';
+import { makeS3Client, transferPlan } from '../activities/s3-client';
+import type { FileEntry } from '../common/metadata';
+import { BIN, REPO_ROOT } from '../deploy/local/paths';
+import type { StackState } from '../deploy/local/stack';
+import { benchStack, dropCaches, startPattern, table, timed } from './harness';
+
+/**
+ * Upload and download of the same checkpoint files by MinIO's own client (`mc cp --recursive`, the yardstick)
+ * and by our upload and fetch activities (called directly with a NodeContext), against the same MinIO in the
+ * same run, the page cache dropped before each side. The files are a real checkpoint (CRIU dump) of a pattern
+ * process of KYBERNATE_BENCH_GIB GiB. Timings are figures, never a pass/fail.
+ */
+async function main(): Promise<void> {
+  const sizes = (process.env.KYBERNATE_BENCH_GIB ?? '1,4').split(',').map(Number);
+  execFileSync('bash', [path.join(REPO_ROOT, 'deploy', 'local', 'provision.sh'), 'mc'], { stdio: 'inherit' });
+  const { state, k, close } = await benchStack(['bench-a']);
+  const rows = [
+    [
+      'files',
+      'upload mc',
+      'upload ours',
+      'ours/mc',
+      '(ours, 8 parts at once)',
+      'download mc',
+      'download ours',
+      'ours/mc',
+      '(one GET per file)',
+    ],
+  ];
+  const notes: string[] = [];
+  try {
+    for (const gib of sizes) {
+      const mib = Math.round(gib * 1024);
+      const job = `tx-${gib}`;
+      await startPattern(k, 'bench-a', job, mib);
+      const { request } = await k.startCheckpoint({ target: job, node: 'bench-a', checkpointId: `${job}-ck` });
+      const s = await k.checkpointResult(request.checkpointId);
+      if (s.phase !== 'Durable') throw new Error(`checkpoint ended ${s.phase}: ${s.failureReason}`);
+      const src = await persistedCopy(path.join(state.home, 'nodes', 'bench-a', 'checkpoints', `${job}-ck`));
+      const bytes = listFiles(src).reduce((n, f) => n + fs.statSync(path.join(src, f)).size, 0);
+      const largest = Math.max(...listFiles(src).map((f) => fs.statSync(path.join(src, f)).size));
+      const plan = transferPlan(largest);
+      notes.push(
+        `${gib} GiB: ${listFiles(src).length} files, ${(bytes / 1e6).toFixed(0)} MB, largest ${(largest / 1e6).toFixed(0)} MB: ` +
+          `part ${plan.partSize >> 20} MiB x ${plan.concurrency} at once`,
+      );
+      const work = path.join(state.home, 'transfer', `g${gib}`);
+      // Our side reads the same bytes from its own data dir (the upload activity finds a checkpoint by id there).
+      const up = ctxFor(state, path.join(work, 'up'));
+      const down = ctxFor(state, path.join(work, 'down'));
+      const oursId = `ours-${gib}`;
+      fs.mkdirSync(path.dirname(checkpointDir(up, oursId)), { recursive: true });
+      fs.cpSync(src, checkpointDir(up, oursId), { recursive: true });
+      // The same upload with the earlier fixed default of 8 parts in flight, for comparison.
+      const eightId = `eight-${gib}`;
+      fs.cpSync(src, checkpointDir(up, eightId), { recursive: true });
+      const mcEnv = {
+        ...process.env,
+        MC_CONFIG_DIR: path.join(work, 'mc-config'),
+        [`MC_HOST_bench`]: mcHost(state),
+      };
+      const mc = (args: string[]): void => {
+        execFileSync(BIN.mc, ['--quiet', '--no-color', ...args], {
+          env: mcEnv,
+          stdio: ['ignore', 'ignore', 'inherit'],
+        });
+      };
+      const bucket = state.s3.bucket;
+
+      dropCaches();
+      const [, mcUp] = await timed(async () => mc(['cp', '--recursive', `${src}/`, `bench/${bucket}/mc-${gib}/`]));
+      dropCaches();
+      const [, oursUp] = await timed(() => uploadCheckpoint(up, { checkpointId: oursId }));
+      dropCaches();
+      const [, eightUp] = await timed(() => uploadCheckpoint(up, { checkpointId: eightId, concurrency: 8 }));
+
+      dropCaches();
+      const mcDest = path.join(work, 'mc-down');
+      const [, mcDown] = await timed(async () => mc(['cp', '--recursive', `bench/${bucket}/mc-${gib}/`, `${mcDest}/`]));
+      dropCaches();
+      const [r, oursDown] = await timed(() => fetchCheckpoint(down, { checkpointId: oursId }));
+      if (r.source !== 's3') throw new Error(`fetch took the ${r.source} copy, not S3`);
+      // The earlier download: one streamed GET per file, hashed on the way (no ranged GETs).
+      dropCaches();
+      const [, singleDown] = await timed(() =>
+        downloadOneGetEach(up, r.metadata.files, oursId, path.join(work, 'single')),
+      );
+      const mbs = (ms: number): string => `${(bytes / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
+      rows.push([
+        `${gib} GiB (${(bytes / 1e6).toFixed(0)} MB)`,
+        mbs(mcUp),
+        mbs(oursUp),
+        (mcUp / oursUp).toFixed(2),
+        mbs(eightUp),
+        mbs(mcDown),
+        mbs(oursDown),
+        (mcDown / oursDown).toFixed(2),
+        mbs(singleDown),
+      ]);
+      fs.rmSync(work, { recursive: true, force: true });
+      fs.rmSync(path.join(state.home, 'nodes', 'bench-a', 'checkpoints', `${job}-ck`), {
+        recursive: true,
+        force: true,
+      });
+    }
+  } finally {
+    await close();
+  }
+  table(
+    'S3 transfer of one checkpoint (MinIO on loopback, same files, page cache dropped before each), ours/mc = speed ratio, >= 1.0: ours as fast',
+    rows,
+  );
+  console.log(`  ${notes.join('\n  ')}`);
+}
+
+async function downloadOneGetEach(
+  ctx: NodeContext,
+  files: FileEntry[],
+  checkpointId: string,
+  dest: string,
+): Promise<void> {
+  const s3 = makeS3Client(ctx.s3);
+  try {
+    const progress = { done: 0, total: 0 };
+    for (const f of files) {
+      const sum = await downloadFile(
+        s3,
+        ctx.s3.bucket,
+        s3Prefix(checkpointId) + f.path,
+        path.join(dest, f.path),
+        f.size,
+        progress,
+        undefined,
+        {
+          partSize: transferPlan(f.size).partSize,
+          concurrency: 1,
+        },
+      );
+      if (sum !== f.sha256) throw new Error(`${f.path}: sha256 ${sum}, sealed ${f.sha256}`);
+    }
+  } finally {
+    s3.destroy();
+  }
+}
+
+/** The checkpoint's copy on the node's disk: the persist step may still be writing it when Durable is reported. */
+async function persistedCopy(dir: string): Promise<string> {
+  for (let i = 0; i < 1200; i++) {
+    if (fs.existsSync(path.join(dir, 'metadata.json'))) return dir;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`${dir}: no persisted copy after 5 minutes`);
+}
+
+function ctxFor(state: StackState, dataDir: string): NodeContext {
+  fs.mkdirSync(dataDir, { recursive: true });
+  return {
+    node: 'bench',
+    zone: null,
+    dataDir,
+    criuBin: BIN.criu,
+    initBin: null,
+    shimBin: BIN.shim,
+    criuActionScript: null,
+    declaredVramBytes: null,
+    stagingDir: null,
+    s3: {
+      endpoint: state.s3.endpoint,
+      region: state.s3.region,
+      accessKeyId: state.s3.accessKeyId,
+      secretAccessKey: state.s3.secretAccessKey,
+      bucket: state.s3.bucket,
+    },
+    logger: pino({ level: 'warn' }),
+  };
+}
+
+/** mc's alias from the environment (MC_HOST_<alias>), so the bench writes no mc config anywhere else. */
+function mcHost(state: StackState): string {
+  const u = new URL(state.s3.endpoint);
+  return `${u.protocol}//${encodeURIComponent(state.s3.accessKeyId)}:${encodeURIComponent(state.s3.secretAccessKey)}@${u.host}`;
+}
+
+main().catch((e: unknown) => {
+  console.error(`bench failed: ${(e as Error).stack}`);
+  process.exit(1);
+});
