@@ -4,6 +4,8 @@ import type { KybernateClient } from '../../clients/api';
 import type { NodesJson } from '../../clients/json-output';
 import type { NodeRecord } from '../../common/node';
 import { Agent, client, stack, until } from '../support/stack';
+import { recordHistory } from '../support/histories';
+import { nodeWorkflowId } from '../../common/queues';
 
 const CLI = path.resolve(__dirname, '..', '..', 'dist', 'clients', 'cli.js');
 const NODE = 'live-a';
@@ -89,5 +91,7 @@ describe('node liveness on the real stack', () => {
     agent = undefined;
     const left = await inState('Left', 10000);
     expect(left.transitions?.at(-1)?.why).toMatch(/agent stopped \(SIGTERM\)/);
+    // The registry never ends: its history so far (registrations, watches, a timeout, a leave) is replayed.
+    await recordHistory('node-liveness', k.client.workflow.getHandle(nodeWorkflowId(NODE)));
   }, 120000);
 });
