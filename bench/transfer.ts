@@ -33,7 +33,7 @@ async function main(): Promise<void> {
       'download mc',
       'download ours',
       'ours/mc',
-      '(one GET per file)',
+      '(ranged GETs)',
     ],
   ];
   const notes: string[] = [];
@@ -89,7 +89,7 @@ async function main(): Promise<void> {
       dropCaches();
       const [r, oursDown] = await timed(() => fetchCheckpoint(down, { checkpointId: oursId }));
       if (r.source !== 's3') throw new Error(`fetch took the ${r.source} copy, not S3`);
-      // The earlier download: one streamed GET per file, hashed on the way (no ranged GETs).
+      // The alternative: large files as parallel ranged GETs (transferPlan's parts in flight).
       dropCaches();
       const [, singleDown] = await timed(() =>
         downloadOneGetEach(up, r.metadata.files, oursId, path.join(work, 'single')),

@@ -45,8 +45,9 @@ async function readBody(body: Readable, expected: number): Promise<Buffer> {
  * a large one is fetched as ranged GETs of one part each, `concurrency` at a time (transferPlan), each written
  * at its offset as it arrives and hashed in order; parts that arrive ahead of the next one to hash wait in
  * memory, at most 2 x concurrency of them, so memory stays bounded. The caller compares the hash with the seal,
- * so a short or changed object is a checksum mismatch whichever way it came. (`plan` is for the transfer bench,
- * which compares one streamed GET with ranged GETs.)
+ * so a short or changed object is a checksum mismatch whichever way it came. By default one streamed GET per
+ * file: ranged GETs (a plan with concurrency > 1) measured slower here (bench/transfer.ts: 90 vs 123 MB/s at
+ * 1 GiB on 2 shared cores), so they are only what the bench compares against.)
  */
 export async function downloadFile(
   s3: S3Client,
@@ -56,7 +57,7 @@ export async function downloadFile(
   size: number,
   progress: ActivityBytes,
   s3Checksum?: string,
-  plan: TransferPlan = transferPlan(size),
+  plan: TransferPlan = { partSize: transferPlan(size).partSize, concurrency: 1 },
 ): Promise<string> {
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   const hash = createHash('sha256');

@@ -23,11 +23,11 @@ describe('transferPlan: part size and parts in flight', () => {
     }
   });
 
-  test('two parts in flight per core, at least 4, at most MAX_CONCURRENCY', () => {
+  test('two parts in flight per core, at least 8, at most MAX_CONCURRENCY', () => {
     const mem = 64 * GiB;
-    expect(transferPlan(4 * GiB, { cores: 1, memoryBytes: mem }).concurrency).toBe(4);
-    expect(transferPlan(4 * GiB, { cores: 2, memoryBytes: mem }).concurrency).toBe(4);
-    expect(transferPlan(4 * GiB, { cores: 4, memoryBytes: mem }).concurrency).toBe(8);
+    expect(transferPlan(4 * GiB, { cores: 1, memoryBytes: mem }).concurrency).toBe(8);
+    expect(transferPlan(4 * GiB, { cores: 2, memoryBytes: mem }).concurrency).toBe(8);
+    expect(transferPlan(4 * GiB, { cores: 6, memoryBytes: mem }).concurrency).toBe(12);
     expect(transferPlan(4 * GiB, { cores: 128, memoryBytes: mem }).concurrency).toBe(MAX_CONCURRENCY);
   });
 
