@@ -332,6 +332,7 @@ export class Sim {
         return await fn();
       } finally {
         this.dead.clear(); // a dead agent's stalled awaitRunExit ends, so the worker can shut down
+        this.standing = {}; // every node Ready: a cancelled job's owed kills settle and it closes
         for (const wf of this.started) await cancelled(wf);
       }
     });

@@ -297,6 +297,9 @@ describe('job workflow: node Unhealthy, eviction, fencing', () => {
       expect(later.runs).toHaveLength(1);
       expect(types(later)).not.toContain('Evicted');
       expect(sim.calls.filter((c) => c.startsWith('startRun'))).toHaveLength(1);
+      // Back, so the cancel's kill of the Unknown run is done and the job closes (job-cancel-keeps-fences).
+      sim.dead.clear();
+      sim.standing = {};
       await finish(wf);
     });
   }, 180_000);
