@@ -74,6 +74,12 @@ const STOP_GRACE_MS = 30_000;
  * node's registry, is Unknown while the node is Unhealthy or Left, and is evicted past its grace (old run fenced).
  */
 const PATCH_NODE_FENCING = 'job-node-fencing';
+/**
+ * Histories whose cancel ended the workflow with kills still owed (the fence loops died with it, and a run on an
+ * Unknown node was "stopped" by a stopRun that waited days on a dead agent); with it the cancel fences such a run
+ * and the workflow stays open until every owed kill is settled (killed, or the node recorded lost).
+ */
+const PATCH_CANCEL_KEEPS_FENCES = 'job-cancel-keeps-fences';
 /** How often a job that lost its agent asks the node's registry while it waits out the grace. */
 const NODE_POLL_MS = 10_000;
 /** How often a job held by the eviction budget (its zone, or every zone, dark) asks again. */
@@ -766,6 +772,22 @@ export async function job(input: JobInput): Promise<JobStatus> {
       });
     }
   }
+  /** A run whose node does not answer is given up: its process is owed a kill (fence) when the node is back. */
+  function owe(r: RunRecord): FenceRecord {
+    const f: FenceRecord = {
+      run: r.run,
+      node: r.node,
+      process: r.process as ProcessIdentity,
+      since: new Date().toISOString(),
+      settled: null,
+      settledAt: null,
+      detail: null,
+    };
+    (status.fences ??= []).push(f);
+    startFence(f);
+    return f;
+  }
+  const owedFences = (): FenceRecord[] => (status.fences ?? []).filter((f) => f.settled === null);
   function settle(f: FenceRecord, how: NonNullable<FenceRecord['settled']>, detail: string): void {
     f.settled = how;
     f.settledAt = new Date().toISOString();
@@ -1211,17 +1233,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
           // Not finish(): its node does not answer. The old process is fenced instead: killed when the node is back.
           Object.assign(r, { endedAt: new Date().toISOString(), reason: 'Evicted', message: ended.why });
           if (active === r) active = null;
-          const f: FenceRecord = {
-            run: r.run,
-            node: r.node,
-            process: r.process as ProcessIdentity,
-            since: new Date().toISOString(),
-            settled: null,
-            settledAt: null,
-            detail: null,
-          };
-          (status.fences ??= []).push(f);
-          startFence(f);
+          owe(r);
           const from = status.lastGoodCheckpoint;
           if (from === null && spec.restartPolicy === 'Never') {
             event('Evicted', `run ${r.run}: ${ended.why}; restart policy Never and no good checkpoint: not restarted`);
@@ -1266,7 +1278,16 @@ export async function job(input: JobInput): Promise<JobStatus> {
     // Cancelled: the run stopped and cleaned up like a timeout, the reservation given back, then the cancel ends the workflow.
     await CancellationScope.nonCancellable(async () => {
       const run = active as RunRecord | null;
-      if (run !== null) {
+      const keepFences = patched(PATCH_CANCEL_KEEPS_FENCES);
+      if (run !== null && keepFences && status.state === 'Unknown' && run.process !== null) {
+        // Its node does not answer: a stopRun would wait days on a dead agent, and a Gone node never answers. The
+        // run is fenced like an evicted one: killed by identity when its node is Ready, or its node recorded lost.
+        const why = `cancelled while node ${run.node} was unknown: its process is killed when the node is back`;
+        Object.assign(run, { endedAt: new Date().toISOString(), reason: 'Stopped', message: why });
+        active = null;
+        owe(run);
+        event('FenceOwed', `run ${run.run}: ${why}`);
+      } else if (run !== null) {
         await finish(
           run,
           { exitCode: null, signal: null, reason: 'Stopped', message: 'Cancelled', endedAt: new Date().toISOString() },
@@ -1275,9 +1296,22 @@ export async function job(input: JobInput): Promise<JobStatus> {
       }
       await releaseReservation();
       status.nextRetryAt = null;
-      event('Cancelled', 'job cancelled: run stopped and cleaned up');
-      enter('Failed', 'Cancelled');
+      const owed = keepFences ? owedFences() : [];
+      const owing = owed.map((f) => `run ${f.run} on ${f.node}`).join(', ');
+      event(
+        'Cancelled',
+        owed.length === 0
+          ? 'job cancelled: run stopped and cleaned up'
+          : `job cancelled: kills still owed (${owing}) are settled before the job closes`,
+      );
+      enter('Failed', owed.length === 0 ? 'Cancelled' : `Cancelled; kills owed: ${owing}`);
       if (!settled) await settleAdmission('done');
+      if (owed.length > 0) {
+        // A cancel never abandons a copy that may still run: the fence loops (shielded) settle each one.
+        await condition(() => owedFences().length === 0);
+        event('FencesSettled', `every kill owed at the cancel is settled: ${owed.map((f) => f.detail).join('; ')}`);
+        enter('Failed', 'Cancelled');
+      }
     });
     throw err;
   }
