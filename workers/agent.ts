@@ -116,7 +116,10 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     } catch (e) {
       logger.warn({ node: opts.node, err: (e as Error).message }, 'checkpoints pending upload not counted');
     }
-    if (!reports.due(inv, Date.now())) return;
+    if (!reports.due(inv, Date.now())) {
+      gauges.report('unchanged');
+      return;
+    }
     await registryReport(client, opts.node, nodeTimeoutMs, inv).then(
       () => {
         reports.sent(inv, Date.now());

@@ -69,7 +69,8 @@ export function installMetrics(bindAddress: string, tags: Record<string, string>
 /** Gauges and counters a worker process sets itself (not from an activity or workflow). */
 export interface NodeGauges {
   inventory(inv: { freeVramBytes: number; totalVramBytes: number; freeDiskBytes: number }): void;
-  report(outcome: 'ok' | 'failed'): void;
+  /** unchanged: read, nothing placement reads moved, not sent (reports go on a change or every few minutes). */
+  report(outcome: 'ok' | 'failed' | 'unchanged'): void;
   pendingUpload(count: number): void;
 }
 
@@ -89,7 +90,11 @@ export function nodeGauges(): NodeGauges {
     'bytes',
     'free disk under the data directory (the nvme tier)',
   );
-  const reports = meter.createCounter(Metric.nodeReports, '1', 'inventory reports to the node registry, by outcome');
+  const reports = meter.createCounter(
+    Metric.nodeReports,
+    '1',
+    'inventory reads, by outcome: sent (ok), failed, or unchanged (not sent)',
+  );
   const pending = meter.createGauge(
     Metric.pendingUpload,
     'int',

@@ -116,10 +116,12 @@ describe('Prometheus metrics from every worker', () => {
     expect(sent).toBeGreaterThan(0);
     expect(total(a1, 'kybernate_checkpoint_bytes_total', { node: NODE, phase: 'DumpingProcess' })).toBeGreaterThan(0);
     // Durable in S3: nothing of it waits for upload, by the gauge set with the next inventory report.
+    // Every inventory read sets the gauge; a read is sent (ok) only when placement's view moved, else counted unchanged.
     const reports = (s: Sample[]): number =>
-      total(s, 'kybernate_node_inventory_reports_total', { node: NODE, outcome: 'ok' });
+      total(s, 'kybernate_node_inventory_reports_total', { node: NODE, outcome: 'ok' }) +
+      total(s, 'kybernate_node_inventory_reports_total', { node: NODE, outcome: 'unchanged' });
     const after = await until(
-      'an inventory report after the checkpoint',
+      'an inventory read after the checkpoint',
       async () => {
         const s = await scrape(agentAt);
         return reports(s) > reports(a1) ? s : null;
