@@ -64,7 +64,17 @@ export const METADATA_FILE = 'metadata.json';
  * the bytes it hashed.
  */
 export const SealDraftSchema = MetadataSchema.extend({
-  files: z.array(FileEntrySchema.extend({ sha256: FileEntrySchema.shape.sha256.optional() })),
+  files: z.array(
+    FileEntrySchema.extend({
+      sha256: FileEntrySchema.shape.sha256.optional(),
+      /**
+       * For a file left unhashed: its inode and change time (ns) when sealed. Any write, truncate or utimes after
+       * the seal moves the change time, so the upload refuses a file no longer the one CRIU wrote, as the seal's
+       * hash used to. Absent in drafts of agents before this field: no such check then.
+       */
+      written: z.object({ ino: z.string().regex(/^\d+$/), ctimeNs: z.string().regex(/^\d+$/) }).optional(),
+    }),
+  ),
 });
 export type SealDraft = z.infer<typeof SealDraftSchema>;
 export const SEAL_DRAFT_FILE = 'seal-draft.json';

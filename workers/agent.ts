@@ -14,7 +14,7 @@ import { ConfigError, describeConfig, loadConfig, makeLogger, type StartHooks } 
 import { DEFAULT_HEARTBEAT_MS, DEFAULT_NODE_TIMEOUT_MS } from '../common/node';
 import { registryHeartbeat, registryReport } from './registry';
 import { createWatchActivities } from '../activities/node/watch';
-import { ReportRule, WatchWatchdog } from './liveness';
+import { ReportRule, reportingAfter, WatchWatchdog } from './liveness';
 import { installMetrics, metricsAddress, nodeGauges } from './metrics';
 import { pendingUploadCount } from '../activities/node/pending';
 
@@ -88,13 +88,14 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
   // registers again when no watch has run for a while (the registry lost it, declared the node Unhealthy after
   // an outage, or was started anew).
   const watchdog = new WatchWatchdog(nodeTimeoutMs);
+  const reports = new ReportRule();
   const connection = await NativeConnection.connect(temporalConnectionOptions(cfg));
   const worker = await Worker.create({
     connection,
     namespace: cfg.namespace,
     taskQueue: nodeQueue(opts.node),
     activities: {
-      ...createNodeActivities(ctx),
+      ...reportingAfter(createNodeActivities(ctx), () => reports.workDone()),
       ...createWatchActivities({ agentRun, started: () => watchdog.started(), ended: () => watchdog.ended() }),
     },
     maxConcurrentActivityTaskExecutions: 16,
@@ -107,8 +108,8 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
   const client = new Client({ connection: clientConn, namespace: cfg.namespace });
   const beat = { agentRun, timeoutMs: nodeTimeoutMs, heartbeatMs, liveness: 'watch' as const };
   const register = (): Promise<void> => registryHeartbeat(client, opts.node, beat);
-  const reports = new ReportRule();
   const report = async (): Promise<void> => {
+    const mark = reports.mark();
     const inv = await readInventory(ctx);
     gauges.inventory(inv);
     try {
@@ -122,7 +123,7 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     }
     await registryReport(client, opts.node, nodeTimeoutMs, inv).then(
       () => {
-        reports.sent(inv, Date.now());
+        reports.sent(inv, Date.now(), mark);
         gauges.report('ok');
       },
       (e: unknown) => {

@@ -1,4 +1,5 @@
 import type { GpuInventory, NodeInventory } from '../activities/node/inventory';
+import type { NodeActivities } from '../activities/node';
 
 /** The longest the agent waits without any watch before registering again, however often it already did. */
 export const REGISTER_BACKOFF_MAX_MS = 2 * 60_000;
@@ -57,14 +58,36 @@ const DISK_MARGIN_BYTES = 1024 ** 3;
 export class ReportRule {
   private last: NodeInventory | null = null;
   private lastAt = 0;
+  /** Work ended so far (workDone calls), and how many of them the last sent report was read after. */
+  private works = 0;
+  private reportedWorks = 0;
 
   due(inv: NodeInventory, nowMs: number): boolean {
-    return this.last === null || nowMs - this.lastAt >= REPORT_AT_LEAST_MS || placementChange(this.last, inv);
+    return (
+      this.last === null ||
+      this.works > this.reportedWorks ||
+      nowMs - this.lastAt >= REPORT_AT_LEAST_MS ||
+      placementChange(this.last, inv)
+    );
   }
 
-  sent(inv: NodeInventory, nowMs: number): void {
+  /**
+   * This agent's own work ended (a restore, dump, start or kill): what it moved (VRAM in use, disk) may be below
+   * the margins, yet it is exact and the next placement may read it, so the next read goes out whatever it shows.
+   */
+  workDone(): void {
+    this.works++;
+  }
+
+  /** Taken before reading the inventory: work that ends during the read is reported by the next one. */
+  mark(): number {
+    return this.works;
+  }
+
+  sent(inv: NodeInventory, nowMs: number, mark = this.works): void {
     this.last = inv;
     this.lastAt = nowMs;
+    this.reportedWorks = Math.max(this.reportedWorks, mark);
   }
 }
 
@@ -90,4 +113,43 @@ export function placementChange(a: NodeInventory, b: NodeInventory): boolean {
     moved(a.freeVramBytes, b.freeVramBytes, a.totalVramBytes, VRAM_MARGIN_BYTES) ||
     moved(a.freeDiskBytes, b.freeDiskBytes, 0, DISK_MARGIN_BYTES)
   );
+}
+
+/**
+ * The node activities whose end may move what the inventory shows: VRAM in use (CUDA checkpoint/restore, a
+ * process started, restored, stopped or exited) or free disk (a dump, fetch, copy or delete).
+ */
+export const MOVES_INVENTORY = [
+  'adoptWorkload',
+  'awaitRunExit',
+  'criuDump',
+  'criuRestore',
+  'cudaCheckpoint',
+  'cudaRestore',
+  'deleteCheckpointDir',
+  'fetch',
+  'finishDump',
+  'killProcess',
+  'persist',
+  'releaseStaging',
+  'startRun',
+  'startWorkload',
+  'stopRun',
+  'stopWorkload',
+] as const satisfies ReadonlyArray<keyof NodeActivities>;
+
+/** The activities with `done` called after each of MOVES_INVENTORY ends, however it ends. */
+export function reportingAfter(acts: NodeActivities, done: () => void): NodeActivities {
+  const out = { ...acts };
+  for (const name of MOVES_INVENTORY) {
+    const fn = acts[name] as (...args: unknown[]) => Promise<unknown>;
+    (out as Record<string, unknown>)[name] = async (...args: unknown[]): Promise<unknown> => {
+      try {
+        return await fn(...args);
+      } finally {
+        done();
+      }
+    };
+  }
+  return out;
 }

@@ -69,6 +69,12 @@ export function fsyncDir(dir: string): void {
   }
 }
 
+/** What a write to a file after the seal changes (inode, change time in ns), as sealed in seal-draft.json. */
+export function writtenStamp(file: string): { ino: string; ctimeNs: string } {
+  const st = fs.statSync(file, { bigint: true });
+  return { ino: st.ino.toString(), ctimeNs: st.ctimeNs.toString() };
+}
+
 /** A file the upload sends part by part (multipart): with hashing streamed, its SHA-256 is computed by that upload. */
 export const streamsOnUpload = (size: number): boolean => size > partSizeFor(size);
 
@@ -117,7 +123,7 @@ export async function sealCheckpoint(
   const files: SealDraft['files'] = await Promise.all(
     names.map(async (p) => {
       const size = fs.statSync(path.join(dir, p)).size;
-      if (streamed && streamsOnUpload(size)) return { path: p, size };
+      if (streamed && streamsOnUpload(size)) return { path: p, size, written: writtenStamp(path.join(dir, p)) };
       return { path: p, size, sha256: await sha256File(path.join(dir, p)) };
     }),
   );

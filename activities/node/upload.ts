@@ -24,11 +24,12 @@ import {
   METADATA_FILE,
   MetadataSchema,
   SEAL_DRAFT_FILE,
+  type SealDraft,
   SealDraftSchema,
 } from '../../common/metadata';
 import { makeS3Client, partSizeFor, s3ErrorKind, transferPlan } from '../s3-client';
 import { checkpointLocation, type NodeContext, s3Prefix } from './context';
-import { parseMetadata, sha256Hex, writeFileAtomic } from './seal';
+import { parseMetadata, sha256Hex, writeFileAtomic, writtenStamp } from './seal';
 
 /** Progress kept in heartbeat details, so a retry after an agent crash resumes instead of re-sending. */
 export interface UploadProgress {
@@ -554,6 +555,37 @@ async function putSmall(
 }
 
 /**
+ * The seal did not hash a large file, so what it recorded of it (size, inode, change time) stands in: a file
+ * written, truncated or replaced since is refused (ChecksumMismatch, not retried), never hashed and committed.
+ */
+function unchangedSinceSeal(file: string, f: SealDraft['files'][number]): void {
+  let size: number;
+  let now: { ino: string; ctimeNs: string };
+  try {
+    size = fs.statSync(file).size;
+    now = writtenStamp(file);
+  } catch (e) {
+    throw ApplicationFailure.nonRetryable(
+      `${f.path}: unreadable after sealing: ${(e as Error).message}`,
+      ErrorType.ChecksumMismatch,
+    );
+  }
+  const changed =
+    size !== f.size
+      ? `size ${size}, sealed ${f.size}`
+      : f.written && now.ino !== f.written.ino
+        ? `replaced (inode ${now.ino}, sealed ${f.written.ino})`
+        : f.written && now.ctimeNs !== f.written.ctimeNs
+          ? `written (change time ${now.ctimeNs} ns, sealed ${f.written.ctimeNs} ns)`
+          : null;
+  if (changed)
+    throw ApplicationFailure.nonRetryable(
+      `${f.path}: the local copy changed after sealing (${changed}): not uploaded`,
+      ErrorType.ChecksumMismatch,
+    );
+}
+
+/**
  * PATCH 'checkpoint-hash-while-streaming': the seal left seal-draft.json, with the large files unhashed. The
  * small files go first (hashed at seal, sent with that hash as their checksum); each large file is read once,
  * and that read computes its SHA-256 and each part's checksum as the parts go to S3 (S3 verifies every part,
@@ -606,13 +638,19 @@ async function uploadStreamed(
     for (const f of draft.files) {
       if (f.sha256 !== undefined) continue;
       const file = path.join(dir, f.path);
+      // Checked before the read and after it: a write in between would make the hash the upload computes
+      // describe bytes CRIU never wrote (or a mix of two versions).
+      unchangedSinceSeal(file, f);
       // An object completed by an earlier attempt (not yet committed): kept if the local bytes are still its bytes.
       const earlier = progress.multipart[f.path] ? null : await completedEarlier(s3, bucket, prefix + f.path, file, f);
       if (earlier) {
+        unchangedSinceSeal(file, f);
         hashed.set(f.path, earlier);
         continue;
       }
-      hashed.set(f.path, await uploadLarge(s3, bucket, prefix + f.path, file, f, progress, counters, concurrency));
+      const sent = await uploadLarge(s3, bucket, prefix + f.path, file, f, progress, counters, concurrency);
+      unchangedSinceSeal(file, f);
+      hashed.set(f.path, sent);
       delete progress.multipart[f.path];
       beat(progress);
     }

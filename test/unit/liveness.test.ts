@@ -1,9 +1,11 @@
 import type { NodeInventory } from '../../activities/node/inventory';
+import type { NodeActivities } from '../../activities/node';
 import {
   placementChange,
   REGISTER_BACKOFF_MAX_MS,
   REPORT_AT_LEAST_MS,
   ReportRule,
+  reportingAfter,
   WatchWatchdog,
 } from '../../workers/liveness';
 
@@ -41,6 +43,38 @@ describe('inventory reports: only changes placement reads, and at least every fe
     expect(rule.due(inv, 30_000)).toBe(false);
     expect(rule.due({ ...inv, freeVramBytes: 10 * GiB }, 30_000)).toBe(true);
     expect(rule.due(inv, REPORT_AT_LEAST_MS)).toBe(true);
+  });
+
+  test("after the agent's own work (a restore, a kill) the next read goes out even if it moved less than the margins; work that ends during a read goes with the next", async () => {
+    const rule = new ReportRule();
+    rule.sent(inv, 0);
+    const moved = { ...inv, freeVramBytes: inv.freeVramBytes - 16 * 1024 ** 2 };
+    expect(rule.due(moved, 30_000)).toBe(false);
+    let restored = 0;
+    const acts = reportingAfter(
+      {
+        cudaRestore: async () => {
+          restored++;
+          throw new Error('restore failed'); // reported all the same: the driver may hold part of it
+        },
+        readRunLog: async () => ({ text: '' }),
+      } as unknown as NodeActivities,
+      () => rule.workDone(),
+    );
+    await expect(acts.cudaRestore({} as Parameters<NodeActivities['cudaRestore']>[0])).rejects.toThrow(
+      'restore failed',
+    );
+    expect(restored).toBe(1);
+    const mark = rule.mark();
+    expect(rule.due(moved, 30_000)).toBe(true);
+    rule.workDone(); // a kill ends while that read is on its way
+    rule.sent(moved, 30_000, mark);
+    expect(rule.due(moved, 60_000)).toBe(true);
+    rule.sent(moved, 60_000, rule.mark());
+    expect(rule.due(moved, 90_000)).toBe(false);
+    // A read-only activity is no work.
+    await acts.readRunLog({} as Parameters<NodeActivities['readRunLog']>[0]);
+    expect(rule.due(moved, 120_000)).toBe(false);
   });
 });
 

@@ -15,6 +15,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import type { NodeContext } from '../../activities/node/context';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { persistCheckpoint } from '../../activities/node/persist';
+import { writtenStamp } from '../../activities/node/seal';
 import { compositeSha256, uploadCheckpoint } from '../../activities/node/upload';
 import { makeS3Client, partSizeFor } from '../../activities/s3-client';
 import { ErrorType } from '../../common/errors';
@@ -202,6 +203,22 @@ describe('upload with hashing streamed: metadata.json from the hashes of the one
       s3.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: `checkpoints/${c.id}/${PAGES}` })),
     );
     expect(open.Uploads ?? []).toHaveLength(0);
+  });
+
+  test('a file written after the seal (its inode and change time sealed, as the seal records them): ChecksumMismatch before a byte of it is sent', async () => {
+    const c = drafted();
+    const draftFile = path.join(c.dir, SEAL_DRAFT_FILE);
+    const draft = JSON.parse(fs.readFileSync(draftFile, 'utf8')) as SealDraft;
+    const pages = draft.files.find((f) => f.path === PAGES)!;
+    pages.written = writtenStamp(path.join(c.dir, PAGES));
+    fs.writeFileSync(draftFile, JSON.stringify(draft, null, 2));
+    flipByte(path.join(c.dir, PAGES), LARGE >> 1); // the same size: only the change time tells
+    const e = await failure(uploadCheckpoint(c.ctx, { checkpointId: c.id }));
+    expect(e.type).toBe(ErrorType.ChecksumMismatch);
+    expect(e.message).toContain(`${PAGES}: the local copy changed after sealing (written`);
+    expect(fs.existsSync(path.join(c.dir, METADATA_FILE))).toBe(false);
+    expect(await keys(c.id)).not.toContain(PAGES);
+    expect(await keys(c.id)).not.toContain(METADATA_FILE);
   });
 
   test('unchanged, the parts of an interrupted attempt are kept, not sent again', async () => {
