@@ -224,9 +224,12 @@ export function restoreFailureKind(type: string | null | undefined, phase?: stri
   switch (type) {
     case 'NotRunning':
     case 'NoProgress':
-    case 'NotReady':
       // The node said CRIU and CUDA succeeded, and what it restored does not run.
       return 'failedVerification';
+    case 'NotReady':
+      // It runs, but its readiness target was not reached after failureThreshold probes in a row: the target
+      // state not reached after N reconciles. Weaker evidence against the node than a lie (the workload may be slow).
+      return 'unreachedTarget';
     case 'CriuRestoreFailed':
     case 'CudaError':
     case 'CudaTimeout':

@@ -76,6 +76,7 @@ describe('node score', () => {
 
   test('restore failures are judged by type: a lie, a failed step, or nothing about the node', () => {
     expect(restoreFailureKind('NotRunning')).toBe('failedVerification');
+    expect(restoreFailureKind('NotReady', 'Verifying')).toBe('unreachedTarget');
     expect(restoreFailureKind('CriuRestoreFailed')).toBe('failedStep');
     expect(restoreFailureKind('NoSuchProcess', 'Verifying')).toBe('failedVerification');
     expect(restoreFailureKind('NoSuchProcess', 'RestoringVram')).toBe('failedStep');

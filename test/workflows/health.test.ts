@@ -185,63 +185,77 @@ describe('zone circuit breaker in the placement workflow', () => {
   });
 });
 
+/**
+ * Two nodes in two zones, the liar listed first; its verification fails as `liarVerify` says. Restores go
+ * through a plain client (the time-skipping one unlocks time while it waits for a result, and the jump ahead
+ * would decay the lie before a second restore places).
+ */
+async function liarAndHonest(liarVerify: NonNullable<NodeMock['verifyRunning']>): Promise<{
+  fetched: string[];
+  p: WorkflowHandle;
+  control: ControlMock;
+  nodes: Record<string, NodeMock>;
+  restore: (checkpointId: string) => Promise<RestoreStatus>;
+}> {
+  const fetched: string[] = [];
+  const nodeMock = (name: string, over: NodeMock = {}): NodeMock => ({
+    fetch: async ({ checkpointId }) => {
+      fetched.push(name);
+      return {
+        dir: `/d/${checkpointId}`,
+        bytes: 1,
+        source: 's3' as const,
+        staged: false,
+        jobId: 'j',
+        vramBytes: GiB,
+      };
+    },
+    criuRestore: async () => ({ pid: 777, startTime: 5000 }),
+    checkVram: async () => ({ freeVramBytes: 16 * GiB }),
+    cudaRestore: async () => ({ outcome: 'skipped' as const, detail: 'no CUDA' }),
+    cudaUnlock: async () => ({ outcome: 'skipped' as const, detail: 'no CUDA' }),
+    verifyRunning: async () => ({ state: 'S', cuda: 'none', probes: 0, afterMs: 1, detail: 'ok' }),
+    adoptWorkload: async () => undefined,
+    killProcess: async () => ({ killed: false }),
+    ...over,
+  });
+  const nodes = {
+    liar: nodeMock('liar', { verifyRunning: liarVerify }),
+    honest: nodeMock('honest'),
+  };
+  const p = await startPlacement();
+  const control: ControlMock = {
+    checkpointInfo: async ({ checkpointId }) => ({
+      checkpointId,
+      jobId: 'j',
+      node: 'liar',
+      tier: 's3',
+      vramBytes: GiB,
+    }),
+    placementSurvey: async () => ({ nodes: [], largestGpuBytes: 80 * GiB }),
+    placementCandidates: async ({ exclude }) =>
+      [cand('liar', 'z1'), cand('honest', 'z2')].filter((c) => !exclude.includes(c.node)),
+    reserve: async (input) => p.executeUpdate(reserveUpdate, { args: [input] }),
+    release: async () => undefined,
+    reportNodeOutcome: createHealthActivities(h.env.client).reportNodeOutcome,
+  };
+  // A plain client: the time-skipping one unlocks time while it waits for a result, and the jump ahead would
+  // decay the lie before the second restore places.
+  const plain = new WorkflowClient({ connection: h.env.connection, namespace: h.env.namespace ?? 'default' });
+  const restore = (checkpointId: string): Promise<RestoreStatus> =>
+    plain.execute('restore', {
+      workflowId: restoreWorkflowId(checkpointId, 1),
+      taskQueue: CONTROL_QUEUE,
+      args: [{ checkpointId, placementDeadline: '1m' }],
+    });
+  return { fetched, p, control, nodes, restore };
+}
+
 describe('restore outcomes feed node health', () => {
   test('a node whose restore says success and runs nothing is quarantined; the restore runs on the other node', async () => {
-    const fetched: string[] = [];
-    const nodeMock = (name: string, over: NodeMock = {}): NodeMock => ({
-      fetch: async ({ checkpointId }) => {
-        fetched.push(name);
-        return {
-          dir: `/d/${checkpointId}`,
-          bytes: 1,
-          source: 's3' as const,
-          staged: false,
-          jobId: 'j',
-          vramBytes: GiB,
-        };
-      },
-      criuRestore: async () => ({ pid: 777, startTime: 5000 }),
-      checkVram: async () => ({ freeVramBytes: 16 * GiB }),
-      cudaRestore: async () => ({ outcome: 'skipped' as const, detail: 'no CUDA' }),
-      cudaUnlock: async () => ({ outcome: 'skipped' as const, detail: 'no CUDA' }),
-      verifyRunning: async () => ({ state: 'S', cuda: 'none', probes: 0, afterMs: 1, detail: 'ok' }),
-      adoptWorkload: async () => undefined,
-      killProcess: async () => ({ killed: false }),
-      ...over,
+    const { fetched, p, control, nodes, restore } = await liarAndHonest(async () => {
+      throw ApplicationFailure.nonRetryable('no such process: pid 777 (restored process gone)', 'NoSuchProcess');
     });
-    const nodes = {
-      liar: nodeMock('liar', {
-        verifyRunning: async () => {
-          throw ApplicationFailure.nonRetryable('no such process: pid 777 (restored process gone)', 'NoSuchProcess');
-        },
-      }),
-      honest: nodeMock('honest'),
-    };
-    const p = await startPlacement();
-    const control: ControlMock = {
-      checkpointInfo: async ({ checkpointId }) => ({
-        checkpointId,
-        jobId: 'j',
-        node: 'liar',
-        tier: 's3',
-        vramBytes: GiB,
-      }),
-      placementSurvey: async () => ({ nodes: [], largestGpuBytes: 80 * GiB }),
-      placementCandidates: async ({ exclude }) =>
-        [cand('liar', 'z1'), cand('honest', 'z2')].filter((c) => !exclude.includes(c.node)),
-      reserve: async (input) => p.executeUpdate(reserveUpdate, { args: [input] }),
-      release: async () => undefined,
-      reportNodeOutcome: createHealthActivities(h.env.client).reportNodeOutcome,
-    };
-    // A plain client: the time-skipping one unlocks time while it waits for a result, and the jump ahead would
-    // decay the lie before the second restore places.
-    const plain = new WorkflowClient({ connection: h.env.connection, namespace: h.env.namespace ?? 'default' });
-    const restore = (checkpointId: string): Promise<RestoreStatus> =>
-      plain.execute('restore', {
-        workflowId: restoreWorkflowId(checkpointId, 1),
-        taskQueue: CONTROL_QUEUE,
-        args: [{ checkpointId, placementDeadline: '1m' }],
-      });
     await h.with(control, nodes, async () => {
       const first = await restore('ck-1');
       // The next restore never goes to the quarantined liar, though it is still listed first.
@@ -269,6 +283,36 @@ describe('restore outcomes feed node health', () => {
       expect(raw.decisions).toEqual([
         expect.objectContaining({ node: 'liar', why: expect.stringMatching(/^quarantined/) }),
       ]);
+    });
+  });
+
+  test('a restore whose readiness target is not reached after its probes counts as unreachedTarget (0.5): not quarantined by one', async () => {
+    const { p, control, nodes, restore } = await liarAndHonest(async () => {
+      throw ApplicationFailure.nonRetryable(
+        'readiness probe (tcp 127.0.0.1:6379) failed 3 times in a row; last: connection refused',
+        'NotReady',
+      );
+    });
+    await h.with(control, nodes, async () => {
+      const first = await restore('ck-r1');
+      expect(first.attempts.map((a) => `${a.node} ${a.outcome} ${a.phase}`)).toEqual([
+        'liar failed Verifying',
+        'honest running Running',
+      ]);
+      const { raw, at } = await health(p);
+      const r = at(Date.parse(raw.at));
+      expect(nodeIn(r, 'liar')?.recentFailures).toEqual([
+        expect.objectContaining({
+          kind: 'unreachedTarget',
+          detail: expect.stringMatching(/^ck-r1: .*failed 3 times in a row/),
+        }),
+      ]);
+      expect(nodeIn(r, 'liar')?.score).toBeCloseTo(0.5, 2);
+      expect(nodeIn(r, 'liar')?.state).not.toBe('Quarantined');
+      // A second miss within the half-life crosses 0.3: quarantined.
+      await restore('ck-r2');
+      const again = await health(p);
+      expect(nodeIn(again.at(Date.parse(again.raw.at)), 'liar')).toMatchObject({ state: 'Quarantined' });
     });
   });
 });
