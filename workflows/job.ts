@@ -80,6 +80,12 @@ const PATCH_NODE_FENCING = 'job-node-fencing';
  * and the workflow stays open until every owed kill is settled (killed, or the node recorded lost).
  */
 const PATCH_CANCEL_KEEPS_FENCES = 'job-cancel-keeps-fences';
+/**
+ * Histories whose jobs asked evictionBudget each on their own (every job of a dark zone restarted at once); with
+ * it a job past its grace asks the eviction gate of the placement workflow (askEviction), which grants nodes at
+ * one rate per zone shared by every job, critical first.
+ */
+const PATCH_EVICTION_GATE = 'job-eviction-gate';
 /** How often a job that lost its agent asks the node's registry while it waits out the grace. */
 const NODE_POLL_MS = 10_000;
 /** How often a job held by the eviction budget (its zone, or every zone, dark) asks again. */
@@ -691,6 +697,36 @@ export async function job(input: JobInput): Promise<JobStatus> {
       if (now < dueAt) {
         await sleep(Math.min(NODE_POLL_MS, dueAt - now), { summary: `grace for node ${run.node}` });
         continue;
+      }
+      if (patched(PATCH_EVICTION_GATE)) {
+        const d = await control.askEviction.executeWithOptions(
+          { summary: `may run ${run.run} be evicted from ${run.node}? (eviction gate)` },
+          [
+            {
+              jobId,
+              node: run.node,
+              zone: st.zone,
+              since: st.since,
+              critical: spec.tier === 'critical',
+              priority: spec.priority,
+              nodes: st.nodes,
+            },
+          ],
+        );
+        if (!d.granted) {
+          // The reason changes with the queue ("next grant in N s"): recorded when the kind of hold changes only.
+          const kind = d.why.replace(/\d+/g, '#');
+          if (heldWhy !== kind) {
+            heldWhy = kind;
+            enter('Unknown', `node ${run.node} is ${st.state}; eviction held: ${d.why}`);
+            event('EvictionHeld', `run ${run.run} is not restarted elsewhere yet: ${d.why}; waiting`);
+          }
+          await sleep(d.retryAfterMs, { summary: `eviction from ${run.node} held: ${d.why}` });
+          continue;
+        }
+        return {
+          evicted: `node ${run.node} ${st.state} for ${Math.round((now - unknownSince) / 1000)} s, past the grace of ${grace / 1000} s (${d.why})`,
+        };
       }
       const budget = await control.evictionBudget.executeWithOptions(
         { summary: `may run ${run.run} be evicted from ${run.node}?` },

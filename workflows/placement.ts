@@ -29,6 +29,13 @@ import {
   type ZoneBreaker,
   zoneWaitMs,
 } from '../common/health';
+import {
+  decideEviction,
+  EMPTY_EVICTION_GATE,
+  type EvictionAsk,
+  type EvictionDecision,
+  type EvictionGateState,
+} from '../common/eviction-gate';
 import { STATUS_QUERY } from '../common/outcome';
 import type { Candidate, Reservation } from '../common/restore';
 
@@ -60,6 +67,13 @@ export const configureHealthSignal = defineSignal<[HealthConfigPatch]>('configur
 /** The raw health state; healthReport() (common/health.ts) turns it into scores at the reader's clock. */
 export const healthQuery = defineQuery<HealthSnapshot>('health');
 
+/**
+ * May a job restart elsewhere the run it lost on an Unhealthy node? Answered at once from the eviction gate
+ * (common/eviction-gate.ts): one rate per zone shared by every job, critical first; held asks say why and when
+ * to ask again.
+ */
+export const evictionUpdate = defineUpdate<EvictionDecision, [EvictionAsk]>('eviction');
+
 /** The durable health state carried across continue-as-new. */
 export interface HealthState {
   config: HealthConfig;
@@ -68,6 +82,8 @@ export interface HealthState {
   decisions: HealthReport['decisions'];
   /** Ids of the newest outcome reports, so a report delivered twice counts once. */
   seen: string[];
+  /** Evictions waiting and granted (absent in state carried before the gate). */
+  gate?: EvictionGateState;
 }
 
 /** A reserve waits on the throttle of an Open zone at most this long in all, then answers "nothing now". */
@@ -192,6 +208,13 @@ export async function placement(input: { reservations?: Reservation[]; health?: 
       await sleep(got.waitMs);
       waited += got.waitMs;
     }
+  });
+  // Synchronous: the decision and the state it leaves are one step, so two jobs asking at once are ordered.
+  setHandler(evictionUpdate, (ask) => {
+    const r = decideEviction(health.gate ?? EMPTY_EVICTION_GATE, ask, Date.now());
+    health.gate = r.state;
+    log.info('eviction asked', { job: ask.jobId, node: ask.node, granted: r.decision.granted, why: r.decision.why });
+    return r.decision;
   });
   setHandler(releaseSignal, ({ reservationId }) => {
     held.delete(reservationId);

@@ -1,5 +1,6 @@
 import { ApplicationFailure } from '@temporalio/activity';
-import { type Client, WorkflowNotFoundError } from '@temporalio/client';
+import { type Client, WithStartWorkflowOperation, WorkflowNotFoundError } from '@temporalio/client';
+import type { EvictionAsk, EvictionDecision } from '../../common/eviction-gate';
 import { ErrorType } from '../../common/errors';
 import {
   DEFAULT_EVICTION_CONFIG,
@@ -11,7 +12,13 @@ import {
   type HealthReport,
 } from '../../common/health';
 import { CONTROL_QUEUE } from '../../common/queues';
-import { healthQuery, nodeOutcomeSignal, type NodeOutcome, PLACEMENT_WORKFLOW_ID } from '../../workflows/placement';
+import {
+  evictionUpdate,
+  healthQuery,
+  nodeOutcomeSignal,
+  type NodeOutcome,
+  PLACEMENT_WORKFLOW_ID,
+} from '../../workflows/placement';
 
 /** Control activities around node health: outcome reports into the placement workflow, and the eviction rule. */
 export function createHealthActivities(client: Client) {
@@ -35,6 +42,25 @@ export function createHealthActivities(client: Client) {
         signal: nodeOutcomeSignal,
         signalArgs: [input],
         staticSummary: 'VRAM placement: every reservation of GPU memory, one at a time',
+      });
+    },
+
+    /**
+     * The eviction gate's answer (placement workflow, update 'eviction'): granted, or held with why and when to
+     * ask again. Safe to retry: asking again only refreshes the job's place in the queue.
+     */
+    async askEviction(input: EvictionAsk): Promise<EvictionDecision> {
+      if (!input.jobId || !input.node)
+        throw ApplicationFailure.nonRetryable('askEviction: jobId and node are required', ErrorType.InvalidInput);
+      return client.workflow.executeUpdateWithStart(evictionUpdate, {
+        args: [input],
+        startWorkflowOperation: new WithStartWorkflowOperation('placement', {
+          workflowId: PLACEMENT_WORKFLOW_ID,
+          taskQueue: CONTROL_QUEUE,
+          args: [{}],
+          workflowIdConflictPolicy: 'USE_EXISTING',
+          staticSummary: 'VRAM placement: every reservation of GPU memory, one at a time',
+        }),
       });
     },
 

@@ -3,6 +3,7 @@ import { jobSpecFromFields } from '../../clients/job-flags';
 import { jobWorkflowId, type JobStatus } from '../../common/job';
 import { Agent, alive, client, jobProcesses, othersNotPlaceable, PATTERN, PYTHON, until } from '../support/stack';
 import { recordHistory } from '../support/histories';
+import { PLACEMENT_WORKFLOW_ID } from '../../workflows/placement';
 
 /**
  * Never two copies of one job: an agent killed with -9 takes its node to Unhealthy; the job is restarted on the
@@ -66,6 +67,8 @@ describe('fencing on the real stack', () => {
         500,
       );
       expect(moved.runs[0].reason).toBe('Evicted');
+      // Granted by the placement workflow's eviction gate (one rate per zone shared by every job).
+      expect(moved.events.find((e) => e.type === 'Evicted')?.message).toMatch(/granted its eviction/);
       expect(moved.runs[1].node).not.toBe(first.node);
       expect(moved.runs[1].fromCheckpoint).toBeTruthy();
       expect(moved.restarts).toBe(0);
@@ -86,6 +89,8 @@ describe('fencing on the real stack', () => {
       expect(alive(newPid)).toBe(true);
       expect(fenced.state).toBe('Running');
       await recordHistory('job-fenced', handle);
+      // The placement workflow granted that eviction (update 'eviction'): its history replays with the gate.
+      await recordHistory('placement-eviction', k.client.workflow.getHandle(PLACEMENT_WORKFLOW_ID));
     } finally {
       await handle.cancel().catch(() => undefined);
       await handle.result().catch(() => undefined);

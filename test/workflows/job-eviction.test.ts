@@ -89,3 +89,34 @@ describe('job workflow: a cancel keeps the kills it owes', () => {
     });
   }, 180_000);
 });
+
+describe('job workflow: the eviction gate', () => {
+  test('two nodes go dark: the gate restarts one node’s job, the other 10 s later (one rate for the zone, not one per job)', async () => {
+    const sim = new Sim({ 'node-a': 16, 'node-b': 16, 'node-c': 16, 'node-d': 16 });
+    sim.script = [wait];
+    await sim.with(async () => {
+      const j1 = await sim.start(spec({ evictAfterMs: 5_000 }));
+      await until(j1, (x) => x.state === 'Running', 'j1 Running', FAST);
+      sim.free['node-a'] = 0; // the next job goes to node-b
+      const j2 = await sim.start(spec({ evictAfterMs: 5_000, tier: 'critical', priority: 0 }));
+      const up2 = await until(j2, (x) => x.state === 'Running', 'j2 Running', FAST);
+      expect(up2.runs[0].node).toBe('node-b');
+      for (const n of ['node-a', 'node-b']) {
+        sim.dead.add(n);
+        sim.standing[n] = 'Unhealthy';
+        sim.free[n] = 0; // placement takes only Ready nodes (the sim's candidates go by free VRAM alone)
+      }
+      const moved = (x: Awaited<ReturnType<typeof status>>): boolean => x.runs.length === 2 && x.state === 'Running';
+      const s1 = await until(j1, moved, 'j1 evicted and Running');
+      const s2 = await until(j2, moved, 'j2 evicted and Running');
+      const evictedAt = (x: typeof s1): number => Date.parse(x.events.find((e) => e.type === 'Evicted')?.at ?? '');
+      const [first, second] = evictedAt(s1) <= evictedAt(s2) ? [s1, s2] : [s2, s1];
+      expect(evictedAt(second) - evictedAt(first)).toBeGreaterThanOrEqual(10_000);
+      const held = second.events.find((e) => e.type === 'EvictionHeld');
+      expect(held?.message).toMatch(/zone \(no zone\) evicts 6 nodes\/min \(normal\)/);
+      expect(types(first)).not.toContain('EvictionHeld');
+      for (const s of [s1, s2]) expect(['node-c', 'node-d']).toContain(s.runs[1].node);
+      expect(sim.calls.filter((c) => c.endsWith('granted'))).toHaveLength(2);
+    });
+  }, 180_000);
+});

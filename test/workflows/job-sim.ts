@@ -11,6 +11,7 @@ import {
   JOB_STATUS_QUERY,
   type RunExit,
 } from '../../common/job';
+import { decideEviction, EMPTY_EVICTION_GATE, type EvictionGateState } from '../../common/eviction-gate';
 import { evictionRates } from '../../common/health';
 import type { ProcessIdentity } from '../../common/journal';
 import type { NodeStanding } from '../../common/standing';
@@ -80,6 +81,8 @@ export class Sim {
   /** Nodes whose agent is dead: a run's awaitRunExit there stops heartbeating (the job loses sight of it). */
   dead = new Set<string>();
   control: ControlMock = {};
+  /** The eviction gate's state (the placement workflow's, here in memory). */
+  gate: EvictionGateState = EMPTY_EVICTION_GATE;
   node: Record<string, JobNodeMock> = {};
 
   constructor(readonly free: Record<string, number>) {
@@ -153,6 +156,13 @@ export class Sim {
       },
       // The real rule (common/health.ts, tested in test/unit/health.test.ts) over the nodes the job names.
       evictionBudget: async ({ nodes }) => evictionRates(nodes),
+      // The real gate (common/eviction-gate.ts) at the test server's clock, as the placement workflow holds it.
+      askEviction: async (ask) => {
+        const r = decideEviction(this.gate, ask, Context.current().info.currentAttemptScheduledTimestampMs);
+        this.gate = r.state;
+        calls.push(`askEviction ${ask.jobId} ${ask.node} ${r.decision.granted ? 'granted' : 'held'}`);
+        return r.decision;
+      },
       ...this.control,
     };
   }

@@ -289,7 +289,7 @@ describe('job workflow: node Unhealthy, eviction, fencing', () => {
       sim.standing['node-b'] = 'Unhealthy';
       const held = await until(wf, (x) => types(x).includes('EvictionHeld'), 'eviction held');
       expect(held.state).toBe('Unknown');
-      expect(held.reason).toMatch(/eviction held: every zone is dark/);
+      expect(held.reason).toMatch(/eviction held: zone \(no zone\): every zone is dark/);
       // Well past the grace: still one run, nothing placed again.
       for (let i = 0; i < 12; i++) await h.env.sleep(10_000);
       const later = await status(wf);
