@@ -109,62 +109,71 @@ describe('fencing on the real stack', () => {
     }
   }, 300000);
 
-  test('Temporal SIGKILLed and down 20 s (5 node timeouts) under a running job: the nodes come back Ready, the job is not evicted, one copy runs on', async () => {
-    const job = 'outlived';
-    await until(
-      'both agents Ready',
-      async () => (await k.node(A))?.state === 'Ready' && (await k.node(B))?.state === 'Ready',
-      60000,
-      500,
-    );
-    // The production grace (60 s): an outage of the control plane must cost time only, not a restart.
-    await k.jobs.start(jobSpecFromFields({ jobId: job, command: [PYTHON, PATTERN, '16', job], vram: '6GiB' }));
-    const handle = k.client.workflow.getHandle(jobWorkflowId(job));
-    try {
-      const up = await until(
-        'Running',
-        async () => {
-          const s = await status(job);
-          return s.state === 'Running' && s.runs[0]?.process ? s : null;
-        },
-        90000,
+  test.each([
+    ['Temporal', 'temporal', 'outlived-t'],
+    ['the control worker', 'control-worker', 'outlived-w'],
+  ] as const)(
+    '%s SIGKILLed and down 20 s (5 node timeouts) under a running job: the nodes are Ready after, the job is not evicted, one copy runs on',
+    async (_name, component, job) => {
+      await until(
+        'both agents Ready',
+        async () => (await k.node(A))?.state === 'Ready' && (await k.node(B))?.state === 'Ready',
+        60000,
         500,
       );
-      const pid = up.runs[0].process!.pid;
-      const copies = jobProcesses(job);
-      const downAt = Date.now();
-      await restartComponent(stack().home, 'temporal', { downMs: 20000 });
-      // Back: each agent's watch timed out on the server, so its node went Unhealthy; it registers again.
-      const back = await until(
-        'the job Running again and both nodes Ready',
-        async () => {
-          const s = await status(job).catch(() => null);
-          const ready =
-            (await k.node(A).catch(() => null))?.state === 'Ready' &&
-            (await k.node(B).catch(() => null))?.state === 'Ready';
-          return s && s.state === 'Running' && ready ? s : null;
-        },
-        120000,
-        1000,
-      );
-      // The outage was seen: a node went Unhealthy after Temporal's restart (its watch timed out) and came back.
-      const since = (await k.node(A))?.transitions?.filter((t) => Date.parse(t.at) >= downAt) ?? [];
-      const sinceB = (await k.node(B))?.transitions?.filter((t) => Date.parse(t.at) >= downAt) ?? [];
-      expect([...since, ...sinceB].map((t) => t.to)).toContain('Unhealthy');
-      expect(back.runs).toHaveLength(1);
-      expect(back.events.map((e) => e.type)).not.toContain('Evicted');
-      expect(alive(pid)).toBe(true);
-      expect(jobProcesses(job)).toEqual(copies);
-      // Still so a grace later: nothing was left to evict it.
-      await new Promise((r) => setTimeout(r, 65000));
-      const later = await status(job);
-      expect(later.runs).toHaveLength(1);
-      expect(later.state).toBe('Running');
-      expect(alive(pid)).toBe(true);
-    } finally {
-      await handle.cancel().catch(() => undefined);
-      await handle.result().catch(() => undefined);
-      await until('no process of the job', () => jobProcesses(job).length === 0, 60000).catch(() => undefined);
-    }
-  }, 360000);
+      // The production grace (60 s): an outage of the control plane must cost time only, not a restart.
+      await k.jobs.start(jobSpecFromFields({ jobId: job, command: [PYTHON, PATTERN, '16', job], vram: '6GiB' }));
+      const handle = k.client.workflow.getHandle(jobWorkflowId(job));
+      try {
+        const up = await until(
+          'Running',
+          async () => {
+            const s = await status(job);
+            return s.state === 'Running' && s.runs[0]?.process ? s : null;
+          },
+          90000,
+          500,
+        );
+        const pid = up.runs[0].process!.pid;
+        const copies = jobProcesses(job);
+        const downAt = Date.now();
+        await restartComponent(stack().home, component, { downMs: 20000 });
+        // Back: each agent's watch timed out on the server, so its node went Unhealthy; it registers again.
+        const back = await until(
+          'the job Running again and both nodes Ready',
+          async () => {
+            const s = await status(job).catch(() => null);
+            const ready =
+              (await k.node(A).catch(() => null))?.state === 'Ready' &&
+              (await k.node(B).catch(() => null))?.state === 'Ready';
+            return s && s.state === 'Running' && ready ? s : null;
+          },
+          120000,
+          1000,
+        );
+        const since = [...((await k.node(A))?.transitions ?? []), ...((await k.node(B))?.transitions ?? [])].filter(
+          (t) => Date.parse(t.at) >= downAt,
+        );
+        // Temporal's outage is seen: its restart times the watches out (Unhealthy), the agents register again.
+        // The control worker's is not: the watches go on heartbeating the server all along.
+        if (component === 'temporal') expect(since.map((t) => t.to)).toContain('Unhealthy');
+        else expect(since).toEqual([]);
+        expect(back.runs).toHaveLength(1);
+        expect(back.events.map((e) => e.type)).not.toContain('Evicted');
+        expect(alive(pid)).toBe(true);
+        expect(jobProcesses(job)).toEqual(copies);
+        // Still so a grace later: nothing was left to evict it.
+        await new Promise((r) => setTimeout(r, 65000));
+        const later = await status(job);
+        expect(later.runs).toHaveLength(1);
+        expect(later.state).toBe('Running');
+        expect(alive(pid)).toBe(true);
+      } finally {
+        await handle.cancel().catch(() => undefined);
+        await handle.result().catch(() => undefined);
+        await until('no process of the job', () => jobProcesses(job).length === 0, 60000).catch(() => undefined);
+      }
+    },
+    360000,
+  );
 });
