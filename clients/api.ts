@@ -1,3 +1,4 @@
+import { withWatchHeartbeat } from './node-seen';
 import * as path from 'node:path';
 import {
   Client,
@@ -130,7 +131,8 @@ export class KybernateClient {
   async node(node: string): Promise<NodeRecord> {
     assertSafeId('node', node);
     try {
-      return await this.queryStatus<NodeRecord>(nodeWorkflowId(node));
+      const rec = await this.queryStatus<NodeRecord>(nodeWorkflowId(node));
+      return await withWatchHeartbeat(this.client, nodeWorkflowId(node), rec);
     } catch (e) {
       if (e instanceof WorkflowNotFoundError)
         throw new InvalidInputError('node', `unknown node '${node}': no agent has registered it`);
@@ -152,7 +154,8 @@ export class KybernateClient {
         query: `WorkflowType = 'nodeRegistry' AND ExecutionStatus = 'Running'`,
       })) {
         try {
-          records.push(await this.queryStatus<NodeRecord>(wf.workflowId));
+          const rec = await this.queryStatus<NodeRecord>(wf.workflowId);
+          records.push(await withWatchHeartbeat(this.client, wf.workflowId, rec));
         } catch (e) {
           if (!(e instanceof WorkflowNotFoundError)) throw e;
         }

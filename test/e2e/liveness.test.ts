@@ -70,6 +70,12 @@ describe('node liveness on the real stack', () => {
       expect.objectContaining({ node: NODE, state: 'Ready' }),
     ]);
 
+    // LAST SEEN of a Ready node is its agent's latest watch heartbeat (the server keeps it on the pending
+    // activity), not its registry's last report, which goes only on a change or every few minutes.
+    await new Promise((r) => setTimeout(r, 5000));
+    const seen = await k.node(NODE);
+    expect(Date.now() - Date.parse(seen.lastSeen ?? '')).toBeLessThan(5 * HEARTBEAT_MS);
+
     const killedAt = Date.now();
     agent.kill9();
     const down = await inState('Unhealthy', TIMEOUT_MS + 20000);
