@@ -1,5 +1,6 @@
+import { placementWithStart } from './placement-start';
 import { ApplicationFailure } from '@temporalio/activity';
-import { type Client, WithStartWorkflowOperation, WorkflowNotFoundError } from '@temporalio/client';
+import { type Client, WorkflowNotFoundError } from '@temporalio/client';
 import type { EvictionAsk, EvictionDecision } from '../../common/eviction-gate';
 import { ErrorType } from '../../common/errors';
 import {
@@ -54,13 +55,7 @@ export function createHealthActivities(client: Client) {
         throw ApplicationFailure.nonRetryable('askEviction: jobId and node are required', ErrorType.InvalidInput);
       return client.workflow.executeUpdateWithStart(evictionUpdate, {
         args: [input],
-        startWorkflowOperation: new WithStartWorkflowOperation('placement', {
-          workflowId: PLACEMENT_WORKFLOW_ID,
-          taskQueue: CONTROL_QUEUE,
-          args: [{}],
-          workflowIdConflictPolicy: 'USE_EXISTING',
-          staticSummary: 'VRAM placement: every reservation of GPU memory, one at a time',
-        }),
+        startWorkflowOperation: placementWithStart(),
       });
     },
 

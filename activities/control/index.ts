@@ -1,5 +1,6 @@
+import { placementWithStart } from './placement-start';
 import { ApplicationFailure } from '@temporalio/activity';
-import { type Client, WithStartWorkflowOperation, WorkflowNotFoundError } from '@temporalio/client';
+import { type Client, WorkflowNotFoundError } from '@temporalio/client';
 import type { CheckpointStatus } from '../../common/checkpoint';
 import type { S3Config } from '../../common/config';
 import { ErrorType } from '../../common/errors';
@@ -164,13 +165,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
     }): Promise<Reservation | null> {
       return client.workflow.executeUpdateWithStart(reserveUpdate, {
         args: [input],
-        startWorkflowOperation: new WithStartWorkflowOperation('placement', {
-          workflowId: PLACEMENT_WORKFLOW_ID,
-          taskQueue: CONTROL_QUEUE,
-          args: [{}],
-          workflowIdConflictPolicy: 'USE_EXISTING',
-          staticSummary: 'VRAM placement: every reservation of GPU memory, one at a time',
-        }),
+        startWorkflowOperation: placementWithStart(),
       });
     },
 

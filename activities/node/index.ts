@@ -41,7 +41,7 @@ import { registerWorkloadProcess } from './process-registry';
 import { lyingRestore, testLie } from './test-lie';
 import { persistCheckpoint } from './persist';
 import { loadMeasurement, measureTreeVram, saveMeasurement } from './measure';
-import { sealCheckpoint } from './seal';
+import { sealCheckpoint, type SealInput } from './seal';
 import { inspectRestore, restoreProcess } from './restore-attempt';
 import { releaseStaging } from './staging';
 import { createRetentionNodeActivities } from './retention';
@@ -264,17 +264,7 @@ export function createNodeActivities(ctx: NodeContext) {
       );
     },
     /** Idempotent (re-sealing recomputes every checksum), so the workflow runs it again after a lost agent. */
-    async seal(input: {
-      checkpointId: string;
-      jobId: string;
-      pid: number;
-      cudaCheckpointed: boolean;
-      vramBytes: number;
-      /** 'small': the large files are hashed by the upload as it sends them (seal-draft.json, no metadata.json). */
-      hash?: 'all' | 'small';
-      /** A metadata.json the upload already committed is verified and kept, not replaced. */
-      keepCommitted?: boolean;
-    }): Promise<SealResult> {
+    async seal(input: SealInput): Promise<SealResult> {
       return measured(
         'checkpoint',
         'Sealing',

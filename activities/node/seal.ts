@@ -78,6 +78,18 @@ export function writtenStamp(file: string): { ino: string; ctimeNs: string } {
 /** A file the upload sends part by part (multipart): with hashing streamed, its SHA-256 is computed by that upload. */
 export const streamsOnUpload = (size: number): boolean => size > partSizeFor(size);
 
+export interface SealInput {
+  checkpointId: string;
+  jobId: string;
+  pid: number;
+  cudaCheckpointed: boolean;
+  vramBytes: number;
+  /** 'small': the large files are hashed by the upload as it sends them (seal-draft.json, no metadata.json). */
+  hash?: 'all' | 'small';
+  /** A metadata.json the upload already committed is verified and kept, not replaced. */
+  keepCommitted?: boolean;
+}
+
 /**
  * Checksums the artifacts (in parallel) and commits metadata.json last. Idempotent: re-sealing recomputes.
  * hash 'small' (PATCH 'checkpoint-hash-while-streaming'): the large files (pages images) are not read here;
@@ -85,18 +97,7 @@ export const streamsOnUpload = (size: number): boolean => size > partSizeFor(siz
  * the upload commits metadata.json. keepCommitted: a metadata.json already there (committed by such an upload)
  * is verified (every file hashed) and kept, not replaced: S3 may already hold it.
  */
-export async function sealCheckpoint(
-  ctx: NodeContext,
-  input: {
-    checkpointId: string;
-    jobId: string;
-    pid: number;
-    cudaCheckpointed: boolean;
-    vramBytes: number;
-    hash?: 'all' | 'small';
-    keepCommitted?: boolean;
-  },
-): Promise<SealResult> {
+export async function sealCheckpoint(ctx: NodeContext, input: SealInput): Promise<SealResult> {
   const dir = checkpointLocation(ctx, input.checkpointId);
   if (!fs.existsSync(path.join(dir, IMAGES)))
     throw ApplicationFailure.nonRetryable(`no CRIU images in ${dir}`, ErrorType.CheckpointNotFound);

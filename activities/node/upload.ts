@@ -29,7 +29,7 @@ import {
 } from '../../common/metadata';
 import { makeS3Client, partSizeFor, s3ErrorKind, transferPlan } from '../s3-client';
 import { checkpointLocation, type NodeContext, s3Prefix } from './context';
-import { parseMetadata, sha256Hex, writeFileAtomic, writtenStamp } from './seal';
+import { parseMetadata, sha256Hex, streamsOnUpload, writeFileAtomic, writtenStamp } from './seal';
 
 /** Progress kept in heartbeat details, so a retry after an agent crash resumes instead of re-sending. */
 export interface UploadProgress {
@@ -439,45 +439,14 @@ export async function uploadCheckpoint(
   const log = { node: ctx.node, checkpoint: input.checkpointId, job: md.jobId };
   try {
     await refuseOtherCheckpoint(s3, bucket, prefix + METADATA_FILE, mdSha, input.checkpointId);
-    const small = md.files.filter((f) => f.size <= partSizeFor(f.size));
-    const large = md.files.filter((f) => f.size > partSizeFor(f.size));
-    const pending = small.filter((f) => !progress.done.includes(f.path));
+    const small = md.files.filter((f) => !streamsOnUpload(f.size));
+    const large = md.files.filter((f) => streamsOnUpload(f.size));
     progress.bytes = {
       done: md.files.filter((f) => progress.done.includes(f.path)).reduce((n, f) => n + f.size, 0),
       total: md.files.reduce((n, f) => n + f.size, 0),
     };
-    // Many small CRIU images: send them concurrently; large page images go part by part.
-    const queue = [...pending];
-    await Promise.all(
-      Array.from({ length: concurrency }, async () => {
-        for (let f = queue.shift(); f; f = queue.shift()) {
-          try {
-            await s3.send(
-              new PutObjectCommand({
-                Bucket: bucket,
-                Key: prefix + f.path,
-                Body: await fs.promises.readFile(path.join(dir, f.path)),
-                ChecksumSHA256: b64(f.sha256),
-                Metadata: { sha256: f.sha256 },
-              }),
-            );
-          } catch (e) {
-            if (s3ErrorKind(e) === 'checksum') {
-              throw ApplicationFailure.nonRetryable(
-                `${f.path}: S3 refused the local copy as not matching its sealed sha256 ${f.sha256}: changed after sealing`,
-                ErrorType.ChecksumMismatch,
-              );
-            }
-            throw e;
-          }
-          counters.bytesSent += f.size;
-          counters.partsSent++;
-          progress.done.push(f.path);
-          if (progress.bytes) progress.bytes.done += f.size;
-          beat(progress);
-        }
-      }),
-    );
+    // Many small CRIU images: sent concurrently; large page images go part by part.
+    await putSmall(s3, bucket, prefix, dir, small, progress, counters, concurrency);
     for (const f of large) {
       if (progress.done.includes(f.path)) continue;
       if (!progress.multipart[f.path] && (await exists(s3, bucket, prefix + f.path, f))) {
