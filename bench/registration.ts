@@ -10,7 +10,7 @@
  * the control worker's memory, each against a baseline measured in the same run: one agent registering on an
  * otherwise idle control plane. Timings are figures to read, never a pass/fail.
  *
- *   npm run bench:registration -- [--agents 1000] [--heartbeat-seconds 30]
+ *   npm run bench:registration -- [--agents 1000] [--heartbeat-seconds 30] [--cached-workflows n]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -23,6 +23,7 @@ import { KybernateClient } from '../clients/api';
 import { configFromStack, down, up } from '../deploy/local/stack';
 import { startControlWorker } from '../deploy/local/workers';
 import { registryHeartbeat, registryReport } from '../workers/registry';
+import { WatchWatchdog } from '../workers/liveness';
 import type { NodeRecord } from '../common/node';
 import { nodeQueue, nodeWorkflowId } from '../common/queues';
 import { temporalConnectionOptions } from '../common/config';
@@ -38,8 +39,13 @@ const opts = new Command()
   .option('--agents <n>', 'agents registering at once', positive('--agents'), 1000)
   .option('--heartbeat-seconds <s>', 'how long they heartbeat after registering', positive('--heartbeat-seconds'), 30)
   .option('--baseline <n>', 'single registrations on an idle control plane', positive('--baseline'), 20)
+  .option(
+    '--cached-workflows <n>',
+    "the control worker's workflow cache (KYBERNATE_CONTROL_CACHED_WORKFLOWS); default: the SDK's",
+    positive('--cached-workflows'),
+  )
   .parse()
-  .opts<{ agents: number; heartbeatSeconds: number; baseline: number }>();
+  .opts<{ agents: number; heartbeatSeconds: number; baseline: number; cachedWorkflows?: number }>();
 
 const HEARTBEAT_MS = 5_000;
 const TIMEOUT_MS = 15_000;
@@ -80,12 +86,18 @@ interface LivenessStats {
   beatFailures: number;
   /** Watches that ended under an agent (heartbeat answered not found / cancelled). */
   watchesLost: number;
+  /** Registrations sent again by an agent's watchdog (no watch for a node timeout), and those that failed. */
+  reregistered: number;
+  reregisterFailures: number;
   pollError?: string;
 }
 
 /**
  * One lightweight agent's liveness, as a real agent's worker does it: long-poll the node queue for the watch,
- * heartbeat it every HEARTBEAT_MS until the server says it is gone, poll again. Ends when stop is aborted.
+ * heartbeat it every HEARTBEAT_MS until the server says it is gone, poll again; and, as the real agent's
+ * watchdog (WatchWatchdog, the same class) does, register again when no watch ran for a node timeout (a watch
+ * that timed out under a storm leaves the node Unhealthy until its agent registers again). Ends when stop is
+ * aborted.
  */
 async function livenessLoop(
   client: Client,
@@ -93,8 +105,28 @@ async function livenessLoop(
   t0: number,
   stop: AbortSignal,
   stats: LivenessStats,
+  registeredFirst: Promise<unknown>,
 ): Promise<void> {
   const namespace = client.options.namespace;
+  const watchdog = new WatchWatchdog(TIMEOUT_MS);
+  // As the real agent: the watchdog counts from the moment its first registration was accepted.
+  void registeredFirst.then(() => watchdog.registered(Date.now()));
+  let registering = false;
+  const dog = setInterval(() => {
+    if (registering || !watchdog.mustRegister(Date.now())) return;
+    registering = true;
+    stats.reregistered++;
+    registryHeartbeat(client, node, {
+      agentRun: agentRun(node),
+      heartbeatMs: HEARTBEAT_MS,
+      timeoutMs: TIMEOUT_MS,
+      liveness: 'watch',
+    })
+      .then(() => watchdog.registered(Date.now()))
+      .catch(() => void stats.reregisterFailures++)
+      .finally(() => (registering = false));
+  }, HEARTBEAT_MS);
+  stop.addEventListener('abort', () => clearInterval(dog));
   while (!stop.aborted) {
     const task = await client.connection
       .withAbortSignal(stop, () =>
@@ -116,6 +148,7 @@ async function livenessLoop(
       });
     if (!task?.taskToken?.length) continue; // the long poll ended empty (or the bench stops)
     if (!stats.watchTaken.has(node)) stats.watchTaken.set(node, performance.now() - t0);
+    watchdog.started();
     const token = task.taskToken;
     while (!stop.aborted) {
       const t = performance.now();
@@ -126,6 +159,7 @@ async function livenessLoop(
         const gone = /not ?found|cancel/i.test(`${(e as Error).name} ${(e as Error).message}`);
         if (gone) {
           stats.watchesLost++;
+          watchdog.ended();
           break;
         }
         stats.beatFailures++;
@@ -158,10 +192,29 @@ function rssBytes(pid: number): number {
   return m ? Number(m[1]) * 1024 : 0;
 }
 
+/** Each node's first registration, accepted: its agent's watchdog counts from then. */
+class Registered {
+  private readonly waiting = new Map<string, () => void>();
+  private readonly done = new Map<string, Promise<void>>();
+  of(node: string): Promise<void> {
+    let p = this.done.get(node);
+    if (!p) {
+      p = new Promise<void>((r) => this.waiting.set(node, r));
+      this.done.set(node, p);
+    }
+    return p;
+  }
+  accepted(node: string): void {
+    void this.of(node);
+    this.waiting.get(node)?.();
+  }
+}
+
 /** Registers every node at once; for each, the time its signals took and the time until its registry said Ready. */
 async function storm(
   client: Client,
   nodes: string[],
+  registered: Registered,
 ): Promise<{ accepted: number[]; ready: number[]; failed: number; allReadyMs: number }> {
   const t0 = performance.now();
   const accepted: number[] = [];
@@ -169,7 +222,10 @@ async function storm(
   await Promise.all(
     nodes.map((n) =>
       register(client, n).then(
-        (r) => void accepted.push(r.acceptedMs),
+        (r) => {
+          accepted.push(r.acceptedMs);
+          registered.accepted(n);
+        },
         () => void failed++,
       ),
     ),
@@ -196,7 +252,14 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-const newStats = (): LivenessStats => ({ watchTaken: new Map(), beats: [], beatFailures: 0, watchesLost: 0 });
+const newStats = (): LivenessStats => ({
+  watchTaken: new Map(),
+  beats: [],
+  beatFailures: 0,
+  watchesLost: 0,
+  reregistered: 0,
+  reregisterFailures: 0,
+});
 
 async function main(): Promise<void> {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-bench-'));
@@ -205,7 +268,10 @@ async function main(): Promise<void> {
   const loops: Promise<void>[] = [];
   const conns: Connection[] = [];
   try {
-    const worker = await startControlWorker(state);
+    const worker = await startControlWorker(
+      state,
+      opts.cachedWorkflows ? { KYBERNATE_CONTROL_CACHED_WORKFLOWS: String(opts.cachedWorkflows) } : {},
+    );
     const config = configFromStack(state);
     const k = await KybernateClient.connect(config);
     // The agents' long polls and heartbeats over a few connections (100 agents each), as separate agents would.
@@ -218,16 +284,17 @@ async function main(): Promise<void> {
       // Baseline: one agent at a time on an idle control plane (the first one warms the worker up, unmeasured).
       const baseStats = newStats();
       const t00 = performance.now();
-      loops.push(livenessLoop(agentClient(0), 'warmup', t00, stop.signal, newStats()));
-      await storm(k.client, ['warmup']);
+      const registered = new Registered();
+      loops.push(livenessLoop(agentClient(0), 'warmup', t00, stop.signal, newStats(), registered.of('warmup')));
+      await storm(k.client, ['warmup'], registered);
       const base: number[] = [];
       const baseReady: number[] = [];
       const baseWatch: number[] = [];
       for (let i = 0; i < opts.baseline; i++) {
         const n = `base-${i}`;
         const t0 = performance.now();
-        loops.push(livenessLoop(agentClient(i + 1), n, t0, stop.signal, baseStats));
-        const r = await storm(k.client, [n]);
+        loops.push(livenessLoop(agentClient(i + 1), n, t0, stop.signal, baseStats, registered.of(n)));
+        const r = await storm(k.client, [n], registered);
         base.push(...r.accepted);
         baseReady.push(...r.ready);
         while (!baseStats.watchTaken.has(n) && performance.now() - t0 < 30_000) await sleep(10);
@@ -239,8 +306,8 @@ async function main(): Promise<void> {
       const nodes = Array.from({ length: opts.agents }, (_, i) => `storm-${String(i).padStart(4, '0')}`);
       const stats = newStats();
       const t0 = performance.now();
-      nodes.forEach((n, i) => loops.push(livenessLoop(agentClient(i), n, t0, stop.signal, stats)));
-      const s = await storm(k.client, nodes);
+      nodes.forEach((n, i) => loops.push(livenessLoop(agentClient(i), n, t0, stop.signal, stats, registered.of(n))));
+      const s = await storm(k.client, nodes, registered);
       const rssStorm = rssBytes(worker.pid);
       // Every node's first watch taken by its agent (or 5 minutes).
       while (stats.watchTaken.size < nodes.length && performance.now() - t0 < s.allReadyMs + 300_000) await sleep(200);
@@ -253,23 +320,37 @@ async function main(): Promise<void> {
       const cpu1 = { worker: cpuSeconds(worker.pid), temporal: temporalPid ? cpuSeconds(temporalPid) : NaN };
       const beats = [...stats.beats];
       const rssBeats = rssBytes(worker.pid);
-      let stillReady = 0;
-      const states = new Map<string, number>();
-      for (let i = 0; i < nodes.length; i += 50) {
-        const recs = await Promise.all(
-          nodes.slice(i, i + 50).map((n) =>
-            k.client.workflow
-              .getHandle(nodeWorkflowId(n))
-              .query<NodeRecord>('status')
-              .catch(() => null),
-          ),
-        );
-        for (const r of recs) {
-          const st = r?.state ?? 'none';
-          states.set(st, (states.get(st) ?? 0) + 1);
-          if (r?.state === 'Ready' && r.inventory !== null) stillReady++;
+      const census = async (): Promise<{ ready: number; states: Map<string, number> }> => {
+        let readyNow = 0;
+        const byState = new Map<string, number>();
+        for (let i = 0; i < nodes.length; i += 50) {
+          const recs = await Promise.all(
+            nodes.slice(i, i + 50).map((n) =>
+              k.client.workflow
+                .getHandle(nodeWorkflowId(n))
+                .query<NodeRecord>('status')
+                .catch(() => null),
+            ),
+          );
+          for (const r of recs) {
+            const st = r?.state ?? 'none';
+            byState.set(st, (byState.get(st) ?? 0) + 1);
+            if (r?.state === 'Ready' && r.inventory !== null) readyNow++;
+          }
         }
+        return { ready: readyNow, states: byState };
+      };
+      const atEnd = await census();
+      const stillReady = atEnd.ready;
+      const states = atEnd.states;
+      // Converged? Nodes a late watch left Unhealthy come back when their agents' watchdogs register again.
+      const tEnd = performance.now();
+      let last = atEnd;
+      while (last.ready < nodes.length && performance.now() - tEnd < 300_000) {
+        await sleep(5_000);
+        last = await census();
       }
+      const convergedAfter = last.ready === nodes.length ? (performance.now() - tEnd) / 1000 : null;
 
       const b50 = pct(base, 50);
       const r50 = pct(baseReady, 50);
@@ -359,7 +440,7 @@ async function main(): Promise<void> {
         ],
       ]);
       console.log(
-        `\nregistration failures: ${s.failed}; all Ready after ${(s.allReadyMs / 1000).toFixed(1)} s; watches taken ${stats.watchTaken.size}/${nodes.length} after ${(watchesAllMs / 1000).toFixed(1)} s; heartbeats sent ${beats.length} (${(beats.length / window).toFixed(0)}/s), failed ${stats.beatFailures}; watches lost under an agent ${stats.watchesLost}; Ready at the end: ${stillReady}/${nodes.length} (${[...states].map(([st, n]) => `${st} ${n}`).join(', ')})`,
+        `\nregistration failures: ${s.failed}; all Ready after ${(s.allReadyMs / 1000).toFixed(1)} s; watches taken ${stats.watchTaken.size}/${nodes.length} after ${(watchesAllMs / 1000).toFixed(1)} s; heartbeats sent ${beats.length} (${(beats.length / window).toFixed(0)}/s), failed ${stats.beatFailures}; watches lost under an agent ${stats.watchesLost}; registered again by their watchdog ${stats.reregistered} (failed ${stats.reregisterFailures}); Ready at the end: ${stillReady}/${nodes.length} (${[...states].map(([st, n]) => `${st} ${n}`).join(', ')}); ${convergedAfter === null ? `still not all Ready 5 min later: ${last.ready}/${nodes.length} (${[...last.states].map(([st, n]) => `${st} ${n}`).join(', ')})` : `all Ready again ${convergedAfter.toFixed(0)} s later`}; registered again by their watchdog in all ${stats.reregistered} (failed ${stats.reregisterFailures})`,
       );
     } finally {
       stop.abort();

@@ -32,6 +32,11 @@ export interface KybernateConfig {
   s3: S3Config;
   /** An agent's heartbeat interval and the silence that makes its node Unhealthy (KYBERNATE_HEARTBEAT_MS, KYBERNATE_NODE_TIMEOUT_MS). */
   liveness?: { heartbeatMs?: number; nodeTimeoutMs?: number };
+  /**
+   * How many workflows the control worker keeps in memory (KYBERNATE_CONTROL_CACHED_WORKFLOWS): its memory's
+   * bound. Absent: the SDK's default, from the heap limit (about 2300 with a 4 GiB heap).
+   */
+  controlCachedWorkflows?: number;
 }
 
 /** The options every Temporal connection (client or worker) of this config is made with. */

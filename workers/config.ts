@@ -51,6 +51,13 @@ const EnvSchema = z.object({
   KYBERNATE_LOG_LEVEL: optional(z.enum(LOG_LEVELS)),
   KYBERNATE_HEARTBEAT_MS: optional(MILLIS),
   KYBERNATE_NODE_TIMEOUT_MS: optional(MILLIS),
+  KYBERNATE_CONTROL_CACHED_WORKFLOWS: optional(
+    z
+      .string()
+      .regex(/^\d+$/, 'must be a whole number of workflows')
+      .transform(Number)
+      .pipe(z.number().min(2, 'must be at least 2 (the SDK needs 2 to run workflow tasks)')),
+  ),
   AWS_REGION: optional(z.string()),
 });
 
@@ -148,6 +155,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, defaults: Confi
       forcePathStyle: e.KYBERNATE_S3_FORCE_PATH_STYLE ?? defaults.s3?.forcePathStyle ?? endpoint !== undefined,
       ...(accessKeyId && secretAccessKey ? { accessKeyId, secretAccessKey } : {}),
     },
+    ...(e.KYBERNATE_CONTROL_CACHED_WORKFLOWS !== undefined
+      ? { controlCachedWorkflows: e.KYBERNATE_CONTROL_CACHED_WORKFLOWS }
+      : {}),
     ...(heartbeatMs !== undefined || nodeTimeoutMs !== undefined
       ? {
           liveness: {
@@ -176,6 +186,7 @@ export function describeConfig(cfg: KybernateConfig): Record<string, unknown> {
     s3: cfg.s3.endpoint ?? `aws:${cfg.s3.region}`,
     bucket: cfg.s3.bucket,
     s3Credentials: cfg.s3.accessKeyId ? 'static' : 'default chain',
+    controlCachedWorkflows: cfg.controlCachedWorkflows ?? 'SDK default',
   };
 }
 

@@ -13,6 +13,7 @@ export async function createControlWorker(
   namespace: string,
   s3?: S3Config,
   security?: TemporalSecurity,
+  cachedWorkflows?: number,
 ): Promise<{ worker: Worker; client: Client; close: () => Promise<void> }> {
   const options = temporalConnectionOptions({ temporalAddress: address, temporal: security });
   const connection = await NativeConnection.connect(options);
@@ -24,6 +25,9 @@ export async function createControlWorker(
     taskQueue: CONTROL_QUEUE,
     workflowsPath: require.resolve('../workflows'),
     activities: createControlActivities(client, s3),
+    // The worker's memory grows with the workflows it keeps (about 1.3 MiB each, bench/registration.ts): one per
+    // node, job and placement. A workflow evicted from the cache is replayed from its history at its next task.
+    ...(cachedWorkflows !== undefined ? { maxCachedWorkflows: cachedWorkflows } : {}),
   });
   return {
     worker,
@@ -44,7 +48,13 @@ export async function runControlWorker(hooks: StartHooks = {}): Promise<void> {
   if (metrics) installMetrics(metrics);
   // Checked before connecting: a bad setting names its variable and starts nothing.
   const admissionSettings = admissionConfigFromEnv(process.env);
-  const { worker, client, close } = await createControlWorker(cfg.temporalAddress, cfg.namespace, cfg.s3, cfg.temporal);
+  const { worker, client, close } = await createControlWorker(
+    cfg.temporalAddress,
+    cfg.namespace,
+    cfg.s3,
+    cfg.temporal,
+    cfg.controlCachedWorkflows,
+  );
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
   const leaveStack =
     hooks.join?.('control-worker', cfg.temporalAddress, { metricsAddress: metrics }) ?? (() => undefined);

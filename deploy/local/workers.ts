@@ -76,12 +76,12 @@ export async function startAgent(state: StackState, spec: AgentSpec): Promise<Pr
   return rec;
 }
 
-export async function startControlWorker(state: StackState): Promise<ProcessRecord> {
+export async function startControlWorker(state: StackState, env: Record<string, string> = {}): Promise<ProcessRecord> {
   const rec = startProcess(
     'control-worker',
     [process.execPath, CLI, 'worker'],
     path.join(state.home, 'logs', 'control-worker.log'),
-    { KYBERNATE_HOME: state.home, KYBERNATE_METRICS_ADDRESS: `127.0.0.1:${await freePort()}` },
+    { ...env, KYBERNATE_HOME: state.home, KYBERNATE_METRICS_ADDRESS: `127.0.0.1:${await freePort()}` },
   );
   registerProcess(rec, state.home);
   await waitForWorker(state, rec);

@@ -72,6 +72,17 @@ describe('loadConfig', () => {
     ]);
   });
 
+  test('the control worker cache: a whole number of workflows, at least 2', () => {
+    expect(loadConfig(env(minimal)).controlCachedWorkflows).toBeUndefined();
+    expect(loadConfig(env({ ...minimal, KYBERNATE_CONTROL_CACHED_WORKFLOWS: '500' })).controlCachedWorkflows).toBe(500);
+    expect(problems({ ...minimal, KYBERNATE_CONTROL_CACHED_WORKFLOWS: '1' })).toEqual([
+      expect.stringMatching(/^KYBERNATE_CONTROL_CACHED_WORKFLOWS: must be at least 2/),
+    ]);
+    expect(problems({ ...minimal, KYBERNATE_CONTROL_CACHED_WORKFLOWS: 'lots' })).toEqual([
+      expect.stringMatching(/^KYBERNATE_CONTROL_CACHED_WORKFLOWS: must be a whole number of workflows/),
+    ]);
+  });
+
   test('a TLS file that cannot be read, or a client cert without its key, stops the start', () => {
     expect(problems({ ...minimal, TEMPORAL_TLS_SERVER_CA_CERT_PATH: path.join(dir, 'nope.pem') })).toEqual([
       `TEMPORAL_TLS_SERVER_CA_CERT_PATH: cannot read ${path.join(dir, 'nope.pem')} (ENOENT)`,
