@@ -48,6 +48,12 @@ export const PATCH_COMPATIBILITY_GATE = 'restore-compatibility-gate';
  * placement workflow: the node's health score and its zone's circuit breaker (common/health.ts).
  */
 export const PATCH_REPORT_HEALTH = 'restore-report-node-health';
+/**
+ * The memory a checkpoint was staged into is released as soon as CRIU restored the process (CRIU has read
+ * every image by then; the CUDA steps and the checks after them read none), beside those steps instead of
+ * after them: the release is off the path to Running.
+ */
+export const PATCH_RELEASE_STAGING_AFTER_CRIU = 'restore-release-staging-after-criu';
 
 /** Failures that say "not on this node" rather than "not at all". */
 const TRY_ELSEWHERE = new Set<string>([
@@ -454,6 +460,28 @@ async function attempt(
     ),
   );
   status.source = fetched.source;
+  // Staged in memory for CRIU to read; once the process is back (or the attempt gave up) it is just memory held.
+  const cleanup = proxyActivities<NodeActivities>({
+    taskQueue: nodeQueue(nodeName),
+    scheduleToCloseTimeout: '10m',
+    startToCloseTimeout: '1m',
+    retry: { maximumInterval: '30s' },
+  });
+  const release = (): Promise<void> =>
+    cleanup.releaseStaging
+      .executeWithOptions({ summary: `free the memory ${req.checkpointId} was fetched into` }, [
+        { checkpointId: req.checkpointId },
+      ])
+      .then(
+        () => undefined,
+        (err: unknown) =>
+          log.warn('staged copy not released', {
+            checkpointId: req.checkpointId,
+            node: nodeName,
+            error: describeFailure(err),
+          }),
+      );
+  let releasing: Promise<void> | null = null;
   try {
     const cur: { proc: Restored | null } = { proc: null };
     const run = async (stage: Stage): Promise<void> => {
@@ -464,6 +492,7 @@ async function attempt(
             { checkpointId: req.checkpointId, attemptId },
           ]),
         );
+        if (fetched.staged && releasing === null && patched(PATCH_RELEASE_STAGING_AFTER_CRIU)) releasing = release();
         return;
       }
       if (!proc)
@@ -597,26 +626,7 @@ async function attempt(
       }
     }
   } finally {
-    // Staged in memory for CRIU to read; once the process is back (or the attempt gave up) it is just memory held.
-    if (fetched.staged) {
-      const cleanup = proxyActivities<NodeActivities>({
-        taskQueue: nodeQueue(nodeName),
-        scheduleToCloseTimeout: '10m',
-        startToCloseTimeout: '1m',
-        retry: { maximumInterval: '30s' },
-      });
-      await cleanup.releaseStaging
-        .executeWithOptions({ summary: `free the memory ${req.checkpointId} was fetched into` }, [
-          { checkpointId: req.checkpointId },
-        ])
-        .catch((err: unknown) =>
-          log.warn('staged copy not released', {
-            checkpointId: req.checkpointId,
-            node: nodeName,
-            error: describeFailure(err),
-          }),
-        );
-    }
+    if (fetched.staged) await (releasing ?? release());
   }
 }
 

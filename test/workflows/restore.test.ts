@@ -147,7 +147,7 @@ describe('restore workflow', () => {
     ]);
   });
 
-  test('fetched into memory: the staged copy is freed after Running, and after a failed attempt too', async () => {
+  test('fetched into memory: the staged copy is freed once CRIU restored, beside the steps after it (not on the way to Running), and after a failed attempt too', async () => {
     const calls: string[] = [];
     const staged =
       (name: string) =>
@@ -162,22 +162,73 @@ describe('restore workflow', () => {
           vramBytes: 6 * GiB,
         };
       };
+    // node-b's check that the process runs ends only once its staged copy was released: the release must run
+    // beside the steps after CRIU (a release after them would never come, and the restore never end).
+    let released: () => void = () => undefined;
+    const releasedB = new Promise<void>((r) => (released = r));
     const s = await restoreOn(
       { 'node-a': 8, 'node-b': 16 },
       {
         'node-a': { fetch: staged('node-a'), checkVram: oom(calls, 'node-a') },
-        'node-b': { fetch: staged('node-b') },
+        'node-b': {
+          fetch: staged('node-b'),
+          releaseStaging: async () => {
+            calls.push('releaseStaging node-b');
+            released();
+            return { released: true };
+          },
+          verifyRunning: async () => {
+            await releasedB;
+            calls.push('verifyRunning node-b');
+            return { state: 'S', cuda: 'none', probes: 0, afterMs: 1000, detail: 'no readiness probe declared' };
+          },
+        },
       },
       { checkpointId: 'ck-staged' },
       calls,
     );
     expect(s.phase).toBe('Running');
+    // Once per attempt: node-a's after CRIU too (its VRAM check failed after), node-b's beside its last steps.
     expect(calls.filter((c) => c.startsWith('releaseStaging'))).toEqual([
       'releaseStaging node-a',
       'releaseStaging node-b',
     ]);
-    expect(calls.at(-1)).toBe('releaseStaging node-b');
-    expect(calls.indexOf('adoptWorkload node-b')).toBeLessThan(calls.indexOf('releaseStaging node-b'));
+    expect(calls.indexOf('criuRestore node-b')).toBeLessThan(calls.indexOf('releaseStaging node-b'));
+    expect(calls.indexOf('releaseStaging node-b')).toBeLessThan(calls.indexOf('verifyRunning node-b'));
+  });
+
+  test('fetched into memory and CRIU failed: the staged copy is still freed', async () => {
+    const calls: string[] = [];
+    const s = restoreOn(
+      { 'node-b': 16 },
+      {
+        'node-b': {
+          fetch: async ({ checkpointId }: { checkpointId: string }) => {
+            calls.push('fetch node-b');
+            return {
+              dir: `/dev/shm/node-b/${checkpointId}`,
+              bytes: 100,
+              source: 's3' as const,
+              staged: true,
+              jobId: 'job-1',
+              vramBytes: 6 * GiB,
+            };
+          },
+          criuRestore: async () => {
+            calls.push('criuRestore node-b');
+            throw ApplicationFailure.create({
+              message: 'criu: restore failed',
+              type: 'CriuRestoreFailed',
+              nonRetryable: true,
+            });
+          },
+        },
+      },
+      { checkpointId: 'ck-staged-fail' },
+      calls,
+    );
+    await expect(s).rejects.toThrow();
+    expect(calls.filter((c) => c.startsWith('releaseStaging'))).toEqual(['releaseStaging node-b']);
   });
 
   test('only nodes with enough free VRAM are candidates', async () => {
