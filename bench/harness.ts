@@ -132,3 +132,12 @@ export async function uploadBaseline(
     s3.destroy();
   }
 }
+
+/** The checkpoint's copy on the node's disk: the persist step may still be writing it when Durable is reported. */
+export async function persistedCopy(dir: string): Promise<string> {
+  for (let i = 0; i < 1200; i++) {
+    if (fs.existsSync(path.join(dir, 'metadata.json'))) return dir;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`${dir}: no persisted copy after 5 minutes`);
+}

@@ -11,7 +11,7 @@ import { makeS3Client, transferPlan } from '../activities/s3-client';
 import type { FileEntry } from '../common/metadata';
 import { BIN, REPO_ROOT } from '../deploy/local/paths';
 import type { StackState } from '../deploy/local/stack';
-import { benchStack, dropCaches, startPattern, table, timed } from './harness';
+import { benchStack, dropCaches, persistedCopy, startPattern, table, timed } from './harness';
 
 /**
  * Upload and download of the same checkpoint files by MinIO's own client (`mc cp --recursive`, the yardstick)
@@ -150,15 +150,6 @@ async function downloadOneGetEach(
   } finally {
     s3.destroy();
   }
-}
-
-/** The checkpoint's copy on the node's disk: the persist step may still be writing it when Durable is reported. */
-async function persistedCopy(dir: string): Promise<string> {
-  for (let i = 0; i < 1200; i++) {
-    if (fs.existsSync(path.join(dir, 'metadata.json'))) return dir;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`${dir}: no persisted copy after 5 minutes`);
 }
 
 function ctxFor(state: StackState, dataDir: string): NodeContext {
