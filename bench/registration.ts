@@ -67,7 +67,7 @@ function inventory(node: string): NodeInventory {
 const agentRun = (node: string): string => `${node}/bench/${process.pid}`;
 
 /** One agent's registration, as the real agent does it: a registration (asks for a watch), then its inventory. */
-async function register(client: Client, node: string): Promise<{ acceptedMs: number }> {
+async function register(client: Client, node: string): Promise<{ acceptedMs: number; registrationMs: number }> {
   const t0 = performance.now();
   await registryHeartbeat(client, node, {
     agentRun: agentRun(node),
@@ -75,8 +75,9 @@ async function register(client: Client, node: string): Promise<{ acceptedMs: num
     timeoutMs: TIMEOUT_MS,
     liveness: 'watch',
   });
+  const registrationMs = performance.now() - t0;
   await registryReport(client, node, TIMEOUT_MS, inventory(node));
-  return { acceptedMs: performance.now() - t0 };
+  return { acceptedMs: performance.now() - t0, registrationMs };
 }
 
 interface LivenessStats {
@@ -105,24 +106,25 @@ async function livenessLoop(
   t0: number,
   stop: AbortSignal,
   stats: LivenessStats,
-  registeredFirst: Promise<unknown>,
+  registeredFirst: Promise<number>,
 ): Promise<void> {
   const namespace = client.options.namespace;
   const watchdog = new WatchWatchdog(TIMEOUT_MS);
   // As the real agent: the watchdog counts from the moment its first registration was accepted.
-  void registeredFirst.then(() => watchdog.registered(Date.now()));
+  void registeredFirst.then((took) => watchdog.registered(Date.now(), took));
   let registering = false;
   const dog = setInterval(() => {
     if (registering || !watchdog.mustRegister(Date.now())) return;
     registering = true;
     stats.reregistered++;
+    const sent = Date.now();
     registryHeartbeat(client, node, {
       agentRun: agentRun(node),
       heartbeatMs: HEARTBEAT_MS,
       timeoutMs: TIMEOUT_MS,
       liveness: 'watch',
     })
-      .then(() => watchdog.registered(Date.now()))
+      .then(() => watchdog.registered(Date.now(), Date.now() - sent))
       .catch(() => void stats.reregisterFailures++)
       .finally(() => (registering = false));
   }, HEARTBEAT_MS);
@@ -192,21 +194,21 @@ function rssBytes(pid: number): number {
   return m ? Number(m[1]) * 1024 : 0;
 }
 
-/** Each node's first registration, accepted: its agent's watchdog counts from then. */
+/** Each node's first registration, accepted (and how long that took): its agent's watchdog counts from then. */
 class Registered {
-  private readonly waiting = new Map<string, () => void>();
-  private readonly done = new Map<string, Promise<void>>();
-  of(node: string): Promise<void> {
+  private readonly waiting = new Map<string, (tookMs: number) => void>();
+  private readonly done = new Map<string, Promise<number>>();
+  of(node: string): Promise<number> {
     let p = this.done.get(node);
     if (!p) {
-      p = new Promise<void>((r) => this.waiting.set(node, r));
+      p = new Promise<number>((r) => this.waiting.set(node, r));
       this.done.set(node, p);
     }
     return p;
   }
-  accepted(node: string): void {
+  accepted(node: string, tookMs: number): void {
     void this.of(node);
-    this.waiting.get(node)?.();
+    this.waiting.get(node)?.(tookMs);
   }
 }
 
@@ -224,7 +226,7 @@ async function storm(
       register(client, n).then(
         (r) => {
           accepted.push(r.acceptedMs);
-          registered.accepted(n);
+          registered.accepted(n, r.registrationMs);
         },
         () => void failed++,
       ),

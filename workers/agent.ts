@@ -133,8 +133,9 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     );
   };
   // The registration first: it registers this agent run (the report that follows brings the inventory).
+  const sent = Date.now();
   await register();
-  watchdog.registered(Date.now());
+  watchdog.registered(Date.now(), Date.now() - sent);
   await report();
   // From now on (the sweep below may take a while): one registration again when no watch ran for a while.
   let registering = false;
@@ -142,8 +143,9 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
     if (registering || !watchdog.mustRegister(Date.now())) return;
     registering = true;
     logger.warn({ agentRun }, 'no liveness watch running: registering again');
+    const again = Date.now();
     register()
-      .then(() => watchdog.registered(Date.now()))
+      .then(() => watchdog.registered(Date.now(), Date.now() - again))
       .catch((e: Error) => logger.warn({ err: e.message }, 'registration failed'))
       .finally(() => (registering = false));
   }, heartbeatMs);

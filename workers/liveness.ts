@@ -5,23 +5,37 @@ import type { NodeActivities } from '../activities/node';
 export const REGISTER_BACKOFF_MAX_MS = 2 * 60_000;
 
 /**
+ * How much longer than its registration took to be accepted an agent gives the watch to arrive. The time
+ * Temporal took to accept the signal measures the backlog in front of it; the watch comes only after the
+ * registration's workflow task ran behind a similar backlog on the control worker. In the 1000-agent storm
+ * (bench/registration.ts) signals took 12-14 s and watches came 3x (p50) to 5.5x (p99) that late: with a plain
+ * node timeout nearly every agent registered again once or twice (844-1414 extra signals into the backlog).
+ */
+export const REGISTER_PATIENCE_FACTOR = 4;
+
+/**
  * When an agent registers again. A registration is a signal (a workflow task on the control worker), so it is
  * rare: once at start, then only when no watch activity has run for a whole node timeout (the registry never
  * scheduled one, declared the node Unhealthy after an outage, or is a new run that has not heard of this agent),
  * the wait doubling up to REGISTER_BACKOFF_MAX_MS while none comes, so a reconnect storm of agents whose
- * watches are late does not add a signal per agent per timeout.
+ * watches are late does not add a signal per agent per timeout. A registration that was slow to be accepted
+ * (a loaded control plane) stretches the wait after it to REGISTER_PATIENCE_FACTOR times that delay past the
+ * timeout, within the same maximum.
  */
 export class WatchWatchdog {
   private running = 0;
   private quietSince: number | null = null;
   private wait: number;
+  private patience = 0;
 
   constructor(private readonly nodeTimeoutMs: number) {
     this.wait = nodeTimeoutMs;
   }
 
-  registered(nowMs: number): void {
+  /** A registration was accepted at nowMs, acceptedAfterMs after it was sent. */
+  registered(nowMs: number, acceptedAfterMs = 0): void {
     if (this.running === 0) this.quietSince = nowMs;
+    this.patience = Math.max(0, REGISTER_PATIENCE_FACTOR * acceptedAfterMs);
   }
 
   started(): void {
@@ -36,7 +50,8 @@ export class WatchWatchdog {
   }
 
   mustRegister(nowMs: number): boolean {
-    if (this.running > 0 || this.quietSince === null || nowMs - this.quietSince < this.wait) return false;
+    const wait = Math.max(this.wait, Math.min(this.nodeTimeoutMs + this.patience, REGISTER_BACKOFF_MAX_MS));
+    if (this.running > 0 || this.quietSince === null || nowMs - this.quietSince < wait) return false;
     this.wait = Math.min(this.wait * 2, REGISTER_BACKOFF_MAX_MS);
     return true;
   }

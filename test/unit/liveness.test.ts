@@ -79,6 +79,19 @@ describe('inventory reports: only changes placement reads, and at least every fe
 });
 
 describe('the agent registers again only when no watch ran for a while, backing off', () => {
+  test('a registration slow to be accepted (a loaded control plane) stretches the wait after it, within the maximum', () => {
+    const w = new WatchWatchdog(15_000);
+    w.registered(0, 10_000); // 10 s to accept: the watch gets 15 s + 4 x 10 s
+    expect(w.mustRegister(54_000)).toBe(false);
+    expect(w.mustRegister(55_000)).toBe(true);
+    w.registered(60_000, 100); // quick now: the backoff (30 s by now) applies again
+    expect(w.mustRegister(60_000 + 29_000)).toBe(false);
+    expect(w.mustRegister(60_000 + 30_000)).toBe(true);
+    w.registered(100_000, 60_000); // never past the maximum wait
+    expect(w.mustRegister(100_000 + REGISTER_BACKOFF_MAX_MS - 1)).toBe(false);
+    expect(w.mustRegister(100_000 + REGISTER_BACKOFF_MAX_MS)).toBe(true);
+  });
+
   test('no registration while a watch runs; after a timeout without one, then twice as long each time', () => {
     const w = new WatchWatchdog(15_000);
     w.registered(0);
