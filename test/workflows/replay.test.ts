@@ -39,6 +39,7 @@ describe('replay of recorded e2e histories', () => {
         'before-staging/checkpoint-durable',
         'before-staging/checkpoint-s3-outage',
         'before-staging/restore-corrupt-s3',
+        'before-early-release/restore-staged',
       ]),
     );
   });
