@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Upload } from '@aws-sdk/lib-storage';
 import { makeS3Client } from '../activities/s3-client';
+import { METADATA_FILE } from '../common/metadata';
 import { KybernateClient } from '../clients/api';
 import { REPO_ROOT } from '../deploy/local/paths';
 import { configFromStack, down, type StackState, up } from '../deploy/local/stack';
@@ -133,10 +134,14 @@ export async function uploadBaseline(
   }
 }
 
+/** Where a node of the bench stack keeps a checkpoint on its disk. */
+export const nodeCheckpointDir = (state: StackState, node: string, checkpointId: string): string =>
+  path.join(state.home, 'nodes', node, 'checkpoints', checkpointId);
+
 /** The checkpoint's copy on the node's disk: the persist step may still be writing it when Durable is reported. */
 export async function persistedCopy(dir: string): Promise<string> {
   for (let i = 0; i < 1200; i++) {
-    if (fs.existsSync(path.join(dir, 'metadata.json'))) return dir;
+    if (fs.existsSync(path.join(dir, METADATA_FILE))) return dir;
     await new Promise((r) => setTimeout(r, 250));
   }
   throw new Error(`${dir}: no persisted copy after 5 minutes`);

@@ -66,15 +66,19 @@ function inventory(node: string): NodeInventory {
 
 const agentRun = (node: string): string => `${node}/bench/${process.pid}`;
 
-/** One agent's registration, as the real agent does it: a registration (asks for a watch), then its inventory. */
-async function register(client: Client, node: string): Promise<{ acceptedMs: number; registrationMs: number }> {
-  const t0 = performance.now();
-  await registryHeartbeat(client, node, {
+/** One agent's registration signal (asks for a watch), as the real agent sends it. */
+const registration = (client: Client, node: string): Promise<void> =>
+  registryHeartbeat(client, node, {
     agentRun: agentRun(node),
     heartbeatMs: HEARTBEAT_MS,
     timeoutMs: TIMEOUT_MS,
     liveness: 'watch',
   });
+
+/** One agent's registration, as the real agent does it: a registration (asks for a watch), then its inventory. */
+async function register(client: Client, node: string): Promise<{ acceptedMs: number; registrationMs: number }> {
+  const t0 = performance.now();
+  await registration(client, node);
   const registrationMs = performance.now() - t0;
   await registryReport(client, node, TIMEOUT_MS, inventory(node));
   return { acceptedMs: performance.now() - t0, registrationMs };
@@ -118,12 +122,7 @@ async function livenessLoop(
     registering = true;
     stats.reregistered++;
     const sent = Date.now();
-    registryHeartbeat(client, node, {
-      agentRun: agentRun(node),
-      heartbeatMs: HEARTBEAT_MS,
-      timeoutMs: TIMEOUT_MS,
-      liveness: 'watch',
-    })
+    registration(client, node)
       .then(() => watchdog.registered(Date.now(), Date.now() - sent))
       .catch(() => void stats.reregisterFailures++)
       .finally(() => (registering = false));
@@ -442,7 +441,7 @@ async function main(): Promise<void> {
         ],
       ]);
       console.log(
-        `\nregistration failures: ${s.failed}; all Ready after ${(s.allReadyMs / 1000).toFixed(1)} s; watches taken ${stats.watchTaken.size}/${nodes.length} after ${(watchesAllMs / 1000).toFixed(1)} s; heartbeats sent ${beats.length} (${(beats.length / window).toFixed(0)}/s), failed ${stats.beatFailures}; watches lost under an agent ${stats.watchesLost}; registered again by their watchdog ${stats.reregistered} (failed ${stats.reregisterFailures}); Ready at the end: ${stillReady}/${nodes.length} (${[...states].map(([st, n]) => `${st} ${n}`).join(', ')}); ${convergedAfter === null ? `still not all Ready 5 min later: ${last.ready}/${nodes.length} (${[...last.states].map(([st, n]) => `${st} ${n}`).join(', ')})` : `all Ready again ${convergedAfter.toFixed(0)} s later`}; registered again by their watchdog in all ${stats.reregistered} (failed ${stats.reregisterFailures})`,
+        `\nregistration failures: ${s.failed}; all Ready after ${(s.allReadyMs / 1000).toFixed(1)} s; watches taken ${stats.watchTaken.size}/${nodes.length} after ${(watchesAllMs / 1000).toFixed(1)} s; heartbeats sent ${beats.length} (${(beats.length / window).toFixed(0)}/s), failed ${stats.beatFailures}; watches lost under an agent ${stats.watchesLost}; Ready at the end: ${stillReady}/${nodes.length} (${[...states].map(([st, n]) => `${st} ${n}`).join(', ')}); ${convergedAfter === null ? `still not all Ready 5 min later: ${last.ready}/${nodes.length} (${[...last.states].map(([st, n]) => `${st} ${n}`).join(', ')})` : `all Ready again ${convergedAfter.toFixed(0)} s later`}; registered again by their watchdog in all ${stats.reregistered} (failed ${stats.reregisterFailures})`,
       );
     } finally {
       stop.abort();

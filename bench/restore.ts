@@ -6,7 +6,18 @@ import type { Readable } from 'node:stream';
 import { makeS3Client } from '../activities/s3-client';
 import { BIN } from '../deploy/local/paths';
 import { configFromStack } from '../deploy/local/stack';
-import { activityTimes, benchStack, dropCaches, persistedCopy, run, secs, startPattern, table, timed } from './harness';
+import {
+  activityTimes,
+  benchStack,
+  dropCaches,
+  nodeCheckpointDir,
+  persistedCopy,
+  run,
+  secs,
+  startPattern,
+  table,
+  timed,
+} from './harness';
 
 /**
  * Request-to-Running of the restore workflow (on a node without a local copy: download, verify, CRIU
@@ -36,7 +47,7 @@ async function main(): Promise<void> {
       const ck = await k.checkpointResult(request.checkpointId);
       if (ck.phase !== 'Durable') throw new Error(`checkpoint ended ${ck.phase}`);
       // The node's disk copy is still being written when Durable is reported: neither side runs beside it.
-      await persistedCopy(path.join(state.home, 'nodes', 'bench-a', 'checkpoints', ck.checkpointId));
+      await persistedCopy(nodeCheckpointDir(state, 'bench-a', ck.checkpointId));
 
       // Baseline: fetch the same checkpoint's objects one after the other, then criu restore.
       dropCaches();

@@ -11,7 +11,7 @@ import { makeS3Client, transferPlan } from '../activities/s3-client';
 import type { FileEntry } from '../common/metadata';
 import { BIN, REPO_ROOT } from '../deploy/local/paths';
 import type { StackState } from '../deploy/local/stack';
-import { benchStack, dropCaches, persistedCopy, startPattern, table, timed } from './harness';
+import { benchStack, dropCaches, nodeCheckpointDir, persistedCopy, startPattern, table, timed } from './harness';
 
 /**
  * Upload and download of the same checkpoint files by MinIO's own client (`mc cp --recursive`, the yardstick)
@@ -45,7 +45,7 @@ async function main(): Promise<void> {
       const { request } = await k.startCheckpoint({ target: job, node: 'bench-a', checkpointId: `${job}-ck` });
       const s = await k.checkpointResult(request.checkpointId);
       if (s.phase !== 'Durable') throw new Error(`checkpoint ended ${s.phase}: ${s.failureReason}`);
-      const src = await persistedCopy(path.join(state.home, 'nodes', 'bench-a', 'checkpoints', `${job}-ck`));
+      const src = await persistedCopy(nodeCheckpointDir(state, 'bench-a', `${job}-ck`));
       const bytes = listFiles(src).reduce((n, f) => n + fs.statSync(path.join(src, f)).size, 0);
       const largest = Math.max(...listFiles(src).map((f) => fs.statSync(path.join(src, f)).size));
       const plan = transferPlan(largest);
@@ -107,7 +107,7 @@ async function main(): Promise<void> {
         mbs(singleDown),
       ]);
       fs.rmSync(work, { recursive: true, force: true });
-      fs.rmSync(path.join(state.home, 'nodes', 'bench-a', 'checkpoints', `${job}-ck`), {
+      fs.rmSync(nodeCheckpointDir(state, 'bench-a', `${job}-ck`), {
         recursive: true,
         force: true,
       });
