@@ -138,7 +138,6 @@ describe('fencing on the real stack', () => {
         const copies = jobProcesses(job);
         const downAt = Date.now();
         await restartComponent(stack().home, component, { downMs: 20000 });
-        // Back: each agent's watch timed out on the server, so its node went Unhealthy; it registers again.
         const back = await until(
           'the job Running again and both nodes Ready',
           async () => {
@@ -151,13 +150,6 @@ describe('fencing on the real stack', () => {
           120000,
           1000,
         );
-        const since = [...((await k.node(A))?.transitions ?? []), ...((await k.node(B))?.transitions ?? [])].filter(
-          (t) => Date.parse(t.at) >= downAt,
-        );
-        // Temporal's outage is seen: its restart times the watches out (Unhealthy), the agents register again.
-        // The control worker's is not: the watches go on heartbeating the server all along.
-        if (component === 'temporal') expect(since.map((t) => t.to)).toContain('Unhealthy');
-        else expect(since).toEqual([]);
         expect(back.runs).toHaveLength(1);
         expect(back.events.map((e) => e.type)).not.toContain('Evicted');
         expect(alive(pid)).toBe(true);
@@ -168,6 +160,18 @@ describe('fencing on the real stack', () => {
         expect(later.runs).toHaveLength(1);
         expect(later.state).toBe('Running');
         expect(alive(pid)).toBe(true);
+        // The nodes Ready a grace later too, once every overdue watch timeout has been processed (the poll above
+        // can answer from the state before the outage, ahead of them).
+        const nodes = [await k.node(A), await k.node(B)];
+        expect(nodes.map((n) => n?.state)).toEqual(['Ready', 'Ready']);
+        const since = nodes.flatMap((n) => n?.transitions ?? []).filter((t) => Date.parse(t.at) >= downAt);
+        // The control worker's outage is not seen: the watches go on heartbeating the server all along.
+        // Temporal's may or may not be: the restarted server times a watch out if it processes the overdue
+        // heartbeat timer before the agent's first heartbeat reaches it, and keeps it otherwise (a race inside the
+        // server). Either is right; a node that went Unhealthy registered again (Ready above).
+        if (component === 'temporal')
+          expect(since.map((t) => t.to).filter((to) => to !== 'Unhealthy' && to !== 'Ready')).toEqual([]);
+        else expect(since).toEqual([]);
       } finally {
         await handle.cancel().catch(() => undefined);
         await handle.result().catch(() => undefined);
