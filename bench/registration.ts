@@ -28,6 +28,9 @@ import type { NodeRecord } from '../common/node';
 import { nodeQueue, nodeWorkflowId } from '../common/queues';
 import { temporalConnectionOptions } from '../common/config';
 import { table } from './harness';
+import { registeredNodes } from '../activities/control/registry';
+import { createStandingActivities } from '../activities/control/standing';
+import { tallyZones } from '../common/health';
 
 const positive = (flag: string) => (v: string) => {
   const n = Number(v);
@@ -262,6 +265,45 @@ const newStats = (): LivenessStats => ({
   reregisterFailures: 0,
 });
 
+/** Jobs of a dark zone asking for the zone tallies at once (nodeStanding), as the eviction gate needs them. */
+const ASKING_JOBS = 10;
+
+/**
+ * What a dark zone's jobs cost the control plane once every node is registered. Baseline (same run): what
+ * each nodeStanding did before the shared listing, its own listing of every registry one query at a time.
+ */
+async function zoneTallies(client: Client, node: string): Promise<void> {
+  const timed = async <T>(f: () => Promise<T>): Promise<{ ms: number; value: T }> => {
+    const t0 = performance.now();
+    const value = await f();
+    return { ms: performance.now() - t0, value };
+  };
+  const one = await timed(() => registeredNodes(client, 1));
+  const lanes = await timed(() => registeredNodes(client));
+  const unshared = await timed(() =>
+    Promise.all(Array.from({ length: ASKING_JOBS }, () => registeredNodes(client, 1))),
+  );
+  const standing = createStandingActivities(client);
+  const shared = await timed(() =>
+    Promise.all(Array.from({ length: ASKING_JOBS }, () => standing.nodeStanding({ node }))),
+  );
+  const listed = one.value
+    .filter((r) => r.state === 'Ready' || r.state === 'Unhealthy')
+    .map((r) => ({ node: r.node, zone: r.inventory?.zone ?? null, ready: r.state === 'Ready' }));
+  table(`zone tallies over ${one.value.length} registries (baseline: one query at a time, as each ask did before)`, [
+    ['', 'wall', 'vs baseline'],
+    ['one listing, 1 query in flight (baseline)', ms(one.ms), '1.00x'],
+    ['one listing, 16 in flight', ms(lanes.ms), ratio(lanes.ms, one.ms)],
+    [`${ASKING_JOBS} jobs asking at once, a listing each (before)`, ms(unshared.ms), ratio(unshared.ms, one.ms)],
+    [`${ASKING_JOBS} jobs asking at once through nodeStanding (shared)`, ms(shared.ms), ratio(shared.ms, one.ms)],
+  ]);
+  const before = JSON.stringify(listed).length;
+  const after = JSON.stringify(tallyZones(listed)).length;
+  console.log(
+    `\nan eviction ask's node data: ${before} bytes as a node list (before), ${after} bytes as zone tallies (${ratio(after, before)}); tallies agree with the shared answer: ${JSON.stringify(shared.value[0].zones) === JSON.stringify(tallyZones(listed))}`,
+  );
+}
+
 async function main(): Promise<void> {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-bench-'));
   const state = await up({ home, ownerPid: process.pid, log: () => undefined });
@@ -443,6 +485,7 @@ async function main(): Promise<void> {
       console.log(
         `\nregistration failures: ${s.failed}; all Ready after ${(s.allReadyMs / 1000).toFixed(1)} s; watches taken ${stats.watchTaken.size}/${nodes.length} after ${(watchesAllMs / 1000).toFixed(1)} s; heartbeats sent ${beats.length} (${(beats.length / window).toFixed(0)}/s), failed ${stats.beatFailures}; watches lost under an agent ${stats.watchesLost}; Ready at the end: ${stillReady}/${nodes.length} (${[...states].map(([st, n]) => `${st} ${n}`).join(', ')}); ${convergedAfter === null ? `still not all Ready 5 min later: ${last.ready}/${nodes.length} (${[...last.states].map(([st, n]) => `${st} ${n}`).join(', ')})` : `all Ready again ${convergedAfter.toFixed(0)} s later`}; registered again by their watchdog in all ${stats.reregistered} (failed ${stats.reregisterFailures})`,
       );
+      await zoneTallies(k.client, nodes[0]);
     } finally {
       stop.abort();
       await k.close();

@@ -7,7 +7,14 @@
  * or (while others are up) fully dark, 0 in a small disrupted zone and everywhere when every zone is dark.
  * Pure: the placement workflow holds the state and calls decideEviction with its workflow clock.
  */
-import { DEFAULT_EVICTION_CONFIG, type EvictionConfig, evictionRates, NO_ZONE } from './health';
+import {
+  DEFAULT_EVICTION_CONFIG,
+  type EvictionConfig,
+  evictionRates,
+  NO_ZONE,
+  tallyZones,
+  type ZoneTally,
+} from './health';
 
 export interface EvictionAsk {
   jobId: string;
@@ -19,8 +26,10 @@ export interface EvictionAsk {
   critical: boolean;
   /** 0 (most important) to 10. */
   priority: number;
-  /** Every registered node's readiness and zone, as the asker's nodeStanding saw them (for the zone rates). */
-  nodes: { node: string; zone: string | null; ready: boolean }[];
+  /** Each zone's registered and Ready nodes, as the asker's nodeStanding counted them (for the zone rates). */
+  zones?: ZoneTally[];
+  /** What asks carried before zones: every registered node. Kept so those asks, in histories, decide alike. */
+  nodes?: { node: string; zone: string | null; ready: boolean }[];
 }
 
 interface Waiter {
@@ -100,7 +109,7 @@ export function decideEviction(
     waiting.push(me);
   }
   const asker: Waiter = me;
-  const rates = evictionRates(ask.nodes, cfg);
+  const rates = evictionRates(ask.zones ?? tallyZones(ask.nodes ?? []), cfg);
   const rateOf = (z: string): { perMinute: number; why: string } =>
     rates.zones.find((r) => r.zone === z) ?? { perMinute: cfg.normalPerMinute, why: 'normal' };
   for (const z of [...new Set(waiting.map((w) => w.zone))].sort()) {

@@ -278,6 +278,29 @@ export interface ZoneEviction {
 export const NO_ZONE = '(no zone)';
 
 /**
+ * One zone's registered nodes and how many of them are Ready: all the zone rates need. Jobs carry tallies, not
+ * node lists, into their histories and eviction asks, so an ask stays a few zones long at thousands of nodes.
+ */
+export interface ZoneTally {
+  zone: string | null;
+  nodes: number;
+  ready: number;
+}
+
+/** Counts nodes per zone (a null zone is NO_ZONE), zones in name order. */
+export function tallyZones(nodes: readonly { zone: string | null; ready: boolean }[]): ZoneTally[] {
+  const byZone = new Map<string, ZoneTally>();
+  for (const n of nodes) {
+    const key = n.zone ?? NO_ZONE;
+    const t = byZone.get(key) ?? { zone: n.zone, nodes: 0, ready: 0 };
+    t.nodes++;
+    if (n.ready) t.ready++;
+    byZone.set(key, t);
+  }
+  return [...byZone].sort(([a], [b]) => a.localeCompare(b)).map(([, t]) => t);
+}
+
+/**
  * How many evictions per minute each zone allows, the rule of Kubernetes' node lifecycle controller made
  * stricter for fully dark zones. A control plane that lost its own network sees every node go Unhealthy at once;
  * moving every job then would restart work that still runs behind the partition (two copies) and stampede the
@@ -290,15 +313,15 @@ export const NO_ZONE = '(no zone)';
  * - Normal: normalPerMinute.
  */
 export function evictionRates(
-  nodes: readonly { node: string; zone: string | null; ready: boolean }[],
+  tallies: readonly ZoneTally[],
   cfg: EvictionConfig = DEFAULT_EVICTION_CONFIG,
 ): { allZonesDark: boolean; zones: ZoneEviction[] } {
   const byZone = new Map<string, { nodes: number; unhealthy: number }>();
-  for (const n of nodes) {
-    const z = byZone.get(n.zone ?? NO_ZONE) ?? { nodes: 0, unhealthy: 0 };
-    z.nodes++;
-    if (!n.ready) z.unhealthy++;
-    byZone.set(n.zone ?? NO_ZONE, z);
+  for (const t of tallies) {
+    const z = byZone.get(t.zone ?? NO_ZONE) ?? { nodes: 0, unhealthy: 0 };
+    z.nodes += t.nodes;
+    z.unhealthy += t.nodes - t.ready;
+    byZone.set(t.zone ?? NO_ZONE, z);
   }
   const condition = (z: { nodes: number; unhealthy: number }): ZoneCondition =>
     z.unhealthy === z.nodes

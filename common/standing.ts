@@ -1,4 +1,5 @@
 /** What the job workflow learns about a node whose agent it lost sight of (control activity nodeStanding). */
+import { tallyZones, type ZoneTally } from './health';
 import type { NodeState } from './node';
 
 export interface NodeStanding {
@@ -8,6 +9,13 @@ export interface NodeStanding {
   /** When it entered that state (registry workflow time); null when not known. */
   since: string | null;
   zone: string | null;
-  /** Every node with a running registry and a state, for the eviction budget (evictionBudget). */
-  nodes: { node: string; zone: string | null; ready: boolean }[];
+  /** Each zone's nodes with a running registry and a state, and how many are Ready (the zone rates). */
+  zones?: ZoneTally[];
+  /** What the answer carried before zones: every such node. Results recorded then have it, and no zones. */
+  nodes?: { node: string; zone: string | null; ready: boolean }[];
+}
+
+/** The zone tallies of an answer, counted from its node list when it was recorded before answers had them. */
+export function standingZones(st: NodeStanding): ZoneTally[] {
+  return st.zones ?? tallyZones(st.nodes ?? []);
 }

@@ -50,6 +50,7 @@ import type { ProcessIdentity } from '../common/journal';
 import { failedWith, isCheckpointStatus, PATCH_FAILED_WORKFLOWS_FAIL, statusFromFailure } from '../common/outcome';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeQueue, restoreWorkflowId } from '../common/queues';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
+import { standingZones } from '../common/standing';
 import { checkpoint } from './checkpoint';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
 import type { JobNodeActivities } from './job-activities';
@@ -709,7 +710,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
               since: st.since,
               critical: spec.tier === 'critical',
               priority: spec.priority,
-              nodes: st.nodes,
+              zones: standingZones(st),
             },
           ],
         );
@@ -730,7 +731,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
       }
       const budget = await control.evictionBudget.executeWithOptions(
         { summary: `may run ${run.run} be evicted from ${run.node}?` },
-        [{ nodes: st.nodes }],
+        [{ zones: standingZones(st) }],
       );
       const zone = budget.zones.find((z) => z.zone === (st.zone ?? NO_ZONE));
       if (zone !== undefined && zone.perMinute === 0) {

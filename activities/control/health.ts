@@ -11,6 +11,8 @@ import {
   type FailureKind,
   healthReport,
   type HealthReport,
+  tallyZones,
+  type ZoneTally,
 } from '../../common/health';
 import { CONTROL_QUEUE } from '../../common/queues';
 import {
@@ -75,10 +77,15 @@ export function createHealthActivities(client: Client) {
      * workflows restarting an Unhealthy node's jobs can ask it.
      */
     async evictionBudget(input: {
-      nodes: { node: string; zone: string | null; ready: boolean }[];
+      zones?: ZoneTally[];
+      /** What workflows sent before zones (a task scheduled then may still be in flight). */
+      nodes?: { node: string; zone: string | null; ready: boolean }[];
       config?: Partial<EvictionConfig>;
     }): Promise<ReturnType<typeof evictionRates>> {
-      return evictionRates(input.nodes, { ...DEFAULT_EVICTION_CONFIG, ...(input.config ?? {}) });
+      return evictionRates(input.zones ?? tallyZones(input.nodes ?? []), {
+        ...DEFAULT_EVICTION_CONFIG,
+        ...(input.config ?? {}),
+      });
     },
   };
 }

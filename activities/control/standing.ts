@@ -2,22 +2,26 @@ import { type Client, WorkflowNotFoundError } from '@temporalio/client';
 import type { NodeRecord } from '../../common/node';
 import { nodeWorkflowId } from '../../common/queues';
 import type { NodeStanding } from '../../common/standing';
-import { registeredNodes } from './registry';
+import { tallyZones } from '../../common/health';
+import { registeredNodes, sharedListing, ZONE_TALLY_MAX_AGE_MS } from './registry';
 
 /** A node's standing from its registry (`node/<name>`), read by a job that lost sight of its run there. */
 export function createStandingActivities(client: Client) {
+  const registries = sharedListing(() => registeredNodes(client), ZONE_TALLY_MAX_AGE_MS);
   return {
     /**
-     * The node's registry state (Gone when no registry runs for it) and every registered node's readiness and
-     * zone, so the job can ask evictionBudget. A query failure other than "not found" throws (retried): a
-     * registry that does not answer is unknown, not gone.
+     * The node's registry state (Gone when no registry runs for it, read afresh) and each zone's registered
+     * and Ready nodes (from a listing shared for ZONE_TALLY_MAX_AGE_MS), so the job can ask for its eviction. A
+     * query failure other than "not found" throws (retried): a registry that does not answer is unknown, not gone.
      */
     async nodeStanding(input: { node: string }): Promise<NodeStanding> {
       // A node whose agent Left (stopped on purpose) is out of the cluster, not dark: counted as Unhealthy, a
       // shared stack's stopped nodes made a zone look disrupted and held every eviction (seen in a full e2e run).
-      const nodes: NodeStanding['nodes'] = (await registeredNodes(client))
-        .filter((rec) => rec.state === 'Ready' || rec.state === 'Unhealthy')
-        .map((rec) => ({ node: rec.node, zone: rec.inventory?.zone ?? null, ready: rec.state === 'Ready' }));
+      const zones = tallyZones(
+        (await registries())
+          .filter((rec) => rec.state === 'Ready' || rec.state === 'Unhealthy')
+          .map((rec) => ({ zone: rec.inventory?.zone ?? null, ready: rec.state === 'Ready' })),
+      );
       const handle = client.workflow.getHandle(nodeWorkflowId(input.node));
       let running: boolean;
       try {
@@ -26,7 +30,7 @@ export function createStandingActivities(client: Client) {
         if (!(e instanceof WorkflowNotFoundError)) throw e;
         running = false;
       }
-      if (!running) return { node: input.node, state: 'Gone', since: null, zone: null, nodes };
+      if (!running) return { node: input.node, state: 'Gone', since: null, zone: null, zones };
       const rec = await handle.query<NodeRecord>('status');
       // A registry from before liveness has no state: Ready while it reports, as placeable() reads it.
       return {
@@ -34,7 +38,7 @@ export function createStandingActivities(client: Client) {
         state: rec.state ?? 'Ready',
         since: rec.since ?? null,
         zone: rec.inventory?.zone ?? null,
-        nodes,
+        zones,
       };
     },
   };

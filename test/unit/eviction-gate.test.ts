@@ -4,9 +4,10 @@ import {
   type EvictionAsk,
   type EvictionGateState,
 } from '../../common/eviction-gate';
+import { tallyZones } from '../../common/health';
 
 /** A zone of `n` nodes z-0..z-(n-1) of which the first `dark` are not Ready. */
-const zone = (z: string, n: number, dark: number): EvictionAsk['nodes'] =>
+const zone = (z: string, n: number, dark: number): NonNullable<EvictionAsk['nodes']> =>
   Array.from({ length: n }, (_, i) => ({ node: `${z}-${i}`, zone: z, ready: i >= dark }));
 
 const ask = (over: Partial<EvictionAsk>): EvictionAsk => ({
@@ -16,7 +17,7 @@ const ask = (over: Partial<EvictionAsk>): EvictionAsk => ({
   since: 't0',
   critical: false,
   priority: 5,
-  nodes: [...zone('a', 10, 2), ...zone('b', 10, 0)],
+  zones: tallyZones([...zone('a', 10, 2), ...zone('b', 10, 0)]),
   ...over,
 });
 
@@ -38,8 +39,8 @@ describe('eviction gate', () => {
 
   test('zones are rated apart: a grant in zone a does not hold zone b', () => {
     const s = decideEviction(EMPTY_EVICTION_GATE, ask({ node: 'a-0' }), 0).state;
-    const nodes = [...zone('a', 10, 2), ...zone('b', 10, 1)];
-    expect(decideEviction(s, ask({ jobId: 'k', node: 'b-0', zone: 'b', nodes }), 1).decision.granted).toBe(true);
+    const zones = tallyZones([...zone('a', 10, 2), ...zone('b', 10, 1)]);
+    expect(decideEviction(s, ask({ jobId: 'k', node: 'b-0', zone: 'b', zones }), 1).decision.granted).toBe(true);
   });
 
   test('critical first: a critical job that asked later is granted before a normal one that waits', () => {
@@ -68,24 +69,33 @@ describe('eviction gate', () => {
   });
 
   test('partially disrupted large zone (>= 55% not Ready): the slow rate, one node a minute', () => {
-    const nodes = zone('a', 60, 40);
-    const s = decideEviction(EMPTY_EVICTION_GATE, ask({ node: 'a-0', nodes }), 0).state;
-    const r = decideEviction(s, ask({ jobId: 'k', node: 'a-1', nodes }), 10_000);
+    const zones = tallyZones(zone('a', 60, 40));
+    const s = decideEviction(EMPTY_EVICTION_GATE, ask({ node: 'a-0', zones }), 0).state;
+    const r = decideEviction(s, ask({ jobId: 'k', node: 'a-1', zones }), 10_000);
     expect(r.decision.granted).toBe(false);
     expect(r.decision.why).toMatch(/evicts 1 node\/min \(40 of 60 nodes Unhealthy: evicting slowly\)/);
-    expect(decideEviction(r.state, ask({ jobId: 'k', node: 'a-1', nodes }), 60_000).decision.granted).toBe(true);
+    expect(decideEviction(r.state, ask({ jobId: 'k', node: 'a-1', zones }), 60_000).decision.granted).toBe(true);
   });
 
   test('every zone dark: nothing granted, ever, and the reason says why', () => {
-    const nodes = [...zone('a', 3, 3), ...zone('b', 2, 2)];
+    const zones = tallyZones([...zone('a', 3, 3), ...zone('b', 2, 2)]);
     let s: EvictionGateState = EMPTY_EVICTION_GATE;
     for (const t of [0, 60_000, 3_600_000]) {
-      const r = decideEviction(s, ask({ node: 'a-0', nodes }), t);
+      const r = decideEviction(s, ask({ node: 'a-0', zones }), t);
       expect(r.decision).toEqual(expect.objectContaining({ granted: false, retryAfterMs: 60_000 }));
       expect(r.decision.why).toMatch(/every zone is dark/);
       s = r.state;
     }
     expect(s.granted).toEqual([]);
+  });
+
+  test('an ask from before zone tallies (every node listed) decides as its tally does', () => {
+    const nodes = zone('a', 60, 40);
+    const legacy: EvictionAsk = { ...ask({ node: 'a-0' }), zones: undefined, nodes };
+    const byNodes = decideEviction(EMPTY_EVICTION_GATE, legacy, 0);
+    expect(byNodes).toEqual(decideEviction(EMPTY_EVICTION_GATE, ask({ node: 'a-0', zones: tallyZones(nodes) }), 0));
+    const held = decideEviction(byNodes.state, { ...legacy, jobId: 'k', node: 'a-1' }, 10_000);
+    expect(held.decision.why).toMatch(/40 of 60 nodes Unhealthy: evicting slowly/);
   });
 
   test('a new Unhealthy episode of a node is a new ask; a waiter that stopped asking leaves the queue', () => {

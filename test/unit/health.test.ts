@@ -4,6 +4,7 @@ import {
   DEFAULT_EVICTION_CONFIG,
   DEFAULT_HEALTH_CONFIG as cfg,
   evictionRates,
+  tallyZones,
   HealthConfigPatchSchema,
   newBreaker,
   nodeScore,
@@ -143,14 +144,22 @@ describe('evictions when zones go dark', () => {
   ];
   const rate = (r: ReturnType<typeof evictionRates>, z: string) => r.zones.find((x) => x.zone === z);
 
+  test('nodes are tallied per zone: registered and Ready, a node without a zone under NO_ZONE', () => {
+    expect(tallyZones([...zone('b', 2, 1), ...zone('a', 0, 3), { zone: null, ready: true }])).toEqual([
+      { zone: null, nodes: 1, ready: 1 },
+      { zone: 'a', nodes: 3, ready: 0 },
+      { zone: 'b', nodes: 3, ready: 2 },
+    ]);
+  });
+
   test('a healthy zone evicts at the normal rate', () => {
-    const r = evictionRates([...zone('a', 9, 1), ...zone('b', 10, 0)]);
+    const r = evictionRates(tallyZones([...zone('a', 9, 1), ...zone('b', 10, 0)]));
     expect(r.allZonesDark).toBe(false);
     expect(rate(r, 'a')).toMatchObject({ condition: 'Normal', perMinute: DEFAULT_EVICTION_CONFIG.normalPerMinute });
   });
 
   test('a fully dark zone evicts slowly while another zone is up', () => {
-    const r = evictionRates([...zone('a', 0, 4), ...zone('b', 3, 0)]);
+    const r = evictionRates(tallyZones([...zone('a', 0, 4), ...zone('b', 3, 0)]));
     expect(rate(r, 'a')).toMatchObject({
       condition: 'FullDisruption',
       perMinute: DEFAULT_EVICTION_CONFIG.slowPerMinute,
@@ -159,18 +168,18 @@ describe('evictions when zones go dark', () => {
   });
 
   test('every zone dark: no evictions anywhere', () => {
-    const r = evictionRates([...zone('a', 0, 4), ...zone('b', 0, 2), { node: 'x', zone: null, ready: false }]);
+    const r = evictionRates(tallyZones([...zone('a', 0, 4), ...zone('b', 0, 2), { zone: null, ready: false }]));
     expect(r.allZonesDark).toBe(true);
     expect(r.zones.map((z) => z.perMinute)).toEqual([0, 0, 0]);
     expect(r.zones.map((z) => z.zone)).toContain('(no zone)');
   });
 
   test('partial disruption: a small zone stops, a large one evicts slowly; two unhealthy nodes are not enough', () => {
-    const small = evictionRates([...zone('a', 2, 3), ...zone('b', 3, 0)]);
+    const small = evictionRates(tallyZones([...zone('a', 2, 3), ...zone('b', 3, 0)]));
     expect(rate(small, 'a')).toMatchObject({ condition: 'PartialDisruption', perMinute: 0 });
-    const large = evictionRates([...zone('a', 20, 40), ...zone('b', 3, 0)]);
+    const large = evictionRates(tallyZones([...zone('a', 20, 40), ...zone('b', 3, 0)]));
     expect(rate(large, 'a')).toMatchObject({ condition: 'PartialDisruption', perMinute: 1 });
-    const two = evictionRates([...zone('a', 1, 2), ...zone('b', 3, 0)]);
+    const two = evictionRates(tallyZones([...zone('a', 1, 2), ...zone('b', 3, 0)]));
     expect(rate(two, 'a')).toMatchObject({ condition: 'Normal' });
   });
 });

@@ -12,7 +12,7 @@ import {
   type RunExit,
 } from '../../common/job';
 import { decideEviction, EMPTY_EVICTION_GATE, type EvictionGateState } from '../../common/eviction-gate';
-import { evictionRates } from '../../common/health';
+import { evictionRates, tallyZones } from '../../common/health';
 import type { ProcessIdentity } from '../../common/journal';
 import type { NodeStanding } from '../../common/standing';
 import { CONTROL_QUEUE } from '../../common/queues';
@@ -149,13 +149,15 @@ export class Sim {
           state: state(node),
           since: null,
           zone: null,
-          nodes: Object.keys(this.free)
-            .filter((n) => state(n) !== 'Gone')
-            .map((n) => ({ node: n, zone: null, ready: state(n) === 'Ready' })),
+          zones: tallyZones(
+            Object.keys(this.free)
+              .filter((n) => state(n) !== 'Gone')
+              .map((n) => ({ zone: null, ready: state(n) === 'Ready' })),
+          ),
         };
       },
       // The real rule (common/health.ts, tested in test/unit/health.test.ts) over the nodes the job names.
-      evictionBudget: async ({ nodes }) => evictionRates(nodes),
+      evictionBudget: async ({ zones }) => evictionRates(zones ?? []),
       // The real gate (common/eviction-gate.ts) at the test server's clock, as the placement workflow holds it.
       askEviction: async (ask) => {
         const r = decideEviction(this.gate, ask, Context.current().info.currentAttemptScheduledTimestampMs);

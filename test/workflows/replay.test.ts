@@ -40,6 +40,8 @@ describe('replay of recorded e2e histories', () => {
         'before-staging/checkpoint-s3-outage',
         'before-staging/restore-corrupt-s3',
         'before-early-release/restore-staged',
+        'before-zone-tallies/job-fenced',
+        'before-zone-tallies/placement-eviction',
       ]),
     );
   });
