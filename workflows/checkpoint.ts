@@ -725,7 +725,7 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
           );
       }
       await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [
-        { checkpointId: req.checkpointId },
+        { checkpointId: req.checkpointId, copy: 'checkpoint' },
       ]);
       return status;
     }
@@ -787,7 +787,7 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
       return status;
     }
     await undo.releaseStaging.executeWithOptions(summary(`free the memory ${req.checkpointId} was staged in`), [
-      { checkpointId: req.checkpointId },
+      { checkpointId: req.checkpointId, copy: 'checkpoint' },
     ]);
   } else {
     const up = await uploading;

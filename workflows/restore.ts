@@ -470,7 +470,7 @@ async function attempt(
   const release = (): Promise<void> =>
     cleanup.releaseStaging
       .executeWithOptions({ summary: `free the memory ${req.checkpointId} was fetched into` }, [
-        { checkpointId: req.checkpointId },
+        { checkpointId: req.checkpointId, copy: 'restore' },
       ])
       .then(
         () => undefined,

@@ -69,3 +69,18 @@ export function checkpointLocation(ctx: NodeContext, checkpointId: string): stri
   const staged = stagedDir(ctx, checkpointId);
   return staged && fs.existsSync(staged) ? staged : checkpointDir(ctx, checkpointId);
 }
+
+/** Where a restore keeps its own copy of a checkpoint in memory: `<staging>/<id>.restore` (null: no staging). */
+export function restoreCopyDir(ctx: NodeContext, checkpointId: string): string | null {
+  const staged = stagedDir(ctx, checkpointId);
+  return staged ? `${staged}.restore` : null;
+}
+
+/**
+ * Where a restore reads a checkpoint: its own copy in memory when its fetch made one, else where the checkpoint
+ * lives (its disk copy; or, for a restore fetched before restores had their own copy, the staged one).
+ */
+export function restoreLocation(ctx: NodeContext, checkpointId: string): string {
+  const own = restoreCopyDir(ctx, checkpointId);
+  return own && fs.existsSync(own) ? own : checkpointLocation(ctx, checkpointId);
+}

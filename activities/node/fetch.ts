@@ -9,9 +9,9 @@ import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, type Metadata } from '../../common/metadata';
 import { makeS3Client, type TransferPlan, transferPlan } from '../s3-client';
 import type { ActivityBytes } from '../../common/checkpoint';
-import { checkpointDir, checkpointLocation, type NodeContext, s3Prefix, stagedDir } from './context';
+import { checkpointDir, checkpointLocation, type NodeContext, restoreCopyDir, s3Prefix, stagedDir } from './context';
 import { setAsideCorrupt } from './corrupt';
-import { stagingFits } from './staging';
+import { linkStagedCopy, releaseStaging, stagingFits } from './staging';
 import { heartbeat } from './run-tool';
 import { parseMetadata, sha256Hex, verifyLocal, writeFileAtomic } from './seal';
 
@@ -187,13 +187,19 @@ export async function fetchCheckpoint(
   const local = fs.existsSync(path.join(localDir, METADATA_FILE));
   const log = { node: ctx.node, checkpoint: input.checkpointId };
   if (local) {
+    const inMemory = localDir === stagedDir(ctx, input.checkpointId);
     try {
-      const metadata = await verifyLocal(localDir, input.metadataSha256);
+      // The checkpoint's copy in memory is read through the restore's own names (linkStagedCopy), never in place.
+      const dir = inMemory ? linkStagedCopy(ctx, input.checkpointId) : localDir;
+      const metadata = await verifyLocal(dir, input.metadataSha256).catch((e: unknown) => {
+        if (inMemory) releaseStaging(ctx, { checkpointId: input.checkpointId, copy: 'restore' });
+        throw e;
+      });
       return {
-        dir: localDir,
+        dir,
         bytes: metadata.files.reduce((s, f) => s + f.size, 0),
         source: 'nvme',
-        staged: localDir !== checkpointDir(ctx, input.checkpointId),
+        staged: inMemory,
         metadata,
       };
     } catch (e) {
@@ -236,7 +242,8 @@ export async function fetchCheckpoint(
     const metadata = parseMetadata(raw, `metadata.json of ${input.checkpointId} in S3`);
     const bytes = metadata.files.reduce((s, f) => s + f.size, 0);
     const staged = stagingFits(ctx, bytes).fits;
-    const dir = staged ? stagedDir(ctx, input.checkpointId)! : checkpointDir(ctx, input.checkpointId);
+    // Into the restore's own copy in memory (released after CRIU), or the node's disk copy (kept).
+    const dir = staged ? restoreCopyDir(ctx, input.checkpointId)! : checkpointDir(ctx, input.checkpointId);
     const staging = `${dir}.fetch`;
     fs.rmSync(staging, { recursive: true, force: true });
     const progress: ActivityBytes = { done: 0, total: bytes };

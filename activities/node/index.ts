@@ -10,7 +10,14 @@ import type {
 } from '../../common/checkpoint';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
-import { checkpointDir, checkpointLocation, type NodeContext, stagedDir, workloadDir } from './context';
+import {
+  checkpointDir,
+  checkpointLocation,
+  type NodeContext,
+  restoreLocation,
+  stagedDir,
+  workloadDir,
+} from './context';
 import { criuDump, finishCutDump, refuseExistingCheckpoint, workloadFileIndex } from './criu';
 import { setAsideCorrupt } from './corrupt';
 import { type CudaOp, cudaStep, cudaTreeState, driverKind, type GpuRemap } from './cuda';
@@ -43,7 +50,7 @@ import { persistCheckpoint } from './persist';
 import { loadMeasurement, measureTreeVram, saveMeasurement } from './measure';
 import { sealCheckpoint, type SealInput } from './seal';
 import { inspectRestore, restoreProcess } from './restore-attempt';
-import { releaseStaging } from './staging';
+import { releaseStaging, type StagedCopy } from './staging';
 import { createRetentionNodeActivities } from './retention';
 import { deleteCheckpointDir, type LocalCheckpoint, listLocalCheckpoints } from './tier';
 import { uploadCheckpoint } from './upload';
@@ -300,7 +307,8 @@ export function createNodeActivities(ctx: NodeContext) {
     async inspectCheckpoint(input: { checkpointId: string; process: ProcessRef }): Promise<CheckpointInspection> {
       return inspectCheckpoint(ctx, input);
     },
-    async releaseStaging(input: { checkpointId: string }): Promise<{ released: boolean }> {
+    /** copy: whose copy in memory (the checkpoint's, a restore's); unnamed (workflows from before): both. */
+    async releaseStaging(input: { checkpointId: string; copy?: StagedCopy }): Promise<{ released: boolean }> {
       return releaseStaging(ctx, input);
     },
     /** metadataSha256: recorded at seal; a metadata.json (local or in S3) that differs is ChecksumMismatch. */
@@ -405,7 +413,7 @@ export function createNodeActivities(ctx: NodeContext) {
       checkpointId: string;
       windowMs?: number;
     }): Promise<{ cpuTicks: number; bytesWritten: number; afterMs: number }> {
-      const files = workloadFileIndex(checkpointLocation(ctx, input.checkpointId)).map((f) => f.path);
+      const files = workloadFileIndex(restoreLocation(ctx, input.checkpointId)).map((f) => f.path);
       const sample = (): { cpu: number; bytes: number } => {
         requireProcess(input.pid);
         const bytes = files.reduce((s, p) => s + (fs.existsSync(p) ? fs.statSync(p).size : 0), 0);

@@ -5,7 +5,7 @@ import { ErrorType } from '../../common/errors';
 import { assertSafeId } from '../../common/ids';
 import type { ProcessIdentity } from '../../common/journal';
 import type { RestoreInspection } from '../../common/restore';
-import { checkpointLocation, type NodeContext } from './context';
+import { type NodeContext, restoreLocation } from './context';
 import { criuRestore, IMAGES, workloadFileIndex } from './criu';
 import { cudaTreeState } from './cuda';
 import { journaled, journalOutcome, readJournal } from './journal';
@@ -24,7 +24,7 @@ export async function restoreProcess(
   ctx: NodeContext,
   input: { checkpointId: string; attemptId?: string },
 ): Promise<{ pid: number; startTime: number }> {
-  const dir = checkpointLocation(ctx, assertSafeId('checkpointId', input.checkpointId));
+  const dir = restoreLocation(ctx, assertSafeId('checkpointId', input.checkpointId));
   const run = async (): Promise<{ pid: number; startTime: number }> => {
     const { pid } = await criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
     const id = processIdentity(pid);
@@ -92,7 +92,7 @@ export async function inspectRestore(
   const dir =
     typeof outcome.data?.dir === 'string'
       ? outcome.data.dir
-      : checkpointLocation(ctx, assertSafeId('checkpointId', input.checkpointId));
+      : restoreLocation(ctx, assertSafeId('checkpointId', input.checkpointId));
   for (;;) {
     outcome = journalOutcome(ctx, 'restore', input.attemptId, CRIU_RESTORE_STEP);
     if (outcome.state !== 'running' && criuRestoring(path.join(dir, IMAGES)).length === 0) break;

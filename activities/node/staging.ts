@@ -1,5 +1,8 @@
 import * as fs from 'node:fs';
-import { type NodeContext, stagedDir } from './context';
+import * as path from 'node:path';
+import { METADATA_FILE } from '../../common/metadata';
+import { type NodeContext, restoreCopyDir, stagedDir } from './context';
+import { readMetadata } from './seal';
 
 const GiB = 1024 ** 3;
 
@@ -31,12 +34,56 @@ export function stagingFits(ctx: NodeContext, bytes: number): { fits: boolean; w
   return { fits: true, why: `${need} of ${availableBytes} available bytes` };
 }
 
-/** Frees the memory a staged checkpoint holds. Idempotent. */
-export function releaseStaging(ctx: NodeContext, input: { checkpointId: string }): { released: boolean } {
+/**
+ * Gives a restore its own names for a checkpoint's staged files: hard links, the same pages in memory, no
+ * copy. The checkpoint may still be copying them to disk, and each side releases its copy when it is done:
+ * with one directory shared, the first release removed what the other still read (a same-node restore of a
+ * checkpoint being persisted failed its disk copy; the checkpoint's release could pull the files from under
+ * CRIU). Memory is freed when the last name goes. Throws (ENOENT) when the checkpoint released them meanwhile.
+ */
+export function linkStagedCopy(ctx: NodeContext, checkpointId: string): string {
+  const from = stagedDir(ctx, checkpointId);
+  const to = restoreCopyDir(ctx, checkpointId);
+  if (!from || !to) throw new Error('staging disabled on this node');
+  const md = readMetadata(from);
+  const tmp = `${to}.fetch`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  try {
+    for (const f of [...md.files.map((x) => x.path), METADATA_FILE]) {
+      fs.mkdirSync(path.dirname(path.join(tmp, f)), { recursive: true });
+      fs.linkSync(path.join(from, f), path.join(tmp, f));
+    }
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  fs.rmSync(to, { recursive: true, force: true });
+  fs.renameSync(tmp, to);
+  return to;
+}
+
+/** Whose copy in memory a release frees: the checkpoint's (dumped there), a restore's, or (unnamed) both. */
+export type StagedCopy = 'checkpoint' | 'restore';
+
+/**
+ * Frees the memory a staged copy holds. Idempotent. Without `copy` (workflows from before restores had their
+ * own copy) it frees every copy of the checkpoint, as it did then.
+ */
+export function releaseStaging(
+  ctx: NodeContext,
+  input: { checkpointId: string; copy?: StagedCopy },
+): { released: boolean } {
   const staged = stagedDir(ctx, input.checkpointId);
-  if (!staged) return { released: false };
-  const had = fs.existsSync(staged) || fs.existsSync(`${staged}.fetch`);
-  fs.rmSync(staged, { recursive: true, force: true });
-  fs.rmSync(`${staged}.fetch`, { recursive: true, force: true });
+  const restore = restoreCopyDir(ctx, input.checkpointId);
+  if (!staged || !restore) return { released: false };
+  // `${staged}.fetch`: where restores downloaded before they had their own copy.
+  const mine =
+    input.copy === 'restore'
+      ? [restore, `${restore}.fetch`]
+      : input.copy === 'checkpoint'
+        ? [staged, `${staged}.fetch`]
+        : [staged, `${staged}.fetch`, restore, `${restore}.fetch`];
+  const had = mine.some((d) => fs.existsSync(d));
+  for (const d of mine) fs.rmSync(d, { recursive: true, force: true });
   return { released: had };
 }

@@ -45,6 +45,7 @@ export function deleteCheckpointDir(ctx: NodeContext, input: { checkpointId: str
   const dir = checkpointDir(ctx, input.checkpointId);
   const onDisk = [dir, `${dir}.fetch`, `${dir}.persist`].filter((d) => fs.existsSync(d));
   for (const d of onDisk) fs.rmSync(d, { recursive: true, force: true });
-  const inMemory = releaseStaging(ctx, input).released;
+  // The checkpoint's copies only: a restore reading its own copy of it keeps that until it releases it.
+  const inMemory = releaseStaging(ctx, { checkpointId: input.checkpointId, copy: 'checkpoint' }).released;
   return { deleted: onDisk.length > 0 || inMemory };
 }

@@ -1,0 +1,97 @@
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Metadata } from '../../common/metadata';
+import { METADATA_FILE } from '../../common/metadata';
+import { restoreLocation, type NodeContext } from '../../activities/node/context';
+import { fetchCheckpoint } from '../../activities/node/fetch';
+import { persistCheckpoint } from '../../activities/node/persist';
+import { verifyLocal } from '../../activities/node/seal';
+import { releaseStaging } from '../../activities/node/staging';
+import { localNodeContext, stack } from '../support/stack';
+
+/**
+ * A restore on the node that holds a checkpoint in memory (its disk copy still being made) takes its own names
+ * for the staged files (hard links): each side's release frees only its own copy, so neither pulls files from
+ * under the other. Real files on a real filesystem; no S3 is asked (the local copy verifies).
+ */
+const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
+let root: string;
+let n = 0;
+
+beforeAll(() => {
+  root = fs.mkdtempSync(path.join(stack().home, 'staged-copies-'));
+});
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+
+/** A checkpoint sealed in this node's staging directory, as a dump and seal leave it before its disk copy. */
+function stagedCheckpoint(): { ctx: NodeContext; id: string; staged: string; metadataSha256: string } {
+  const id = `staged-copies-${n++}`;
+  const base = path.join(root, id);
+  const ctx: NodeContext = { ...localNodeContext('copies-node', base), stagingDir: path.join(base, 'shm') };
+  const staged = path.join(ctx.stagingDir!, id);
+  const files: Record<string, Buffer> = {
+    'images/pages-1.img': randomBytes(3 << 20),
+    'images/core-1.img': randomBytes(4096),
+  };
+  for (const [p, b] of Object.entries(files)) {
+    fs.mkdirSync(path.dirname(path.join(staged, p)), { recursive: true });
+    fs.writeFileSync(path.join(staged, p), b);
+  }
+  const md: Metadata = {
+    format: 'kybernate.checkpoint/v1',
+    checkpointId: id,
+    jobId: 'job-copies',
+    node: ctx.node,
+    pid: 1,
+    createdAt: new Date().toISOString(),
+    criuVersion: 'test',
+    cuda: { checkpointed: false, vramBytes: 0 },
+    workloadFiles: [],
+    files: Object.entries(files)
+      .map(([p, b]) => ({ path: p, size: b.length, sha256: sha(b) }))
+      .sort((a, b) => a.path.localeCompare(b.path)),
+  };
+  const text = JSON.stringify(md, null, 2);
+  fs.writeFileSync(path.join(staged, METADATA_FILE), text);
+  return { ctx, id, staged, metadataSha256: sha(text) };
+}
+
+describe('a restore and a checkpoint sharing a node’s memory', () => {
+  test('the restore reads its own names for the staged pages (no copy); its release leaves the checkpoint’s copy, whose disk copy then commits', async () => {
+    const { ctx, id, staged, metadataSha256 } = stagedCheckpoint();
+    const f = await fetchCheckpoint(ctx, { checkpointId: id, metadataSha256 });
+    expect(f).toMatchObject({ source: 'nvme', staged: true, dir: `${staged}.restore` });
+    expect(restoreLocation(ctx, id)).toBe(f.dir);
+    const pages = 'images/pages-1.img';
+    // The same inode: the pages are in memory once.
+    expect(fs.statSync(path.join(f.dir, pages)).ino).toBe(fs.statSync(path.join(staged, pages)).ino);
+    expect(fs.statSync(path.join(staged, pages)).nlink).toBe(2);
+
+    expect(releaseStaging(ctx, { checkpointId: id, copy: 'restore' })).toEqual({ released: true });
+    expect(fs.existsSync(f.dir)).toBe(false);
+    expect(fs.statSync(path.join(staged, pages)).nlink).toBe(1);
+    const disk = await persistCheckpoint(ctx, { checkpointId: id, sync: true });
+    expect(disk.bytes).toBe((3 << 20) + 4096);
+    await expect(verifyLocal(path.join(ctx.dataDir, 'checkpoints', id), metadataSha256)).resolves.toBeTruthy();
+  });
+
+  test('the checkpoint’s release leaves the restore’s copy whole and verifiable', async () => {
+    const { ctx, id, staged, metadataSha256 } = stagedCheckpoint();
+    const f = await fetchCheckpoint(ctx, { checkpointId: id, metadataSha256 });
+    expect(releaseStaging(ctx, { checkpointId: id, copy: 'checkpoint' })).toEqual({ released: true });
+    expect(fs.existsSync(staged)).toBe(false);
+    await expect(verifyLocal(f.dir, metadataSha256)).resolves.toMatchObject({ checkpointId: id });
+    expect(restoreLocation(ctx, id)).toBe(f.dir);
+    expect(releaseStaging(ctx, { checkpointId: id, copy: 'restore' })).toEqual({ released: true });
+    expect(fs.readdirSync(ctx.stagingDir!)).toEqual([]);
+  });
+
+  test('a release that names no copy (workflows from before) frees both, as it did', async () => {
+    const { ctx, id, metadataSha256 } = stagedCheckpoint();
+    await fetchCheckpoint(ctx, { checkpointId: id, metadataSha256 });
+    expect(fs.readdirSync(ctx.stagingDir!).sort()).toEqual([id, `${id}.restore`]);
+    expect(releaseStaging(ctx, { checkpointId: id })).toEqual({ released: true });
+    expect(fs.readdirSync(ctx.stagingDir!)).toEqual([]);
+  });
+});
