@@ -1,13 +1,12 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Metadata } from '../../common/metadata';
-import { METADATA_FILE } from '../../common/metadata';
 import { restoreLocation, type NodeContext } from '../../activities/node/context';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { persistCheckpoint } from '../../activities/node/persist';
 import { verifyLocal } from '../../activities/node/seal';
 import { releaseStaging } from '../../activities/node/staging';
+import { metadataFor, writeSealed } from '../support/checkpoint-files';
 import { localNodeContext, stack } from '../support/stack';
 
 /**
@@ -15,7 +14,6 @@ import { localNodeContext, stack } from '../support/stack';
  * for the staged files (hard links): each side's release frees only its own copy, so neither pulls files from
  * under the other. Real files on a real filesystem; no S3 is asked (the local copy verifies).
  */
-const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 let root: string;
 let n = 0;
 
@@ -34,27 +32,8 @@ function stagedCheckpoint(): { ctx: NodeContext; id: string; staged: string; met
     'images/pages-1.img': randomBytes(3 << 20),
     'images/core-1.img': randomBytes(4096),
   };
-  for (const [p, b] of Object.entries(files)) {
-    fs.mkdirSync(path.dirname(path.join(staged, p)), { recursive: true });
-    fs.writeFileSync(path.join(staged, p), b);
-  }
-  const md: Metadata = {
-    format: 'kybernate.checkpoint/v1',
-    checkpointId: id,
-    jobId: 'job-copies',
-    node: ctx.node,
-    pid: 1,
-    createdAt: new Date().toISOString(),
-    criuVersion: 'test',
-    cuda: { checkpointed: false, vramBytes: 0 },
-    workloadFiles: [],
-    files: Object.entries(files)
-      .map(([p, b]) => ({ path: p, size: b.length, sha256: sha(b) }))
-      .sort((a, b) => a.path.localeCompare(b.path)),
-  };
-  const text = JSON.stringify(md, null, 2);
-  fs.writeFileSync(path.join(staged, METADATA_FILE), text);
-  return { ctx, id, staged, metadataSha256: sha(text) };
+  const metadataSha256 = writeSealed(staged, metadataFor(id, 'job-copies', ctx.node, files), files);
+  return { ctx, id, staged, metadataSha256 };
 }
 
 describe('a restore and a checkpoint sharing a node’s memory', () => {

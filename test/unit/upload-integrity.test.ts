@@ -17,6 +17,7 @@ import { uploadCheckpoint } from '../../activities/node/upload';
 import { makeS3Client, partSizeFor } from '../../activities/s3-client';
 import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, type Metadata } from '../../common/metadata';
+import { metadataFor, writeSealed } from '../support/checkpoint-files';
 import { localNodeContext, stack } from '../support/stack';
 
 /**
@@ -45,27 +46,8 @@ function sealed(reuse?: string): { ctx: NodeContext; id: string; dir: string; me
     'images/core-1.img': randomBytes(4096),
     'images/inventory.img': randomBytes(100),
   };
-  for (const [p, b] of Object.entries(files)) {
-    fs.mkdirSync(path.dirname(path.join(dir, p)), { recursive: true });
-    fs.writeFileSync(path.join(dir, p), b);
-  }
-  const md: Metadata = {
-    format: 'kybernate.checkpoint/v1',
-    checkpointId: id,
-    jobId: 'job-integrity',
-    node: ctx.node,
-    pid: 1,
-    createdAt: new Date().toISOString(),
-    criuVersion: 'test',
-    cuda: { checkpointed: false, vramBytes: 0 },
-    workloadFiles: [],
-    files: Object.entries(files)
-      .map(([p, b]) => ({ path: p, size: b.length, sha256: sha(b) }))
-      .sort((a, b) => a.path.localeCompare(b.path)),
-  };
-  const text = JSON.stringify(md, null, 2);
-  fs.writeFileSync(path.join(dir, METADATA_FILE), text);
-  return { ctx, id, dir, metadataSha256: sha(text), large };
+  const metadataSha256 = writeSealed(dir, metadataFor(id, 'job-integrity', ctx.node, files), files);
+  return { ctx, id, dir, metadataSha256, large };
 }
 
 const s3cfg = (): NodeContext['s3'] => localNodeContext('s3', root).s3;

@@ -20,6 +20,7 @@ import { compositeSha256, uploadCheckpoint } from '../../activities/node/upload'
 import { makeS3Client, partSizeFor } from '../../activities/s3-client';
 import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, MetadataSchema, SEAL_DRAFT_FILE, type SealDraft } from '../../common/metadata';
+import { metadataFor, writeFiles } from '../support/checkpoint-files';
 import { localNodeContext, stack } from '../support/stack';
 
 /**
@@ -55,23 +56,12 @@ function drafted(staging = false): { ctx: NodeContext; id: string; dir: string; 
     'images/core-1.img': randomBytes(4096),
     'images/inventory.img': randomBytes(100),
   };
-  for (const [p, b] of Object.entries(files)) {
-    fs.mkdirSync(path.dirname(path.join(dir, p)), { recursive: true });
-    fs.writeFileSync(path.join(dir, p), b);
-  }
+  writeFiles(dir, files);
+  // The large file left unhashed, as a seal with hashing streamed leaves it.
+  const sealed = metadataFor(id, 'job-streamed', ctx.node, files);
   const draft: SealDraft = {
-    format: 'kybernate.checkpoint/v1',
-    checkpointId: id,
-    jobId: 'job-streamed',
-    node: ctx.node,
-    pid: 1,
-    createdAt: new Date().toISOString(),
-    criuVersion: 'test',
-    cuda: { checkpointed: false, vramBytes: 0 },
-    workloadFiles: [],
-    files: Object.entries(files)
-      .map(([p, b]) => (p === PAGES ? { path: p, size: b.length } : { path: p, size: b.length, sha256: sha(b) }))
-      .sort((a, b) => a.path.localeCompare(b.path)),
+    ...sealed,
+    files: sealed.files.map((f) => (f.path === PAGES ? { path: f.path, size: f.size } : f)),
   };
   fs.writeFileSync(path.join(dir, SEAL_DRAFT_FILE), JSON.stringify(draft, null, 2));
   return { ctx, id, dir, large };
