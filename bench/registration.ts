@@ -223,6 +223,10 @@ async function storm(
   const t0 = performance.now();
   const accepted: number[] = [];
   let failed = 0;
+  // A real agent whose first registration fails exits (its supervisor starts it again); these do not retry.
+  const failure = (n: string, e: unknown): void => {
+    if (failed++ === 0) console.error(`bench: first registration of ${n} failed: ${(e as Error).message}`);
+  };
   await Promise.all(
     nodes.map((n) =>
       register(client, n).then(
@@ -230,7 +234,7 @@ async function storm(
           accepted.push(r.acceptedMs);
           registered.accepted(n, r.registrationMs);
         },
-        () => void failed++,
+        (e: unknown) => failure(n, e),
       ),
     ),
   );
