@@ -27,9 +27,9 @@ import { WatchWatchdog } from '../workers/liveness';
 import type { NodeRecord } from '../common/node';
 import { nodeQueue, nodeWorkflowId } from '../common/queues';
 import { temporalConnectionOptions } from '../common/config';
-import { table } from './harness';
+import { table, timed } from './harness';
 import { registeredNodes } from '../activities/control/registry';
-import { createStandingActivities } from '../activities/control/standing';
+import { countedNodes, createStandingActivities } from '../activities/control/standing';
 import { tallyZones } from '../common/health';
 
 const positive = (flag: string) => (v: string) => {
@@ -277,34 +277,27 @@ const ASKING_JOBS = 10;
  * each nodeStanding did before the shared listing, its own listing of every registry one query at a time.
  */
 async function zoneTallies(client: Client, node: string): Promise<void> {
-  const timed = async <T>(f: () => Promise<T>): Promise<{ ms: number; value: T }> => {
-    const t0 = performance.now();
-    const value = await f();
-    return { ms: performance.now() - t0, value };
-  };
-  const one = await timed(() => registeredNodes(client, 1));
-  const lanes = await timed(() => registeredNodes(client));
-  const unshared = await timed(() =>
+  const [recs, oneMs] = await timed(() => registeredNodes(client, 1));
+  const [, lanesMs] = await timed(() => registeredNodes(client));
+  const [, unsharedMs] = await timed(() =>
     Promise.all(Array.from({ length: ASKING_JOBS }, () => registeredNodes(client, 1))),
   );
   const standing = createStandingActivities(client);
-  const shared = await timed(() =>
+  const [answers, sharedMs] = await timed(() =>
     Promise.all(Array.from({ length: ASKING_JOBS }, () => standing.nodeStanding({ node }))),
   );
-  const listed = one.value
-    .filter((r) => r.state === 'Ready' || r.state === 'Unhealthy')
-    .map((r) => ({ node: r.node, zone: r.inventory?.zone ?? null, ready: r.state === 'Ready' }));
-  table(`zone tallies over ${one.value.length} registries (baseline: one query at a time, as each ask did before)`, [
+  const listed = countedNodes(recs);
+  table(`zone tallies over ${recs.length} registries (baseline: one query at a time, as each ask did before)`, [
     ['', 'wall', 'vs baseline'],
-    ['one listing, 1 query in flight (baseline)', ms(one.ms), '1.00x'],
-    ['one listing, 16 in flight', ms(lanes.ms), ratio(lanes.ms, one.ms)],
-    [`${ASKING_JOBS} jobs asking at once, a listing each (before)`, ms(unshared.ms), ratio(unshared.ms, one.ms)],
-    [`${ASKING_JOBS} jobs asking at once through nodeStanding (shared)`, ms(shared.ms), ratio(shared.ms, one.ms)],
+    ['one listing, 1 query in flight (baseline)', ms(oneMs), '1.00x'],
+    ['one listing, 16 in flight', ms(lanesMs), ratio(lanesMs, oneMs)],
+    [`${ASKING_JOBS} jobs asking at once, a listing each (before)`, ms(unsharedMs), ratio(unsharedMs, oneMs)],
+    [`${ASKING_JOBS} jobs asking at once through nodeStanding (shared)`, ms(sharedMs), ratio(sharedMs, oneMs)],
   ]);
   const before = JSON.stringify(listed).length;
   const after = JSON.stringify(tallyZones(listed)).length;
   console.log(
-    `\nan eviction ask's node data: ${before} bytes as a node list (before), ${after} bytes as zone tallies (${ratio(after, before)}); tallies agree with the shared answer: ${JSON.stringify(shared.value[0].zones) === JSON.stringify(tallyZones(listed))}`,
+    `\nan eviction ask's node data: ${before} bytes as a node list (before), ${after} bytes as zone tallies (${ratio(after, before)}); tallies agree with the shared answer: ${JSON.stringify(answers[0].zones) === JSON.stringify(tallyZones(listed))}`,
   );
 }
 

@@ -12,7 +12,7 @@ import {
   type EvictionConfig,
   evictionRates,
   NO_ZONE,
-  tallyZones,
+  talliesOf,
   type ZoneTally,
 } from './health';
 
@@ -109,7 +109,7 @@ export function decideEviction(
     waiting.push(me);
   }
   const asker: Waiter = me;
-  const rates = evictionRates(ask.zones ?? tallyZones(ask.nodes ?? []), cfg);
+  const rates = evictionRates(talliesOf(ask), cfg);
   const rateOf = (z: string): { perMinute: number; why: string } =>
     rates.zones.find((r) => r.zone === z) ?? { perMinute: cfg.normalPerMinute, why: 'normal' };
   for (const z of [...new Set(waiting.map((w) => w.zone))].sort()) {

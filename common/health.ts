@@ -301,6 +301,17 @@ export function tallyZones(nodes: readonly { zone: string | null; ready: boolean
 }
 
 /**
+ * The tallies an answer, ask or input carries (nodeStanding, the eviction ask, evictionBudget), counted from
+ * its node list when it was recorded before they carried tallies.
+ */
+export function talliesOf(x: {
+  zones?: ZoneTally[];
+  nodes?: readonly { zone: string | null; ready: boolean }[];
+}): ZoneTally[] {
+  return x.zones ?? tallyZones(x.nodes ?? []);
+}
+
+/**
  * How many evictions per minute each zone allows, the rule of Kubernetes' node lifecycle controller made
  * stricter for fully dark zones. A control plane that lost its own network sees every node go Unhealthy at once;
  * moving every job then would restart work that still runs behind the partition (two copies) and stampede the

@@ -1,5 +1,5 @@
 /** What the job workflow learns about a node whose agent it lost sight of (control activity nodeStanding). */
-import { tallyZones, type ZoneTally } from './health';
+import type { ZoneTally } from './health';
 import type { NodeState } from './node';
 
 export interface NodeStanding {
@@ -13,9 +13,4 @@ export interface NodeStanding {
   zones?: ZoneTally[];
   /** What the answer carried before zones: every such node. Results recorded then have it, and no zones. */
   nodes?: { node: string; zone: string | null; ready: boolean }[];
-}
-
-/** The zone tallies of an answer, counted from its node list when it was recorded before answers had them. */
-export function standingZones(st: NodeStanding): ZoneTally[] {
-  return st.zones ?? tallyZones(st.nodes ?? []);
 }

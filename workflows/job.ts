@@ -45,12 +45,11 @@ import {
   type RunRecord,
   TERMINAL_JOB_STATES,
 } from '../common/job';
-import { NO_ZONE } from '../common/health';
+import { NO_ZONE, talliesOf } from '../common/health';
 import type { ProcessIdentity } from '../common/journal';
 import { failedWith, isCheckpointStatus, PATCH_FAILED_WORKFLOWS_FAIL, statusFromFailure } from '../common/outcome';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeQueue, restoreWorkflowId } from '../common/queues';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
-import { standingZones } from '../common/standing';
 import { checkpoint } from './checkpoint';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
 import type { JobNodeActivities } from './job-activities';
@@ -710,7 +709,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
               since: st.since,
               critical: spec.tier === 'critical',
               priority: spec.priority,
-              zones: standingZones(st),
+              zones: talliesOf(st),
             },
           ],
         );
@@ -731,7 +730,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
       }
       const budget = await control.evictionBudget.executeWithOptions(
         { summary: `may run ${run.run} be evicted from ${run.node}?` },
-        [{ zones: standingZones(st) }],
+        [{ zones: talliesOf(st) }],
       );
       const zone = budget.zones.find((z) => z.zone === (st.zone ?? NO_ZONE));
       if (zone !== undefined && zone.perMinute === 0) {

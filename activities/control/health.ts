@@ -11,7 +11,7 @@ import {
   type FailureKind,
   healthReport,
   type HealthReport,
-  tallyZones,
+  talliesOf,
   type ZoneTally,
 } from '../../common/health';
 import { CONTROL_QUEUE } from '../../common/queues';
@@ -82,7 +82,7 @@ export function createHealthActivities(client: Client) {
       nodes?: { node: string; zone: string | null; ready: boolean }[];
       config?: Partial<EvictionConfig>;
     }): Promise<ReturnType<typeof evictionRates>> {
-      return evictionRates(input.zones ?? tallyZones(input.nodes ?? []), {
+      return evictionRates(talliesOf(input), {
         ...DEFAULT_EVICTION_CONFIG,
         ...(input.config ?? {}),
       });

@@ -5,6 +5,17 @@ import type { NodeStanding } from '../../common/standing';
 import { tallyZones } from '../../common/health';
 import { registeredNodes, sharedListing, ZONE_TALLY_MAX_AGE_MS } from './registry';
 
+/**
+ * The registries the zone tallies count, each as its zone and readiness. A node whose agent Left (stopped on
+ * purpose) is out of the cluster, not dark: counted as Unhealthy, a shared stack's stopped nodes made a zone
+ * look disrupted and held every eviction (seen in a full e2e run).
+ */
+export function countedNodes(recs: readonly NodeRecord[]): { node: string; zone: string | null; ready: boolean }[] {
+  return recs
+    .filter((rec) => rec.state === 'Ready' || rec.state === 'Unhealthy')
+    .map((rec) => ({ node: rec.node, zone: rec.inventory?.zone ?? null, ready: rec.state === 'Ready' }));
+}
+
 /** A node's standing from its registry (`node/<name>`), read by a job that lost sight of its run there. */
 export function createStandingActivities(client: Client) {
   const registries = sharedListing(() => registeredNodes(client), ZONE_TALLY_MAX_AGE_MS);
@@ -15,13 +26,7 @@ export function createStandingActivities(client: Client) {
      * query failure other than "not found" throws (retried): a registry that does not answer is unknown, not gone.
      */
     async nodeStanding(input: { node: string }): Promise<NodeStanding> {
-      // A node whose agent Left (stopped on purpose) is out of the cluster, not dark: counted as Unhealthy, a
-      // shared stack's stopped nodes made a zone look disrupted and held every eviction (seen in a full e2e run).
-      const zones = tallyZones(
-        (await registries())
-          .filter((rec) => rec.state === 'Ready' || rec.state === 'Unhealthy')
-          .map((rec) => ({ zone: rec.inventory?.zone ?? null, ready: rec.state === 'Ready' })),
-      );
+      const zones = tallyZones(countedNodes(await registries()));
       const handle = client.workflow.getHandle(nodeWorkflowId(input.node));
       let running: boolean;
       try {

@@ -77,12 +77,10 @@ export function releaseStaging(
   const restore = restoreCopyDir(ctx, input.checkpointId);
   if (!staged || !restore) return { released: false };
   // `${staged}.fetch`: where restores downloaded before they had their own copy.
+  const checkpoints = [staged, `${staged}.fetch`];
+  const restores = [restore, `${restore}.fetch`];
   const mine =
-    input.copy === 'restore'
-      ? [restore, `${restore}.fetch`]
-      : input.copy === 'checkpoint'
-        ? [staged, `${staged}.fetch`]
-        : [staged, `${staged}.fetch`, restore, `${restore}.fetch`];
+    input.copy === 'restore' ? restores : input.copy === 'checkpoint' ? checkpoints : [...checkpoints, ...restores];
   const had = mine.some((d) => fs.existsSync(d));
   for (const d of mine) fs.rmSync(d, { recursive: true, force: true });
   return { released: had };
