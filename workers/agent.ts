@@ -17,6 +17,7 @@ import { createWatchActivities } from '../activities/node/watch';
 import { ReportRule, reportingAfter, WatchWatchdog } from './liveness';
 import { installMetrics, metricsAddress, nodeGauges } from './metrics';
 import { pendingUploadCount } from '../activities/node/pending';
+import { untilStarted } from './start-retry';
 
 /** Where an agent's binaries and data are on a production node when neither flags nor KYBERNATE_* say otherwise. */
 const NODE_DEFAULTS = {
@@ -89,22 +90,34 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
   // an outage, or was started anew).
   const watchdog = new WatchWatchdog(nodeTimeoutMs);
   const reports = new ReportRule();
-  const connection = await NativeConnection.connect(temporalConnectionOptions(cfg));
-  const worker = await Worker.create({
-    connection,
-    namespace: cfg.namespace,
-    taskQueue: nodeQueue(opts.node),
-    activities: {
-      ...reportingAfter(createNodeActivities(ctx), () => reports.workDone()),
-      ...createWatchActivities({ agentRun, started: () => watchdog.started(), ended: () => watchdog.ended() }),
-    },
-    maxConcurrentActivityTaskExecutions: 16,
-    // The worker sends at most one activity heartbeat per throttle interval (by default 80% of the heartbeat
-    // timeout): the watch's heartbeats must really go out every heartbeatMs.
-    maxHeartbeatThrottleInterval: heartbeatMs,
-    defaultHeartbeatThrottleInterval: heartbeatMs,
-  });
-  const clientConn = await Connection.connect(temporalConnectionOptions(cfg));
+  // Started while Temporal is away (an outage, a node booting first), the agent waits for it: each step below is
+  // tried until it succeeds (workers/start-retry.ts), so the node registers as soon as Temporal answers.
+  const temporal = temporalConnectionOptions(cfg);
+  const connection = await untilStarted(
+    'worker connection to Temporal',
+    () => NativeConnection.connect(temporal),
+    logger,
+  );
+  const worker = await untilStarted(
+    'agent worker creation',
+    () =>
+      Worker.create({
+        connection,
+        namespace: cfg.namespace,
+        taskQueue: nodeQueue(opts.node),
+        activities: {
+          ...reportingAfter(createNodeActivities(ctx), () => reports.workDone()),
+          ...createWatchActivities({ agentRun, started: () => watchdog.started(), ended: () => watchdog.ended() }),
+        },
+        maxConcurrentActivityTaskExecutions: 16,
+        // The worker sends at most one activity heartbeat per throttle interval (by default 80% of the heartbeat
+        // timeout): the watch's heartbeats must really go out every heartbeatMs.
+        maxHeartbeatThrottleInterval: heartbeatMs,
+        defaultHeartbeatThrottleInterval: heartbeatMs,
+      }),
+    logger,
+  );
+  const clientConn = await untilStarted('client connection to Temporal', () => Connection.connect(temporal), logger);
   const client = new Client({ connection: clientConn, namespace: cfg.namespace });
   const beat = { agentRun, timeoutMs: nodeTimeoutMs, heartbeatMs, liveness: 'watch' as const };
   const register = (): Promise<void> => registryHeartbeat(client, opts.node, beat);
@@ -132,11 +145,20 @@ export async function runAgent(opts: AgentOptions, hooks: StartHooks = {}): Prom
       },
     );
   };
-  // The registration first: it registers this agent run (the report that follows brings the inventory).
-  const sent = Date.now();
-  await register();
+  // The registration first: it registers this agent run (the report that follows brings the inventory). A failed
+  // first report is tried again by the report timer below (it is due until one is sent).
+  // Only the try that was accepted measures the backlog in front of Temporal (workers/liveness.ts), not the waits.
+  let sent = Date.now();
+  await untilStarted(
+    'first registration',
+    () => {
+      sent = Date.now();
+      return register();
+    },
+    logger,
+  );
   watchdog.registered(Date.now(), Date.now() - sent);
-  await report();
+  await report().catch((e: Error) => logger.warn({ err: e.message }, 'first inventory report failed'));
   // From now on (the sweep below may take a while): one registration again when no watch ran for a while.
   let registering = false;
   const beats = setInterval(() => {

@@ -1,34 +1,46 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { createControlActivities } from '../activities/control';
-import { type S3Config, type TemporalSecurity, temporalConnectionOptions } from '../common/config';
+import type { Logger } from 'pino';
+import { type KybernateConfig, temporalConnectionOptions } from '../common/config';
 import { CONTROL_QUEUE } from '../common/queues';
 import { describeConfig, loadConfig, makeLogger, type StartHooks } from './config';
+import { untilStarted } from './start-retry';
 import { installMetrics, metricsAddress } from './metrics';
 import { admissionConfigFromEnv, applyAdmissionConfig } from './admission-config';
 
-/** The control-plane worker: every workflow, plus activities that need a Temporal client. */
+/**
+ * The control-plane worker: every workflow, plus activities that need a Temporal client. Started while Temporal is
+ * away, it waits for it (each connection and the worker's creation tried until they succeed).
+ */
 export async function createControlWorker(
-  address: string,
-  namespace: string,
-  s3?: S3Config,
-  security?: TemporalSecurity,
-  cachedWorkflows?: number,
+  cfg: KybernateConfig,
+  logger: Logger,
 ): Promise<{ worker: Worker; client: Client; close: () => Promise<void> }> {
-  const options = temporalConnectionOptions({ temporalAddress: address, temporal: security });
-  const connection = await NativeConnection.connect(options);
-  const clientConn = await Connection.connect(options);
+  const options = temporalConnectionOptions(cfg);
+  const { namespace, controlCachedWorkflows: cachedWorkflows } = cfg;
+  const connection = await untilStarted(
+    'worker connection to Temporal',
+    () => NativeConnection.connect(options),
+    logger,
+  );
+  const clientConn = await untilStarted('client connection to Temporal', () => Connection.connect(options), logger);
   const client = new Client({ connection: clientConn, namespace });
-  const worker = await Worker.create({
-    connection,
-    namespace,
-    taskQueue: CONTROL_QUEUE,
-    workflowsPath: require.resolve('../workflows'),
-    activities: createControlActivities(client, s3),
-    // The worker's memory grows with the workflows it keeps (about 1.3 MiB each, bench/registration.ts): one per
-    // node, job and placement. A workflow evicted from the cache is replayed from its history at its next task.
-    ...(cachedWorkflows !== undefined ? { maxCachedWorkflows: cachedWorkflows } : {}),
-  });
+  const worker = await untilStarted(
+    'control worker creation',
+    () =>
+      Worker.create({
+        connection,
+        namespace,
+        taskQueue: CONTROL_QUEUE,
+        workflowsPath: require.resolve('../workflows'),
+        activities: createControlActivities(client, cfg.s3),
+        // The worker's memory grows with the workflows it keeps (about 1.3 MiB each, bench/registration.ts): one per
+        // node, job and placement. A workflow evicted from the cache is replayed from its history at its next task.
+        ...(cachedWorkflows !== undefined ? { maxCachedWorkflows: cachedWorkflows } : {}),
+      }),
+    logger,
+  );
   return {
     worker,
     client,
@@ -48,13 +60,7 @@ export async function runControlWorker(hooks: StartHooks = {}): Promise<void> {
   if (metrics) installMetrics(metrics);
   // Checked before connecting: a bad setting names its variable and starts nothing.
   const admissionSettings = admissionConfigFromEnv(process.env);
-  const { worker, client, close } = await createControlWorker(
-    cfg.temporalAddress,
-    cfg.namespace,
-    cfg.s3,
-    cfg.temporal,
-    cfg.controlCachedWorkflows,
-  );
+  const { worker, client, close } = await createControlWorker(cfg, logger);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
   const leaveStack =
     hooks.join?.('control-worker', cfg.temporalAddress, { metricsAddress: metrics }) ?? (() => undefined);

@@ -1,42 +1,48 @@
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { KybernateClient } from '../../clients/api';
 import type { NodesJson } from '../../clients/json-output';
 import type { NodeRecord } from '../../common/node';
 import { Agent, client, stack, until } from '../support/stack';
 import { recordHistory } from '../support/histories';
 import { nodeWorkflowId } from '../../common/queues';
+import { startComponent, stopComponent } from '../../deploy/local/components';
 
 const CLI = path.resolve(__dirname, '..', '..', 'dist', 'clients', 'cli.js');
 const NODE = 'live-a';
+const LATE = 'live-b';
 // Short on purpose (production: 5 s and 15 s); the timeout leaves room for a loaded CI machine's slow signals.
 const HEARTBEAT_MS = 500;
 const TIMEOUT_MS = 4000;
 
 let k: KybernateClient;
 let agent: Agent | undefined;
+let late: Agent | undefined;
 
 beforeAll(async () => {
   k = await client();
 }, 60000);
 afterAll(async () => {
   await agent?.stop();
+  await late?.stop();
   await k?.close();
 });
 
-const start = (): Promise<Agent> =>
+const start = (node = NODE): Promise<Agent> =>
   Agent.start({
-    node: NODE,
+    node,
     declaredVramBytes: 2 ** 30,
     zone: 'zone-live',
     env: { KYBERNATE_HEARTBEAT_MS: String(HEARTBEAT_MS), KYBERNATE_NODE_TIMEOUT_MS: String(TIMEOUT_MS) },
   });
 
-const inState = (state: NodeRecord['state'], timeoutMs: number): Promise<NodeRecord> =>
+const inState = (state: NodeRecord['state'], timeoutMs: number, node = NODE): Promise<NodeRecord> =>
   until(
-    `node ${NODE} ${state}`,
+    `node ${node} ${state}`,
     async () => {
-      const r = await k.node(NODE);
+      const r = await k.node(node);
       return r.state === state ? r : null;
     },
     timeoutMs,
@@ -100,4 +106,48 @@ describe('node liveness on the real stack', () => {
     // The registry never ends: its history so far (registrations, watches, a timeout, a leave) is replayed.
     await recordHistory('node-liveness', k.client.workflow.getHandle(nodeWorkflowId(NODE)));
   }, 120000);
+
+  test('an agent and the control worker started while Temporal is down wait for it, logging each try; the node is Ready once Temporal answers', async () => {
+    const home = stack().home;
+    const agentLog = path.join(home, 'logs', `agent-${LATE}.log`);
+    const workerLog = path.join(home, 'logs', 'control-worker.log');
+    // What a log got since `from` bytes (the control worker's log holds the stack's earlier runs too).
+    const since = (file: string, from = 0): string =>
+      fs.existsSync(file) ? fs.readFileSync(file).subarray(from).toString('utf8') : '';
+    const failedTries = (text: string): number =>
+      text.split('\n').filter((l) => l.includes('"worker connection to Temporal failed"')).length;
+    await stopComponent(home, 'control-worker');
+    await stopComponent(home, 'temporal');
+    const workerFrom = fs.statSync(workerLog).size;
+    let starting: [Promise<Agent>, Promise<unknown>];
+    try {
+      // Each resolves once its process polls its queue, and rejects if the process exits first
+      // (deploy/local/supervise.ts): neither may give up while Temporal is away.
+      starting = [start(LATE), startComponent(home, 'control-worker')];
+      for (const p of starting) p.catch(() => undefined); // awaited below, after Temporal is back
+      await until(
+        'two failed connection tries logged by each',
+        () => failedTries(since(agentLog)) >= 2 && failedTries(since(workerLog, workerFrom)) >= 2,
+        30000,
+        250,
+      );
+      await sleep(3000);
+    } finally {
+      await startComponent(home, 'temporal');
+    }
+    late = await starting[0];
+    await starting[1];
+    // Ready needs the registry workflow, run by the control worker that waited.
+    const ready = await inState('Ready', 60000, LATE);
+    expect(ready.agentRun).toMatch(new RegExp(`^${LATE}/${late.rec.pid}/`));
+    // One process each all along: they waited, they were not started again.
+    const agentText = since(agentLog);
+    const workerText = since(workerLog, workerFrom);
+    expect(agentText.split('\n').filter((l) => l.includes('"agent starting"'))).toHaveLength(1);
+    expect(workerText.split('\n').filter((l) => l.includes('"control worker starting"'))).toHaveLength(1);
+    for (const text of [agentText, workerText]) {
+      expect(failedTries(text)).toBeGreaterThanOrEqual(2);
+      expect(text).toMatch(/"worker connection to Temporal: done after \d+ failed tries"/);
+    }
+  }, 180000);
 });
