@@ -54,6 +54,12 @@ export const PATCH_REPORT_HEALTH = 'restore-report-node-health';
  * after them: the release is off the path to Running.
  */
 export const PATCH_RELEASE_STAGING_AFTER_CRIU = 'restore-release-staging-after-criu';
+/**
+ * Each attempt fetches into, and releases, a copy in memory of its own (named by its attemptId): two restores of
+ * one checkpoint on one node (replicas on one multi-GPU node) shared one, and the first release freed the files
+ * the other's CRIU was about to read. Histories from before fetched into the shared copy and release that one.
+ */
+export const PATCH_RESTORE_COPY_PER_ATTEMPT = 'restore-copy-per-attempt';
 
 /** Failures that say "not on this node" rather than "not at all". */
 const TRY_ELSEWHERE = new Set<string>([
@@ -447,6 +453,7 @@ async function attempt(
       throw new AttemptFailed(phase, err, proc);
     }
   };
+  const own = patched(PATCH_RESTORE_COPY_PER_ATTEMPT) ? { attemptId } : {};
   const fetched = await step('Fetching', null, () =>
     node.fetch.executeWithOptions(
       {
@@ -456,7 +463,7 @@ async function attempt(
           nonRetryableErrorTypes: [ErrorType.ChecksumMismatch, ErrorType.CheckpointNotFound, ErrorType.MetadataInvalid],
         },
       },
-      [{ checkpointId: req.checkpointId, metadataSha256 }],
+      [{ checkpointId: req.checkpointId, metadataSha256, ...own }],
     ),
   );
   status.source = fetched.source;
@@ -470,7 +477,7 @@ async function attempt(
   const release = (): Promise<void> =>
     cleanup.releaseStaging
       .executeWithOptions({ summary: `free the memory ${req.checkpointId} was fetched into` }, [
-        { checkpointId: req.checkpointId, copy: 'restore' },
+        { checkpointId: req.checkpointId, copy: 'restore', ...own },
       ])
       .then(
         () => undefined,

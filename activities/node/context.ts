@@ -70,17 +70,25 @@ export function checkpointLocation(ctx: NodeContext, checkpointId: string): stri
   return staged && fs.existsSync(staged) ? staged : checkpointDir(ctx, checkpointId);
 }
 
-/** Where a restore keeps its own copy of a checkpoint in memory: `<staging>/<id>.restore` (null: no staging). */
-export function restoreCopyDir(ctx: NodeContext, checkpointId: string): string | null {
+/**
+ * Where a restore attempt keeps its own copy of a checkpoint in memory: `<staging>/<id>.restore-<attemptId>`, so
+ * that two restores of one checkpoint on one node (two replicas on an 8-GPU node) never share, replace or free
+ * each other's files. Without an attempt (restores fetched by agents before the copy was per attempt, whose
+ * workflows name none): `<staging>/<id>.restore`, shared. Null: no staging.
+ */
+export function restoreCopyDir(ctx: NodeContext, checkpointId: string, attemptId?: string): string | null {
   const staged = stagedDir(ctx, checkpointId);
-  return staged ? `${staged}.restore` : null;
+  if (!staged) return null;
+  return attemptId === undefined ? `${staged}.restore` : `${staged}.restore-${safeId('attemptId', attemptId)}`;
 }
 
 /**
- * Where a restore reads a checkpoint: its own copy in memory when its fetch made one, else where the checkpoint
- * lives (its disk copy; or, for a restore fetched before restores had their own copy, the staged one).
+ * Where a restore reads a checkpoint: the attempt's own copy in memory when its fetch made one, else the shared
+ * one a fetch made before copies were per attempt, else where the checkpoint lives (its disk copy; or, for a
+ * restore fetched before restores had their own copy, the staged one).
  */
-export function restoreLocation(ctx: NodeContext, checkpointId: string): string {
-  const own = restoreCopyDir(ctx, checkpointId);
-  return own && fs.existsSync(own) ? own : checkpointLocation(ctx, checkpointId);
+export function restoreLocation(ctx: NodeContext, checkpointId: string, attemptId?: string): string {
+  const own = attemptId === undefined ? [] : [restoreCopyDir(ctx, checkpointId, attemptId)];
+  for (const dir of [...own, restoreCopyDir(ctx, checkpointId)]) if (dir && fs.existsSync(dir)) return dir;
+  return checkpointLocation(ctx, checkpointId);
 }

@@ -6,6 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
+import { assertSafeId } from '../../common/ids';
 import { METADATA_FILE, type Metadata } from '../../common/metadata';
 import { makeS3Client, type TransferPlan, transferPlan } from '../s3-client';
 import type { ActivityBytes } from '../../common/checkpoint';
@@ -162,6 +163,15 @@ function checkServedChecksum(
   );
 }
 
+/** Whether `dir` holds a complete copy sealed by exactly this metadata.json. */
+function sameMetadata(dir: string, raw: Buffer): boolean {
+  try {
+    return fs.readFileSync(path.join(dir, METADATA_FILE)).equals(raw);
+  } catch {
+    return false;
+  }
+}
+
 export interface FetchResult {
   dir: string;
   bytes: number;
@@ -181,8 +191,9 @@ export interface FetchResult {
  */
 export async function fetchCheckpoint(
   ctx: NodeContext,
-  input: { checkpointId: string; metadataSha256?: string | null },
+  input: { checkpointId: string; metadataSha256?: string | null; attemptId?: string },
 ): Promise<FetchResult> {
+  if (input.attemptId !== undefined) assertSafeId('attemptId', input.attemptId);
   const localDir = checkpointLocation(ctx, input.checkpointId);
   const local = fs.existsSync(path.join(localDir, METADATA_FILE));
   const log = { node: ctx.node, checkpoint: input.checkpointId };
@@ -190,9 +201,10 @@ export async function fetchCheckpoint(
     const inMemory = localDir === stagedDir(ctx, input.checkpointId);
     try {
       // The checkpoint's copy in memory is read through the restore's own names (linkStagedCopy), never in place.
-      const dir = inMemory ? linkStagedCopy(ctx, input.checkpointId) : localDir;
+      const dir = inMemory ? linkStagedCopy(ctx, input.checkpointId, input.attemptId) : localDir;
       const metadata = await verifyLocal(dir, input.metadataSha256).catch((e: unknown) => {
-        if (inMemory) releaseStaging(ctx, { checkpointId: input.checkpointId, copy: 'restore' });
+        if (inMemory)
+          releaseStaging(ctx, { checkpointId: input.checkpointId, copy: 'restore', attemptId: input.attemptId });
         throw e;
       });
       return {
@@ -242,9 +254,12 @@ export async function fetchCheckpoint(
     const metadata = parseMetadata(raw, `metadata.json of ${input.checkpointId} in S3`);
     const bytes = metadata.files.reduce((s, f) => s + f.size, 0);
     const staged = stagingFits(ctx, bytes).fits;
-    // Into the restore's own copy in memory (released after CRIU), or the node's disk copy (kept).
-    const dir = staged ? restoreCopyDir(ctx, input.checkpointId)! : checkpointDir(ctx, input.checkpointId);
-    const staging = `${dir}.fetch`;
+    // Into the restore attempt's own copy in memory (released after CRIU), or the node's disk copy (kept, shared
+    // by the restores of this node: each downloads beside it under a name of its own).
+    const dir = staged
+      ? restoreCopyDir(ctx, input.checkpointId, input.attemptId)!
+      : checkpointDir(ctx, input.checkpointId);
+    const staging = staged || input.attemptId === undefined ? `${dir}.fetch` : `${dir}.${input.attemptId}.fetch`;
     fs.rmSync(staging, { recursive: true, force: true });
     const progress: ActivityBytes = { done: 0, total: bytes };
     for (const f of metadata.files) {
@@ -280,6 +295,12 @@ export async function fetchCheckpoint(
       }
     }
     writeFileAtomic(path.join(staging, METADATA_FILE), raw);
+    if (!staged && sameMetadata(dir, raw)) {
+      // Another restore on this node completed the disk copy meanwhile, verified against this very metadata.json:
+      // it may be reading it now, so it is kept and this download dropped.
+      fs.rmSync(staging, { recursive: true, force: true });
+      return { dir, bytes, source: 's3', staged, metadata };
+    }
     fs.rmSync(dir, { recursive: true, force: true });
     fs.renameSync(staging, dir);
     return { dir, bytes, source: 's3', staged, metadata };

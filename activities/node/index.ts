@@ -307,14 +307,25 @@ export function createNodeActivities(ctx: NodeContext) {
     async inspectCheckpoint(input: { checkpointId: string; process: ProcessRef }): Promise<CheckpointInspection> {
       return inspectCheckpoint(ctx, input);
     },
-    /** copy: whose copy in memory (the checkpoint's, a restore's); unnamed (workflows from before): both. */
-    async releaseStaging(input: { checkpointId: string; copy?: StagedCopy }): Promise<{ released: boolean }> {
+    /**
+     * copy: whose copy in memory (the checkpoint's, a restore's); unnamed (workflows from before): both.
+     * attemptId: the restore attempt whose copy it is; unnamed (workflows from before): the shared restore copy.
+     */
+    async releaseStaging(input: {
+      checkpointId: string;
+      copy?: StagedCopy;
+      attemptId?: string;
+    }): Promise<{ released: boolean }> {
       return releaseStaging(ctx, input);
     },
-    /** metadataSha256: recorded at seal; a metadata.json (local or in S3) that differs is ChecksumMismatch. */
+    /**
+     * metadataSha256: recorded at seal; a metadata.json (local or in S3) that differs is ChecksumMismatch.
+     * attemptId: the restore attempt fetching; its copy in memory is its own (absent: workflows from before).
+     */
     async fetch(input: {
       checkpointId: string;
       metadataSha256?: string | null;
+      attemptId?: string;
     }): Promise<Omit<FetchResult, 'metadata'> & { jobId: string; vramBytes: number }> {
       const r = await measured(
         'restore',

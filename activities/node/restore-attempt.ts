@@ -24,7 +24,7 @@ export async function restoreProcess(
   ctx: NodeContext,
   input: { checkpointId: string; attemptId?: string },
 ): Promise<{ pid: number; startTime: number }> {
-  const dir = restoreLocation(ctx, assertSafeId('checkpointId', input.checkpointId));
+  const dir = restoreLocation(ctx, assertSafeId('checkpointId', input.checkpointId), input.attemptId);
   const run = async (): Promise<{ pid: number; startTime: number }> => {
     const { pid } = await criuRestore(ctx, { dir, files: workloadFileIndex(dir) });
     const id = processIdentity(pid);
@@ -92,7 +92,7 @@ export async function inspectRestore(
   const dir =
     typeof outcome.data?.dir === 'string'
       ? outcome.data.dir
-      : restoreLocation(ctx, assertSafeId('checkpointId', input.checkpointId));
+      : restoreLocation(ctx, assertSafeId('checkpointId', input.checkpointId), input.attemptId);
   for (;;) {
     outcome = journalOutcome(ctx, 'restore', input.attemptId, CRIU_RESTORE_STEP);
     if (outcome.state !== 'running' && criuRestoring(path.join(dir, IMAGES)).length === 0) break;

@@ -41,9 +41,9 @@ export function stagingFits(ctx: NodeContext, bytes: number): { fits: boolean; w
  * checkpoint being persisted failed its disk copy; the checkpoint's release could pull the files from under
  * CRIU). Memory is freed when the last name goes. Throws (ENOENT) when the checkpoint released them meanwhile.
  */
-export function linkStagedCopy(ctx: NodeContext, checkpointId: string): string {
+export function linkStagedCopy(ctx: NodeContext, checkpointId: string, attemptId?: string): string {
   const from = stagedDir(ctx, checkpointId);
-  const to = restoreCopyDir(ctx, checkpointId);
+  const to = restoreCopyDir(ctx, checkpointId, attemptId);
   if (!from || !to) throw new Error('staging disabled on this node');
   const md = readMetadata(from);
   const tmp = `${to}.fetch`;
@@ -66,15 +66,16 @@ export function linkStagedCopy(ctx: NodeContext, checkpointId: string): string {
 export type StagedCopy = 'checkpoint' | 'restore';
 
 /**
- * Frees the memory a staged copy holds. Idempotent. Without `copy` (workflows from before restores had their
- * own copy) it frees every copy of the checkpoint, as it did then.
+ * Frees the memory a staged copy holds. Idempotent. A restore's copy is its attempt's (attemptId), or, unnamed
+ * (workflows from before copies were per attempt), the shared one. Without `copy` (workflows from before
+ * restores had their own copy) it frees the checkpoint's and the shared restore copy, as it did then.
  */
 export function releaseStaging(
   ctx: NodeContext,
-  input: { checkpointId: string; copy?: StagedCopy },
+  input: { checkpointId: string; copy?: StagedCopy; attemptId?: string },
 ): { released: boolean } {
   const staged = stagedDir(ctx, input.checkpointId);
-  const restore = restoreCopyDir(ctx, input.checkpointId);
+  const restore = restoreCopyDir(ctx, input.checkpointId, input.attemptId);
   if (!staged || !restore) return { released: false };
   // `${staged}.fetch`: where restores downloaded before they had their own copy.
   const checkpoints = [staged, `${staged}.fetch`];

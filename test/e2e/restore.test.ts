@@ -98,20 +98,21 @@ describe('restore, end to end on the real stack', () => {
     const activities = events
       .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
       .filter((name) => name && name !== 'reportNodeOutcome'); // the node's health report comes between
-    // Fetched into the restore's own copy in memory, not the checkpoint's staging name.
+    // Fetched into the restore attempt's own copy in memory (restore/<id>/<n>, attempt 1), not the checkpoint's
+    // staging name.
     const fetchId = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'fetch')?.eventId;
     const fetched = events.find(
       (e) => String(e.activityTaskCompletedEventAttributes?.scheduledEventId) === String(fetchId),
     )?.activityTaskCompletedEventAttributes?.result?.payloads?.[0]?.data;
     expect(JSON.parse(Buffer.from(fetched ?? []).toString()).dir).toBe(
-      path.join(agents[1].stagingDir!, `${c.id}.restore`),
+      path.join(agents[1].stagingDir!, `${c.id}.restore-${c.id}.r${r.workflowId.split('/').at(-1)}.a1`),
     );
     // The staging memory is released once CRIU restored the process, beside the steps after it.
     expect(activities[activities.indexOf('criuRestore') + 1]).toBe('releaseStaging');
     expect(activities.indexOf('releaseStaging')).toBeLessThan(activities.indexOf('verifyRunning'));
     expect(activities.filter((a) => a === 'releaseStaging')).toHaveLength(1);
     expect(activities.slice(-2)).toEqual(['adoptWorkload', 'release']);
-    // Its own copy in memory (<id>.restore) is gone, and nothing else of it was left there.
+    // Its own copy in memory (<id>.restore-<attempt>) is gone, and nothing else of it was left there.
     expect(fs.readdirSync(agents[1].stagingDir!).filter((n) => n.startsWith(c.id))).toEqual([]);
     expect(fs.existsSync(path.join(agents[1].dataDir, 'checkpoints', c.id))).toBe(false);
     await provesState(s.pid!, c.logFile, c.tick);

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { restoreLocation, type NodeContext } from '../../activities/node/context';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { persistCheckpoint } from '../../activities/node/persist';
+import { uploadCheckpoint } from '../../activities/node/upload';
 import { verifyLocal } from '../../activities/node/seal';
 import { releaseStaging } from '../../activities/node/staging';
 import { metadataFor, writeSealed } from '../support/checkpoint-files';
@@ -72,5 +73,56 @@ describe('a restore and a checkpoint sharing a node’s memory', () => {
     expect(fs.readdirSync(ctx.stagingDir!).sort()).toEqual([id, `${id}.restore`]);
     expect(releaseStaging(ctx, { checkpointId: id })).toEqual({ released: true });
     expect(fs.readdirSync(ctx.stagingDir!)).toEqual([]);
+  });
+});
+
+describe('two restores of one checkpoint on one node (replicas on a multi-GPU node)', () => {
+  test('each attempt links its own copy; one release leaves the other whole, verifiable, and where its CRIU reads', async () => {
+    const { ctx, id, staged, metadataSha256 } = stagedCheckpoint();
+    const [a, b] = [`${id}.r1.a1`, `${id}.r2.a1`];
+    const [fa, fb] = await Promise.all([
+      fetchCheckpoint(ctx, { checkpointId: id, metadataSha256, attemptId: a }),
+      fetchCheckpoint(ctx, { checkpointId: id, metadataSha256, attemptId: b }),
+    ]);
+    expect([fa.dir, fb.dir]).toEqual([`${staged}.restore-${a}`, `${staged}.restore-${b}`]);
+    expect(fs.statSync(path.join(staged, 'images/pages-1.img')).nlink).toBe(3);
+    expect(restoreLocation(ctx, id, a)).toBe(fa.dir);
+    expect(restoreLocation(ctx, id, b)).toBe(fb.dir);
+
+    expect(releaseStaging(ctx, { checkpointId: id, copy: 'restore', attemptId: a })).toEqual({ released: true });
+    expect(fs.existsSync(fa.dir)).toBe(false);
+    await expect(verifyLocal(fb.dir, metadataSha256)).resolves.toMatchObject({ checkpointId: id });
+    expect(restoreLocation(ctx, id, b)).toBe(fb.dir);
+    expect(releaseStaging(ctx, { checkpointId: id, copy: 'restore', attemptId: b })).toEqual({ released: true });
+    expect(fs.readdirSync(ctx.stagingDir!)).toEqual([id]);
+    expect(fs.statSync(path.join(staged, 'images/pages-1.img')).nlink).toBe(1);
+  });
+
+  test('an attempt whose fetch ran before copies were per attempt reads the shared copy', async () => {
+    const { ctx, id, staged, metadataSha256 } = stagedCheckpoint();
+    await fetchCheckpoint(ctx, { checkpointId: id, metadataSha256 });
+    expect(restoreLocation(ctx, id, `${id}.r1.a1`)).toBe(`${staged}.restore`);
+  });
+
+  test('two downloads from S3 into one node’s disk copy at once: both verified, one copy kept, nothing left beside it', async () => {
+    // Sealed and uploaded from one node, fetched twice at once by another that does not stage in memory.
+    const { ctx: from, id, staged, metadataSha256 } = stagedCheckpoint();
+    await persistCheckpoint(from, { checkpointId: id, sync: true });
+    releaseStaging(from, { checkpointId: id, copy: 'checkpoint' });
+    expect(fs.existsSync(staged)).toBe(false);
+    await uploadCheckpoint(from, { checkpointId: id, metadataSha256 });
+    const ctx = localNodeContext('copies-other', path.join(root, `${id}-other`));
+    const fetched = await Promise.all(
+      [`${id}.r1.a1`, `${id}.r2.a1`].map((attemptId) =>
+        fetchCheckpoint(ctx, { checkpointId: id, metadataSha256, attemptId }),
+      ),
+    );
+    const disk = path.join(ctx.dataDir, 'checkpoints', id);
+    expect(fetched.map((f) => [f.source, f.staged, f.dir])).toEqual([
+      ['s3', false, disk],
+      ['s3', false, disk],
+    ]);
+    await expect(verifyLocal(disk, metadataSha256)).resolves.toMatchObject({ checkpointId: id });
+    expect(fs.readdirSync(path.join(ctx.dataDir, 'checkpoints'))).toEqual([id]);
   });
 });

@@ -42,6 +42,9 @@ describe('replay of recorded e2e histories', () => {
         'before-early-release/restore-staged',
         'before-zone-tallies/job-fenced',
         'before-zone-tallies/placement-eviction',
+        'before-copy-per-attempt/restore-staged',
+        'before-copy-per-attempt/restore-oom-rescheduled',
+        'before-copy-per-attempt/restore-agent-killed',
       ]),
     );
   });

@@ -197,6 +197,53 @@ describe('restore workflow', () => {
     expect(calls.indexOf('releaseStaging node-b')).toBeLessThan(calls.indexOf('verifyRunning node-b'));
   });
 
+  test('each attempt names its own copy in memory: fetch, CRIU and release carry the attempt, and two attempts differ', async () => {
+    const calls: string[] = [];
+    const seen: Array<[string, string, string | undefined]> = [];
+    const named = (name: string): NodeMock => ({
+      fetch: async ({ checkpointId, attemptId }: { checkpointId: string; attemptId?: string }) => {
+        seen.push(['fetch', name, attemptId]);
+        return {
+          dir: `/dev/shm/${name}/${checkpointId}.restore-${attemptId}`,
+          bytes: 100,
+          source: 's3' as const,
+          staged: true,
+          jobId: 'job-1',
+          vramBytes: 6 * GiB,
+        };
+      },
+      criuRestore: async ({ attemptId }: { attemptId?: string }) => {
+        seen.push(['criuRestore', name, attemptId]);
+        return { pid: 777, startTime: 5000 };
+      },
+      releaseStaging: async ({ attemptId, copy }: { attemptId?: string; copy?: string }) => {
+        seen.push([`releaseStaging ${copy}`, name, attemptId]);
+        return { released: true };
+      },
+    });
+    const s = await restoreOn(
+      { 'node-a': 8, 'node-b': 16 },
+      { 'node-a': { ...named('node-a'), checkVram: oom(calls, 'node-a') }, 'node-b': named('node-b') },
+      { checkpointId: 'ck-own-copy' },
+      calls,
+    );
+    expect(s.phase).toBe('Running');
+    const byNode = (n: string): Array<[string, string | undefined]> =>
+      seen.filter(([, node]) => node === n).map(([what, , a]) => [what, a]);
+    const [a, b] = [byNode('node-a')[0][1], byNode('node-b')[0][1]];
+    expect(a).toMatch(/^ck-own-copy\.r\d+\.a1$/);
+    expect(b).toMatch(/^ck-own-copy\.r\d+\.a2$/);
+    for (const [n, id] of [
+      ['node-a', a],
+      ['node-b', b],
+    ] as const)
+      expect(byNode(n)).toEqual([
+        ['fetch', id],
+        ['criuRestore', id],
+        ['releaseStaging restore', id],
+      ]);
+  });
+
   test('fetched into memory and CRIU failed: the staged copy is still freed', async () => {
     const calls: string[] = [];
     const s = restoreOn(
