@@ -3,6 +3,7 @@ import type { Tier } from './checkpoint';
 import type { CompatRecord } from './compat';
 import type { ProcessIdentity, StepOutcome } from './journal';
 import type { Readiness } from './readiness';
+import { restoreWorkflowId } from './queues';
 
 export type RestorePhase =
   'Placing' | 'Fetching' | 'RestoringProcess' | 'RestoringVram' | 'Unlocking' | 'Verifying' | 'Running' | 'Failed';
@@ -125,4 +126,10 @@ export function restoreAttemptId(workflowId: string, runId: string, attempt: num
   const m = /^restore\/([A-Za-z0-9][A-Za-z0-9._-]*)\/(\d+)$/.exec(workflowId);
   const readable = m ? `${m[1]}.r${m[2]}.a${attempt}` : '';
   return readable && readable.length <= 128 && !readable.includes('..') ? readable : `run-${runId}.a${attempt}`;
+}
+
+/** The restore workflow a readable attempt id names (restoreAttemptId); null for one named from its run id. */
+export function restoreOfAttempt(attemptId: string): { checkpointId: string; workflowId: string } | null {
+  const m = /^([A-Za-z0-9][A-Za-z0-9._-]*)\.r(\d+)\.a\d+$/.exec(attemptId);
+  return m ? { checkpointId: m[1], workflowId: restoreWorkflowId(m[1], Number(m[2])) } : null;
 }

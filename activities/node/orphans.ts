@@ -5,19 +5,24 @@ import { assertSafeId } from '../../common/ids';
 import { jobWorkflowId } from '../../common/job';
 import { METADATA_FILE } from '../../common/metadata';
 import { checkpointWorkflowId } from '../../common/queues';
+import { restoreOfAttempt } from '../../common/restore';
 import { listJobCgroups, removeJobCgroup } from './cgroups';
-import type { NodeContext } from './context';
+import { checkpointDir, type NodeContext } from './context';
 import { readPidFile } from './pid-file';
 import { isSameProcess, killProcess } from './process';
 
 /**
  * At agent start: what a crash or an outage left on this node that no open workflow owns — a job's cgroup and
  * its processes (owner job/<jobId>), a staged or on-disk checkpoint directory without metadata.json (owner
- * checkpoint/<id>) — is removed, and each removal logged. Only when Temporal says the owner is closed or was
- * never there: a sweep that cannot get an answer for every owner removes nothing (a timeout is "unknown").
- * Never touched: a complete checkpoint (metadata.json present), a workload of the old runWorkload (it has no
- * job workflow: only processes named by a run under workloads/<job>/runs/ are a job's), a fetch in progress
- * (<id>.fetch, owned by a restore).
+ * checkpoint/<id>), and memory held by copies in the staging directory that are no checkpoint's only copy: a
+ * restore attempt's own copy, complete or not (owner restore/<id>/<n>, named by its attempt), and a checkpoint's
+ * complete staged copy whose disk copy holds the same metadata.json (owner checkpoint/<id>) — is removed, and
+ * each removal logged. Only when Temporal says the owner is closed or was never there: a sweep that cannot get
+ * an answer for every owner removes nothing (a timeout is "unknown").
+ * Never touched: a complete checkpoint on disk, a complete staged copy without the same disk copy (it may be
+ * the only one), a workload of the old runWorkload (it has no job workflow: only processes named by a run
+ * under workloads/<job>/runs/ are a job's), a fetch into the disk copy (<id>.fetch, owned by a restore), and
+ * copies whose owner cannot be named (the shared <id>.restore of older restores, attempts named by run id).
  */
 export type OwnerState = 'open' | 'closed' | 'not-found';
 /** Throws when it cannot tell (Temporal unreachable, an unknown status). */
@@ -26,7 +31,11 @@ export type OwnerLookup = (workflowId: string) => Promise<OwnerState>;
 export interface SweepReport {
   /** Set when nothing was removed because an owner's state could not be learned. */
   skipped: string | null;
-  removed: Array<{ kind: 'job' | 'checkpoint' | 'staging'; id: string; detail: string }>;
+  removed: Array<{
+    kind: 'job' | 'checkpoint' | 'staging' | 'restore-copy' | 'staged-copy';
+    id: string;
+    detail: string;
+  }>;
 }
 
 export function temporalOwnerLookup(client: Client, timeoutMs = 10_000): OwnerLookup {
@@ -101,6 +110,66 @@ function jobRunProcess(ctx: NodeContext, jobId: string): { pid: number; startTim
   return null; // a workload of the old runWorkload: not a job's, left alone
 }
 
+/** Whether two metadata.json files are the same bytes (the same sealed checkpoint); false when either is missing. */
+function sameMetadata(a: string, b: string): boolean {
+  try {
+    return fs.readFileSync(path.join(a, METADATA_FILE)).equals(fs.readFileSync(path.join(b, METADATA_FILE)));
+  } catch {
+    return false;
+  }
+}
+
+interface MemoryCopy {
+  kind: 'restore-copy' | 'staged-copy';
+  id: string;
+  dir: string;
+  owner: string;
+  /** Checked again right before removal: the copy is still not the only one. */
+  removable: () => boolean;
+}
+
+/** The restore workflow whose attempt owns `<id>.restore-<attemptId>[.fetch]`, when the name says it. */
+function restoreCopyOwner(name: string): { checkpointId: string; workflowId: string } | null {
+  const base = name.endsWith('.fetch') ? name.slice(0, -'.fetch'.length) : name;
+  for (let i = base.indexOf('.restore-'); i > 0; i = base.indexOf('.restore-', i + 1)) {
+    const owner = restoreOfAttempt(base.slice(i + '.restore-'.length));
+    if (owner && owner.checkpointId === base.slice(0, i) && isId(owner.checkpointId)) return owner;
+  }
+  return null;
+}
+
+/** Copies in the staging directory (memory) that are not a checkpoint's only copy, with the workflow owning each. */
+function memoryCopies(ctx: NodeContext): MemoryCopy[] {
+  const root = ctx.stagingDir;
+  if (!root) return [];
+  const copies: MemoryCopy[] = [];
+  for (const name of listDirs(root)) {
+    const dir = path.join(root, name);
+    const restore = restoreCopyOwner(name);
+    if (restore) {
+      // A restore reads a checkpoint that lives elsewhere (S3, the disk copy, or the staged copy it links).
+      copies.push({
+        kind: 'restore-copy',
+        id: restore.checkpointId,
+        dir,
+        owner: restore.workflowId,
+        removable: () => true,
+      });
+    } else if (isId(name) && !name.endsWith('.fetch') && fs.existsSync(path.join(dir, METADATA_FILE))) {
+      const disk = checkpointDir(ctx, name);
+      if (sameMetadata(dir, disk))
+        copies.push({
+          kind: 'staged-copy',
+          id: name,
+          dir,
+          owner: checkpointWorkflowId(name),
+          removable: () => sameMetadata(dir, disk),
+        });
+    }
+  }
+  return copies;
+}
+
 export async function sweepOrphans(ctx: NodeContext, owner: OwnerLookup): Promise<SweepReport> {
   const jobs = new Set(listJobCgroups(ctx).filter(isId));
   for (const j of listDirs(path.join(ctx.dataDir, 'workloads'))) if (isId(j) && jobRunProcess(ctx, j)) jobs.add(j);
@@ -110,12 +179,14 @@ export async function sweepOrphans(ctx: NodeContext, owner: OwnerLookup): Promis
       .map((id) => ({ id, dir: path.join(root!, id) }));
   const checkpoints = partial(path.join(ctx.dataDir, 'checkpoints'));
   const staged = partial(ctx.stagingDir);
+  const copies = memoryCopies(ctx);
 
   // Every owner asked first: one that cannot be answered stops the whole sweep before anything is removed.
   const states = new Map<string, OwnerState>();
   const wanted = [
     ...[...jobs].map(jobWorkflowId),
     ...[...checkpoints, ...staged].map((c) => checkpointWorkflowId(c.id)),
+    ...copies.map((c) => c.owner),
   ];
   try {
     for (const id of wanted) if (!states.has(id)) states.set(id, await owner(id));
@@ -165,6 +236,15 @@ export async function sweepOrphans(ctx: NodeContext, owner: OwnerLookup): Promis
       );
       report.removed.push({ kind, id: c.id, detail: c.dir });
     }
+  }
+  for (const c of copies) {
+    if (!orphaned(c.owner) || !c.removable()) continue;
+    fs.rmSync(c.dir, { recursive: true, force: true });
+    ctx.logger.warn(
+      { checkpoint: c.id, node: ctx.node, owner: c.owner, ownerState: states.get(c.owner), dir: c.dir },
+      `orphan removed: ${c.kind === 'restore-copy' ? "a restore attempt's copy in memory" : 'a staged copy whose disk copy is the same'}`,
+    );
+    report.removed.push({ kind: c.kind, id: c.id, detail: c.dir });
   }
   ctx.logger.info({ node: ctx.node, removed: report.removed.length }, 'orphan sweep done');
   return report;
