@@ -53,6 +53,16 @@ async function checkpointed(
   return { id: request.checkpointId, pid: w.pid, logFile: w.logFile, tick: lastTick(w.logFile) };
 }
 
+/** Where a restore's (first) fetch put its verified copy, as its history records it. */
+async function fetchedInto(workflowId: string): Promise<string> {
+  const events = (await k.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+  const fetchId = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'fetch')?.eventId;
+  const fetched = events.find(
+    (e) => String(e.activityTaskCompletedEventAttributes?.scheduledEventId) === String(fetchId),
+  )?.activityTaskCompletedEventAttributes?.result?.payloads?.[0]?.data;
+  return (JSON.parse(Buffer.from(fetched ?? []).toString()) as { dir: string }).dir;
+}
+
 /** The restored process carries on from its dumped counter and its memory pattern is intact. */
 async function provesState(pid: number, logFile: string, dumpedTick: number): Promise<void> {
   await until('progress after restore', () => lastTick(logFile) > dumpedTick + 2, 20000);
@@ -100,11 +110,7 @@ describe('restore, end to end on the real stack', () => {
       .filter((name) => name && name !== 'reportNodeOutcome'); // the node's health report comes between
     // Fetched into the restore attempt's own copy in memory (restore/<id>/<n>, attempt 1), not the checkpoint's
     // staging name.
-    const fetchId = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'fetch')?.eventId;
-    const fetched = events.find(
-      (e) => String(e.activityTaskCompletedEventAttributes?.scheduledEventId) === String(fetchId),
-    )?.activityTaskCompletedEventAttributes?.result?.payloads?.[0]?.data;
-    expect(JSON.parse(Buffer.from(fetched ?? []).toString()).dir).toBe(
+    expect(await fetchedInto(r.workflowId)).toBe(
       path.join(agents[1].stagingDir!, `${c.id}.restore-${c.id}.r${r.workflowId.split('/').at(-1)}.a1`),
     );
     // The staging memory is released once CRIU restored the process, beside the steps after it.
@@ -202,6 +208,31 @@ describe('restore, end to end on the real stack', () => {
     expect(alive(c.pid) && alive(s.pid!)).toBe(true);
     expect(fs.readFileSync(`/proc/${s.pid}/status`, 'utf8')).toMatch(/NSpid:\s+\d+\s+1\n/);
     for (const p of [c.pid, s.pid!]) process.kill(p, 'SIGKILL');
+  });
+
+  test('two restores of one checkpoint on one node at once (two replicas): each from its own copy in memory, both Running, the memory freed', async () => {
+    const c = await checkpointed('r-small', 'replicas', 0);
+    const rs = await Promise.all([1, 2].map(() => k.startRestore({ checkpointId: c.id, node: 'r-big' })));
+    const ss = await Promise.all(rs.map((r) => k.restoreResult(r.workflowId)));
+    expect(ss.map((s) => [s.phase, s.source])).toEqual([
+      ['Running', 's3'],
+      ['Running', 's3'],
+    ]);
+    const [a, b] = ss.map((s) => s.pid!);
+    expect(a).not.toBe(b);
+    expect(alive(a) && alive(b)).toBe(true);
+    const dirs = await Promise.all(rs.map((r) => fetchedInto(r.workflowId)));
+    expect(new Set(dirs).size).toBe(2);
+    for (const d of dirs) expect(path.dirname(d)).toBe(agents[1].stagingDir!);
+    // Both copies freed once their CRIU restored, neither before the other's: nothing of the checkpoint is left.
+    await until(
+      'both copies in memory freed',
+      () => fs.readdirSync(agents[1].stagingDir!).filter((n) => n.startsWith(c.id)).length === 0,
+      10000,
+    );
+    await until('progress after the restores', () => lastTick(c.logFile) > c.tick + 2, 20000);
+    expect(alive(a) && alive(b)).toBe(true);
+    for (const p of [a, b]) process.kill(p, 'SIGKILL');
   });
 
   test('two restores racing for the last free VRAM: only one gets the reservation', async () => {
