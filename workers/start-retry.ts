@@ -12,8 +12,12 @@ export interface StartRetry {
   random?: () => number;
 }
 
-/** Agents and the control worker: from 1 s, doubling to 30 s, spread over the upper half of each wait. */
-export const START_RETRY: StartRetry = { initialMs: 1000, capMs: 30000 };
+/**
+ * Agents and the control worker: from 1 s, doubling to 10 s, spread over the upper half of each wait. The cap
+ * bounds how long a process waits after Temporal is back; a try is one connection (the registration signal comes
+ * only once connected), cheap for Temporal even from a thousand agents every 5-10 s.
+ */
+export const START_RETRY: StartRetry = { initialMs: 1000, capMs: 10000 };
 
 /** The wait after the n-th failure in a row (n from 0): between half and all of min(cap, initial * 2^n). */
 export function startRetryDelayMs(n: number, r: StartRetry, random: number): number {

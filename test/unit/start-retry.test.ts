@@ -16,11 +16,11 @@ function capture(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
 }
 
 describe('untilStarted: a start-up step tried until Temporal answers', () => {
-  test('waits double from 1 s to the 30 s cap, each spread over the upper half of its length', () => {
+  test('waits double from 1 s to the 10 s cap, each spread over the upper half of its length', () => {
     const low = [0, 1, 2, 3, 4, 5, 6, 20].map((n) => startRetryDelayMs(n, START_RETRY, 0));
     const high = [0, 1, 2, 3, 4, 5, 6, 20].map((n) => startRetryDelayMs(n, START_RETRY, 0.999999));
-    expect(low).toEqual([500, 1000, 2000, 4000, 8000, 15000, 15000, 15000]);
-    expect(high).toEqual([1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+    expect(low).toEqual([500, 1000, 2000, 4000, 5000, 5000, 5000, 5000]);
+    expect(high).toEqual([1000, 2000, 4000, 8000, 10000, 10000, 10000, 10000]);
   });
 
   test('a step that fails three times is tried a fourth time and its value returned; each failure is logged with its wait', async () => {
