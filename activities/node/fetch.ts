@@ -14,7 +14,7 @@ import { checkpointDir, checkpointLocation, type NodeContext, restoreCopyDir, s3
 import { setAsideCorrupt } from './corrupt';
 import { linkStagedCopy, releaseStaging, stagingFits } from './staging';
 import { heartbeat } from './run-tool';
-import { parseMetadata, sha256Hex, verifyLocal, writeFileAtomic } from './seal';
+import { parseMetadata, sameMetadata, sha256Hex, verifyLocal, writeFileAtomic } from './seal';
 
 async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buffer> {
   const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
@@ -161,15 +161,6 @@ function checkServedChecksum(
     `${key}: S3 serves an object with checksum ${served ?? 'none'}, metadata.json recorded ${recorded} at upload: replaced after the checkpoint`,
     ErrorType.ChecksumMismatch,
   );
-}
-
-/** Whether `dir` holds a complete copy sealed by exactly this metadata.json. */
-function sameMetadata(dir: string, raw: Buffer): boolean {
-  try {
-    return fs.readFileSync(path.join(dir, METADATA_FILE)).equals(raw);
-  } catch {
-    return false;
-  }
 }
 
 export interface FetchResult {

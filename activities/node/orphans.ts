@@ -9,6 +9,7 @@ import { restoreOfAttempt } from '../../common/restore';
 import { listJobCgroups, removeJobCgroup } from './cgroups';
 import { checkpointDir, type NodeContext } from './context';
 import { readPidFile } from './pid-file';
+import { sameMetadata } from './seal';
 import { isSameProcess, killProcess } from './process';
 
 /**
@@ -108,15 +109,6 @@ function jobRunProcess(ctx: NodeContext, jobId: string): { pid: number; startTim
     }
   }
   return null; // a workload of the old runWorkload: not a job's, left alone
-}
-
-/** Whether two metadata.json files are the same bytes (the same sealed checkpoint); false when either is missing. */
-function sameMetadata(a: string, b: string): boolean {
-  try {
-    return fs.readFileSync(path.join(a, METADATA_FILE)).equals(fs.readFileSync(path.join(b, METADATA_FILE)));
-  } catch {
-    return false;
-  }
 }
 
 interface MemoryCopy {

@@ -201,6 +201,19 @@ export async function sealCheckpoint(ctx: NodeContext, input: SealInput): Promis
   };
 }
 
+/**
+ * Whether `dir` holds a complete copy sealed by exactly this metadata.json (bytes; a Buffer, or the metadata.json
+ * of another directory): the same checkpoint, whose files each side verified or sealed. False when either is missing.
+ */
+export function sameMetadata(dir: string, other: Buffer | string): boolean {
+  try {
+    const raw = typeof other === 'string' ? fs.readFileSync(path.join(other, METADATA_FILE)) : other;
+    return fs.readFileSync(path.join(dir, METADATA_FILE)).equals(raw);
+  } catch {
+    return false;
+  }
+}
+
 export function readMetadata(dir: string): Metadata {
   const file = path.join(dir, METADATA_FILE);
   let raw: Buffer;
