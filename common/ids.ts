@@ -33,6 +33,16 @@ export class InvalidInputError extends Error {
   }
 }
 
+/** Whether assertSafeId would take the value: for names read from disk, where a bad one is skipped, not an error. */
+export function isSafeId(value: string): boolean {
+  try {
+    assertSafeId('id', value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function assertSafeId(field: string, value: unknown): string {
   if (typeof value !== 'string' || value.length === 0) throw new InvalidInputError(field, 'is required');
   if (value.includes('/') || value.includes('\\'))

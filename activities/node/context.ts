@@ -4,7 +4,8 @@ import { ApplicationFailure } from '@temporalio/activity';
 import type { Logger } from 'pino';
 import type { S3Config } from '../../common/config';
 import { ErrorType } from '../../common/errors';
-import { assertSafeId, InvalidInputError } from '../../common/ids';
+import { assertSafeId, InvalidInputError, isSafeId } from '../../common/ids';
+import { restoreOfAttempt } from '../../common/restore';
 
 /** What every node activity knows about the node it runs on; built once by the agent. */
 export interface NodeContext {
@@ -79,7 +80,23 @@ export function checkpointLocation(ctx: NodeContext, checkpointId: string): stri
 export function restoreCopyDir(ctx: NodeContext, checkpointId: string, attemptId?: string): string | null {
   const staged = stagedDir(ctx, checkpointId);
   if (!staged) return null;
-  return attemptId === undefined ? `${staged}.restore` : `${staged}.restore-${safeId('attemptId', attemptId)}`;
+  return attemptId === undefined ? `${staged}.restore` : `${staged}${RESTORE_COPY}${safeId('attemptId', attemptId)}`;
+}
+
+const RESTORE_COPY = '.restore-';
+
+/**
+ * The restore workflow whose attempt owns a name of restoreCopyDir's in the staging directory (or its `.fetch`,
+ * while linked or downloaded), when the attempt id is a readable one; null for any other name.
+ */
+export function restoreCopyOwner(name: string): { checkpointId: string; workflowId: string } | null {
+  const base = name.endsWith('.fetch') ? name.slice(0, -'.fetch'.length) : name;
+  // A checkpoint id may itself hold RESTORE_COPY: the split is the one whose attempt names that very checkpoint.
+  for (let i = base.indexOf(RESTORE_COPY); i > 0; i = base.indexOf(RESTORE_COPY, i + 1)) {
+    const owner = restoreOfAttempt(base.slice(i + RESTORE_COPY.length));
+    if (owner && owner.checkpointId === base.slice(0, i) && isSafeId(owner.checkpointId)) return owner;
+  }
+  return null;
 }
 
 /**

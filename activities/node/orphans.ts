@@ -1,13 +1,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type Client, WorkflowNotFoundError } from '@temporalio/client';
-import { assertSafeId } from '../../common/ids';
+import { isSafeId } from '../../common/ids';
 import { jobWorkflowId } from '../../common/job';
 import { METADATA_FILE } from '../../common/metadata';
 import { checkpointWorkflowId } from '../../common/queues';
-import { restoreOfAttempt } from '../../common/restore';
 import { listJobCgroups, removeJobCgroup } from './cgroups';
-import { checkpointDir, type NodeContext } from './context';
+import { checkpointDir, type NodeContext, restoreCopyOwner } from './context';
 import { readPidFile } from './pid-file';
 import { sameMetadata } from './seal';
 import { isSameProcess, killProcess } from './process';
@@ -69,15 +68,6 @@ export function temporalOwnerLookup(client: Client, timeoutMs = 10_000): OwnerLo
   };
 }
 
-const isId = (name: string): boolean => {
-  try {
-    assertSafeId('id', name);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
 const listDirs = (dir: string | null): string[] => {
   if (!dir) return [];
   try {
@@ -120,16 +110,6 @@ interface MemoryCopy {
   removable: () => boolean;
 }
 
-/** The restore workflow whose attempt owns `<id>.restore-<attemptId>[.fetch]`, when the name says it. */
-function restoreCopyOwner(name: string): { checkpointId: string; workflowId: string } | null {
-  const base = name.endsWith('.fetch') ? name.slice(0, -'.fetch'.length) : name;
-  for (let i = base.indexOf('.restore-'); i > 0; i = base.indexOf('.restore-', i + 1)) {
-    const owner = restoreOfAttempt(base.slice(i + '.restore-'.length));
-    if (owner && owner.checkpointId === base.slice(0, i) && isId(owner.checkpointId)) return owner;
-  }
-  return null;
-}
-
 /** Copies in the staging directory (memory) that are not a checkpoint's only copy, with the workflow owning each. */
 function memoryCopies(ctx: NodeContext): MemoryCopy[] {
   const root = ctx.stagingDir;
@@ -147,7 +127,7 @@ function memoryCopies(ctx: NodeContext): MemoryCopy[] {
         owner: restore.workflowId,
         removable: () => true,
       });
-    } else if (isId(name) && !name.endsWith('.fetch') && fs.existsSync(path.join(dir, METADATA_FILE))) {
+    } else if (isSafeId(name) && !name.endsWith('.fetch') && fs.existsSync(path.join(dir, METADATA_FILE))) {
       const disk = checkpointDir(ctx, name);
       if (sameMetadata(dir, disk))
         copies.push({
@@ -163,11 +143,11 @@ function memoryCopies(ctx: NodeContext): MemoryCopy[] {
 }
 
 export async function sweepOrphans(ctx: NodeContext, owner: OwnerLookup): Promise<SweepReport> {
-  const jobs = new Set(listJobCgroups(ctx).filter(isId));
-  for (const j of listDirs(path.join(ctx.dataDir, 'workloads'))) if (isId(j) && jobRunProcess(ctx, j)) jobs.add(j);
+  const jobs = new Set(listJobCgroups(ctx).filter(isSafeId));
+  for (const j of listDirs(path.join(ctx.dataDir, 'workloads'))) if (isSafeId(j) && jobRunProcess(ctx, j)) jobs.add(j);
   const partial = (root: string | null): Array<{ id: string; dir: string }> =>
     listDirs(root)
-      .filter((n) => isId(n) && !n.endsWith('.fetch') && !fs.existsSync(path.join(root!, n, METADATA_FILE)))
+      .filter((n) => isSafeId(n) && !n.endsWith('.fetch') && !fs.existsSync(path.join(root!, n, METADATA_FILE)))
       .map((id) => ({ id, dir: path.join(root!, id) }));
   const checkpoints = partial(path.join(ctx.dataDir, 'checkpoints'));
   const staged = partial(ctx.stagingDir);
