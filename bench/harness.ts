@@ -79,6 +79,7 @@ export function table(title: string, rows: string[][]): void {
 }
 
 export const secs = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
+export const mibs = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 
 /**
  * Flushes dirty pages and drops the page cache before each measured side, so that neither side pays for the

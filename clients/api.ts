@@ -28,6 +28,8 @@ import type { AdmissionConfig, AdmissionStatus } from '../common/admission';
 import { checkpoint as checkpointWorkflow } from '../workflows/checkpoint';
 import { migrate as migrateWorkflow, type MigrateRequest, type MigrateStatus } from '../workflows/migrate';
 import { restore as restoreWorkflow } from '../workflows/restore';
+import { chunkGc as chunkGcWorkflow } from '../workflows/chunk-gc';
+import { CHUNK_GC_WORKFLOW_ID, type ChunkGcInput, type ChunkGcResult } from '../common/chunk-gc';
 import { runWorkload as runWorkloadWorkflow, stopWorkload as stopWorkloadWorkflow } from '../workflows/workload';
 import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
 import { admissionStatus, admit, configureAdmission, requestPriority } from './admission';
@@ -495,6 +497,21 @@ export class KybernateClient {
   /** Starts a job (see JobsApi.start). */
   async run(spec: JobSpec): Promise<{ workflowId: string; spec: JobSpec }> {
     return this.jobs.start(spec);
+  }
+
+  /**
+   * One collection of the chunks no checkpoint names (workflow chunk-gc), waited for. Two never overlap: with one
+   * running already, this waits for that one and returns its result (its own input: see result.dryRun).
+   */
+  async collectChunks(input: ChunkGcInput): Promise<ChunkGcResult> {
+    const h = await this.client.workflow.start(chunkGcWorkflow, {
+      taskQueue: CONTROL_QUEUE,
+      workflowId: CHUNK_GC_WORKFLOW_ID,
+      args: [input],
+      workflowIdConflictPolicy: 'USE_EXISTING',
+      workflowIdReusePolicy: 'ALLOW_DUPLICATE',
+    });
+    return h.result();
   }
 
   /** Checkpoints a running job for preemption and requeues it. */

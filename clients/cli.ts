@@ -495,13 +495,20 @@ program
         );
         emit<CheckpointJson>(o, { checkpointId: request.checkpointId, workflowId, status: r }, () =>
           printable(
-            `${r.checkpointId}: ${r.phase}${r.tier ? ` (tier ${r.tier})` : ''}${r.failureReason ? ` — ${r.failureReason}` : ''}`,
+            `${r.checkpointId}: ${r.phase}${r.tier ? ` (tier ${r.tier})` : ''}${r.failureReason ? ` — ${r.failureReason}` : ''}${uploadedText(r)}`,
           ),
         );
         if (r.phase === 'Failed') process.exitCode = 1;
       });
     },
   );
+
+/** What the upload moved, and what S3 already held (content-addressed chunks, not sent again). */
+function uploadedText(r: CheckpointStatus): string {
+  if (!r.upload) return '';
+  const reused = r.upload.bytesReused ?? 0;
+  return `; ${formatBytes(r.upload.bytesSent)} sent to S3${reused > 0 ? `, ${formatBytes(reused)} already there` : ''}`;
+}
 
 interface JobFlags extends ReadyFlags, JsonFlag {
   node?: string;
@@ -1051,6 +1058,32 @@ program
       });
     },
   );
+
+program
+  .command('gc')
+  .description(
+    'delete the content-addressed chunks no checkpoint in S3 names any more (e.g. after retention deleted checkpoints); waits for uploads in flight to finish first',
+  )
+  .option('--min-age <duration>', 'keep unnamed chunks younger than this (an upload may be about to name them)', '1h')
+  .option('--dry-run', 'count what would be deleted; delete nothing')
+  .option('--json', JSON_HELP)
+  .action(async (o: { minAge: string; dryRun?: boolean } & JsonFlag) => {
+    const minAgeMs = parseSeconds('--min-age', o.minAge);
+    await withClient(async (k) => {
+      const r = await k.collectChunks({ minAgeMs, dryRun: o.dryRun === true });
+      emit(o, r, () =>
+        [
+          `${r.dryRun ? 'dry run: ' : ''}${r.outcome}${r.reason ? ` (${r.reason})` : ''}`,
+          `checkpoints read  ${r.checkpoints}${r.unreadableMetadata.length > 0 ? ` (${r.unreadableMetadata.length} unreadable, their chunk names kept: ${r.unreadableMetadata.join(', ')})` : ''}`,
+          `chunks            ${r.chunks} (${formatBytes(r.chunkBytes)})`,
+          `  named           ${r.referenced}`,
+          `  unnamed, recent ${r.keptRecent} (kept: younger than ${o.minAge})`,
+          `  ${r.dryRun ? 'would delete   ' : 'deleted        '} ${r.deleted} (${formatBytes(r.deletedBytes)})`,
+        ].join('\n'),
+      );
+      if (r.outcome === 'skipped') process.exitCode = 1;
+    });
+  });
 
 program
   .command('nodes')

@@ -130,8 +130,11 @@ export interface UploadResult {
   prefix: string;
   bytesSent: number;
   partsSent: number;
-  /** Parts found already uploaded (from heartbeat details) and not sent again. */
+  /** Parts found already uploaded (from heartbeat details) and not sent again; chunks the bucket already held. */
   partsResumed: number;
+  /** Format v2: bytes of chunks the bucket already held (this or another checkpoint's), so not sent again. */
+  bytesReused?: number;
+  chunksReused?: number;
   /**
    * SHA-256 of the metadata.json uploaded last; with hashing streamed, the upload committed it (locally, then to
    * S3) from the hashes its read computed. Absent in results from before it was recorded.

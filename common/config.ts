@@ -13,6 +13,12 @@ export interface S3Config {
   bucket: string;
   /** Path-style URLs (MinIO and most S3-compatible stores); default true. */
   forcePathStyle?: boolean;
+  /**
+   * Large checkpoint files as content-addressed chunks (format v2: chunks/<sha256>, deduplicated across
+   * checkpoints); default true. false: whole objects under the checkpoint's prefix (format v1), e.g. for a
+   * bucket other tools read file by file. Either format restores.
+   */
+  chunks?: boolean;
 }
 
 /** How to reach Temporal beyond its address: TLS (true: system CAs, no client cert) and an API key. */

@@ -46,6 +46,7 @@ const EnvSchema = z.object({
   ),
   KYBERNATE_S3_REGION: optional(z.string().regex(/^[a-z0-9-]+$/, 'must be a region name like us-east-1')),
   KYBERNATE_S3_FORCE_PATH_STYLE: optional(BOOL),
+  KYBERNATE_S3_CHUNKS: optional(BOOL),
   KYBERNATE_S3_ACCESS_KEY_ID: optional(z.string()),
   KYBERNATE_S3_SECRET_ACCESS_KEY: optional(z.string()),
   KYBERNATE_LOG_LEVEL: optional(z.enum(LOG_LEVELS)),
@@ -153,6 +154,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, defaults: Confi
       bucket,
       // Path style for an S3-compatible store at its own endpoint; virtual-hosted for AWS itself.
       forcePathStyle: e.KYBERNATE_S3_FORCE_PATH_STYLE ?? defaults.s3?.forcePathStyle ?? endpoint !== undefined,
+      ...(e.KYBERNATE_S3_CHUNKS !== undefined ? { chunks: e.KYBERNATE_S3_CHUNKS } : {}),
       ...(accessKeyId && secretAccessKey ? { accessKeyId, secretAccessKey } : {}),
     },
     ...(e.KYBERNATE_CONTROL_CACHED_WORKFLOWS !== undefined

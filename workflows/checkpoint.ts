@@ -967,7 +967,7 @@ function progressText(s: CheckpointStatus, p: Ctx['progress'], note?: string): s
     if (s.phase === 'Durable' && s.upload) {
       const ms = p.uploadStartedAt !== null ? Date.now() - p.uploadStartedAt : 0;
       parts.push(
-        `${gib(s.upload.bytesSent)} sent to S3${ms > 0 ? ` at ${mbps(s.upload.bytesSent, ms)}` : ''}${s.upload.partsResumed > 0 ? ` (${s.upload.partsResumed} parts resumed)` : ''}`,
+        `${gib(s.upload.bytesSent)} sent to S3${ms > 0 ? ` at ${mbps(s.upload.bytesSent, ms)}` : ''}${s.upload.bytesReused ? `, ${gib(s.upload.bytesReused)} already in S3 (chunks not sent again)` : s.upload.partsResumed > 0 ? ` (${s.upload.partsResumed} parts resumed)` : ''}`,
       );
     } else {
       parts.push(

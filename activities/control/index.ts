@@ -16,6 +16,7 @@ import { createIncidentActivities } from './incident';
 import { registeredNodes } from './registry';
 import { createHealthActivities } from './health';
 import { createRetentionActivities } from './retention';
+import { createChunkGcActivities } from './chunk-gc';
 import { createSweepActivities } from './sweep';
 import { createStandingActivities } from './standing';
 import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
@@ -48,6 +49,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
     ...createIncidentActivities(),
     ...createAdmissionActivities(client),
     ...createRetentionActivities(s3),
+    ...createChunkGcActivities(s3),
     ...createSweepActivities(client),
     ...createHealthActivities(client),
     ...createStandingActivities(client),

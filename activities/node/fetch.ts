@@ -14,6 +14,7 @@ import { checkpointDir, checkpointLocation, type NodeContext, restoreCopyDir, s3
 import { setAsideCorrupt } from './corrupt';
 import { linkStagedCopy, releaseStaging, stagingFits } from './staging';
 import { heartbeat } from './run-tool';
+import { downloadChunks } from './fetch-chunks';
 import { parseMetadata, sameMetadata, sha256Hex, verifyLocal, writeFileAtomic } from './seal';
 
 async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buffer> {
@@ -254,8 +255,19 @@ export async function fetchCheckpoint(
     fs.rmSync(staging, { recursive: true, force: true });
     const progress: ActivityBytes = { done: 0, total: bytes };
     for (const f of metadata.files) {
-      let sum: string;
+      let sum: string | undefined;
       try {
+        if (f.chunks) {
+          // Format v2: each chunk is verified by its name as it arrives; together they are the file.
+          await downloadChunks(
+            s3,
+            ctx.s3.bucket,
+            path.join(staging, f.path),
+            { path: f.path, chunks: f.chunks },
+            progress,
+          );
+          continue;
+        }
         sum = await downloadFile(
           s3,
           ctx.s3.bucket,

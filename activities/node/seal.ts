@@ -8,6 +8,7 @@ import type { SealResult } from '../../common/checkpoint';
 import type { CompatRecord } from '../../common/compat';
 import { inputProblem } from '../../common/inputs';
 import {
+  type ChunkRef,
   type Metadata,
   METADATA_FILE,
   MetadataSchema,
@@ -161,6 +162,8 @@ export async function sealCheckpoint(ctx: NodeContext, input: SealInput): Promis
     compat,
     workloadFiles: workloadFileIndex(dir),
     files,
+    // The upload stores the files left unhashed as content-addressed chunks (format v2), unless turned off.
+    ...(streamed && ctx.s3.chunks !== false ? { chunked: true } : {}),
   };
   const deferred = files.filter((f) => f.sha256 === undefined).length;
   if (streamed) {
@@ -263,9 +266,45 @@ export async function verifyLocal(dir: string, metadataSha256?: string | null): 
   for (const f of md.files) {
     const p = path.join(dir, f.path);
     if (!fs.existsSync(p)) throw ApplicationFailure.nonRetryable(`${f.path}: missing`, ErrorType.ChecksumMismatch);
+    if (f.chunks) {
+      await verifyChunks(p, f.path, f.chunks);
+      continue;
+    }
     const sum = await sha256File(p);
     if (sum !== f.sha256)
       throw ApplicationFailure.nonRetryable(`${f.path}: sha256 ${sum} != ${f.sha256}`, ErrorType.ChecksumMismatch);
   }
   return md;
+}
+
+/** A chunked file (format v2), read once: each run of bytes must hash to its chunk's name, and nothing may follow. */
+export async function verifyChunks(file: string, name: string, chunks: ChunkRef[]): Promise<void> {
+  const fh = await fs.promises.open(file, 'r');
+  try {
+    let offset = 0;
+    for (const [i, c] of chunks.entries()) {
+      const buf = Buffer.allocUnsafe(c.size);
+      let got = 0;
+      while (got < c.size) {
+        const { bytesRead } = await fh.read(buf, got, c.size - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      const sum = sha256Hex(buf.subarray(0, got));
+      if (sum !== c.sha256)
+        throw ApplicationFailure.nonRetryable(
+          `${name}: chunk ${i} (bytes ${offset}-${offset + c.size - 1}) has sha256 ${sum}, metadata.json says ${c.sha256}`,
+          ErrorType.ChecksumMismatch,
+        );
+      offset += c.size;
+      if (i % 16 === 15) heartbeat();
+    }
+    if ((await fh.stat()).size !== offset)
+      throw ApplicationFailure.nonRetryable(
+        `${name}: longer than its ${offset} bytes of chunks`,
+        ErrorType.ChecksumMismatch,
+      );
+  } finally {
+    await fh.close();
+  }
 }

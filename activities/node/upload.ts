@@ -19,7 +19,9 @@ import { ApplicationFailure, Context } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { ActivityBytes, UploadResult } from '../../common/checkpoint';
 import {
+  type ChunkRef,
   type FileEntry,
+  FORMAT_V2,
   type Metadata,
   METADATA_FILE,
   MetadataSchema,
@@ -28,6 +30,8 @@ import {
   SealDraftSchema,
 } from '../../common/metadata';
 import { makeS3Client, partSizeFor, s3ErrorKind, transferPlan } from '../s3-client';
+import { UploadLock } from '../chunk-store';
+import { type ChunkCounters, readAt, uploadChunks } from './upload-chunks';
 import { checkpointLocation, type NodeContext, s3Prefix } from './context';
 import { parseMetadata, sha256Hex, streamsOnUpload, writeFileAtomic, writtenStamp } from './seal';
 
@@ -43,6 +47,10 @@ export interface UploadProgress {
 }
 
 const b64 = (hex: string): string => Buffer.from(hex, 'hex').toString('base64');
+
+/** A file stored as one object under the checkpoint's prefix, with its whole SHA-256 (format v1, small files). */
+type WholeFile = FileEntry & { sha256: string };
+const isWhole = (f: { sha256?: string; chunks?: ChunkRef[] }): f is WholeFile => f.sha256 !== undefined && !f.chunks;
 
 function previousProgress(): UploadProgress {
   try {
@@ -118,17 +126,6 @@ async function findUpload(
   return { uploadId: newest.UploadId, partSize };
 }
 
-async function readPart(fd: fs.promises.FileHandle, offset: number, length: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(length);
-  let got = 0;
-  while (got < length) {
-    const { bytesRead } = await fd.read(buf, got, length - got, offset + got);
-    if (bytesRead === 0) break;
-    got += bytesRead;
-  }
-  return buf.subarray(0, got);
-}
-
 interface Counters {
   bytesSent: number;
   partsSent: number;
@@ -153,7 +150,7 @@ async function hashLocal(file: string, size: number, partSize: number): Promise<
   const fh = await fs.promises.open(file, 'r');
   try {
     for (let n = 0; n < Math.max(1, Math.ceil(size / partSize)); n++) {
-      const body = await readPart(fh, n * partSize, Math.min(partSize, size - n * partSize));
+      const body = await readAt(fh, n * partSize, Math.min(partSize, size - n * partSize));
       whole.update(body);
       parts.push(createHash('sha256').update(body).digest());
       read += body.length;
@@ -267,7 +264,7 @@ async function uploadLarge(
     const inflight = new Set<Promise<void>>();
     let failure: { error: unknown } | null = null;
     for (let n = 1; n <= total && !failure; n++) {
-      const body = await readPart(fh, (n - 1) * partSize, Math.min(partSize, f.size - (n - 1) * partSize));
+      const body = await readAt(fh, (n - 1) * partSize, Math.min(partSize, f.size - (n - 1) * partSize));
       whole.update(body);
       read += body.length;
       const digest = createHash('sha256').update(body).digest();
@@ -437,16 +434,27 @@ export async function uploadCheckpoint(
   const s3 = makeS3Client(ctx.s3);
   const concurrency = input.concurrency ?? transferPlan(Math.max(0, ...md.files.map((f) => f.size))).concurrency;
   const log = { node: ctx.node, checkpoint: input.checkpointId, job: md.jobId };
+  let lock: UploadLock | undefined;
+  let reused: { bytesReused: number; chunksReused: number } | object = {};
   try {
     await refuseOtherCheckpoint(s3, bucket, prefix + METADATA_FILE, mdSha, input.checkpointId);
-    const small = md.files.filter((f) => !streamsOnUpload(f.size));
-    const large = md.files.filter((f) => streamsOnUpload(f.size));
+    const whole = md.files.filter(isWhole);
+    const small = whole.filter((f) => !streamsOnUpload(f.size));
+    const large = whole.filter((f) => streamsOnUpload(f.size));
+    const chunked = md.files.filter((f) => f.chunks);
     progress.bytes = {
       done: md.files.filter((f) => progress.done.includes(f.path)).reduce((n, f) => n + f.size, 0),
       total: md.files.reduce((n, f) => n + f.size, 0),
     };
     // Many small CRIU images: sent concurrently; large page images go part by part.
     await putSmall(s3, bucket, prefix, dir, small, progress, counters, concurrency);
+    if (chunked.length > 0) {
+      // A metadata.json the chunked upload committed before a crash: every chunk it names must be in S3, as
+      // S3 verified it, before it goes there; the local bytes must still be those chunks.
+      const r = await storeChunked(ctx, s3, input.checkpointId, dir, chunked, progress, counters, concurrency, log);
+      lock = r.lock;
+      reused = r.reused;
+    }
     for (const f of large) {
       if (progress.done.includes(f.path)) continue;
       if (!progress.multipart[f.path] && (await exists(s3, bucket, prefix + f.path, f))) {
@@ -468,13 +476,16 @@ export async function uploadCheckpoint(
         ChecksumSHA256: b64(mdSha),
       }),
     );
-    ctx.logger.info({ ...log, ...counters }, 'checkpoint uploaded');
-    return { bucket, prefix, ...counters, metadataSha256: mdSha };
+    ctx.logger.info({ ...log, ...counters, ...reused }, 'checkpoint uploaded');
+    return { bucket, prefix, ...counters, ...reused, metadataSha256: mdSha };
   } catch (e) {
     if (e instanceof ApplicationFailure && e.type === ErrorType.ChecksumMismatch)
       ctx.logger.error({ ...log, err: e.message }, 'local copy differs from its seal: not uploaded');
-    asS3Failure(e, `upload of checkpoint ${input.checkpointId}`);
+    return asS3Failure(e, `upload of checkpoint ${input.checkpointId}`);
   } finally {
+    await lock
+      ?.release()
+      .catch((e: unknown) => ctx.logger.warn({ ...log, err: (e as Error).message }, 'upload lock left behind'));
     s3.destroy();
   }
 }
@@ -485,7 +496,7 @@ async function putSmall(
   bucket: string,
   prefix: string,
   dir: string,
-  files: FileEntry[],
+  files: WholeFile[],
   progress: UploadProgress,
   counters: Counters,
   concurrency: number,
@@ -521,6 +532,52 @@ async function putSmall(
       }
     }),
   );
+}
+
+/**
+ * Format v2: the files as content-addressed chunks (upload-chunks.ts), under this upload's lock, which the
+ * caller releases once metadata.json (naming every chunk) is in S3: the collector deletes nothing meanwhile.
+ * A draft's file (no `chunks`) is cut here, and must be unchanged since the seal before and after its read;
+ * a committed metadata.json's file is read by its recorded chunks, each of which must still be the one named.
+ */
+async function storeChunked(
+  ctx: NodeContext,
+  s3: S3Client,
+  checkpointId: string,
+  dir: string,
+  files: (SealDraft['files'][number] & { chunks?: ChunkRef[] })[],
+  progress: UploadProgress,
+  counters: Counters,
+  concurrency: number,
+  log: object,
+): Promise<{ lock: UploadLock; refs: Map<string, ChunkRef[]>; reused: { bytesReused: number; chunksReused: number } }> {
+  const lock = await UploadLock.acquire(s3, ctx.s3.bucket, checkpointId, { node: ctx.node }, (gcAgeMs) => {
+    beat(progress);
+    ctx.logger.info({ ...log, gcAgeMs }, 'chunk collection in progress: waiting for it to stop');
+  });
+  const c: ChunkCounters = { bytesSent: 0, chunksSent: 0, bytesReused: 0, chunksReused: 0 };
+  const refs = new Map<string, ChunkRef[]>();
+  try {
+    for (const f of files) {
+      const file = path.join(dir, f.path);
+      if (!f.chunks) unchangedSinceSeal(file, f);
+      const tick = async (n: number): Promise<void> => {
+        if (progress.bytes) progress.bytes.done += n;
+        beat(progress);
+        await lock.refresh();
+      };
+      refs.set(f.path, await uploadChunks(s3, ctx.s3.bucket, file, f, c, concurrency, tick, f.chunks));
+      // The read above is the seal of these bytes: a write during it would make the chunks a mix.
+      if (!f.chunks) unchangedSinceSeal(file, f);
+    }
+  } catch (e) {
+    await lock.release().catch(() => undefined);
+    throw e;
+  }
+  counters.bytesSent += c.bytesSent;
+  counters.partsSent += c.chunksSent;
+  counters.partsResumed += c.chunksReused;
+  return { lock, refs, reused: { bytesReused: c.bytesReused, chunksReused: c.chunksReused } };
 }
 
 /**
@@ -594,18 +651,27 @@ async function uploadStreamed(
   const s3 = makeS3Client(ctx.s3);
   const concurrency = input.concurrency ?? transferPlan(Math.max(0, ...draft.files.map((f) => f.size))).concurrency;
   const log = { node: ctx.node, checkpoint: input.checkpointId, job: draft.jobId };
+  let lock: UploadLock | undefined;
+  let reused: { bytesReused: number; chunksReused: number } | object = {};
   try {
     // Nothing of ours is committed yet (no local metadata.json): any metadata.json in S3 is another checkpoint's.
     await refuseOtherCheckpoint(s3, bucket, prefix + METADATA_FILE, '', input.checkpointId);
-    const small = draft.files.filter((f): f is FileEntry => f.sha256 !== undefined);
+    const small = draft.files.filter(isWhole);
     progress.bytes = {
       done: draft.files.filter((f) => progress.done.includes(f.path)).reduce((n, f) => n + f.size, 0),
       total: draft.files.reduce((n, f) => n + f.size, 0),
     };
     await putSmall(s3, bucket, prefix, dir, small, progress, counters, concurrency);
     const hashed = new Map<string, Hashed>();
-    for (const f of draft.files) {
-      if (f.sha256 !== undefined) continue;
+    const chunked = new Map<string, ChunkRef[]>();
+    const unhashed = draft.files.filter((f) => f.sha256 === undefined);
+    if (draft.chunked && unhashed.length > 0) {
+      const r = await storeChunked(ctx, s3, input.checkpointId, dir, unhashed, progress, counters, concurrency, log);
+      lock = r.lock;
+      reused = r.reused;
+      for (const [p, refs] of r.refs) chunked.set(p, refs);
+    }
+    for (const f of draft.chunked ? [] : unhashed) {
       const file = path.join(dir, f.path);
       // Checked before the read and after it: a write in between would make the hash the upload computes
       // describe bytes CRIU never wrote (or a mix of two versions).
@@ -623,10 +689,14 @@ async function uploadStreamed(
       delete progress.multipart[f.path];
       beat(progress);
     }
+    const { chunked: _draftChunked, ...fields } = draft;
     const doc: Metadata = {
-      ...draft,
-      files: draft.files.map((f) => {
+      ...fields,
+      ...(chunked.size > 0 ? { format: FORMAT_V2 } : {}),
+      files: draft.files.map((f): FileEntry => {
         const h = hashed.get(f.path);
+        const c = chunked.get(f.path);
+        if (c) return { path: f.path, size: f.size, chunks: c };
         return h ? { path: f.path, size: f.size, sha256: h.sha256, s3Checksum: h.s3Checksum } : (f as FileEntry);
       }),
     };
@@ -644,13 +714,22 @@ async function uploadStreamed(
         ChecksumSHA256: b64(mdSha),
       }),
     );
-    ctx.logger.info({ ...log, ...counters, metadataSha256: mdSha }, 'checkpoint uploaded (hashed while streaming)');
-    return { bucket, prefix, ...counters, metadataSha256: mdSha };
+    ctx.logger.info(
+      { ...log, ...counters, ...reused, metadataSha256: mdSha },
+      chunked.size > 0
+        ? 'checkpoint uploaded (content-addressed chunks)'
+        : 'checkpoint uploaded (hashed while streaming)',
+    );
+    return { bucket, prefix, ...counters, ...reused, metadataSha256: mdSha };
   } catch (e) {
     if (e instanceof ApplicationFailure && e.type === ErrorType.ChecksumMismatch)
       ctx.logger.error({ ...log, err: e.message }, 'local copy changed while being uploaded: not committed');
-    asS3Failure(e, `upload of checkpoint ${input.checkpointId}`);
+    return asS3Failure(e, `upload of checkpoint ${input.checkpointId}`);
   } finally {
+    // Left behind (S3 gone), it stops counting after its TTL; a retry writes it again first.
+    await lock
+      ?.release()
+      .catch((e: unknown) => ctx.logger.warn({ ...log, err: (e as Error).message }, 'upload lock left behind'));
     s3.destroy();
   }
 }

@@ -1,7 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { CHUNK_PREFIX } from '../../activities/chunk-store';
+import { MetadataSchema } from '../../common/metadata';
 import { WorkflowFailedError } from '@temporalio/client';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { makeS3Client } from '../../activities/s3-client';
@@ -423,23 +425,22 @@ describe('checkpoint, end to end on the real stack', () => {
     await workload('e2e-resume', 'resume', 256);
     const { request } = await k.startCheckpoint({ target: 'resume', node: 'e2e-resume', checkpointId: 'resume-1' });
     const c = s3();
-    const partsDone = async (): Promise<number> => {
-      // MinIO lists multipart uploads by exact key: the workload's memory pages image (pages-1.img is its
-      // init's, tini's, a few KiB: CRIU numbers them in dump order, root first).
-      const ups = await c.send(
-        new ListMultipartUploadsCommand({
-          Bucket: stack().s3.bucket,
-          Prefix: 'checkpoints/resume-1/images/pages-2.img',
-        }),
-      );
-      let n = 0;
-      for (const u of ups.Uploads ?? [])
-        n += (
-          (await c.send(new ListPartsCommand({ Bucket: stack().s3.bucket, Key: u.Key, UploadId: u.UploadId }))).Parts ??
-          []
-        ).length;
-      return n;
+    // The workload's memory goes as content-addressed chunks (format v2): those this upload stored so far are the
+    // chunks in the bucket that were not there before it (this suite runs one checkpoint at a time).
+    const chunkKeys = async (): Promise<Set<string>> => {
+      const out = new Set<string>();
+      for (let token: string | undefined; ;) {
+        const r = await c.send(
+          new ListObjectsV2Command({ Bucket: stack().s3.bucket, Prefix: CHUNK_PREFIX, ContinuationToken: token }),
+        );
+        for (const o of r.Contents ?? []) out.add(o.Key!.slice(CHUNK_PREFIX.length));
+        if (!r.IsTruncated) return out;
+        token = r.NextContinuationToken;
+      }
     };
+    const before = await chunkKeys();
+    const stored = async (): Promise<string[]> => [...(await chunkKeys())].filter((x) => !before.has(x));
+    const partsDone = async (): Promise<number> => (await stored()).length;
     const done = await until('some parts uploaded', async () => (await partsDone()) || null, 120000, 100);
     // What `kybernate checkpoint` shows while it waits: the upload's bytes so far, from its heartbeat details.
     const live = await until(
@@ -454,13 +455,25 @@ describe('checkpoint, end to end on the real stack', () => {
     expect(live.done).toBeLessThan(live.total);
     expect(live.total).toBeGreaterThanOrEqual(256 * 2 ** 20);
     a.kill9();
+    const atKill = await stored();
     await tox.removeToxic('s3-slow', 'slow-upload');
     await a.restart();
     const s = await k.checkpointResult(request.checkpointId);
-    c.destroy();
     expect(s.phase).toBe('Durable');
     expect(done).toBeGreaterThan(0);
-    expect(s.upload!.partsResumed).toBeGreaterThanOrEqual(done);
+    // Every chunk stored before the crash is one the retry found in S3 and did not send again.
+    const md = MetadataSchema.parse(
+      JSON.parse(
+        await (
+          await c.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: 'checkpoints/resume-1/metadata.json' }))
+        ).Body!.transformToString(),
+      ),
+    );
+    c.destroy();
+    const named = new Set(md.files.flatMap((f) => (f.chunks ?? []).map((x) => x.sha256)));
+    const kept = atKill.filter((x) => named.has(x));
+    expect(kept.length).toBeGreaterThanOrEqual(done);
+    expect(s.upload!.partsResumed).toBeGreaterThanOrEqual(kept.length);
     expect(
       s.history.some((h) => h.phase === 'Uploading' && h.detail.includes(`${s.upload!.partsResumed} resumed`)),
     ).toBe(true);

@@ -5,6 +5,8 @@ import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { WorkflowFailedError } from '@temporalio/client';
 import { createControlActivities } from '../../activities/control';
 import { makeS3Client } from '../../activities/s3-client';
+import { chunkKey } from '../../activities/chunk-store';
+import { MetadataSchema } from '../../common/metadata';
 import { KybernateClient } from '../../clients/api';
 import { REPO_ROOT } from '../../deploy/local/paths';
 import { configFromStack, unregisterProcess } from '../../deploy/local/stack';
@@ -153,7 +155,17 @@ describe('restore, end to end on the real stack', () => {
   test('a corrupted object in S3: the verified nvme copy is used; with no good copy left, it fails as corrupt', async () => {
     const c = await checkpointed('r-small', 'corrupt', 0);
     const s3 = makeS3Client(configFromStack(stack()).s3);
-    const key = `checkpoints/${c.id}/images/pages-1.img`;
+    // The workload's memory is content-addressed chunks (format v2): one chunk of its pages image, from the
+    // middle of its buffer (its seed is this job's name, so no other checkpoint names that chunk).
+    const md = MetadataSchema.parse(
+      JSON.parse(
+        await (
+          await s3.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: `checkpoints/${c.id}/metadata.json` }))
+        ).Body!.transformToString(),
+      ),
+    );
+    const pages = md.files.reduce((a, b) => (b.size > a.size ? b : a));
+    const key = chunkKey(pages.chunks![pages.chunks!.length >> 1].sha256);
     const orig = Buffer.from(
       await (await s3.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: key }))).Body!.transformToByteArray(),
     );
@@ -196,6 +208,9 @@ describe('restore, end to end on the real stack', () => {
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect(String((err as WorkflowFailedError).cause?.message)).toMatch(/is corrupt/);
+    const put = makeS3Client(configFromStack(stack()).s3);
+    await put.send(new PutObjectCommand({ Bucket: stack().s3.bucket, Key: key, Body: orig }));
+    put.destroy();
   });
 
   test('a restore beside the still-running original on the same host: new PID namespace, no conflict', async () => {

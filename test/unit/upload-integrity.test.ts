@@ -9,7 +9,6 @@ import {
   PutObjectCommand,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
-import { ApplicationFailure } from '@temporalio/activity';
 import { listS3CheckpointIds, readS3Checkpoint } from '../../activities/catalogue';
 import type { NodeContext } from '../../activities/node/context';
 import { fetchCheckpoint } from '../../activities/node/fetch';
@@ -19,6 +18,7 @@ import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, type Metadata } from '../../common/metadata';
 import { metadataFor, writeSealed } from '../support/checkpoint-files';
 import { localNodeContext, stack } from '../support/stack';
+import { failure } from '../support/s3';
 
 /**
  * The upload's and the fetch's integrity checks against the real object store (MinIO of the test stack): the
@@ -91,15 +91,6 @@ async function object(id: string, file: string): Promise<Buffer> {
   } finally {
     s3.destroy();
   }
-}
-
-async function failure(p: Promise<unknown>): Promise<ApplicationFailure> {
-  const e = await p.then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(ApplicationFailure);
-  return e as ApplicationFailure;
 }
 
 describe('upload: the bytes in S3 are the bytes sealed', () => {

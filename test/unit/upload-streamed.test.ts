@@ -11,17 +11,17 @@ import {
   ListObjectsV2Command,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
-import { ApplicationFailure } from '@temporalio/activity';
 import type { NodeContext } from '../../activities/node/context';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { persistCheckpoint } from '../../activities/node/persist';
 import { writtenStamp } from '../../activities/node/seal';
 import { compositeSha256, uploadCheckpoint } from '../../activities/node/upload';
-import { makeS3Client, partSizeFor } from '../../activities/s3-client';
+import { partSizeFor } from '../../activities/s3-client';
 import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, MetadataSchema, SEAL_DRAFT_FILE, type SealDraft } from '../../common/metadata';
 import { metadataFor, writeFiles } from '../support/checkpoint-files';
 import { localNodeContext, stack } from '../support/stack';
+import { withS3, failure } from '../support/s3';
 
 /**
  * Hashing while streaming (PATCH 'checkpoint-hash-while-streaming') against the real object store of the test
@@ -67,16 +67,6 @@ function drafted(staging = false): { ctx: NodeContext; id: string; dir: string; 
   return { ctx, id, dir, large };
 }
 
-async function withS3<T>(fn: (s3: ReturnType<typeof makeS3Client>, bucket: string) => Promise<T>): Promise<T> {
-  const cfg = localNodeContext('s3', root).s3;
-  const s3 = makeS3Client(cfg);
-  try {
-    return await fn(s3, cfg.bucket);
-  } finally {
-    s3.destroy();
-  }
-}
-
 const keys = (id: string): Promise<string[]> =>
   withS3(async (s3, bucket) => {
     const r = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `checkpoints/${id}/` }));
@@ -99,15 +89,6 @@ function flipByte(file: string, offset: number): void {
   b[0] ^= 0xff;
   fs.writeSync(fd, b, 0, 1, offset);
   fs.closeSync(fd);
-}
-
-async function failure(p: Promise<unknown>): Promise<ApplicationFailure> {
-  const e = await p.then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(ApplicationFailure);
-  return e as ApplicationFailure;
 }
 
 /** The composite checksum S3 gives a multipart object of these bytes, computed here independently. */

@@ -5,6 +5,8 @@ import type { PreemptResult } from '../../common/job';
 import { CONTROL_QUEUE } from '../../common/queues';
 import type { RunningJob, SweepInput, SweepStatus } from '../../common/sweep';
 import type { preemptionSweep } from '../../workflows/sweep';
+import type { chunkGc } from '../../workflows/chunk-gc';
+import type { ChunkGcResult } from '../../common/chunk-gc';
 import { type ControlMock, Harness } from './harness';
 
 let h: Harness;
@@ -201,5 +203,67 @@ describe('preemptionSweep workflow', () => {
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect(((err as WorkflowFailedError).cause as ApplicationFailure).message).toMatch(/^invalid sweep: max: must be/);
     expect(listed).toBe(false);
+  });
+});
+
+describe('chunkGc workflow', () => {
+  const result = (deleted: number): ChunkGcResult => ({
+    outcome: 'collected',
+    reason: null,
+    dryRun: false,
+    checkpoints: 2,
+    unreadableMetadata: [],
+    chunks: 10,
+    chunkBytes: 10 << 20,
+    referenced: 10 - deleted,
+    keptRecent: 0,
+    deleted,
+    deletedBytes: deleted << 20,
+  });
+
+  test('S3 away: the collection is tried again with backoff until it answers; its counts are the result', async () => {
+    let calls = 0;
+    const control: ControlMock = {
+      collectChunks: async (i) => {
+        calls++;
+        expect(i).toEqual({ minAgeMs: 3_600_000 });
+        if (calls < 3) throw ApplicationFailure.retryable('S3 not answering', ErrorType.S3Unavailable);
+        return result(4);
+      },
+    };
+    const r = await h.with(control, {}, () =>
+      h.env.client.workflow.execute<typeof chunkGc>('chunkGc', {
+        workflowId: 'chunk-gc/retry',
+        taskQueue: CONTROL_QUEUE,
+        args: [{ minAgeMs: 3_600_000 }],
+      }),
+    );
+    expect(calls).toBe(3);
+    expect(r).toEqual(result(4));
+  });
+
+  test('a bad input is refused, naming the field, before any collection runs', async () => {
+    let calls = 0;
+    const control: ControlMock = {
+      collectChunks: async () => {
+        calls++;
+        return result(0);
+      },
+    };
+    const err = await h
+      .with(control, {}, () =>
+        h.env.client.workflow.execute<typeof chunkGc>('chunkGc', {
+          workflowId: 'chunk-gc/bad',
+          taskQueue: CONTROL_QUEUE,
+          args: [{ minAgeMs: -1 }],
+        }),
+      )
+      .then(
+        () => null,
+        (e: unknown) => e,
+      );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    expect(((err as WorkflowFailedError).cause as Error).message).toContain('minAgeMs');
+    expect(calls).toBe(0);
   });
 });

@@ -1,0 +1,84 @@
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { ApplicationFailure } from '@temporalio/activity';
+import type { ActivityBytes } from '../../common/checkpoint';
+import { ErrorType } from '../../common/errors';
+import type { ChunkRef } from '../../common/metadata';
+import { chunkKey } from '../chunk-store';
+import { heartbeat } from './run-tool';
+
+/** Chunks fetched at once: they are small (2-8 MiB), so more requests in flight keep the link busy. */
+export const CHUNK_FETCH_CONCURRENCY = 8;
+
+/**
+ * A chunked file (format v2) reassembled from its chunks: up to `concurrency` GETs at once, each chunk hashed
+ * as it arrives and refused unless its SHA-256 is its name (ChecksumMismatch, never retried: the bucket
+ * holds other bytes under that name), then written at its offset. The file is complete and verified when
+ * every chunk is; metadata.json, which names the chunks, is checked by the caller against its seal.
+ * A chunk named twice is fetched once per place (the bytes are small; no cross-chunk bookkeeping).
+ */
+export async function downloadChunks(
+  s3: S3Client,
+  bucket: string,
+  dest: string,
+  f: { path: string; chunks: ChunkRef[] },
+  progress: ActivityBytes,
+  concurrency = CHUNK_FETCH_CONCURRENCY,
+): Promise<void> {
+  fs.mkdirSync(path.dirname(dest), { recursive: true });
+  const offsets: number[] = [];
+  f.chunks.reduce((at, c) => (offsets.push(at), at + c.size), 0);
+  const fh = await fs.promises.open(dest, 'w');
+  try {
+    let next = 0;
+    let failed = false;
+    const worker = async (): Promise<void> => {
+      while (!failed && next < f.chunks.length) {
+        const i = next++;
+        const c = f.chunks[i];
+        try {
+          const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: chunkKey(c.sha256) }));
+          const buf = Buffer.allocUnsafe(c.size);
+          let got = 0;
+          for await (const part of r.Body as AsyncIterable<Buffer>) {
+            if (got + part.length > c.size) {
+              (r.Body as Readable).destroy();
+              got = c.size + 1;
+              break;
+            }
+            part.copy(buf, got);
+            got += part.length;
+          }
+          const sum = got === c.size ? createHash('sha256').update(buf).digest('hex') : null;
+          if (sum !== c.sha256)
+            throw ApplicationFailure.nonRetryable(
+              `${f.path}: chunk ${i} fetched as ${chunkKey(c.sha256)} has ${got > c.size ? `more than ${c.size} bytes` : `sha256 ${sum ?? `none (${got} of ${c.size} bytes)`}`}: the bucket holds other bytes under its name`,
+              ErrorType.ChecksumMismatch,
+            );
+          for (let done = 0; done < buf.length;) {
+            const { bytesWritten } = await fh.write(buf, done, buf.length - done, offsets[i] + done);
+            done += bytesWritten;
+          }
+          progress.done += c.size;
+          heartbeat({ bytes: progress });
+        } catch (e) {
+          failed = true;
+          if ((e as Error).name === 'NoSuchKey')
+            throw ApplicationFailure.nonRetryable(
+              `${f.path}: chunk ${i} (${chunkKey(c.sha256)}) is missing from the bucket: the checkpoint is damaged`,
+              ErrorType.ChecksumMismatch,
+            );
+          throw e;
+        }
+      }
+    };
+    const results = await Promise.allSettled(Array.from({ length: Math.min(concurrency, f.chunks.length) }, worker));
+    const rejected = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+    if (rejected) throw rejected.reason;
+  } finally {
+    await fh.close();
+  }
+}

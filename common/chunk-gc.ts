@@ -1,0 +1,47 @@
+/**
+ * Pure types of the collection of content-addressed chunks no checkpoint names (activities/control/chunk-gc.ts,
+ * workflows/chunk-gc.ts). No I/O: safe in workflow code.
+ */
+
+/** Unreferenced chunks younger than this are kept by default: an upload may be about to name them. */
+export const DEFAULT_CHUNK_MIN_AGE_MS = 60 * 60 * 1000;
+/** One collection at a time: its workflow id. */
+export const CHUNK_GC_WORKFLOW_ID = 'chunk-gc';
+
+export interface ChunkGcInput {
+  /** Only chunks older than this (the object store's clock) are deleted. */
+  minAgeMs: number;
+  /** Count what would be deleted; delete nothing. */
+  dryRun?: boolean;
+}
+
+export interface ChunkGcResult {
+  /** skipped: uploads were in flight (before or during the sweep), so it stopped; `deleted` says how far it got. */
+  outcome: 'collected' | 'skipped';
+  reason: string | null;
+  dryRun: boolean;
+  /** metadata.json files read (every checkpoint in the bucket). */
+  checkpoints: number;
+  /** metadata.json that did not parse: anything in them shaped like a chunk name was kept. */
+  unreadableMetadata: string[];
+  chunks: number;
+  chunkBytes: number;
+  /** Chunks some checkpoint names. */
+  referenced: number;
+  /** Named by none, but younger than minAgeMs: kept. */
+  keptRecent: number;
+  /** Deleted (with dryRun: would be). */
+  deleted: number;
+  deletedBytes: number;
+}
+
+/** Why an input is refused (naming the field), or null. */
+export function chunkGcInputProblem(input: unknown): string | null {
+  const i = input as Partial<ChunkGcInput> | null;
+  if (!i || typeof i !== 'object') return 'input: expected an object';
+  if (typeof i.minAgeMs !== 'number' || !Number.isInteger(i.minAgeMs) || i.minAgeMs < 0)
+    return `minAgeMs: expected a whole number of milliseconds >= 0 (got ${JSON.stringify(i.minAgeMs)})`;
+  if (i.dryRun !== undefined && typeof i.dryRun !== 'boolean')
+    return `dryRun: expected true or false (got ${JSON.stringify(i.dryRun)})`;
+  return null;
+}

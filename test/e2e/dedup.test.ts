@@ -1,0 +1,153 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { fetchCheckpoint } from '../../activities/node/fetch';
+import { makeS3Client } from '../../activities/s3-client';
+import type { KybernateClient } from '../../clients/api';
+import type { CheckpointStatus } from '../../common/checkpoint';
+import { FORMAT_V1, FORMAT_V2, METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
+import { configFromStack } from '../../deploy/local/stack';
+import { CHUNK_GC_WORKFLOW_ID } from '../../common/chunk-gc';
+import { recordHistory } from '../support/histories';
+import { Agent, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
+
+/**
+ * Content-addressed checkpoints on the real stack: a second checkpoint of a job whose memory barely changed,
+ * and a checkpoint of a second job with the same memory, send only what the bucket lacks; the collection of
+ * unnamed chunks keeps off a checkpoint in flight; an old-format checkpoint (whole files) still restores.
+ */
+const MiB = 2 ** 20;
+let k: KybernateClient;
+const agents: Agent[] = [];
+
+beforeAll(async () => {
+  k = await client();
+  agents.push(await Agent.start({ node: 'dd-a', declaredVramBytes: 8 * 2 ** 30 }));
+  // An agent that stores whole files (KYBERNATE_S3_CHUNKS=false): what agents before chunks wrote (format v1).
+  agents.push(
+    await Agent.start({ node: 'dd-v1', declaredVramBytes: 8 * 2 ** 30, env: { KYBERNATE_S3_CHUNKS: 'false' } }),
+  );
+});
+afterAll(async () => {
+  for (const a of agents) await a.stop();
+  await k.close();
+});
+
+/** A pattern workload; `seed` decides its memory (two jobs with one seed hold the same bytes). */
+async function workload(node: string, job: string, mib: number, seed = job): Promise<{ pid: number; logFile: string }> {
+  const info = await k.runWorkload({ node, jobId: job, command: [PYTHON, PATTERN, String(mib), seed] });
+  await until(`${job} ticking`, () => lastTick(info.logFile) >= 2, 60000);
+  return info;
+}
+
+async function checkpoint(job: string, node: string, id: string, leaveRunning: boolean): Promise<CheckpointStatus> {
+  const { request } = await k.startCheckpoint({ target: job, node, checkpointId: id, leaveRunning });
+  const s = await k.checkpointResult(request.checkpointId);
+  expect(s.phase).toBe('Durable');
+  expect(s.tier).toBe('s3');
+  return s;
+}
+
+async function metadataInS3(id: string): Promise<Metadata> {
+  const s3 = makeS3Client(configFromStack(stack()).s3);
+  try {
+    const r = await s3.send(
+      new GetObjectCommand({ Bucket: stack().s3.bucket, Key: `checkpoints/${id}/${METADATA_FILE}` }),
+    );
+    return MetadataSchema.parse(JSON.parse(await r.Body!.transformToString()));
+  } finally {
+    s3.destroy();
+  }
+}
+
+const totalBytes = (md: Metadata): number => md.files.reduce((n, f) => n + f.size, 0);
+
+/** Restored on its node, it runs on from its counter and its memory is the pattern it last wrote. */
+async function restoredWithState(id: string, node: string, logFile: string, tick: number): Promise<number> {
+  const r = await k.startRestore({ checkpointId: id, node });
+  const s = await k.restoreResult(r.workflowId);
+  expect(s.phase).toBe('Running');
+  await until('progress after restore', () => lastTick(logFile) > tick + 2, 30000);
+  const verified = output(logFile).filter((l) => l.includes('pattern_ok=')).length;
+  process.kill(s.pid!, 'SIGUSR1');
+  await until(
+    'pattern verified',
+    () => output(logFile).filter((l) => l.includes('pattern_ok=')).length > verified,
+    20000,
+  );
+  expect(output(logFile).some((l) => l.includes('pattern_ok=False'))).toBe(false);
+  return s.pid!;
+}
+
+describe('content-addressed checkpoints, end to end', () => {
+  test('a second checkpoint after 5% of the memory changed sends a small part of the first; it restores with that change', async () => {
+    const w = await workload('dd-a', 'dd-job', 192);
+    const first = await checkpoint('dd-job', 'dd-a', 'dd-job-1', true);
+    process.kill(w.pid, 'SIGUSR2');
+    await until('memory churned', () => output(w.logFile).some((l) => l.startsWith('churned generation=1')), 20000);
+    const second = await checkpoint('dd-job', 'dd-a', 'dd-job-2', false);
+    const md = await metadataInS3('dd-job-2');
+    expect(md.format).toBe(FORMAT_V2);
+    expect(first.upload!.bytesSent).toBeGreaterThan(190 * MiB);
+    // 5% of 192 MiB changed, plus the chunks around its edges and the small images.
+    expect(second.upload!.bytesSent).toBeLessThan(first.upload!.bytesSent * 0.2);
+    expect(second.upload!.bytesReused!).toBeGreaterThan(totalBytes(md) * 0.75);
+    const pid = await restoredWithState('dd-job-2', 'dd-a', w.logFile, lastTick(w.logFile));
+    process.kill(pid, 'SIGKILL');
+  });
+
+  test('a second job holding the same memory (a replica) stores almost nothing new', async () => {
+    await workload('dd-a', 'dd-replica-1', 128, 'replica');
+    await checkpoint('dd-replica-1', 'dd-a', 'dd-replica-1-ck', true);
+    await workload('dd-a', 'dd-replica-2', 128, 'replica');
+    const second = await checkpoint('dd-replica-2', 'dd-a', 'dd-replica-2-ck', true);
+    const md = await metadataInS3('dd-replica-2-ck');
+    // All of the 128 MiB buffer but the chunks at its two edges (they hold other memory too; at most 8 MiB each).
+    expect(second.upload!.bytesReused!).toBeGreaterThanOrEqual(128 * MiB - 16 * MiB);
+    expect(second.upload!.bytesSent).toBeLessThan(totalBytes(md) * 0.2);
+    for (const j of ['dd-replica-1', 'dd-replica-2']) await k.stopWorkload({ node: 'dd-a', jobId: j });
+  });
+
+  test('the collection keeps off a checkpoint in flight; after it, the chunks no checkpoint names are gone and every checkpoint restores', async () => {
+    const w = await workload('dd-a', 'dd-gc', 160);
+    const { request } = await k.startCheckpoint({ target: 'dd-gc', node: 'dd-a', checkpointId: 'dd-gc-1' });
+    // While its upload holds the lock, the collection deletes nothing.
+    await until(
+      'the upload under way',
+      async () => {
+        const s = await k.describeCheckpoint('dd-gc-1');
+        return 'phase' in s && s.phase === 'Uploading' ? true : null;
+      },
+      60000,
+      50,
+    );
+    const during = await k.collectChunks({ minAgeMs: 1000 });
+    const s = await k.checkpointResult(request.checkpointId);
+    expect(s.phase).toBe('Durable');
+    if (during.outcome === 'collected') {
+      // The upload's lock came first only if the collection found none: then it ran before any chunk was reused.
+      expect(during.reason).toBeNull();
+    } else expect(during.reason).toMatch(/uploads in flight \(.*dd-gc-1/);
+    const after = await k.collectChunks({ minAgeMs: 1000 });
+    expect(after.outcome).toBe('collected');
+    await recordHistory('chunk-gc', k.client.workflow.getHandle(CHUNK_GC_WORKFLOW_ID));
+    const dir = fs.mkdtempSync(path.join(stack().home, 'dd-verify-'));
+    const f = await fetchCheckpoint(localNodeContext('dd-verifier', dir), { checkpointId: 'dd-gc-1' });
+    expect(f.source).toBe('s3');
+    fs.rmSync(dir, { recursive: true, force: true });
+    await restoredWithState('dd-gc-1', 'dd-a', w.logFile, lastTick(w.logFile)).then((pid) =>
+      process.kill(pid, 'SIGKILL'),
+    );
+  });
+
+  test('an old-format checkpoint (whole files, v1) restores on an agent that writes chunks', async () => {
+    const w = await workload('dd-v1', 'dd-old', 96);
+    await checkpoint('dd-old', 'dd-v1', 'dd-old-1', false);
+    const md = await metadataInS3('dd-old-1');
+    expect(md.format).toBe(FORMAT_V1);
+    expect(md.files.every((f) => f.chunks === undefined && f.sha256 !== undefined)).toBe(true);
+    // dd-a has no copy of it: it comes from S3, whole objects, verified file by file.
+    const pid = await restoredWithState('dd-old-1', 'dd-a', w.logFile, lastTick(w.logFile));
+    process.kill(pid, 'SIGKILL');
+  });
+});

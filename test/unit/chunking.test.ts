@@ -1,0 +1,82 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { CHUNK_MAX, CHUNK_MIN, ChunkSplitter, chunksOf, PAGE } from '../../activities/chunking';
+
+/** Page-aligned content-defined chunking (format v2): cuts that unchanged memory keeps wherever it lands. */
+const MiB = 1 << 20;
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const names = (b: Buffer): string[] => chunksOf(b).map(sha);
+
+/** Memory as CRIU writes it: whole pages, each unique (random), `pages` of them. */
+const memory = (pages: number): Buffer => randomBytes(pages * PAGE);
+
+describe('chunking', () => {
+  const base = memory((48 * MiB) / PAGE);
+
+  test('chunks cover the file exactly, within the size bounds, on page boundaries', () => {
+    const chunks = chunksOf(base);
+    expect(Buffer.concat(chunks).equals(base)).toBe(true);
+    expect(chunks.length).toBeGreaterThan(48 / 8);
+    for (const c of chunks.slice(0, -1)) {
+      expect(c.length).toBeGreaterThanOrEqual(CHUNK_MIN);
+      expect(c.length).toBeLessThanOrEqual(CHUNK_MAX);
+      expect(c.length % PAGE).toBe(0);
+    }
+  });
+
+  test('the same bytes fed in any block sizes give the same chunks (the upload reads 8 MiB at a time)', () => {
+    for (const block of [PAGE, 1 * MiB + 3 * PAGE, 8 * MiB, 13 * MiB + 1]) {
+      const s = new ChunkSplitter();
+      const out: Buffer[] = [];
+      for (let o = 0; o < base.length; o += block) out.push(...s.push(base.subarray(o, o + block)));
+      out.push(...s.end());
+      expect(out.map(sha)).toEqual(names(base));
+    }
+  });
+
+  test('a page changed in place changes only the chunk it is in (and at most the next)', () => {
+    const changed = Buffer.from(base);
+    const at = 20 * MiB + 5 * PAGE;
+    randomBytes(PAGE).copy(changed, at);
+    const before = new Set(names(base));
+    const after = names(changed);
+    expect(after.filter((n) => !before.has(n)).length).toBeLessThanOrEqual(2);
+    expect(after.filter((n) => !before.has(n)).length).toBeGreaterThanOrEqual(1);
+  });
+
+  test('pages that appear or vanish shift the image, yet the chunks after the next cut are the same', () => {
+    const inserted = Buffer.concat([base.subarray(0, 10 * MiB), memory(3), base.subarray(10 * MiB)]);
+    const removed = Buffer.concat([base.subarray(0, 30 * MiB), base.subarray(30 * MiB + 7 * PAGE)]);
+    const before = names(base);
+    for (const shifted of [inserted, removed]) {
+      const after = names(shifted);
+      const fresh = after.filter((n) => !before.includes(n));
+      // Fixed-size chunks would change every chunk after the shift (more than half of them here).
+      expect(fresh.length).toBeLessThanOrEqual(3);
+      expect(after.length - fresh.length).toBeGreaterThanOrEqual(before.length - 3);
+    }
+  });
+
+  test('a contiguous 5% of the memory rewritten changes about 5% of the bytes stored', () => {
+    const big = memory((96 * MiB) / PAGE);
+    const changed = Buffer.from(big);
+    randomBytes(big.length / 20).copy(changed, 40 * MiB);
+    const before = new Set(names(big));
+    const fresh = chunksOf(changed).filter((c) => !before.has(sha(c)));
+    const freshBytes = fresh.reduce((n, c) => n + c.length, 0);
+    expect(freshBytes).toBeGreaterThanOrEqual(big.length / 20);
+    expect(freshBytes).toBeLessThanOrEqual(big.length / 20 + 3 * CHUNK_MAX);
+  });
+
+  test('a run of one repeated page is cut the same way each time: the repeats are one chunk', () => {
+    const page = randomBytes(PAGE);
+    const same = Buffer.concat(Array.from({ length: (40 * MiB) / PAGE }, () => page));
+    const n = new Set(names(same.subarray(0, 32 * MiB)));
+    expect(n.size).toBe(1);
+  });
+
+  test('a file that is not whole pages, or smaller than a chunk, is one last chunk', () => {
+    expect(chunksOf(Buffer.alloc(0))).toEqual([]);
+    const odd = randomBytes(CHUNK_MIN / 2 + 17);
+    expect(chunksOf(odd).map(sha)).toEqual([sha(odd)]);
+  });
+});
