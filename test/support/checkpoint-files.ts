@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { METADATA_FILE, type Metadata } from '../../common/metadata';
+import { writtenStamp } from '../../activities/node/seal';
+import { METADATA_FILE, type Metadata, SEAL_DRAFT_FILE, type SealDraft } from '../../common/metadata';
 
 export const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 
@@ -37,4 +38,28 @@ export function writeSealed(dir: string, md: Metadata, files: Record<string, Buf
   const text = JSON.stringify(md, null, 2);
   fs.writeFileSync(path.join(dir, METADATA_FILE), text);
   return sha256(text);
+}
+
+/**
+ * What the seal leaves with chunks on (seal-draft.json marked chunked): the files written under dir, and
+ * `large` left unhashed with its written stamp, for the upload to cut into chunks.
+ */
+export function writeChunkedDraft(
+  dir: string,
+  id: string,
+  jobId: string,
+  node: string,
+  files: Record<string, Buffer>,
+  large: string,
+): void {
+  writeFiles(dir, files);
+  const sealed = metadataFor(id, jobId, node, files);
+  const draft: SealDraft = {
+    ...sealed,
+    chunked: true,
+    files: sealed.files.map((f) =>
+      f.path === large ? { path: f.path, size: f.size, written: writtenStamp(path.join(dir, large)) } : f,
+    ),
+  };
+  fs.writeFileSync(path.join(dir, SEAL_DRAFT_FILE), JSON.stringify(draft, null, 2));
 }

@@ -7,12 +7,11 @@ import { createRetentionActivities } from '../../activities/control/retention';
 import { CHUNK_PREFIX, UPLOAD_LOCK_PREFIX } from '../../activities/chunk-store';
 import type { NodeContext } from '../../activities/node/context';
 import { fetchCheckpoint } from '../../activities/node/fetch';
-import { writtenStamp } from '../../activities/node/seal';
 import { uploadCheckpoint } from '../../activities/node/upload';
 import { makeS3Client } from '../../activities/s3-client';
 import type { S3Config } from '../../common/config';
-import { METADATA_FILE, MetadataSchema, SEAL_DRAFT_FILE, type SealDraft } from '../../common/metadata';
-import { metadataFor, sha256, writeFiles } from '../support/checkpoint-files';
+import { METADATA_FILE, MetadataSchema } from '../../common/metadata';
+import { sha256, writeChunkedDraft } from '../support/checkpoint-files';
 import { localNodeContext, stack } from '../support/stack';
 
 /**
@@ -45,16 +44,7 @@ function drafted(large: Buffer): { ctx: NodeContext; id: string } {
   const ctx = ctxFor(`node-${id}`);
   const dir = path.join(ctx.dataDir, 'checkpoints', id);
   const files = { [PAGES]: large, 'images/inventory.img': randomBytes(100) };
-  writeFiles(dir, files);
-  const sealed = metadataFor(id, 'job-gc', ctx.node, files);
-  const draft: SealDraft = {
-    ...sealed,
-    chunked: true,
-    files: sealed.files.map((f) =>
-      f.path === PAGES ? { path: f.path, size: f.size, written: writtenStamp(path.join(dir, PAGES)) } : f,
-    ),
-  };
-  fs.writeFileSync(path.join(dir, SEAL_DRAFT_FILE), JSON.stringify(draft));
+  writeChunkedDraft(dir, id, 'job-gc', ctx.node, files, PAGES);
   return { ctx, id };
 }
 

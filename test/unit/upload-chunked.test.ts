@@ -5,11 +5,11 @@ import { DeleteObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObject
 import { chunkKey, GC_LOCK, UPLOAD_LOCK_PREFIX } from '../../activities/chunk-store';
 import type { NodeContext } from '../../activities/node/context';
 import { fetchCheckpoint } from '../../activities/node/fetch';
-import { verifyLocal, writtenStamp } from '../../activities/node/seal';
+import { verifyLocal } from '../../activities/node/seal';
 import { uploadCheckpoint } from '../../activities/node/upload';
 import { ErrorType } from '../../common/errors';
-import { FORMAT_V2, METADATA_FILE, MetadataSchema, SEAL_DRAFT_FILE, type SealDraft } from '../../common/metadata';
-import { metadataFor, writeFiles } from '../support/checkpoint-files';
+import { FORMAT_V2, METADATA_FILE, MetadataSchema } from '../../common/metadata';
+import { writeChunkedDraft } from '../support/checkpoint-files';
 import { localNodeContext, stack } from '../support/stack';
 import { withS3, failure } from '../support/s3';
 
@@ -39,16 +39,7 @@ function drafted(large: Buffer): { ctx: NodeContext; id: string; dir: string } {
     'images/core-1.img': randomBytes(4096),
     'images/inventory.img': randomBytes(100),
   };
-  writeFiles(dir, files);
-  const sealed = metadataFor(id, 'job-chunked', ctx.node, files);
-  const draft: SealDraft = {
-    ...sealed,
-    chunked: true,
-    files: sealed.files.map((f) =>
-      f.path === PAGES ? { path: f.path, size: f.size, written: writtenStamp(path.join(dir, PAGES)) } : f,
-    ),
-  };
-  fs.writeFileSync(path.join(dir, SEAL_DRAFT_FILE), JSON.stringify(draft, null, 2));
+  writeChunkedDraft(dir, id, 'job-chunked', ctx.node, files, PAGES);
   return { ctx, id, dir };
 }
 
