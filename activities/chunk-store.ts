@@ -91,19 +91,24 @@ export async function removeLock(s3: S3Client, bucket: string, key: string): Pro
   await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
 }
 
+/** Every object under `prefix`, page by page; `onPage` runs after each page (the collector heartbeats there). */
+export async function* listAll(s3: S3Client, bucket: string, prefix: string, onPage: () => void = () => undefined) {
+  for (let token: string | undefined; ;) {
+    const page = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+    onPage();
+    for (const o of page.Contents ?? []) if (o.Key) yield o;
+    if (!page.IsTruncated) return;
+    token = page.NextContinuationToken;
+  }
+}
+
 /** Upload locks refreshed within their TTL of `now` (the store's clock): uploads that may reuse chunks. */
 export async function liveUploadLocks(s3: S3Client, bucket: string, now: number): Promise<string[]> {
   const live: string[] = [];
-  for (let token: string | undefined; ;) {
-    const page = await s3.send(
-      new ListObjectsV2Command({ Bucket: bucket, Prefix: UPLOAD_LOCK_PREFIX, ContinuationToken: token }),
-    );
-    for (const o of page.Contents ?? [])
-      if (o.Key && o.LastModified && now - o.LastModified.getTime() < UPLOAD_LOCK_TTL_MS)
-        live.push(o.Key.slice(UPLOAD_LOCK_PREFIX.length));
-    if (!page.IsTruncated) return live;
-    token = page.NextContinuationToken;
-  }
+  for await (const o of listAll(s3, bucket, UPLOAD_LOCK_PREFIX))
+    if (o.LastModified && now - o.LastModified.getTime() < UPLOAD_LOCK_TTL_MS)
+      live.push(o.Key!.slice(UPLOAD_LOCK_PREFIX.length));
+  return live;
 }
 
 /**

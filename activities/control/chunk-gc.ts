@@ -1,10 +1,10 @@
-import { DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { S3Config } from '../../common/config';
 import type { ChunkGcInput, ChunkGcResult } from '../../common/chunk-gc';
 import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, MetadataSchema } from '../../common/metadata';
-import { CHUNK_PREFIX, GC_LOCK, liveUploadLocks, removeLock, writeLock } from '../chunk-store';
+import { CHUNK_PREFIX, GC_LOCK, listAll, liveUploadLocks, removeLock, writeLock } from '../chunk-store';
 import { makeS3Client, s3ErrorKind } from '../s3-client';
 
 const DELETE_BATCH = 1000;
@@ -14,16 +14,6 @@ function beat(): void {
     Context.current().heartbeat();
   } catch {
     /* outside an activity (unit tests) */
-  }
-}
-
-async function* listAll(s3: S3Client, bucket: string, prefix: string) {
-  for (let token: string | undefined; ;) {
-    const page = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
-    beat();
-    for (const o of page.Contents ?? []) if (o.Key) yield o;
-    if (!page.IsTruncated) return;
-    token = page.NextContinuationToken;
   }
 }
 
@@ -87,7 +77,7 @@ export function createChunkGcActivities(s3cfg?: S3Config) {
         };
         if (await busy()) return result;
         const referenced = new Set<string>();
-        for await (const o of listAll(s3, bucket, 'checkpoints/')) {
+        for await (const o of listAll(s3, bucket, 'checkpoints/', beat)) {
           if (!o.Key!.endsWith(`/${METADATA_FILE}`)) continue;
           const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: o.Key }));
           const { chunks, unreadable } = referencedBy(await r.Body!.transformToString());
@@ -96,7 +86,7 @@ export function createChunkGcActivities(s3cfg?: S3Config) {
           for (const c of chunks) referenced.add(c);
         }
         const doomed: { key: string; size: number }[] = [];
-        for await (const o of listAll(s3, bucket, CHUNK_PREFIX)) {
+        for await (const o of listAll(s3, bucket, CHUNK_PREFIX, beat)) {
           result.chunks++;
           result.chunkBytes += o.Size ?? 0;
           if (referenced.has(o.Key!.slice(CHUNK_PREFIX.length))) result.referenced++;

@@ -13,6 +13,14 @@ import { heartbeat } from './run-tool';
 /** Chunks fetched at once: they are small (2-8 MiB), so more requests in flight keep the link busy. */
 export const CHUNK_FETCH_CONCURRENCY = 8;
 
+/** Writes all of `buf` at `offset` (a positional write may write less than asked). */
+export async function writeAt(fh: fs.promises.FileHandle, buf: Buffer, offset: number): Promise<void> {
+  for (let done = 0; done < buf.length;) {
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, offset + done);
+    done += bytesWritten;
+  }
+}
+
 /**
  * A chunked file (format v2) reassembled from its chunks: up to `concurrency` GETs at once, each chunk hashed
  * as it arrives and refused unless its SHA-256 is its name (ChecksumMismatch, never retried: the bucket
@@ -58,10 +66,7 @@ export async function downloadChunks(
               `${f.path}: chunk ${i} fetched as ${chunkKey(c.sha256)} has ${got > c.size ? `more than ${c.size} bytes` : `sha256 ${sum ?? `none (${got} of ${c.size} bytes)`}`}: the bucket holds other bytes under its name`,
               ErrorType.ChecksumMismatch,
             );
-          for (let done = 0; done < buf.length;) {
-            const { bytesWritten } = await fh.write(buf, done, buf.length - done, offsets[i] + done);
-            done += bytesWritten;
-          }
+          await writeAt(fh, buf, offsets[i]);
           progress.done += c.size;
           heartbeat({ bytes: progress });
         } catch (e) {

@@ -14,20 +14,12 @@ import { checkpointDir, checkpointLocation, type NodeContext, restoreCopyDir, s3
 import { setAsideCorrupt } from './corrupt';
 import { linkStagedCopy, releaseStaging, stagingFits } from './staging';
 import { heartbeat } from './run-tool';
-import { downloadChunks } from './fetch-chunks';
+import { downloadChunks, writeAt } from './fetch-chunks';
 import { parseMetadata, sameMetadata, sha256Hex, verifyLocal, writeFileAtomic } from './seal';
 
 async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buffer> {
   const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
   return Buffer.from(await r.Body!.transformToByteArray());
-}
-
-/** Writes all of `buf` at `offset` (a positional write may write less than asked). */
-async function writeAt(fh: fs.promises.FileHandle, buf: Buffer, offset: number): Promise<void> {
-  for (let done = 0; done < buf.length;) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, offset + done);
-    done += bytesWritten;
-  }
 }
 
 /** The body of a GET (all of it, or one range), read into one buffer of the expected size; may come back shorter. */
