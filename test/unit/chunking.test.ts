@@ -67,6 +67,21 @@ describe('chunking', () => {
     expect(freshBytes).toBeLessThanOrEqual(big.length / 20 + 3 * CHUNK_MAX);
   });
 
+  test('memory whose pages differ in a few bytes and repeat a pattern elsewhere keeps its chunks behind any prefix', () => {
+    // As pattern.py's buffer (and arrays of records) look: one 32-byte block repeated, each page's index in 8
+    // bytes 16 bytes into the page (after malloc's header). A fingerprint that samples words 256 bytes apart
+    // sees every such page alike and cuts the run every CHUNK_MAX from the prefix's last cut: nothing shared.
+    const block = createHash('sha256').update('replica').digest();
+    const run = Buffer.alloc(96 * MiB);
+    for (let o = 0; o < run.length; o += block.length) block.copy(run, o);
+    for (let p = 0; p < run.length / PAGE; p++) run.writeBigUInt64LE(BigInt(p), p * PAGE + 16);
+    const one = new Set(names(Buffer.concat([memory(3), run])));
+    const other = chunksOf(Buffer.concat([memory(700), run, memory(5)]));
+    const shared = other.filter((c) => one.has(sha(c))).reduce((n, c) => n + c.length, 0);
+    // All but the chunks at the run's two edges, which also hold the prefix or the suffix.
+    expect(shared).toBeGreaterThanOrEqual(run.length - 2 * CHUNK_MAX);
+  });
+
   test('a run of one repeated page is cut the same way each time: the repeats are one chunk', () => {
     const page = randomBytes(PAGE);
     const same = Buffer.concat(Array.from({ length: (40 * MiB) / PAGE }, () => page));
