@@ -66,46 +66,16 @@ export function firstCut(data: Buffer, final: boolean): number | null {
 }
 
 /**
- * Splits a stream of blocks into chunks, views of the blocks (copied only where a chunk spans blocks). Bytes
- * are held until CHUNK_MAX of them are there, so any cut is found with the pages that decide it in hand.
+ * Every chunk of a buffer, as the upload cuts a file of these bytes: each cut is the first one in the CHUNK_MAX
+ * bytes after the last (upload-chunks.ts reads the file the same way, a window at a time).
  */
-export class ChunkSplitter {
-  private held: Buffer[] = [];
-  private heldBytes = 0;
-
-  /** The chunks completed by this block; the rest is kept for the next. */
-  push(block: Buffer): Buffer[] {
-    this.held.push(block);
-    this.heldBytes += block.length;
-    if (this.heldBytes < CHUNK_MAX) return [];
-    let data = this.held.length === 1 ? this.held[0] : Buffer.concat(this.held);
-    const out: Buffer[] = [];
-    while (data.length >= CHUNK_MAX) {
-      const n = firstCut(data, false)!;
-      out.push(data.subarray(0, n));
-      data = data.subarray(n);
-    }
-    this.held = [data];
-    this.heldBytes = data.length;
-    return out;
-  }
-
-  /** The last chunks, at the end of the file. */
-  end(): Buffer[] {
-    const out: Buffer[] = [];
-    let data = Buffer.concat(this.held);
-    for (let n = firstCut(data, true); n !== null; n = firstCut(data, true)) {
-      out.push(data.subarray(0, n));
-      data = data.subarray(n);
-    }
-    this.held = [];
-    this.heldBytes = 0;
-    return out;
-  }
-}
-
-/** Every chunk of a buffer, as the upload cuts a file of these bytes (unit tests and tools). */
 export function chunksOf(data: Buffer): Buffer[] {
-  const s = new ChunkSplitter();
-  return [...s.push(data), ...s.end()];
+  const out: Buffer[] = [];
+  for (let pos = 0; pos < data.length;) {
+    const window = data.subarray(pos, pos + CHUNK_MAX);
+    const n = firstCut(window, pos + window.length === data.length)!;
+    out.push(window.subarray(0, n));
+    pos += n;
+  }
+  return out;
 }

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -7,7 +6,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import type { ActivityBytes } from '../../common/checkpoint';
 import { ErrorType } from '../../common/errors';
 import type { ChunkRef } from '../../common/metadata';
-import { chunkKey } from '../chunk-store';
+import { chunkKey, chunkName } from '../chunk-store';
 import { heartbeat } from './run-tool';
 
 /** Chunks fetched at once: they are small (2-8 MiB), so more requests in flight keep the link busy. */
@@ -60,7 +59,7 @@ export async function downloadChunks(
             part.copy(buf, got);
             got += part.length;
           }
-          const sum = got === c.size ? createHash('sha256').update(buf).digest('hex') : null;
+          const sum = got === c.size ? chunkName(buf) : null;
           if (sum !== c.sha256)
             throw ApplicationFailure.nonRetryable(
               `${f.path}: chunk ${i} fetched as ${chunkKey(c.sha256)} has ${got > c.size ? `more than ${c.size} bytes` : `sha256 ${sum ?? `none (${got} of ${c.size} bytes)`}`}: the bucket holds other bytes under its name`,

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DeleteObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { chunkKey, GC_LOCK, UPLOAD_LOCK_PREFIX } from '../../activities/chunk-store';
+import { chunksOf } from '../../activities/chunking';
 import type { NodeContext } from '../../activities/node/context';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { verifyLocal } from '../../activities/node/seal';
@@ -65,6 +66,8 @@ describe('upload as content-addressed chunks', () => {
     expect(pages.sha256).toBeUndefined();
     expect(pages.chunks!.length).toBeGreaterThanOrEqual(5);
     expect(pages.chunks!.reduce((s, x) => s + x.size, 0)).toBe(large.length);
+    // The upload's windowed read of the file cuts it where the pure chunker cuts the same bytes.
+    expect(pages.chunks!.map((x) => x.sha256)).toEqual(chunksOf(large).map(sha));
     // No whole object: the bytes are only in the chunks, each stored with S3's own SHA-256 of what it received.
     expect(await keys(`checkpoints/${c.id}/${PAGES}`)).toEqual([]);
     const first = pages.chunks![0];
@@ -144,13 +147,15 @@ describe('upload as content-addressed chunks', () => {
     expect(await keys(`checkpoints/${c.id}/${METADATA_FILE}`)).toEqual([]);
   });
 
-  test('the file written after the seal: ChecksumMismatch, no metadata.json', async () => {
-    const c = drafted(randomBytes(24 * MiB));
-    fs.appendFileSync(path.join(c.dir, PAGES), 'more');
-    const e = await failure(uploadCheckpoint(c.ctx, { checkpointId: c.id }));
-    expect(e.type).toBe(ErrorType.ChecksumMismatch);
-    expect(fs.existsSync(path.join(c.dir, METADATA_FILE))).toBe(false);
-    expect(await keys(`checkpoints/${c.id}/${METADATA_FILE}`)).toEqual([]);
+  test('the file written after the seal (grown or cut short): ChecksumMismatch, no metadata.json', async () => {
+    for (const change of [(f: string) => fs.appendFileSync(f, 'more'), (f: string) => fs.truncateSync(f, 21 * MiB)]) {
+      const c = drafted(randomBytes(24 * MiB));
+      change(path.join(c.dir, PAGES));
+      const e = await failure(uploadCheckpoint(c.ctx, { checkpointId: c.id }));
+      expect(e.type).toBe(ErrorType.ChecksumMismatch);
+      expect(fs.existsSync(path.join(c.dir, METADATA_FILE))).toBe(false);
+      expect(await keys(`checkpoints/${c.id}/${METADATA_FILE}`)).toEqual([]);
+    }
   });
 
   test('while a live collector lock is there the upload waits, holding its own lock; it goes on once the collector is gone', async () => {
