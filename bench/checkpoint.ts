@@ -42,6 +42,7 @@ async function main(): Promise<void> {
     ],
   ];
   const breakdown: string[] = [];
+  const incrementalBreakdown: string[] = [];
   const incremental = [
     [
       'process memory',
@@ -139,6 +140,10 @@ async function main(): Promise<void> {
         (second.sent / first.sent).toFixed(3),
         (second.ms / first.ms).toFixed(2),
       ]);
+      for (const n of [1, 2])
+        incrementalBreakdown.push(
+          `${gib} GiB, checkpoint ${n}: ${await activityTimes(k, checkpointWorkflowId(`${job}-${n}`))}`,
+        );
       process.kill(w.pid, 'SIGKILL');
     }
   } finally {
@@ -152,6 +157,9 @@ async function main(): Promise<void> {
   table(
     'incremental checkpoint (issue 14 §4): one process left running, checkpointed twice, 5% of its memory (one contiguous run) rewritten between; content-addressed chunks send only what S3 lacks',
     incremental,
+  );
+  console.log(
+    `incremental checkpoints' activities (scheduled to completed, >= 50 ms):\n  ${incrementalBreakdown.join('\n  ')}`,
   );
   console.log(
     'freeze time with live pre-copy (issue 14 §4 target <= 0.20 of a full dump): not measured, pre-copy is not built yet',
