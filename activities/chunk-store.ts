@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import {
   DeleteObjectCommand,
   HeadObjectCommand,
@@ -22,12 +21,6 @@ import {
 
 export const CHUNK_PREFIX = 'chunks/';
 
-/**
- * A chunk's name: the SHA-256 of its bytes, hex. On the event loop: hashing on libuv's thread pool instead
- * (WebCrypto's digest) copies every chunk first, and measured no faster here (2 GiB of chunks S3 already held:
- * 4.0-4.6 s and 5.0-5.8 CPU-seconds, against 4.0 s and 4.5 on the loop).
- */
-export const chunkName = (data: Uint8Array): string => createHash('sha256').update(data).digest('hex');
 export const chunkKey = (sha256: string): string => `${CHUNK_PREFIX}${sha256}`;
 export const UPLOAD_LOCK_PREFIX = 'locks/uploads/';
 export const GC_LOCK = 'locks/gc';

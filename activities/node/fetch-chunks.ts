@@ -6,7 +6,8 @@ import { ApplicationFailure } from '@temporalio/activity';
 import type { ActivityBytes } from '../../common/checkpoint';
 import { ErrorType } from '../../common/errors';
 import type { ChunkRef } from '../../common/metadata';
-import { chunkKey, chunkName } from '../chunk-store';
+import { chunkKey } from '../chunk-store';
+import { sha256Hex } from './seal';
 import { heartbeat } from './run-tool';
 
 /** Chunks fetched at once: they are small (2-8 MiB), so more requests in flight keep the link busy. */
@@ -59,7 +60,7 @@ export async function downloadChunks(
             part.copy(buf, got);
             got += part.length;
           }
-          const sum = got === c.size ? chunkName(buf) : null;
+          const sum = got === c.size ? sha256Hex(buf) : null;
           if (sum !== c.sha256)
             throw ApplicationFailure.nonRetryable(
               `${f.path}: chunk ${i} fetched as ${chunkKey(c.sha256)} has ${got > c.size ? `more than ${c.size} bytes` : `sha256 ${sum ?? `none (${got} of ${c.size} bytes)`}`}: the bucket holds other bytes under its name`,

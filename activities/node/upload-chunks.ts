@@ -4,7 +4,8 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { ChunkRef } from '../../common/metadata';
 import { CHUNK_MAX, firstCut } from '../chunking';
-import { chunkName, putChunk } from '../chunk-store';
+import { putChunk } from '../chunk-store';
+import { sha256Hex } from './seal';
 
 /** What a chunked upload moved: bytes and chunks sent, and those the bucket already held (not sent again). */
 export interface ChunkCounters {
@@ -92,7 +93,7 @@ export async function uploadChunks(
   // Each chunk is stored on its own promise; its place in `refs` is fixed when it is cut, so the list keeps the
   // file's order whatever finishes first.
   const store = async (i: number, chunk: Buffer): Promise<void> => {
-    const sha256 = chunkName(chunk);
+    const sha256 = sha256Hex(chunk);
     const want = expected?.[i];
     if (expected && want?.sha256 !== sha256)
       throw changed(`chunk ${i} has sha256 ${sha256} locally, metadata.json says ${want?.sha256 ?? 'none'}`);
