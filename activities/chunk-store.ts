@@ -20,7 +20,6 @@ import {
  */
 
 export const CHUNK_PREFIX = 'chunks/';
-
 export const chunkKey = (sha256: string): string => `${CHUNK_PREFIX}${sha256}`;
 export const UPLOAD_LOCK_PREFIX = 'locks/uploads/';
 export const GC_LOCK = 'locks/gc';
