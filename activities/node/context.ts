@@ -100,6 +100,22 @@ export function restoreCopyOwner(name: string): { checkpointId: string; workflow
 }
 
 /**
+ * The restore workflow whose attempt downloads into `<id>.<attemptId>.fetch` beside the checkpoint's disk copy
+ * (fetchCheckpoint, when the checkpoint does not fit in memory), when the attempt id is a readable one; null for
+ * any other name (the `<id>.fetch` of restores that named no attempt has no owner to ask).
+ */
+export function diskFetchOwner(name: string): { checkpointId: string; workflowId: string } | null {
+  if (!name.endsWith('.fetch')) return null;
+  const base = name.slice(0, -'.fetch'.length);
+  // Checkpoint ids may hold dots: the split is the one whose attempt names that very checkpoint.
+  for (let i = base.indexOf('.'); i > 0; i = base.indexOf('.', i + 1)) {
+    const owner = restoreOfAttempt(base.slice(i + 1));
+    if (owner && owner.checkpointId === base.slice(0, i) && isSafeId(owner.checkpointId)) return owner;
+  }
+  return null;
+}
+
+/**
  * Where a restore reads a checkpoint: the attempt's own copy in memory when its fetch made one, else the shared
  * one a fetch made before copies were per attempt, else where the checkpoint lives (its disk copy; or, for a
  * restore fetched before restores had their own copy, the staged one).

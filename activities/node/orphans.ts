@@ -6,7 +6,7 @@ import { jobWorkflowId } from '../../common/job';
 import { METADATA_FILE } from '../../common/metadata';
 import { checkpointWorkflowId } from '../../common/queues';
 import { listJobCgroups, removeJobCgroup } from './cgroups';
-import { checkpointDir, type NodeContext, restoreCopyOwner } from './context';
+import { checkpointDir, diskFetchOwner, type NodeContext, restoreCopyOwner } from './context';
 import { readPidFile } from './pid-file';
 import { sameMetadata } from './seal';
 import { isSameProcess, killProcess } from './process';
@@ -16,13 +16,14 @@ import { isSameProcess, killProcess } from './process';
  * its processes (owner job/<jobId>), a staged or on-disk checkpoint directory without metadata.json (owner
  * checkpoint/<id>), and memory held by copies in the staging directory that are no checkpoint's only copy: a
  * restore attempt's own copy, complete or not (owner restore/<id>/<n>, named by its attempt), and a checkpoint's
- * complete staged copy whose disk copy holds the same metadata.json (owner checkpoint/<id>) — is removed, and
+ * complete staged copy whose disk copy holds the same metadata.json (owner checkpoint/<id>), and a restore
+ * attempt's download beside the disk copy (<id>.<attemptId>.fetch, owner restore/<id>/<n>) — is removed, and
  * each removal logged. Only when Temporal says the owner is closed or was never there: a sweep that cannot get
  * an answer for every owner removes nothing (a timeout is "unknown").
  * Never touched: a complete checkpoint on disk, a complete staged copy without the same disk copy (it may be
  * the only one), a workload of the old runWorkload (it has no job workflow: only processes named by a run
- * under workloads/<job>/runs/ are a job's), a fetch into the disk copy (<id>.fetch, owned by a restore), and
- * copies whose owner cannot be named (the shared <id>.restore of older restores, attempts named by run id).
+ * under workloads/<job>/runs/ are a job's), and copies whose owner cannot be named (the shared <id>.restore and
+ * the disk copy's <id>.fetch of older restores, attempts named by run id).
  */
 export type OwnerState = 'open' | 'closed' | 'not-found';
 /** Throws when it cannot tell (Temporal unreachable, an unknown status). */
@@ -32,7 +33,7 @@ export interface SweepReport {
   /** Set when nothing was removed because an owner's state could not be learned. */
   skipped: string | null;
   removed: Array<{
-    kind: 'job' | 'checkpoint' | 'staging' | 'restore-copy' | 'staged-copy';
+    kind: 'job' | 'checkpoint' | 'staging' | 'restore-copy' | 'staged-copy' | 'restore-fetch';
     id: string;
     detail: string;
   }>;
@@ -101,8 +102,8 @@ function jobRunProcess(ctx: NodeContext, jobId: string): { pid: number; startTim
   return null; // a workload of the old runWorkload: not a job's, left alone
 }
 
-interface MemoryCopy {
-  kind: 'restore-copy' | 'staged-copy';
+interface RemovableCopy {
+  kind: 'restore-copy' | 'staged-copy' | 'restore-fetch';
   id: string;
   dir: string;
   owner: string;
@@ -111,10 +112,10 @@ interface MemoryCopy {
 }
 
 /** Copies in the staging directory (memory) that are not a checkpoint's only copy, with the workflow owning each. */
-function memoryCopies(ctx: NodeContext): MemoryCopy[] {
+function memoryCopies(ctx: NodeContext): RemovableCopy[] {
   const root = ctx.stagingDir;
   if (!root) return [];
-  const copies: MemoryCopy[] = [];
+  const copies: RemovableCopy[] = [];
   for (const name of listDirs(root)) {
     const dir = path.join(root, name);
     const restore = restoreCopyOwner(name);
@@ -142,6 +143,34 @@ function memoryCopies(ctx: NodeContext): MemoryCopy[] {
   return copies;
 }
 
+/**
+ * Downloads beside a disk copy (`<id>.<attemptId>.fetch`) by restore attempts that can be named: one cut short by
+ * a crash stays on disk, maybe gigabytes, until removed; a retry of the same attempt starts it over anyway.
+ */
+function diskFetches(ctx: NodeContext): RemovableCopy[] {
+  const root = path.join(ctx.dataDir, 'checkpoints');
+  return listDirs(root).flatMap((name) => {
+    const owner = diskFetchOwner(name);
+    return owner
+      ? [
+          {
+            kind: 'restore-fetch' as const,
+            id: owner.checkpointId,
+            dir: path.join(root, name),
+            owner: owner.workflowId,
+            removable: () => true,
+          },
+        ]
+      : [];
+  });
+}
+
+const COPY_KINDS: Record<RemovableCopy['kind'], string> = {
+  'restore-copy': "a restore attempt's copy in memory",
+  'staged-copy': 'a staged copy whose disk copy is the same',
+  'restore-fetch': "a restore attempt's download left beside the disk copy",
+};
+
 export async function sweepOrphans(ctx: NodeContext, owner: OwnerLookup): Promise<SweepReport> {
   const jobs = new Set(listJobCgroups(ctx).filter(isSafeId));
   for (const j of listDirs(path.join(ctx.dataDir, 'workloads'))) if (isSafeId(j) && jobRunProcess(ctx, j)) jobs.add(j);
@@ -151,7 +180,7 @@ export async function sweepOrphans(ctx: NodeContext, owner: OwnerLookup): Promis
       .map((id) => ({ id, dir: path.join(root!, id) }));
   const checkpoints = partial(path.join(ctx.dataDir, 'checkpoints'));
   const staged = partial(ctx.stagingDir);
-  const copies = memoryCopies(ctx);
+  const copies = [...memoryCopies(ctx), ...diskFetches(ctx)];
 
   // Every owner asked first: one that cannot be answered stops the whole sweep before anything is removed.
   const states = new Map<string, OwnerState>();
@@ -214,7 +243,7 @@ export async function sweepOrphans(ctx: NodeContext, owner: OwnerLookup): Promis
     fs.rmSync(c.dir, { recursive: true, force: true });
     ctx.logger.warn(
       { checkpoint: c.id, node: ctx.node, owner: c.owner, ownerState: states.get(c.owner), dir: c.dir },
-      `orphan removed: ${c.kind === 'restore-copy' ? "a restore attempt's copy in memory" : 'a staged copy whose disk copy is the same'}`,
+      `orphan removed: ${COPY_KINDS[c.kind]}`,
     );
     report.removed.push({ kind: c.kind, id: c.id, detail: c.dir });
   }

@@ -106,8 +106,12 @@ describe('fencing on the real stack', () => {
       await handle.cancel().catch(() => undefined);
       await handle.result().catch(() => undefined);
       await until('no process of the job', () => jobProcesses(job).length === 0, 60000).catch(() => undefined);
+      // A failure above must not leave the killed agent down: the tests after this one need both nodes.
+      for (const agent of [a, b]) if (agent && !alive(agent.rec.pid)) await agent.restart();
     }
-  }, 300000);
+    // Longer than its waits together (90 + 120 + 60 + 10 s, and 60 s of clean-up): when one is slow, the failure
+    // names the wait, not jest's timeout.
+  }, 420000);
 
   test.each([
     ['Temporal', 'temporal', 'outlived-t'],

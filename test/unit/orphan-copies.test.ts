@@ -93,3 +93,35 @@ test('an owner Temporal cannot answer for: no copy is removed', async () => {
   expect(report.removed).toEqual([]);
   expect(fs.readdirSync(ctx.stagingDir!).sort()).toEqual(['ck-a', 'ck-a.restore-ck-a.r1.a1']);
 });
+
+test("a restore attempt's download beside the disk copy is removed once its restore is closed; unnamed ones stay", async () => {
+  seal(disk('ck.v1'), 'ck.v1'); // the disk copy itself: complete, never touched
+  fs.mkdirSync(disk('ck.v1.ck.v1.r2.a1.fetch/images'), { recursive: true }); // cut short, its restore closed
+  fs.mkdirSync(disk('ck.v1.ck.v1.r3.a1.fetch/images'), { recursive: true }); // its restore still downloading
+  seal(disk('ck-h.ck-h.r1.a4.fetch'), 'ck-h'); // complete but never renamed: the restore died in between
+  fs.mkdirSync(disk('ck-i.fetch/images'), { recursive: true }); // an older restore's, named by no attempt
+  fs.mkdirSync(disk('ck-j.ck-x.r1.a1.fetch'), { recursive: true }); // an attempt of another checkpoint: not a download of ck-j
+  const states: Record<string, OwnerState> = {
+    'restore/ck.v1/2': 'closed',
+    'restore/ck.v1/3': 'open',
+    'restore/ck-h/1': 'not-found',
+  };
+  const asked: string[] = [];
+  const report = await sweepOrphans(ctx, async (id) => {
+    asked.push(id);
+    const s = states[id];
+    if (!s) throw new Error(`not expected to be asked: ${id}`);
+    return s;
+  });
+  expect(report.skipped).toBeNull();
+  expect(report.removed.map((r) => [r.kind, r.id, path.basename(r.detail)]).sort()).toEqual(
+    [
+      ['restore-fetch', 'ck.v1', 'ck.v1.ck.v1.r2.a1.fetch'],
+      ['restore-fetch', 'ck-h', 'ck-h.ck-h.r1.a4.fetch'],
+    ].sort(),
+  );
+  expect(fs.readdirSync(path.join(ctx.dataDir, 'checkpoints')).sort()).toEqual(
+    ['ck.v1', 'ck.v1.ck.v1.r3.a1.fetch', 'ck-i.fetch', 'ck-j.ck-x.r1.a1.fetch'].sort(),
+  );
+  expect(asked.sort()).toEqual(Object.keys(states).sort());
+});
