@@ -39,6 +39,7 @@ import { pendingActivityBytes, withLiveBytes } from './live-bytes';
 import { type LogOptions, type LogSink, showLogs } from './job-logs';
 import { JobsApi, type JobListEntry } from './jobs';
 import { SchedulesApi } from './schedules';
+import { ChunkGcScheduleApi } from './chunk-gc-schedule';
 import { type CheckpointRecord, checkpointFromRecord, RECORD_TIMEOUT_MS } from './record';
 import { isCheckpointStatus, isMigrateStatus, isRestoreStatus, resultOf } from './result';
 import { CONNECT_TIMEOUT_MS, QUERY_TIMEOUT_MS, WATCH_INTERVAL_MS } from './timeouts';
@@ -73,6 +74,8 @@ export class KybernateClient {
   readonly jobs: JobsApi;
   /** Preemption schedules (`preempt/<name>`, Temporal Schedules starting preemptionSweep workflows). */
   readonly schedules: SchedulesApi;
+  /** The chunk-gc schedule (a Temporal Schedule starting scheduledChunkGc workflows). */
+  readonly chunkGcSchedule: ChunkGcScheduleApi;
 
   private constructor(
     readonly client: Client,
@@ -81,6 +84,7 @@ export class KybernateClient {
   ) {
     this.jobs = new JobsApi(this);
     this.schedules = new SchedulesApi(this);
+    this.chunkGcSchedule = new ChunkGcScheduleApi(this);
   }
 
   static async connect(config: KybernateConfig): Promise<KybernateClient> {

@@ -22,6 +22,7 @@ import { nodesTable } from './node-format';
 import { consoleSink, type LogSink } from './job-logs';
 import { JobExistsError, type JobsApi } from './jobs';
 import { parsePreemptionSchedule } from './schedules';
+import { checkChunkGcSchedule, chunkGcScheduleText } from './chunk-gc-schedule';
 import { scheduleText, schedulesTable } from './schedule-format';
 import {
   applyJson,
@@ -29,6 +30,7 @@ import {
   type CancelJson,
   type CheckpointJson,
   type CheckpointsJson,
+  type ChunkGcScheduleJson,
   type DescribeJson,
   type DownJson,
   errorJson,
@@ -1082,6 +1084,53 @@ program
         ].join('\n'),
       );
       if (r.outcome === 'skipped') process.exitCode = 1;
+    });
+  });
+
+const gcScheduleCommand = program
+  .command('gc-schedule')
+  .description(
+    "collect unnamed chunks at a fixed interval (a Temporal Schedule; never at once with 'kybernate gc'): set, show, delete",
+  );
+
+gcScheduleCommand
+  .command('set')
+  .description('create the schedule, or change its interval and minimum age')
+  .requiredOption('--every <duration>', 'how often: 1m to 7d, e.g. 6h')
+  .option('--min-age <duration>', 'keep unnamed chunks younger than this (an upload may be about to name them)', '1h')
+  .option('--json', JSON_HELP)
+  .action(async (o: { every: string; minAge: string } & JsonFlag) => {
+    // Every flag checked (naming it) before connecting: nothing is created from a bad line.
+    const everyMs = parseSeconds('--every', o.every);
+    const input = { minAgeMs: parseSeconds('--min-age', o.minAge) };
+    checkChunkGcSchedule(everyMs, input);
+    await withClient(async (k) => {
+      const schedule = await k.chunkGcSchedule.set(everyMs, input);
+      emit<ChunkGcScheduleJson>(o, { schedule }, () => chunkGcScheduleText(schedule));
+    });
+  });
+
+gcScheduleCommand
+  .command('show')
+  .description('the schedule, its next run, and what the last collection did')
+  .option('--json', JSON_HELP)
+  .action(async (o: JsonFlag) => {
+    await withClient(async (k) => {
+      const schedule = await k.chunkGcSchedule.show();
+      emit<ChunkGcScheduleJson>(o, { schedule }, () => chunkGcScheduleText(schedule));
+    });
+  });
+
+gcScheduleCommand
+  .command('delete')
+  .description('delete the schedule (a collection under way runs to its end)')
+  .option('--json', JSON_HELP)
+  .action(async (o: JsonFlag) => {
+    await withClient(async (k) => {
+      const deleted = await k.chunkGcSchedule.delete();
+      emit<ChunkGcScheduleJson>(o, { schedule: null, deleted }, () =>
+        deleted ? 'chunk-gc schedule deleted' : 'no chunk-gc schedule to delete',
+      );
     });
   });
 

@@ -16,6 +16,7 @@ import { describeError, type ErrorCode } from './errors';
 import type { JobListEntry } from './jobs';
 import type { CheckpointRecord } from './record';
 import type { PreemptionScheduleInfo } from './schedules';
+import type { ChunkGcScheduleInfo } from './chunk-gc-schedule';
 
 /** `checkpoint`: status is null with --no-wait. A preemption through the job's workflow is a PreemptJson instead. */
 export interface CheckpointJson {
@@ -40,6 +41,12 @@ export interface SchedulesJson {
 export interface ScheduleActionJson {
   name: string;
   action: 'triggered' | 'deleted';
+}
+/** `gc-schedule set|show|delete`: the schedule after (null: there is none). */
+export interface ChunkGcScheduleJson {
+  schedule: ChunkGcScheduleInfo | null;
+  /** delete only: whether there was one to delete. */
+  deleted?: boolean;
 }
 /** `restore`: status is null with --no-wait. */
 export interface RestoreJson {

@@ -7,6 +7,9 @@
 export const DEFAULT_CHUNK_MIN_AGE_MS = 60 * 60 * 1000;
 /** One collection at a time: its workflow id. */
 export const CHUNK_GC_WORKFLOW_ID = 'chunk-gc';
+/** The Temporal Schedule that starts collections (`kybernate gc schedule`), and the id prefix of what it starts. */
+export const CHUNK_GC_SCHEDULE_ID = 'chunk-gc';
+export const SCHEDULED_CHUNK_GC_WORKFLOW_ID = 'chunk-gc-scheduled';
 
 export interface ChunkGcInput {
   /** Only chunks older than this (the object store's clock) are deleted. */
@@ -44,4 +47,21 @@ export function chunkGcInputProblem(input: unknown): string | null {
   if (i.dryRun !== undefined && typeof i.dryRun !== 'boolean')
     return `dryRun: expected true or false (got ${JSON.stringify(i.dryRun)})`;
   return null;
+}
+
+/** The result of a collection that did not run (another was running): nothing read, nothing deleted. */
+export function skippedCollection(input: ChunkGcInput, reason: string): ChunkGcResult {
+  return {
+    outcome: 'skipped',
+    reason,
+    dryRun: input.dryRun === true,
+    checkpoints: 0,
+    unreadableMetadata: [],
+    chunks: 0,
+    chunkBytes: 0,
+    referenced: 0,
+    keptRecent: 0,
+    deleted: 0,
+    deletedBytes: 0,
+  };
 }

@@ -11,4 +11,4 @@ export { readJobLog } from './job-log';
 export { job } from './job';
 export { preemptionSweep } from './sweep';
 export { admission } from './admission';
-export { chunkGc } from './chunk-gc';
+export { chunkGc, scheduledChunkGc } from './chunk-gc';

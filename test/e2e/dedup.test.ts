@@ -1,13 +1,16 @@
+import { spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { makeS3Client } from '../../activities/s3-client';
 import type { KybernateClient } from '../../clients/api';
 import type { CheckpointStatus } from '../../common/checkpoint';
 import { FORMAT_V1, FORMAT_V2, METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
 import { configFromStack } from '../../deploy/local/stack';
-import { CHUNK_GC_WORKFLOW_ID } from '../../common/chunk-gc';
+import { CHUNK_GC_SCHEDULE_ID, CHUNK_GC_WORKFLOW_ID, type ChunkGcResult } from '../../common/chunk-gc';
+import type { ChunkGcScheduleJson } from '../../clients/json-output';
 import { recordHistory } from '../support/histories';
 import { Agent, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
 
@@ -138,6 +141,77 @@ describe('content-addressed checkpoints, end to end', () => {
     await restoredWithState('dd-gc-1', 'dd-a', w.logFile, lastTick(w.logFile)).then((pid) =>
       process.kill(pid, 'SIGKILL'),
     );
+  });
+
+  test('the chunk-gc schedule, set through the CLI and triggered, collects as chunk-gc: an unnamed chunk goes, shown by show; delete ends it', async () => {
+    const cli = (args: string[]): { status: number | null; stdout: string; stderr: string } => {
+      const r = spawnSync(process.execPath, [path.resolve(__dirname, '../../dist/clients/cli.js'), ...args], {
+        env: { ...process.env, KYBERNATE_HOME: stack().home },
+        encoding: 'utf8',
+        timeout: 60000,
+      });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    };
+    // Refused, naming the flag, before anything is created.
+    const tooOften = cli(['gc-schedule', 'set', '--every', '30s']);
+    expect(tooOften.status).toBe(2);
+    expect(tooOften.stderr).toMatch(/--every.*at least 1m/);
+    expect((JSON.parse(cli(['gc-schedule', 'show', '--json']).stdout) as ChunkGcScheduleJson).schedule).toBeNull();
+
+    // A chunk no checkpoint names (what retention leaves behind), stored as uploads store them.
+    const bytes = randomBytes(64 * 1024);
+    const sha = createHash('sha256').update(bytes).digest();
+    const key = `chunks/${sha.toString('hex')}`;
+    const s3 = makeS3Client(configFromStack(stack()).s3);
+    try {
+      await s3.send(
+        new PutObjectCommand({
+          Bucket: stack().s3.bucket,
+          Key: key,
+          Body: bytes,
+          ChecksumAlgorithm: 'SHA256',
+          ChecksumSHA256: sha.toString('base64'),
+        }),
+      );
+      const set = cli(['gc-schedule', 'set', '--every', '6h', '--min-age', '1s', '--json']);
+      expect(set.status).toBe(0);
+      const created = (JSON.parse(set.stdout) as ChunkGcScheduleJson).schedule!;
+      expect(created).toMatchObject({ everyMs: 6 * 3_600_000, collection: { minAgeMs: 1000 }, paused: false });
+      expect(created.nextRunAt.length).toBeGreaterThan(0);
+      // Set again: the same schedule, its interval changed.
+      const changed = JSON.parse(cli(['gc-schedule', 'set', '--every', '2h', '--min-age', '1s', '--json']).stdout);
+      expect((changed as ChunkGcScheduleJson).schedule?.everyMs).toBe(2 * 3_600_000);
+
+      await new Promise((r) => setTimeout(r, 1500)); // the chunk older than --min-age
+      await k.client.schedule.getHandle(CHUNK_GC_SCHEDULE_ID).trigger();
+      const last = await until(
+        'the triggered collection done',
+        async () => (await k.chunkGcSchedule.show())?.lastResult ?? null,
+        90000,
+        500,
+      );
+      expect(last).toMatchObject<Partial<ChunkGcResult>>({ outcome: 'collected', reason: null, dryRun: false });
+      expect(last.deleted).toBeGreaterThanOrEqual(1);
+      const gone = await s3.send(new HeadObjectCommand({ Bucket: stack().s3.bucket, Key: key })).then(
+        () => false,
+        (e: unknown) => (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404,
+      );
+      expect(gone).toBe(true);
+      // The collection ran as chunk-gc, the id `kybernate gc` takes: the two never run at once.
+      const child = await k.client.workflow.getHandle(CHUNK_GC_WORKFLOW_ID).describe();
+      const scheduled = child.parentExecution?.workflowId ?? '';
+      expect(scheduled).toMatch(/^chunk-gc-scheduled/);
+      await recordHistory('chunk-gc-scheduled', k.client.workflow.getHandle(scheduled));
+      const shown = cli(['gc-schedule', 'show']);
+      expect(shown.stdout).toMatch(/every 2h, deleting unnamed chunks older than 1s/);
+      expect(shown.stdout).toMatch(/last run .*collected, [1-9][0-9]* chunks deleted/);
+    } finally {
+      s3.destroy();
+      const deleted = cli(['gc-schedule', 'delete', '--json']);
+      expect((JSON.parse(deleted.stdout) as ChunkGcScheduleJson).deleted).toBe(true);
+    }
+    expect(cli(['gc-schedule', 'show']).stdout).toMatch(/no chunk-gc schedule/);
+    expect((JSON.parse(cli(['gc-schedule', 'delete', '--json']).stdout) as ChunkGcScheduleJson).deleted).toBe(false);
   });
 
   test('an old-format checkpoint (whole files, v1) restores on an agent that writes chunks', async () => {

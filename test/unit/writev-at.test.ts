@@ -14,8 +14,7 @@ beforeEach(() => {
 });
 afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-const parts = (n: number): Buffer[] =>
-  Array.from({ length: n }, (_, i) => Buffer.alloc((i * 7919) % 3001, i % 251)); // some empty, sizes uneven
+const parts = (n: number): Buffer[] => Array.from({ length: n }, (_, i) => Buffer.alloc((i * 7919) % 3001, i % 251)); // some empty, sizes uneven
 
 async function written(bufs: Buffer[], offset: number, cap: number): Promise<{ file: Buffer; calls: number[] }> {
   const file = path.join(dir, 'f');

@@ -36,6 +36,7 @@ describe('replay of recorded e2e histories', () => {
         'restore-corrupt-s3',
         'checkpoint-staged-disk-full',
         'restore-staged',
+        'chunk-gc-scheduled',
         'before-staging/checkpoint-durable',
         'before-staging/checkpoint-s3-outage',
         'before-staging/restore-corrupt-s3',

@@ -5,7 +5,7 @@ import type { PreemptResult } from '../../common/job';
 import { CONTROL_QUEUE } from '../../common/queues';
 import type { RunningJob, SweepInput, SweepStatus } from '../../common/sweep';
 import type { preemptionSweep } from '../../workflows/sweep';
-import type { chunkGc } from '../../workflows/chunk-gc';
+import type { chunkGc, scheduledChunkGc } from '../../workflows/chunk-gc';
 import type { ChunkGcResult } from '../../common/chunk-gc';
 import { type ControlMock, Harness } from './harness';
 
@@ -256,6 +256,82 @@ describe('chunkGc workflow', () => {
           workflowId: 'chunk-gc/bad',
           taskQueue: CONTROL_QUEUE,
           args: [{ minAgeMs: -1 }],
+        }),
+      )
+      .then(
+        () => null,
+        (e: unknown) => e,
+      );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    expect(((err as WorkflowFailedError).cause as Error).message).toContain('minAgeMs');
+    expect(calls).toBe(0);
+  });
+
+  test('a scheduled collection runs as the child chunk-gc, the id `kybernate gc` uses, and returns its counts', async () => {
+    const control: ControlMock = { collectChunks: async () => result(3) };
+    const r = await h.with(control, {}, () =>
+      h.env.client.workflow.execute<typeof scheduledChunkGc>('scheduledChunkGc', {
+        workflowId: 'chunk-gc-scheduled/one',
+        taskQueue: CONTROL_QUEUE,
+        args: [{ minAgeMs: 60_000 }],
+      }),
+    );
+    expect(r).toEqual(result(3));
+    const child = await h.env.client.workflow.getHandle('chunk-gc').describe();
+    expect(child.type).toBe('chunkGc');
+    expect(child.parentExecution?.workflowId).toBe('chunk-gc-scheduled/one');
+  });
+
+  test('a scheduled collection while another runs: skipped, saying why; the running one goes on to its end', async () => {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let called!: () => void;
+    const collecting = new Promise<void>((resolve) => (called = resolve));
+    let calls = 0;
+    const control: ControlMock = {
+      collectChunks: async () => {
+        calls++;
+        called();
+        await released;
+        return result(5);
+      },
+    };
+    const [skipped, manual] = await h.with(control, {}, async () => {
+      const running = await h.env.client.workflow.start<typeof chunkGc>('chunkGc', {
+        workflowId: 'chunk-gc',
+        taskQueue: CONTROL_QUEUE,
+        args: [{ minAgeMs: 3_600_000 }],
+      });
+      await collecting;
+      const s = await h.env.client.workflow.execute<typeof scheduledChunkGc>('scheduledChunkGc', {
+        workflowId: 'chunk-gc-scheduled/two',
+        taskQueue: CONTROL_QUEUE,
+        args: [{ minAgeMs: 60_000 }],
+      });
+      release();
+      return [s, await running.result()];
+    });
+    expect(skipped.outcome).toBe('skipped');
+    expect(skipped.reason).toMatch(/a collection is running already \(workflow chunk-gc\)/);
+    expect(skipped.deleted).toBe(0);
+    expect(manual).toEqual(result(5));
+    expect(calls).toBe(1);
+  });
+
+  test('a scheduled collection with a bad input is refused, naming the field, and starts none', async () => {
+    let calls = 0;
+    const control: ControlMock = {
+      collectChunks: async () => {
+        calls++;
+        return result(0);
+      },
+    };
+    const err = await h
+      .with(control, {}, () =>
+        h.env.client.workflow.execute<typeof scheduledChunkGc>('scheduledChunkGc', {
+          workflowId: 'chunk-gc-scheduled/bad',
+          taskQueue: CONTROL_QUEUE,
+          args: [{ minAgeMs: 1.5 }],
         }),
       )
       .then(
