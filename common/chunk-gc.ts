@@ -49,11 +49,11 @@ export function chunkGcInputProblem(input: unknown): string | null {
   return null;
 }
 
-/** The result of a collection that did not run (another was running): nothing read, nothing deleted. */
-export function skippedCollection(input: ChunkGcInput, reason: string): ChunkGcResult {
+/** A collection's result before it has read anything: what it starts from, and what one that never ran reports. */
+export function emptyCollection(input: ChunkGcInput): ChunkGcResult {
   return {
-    outcome: 'skipped',
-    reason,
+    outcome: 'collected',
+    reason: null,
     dryRun: input.dryRun === true,
     checkpoints: 0,
     unreadableMetadata: [],
@@ -64,4 +64,9 @@ export function skippedCollection(input: ChunkGcInput, reason: string): ChunkGcR
     deleted: 0,
     deletedBytes: 0,
   };
+}
+
+/** The result of a collection that did not run (another was running): nothing read, nothing deleted. */
+export function skippedCollection(input: ChunkGcInput, reason: string): ChunkGcResult {
+  return { ...emptyCollection(input), outcome: 'skipped', reason };
 }

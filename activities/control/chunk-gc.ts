@@ -1,7 +1,7 @@
 import { DeleteObjectsCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { S3Config } from '../../common/config';
-import type { ChunkGcInput, ChunkGcResult } from '../../common/chunk-gc';
+import { type ChunkGcInput, type ChunkGcResult, emptyCollection } from '../../common/chunk-gc';
 import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, MetadataSchema } from '../../common/metadata';
 import { CHUNK_PREFIX, GC_LOCK, listAll, liveUploadLocks, removeLock, writeLock } from '../chunk-store';
@@ -53,19 +53,7 @@ export function createChunkGcActivities(s3cfg?: S3Config) {
         );
       const s3 = makeS3Client(s3cfg);
       const bucket = s3cfg.bucket;
-      const result: ChunkGcResult = {
-        outcome: 'collected',
-        reason: null,
-        dryRun: input.dryRun === true,
-        checkpoints: 0,
-        unreadableMetadata: [],
-        chunks: 0,
-        chunkBytes: 0,
-        referenced: 0,
-        keptRecent: 0,
-        deleted: 0,
-        deletedBytes: 0,
-      };
+      const result: ChunkGcResult = emptyCollection(input);
       try {
         let now = await writeLock(s3, bucket, GC_LOCK, { startedAt: new Date().toISOString() });
         const busy = async (): Promise<boolean> => {
