@@ -5,6 +5,7 @@ import {
   PutObjectCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
+import { unsignedPayloadWithChecksum } from './s3-client';
 
 /**
  * The bucket's content-addressed chunks (format v2) and the locks that keep their garbage collection from
@@ -55,13 +56,15 @@ export async function chunkStored(s3: S3Client, bucket: string, sha256: string, 
 export async function putChunk(s3: S3Client, bucket: string, sha256: string, body: Buffer): Promise<'sent' | 'reused'> {
   if (await chunkStored(s3, bucket, sha256, body.length)) return 'reused';
   await s3.send(
-    new PutObjectCommand({
-      Bucket: bucket,
-      Key: chunkKey(sha256),
-      Body: body,
-      ChecksumAlgorithm: 'SHA256',
-      ChecksumSHA256: b64(sha256),
-    }),
+    unsignedPayloadWithChecksum(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: chunkKey(sha256),
+        Body: body,
+        ChecksumAlgorithm: 'SHA256',
+        ChecksumSHA256: b64(sha256),
+      }),
+    ),
   );
   return 'sent';
 }

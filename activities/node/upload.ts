@@ -29,7 +29,7 @@ import {
   type SealDraft,
   SealDraftSchema,
 } from '../../common/metadata';
-import { makeS3Client, partSizeFor, s3ErrorKind, transferPlan } from '../s3-client';
+import { makeS3Client, partSizeFor, s3ErrorKind, transferPlan, unsignedPayloadWithChecksum } from '../s3-client';
 import { UploadLock } from '../chunk-store';
 import { type ChunkCounters, readAt, uploadChunks } from './upload-chunks';
 import { checkpointLocation, type NodeContext, s3Prefix } from './context';
@@ -290,15 +290,17 @@ async function uploadLarge(
       }
       const sending: Promise<void> = s3
         .send(
-          new UploadPartCommand({
-            Bucket: bucket,
-            Key: key,
-            UploadId: uploadId,
-            PartNumber: n,
-            Body: body,
-            ChecksumAlgorithm: 'SHA256',
-            ChecksumSHA256: partSum,
-          }),
+          unsignedPayloadWithChecksum(
+            new UploadPartCommand({
+              Bucket: bucket,
+              Key: key,
+              UploadId: uploadId,
+              PartNumber: n,
+              Body: body,
+              ChecksumAlgorithm: 'SHA256',
+              ChecksumSHA256: partSum,
+            }),
+          ),
         )
         .then(
           (r) => {
@@ -507,13 +509,15 @@ async function putSmall(
       for (let f = queue.shift(); f; f = queue.shift()) {
         try {
           await s3.send(
-            new PutObjectCommand({
-              Bucket: bucket,
-              Key: prefix + f.path,
-              Body: await fs.promises.readFile(path.join(dir, f.path)),
-              ChecksumSHA256: b64(f.sha256),
-              Metadata: { sha256: f.sha256 },
-            }),
+            unsignedPayloadWithChecksum(
+              new PutObjectCommand({
+                Bucket: bucket,
+                Key: prefix + f.path,
+                Body: await fs.promises.readFile(path.join(dir, f.path)),
+                ChecksumSHA256: b64(f.sha256),
+                Metadata: { sha256: f.sha256 },
+              }),
+            ),
           );
         } catch (e) {
           if (s3ErrorKind(e) === 'checksum') {

@@ -13,7 +13,7 @@ import { listS3CheckpointIds, readS3Checkpoint } from '../../activities/catalogu
 import type { NodeContext } from '../../activities/node/context';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { uploadCheckpoint } from '../../activities/node/upload';
-import { makeS3Client, partSizeFor } from '../../activities/s3-client';
+import { makeS3Client, partSizeFor, unsignedPayloadWithChecksum } from '../../activities/s3-client';
 import { ErrorType } from '../../common/errors';
 import { METADATA_FILE, type Metadata } from '../../common/metadata';
 import { metadataFor, writeSealed } from '../support/checkpoint-files';
@@ -133,25 +133,37 @@ describe('upload: the bytes in S3 are the bytes sealed', () => {
     expect(left).not.toContain(METADATA_FILE);
   });
 
-  test('S3 itself refuses a body whose x-amz-checksum-sha256 is not its own', async () => {
+  test.each([
+    ['its payload signed (the SDK hashes the body)', (c: PutObjectCommand) => c],
+    ['an unsigned payload (how our uploads send)', unsignedPayloadWithChecksum],
+  ])('S3 itself refuses a body whose x-amz-checksum-sha256 is not its own, %s', async (how, send) => {
     const ctx = localNodeContext('x', root);
     const s3 = makeS3Client(ctx.s3);
+    const cmd = send(
+      new PutObjectCommand({
+        Bucket: ctx.s3.bucket,
+        Key: `checkpoints/refused-${Date.now()}/x`,
+        Body: Buffer.from('the bytes sent'),
+        ChecksumSHA256: Buffer.from(sha('the bytes sealed'), 'hex').toString('base64'),
+      }),
+    );
+    // What went on the wire, read after signing.
+    let sent: string | undefined;
+    cmd.middlewareStack.add(
+      (next) => async (args) => {
+        sent = (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'];
+        return next(args);
+      },
+      { step: 'deserialize' },
+    );
     try {
-      const err = await s3
-        .send(
-          new PutObjectCommand({
-            Bucket: ctx.s3.bucket,
-            Key: `checkpoints/refused-${Date.now()}/x`,
-            Body: Buffer.from('the bytes sent'),
-            ChecksumSHA256: Buffer.from(sha('the bytes sealed'), 'hex').toString('base64'),
-          }),
-        )
-        .then(
-          () => null,
-          (x: unknown) => x as Error & { $metadata?: { httpStatusCode?: number } },
-        );
+      const err = await s3.send(cmd).then(
+        () => null,
+        (x: unknown) => x as Error & { $metadata?: { httpStatusCode?: number } },
+      );
       expect(err).not.toBeNull();
       expect(err!.$metadata?.httpStatusCode).toBe(400);
+      expect(sent).toBe(how.startsWith('an unsigned') ? 'UNSIGNED-PAYLOAD' : sha('the bytes sent'));
     } finally {
       s3.destroy();
     }
