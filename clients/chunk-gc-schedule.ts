@@ -128,6 +128,20 @@ export class ChunkGcScheduleApi {
     }
   }
 
+  /**
+   * Starts a collection now, under the schedule's own overlap policy (SKIP: not while one of its collections runs),
+   * not Temporal's default for a trigger (ALLOW_ALL). False when there is no schedule.
+   */
+  async trigger(): Promise<boolean> {
+    try {
+      await this.k.withinTemporal(() => this.handle().trigger('SKIP'));
+      return true;
+    } catch (e) {
+      if (e instanceof ScheduleNotFoundError) return false;
+      throw e;
+    }
+  }
+
   /** Deletes the schedule (a collection under way runs to its end); false when there was none. */
   async delete(): Promise<boolean> {
     try {

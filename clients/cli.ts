@@ -30,6 +30,7 @@ import {
   type CancelJson,
   type CheckpointJson,
   type CheckpointsJson,
+  type ChunkGcScheduleActionJson,
   type ChunkGcScheduleJson,
   type DescribeJson,
   type DownJson,
@@ -1090,7 +1091,7 @@ program
 const gcScheduleCommand = program
   .command('gc-schedule')
   .description(
-    "collect unnamed chunks at a fixed interval (a Temporal Schedule; never at once with 'kybernate gc'): set, show, delete",
+    "collect unnamed chunks at a fixed interval (a Temporal Schedule; never at once with 'kybernate gc'): set, show, trigger, delete",
   );
 
 gcScheduleCommand
@@ -1122,14 +1123,30 @@ gcScheduleCommand
   });
 
 gcScheduleCommand
+  .command('trigger')
+  .description("start a collection now (not while one of the schedule's runs: 'gc-schedule show' tells what it did)")
+  .option('--json', JSON_HELP)
+  .action(async (o: JsonFlag) => {
+    await withClient(async (k) => {
+      const found = await k.chunkGcSchedule.trigger();
+      emit<ChunkGcScheduleActionJson>(o, { action: 'triggered', found }, () =>
+        found
+          ? "collection triggered ('kybernate gc-schedule show' shows what it did)"
+          : "no chunk-gc schedule to trigger ('kybernate gc' collects once, now)",
+      );
+      if (!found) process.exitCode = 1;
+    });
+  });
+
+gcScheduleCommand
   .command('delete')
   .description('delete the schedule (a collection under way runs to its end)')
   .option('--json', JSON_HELP)
   .action(async (o: JsonFlag) => {
     await withClient(async (k) => {
-      const deleted = await k.chunkGcSchedule.delete();
-      emit<ChunkGcScheduleJson>(o, { schedule: null, deleted }, () =>
-        deleted ? 'chunk-gc schedule deleted' : 'no chunk-gc schedule to delete',
+      const found = await k.chunkGcSchedule.delete();
+      emit<ChunkGcScheduleActionJson>(o, { action: 'deleted', found }, () =>
+        found ? 'chunk-gc schedule deleted' : 'no chunk-gc schedule to delete',
       );
     });
   });

@@ -42,11 +42,14 @@ export interface ScheduleActionJson {
   name: string;
   action: 'triggered' | 'deleted';
 }
-/** `gc-schedule set|show|delete`: the schedule after (null: there is none). */
+/** `gc-schedule set|show`: the schedule after (null: there is none). */
 export interface ChunkGcScheduleJson {
   schedule: ChunkGcScheduleInfo | null;
-  /** delete only: whether there was one to delete. */
-  deleted?: boolean;
+}
+/** `gc-schedule trigger|delete`: what was done, and whether there was a schedule to do it to. */
+export interface ChunkGcScheduleActionJson {
+  action: 'triggered' | 'deleted';
+  found: boolean;
 }
 /** `restore`: status is null with --no-wait. */
 export interface RestoreJson {

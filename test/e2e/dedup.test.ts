@@ -9,7 +9,7 @@ import type { KybernateClient } from '../../clients/api';
 import type { CheckpointStatus } from '../../common/checkpoint';
 import { FORMAT_V1, FORMAT_V2, METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
 import { configFromStack } from '../../deploy/local/stack';
-import { CHUNK_GC_SCHEDULE_ID, CHUNK_GC_WORKFLOW_ID, type ChunkGcResult } from '../../common/chunk-gc';
+import { CHUNK_GC_WORKFLOW_ID, type ChunkGcResult } from '../../common/chunk-gc';
 import type { ChunkGcScheduleJson } from '../../clients/json-output';
 import { recordHistory } from '../support/histories';
 import { Agent, client, lastTick, localNodeContext, output, PATTERN, PYTHON, stack, until } from '../support/stack';
@@ -183,7 +183,9 @@ describe('content-addressed checkpoints, end to end', () => {
       expect((changed as ChunkGcScheduleJson).schedule?.everyMs).toBe(2 * 3_600_000);
 
       await new Promise((r) => setTimeout(r, 1500)); // the chunk older than --min-age
-      await k.client.schedule.getHandle(CHUNK_GC_SCHEDULE_ID).trigger();
+      const triggered = cli(['gc-schedule', 'trigger', '--json']);
+      expect(triggered.status).toBe(0);
+      expect(JSON.parse(triggered.stdout)).toEqual({ action: 'triggered', found: true });
       const last = await until(
         'the triggered collection done',
         async () => (await k.chunkGcSchedule.show())?.lastResult ?? null,
@@ -207,11 +209,13 @@ describe('content-addressed checkpoints, end to end', () => {
       expect(shown.stdout).toMatch(/last run .*collected, [1-9][0-9]* chunks deleted/);
     } finally {
       s3.destroy();
-      const deleted = cli(['gc-schedule', 'delete', '--json']);
-      expect((JSON.parse(deleted.stdout) as ChunkGcScheduleJson).deleted).toBe(true);
+      expect(JSON.parse(cli(['gc-schedule', 'delete', '--json']).stdout)).toEqual({ action: 'deleted', found: true });
     }
     expect(cli(['gc-schedule', 'show']).stdout).toMatch(/no chunk-gc schedule/);
-    expect((JSON.parse(cli(['gc-schedule', 'delete', '--json']).stdout) as ChunkGcScheduleJson).deleted).toBe(false);
+    expect(JSON.parse(cli(['gc-schedule', 'delete', '--json']).stdout)).toEqual({ action: 'deleted', found: false });
+    const none = cli(['gc-schedule', 'trigger']);
+    expect(none.status).toBe(1);
+    expect(none.stdout).toMatch(/no chunk-gc schedule to trigger/);
   });
 
   test('an old-format checkpoint (whole files, v1) restores on an agent that writes chunks', async () => {
