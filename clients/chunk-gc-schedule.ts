@@ -22,7 +22,7 @@ import { formatMs } from './job-format';
 /** Collections list every checkpoint and chunk in the bucket: more often than this is only cost. */
 export const MIN_CHUNK_GC_EVERY_MS = 60_000;
 
-/** The chunk-gc schedule as `kybernate gc schedule show` prints it. */
+/** The chunk-gc schedule as `kybernate gc-schedule show` prints it. */
 export interface ChunkGcScheduleInfo {
   scheduleId: string;
   everyMs: number | null;
@@ -33,11 +33,13 @@ export interface ChunkGcScheduleInfo {
   /** The newest collections it started, oldest first. */
   recent: { scheduledAt: string; workflowId: string }[];
   running: string[];
-  /** The newest collection's result once it ended; null while it runs, when there is none, or it cannot be had. */
+  /** The newest collection's workflow status (RUNNING, COMPLETED, FAILED...); null when there is none or Temporal no longer has it. */
+  lastStatus: string | null;
+  /** Its result once it completed; null otherwise. */
   lastResult: ChunkGcResult | null;
 }
 
-/** Refuses (naming the flag) what `kybernate gc schedule set` should not send. */
+/** Refuses (naming the flag) what `kybernate gc-schedule set` should not send. */
 export function checkChunkGcSchedule(everyMs: number, input: ChunkGcInput): void {
   if (!Number.isInteger(everyMs) || everyMs < MIN_CHUNK_GC_EVERY_MS)
     throw new InvalidInputError(
@@ -112,18 +114,21 @@ export class ChunkGcScheduleApi {
       nextRunAt: d.info.nextActionTimes.map((t) => t.toISOString()),
       recent,
       running: d.info.runningActions.map((a) => a.workflow.workflowId),
-      lastResult: newest ? await this.result(newest.workflowId) : null,
+      ...(newest ? await this.outcome(newest.workflowId) : { lastStatus: null, lastResult: null }),
     };
   }
 
-  /** A collection's result once it completed; null while it runs or when Temporal no longer has it. */
-  private async result(workflowId: string): Promise<ChunkGcResult | null> {
+  /** A collection's status, and its result once it completed; nulls when Temporal no longer has it. */
+  private async outcome(workflowId: string): Promise<{ lastStatus: string | null; lastResult: ChunkGcResult | null }> {
     const h = this.k.client.workflow.getHandle<typeof scheduledChunkGc>(workflowId);
     try {
-      const d = await this.k.withinTemporal(() => h.describe());
-      return d.status.name === 'COMPLETED' ? await this.k.withinTemporal(() => h.result()) : null;
+      const status = (await this.k.withinTemporal(() => h.describe())).status.name;
+      return {
+        lastStatus: status,
+        lastResult: status === 'COMPLETED' ? await this.k.withinTemporal(() => h.result()) : null,
+      };
     } catch (e) {
-      if (e instanceof WorkflowNotFoundError) return null;
+      if (e instanceof WorkflowNotFoundError) return { lastStatus: null, lastResult: null };
       throw e;
     }
   }
@@ -169,7 +174,7 @@ export function chunkGcScheduleText(s: ChunkGcScheduleInfo | null): string {
           ? `${newest.scheduledAt}: running (${newest.workflowId})`
           : last
             ? `${newest.scheduledAt}: ${last.outcome}${last.reason ? ` (${last.reason})` : ''}, ${last.deleted} chunks deleted (${formatBytes(last.deletedBytes)}), ${last.referenced} named`
-            : `${newest.scheduledAt}: no result (${newest.workflowId})`
+            : `${newest.scheduledAt}: ${s.lastStatus ?? 'no longer known'} (${newest.workflowId})`
     }`,
   ].join('\n');
 }

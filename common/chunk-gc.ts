@@ -7,7 +7,7 @@
 export const DEFAULT_CHUNK_MIN_AGE_MS = 60 * 60 * 1000;
 /** One collection at a time: its workflow id. */
 export const CHUNK_GC_WORKFLOW_ID = 'chunk-gc';
-/** The Temporal Schedule that starts collections (`kybernate gc schedule`), and the id prefix of what it starts. */
+/** The Temporal Schedule that starts collections (`kybernate gc-schedule`), and the id prefix of what it starts. */
 export const CHUNK_GC_SCHEDULE_ID = 'chunk-gc';
 export const SCHEDULED_CHUNK_GC_WORKFLOW_ID = 'chunk-gc-scheduled';
 

@@ -40,7 +40,7 @@ export async function chunkGc(input: ChunkGcInput): Promise<ChunkGcResult> {
 }
 
 /**
- * A collection started by the chunk-gc schedule (`kybernate gc schedule set`): Starting -> the collection itself
+ * A collection started by the chunk-gc schedule (`kybernate gc-schedule set`): Starting -> the collection itself
  * as the child workflow chunk-gc, the id `kybernate gc` uses too -> Done with its counts. So a scheduled and a
  * manual collection never run at once: two collectors would each delete the one gc lock the other relies on
  * (activities/chunk-store.ts). With one running already, this one is skipped and says so.
