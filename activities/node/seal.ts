@@ -9,6 +9,8 @@ import type { CompatRecord } from '../../common/compat';
 import { inputProblem } from '../../common/inputs';
 import {
   type ChunkRef,
+  FORMAT_V1,
+  FORMAT_V2,
   type Metadata,
   METADATA_FILE,
   MetadataSchema,
@@ -16,6 +18,7 @@ import {
   type SealDraft,
   SealDraftSchema,
 } from '../../common/metadata';
+import { CHUNK_MAX, firstCut } from '../chunking';
 import { partSizeFor } from '../s3-client';
 import { checkpointLocation, type NodeContext } from './context';
 import { criuVersion, IMAGES, workloadFileIndex } from './criu';
@@ -34,6 +37,41 @@ export async function sha256File(file: string): Promise<string> {
     if (++n % 64 === 0) heartbeat();
   }
   return h.digest('hex');
+}
+
+/**
+ * A file's content-addressed chunks (format v2), cut exactly as the upload cuts it (upload-chunks.ts: a window of
+ * CHUNK_MAX bytes from the last cut, cut where chunking.ts says), each named by its SHA-256: read once, no
+ * upload. A file that ends before `size` is ChecksumMismatch (it changed while being sealed).
+ */
+export async function chunkRefsOfFile(file: string, size: number): Promise<ChunkRef[]> {
+  const refs: ChunkRef[] = [];
+  const buf = Buffer.allocUnsafeSlow(CHUNK_MAX);
+  let have = 0; // bytes of the window in buf, from file offset `pos`
+  let pos = 0;
+  const fh = await fs.promises.open(file, 'r');
+  try {
+    while (pos < size) {
+      const want = Math.min(CHUNK_MAX, size - pos);
+      while (have < want) {
+        const { bytesRead } = await fh.read(buf, have, want - have, pos + have);
+        if (bytesRead === 0) break;
+        have += bytesRead;
+      }
+      if (have === 0) break;
+      const n = firstCut(buf.subarray(0, have), have < want || pos + have === size)!;
+      refs.push({ sha256: sha256Hex(buf.subarray(0, n)), size: n });
+      buf.copy(buf, 0, n, have);
+      have -= n;
+      pos += n;
+      if (refs.length % 16 === 0) heartbeat();
+    }
+  } finally {
+    await fh.close();
+  }
+  if (pos !== size)
+    throw ApplicationFailure.nonRetryable(`${file}: ${pos} bytes, ${size} when listed`, ErrorType.ChecksumMismatch);
+  return refs;
 }
 
 export function listFiles(dir: string, prefix = ''): string[] {
@@ -113,6 +151,9 @@ export async function sealCheckpoint(ctx: NodeContext, input: SealInput): Promis
     };
   }
   const streamed = input.hash === 'small';
+  // A full seal (the disk tier's, while S3 is out of reach) cuts the large files into the chunks the upload would
+  // send: the promotion then stores only the chunks S3 lacks, as the checkpoint's own upload would have.
+  const chunked = !streamed && ctx.s3.chunks !== false;
   // CRIU's own logs (criu-dump.log, criu-restore.log) describe this node's run, not the workload.
   const names = listFiles(dir).filter(
     (f) =>
@@ -122,10 +163,12 @@ export async function sealCheckpoint(ctx: NodeContext, input: SealInput): Promis
       f !== 'restored.pid' &&
       !f.includes('.tmp-'),
   );
-  const files: SealDraft['files'] = await Promise.all(
+  const files: (SealDraft['files'][number] & { chunks?: ChunkRef[] })[] = await Promise.all(
     names.map(async (p) => {
       const size = fs.statSync(path.join(dir, p)).size;
       if (streamed && streamsOnUpload(size)) return { path: p, size, written: writtenStamp(path.join(dir, p)) };
+      if (chunked && streamsOnUpload(size))
+        return { path: p, size, chunks: await chunkRefsOfFile(path.join(dir, p), size) };
       return { path: p, size, sha256: await sha256File(path.join(dir, p)) };
     }),
   );
@@ -147,7 +190,7 @@ export async function sealCheckpoint(ctx: NodeContext, input: SealInput): Promis
     heldVram: input.cudaCheckpointed,
   };
   const doc = {
-    format: 'kybernate.checkpoint/v1',
+    format: files.some((f) => f.chunks) ? FORMAT_V2 : FORMAT_V1,
     checkpointId: input.checkpointId,
     jobId: input.jobId,
     node: ctx.node,

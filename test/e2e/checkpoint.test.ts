@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { CHUNK_PREFIX } from '../../activities/chunk-store';
-import { MetadataSchema } from '../../common/metadata';
+import { FORMAT_V2, MetadataSchema } from '../../common/metadata';
 import { WorkflowFailedError } from '@temporalio/client';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { makeS3Client } from '../../activities/s3-client';
@@ -389,7 +389,7 @@ describe('checkpoint, end to end on the real stack', () => {
   test('c) S3 cut by toxiproxy: PendingUpload on nvme, then Durable on s3 by the promotion loop once S3 is back', async () => {
     const tox = new Toxiproxy(stack().toxiproxy!.api);
     const listen = await tox.create('s3-cut', new URL(stack().s3.endpoint).host);
-    await agent('e2e-cut', { env: { KYBERNATE_S3_ENDPOINT: `http://${listen}` } });
+    const a = await agent('e2e-cut', { env: { KYBERNATE_S3_ENDPOINT: `http://${listen}` } });
     await workload('e2e-cut', 'cut', 64);
     await tox.setEnabled('s3-cut', false);
     const { request } = await k.startCheckpoint({
@@ -412,6 +412,23 @@ describe('checkpoint, end to end on the real stack', () => {
     expect(s.phase).toBe('Durable');
     expect(s.tier).toBe('s3');
     expect(s.history.some((h) => h.detail.includes('promotion loop'))).toBe(true);
+    // Sealed in full for the disk tier the way the upload stores it: the promotion sent content-addressed chunks
+    // (format v2), so a checkpoint kept through an outage dedups like any other.
+    const c = s3();
+    try {
+      const raw = await (
+        await c.send(new GetObjectCommand({ Bucket: stack().s3.bucket, Key: 'checkpoints/cut-1/metadata.json' }))
+      ).Body!.transformToString();
+      const md = MetadataSchema.parse(JSON.parse(raw));
+      expect(md.format).toBe(FORMAT_V2);
+      const pages = md.files.filter((f) => f.chunks);
+      expect(pages.length).toBeGreaterThan(0);
+      expect(pages.reduce((n, f) => n + f.size, 0)).toBeGreaterThan(32 * 2 ** 20);
+      // The bytes S3 holds are those sealed on the node.
+      expect(raw).toBe(fs.readFileSync(path.join(a.dataDir, 'checkpoints', 'cut-1', 'metadata.json'), 'utf8'));
+    } finally {
+      c.destroy();
+    }
     await verifyInS3('cut-1');
     await recordHistory('checkpoint-s3-outage', k.client.workflow.getHandle(checkpointWorkflowId('cut-1')));
     await tox.remove('s3-cut');

@@ -1,5 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ApplicationFailure } from '@temporalio/activity';
 import { CHUNK_MAX, CHUNK_MIN, chunksOf, PAGE } from '../../activities/chunking';
+import { chunkRefsOfFile } from '../../activities/node/seal';
+import { ErrorType } from '../../common/errors';
 
 /** Page-aligned content-defined chunking (format v2): cuts that unchanged memory keeps wherever it lands. */
 const MiB = 1 << 20;
@@ -91,5 +97,25 @@ describe('chunking', () => {
     expect(chunksOf(Buffer.alloc(0))).toEqual([]);
     const odd = randomBytes(CHUNK_MIN / 2 + 17);
     expect(chunksOf(odd).map(sha)).toEqual([sha(odd)]);
+  });
+
+  test("a full seal's chunks of a file are the upload's: the same cuts, named by their SHA-256; a file cut short is refused", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chunk-refs-'));
+    try {
+      const file = path.join(dir, 'pages-1.img');
+      const data = Buffer.concat([base, memory(3), randomBytes(100)]); // not whole pages at its end
+      fs.writeFileSync(file, data);
+      const refs = await chunkRefsOfFile(file, data.length);
+      expect(refs).toEqual(chunksOf(data).map((c) => ({ sha256: sha(c), size: c.length })));
+      expect(refs.length).toBeGreaterThan(5);
+      const short = await chunkRefsOfFile(file, data.length + PAGE).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(short).toBeInstanceOf(ApplicationFailure);
+      expect((short as ApplicationFailure).type).toBe(ErrorType.ChecksumMismatch);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
