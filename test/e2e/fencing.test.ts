@@ -35,7 +35,10 @@ beforeAll(async () => {
     Agent.start({ node: A, declaredVramBytes: 8 * 2 ** 30, env }),
     Agent.start({ node: B, declaredVramBytes: 8 * 2 ** 30, env }),
   ]);
-}, 180000);
+  // Here, not in the first test: the nodes of the suites before this one leave placement only when they go stale
+  // (up to NODE_STALE_MS + 60 s in a full run), time the test's own limit must not pay for.
+  await othersNotPlaceable(k, [A, B]);
+}, 360000);
 afterAll(async () => {
   await Promise.all([a?.stop(), b?.stop()]);
   await k?.close();
@@ -47,7 +50,6 @@ const status = (jobId: string): Promise<JobStatus> =>
 describe('fencing on the real stack', () => {
   test('agent -9: the job is restarted on the other node from its checkpoint; the agent back, the old copy is killed', async () => {
     const job = 'fenced';
-    await othersNotPlaceable(k, [A, B]);
     const spec = {
       ...jobSpecFromFields({ jobId: job, command: [PYTHON, PATTERN, '16', job], vram: '6GiB', checkpointEvery: '10s' }),
       evictAfterMs: 1000,
@@ -102,15 +104,25 @@ describe('fencing on the real stack', () => {
       await recordHistory('job-fenced', handle);
       // The placement workflow granted that eviction (update 'eviction'): its history replays with the gate.
       await recordHistory('placement-eviction', k.client.workflow.getHandle(PLACEMENT_WORKFLOW_ID));
+    } catch (e) {
+      // Where the job stood when it failed: what a CI log must show (the stack and its logs are gone after).
+      const s = await status(job).catch(() => null);
+      console.error(
+        `fencing: failed with the job ${s ? `${s.state}, runs ${JSON.stringify(s.runs.map((r) => [r.node, r.reason ?? 'running']))}, fences ${JSON.stringify(s.fences ?? [])}, last events ${JSON.stringify(s.events.slice(-8).map((x) => `${x.type}: ${x.message}`))}` : 'without a status'}`,
+      );
+      throw e;
     } finally {
+      // The killed agent back first: cancelling the job stops its processes through the agents, and the tests
+      // after this one need both nodes.
+      for (const agent of [a, b]) if (agent && !alive(agent.rec.pid)) await agent.restart().catch(() => undefined);
       await handle.cancel().catch(() => undefined);
-      await handle.result().catch(() => undefined);
+      await until('the job closed', () => handle.describe().then((d) => d.status.name !== 'RUNNING'), 60000).catch(
+        () => undefined,
+      );
       await until('no process of the job', () => jobProcesses(job).length === 0, 60000).catch(() => undefined);
-      // A failure above must not leave the killed agent down: the tests after this one need both nodes.
-      for (const agent of [a, b]) if (agent && !alive(agent.rec.pid)) await agent.restart();
     }
-    // Longer than its waits together (90 + 120 + 60 + 10 s, and 60 s of clean-up): when one is slow, the failure
-    // names the wait, not jest's timeout.
+    // Longer than its waits together (90 + 120 + 60 + 10 s, and 120 s of clean-up at most): when one is slow,
+    // the failure names the wait, not jest's timeout.
   }, 420000);
 
   test.each([
