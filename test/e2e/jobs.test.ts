@@ -1,6 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { WorkflowNotFoundError } from '@temporalio/client';
@@ -348,7 +347,7 @@ describe('jobs on the real stack', () => {
   }, 420000);
 
   test('apply with one broken job of three: the two good ones start, the summary names the broken field', async () => {
-    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kyb-apply-')), 'jobs.yaml');
+    const file = path.join(fs.mkdtempSync(path.join(stack().home, 'apply-')), 'jobs.yaml');
     fs.writeFileSync(
       file,
       [
