@@ -20,6 +20,7 @@ import {
 } from '../../common/metadata';
 import { CHUNK_MAX, firstCut } from '../chunking';
 import { partSizeFor } from '../s3-client';
+import { BufferPool, readChunks } from './chunk-reader';
 import { checkpointLocation, type NodeContext } from './context';
 import { criuVersion, IMAGES, workloadFileIndex } from './criu';
 import { heartbeat } from './run-tool';
@@ -40,37 +41,29 @@ export async function sha256File(file: string): Promise<string> {
 }
 
 /**
- * A file's content-addressed chunks (format v2), cut exactly as the upload cuts it (upload-chunks.ts: a window of
- * CHUNK_MAX bytes from the last cut, cut where chunking.ts says), each named by its SHA-256: read once, no
- * upload. A file that ends before `size` is ChecksumMismatch (it changed while being sealed).
+ * A file's content-addressed chunks (format v2), cut exactly as the upload cuts it (the same reader,
+ * chunk-reader.ts, and the same cut, chunking.ts), each named by its SHA-256: read once, no upload. A file
+ * that ends before `size` is ChecksumMismatch (it changed while being sealed).
  */
 export async function chunkRefsOfFile(file: string, size: number): Promise<ChunkRef[]> {
   const refs: ChunkRef[] = [];
-  const buf = Buffer.allocUnsafeSlow(CHUNK_MAX);
-  let have = 0; // bytes of the window in buf, from file offset `pos`
-  let pos = 0;
-  const fh = await fs.promises.open(file, 'r');
-  try {
-    while (pos < size) {
-      const want = Math.min(CHUNK_MAX, size - pos);
-      while (have < want) {
-        const { bytesRead } = await fh.read(buf, have, want - have, pos + have);
-        if (bytesRead === 0) break;
-        have += bytesRead;
-      }
-      if (have === 0) break;
-      const n = firstCut(buf.subarray(0, have), have < want || pos + have === size)!;
-      refs.push({ sha256: sha256Hex(buf.subarray(0, n)), size: n });
-      buf.copy(buf, 0, n, have);
-      have -= n;
-      pos += n;
+  // Two buffers: the chunk being hashed and the next window; each chunk is hashed and released at once.
+  const read = await readChunks(
+    file,
+    size,
+    new BufferPool(2, CHUNK_MAX),
+    (window, atEnd) => firstCut(window, atEnd)!,
+    (_i, chunk, release) => {
+      refs.push({ sha256: sha256Hex(chunk), size: chunk.length });
+      release();
       if (refs.length % 16 === 0) heartbeat();
-    }
-  } finally {
-    await fh.close();
-  }
-  if (pos !== size)
-    throw ApplicationFailure.nonRetryable(`${file}: ${pos} bytes, ${size} when listed`, ErrorType.ChecksumMismatch);
+    },
+  );
+  if (read.bytes !== size)
+    throw ApplicationFailure.nonRetryable(
+      `${file}: ${read.bytes} bytes, ${size} when listed`,
+      ErrorType.ChecksumMismatch,
+    );
   return refs;
 }
 
