@@ -498,13 +498,19 @@ program
         );
         emit<CheckpointJson>(o, { checkpointId: request.checkpointId, workflowId, status: r }, () =>
           printable(
-            `${r.checkpointId}: ${r.phase}${r.tier ? ` (tier ${r.tier})` : ''}${r.failureReason ? ` — ${r.failureReason}` : ''}${uploadedText(r)}`,
+            `${r.checkpointId}: ${r.phase}${r.tier ? ` (tier ${r.tier})` : ''}${r.failureReason ? ` — ${r.failureReason}` : ''}${uploadedText(r)}${frozenText(r)}`,
           ),
         );
         if (r.phase === 'Failed') process.exitCode = 1;
       });
     },
   );
+
+/** With --leave-running: how long the dump held the workload still (CRIU's measure), the pause it felt. */
+function frozenText(r: CheckpointStatus): string {
+  if (r.frozenMs === undefined) return '';
+  return `; workload frozen ${r.frozenMs < 1000 ? `${Math.round(r.frozenMs)} ms` : `${(r.frozenMs / 1000).toFixed(2)} s`} by the dump`;
+}
 
 /** What the upload moved, and what S3 already held (content-addressed chunks, not sent again). */
 function uploadedText(r: CheckpointStatus): string {

@@ -46,6 +46,11 @@ export interface DumpResult {
   processStopped: boolean;
   /** Written to the node's memory (tmpfs), not its disk: the copy to disk is still to come. */
   staged?: boolean;
+  /**
+   * How long the process stood still during the dump, as CRIU measured it (its stats-dump): with --leave-running,
+   * the pause the workload felt. Absent when CRIU recorded none (and in results from before it was read).
+   */
+  frozenMs?: number;
 }
 
 export interface SealResult {
@@ -175,6 +180,11 @@ export interface CheckpointStatus {
    * it and the images turned out corrupt). Null while the workload runs or is restorable.
    */
   workloadLost?: string | null;
+  /**
+   * With --leave-running: how long the dump held the workload frozen (CRIU's measure), the pause it felt before
+   * running on. Absent when the dump stopped it, or CRIU recorded no figure.
+   */
+  frozenMs?: number;
 }
 
 /** What a workflow returns; identical to the final status. */

@@ -445,9 +445,11 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
             hostVramBytes: done.cudaCheckpointed ? (req.vramBytes ?? 0) : 0,
           },
         ]),
-      (r) => `${r.imageBytes} bytes in ${r.durationMs} ms${r.staged ? ' (staged in memory)' : ''}`,
+      (r) =>
+        `${r.imageBytes} bytes in ${r.durationMs} ms${r.staged ? ' (staged in memory)' : ''}${req.leaveRunning && r.frozenMs !== undefined ? `; the workload stood frozen ${r.frozenMs} ms` : ''}`,
       'criuDump',
     );
+    if (req.leaveRunning && dump.frozenMs !== undefined) status.frozenMs = dump.frozenMs;
     done.dumped = true;
     done.processStopped = dump.processStopped;
     done.staged = dump.staged === true;

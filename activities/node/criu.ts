@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { ErrorType } from '../../common/errors';
 import type { DumpResult } from '../../common/checkpoint';
+import { type DumpStats, readDumpStats } from './criu-stats';
 import { METADATA_FILE } from '../../common/metadata';
 import { checkpointDir, type NodeContext, stagedDir } from './context';
 import { stagingFits } from './staging';
@@ -89,12 +90,13 @@ export async function criuDump(
   const started = Date.now();
   if (staged && fit.fits) {
     try {
-      await dumpInto(ctx, staged, input);
+      const stats = await dumpInto(ctx, staged, input);
       return {
         imageBytes: dirBytes(path.join(staged, IMAGES)),
         durationMs: Date.now() - started,
         processStopped: !input.leaveRunning,
         staged: true,
+        ...frozen(stats),
       };
     } catch (e) {
       const alive = processAlive(input.pid);
@@ -111,16 +113,24 @@ export async function criuDump(
       'dumping to disk, not staging in memory',
     );
   }
-  await dumpInto(ctx, disk, input);
+  const stats = await dumpInto(ctx, disk, input);
   return {
     imageBytes: dirBytes(path.join(disk, IMAGES)),
     durationMs: Date.now() - started,
     processStopped: !input.leaveRunning,
     staged: false,
+    ...frozen(stats),
   };
 }
 
-async function dumpInto(ctx: NodeContext, dir: string, input: { pid: number; leaveRunning: boolean }): Promise<void> {
+/** CRIU's own measure of how long the process stood still, when it recorded one. */
+const frozen = (stats: DumpStats | null): { frozenMs?: number } => (stats ? { frozenMs: stats.frozenMs } : {});
+
+async function dumpInto(
+  ctx: NodeContext,
+  dir: string,
+  input: { pid: number; leaveRunning: boolean },
+): Promise<DumpStats | null> {
   const images = path.join(dir, IMAGES);
   fs.mkdirSync(images, { recursive: true });
   // Output files must exist with the same size at restore: copy them beside the images after the dump, so
@@ -153,6 +163,7 @@ async function dumpInto(ctx: NodeContext, dir: string, input: { pid: number; lea
     });
   }
   copyWorkloadFiles(dir, files);
+  return readDumpStats(images);
 }
 
 /**

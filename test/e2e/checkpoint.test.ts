@@ -317,6 +317,7 @@ describe('checkpoint, end to end on the real stack', () => {
       expect(s.tier).toBe('s3');
       expect(s.history.some((h) => h.detail.includes('killed'))).toBe(false);
       expect(alive(info.pid)).toBe(true); // left running, never killed
+      expect(s.frozenMs).toBeGreaterThan(0); // CRIU's measure of the pause, read from its stats-dump
       const before = lastTick(info.logFile);
       await until('still ticking', () => lastTick(info.logFile) >= before + 3, 20000);
       await verifyInS3(id);

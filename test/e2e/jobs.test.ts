@@ -284,7 +284,11 @@ describe('jobs on the real stack', () => {
     const c = cli(['checkpoint', job, '--node', from, '--id', `${job}-manual`]);
     expect({ status: c.status, stdout: c.stdout.trim().split('\n').pop() }).toEqual({
       status: 0,
-      stdout: expect.stringMatching(new RegExp(`^${job}-manual: Durable \\(tier s3\\); [0-9.]+ [KMGT]?i?B sent to S3`)),
+      stdout: expect.stringMatching(
+        new RegExp(
+          `^${job}-manual: Durable \\(tier s3\\); [0-9.]+ [KMGT]?i?B sent to S3.*; workload frozen [0-9.]+ m?s by the dump$`,
+        ),
+      ),
     });
     expect(c.stderr).toContain('checkpointed in place');
     const after = await status(job);

@@ -61,7 +61,7 @@ function node(calls: string[], cuda: boolean, overrides: Mock = {}): Mock {
     cudaUnlock: rec('cudaUnlock', { outcome: 'done' as const, detail: 'unlocked' }),
     criuDump: async (i) => {
       calls.push('criuDump');
-      return { imageBytes: 1000, durationMs: 5, processStopped: !i.leaveRunning };
+      return { imageBytes: 1000, durationMs: 5, processStopped: !i.leaveRunning, frozenMs: 4.2 };
     },
     seal: rec('seal', { files: 3, totalBytes: 1000, metadataSha256: 'x' }),
     upload: rec('upload', uploaded),
@@ -192,6 +192,7 @@ describe('checkpoint workflow', () => {
     const s = await run(node(calls, false), req());
     expect(s.phase).toBe('Durable');
     expect(s.tier).toBe('s3');
+    expect(s.frozenMs).toBeUndefined(); // stopped by the dump: no pause to report
     expect(calls).toEqual(['resolveTarget', 'cudaLock', 'criuDump', 'seal', 'upload']);
     expect(s.history.map((h) => `${h.phase}:${h.outcome}`)).toEqual([
       'Locking:ok',
@@ -237,6 +238,11 @@ describe('checkpoint workflow', () => {
     const calls: string[] = [];
     const s = await run(node(calls, true), req({ leaveRunning: true }));
     expect(s.phase).toBe('Durable');
+    // The pause the workload felt, as the dump measured it, in the status and the phase's record.
+    expect(s.frozenMs).toBe(4.2);
+    expect(s.history.find((h) => h.phase === 'DumpingProcess')?.detail).toBe(
+      '1000 bytes in 5 ms; the workload stood frozen 4.2 ms',
+    );
     expect(calls).toEqual([
       'resolveTarget',
       'cudaLock',
