@@ -1,4 +1,5 @@
 import {
+  type Client,
   type ScheduleDescription,
   ScheduleAlreadyRunning,
   ScheduleNotFoundError,
@@ -51,6 +52,43 @@ export function checkChunkGcSchedule(everyMs: number, input: ChunkGcInput): void
 }
 
 /**
+ * Creates the schedule `chunk-gc` (every `everyMs`, each firing collecting with `input`), or, when there is one,
+ * replaces its interval and collection (its pause state is kept) or keeps it as it is: what the control worker
+ * does with its default, which must never undo an operator's `gc-schedule set`. Says which it did.
+ */
+export async function putChunkGcSchedule(
+  client: Client,
+  everyMs: number,
+  input: ChunkGcInput,
+  existing: 'replace' | 'keep',
+): Promise<'created' | 'updated' | 'kept'> {
+  const spec = { intervals: [{ every: everyMs }] };
+  const action = {
+    type: 'startWorkflow' as const,
+    workflowType: scheduledChunkGc,
+    workflowId: SCHEDULED_CHUNK_GC_WORKFLOW_ID,
+    taskQueue: CONTROL_QUEUE,
+    args: [input] as [ChunkGcInput],
+    staticSummary: 'Scheduled collection of unreferenced chunks',
+  };
+  try {
+    await client.schedule.create({
+      scheduleId: CHUNK_GC_SCHEDULE_ID,
+      spec,
+      action,
+      // One collection at a time; a slow one delays the next instead of queueing more.
+      policies: { overlap: 'SKIP' },
+    });
+    return 'created';
+  } catch (e) {
+    if (!(e instanceof ScheduleAlreadyRunning)) throw e;
+  }
+  if (existing === 'keep') return 'kept';
+  await client.schedule.getHandle(CHUNK_GC_SCHEDULE_ID).update((prev) => ({ ...prev, spec, action }));
+  return 'updated';
+}
+
+/**
  * The Temporal Schedule `chunk-gc` that starts a collection of unreferenced chunks at a fixed interval (workflow
  * scheduledChunkGc; it runs the collection as chunk-gc, so it never overlaps `kybernate gc`). Without it,
  * chunks that retention and deleted checkpoints leave unnamed stay in S3 until someone runs `kybernate gc`.
@@ -65,29 +103,7 @@ export class ChunkGcScheduleApi {
   /** Creates the schedule, or replaces the interval and collection of the one there (its pause state is kept). */
   async set(everyMs: number, input: ChunkGcInput): Promise<ChunkGcScheduleInfo> {
     checkChunkGcSchedule(everyMs, input);
-    const spec = { intervals: [{ every: everyMs }] };
-    const action = {
-      type: 'startWorkflow' as const,
-      workflowType: scheduledChunkGc,
-      workflowId: SCHEDULED_CHUNK_GC_WORKFLOW_ID,
-      taskQueue: CONTROL_QUEUE,
-      args: [input] as [ChunkGcInput],
-      staticSummary: 'Scheduled collection of unreferenced chunks',
-    };
-    try {
-      await this.k.withinTemporal(() =>
-        this.k.client.schedule.create({
-          scheduleId: CHUNK_GC_SCHEDULE_ID,
-          spec,
-          action,
-          // One collection at a time; a slow one delays the next instead of queueing more.
-          policies: { overlap: 'SKIP' },
-        }),
-      );
-    } catch (e) {
-      if (!(e instanceof ScheduleAlreadyRunning)) throw e;
-      await this.k.withinTemporal(() => this.handle().update((prev) => ({ ...prev, spec, action })));
-    }
+    await this.k.withinTemporal(() => putChunkGcSchedule(this.k.client, everyMs, input, 'replace'));
     return (await this.show())!;
   }
 

@@ -1152,7 +1152,9 @@ gcScheduleCommand
     await withClient(async (k) => {
       const found = await k.chunkGcSchedule.delete();
       emit<ChunkGcScheduleActionJson>(o, { action: 'deleted', found }, () =>
-        found ? 'chunk-gc schedule deleted' : 'no chunk-gc schedule to delete',
+        found
+          ? 'chunk-gc schedule deleted (a control worker creates its default one again when it starts, unless KYBERNATE_CHUNK_GC_EVERY=off)'
+          : 'no chunk-gc schedule to delete',
       );
     });
   });

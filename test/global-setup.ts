@@ -8,6 +8,9 @@ import { startControlWorker } from '../deploy/local/workers';
 export default async function globalSetup(): Promise<void> {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kybernate-test-'));
   process.env.KYBERNATE_HOME = home;
+  // No scheduled collection in the shared stack: one firing mid-run would make a test's own `kybernate gc` find
+  // chunk-gc running. The default schedule is tested on its own (test/e2e/dedup.test.ts).
+  process.env.KYBERNATE_CHUNK_GC_EVERY = 'off';
   // The watchdog stops everything if jest dies without running globalTeardown (Ctrl-C, crash, SIGKILL).
   const state = await up({ home, ownerPid: process.pid, toxiproxy: true, log: () => undefined });
   await startControlWorker(state);

@@ -8,6 +8,7 @@ import { describeConfig, loadConfig, makeLogger, type StartHooks } from './confi
 import { untilStarted } from './start-retry';
 import { installMetrics, metricsAddress } from './metrics';
 import { admissionConfigFromEnv, applyAdmissionConfig } from './admission-config';
+import { applyChunkGcSchedule, chunkGcScheduleFromEnv } from './chunk-gc-config';
 
 /**
  * The control-plane worker: every workflow, plus activities that need a Temporal client. Started while Temporal is
@@ -60,6 +61,7 @@ export async function runControlWorker(hooks: StartHooks = {}): Promise<void> {
   if (metrics) installMetrics(metrics);
   // Checked before connecting: a bad setting names its variable and starts nothing.
   const admissionSettings = admissionConfigFromEnv(process.env);
+  const chunkGc = chunkGcScheduleFromEnv(process.env);
   const { worker, client, close } = await createControlWorker(cfg, logger);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
   const leaveStack =
@@ -72,6 +74,10 @@ export async function runControlWorker(hooks: StartHooks = {}): Promise<void> {
       (e: unknown) => logger.error({ err: String(e) }, 'admission settings from the environment not applied'),
     );
   }
+  // Needs no worker to land (a schedule is Temporal's own); retried beside the worker, never delaying it.
+  void applyChunkGcSchedule(client, chunkGc, logger).catch((e: unknown) =>
+    logger.error({ err: String(e) }, 'chunk-gc schedule from the environment not applied'),
+  );
   try {
     await worker.run();
   } finally {

@@ -8,7 +8,10 @@ import { makeS3Client } from '../../activities/s3-client';
 import type { KybernateClient } from '../../clients/api';
 import type { CheckpointStatus } from '../../common/checkpoint';
 import { FORMAT_V1, FORMAT_V2, METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
-import { configFromStack } from '../../deploy/local/stack';
+import { configFromStack, unregisterProcess } from '../../deploy/local/stack';
+import { startControlWorker } from '../../deploy/local/workers';
+import { applyChunkGcSchedule, chunkGcScheduleFromEnv } from '../../workers/chunk-gc-config';
+import pino from 'pino';
 import { CHUNK_GC_WORKFLOW_ID, type ChunkGcResult } from '../../common/chunk-gc';
 import type { ChunkGcScheduleJson } from '../../clients/json-output';
 import { recordHistory } from '../support/histories';
@@ -35,6 +38,16 @@ afterAll(async () => {
   for (const a of agents) await a.stop();
   await k.close();
 });
+
+/** The CLI as an operator runs it, against the shared stack (the built dist/). */
+function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [path.resolve(__dirname, '../../dist/clients/cli.js'), ...args], {
+    env: { ...process.env, KYBERNATE_HOME: stack().home },
+    encoding: 'utf8',
+    timeout: 60000,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
 
 /** A pattern workload; `seed` decides its memory (two jobs with one seed hold the same bytes). */
 async function workload(node: string, job: string, mib: number, seed = job): Promise<{ pid: number; logFile: string }> {
@@ -144,14 +157,6 @@ describe('content-addressed checkpoints, end to end', () => {
   });
 
   test('the chunk-gc schedule, set through the CLI and triggered, collects as chunk-gc: an unnamed chunk goes, shown by show; delete ends it', async () => {
-    const cli = (args: string[]): { status: number | null; stdout: string; stderr: string } => {
-      const r = spawnSync(process.execPath, [path.resolve(__dirname, '../../dist/clients/cli.js'), ...args], {
-        env: { ...process.env, KYBERNATE_HOME: stack().home },
-        encoding: 'utf8',
-        timeout: 60000,
-      });
-      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-    };
     // Refused, naming the flag, before anything is created.
     const tooOften = cli(['gc-schedule', 'set', '--every', '30s']);
     expect(tooOften.status).toBe(2);
@@ -216,6 +221,39 @@ describe('content-addressed checkpoints, end to end', () => {
     const none = cli(['gc-schedule', 'trigger']);
     expect(none.status).toBe(1);
     expect(none.stdout).toMatch(/no chunk-gc schedule to trigger/);
+  });
+
+  test("a control worker creates the default schedule (6h, 1h) when there is none, never undoes an operator's, and sets what its environment names", async () => {
+    const shows = (re: RegExp) => () => re.test(cli(['gc-schedule', 'show']).stdout);
+    expect(cli(['gc-schedule', 'show']).stdout).toMatch(/no chunk-gc schedule/);
+    // A second control worker, as an operator starts one: neither variable set (the shared stack's are 'off').
+    const worker = await startControlWorker(stack(), { KYBERNATE_CHUNK_GC_EVERY: '' });
+    const quiet = pino({ level: 'silent' });
+    try {
+      await until('the default schedule', shows(/every 6h, deleting unnamed chunks older than 1h/), 30000, 500);
+      expect(cli(['gc-schedule', 'set', '--every', '2h', '--min-age', '10m']).status).toBe(0);
+      // What the worker does at each start: the default keeps the operator's schedule.
+      expect(await applyChunkGcSchedule(k.client, chunkGcScheduleFromEnv({}), quiet)).toBe('kept');
+      expect(cli(['gc-schedule', 'show']).stdout).toMatch(/every 2h, deleting unnamed chunks older than 10m/);
+      // Set in the environment: applied over it.
+      const configured = chunkGcScheduleFromEnv({ KYBERNATE_CHUNK_GC_EVERY: '3h' });
+      expect(await applyChunkGcSchedule(k.client, configured, quiet)).toBe('updated');
+      expect(cli(['gc-schedule', 'show']).stdout).toMatch(/every 3h, deleting unnamed chunks older than 1h/);
+      // 'off' touches nothing, even a schedule that is there.
+      const off = chunkGcScheduleFromEnv({ KYBERNATE_CHUNK_GC_EVERY: 'off' });
+      expect(await applyChunkGcSchedule(k.client, off, quiet)).toBe('off');
+      expect(cli(['gc-schedule', 'show']).stdout).toMatch(/every 3h/);
+      const deleted = cli(['gc-schedule', 'delete']);
+      expect(deleted.stdout).toMatch(
+        /deleted \(a control worker creates its default one again .*KYBERNATE_CHUNK_GC_EVERY=off\)/,
+      );
+      expect(await applyChunkGcSchedule(k.client, off, quiet)).toBe('off');
+      expect(cli(['gc-schedule', 'show']).stdout).toMatch(/no chunk-gc schedule/);
+    } finally {
+      process.kill(worker.pid, 'SIGTERM');
+      unregisterProcess(worker.pid, stack().home);
+      cli(['gc-schedule', 'delete']);
+    }
   });
 
   test('an old-format checkpoint (whole files, v1) restores on an agent that writes chunks', async () => {

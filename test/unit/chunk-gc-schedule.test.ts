@@ -1,6 +1,7 @@
 import { checkChunkGcSchedule, chunkGcScheduleText, type ChunkGcScheduleInfo } from '../../clients/chunk-gc-schedule';
 import { emptyCollection } from '../../common/chunk-gc';
 import { InvalidInputError } from '../../common/ids';
+import { chunkGcScheduleFromEnv } from '../../workers/chunk-gc-config';
 
 /** What `gc-schedule set` refuses before sending anything, and what `gc-schedule show` prints in each state. */
 const info = (more: Partial<ChunkGcScheduleInfo>): ChunkGcScheduleInfo => ({
@@ -53,5 +54,42 @@ test('show: the interval and minimum age, the next run, and the last run in each
   };
   expect(chunkGcScheduleText(info({ paused: true, lastResult: skipped }))).toMatch(
     /\(paused\)[\s\S]*skipped \(uploads in flight \(ck-1\)\), 0 chunks deleted/,
+  );
+});
+
+test("the control worker's setting from its environment: default, configured, off; a bad value names its variable", () => {
+  const H = 3_600_000;
+  expect(chunkGcScheduleFromEnv({})).toEqual({ kind: 'default', everyMs: 6 * H, input: { minAgeMs: H } });
+  expect(chunkGcScheduleFromEnv({ KYBERNATE_CHUNK_GC_EVERY: '', KYBERNATE_CHUNK_GC_MIN_AGE: ' ' })).toMatchObject({
+    kind: 'default',
+  });
+  expect(chunkGcScheduleFromEnv({ KYBERNATE_CHUNK_GC_EVERY: '30m' })).toEqual({
+    kind: 'configured',
+    everyMs: H / 2,
+    input: { minAgeMs: H },
+  });
+  expect(chunkGcScheduleFromEnv({ KYBERNATE_CHUNK_GC_MIN_AGE: '2h' })).toEqual({
+    kind: 'configured',
+    everyMs: 6 * H,
+    input: { minAgeMs: 2 * H },
+  });
+  expect(chunkGcScheduleFromEnv({ KYBERNATE_CHUNK_GC_EVERY: 'off' })).toEqual({ kind: 'off' });
+  const refused = (env: NodeJS.ProcessEnv): string => {
+    try {
+      chunkGcScheduleFromEnv(env);
+    } catch (e) {
+      expect(e).toBeInstanceOf(InvalidInputError);
+      return (e as Error).message;
+    }
+    return 'accepted';
+  };
+  expect(refused({ KYBERNATE_CHUNK_GC_EVERY: '30s' })).toMatch(
+    /^KYBERNATE_CHUNK_GC_EVERY: must be at least 1m, or 'off'/,
+  );
+  expect(refused({ KYBERNATE_CHUNK_GC_EVERY: 'often' })).toMatch(/^KYBERNATE_CHUNK_GC_EVERY: expected/);
+  expect(refused({ KYBERNATE_CHUNK_GC_EVERY: '8d' })).toMatch(/^KYBERNATE_CHUNK_GC_EVERY: must be from 1s to 7d/);
+  // Checked even when off: a typo is reported, not left for the day the schedule is turned on.
+  expect(refused({ KYBERNATE_CHUNK_GC_EVERY: 'off', KYBERNATE_CHUNK_GC_MIN_AGE: '1y' })).toMatch(
+    /^KYBERNATE_CHUNK_GC_MIN_AGE: /,
   );
 });
