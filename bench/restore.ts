@@ -14,6 +14,7 @@ import {
   dropCaches,
   nodeCheckpointDir,
   persistedCopy,
+  mibs,
   run,
   secs,
   startPattern,
@@ -41,6 +42,63 @@ async function main(): Promise<void> {
   ];
   const kill: number[] = [];
   const breakdown: string[] = [];
+  const nearRows = [
+    [
+      'process memory',
+      'bare node: request->Running',
+      'holding the 1st: request->Running',
+      'ratio',
+      'bare: fetch',
+      'holding: fetch',
+      'ratio',
+      'read from the node',
+    ],
+  ];
+  /**
+   * A job checkpointed twice on bench-a (left running, then stopped), 5% of its memory rewritten between; bench-a's
+   * copy of the 2nd then removed (as after the job moved away and back). The 2nd restored from S3 on bench-b, which
+   * holds nothing of it, then on bench-a, which holds the 1st: the chunks the two share are read there.
+   */
+  const fromNearbyChunks = async (gib: number): Promise<void> => {
+    const job = `near-${gib}`;
+    const w = await startPattern(k, 'bench-a', job, Math.round(gib * 1024));
+    const checkpointed = async (id: string, leaveRunning: boolean): Promise<void> => {
+      const { request } = await k.startCheckpoint({ target: job, node: 'bench-a', checkpointId: id, leaveRunning });
+      const s = await k.checkpointResult(request.checkpointId);
+      if (s.phase !== 'Durable') throw new Error(`checkpoint ${id} ended ${s.phase}`);
+      await persistedCopy(nodeCheckpointDir(state, 'bench-a', id));
+    };
+    await checkpointed(`${job}-1`, true);
+    process.kill(w.pid, 'SIGUSR2');
+    for (let i = 0; i < 600 && !fs.readFileSync(w.logFile, 'utf8').includes('churned generation=1'); i++)
+      await new Promise((r) => setTimeout(r, 100));
+    await checkpointed(`${job}-2`, false);
+    fs.rmSync(nodeCheckpointDir(state, 'bench-a', `${job}-2`), { recursive: true, force: true });
+    const restored = async (node: string) => {
+      dropCaches();
+      const [[rs, wfId], ms] = await timed(async () => {
+        const r = await k.startRestore({ checkpointId: `${job}-2`, node });
+        return [await k.restoreResult(r.workflowId), r.workflowId] as const;
+      });
+      if (rs.phase !== 'Running' || rs.source !== 's3')
+        throw new Error(`restore on ${node}: ${rs.phase} from ${rs.source}`);
+      process.kill(rs.pid!, 'SIGKILL');
+      const fetch = /fetch ([0-9.]+)s/.exec(await activityTimes(k, wfId));
+      return { ms, fetchMs: fetch ? Number(fetch[1]) * 1000 : NaN, fromNode: rs.bytesFromNode ?? 0 };
+    };
+    const bare = await restored('bench-b');
+    const near = await restored('bench-a');
+    nearRows.push([
+      `${gib} GiB`,
+      secs(bare.ms),
+      secs(near.ms),
+      (near.ms / bare.ms).toFixed(2),
+      secs(bare.fetchMs),
+      secs(near.fetchMs),
+      (near.fetchMs / bare.fetchMs).toFixed(2),
+      mibs(near.fromNode),
+    ]);
+  };
   try {
     for (const gib of sizes) {
       const mib = Math.round(gib * 1024);
@@ -92,6 +150,7 @@ async function main(): Promise<void> {
       for (const p of kill.splice(0)) process.kill(p, 'SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
     }
+    for (const gib of sizes) await fromNearbyChunks(gib);
   } finally {
     for (const p of kill) {
       try {
@@ -104,6 +163,10 @@ async function main(): Promise<void> {
   }
   table('restore: request to Running from S3 (MinIO on loopback), ratio = workflow / baseline; target <= 1.0', rows);
   console.log(`workflow activities (scheduled to completed, >= 50 ms):\n  ${breakdown.join('\n  ')}`);
+  table(
+    "restore of a job's 2nd checkpoint (5% of its memory rewritten since the 1st) from S3: on a bare node, and on the node holding the 1st (its chunks read there, each checked by its name); ratio = holding / bare",
+    nearRows,
+  );
   console.log(
     '(the workflow also verifies every sha256 and checks that the process makes progress; the baseline does neither)',
   );

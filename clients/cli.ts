@@ -1020,7 +1020,7 @@ program
         );
         emit<RestoreJson>(o, { checkpointId: id, workflowId, status: r }, () =>
           printable(
-            `${id}: ${r.phase} on ${r.node} as pid ${r.pid} (from ${r.source}); attempts: ${r.attempts.map((a) => `${a.node}:${a.outcome}`).join(', ')}${r.failureReason ? ` — ${r.failureReason}` : ''}`,
+            `${id}: ${r.phase} on ${r.node} as pid ${r.pid} (from ${r.source}${r.bytesFromNode ? `, ${formatBytes(r.bytesFromNode)} of it from chunks already on ${r.node}` : ''}); attempts: ${r.attempts.map((a) => `${a.node}:${a.outcome}`).join(', ')}${r.failureReason ? ` — ${r.failureReason}` : ''}`,
           ),
         );
         if (r.phase === 'Failed') process.exitCode = 1;

@@ -56,6 +56,11 @@ export interface RestoreStatus {
   gpu?: { index: number; note: string | null };
   /** The UUID of the GPU the checkpoint's VRAM came from (its node's), for the restore's GPU pair. */
   sourceGpuUuid?: string;
+  /**
+   * Of a fetch from S3: the bytes read from other checkpoints' chunks the node already held (an earlier checkpoint
+   * of the job, a replica's), each checked against its name, instead of fetched. Absent when there were none.
+   */
+  bytesFromNode?: number;
 }
 
 export interface Candidate {

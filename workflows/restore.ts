@@ -467,6 +467,8 @@ async function attempt(
     ),
   );
   status.source = fetched.source;
+  if (fetched.bytesFromNode) status.bytesFromNode = fetched.bytesFromNode;
+  else delete status.bytesFromNode; // an earlier attempt's, on another node
   // Staged in memory for CRIU to read; once the process is back (or the attempt gave up) it is just memory held.
   const cleanup = proxyActivities<NodeActivities>({
     taskQueue: nodeQueue(nodeName),

@@ -9,6 +9,9 @@ import { ErrorType } from '../../common/errors';
 import type { ChunkRef } from '../../common/metadata';
 import { chunkKey } from '../chunk-store';
 import { heartbeat } from './run-tool';
+import { BufferPool } from './chunk-reader';
+import { type LocalChunk, readLocalChunk } from './local-chunks';
+import { CHUNK_MAX } from '../chunking';
 
 /** Chunks fetched at once: they are small (2-8 MiB), so more requests in flight keep the link busy. */
 export const CHUNK_FETCH_CONCURRENCY = 8;
@@ -53,20 +56,40 @@ export async function downloadChunks(
   dest: string,
   f: { path: string; chunks: ChunkRef[] },
   progress: ActivityBytes,
+  fromNode: { index: Map<string, LocalChunk>; bytes: number } | null = null,
   concurrency = CHUNK_FETCH_CONCURRENCY,
 ): Promise<void> {
   fs.mkdirSync(path.dirname(dest), { recursive: true });
+  // Buffers for chunks read from this node's own copies; made only when one is read.
+  const pool = new BufferPool(concurrency, CHUNK_MAX);
   const offsets: number[] = [];
   f.chunks.reduce((at, c) => (offsets.push(at), at + c.size), 0);
   const fh = await fs.promises.open(dest, 'w');
   try {
     let next = 0;
     let failed = false;
+    /** The chunk read from a copy on this node, checked against its name, and written: false to fetch it instead. */
+    const copyFromNode = async (at: LocalChunk, sha256: string, i: number): Promise<boolean> => {
+      const buf = await pool.take();
+      try {
+        const chunk = await readLocalChunk(at, sha256, buf);
+        if (!chunk) return false;
+        await writeAt(fh, chunk, offsets[i]);
+      } finally {
+        pool.give(buf);
+      }
+      progress.done += at.size;
+      fromNode!.bytes += at.size;
+      heartbeat({ bytes: progress });
+      return true;
+    };
     const worker = async (): Promise<void> => {
       while (!failed && next < f.chunks.length) {
         const i = next++;
         const c = f.chunks[i];
         try {
+          const near = fromNode?.index.get(c.sha256);
+          if (near && near.size === c.size && (await copyFromNode(near, c.sha256, i))) continue;
           const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: chunkKey(c.sha256) }));
           const hash = createHash('sha256');
           const parts: Buffer[] = [];

@@ -15,6 +15,7 @@ import { setAsideCorrupt } from './corrupt';
 import { linkStagedCopy, releaseStaging, stagingFits } from './staging';
 import { heartbeat } from './run-tool';
 import { downloadChunks, writeAt } from './fetch-chunks';
+import { localChunkIndex } from './local-chunks';
 import { parseMetadata, sameMetadata, sha256Hex, verifyLocal, writeFileAtomic } from './seal';
 
 async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buffer> {
@@ -163,7 +164,12 @@ export interface FetchResult {
   /** Downloaded into memory (tmpfs): CRIU reads it from there, and it is released after the restore. */
   staged: boolean;
   metadata: Metadata;
+  /** Of a download from S3: the bytes of chunks read from other checkpoints on this node instead, each checked by its name. */
+  bytesFromNode?: number;
 }
+
+const fromThisNode = (n: { bytes: number } | null): { bytesFromNode?: number } =>
+  n?.bytes ? { bytesFromNode: n.bytes } : {};
 
 /**
  * Makes a verified copy of a checkpoint on this node: the local copy if it verifies, else a download from S3
@@ -246,6 +252,10 @@ export async function fetchCheckpoint(
     const staging = staged || input.attemptId === undefined ? `${dir}.fetch` : `${dir}.${input.attemptId}.fetch`;
     fs.rmSync(staging, { recursive: true, force: true });
     const progress: ActivityBytes = { done: 0, total: bytes };
+    // Chunks of other checkpoints this node holds (an earlier one of the job, a replica's) are read, not fetched.
+    const fromNode = metadata.files.some((f) => f.chunks)
+      ? { index: localChunkIndex(ctx, input.checkpointId), bytes: 0 }
+      : null;
     for (const f of metadata.files) {
       let sum: string | undefined;
       try {
@@ -257,6 +267,7 @@ export async function fetchCheckpoint(
             path.join(staging, f.path),
             { path: f.path, chunks: f.chunks },
             progress,
+            fromNode,
           );
           continue;
         }
@@ -294,11 +305,13 @@ export async function fetchCheckpoint(
       // Another restore on this node completed the disk copy meanwhile, verified against this very metadata.json:
       // it may be reading it now, so it is kept and this download dropped.
       fs.rmSync(staging, { recursive: true, force: true });
-      return { dir, bytes, source: 's3', staged, metadata };
+      return { dir, bytes, source: 's3', staged, metadata, ...fromThisNode(fromNode) };
     }
     fs.rmSync(dir, { recursive: true, force: true });
     fs.renameSync(staging, dir);
-    return { dir, bytes, source: 's3', staged, metadata };
+    if (fromNode?.bytes)
+      ctx.logger.info({ ...log, bytes, fromNode: fromNode.bytes }, 'chunks this node held were read, not fetched');
+    return { dir, bytes, source: 's3', staged, metadata, ...fromThisNode(fromNode) };
   } finally {
     s3.destroy();
   }

@@ -340,6 +340,7 @@ export function createNodeActivities(ctx: NodeContext) {
         staged: r.staged,
         jobId: r.metadata.jobId,
         vramBytes: r.metadata.cuda.vramBytes,
+        ...(r.bytesFromNode ? { bytesFromNode: r.bytesFromNode } : {}),
       };
     },
     /**

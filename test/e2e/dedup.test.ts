@@ -7,6 +7,7 @@ import { fetchCheckpoint } from '../../activities/node/fetch';
 import { makeS3Client } from '../../activities/s3-client';
 import type { KybernateClient } from '../../clients/api';
 import type { CheckpointStatus } from '../../common/checkpoint';
+import type { RestoreStatus } from '../../common/restore';
 import { FORMAT_V1, FORMAT_V2, METADATA_FILE, type Metadata, MetadataSchema } from '../../common/metadata';
 import { configFromStack, unregisterProcess } from '../../deploy/local/stack';
 import { startControlWorker } from '../../deploy/local/workers';
@@ -79,10 +80,17 @@ async function metadataInS3(id: string): Promise<Metadata> {
 const totalBytes = (md: Metadata): number => md.files.reduce((n, f) => n + f.size, 0);
 
 /** Restored on its node, it runs on from its counter and its memory is the pattern it last wrote. */
-async function restoredWithState(id: string, node: string, logFile: string, tick: number): Promise<number> {
+async function restoredWithState(
+  id: string,
+  node: string,
+  logFile: string,
+  tick: number,
+  check: (s: RestoreStatus) => void = () => undefined,
+): Promise<number> {
   const r = await k.startRestore({ checkpointId: id, node });
   const s = await k.restoreResult(r.workflowId);
   expect(s.phase).toBe('Running');
+  check(s);
   await until('progress after restore', () => lastTick(logFile) > tick + 2, 30000);
   const verified = output(logFile).filter((l) => l.includes('pattern_ok=')).length;
   process.kill(s.pid!, 'SIGUSR1');
@@ -108,7 +116,13 @@ describe('content-addressed checkpoints, end to end', () => {
     // 5% of 192 MiB changed, plus the chunks around its edges and the small images.
     expect(second.upload!.bytesSent).toBeLessThan(first.upload!.bytesSent * 0.2);
     expect(second.upload!.bytesReused!).toBeGreaterThan(totalBytes(md) * 0.75);
-    const pid = await restoredWithState('dd-job-2', 'dd-a', w.logFile, lastTick(w.logFile));
+    // The node holds the first checkpoint but no longer the second (its copy gone, as after a move away and back):
+    // the second comes from S3, but the chunks it shares with the first are read from the node's copy of it.
+    fs.rmSync(path.join(agents[0].dataDir, 'checkpoints', 'dd-job-2'), { recursive: true, force: true });
+    const pid = await restoredWithState('dd-job-2', 'dd-a', w.logFile, lastTick(w.logFile), (s) => {
+      expect(s.source).toBe('s3');
+      expect(s.bytesFromNode).toBeGreaterThan(totalBytes(md) * 0.75);
+    });
     process.kill(pid, 'SIGKILL');
   });
 

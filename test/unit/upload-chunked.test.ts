@@ -55,6 +55,18 @@ const localMetadata = (dir: string) =>
 
 const otherNode = (): NodeContext => localNodeContext('chunked-other', path.join(root, `other-${n++}`));
 
+/** Two checkpoints of 64 MiB uploaded, the second with 5% of the first's bytes rewritten (one contiguous run). */
+async function twoCheckpoints() {
+  const large = randomBytes(64 * MiB);
+  const first = drafted(large);
+  await uploadCheckpoint(first.ctx, { checkpointId: first.id });
+  const changed = Buffer.from(large);
+  randomBytes(large.length / 20).copy(changed, 24 * MiB);
+  const second = drafted(changed);
+  const r = await uploadCheckpoint(second.ctx, { checkpointId: second.id });
+  return { large, first, changed, second, r };
+}
+
 describe('upload as content-addressed chunks', () => {
   test('the large file becomes chunks named by their SHA-256 (S3 verified each), metadata.json v2 lists them; a fetch reassembles it', async () => {
     const large = randomBytes(40 * MiB);
@@ -85,18 +97,38 @@ describe('upload as content-addressed chunks', () => {
   });
 
   test('a second checkpoint with 5% of its memory rewritten sends about 5% of the bytes', async () => {
-    const large = randomBytes(64 * MiB);
-    const first = drafted(large);
-    await uploadCheckpoint(first.ctx, { checkpointId: first.id });
-    const changed = Buffer.from(large);
-    randomBytes(large.length / 20).copy(changed, 24 * MiB);
-    const second = drafted(changed);
-    const r = await uploadCheckpoint(second.ctx, { checkpointId: second.id });
+    const { large, changed, second, r } = await twoCheckpoints();
     expect(r.bytesSent).toBeLessThan(large.length * 0.3);
     expect(r.bytesSent).toBeGreaterThanOrEqual(large.length / 20);
     expect(r.bytesReused! + r.bytesSent).toBeGreaterThanOrEqual(large.length);
     const f = await fetchCheckpoint(otherNode(), { checkpointId: second.id, metadataSha256: r.metadataSha256 });
     expect(sha(fs.readFileSync(path.join(f.dir, PAGES)))).toBe(sha(changed));
+  });
+
+  test('a restore on a node holding an earlier checkpoint of the job reads the chunks they share from it, each checked by its name; a chunk changed there since comes from S3', async () => {
+    const { large, first, changed, second, r } = await twoCheckpoints();
+    // A node that holds the first checkpoint (checkpointed or restored there before).
+    const holder = otherNode();
+    fs.cpSync(first.dir, path.join(holder.dataDir, 'checkpoints', first.id), { recursive: true });
+    const f = await fetchCheckpoint(holder, { checkpointId: second.id, metadataSha256: r.metadataSha256 });
+    expect(f.source).toBe('s3');
+    expect(sha(fs.readFileSync(path.join(f.dir, PAGES)))).toBe(sha(changed));
+    expect(f.bytesFromNode).toBeGreaterThan(large.length * 0.7);
+    expect(f.bytesFromNode).toBeLessThanOrEqual(large.length - large.length / 20);
+    // A node whose copy of the first changed since (a byte of its first chunk): only that chunk is fetched instead.
+    const again = otherNode();
+    const copy = path.join(again.dataDir, 'checkpoints', first.id);
+    fs.cpSync(first.dir, copy, { recursive: true });
+    const fd = fs.openSync(path.join(copy, PAGES), 'r+');
+    fs.writeSync(fd, Buffer.from([large[100] ^ 0xff]), 0, 1, 100);
+    fs.closeSync(fd);
+    const g = await fetchCheckpoint(again, { checkpointId: second.id, metadataSha256: r.metadataSha256 });
+    expect(sha(fs.readFileSync(path.join(g.dir, PAGES)))).toBe(sha(changed));
+    const firstChunk = localMetadata(first.dir).files.find((x) => x.path === PAGES)!.chunks![0];
+    expect(g.bytesFromNode).toBe(f.bytesFromNode! - firstChunk.size);
+    // A node with nothing of it: everything from S3.
+    const bare = await fetchCheckpoint(otherNode(), { checkpointId: second.id, metadataSha256: r.metadataSha256 });
+    expect(bare.bytesFromNode).toBeUndefined();
   });
 
   test('a chunk the bucket serves with other bytes, or not at all: ChecksumMismatch, nothing left of the copy', async () => {
