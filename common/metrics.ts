@@ -12,7 +12,15 @@ export const Metric = {
   checkpointBytes: 'kybernate_checkpoint_bytes_total',
   /** Histogram, seconds; labels node, phase, outcome. One node step of a restore. */
   restorePhaseSeconds: 'kybernate_restore_phase_duration_seconds',
-  /** Counter, bytes; labels node, phase (Fetching), source (s3 | nvme). */
+  /**
+   * Histogram, seconds; label node. How long a --leave-running dump held the workload frozen (CRIU's own measure):
+   * the pause a checkpoint costs a workload that runs on.
+   */
+  checkpointFrozenSeconds: 'kybernate_checkpoint_frozen_seconds',
+  /**
+   * Counter, bytes; labels node, phase (Fetching), source (s3 | nvme | node-chunks: chunks read from other
+   * checkpoints the node held instead of fetched from S3).
+   */
   restoreBytes: 'kybernate_restore_bytes_total',
   /** Counter; labels node, phase, type. A node step of a checkpoint or restore that failed, by error type. */
   stepFailures: 'kybernate_step_failures_total',

@@ -41,7 +41,7 @@ export async function metricsAddress(
  * in the worker) are all served there. tags: on every metric (an agent's node).
  */
 export function installMetrics(bindAddress: string, tags: Record<string, string> = {}): void {
-  const ours = [Metric.checkpointPhaseSeconds, Metric.restorePhaseSeconds];
+  const ours = [Metric.checkpointPhaseSeconds, Metric.restorePhaseSeconds, Metric.checkpointFrozenSeconds];
   try {
     Runtime.install({
       telemetryOptions: {

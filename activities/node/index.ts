@@ -78,7 +78,7 @@ import {
   stopRun,
 } from './job-run';
 import { ErrorType } from '../../common/errors';
-import { measured, type MeasuredKind } from './metrics';
+import { measured, type MeasuredKind, recordFrozen } from './metrics';
 
 /** A step's result as the journal keeps it: whole (they are small), so a workflow that lost the reply can read it back. */
 const whole = <T extends object>(r: T): Record<string, unknown> => ({ ...(r as Record<string, unknown>) });
@@ -224,7 +224,7 @@ export function createNodeActivities(ctx: NodeContext) {
       } catch {
         files = undefined; // gone already: criuDump says so
       }
-      return measured(
+      const r = await measured(
         'checkpoint',
         'DumpingProcess',
         () =>
@@ -233,8 +233,10 @@ export function createNodeActivities(ctx: NodeContext) {
             leaveRunning: input.leaveRunning,
             files,
           }),
-        (r) => ({ bytes: r.imageBytes }),
+        (d) => ({ bytes: d.imageBytes }),
       );
+      if (input.leaveRunning && r.frozenMs !== undefined) recordFrozen(r.frozenMs);
+      return r;
     },
     /**
      * A dump cut off after CRIU wrote its complete images and stopped the process (now gone), before the agent
@@ -331,7 +333,10 @@ export function createNodeActivities(ctx: NodeContext) {
         'restore',
         'Fetching',
         () => fetchCheckpoint(ctx, input),
-        (f) => ({ bytes: f.bytes, labels: { source: f.source } }),
+        (f) => [
+          { bytes: f.bytes - (f.bytesFromNode ?? 0), labels: { source: f.source } },
+          { bytes: f.bytesFromNode ?? 0, labels: { source: 'node-chunks' } },
+        ],
       );
       return {
         dir: r.dir,

@@ -39,7 +39,7 @@ export async function measured<T>(
   kind: MeasuredKind,
   phase: string,
   fn: () => Promise<T>,
-  moved?: (r: T) => MovedBytes | null,
+  moved?: (r: T) => MovedBytes | MovedBytes[] | null,
 ): Promise<T> {
   const m = meter();
   const started = process.hrtime.bigint();
@@ -53,14 +53,12 @@ export async function measured<T>(
   try {
     const r = await fn();
     duration.record(seconds(), { phase, outcome: 'ok' });
-    const b = moved?.(r);
-    if (b && b.bytes > 0) {
-      m.createCounter(
-        kind === 'checkpoint' ? Metric.checkpointBytes : Metric.restoreBytes,
-        'bytes',
-        `bytes a ${kind} step wrote, sent or fetched, by phase`,
-      ).add(Math.round(b.bytes), { phase, ...b.labels });
-    }
+    const bytes = m.createCounter(
+      kind === 'checkpoint' ? Metric.checkpointBytes : Metric.restoreBytes,
+      'bytes',
+      `bytes a ${kind} step wrote, sent or fetched, by phase`,
+    );
+    for (const b of [moved?.(r) ?? []].flat()) if (b.bytes > 0) bytes.add(Math.round(b.bytes), { phase, ...b.labels });
     return r;
   } catch (err) {
     duration.record(seconds(), { phase, outcome: 'failed' });
@@ -71,4 +69,16 @@ export async function measured<T>(
     ).add(1, { phase, type: failureLabel(err) });
     throw err;
   }
+}
+
+/** How long a --leave-running dump held the workload frozen, as CRIU measured it. */
+export function recordFrozen(frozenMs: number): void {
+  meter()
+    .createHistogram(
+      Metric.checkpointFrozenSeconds,
+      'float',
+      's',
+      'how long a --leave-running dump held the workload frozen (CRIU)',
+    )
+    .record(frozenMs / 1000);
 }

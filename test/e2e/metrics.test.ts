@@ -1,3 +1,5 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { KybernateClient } from '../../clients/api';
 import { readStackState } from '../../deploy/local/stack';
 import { Agent, alive, client, lastTick, PATTERN, PYTHON, stack, until } from '../support/stack';
@@ -164,8 +166,37 @@ describe('Prometheus metrics from every worker', () => {
       15000,
     );
 
+    // A checkpoint of the restored process that leaves it running: how long it stood frozen, in its histogram.
+    const ck2 = await k.startCheckpoint({
+      target: job,
+      node: NODE,
+      checkpointId: `${job}-ck2`,
+      vramBytes: 0,
+      leaveRunning: true,
+    });
+    const s2 = await k.checkpointResult(ck2.request.checkpointId);
+    expect(s2.phase).toBe('Durable');
+    const a3 = await scrape(agentAt);
+    const frozen = (s: Sample[], what: 'count' | 'sum'): number =>
+      total(s, `kybernate_checkpoint_frozen_seconds_${what}`, { node: NODE });
+    expect(frozen(a3, 'count')).toBe(frozen(a2, 'count') + 1);
+    expect(frozen(a3, 'sum') - frozen(a2, 'sum')).toBeCloseTo(s2.frozenMs! / 1000, 3);
+    // Restored from S3 on this node once its copy of the second is gone: the chunks the first's copy holds are
+    // read here, and counted apart from the bytes fetched.
+    process.kill(rs.pid!, 'SIGKILL');
+    fs.rmSync(path.join(agent!.dataDir, 'checkpoints', `${job}-ck2`), { recursive: true, force: true });
+    const r2 = await k.startRestore({ checkpointId: `${job}-ck2`, node: NODE });
+    const rs2 = await k.restoreResult(r2.workflowId);
+    expect({ phase: rs2.phase, source: rs2.source }).toEqual({ phase: 'Running', source: 's3' });
+    pids.push(rs2.pid!);
+    const a4 = await scrape(agentAt);
+    const fetched = (s: Sample[], source: string): number =>
+      total(s, 'kybernate_restore_bytes_total', { node: NODE, phase: 'Fetching', source });
+    expect(fetched(a4, 'node-chunks') - fetched(a3, 'node-chunks')).toBe(rs2.bytesFromNode);
+    expect(rs2.bytesFromNode).toBeGreaterThan(0);
+
     // The SDK's own metrics share each endpoint: the agent's activities on its queue, the control worker's workflows.
-    const sdkAgent = a2.filter((s) => s.name.startsWith('temporal_') && s.labels.task_queue === `node/${NODE}`);
+    const sdkAgent = a4.filter((s) => s.name.startsWith('temporal_') && s.labels.task_queue === `node/${NODE}`);
     expect(sdkAgent.some((s) => s.name.startsWith('temporal_activity_execution_latency'))).toBe(true);
     expect(sdkAgent.every((s) => s.labels.node === NODE)).toBe(true);
     const c2 = await scrape(controlAt);
