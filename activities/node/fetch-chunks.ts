@@ -46,7 +46,9 @@ export async function writevAt(fh: fs.promises.FileHandle, parts: Buffer[], offs
  * part by part as it arrives and refused unless its SHA-256 is its name (ChecksumMismatch, never retried: the
  * bucket holds other bytes under that name), then its parts written at its offset in one writev. The parts are
  * the HTTP body's own buffers: hashed while they are still in the CPU's cache, never copied into a chunk-sized
- * buffer (measured on 1 GiB against MinIO here: about 8% less time than hashing a joined copy). The file is complete and verified when
+ * buffer (measured on 1 GiB against MinIO here: about 8% less time than hashing a joined copy). A chunk that
+ * `fromNode` indexes (another checkpoint's copy on this node, local-chunks.ts) is read from there instead, under
+ * the same check, and fetched only if that copy no longer holds it. The file is complete and verified when
  * every chunk is; metadata.json, which names the chunks, is checked by the caller against its seal.
  * A chunk named twice is fetched once per place (the bytes are small; no cross-chunk bookkeeping).
  */
