@@ -1,8 +1,9 @@
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { METADATA_FILE, MetadataSchema } from '../../common/metadata';
 import type { NodeContext } from './context';
+import { sha256Hex } from './seal';
+import { readAt } from './upload-chunks';
 
 /** Where a chunk's bytes sit in a file of a checkpoint this node holds. */
 export interface LocalChunk {
@@ -68,14 +69,9 @@ export async function readLocalChunk(at: LocalChunk, sha256: string, buf: Buffer
     return null;
   }
   try {
-    let got = 0;
-    while (got < at.size) {
-      const { bytesRead } = await fh.read(buf, got, at.size - got, at.offset + got);
-      if (bytesRead === 0) return null;
-      got += bytesRead;
-    }
-    const chunk = buf.subarray(0, at.size);
-    return createHash('sha256').update(chunk).digest('hex') === sha256 ? chunk : null;
+    const chunk = await readAt(fh, at.offset, at.size, buf);
+    if (chunk.length < at.size) return null;
+    return sha256Hex(chunk) === sha256 ? chunk : null;
   } catch {
     return null;
   } finally {

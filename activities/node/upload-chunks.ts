@@ -16,9 +16,13 @@ export interface ChunkCounters {
   chunksReused: number;
 }
 
-/** `length` bytes of the file from `offset`, or fewer at its end. */
-export async function readAt(fh: fs.promises.FileHandle, offset: number, length: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(length);
+/** `length` bytes of the file from `offset`, or fewer at its end: in `buf` when given (at least `length` long). */
+export async function readAt(
+  fh: fs.promises.FileHandle,
+  offset: number,
+  length: number,
+  buf: Buffer = Buffer.allocUnsafe(length),
+): Promise<Buffer> {
   let got = 0;
   while (got < length) {
     const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
