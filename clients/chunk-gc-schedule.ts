@@ -40,15 +40,33 @@ export interface ChunkGcScheduleInfo {
   lastResult: ChunkGcResult | null;
 }
 
-/** Refuses (naming the flag) what `kybernate gc-schedule set` should not send. */
-export function checkChunkGcSchedule(everyMs: number, input: ChunkGcInput): void {
+/** Where a schedule's values came from, for refusals to name: the CLI's flags, or the control worker's variables. */
+export interface ChunkGcScheduleFields {
+  every: string;
+  minAge: string;
+  /** The word that turns the schedule off, where the source has one. */
+  off?: string;
+}
+
+const CLI_FIELDS: ChunkGcScheduleFields = { every: '--every', minAge: '--min-age' };
+
+/**
+ * Refuses (naming the flag, or the variable) what should not be sent as the chunk-gc schedule; `given` is the
+ * interval as the operator wrote it.
+ */
+export function checkChunkGcSchedule(
+  everyMs: number,
+  input: ChunkGcInput,
+  fields: ChunkGcScheduleFields = CLI_FIELDS,
+  given = `${everyMs} ms`,
+): void {
   if (!Number.isInteger(everyMs) || everyMs < MIN_CHUNK_GC_EVERY_MS)
     throw new InvalidInputError(
-      '--every',
-      `must be at least 1m: each collection lists the whole bucket (got ${everyMs} ms)`,
+      fields.every,
+      `must be at least 1m${fields.off ? `, or '${fields.off}'` : ''}: each collection lists the whole bucket (got ${given})`,
     );
   const p = chunkGcInputProblem(input);
-  if (p) throw new InvalidInputError('--min-age', p);
+  if (p) throw new InvalidInputError(fields.minAge, p);
 }
 
 /**

@@ -1,8 +1,7 @@
 import type { Client } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { type ChunkGcInput, DEFAULT_CHUNK_MIN_AGE_MS } from '../common/chunk-gc';
-import { InvalidInputError } from '../common/ids';
-import { MIN_CHUNK_GC_EVERY_MS, putChunkGcSchedule } from '../clients/chunk-gc-schedule';
+import { checkChunkGcSchedule, putChunkGcSchedule } from '../clients/chunk-gc-schedule';
 import { parseSeconds } from '../clients/durations';
 import { formatMs } from '../clients/job-format';
 
@@ -33,15 +32,17 @@ export function chunkGcScheduleFromEnv(env: NodeJS.ProcessEnv): ChunkGcScheduleS
   const minAgeMs = minAge === undefined ? DEFAULT_CHUNK_MIN_AGE_MS : parseSeconds(CHUNK_GC_MIN_AGE_ENV, minAge);
   if (every === 'off') return { kind: 'off' };
   const everyMs = every === undefined ? DEFAULT_CHUNK_GC_EVERY_MS : parseSeconds(CHUNK_GC_EVERY_ENV, every);
-  if (everyMs < MIN_CHUNK_GC_EVERY_MS)
-    throw new InvalidInputError(
-      CHUNK_GC_EVERY_ENV,
-      `must be at least 1m, or 'off': each collection lists the whole bucket (got '${every}')`,
-    );
+  const input = { minAgeMs };
+  checkChunkGcSchedule(
+    everyMs,
+    input,
+    { every: CHUNK_GC_EVERY_ENV, minAge: CHUNK_GC_MIN_AGE_ENV, off: 'off' },
+    `'${every}'`,
+  );
   return {
     kind: every === undefined && minAge === undefined ? 'default' : 'configured',
     everyMs,
-    input: { minAgeMs },
+    input,
   };
 }
 
