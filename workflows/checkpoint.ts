@@ -60,6 +60,11 @@ export const PATCH_COMPENSATE_APART = 'checkpoint-compensations-apart';
  * then the synced copy (tier nvme); the disk copy beside a successful upload is finished once metadata.json exists.
  */
 export const PATCH_HASH_WHILE_STREAMING = 'checkpoint-hash-while-streaming';
+/**
+ * COPY_AFTER_UPLOAD: a dump staged in memory of a workload left running is copied to disk after the upload, not
+ * beside it (see uploadAndCopy).
+ */
+export const PATCH_COPY_AFTER_UPLOAD = 'checkpoint-copy-after-upload';
 
 /** A step the node keeps running after the workflow lost sight of it is waited for this long (its own start-to-close). */
 const RUNNING_STEP_PATIENCE_MS = 2 * 60 * 60 * 1000;
@@ -126,7 +131,8 @@ interface Progress {
  * Any step that fails cleanly is compensated so the workload runs on. A step that times out is "unknown":
  * the node is asked (inspectCheckpoint, waiting for its agent) and the workflow goes on from what really
  * happened; only a process frozen by a dump that was cut off with no complete image is killed, by identity.
- * A dump staged in memory is uploaded and copied to disk at the same time (Uploading{memory}); the copy is synced
+ * A dump staged in memory is uploaded and copied to disk (Uploading{memory}), at the same time unless the workload
+ * runs on (then the copy follows the upload); the copy is synced
  * and becomes tier nvme only if S3 is out of reach. A checkpoint that ends Failed fails its workflow, its status
  * in the failure's details (PATCH_FAILED_WORKFLOWS_FAIL).
  */
@@ -496,7 +502,8 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     return ended(await compensate(ctx, e instanceof StepFailed ? e : new StepFailed(status.phase, e), done));
   }
   // Sealed: on disk, the checkpoint is valid on this node from here on, whatever S3 does. Staged in memory,
-  // it becomes so once copied to disk, which runs beside the upload; until then memory is its only copy.
+  // it becomes so once copied to disk, beside the upload (after it, for a workload left running, whose own memory
+  // still holds it); until then memory is its only copy.
   return ended(await uploadAndCopy(ctx, done));
 }
 
@@ -656,17 +663,23 @@ async function compensate(ctx: Ctx, failed: StepFailed, done: Progress): Promise
 }
 
 /**
- * Uploading: to S3, and (a dump staged in memory) copied to this node's disk at the same time. Durable{s3} once
+ * Uploading: to S3, and (a dump staged in memory) copied to this node's disk, at the same time or, for a workload
+ * left running, once S3 has it (PATCH_COPY_AFTER_UPLOAD). Durable{s3} once
  * S3 holds it; a copy that no longer matches its seal, or an id S3 already holds, ends Failed; S3 out of reach
  * leaves it on tier nvme (PendingUpload) for the node's promotion loop.
  */
 async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus> {
   const { req, status, pid, undo, uploader, keeper, record, enter } = ctx;
   ctx.progress.uploadStartedAt = Date.now();
+  // A workload left running has its own memory, so its staged dump is not its only copy: the copy to disk waits
+  // for the upload instead of competing with it for the disk and the CPU (Durable comes sooner; the memory is
+  // held until both have run, one after the other). A stopped workload's dump is all there is of it: that copy
+  // starts at once, beside the upload.
+  const copyAfter = done.staged && req.leaveRunning === true && patched(PATCH_COPY_AFTER_UPLOAD);
   enter(
     'Uploading',
     done.staged ? 'memory' : 'nvme',
-    done.staged ? `copying to ${req.node}'s disk beside the upload` : undefined,
+    done.staged ? `copying to ${req.node}'s disk ${copyAfter ? 'once S3 has it' : 'beside the upload'}` : undefined,
   );
   // Settled at once: while the copy to disk is awaited, a failed upload must not count as unhandled.
   const uploading = uploader.upload
@@ -681,40 +694,43 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
     // The disk copy is a cache while S3 takes the checkpoint, so it is not synced (syncing competes with the
     // upload for the disk); it is synced only if it has to stand in for S3.
     let copyUnsealed = false;
-    const copying = keeper.persist
-      .executeWithOptions(summary(`copy ${req.checkpointId} from memory to this node's disk`), [
-        { checkpointId: req.checkpointId, sync: false },
-      ])
-      .then(
-        (r) => {
-          // Streamed: the copy is committed (its metadata.json) only if the upload committed first.
-          copyUnsealed = r.sealed === false;
-          record(
-            'Uploading',
-            'ok',
-            `copied to disk: ${r.bytes} bytes in ${r.durationMs} ms${copyUnsealed ? ' (metadata.json to follow)' : ''}`,
-          );
-          return null;
-        },
-        (err: unknown) => {
-          record('Uploading', 'failed', `copy to disk: ${describeFailure(err)}`);
-          return describeFailure(err);
-        },
-      );
+    const copy = (): Promise<string | null> =>
+      keeper.persist
+        .executeWithOptions(summary(`copy ${req.checkpointId} from memory to this node's disk`), [
+          { checkpointId: req.checkpointId, sync: false },
+        ])
+        .then(
+          (r) => {
+            // Streamed: the copy is committed (its metadata.json) only if the upload committed first.
+            copyUnsealed = r.sealed === false;
+            record(
+              'Uploading',
+              'ok',
+              `copied to disk: ${r.bytes} bytes in ${r.durationMs} ms${copyUnsealed ? ' (metadata.json to follow)' : ''}`,
+            );
+            return null;
+          },
+          (err: unknown) => {
+            record('Uploading', 'failed', `copy to disk: ${describeFailure(err)}`);
+            return describeFailure(err);
+          },
+        );
+    let beside: Promise<string | null> | null = copyAfter ? null : copy();
+    const copied = (): Promise<string | null> => (beside ??= copy());
     const up = await uploading;
     if (up.type && CORRUPT.has(up.type)) {
-      await copying; // a copy of the same bad bytes: it goes with the rest
+      await beside; // a copy of the same bad bytes: it goes with the rest (none is made after the upload)
       return corrupt(ctx, done, up.error!);
     }
     if (up.type === ErrorType.CheckpointExists) {
-      await copying;
+      await beside;
       return taken(ctx, done, up.error!);
     }
     if (up.result) {
       // Durable from here on; the workflow still waits for the cache copy so that it can free the memory.
       if (ctx.streamed && up.result.metadataSha256) status.metadataSha256 = up.result.metadataSha256;
       durable(ctx, up.result);
-      await copying;
+      await copied();
       if (ctx.streamed && copyUnsealed) {
         // The upload committed metadata.json after the copy ended: the copy takes it now (files already there).
         await keeper.persist
@@ -731,7 +747,7 @@ async function uploadAndCopy(ctx: Ctx, done: Progress): Promise<CheckpointStatus
       ]);
       return status;
     }
-    let copyFailure = await copying;
+    let copyFailure = await copied();
     if (copyFailure === null && ctx.streamed) {
       // The copy can stand in for S3 only with a metadata.json naming verified bytes: a full seal first.
       const f = await sealInFull(ctx);

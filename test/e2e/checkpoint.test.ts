@@ -93,6 +93,46 @@ describe('checkpoint, end to end on the real stack', () => {
     await recordHistory('checkpoint-durable', k.client.workflow.getHandle(checkpointWorkflowId('happy-1')));
   });
 
+  test('left running, staged in memory: Durable on s3 first, then the copy to disk (not beside the upload), then the memory freed', async () => {
+    const a = await agent('e2e-lr');
+    const w = await workload('e2e-lr', 'lr', 128);
+    const { request } = await k.startCheckpoint({
+      target: 'lr',
+      node: 'e2e-lr',
+      checkpointId: 'lr-1',
+      leaveRunning: true,
+    });
+    const s = await k.checkpointResult(request.checkpointId);
+    await recordHistory('checkpoint-left-running', k.client.workflow.getHandle(checkpointWorkflowId('lr-1')));
+    expect(s.phase).toBe('Durable');
+    expect(s.tier).toBe('s3');
+    expect(s.history.find((h) => h.phase === 'DumpingProcess')?.detail).toContain('staged in memory');
+    // The workload has its own memory: the staged dump is not its only copy, so the copy to disk waited for S3.
+    // The workflow's own history says when each activity was scheduled and completed.
+    const events = (await k.client.workflow.getHandle(checkpointWorkflowId('lr-1')).fetchHistory()).events ?? [];
+    const types = new Map<string, string>();
+    let uploaded = -1;
+    let copyScheduled = -1;
+    events.forEach((e, i) => {
+      const scheduled = e.activityTaskScheduledEventAttributes?.activityType?.name;
+      if (scheduled) types.set(String(e.eventId), scheduled);
+      if (scheduled === 'persist' && copyScheduled < 0) copyScheduled = i;
+      const completed = e.activityTaskCompletedEventAttributes;
+      if (completed && types.get(String(completed.scheduledEventId)) === 'upload') uploaded = i;
+    });
+    expect(uploaded).toBeGreaterThan(0);
+    expect(copyScheduled).toBeGreaterThan(uploaded);
+    const copied = s.history.filter((h) => h.detail.startsWith('copied to disk:'));
+    expect(copied).toHaveLength(1);
+    expect(copied[0].detail).not.toContain('metadata.json to follow'); // committed by that one copy
+    expect(fs.existsSync(path.join(a.stagingDir!, 'lr-1'))).toBe(false);
+    expect(fs.existsSync(path.join(a.dataDir, 'checkpoints', 'lr-1', 'metadata.json'))).toBe(true);
+    expect(alive(w.pid)).toBe(true);
+    const before = lastTick(w.logFile);
+    await until('still ticking', () => lastTick(w.logFile) >= before + 2, 20000);
+    await verifyInS3('lr-1');
+  });
+
   test('invalid input is rejected, naming the field, before any work starts', async () => {
     await expect(k.startCheckpoint({ target: 'happy', node: 'no-such-node' })).rejects.toThrow(
       /node: unknown node 'no-such-node'/,

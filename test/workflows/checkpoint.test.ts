@@ -153,6 +153,35 @@ const req = (over: Partial<CheckpointRequest> = {}): CheckpointRequest => ({
   ...over,
 });
 
+/**
+ * S3 out of reach until the checkpoint waits on tier nvme: an upload that fails as unreachable, and a `during`
+ * that waits (skipping time) for PendingUpload on nvme, hands that status to `check`, then brings S3 back.
+ */
+function s3DownUntilPending(
+  calls: string[],
+  r: CheckpointRequest,
+  check: (st: CheckpointStatus) => void,
+): { upload: () => Promise<typeof uploaded>; during: () => Promise<void> } {
+  let s3Up = false;
+  return {
+    upload: async () => {
+      calls.push('upload');
+      if (!s3Up) throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
+      return uploaded;
+    },
+    during: async () => {
+      const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
+      for (let i = 0; i < 600 && (await wf.query<CheckpointStatus>('status')).phase !== 'PendingUpload'; i++)
+        await env.sleep('1s');
+      const st = await wf.query<CheckpointStatus>('status');
+      expect(st.phase).toBe('PendingUpload');
+      expect(st.tier).toBe('nvme');
+      check(st);
+      s3Up = true;
+    },
+  };
+}
+
 async function run(mock: Mock, request: CheckpointRequest, during?: () => Promise<void>): Promise<CheckpointStatus> {
   return h.with(createControlActivities(env.client), { [request.node]: mock }, async () => {
     const wf = await env.client.workflow.start('checkpoint', {
@@ -829,26 +858,66 @@ describe('checkpoint workflow', () => {
       expect(s.history[5].detail).toMatch(/^copied to disk/);
     });
 
-    test('S3 down, copy to disk done: the copy is synced, PendingUpload on nvme, memory freed, promoted later', async () => {
+    test("left running: the copy to disk waits for the upload (the workload's own memory still holds it); Durable first, memory freed after the copy", async () => {
       const calls: string[] = [];
-      let s3Up = false;
-      const r = req({ uploadMaxAttempts: 2 });
+      const r = req({ leaveRunning: true });
+      const seen: string[] = [];
       const s = await run(
         stagingNode(calls, {
-          upload: async () => {
-            calls.push('upload');
-            if (!s3Up) throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
-            return uploaded;
-          },
+          upload: slow(calls, 'upload', 1000, uploaded),
+          persist: slow(calls, 'persist', 4000, { bytes: 1000, durationMs: 4000 }),
         }),
         r,
         async () => {
           const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
-          for (let i = 0; i < 600 && (await wf.query<CheckpointStatus>('status')).phase !== 'PendingUpload'; i++)
-            await env.sleep('1s');
-          const st = await wf.query<CheckpointStatus>('status');
-          expect(st.phase).toBe('PendingUpload');
-          expect(st.tier).toBe('nvme');
+          for (let i = 0; i < 100 && !calls.includes('releaseStaging'); i++) {
+            const st = await wf.query<CheckpointStatus>('status');
+            const now = `${st.phase}/${st.tier}${calls.includes('persist:start') && !calls.includes('persist:end') ? ' (copying)' : ''}`;
+            if (seen.at(-1) !== now) seen.push(now);
+            await new Promise((res) => setTimeout(res, 100));
+          }
+        },
+      );
+      expect(s.phase).toBe('Durable');
+      expect(s.tier).toBe('s3');
+      expect(seen).toEqual(expect.arrayContaining(['Uploading/memory', 'Durable/s3 (copying)']));
+      expect(seen).not.toContain('Uploading/memory (copying)');
+      expect(calls.slice(calls.indexOf('seal') + 1)).toEqual([
+        'upload:start',
+        'upload:end',
+        'persist:start',
+        'persist:end',
+        'releaseStaging',
+      ]);
+      expect(s.history.find((h) => h.phase === 'Uploading' && h.outcome === 'ok')?.detail).toMatch(/parts sent/);
+      expect(s.history.at(-1)?.detail).toMatch(/^copied to disk/);
+    });
+
+    test('left running, the upload finds the staged copy changed since its seal: Failed as corrupt, no copy of those bytes made', async () => {
+      const calls: string[] = [];
+      const s = await run(
+        stagingNode(calls, {
+          upload: async () => {
+            calls.push('upload');
+            throw ApplicationFailure.nonRetryable('images/pages-1.img: sha256 a != b', 'ChecksumMismatch');
+          },
+        }),
+        req({ leaveRunning: true }),
+      );
+      expect(s.phase).toBe('Failed');
+      expect(s.failureReason).toMatch(/sha256 a != b/);
+      expect(calls.filter((c) => c.startsWith('persist'))).toEqual([]);
+    });
+
+    test.each([
+      ['the copy beside the upload', false],
+      ['left running: the copy once the upload gave up', true],
+    ])(
+      'S3 down (%s), copy to disk done: the copy is synced, PendingUpload on nvme, memory freed, promoted later',
+      async (_what, leaveRunning) => {
+        const calls: string[] = [];
+        const r = req({ uploadMaxAttempts: 2, leaveRunning });
+        const s3 = s3DownUntilPending(calls, r, () => {
           // Hashing streamed: the copy is sealed in full (every file hashed) before it is synced as tier nvme.
           expect(calls.filter((c) => c !== 'upload').slice(-4)).toEqual([
             'persist',
@@ -856,12 +925,15 @@ describe('checkpoint workflow', () => {
             'persist sync',
             'releaseStaging',
           ]);
-          s3Up = true;
-        },
-      );
-      expect(s.phase).toBe('Durable');
-      expect(calls.indexOf('releaseStaging')).toBeLessThan(calls.lastIndexOf('upload'));
-    });
+          // Left running, the copy waited for both upload attempts.
+          if (leaveRunning)
+            expect(calls.slice(calls.indexOf('seal') + 1, calls.indexOf('persist'))).toEqual(['upload', 'upload']);
+        });
+        const s = await run(stagingNode(calls, { upload: s3.upload }), r, s3.during);
+        expect(s.phase).toBe('Durable');
+        expect(calls.indexOf('releaseStaging')).toBeLessThan(calls.lastIndexOf('upload'));
+      },
+    );
 
     test('disk full for the copy, S3 fine: Durable on s3 without a local copy, the failure recorded', async () => {
       const calls: string[] = [];
@@ -962,29 +1034,9 @@ describe('checkpoint workflow', () => {
     test('S3 unreachable, dump on disk: a full seal (every file, a committed metadata.json kept) before PendingUpload; its sha256 goes to the promotion', async () => {
       const calls: string[] = [];
       const seals: SealIn[] = [];
-      let s3Up = false;
       const r = req({ uploadMaxAttempts: 2 });
-      const s = await run(
-        node(calls, false, {
-          seal: sealing(calls, seals),
-          upload: async () => {
-            calls.push('upload');
-            if (!s3Up) throw ApplicationFailure.retryable('connect ECONNREFUSED', 'S3Unavailable');
-            return uploaded;
-          },
-        }),
-        r,
-        async () => {
-          const wf = env.client.workflow.getHandle(checkpointWorkflowId(r.checkpointId));
-          for (let i = 0; i < 600 && (await wf.query<CheckpointStatus>('status')).phase !== 'PendingUpload'; i++)
-            await env.sleep('1s');
-          const st = await wf.query<CheckpointStatus>('status');
-          expect(st.phase).toBe('PendingUpload');
-          expect(st.tier).toBe('nvme');
-          expect(st.metadataSha256).toBe('full-seal');
-          s3Up = true;
-        },
-      );
+      const s3 = s3DownUntilPending(calls, r, (st) => expect(st.metadataSha256).toBe('full-seal'));
+      const s = await run(node(calls, false, { seal: sealing(calls, seals), upload: s3.upload }), r, s3.during);
       expect(s.phase).toBe('Durable');
       expect(seals).toEqual([
         { hash: 'small', keepCommitted: undefined },

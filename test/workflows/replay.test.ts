@@ -46,6 +46,8 @@ describe('replay of recorded e2e histories', () => {
         'before-copy-per-attempt/restore-staged',
         'before-copy-per-attempt/restore-oom-rescheduled',
         'before-copy-per-attempt/restore-agent-killed',
+        'checkpoint-left-running',
+        'before-copy-after-upload/checkpoint-left-running',
       ]),
     );
   });
