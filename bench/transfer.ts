@@ -1,11 +1,13 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import type { NodeContext } from '../activities/node/context';
 import { checkpointDir, s3Prefix } from '../activities/node/context';
 import { downloadFile, fetchCheckpoint } from '../activities/node/fetch';
+import { procStatFields } from '../activities/node/process';
 import { listFiles } from '../activities/node/seal';
 import { uploadCheckpoint } from '../activities/node/upload';
 import { makeS3Client, transferPlan } from '../activities/s3-client';
@@ -24,6 +26,8 @@ async function main(): Promise<void> {
   const sizes = (process.env.KYBERNATE_BENCH_GIB ?? '1,4').split(',').map(Number);
   execFileSync('bash', [path.join(REPO_ROOT, 'deploy', 'local', 'provision.sh'), 'mc'], { stdio: 'inherit' });
   const { state, k, close } = await benchStack(['bench-a']);
+  const minio = state.processes.find((p) => p.component === 'minio')?.pid;
+  if (minio === undefined) throw new Error('no MinIO process in the stack');
   const rows = [
     [
       'files',
@@ -37,6 +41,7 @@ async function main(): Promise<void> {
       '(ranged GETs)',
     ],
   ];
+  const cpuRows = [['files', 'upload mc', 'upload ours', 'download mc', 'download ours']];
   const notes: string[] = [];
   try {
     for (const gib of sizes) {
@@ -72,26 +77,35 @@ async function main(): Promise<void> {
         MC_CONFIG_DIR: path.join(work, 'mc-config'),
         [`MC_HOST_bench`]: mcHost(state),
       };
-      const mc = (args: string[]): void => {
-        execFileSync(BIN.mc, ['--quiet', '--no-color', ...args], {
-          env: mcEnv,
-          stdio: ['ignore', 'ignore', 'inherit'],
+      const mc = (args: string[]): Promise<Cpu> => clientCpu(minio, async () => mcCpuSeconds(mcEnv, args));
+      const ours = async <T>(fn: () => Promise<T>): Promise<[T, Cpu]> => {
+        let result: [T] | undefined;
+        const cpu = await clientCpu(minio, async () => {
+          const before = process.cpuUsage();
+          result = [await fn()];
+          const used = process.cpuUsage(before);
+          return (used.user + used.system) / 1e6;
         });
+        return [result![0], cpu];
       };
       const bucket = state.s3.bucket;
 
       dropCaches();
-      const [, mcUp] = await timed(async () => mc(['cp', '--recursive', `${src}/`, `bench/${bucket}/mc-${gib}/`]));
+      const [mcUpCpu, mcUp] = await timed(() => mc(['cp', '--recursive', `${src}/`, `bench/${bucket}/mc-${gib}/`]));
       dropCaches();
-      const [, oursUp] = await timed(() => uploadCheckpoint(up, { checkpointId: oursId }));
+      const [[, oursUpCpu], oursUp] = await timed(() => ours(() => uploadCheckpoint(up, { checkpointId: oursId })));
       dropCaches();
       const [, eightUp] = await timed(() => uploadCheckpoint(upEight, { checkpointId: eightId, concurrency: 8 }));
 
       dropCaches();
       const mcDest = path.join(work, 'mc-down');
-      const [, mcDown] = await timed(async () => mc(['cp', '--recursive', `bench/${bucket}/mc-${gib}/`, `${mcDest}/`]));
+      const [mcDownCpu, mcDown] = await timed(() =>
+        mc(['cp', '--recursive', `bench/${bucket}/mc-${gib}/`, `${mcDest}/`]),
+      );
       dropCaches();
-      const [r, oursDown] = await timed(() => fetchCheckpoint(down, { checkpointId: oursId }));
+      const [[r, oursDownCpu], oursDown] = await timed(() =>
+        ours(() => fetchCheckpoint(down, { checkpointId: oursId })),
+      );
       if (r.source !== 's3') throw new Error(`fetch took the ${r.source} copy, not S3`);
       // The alternative: large files as parallel ranged GETs (transferPlan's parts in flight).
       const chunked = r.metadata.files.some((f) => f.chunks);
@@ -111,6 +125,9 @@ async function main(): Promise<void> {
         (mcDown / oursDown).toFixed(2),
         chunked ? 'n/a (chunks)' : mbs(singleDown),
       ]);
+      const perGb = (c: Cpu): string =>
+        `${(c.client / (bytes / 1e9)).toFixed(2)} + ${(c.minio / (bytes / 1e9)).toFixed(2)}`;
+      cpuRows.push([`${gib} GiB`, perGb(mcUpCpu), perGb(oursUpCpu), perGb(mcDownCpu), perGb(oursDownCpu)]);
       if (chunked)
         notes.push(
           `${gib} GiB: ours = format v2, the pages images as content-addressed chunks (each PUT after a HEAD), fetched 8 chunks at once`,
@@ -129,6 +146,43 @@ async function main(): Promise<void> {
     rows,
   );
   console.log(`  ${notes.join('\n  ')}`);
+  table(
+    `CPU seconds per GB moved, client + MinIO (user + system; this machine: ${os.cpus().length} cores shared by both). Ours includes a SHA-256 of every byte (each chunk is named and checked by it)`,
+    cpuRows,
+  );
+}
+
+/** CPU seconds a transfer cost: the client's (as `measure` reports them) and MinIO's (from /proc) over the same span. */
+interface Cpu {
+  client: number;
+  minio: number;
+}
+
+async function clientCpu(minioPid: number, measure: () => Promise<number>): Promise<Cpu> {
+  const before = cpuSecondsOf(minioPid);
+  const client = await measure();
+  return { client, minio: cpuSecondsOf(minioPid) - before };
+}
+
+/** Clock ticks per second of /proc's CPU times. */
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+
+/** CPU seconds a process has used so far, user + system. */
+function cpuSecondsOf(pid: number): number {
+  const f = procStatFields(pid);
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+}
+
+/** Runs mc and returns its CPU seconds, user + system, as bash's `time` reports them: Node has no rusage of a child. */
+function mcCpuSeconds(env: NodeJS.ProcessEnv, args: string[]): number {
+  const r = spawnSync(
+    'bash',
+    ['-c', 'TIMEFORMAT="cpu %U %S"; time "$0" "$@" >/dev/null', BIN.mc, '--quiet', '--no-color', ...args],
+    { env, encoding: 'utf8' },
+  );
+  const m = /cpu ([\d.]+) ([\d.]+)\s*$/.exec(r.stderr);
+  if (r.status !== 0 || !m) throw new Error(`mc ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
+  return Number(m[1]) + Number(m[2]);
 }
 
 async function downloadOneGetEach(
