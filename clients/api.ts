@@ -17,7 +17,7 @@ import { parseReadiness, type Readiness } from '../common/readiness';
 import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import type { WorkloadInfo, WorkloadSpec } from '../activities/node/process';
-import type { JobSpec, JobStatus, PreemptResult } from '../common/job';
+import { jobWorkflowId, type JobSpec, type JobStatus, type PreemptResult } from '../common/job';
 import type { NodeRecord } from '../common/node';
 import type { HealthConfigPatch, HealthReport } from '../common/health';
 import { configureHealth, readHealth } from './health';
@@ -37,7 +37,7 @@ import { parseDuration } from './durations';
 import { UnavailableError } from './errors';
 import { pendingActivityBytes, withLiveBytes } from './live-bytes';
 import { type LogOptions, type LogSink, showLogs } from './job-logs';
-import { JobsApi, type JobListEntry } from './jobs';
+import { JobExistsError, JobsApi, type JobListEntry } from './jobs';
 import { SchedulesApi } from './schedules';
 import { ChunkGcScheduleApi } from './chunk-gc-schedule';
 import { type CheckpointRecord, checkpointFromRecord, RECORD_TIMEOUT_MS } from './record';
@@ -131,6 +131,32 @@ export class KybernateClient {
   /** Changes admission's settings (e.g. the backlog limit); its status after. */
   async configureAdmission(patch: Partial<AdmissionConfig>): Promise<AdmissionStatus> {
     return configureAdmission(this, patch);
+  }
+
+  /**
+   * A checkpoint of a job whose job workflow is still open (running it, or about to run it again) would, restored
+   * by hand, run that job twice: refused (JobExistsError), naming what moves or stops the job instead. The job's
+   * own restores (resume after preemption, migration) are its child workflows and never come through here; a
+   * checkpoint of a bare workload, or of a job that ended, may be restored.
+   */
+  private async refuseWhileJobOpen(jobId: string, checkpointId: string): Promise<void> {
+    try {
+      const d = await this.withinTemporal(() => this.client.workflow.getHandle(jobWorkflowId(jobId)).describe());
+      if (d.status.name !== 'RUNNING') return;
+    } catch (e) {
+      if (e instanceof WorkflowNotFoundError) return;
+      throw e;
+    }
+    const existing = await this.jobs.status(jobId).catch(() => null);
+    const state = existing?.state ?? 'unknown: it did not answer';
+    throw new JobExistsError(
+      jobId,
+      existing,
+      state,
+      `checkpoint ${checkpointId} is of job ${jobId}, which is still open (state ${state}): restored by hand it would ` +
+        `run twice. Move the job with 'kybernate migrate ${jobId}', requeue it with 'kybernate preempt ${jobId}', ` +
+        `or stop it with 'kybernate cancel ${jobId}' before restoring`,
+    );
   }
 
   /** A node exists once its agent has reported to its registry workflow. */
@@ -425,7 +451,8 @@ export class KybernateClient {
     assertBytes('vramBytes', input.vramBytes);
     const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
     if (input.node) await this.node(input.node);
-    await this.describeCheckpoint(checkpointId);
+    const ck = await this.describeCheckpoint(checkpointId);
+    if (ck.jobId) await this.refuseWhileJobOpen(ck.jobId, checkpointId);
     let n = 1;
     for await (const _ of this.client.workflow.list({
       query: `WorkflowType = 'restore' AND ${SA_CHECKPOINT.name} = '${checkpointId}'`,

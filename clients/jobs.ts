@@ -39,8 +39,9 @@ export class JobExistsError extends KybernateError {
     readonly jobId: string,
     readonly existing: JobStatus | null,
     state: string,
+    message = `job ${jobId} exists (state ${state})`,
   ) {
-    super(`job ${jobId} exists (state ${state})`);
+    super(message);
     this.name = 'JobExistsError';
   }
 }

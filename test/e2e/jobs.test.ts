@@ -7,6 +7,7 @@ import { makeS3Client } from '../../activities/s3-client';
 import type { KybernateClient } from '../../clients/api';
 import { configFromStack } from '../../deploy/local/stack';
 import { jobWorkflowId, type JobState, type JobStatus } from '../../common/job';
+import { restoreWorkflowId } from '../../common/queues';
 import { recordHistory } from '../support/histories';
 import { Agent, client, jobProcesses, othersNotPlaceable, PATTERN, PYTHON, stack, until } from '../support/stack';
 
@@ -291,6 +292,22 @@ describe('jobs on the real stack', () => {
       ),
     });
     expect(c.stderr).toContain('checkpointed in place');
+    // Restored by hand while its job workflow runs it, the job would run twice: refused before anything starts.
+    const twice = cli(['restore', `${job}-manual`, '--json']);
+    expect({ status: twice.status, error: JSON.parse(twice.stderr).error }).toEqual({
+      status: 1,
+      error: {
+        code: 'JOB_EXISTS',
+        message: expect.stringMatching(
+          new RegExp(
+            `^checkpoint ${job}-manual is of job ${job}, which is still open \\(state Running\\).*kybernate migrate ${job}`,
+          ),
+        ),
+      },
+    });
+    await expect(k.client.workflow.getHandle(restoreWorkflowId(`${job}-manual`, 1)).describe()).rejects.toBeInstanceOf(
+      WorkflowNotFoundError,
+    );
     const after = await status(job);
     expect({
       state: after.state,
