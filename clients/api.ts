@@ -17,7 +17,7 @@ import { parseReadiness, type Readiness } from '../common/readiness';
 import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import type { WorkloadInfo, WorkloadSpec } from '../activities/node/process';
-import { jobWorkflowId, type JobSpec, type JobStatus, type PreemptResult } from '../common/job';
+import { openJobRefusal, type JobSpec, type JobStatus, type PreemptResult } from '../common/job';
 import type { NodeRecord } from '../common/node';
 import type { HealthConfigPatch, HealthReport } from '../common/health';
 import { configureHealth, readHealth } from './health';
@@ -32,6 +32,7 @@ import { chunkGc as chunkGcWorkflow } from '../workflows/chunk-gc';
 import { CHUNK_GC_WORKFLOW_ID, type ChunkGcInput, type ChunkGcResult } from '../common/chunk-gc';
 import { runWorkload as runWorkloadWorkflow, stopWorkload as stopWorkloadWorkflow } from '../workflows/workload';
 import { listS3CheckpointIds, readS3Checkpoint, type S3Checkpoint } from '../activities/catalogue';
+import { jobWorkflowOpen } from '../activities/control/job-open';
 import { admissionStatus, admit, configureAdmission, requestPriority } from './admission';
 import { parseDuration } from './durations';
 import { UnavailableError } from './errors';
@@ -140,23 +141,10 @@ export class KybernateClient {
    * checkpoint of a bare workload, or of a job that ended, may be restored.
    */
   private async refuseWhileJobOpen(jobId: string, checkpointId: string): Promise<void> {
-    try {
-      const d = await this.withinTemporal(() => this.client.workflow.getHandle(jobWorkflowId(jobId)).describe());
-      if (d.status.name !== 'RUNNING') return;
-    } catch (e) {
-      if (e instanceof WorkflowNotFoundError) return;
-      throw e;
-    }
+    if (!(await this.withinTemporal(() => jobWorkflowOpen(this.client, jobId)))) return;
     const existing = await this.jobs.status(jobId).catch(() => null);
     const state = existing?.state ?? 'unknown: it did not answer';
-    throw new JobExistsError(
-      jobId,
-      existing,
-      state,
-      `checkpoint ${checkpointId} is of job ${jobId}, which is still open (state ${state}): restored by hand it would ` +
-        `run twice. Move the job with 'kybernate migrate ${jobId}', requeue it with 'kybernate preempt ${jobId}', ` +
-        `or stop it with 'kybernate cancel ${jobId}' before restoring`,
-    );
+    throw new JobExistsError(jobId, existing, state, openJobRefusal(checkpointId, jobId, state));
   }
 
   /** A node exists once its agent has reported to its registry workflow. */

@@ -69,6 +69,11 @@ export const ErrorType = {
    * rather than place a second copy beside one that may run.
    */
   RestoreOutcomeUnknown: 'RestoreOutcomeUnknown',
+  /**
+   * A restore started outside any job or migration, of a checkpoint whose job's workflow still runs: the job
+   * would run twice. Refused before any node is touched; the job is moved with migrate or preempt, or cancelled.
+   */
+  JobOpen: 'JobOpen',
   CheckpointNotOnNode: 'CheckpointNotOnNode',
   RestoreFailed: 'RestoreFailed',
   MigrationFailed: 'MigrationFailed',

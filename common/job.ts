@@ -276,3 +276,12 @@ export interface PreemptResult {
   outcome: 'requeued' | 'still-running' | 'restarted-from-last-good';
   message: string;
 }
+
+/**
+ * Why a checkpoint of an open job is not restored outside that job (by hand, or a restore workflow started
+ * directly): the job would run twice. Names what moves or stops the job instead.
+ */
+export const openJobRefusal = (checkpointId: string, jobId: string, state: string): string =>
+  `checkpoint ${checkpointId} is of job ${jobId}, which is still open (state ${state}): restored outside it the job ` +
+  `would run twice. Move the job with 'kybernate migrate ${jobId}', requeue it with 'kybernate preempt ${jobId}', ` +
+  `or stop it with 'kybernate cancel ${jobId}' before restoring`;

@@ -14,6 +14,7 @@ import {
 import type { ControlActivities } from '../activities/control';
 import type { NodeActivities } from '../activities/node';
 import { durationMs } from '../common/bounds';
+import { openJobRefusal } from '../common/job';
 import { ErrorType } from '../common/errors';
 import { inputProblem, RestoreRequestSchema } from '../common/inputs';
 import { restoreFailureKind } from '../common/health';
@@ -60,6 +61,12 @@ export const PATCH_RELEASE_STAGING_AFTER_CRIU = 'restore-release-staging-after-c
  * the other's CRIU was about to read. Histories from before fetched into the shared copy and release that one.
  */
 export const PATCH_RESTORE_COPY_PER_ATTEMPT = 'restore-copy-per-attempt';
+/**
+ * A restore started outside any job or migration (no parent workflow) of a checkpoint whose job's workflow still
+ * runs is refused before placing: the job would run twice. The client refuses it too, but only this check covers
+ * a restore workflow started directly, or a job opened again between the client's check and the start.
+ */
+export const PATCH_REFUSE_OPEN_JOB = 'restore-refuse-open-job';
 
 /** Failures that say "not on this node" rather than "not at all". */
 const TRY_ELSEWHERE = new Set<string>([
@@ -222,6 +229,19 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
   status.vramBytes = req.vramBytes ?? info.vramBytes;
   if (info.compat?.heldVram && info.compat.gpuUuid) status.sourceGpuUuid = info.compat.gpuUuid;
   upsertSearchAttributes([{ key: SA_JOB, value: info.jobId }]);
+
+  // A job's own restores (resume, migration) are child workflows; one with no parent is someone else's.
+  if (workflowInfo().parent === undefined && patched(PATCH_REFUSE_OPEN_JOB)) {
+    const job = await control.jobOpen
+      .executeWithOptions({ summary: `is job ${info.jobId} still open` }, [{ jobId: info.jobId }])
+      .catch((err: unknown) =>
+        fail(
+          `could not tell whether job ${info.jobId} is still open, so nothing was restored: ${describeFailure(err)}`,
+          failureType(err) ?? ErrorType.RestoreFailed,
+        ),
+      );
+    if (job.open) fail(openJobRefusal(req.checkpointId, info.jobId, job.state ?? 'unknown'), ErrorType.JobOpen);
+  }
 
   const gate = patched(PATCH_COMPATIBILITY_GATE);
   if (gate) {

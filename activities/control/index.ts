@@ -19,6 +19,7 @@ import { createRetentionActivities } from './retention';
 import { createChunkGcActivities } from './chunk-gc';
 import { createSweepActivities } from './sweep';
 import { createStandingActivities } from './standing';
+import { createJobOpenActivities } from './job-open';
 import { PLACEMENT_WORKFLOW_ID, releaseSignal, reserveUpdate } from '../../workflows/placement';
 
 /** A node whose registry is from before liveness (no state) is not offered once it has not reported for this long. */
@@ -53,6 +54,7 @@ export function createControlActivities(client: Client, s3?: S3Config) {
     ...createSweepActivities(client),
     ...createHealthActivities(client),
     ...createStandingActivities(client),
+    ...createJobOpenActivities(client),
     /** Adds a checkpoint to its node's promotion loop, starting the loop if none runs. */
     async enqueuePromotion(input: {
       node: string;

@@ -2,12 +2,13 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { WorkflowNotFoundError } from '@temporalio/client';
+import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
 import { makeS3Client } from '../../activities/s3-client';
 import type { KybernateClient } from '../../clients/api';
 import { configFromStack } from '../../deploy/local/stack';
 import { jobWorkflowId, type JobState, type JobStatus } from '../../common/job';
-import { restoreWorkflowId } from '../../common/queues';
+import { CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
+import { restore as restoreWorkflow } from '../../workflows/restore';
 import { recordHistory } from '../support/histories';
 import { Agent, client, jobProcesses, othersNotPlaceable, PATTERN, PYTHON, stack, until } from '../support/stack';
 
@@ -308,6 +309,20 @@ describe('jobs on the real stack', () => {
     await expect(k.client.workflow.getHandle(restoreWorkflowId(`${job}-manual`, 1)).describe()).rejects.toBeInstanceOf(
       WorkflowNotFoundError,
     );
+    // A restore workflow started directly (as with Temporal's own CLI or UI), past the client's check, refuses too.
+    const direct = await k.client.workflow
+      .execute(restoreWorkflow, {
+        workflowId: restoreWorkflowId(`${job}-manual`, 1),
+        taskQueue: CONTROL_QUEUE,
+        args: [{ checkpointId: `${job}-manual` }],
+      })
+      .catch((e: unknown) => e);
+    expect(direct).toBeInstanceOf(WorkflowFailedError);
+    expect((direct as WorkflowFailedError).cause).toMatchObject({
+      type: 'JobOpen',
+      message: expect.stringMatching(new RegExp(`^checkpoint ${job}-manual is of job ${job}, which is still open`)),
+    });
+    await recordHistory('restore-refused-open-job', k.client.workflow.getHandle(restoreWorkflowId(`${job}-manual`, 1)));
     const after = await status(job);
     expect({
       state: after.state,

@@ -233,6 +233,7 @@ async function liarAndHonest(liarVerify: NonNullable<NodeMock['verifyRunning']>)
       vramBytes: GiB,
     }),
     placementSurvey: async () => ({ nodes: [], largestGpuBytes: 80 * GiB }),
+    jobOpen: async () => ({ open: false, state: null }),
     placementCandidates: async ({ exclude }) =>
       [cand('liar', 'z1'), cand('honest', 'z2')].filter((c) => !exclude.includes(c.node)),
     reserve: async (input) => p.executeUpdate(reserveUpdate, { args: [input] }),

@@ -358,6 +358,7 @@ describe('restore: metadata.json checked against its seal', () => {
           source: 'workflow',
         }),
         placementCandidates: async () => [{ node: 'node-r', freeVramBytes: 8 * GiB, vramSource: 'declared' }],
+        jobOpen: async () => ({ open: false, state: null }),
         reserve: async ({ reservationId }) => ({ reservationId, node: 'node-r', bytes: 0 }),
         release: async () => undefined,
         // Node health reports (tested in health.test.ts) are taken and dropped here.

@@ -79,6 +79,7 @@ function control(calls: string[], nodes: NodeInventory[], info: Partial<Checkpoi
       source: 'workflow',
       ...info,
     }),
+    jobOpen: async () => ({ open: false, state: null }),
     placementSurvey: async (input) => {
       calls.push('placementSurvey');
       return surveyNodes(healthy, input.compat);

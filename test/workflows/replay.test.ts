@@ -48,6 +48,9 @@ describe('replay of recorded e2e histories', () => {
         'before-copy-per-attempt/restore-agent-killed',
         'checkpoint-left-running',
         'before-copy-after-upload/checkpoint-left-running',
+        'restore-refused-open-job',
+        'before-refuse-open-job/restore-staged',
+        'before-refuse-open-job/restore-agent-killed',
       ]),
     );
   });

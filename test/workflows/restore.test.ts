@@ -50,6 +50,8 @@ function control(calls: string[], free: Record<string, number>, over: ControlMoc
     release: async ({ reservationId }) => void held.delete(reservationId),
     // Node health reports (tested in health.test.ts) are taken and dropped here.
     reportNodeOutcome: async () => undefined,
+    // job-1's workflow has ended (a restore of an open job's checkpoint is tested on its own below).
+    jobOpen: async () => ({ open: false, state: null }),
     // Every node compatible, each with one 80 GiB GPU (the compatibility gate is tested on its own below).
     placementSurvey: async () => ({
       nodes: Object.keys(free).map((node) => ({ node, reason: null })),
@@ -430,6 +432,48 @@ describe('restore workflow', () => {
       nvme,
     ).catch((e: unknown) => e);
     expect(((err as WorkflowFailedError).cause as ApplicationFailure).type).toBe('CheckpointNotOnNode');
+  });
+
+  test('a checkpoint of an open job, restored outside it: refused (JobOpen) before any node is touched, naming what moves or stops the job', async () => {
+    const calls: string[] = [];
+    const asked: string[] = [];
+    const err = await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'ck-open' }, calls, {
+      jobOpen: async ({ jobId }) => {
+        asked.push(jobId);
+        return { open: true, state: 'Running' };
+      },
+    }).catch((e: unknown) => e);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('JobOpen');
+    expect(cause.message).toMatch(
+      /^checkpoint ck-open is of job job-1, which is still open \(state Running\): .*kybernate migrate job-1.*kybernate preempt job-1.*kybernate cancel job-1/,
+    );
+    expect(asked).toEqual(['job-1']);
+    expect(calls).toEqual([]);
+  });
+
+  test('whether the job is open cannot be told (the control side failing): fails, nothing placed, rather than risk a second copy', async () => {
+    const calls: string[] = [];
+    const err = await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'ck-unknown' }, calls, {
+      jobOpen: async () => {
+        throw ApplicationFailure.nonRetryable('deadline exceeded', 'Unavailable');
+      },
+    }).catch((e: unknown) => e);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.message).toMatch(/^could not tell whether job job-1 is still open, so nothing was restored: /);
+    expect(calls).toEqual([]);
+  });
+
+  test('a checkpoint of a job that ended is restored, the job asked once', async () => {
+    const asked: string[] = [];
+    const s = await restoreOn({ 'node-a': 16 }, {}, { checkpointId: 'ck-ended' }, [], {
+      jobOpen: async ({ jobId }) => {
+        asked.push(jobId);
+        return { open: false, state: null };
+      },
+    });
+    expect(s.phase).toBe('Running');
+    expect(asked).toEqual(['job-1']);
   });
 
   test('no node fits: waits until the placement deadline, then fails with the reason', async () => {
@@ -862,10 +906,16 @@ describe('migration workflow', () => {
     );
   }
 
-  test('checkpoint on A, restore on B', async () => {
+  test('checkpoint on A, restore on B; the restore, a child of the migration, never asks whether the job is open', async () => {
     const calls: string[] = [];
-    const s = await migrate({}, calls);
+    const s = await migrate({}, calls, {
+      jobOpen: async ({ jobId }) => {
+        calls.push(`jobOpen ${jobId}`);
+        return { open: true, state: 'Running' };
+      },
+    });
     expect(s.phase).toBe('Migrated');
+    expect(calls).not.toContain('jobOpen job-1');
     expect(s.restores[0].node).toBe('node-b');
     expect(calls).toEqual(expect.arrayContaining(['criuDump node-a', 'reserve node-b', 'adoptWorkload node-b']));
     expect(calls).not.toContain('criuRestore node-a');
