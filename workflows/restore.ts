@@ -67,6 +67,13 @@ export const PATCH_RESTORE_COPY_PER_ATTEMPT = 'restore-copy-per-attempt';
  * a restore workflow started directly, or a job opened again between the client's check and the start.
  */
 export const PATCH_REFUSE_OPEN_JOB = 'restore-refuse-open-job';
+/**
+ * S3 out of reach (a fetch failing with S3Unavailable) is no fault of the node that tried: the node is passed
+ * over for other candidates as before, but once none is left it is tried again after the wait instead of staying
+ * excluded, and a restore that reaches its placement deadline this way fails with S3Unavailable naming the
+ * outage, not with NoNodeFits. Histories from before kept such nodes excluded.
+ */
+export const PATCH_S3_OUTAGE_WAITS = 'restore-s3-outage-waits';
 
 /** Failures that say "not on this node" rather than "not at all". */
 const TRY_ELSEWHERE = new Set<string>([
@@ -278,6 +285,8 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
 
   const deadlineMs = Date.now() + msOf(req.placementDeadline ?? '10m');
   let forceSource = false; // after a corrupt S3 copy: only the node holding the nvme copy will do
+  // Nodes passed over because S3 was out of reach from them, with why: tried again once no other node is left.
+  const s3Away = new Map<string, string>();
   for (let n = 1; ; n++) {
     enter('Placing');
     const prefer = [...(req.prefer ?? []), info.node];
@@ -310,16 +319,28 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
             { reservationId, bytes: status.vramBytes, candidates },
           ]);
     if (!reservation) {
+      if (Date.now() >= deadlineMs && s3Away.size > 0) {
+        fail(
+          `S3 out of reach: ${[...s3Away].map(([node, why]) => `from ${node}: ${why}`).join('; ')}; waited ${req.placementDeadline ?? '10m'}. The checkpoint is untouched: restore it again once S3 answers`,
+          ErrorType.S3Unavailable,
+        );
+      }
       if (Date.now() >= deadlineMs) {
         fail(
           `no node fits: ${status.vramBytes} bytes of VRAM needed${only ? ` on ${only}` : ''}; excluded: ${status.excluded.join(', ') || 'none'}; waited ${req.placementDeadline ?? '10m'}`,
           ErrorType.NoNodeFits,
         );
       }
+      if (s3Away.size > 0) {
+        // The outage is not theirs: after the wait they are candidates again (S3 may be back by then).
+        status.excluded = status.excluded.filter((x) => !s3Away.has(x));
+      }
       // Current details only (no upsert): the commands stay as they were.
       showDetails(
         status,
-        `no node has ${gib(status.vramBytes)} of VRAM free${only ? ` on ${only}` : ''}; next try in 10 s`,
+        s3Away.size > 0
+          ? `S3 out of reach from ${[...s3Away.keys()].join(', ')}; next try in 10 s`
+          : `no node has ${gib(status.vramBytes)} of VRAM free${only ? ` on ${only}` : ''}; next try in 10 s`,
       );
       await sleep('10s', { summary: `wait for ${gib(status.vramBytes)} of VRAM to free up` });
       n--;
@@ -402,6 +423,9 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
       if (!(type && TRY_ELSEWHERE.has(type)) && !agentLost(failed.cause))
         fail(failed.message, type ?? ErrorType.RestoreFailed);
       status.excluded.push(reservation.node);
+      if (type === ErrorType.S3Unavailable && patched(PATCH_S3_OUTAGE_WAITS))
+        s3Away.set(reservation.node, failed.message);
+      else s3Away.delete(reservation.node);
       if (forceSource)
         fail(
           `the only node holding a verified copy (${info.node}) cannot take it: ${failed.message}`,

@@ -8,6 +8,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { fetchCheckpoint } from '../../activities/node/fetch';
 import { makeS3Client } from '../../activities/s3-client';
 import type { CheckpointStatus } from '../../clients/../common/checkpoint';
+import type { RestoreStatus } from '../../common/restore';
 import { KybernateClient } from '../../clients/api';
 import { InvalidInputError } from '../../common/ids';
 import { checkpointWorkflowId } from '../../common/queues';
@@ -473,6 +474,48 @@ describe('checkpoint, end to end on the real stack', () => {
     await verifyInS3('cut-1');
     await recordHistory('checkpoint-s3-outage', k.client.workflow.getHandle(checkpointWorkflowId('cut-1')));
     await tox.remove('s3-cut');
+  }, 180000);
+
+  test('c) S3 cut while a restore fetches: the restore waits the outage out and is Running once S3 is back', async () => {
+    const tox = new Toxiproxy(stack().toxiproxy!.api);
+    const listen = await tox.create('s3-restore-cut', new URL(stack().s3.endpoint).host);
+    await agent('e2e-near');
+    await agent('e2e-far', { env: { KYBERNATE_S3_ENDPOINT: `http://${listen}` } });
+    await workload('e2e-near', 'far', 64);
+    const { request } = await k.startCheckpoint({ target: 'far', node: 'e2e-near', checkpointId: 'far-1' });
+    expect((await k.checkpointResult(request.checkpointId)).phase).toBe('Durable');
+    await tox.setEnabled('s3-restore-cut', false);
+    // Pinned to the node that reaches S3 only through the cut proxy: it holds no copy, so it must fetch.
+    const { workflowId } = await k.startRestore({ checkpointId: 'far-1', node: 'e2e-far', placementDeadline: '5m' });
+    const h = k.client.workflow.getHandle(workflowId);
+    await until(
+      'a fetch failed with S3 away, and the node was not given up',
+      async () => {
+        const r = await h.query<RestoreStatus>('status');
+        return r.attempts.some((a) => a.phase === 'Fetching' && a.outcome === 'failed') && r.excluded.length === 0;
+      },
+      90000,
+      500,
+    );
+    await tox.setEnabled('s3-restore-cut', true); // nobody acts after this
+    const r = await k.restoreResult(workflowId);
+    try {
+      expect({ phase: r.phase, node: r.node, source: r.source }).toEqual({
+        phase: 'Running',
+        node: 'e2e-far',
+        source: 's3',
+      });
+      const failed = r.attempts.filter((a) => a.outcome === 'failed');
+      expect(failed.length).toBeGreaterThan(0);
+      expect(failed.every((a) => a.node === 'e2e-far' && a.phase === 'Fetching' && /S3/.test(a.reason ?? ''))).toBe(
+        true,
+      );
+      expect(fs.existsSync(`/proc/${r.pid}`)).toBe(true);
+    } finally {
+      if (r.pid) process.kill(r.pid, 'SIGKILL');
+    }
+    await recordHistory('restore-s3-outage', h);
+    await tox.remove('s3-restore-cut');
   }, 180000);
 
   test('d) an upload interrupted by an agent crash resumes where it stopped', async () => {

@@ -49,6 +49,7 @@ describe('replay of recorded e2e histories', () => {
         'checkpoint-left-running',
         'before-copy-after-upload/checkpoint-left-running',
         'restore-refused-open-job',
+        'restore-s3-outage',
         'before-refuse-open-job/restore-staged',
         'before-refuse-open-job/restore-agent-killed',
       ]),

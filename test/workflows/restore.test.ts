@@ -490,6 +490,81 @@ describe('restore workflow', () => {
   });
 });
 
+describe('restore: S3 out of reach is waited out, not blamed on the nodes', () => {
+  /** A fetch that fails as the real one does with S3 away (retryable S3Unavailable), until `back()` says so. */
+  const s3Outage = (calls: string[]) => {
+    let up = false;
+    const fetchOn =
+      (name: string): NodeMock['fetch'] =>
+      async ({ checkpointId }) => {
+        calls.push(`fetch ${name}`);
+        if (!up) throw ApplicationFailure.retryable('connect ECONNREFUSED 127.0.0.1:9000', 'S3Unavailable');
+        return {
+          dir: `/data/${name}/checkpoints/${checkpointId}`,
+          bytes: 100,
+          source: 's3' as const,
+          staged: false,
+          jobId: 'job-1',
+          vramBytes: 6 * GiB,
+        };
+      };
+    return { fetchOn, back: () => (up = true) };
+  };
+
+  test('both nodes fail to fetch while S3 is away: tried again after the wait, Running on the first once S3 answers', async () => {
+    const calls: string[] = [];
+    const { fetchOn, back } = s3Outage(calls);
+    let waits = 0;
+    const s = await restoreOn(
+      { 'node-a': 16, 'node-b': 16 },
+      { 'node-a': { fetch: fetchOn('node-a') }, 'node-b': { fetch: fetchOn('node-b') } },
+      { checkpointId: 'ck-s3-away', placementDeadline: '10m' },
+      calls,
+      {
+        // S3 comes back after the workflow has waited twice with no candidate left.
+        placementCandidates: async ({ exclude }) => {
+          const c = (['node-a', 'node-b'] as const)
+            .filter((n) => !exclude.includes(n))
+            .map((node) => ({ node, freeVramBytes: 16 * GiB, vramSource: 'declared' as const }));
+          if (c.length === 0 && ++waits === 2) back();
+          return c;
+        },
+      },
+    );
+    expect(s.phase).toBe('Running');
+    expect(s.excluded).toEqual([]);
+    const failed = s.attempts.filter((a) => a.outcome === 'failed');
+    expect(failed.map((a) => [a.node, a.phase])).toEqual([
+      ['node-a', 'Fetching'],
+      ['node-b', 'Fetching'],
+      ['node-a', 'Fetching'],
+      ['node-b', 'Fetching'],
+    ]);
+    expect(failed.every((a) => /ECONNREFUSED/.test(a.reason ?? ''))).toBe(true);
+    expect(s.attempts.at(-1)).toMatchObject({ node: 'node-a', outcome: 'running' });
+    expect(calls.filter((c) => c.startsWith('criuRestore'))).toEqual(['criuRestore node-a']);
+  });
+
+  test('S3 away past the placement deadline: fails with S3Unavailable naming the outage on each node, not NoNodeFits', async () => {
+    const calls: string[] = [];
+    const { fetchOn } = s3Outage(calls);
+    const err = await restoreOn(
+      { 'node-a': 16, 'node-b': 16 },
+      { 'node-a': { fetch: fetchOn('node-a') }, 'node-b': { fetch: fetchOn('node-b') } },
+      { checkpointId: 'ck-s3-gone', placementDeadline: '2m' },
+      calls,
+    ).catch((e: unknown) => e);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('S3Unavailable');
+    expect(cause.message).toMatch(
+      /^S3 out of reach: from node-[ab]: .*ECONNREFUSED.*; from node-[ab]: .*ECONNREFUSED.*; waited 2m\. The checkpoint is untouched/,
+    );
+    // Tried again after each wait, not once per node for the whole deadline.
+    expect(calls.filter((c) => c === 'fetch node-a').length).toBeGreaterThan(3);
+    expect(calls.some((c) => c.startsWith('criuRestore'))).toBe(false);
+  });
+});
+
 /** An activity on an agent that died: it never heartbeats again and never returns. */
 const hang = (calls: string[], what: string) => async (): Promise<never> => {
   calls.push(what);
