@@ -285,7 +285,7 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
 
   const deadlineMs = Date.now() + msOf(req.placementDeadline ?? '10m');
   let forceSource = false; // after a corrupt S3 copy: only the node holding the nvme copy will do
-  // Nodes passed over because S3 was out of reach from them, with why: tried again once no other node is left.
+  // Nodes passed over since the last wait because S3 was out of reach from them, with why: tried again after it.
   const s3Away = new Map<string, string>();
   for (let n = 1; ; n++) {
     enter('Placing');
@@ -331,10 +331,6 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
           ErrorType.NoNodeFits,
         );
       }
-      if (s3Away.size > 0) {
-        // The outage is not theirs: after the wait they are candidates again (S3 may be back by then).
-        status.excluded = status.excluded.filter((x) => !s3Away.has(x));
-      }
       // Current details only (no upsert): the commands stay as they were.
       showDetails(
         status,
@@ -342,6 +338,10 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
           ? `S3 out of reach from ${[...s3Away.keys()].join(', ')}; next try in 10 s`
           : `no node has ${gib(status.vramBytes)} of VRAM free${only ? ` on ${only}` : ''}; next try in 10 s`,
       );
+      // The outage is not theirs: after the wait they are candidates again (S3 may be back by then). Forgotten
+      // here, so that a deadline met later names S3 only if it failed them again, not a shortage of VRAM since.
+      status.excluded = status.excluded.filter((x) => !s3Away.has(x));
+      s3Away.clear();
       await sleep('10s', { summary: `wait for ${gib(status.vramBytes)} of VRAM to free up` });
       n--;
       continue;

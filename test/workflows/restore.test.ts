@@ -545,6 +545,32 @@ describe('restore: S3 out of reach is waited out, not blamed on the nodes', () =
     expect(calls.filter((c) => c.startsWith('criuRestore'))).toEqual(['criuRestore node-a']);
   });
 
+  test('S3 failed a node once, then its VRAM was taken: the deadline names the VRAM (NoNodeFits), not the outage it outlived', async () => {
+    const calls: string[] = [];
+    const { fetchOn } = s3Outage(calls);
+    let tried = false;
+    const err = await restoreOn(
+      { 'node-a': 16 },
+      {
+        'node-a': {
+          fetch: async (input) => {
+            tried = true;
+            return fetchOn('node-a')!(input);
+          },
+        },
+      },
+      { checkpointId: 'ck-s3-then-vram', placementDeadline: '2m' },
+      calls,
+      {
+        placementCandidates: async () =>
+          tried ? [] : [{ node: 'node-a', freeVramBytes: 16 * GiB, vramSource: 'declared' as const }],
+      },
+    ).catch((e: unknown) => e);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('NoNodeFits');
+    expect(cause.message).toMatch(/^no node fits: .*excluded: none; waited 2m/);
+  });
+
   test('S3 away past the placement deadline: fails with S3Unavailable naming the outage on each node, not NoNodeFits', async () => {
     const calls: string[] = [];
     const { fetchOn } = s3Outage(calls);
