@@ -4,7 +4,7 @@ import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { chunkKey } from '../activities/chunk-store';
-import { CHUNK_FETCH_CONCURRENCY as PARALLEL_GETS } from '../activities/node/fetch-chunks';
+import { CHUNK_FETCH_CONCURRENCY as PARALLEL_GETS, writeAt } from '../activities/node/fetch-chunks';
 import { makeS3Client } from '../activities/s3-client';
 import { METADATA_FILE, MetadataSchema } from '../common/metadata';
 import { BIN } from '../deploy/local/paths';
@@ -121,10 +121,13 @@ async function main(): Promise<void> {
       const prefix = `checkpoints/${ck.checkpointId}/`;
       const get = async (key: string): Promise<Readable> =>
         (await s3.send(new GetObjectCommand({ Bucket: state.s3.bucket, Key: key }))).Body as Readable;
-      const [, dlMs] = await timed(async () => {
+      /** The checkpoint's metadata.json, as each baseline reads it first (inside its timing). */
+      const metadata = async () => {
         const r = await s3.send(new GetObjectCommand({ Bucket: state.s3.bucket, Key: prefix + METADATA_FILE }));
-        const md = MetadataSchema.parse(JSON.parse(await r.Body!.transformToString()));
-        for (const f of md.files) {
+        return MetadataSchema.parse(JSON.parse(await r.Body!.transformToString()));
+      };
+      const [, dlMs] = await timed(async () => {
+        for (const f of (await metadata()).files) {
           const dest = path.join(dir, f.path);
           fs.mkdirSync(path.dirname(dest), { recursive: true });
           const keys = f.chunks ? f.chunks.map((c) => chunkKey(c.sha256)) : [prefix + f.path];
@@ -146,9 +149,7 @@ async function main(): Promise<void> {
       dropCaches();
       const dir2 = path.join(state.home, 'baseline-restore', `g${gib}-parallel`);
       const [, dl2Ms] = await timed(async () => {
-        const r = await s3.send(new GetObjectCommand({ Bucket: state.s3.bucket, Key: prefix + METADATA_FILE }));
-        const md = MetadataSchema.parse(JSON.parse(await r.Body!.transformToString()));
-        for (const f of md.files) {
+        for (const f of (await metadata()).files) {
           const dest = path.join(dir2, f.path);
           fs.mkdirSync(path.dirname(dest), { recursive: true });
           const parts = f.chunks
@@ -164,10 +165,8 @@ async function main(): Promise<void> {
                 const i = next++;
                 let offset = at[i];
                 for await (const b of await get(parts[i].key)) {
-                  const buf = b as Buffer;
-                  for (let done = 0; done < buf.length;)
-                    done += (await fh.write(buf, done, buf.length - done, offset + done)).bytesWritten;
-                  offset += buf.length;
+                  await writeAt(fh, b as Buffer, offset);
+                  offset += (b as Buffer).length;
                 }
               }
             };
