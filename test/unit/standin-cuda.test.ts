@@ -114,7 +114,13 @@ test('the driver says it is the stand-in; error strings and codes are those of t
 test('device queries (async) give the declared stand-in device; NVML free VRAM counts live processes', async () => {
   // Control files of a process that is gone, a minute old: the stand-in NVML's init (the agent's) removes them.
   const dead = spawnSync('true').pid!;
-  const stale = ['state', 'resp'].map((k) => path.join('/tmp/kybernate-standin-ctl', `${dead}.${k}`));
+  const ctl = '/tmp/kybernate-standin-ctl';
+  // On a fresh host nothing has made the driver's control directory yet: made as the driver makes it (sticky, shared).
+  if (!fs.existsSync(ctl)) {
+    fs.mkdirSync(ctl, { recursive: true });
+    fs.chmodSync(ctl, 0o1777);
+  }
+  const stale = ['state', 'resp'].map((k) => path.join(ctl, `${dead}.${k}`));
   for (const f of stale) {
     fs.writeFileSync(f, '0 1 0\n');
     fs.utimesSync(f, new Date(Date.now() - 120000), new Date(Date.now() - 120000));
