@@ -17,7 +17,7 @@ import { parseReadiness, type Readiness } from '../common/readiness';
 import type { RestoreRequest, RestoreStatus } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import type { WorkloadInfo, WorkloadSpec } from '../activities/node/process';
-import { openJobRefusal, type JobSpec, type JobStatus, type PreemptResult } from '../common/job';
+import { openJobRefusal, type JobSpec, type JobStatus, type PreemptResult, TERMINAL_JOB_STATES } from '../common/job';
 import type { NodeRecord } from '../common/node';
 import type { HealthConfigPatch, HealthReport } from '../common/health';
 import { configureHealth, readHealth } from './health';
@@ -504,13 +504,74 @@ export class KybernateClient {
     return this.restoreResult(workflowId, onStatus);
   }
 
-  /** Moves a job to another node and waits for the outcome (startMigration, then migrationResult). */
+  /**
+   * Moves a workload to another node and waits for the outcome: a job run by a job workflow through that workflow
+   * (migrateJob), a bare workload by a migrate workflow (startMigration, then migrationResult).
+   */
   async migrate(
     input: Parameters<KybernateClient['startMigration']>[0],
     onStatus?: OnStatus<MigrateStatus>,
   ): Promise<MigrateStatus> {
+    if (await this.jobs.isOpen(assertSafeId('job', input.jobId)))
+      return this.migrateJob({ jobId: input.jobId, from: input.from, to: input.to, wait: true }, onStatus);
     const { workflowId } = await this.startMigration(input);
     return this.migrationResult(workflowId, onStatus);
+  }
+
+  /**
+   * Moves a job run by a job workflow to another node through that workflow's migrate update: its run is
+   * checkpointed and stopped, then resumed from that checkpoint on `to`, or on another node when `to` has no
+   * room (the node it left last). A move from outside the job would leave the job to start its run again beside
+   * the moved copy. The answer is a migration's status, as for a bare workload: Migrated, RestoredOnSource
+   * (only the node it left had room), or Failed (the checkpoint failed: the job runs on, or restarted; or the
+   * resumed run failed). With wait false it answers once the run is checkpointed and stopped (phase Restoring).
+   */
+  async migrateJob(
+    input: { jobId: string; from?: string; to: string; wait?: boolean },
+    onStatus?: OnStatus<MigrateStatus>,
+  ): Promise<MigrateStatus> {
+    const jobId = assertSafeId('job', input.jobId);
+    const to = assertSafeId('to', input.to);
+    const before = await this.jobs.status(jobId);
+    const from = before.node ?? '';
+    if (input.from !== undefined && assertSafeId('from', input.from) !== from)
+      throw new InvalidInputError('from', `job ${jobId} runs on ${from || 'no node'}, not on ${input.from}`);
+    if (to === from) throw new InvalidInputError('to', `must differ from the node the job runs on (${from})`);
+    await this.node(to);
+    const lastRun = before.runs.at(-1)?.run ?? 0;
+    const r = await this.jobs.migrate(jobId, to);
+    const status: MigrateStatus = {
+      jobId,
+      from,
+      to,
+      phase: 'Restoring',
+      checkpointId: r.checkpointId,
+      checkpoint: null,
+      restores: [],
+      failureReason: null,
+    };
+    if (r.outcome !== 'requeued') return { ...status, phase: 'Failed', failureReason: r.message };
+    if (input.wait === false) return status;
+    for (;;) {
+      const s = await this.jobs.status(jobId);
+      const run = s.runs.at(-1);
+      if (s.state === 'Running' && run && run.run > lastRun)
+        return run.node === from
+          ? {
+              ...status,
+              phase: 'RestoredOnSource',
+              failureReason: `no node other than ${from} had room: resumed there`,
+            }
+          : { ...status, phase: 'Migrated' };
+      if (TERMINAL_JOB_STATES.includes(s.state) || s.state === 'Quarantined' || s.state === 'CrashLoopBackOff')
+        return {
+          ...status,
+          phase: 'Failed',
+          failureReason: `job ${jobId} is ${s.state}: ${s.reason ?? 'no reason recorded'}`,
+        };
+      onStatus?.(status);
+      await new Promise((res) => setTimeout(res, WATCH_INTERVAL_MS));
+    }
   }
 
   /** Starts a job (see JobsApi.start). */
@@ -606,6 +667,16 @@ export class KybernateClient {
     const jobId = assertSafeId('job', input.jobId);
     const priority = requestPriority(input.priority);
     const readiness = input.readiness === undefined ? undefined : parseReadiness(input.readiness);
+    if (await this.jobs.isOpen(jobId)) {
+      // The migrate workflow would refuse it (JobOpen): only the job's own workflow moves its process.
+      const existing = await this.jobs.status(jobId).catch(() => null);
+      throw new JobExistsError(
+        jobId,
+        existing,
+        existing?.state ?? 'unknown: it did not answer',
+        `job ${jobId} is run by a job workflow: it moves through that workflow (migrateJob, or migrate, which routes there)`,
+      );
+    }
     const from = input.from ? assertSafeId('from', input.from) : await this.jobNode(jobId);
     const to = assertSafeId('to', input.to);
     if (from === to) throw new InvalidInputError('to', `must differ from the node the job runs on (${from})`);

@@ -5,7 +5,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { assertPid, assertSafeId, InvalidInputError, printable, printableJson } from '../common/ids';
 import type { Tier } from '../common/checkpoint';
 import type { Readiness } from '../common/readiness';
-import type { JobStatus, RunLogLine } from '../common/job';
+import { jobWorkflowId, type JobStatus, type RunLogLine } from '../common/job';
 import { runAgent } from '../workers/agent';
 import { loadConfig, type StartHooks } from '../workers/config';
 import { runControlWorker } from '../workers/control';
@@ -1030,8 +1030,13 @@ program
 
 program
   .command('migrate <job>')
-  .description('checkpoint a job on its node and restore it on another, as one workflow')
-  .option('--from <node>', 'node the job runs on (default: where it was last started or restored)')
+  .description(
+    'checkpoint a workload on its node and restore it on another, preferring --to: a job run by a job workflow through that workflow, a bare workload as one migrate workflow',
+  )
+  .option(
+    '--from <node>',
+    'node the job runs on (default: where it was last started or restored; a job workflow knows its own)',
+  )
   .requiredOption('--to <node>', 'node to move it to')
   .option('--ready-tcp <port>', 'restored only once a TCP connect to 127.0.0.1:<port> succeeds')
   .option('--ready-exec <command>', "restored only once '<command>' (run by sh -c on the node) exits 0")
@@ -1045,6 +1050,28 @@ program
       if (o.from !== undefined) assertSafeId('from', o.from);
       assertSafeId('to', o.to);
       await withClient(async (k) => {
+        if (await k.jobs.isOpen(job)) {
+          // Only the job's own workflow moves its run: moved from outside, the job would start it again beside the copy.
+          const ready = readinessFlags(o);
+          if (ready !== undefined)
+            throw new InvalidInputError(
+              o.readyTcp !== undefined ? 'ready-tcp' : 'ready-exec',
+              `job ${job} is run by a job workflow: its resumed run is ready by its spec's readiness (set with 'run'), not this flag`,
+            );
+          const workflowId = jobWorkflowId(job);
+          if (!o.json)
+            console.log(
+              `job ${job} is run by a job workflow: moved through it (${k.uiLink(workflowId) ?? workflowId})`,
+            );
+          const r = await withProgress<MigrateStatus>(`migrate ${job}`, o, (onStatus) =>
+            k.migrateJob({ jobId: job, from: o.from, to: o.to, wait: o.wait }, onStatus),
+          );
+          emit<MigrateJson>(o, { jobId: job, checkpointId: r.checkpointId, workflowId, status: r }, () =>
+            printable(`${job}: ${r.phase}${r.failureReason ? ` — ${r.failureReason}` : ''}`),
+          );
+          if (r.phase !== 'Migrated' && !(r.phase === 'Restoring' && !o.wait)) process.exitCode = 1;
+          return;
+        }
         const { workflowId, checkpointId } = await k.startMigration({
           jobId: job,
           from: o.from,

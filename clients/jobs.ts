@@ -12,11 +12,13 @@ import {
 import { makeS3Client } from '../activities/s3-client';
 import { assertSafeId, InvalidInputError } from '../common/ids';
 import {
+  JOB_MIGRATE_UPDATE,
   JOB_PREEMPT_UPDATE,
   JOB_RELEASE_UPDATE,
   type JobSpec,
   type JobStatus,
   jobWorkflowId,
+  type MigrateJobRequest,
   type PreemptResult,
   type ReadRunLogInput,
 } from '../common/job';
@@ -203,6 +205,14 @@ export class JobsApi {
   /** Checkpoints the running job for preemption and requeues it (the job workflow's `preempt` update). */
   async preempt(jobId: string): Promise<PreemptResult> {
     return this.update<PreemptResult>(jobId, JOB_PREEMPT_UPDATE);
+  }
+
+  /**
+   * Moves the running job to another node, preferring `to` (the job workflow's `migrate` update): answers once its
+   * checkpoint is taken and the run stopped ('requeued'), or why it was not moved.
+   */
+  async migrate(jobId: string, to: string): Promise<PreemptResult> {
+    return this.update<PreemptResult>(jobId, JOB_MIGRATE_UPDATE, { to } satisfies MigrateJobRequest);
   }
 
   /** Lifts a quarantine: from scratch, or from the last good checkpoint. Returns the job's status after. */

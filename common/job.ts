@@ -17,6 +17,7 @@ export type JobState =
   | 'OOMKilled' // terminal (restart policy Never): the last run went over its memory limit
   | 'TimedOut' // terminal: the job ran past its --timeout; everything it started is gone
   | 'Preempted' // checkpointed for preemption; waiting to be placed again and resumed
+  | 'Migrating' // checkpointed to move to another node (kybernate migrate); waiting to be resumed there
   | 'Succeeded'
   | 'Failed'
   | 'Quarantined' // past --max-restarts: no more restarts until `kybernate release`
@@ -115,6 +116,7 @@ export type RunEndReason =
   | 'OOMKilled'
   | 'TimedOut'
   | 'Preempted' // checkpointed and stopped for preemption
+  | 'Migrated' // checkpointed and stopped to move to another node
   | 'Stopped' // stopped by a cancel or a release
   | 'LostWhileAgentDown' // gone while the node's agent was down, and no exit status was left
   | 'Evicted' // its node stayed Unhealthy past the grace: restarted elsewhere, the old copy fenced (killed when seen)
@@ -152,7 +154,7 @@ export interface JobEvent {
 export interface JobCheckpointRecord {
   checkpointId: string;
   takenAt: string;
-  reason: 'periodic' | 'preemption';
+  reason: 'periodic' | 'preemption' | 'migration';
   /** Durable | PendingUpload | Failed ... as the checkpoint workflow ended. */
   phase: string;
   /** Taken while the job was healthy (its run had not failed since): may serve as the last known-good. */
@@ -196,6 +198,12 @@ export interface JobStatus {
 export const JOB_STATUS_QUERY = 'status'; // = STATUS_QUERY (common/outcome.ts), the name every workflow answers
 /** Update: checkpoint the running job for preemption, requeue it, and resume it from that checkpoint. */
 export const JOB_PREEMPT_UPDATE = 'preempt';
+/**
+ * Update: checkpoint the running job, stop it and resume it from that checkpoint on another node, preferring
+ * `to` (MigrateJobRequest). A job's process is moved only by its own workflow: moved from outside (a migrate
+ * workflow), the job would see its run end and start it again beside the moved copy.
+ */
+export const JOB_MIGRATE_UPDATE = 'migrate';
 /** Update: lift a quarantine; from scratch or from the last good checkpoint. */
 export const JOB_RELEASE_UPDATE = 'release';
 /** Signal (sent by the checkpoint workflow of a preemption): the job's process is checkpointed/stopped; requeue it. */
@@ -269,7 +277,12 @@ export interface JobInput {
   carried?: JobStatus;
 }
 
-/** The preempt update's answer: the checkpoint taken, and what became of the job. */
+/** The migrate update's input: the node to move the job to (another takes it if that one has no room). */
+export interface MigrateJobRequest {
+  to: string;
+}
+
+/** The preempt and migrate updates' answer: the checkpoint taken, and what became of the job. */
 export interface PreemptResult {
   checkpointId: string;
   /** 'requeued': checkpointed and stopped, to be resumed from it; 'still-running': the checkpoint failed cleanly. */

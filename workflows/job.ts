@@ -35,6 +35,8 @@ import {
   type JobInput,
   type JobState,
   type JobStatus,
+  type MigrateJobRequest,
+  JOB_MIGRATE_UPDATE,
   JOB_PREEMPT_UPDATE,
   JOB_RELEASE_UPDATE,
   JOB_REQUEUE_SIGNAL,
@@ -46,6 +48,7 @@ import {
   TERMINAL_JOB_STATES,
 } from '../common/job';
 import { NO_ZONE, talliesOf } from '../common/health';
+import { isSafeId } from '../common/ids';
 import type { ProcessIdentity } from '../common/journal';
 import { failedWith, isCheckpointStatus, PATCH_FAILED_WORKFLOWS_FAIL, statusFromFailure } from '../common/outcome';
 import { checkpointWorkflowId, CONTROL_QUEUE, nodeQueue, restoreWorkflowId } from '../common/queues';
@@ -60,6 +63,7 @@ import { countJobRestart } from './metrics';
 
 export const jobStatusQuery = defineQuery<JobStatus>(JOB_STATUS_QUERY);
 export const preemptUpdate = defineUpdate<PreemptResult, []>(JOB_PREEMPT_UPDATE);
+export const migrateUpdate = defineUpdate<PreemptResult, [MigrateJobRequest]>(JOB_MIGRATE_UPDATE);
 export const releaseUpdate = defineUpdate<JobStatus, [{ fromCheckpoint?: boolean }]>(JOB_RELEASE_UPDATE);
 export const requeueSignal = defineSignal<[{ reason: string; checkpointId: string }]>(JOB_REQUEUE_SIGNAL);
 
@@ -103,6 +107,8 @@ interface Start {
    * room there). Unlike exclude, a resume falls back to it when no other node fits.
    */
   avoid?: string;
+  /** The node the job is moving to (the migrate update): tried first. */
+  prefer?: string;
 }
 
 /** How long a resume looks for a node other than the one it was preempted from before it takes that one too. */
@@ -112,7 +118,8 @@ const AVOID_PLACEMENT_DEADLINE = '20s';
 type Ended =
   | { kind: 'exit'; exit: RunExit }
   | { kind: 'timeout' }
-  | { kind: 'preempted'; checkpointId: string }
+  /** Checkpointed and stopped by the preempt update, or by the migrate update (`to`: the node it moves to). */
+  | { kind: 'preempted'; checkpointId: string; to?: string }
   /** The process is gone by our own hand or a checkpoint's (not a crash): resume from the last good checkpoint. */
   | { kind: 'gone'; why: string }
   /** Its node stayed Unhealthy past the grace: restarted elsewhere, the old process fenced. */
@@ -160,7 +167,8 @@ export async function job(input: JobInput): Promise<JobStatus> {
   setHandler(jobStatusQuery, () => status);
 
   // ---- handlers: asks the main loop answers ----
-  let preemptAsk: { result: PreemptResult | null } | null = null;
+  /** A preempt update waiting for the main loop; with `to`, a migrate update (preempted, resumed there). */
+  let preemptAsk: { result: PreemptResult | null; to?: string } | null = null;
   let releaseAsk: { fromCheckpoint: boolean } | null = null;
   let requeueAsks: { reason: string; checkpointId: string; run: number }[] = [];
   /** The run now started (process on its node) and not yet cleaned up. */
@@ -180,7 +188,29 @@ export async function job(input: JobInput): Promise<JobStatus> {
       validator: () => {
         if (status.state !== 'Running' || active === null)
           throw new Error(`job ${jobId} is ${status.state}: only a Running job can be preempted`);
-        if (preemptAsk !== null) throw new Error(`job ${jobId} is being preempted already`);
+        if (preemptAsk !== null) throw new Error(`job ${jobId} is being preempted or migrated already`);
+      },
+    },
+  );
+  setHandler(
+    migrateUpdate,
+    async (req) => {
+      const ask: { result: PreemptResult | null; to?: string } = { result: null, to: req.to };
+      preemptAsk = ask;
+      await condition(() => ask.result !== null);
+      return ask.result as unknown as PreemptResult;
+    },
+    {
+      // Refused before anything is touched: the job runs on where it is.
+      validator: (req) => {
+        const to: unknown = req?.to;
+        if (typeof to !== 'string' || !isSafeId(to)) throw new Error(`to: ${JSON.stringify(to)} is not a node name`);
+        if (status.state !== 'Running' || active === null)
+          throw new Error(`job ${jobId} is ${status.state}: only a Running job can be migrated`);
+        if (preemptAsk !== null) throw new Error(`job ${jobId} is being preempted or migrated already`);
+        if (to === active.node) throw new Error(`to: job ${jobId} runs on ${to} already`);
+        if (spec.node !== undefined)
+          throw new Error(`to: job ${jobId} runs only on ${spec.node} (its spec's node): it cannot move to ${to}`);
       },
     },
   );
@@ -476,14 +506,20 @@ export async function job(input: JobInput): Promise<JobStatus> {
    * A run resumed from a checkpoint by a child restore (placed by VRAM, excluding `exclude`). A checkpoint that
    * cannot be fetched yet is CheckpointPullBackOff and retried; string: it cannot be restored at all (why).
    */
-  async function resume(given: string[], checkpointId: string, avoid?: string): Promise<RunRecord | string | null> {
+  async function resume(
+    given: string[],
+    checkpointId: string,
+    avoid?: string,
+    prefer?: string,
+  ): Promise<RunRecord | string | null> {
     let pullK = 0;
     // Never where an evicted run's old copy may still run (its kill is owed): given plus the fenced nodes.
     let exclude = [...given, ...fencedNodes().filter((n) => !given.includes(n))];
     let avoiding = avoid !== undefined && spec.node === undefined && !exclude.includes(avoid);
     for (let attempt = 1; ; attempt++) {
       // Preempted and CheckpointPullBackOff say more than Pending while the restore places and fetches.
-      if (status.state !== 'CheckpointPullBackOff' && status.state !== 'Preempted') enter('Pending');
+      if (status.state !== 'CheckpointPullBackOff' && status.state !== 'Preempted' && status.state !== 'Migrating')
+        enter('Pending');
       exclude = [...given, ...fencedNodes().filter((n) => !given.includes(n))];
       const runNo = status.runs.length + 1;
       let restored: Awaited<ReturnType<typeof restore>>;
@@ -498,6 +534,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
               {
                 checkpointId,
                 exclude: avoiding && avoid ? [...exclude, avoid] : exclude,
+                ...(prefer ? { prefer: [prefer] } : {}),
                 vramBytes: spec.vramBytes,
                 placementDeadline: avoiding ? AVOID_PLACEMENT_DEADLINE : '10m',
                 ...(spec.node ? { node: spec.node } : {}),
@@ -898,29 +935,39 @@ export async function job(input: JobInput): Promise<JobStatus> {
     }
   }
 
-  /** The preempt update: a checkpoint that stops the run; requeued from it, or what became of the run if it failed. */
+  /**
+   * The preempt update: a checkpoint that stops the run; requeued from it, or what became of the run if it failed.
+   * The migrate update is the same with a destination (`ask.to`): resumed from that checkpoint there.
+   */
   async function preempt(
     run: RunRecord,
     process: ProcessIdentity,
-    ask: { result: PreemptResult | null },
+    ask: { result: PreemptResult | null; to?: string },
   ): Promise<Ended | null> {
-    const checkpointId = `${jobId}-preempt-${uuid4().slice(0, 8)}`;
-    event('Preempting', `checkpointing run ${run.run} on ${run.node} as ${checkpointId} for preemption`);
-    const taken = await takeCheckpoint(run, process, checkpointId, 'preemption');
+    const to = ask.to;
+    const checkpointId = `${jobId}-${to ? 'migrate' : 'preempt'}-${uuid4().slice(0, 8)}`;
+    if (to) event('Migrating', `checkpointing run ${run.run} on ${run.node} as ${checkpointId} to move it to ${to}`);
+    else event('Preempting', `checkpointing run ${run.run} on ${run.node} as ${checkpointId} for preemption`);
+    const taken = await takeCheckpoint(run, process, checkpointId, to ? 'migration' : 'preemption');
     if (taken.phase === 'Durable' || taken.phase === 'PendingUpload') {
       ask.result = {
         checkpointId,
         outcome: 'requeued',
-        message: `checkpointed (${taken.phase}) and stopped; resumed from ${checkpointId} once placed again`,
+        message: to
+          ? `checkpointed (${taken.phase}) and stopped; resumed from ${checkpointId} on ${to}, or another node if ${to} has no room`
+          : `checkpointed (${taken.phase}) and stopped; resumed from ${checkpointId} once placed again`,
       };
-      return { kind: 'preempted', checkpointId };
+      return { kind: 'preempted', checkpointId, ...(to ? { to } : {}) };
     }
     const seen = await patient(run.node).inspectRun.executeWithOptions(
       { summary: `is run ${run.run} still running after a failed checkpoint?` },
       [{ process }],
     );
     if (seen.running) {
-      event('PreemptionFailed', `checkpoint ${checkpointId} failed (${taken.failure}); run ${run.run} runs on`);
+      event(
+        to ? 'MigrationFailed' : 'PreemptionFailed',
+        `checkpoint ${checkpointId} failed (${taken.failure}); run ${run.run} runs on`,
+      );
       ask.result = {
         checkpointId,
         outcome: 'still-running',
@@ -934,7 +981,10 @@ export async function job(input: JobInput): Promise<JobStatus> {
       outcome: 'restarted-from-last-good',
       message: `checkpoint failed (${taken.failure}) and the process is gone: restarted from ${from ?? 'scratch'}`,
     };
-    return { kind: 'gone', why: `preemption checkpoint ${checkpointId} failed and took the process: ${taken.failure}` };
+    return {
+      kind: 'gone',
+      why: `${to ? 'migration' : 'preemption'} checkpoint ${checkpointId} failed and took the process: ${taken.failure}`,
+    };
   }
 
   /** A child checkpoint workflow of the run's process, recorded in the job's checkpoints. */
@@ -972,8 +1022,9 @@ export async function job(input: JobInput): Promise<JobStatus> {
             jobId,
             node: run.node,
             pid: process.pid,
-            leaveRunning: reason !== 'preemption',
-            reason: reason === 'preemption' ? 'preemption' : 'manual',
+            // A migration stops the run like a preemption, and like it is requeued if its checkpoint fails late.
+            leaveRunning: reason === 'periodic',
+            reason: reason === 'periodic' ? 'manual' : 'preemption',
             vramBytes: spec.vramBytes,
           },
         ],
@@ -1184,7 +1235,7 @@ export async function job(input: JobInput): Promise<JobStatus> {
           run = await startFresh();
         } else {
           const from = next.checkpointId;
-          const r = await resume(next.exclude, from, next.avoid);
+          const r = await resume(next.exclude, from, next.avoid, next.prefer);
           if (typeof r === 'string') {
             if (status.state === 'Quarantined' || next.exclude.length > 0) {
               enter('Quarantined', `${status.reason ?? 'quarantined'}; restore from ${from} failed: ${r}`);
@@ -1239,6 +1290,19 @@ export async function job(input: JobInput): Promise<JobStatus> {
           enter('TimedOut', `job ran past its timeout of ${spec.timeoutMs} ms`);
           return status;
         case 'preempted':
+          if (ended.to) {
+            await finish(r, {
+              exitCode: null,
+              signal: null,
+              reason: 'Migrated',
+              message: `checkpointed as ${ended.checkpointId} to move to ${ended.to}`,
+              endedAt: new Date().toISOString(),
+            });
+            event('Migrated', `run ${r.run} checkpointed as ${ended.checkpointId} and stopped; resumes on ${ended.to}`);
+            enter('Migrating', `moving to ${ended.to}: resumes from ${ended.checkpointId}`);
+            next = { checkpointId: ended.checkpointId, exclude: [], avoid: r.node, prefer: ended.to };
+            break;
+          }
           await finish(r, {
             exitCode: null,
             signal: null,

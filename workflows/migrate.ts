@@ -3,10 +3,12 @@ import {
   defineQuery,
   executeChild,
   patched,
+  proxyActivities,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
 } from '@temporalio/workflow';
+import type { ControlActivities } from '../activities/control';
 import type { MigratePhase, MigrateRequest, MigrateStatus } from '../common/migrate';
 import {
   failedWith,
@@ -27,6 +29,13 @@ import { inputProblem, MigrateInputSchema } from '../common/inputs';
 export type { MigratePhase, MigrateRequest, MigrateStatus } from '../common/migrate';
 
 export const migrateStatusQuery = defineQuery<MigrateStatus>(STATUS_QUERY);
+
+/**
+ * Histories from before it checkpointed the process without asking whether a job workflow runs it. With it, a
+ * job still open is refused before anything is touched: moved from outside, the job would see its run end and
+ * start it again beside the moved copy (its own migrate update moves it, and `kybernate migrate` uses that).
+ */
+export const PATCH_MIGRATE_REFUSE_OPEN_JOB = 'migrate-refuse-open-job';
 
 /**
  * Checkpoint on A, restore on B, as one workflow; if no node takes it, restore it on A again. A restore that
@@ -50,11 +59,10 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
     setCurrentDetails(`phase: ${p}${details ? `, ${details}` : ''}`);
   };
   /** A migration that failed fails its workflow, its status in the failure (older histories returned it). */
-  const failed = (reason: string): MigrateStatus => {
+  const failed = (reason: string, type: string = ErrorType.MigrationFailed): MigrateStatus => {
     status.failureReason = reason;
     enter('Failed', reason);
-    if (patched(PATCH_FAILED_WORKFLOWS_FAIL))
-      throw failedWith(reason, ErrorType.MigrationFailed, status, status.checkpoint?.history ?? []);
+    if (patched(PATCH_FAILED_WORKFLOWS_FAIL)) throw failedWith(reason, type, status, status.checkpoint?.history ?? []);
     return status;
   };
   upsertSearchAttributes([
@@ -63,6 +71,29 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
     { key: SA_PHASE, value: 'Checkpointing' },
   ]);
   setCurrentDetails(`phase: Checkpointing ${input.jobId} on ${input.from}`);
+  if (patched(PATCH_MIGRATE_REFUSE_OPEN_JOB)) {
+    const control = proxyActivities<ControlActivities>({
+      taskQueue: CONTROL_QUEUE,
+      startToCloseTimeout: '30s',
+      retry: { maximumInterval: '10s', maximumAttempts: 10 },
+    });
+    let job: { open: boolean; state: string | null };
+    try {
+      job = await control.jobOpen.executeWithOptions({ summary: `is job ${input.jobId} still open` }, [
+        { jobId: input.jobId },
+      ]);
+    } catch (err) {
+      return failed(
+        `could not tell whether job ${input.jobId} is still open, so nothing was touched: ${describeFailure(err)}`,
+      );
+    }
+    if (job.open)
+      return failed(
+        `job ${input.jobId} is run by its job workflow (state ${job.state ?? 'unknown'}): moved from outside it would ` +
+          `run twice; move it with 'kybernate migrate ${input.jobId} --to ${input.to}', which asks the job workflow`,
+        ErrorType.JobOpen,
+      );
+  }
   // A checkpoint that failed fails its workflow (its status in the failure); older ones returned it.
   status.checkpoint = await executeChild(checkpoint, {
     workflowId: checkpointWorkflowId(input.checkpointId),

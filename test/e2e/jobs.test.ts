@@ -8,6 +8,7 @@ import type { KybernateClient } from '../../clients/api';
 import { configFromStack } from '../../deploy/local/stack';
 import { jobWorkflowId, type JobState, type JobStatus } from '../../common/job';
 import { CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
+import { migrate as migrateWorkflow } from '../../workflows/migrate';
 import { restore as restoreWorkflow } from '../../workflows/restore';
 import { recordHistory } from '../support/histories';
 import { Agent, client, jobProcesses, othersNotPlaceable, PATTERN, PYTHON, stack, until } from '../support/stack';
@@ -70,6 +71,35 @@ async function untilState(jobId: string, states: JobState[], timeoutMs = 120000)
       { cause: e },
     );
   }
+}
+
+/** The counter values a PATTERN job printed, across all its runs, in log order. */
+function ticks(jobId: string): number[] {
+  return cli(['logs', jobId])
+    .stdout.split('\n')
+    .filter((l) => l.startsWith('tick '))
+    .map((l) => Number(l.slice(5)));
+}
+
+/** Cancels the job, waits until none of its processes is left and its workflow closed, and records its history. */
+async function cancelAndRecord(jobId: string, history: string): Promise<void> {
+  const h = k.client.workflow.getHandle(jobWorkflowId(jobId));
+  await h.cancel();
+  await until('no process of the job', () => jobProcesses(jobId).length === 0, 60000);
+  await h.result().catch(() => undefined);
+  await recordHistory(history, h);
+}
+
+/** The job's workload processes themselves (python running PATTERN), not the tini and shim above them. */
+function workloadCopies(jobId: string): number[] {
+  return jobProcesses(jobId).filter((pid) => {
+    try {
+      const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      return path.basename(argv[0]).startsWith('python') && argv.includes(PATTERN);
+    } catch {
+      return false; // gone meanwhile
+    }
+  });
 }
 
 /** The job's cgroup directories that still exist on this host (v1: one per controller). */
@@ -280,7 +310,7 @@ describe('jobs on the real stack', () => {
     expect(cli(['run', job, '--vram', '6GiB', '--', PYTHON, PATTERN, '32', job]).status).toBe(0);
     const first = await untilState(job, ['Running']);
     const from = first.runs[0].node;
-    await until('ticks', async () => (cli(['logs', job]).stdout.match(/^tick /gm)?.length ?? 0) > 10, 30000);
+    await until('ticks', async () => ticks(job).length > 10, 30000);
     // A manual checkpoint of a job run by a job workflow leaves it running: stopping it there would end the run
     // behind the workflow's back and count as a crash.
     const c = cli(['checkpoint', job, '--node', from, '--id', `${job}-manual`]);
@@ -356,30 +386,78 @@ describe('jobs on the real stack', () => {
     await until(
       'ticks after the resume',
       async () => {
-        const t = cli(['logs', job])
-          .stdout.split('\n')
-          .filter((l) => l.startsWith('tick '))
-          .map((l) => Number(l.slice(5)));
+        const t = ticks(job);
         return t.length > 0 && Math.max(...t) > 20 ? t : null;
       },
       60000,
     );
-    const ticks = cli(['logs', job])
-      .stdout.split('\n')
-      .filter((l) => l.startsWith('tick '))
-      .map((l) => Number(l.slice(5)));
+    const counted = ticks(job);
     // One run of the counter across both nodes: it never went back to 1, and it is in order.
-    expect(ticks.filter((t) => t === 1).length).toBe(1);
-    expect(ticks).toEqual([...ticks].sort((x, y) => x - y));
+    expect(counted.filter((t) => t === 1).length).toBe(1);
+    expect(counted).toEqual([...counted].sort((x, y) => x - y));
     const d = cli(['describe', 'job', job]);
     expect(d.stdout).toContain(resumed.fromCheckpoint!);
-    await k.client.workflow.getHandle(jobWorkflowId(job)).cancel();
-    await until('no process of the job', () => jobProcesses(job).length === 0, 60000);
-    await k.client.workflow
-      .getHandle(jobWorkflowId(job))
-      .result()
-      .catch(() => undefined);
-    await recordHistory('job-preempted-resumed', k.client.workflow.getHandle(jobWorkflowId(job)));
+    await cancelAndRecord(job, 'job-preempted-resumed');
+  }, 420000);
+
+  test('kybernate migrate moves a job through its own workflow: one copy, on the node asked for, its counter carrying on', async () => {
+    const job = 'migrant';
+    await othersNotPlaceable(k, [A, B]);
+    expect(cli(['run', job, '--vram', '6GiB', '--', PYTHON, PATTERN, '32', job]).status).toBe(0);
+    const first = await untilState(job, ['Running']);
+    const from = first.runs[0].node;
+    const to = from === A ? B : A;
+    await until('ticks', async () => ticks(job).length > 10, 30000);
+    // A migrate workflow started directly (Temporal's CLI or UI, or an older client) would move the process behind
+    // the job's back, and the job would start it again beside the moved copy: refused before anything is touched.
+    const direct = await k.client.workflow
+      .execute(migrateWorkflow, {
+        workflowId: `migrate/${job}-direct`,
+        taskQueue: CONTROL_QUEUE,
+        args: [{ jobId: job, from, to, checkpointId: `${job}-direct` }],
+      })
+      .catch((e: unknown) => e);
+    expect(direct).toBeInstanceOf(WorkflowFailedError);
+    expect((direct as WorkflowFailedError).cause).toMatchObject({
+      type: 'JobOpen',
+      message: expect.stringMatching(new RegExp(`^job ${job} is run by its job workflow \\(state Running\\)`)),
+    });
+    await expect(k.client.workflow.getHandle(`checkpoint/${job}-direct`).describe()).rejects.toBeInstanceOf(
+      WorkflowNotFoundError,
+    );
+    await recordHistory('migrate-refused-open-job', k.client.workflow.getHandle(`migrate/${job}-direct`));
+    expect(workloadCopies(job)).toHaveLength(1);
+    // Through the CLI: the job's migrate update checkpoints and stops its run, then resumes it on `to`.
+    const m = cli(['migrate', job, '--to', to, '--json'], 240000);
+    expect({ status: m.status, stderr: m.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(JSON.parse(m.stdout)).toMatchObject({
+      jobId: job,
+      workflowId: jobWorkflowId(job),
+      status: { phase: 'Migrated', from, to, failureReason: null },
+    });
+    const moved = await status(job);
+    expect({
+      state: moved.state,
+      runs: moved.runs.map((r) => [r.node, r.reason]),
+      restarts: moved.restarts,
+    }).toEqual({
+      state: 'Running',
+      runs: [
+        [from, 'Migrated'],
+        [to, null],
+      ],
+      restarts: 0,
+    });
+    expect(moved.runs[1].fromCheckpoint).toBe(JSON.parse(m.stdout).checkpointId);
+    // Past the first back-off (10 s), when a job that saw its run end behind its back would have started it again.
+    await new Promise((r) => setTimeout(r, 12000));
+    expect(workloadCopies(job)).toHaveLength(1);
+    expect((await status(job)).runs).toHaveLength(2);
+    const counted = ticks(job);
+    // One counter across both nodes: never back to 1, in order, and going on after the move.
+    expect(counted.filter((t) => t === 1).length).toBe(1);
+    expect(counted).toEqual([...counted].sort((x, y) => x - y));
+    await cancelAndRecord(job, 'job-migrated');
   }, 420000);
 
   test('apply with one broken job of three: the two good ones start, the summary names the broken field', async () => {

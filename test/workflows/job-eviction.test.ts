@@ -1,19 +1,8 @@
 import type { WorkflowHandle } from '@temporalio/client';
-import { Harness } from './harness';
-import { FAST, Sim, spec, status, types, until, useHarness, wait } from './job-sim';
+import { FAST, harness, setUpJobTests, Sim, spec, status, types, until, wait } from './job-sim';
 
 // Job tests on node loss, fences and the eviction gate (the Sim and its caveats: job.test.ts and job-sim.ts).
-let h: Harness;
-jest.retryTimes(2, { logErrorsBeforeRetry: true });
-beforeAll(async () => {
-  h = await Harness.create();
-  useHarness(h);
-  const sim = new Sim({ 'node-a': 16 });
-  sim.script = [{ kind: 'exit', reason: 'Completed', exitCode: 0 }];
-  await sim.runJob(spec({ jobId: 'warmup-eviction', restartPolicy: 'OnFailure' })).catch(() => undefined);
-}, 120000);
-afterAll(async () => h?.teardown());
-afterEach(async () => h?.reset());
+setUpJobTests('warmup-eviction');
 
 const killedOn = (sim: Sim, node: string): string[] => sim.calls.filter((c) => c.startsWith(`stopRun ${node}`));
 
@@ -22,7 +11,7 @@ async function cancelAndStep(wf: WorkflowHandle, steps: number): Promise<boolean
   await wf.cancel();
   for (let i = 0; i < steps; i++) {
     if ((await wf.describe()).status.name !== 'RUNNING') return true;
-    await h.env.sleep(5_000);
+    await harness().env.sleep(5_000);
   }
   return (await wf.describe()).status.name !== 'RUNNING';
 }

@@ -18,17 +18,39 @@ import type { NodeStanding } from '../../common/standing';
 import { CONTROL_QUEUE } from '../../common/queues';
 import type { Candidate, Reservation } from '../../common/restore';
 import type { JobNodeActivities } from '../../workflows/job-activities';
-import { type ControlMock, type Harness, type NodeMock } from './harness';
+import { type ControlMock, Harness, type NodeMock } from './harness';
 
-/** The job tests' in-memory cluster and helpers (shared by job.test.ts and job-eviction.test.ts). */
+/** The job tests' in-memory cluster and helpers (shared by job.test.ts, job-eviction.test.ts and job-migrate.test.ts). */
 let current: Harness | null = null;
-/** The harness of the file's beforeAll: set before any Sim runs. */
-export function useHarness(h: Harness): void {
-  current = h;
-}
-function harness(): Harness {
-  if (current === null) throw new Error('useHarness() was not called in beforeAll');
+/** The file's harness (its test environment: env.sleep, env.client). */
+export function harness(): Harness {
+  if (current === null) throw new Error('setUpJobTests() was not called: no harness');
   return current;
+}
+
+/**
+ * The hooks of a job test file: one harness for the file, reset after each test, its worker's VM warmed up by one
+ * short job (see checkpoint.test.ts: a first test must not race the bundle load).
+ *
+ * Each test is retried twice. The Java time-skipping test server strands a run whose workflow task cancels a timer
+ * that fired, or an activity that completed, while the task was with the worker: it refuses the completion
+ * ("invalid history builder state for action", "ACTIVITY_UNKNOWN for scheduledEventId=N"; temporalio/sdk-java#2606,
+ * #3088) and never times the task out or sends it again. These jobs' periodic-checkpoint timers fire in real time
+ * while a run's activity holds the clock, so a test can lose that race (seen twice in fresh-clone runs, in core's
+ * log: temporal-sdk.log in the test home). Such a test then fails at its wait's deadline with the job's state; it
+ * is run again, and the failed attempt's errors are printed. A test that fails for a reason of ours fails every
+ * attempt.
+ */
+export function setUpJobTests(warmupJobId: string): void {
+  jest.retryTimes(2, { logErrorsBeforeRetry: true });
+  beforeAll(async () => {
+    current = await Harness.create();
+    const sim = new Sim({ 'node-a': 16 });
+    sim.script = [{ kind: 'exit', reason: 'Completed', exitCode: 0 }];
+    await sim.runJob(spec({ jobId: warmupJobId, restartPolicy: 'OnFailure' })).catch(() => undefined);
+  }, 120000);
+  afterAll(async () => current?.teardown());
+  afterEach(async () => current?.reset());
 }
 
 export const GiB = 1024 ** 3;

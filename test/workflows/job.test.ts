@@ -21,29 +21,10 @@ import {
   wait,
   FAST,
   finish,
-  useHarness,
+  harness,
+  setUpJobTests,
 } from './job-sim';
-import { Harness } from './harness';
-
-let h: Harness;
-// The Java time-skipping test server strands a run whose workflow task cancels a timer that fired, or an activity
-// that completed, while the task was with the worker: it refuses the completion ("invalid history builder state
-// for action", "ACTIVITY_UNKNOWN for scheduledEventId=N"; temporalio/sdk-java#2606, #3088) and never times the task out
-// or sends it again. These jobs' periodic-checkpoint timers fire in real time while a run's activity holds the
-// clock, so a test here can lose that race (seen twice in fresh-clone runs, in core's log: temporal-sdk.log in
-// the test home). Such a test then fails at its wait's deadline with the job's state; it is run again, and the
-// failed attempt's errors are printed. A test that fails for a reason of ours fails every attempt.
-jest.retryTimes(2, { logErrorsBeforeRetry: true });
-beforeAll(async () => {
-  h = await Harness.create();
-  useHarness(h);
-  // Warm the worker's VM up once (see checkpoint.test.ts): a first test must not race the bundle load.
-  const sim = new Sim({ 'node-a': 16 });
-  sim.script = [{ kind: 'exit', reason: 'Completed', exitCode: 0 }];
-  await sim.runJob(spec({ jobId: 'warmup', restartPolicy: 'OnFailure' })).catch(() => undefined);
-}, 120000);
-afterAll(async () => h?.teardown());
-afterEach(async () => h?.reset());
+setUpJobTests('warmup');
 
 describe('job workflow: runs and CrashLoopBackOff', () => {
   test('the whole backoff schedule: 10, 20, 40, 80, 160, 300, 300 s between starts, then escalation', async () => {
@@ -144,7 +125,7 @@ describe('job workflow: runs and CrashLoopBackOff', () => {
       const wf = await sim.start(spec({ vramBytes: 8 * GiB }));
       const s = await until(wf, (x) => types(x).includes('FailedScheduling'), 'FailedScheduling', 5000);
       expect(s.state).toBe('Pending');
-      await h.env.sleep(120_000);
+      await harness().env.sleep(120_000);
       expect((await status(wf)).state).toBe('Pending');
       sim.free['node-a'] = 16;
       expect(((await wf.result()) as JobStatus).state).toBe('Succeeded');
@@ -291,7 +272,7 @@ describe('job workflow: node Unhealthy, eviction, fencing', () => {
       expect(held.state).toBe('Unknown');
       expect(held.reason).toMatch(/eviction held: zone \(no zone\): every zone is dark/);
       // Well past the grace: still one run, nothing placed again.
-      for (let i = 0; i < 12; i++) await h.env.sleep(10_000);
+      for (let i = 0; i < 12; i++) await harness().env.sleep(10_000);
       const later = await status(wf);
       expect(later.state).toBe('Unknown');
       expect(later.runs).toHaveLength(1);
@@ -384,7 +365,7 @@ describe('job workflow: continue-as-new', () => {
     };
     const s = await sim.with(
       async () =>
-        (await h.env.client.workflow.execute('job', {
+        (await harness().env.client.workflow.execute('job', {
           workflowId: jobWorkflowId(sp.jobId),
           taskQueue: CONTROL_QUEUE,
           args: [{ spec: sp, carried }],
@@ -416,7 +397,7 @@ describe('job workflow: continue-as-new', () => {
         resumeFrom: good,
         events: [],
       };
-      const wf = await h.env.client.workflow.start('job', {
+      const wf = await harness().env.client.workflow.start('job', {
         workflowId: jobWorkflowId(sp.jobId),
         taskQueue: CONTROL_QUEUE,
         args: [{ spec: sp, carried }],
@@ -455,7 +436,7 @@ describe('job workflow: escalation and release', () => {
           'alert job-quarantined node-a',
         ]),
       );
-      await h.env.sleep(3_600_000);
+      await harness().env.sleep(3_600_000);
       expect((await status(wf)).runs).toHaveLength(2);
       await finish(wf);
     });

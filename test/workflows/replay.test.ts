@@ -52,6 +52,9 @@ describe('replay of recorded e2e histories', () => {
         'restore-s3-outage',
         'before-refuse-open-job/restore-staged',
         'before-refuse-open-job/restore-agent-killed',
+        'migrate-refused-open-job',
+        'job-migrated',
+        'before-migrate-refuse-open-job/migrate',
       ]),
     );
   });

@@ -1007,19 +1007,56 @@ describe('migration workflow', () => {
     );
   }
 
-  test('checkpoint on A, restore on B; the restore, a child of the migration, never asks whether the job is open', async () => {
+  test('checkpoint on A, restore on B; the migration asks once whether a job workflow runs it, its restore (a child) never', async () => {
     const calls: string[] = [];
     const s = await migrate({}, calls, {
       jobOpen: async ({ jobId }) => {
         calls.push(`jobOpen ${jobId}`);
-        return { open: true, state: 'Running' };
+        return { open: false, state: null };
       },
     });
     expect(s.phase).toBe('Migrated');
-    expect(calls).not.toContain('jobOpen job-1');
+    expect(calls.filter((c) => c === 'jobOpen job-1')).toHaveLength(1);
+    expect(calls.indexOf('jobOpen job-1')).toBeLessThan(calls.indexOf('criuDump node-a'));
     expect(s.restores[0].node).toBe('node-b');
     expect(calls).toEqual(expect.arrayContaining(['criuDump node-a', 'reserve node-b', 'adoptWorkload node-b']));
     expect(calls).not.toContain('criuRestore node-a');
+  });
+
+  test('a job still run by its job workflow is refused before anything is touched (JobOpen): moved from outside, it would run twice', async () => {
+    const calls: string[] = [];
+    const err = await migrate({}, calls, {
+      jobOpen: async ({ jobId }) => {
+        calls.push(`jobOpen ${jobId}`);
+        return { open: true, state: 'Running' };
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('JobOpen');
+    expect(cause.message).toMatch(
+      /^job job-1 is run by its job workflow \(state Running\): moved from outside it would run twice; move it with 'kybernate migrate job-1 --to node-b'/,
+    );
+    expect(statusFromFailure(err, isMigrateStatus)).toMatchObject({ phase: 'Failed', checkpoint: null, restores: [] });
+    expect(calls).toContain('jobOpen job-1');
+    expect(calls.filter((c) => /^(criuDump|cudaLock|lockCuda|reserve|criuRestore)/.test(c))).toEqual([]);
+  });
+
+  test('whether the job is open cannot be told: the migration fails and touches nothing', async () => {
+    const calls: string[] = [];
+    const err = await migrate({}, calls, {
+      jobOpen: async () => {
+        calls.push('jobOpen');
+        throw ApplicationFailure.nonRetryable('Temporal unreachable', 'Unavailable');
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('MigrationFailed');
+    expect(cause.message).toMatch(
+      /^could not tell whether job job-1 is still open, so nothing was touched: .*Temporal unreachable/,
+    );
+    expect(calls.filter((c) => /^(criuDump|reserve|criuRestore)/.test(c))).toEqual([]);
   });
 
   test('the restore fails everywhere else: compensated by restoring on A', async () => {
