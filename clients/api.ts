@@ -512,8 +512,11 @@ export class KybernateClient {
     input: Parameters<KybernateClient['startMigration']>[0],
     onStatus?: OnStatus<MigrateStatus>,
   ): Promise<MigrateStatus> {
-    if (await this.jobs.isOpen(assertSafeId('job', input.jobId)))
+    if (await this.jobs.isOpen(assertSafeId('job', input.jobId))) {
+      if (input.readiness !== undefined)
+        throw new InvalidInputError('readiness', `job ${input.jobId} is resumed ready by its spec's readiness`);
       return this.migrateJob({ jobId: input.jobId, from: input.from, to: input.to, wait: true }, onStatus);
+    }
     const { workflowId } = await this.startMigration(input);
     return this.migrationResult(workflowId, onStatus);
   }
