@@ -65,6 +65,14 @@ export const PATCH_HASH_WHILE_STREAMING = 'checkpoint-hash-while-streaming';
  * beside it (see uploadAndCopy).
  */
 export const PATCH_COPY_AFTER_UPLOAD = 'checkpoint-copy-after-upload';
+/**
+ * REFUSE_STOPPING_OPEN_JOB: a checkpoint that would stop (not leave running) the process of a job whose job workflow
+ * is open, asked for from outside that job (reason manual: the job's own stopping checkpoints are preemptions and
+ * migrations), is refused before anything is touched (JobOpen). Stopped behind its back, the job would see its run
+ * end, count it as a crash and start it again from its last good checkpoint, losing what this one holds. The CLI
+ * leaves such a job running; this covers a checkpoint workflow started some other way.
+ */
+export const PATCH_REFUSE_STOPPING_OPEN_JOB = 'checkpoint-refuse-stopping-open-job';
 
 /** A step the node keeps running after the workflow lost sight of it is waited for this long (its own start-to-close). */
 const RUNNING_STEP_PATIENCE_MS = 2 * 60 * 60 * 1000;
@@ -363,19 +371,42 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     }
   };
 
+  /** Failed in Pending, before anything was touched: the type and message say it all, so no status rides along. */
+  const refuse = (why: string, type: string): never => {
+    status.failureReason = `Pending: ${why}`;
+    record('Pending', 'failed', status.failureReason);
+    enter('Failed', status.tier, status.failureReason);
+    throw ApplicationFailure.nonRetryable(status.failureReason, type);
+  };
+  if (!req.leaveRunning && req.reason === 'manual' && patched(PATCH_REFUSE_STOPPING_OPEN_JOB)) {
+    const asker = proxyActivities<ControlActivities>({
+      taskQueue: CONTROL_QUEUE,
+      startToCloseTimeout: '30s',
+      retry: { maximumInterval: '10s', maximumAttempts: 10 },
+    });
+    const job = await asker.jobOpen
+      .executeWithOptions(summary(`is job ${req.jobId} run by a job workflow`), [{ jobId: req.jobId }])
+      .catch((err: unknown) =>
+        refuse(
+          `could not tell whether job ${req.jobId} is run by a job workflow, so nothing was touched: ${describeFailure(err)}`,
+          failureType(err) ?? ErrorType.CheckpointFailed,
+        ),
+      );
+    if (job.open)
+      refuse(
+        `job ${req.jobId} is run by its job workflow (state ${job.state ?? 'unknown'}): stopped from outside, it would ` +
+          `start its run again; leave it running (--leave-running), or preempt, migrate or cancel the job`,
+        ErrorType.JobOpen,
+      );
+  }
+
   // Pending: resolve and check the target first, so a bad pid or job fails before anything is touched.
   const target = await step.resolveTarget
     .executeWithOptions(summary(`find ${req.pid ? `pid ${req.pid}` : `workload of job ${req.jobId}`} on ${req.node}`), [
       { pid: req.pid, jobId: req.jobId, checkpointId: req.checkpointId },
     ])
-    .catch((err: unknown) => {
-      status.failureReason = `Pending: ${describeFailure(err)}`;
-      record('Pending', 'failed', status.failureReason);
-      enter('Failed', status.tier, status.failureReason);
-      // Failed before anything was touched: the step's own type and message say it all (and the CLI prints them
-      // as an error, as it always has), so no status rides along.
-      throw ApplicationFailure.nonRetryable(status.failureReason, failureType(err) ?? 'InvalidInput');
-    });
+    // The step's own type and message (the CLI prints them as an error, as it always has).
+    .catch((err: unknown) => refuse(describeFailure(err), failureType(err) ?? 'InvalidInput'));
   const pid = target.pid;
   // Workflows resolved by an older agent have no start time: their kills go by pid alone.
   const identity: ProcessRef = target.startTime === undefined ? { pid } : { pid, startTime: target.startTime };

@@ -7,7 +7,8 @@ import { makeS3Client } from '../../activities/s3-client';
 import type { KybernateClient } from '../../clients/api';
 import { configFromStack } from '../../deploy/local/stack';
 import { jobWorkflowId, type JobState, type JobStatus } from '../../common/job';
-import { CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
+import { checkpointWorkflowId, CONTROL_QUEUE, restoreWorkflowId } from '../../common/queues';
+import { checkpoint as checkpointWorkflow } from '../../workflows/checkpoint';
 import { migrate as migrateWorkflow } from '../../workflows/migrate';
 import { restore as restoreWorkflow } from '../../workflows/restore';
 import { recordHistory } from '../support/histories';
@@ -426,6 +427,24 @@ describe('jobs on the real stack', () => {
       WorkflowNotFoundError,
     );
     await recordHistory('migrate-refused-open-job', k.client.workflow.getHandle(`migrate/${job}-direct`));
+    // So is a checkpoint workflow started directly that would stop the job's process (the CLI leaves it running).
+    const stop = await k.client.workflow
+      .execute(checkpointWorkflow, {
+        workflowId: checkpointWorkflowId(`${job}-stop`),
+        taskQueue: CONTROL_QUEUE,
+        args: [{ checkpointId: `${job}-stop`, jobId: job, node: from, leaveRunning: false, reason: 'manual' }],
+      })
+      .catch((e: unknown) => e);
+    expect(stop).toBeInstanceOf(WorkflowFailedError);
+    expect((stop as WorkflowFailedError).cause).toMatchObject({
+      type: 'JobOpen',
+      message: expect.stringMatching(new RegExp(`^Pending: job ${job} is run by its job workflow \\(state Running\\)`)),
+    });
+    await recordHistory(
+      'checkpoint-refused-open-job',
+      k.client.workflow.getHandle(checkpointWorkflowId(`${job}-stop`)),
+    );
+    expect((await status(job)).runs).toHaveLength(1);
     expect(workloadCopies(job)).toHaveLength(1);
     // Through the CLI: the job's migrate update checkpoints and stops its run, then resumes it on `to`.
     const m = cli(['migrate', job, '--to', to, '--json'], 240000);

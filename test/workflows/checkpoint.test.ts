@@ -298,6 +298,78 @@ describe('checkpoint workflow', () => {
     expect(calls).toEqual(['resolveTarget']);
   });
 
+  describe('a stopping checkpoint asks first whether a job workflow runs the process (its own are preemptions)', () => {
+    /** The checkpoint with the control activities' jobOpen answered by `jobOpen`. */
+    const runAsking = (
+      calls: string[],
+      jobOpen: () => Promise<{ open: boolean; state: string | null }>,
+      r: CheckpointRequest,
+    ): Promise<CheckpointStatus> =>
+      h.with(
+        {
+          ...createControlActivities(env.client),
+          jobOpen: async () => {
+            calls.push('jobOpen');
+            return jobOpen();
+          },
+        },
+        { [r.node]: node(calls, true) },
+        async () =>
+          settled(
+            await env.client.workflow.start('checkpoint', {
+              workflowId: checkpointWorkflowId(r.checkpointId),
+              taskQueue: CONTROL_QUEUE,
+              args: [r],
+            }),
+          ),
+      );
+
+    test('a job whose workflow is open: refused (JobOpen) before anything is touched', async () => {
+      const calls: string[] = [];
+      const err = await runAsking(calls, async () => ({ open: true, state: 'Running' }), req()).catch(
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+      expect(cause.type).toBe('JobOpen');
+      expect(cause.message).toMatch(
+        /^Pending: job job-1 is run by its job workflow \(state Running\): stopped from outside, it would start its run again; leave it running \(--leave-running\), or preempt, migrate or cancel the job$/,
+      );
+      expect(calls).toEqual(['jobOpen']);
+    });
+
+    test('whether it is cannot be told: fails, nothing touched', async () => {
+      const calls: string[] = [];
+      const err = await runAsking(
+        calls,
+        async () => {
+          throw ApplicationFailure.nonRetryable('Temporal unreachable', 'Unavailable');
+        },
+        req(),
+      ).catch((e: unknown) => e);
+      expect(((err as WorkflowFailedError).cause as ApplicationFailure).message).toMatch(
+        /^Pending: could not tell whether job job-1 is run by a job workflow, so nothing was touched: .*Temporal unreachable/,
+      );
+      expect(calls).toEqual(['jobOpen']);
+    });
+
+    test('no job workflow: asked once, then checkpointed as before; left running: not asked', async () => {
+      const calls: string[] = [];
+      const s = await runAsking(calls, async () => ({ open: false, state: null }), req());
+      expect(s.phase).toBe('Durable');
+      expect(calls).toEqual(['jobOpen', 'resolveTarget', 'cudaLock', 'cudaCheckpoint', 'criuDump', 'seal', 'upload']);
+      const left: string[] = [];
+      const l = await runAsking(left, async () => ({ open: true, state: 'Running' }), req({ leaveRunning: true }));
+      expect(l.phase).toBe('Durable');
+      expect(left).not.toContain('jobOpen');
+      // A preemption is the job's own stopping checkpoint: never refused for its job being open.
+      const pre: string[] = [];
+      const p = await runAsking(pre, async () => ({ open: true, state: 'Running' }), req({ reason: 'preemption' }));
+      expect(p.phase).toBe('Durable');
+      expect(pre).not.toContain('jobOpen');
+    });
+  });
+
   describe('b) clean dump failure: the workload is resumed, nothing is lost', () => {
     test.each([
       ['CriuDumpFailed', 'criu dump failed: Error (criu/cr-dump.c): unsupported fd'],

@@ -55,6 +55,7 @@ describe('replay of recorded e2e histories', () => {
         'migrate-refused-open-job',
         'job-migrated',
         'before-migrate-refuse-open-job/migrate',
+        'checkpoint-refused-open-job',
       ]),
     );
   });
