@@ -34,6 +34,7 @@ import { failedWith, PATCH_FAILED_WORKFLOWS_FAIL, STATUS_QUERY } from '../common
 import { CONTROL_QUEUE, nodeQueue, promotionWorkflowId } from '../common/queues';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE, SA_TIER } from '../common/search-attributes';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
+import { askJobOpen } from './job-open';
 import { countCheckpoint } from './metrics';
 
 export const statusQuery = defineQuery<CheckpointStatus>(STATUS_QUERY);
@@ -379,20 +380,13 @@ export async function checkpoint(req: CheckpointRequest): Promise<CheckpointOutc
     throw ApplicationFailure.nonRetryable(status.failureReason, type);
   };
   if (!req.leaveRunning && req.reason === 'manual' && patched(PATCH_REFUSE_STOPPING_OPEN_JOB)) {
-    const asker = proxyActivities<ControlActivities>({
-      taskQueue: CONTROL_QUEUE,
-      startToCloseTimeout: '30s',
-      retry: { maximumInterval: '10s', maximumAttempts: 10 },
-    });
-    const job = await asker.jobOpen
-      .executeWithOptions(summary(`is job ${req.jobId} run by a job workflow`), [{ jobId: req.jobId }])
-      .catch((err: unknown) =>
-        refuse(
-          `could not tell whether job ${req.jobId} is run by a job workflow, so nothing was touched: ${describeFailure(err)}`,
-          failureType(err) ?? ErrorType.CheckpointFailed,
-        ),
+    const job = await askJobOpen(req.jobId, `is job ${req.jobId} run by a job workflow`);
+    if ('unanswered' in job)
+      refuse(
+        `could not tell whether job ${req.jobId} is run by a job workflow, so nothing was touched: ${job.unanswered}`,
+        job.type ?? ErrorType.CheckpointFailed,
       );
-    if (job.open)
+    else if (job.open)
       refuse(
         `job ${req.jobId} is run by its job workflow (state ${job.state ?? 'unknown'}): stopped from outside, it would ` +
           `start its run again; leave it running (--leave-running), or preempt, migrate or cancel the job`,

@@ -3,12 +3,10 @@ import {
   defineQuery,
   executeChild,
   patched,
-  proxyActivities,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
 } from '@temporalio/workflow';
-import type { ControlActivities } from '../activities/control';
 import type { MigratePhase, MigrateRequest, MigrateStatus } from '../common/migrate';
 import {
   failedWith,
@@ -22,6 +20,7 @@ import type { RestoreStatus } from '../common/restore';
 import { SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 import { checkpoint } from './checkpoint';
 import { describeFailure, failureType } from './failures';
+import { askJobOpen } from './job-open';
 import { restore } from './restore';
 import { ErrorType } from '../common/errors';
 import { inputProblem, MigrateInputSchema } from '../common/inputs';
@@ -72,21 +71,11 @@ export async function migrate(input: MigrateRequest): Promise<MigrateStatus> {
   ]);
   setCurrentDetails(`phase: Checkpointing ${input.jobId} on ${input.from}`);
   if (patched(PATCH_MIGRATE_REFUSE_OPEN_JOB)) {
-    const control = proxyActivities<ControlActivities>({
-      taskQueue: CONTROL_QUEUE,
-      startToCloseTimeout: '30s',
-      retry: { maximumInterval: '10s', maximumAttempts: 10 },
-    });
-    let job: { open: boolean; state: string | null };
-    try {
-      job = await control.jobOpen.executeWithOptions({ summary: `is job ${input.jobId} still open` }, [
-        { jobId: input.jobId },
-      ]);
-    } catch (err) {
+    const job = await askJobOpen(input.jobId, `is job ${input.jobId} still open`);
+    if ('unanswered' in job)
       return failed(
-        `could not tell whether job ${input.jobId} is still open, so nothing was touched: ${describeFailure(err)}`,
+        `could not tell whether job ${input.jobId} is still open, so nothing was touched: ${job.unanswered}`,
       );
-    }
     if (job.open)
       return failed(
         `job ${input.jobId} is run by its job workflow (state ${job.state ?? 'unknown'}): moved from outside it would ` +

@@ -25,6 +25,7 @@ import { parseReadiness, type Readiness } from '../common/readiness';
 import { type RestorePhase, type RestoreRequest, type RestoreStatus, restoreAttemptId } from '../common/restore';
 import { SA_CHECKPOINT, SA_JOB, SA_NODE, SA_PHASE } from '../common/search-attributes';
 import { agentLost, agentUnreachable, describeFailure, failureType } from './failures';
+import { askJobOpen } from './job-open';
 import { countRestore } from './metrics';
 import { settleAdmission } from './admission-settle';
 
@@ -239,15 +240,13 @@ async function placeAndRestore(req: RestoreRequest): Promise<RestoreStatus> {
 
   // A job's own restores (resume, migration) are child workflows; one with no parent is someone else's.
   if (workflowInfo().parent === undefined && patched(PATCH_REFUSE_OPEN_JOB)) {
-    const job = await control.jobOpen
-      .executeWithOptions({ summary: `is job ${info.jobId} still open` }, [{ jobId: info.jobId }])
-      .catch((err: unknown) =>
-        fail(
-          `could not tell whether job ${info.jobId} is still open, so nothing was restored: ${describeFailure(err)}`,
-          failureType(err) ?? ErrorType.RestoreFailed,
-        ),
+    const job = await askJobOpen(info.jobId, `is job ${info.jobId} still open`);
+    if ('unanswered' in job)
+      fail(
+        `could not tell whether job ${info.jobId} is still open, so nothing was restored: ${job.unanswered}`,
+        job.type ?? ErrorType.RestoreFailed,
       );
-    if (job.open) fail(openJobRefusal(req.checkpointId, info.jobId, job.state ?? 'unknown'), ErrorType.JobOpen);
+    else if (job.open) fail(openJobRefusal(req.checkpointId, info.jobId, job.state ?? 'unknown'), ErrorType.JobOpen);
   }
 
   const gate = patched(PATCH_COMPATIBILITY_GATE);
